@@ -1,0 +1,168 @@
+//! The access log: one line per request. The request path only fills an
+//! [`AccessRecord`] (cheap clones of shared buffers) and hands it to a bounded channel;
+//! a dedicated thread formats and writes. When the writer falls behind, lines are
+//! dropped and counted rather than slowing requests.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::config::{AccessLogTarget, LogFormat};
+use crate::metrics::StatsRegistry;
+
+/// What is known about a finished request.
+#[derive(Debug)]
+pub struct AccessRecord {
+    /// Wall-clock start.
+    pub time: SystemTime,
+    /// X-Request-Id.
+    pub request_id: http::HeaderValue,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Method.
+    pub method: http::Method,
+    /// Host / :authority.
+    pub authority: Option<http::HeaderValue>,
+    /// Request target.
+    pub uri: http::Uri,
+    /// HTTP version.
+    pub version: http::Version,
+    /// Status sent.
+    pub status: u16,
+    /// Response body bytes sent.
+    pub bytes: u64,
+    /// Time to upstream response headers (None when no upstream answered).
+    pub upstream_time: Option<Duration>,
+    /// Start to last byte (or abort).
+    pub duration: Duration,
+    /// Route name.
+    pub route: Option<Arc<str>>,
+    /// Cluster name.
+    pub cluster: Option<Arc<str>>,
+    /// Endpoint.
+    pub endpoint: Option<SocketAddr>,
+    /// Upstream attempts made.
+    pub attempts: u32,
+    /// Termination reason: `ok`, or why it failed (`no-route`, `timeout`, …).
+    pub reason: &'static str,
+}
+
+/// Sender side, cloned into every worker.
+#[derive(Clone, Debug)]
+pub struct AccessLog {
+    tx: Option<SyncSender<AccessRecord>>,
+    stats: Arc<StatsRegistry>,
+}
+
+impl AccessLog {
+    /// Starts the writer thread for `target` (or a no-op log for `Off`).
+    pub fn start(
+        target: &AccessLogTarget,
+        format: LogFormat,
+        stats: Arc<StatsRegistry>,
+    ) -> std::io::Result<AccessLog> {
+        let out: Box<dyn Write + Send> = match target {
+            AccessLogTarget::Off => return Ok(AccessLog { tx: None, stats }),
+            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
+            AccessLogTarget::Stderr => Box::new(std::io::stderr()),
+            AccessLogTarget::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+        };
+        let (tx, rx) = sync_channel(16 * 1024);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer(rx, out, format))?;
+        Ok(AccessLog {
+            tx: Some(tx),
+            stats,
+        })
+    }
+
+    /// Whether records are wanted (lets the request path skip building one).
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues a record without blocking.
+    pub fn log(&self, rec: AccessRecord) {
+        if let Some(tx) = &self.tx {
+            if let Err(TrySendError::Full(_)) = tx.try_send(rec) {
+                self.stats
+                    .process
+                    .access_log_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn writer(rx: Receiver<AccessRecord>, out: Box<dyn Write + Send>, format: LogFormat) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    let mut line = String::with_capacity(512);
+    while let Ok(rec) = rx.recv() {
+        let mut next = Some(rec);
+        while let Some(rec) = next {
+            line.clear();
+            match format {
+                LogFormat::Json => json_line(&mut line, &rec),
+                LogFormat::Text => text_line(&mut line, &rec),
+            }
+            let _ = out.write_all(line.as_bytes());
+            next = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+}
+
+fn json_line(out: &mut String, r: &AccessRecord) {
+    use std::fmt::Write as _;
+    let s = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
+    let _ = write!(
+        out,
+        "{{\"time\":\"{}\",\"request_id\":{},\"client\":\"{}\",\"method\":{},\"authority\":{},\"path\":{},\"protocol\":\"{:?}\",\"status\":{},\"bytes\":{},\"upstream_ms\":{},\"duration_ms\":{:.3},\"route\":{},\"cluster\":{},\"endpoint\":{},\"attempts\":{},\"reason\":\"{}\"}}\n",
+        humantime::format_rfc3339_millis(r.time),
+        s(r.request_id.to_str().unwrap_or("")),
+        r.client,
+        s(r.method.as_str()),
+        r.authority.as_ref().and_then(|a| a.to_str().ok()).map_or("null".into(), s),
+        s(r.uri.path_and_query().map_or("/", |p| p.as_str())),
+        r.version,
+        r.status,
+        r.bytes,
+        r.upstream_time.map_or("null".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3)),
+        r.duration.as_secs_f64() * 1e3,
+        r.route.as_deref().map_or("null".into(), s),
+        r.cluster.as_deref().map_or("null".into(), s),
+        r.endpoint.map_or("null".into(), |e| format!("\"{e}\"")),
+        r.attempts,
+        r.reason,
+    );
+}
+
+fn text_line(out: &mut String, r: &AccessRecord) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "{} {} {} \"{} {} {:?}\" {} {} {:.3}ms {} {} {} {} {}",
+        humantime::format_rfc3339_millis(r.time),
+        r.client,
+        r.request_id.to_str().unwrap_or("-"),
+        r.method,
+        r.uri.path_and_query().map_or("/", |p| p.as_str()),
+        r.version,
+        r.status,
+        r.bytes,
+        r.duration.as_secs_f64() * 1e3,
+        r.route.as_deref().unwrap_or("-"),
+        r.cluster.as_deref().unwrap_or("-"),
+        r.endpoint.map_or("-".into(), |e| e.to_string()),
+        r.attempts,
+        r.reason,
+    );
+}

@@ -1,0 +1,248 @@
+//! The admin API: liveness, readiness, Prometheus metrics, JSON status, a small status
+//! page, and the reload and drain calls. Runs on its own thread so a busy data plane
+//! never delays a health check. A token is required when bound beyond loopback.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+
+use crate::control::Shared;
+
+/// Starts the admin listener on its own thread; returns once it is bound.
+pub fn start(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    token: Option<String>,
+) -> std::io::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let bound = std_listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "admin runtime failed");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin listener failed");
+                        return;
+                    }
+                };
+                let token: Option<Arc<str>> = token.map(Into::into);
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let shared = shared.clone();
+                    let token = token.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req| {
+                            let shared = shared.clone();
+                            let token = token.clone();
+                            async move {
+                                Ok::<_, Infallible>(serve(&shared, token.as_deref(), req).await)
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            });
+        })?;
+    Ok(bound)
+}
+
+fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+async fn serve(
+    shared: &Shared,
+    token: Option<&str>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if let Some(t) = token {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|v| constant_time_eq(v.as_bytes(), t.as_bytes()));
+        if !ok {
+            return text(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "admin token required\n",
+            );
+        }
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    // Drain any request body; admin calls carry none that matters.
+    let _ = req.into_body().collect().await;
+    match (method, path.as_str()) {
+        (Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n"),
+        (Method::GET, "/ready") => {
+            if shared.is_ready() {
+                text(StatusCode::OK, "text/plain", "ready\n")
+            } else if shared.draining.load(Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n")
+            }
+        }
+        (Method::GET, "/metrics") => {
+            let rt = shared.runtime.load();
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                crate::metrics::render(&rt, &shared.listeners, &shared.stats),
+            )
+        }
+        (Method::GET, "/status") => text(
+            StatusCode::OK,
+            "application/json",
+            status_json(shared).to_string(),
+        ),
+        (Method::GET, "/") => text(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            status_page(shared),
+        ),
+        (Method::POST, "/reload") => match shared.reload() {
+            Ok(o) => text(
+                StatusCode::OK,
+                "application/json",
+                json!({"generation": o.generation, "restart_required_for": o.ignored}).to_string(),
+            ),
+            Err(e) => text(
+                StatusCode::BAD_REQUEST,
+                "application/json",
+                json!({"error": e.to_string()}).to_string(),
+            ),
+        },
+        (Method::POST, "/drain") => {
+            shared.begin_drain();
+            text(
+                StatusCode::ACCEPTED,
+                "application/json",
+                json!({"draining": true}).to_string(),
+            )
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "unknown admin path; try /status, /metrics, /ready, /live\n",
+        ),
+    }
+}
+
+/// The `/status` document: listeners, routes, clusters, endpoints with live stats.
+pub fn status_json(shared: &Shared) -> serde_json::Value {
+    let rt = shared.runtime.load();
+    let cfg = &rt.config;
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": shared.started.elapsed().as_secs(),
+        "ready": shared.is_ready(),
+        "draining": shared.draining.load(Relaxed),
+        "workers": shared.workers,
+        "connections": shared.connections.load(Relaxed),
+        "config": { "source": cfg.source, "generation": rt.generation, "hash": format!("{:016x}", rt.hash) },
+        "listeners": cfg.listeners.iter().zip(&shared.listeners).map(|(l, (_, s))| json!({
+            "name": l.name,
+            "listen": l.listen.to_string(),
+            "connections_active": s.active.load(Relaxed),
+            "connections_accepted": s.accepted.load(Relaxed),
+            "requests": s.requests.load(Relaxed),
+        })).collect::<Vec<_>>(),
+        "routes": rt.routes.iter().map(|r| json!({
+            "name": &*r.name,
+            "clusters": r.destinations.iter().map(|(c, w)| json!({"cluster": &*rt.clusters[*c].name, "weight": w})).collect::<Vec<_>>(),
+            "timeout_ms": r.timeout.as_millis() as u64,
+            "responses": (1..=5).map(|c| r.stats.responses.get(c)).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "clusters": rt.clusters.iter().map(|c| json!({
+            "name": &*c.name,
+            "balancer": c.balancer.name(),
+            "active_requests": c.stats.active.load(Relaxed),
+            "endpoints": c.endpoints.iter().map(|e| json!({
+                "address": e.address.to_string(),
+                "weight": e.weight,
+                "active_requests": e.stats.active.load(Relaxed),
+                "ewma_latency_ms": e.stats.ewma.get() / 1e6,
+                "responses": (1..=5).map(|k| e.stats.responses.get(k)).collect::<Vec<_>>(),
+                "connections_opened": e.stats.connections_opened.load(Relaxed),
+                "connections_reused": e.stats.connections_reused.load(Relaxed),
+                "connect_failures": e.stats.connect_failures.load(Relaxed),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn status_page(shared: &Shared) -> String {
+    let rt = shared.runtime.load();
+    let mut rows = String::new();
+    for c in &rt.clusters {
+        for e in &c.endpoints {
+            let total: u64 = (1..=5).map(|k| e.stats.responses.get(k)).sum();
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td></tr>",
+                html_escape(&c.name),
+                e.address,
+                c.balancer.name(),
+                e.weight,
+                e.stats.active.load(Relaxed),
+                e.stats.ewma.get() / 1e6,
+                total
+            ));
+        }
+    }
+    format!(
+        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2><title>Tandem</title>\
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}</style></head>\
+<body><h1>Tandem</h1><p>generation {} · {} workers · {} connections · {}</p>\
+<table><tr><th>cluster</th><th>endpoint</th><th>balancer</th><th>weight</th><th>active</th><th>ewma ms</th><th>responses</th></tr>{rows}</table>\
+<p><a href=/status>/status</a> · <a href=/metrics>/metrics</a></p></body></html>",
+        rt.generation,
+        shared.workers,
+        shared.connections.load(Relaxed),
+        if shared.draining.load(Relaxed) { "draining" } else { "serving" },
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,55 @@
+//! weighted: smooth weighted round robin (nginx's algorithm). Every pick adds each
+//! endpoint's weight to its current value, takes the largest, and subtracts the total
+//! from it, which interleaves picks instead of bursting the heaviest endpoint.
+
+use super::{Candidate, WorkerState};
+
+/// Picks by smooth WRR over the worker's current weights.
+pub fn pick<C: Candidate>(state: &mut WorkerState, eps: &[C]) -> usize {
+    if state.current.len() != eps.len() {
+        state.current = vec![0; eps.len()];
+    }
+    let mut total = 0i64;
+    let mut best = 0usize;
+    let mut best_val = i64::MIN;
+    for (i, ep) in eps.iter().enumerate() {
+        let w = i64::from(ep.weight());
+        total += w;
+        let c = &mut state.current[i];
+        *c += w;
+        if *c > best_val {
+            best_val = *c;
+            best = i;
+        }
+    }
+    state.current[best] -= total;
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::weights;
+    use super::*;
+
+    #[test]
+    fn weighted_within_two_percent_over_10k() {
+        let eps = weights(&[5, 3, 1, 1]);
+        let mut s = WorkerState::default();
+        let mut counts = [0u32; 4];
+        for _ in 0..10_000 {
+            counts[pick(&mut s, &eps)] += 1;
+        }
+        for (i, w) in [5.0, 3.0, 1.0, 1.0].iter().enumerate() {
+            let share = f64::from(counts[i]) / 10_000.0;
+            assert!((share - w / 10.0).abs() <= 0.02, "endpoint {i}: {share}");
+        }
+    }
+
+    #[test]
+    fn interleaves_rather_than_bursts() {
+        let eps = weights(&[5, 1, 1]);
+        let mut s = WorkerState::default();
+        let seq: Vec<usize> = (0..7).map(|_| pick(&mut s, &eps)).collect();
+        assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+}

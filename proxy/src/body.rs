@@ -1,0 +1,156 @@
+//! The response body Tandem sends downstream: either the upstream's body streamed
+//! through, or a short local body. It carries a [`Completion`] that runs once when the
+//! body ends or is dropped: it returns the upstream connection to the pool (only after
+//! a complete read), releases load counters, and writes the access log line.
+
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::metrics::{ClusterStats, EndpointStats};
+use crate::runtime::PoolSettings;
+use crate::upstream::{Conn, Pool};
+
+/// Work to do when the response is finished.
+pub struct Completion {
+    /// Upstream connection to return to the pool on a complete read.
+    pub conn: Option<(Conn, Rc<Pool>, PoolSettings)>,
+    /// Endpoint whose active count to release.
+    pub endpoint: Option<Arc<EndpointStats>>,
+    /// Cluster whose active count to release.
+    pub cluster: Option<Arc<ClusterStats>>,
+    /// Access log record to complete and send.
+    pub record: Option<(AccessRecord, AccessLog)>,
+    /// Request start.
+    pub start: Instant,
+    /// Body bytes sent so far.
+    pub bytes: u64,
+}
+
+impl Completion {
+    fn finish(&mut self, complete: bool) {
+        if let Some((conn, pool, settings)) = self.conn.take() {
+            if complete {
+                pool.checkin(conn, &settings);
+            }
+        }
+        if let Some(e) = self.endpoint.take() {
+            e.active.fetch_sub(1, Relaxed);
+        }
+        if let Some(c) = self.cluster.take() {
+            c.active.fetch_sub(1, Relaxed);
+        }
+        if let Some((mut rec, log)) = self.record.take() {
+            rec.bytes = self.bytes;
+            rec.duration = self.start.elapsed();
+            if !complete && rec.reason == "ok" {
+                rec.reason = "downstream-abort";
+            }
+            log.log(rec);
+        }
+    }
+}
+
+enum Kind {
+    Upstream(Incoming),
+    Local(Option<Bytes>),
+}
+
+/// Body of every response Tandem sends.
+pub struct ProxyBody {
+    kind: Kind,
+    done: Option<Box<Completion>>,
+}
+
+impl ProxyBody {
+    /// Streams an upstream body.
+    pub fn upstream(body: Incoming, done: Option<Box<Completion>>) -> Self {
+        ProxyBody {
+            kind: Kind::Upstream(body),
+            done,
+        }
+    }
+
+    /// A local body (errors, admin pages, demo answers).
+    pub fn local(bytes: impl Into<Bytes>, done: Option<Box<Completion>>) -> Self {
+        let b: Bytes = bytes.into();
+        ProxyBody {
+            kind: Kind::Local((!b.is_empty()).then_some(b)),
+            done,
+        }
+    }
+
+    fn complete(&mut self) {
+        if let Some(mut d) = self.done.take() {
+            d.finish(true);
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.kind {
+            Kind::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(inc) => Pin::new(inc).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(d), Some(data)) = (this.done.as_mut(), frame.data_ref()) {
+                    d.bytes += data.len() as u64;
+                }
+                if this.is_end_stream() {
+                    this.complete();
+                }
+            }
+            Poll::Ready(None) => this.complete(),
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(mut d) = this.done.take() {
+                    if let Some((rec, _)) = d.record.as_mut() {
+                        rec.reason = "upstream-reset-body";
+                    }
+                    d.finish(false);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Local(b) => b.is_none(),
+            Kind::Upstream(inc) => inc.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(inc) => inc.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.done.take() {
+            let complete = self.is_end_stream();
+            d.finish(complete);
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! Configuration: TOML file → [`model::ConfigFile`] (serde, unknown keys refused) →
+//! validated [`Config`] (every problem reported with file, line, key and fix).
+//! `runtime::Runtime::compile` turns a `Config` into what the data plane uses.
+//!
+//! Restart-only settings (server, admin, log, listeners) are kept apart from hot ones
+//! (routes, clusters) so a reload can tell which parts it may apply.
+
+pub mod error;
+pub mod load;
+pub mod model;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use regex::Regex;
+
+pub use error::{ConfigError, ConfigIssue};
+pub use load::{load_file, load_str};
+
+/// A validated configuration: every value parsed, every reference resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from (path or label), for messages.
+    pub source: String,
+    /// FNV-1a hash of the file text, shown by the admin API to tell versions apart.
+    pub hash: u64,
+    /// Process settings (restart-only).
+    pub server: ServerConfig,
+    /// Admin API settings (restart-only).
+    pub admin: AdminConfig,
+    /// Logging settings (restart-only).
+    pub log: LogConfig,
+    /// Listeners (restart-only).
+    pub listeners: Vec<ListenerConfig>,
+    /// Routes in file order (hot).
+    pub routes: Vec<RouteConfig>,
+    /// Clusters in file order (hot).
+    pub clusters: Vec<ClusterConfig>,
+}
+
+/// Process settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Worker threads (already resolved from 0 = per core).
+    pub workers: usize,
+    /// Graceful-stop bound.
+    pub drain_timeout: Duration,
+}
+
+/// Admin API settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Bind address.
+    pub listen: SocketAddr,
+    /// Required bearer token, if any.
+    pub token: Option<String>,
+}
+
+/// Output format of the process log or the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Disabled.
+    Off,
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// Appended to a file.
+    File(std::path::PathBuf),
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// tracing filter directive.
+    pub level: String,
+    /// Process log format.
+    pub format: LogFormat,
+    /// Access log target.
+    pub access_log: AccessLogTarget,
+    /// Access log format.
+    pub access_log_format: LogFormat,
+}
+
+/// A downstream listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// Name.
+    pub name: String,
+    /// Bind address.
+    pub listen: SocketAddr,
+    /// Connection cap across workers.
+    pub max_connections: usize,
+    /// Requests per connection, 0 = unlimited.
+    pub max_requests_per_connection: u64,
+    /// Request head size cap.
+    pub max_header_bytes: usize,
+    /// Header count cap.
+    pub max_headers: usize,
+    /// Slowloris guard.
+    pub header_read_timeout: Duration,
+    /// Keep-alive idle bound.
+    pub idle_timeout: Duration,
+    /// Accept h2c prior knowledge.
+    pub http2: bool,
+}
+
+/// How a route matches the request path.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// Any path.
+    Any,
+    /// Equal.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Anchored regular expression.
+    Regex(Regex),
+}
+
+/// How a route matches one header.
+#[derive(Debug, Clone)]
+pub enum HeaderCondition {
+    /// Must be present.
+    Present,
+    /// Must be absent.
+    Absent,
+    /// Must equal.
+    Exact(String),
+    /// Must match (anchored).
+    Regex(Regex),
+}
+
+/// A host pattern of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// `*` or no hosts: any host.
+    Any,
+    /// `api.example.com` (stored lowercase, without port).
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`.
+    Suffix(String),
+}
+
+/// Header rewrite rules.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    /// Appended.
+    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Replaced.
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Removed.
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderRules {
+    /// True when there is nothing to apply (lets the hot path skip the call).
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Name.
+    pub name: String,
+    /// Listener names it serves (empty = all).
+    pub listeners: Vec<String>,
+    /// Host patterns (never empty: `[Any]` when unspecified).
+    pub hosts: Vec<HostPattern>,
+    /// Path condition.
+    pub path: PathMatch,
+    /// Allowed methods (empty = any).
+    pub methods: Vec<http::Method>,
+    /// Header conditions.
+    pub headers: Vec<(http::HeaderName, HeaderCondition)>,
+    /// (cluster index, weight); weights sum > 0.
+    pub destinations: Vec<(usize, u32)>,
+    /// Upstream exchange bound.
+    pub timeout: Duration,
+    /// Request header rules.
+    pub request_headers: HeaderRules,
+    /// Response header rules.
+    pub response_headers: HeaderRules,
+}
+
+/// The balancing algorithm of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalancerKind {
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// Smooth weighted round robin.
+    Weighted,
+    /// Fewest active requests (weighted), two random candidates.
+    LeastRequest,
+    /// Power of two choices over peak-EWMA latency × outstanding.
+    P2cEwma,
+    /// Consistent hashing on a ring with virtual nodes.
+    RingHash,
+    /// Maglev consistent hashing.
+    Maglev,
+    /// Uniform (weighted) random.
+    Random,
+}
+
+impl BalancerKind {
+    /// Every accepted name, for messages.
+    pub const NAMES: [&'static str; 7] = [
+        "round_robin",
+        "weighted",
+        "least_request",
+        "p2c_ewma",
+        "ring_hash",
+        "maglev",
+        "random",
+    ];
+
+    /// Parses a config name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "round_robin" => Self::RoundRobin,
+            "weighted" => Self::Weighted,
+            "least_request" => Self::LeastRequest,
+            "p2c_ewma" => Self::P2cEwma,
+            "ring_hash" => Self::RingHash,
+            "maglev" => Self::Maglev,
+            "random" => Self::Random,
+            _ => return None,
+        })
+    }
+
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// Whether the balancer needs a hash key.
+    pub fn is_hashing(self) -> bool {
+        matches!(self, Self::RingHash | Self::Maglev)
+    }
+}
+
+/// Where a hashing balancer takes its key from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// A request header's value.
+    Header(http::HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+    /// The client address.
+    SourceIp,
+}
+
+/// Upstream wire protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 prior knowledge (gRPC).
+    H2c,
+}
+
+/// A validated endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    /// Address.
+    pub address: SocketAddr,
+    /// Weight (> 0).
+    pub weight: u32,
+}
+
+/// A validated cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Name.
+    pub name: String,
+    /// Balancer.
+    pub balancer: BalancerKind,
+    /// Hash key source (hashing balancers).
+    pub hash_on: Option<HashOn>,
+    /// Upstream protocol.
+    pub protocol: UpstreamProtocol,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Pool cap.
+    pub pool_max_idle_per_endpoint: usize,
+    /// Pool idle bound.
+    pub pool_idle_timeout: Duration,
+    /// Connection age bound (None = unlimited).
+    pub max_connection_age: Option<Duration>,
+    /// Ring points per weight unit.
+    pub ring_hash_virtual_nodes: u32,
+    /// Maglev table size.
+    pub maglev_table_size: u32,
+    /// Endpoints.
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// FNV-1a over bytes; stable across runs and platforms.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

@@ -1,0 +1,633 @@
+//! Semantic checks: addresses parse, names are unique, references resolve, values are
+//! in range. All problems are collected and reported at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use regex::Regex;
+
+use super::error::{did_you_mean, ConfigIssue, LineIndex};
+use super::model::{self, ConfigFile, SpannedStr};
+use super::*;
+
+struct Checker<'a> {
+    lines: &'a LineIndex,
+    issues: Vec<ConfigIssue>,
+}
+
+impl Checker<'_> {
+    fn at(&mut self, span: &SpannedStr, key: String, message: String, hint: Option<String>) {
+        let (line, col) = self.lines.locate(span.span().start);
+        self.issues.push(ConfigIssue {
+            line,
+            col,
+            key,
+            message,
+            hint,
+        });
+    }
+
+    fn addr(&mut self, s: &SpannedStr, key: String) -> Option<SocketAddr> {
+        match s.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                let hint = if s.get_ref().contains(':') {
+                    "write an IP and port, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"; host names are not resolved"
+                } else {
+                    "add a port, e.g. \"127.0.0.1:8080\""
+                };
+                self.at(
+                    s,
+                    key,
+                    format!("`{}` is not an IP:port address", s.get_ref()),
+                    Some(hint.into()),
+                );
+                None
+            }
+        }
+    }
+
+    fn regex(&mut self, s: &SpannedStr, key: String) -> Option<Regex> {
+        match Regex::new(&format!("^(?:{})$", s.get_ref())) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let msg = e.to_string();
+                let last = msg.lines().last().unwrap_or("").trim().to_string();
+                self.at(
+                    s,
+                    key,
+                    format!("`{}` is not a valid regular expression: {last}", s.get_ref()),
+                    Some("the syntax is Rust `regex` (RE2-like); the pattern is anchored at both ends".into()),
+                );
+                None
+            }
+        }
+    }
+
+    fn header_name(&mut self, s: &SpannedStr, key: String) -> Option<http::HeaderName> {
+        match http::HeaderName::from_bytes(s.get_ref().as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.at(
+                    s,
+                    key,
+                    format!("`{}` is not a valid header name", s.get_ref()),
+                    Some("use letters, digits and `-` only".into()),
+                );
+                None
+            }
+        }
+    }
+
+    fn rules(&mut self, r: &model::HeaderRulesSection, key: &str) -> HeaderRules {
+        let mut out = HeaderRules::default();
+        for (list, dest, what) in [(&r.add, 0, "add"), (&r.set, 1, "set")] {
+            for (i, hv) in list.iter().enumerate() {
+                let k = format!("{key}.{what}[{i}]");
+                let name = self.header_name(&hv.name, format!("{k}.name"));
+                let value = match http::HeaderValue::from_str(hv.value.get_ref()) {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        self.at(
+                            &hv.value,
+                            format!("{k}.value"),
+                            "header value contains control characters".into(),
+                            Some("use visible ASCII only".into()),
+                        );
+                        None
+                    }
+                };
+                if let (Some(n), Some(v)) = (name, value) {
+                    if dest == 0 {
+                        out.add.push((n, v));
+                    } else {
+                        out.set.push((n, v));
+                    }
+                }
+            }
+        }
+        for (i, n) in r.remove.iter().enumerate() {
+            if let Some(h) = self.header_name(n, format!("{key}.remove[{i}]")) {
+                out.remove.push(h);
+            }
+        }
+        out
+    }
+}
+
+/// Validates a parsed file; returns every problem found.
+pub(crate) fn validate(
+    source: &str,
+    text: &str,
+    lines: &LineIndex,
+    file: ConfigFile,
+) -> Result<Config, Vec<ConfigIssue>> {
+    let mut c = Checker {
+        lines,
+        issues: Vec::new(),
+    };
+
+    let workers = if file.server.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        file.server.workers
+    };
+    let server = ServerConfig {
+        workers,
+        drain_timeout: file.server.drain_timeout,
+    };
+
+    let admin_listen = c.addr(&file.admin.listen, "admin.listen".into());
+    if let Some(a) = admin_listen {
+        if !a.ip().is_loopback() && file.admin.token.as_deref().unwrap_or("").is_empty() {
+            c.at(
+                &file.admin.listen,
+                "admin.listen".into(),
+                format!("`{a}` is reachable beyond loopback but no token is set"),
+                Some(
+                    "set admin.token = \"…\" (a long random string) or listen on 127.0.0.1".into(),
+                ),
+            );
+        }
+    }
+    let admin = AdminConfig {
+        listen: admin_listen.unwrap_or_else(|| "127.0.0.1:9900".parse().expect("literal")),
+        token: file.admin.token.filter(|t| !t.is_empty()),
+    };
+
+    let log = LogConfig {
+        level: file.log.level.clone(),
+        format: log_format(&mut c, &file.log.format, "log.format"),
+        access_log: match file.log.access_log.as_str() {
+            "off" | "" => AccessLogTarget::Off,
+            "stdout" => AccessLogTarget::Stdout,
+            "stderr" => AccessLogTarget::Stderr,
+            p => AccessLogTarget::File(p.into()),
+        },
+        access_log_format: log_format(&mut c, &file.log.access_log_format, "log.access_log_format"),
+    };
+
+    // Listeners.
+    let mut listeners = Vec::new();
+    let mut listener_names: HashMap<String, usize> = HashMap::new();
+    for (i, l) in file.listeners.iter().enumerate() {
+        let key = format!("listener[{i}]");
+        if listener_names.insert(l.name.get_ref().clone(), i).is_some() {
+            c.at(
+                &l.name,
+                format!("{key}.name"),
+                format!("listener name `{}` is used twice", l.name.get_ref()),
+                Some("give each listener a unique name".into()),
+            );
+        }
+        let addr = c.addr(&l.listen, format!("{key}.listen"));
+        if l.max_header_bytes < 1024 {
+            c.at(
+                &l.name,
+                format!("{key}.max_header_bytes"),
+                format!("{} is too small", l.max_header_bytes),
+                Some("use at least 1024 (default 65536)".into()),
+            );
+        }
+        if l.max_connections == 0 {
+            c.at(
+                &l.name,
+                format!("{key}.max_connections"),
+                "0 would refuse every connection".into(),
+                Some("use a positive number (default 10000)".into()),
+            );
+        }
+        if let Some(listen) = addr {
+            if let Some(prev) = listeners
+                .iter()
+                .find(|p: &&ListenerConfig| p.listen == listen)
+            {
+                c.at(
+                    &l.listen,
+                    format!("{key}.listen"),
+                    format!("`{listen}` is already used by listener `{}`", prev.name),
+                    Some("each listener needs its own address".into()),
+                );
+            }
+            listeners.push(ListenerConfig {
+                name: l.name.get_ref().clone(),
+                listen,
+                max_connections: l.max_connections,
+                max_requests_per_connection: l.max_requests_per_connection,
+                max_header_bytes: l.max_header_bytes.max(8192),
+                max_headers: l.max_headers,
+                header_read_timeout: l.header_read_timeout,
+                idle_timeout: l.idle_timeout,
+                http2: l.http2,
+            });
+        }
+    }
+
+    // Clusters.
+    let mut clusters = Vec::new();
+    let mut cluster_names: HashMap<String, usize> = HashMap::new();
+    for (i, cl) in file.clusters.iter().enumerate() {
+        let key = format!("cluster[{i}]");
+        if cluster_names.insert(cl.name.get_ref().clone(), i).is_some() {
+            c.at(
+                &cl.name,
+                format!("{key}.name"),
+                format!("cluster name `{}` is used twice", cl.name.get_ref()),
+                Some("give each cluster a unique name".into()),
+            );
+        }
+        let balancer = match BalancerKind::from_name(cl.balancer.get_ref()) {
+            Some(b) => b,
+            None => {
+                let hint = match did_you_mean(cl.balancer.get_ref(), BalancerKind::NAMES) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("one of: {}", BalancerKind::NAMES.join(", ")),
+                };
+                c.at(
+                    &cl.balancer,
+                    format!("{key}.balancer"),
+                    format!("unknown balancer `{}`", cl.balancer.get_ref()),
+                    Some(hint),
+                );
+                BalancerKind::RoundRobin
+            }
+        };
+        let hash_on = cl
+            .hash_on
+            .as_ref()
+            .and_then(|h| parse_hash_on(&mut c, h, format!("{key}.hash_on")));
+        if balancer.is_hashing() && cl.hash_on.is_none() {
+            c.at(
+                &cl.balancer,
+                format!("{key}.hash_on"),
+                format!("balancer `{}` needs a hash key", balancer.name()),
+                Some("add hash_on = \"header:NAME\", \"cookie:NAME\" or \"source_ip\"".into()),
+            );
+        }
+        let protocol = match cl.protocol.get_ref().as_str() {
+            "http1" => UpstreamProtocol::Http1,
+            "h2c" | "http2" => UpstreamProtocol::H2c,
+            other => {
+                c.at(
+                    &cl.protocol,
+                    format!("{key}.protocol"),
+                    format!("unknown upstream protocol `{other}`"),
+                    Some("use \"http1\" or \"h2c\"".into()),
+                );
+                UpstreamProtocol::Http1
+            }
+        };
+        if cl.endpoints.is_empty() {
+            c.at(
+                &cl.name,
+                format!("{key}.endpoints"),
+                format!("cluster `{}` has no endpoints", cl.name.get_ref()),
+                Some("add endpoints = [{ address = \"127.0.0.1:9001\" }]".into()),
+            );
+        }
+        let mut endpoints: Vec<EndpointConfig> = Vec::new();
+        for (j, ep) in cl.endpoints.iter().enumerate() {
+            let ekey = format!("{key}.endpoints[{j}]");
+            if ep.weight == 0 {
+                c.at(
+                    &ep.address,
+                    format!("{ekey}.weight"),
+                    "weight 0 would never be picked".into(),
+                    Some("use a weight ≥ 1, or remove the endpoint".into()),
+                );
+            }
+            if let Some(address) = c.addr(&ep.address, format!("{ekey}.address")) {
+                if endpoints.iter().any(|e| e.address == address) {
+                    c.at(
+                        &ep.address,
+                        format!("{ekey}.address"),
+                        format!(
+                            "`{address}` is listed twice in cluster `{}`",
+                            cl.name.get_ref()
+                        ),
+                        Some("list each endpoint once and use weight to favour it".into()),
+                    );
+                }
+                endpoints.push(EndpointConfig {
+                    address,
+                    weight: ep.weight.max(1),
+                });
+            }
+        }
+        if balancer == BalancerKind::Maglev
+            && (cl.maglev_table_size as usize) < 100 * endpoints.len().max(1)
+        {
+            c.at(
+                &cl.name,
+                format!("{key}.maglev_table_size"),
+                format!(
+                    "{} is too small for {} endpoints",
+                    cl.maglev_table_size,
+                    endpoints.len()
+                ),
+                Some("use a prime above 100 × endpoints (default 65537)".into()),
+            );
+        }
+        if cl.ring_hash_virtual_nodes == 0 {
+            c.at(
+                &cl.name,
+                format!("{key}.ring_hash_virtual_nodes"),
+                "0 leaves the ring empty".into(),
+                Some("use 100–1000 (default 160)".into()),
+            );
+        }
+        clusters.push(ClusterConfig {
+            name: cl.name.get_ref().clone(),
+            balancer,
+            hash_on,
+            protocol,
+            connect_timeout: cl.connect_timeout,
+            pool_max_idle_per_endpoint: cl.pool_max_idle_per_endpoint,
+            pool_idle_timeout: cl.pool_idle_timeout,
+            max_connection_age: (cl.max_connection_age > Duration::ZERO)
+                .then_some(cl.max_connection_age),
+            ring_hash_virtual_nodes: cl.ring_hash_virtual_nodes.max(1),
+            maglev_table_size: cl.maglev_table_size,
+            endpoints,
+        });
+    }
+
+    // Routes.
+    let mut routes = Vec::new();
+    let mut route_names: HashMap<String, usize> = HashMap::new();
+    for (i, r) in file.routes.iter().enumerate() {
+        let key = format!("route[{i}]");
+        if route_names.insert(r.name.get_ref().clone(), i).is_some() {
+            c.at(
+                &r.name,
+                format!("{key}.name"),
+                format!("route name `{}` is used twice", r.name.get_ref()),
+                Some("give each route a unique name".into()),
+            );
+        }
+        for (j, l) in r.listeners.iter().enumerate() {
+            if !listener_names.contains_key(l.get_ref()) {
+                let hint =
+                    match did_you_mean(l.get_ref(), listener_names.keys().map(String::as_str)) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => "name a listener defined with [[listener]]".into(),
+                    };
+                c.at(
+                    l,
+                    format!("{key}.listeners[{j}]"),
+                    format!("no listener named `{}`", l.get_ref()),
+                    Some(hint),
+                );
+            }
+        }
+        let mut hosts = Vec::new();
+        for (j, h) in r.hosts.iter().enumerate() {
+            let s = h.get_ref().to_ascii_lowercase();
+            if s == "*" {
+                hosts.push(HostPattern::Any);
+            } else if let Some(suffix) = s.strip_prefix('*') {
+                if !suffix.starts_with('.') || suffix.len() < 2 {
+                    c.at(
+                        h,
+                        format!("{key}.hosts[{j}]"),
+                        format!("`{}` is not a host pattern", h.get_ref()),
+                        Some("write an exact host, `*.example.com`, or `*`".into()),
+                    );
+                }
+                hosts.push(HostPattern::Suffix(suffix.to_string()));
+            } else if s.contains('*') || s.contains('/') || s.is_empty() {
+                c.at(
+                    h,
+                    format!("{key}.hosts[{j}]"),
+                    format!("`{}` is not a host pattern", h.get_ref()),
+                    Some("write an exact host, `*.example.com`, or `*`".into()),
+                );
+            } else {
+                hosts.push(HostPattern::Exact(s));
+            }
+        }
+        if hosts.is_empty() {
+            hosts.push(HostPattern::Any);
+        }
+        let path_count = [
+            r.path_exact.is_some(),
+            r.path_prefix.is_some(),
+            r.path_regex.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if path_count > 1 {
+            c.at(
+                &r.name,
+                format!("{key}.path_*"),
+                "more than one of path_exact, path_prefix, path_regex is set".into(),
+                Some("keep one; split the route in two if both are needed".into()),
+            );
+        }
+        let path = if let Some(p) = &r.path_exact {
+            check_path(&mut c, p, format!("{key}.path_exact"));
+            PathMatch::Exact(p.get_ref().clone())
+        } else if let Some(p) = &r.path_prefix {
+            check_path(&mut c, p, format!("{key}.path_prefix"));
+            PathMatch::Prefix(p.get_ref().clone())
+        } else if let Some(p) = &r.path_regex {
+            c.regex(p, format!("{key}.path_regex"))
+                .map_or(PathMatch::Any, PathMatch::Regex)
+        } else {
+            PathMatch::Any
+        };
+        let mut methods = Vec::new();
+        for (j, m) in r.methods.iter().enumerate() {
+            match http::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                Ok(mm) => methods.push(mm),
+                Err(_) => c.at(
+                    m,
+                    format!("{key}.methods[{j}]"),
+                    format!("`{}` is not an HTTP method", m.get_ref()),
+                    Some("e.g. \"GET\", \"POST\"".into()),
+                ),
+            }
+        }
+        let mut headers = Vec::new();
+        for (j, h) in r.headers.iter().enumerate() {
+            let hkey = format!("{key}.headers[{j}]");
+            let name = c.header_name(&h.name, format!("{hkey}.name"));
+            let set = [h.exact.is_some(), h.regex.is_some(), h.present.is_some()]
+                .iter()
+                .filter(|b| **b)
+                .count();
+            let cond = if set != 1 {
+                c.at(
+                    &h.name,
+                    hkey.clone(),
+                    format!(
+                        "header match on `{}` needs exactly one of exact, regex, present",
+                        h.name.get_ref()
+                    ),
+                    Some("e.g. { name = \"x-canary\", exact = \"1\" }".into()),
+                );
+                None
+            } else if let Some(v) = &h.exact {
+                Some(HeaderCondition::Exact(v.clone()))
+            } else if let Some(re) = &h.regex {
+                c.regex(re, format!("{hkey}.regex"))
+                    .map(HeaderCondition::Regex)
+            } else if h.present == Some(true) {
+                Some(HeaderCondition::Present)
+            } else {
+                Some(HeaderCondition::Absent)
+            };
+            if let (Some(n), Some(cond)) = (name, cond) {
+                headers.push((n, cond));
+            }
+        }
+        let mut destinations = Vec::new();
+        let mut resolve =
+            |c: &mut Checker, name: &SpannedStr, k: String, weight: u32| match cluster_names
+                .get(name.get_ref())
+            {
+                Some(&idx) => destinations.push((idx, weight)),
+                None => {
+                    let hint = match did_you_mean(
+                        name.get_ref(),
+                        cluster_names.keys().map(String::as_str),
+                    ) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => "define it with [[cluster]] name = \"…\"".into(),
+                    };
+                    c.at(
+                        name,
+                        k,
+                        format!(
+                            "route points at cluster `{}`, which does not exist",
+                            name.get_ref()
+                        ),
+                        Some(hint),
+                    );
+                }
+            };
+        match (&r.cluster, r.clusters.is_empty()) {
+            (Some(cl), true) => resolve(&mut c, cl, format!("{key}.cluster"), 1),
+            (None, false) => {
+                for (j, wc) in r.clusters.iter().enumerate() {
+                    resolve(
+                        &mut c,
+                        &wc.name,
+                        format!("{key}.clusters[{j}].name"),
+                        wc.weight,
+                    );
+                }
+                if r.clusters.iter().map(|w| u64::from(w.weight)).sum::<u64>() == 0 {
+                    c.at(
+                        &r.name,
+                        format!("{key}.clusters"),
+                        "all weights are 0".into(),
+                        Some("give at least one cluster a positive weight".into()),
+                    );
+                }
+            }
+            (Some(_), false) => c.at(
+                &r.name,
+                format!("{key}.cluster"),
+                "both `cluster` and `clusters` are set".into(),
+                Some("use `cluster` for one destination or `clusters` for a weighted split".into()),
+            ),
+            (None, true) => c.at(
+                &r.name,
+                format!("{key}.cluster"),
+                format!("route `{}` has no destination", r.name.get_ref()),
+                Some("add cluster = \"NAME\" or clusters = [{ name = \"…\", weight = … }]".into()),
+            ),
+        }
+        if r.timeout.is_zero() {
+            c.at(
+                &r.name,
+                format!("{key}.timeout"),
+                "a zero timeout fails every request".into(),
+                Some("use e.g. \"15s\"".into()),
+            );
+        }
+        let request_headers = c.rules(&r.request_headers, &format!("{key}.request_headers"));
+        let response_headers = c.rules(&r.response_headers, &format!("{key}.response_headers"));
+        routes.push(RouteConfig {
+            name: r.name.get_ref().clone(),
+            listeners: r.listeners.iter().map(|l| l.get_ref().clone()).collect(),
+            hosts,
+            path,
+            methods,
+            headers,
+            destinations,
+            timeout: r.timeout,
+            request_headers,
+            response_headers,
+        });
+    }
+
+    if !c.issues.is_empty() {
+        c.issues.sort_by_key(|i| (i.line, i.col));
+        return Err(c.issues);
+    }
+    Ok(Config {
+        source: source.to_string(),
+        hash: fnv1a(text.as_bytes()),
+        server,
+        admin,
+        log,
+        listeners,
+        routes,
+        clusters,
+    })
+}
+
+fn log_format(c: &mut Checker, s: &SpannedStr, key: &str) -> LogFormat {
+    match s.get_ref().as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            c.at(
+                s,
+                key.into(),
+                format!("unknown format `{other}`"),
+                Some("use \"text\" or \"json\"".into()),
+            );
+            LogFormat::Text
+        }
+    }
+}
+
+fn check_path(c: &mut Checker, p: &SpannedStr, key: String) {
+    if !p.get_ref().starts_with('/') {
+        c.at(
+            p,
+            key,
+            format!("`{}` does not start with `/`", p.get_ref()),
+            Some(format!("write \"/{}\"", p.get_ref())),
+        );
+    }
+}
+
+fn parse_hash_on(c: &mut Checker, s: &SpannedStr, key: String) -> Option<HashOn> {
+    let v = s.get_ref();
+    if v == "source_ip" {
+        return Some(HashOn::SourceIp);
+    }
+    if let Some(h) = v.strip_prefix("header:") {
+        if let Ok(name) = http::HeaderName::from_bytes(h.as_bytes()) {
+            return Some(HashOn::Header(name));
+        }
+    }
+    if let Some(ck) = v.strip_prefix("cookie:") {
+        if !ck.is_empty() {
+            return Some(HashOn::Cookie(ck.to_string()));
+        }
+    }
+    c.at(
+        s,
+        key,
+        format!("`{v}` is not a hash key"),
+        Some("use \"header:NAME\", \"cookie:NAME\" or \"source_ip\"".into()),
+    );
+    None
+}

@@ -1,0 +1,163 @@
+//! Process-wide control state shared by workers, the admin API and signal handlers:
+//! the current runtime snapshot, stats, lifecycle flags, and the reload procedure.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+use crate::access_log::AccessLog;
+use crate::config::{self, Config, ConfigError};
+use crate::metrics::{ListenerStats, StatsRegistry};
+use crate::runtime::Runtime;
+
+/// Where the configuration comes from, so a reload can read it again.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A file on disk.
+    File(PathBuf),
+    /// Text embedded in the binary (the demo), with a label.
+    Embedded(&'static str, String),
+}
+
+impl ConfigSource {
+    /// Reads and validates the configuration.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match self {
+            ConfigSource::File(p) => config::load_file(p),
+            ConfigSource::Embedded(label, text) => config::load_str(label, text),
+        }
+    }
+}
+
+/// State shared by every thread of the process.
+#[derive(Debug)]
+pub struct Shared {
+    /// The runtime new requests use.
+    pub runtime: ArcSwap<Runtime>,
+    /// Counters keyed by identity.
+    pub stats: Arc<StatsRegistry>,
+    /// Listener counters, in listener order (restart-only set).
+    pub listeners: Vec<(String, Arc<ListenerStats>)>,
+    /// Where reloads read from.
+    pub source: ConfigSource,
+    /// Access log sender.
+    pub access_log: AccessLog,
+    /// Set when a graceful stop began.
+    pub draining: AtomicBool,
+    /// Workers whose listeners are bound and accepting.
+    pub workers_ready: AtomicUsize,
+    /// Worker count.
+    pub workers: usize,
+    /// Downstream connections open (all listeners).
+    pub connections: AtomicU64,
+    /// Process start, for uptime.
+    pub started: Instant,
+    /// Wakes workers to stop accepting and drain.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+    reload_lock: Mutex<()>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// New generation.
+    pub generation: u64,
+    /// Restart-only settings that changed and were not applied.
+    pub ignored: Vec<String>,
+}
+
+impl Shared {
+    /// Compiles the first runtime and builds the shared state.
+    pub fn new(
+        config: Config,
+        source: ConfigSource,
+        access_log: AccessLog,
+        stats: Arc<StatsRegistry>,
+    ) -> Arc<Shared> {
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), stats.listener(&l.name)))
+            .collect();
+        let workers = config.server.workers;
+        let runtime = Runtime::compile(Arc::new(config), 1, &stats);
+        Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            stats,
+            listeners,
+            source,
+            access_log,
+            draining: AtomicBool::new(false),
+            workers_ready: AtomicUsize::new(0),
+            workers,
+            connections: AtomicU64::new(0),
+            started: Instant::now(),
+            shutdown: tokio::sync::watch::channel(false).0,
+            reload_lock: Mutex::new(()),
+        })
+    }
+
+    /// Reads the configuration again and swaps in a new runtime. A configuration that
+    /// does not validate is refused and the current one keeps serving.
+    pub fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
+        let _guard = self.reload_lock.lock().expect("reload lock poisoned");
+        let next = match self.source.load() {
+            Ok(c) => c,
+            Err(e) => {
+                self.stats.process.reloads_failed.fetch_add(1, Relaxed);
+                tracing::error!(
+                    "reload refused, keeping generation {}:\n{e}",
+                    self.runtime.load().generation
+                );
+                return Err(e);
+            }
+        };
+        let current = self.runtime.load_full();
+        let ignored = restart_only_changes(&current.config, &next);
+        for what in &ignored {
+            tracing::warn!("reload: {what} changed; it takes effect only after a restart");
+        }
+        let generation = current.generation + 1;
+        let rt = Runtime::compile(Arc::new(next), generation, &self.stats);
+        self.runtime.store(Arc::new(rt));
+        self.stats.process.reloads_ok.fetch_add(1, Relaxed);
+        tracing::info!(generation, "configuration reloaded");
+        Ok(ReloadOutcome {
+            generation,
+            ignored,
+        })
+    }
+
+    /// Begins a graceful stop: listeners close, connections finish.
+    pub fn begin_drain(&self) {
+        if !self.draining.swap(true, SeqCst) {
+            tracing::info!("draining: no longer accepting connections");
+            let _ = self.shutdown.send(true);
+        }
+    }
+
+    /// Whether every worker accepts and no drain has begun.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Relaxed) && self.workers_ready.load(Relaxed) == self.workers
+    }
+}
+
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut v = Vec::new();
+    if old.listeners != new.listeners {
+        v.push("listeners".to_string());
+    }
+    if old.admin != new.admin {
+        v.push("admin".to_string());
+    }
+    if old.server != new.server {
+        v.push("server".to_string());
+    }
+    if old.log != new.log {
+        v.push("log".to_string());
+    }
+    v
+}

@@ -1,0 +1,73 @@
+//! `tandem ctl`: a thin client of the admin API.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Why a ctl call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The admin API could not be reached.
+    #[error("cannot reach the admin API at {addr}: {source} (is tandem running? is [admin] listen right?)")]
+    Connect {
+        /// Address tried.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The answer was not HTTP.
+    #[error("admin API sent an unreadable answer: {0}")]
+    Protocol(String),
+}
+
+/// Performs `method path` against the admin API; returns (status, body).
+pub fn call(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+) -> Result<(u16, String), CtlError> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|source| CtlError::Connect { addr, source })?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .map_err(|source| CtlError::Connect { addr, source })?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)
+        .map_err(|source| CtlError::Connect { addr, source })?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| CtlError::Protocol("no header end".into()))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| CtlError::Protocol(head.lines().next().unwrap_or("").into()))?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

@@ -1,0 +1,123 @@
+//! `tandem demo` and `tandem backend`: demo backends that answer with their own name
+//! (with `?delay_ms=` and `?status=` to play slow or failing), and the embedded demo
+//! configuration that puts Tandem in front of three of them.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+/// Addresses of the demo backends.
+pub const DEMO_BACKENDS: [(&str, &str); 3] = [
+    ("alpha", "127.0.0.1:9101"),
+    ("beta", "127.0.0.1:9102"),
+    ("gamma", "127.0.0.1:9103"),
+];
+
+/// The embedded demo configuration (also shipped as deploy/examples/demo.toml).
+pub const DEMO_CONFIG: &str = include_str!("../../deploy/examples/demo.toml");
+
+/// Serves a demo backend on `listener` until the runtime stops.
+///
+/// - any path: `200 backend NAME`, header `x-backend: NAME`;
+/// - `?delay_ms=N`: answers after N ms; `?status=N`: answers with status N;
+/// - `/headers`: echoes the request head (for checking what the proxy sent);
+/// - `/healthz`: `200 ok`, never delayed.
+pub async fn serve_backend(listener: tokio::net::TcpListener, name: Arc<str>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let name = name.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| answer(name.clone(), req));
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    name: Arc<str>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut delay = 0u64;
+    let mut status = 200u16;
+    if let Some(q) = req.uri().query() {
+        for pair in q.split('&') {
+            match pair.split_once('=') {
+                Some(("delay_ms", v)) => delay = v.parse().unwrap_or(0),
+                Some(("status", v)) => status = v.parse().unwrap_or(200),
+                _ => {}
+            }
+        }
+    }
+    let path = req.uri().path().to_string();
+    let body = if path == "/headers" {
+        let mut s = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+        for (k, v) in req.headers() {
+            s.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+        }
+        Bytes::from(s)
+    } else if path == "/healthz" {
+        delay = 0;
+        status = 200;
+        Bytes::from_static(b"ok\n")
+    } else {
+        Bytes::from(format!("backend {name}\n"))
+    };
+    // Consume the request body so keep-alive continues cleanly.
+    let _ = req.into_body().collect().await;
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    resp.headers_mut().insert(
+        "x-backend",
+        http::HeaderValue::from_str(&name).unwrap_or(http::HeaderValue::from_static("?")),
+    );
+    Ok(resp)
+}
+
+/// Starts `backends` on a background multi-threaded runtime with `threads` threads.
+/// Returns once all are bound.
+pub fn spawn_backends(backends: Vec<(String, SocketAddr)>, threads: usize) -> std::io::Result<()> {
+    let mut bound = Vec::new();
+    for (name, addr) in backends {
+        let l = std::net::TcpListener::bind(addr)?;
+        l.set_nonblocking(true)?;
+        bound.push((name, l));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("backend")
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("backends".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                for (name, l) in bound {
+                    match tokio::net::TcpListener::from_std(l) {
+                        Ok(l) => {
+                            tokio::spawn(serve_backend(l, name.into()));
+                        }
+                        Err(e) => tracing::error!(error = %e, "backend listener failed"),
+                    }
+                }
+                std::future::pending::<()>().await;
+            });
+        })?;
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Why a request failed, mapped in one place to the status code the client gets, the
+//! short plain body that says which failure it was, and the access-log reason.
+
+/// A request-level failure on the proxy path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matched the request.
+    #[error("no route matches this request")]
+    NoRoute,
+    /// The cluster has no endpoint to send to.
+    #[error("no healthy upstream")]
+    NoHealthyUpstream,
+    /// Connecting to the endpoint failed (refused, unreachable).
+    #[error("upstream connect error")]
+    ConnectFailure,
+    /// Connecting took longer than the cluster's connect_timeout.
+    #[error("upstream connect timeout")]
+    ConnectTimeout,
+    /// No response headers within the route timeout.
+    #[error("upstream request timeout")]
+    Timeout,
+    /// The upstream closed or reset the connection, or spoke invalid HTTP.
+    #[error("upstream connection reset or protocol error")]
+    UpstreamReset,
+}
+
+impl ProxyError {
+    /// HTTP status for the client.
+    pub fn status(self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            ProxyError::NoRoute => S::NOT_FOUND,
+            ProxyError::NoHealthyUpstream => S::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectFailure | ProxyError::UpstreamReset => S::BAD_GATEWAY,
+            ProxyError::ConnectTimeout | ProxyError::Timeout => S::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Termination reason for the access log and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no-route",
+            ProxyError::NoHealthyUpstream => "no-healthy-upstream",
+            ProxyError::ConnectFailure => "connect-failure",
+            ProxyError::ConnectTimeout => "connect-timeout",
+            ProxyError::Timeout => "timeout",
+            ProxyError::UpstreamReset => "upstream-reset",
+        }
+    }
+
+    /// Whether the failure happened before the request reached an upstream, so
+    /// repeating it elsewhere cannot duplicate side effects.
+    pub fn before_upstream(self) -> bool {
+        matches!(
+            self,
+            ProxyError::NoRoute
+                | ProxyError::NoHealthyUpstream
+                | ProxyError::ConnectFailure
+                | ProxyError::ConnectTimeout
+        )
+    }
+
+    /// The short plain-text body sent with the status.
+    pub fn body(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no route matches this request\n",
+            ProxyError::NoHealthyUpstream => "no healthy upstream\n",
+            ProxyError::ConnectFailure => "upstream connect error\n",
+            ProxyError::ConnectTimeout => "upstream connect timeout\n",
+            ProxyError::Timeout => "upstream request timeout\n",
+            ProxyError::UpstreamReset => "upstream connection reset\n",
+        }
+    }
+}

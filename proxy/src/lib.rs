@@ -1,0 +1,23 @@
+//! Tandem's data plane: an L7 load-balancing proxy built as share-nothing workers over
+//! a compiled, atomically swapped runtime. See `DESIGN.md` for the architecture; the
+//! binary `tandem` (src/main.rs) is a thin CLI over this library.
+
+#![warn(missing_docs)]
+
+pub mod access_log;
+pub mod admin;
+pub mod balancer;
+pub mod body;
+pub mod config;
+pub mod control;
+pub mod ctl;
+pub mod demo;
+pub mod downstream;
+pub mod error;
+pub mod headers;
+pub mod metrics;
+pub mod proxy;
+pub mod runtime;
+pub mod server;
+pub mod upstream;
+pub mod worker;

@@ -1,0 +1,281 @@
+//! The `tandem` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tandem_proxy::config::{self, Config};
+use tandem_proxy::control::ConfigSource;
+use tandem_proxy::{ctl, demo, server};
+
+/// Tandem: an L4/L7 load-balancing proxy for redundant on-prem pairs.
+#[derive(Parser, Debug)]
+#[command(name = "tandem", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy with a configuration file.
+    Run {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print what it compiles to.
+    Check {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Run a local demo: three demo backends and the proxy on 127.0.0.1:8080.
+    Demo,
+    /// Run demo backends (for demos, tests and benchmarks).
+    Backend {
+        /// NAME=ADDR pairs, e.g. alpha=127.0.0.1:9101.
+        #[arg(required = true)]
+        backends: Vec<String>,
+        /// Threads serving the backends.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// Talk to a running tandem through its admin API.
+    Ctl {
+        /// Admin API address (default: from --config, else 127.0.0.1:9900).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Read the admin address and token from this configuration file.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Admin token (default: from --config or $TANDEM_ADMIN_TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+        #[command(subcommand)]
+        what: CtlCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlCommand {
+    /// Show status (listeners, routes, clusters, endpoints) as JSON.
+    Status,
+    /// Print Prometheus metrics.
+    Metrics,
+    /// Reload the configuration file.
+    Reload,
+    /// Stop accepting, finish in-flight requests, exit.
+    Drain,
+    /// Exit 0 when the process is ready.
+    Ready,
+    /// Exit 0 when the process is alive.
+    Live,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Command::Run { config } => {
+            let cfg = match config::load_file(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            run(cfg, ConfigSource::File(config), None)
+        }
+        Command::Check { config } => match config::load_file(&config) {
+            Ok(c) => {
+                print_summary(&c);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                let n = e.issues().len();
+                if n > 0 {
+                    eprintln!(
+                        "{n} problem{} found; configuration refused",
+                        if n == 1 { "" } else { "s" }
+                    );
+                }
+                ExitCode::from(2)
+            }
+        },
+        Command::Demo => {
+            let cfg = match config::load_str("<embedded demo>", demo::DEMO_CONFIG) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let backends = demo::DEMO_BACKENDS
+                .iter()
+                .map(|(n, a)| (n.to_string(), a.parse().expect("demo address")))
+                .collect();
+            if let Err(e) = demo::spawn_backends(backends, 1) {
+                eprintln!("cannot start demo backends on 127.0.0.1:9101-9103: {e}");
+                return ExitCode::FAILURE;
+            }
+            let banner = "\nTandem demo is up.\n\
+  proxy:    curl -s http://127.0.0.1:8080/            (answers 'backend alpha|beta|gamma')\n\
+            curl -s 'http://127.0.0.1:8080/?delay_ms=80'  (a slow request)\n\
+            curl -s 'http://127.0.0.1:8080/?status=503'   (an upstream error)\n\
+  admin:    http://127.0.0.1:9900/  (status page), /status, /metrics\n\
+  control:  tandem ctl status | tandem ctl metrics\n\
+  stop:     Ctrl-C\n";
+            run(
+                cfg,
+                ConfigSource::Embedded("<embedded demo>", demo::DEMO_CONFIG.to_string()),
+                Some(banner),
+            )
+        }
+        Command::Backend { backends, threads } => {
+            let mut list = Vec::new();
+            for b in backends {
+                let Some((name, addr)) = b.split_once('=') else {
+                    eprintln!("`{b}`: write NAME=ADDR, e.g. alpha=127.0.0.1:9101");
+                    return ExitCode::from(2);
+                };
+                let Ok(addr) = addr.parse() else {
+                    eprintln!("`{addr}` is not an IP:port address");
+                    return ExitCode::from(2);
+                };
+                list.push((name.to_string(), addr));
+            }
+            if let Err(e) = demo::spawn_backends(list, threads) {
+                eprintln!("cannot start backends: {e}");
+                return ExitCode::FAILURE;
+            }
+            loop {
+                std::thread::park();
+            }
+        }
+        Command::Ctl {
+            admin,
+            config,
+            token,
+            what,
+        } => ctl_main(admin, config, token, what),
+    }
+}
+
+fn run(cfg: Config, source: ConfigSource, banner: Option<&str>) -> ExitCode {
+    server::init_logging(&cfg.log);
+    let running = match server::start(cfg, source) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("tandem: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(b) = banner {
+        eprintln!("{b}");
+    }
+    match server::run_until_stopped(&running) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandem: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ctl_main(
+    admin: Option<SocketAddr>,
+    config: Option<PathBuf>,
+    token: Option<String>,
+    what: CtlCommand,
+) -> ExitCode {
+    let mut addr: SocketAddr = "127.0.0.1:9900".parse().expect("literal");
+    let mut tok = token.or_else(|| std::env::var("TANDEM_ADMIN_TOKEN").ok());
+    if let Some(path) = config {
+        match config::load_file(&path) {
+            Ok(c) => {
+                addr = c.admin.listen;
+                if tok.is_none() {
+                    tok = c.admin.token;
+                }
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(a) = admin {
+        addr = a;
+    }
+    let (method, path) = match what {
+        CtlCommand::Status => ("GET", "/status"),
+        CtlCommand::Metrics => ("GET", "/metrics"),
+        CtlCommand::Reload => ("POST", "/reload"),
+        CtlCommand::Drain => ("POST", "/drain"),
+        CtlCommand::Ready => ("GET", "/ready"),
+        CtlCommand::Live => ("GET", "/live"),
+    };
+    match ctl::call(addr, tok.as_deref(), method, path) {
+        Ok((status, body)) => {
+            print!("{body}");
+            if !body.ends_with('\n') {
+                println!();
+            }
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("tandem ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_summary(c: &Config) {
+    println!("configuration OK: {}", c.source);
+    println!("workers: {}", c.server.workers);
+    for l in &c.listeners {
+        println!("listener {} on {}", l.name, l.listen);
+    }
+    for r in &c.routes {
+        let dests: Vec<String> = r
+            .destinations
+            .iter()
+            .map(|(i, w)| format!("{}(w={w})", c.clusters[*i].name))
+            .collect();
+        println!(
+            "route {}: hosts={:?} path={:?} methods={:?} -> {}",
+            r.name,
+            r.hosts,
+            path_desc(&r.path),
+            r.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+            dests.join(", ")
+        );
+    }
+    for cl in &c.clusters {
+        println!(
+            "cluster {}: {} {:?}",
+            cl.name,
+            cl.balancer.name(),
+            cl.protocol
+        );
+        for e in &cl.endpoints {
+            println!("  endpoint {} weight {}", e.address, e.weight);
+        }
+    }
+}
+
+fn path_desc(p: &config::PathMatch) -> String {
+    match p {
+        config::PathMatch::Any => "*".into(),
+        config::PathMatch::Exact(s) => format!("={s}"),
+        config::PathMatch::Prefix(s) => format!("{s}*"),
+        config::PathMatch::Regex(r) => format!("~{}", r.as_str()),
+    }
+}

@@ -1,0 +1,476 @@
+//! Counters the data plane bumps (atomics only, no locks on the request path) and their
+//! Prometheus text rendering. Stats objects are keyed by identity (route name, cluster
+//! name, cluster + endpoint address) in [`StatsRegistry`] so they survive reloads.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use crate::balancer::PeakEwma;
+
+/// Latency bucket bounds in seconds (Prometheus `le` labels).
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Responses counted by status class: index 0 = 1xx … 4 = 5xx.
+#[derive(Debug, Default)]
+pub struct StatusClasses([AtomicU64; 5]);
+
+impl StatusClasses {
+    /// Counts one response with `status`.
+    pub fn record(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.0[class].fetch_add(1, Relaxed);
+    }
+
+    /// Count for class `1..=5`.
+    pub fn get(&self, class: usize) -> u64 {
+        self.0[class - 1].load(Relaxed)
+    }
+}
+
+/// A fixed-bucket latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe_ns(&self, ns: u64) {
+        let secs = ns as f64 / 1e9;
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_ns.load(Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Per-route counters.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Responses by class.
+    pub responses: StatusClasses,
+    /// Time to response headers.
+    pub latency: Histogram,
+}
+
+/// Per-cluster counters.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Responses by class (including local 5xx for upstream failures).
+    pub responses: StatusClasses,
+    /// Requests in flight to the cluster.
+    pub active: AtomicU64,
+    /// Requests refused because no endpoint was available.
+    pub no_endpoint: AtomicU64,
+}
+
+/// Per-endpoint counters and load signals; shared by all workers.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    /// Requests in flight (balancer input).
+    pub active: AtomicU64,
+    /// Peak-EWMA latency (balancer input).
+    pub ewma: PeakEwma,
+    /// Responses by class.
+    pub responses: StatusClasses,
+    /// Time to response headers.
+    pub latency: Histogram,
+    /// Upstream connections opened.
+    pub connections_opened: AtomicU64,
+    /// Requests sent on a pooled connection.
+    pub connections_reused: AtomicU64,
+    /// Failed connection attempts.
+    pub connect_failures: AtomicU64,
+    /// Connect or response timeouts.
+    pub timeouts: AtomicU64,
+}
+
+/// Per-listener counters.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections open now (across workers; also the max_connections gate).
+    pub active: AtomicU64,
+    /// Connections refused at accept because of max_connections.
+    pub refused: AtomicU64,
+    /// Requests rejected as malformed (400).
+    pub malformed: AtomicU64,
+    /// Requests rejected as oversized (431).
+    pub oversized: AtomicU64,
+    /// Connections closed because the request head did not arrive in time.
+    pub header_timeouts: AtomicU64,
+    /// Requests served.
+    pub requests: AtomicU64,
+}
+
+/// Process-wide counters.
+#[derive(Debug, Default)]
+pub struct ProcessStats {
+    /// Requests with no matching route.
+    pub no_route: AtomicU64,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: AtomicU64,
+    /// Successful reloads.
+    pub reloads_ok: AtomicU64,
+    /// Refused reloads.
+    pub reloads_failed: AtomicU64,
+}
+
+/// Keeps stats objects by identity so a reload hands the same counters to the new
+/// runtime. Locked only while a runtime is compiled, never on the request path.
+#[derive(Debug, Default)]
+pub struct StatsRegistry {
+    routes: Mutex<HashMap<String, Arc<RouteStats>>>,
+    clusters: Mutex<HashMap<String, Arc<ClusterStats>>>,
+    endpoints: Mutex<HashMap<(String, SocketAddr), Arc<EndpointStats>>>,
+    listeners: Mutex<HashMap<String, Arc<ListenerStats>>>,
+    /// Process-wide counters.
+    pub process: ProcessStats,
+}
+
+impl StatsRegistry {
+    /// Stats of route `name`.
+    pub fn route(&self, name: &str) -> Arc<RouteStats> {
+        get_or_default(&self.routes, name.to_string())
+    }
+    /// Stats of cluster `name`.
+    pub fn cluster(&self, name: &str) -> Arc<ClusterStats> {
+        get_or_default(&self.clusters, name.to_string())
+    }
+    /// Stats of endpoint `addr` in cluster `cluster`.
+    pub fn endpoint(&self, cluster: &str, addr: SocketAddr) -> Arc<EndpointStats> {
+        get_or_default(&self.endpoints, (cluster.to_string(), addr))
+    }
+    /// Stats of listener `name`.
+    pub fn listener(&self, name: &str) -> Arc<ListenerStats> {
+        get_or_default(&self.listeners, name.to_string())
+    }
+}
+
+fn get_or_default<K: std::hash::Hash + Eq, V: Default>(
+    m: &Mutex<HashMap<K, Arc<V>>>,
+    k: K,
+) -> Arc<V> {
+    m.lock()
+        .expect("stats registry poisoned")
+        .entry(k)
+        .or_default()
+        .clone()
+}
+
+/// Renders the Prometheus text exposition for the current runtime.
+pub fn render(
+    rt: &crate::runtime::Runtime,
+    listeners: &[(String, Arc<ListenerStats>)],
+    reg: &StatsRegistry,
+) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let p = &reg.process;
+    let _ = writeln!(
+        out,
+        "# HELP tandem_config_generation Generation of the applied configuration."
+    );
+    let _ = writeln!(out, "# TYPE tandem_config_generation gauge");
+    let _ = writeln!(
+        out,
+        "tandem_config_generation{{hash=\"{:016x}\"}} {}",
+        rt.hash, rt.generation
+    );
+    counter(
+        &mut out,
+        "tandem_reloads_total",
+        "Configuration reloads by result.",
+    );
+    let _ = writeln!(
+        out,
+        "tandem_reloads_total{{result=\"ok\"}} {}",
+        p.reloads_ok.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "tandem_reloads_total{{result=\"failed\"}} {}",
+        p.reloads_failed.load(Relaxed)
+    );
+    counter(
+        &mut out,
+        "tandem_no_route_total",
+        "Requests that matched no route (404).",
+    );
+    let _ = writeln!(out, "tandem_no_route_total {}", p.no_route.load(Relaxed));
+    counter(
+        &mut out,
+        "tandem_access_log_dropped_total",
+        "Access log lines dropped under back-pressure.",
+    );
+    let _ = writeln!(
+        out,
+        "tandem_access_log_dropped_total {}",
+        p.access_log_dropped.load(Relaxed)
+    );
+
+    type ListenerField = fn(&ListenerStats) -> &AtomicU64;
+    let lfields: [(&str, &str, bool, ListenerField); 7] = [
+        (
+            "tandem_listener_connections_accepted_total",
+            "Downstream connections accepted.",
+            true,
+            |s| &s.accepted,
+        ),
+        (
+            "tandem_listener_connections_active",
+            "Downstream connections open.",
+            false,
+            |s| &s.active,
+        ),
+        (
+            "tandem_listener_connections_refused_total",
+            "Connections refused by max_connections.",
+            true,
+            |s| &s.refused,
+        ),
+        (
+            "tandem_listener_requests_total",
+            "Requests received.",
+            true,
+            |s| &s.requests,
+        ),
+        (
+            "tandem_listener_malformed_requests_total",
+            "Requests rejected as malformed (400).",
+            true,
+            |s| &s.malformed,
+        ),
+        (
+            "tandem_listener_oversized_requests_total",
+            "Requests rejected as oversized (431).",
+            true,
+            |s| &s.oversized,
+        ),
+        (
+            "tandem_listener_header_timeouts_total",
+            "Connections closed by header_read_timeout.",
+            true,
+            |s| &s.header_timeouts,
+        ),
+    ];
+    for (name, help, is_counter, field) in lfields {
+        if is_counter {
+            counter(&mut out, name, help);
+        } else {
+            gauge(&mut out, name, help);
+        }
+        for (lname, s) in listeners {
+            let _ = writeln!(
+                out,
+                "{name}{{listener=\"{lname}\"}} {}",
+                field(s).load(Relaxed)
+            );
+        }
+    }
+
+    counter(
+        &mut out,
+        "tandem_route_responses_total",
+        "Responses per route by status class.",
+    );
+    for r in &rt.routes {
+        for class in 1..=5 {
+            let _ = writeln!(
+                out,
+                "tandem_route_responses_total{{route=\"{}\",code=\"{class}xx\"}} {}",
+                r.name,
+                r.stats.responses.get(class)
+            );
+        }
+    }
+    histogram_head(
+        &mut out,
+        "tandem_route_latency_seconds",
+        "Time to response headers per route.",
+    );
+    for r in &rt.routes {
+        r.stats.latency.render(
+            &mut out,
+            "tandem_route_latency_seconds",
+            &format!("route=\"{}\"", r.name),
+        );
+    }
+
+    counter(
+        &mut out,
+        "tandem_cluster_responses_total",
+        "Responses per cluster by status class.",
+    );
+    for c in &rt.clusters {
+        for class in 1..=5 {
+            let _ = writeln!(
+                out,
+                "tandem_cluster_responses_total{{cluster=\"{}\",code=\"{class}xx\"}} {}",
+                c.name,
+                c.stats.responses.get(class)
+            );
+        }
+    }
+    gauge(
+        &mut out,
+        "tandem_cluster_active_requests",
+        "Requests in flight per cluster.",
+    );
+    for c in &rt.clusters {
+        let _ = writeln!(
+            out,
+            "tandem_cluster_active_requests{{cluster=\"{}\"}} {}",
+            c.name,
+            c.stats.active.load(Relaxed)
+        );
+    }
+    counter(
+        &mut out,
+        "tandem_cluster_no_endpoint_total",
+        "Requests refused for lack of an endpoint (503).",
+    );
+    for c in &rt.clusters {
+        let _ = writeln!(
+            out,
+            "tandem_cluster_no_endpoint_total{{cluster=\"{}\"}} {}",
+            c.name,
+            c.stats.no_endpoint.load(Relaxed)
+        );
+    }
+
+    counter(
+        &mut out,
+        "tandem_endpoint_responses_total",
+        "Upstream responses per endpoint by status class.",
+    );
+    for c in &rt.clusters {
+        for e in &c.endpoints {
+            for class in 1..=5 {
+                let _ = writeln!(
+                    out,
+                    "tandem_endpoint_responses_total{{cluster=\"{}\",endpoint=\"{}\",code=\"{class}xx\"}} {}",
+                    c.name,
+                    e.address,
+                    e.stats.responses.get(class)
+                );
+            }
+        }
+    }
+    histogram_head(
+        &mut out,
+        "tandem_endpoint_latency_seconds",
+        "Upstream time to response headers per endpoint.",
+    );
+    for c in &rt.clusters {
+        for e in &c.endpoints {
+            e.stats.latency.render(
+                &mut out,
+                "tandem_endpoint_latency_seconds",
+                &format!("cluster=\"{}\",endpoint=\"{}\"", c.name, e.address),
+            );
+        }
+    }
+    type EndpointField = fn(&EndpointStats) -> &AtomicU64;
+    let efields: [(&str, &str, bool, EndpointField); 5] = [
+        (
+            "tandem_endpoint_active_requests",
+            "Requests in flight per endpoint.",
+            false,
+            |s| &s.active,
+        ),
+        (
+            "tandem_endpoint_connections_opened_total",
+            "Upstream connections opened.",
+            true,
+            |s| &s.connections_opened,
+        ),
+        (
+            "tandem_endpoint_connections_reused_total",
+            "Requests sent on a pooled connection.",
+            true,
+            |s| &s.connections_reused,
+        ),
+        (
+            "tandem_endpoint_connect_failures_total",
+            "Failed upstream connection attempts.",
+            true,
+            |s| &s.connect_failures,
+        ),
+        (
+            "tandem_endpoint_timeouts_total",
+            "Upstream connect or response timeouts.",
+            true,
+            |s| &s.timeouts,
+        ),
+    ];
+    for (name, help, is_counter, field) in efields {
+        if is_counter {
+            counter(&mut out, name, help);
+        } else {
+            gauge(&mut out, name, help);
+        }
+        for c in &rt.clusters {
+            for e in &c.endpoints {
+                let _ = writeln!(
+                    out,
+                    "{name}{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                    c.name,
+                    e.address,
+                    field(&e.stats).load(Relaxed)
+                );
+            }
+        }
+    }
+    gauge(
+        &mut out,
+        "tandem_endpoint_ewma_latency_seconds",
+        "Peak-EWMA latency estimate per endpoint.",
+    );
+    for c in &rt.clusters {
+        for e in &c.endpoints {
+            let _ = writeln!(
+                out,
+                "tandem_endpoint_ewma_latency_seconds{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                c.name,
+                e.address,
+                e.stats.ewma.get() / 1e9
+            );
+        }
+    }
+    out
+}
+
+fn counter(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+}
+fn gauge(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+fn histogram_head(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+}

@@ -1,0 +1,237 @@
+//! The compiled runtime: one immutable snapshot per configuration version, swapped
+//! atomically on reload. In-flight requests keep the `Arc<Runtime>` they started with.
+
+pub mod router;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::balancer::{self, Candidate, Table};
+use crate::config::{BalancerKind, ClusterConfig, Config, HashOn, HeaderRules, UpstreamProtocol};
+use crate::metrics::{ClusterStats, EndpointStats, RouteStats, StatsRegistry};
+
+pub use router::{RequestFacts, Router};
+
+/// Everything the data plane needs to serve requests for one config version.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Increases by one per applied configuration.
+    pub generation: u64,
+    /// Hash of the configuration text.
+    pub hash: u64,
+    /// The validated configuration it was compiled from.
+    pub config: Arc<Config>,
+    /// One router per listener, in listener order.
+    pub routers: Vec<Router>,
+    /// Routes in file order.
+    pub routes: Vec<Route>,
+    /// Clusters in file order.
+    pub clusters: Vec<Cluster>,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Name (shared with access log records).
+    pub name: Arc<str>,
+    /// (cluster index, weight).
+    pub destinations: Vec<(usize, u32)>,
+    /// Sum of destination weights.
+    pub total_weight: u32,
+    /// Upstream exchange bound.
+    pub timeout: Duration,
+    /// Request rewrites.
+    pub request_headers: HeaderRules,
+    /// Response rewrites.
+    pub response_headers: HeaderRules,
+    /// Counters.
+    pub stats: Arc<RouteStats>,
+}
+
+impl Route {
+    /// Picks the destination cluster by weight (one random draw only for splits).
+    pub fn pick_cluster(&self) -> usize {
+        if self.destinations.len() == 1 {
+            return self.destinations[0].0;
+        }
+        let mut r = fastrand::u32(0..self.total_weight);
+        for &(idx, w) in &self.destinations {
+            if r < w {
+                return idx;
+            }
+            r -= w;
+        }
+        self.destinations[self.destinations.len() - 1].0
+    }
+}
+
+/// A compiled cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Name (shared with access log records).
+    pub name: Arc<str>,
+    /// Index in `Runtime::clusters`.
+    pub index: usize,
+    /// Balancer.
+    pub balancer: BalancerKind,
+    /// Hash key source.
+    pub hash_on: Option<HashOn>,
+    /// Shared lookup table for hashing balancers.
+    pub table: Table,
+    /// Upstream protocol.
+    pub protocol: UpstreamProtocol,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Pool settings.
+    pub pool: PoolSettings,
+    /// Endpoints.
+    pub endpoints: Vec<Endpoint>,
+    /// Counters.
+    pub stats: Arc<ClusterStats>,
+}
+
+/// Per-cluster upstream pool settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// Idle connections kept per endpoint per worker.
+    pub max_idle: usize,
+    /// Idle connections older than this are closed.
+    pub idle_timeout: Duration,
+    /// Connections older than this are not reused.
+    pub max_age: Option<Duration>,
+}
+
+/// A compiled endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Address.
+    pub address: SocketAddr,
+    /// Weight.
+    pub weight: u32,
+    /// Shared counters and load signals (identity survives reloads).
+    pub stats: Arc<EndpointStats>,
+}
+
+impl Candidate for Endpoint {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn active(&self) -> u64 {
+        self.stats.active.load(Relaxed)
+    }
+    fn ewma_ns(&self) -> f64 {
+        self.stats.ewma.get()
+    }
+}
+
+impl Runtime {
+    /// Compiles a validated configuration. Never fails: validation already checked
+    /// everything that could go wrong.
+    pub fn compile(config: Arc<Config>, generation: u64, stats: &StatsRegistry) -> Runtime {
+        let clusters: Vec<Cluster> = config
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| compile_cluster(i, c, stats))
+            .collect();
+        let routes: Vec<Route> = config
+            .routes
+            .iter()
+            .map(|r| Route {
+                name: r.name.as_str().into(),
+                destinations: r.destinations.clone(),
+                total_weight: r.destinations.iter().map(|d| d.1).sum(),
+                timeout: r.timeout,
+                request_headers: r.request_headers.clone(),
+                response_headers: r.response_headers.clone(),
+                stats: stats.route(&r.name),
+            })
+            .collect();
+        let routers = config
+            .listeners
+            .iter()
+            .map(|l| Router::new(&l.name, &config.routes))
+            .collect();
+        Runtime {
+            generation,
+            hash: config.hash,
+            config,
+            routers,
+            routes,
+            clusters,
+        }
+    }
+
+    /// Listener index by name.
+    pub fn listener_index(&self, name: &str) -> Option<usize> {
+        self.config.listeners.iter().position(|l| l.name == name)
+    }
+}
+
+fn compile_cluster(index: usize, c: &ClusterConfig, stats: &StatsRegistry) -> Cluster {
+    let keys: Vec<(String, u32)> = c
+        .endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.weight))
+        .collect();
+    Cluster {
+        name: c.name.as_str().into(),
+        index,
+        balancer: c.balancer,
+        hash_on: c.hash_on.clone(),
+        table: Table::build(
+            c.balancer,
+            &keys,
+            c.ring_hash_virtual_nodes,
+            c.maglev_table_size,
+        ),
+        protocol: c.protocol,
+        connect_timeout: c.connect_timeout,
+        pool: PoolSettings {
+            max_idle: c.pool_max_idle_per_endpoint,
+            idle_timeout: c.pool_idle_timeout,
+            max_age: c.max_connection_age,
+        },
+        endpoints: c
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                address: e.address,
+                weight: e.weight,
+                stats: stats.endpoint(&c.name, e.address),
+            })
+            .collect(),
+        stats: stats.cluster(&c.name),
+    }
+}
+
+impl Cluster {
+    /// The request's hash key for hashing balancers, if present.
+    pub fn hash_of(&self, headers: &http::HeaderMap, client: SocketAddr) -> Option<u64> {
+        match self.hash_on.as_ref()? {
+            HashOn::Header(name) => headers.get(name).map(|v| balancer::hash_key(v.as_bytes())),
+            HashOn::Cookie(name) => {
+                cookie_value(headers, name).map(|v| balancer::hash_key(v.as_bytes()))
+            }
+            HashOn::SourceIp => Some(match client.ip() {
+                std::net::IpAddr::V4(a) => balancer::hash_key(&a.octets()),
+                std::net::IpAddr::V6(a) => balancer::hash_key(&a.octets()),
+            }),
+        }
+    }
+}
+
+/// Finds cookie `name` in the request's Cookie headers.
+pub fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}

@@ -1,0 +1,158 @@
+//! `tandem run`: brings up logging, the access log, the shared state, the admin API
+//! and the workers, then handles signals: SIGHUP reloads, SIGTERM/SIGINT drain and
+//! exit. Also tells systemd (Type=notify) when it is ready.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::access_log::AccessLog;
+use crate::config::{Config, LogConfig, LogFormat};
+use crate::control::{ConfigSource, Shared};
+use crate::metrics::StatsRegistry;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Workers could not bind or start.
+    #[error(transparent)]
+    Start(#[from] crate::worker::StartError),
+    /// The admin listener could not bind.
+    #[error("admin listener {addr}: {source}")]
+    Admin {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The access log could not be opened.
+    #[error("access log: {0}")]
+    AccessLog(std::io::Error),
+    /// Signal handlers or the control runtime could not be set up.
+    #[error("signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Installs the process log (stderr). `RUST_LOG` overrides the configured level.
+pub fn init_logging(cfg: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// A started server: its shared state and where its admin API listens.
+#[derive(Debug)]
+pub struct Running {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Bound admin address.
+    pub admin: std::net::SocketAddr,
+}
+
+/// Starts admin and workers for `config`; returns once every worker accepts.
+pub fn start(config: Config, source: ConfigSource) -> Result<Running, RunError> {
+    let stats = Arc::new(StatsRegistry::default());
+    let access_log = AccessLog::start(
+        &config.log.access_log,
+        config.log.access_log_format,
+        stats.clone(),
+    )
+    .map_err(RunError::AccessLog)?;
+    let admin_addr = config.admin.listen;
+    let token = config.admin.token.clone();
+    let listeners: Vec<_> = config
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.listen))
+        .collect();
+    let shared = Shared::new(config, source, access_log, stats);
+    crate::worker::start(shared.clone())?;
+    let admin = crate::admin::start(shared.clone(), admin_addr, token).map_err(|source| {
+        RunError::Admin {
+            addr: admin_addr,
+            source,
+        }
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shared.workers_ready.load(Relaxed) < shared.workers && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for (name, addr) in listeners {
+        tracing::info!(listener = %name, %addr, workers = shared.workers, "listening");
+    }
+    tracing::info!(%admin, "admin API listening");
+    Ok(Running { shared, admin })
+}
+
+/// Runs until SIGTERM/SIGINT (or an admin drain) and the drain completes.
+pub fn run_until_stopped(running: &Running) -> Result<(), RunError> {
+    let shared = running.shared.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Signals)?;
+    rt.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+        let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+        let mut drain_rx = shared.shutdown.subscribe();
+        sd_notify("READY=1");
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    sd_notify("RELOADING=1");
+                    let _ = shared.reload();
+                    sd_notify("READY=1");
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = drain_rx.wait_for(|d| *d) => break,
+            }
+        }
+        sd_notify("STOPPING=1");
+        shared.begin_drain();
+        let timeout = shared.runtime.load().config.server.drain_timeout;
+        let deadline = Instant::now() + timeout;
+        while shared.connections.load(Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = shared.connections.load(Relaxed);
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "drain timeout reached; closing remaining connections"
+            );
+        } else {
+            tracing::info!("drained; exiting");
+        }
+        Ok(())
+    })
+}
+
+/// Sends a state line to systemd when run as a `Type=notify` service.
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        if let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name) {
+            let _ = sock.send_to_addr(state.as_bytes(), &addr);
+        }
+    } else {
+        let _ = sock.send_to(state.as_bytes(), &path);
+    }
+}

@@ -1,0 +1,218 @@
+//! Per-worker upstream connections: a keep-alive pool per endpoint (HTTP/1.1: a LIFO
+//! stack of idle connections; h2c: one multiplexed connection), with an idle cap, idle
+//! timeout and maximum age. Owned by one worker thread, so no locks.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::config::UpstreamProtocol;
+use crate::error::ProxyError;
+use crate::metrics::EndpointStats;
+use crate::runtime::PoolSettings;
+use crate::worker::LocalExec;
+
+/// The request-sending half of an upstream connection.
+#[derive(Debug)]
+pub enum Sender {
+    /// HTTP/1.1: one request at a time.
+    H1(http1::SendRequest<Incoming>),
+    /// h2c: multiplexed, cloned per request.
+    H2(http2::SendRequest<Incoming>),
+}
+
+/// A checked-out upstream connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// Where it goes.
+    pub addr: SocketAddr,
+    /// The sender.
+    pub sender: Sender,
+    /// When it was opened (for max age).
+    pub born: Instant,
+    /// Whether it came from the pool (a failure on it may be a stale keep-alive).
+    pub reused: bool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    tx: http1::SendRequest<Incoming>,
+    born: Instant,
+    since: Instant,
+}
+
+#[derive(Debug, Default)]
+struct EndpointConns {
+    idle: Vec<Idle>,
+    h2: Option<(http2::SendRequest<Incoming>, Instant)>,
+}
+
+/// One worker's upstream pool.
+#[derive(Debug, Default)]
+pub struct Pool {
+    by_endpoint: RefCell<HashMap<SocketAddr, EndpointConns>>,
+}
+
+impl Pool {
+    /// A ready pooled connection to `addr`, if there is one.
+    pub fn checkout(
+        &self,
+        addr: SocketAddr,
+        proto: UpstreamProtocol,
+        s: &PoolSettings,
+    ) -> Option<Conn> {
+        let mut map = self.by_endpoint.borrow_mut();
+        let slot = map.get_mut(&addr)?;
+        let now = Instant::now();
+        let too_old = |born: Instant| s.max_age.is_some_and(|m| now.duration_since(born) >= m);
+        match proto {
+            UpstreamProtocol::H2c => {
+                let (tx, born) = slot.h2.as_ref()?;
+                if tx.is_closed() || too_old(*born) {
+                    slot.h2 = None;
+                    return None;
+                }
+                Some(Conn {
+                    addr,
+                    sender: Sender::H2(tx.clone()),
+                    born: *born,
+                    reused: true,
+                })
+            }
+            UpstreamProtocol::Http1 => {
+                // Newest first; drop closed, expired and aged connections on the way.
+                while let Some(i) = slot
+                    .idle
+                    .iter()
+                    .rposition(|c| c.tx.is_ready() || c.tx.is_closed())
+                {
+                    let c = slot.idle.remove(i);
+                    if c.tx.is_closed()
+                        || now.duration_since(c.since) >= s.idle_timeout
+                        || too_old(c.born)
+                    {
+                        continue;
+                    }
+                    return Some(Conn {
+                        addr,
+                        sender: Sender::H1(c.tx),
+                        born: c.born,
+                        reused: true,
+                    });
+                }
+                None
+            }
+        }
+    }
+
+    /// Returns an HTTP/1.1 connection whose response has been fully read. h2c
+    /// connections stay in the pool while in use and are not checked in.
+    pub fn checkin(&self, conn: Conn, s: &PoolSettings) {
+        let Sender::H1(tx) = conn.sender else { return };
+        if tx.is_closed() || s.max_age.is_some_and(|m| conn.born.elapsed() >= m) {
+            return;
+        }
+        let mut map = self.by_endpoint.borrow_mut();
+        let slot = map.entry(conn.addr).or_default();
+        if slot.idle.len() >= s.max_idle {
+            // Evict the oldest idle connection.
+            slot.idle.remove(0);
+        }
+        slot.idle.push(Idle {
+            tx,
+            born: conn.born,
+            since: Instant::now(),
+        });
+    }
+
+    /// Opens a new connection to `addr` and, for h2c, shares it in the pool.
+    pub async fn connect(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        proto: UpstreamProtocol,
+        timeout: Duration,
+        stats: &EndpointStats,
+    ) -> Result<Conn, ProxyError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%addr, error = %e, "upstream connect failed");
+                stats.connect_failures.fetch_add(1, Relaxed);
+                return Err(ProxyError::ConnectFailure);
+            }
+            Err(_) => {
+                stats.connect_failures.fetch_add(1, Relaxed);
+                stats.timeouts.fetch_add(1, Relaxed);
+                return Err(ProxyError::ConnectTimeout);
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        stats.connections_opened.fetch_add(1, Relaxed);
+        let io = TokioIo::new(stream);
+        let born = Instant::now();
+        let sender = match proto {
+            UpstreamProtocol::Http1 => {
+                let (tx, conn) = http1::Builder::new()
+                    .handshake(io)
+                    .await
+                    .map_err(|_| ProxyError::UpstreamReset)?;
+                tokio::task::spawn_local(async move {
+                    let _ = conn.await;
+                });
+                Sender::H1(tx)
+            }
+            UpstreamProtocol::H2c => {
+                let (tx, conn) = http2::Builder::new(LocalExec)
+                    .timer(TokioTimer::new())
+                    .handshake(io)
+                    .await
+                    .map_err(|_| ProxyError::UpstreamReset)?;
+                tokio::task::spawn_local(async move {
+                    let _ = conn.await;
+                });
+                self.by_endpoint.borrow_mut().entry(addr).or_default().h2 =
+                    Some((tx.clone(), born));
+                Sender::H2(tx)
+            }
+        };
+        Ok(Conn {
+            addr,
+            sender,
+            born,
+            reused: false,
+        })
+    }
+
+    /// Idle HTTP/1.1 connections held (for tests and status).
+    pub fn idle_count(&self) -> usize {
+        self.by_endpoint
+            .borrow()
+            .values()
+            .map(|e| e.idle.len())
+            .sum()
+    }
+}
+
+/// Sends `req` on `conn`. On failure before the request was written, the request is
+/// handed back so the caller can try a fresh connection.
+pub async fn send(
+    conn: &mut Conn,
+    req: http::Request<Incoming>,
+) -> Result<http::Response<Incoming>, (hyper::Error, Option<http::Request<Incoming>>)> {
+    let result = match &mut conn.sender {
+        Sender::H1(tx) => tx.try_send_request(req).await,
+        Sender::H2(tx) => tx.try_send_request(req).await,
+    };
+    result.map_err(|mut e| {
+        let msg = e.take_message();
+        (e.into_error(), msg)
+    })
+}

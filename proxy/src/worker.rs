@@ -1,0 +1,221 @@
+//! Share-nothing workers: one OS thread per core, each with its own current-thread
+//! tokio runtime, its own `SO_REUSEPORT` listener sockets, its own upstream pool and
+//! its own balancer state. Workers only share read-mostly snapshots and atomics.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+
+use crate::balancer::WorkerState;
+use crate::config::ListenerConfig;
+use crate::control::Shared;
+use crate::runtime::Runtime;
+use crate::upstream::Pool;
+
+/// Spawns futures on the current worker's `LocalSet`; lets hyper run `!Send`
+/// connection tasks (HTTP/2 streams, upstream connections) on the owning worker.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// Why workers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address could not be bound.
+    #[error("listener `{name}`: cannot bind {addr}: {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A worker thread or runtime could not be created.
+    #[error("cannot start worker: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Per-worker state handed to every connection of that worker.
+#[derive(Debug)]
+pub struct Worker {
+    /// Worker number.
+    pub id: usize,
+    /// Process-wide state.
+    pub shared: Arc<Shared>,
+    /// Listener settings (restart-only), in listener order.
+    pub listeners: Arc<[ListenerConfig]>,
+    /// Upstream connections of this worker.
+    pub pool: Rc<Pool>,
+    balancers: RefCell<(u64, Vec<WorkerState>)>,
+}
+
+impl Worker {
+    /// Runs `f` with this worker's balancer state for cluster `idx` of `rt`. State is
+    /// reset when a new runtime generation appears.
+    pub fn with_balancer<R>(
+        &self,
+        rt: &Runtime,
+        idx: usize,
+        f: impl FnOnce(&mut WorkerState) -> R,
+    ) -> R {
+        let mut b = self.balancers.borrow_mut();
+        if b.0 != rt.generation {
+            if rt.generation < b.0 {
+                // A request still on an older runtime: use throwaway state.
+                return f(&mut WorkerState::default());
+            }
+            *b = (
+                rt.generation,
+                vec![WorkerState::default(); rt.clusters.len()],
+            );
+        }
+        f(&mut b.1[idx])
+    }
+}
+
+/// Binds one listener socket for one worker: `SO_REUSEPORT` so every worker has its
+/// own accept queue, `SO_REUSEADDR` for fast restarts, non-blocking for tokio.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(4096)?;
+    Ok(sock.into())
+}
+
+/// Binds every listener for every worker and starts the worker threads. Bind errors
+/// are returned before any thread starts.
+pub fn start(shared: Arc<Shared>) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
+    let listeners: Arc<[ListenerConfig]> = shared.runtime.load().config.listeners.clone().into();
+    let mut per_worker = Vec::new();
+    for _ in 0..shared.workers {
+        let mut socks = Vec::new();
+        for l in listeners.iter() {
+            let s = bind(l.listen).map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.listen,
+                source,
+            })?;
+            socks.push(s);
+        }
+        per_worker.push(socks);
+    }
+    let mut handles = Vec::new();
+    for (id, socks) in per_worker.into_iter().enumerate() {
+        let shared = shared.clone();
+        let listeners = listeners.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("worker-{id}"))
+            .spawn(move || run_worker(id, shared, listeners, socks))
+            .map_err(StartError::Thread)?;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+fn run_worker(
+    id: usize,
+    shared: Arc<Shared>,
+    listeners: Arc<[ListenerConfig]>,
+    socks: Vec<std::net::TcpListener>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = id, error = %e, "cannot build worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let worker = Rc::new(Worker {
+            id,
+            shared: shared.clone(),
+            listeners,
+            pool: Rc::new(Pool::default()),
+            balancers: RefCell::new((0, Vec::new())),
+        });
+        let mut tasks = Vec::new();
+        for (idx, sock) in socks.into_iter().enumerate() {
+            let listener = match TcpListener::from_std(sock) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(worker = id, error = %e, "cannot register listener");
+                    return;
+                }
+            };
+            tasks.push(tokio::task::spawn_local(accept_loop(
+                worker.clone(),
+                idx,
+                listener,
+            )));
+        }
+        shared.workers_ready.fetch_add(1, Relaxed);
+        for t in tasks {
+            let _ = t.await;
+        }
+        // Listeners are closed; keep serving open connections until the process exits.
+        std::future::pending::<()>().await;
+    });
+}
+
+async fn accept_loop(worker: Rc<Worker>, idx: usize, listener: TcpListener) {
+    let mut shutdown = worker.shared.shutdown.subscribe();
+    let stats = worker.shared.listeners[idx].1.clone();
+    let max = worker.listeners[idx].max_connections as u64;
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait_for(|d| *d) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(worker = worker.id, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if stats.active.fetch_add(1, Relaxed) >= max {
+            stats.active.fetch_sub(1, Relaxed);
+            stats.refused.fetch_add(1, Relaxed);
+            drop(stream);
+            continue;
+        }
+        stats.accepted.fetch_add(1, Relaxed);
+        let _ = stream.set_nodelay(true);
+        tokio::task::spawn_local(crate::downstream::serve(
+            worker.clone(),
+            idx,
+            stream,
+            peer,
+            stats.clone(),
+        ));
+    }
+}
