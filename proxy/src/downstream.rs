@@ -33,8 +33,9 @@ pub struct ConnState {
     pub last_active: Cell<Instant>,
     /// Set when the connection should close after the current exchange.
     pub close: Cell<bool>,
-    /// Wakes the connection loop when `close` is set.
-    pub close_notify: Notify,
+    /// Wakes the connection loop when `close` is set or the first request arrives
+    /// (so its timer switches from the header deadline to the idle deadline).
+    pub wake: Notify,
 }
 
 /// Serves one accepted connection until it closes.
@@ -55,7 +56,7 @@ pub async fn serve(
         in_flight: Cell::new(0),
         last_active: Cell::new(Instant::now()),
         close: Cell::new(false),
-        close_notify: Notify::new(),
+        wake: Notify::new(),
     });
 
     let mut builder = auto::Builder::new(LocalExec);
@@ -103,9 +104,11 @@ pub async fn serve(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = state.close_notify.notified(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
+            _ = state.wake.notified(), if !closing => {
+                if state.close.get() {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
             }
             _ = tokio::time::sleep_until(idle_at.into()), if !closing => {
                 if state.requests.get() == 0 {

@@ -44,6 +44,9 @@ pub async fn handle(
     conn.requests.set(n);
     conn.in_flight.set(conn.in_flight.get() + 1);
     conn.last_active.set(start);
+    if n == 1 {
+        conn.wake.notify_one();
+    }
     worker.shared.listeners[conn.listener]
         .1
         .requests
@@ -403,7 +406,7 @@ fn close_after(conn: &ConnState, resp: &mut Response<ProxyBody>) {
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     if !conn.close.replace(true) {
-        conn.close_notify.notify_one();
+        conn.wake.notify_one();
     }
 }
 

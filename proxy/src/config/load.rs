@@ -50,9 +50,10 @@ fn render_path(path: &serde_path_to_error::Path) -> String {
 
 fn toml_issue(e: &toml::de::Error, mut key: String, lines: &LineIndex) -> ConfigIssue {
     let (line, col) = e.span().map(|s| lines.locate(s.start)).unwrap_or((1, 1));
-    let message = e.message().trim().to_string();
+    let mut message = e.message().trim().to_string();
     let mut hint = None;
-    if let Some(rest) = message.strip_prefix("unknown field `") {
+    let original = message.clone();
+    if let Some(rest) = original.strip_prefix("unknown field `") {
         if let Some((unknown, expected)) = rest.split_once('`') {
             let candidates: Vec<&str> = expected
                 .split('`')
@@ -60,11 +61,13 @@ fn toml_issue(e: &toml::de::Error, mut key: String, lines: &LineIndex) -> Config
                 .filter(|(i, _)| i % 2 == 1)
                 .map(|(_, s)| s)
                 .collect();
-            // serde reports the path of the containing table; name the key itself.
-            if !key.is_empty() {
-                key.push('.');
+            if !key.ends_with(unknown) {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(unknown);
             }
-            key.push_str(unknown);
+            message = format!("unknown key `{unknown}`");
             hint = Some(match did_you_mean(unknown, candidates.iter().copied()) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => format!("known keys here: {}", candidates.join(", ")),
@@ -79,7 +82,7 @@ fn toml_issue(e: &toml::de::Error, mut key: String, lines: &LineIndex) -> Config
         );
     }
     if key.is_empty() {
-        key = "(file)".into();
+        key = "(toml syntax)".into();
     }
     ConfigIssue {
         line,

@@ -42,15 +42,14 @@ pub struct ServerSection {
     /// Worker threads; 0 means one per core.
     pub workers: usize,
     /// How long SIGTERM waits for in-flight requests before exiting.
-    #[serde(deserialize_with = "duration")]
-    pub drain_timeout: Duration,
+    pub drain_timeout: Dur,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
             workers: 0,
-            drain_timeout: Duration::from_secs(30),
+            drain_timeout: Dur::secs(30),
         }
     }
 }
@@ -120,11 +119,11 @@ pub struct ListenerSection {
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
     /// Time allowed to receive a full request head (slowloris guard).
-    #[serde(default = "default_header_read_timeout", deserialize_with = "duration")]
-    pub header_read_timeout: Duration,
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Dur,
     /// Idle keep-alive time before the connection is closed.
-    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
-    pub idle_timeout: Duration,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
     /// Accept HTTP/2 with prior knowledge (h2c) beside HTTP/1.1.
     #[serde(default = "default_true")]
     pub http2: bool,
@@ -160,8 +159,8 @@ pub struct RouteSection {
     #[serde(default)]
     pub clusters: Vec<WeightedClusterSection>,
     /// Total time for the upstream exchange up to response headers.
-    #[serde(default = "default_route_timeout", deserialize_with = "duration")]
-    pub timeout: Duration,
+    #[serde(default = "default_route_timeout")]
+    pub timeout: Dur,
     /// Header rules applied to the request before it goes upstream.
     #[serde(default)]
     pub request_headers: HeaderRulesSection,
@@ -234,17 +233,17 @@ pub struct ClusterSection {
     #[serde(default = "default_protocol")]
     pub protocol: SpannedStr,
     /// TCP connect timeout.
-    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
-    pub connect_timeout: Duration,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
     /// Idle pooled connections kept per endpoint per worker.
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle_per_endpoint: usize,
     /// Idle pooled connections older than this are closed.
-    #[serde(default = "default_pool_idle_timeout", deserialize_with = "duration")]
-    pub pool_idle_timeout: Duration,
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout: Dur,
     /// Connections older than this are not reused; 0 = no limit.
-    #[serde(default, deserialize_with = "duration")]
-    pub max_connection_age: Duration,
+    #[serde(default)]
+    pub max_connection_age: Dur,
     /// Points per unit of weight on the ring_hash ring.
     #[serde(default = "default_virtual_nodes")]
     pub ring_hash_virtual_nodes: u32,
@@ -279,14 +278,14 @@ fn default_max_header_bytes() -> usize {
 fn default_max_headers() -> usize {
     100
 }
-fn default_header_read_timeout() -> Duration {
-    Duration::from_secs(10)
+fn default_header_read_timeout() -> Dur {
+    Dur::secs(10)
 }
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(60)
+fn default_idle_timeout() -> Dur {
+    Dur::secs(60)
 }
-fn default_route_timeout() -> Duration {
-    Duration::from_secs(15)
+fn default_route_timeout() -> Dur {
+    Dur::secs(15)
 }
 fn default_balancer() -> SpannedStr {
     Spanned::new(0..0, "round_robin".into())
@@ -294,14 +293,14 @@ fn default_balancer() -> SpannedStr {
 fn default_protocol() -> SpannedStr {
     Spanned::new(0..0, "http1".into())
 }
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(2)
+fn default_connect_timeout() -> Dur {
+    Dur::secs(2)
 }
 fn default_pool_max_idle() -> usize {
     64
 }
-fn default_pool_idle_timeout() -> Duration {
-    Duration::from_secs(60)
+fn default_pool_idle_timeout() -> Dur {
+    Dur::secs(60)
 }
 fn default_virtual_nodes() -> u32 {
     160
@@ -313,12 +312,22 @@ fn default_weight() -> u32 {
     1
 }
 
-/// Durations are written as humans write them: `"250ms"`, `"5s"`, `"2m"`.
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "`{text}` is not a duration ({e}); write it like \"250ms\", \"5s\" or \"2m\""
-        ))
-    })
+/// A duration as written (`"250ms"`, `"5s"`, `"2m"`), with its position. Parsing is
+/// deferred to validation so a bad duration is reported together with every other
+/// problem instead of stopping the parse.
+#[derive(Debug, Clone, Default)]
+pub struct Dur(pub Option<Spanned<String>>, pub Duration);
+
+impl Dur {
+    /// A default of `n` seconds.
+    pub fn secs(n: u64) -> Dur {
+        Dur(None, Duration::from_secs(n))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        let s = Spanned::<String>::deserialize(d)?;
+        Ok(Dur(Some(s), Duration::ZERO))
+    }
 }

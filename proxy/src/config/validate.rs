@@ -48,6 +48,23 @@ impl Checker<'_> {
         }
     }
 
+    /// Parses a duration written in the file; a default passes through.
+    fn dur(&mut self, d: &model::Dur, key: String) -> Duration {
+        let Some(text) = &d.0 else { return d.1 };
+        match humantime::parse_duration(text.get_ref()) {
+            Ok(v) => v,
+            Err(_) => {
+                self.at(
+                    text,
+                    key,
+                    format!("`{}` is not a duration", text.get_ref()),
+                    Some("write a number and a unit, e.g. \"250ms\", \"5s\", \"2m\"".into()),
+                );
+                Duration::ZERO
+            }
+        }
+    }
+
     fn regex(&mut self, s: &SpannedStr, key: String) -> Option<Regex> {
         match Regex::new(&format!("^(?:{})$", s.get_ref())) {
             Ok(r) => Some(r),
@@ -135,7 +152,7 @@ pub(crate) fn validate(
     };
     let server = ServerConfig {
         workers,
-        drain_timeout: file.server.drain_timeout,
+        drain_timeout: c.dur(&file.server.drain_timeout, "server.drain_timeout".into()),
     };
 
     let admin_listen = c.addr(&file.admin.listen, "admin.listen".into());
@@ -217,8 +234,8 @@ pub(crate) fn validate(
                 max_requests_per_connection: l.max_requests_per_connection,
                 max_header_bytes: l.max_header_bytes.max(8192),
                 max_headers: l.max_headers,
-                header_read_timeout: l.header_read_timeout,
-                idle_timeout: l.idle_timeout,
+                header_read_timeout: c.dur(&l.header_read_timeout, format!("{key}.header_read_timeout")),
+                idle_timeout: c.dur(&l.idle_timeout, format!("{key}.idle_timeout")),
                 http2: l.http2,
             });
         }
@@ -337,16 +354,18 @@ pub(crate) fn validate(
                 Some("use 100–1000 (default 160)".into()),
             );
         }
+        let connect_timeout = c.dur(&cl.connect_timeout, format!("{key}.connect_timeout"));
+        let pool_idle_timeout = c.dur(&cl.pool_idle_timeout, format!("{key}.pool_idle_timeout"));
+        let max_connection_age = c.dur(&cl.max_connection_age, format!("{key}.max_connection_age"));
         clusters.push(ClusterConfig {
             name: cl.name.get_ref().clone(),
             balancer,
             hash_on,
             protocol,
-            connect_timeout: cl.connect_timeout,
+            connect_timeout,
             pool_max_idle_per_endpoint: cl.pool_max_idle_per_endpoint,
-            pool_idle_timeout: cl.pool_idle_timeout,
-            max_connection_age: (cl.max_connection_age > Duration::ZERO)
-                .then_some(cl.max_connection_age),
+            pool_idle_timeout,
+            max_connection_age: (max_connection_age > Duration::ZERO).then_some(max_connection_age),
             ring_hash_virtual_nodes: cl.ring_hash_virtual_nodes.max(1),
             maglev_table_size: cl.maglev_table_size,
             endpoints,
@@ -541,7 +560,8 @@ pub(crate) fn validate(
                 Some("add cluster = \"NAME\" or clusters = [{ name = \"…\", weight = … }]".into()),
             ),
         }
-        if r.timeout.is_zero() {
+        let timeout = c.dur(&r.timeout, format!("{key}.timeout"));
+        if timeout.is_zero() && r.timeout.0.as_ref().is_some_and(|t| humantime::parse_duration(t.get_ref()).is_ok()) {
             c.at(
                 &r.name,
                 format!("{key}.timeout"),
@@ -559,7 +579,7 @@ pub(crate) fn validate(
             methods,
             headers,
             destinations,
-            timeout: r.timeout,
+            timeout,
             request_headers,
             response_headers,
         });

@@ -1,0 +1,148 @@
+//! Each bad file produces its precise error: line, column, key, message, hint.
+
+use super::*;
+
+const BASE: &str = r#"
+[[listener]]
+name = "web"
+listen = "127.0.0.1:8080"
+
+[[cluster]]
+name = "api"
+endpoints = [{ address = "127.0.0.1:9001" }]
+
+[[route]]
+name = "all"
+cluster = "api"
+"#;
+
+fn issues(text: &str) -> Vec<ConfigIssue> {
+    match load_str("t.toml", text) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.issues().to_vec(),
+    }
+}
+
+fn one(text: &str) -> ConfigIssue {
+    let v = issues(text);
+    assert_eq!(v.len(), 1, "{v:#?}");
+    v.into_iter().next().unwrap()
+}
+
+#[test]
+fn base_is_valid_and_defaults_apply() {
+    let c = load_str("t.toml", BASE).unwrap();
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9900");
+    assert_eq!(c.listeners[0].idle_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(c.routes[0].timeout, std::time::Duration::from_secs(15));
+    assert_eq!(c.clusters[0].balancer, BalancerKind::RoundRobin);
+    assert_eq!(c.clusters[0].connect_timeout, std::time::Duration::from_secs(2));
+    assert!(c.server.workers >= 1);
+}
+
+#[test]
+fn unknown_key_names_line_and_suggests() {
+    let i = one(&BASE.replace("listen = ", "listn = "));
+    assert_eq!((i.line, i.key.as_str()), (4, "listener[0].listn"));
+    assert_eq!(i.message, "unknown key `listn`");
+    assert_eq!(i.hint.as_deref(), Some("did you mean `listen`?"));
+}
+
+#[test]
+fn unknown_top_level_table() {
+    let i = one(&format!("{BASE}\n[clustr]\nx = 1\n"));
+    assert_eq!(i.key, "clustr");
+    assert!(i.hint.unwrap().contains("cluster"));
+}
+
+#[test]
+fn missing_cluster_reference_suggests_the_near_name() {
+    let i = one(&BASE.replace("cluster = \"api\"", "cluster = \"apii\""));
+    assert_eq!((i.line, i.col), (12, 11));
+    assert_eq!(i.key, "route[0].cluster");
+    assert!(i.message.contains("`apii`"), "{}", i.message);
+    assert_eq!(i.hint.as_deref(), Some("did you mean `api`?"));
+}
+
+#[test]
+fn bad_endpoint_address() {
+    let i = one(&BASE.replace("127.0.0.1:9001", "127.0.0.1"));
+    assert_eq!(i.key, "cluster[0].endpoints[0].address");
+    assert_eq!(i.line, 8);
+    assert!(i.hint.unwrap().contains("add a port"));
+    let i = one(&BASE.replace("127.0.0.1:9001", "backend.local:80"));
+    assert!(i.message.contains("not an IP:port"));
+}
+
+#[test]
+fn bad_duration_and_balancer_are_reported_together() {
+    let text = BASE
+        .replace("name = \"api\"\n", "name = \"api\"\nbalancer = \"maglve\"\nconnect_timeout = \"3 parsecs\"\n");
+    let v = issues(&text);
+    assert_eq!(v.len(), 2, "{v:#?}"); // balancer and duration, both at once
+    assert!(v.iter().any(|i| i.key == "cluster[0].balancer" && i.hint.as_deref() == Some("did you mean `maglev`?")));
+    assert!(v.iter().any(|i| i.key == "cluster[0].connect_timeout" && i.message.contains("3 parsecs")));
+}
+
+#[test]
+fn hashing_balancer_needs_hash_on() {
+    let i = one(&BASE.replace("name = \"api\"\n", "name = \"api\"\nbalancer = \"ring_hash\"\n"));
+    assert_eq!(i.key, "cluster[0].hash_on");
+}
+
+#[test]
+fn wrong_type_is_explained() {
+    let i = one(&BASE.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nmax_connections = \"lots\""));
+    assert_eq!(i.key, "listener[0].max_connections");
+    assert_eq!(i.line, 5);
+    assert!(i.message.contains("invalid type"));
+}
+
+#[test]
+fn syntax_error_points_at_line() {
+    let i = one(&format!("{BASE}\n[[route]\n"));
+    assert_eq!(i.key, "(toml syntax)");
+    assert_eq!(i.line, 14);
+}
+
+#[test]
+fn duplicate_names_and_addresses() {
+    let text = format!("{BASE}\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n");
+    let v = issues(&text);
+    assert!(v.iter().any(|i| i.message.contains("used twice")));
+    assert!(v.iter().any(|i| i.message.contains("already used by listener")));
+}
+
+#[test]
+fn admin_beyond_loopback_needs_token() {
+    let i = one(&format!("[admin]\nlisten = \"0.0.0.0:9900\"\n{BASE}"));
+    assert_eq!(i.key, "admin.listen");
+    assert!(i.hint.unwrap().contains("token"));
+    load_str("t", &format!("[admin]\nlisten = \"0.0.0.0:9900\"\ntoken = \"s3cret\"\n{BASE}")).unwrap();
+}
+
+#[test]
+fn bad_regex_and_path() {
+    let text = BASE.replace("cluster = \"api\"\n", "cluster = \"api\"\npath_regex = \"/a/([\"\n");
+    let i = one(&text);
+    assert_eq!(i.key, "route[0].path_regex");
+    let i = one(&BASE.replace("cluster = \"api\"\n", "cluster = \"api\"\npath_prefix = \"v1\"\n"));
+    assert_eq!(i.hint.as_deref(), Some("write \"/v1\""));
+}
+
+#[test]
+fn route_without_destination_and_unknown_listener() {
+    let text = BASE.replace("cluster = \"api\"\n", "listeners = [\"wbe\"]\n");
+    let v = issues(&text);
+    assert!(v.iter().any(|i| i.key == "route[0].cluster" && i.message.contains("no destination")));
+    assert!(v.iter().any(|i| i.key == "route[0].listeners[0]" && i.hint.as_deref() == Some("did you mean `web`?")));
+}
+
+#[test]
+fn display_is_file_line_col_key_message_hint() {
+    let e = load_str("conf/tandem.toml", &BASE.replace("cluster = \"api\"", "cluster = \"apii\"")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "conf/tandem.toml:12:11: route[0].cluster: route points at cluster `apii`, which does not exist; did you mean `api`?"
+    );
+}

@@ -1,0 +1,56 @@
+//! The command line: `check` validates and reports precisely; `--version`.
+
+use std::io::Write;
+use std::process::Command;
+
+fn tandem() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+}
+
+#[test]
+fn check_reports_every_problem_and_exits_non_zero() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        f,
+        "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n\n[[cluster]]\nname = \"api\"\nbalancer = \"roundrobin\"\nendpoints = [{{ address = \"10.0.0.1\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"apu\"\n"
+    )
+    .unwrap();
+    let out = tandem().args(["check", "-c"]).arg(f.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let path = f.path().display().to_string();
+    assert!(err.contains(&format!("{path}:7:12: cluster[0].balancer: unknown balancer `roundrobin`; did you mean `round_robin`?")), "{err}");
+    assert!(err.contains(&format!("{path}:8:26: cluster[0].endpoints[0].address: `10.0.0.1` is not an IP:port address")), "{err}");
+    assert!(err.contains(&format!("{path}:12:11: route[0].cluster: route points at cluster `apu`, which does not exist; did you mean `api`?")), "{err}");
+    assert!(err.contains("3 problems found"), "{err}");
+}
+
+#[test]
+fn check_accepts_the_shipped_examples() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(root).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            let out = tandem().args(["check", "-c"]).arg(&p).output().unwrap();
+            assert!(out.status.success(), "{}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
+            assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "examples missing");
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let out = tandem().args(["check", "-c", "/nonexistent/tandem.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tandem.toml: cannot read config"));
+}
+
+#[test]
+fn version_prints() {
+    let out = tandem().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("tandem "));
+}

@@ -1,0 +1,345 @@
+//! Shared test fixtures: in-process backends, a spawned `tandem` process, and a small
+//! HTTP/1.1 + h2c client over real sockets. Everything is bounded in time.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An in-process HTTP backend that answers with its name after `delay`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub hits: Arc<AtomicU64>,
+    pub delay: Arc<Mutex<Duration>>,
+    pub status: Arc<Mutex<u16>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    /// Starts a backend on a free port.
+    pub async fn start(name: &str) -> Backend {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), name).await
+    }
+
+    /// Starts a backend on `addr`.
+    pub async fn start_on(addr: SocketAddr, name: &str) -> Backend {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let status = Arc::new(Mutex::new(200u16));
+        let (h, d, s, n) = (hits.clone(), delay.clone(), status.clone(), name.to_string());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (h, d, s, n) = (h.clone(), d.clone(), s.clone(), n.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                        let (h, d, s, n) = (h.clone(), d.clone(), s.clone(), n.clone());
+                        async move {
+                            h.fetch_add(1, Ordering::Relaxed);
+                            let delay = *d.lock().unwrap();
+                            let status = *s.lock().unwrap();
+                            let mut q: HashMap<String, String> = HashMap::new();
+                            if let Some(qs) = req.uri().query() {
+                                for p in qs.split('&') {
+                                    if let Some((k, v)) = p.split_once('=') {
+                                        q.insert(k.into(), v.into());
+                                    }
+                                }
+                            }
+                            let mut head = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+                            for (k, v) in req.headers() {
+                                head.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+                            }
+                            let path = req.uri().path().to_string();
+                            let _ = req.into_body().collect().await;
+                            let extra = q.get("delay_ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+                            let total = delay + Duration::from_millis(extra);
+                            if !total.is_zero() {
+                                tokio::time::sleep(total).await;
+                            }
+                            let body = if path == "/headers" { head } else { format!("{n}\n") };
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(
+                                q.get("status").and_then(|v| v.parse().ok()).unwrap_or(status),
+                            )
+                            .unwrap();
+                            resp.headers_mut().insert("x-backend", n.parse().unwrap());
+                            resp.headers_mut().insert("connection", "x-hop".parse().unwrap());
+                            resp.headers_mut().insert("x-hop", "1".parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            name: name.into(),
+            hits,
+            delay,
+            status,
+            task,
+        }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+/// A running `tandem` process, killed on drop.
+pub struct Proxy {
+    pub child: Child,
+    head: String,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: tempfile::NamedTempFile,
+    pub stdout_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config text with `{listen}` and `{admin}` placeholders filled.
+pub fn render(template: &str, listen: SocketAddr, admin: SocketAddr) -> String {
+    template
+        .replace("{listen}", &listen.to_string())
+        .replace("{admin}", &admin.to_string())
+}
+
+impl Proxy {
+    /// Starts tandem with `body` (listener/admin sections are generated; `body` holds
+    /// clusters and routes, and may use `{listen}`), and waits until /ready.
+    pub fn start(body: &str) -> Proxy {
+        Self::start_with(body, "")
+    }
+
+    /// Like `start`, with extra `[[listener]]` keys in `listener_extra`.
+    pub fn start_with(body: &str, listener_extra: &str) -> Proxy {
+        Self::start_full(body, listener_extra, "")
+    }
+
+    /// Like `start_with`, with extra `[admin]` keys in `admin_extra`.
+    pub fn start_full(body: &str, listener_extra: &str, admin_extra: &str) -> Proxy {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let head = format!(
+            "[server]\nworkers = 2\ndrain_timeout = \"3s\"\n\n[admin]\nlisten = \"{admin}\"\n{admin_extra}\n\n[log]\nlevel = \"warn\"\naccess_log = \"{}\"\n\n[[listener]]\nname = \"web\"\nlisten = \"{listen}\"\n{listener_extra}\n\n",
+            log.display(),
+        );
+        let text = format!("{head}{}", render(body, listen, admin));
+        let mut config = tempfile::NamedTempFile::new().unwrap();
+        config.write_all(text.as_bytes()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["run", "-c"])
+            .arg(config.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let p = Proxy {
+            child,
+            head,
+            addr: listen,
+            admin,
+            config,
+            stdout_path: log,
+            _dir: dir,
+        };
+        p.wait_ready();
+        p
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let token = self.head.split("token = \"").nth(1).and_then(|t| t.split('"').next());
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = tandem_proxy::ctl::call(self.admin, token, "GET", "/ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("tandem did not become ready");
+    }
+
+    /// Rewrites the config file body (same listener/admin); send SIGHUP to apply.
+    pub fn rewrite(&self, body: &str) {
+        let new = format!("{}{}", self.head, render(body, self.addr, self.admin));
+        std::fs::write(self.config.path(), new).unwrap();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    pub fn metrics(&self) -> String {
+        tandem_proxy::ctl::call(self.admin, None, "GET", "/metrics").unwrap().1
+    }
+
+    /// Value of one metric line (exact name with labels).
+    pub fn metric(&self, line_start: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("metric {line_start} not found"))
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+}
+
+/// A keep-alive HTTP/1.1 (or h2c) client connection.
+pub struct Client {
+    h1: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
+    h2: Option<hyper::client::conn::http2::SendRequest<Empty<Bytes>>>,
+    pub addr: SocketAddr,
+}
+
+/// A response with its body read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Client {
+    pub async fn h1(addr: SocketAddr) -> Client {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+        tokio::spawn(conn);
+        Client {
+            h1: Some(tx),
+            h2: None,
+            addr,
+        }
+    }
+
+    pub async fn h2(addr: SocketAddr) -> Client {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await.unwrap();
+        tokio::spawn(conn);
+        Client {
+            h1: None,
+            h2: Some(tx),
+            addr,
+        }
+    }
+
+    pub async fn get(&mut self, host: &str, path: &str, headers: &[(&str, &str)]) -> Result<Resp, hyper::Error> {
+        self.request("GET", host, path, headers).await
+    }
+
+    pub async fn request(&mut self, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Result<Resp, hyper::Error> {
+        let mut b = hyper::Request::builder().method(method);
+        if self.h2.is_some() {
+            b = b.uri(format!("http://{host}{path}"));
+        } else {
+            b = b.uri(path).header("host", host);
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Empty::new()).unwrap();
+        let resp = if let Some(tx) = self.h1.as_mut() {
+            tx.ready().await?;
+            tx.send_request(req).await?
+        } else {
+            let tx = self.h2.as_mut().unwrap();
+            tx.ready().await?;
+            tx.send_request(req).await?
+        };
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+/// Sends `n` GETs over `conns` keep-alive connections; returns the body counts and
+/// the number of failures (non-2xx or transport errors).
+pub async fn load(addr: SocketAddr, host: &str, path: &str, n: usize, conns: usize, headers: &[(&str, &str)]) -> (HashMap<String, usize>, usize) {
+    let per = n / conns;
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let host = host.to_string();
+        let path = path.to_string();
+        let headers: Vec<(String, String)> = headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        tasks.push(tokio::spawn(async move {
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            let mut failed = 0;
+            let mut c = Client::h1(addr).await;
+            let hv: Vec<(&str, &str)> = headers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            for _ in 0..per {
+                match c.get(&host, &path, &hv).await {
+                    Ok(r) if r.status < 300 => *counts.entry(r.body.trim().to_string()).or_default() += 1,
+                    Ok(_) => failed += 1,
+                    Err(_) => {
+                        failed += 1;
+                        c = Client::h1(addr).await;
+                    }
+                }
+            }
+            (counts, failed)
+        }));
+    }
+    let mut total: HashMap<String, usize> = HashMap::new();
+    let mut failed = 0;
+    for t in tasks {
+        let (c, f) = t.await.unwrap();
+        failed += f;
+        for (k, v) in c {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    (total, failed)
+}
+
+/// Bounds a test body in time.
+pub async fn bounded<F: std::future::Future>(secs: u64, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), f).await.expect("test exceeded its time bound")
+}

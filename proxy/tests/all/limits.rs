@@ -1,0 +1,157 @@
+//! Downstream protections: malformed and oversized requests, slowloris, idle
+//! keep-alive, per-connection request cap, connection cap. Others keep being served.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+
+fn body_for(b: &Backend) -> String {
+    format!("[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n", b.addr)
+}
+
+/// Reads until EOF (or 5 s); returns what arrived and whether the peer closed.
+async fn read_all(s: &mut TcpStream) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests_get_400_and_431_and_close() {
+    bounded(30, async {
+        let b = Backend::start("b").await;
+        let proxy = Proxy::start_with(&body_for(&b), "max_header_bytes = 16384");
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"GET / HTTP/1.1\r\nHost x\r\n\r\n".to_vec(), "400"),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(), "400"),
+            (b"G\x01T / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "400"),
+            (
+                [b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec(), vec![b'a'; 40_000], b"\r\n\r\n".to_vec()].concat(),
+                "431",
+            ),
+        ];
+        for (req, want) in cases {
+            let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+            s.write_all(&req).await.unwrap();
+            let (resp, closed) = read_all(&mut s).await;
+            assert!(resp.starts_with(&format!("HTTP/1.1 {want}")), "want {want}, got {resp:?}");
+            assert!(closed, "connection should be closed after {want}");
+            // A well-formed client is served meanwhile.
+            let mut c = Client::h1(proxy.addr).await;
+            assert_eq!(c.get("x", "/", &[]).await.unwrap().status, 200);
+        }
+        assert!(proxy.metric("tandem_listener_malformed_requests_total{listener=\"web\"}") >= 3.0);
+        assert_eq!(proxy.metric("tandem_listener_oversized_requests_total{listener=\"web\"}"), 1.0);
+        assert_eq!(b.hits(), 4, "bad requests must never reach the backend");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_headers_time_out_while_others_are_served() {
+    bounded(30, async {
+        let b = Backend::start("b").await;
+        let proxy = Proxy::start_with(&body_for(&b), "header_read_timeout = \"1s\"");
+        // A client that never sends anything and one that trickles a header.
+        let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+        let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        let started = Instant::now();
+        let trickle = tokio::spawn(async move {
+            for _ in 0..40 {
+                if slow.write_all(b"a").await.is_err() {
+                    return (started.elapsed(), true);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let (_, closed) = read_all(&mut slow).await;
+            (started.elapsed(), closed)
+        });
+        // Meanwhile requests are served promptly.
+        let mut c = Client::h1(proxy.addr).await;
+        for _ in 0..10 {
+            let t = Instant::now();
+            assert_eq!(c.get("x", "/", &[]).await.unwrap().status, 200);
+            assert!(t.elapsed() < Duration::from_millis(500));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (_, closed) = read_all(&mut silent).await;
+        assert!(closed, "silent connection must be closed");
+        assert!(started.elapsed() < Duration::from_millis(2500), "silent closed after {:?}", started.elapsed());
+        let (elapsed, closed) = trickle.await.unwrap();
+        assert!(closed, "trickling connection must be closed");
+        assert!(elapsed < Duration::from_millis(3000), "trickle closed after {elapsed:?}");
+        assert!(proxy.metric("tandem_listener_header_timeouts_total{listener=\"web\"}") >= 2.0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_and_request_cap_close_connections() {
+    bounded(30, async {
+        let b = Backend::start("b").await;
+        let proxy = Proxy::start_with(&body_for(&b), "idle_timeout = \"400ms\"\nmax_requests_per_connection = 3");
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let mut got = String::new();
+        for i in 0..3 {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap();
+            let r = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+            assert!(r.starts_with("http/1.1 200"), "{r}");
+            assert_eq!(r.contains("connection: close"), i == 2, "request {i}: {r}");
+            got.push_str(&r);
+        }
+        let (_, closed) = read_all(&mut s).await;
+        assert!(closed, "connection must close after max_requests_per_connection");
+
+        // Idle keep-alive.
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        let t = Instant::now();
+        let (_, closed) = read_all(&mut s).await;
+        assert!(closed);
+        let idle = t.elapsed();
+        assert!(idle >= Duration::from_millis(300) && idle < Duration::from_millis(2000), "closed after {idle:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_refuses_the_excess() {
+    bounded(30, async {
+        let b = Backend::start("b").await;
+        let proxy = Proxy::start_with(&body_for(&b), "max_connections = 2");
+        let mut c1 = Client::h1(proxy.addr).await;
+        let mut c2 = Client::h1(proxy.addr).await;
+        assert_eq!(c1.get("x", "/", &[]).await.unwrap().status, 200);
+        assert_eq!(c2.get("x", "/", &[]).await.unwrap().status, 200);
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let (resp, closed) = read_all(&mut s).await;
+        assert!(closed && resp.is_empty(), "third connection must be closed unanswered: {resp:?}");
+        assert_eq!(proxy.metric("tandem_listener_connections_refused_total{listener=\"web\"}"), 1.0);
+        drop(c1);
+        // Once one closes, a new one is accepted.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut c3 = Client::h1(proxy.addr).await;
+        assert_eq!(c3.get("x", "/", &[]).await.unwrap().status, 200);
+        assert_eq!(c2.get("x", "/", &[]).await.unwrap().status, 200);
+    })
+    .await;
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the real `tandem` binary, real sockets, real backends. One test
+//! binary (modules below) so it links once.
+
+mod common;
+
+mod admin;
+mod balancing;
+mod cli;
+mod errors;
+mod lifecycle;
+mod limits;
+mod routing;
