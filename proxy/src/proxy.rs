@@ -52,6 +52,7 @@ pub async fn handle(
         .requests
         .fetch_add(1, Relaxed);
 
+    let downstream_version = req.version();
     let request_id = headers::ensure_request_id(req.headers_mut());
     let rt = worker.shared.runtime.load_full();
     let mut rec = worker.shared.access_log.enabled().then(|| AccessRecord {
@@ -81,7 +82,7 @@ pub async fn handle(
     let max = worker.listeners[conn.listener].max_requests_per_connection;
     let draining = worker.shared.draining.load(Relaxed);
     if (max > 0 && n >= max) || draining {
-        close_after(&conn, &mut resp);
+        close_after(&conn, &mut resp, downstream_version);
     }
     resp.headers_mut()
         .insert(headers::X_REQUEST_ID.clone(), request_id);
