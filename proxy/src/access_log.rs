@@ -58,30 +58,18 @@ pub struct AccessLog {
 
 impl AccessLog {
     /// Starts the writer thread for `target` (or a no-op log for `Off`).
-    pub fn start(
-        target: &AccessLogTarget,
-        format: LogFormat,
-        stats: Arc<StatsRegistry>,
-    ) -> std::io::Result<AccessLog> {
+    pub fn start(target: &AccessLogTarget, format: LogFormat, stats: Arc<StatsRegistry>) -> std::io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match target {
             AccessLogTarget::Off => return Ok(AccessLog { tx: None, stats }),
             AccessLogTarget::Stdout => Box::new(std::io::stdout()),
             AccessLogTarget::Stderr => Box::new(std::io::stderr()),
-            AccessLogTarget::File(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            ),
+            AccessLogTarget::File(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
         };
         let (tx, rx) = sync_channel(16 * 1024);
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || writer(rx, out, format))?;
-        Ok(AccessLog {
-            tx: Some(tx),
-            stats,
-        })
+        Ok(AccessLog { tx: Some(tx), stats })
     }
 
     /// Whether records are wanted (lets the request path skip building one).

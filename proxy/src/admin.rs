@@ -18,75 +18,58 @@ use serde_json::json;
 use crate::control::Shared;
 
 /// Starts the admin listener on its own thread; returns once it is bound.
-pub fn start(
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    token: Option<String>,
-) -> std::io::Result<SocketAddr> {
+pub fn start(shared: Arc<Shared>, addr: SocketAddr, token: Option<String>) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let bound = std_listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
+    std::thread::Builder::new().name("admin".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "admin runtime failed");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                Ok(l) => l,
                 Err(e) => {
-                    tracing::error!(error = %e, "admin runtime failed");
+                    tracing::error!(error = %e, "admin listener failed");
                     return;
                 }
             };
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "admin listener failed");
-                        return;
-                    }
+            let token: Option<Arc<str>> = token.map(Into::into);
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
                 };
-                let token: Option<Arc<str>> = token.map(Into::into);
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let shared = shared.clone();
-                    let token = token.clone();
-                    tokio::spawn(async move {
-                        let svc = service_fn(move |req| {
-                            let shared = shared.clone();
-                            let token = token.clone();
-                            async move {
-                                Ok::<_, Infallible>(serve(&shared, token.as_deref(), req).await)
-                            }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
+                let shared = shared.clone();
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let shared = shared.clone();
+                        let token = token.clone();
+                        async move { Ok::<_, Infallible>(serve(&shared, token.as_deref(), req).await) }
                     });
-                }
-            });
-        })?;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    })?;
     Ok(bound)
 }
 
 fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(ctype),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
     r
 }
 
-async fn serve(
-    shared: &Shared,
-    token: Option<&str>,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+async fn serve(shared: &Shared, token: Option<&str>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Some(t) = token {
         let ok = req
             .headers()
@@ -95,11 +78,7 @@ async fn serve(
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|v| constant_time_eq(v.as_bytes(), t.as_bytes()));
         if !ok {
-            return text(
-                StatusCode::UNAUTHORIZED,
-                "text/plain",
-                "admin token required\n",
-            );
+            return text(StatusCode::UNAUTHORIZED, "text/plain", "admin token required\n");
         }
     }
     let method = req.method().clone();
@@ -125,16 +104,8 @@ async fn serve(
                 crate::metrics::render(&rt, &shared.listeners, &shared.stats),
             )
         }
-        (Method::GET, "/status") => text(
-            StatusCode::OK,
-            "application/json",
-            status_json(shared).to_string(),
-        ),
-        (Method::GET, "/") => text(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            status_page(shared),
-        ),
+        (Method::GET, "/status") => text(StatusCode::OK, "application/json", status_json(shared).to_string()),
+        (Method::GET, "/") => text(StatusCode::OK, "text/html; charset=utf-8", status_page(shared)),
         (Method::POST, "/reload") => match shared.reload() {
             Ok(o) => text(
                 StatusCode::OK,
@@ -238,9 +209,7 @@ fn status_page(shared: &Shared) -> String {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

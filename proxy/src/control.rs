@@ -71,12 +71,7 @@ pub struct ReloadOutcome {
 
 impl Shared {
     /// Compiles the first runtime and builds the shared state.
-    pub fn new(
-        config: Config,
-        source: ConfigSource,
-        access_log: AccessLog,
-        stats: Arc<StatsRegistry>,
-    ) -> Arc<Shared> {
+    pub fn new(config: Config, source: ConfigSource, access_log: AccessLog, stats: Arc<StatsRegistry>) -> Arc<Shared> {
         let listeners = config
             .listeners
             .iter()
@@ -125,10 +120,7 @@ impl Shared {
         self.runtime.store(Arc::new(rt));
         self.stats.process.reloads_ok.fetch_add(1, Relaxed);
         tracing::info!(generation, "configuration reloaded");
-        Ok(ReloadOutcome {
-            generation,
-            ignored,
-        })
+        Ok(ReloadOutcome { generation, ignored })
     }
 
     /// Begins a graceful stop: listeners close, connections finish.

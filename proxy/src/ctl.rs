@@ -21,19 +21,15 @@ pub enum CtlError {
 }
 
 /// Performs `method path` against the admin API; returns (status, body).
-pub fn call(
-    addr: SocketAddr,
-    token: Option<&str>,
-    method: &str,
-    path: &str,
-) -> Result<(u16, String), CtlError> {
+pub fn call(addr: SocketAddr, token: Option<&str>, method: &str, path: &str) -> Result<(u16, String), CtlError> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|source| CtlError::Connect { addr, source })?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes())
         .map_err(|source| CtlError::Connect { addr, source })?;
     let mut buf = Vec::new();
@@ -48,14 +44,8 @@ pub fn call(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| CtlError::Protocol(head.lines().next().unwrap_or("").into()))?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(body) } else { body.to_string() };
     Ok((status, body))
 }
 

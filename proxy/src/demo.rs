@@ -47,10 +47,7 @@ pub async fn serve_backend(listener: tokio::net::TcpListener, name: Arc<str>) {
     }
 }
 
-async fn answer(
-    name: Arc<str>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut delay = 0u64;
     let mut status = 200u16;
     if let Some(q) = req.uri().query() {
@@ -104,20 +101,18 @@ pub fn spawn_backends(backends: Vec<(String, SocketAddr)>, threads: usize) -> st
         .thread_name("backend")
         .enable_all()
         .build()?;
-    std::thread::Builder::new()
-        .name("backends".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                for (name, l) in bound {
-                    match tokio::net::TcpListener::from_std(l) {
-                        Ok(l) => {
-                            tokio::spawn(serve_backend(l, name.into()));
-                        }
-                        Err(e) => tracing::error!(error = %e, "backend listener failed"),
+    std::thread::Builder::new().name("backends".into()).spawn(move || {
+        rt.block_on(async move {
+            for (name, l) in bound {
+                match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => {
+                        tokio::spawn(serve_backend(l, name.into()));
                     }
+                    Err(e) => tracing::error!(error = %e, "backend listener failed"),
                 }
-                std::future::pending::<()>().await;
-            });
-        })?;
+            }
+            std::future::pending::<()>().await;
+        });
+    })?;
     Ok(())
 }

@@ -39,13 +39,7 @@ pub struct ConnState {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(
-    worker: Rc<Worker>,
-    idx: usize,
-    stream: TcpStream,
-    peer: SocketAddr,
-    stats: Arc<ListenerStats>,
-) {
+pub async fn serve(worker: Rc<Worker>, idx: usize, stream: TcpStream, peer: SocketAddr, stats: Arc<ListenerStats>) {
     let shared = worker.shared.clone();
     shared.connections.fetch_add(1, Relaxed);
     let lcfg = worker.listeners[idx].clone();
@@ -72,11 +66,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(lcfg.max_header_bytes as u32)
         .max_concurrent_streams(256);
-    let builder = if lcfg.http2 {
-        builder
-    } else {
-        builder.http1_only()
-    };
+    let builder = if lcfg.http2 { builder } else { builder.http1_only() };
 
     let svc = {
         let worker = worker.clone();

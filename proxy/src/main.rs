@@ -185,12 +185,7 @@ fn run(cfg: Config, source: ConfigSource, banner: Option<&str>) -> ExitCode {
     }
 }
 
-fn ctl_main(
-    admin: Option<SocketAddr>,
-    config: Option<PathBuf>,
-    token: Option<String>,
-    what: CtlCommand,
-) -> ExitCode {
+fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<String>, what: CtlCommand) -> ExitCode {
     let mut addr: SocketAddr = "127.0.0.1:9900".parse().expect("literal");
     let mut tok = token.or_else(|| std::env::var("TANDEM_ADMIN_TOKEN").ok());
     if let Some(path) = config {
@@ -259,12 +254,7 @@ fn print_summary(c: &Config) {
         );
     }
     for cl in &c.clusters {
-        println!(
-            "cluster {}: {} {:?}",
-            cl.name,
-            cl.balancer.name(),
-            cl.protocol
-        );
+        println!("cluster {}: {} {:?}", cl.name, cl.balancer.name(), cl.protocol);
         for e in &cl.endpoints {
             println!("  endpoint {} weight {}", e.address, e.weight);
         }

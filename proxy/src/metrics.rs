@@ -59,11 +59,7 @@ impl Histogram {
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {}",
-            self.sum_ns.load(Relaxed) as f64 / 1e9
-        );
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_ns.load(Relaxed) as f64 / 1e9);
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
 }
@@ -172,23 +168,12 @@ impl StatsRegistry {
     }
 }
 
-fn get_or_default<K: std::hash::Hash + Eq, V: Default>(
-    m: &Mutex<HashMap<K, Arc<V>>>,
-    k: K,
-) -> Arc<V> {
-    m.lock()
-        .expect("stats registry poisoned")
-        .entry(k)
-        .or_default()
-        .clone()
+fn get_or_default<K: std::hash::Hash + Eq, V: Default>(m: &Mutex<HashMap<K, Arc<V>>>, k: K) -> Arc<V> {
+    m.lock().expect("stats registry poisoned").entry(k).or_default().clone()
 }
 
 /// Renders the Prometheus text exposition for the current runtime.
-pub fn render(
-    rt: &crate::runtime::Runtime,
-    listeners: &[(String, Arc<ListenerStats>)],
-    reg: &StatsRegistry,
-) -> String {
+pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerStats>)], reg: &StatsRegistry) -> String {
     let mut out = String::with_capacity(16 * 1024);
     let p = &reg.process;
     let _ = writeln!(
@@ -201,11 +186,7 @@ pub fn render(
         "tandem_config_generation{{hash=\"{:016x}\"}} {}",
         rt.hash, rt.generation
     );
-    counter(
-        &mut out,
-        "tandem_reloads_total",
-        "Configuration reloads by result.",
-    );
+    counter(&mut out, "tandem_reloads_total", "Configuration reloads by result.");
     let _ = writeln!(
         out,
         "tandem_reloads_total{{result=\"ok\"}} {}",
@@ -253,12 +234,9 @@ pub fn render(
             true,
             |s| &s.refused,
         ),
-        (
-            "tandem_listener_requests_total",
-            "Requests received.",
-            true,
-            |s| &s.requests,
-        ),
+        ("tandem_listener_requests_total", "Requests received.", true, |s| {
+            &s.requests
+        }),
         (
             "tandem_listener_malformed_requests_total",
             "Requests rejected as malformed (400).",
@@ -285,11 +263,7 @@ pub fn render(
             gauge(&mut out, name, help);
         }
         for (lname, s) in listeners {
-            let _ = writeln!(
-                out,
-                "{name}{{listener=\"{lname}\"}} {}",
-                field(s).load(Relaxed)
-            );
+            let _ = writeln!(out, "{name}{{listener=\"{lname}\"}} {}", field(s).load(Relaxed));
         }
     }
 

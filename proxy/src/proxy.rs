@@ -47,10 +47,7 @@ pub async fn handle(
     if n == 1 {
         conn.wake.notify_one();
     }
-    worker.shared.listeners[conn.listener]
-        .1
-        .requests
-        .fetch_add(1, Relaxed);
+    worker.shared.listeners[conn.listener].1.requests.fetch_add(1, Relaxed);
 
     let downstream_version = req.version();
     let request_id = headers::ensure_request_id(req.headers_mut());
@@ -84,8 +81,7 @@ pub async fn handle(
     if (max > 0 && n >= max) || draining {
         close_after(&conn, &mut resp, downstream_version);
     }
-    resp.headers_mut()
-        .insert(headers::X_REQUEST_ID.clone(), request_id);
+    resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id);
     conn.in_flight.set(conn.in_flight.get() - 1);
     conn.last_active.set(Instant::now());
     Ok(resp)
@@ -126,8 +122,7 @@ async fn proxy_request(
         bytes: 0,
     });
     let sent_at = Instant::now();
-    let outcome =
-        tokio::time::timeout(route.timeout, exchange(worker, cluster, ep_idx, req, rec)).await;
+    let outcome = tokio::time::timeout(route.timeout, exchange(worker, cluster, ep_idx, req, rec)).await;
     let (resp, upstream_conn) = match outcome {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
@@ -141,13 +136,7 @@ async fn proxy_request(
         }
     };
     let upstream_time = sent_at.elapsed();
-    observe(
-        route,
-        cluster,
-        ep_idx,
-        resp.status().as_u16(),
-        upstream_time,
-    );
+    observe(route, cluster, ep_idx, resp.status().as_u16(), upstream_time);
 
     let resp = prepare_downstream_response(resp, route);
     done.conn = Some((upstream_conn, worker.pool.clone(), cluster.pool));
@@ -157,27 +146,16 @@ async fn proxy_request(
         done.record = Some((r, worker.shared.access_log.clone()));
     }
     let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(
-        parts,
-        ProxyBody::upstream(body, Some(done)),
-    ))
+    Ok(Response::from_parts(parts, ProxyBody::upstream(body, Some(done))))
 }
 
 /// Stage 2: finds the route for the request on its listener.
-fn route_request<'rt>(
-    rt: &'rt Runtime,
-    listener: usize,
-    req: &Request<Incoming>,
-) -> Result<&'rt Route, ProxyError> {
+fn route_request<'rt>(rt: &'rt Runtime, listener: usize, req: &Request<Incoming>) -> Result<&'rt Route, ProxyError> {
     let host = req
         .uri()
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("");
     let facts = RequestFacts {
         host: router::host_without_port(host),
@@ -209,13 +187,7 @@ fn pick_endpoint(
         None
     };
     Ok(worker.with_balancer(rt, cluster.index, |state| {
-        balancer::pick(
-            cluster.balancer,
-            &cluster.table,
-            state,
-            &cluster.endpoints,
-            hash,
-        )
+        balancer::pick(cluster.balancer, &cluster.table, state, &cluster.endpoints, hash)
     }))
 }
 
@@ -244,8 +216,7 @@ fn prepare_upstream_request(
             if req.uri().scheme().is_some() {
                 let pq = req.uri().path_and_query().cloned();
                 let mut parts = http::uri::Parts::default();
-                parts.path_and_query =
-                    pq.or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
+                parts.path_and_query = pq.or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
                 *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::UpstreamReset)?;
             }
             *req.version_mut() = Version::HTTP_11;
@@ -256,8 +227,7 @@ fn prepare_upstream_request(
             h.remove(header::HOST);
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(http::uri::Scheme::HTTP);
-            parts.authority =
-                http::uri::Authority::from_maybe_shared(host.as_bytes().to_vec()).ok();
+            parts.authority = http::uri::Authority::from_maybe_shared(host.as_bytes().to_vec()).ok();
             parts.path_and_query = req
                 .uri()
                 .path_and_query()
@@ -287,10 +257,7 @@ async fn exchange(
         if let Some(r) = rec.as_mut() {
             r.attempts = attempts;
         }
-        let mut conn = match worker
-            .pool
-            .checkout(ep.address, cluster.protocol, &cluster.pool)
-        {
+        let mut conn = match worker.pool.checkout(ep.address, cluster.protocol, &cluster.pool) {
             Some(c) => {
                 ep.stats.connections_reused.fetch_add(1, Relaxed);
                 c
@@ -298,12 +265,7 @@ async fn exchange(
             None => {
                 worker
                     .pool
-                    .connect(
-                        ep.address,
-                        cluster.protocol,
-                        cluster.connect_timeout,
-                        &ep.stats,
-                    )
+                    .connect(ep.address, cluster.protocol, cluster.connect_timeout, &ep.stats)
                     .await?
             }
         };
@@ -333,13 +295,7 @@ fn prepare_downstream_response(mut resp: Response<Incoming>, route: &Route) -> R
 }
 
 /// Stage 8: feeds latency and status to the balancer signals and counters.
-fn observe(
-    route: &Route,
-    cluster: &Cluster,
-    ep_idx: usize,
-    status: u16,
-    upstream_time: std::time::Duration,
-) {
+fn observe(route: &Route, cluster: &Cluster, ep_idx: usize, status: u16, upstream_time: std::time::Duration) {
     let ep = &cluster.endpoints[ep_idx];
     let ns = upstream_time.as_nanos() as u64;
     ep.stats.ewma.observe(ns as f64);
@@ -402,10 +358,13 @@ fn local_error(
     resp
 }
 
-/// Asks the connection to close after this response.
-fn close_after(conn: &ConnState, resp: &mut Response<ProxyBody>) {
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+/// Asks the connection to close after this response (HTTP/1: `Connection: close`;
+/// HTTP/2: the connection loop sends GOAWAY).
+fn close_after(conn: &ConnState, resp: &mut Response<ProxyBody>, version: Version) {
+    if version != Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if !conn.close.replace(true) {
         conn.wake.notify_one();
     }

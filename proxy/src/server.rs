@@ -59,26 +59,16 @@ pub struct Running {
 /// Starts admin and workers for `config`; returns once every worker accepts.
 pub fn start(config: Config, source: ConfigSource) -> Result<Running, RunError> {
     let stats = Arc::new(StatsRegistry::default());
-    let access_log = AccessLog::start(
-        &config.log.access_log,
-        config.log.access_log_format,
-        stats.clone(),
-    )
-    .map_err(RunError::AccessLog)?;
+    let access_log = AccessLog::start(&config.log.access_log, config.log.access_log_format, stats.clone())
+        .map_err(RunError::AccessLog)?;
     let admin_addr = config.admin.listen;
     let token = config.admin.token.clone();
-    let listeners: Vec<_> = config
-        .listeners
-        .iter()
-        .map(|l| (l.name.clone(), l.listen))
-        .collect();
+    let listeners: Vec<_> = config.listeners.iter().map(|l| (l.name.clone(), l.listen)).collect();
     let shared = Shared::new(config, source, access_log, stats);
     crate::worker::start(shared.clone())?;
-    let admin = crate::admin::start(shared.clone(), admin_addr, token).map_err(|source| {
-        RunError::Admin {
-            addr: admin_addr,
-            source,
-        }
+    let admin = crate::admin::start(shared.clone(), admin_addr, token).map_err(|source| RunError::Admin {
+        addr: admin_addr,
+        source,
     })?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while shared.workers_ready.load(Relaxed) < shared.workers && Instant::now() < deadline {

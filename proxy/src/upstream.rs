@@ -63,12 +63,7 @@ pub struct Pool {
 
 impl Pool {
     /// A ready pooled connection to `addr`, if there is one.
-    pub fn checkout(
-        &self,
-        addr: SocketAddr,
-        proto: UpstreamProtocol,
-        s: &PoolSettings,
-    ) -> Option<Conn> {
+    pub fn checkout(&self, addr: SocketAddr, proto: UpstreamProtocol, s: &PoolSettings) -> Option<Conn> {
         let mut map = self.by_endpoint.borrow_mut();
         let slot = map.get_mut(&addr)?;
         let now = Instant::now();
@@ -89,16 +84,9 @@ impl Pool {
             }
             UpstreamProtocol::Http1 => {
                 // Newest first; drop closed, expired and aged connections on the way.
-                while let Some(i) = slot
-                    .idle
-                    .iter()
-                    .rposition(|c| c.tx.is_ready() || c.tx.is_closed())
-                {
+                while let Some(i) = slot.idle.iter().rposition(|c| c.tx.is_ready() || c.tx.is_closed()) {
                     let c = slot.idle.remove(i);
-                    if c.tx.is_closed()
-                        || now.duration_since(c.since) >= s.idle_timeout
-                        || too_old(c.born)
-                    {
+                    if c.tx.is_closed() || now.duration_since(c.since) >= s.idle_timeout || too_old(c.born) {
                         continue;
                     }
                     return Some(Conn {
@@ -178,8 +166,7 @@ impl Pool {
                 tokio::task::spawn_local(async move {
                     let _ = conn.await;
                 });
-                self.by_endpoint.borrow_mut().entry(addr).or_default().h2 =
-                    Some((tx.clone(), born));
+                self.by_endpoint.borrow_mut().entry(addr).or_default().h2 = Some((tx.clone(), born));
                 Sender::H2(tx)
             }
         };
@@ -193,11 +180,7 @@ impl Pool {
 
     /// Idle HTTP/1.1 connections held (for tests and status).
     pub fn idle_count(&self) -> usize {
-        self.by_endpoint
-            .borrow()
-            .values()
-            .map(|e| e.idle.len())
-            .sum()
+        self.by_endpoint.borrow().values().map(|e| e.idle.len()).sum()
     }
 }
 

@@ -69,22 +69,14 @@ pub struct Worker {
 impl Worker {
     /// Runs `f` with this worker's balancer state for cluster `idx` of `rt`. State is
     /// reset when a new runtime generation appears.
-    pub fn with_balancer<R>(
-        &self,
-        rt: &Runtime,
-        idx: usize,
-        f: impl FnOnce(&mut WorkerState) -> R,
-    ) -> R {
+    pub fn with_balancer<R>(&self, rt: &Runtime, idx: usize, f: impl FnOnce(&mut WorkerState) -> R) -> R {
         let mut b = self.balancers.borrow_mut();
         if b.0 != rt.generation {
             if rt.generation < b.0 {
                 // A request still on an older runtime: use throwaway state.
                 return f(&mut WorkerState::default());
             }
-            *b = (
-                rt.generation,
-                vec![WorkerState::default(); rt.clusters.len()],
-            );
+            *b = (rt.generation, vec![WorkerState::default(); rt.clusters.len()]);
         }
         f(&mut b.1[idx])
     }
@@ -135,16 +127,8 @@ pub fn start(shared: Arc<Shared>) -> Result<Vec<std::thread::JoinHandle<()>>, St
     Ok(handles)
 }
 
-fn run_worker(
-    id: usize,
-    shared: Arc<Shared>,
-    listeners: Arc<[ListenerConfig]>,
-    socks: Vec<std::net::TcpListener>,
-) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+fn run_worker(id: usize, shared: Arc<Shared>, listeners: Arc<[ListenerConfig]>, socks: Vec<std::net::TcpListener>) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(worker = id, error = %e, "cannot build worker runtime");
@@ -169,11 +153,7 @@ fn run_worker(
                     return;
                 }
             };
-            tasks.push(tokio::task::spawn_local(accept_loop(
-                worker.clone(),
-                idx,
-                listener,
-            )));
+            tasks.push(tokio::task::spawn_local(accept_loop(worker.clone(), idx, listener)));
         }
         shared.workers_ready.fetch_add(1, Relaxed);
         for t in tasks {

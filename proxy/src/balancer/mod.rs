@@ -38,17 +38,10 @@ pub enum Table {
 
 impl Table {
     /// Builds the table a balancer needs over endpoints `(key, weight)`.
-    pub fn build(
-        kind: BalancerKind,
-        endpoints: &[(String, u32)],
-        vnodes: u32,
-        maglev_size: u32,
-    ) -> Table {
+    pub fn build(kind: BalancerKind, endpoints: &[(String, u32)], vnodes: u32, maglev_size: u32) -> Table {
         match kind {
             BalancerKind::RingHash => Table::Ring(ring_hash::Ring::new(endpoints, vnodes)),
-            BalancerKind::Maglev => {
-                Table::Maglev(maglev::Maglev::new(endpoints, maglev_size as usize))
-            }
+            BalancerKind::Maglev => Table::Maglev(maglev::Maglev::new(endpoints, maglev_size as usize)),
             _ => Table::None,
         }
     }

@@ -54,8 +54,7 @@ impl PeakEwma {
 /// Two distinct random candidates; lower latency × load (per weight) wins.
 pub fn pick<C: Candidate>(eps: &[C]) -> usize {
     let (a, b) = two_distinct(eps.len());
-    let cost =
-        |i: usize| eps[i].ewma_ns() * (eps[i].active() as f64 + 1.0) / f64::from(eps[i].weight());
+    let cost = |i: usize| eps[i].ewma_ns() * (eps[i].active() as f64 + 1.0) / f64::from(eps[i].weight());
     if cost(b) < cost(a) {
         b
     } else {

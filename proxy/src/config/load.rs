@@ -76,10 +76,7 @@ fn toml_issue(e: &toml::de::Error, mut key: String, lines: &LineIndex) -> Config
     } else if message.starts_with("missing field `") {
         hint = Some("add it; see the config reference in README.md".to_string());
     } else if message.contains("invalid type") {
-        hint = Some(
-            "check the value's type (strings need quotes, durations are strings like \"5s\")"
-                .into(),
-        );
+        hint = Some("check the value's type (strings need quotes, durations are strings like \"5s\")".into());
     }
     if key.is_empty() {
         key = "(toml syntax)".into();

@@ -76,12 +76,18 @@ fn bad_endpoint_address() {
 
 #[test]
 fn bad_duration_and_balancer_are_reported_together() {
-    let text = BASE
-        .replace("name = \"api\"\n", "name = \"api\"\nbalancer = \"maglve\"\nconnect_timeout = \"3 parsecs\"\n");
+    let text = BASE.replace(
+        "name = \"api\"\n",
+        "name = \"api\"\nbalancer = \"maglve\"\nconnect_timeout = \"3 parsecs\"\n",
+    );
     let v = issues(&text);
     assert_eq!(v.len(), 2, "{v:#?}"); // balancer and duration, both at once
-    assert!(v.iter().any(|i| i.key == "cluster[0].balancer" && i.hint.as_deref() == Some("did you mean `maglev`?")));
-    assert!(v.iter().any(|i| i.key == "cluster[0].connect_timeout" && i.message.contains("3 parsecs")));
+    assert!(v
+        .iter()
+        .any(|i| i.key == "cluster[0].balancer" && i.hint.as_deref() == Some("did you mean `maglev`?")));
+    assert!(v
+        .iter()
+        .any(|i| i.key == "cluster[0].connect_timeout" && i.message.contains("3 parsecs")));
 }
 
 #[test]
@@ -92,7 +98,10 @@ fn hashing_balancer_needs_hash_on() {
 
 #[test]
 fn wrong_type_is_explained() {
-    let i = one(&BASE.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nmax_connections = \"lots\""));
+    let i = one(&BASE.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nmax_connections = \"lots\"",
+    ));
     assert_eq!(i.key, "listener[0].max_connections");
     assert_eq!(i.line, 5);
     assert!(i.message.contains("invalid type"));
@@ -118,7 +127,11 @@ fn admin_beyond_loopback_needs_token() {
     let i = one(&format!("[admin]\nlisten = \"0.0.0.0:9900\"\n{BASE}"));
     assert_eq!(i.key, "admin.listen");
     assert!(i.hint.unwrap().contains("token"));
-    load_str("t", &format!("[admin]\nlisten = \"0.0.0.0:9900\"\ntoken = \"s3cret\"\n{BASE}")).unwrap();
+    load_str(
+        "t",
+        &format!("[admin]\nlisten = \"0.0.0.0:9900\"\ntoken = \"s3cret\"\n{BASE}"),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -134,13 +147,21 @@ fn bad_regex_and_path() {
 fn route_without_destination_and_unknown_listener() {
     let text = BASE.replace("cluster = \"api\"\n", "listeners = [\"wbe\"]\n");
     let v = issues(&text);
-    assert!(v.iter().any(|i| i.key == "route[0].cluster" && i.message.contains("no destination")));
-    assert!(v.iter().any(|i| i.key == "route[0].listeners[0]" && i.hint.as_deref() == Some("did you mean `web`?")));
+    assert!(v
+        .iter()
+        .any(|i| i.key == "route[0].cluster" && i.message.contains("no destination")));
+    assert!(v
+        .iter()
+        .any(|i| i.key == "route[0].listeners[0]" && i.hint.as_deref() == Some("did you mean `web`?")));
 }
 
 #[test]
 fn display_is_file_line_col_key_message_hint() {
-    let e = load_str("conf/tandem.toml", &BASE.replace("cluster = \"api\"", "cluster = \"apii\"")).unwrap_err();
+    let e = load_str(
+        "conf/tandem.toml",
+        &BASE.replace("cluster = \"api\"", "cluster = \"apii\""),
+    )
+    .unwrap_err();
     assert_eq!(
         e.to_string(),
         "conf/tandem.toml:12:11: route[0].cluster: route points at cluster `apii`, which does not exist; did you mean `api`?"

@@ -162,9 +162,7 @@ pub(crate) fn validate(
                 &file.admin.listen,
                 "admin.listen".into(),
                 format!("`{a}` is reachable beyond loopback but no token is set"),
-                Some(
-                    "set admin.token = \"…\" (a long random string) or listen on 127.0.0.1".into(),
-                ),
+                Some("set admin.token = \"…\" (a long random string) or listen on 127.0.0.1".into()),
             );
         }
     }
@@ -216,10 +214,7 @@ pub(crate) fn validate(
             );
         }
         if let Some(listen) = addr {
-            if let Some(prev) = listeners
-                .iter()
-                .find(|p: &&ListenerConfig| p.listen == listen)
-            {
+            if let Some(prev) = listeners.iter().find(|p: &&ListenerConfig| p.listen == listen) {
                 c.at(
                     &l.listen,
                     format!("{key}.listen"),
@@ -319,10 +314,7 @@ pub(crate) fn validate(
                     c.at(
                         &ep.address,
                         format!("{ekey}.address"),
-                        format!(
-                            "`{address}` is listed twice in cluster `{}`",
-                            cl.name.get_ref()
-                        ),
+                        format!("`{address}` is listed twice in cluster `{}`", cl.name.get_ref()),
                         Some("list each endpoint once and use weight to favour it".into()),
                     );
                 }
@@ -332,9 +324,7 @@ pub(crate) fn validate(
                 });
             }
         }
-        if balancer == BalancerKind::Maglev
-            && (cl.maglev_table_size as usize) < 100 * endpoints.len().max(1)
-        {
+        if balancer == BalancerKind::Maglev && (cl.maglev_table_size as usize) < 100 * endpoints.len().max(1) {
             c.at(
                 &cl.name,
                 format!("{key}.maglev_table_size"),
@@ -387,11 +377,10 @@ pub(crate) fn validate(
         }
         for (j, l) in r.listeners.iter().enumerate() {
             if !listener_names.contains_key(l.get_ref()) {
-                let hint =
-                    match did_you_mean(l.get_ref(), listener_names.keys().map(String::as_str)) {
-                        Some(s) => format!("did you mean `{s}`?"),
-                        None => "name a listener defined with [[listener]]".into(),
-                    };
+                let hint = match did_you_mean(l.get_ref(), listener_names.keys().map(String::as_str)) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "name a listener defined with [[listener]]".into(),
+                };
                 c.at(
                     l,
                     format!("{key}.listeners[{j}]"),
@@ -429,14 +418,10 @@ pub(crate) fn validate(
         if hosts.is_empty() {
             hosts.push(HostPattern::Any);
         }
-        let path_count = [
-            r.path_exact.is_some(),
-            r.path_prefix.is_some(),
-            r.path_regex.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
+        let path_count = [r.path_exact.is_some(), r.path_prefix.is_some(), r.path_regex.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
         if path_count > 1 {
             c.at(
                 &r.name,
@@ -491,8 +476,7 @@ pub(crate) fn validate(
             } else if let Some(v) = &h.exact {
                 Some(HeaderCondition::Exact(v.clone()))
             } else if let Some(re) = &h.regex {
-                c.regex(re, format!("{hkey}.regex"))
-                    .map(HeaderCondition::Regex)
+                c.regex(re, format!("{hkey}.regex")).map(HeaderCondition::Regex)
             } else if h.present == Some(true) {
                 Some(HeaderCondition::Present)
             } else {
@@ -504,25 +488,17 @@ pub(crate) fn validate(
         }
         let mut destinations = Vec::new();
         let mut resolve =
-            |c: &mut Checker, name: &SpannedStr, k: String, weight: u32| match cluster_names
-                .get(name.get_ref())
-            {
+            |c: &mut Checker, name: &SpannedStr, k: String, weight: u32| match cluster_names.get(name.get_ref()) {
                 Some(&idx) => destinations.push((idx, weight)),
                 None => {
-                    let hint = match did_you_mean(
-                        name.get_ref(),
-                        cluster_names.keys().map(String::as_str),
-                    ) {
+                    let hint = match did_you_mean(name.get_ref(), cluster_names.keys().map(String::as_str)) {
                         Some(s) => format!("did you mean `{s}`?"),
                         None => "define it with [[cluster]] name = \"…\"".into(),
                     };
                     c.at(
                         name,
                         k,
-                        format!(
-                            "route points at cluster `{}`, which does not exist",
-                            name.get_ref()
-                        ),
+                        format!("route points at cluster `{}`, which does not exist", name.get_ref()),
                         Some(hint),
                     );
                 }
@@ -531,12 +507,7 @@ pub(crate) fn validate(
             (Some(cl), true) => resolve(&mut c, cl, format!("{key}.cluster"), 1),
             (None, false) => {
                 for (j, wc) in r.clusters.iter().enumerate() {
-                    resolve(
-                        &mut c,
-                        &wc.name,
-                        format!("{key}.clusters[{j}].name"),
-                        wc.weight,
-                    );
+                    resolve(&mut c, &wc.name, format!("{key}.clusters[{j}].name"), wc.weight);
                 }
                 if r.clusters.iter().map(|w| u64::from(w.weight)).sum::<u64>() == 0 {
                     c.at(
@@ -561,7 +532,12 @@ pub(crate) fn validate(
             ),
         }
         let timeout = c.dur(&r.timeout, format!("{key}.timeout"));
-        if timeout.is_zero() && r.timeout.0.as_ref().is_some_and(|t| humantime::parse_duration(t.get_ref()).is_ok()) {
+        if timeout.is_zero()
+            && r.timeout
+                .0
+                .as_ref()
+                .is_some_and(|t| humantime::parse_duration(t.get_ref()).is_ok())
+        {
             c.at(
                 &r.name,
                 format!("{key}.timeout"),

@@ -171,22 +171,13 @@ impl Runtime {
 }
 
 fn compile_cluster(index: usize, c: &ClusterConfig, stats: &StatsRegistry) -> Cluster {
-    let keys: Vec<(String, u32)> = c
-        .endpoints
-        .iter()
-        .map(|e| (e.address.to_string(), e.weight))
-        .collect();
+    let keys: Vec<(String, u32)> = c.endpoints.iter().map(|e| (e.address.to_string(), e.weight)).collect();
     Cluster {
         name: c.name.as_str().into(),
         index,
         balancer: c.balancer,
         hash_on: c.hash_on.clone(),
-        table: Table::build(
-            c.balancer,
-            &keys,
-            c.ring_hash_virtual_nodes,
-            c.maglev_table_size,
-        ),
+        table: Table::build(c.balancer, &keys, c.ring_hash_virtual_nodes, c.maglev_table_size),
         protocol: c.protocol,
         connect_timeout: c.connect_timeout,
         pool: PoolSettings {
@@ -212,9 +203,7 @@ impl Cluster {
     pub fn hash_of(&self, headers: &http::HeaderMap, client: SocketAddr) -> Option<u64> {
         match self.hash_on.as_ref()? {
             HashOn::Header(name) => headers.get(name).map(|v| balancer::hash_key(v.as_bytes())),
-            HashOn::Cookie(name) => {
-                cookie_value(headers, name).map(|v| balancer::hash_key(v.as_bytes()))
-            }
+            HashOn::Cookie(name) => cookie_value(headers, name).map(|v| balancer::hash_key(v.as_bytes())),
             HashOn::SourceIp => Some(match client.ip() {
                 std::net::IpAddr::V4(a) => balancer::hash_key(&a.octets()),
                 std::net::IpAddr::V6(a) => balancer::hash_key(&a.octets()),

@@ -113,9 +113,7 @@ impl Candidate {
                     HeaderCondition::Present => v.is_some(),
                     HeaderCondition::Absent => v.is_none(),
                     HeaderCondition::Exact(s) => v.is_some_and(|v| v.as_bytes() == s.as_bytes()),
-                    HeaderCondition::Regex(re) => v
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| re.is_match(v)),
+                    HeaderCondition::Regex(re) => v.and_then(|v| v.to_str().ok()).is_some_and(|v| re.is_match(v)),
                 }
             })
     }
@@ -140,19 +138,10 @@ mod tests {
         (Router::new("web", &cfg.routes), names)
     }
 
-    fn find(
-        r: &(Router, Vec<String>),
-        host: &str,
-        path: &str,
-        method: &str,
-        hdrs: &[(&str, &str)],
-    ) -> Option<String> {
+    fn find(r: &(Router, Vec<String>), host: &str, path: &str, method: &str, hdrs: &[(&str, &str)]) -> Option<String> {
         let mut h = http::HeaderMap::new();
         for (k, v) in hdrs {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
+            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         let m = http::Method::from_bytes(method.as_bytes()).unwrap();
         r.0.find(&RequestFacts {
@@ -221,24 +210,14 @@ cluster = "c"
             Some("api-exact")
         );
         assert_eq!(
-            find(
-                &r,
-                "api.example.com",
-                "/health",
-                "GET",
-                &[("x-canary", "1")]
-            )
-            .as_deref(),
+            find(&r, "api.example.com", "/health", "GET", &[("x-canary", "1")]).as_deref(),
             Some("api-exact")
         );
         assert_eq!(
             find(&r, "api.example.com", "/x", "GET", &[("x-canary", "1")]).as_deref(),
             Some("api-canary")
         );
-        assert_eq!(
-            find(&r, "api.example.com", "/x", "GET", &[("x-canary", "2")]),
-            None
-        );
+        assert_eq!(find(&r, "api.example.com", "/x", "GET", &[("x-canary", "2")]), None);
         assert_eq!(
             find(&r, "api.example.com", "/v1/x", "POST", &[]).as_deref(),
             Some("api-post")
@@ -259,31 +238,14 @@ cluster = "c"
             Some("deeper-wild")
         );
         assert_eq!(
-            find(
-                &r,
-                "other.org",
-                "/",
-                "GET",
-                &[("x-debug", ""), ("x-user", "u12")]
-            )
-            .as_deref(),
+            find(&r, "other.org", "/", "GET", &[("x-debug", ""), ("x-user", "u12")]).as_deref(),
             Some("has-debug")
         );
         assert_eq!(
-            find(
-                &r,
-                "other.org",
-                "/",
-                "GET",
-                &[("x-debug", ""), ("x-user", "bob")]
-            )
-            .as_deref(),
+            find(&r, "other.org", "/", "GET", &[("x-debug", ""), ("x-user", "bob")]).as_deref(),
             Some("fallback")
         );
-        assert_eq!(
-            find(&r, "example.com", "/", "GET", &[]).as_deref(),
-            Some("fallback")
-        );
+        assert_eq!(find(&r, "example.com", "/", "GET", &[]).as_deref(), Some("fallback"));
     }
 
     #[test]

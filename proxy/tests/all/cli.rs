@@ -19,9 +19,24 @@ fn check_reports_every_problem_and_exits_non_zero() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     let path = f.path().display().to_string();
-    assert!(err.contains(&format!("{path}:7:12: cluster[0].balancer: unknown balancer `roundrobin`; did you mean `round_robin`?")), "{err}");
-    assert!(err.contains(&format!("{path}:8:26: cluster[0].endpoints[0].address: `10.0.0.1` is not an IP:port address")), "{err}");
-    assert!(err.contains(&format!("{path}:12:11: route[0].cluster: route points at cluster `apu`, which does not exist; did you mean `api`?")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{path}:7:12: cluster[0].balancer: unknown balancer `roundrobin`; did you mean `round_robin`?"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{path}:8:26: cluster[0].endpoints[0].address: `10.0.0.1` is not an IP:port address"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{path}:12:11: route[0].cluster: route points at cluster `apu`, which does not exist; did you mean `api`?"
+        )),
+        "{err}"
+    );
     assert!(err.contains("3 problems found"), "{err}");
 }
 
@@ -33,7 +48,12 @@ fn check_accepts_the_shipped_examples() {
         let p = entry.unwrap().path();
         if p.extension().is_some_and(|e| e == "toml") {
             let out = tandem().args(["check", "-c"]).arg(&p).output().unwrap();
-            assert!(out.status.success(), "{}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                p.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
             n += 1;
         }
@@ -43,7 +63,10 @@ fn check_accepts_the_shipped_examples() {
 
 #[test]
 fn missing_file_is_a_clear_error() {
-    let out = tandem().args(["check", "-c", "/nonexistent/tandem.toml"]).output().unwrap();
+    let out = tandem()
+        .args(["check", "-c", "/nonexistent/tandem.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tandem.toml: cannot read config"));
 }

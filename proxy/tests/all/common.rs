@@ -55,7 +55,9 @@ impl Backend {
         let (h, d, s, n) = (hits.clone(), delay.clone(), status.clone(), name.to_string());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (h, d, s, n) = (h.clone(), d.clone(), s.clone(), n.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<Incoming>| {
@@ -205,7 +207,10 @@ impl Proxy {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -257,7 +262,9 @@ impl Client {
 
     pub async fn h2(addr: SocketAddr) -> Client {
         let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await.unwrap();
+        let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         Client {
             h1: None,
@@ -270,7 +277,13 @@ impl Client {
         self.request("GET", host, path, headers).await
     }
 
-    pub async fn request(&mut self, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Result<Resp, hyper::Error> {
+    pub async fn request(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Resp, hyper::Error> {
         let mut b = hyper::Request::builder().method(method);
         if self.h2.is_some() {
             b = b.uri(format!("http://{host}{path}"));
@@ -302,7 +315,14 @@ impl Client {
 
 /// Sends `n` GETs over `conns` keep-alive connections; returns the body counts and
 /// the number of failures (non-2xx or transport errors).
-pub async fn load(addr: SocketAddr, host: &str, path: &str, n: usize, conns: usize, headers: &[(&str, &str)]) -> (HashMap<String, usize>, usize) {
+pub async fn load(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    n: usize,
+    conns: usize,
+    headers: &[(&str, &str)],
+) -> (HashMap<String, usize>, usize) {
     let per = n / conns;
     let mut tasks = Vec::new();
     for _ in 0..conns {
@@ -341,5 +361,7 @@ pub async fn load(addr: SocketAddr, host: &str, path: &str, n: usize, conns: usi
 
 /// Bounds a test body in time.
 pub async fn bounded<F: std::future::Future>(secs: u64, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f).await.expect("test exceeded its time bound")
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("test exceeded its time bound")
 }

@@ -56,7 +56,10 @@ async fn connect_failure_timeout_and_reset_are_told_apart() {
 
         let dead_fail = format!("tandem_endpoint_connect_failures_total{{cluster=\"dead\",endpoint=\"{dead}\"}}");
         assert_eq!(proxy.metric(&dead_fail), 1.0);
-        assert_eq!(proxy.metric("tandem_route_responses_total{route=\"slow\",code=\"5xx\"}"), 1.0);
+        assert_eq!(
+            proxy.metric("tandem_route_responses_total{route=\"slow\",code=\"5xx\"}"),
+            1.0
+        );
 
         // Access log reasons (written asynchronously).
         tokio::time::sleep(Duration::from_millis(300)).await;

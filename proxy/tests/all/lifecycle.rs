@@ -84,7 +84,10 @@ async fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
         // The admin reload call returns the precise error.
         let (status, body) = tandem_proxy::ctl::call(proxy.admin, None, "POST", "/reload").unwrap();
         assert_eq!(status, 400);
-        assert!(body.contains("route[0].cluster") && body.contains("`missing`"), "{body}");
+        assert!(
+            body.contains("route[0].cluster") && body.contains("`missing`"),
+            "{body}"
+        );
         // Fixing the file and reloading through the admin API works.
         proxy.rewrite(&routed_to("new", &old, &new));
         let (status, body) = tandem_proxy::ctl::call(proxy.admin, None, "POST", "/reload").unwrap();

@@ -9,7 +9,10 @@ use tokio::net::TcpStream;
 use crate::common::*;
 
 fn body_for(b: &Backend) -> String {
-    format!("[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n", b.addr)
+    format!(
+        "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n",
+        b.addr
+    )
 }
 
 /// Reads until EOF (or 5 s); returns what arrived and whether the peer closed.
@@ -35,10 +38,18 @@ async fn malformed_and_oversized_requests_get_400_and_431_and_close() {
         let proxy = Proxy::start_with(&body_for(&b), "max_header_bytes = 16384");
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (b"GET / HTTP/1.1\r\nHost x\r\n\r\n".to_vec(), "400"),
-            (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(), "400"),
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(),
+                "400",
+            ),
             (b"G\x01T / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "400"),
             (
-                [b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec(), vec![b'a'; 40_000], b"\r\n\r\n".to_vec()].concat(),
+                [
+                    b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec(),
+                    vec![b'a'; 40_000],
+                    b"\r\n\r\n".to_vec(),
+                ]
+                .concat(),
                 "431",
             ),
         ];
@@ -46,14 +57,20 @@ async fn malformed_and_oversized_requests_get_400_and_431_and_close() {
             let mut s = TcpStream::connect(proxy.addr).await.unwrap();
             s.write_all(&req).await.unwrap();
             let (resp, closed) = read_all(&mut s).await;
-            assert!(resp.starts_with(&format!("HTTP/1.1 {want}")), "want {want}, got {resp:?}");
+            assert!(
+                resp.starts_with(&format!("HTTP/1.1 {want}")),
+                "want {want}, got {resp:?}"
+            );
             assert!(closed, "connection should be closed after {want}");
             // A well-formed client is served meanwhile.
             let mut c = Client::h1(proxy.addr).await;
             assert_eq!(c.get("x", "/", &[]).await.unwrap().status, 200);
         }
         assert!(proxy.metric("tandem_listener_malformed_requests_total{listener=\"web\"}") >= 3.0);
-        assert_eq!(proxy.metric("tandem_listener_oversized_requests_total{listener=\"web\"}"), 1.0);
+        assert_eq!(
+            proxy.metric("tandem_listener_oversized_requests_total{listener=\"web\"}"),
+            1.0
+        );
         assert_eq!(b.hits(), 4, "bad requests must never reach the backend");
     })
     .await;
@@ -89,10 +106,17 @@ async fn slowloris_headers_time_out_while_others_are_served() {
         }
         let (_, closed) = read_all(&mut silent).await;
         assert!(closed, "silent connection must be closed");
-        assert!(started.elapsed() < Duration::from_millis(2500), "silent closed after {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "silent closed after {:?}",
+            started.elapsed()
+        );
         let (elapsed, closed) = trickle.await.unwrap();
         assert!(closed, "trickling connection must be closed");
-        assert!(elapsed < Duration::from_millis(3000), "trickle closed after {elapsed:?}");
+        assert!(
+            elapsed < Duration::from_millis(3000),
+            "trickle closed after {elapsed:?}"
+        );
         assert!(proxy.metric("tandem_listener_header_timeouts_total{listener=\"web\"}") >= 2.0);
     })
     .await;
@@ -102,7 +126,10 @@ async fn slowloris_headers_time_out_while_others_are_served() {
 async fn idle_keepalive_and_request_cap_close_connections() {
     bounded(30, async {
         let b = Backend::start("b").await;
-        let proxy = Proxy::start_with(&body_for(&b), "idle_timeout = \"400ms\"\nmax_requests_per_connection = 3");
+        let proxy = Proxy::start_with(
+            &body_for(&b),
+            "idle_timeout = \"400ms\"\nmax_requests_per_connection = 3",
+        );
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
         let mut got = String::new();
         for i in 0..3 {
@@ -127,7 +154,10 @@ async fn idle_keepalive_and_request_cap_close_connections() {
         let (_, closed) = read_all(&mut s).await;
         assert!(closed);
         let idle = t.elapsed();
-        assert!(idle >= Duration::from_millis(300) && idle < Duration::from_millis(2000), "closed after {idle:?}");
+        assert!(
+            idle >= Duration::from_millis(300) && idle < Duration::from_millis(2000),
+            "closed after {idle:?}"
+        );
     })
     .await;
 }
@@ -144,8 +174,14 @@ async fn max_connections_refuses_the_excess() {
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
         let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
         let (resp, closed) = read_all(&mut s).await;
-        assert!(closed && resp.is_empty(), "third connection must be closed unanswered: {resp:?}");
-        assert_eq!(proxy.metric("tandem_listener_connections_refused_total{listener=\"web\"}"), 1.0);
+        assert!(
+            closed && resp.is_empty(),
+            "third connection must be closed unanswered: {resp:?}"
+        );
+        assert_eq!(
+            proxy.metric("tandem_listener_connections_refused_total{listener=\"web\"}"),
+            1.0
+        );
         drop(c1);
         // Once one closes, a new one is accepted.
         tokio::time::sleep(Duration::from_millis(200)).await;

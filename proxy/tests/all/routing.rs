@@ -4,7 +4,10 @@ use crate::common::*;
 
 fn cluster(name: &str, addrs: &[std::net::SocketAddr], extra: &str) -> String {
     let eps: Vec<String> = addrs.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
-    format!("[[cluster]]\nname = \"{name}\"\n{extra}\nendpoints = [{}]\n\n", eps.join(", "))
+    format!(
+        "[[cluster]]\nname = \"{name}\"\n{extra}\nendpoints = [{}]\n\n",
+        eps.join(", ")
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,14 +155,23 @@ async fn h2c_downstream_and_upstream() {
         for _ in 0..20 {
             let r = c.get("svc.local", "/headers", &[]).await.unwrap();
             assert_eq!(r.status, 200);
-            assert!(r.body.starts_with("GET http://svc.local/headers HTTP/2.0"), "{}", r.body);
+            assert!(
+                r.body.starts_with("GET http://svc.local/headers HTTP/2.0"),
+                "{}",
+                r.body
+            );
         }
         // HTTP/1.1 downstream to the same h2c upstream.
         let mut c = Client::h1(proxy.addr).await;
         let r = c.get("svc.local", "/headers", &[]).await.unwrap();
         assert!(r.body.contains("HTTP/2.0"), "{}", r.body);
         // One multiplexed upstream connection per worker at most.
-        assert!(proxy.metric(&format!("tandem_endpoint_connections_opened_total{{cluster=\"h2\",endpoint=\"{}\"}}", b.addr)) <= 2.0);
+        assert!(
+            proxy.metric(&format!(
+                "tandem_endpoint_connections_opened_total{{cluster=\"h2\",endpoint=\"{}\"}}",
+                b.addr
+            )) <= 2.0
+        );
     })
     .await;
 }
