@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""HTTP/1.1 keep-alive benchmark: Tandem beside HAProxy and nginx in one run.
+
+Each proxy gets one thread pinned to CPU 0; the two backends (an nginx instance that
+answers a small 200) and wrk share CPU 1. For each proxy: wrk at 64 connections
+(throughput, p50/p99) and at 1 connection (latency), and the proxy's CPU time from
+/proc, giving requests per proxy-CPU-second. Prints a table and the ratios.
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+BACKENDS = [19001, 19002]
+PORTS = {"tandem": 18080, "haproxy": 18081, "nginx": 18082}
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(root_pid):
+    """utime+stime of a process and all its descendants, in clock ticks."""
+    procs = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        rest = raw[raw.rindex(")") + 2:].split()
+        procs[int(d)] = (int(rest[1]), int(rest[11]) + int(rest[12]))
+    total, frontier = 0, {root_pid}
+    while frontier:
+        nxt = set()
+        for pid in frontier:
+            if pid in procs:
+                total += procs[pid][1]
+            nxt |= {p for p, (pp, _) in procs.items() if pp == pid}
+        frontier = nxt
+    return total
+
+
+def wait_http(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.05)
+    raise SystemExit(f"port {port} did not answer 200")
+
+
+def to_ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    n, unit = float(m.group(1)), m.group(2)
+    return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
+
+
+def wrk(port, conns, seconds):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": rps,
+        "p50": to_ms(pct["50"]),
+        "p99": to_ms(pct["99"]),
+        "errors": int(errors.group(1)) if errors else 0,
+        "socket_errors": sock.group(1) if sock else "",
+    }
+
+
+def configs(tmp):
+    be = "\n".join(f"  server 127.0.0.1:{p};" for p in BACKENDS)
+    servers_block = "".join(
+        f'  server {{ listen 127.0.0.1:{p} reuseport; location / {{ return 200 "ok\\n"; }} }}\n' for p in BACKENDS
+    )
+    with open(f"{tmp}/backend.conf", "w") as f:
+        f.write(f"""worker_processes 1;
+pid {tmp}/backend.pid;
+error_log {tmp}/backend.err warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+{servers_block}
+}}
+""")
+    with open(f"{tmp}/nginx.conf", "w") as f:
+        f.write(f"""worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx.err warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream be {{
+{be}
+    keepalive 64;
+  }}
+  server {{
+    listen 127.0.0.1:{PORTS["nginx"]};
+    location / {{
+      proxy_pass http://be;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}
+}}
+""")
+    with open(f"{tmp}/haproxy.cfg", "w") as f:
+        servers = "\n".join(f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(BACKENDS))
+        f.write(f"""global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{PORTS["haproxy"]}
+  default_backend be
+backend be
+  balance roundrobin
+{servers}
+""")
+    eps = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in BACKENDS)
+    with open(f"{tmp}/tandem.toml", "w") as f:
+        f.write(f"""[server]
+workers = 1
+[admin]
+listen = "127.0.0.1:19900"
+[log]
+level = "warn"
+access_log = "off"
+[[listener]]
+name = "web"
+listen = "127.0.0.1:{PORTS["tandem"]}"
+[[cluster]]
+name = "be"
+balancer = "round_robin"
+endpoints = [{eps}]
+[[route]]
+name = "all"
+cluster = "be"
+""")
+
+
+def start(name, tandem, tmp):
+    if name == "tandem":
+        cmd = [tandem, "run", "-c", f"{tmp}/tandem.toml"]
+    elif name == "haproxy":
+        cmd = ["haproxy", "-db", "-f", f"{tmp}/haproxy.cfg"]
+    else:
+        cmd = ["nginx", "-p", tmp, "-c", f"{tmp}/nginx.conf", "-g", "daemon off;"]
+    return subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tandem", required=True)
+    ap.add_argument("--seconds", type=int, default=10)
+    args = ap.parse_args()
+    for tool in ("wrk", "haproxy", "nginx", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing; run bench/run.sh, which installs it")
+    tmp = tempfile.mkdtemp(prefix="tandem-bench-")
+    configs(tmp)
+    backend = subprocess.Popen(
+        ["taskset", "-c", "1", "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf", "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    results = {}
+    try:
+        wait_http(BACKENDS[0])
+        for name in ("tandem", "haproxy", "nginx"):
+            p = start(name, os.path.abspath(args.tandem), tmp)
+            try:
+                wait_http(PORTS[name])
+                wrk(PORTS[name], 64, 2)  # warm-up: pools, caches
+                before = cpu_ticks(p.pid)
+                many = wrk(PORTS[name], 64, args.seconds)
+                cpu = (cpu_ticks(p.pid) - before) / CLK
+                one = wrk(PORTS[name], 1, max(3, args.seconds // 2))
+                many["cpu_s"] = cpu
+                many["per_cpu_s"] = many["rps"] * args.seconds / cpu if cpu else float("nan")
+                results[name] = (many, one)
+            finally:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    finally:
+        backend.send_signal(signal.SIGQUIT)
+        backend.wait(10)
+
+    print(f"\nHTTP/1.1 keep-alive, 1 proxy thread on CPU 0, wrk + backends on CPU 1, {args.seconds}s per run")
+    print(f"{'proxy':<8} {'rps@64':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu %':>6} {'req/cpu-s':>10} {'p50@1':>8} {'p99@1':>8} {'errors':>6}")
+    for name, (m, o) in results.items():
+        print(
+            f"{name:<8} {m['rps']:>10.0f} {m['p50']:>8.3f} {m['p99']:>8.3f} {100 * m['cpu_s'] / args.seconds:>6.0f} "
+            f"{m['per_cpu_s']:>10.0f} {o['p50']:>8.3f} {o['p99']:>8.3f} {m['errors'] + o['errors']:>6}"
+        )
+    t = results["tandem"][0]
+    for other in ("haproxy", "nginx"):
+        m = results[other][0]
+        print(
+            f"tandem/{other}: req/cpu-s {t['per_cpu_s'] / m['per_cpu_s']:.2f}x  rps {t['rps'] / m['rps']:.2f}x  "
+            f"p99@64 {t['p99'] / m['p99']:.2f}x  p99@1 {results['tandem'][1]['p99'] / results[other][1]['p99']:.2f}x"
+        )
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs Tandem, HAProxy and nginx side by side against the same loopback backends and
+# prints throughput, latency, requests per proxy-CPU-second and the ratios.
+# Usage: bench/run.sh [seconds-per-run]   (default 10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+command -v taskset >/dev/null || need+=(util-linux)
+if [ "${#need[@]}" -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# The Debian packages start system services; the benchmark runs its own instances.
+systemctl stop nginx haproxy >/dev/null 2>&1 || true
+
+ulimit -n 65536 2>/dev/null || true
+cargo build --release --quiet
+exec python3 bench/l7.py --tandem target/release/tandem --seconds "${1:-10}"
