@@ -177,6 +177,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tandem", required=True)
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--only", choices=list(PORTS), help="run one proxy (for quick iterations)")
     args = ap.parse_args()
     for tool in ("wrk", "haproxy", "nginx", "taskset"):
         if not shutil.which(tool):
@@ -190,7 +191,7 @@ def main():
     results = {}
     try:
         wait_http(BACKENDS[0])
-        for name in ("tandem", "haproxy", "nginx"):
+        for name in [args.only] if args.only else ("tandem", "haproxy", "nginx"):
             p = start(name, os.path.abspath(args.tandem), tmp)
             try:
                 wait_http(PORTS[name])
@@ -219,6 +220,8 @@ def main():
             f"{name:<8} {m['rps']:>10.0f} {m['p50']:>8.3f} {m['p99']:>8.3f} {100 * m['cpu_s'] / args.seconds:>6.0f} "
             f"{m['per_cpu_s']:>10.0f} {o['p50']:>8.3f} {o['p99']:>8.3f} {m['errors'] + o['errors']:>6}"
         )
+    if len(results) < 3:
+        return
     t = results["tandem"][0]
     for other in ("haproxy", "nginx"):
         m = results[other][0]

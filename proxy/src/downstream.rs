@@ -2,11 +2,13 @@
 //! listener's limits, an idle keep-alive watchdog, a first-request deadline, the
 //! per-connection request cap, and graceful close on drain.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use hyper::service::service_fn;
@@ -33,9 +35,13 @@ pub struct ConnState {
     pub last_active: Cell<Instant>,
     /// Set when the connection should close after the current exchange.
     pub close: Cell<bool>,
-    /// Wakes the connection loop when `close` is set or the first request arrives
-    /// (so its timer switches from the header deadline to the idle deadline).
+    /// Wakes the watcher when `close` is set or the first request arrives (so its timer
+    /// switches from the header deadline to the idle deadline).
     pub wake: Notify,
+    /// What the watcher asks the connection task to do.
+    action: Cell<Action>,
+    /// The connection task's waker, for the watcher.
+    waker: RefCell<Option<Waker>>,
 }
 
 /// Serves one accepted connection until it closes.
@@ -51,6 +57,8 @@ pub async fn serve(worker: Rc<Worker>, idx: usize, stream: TcpStream, peer: Sock
         last_active: Cell::new(Instant::now()),
         close: Cell::new(false),
         wake: Notify::new(),
+        action: Cell::new(Action::Serve),
+        waker: RefCell::new(None),
     });
 
     let mut builder = auto::Builder::new(LocalExec);
@@ -60,7 +68,8 @@ pub async fn serve(worker: Rc<Worker>, idx: usize, stream: TcpStream, peer: Sock
         .header_read_timeout(lcfg.header_read_timeout)
         .max_buf_size(lcfg.max_header_bytes)
         .max_headers(lcfg.max_headers)
-        .keep_alive(true);
+        .keep_alive(true)
+        .writev(false);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -76,11 +85,70 @@ pub async fn serve(worker: Rc<Worker>, idx: usize, stream: TcpStream, peer: Sock
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
 
-    let mut shutdown = shared.shutdown.subscribe();
+    // Timers and drain live in a separate watcher task, so the hot connection task only
+    // polls hyper; the watcher flags an action and wakes it.
+    let watcher = tokio::task::spawn_local(watch(
+        state.clone(),
+        shared.shutdown.subscribe(),
+        lcfg.clone(),
+        stats.clone(),
+    ));
     let mut closing = false;
+    let result = std::future::poll_fn(|cx| {
+        match state.action.get() {
+            Action::Abort => return Poll::Ready(Ok(())),
+            Action::Graceful if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ => {}
+        }
+        let r = conn.as_mut().poll(cx);
+        if r.is_pending() {
+            let mut w = state.waker.borrow_mut();
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
+        }
+        r
+    })
+    .await;
+    watcher.abort();
+    if let Err(e) = result {
+        classify(&*e, &stats);
+    }
+    stats.active.fetch_sub(1, Relaxed);
+    shared.connections.fetch_sub(1, Relaxed);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Serve,
+    Graceful,
+    Abort,
+}
+
+impl ConnState {
+    fn request(&self, action: Action) {
+        self.action.set(action);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// The connection's timers: the first-request deadline (header_read_timeout, which
+/// also covers a client that sends nothing), the idle keep-alive deadline, the request
+/// cap and the process drain. Sleeps until one of them matters.
+async fn watch(
+    state: Rc<ConnState>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    lcfg: crate::config::ListenerConfig,
+    stats: Arc<ListenerStats>,
+) {
     let born = Instant::now();
-    let result = loop {
-        let idle_at = if state.requests.get() == 0 {
+    loop {
+        let deadline = if state.requests.get() == 0 {
             born + lcfg.header_read_timeout
         } else if state.in_flight.get() > 0 {
             // Busy: look again later (a response in progress is never idle).
@@ -89,35 +157,24 @@ pub async fn serve(worker: Rc<Worker>, idx: usize, stream: TcpStream, peer: Sock
             state.last_active.get() + lcfg.idle_timeout
         };
         tokio::select! {
-            r = conn.as_mut() => break r,
-            _ = shutdown.wait_for(|d| *d), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = state.wake.notified(), if !closing => {
+            _ = shutdown.wait_for(|d| *d) => return state.request(Action::Graceful),
+            _ = state.wake.notified() => {
                 if state.close.get() {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
+                    return state.request(Action::Graceful);
                 }
             }
-            _ = tokio::time::sleep_until(idle_at.into()), if !closing => {
+            _ = tokio::time::sleep_until(deadline.into()) => {
                 if state.requests.get() == 0 {
                     // Nothing complete arrived in time (slowloris or an idle opener).
                     stats.header_timeouts.fetch_add(1, Relaxed);
-                    break Ok(());
+                    return state.request(Action::Abort);
                 }
                 if state.in_flight.get() == 0 && state.last_active.get() + lcfg.idle_timeout <= Instant::now() {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
+                    return state.request(Action::Graceful);
                 }
             }
         }
-    };
-    if let Err(e) = result {
-        classify(&*e, &stats);
     }
-    stats.active.fetch_sub(1, Relaxed);
-    shared.connections.fetch_sub(1, Relaxed);
 }
 
 /// Counts malformed, oversized and timed-out requests (hyper already answered 400/431

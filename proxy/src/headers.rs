@@ -26,8 +26,16 @@ const HOP_BY_HOP: [&HeaderName; 7] = [
     &header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including any named in `Connection`.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name) || name == KEEP_ALIVE || name == PROXY_CONNECTION
+}
+
+/// Removes hop-by-hop headers, including any named in `Connection`. One pass over the
+/// names first: most messages carry none, and then nothing is hashed or removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = headers.get(header::CONNECTION) {
         if let Ok(list) = conn.to_str() {
             let named: Vec<HeaderName> = list
@@ -53,10 +61,11 @@ pub fn add_forwarded(
     host: Option<&HeaderValue>,
     proto: &'static str,
 ) {
-    let ip = client_ip.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => HeaderValue::from_str(&format!("{prev}, {ip}")),
-        _ => HeaderValue::from_str(&ip),
+    let mut buf = [0u8; 64];
+    let ip = format_ip(client_ip, &mut buf);
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(prev) if !prev.is_empty() => HeaderValue::from_bytes(&[prev.as_bytes(), b", ", ip].concat()),
+        _ => HeaderValue::from_bytes(ip),
     };
     if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -65,6 +74,41 @@ pub fn add_forwarded(
     if let Some(h) = host {
         if !headers.contains_key(&X_FORWARDED_HOST) {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        }
+    }
+}
+
+/// Writes an IP address into `buf` without going through `fmt` for IPv4 (the common
+/// case on every request).
+fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &[u8] {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                let o = *octet;
+                if o >= 100 {
+                    buf[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    buf[n] = b'0' + (o / 10) % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + o % 10;
+                n += 1;
+            }
+            &buf[..n]
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let mut cur = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cur, "{v6}");
+            let n = cur.position() as usize;
+            &buf[..n]
         }
     }
 }
@@ -141,6 +185,23 @@ mod tests {
         assert_eq!(id.to_str().unwrap().as_bytes()[14], b'4');
         let again = ensure_request_id(&mut h);
         assert_eq!(id, again);
+    }
+
+    #[test]
+    fn ips_format_like_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "192.168.100.9",
+            "::1",
+            "fe80::1:2",
+        ] {
+            let parsed: std::net::IpAddr = ip.parse().unwrap();
+            let mut buf = [0u8; 64];
+            assert_eq!(format_ip(parsed, &mut buf), ip.as_bytes());
+        }
     }
 
     #[test]

@@ -9,6 +9,11 @@ use tandem_proxy::config::{self, Config};
 use tandem_proxy::control::ConfigSource;
 use tandem_proxy::{ctl, demo, server};
 
+/// mimalloc: per-thread free lists suit share-nothing workers that allocate and free
+/// small buffers on every request.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tandem: an L4/L7 load-balancing proxy for redundant on-prem pairs.
 #[derive(Parser, Debug)]
 #[command(name = "tandem", version, about)]

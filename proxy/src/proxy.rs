@@ -83,7 +83,7 @@ pub async fn handle(
     }
     resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id);
     conn.in_flight.set(conn.in_flight.get() - 1);
-    conn.last_active.set(Instant::now());
+    conn.last_active.set(start);
     Ok(resp)
 }
 
@@ -121,8 +121,7 @@ async fn proxy_request(
         start,
         bytes: 0,
     });
-    let sent_at = Instant::now();
-    let outcome = tokio::time::timeout(route.timeout, exchange(worker, cluster, ep_idx, req, rec)).await;
+    let outcome = tokio::time::timeout(route.timeout, exchange(worker, cluster, ep_idx, req, rec, start)).await;
     let (resp, upstream_conn) = match outcome {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
@@ -135,8 +134,8 @@ async fn proxy_request(
             return Err(ProxyError::Timeout);
         }
     };
-    let upstream_time = sent_at.elapsed();
-    observe(route, cluster, ep_idx, resp.status().as_u16(), upstream_time);
+    let upstream_time = start.elapsed();
+    observe(route, cluster, ep_idx, resp.status().as_u16(), upstream_time, start);
 
     let resp = prepare_downstream_response(resp, route);
     done.conn = Some((upstream_conn, worker.pool.clone(), cluster.pool));
@@ -248,6 +247,7 @@ async fn exchange(
     ep_idx: usize,
     req: Request<Incoming>,
     rec: &mut Option<AccessRecord>,
+    start: Instant,
 ) -> Result<(Response<Incoming>, Conn), ProxyError> {
     let ep = &cluster.endpoints[ep_idx];
     let mut req = req;
@@ -257,7 +257,7 @@ async fn exchange(
         if let Some(r) = rec.as_mut() {
             r.attempts = attempts;
         }
-        let mut conn = match worker.pool.checkout(ep.address, cluster.protocol, &cluster.pool) {
+        let mut conn = match worker.pool.checkout(ep.address, cluster.protocol, &cluster.pool, start) {
             Some(c) => {
                 ep.stats.connections_reused.fetch_add(1, Relaxed);
                 c
@@ -295,10 +295,17 @@ fn prepare_downstream_response(mut resp: Response<Incoming>, route: &Route) -> R
 }
 
 /// Stage 8: feeds latency and status to the balancer signals and counters.
-fn observe(route: &Route, cluster: &Cluster, ep_idx: usize, status: u16, upstream_time: std::time::Duration) {
+fn observe(
+    route: &Route,
+    cluster: &Cluster,
+    ep_idx: usize,
+    status: u16,
+    upstream_time: std::time::Duration,
+    start: Instant,
+) {
     let ep = &cluster.endpoints[ep_idx];
     let ns = upstream_time.as_nanos() as u64;
-    ep.stats.ewma.observe(ns as f64);
+    ep.stats.ewma.observe_at(ns as f64, start + upstream_time);
     ep.stats.latency.observe_ns(ns);
     ep.stats.responses.record(status);
     cluster.stats.responses.record(status);

@@ -38,6 +38,8 @@ pub struct Conn {
     pub sender: Sender,
     /// When it was opened (for max age).
     pub born: Instant,
+    /// Start of the request using it; its idle time counts from here.
+    pub used: Instant,
     /// Whether it came from the pool (a failure on it may be a stale keep-alive).
     pub reused: bool,
 }
@@ -63,10 +65,10 @@ pub struct Pool {
 
 impl Pool {
     /// A ready pooled connection to `addr`, if there is one.
-    pub fn checkout(&self, addr: SocketAddr, proto: UpstreamProtocol, s: &PoolSettings) -> Option<Conn> {
+    /// `now` is the request's start time (idle and age limits are seconds-scale).
+    pub fn checkout(&self, addr: SocketAddr, proto: UpstreamProtocol, s: &PoolSettings, now: Instant) -> Option<Conn> {
         let mut map = self.by_endpoint.borrow_mut();
         let slot = map.get_mut(&addr)?;
-        let now = Instant::now();
         let too_old = |born: Instant| s.max_age.is_some_and(|m| now.duration_since(born) >= m);
         match proto {
             UpstreamProtocol::H2c => {
@@ -79,6 +81,7 @@ impl Pool {
                     addr,
                     sender: Sender::H2(tx.clone()),
                     born: *born,
+                    used: now,
                     reused: true,
                 })
             }
@@ -93,6 +96,7 @@ impl Pool {
                         addr,
                         sender: Sender::H1(c.tx),
                         born: c.born,
+                        used: now,
                         reused: true,
                     });
                 }
@@ -117,7 +121,7 @@ impl Pool {
         slot.idle.push(Idle {
             tx,
             born: conn.born,
-            since: Instant::now(),
+            since: conn.used,
         });
     }
 
@@ -149,6 +153,7 @@ impl Pool {
         let sender = match proto {
             UpstreamProtocol::Http1 => {
                 let (tx, conn) = http1::Builder::new()
+                    .writev(false)
                     .handshake(io)
                     .await
                     .map_err(|_| ProxyError::UpstreamReset)?;
@@ -174,6 +179,7 @@ impl Pool {
             addr,
             sender,
             born,
+            used: born,
             reused: false,
         })
     }

@@ -13,10 +13,16 @@ use super::Candidate;
 /// Decay time constant of the estimate (10 s, as Finagle's default).
 pub const DECAY_NS: f64 = 10e9;
 
+static BASE: OnceLock<Instant> = OnceLock::new();
+
 /// Monotonic nanoseconds since process start.
 pub fn now_ns() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    ns_at(Instant::now())
+}
+
+/// `at` as nanoseconds since process start (no clock read).
+pub fn ns_at(at: Instant) -> u64 {
+    at.saturating_duration_since(*BASE.get_or_init(Instant::now)).as_nanos() as u64
 }
 
 /// A lock-free peak-EWMA latency estimate shared by all workers. Concurrent updates may
@@ -28,9 +34,15 @@ pub struct PeakEwma {
 }
 
 impl PeakEwma {
-    /// Records one observed latency.
+    /// Records one observed latency, now.
     pub fn observe(&self, rtt_ns: f64) {
-        let now = now_ns();
+        self.observe_at(rtt_ns, Instant::now());
+    }
+
+    /// Records one observed latency that ended at `at` (saves a clock read on the
+    /// request path, which already knows the time).
+    pub fn observe_at(&self, rtt_ns: f64, at: Instant) {
+        let now = ns_at(at);
         let prev = f64::from_bits(self.ewma_bits.load(Relaxed));
         let next = if rtt_ns > prev {
             rtt_ns
