@@ -83,6 +83,7 @@ async fn serve(shared: &Shared, token: Option<&str>, req: Request<Incoming>) -> 
     }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
     // Drain any request body; admin calls carry none that matters.
     let _ = req.into_body().collect().await;
     match (method, path.as_str()) {
@@ -118,6 +119,42 @@ async fn serve(shared: &Shared, token: Option<&str>, req: Request<Incoming>) -> 
                 json!({"error": e.to_string()}).to_string(),
             ),
         },
+        (Method::POST, "/endpoints/drain") | (Method::POST, "/endpoints/undrain") => {
+            let param = |k: &str| {
+                query
+                    .split('&')
+                    .filter_map(|p| p.split_once('='))
+                    .find(|(a, _)| *a == k)
+                    .map(|(_, v)| v.replace("%3A", ":").replace("%3a", ":"))
+            };
+            let (Some(cluster), Some(addr)) = (param("cluster"), param("address")) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "application/json",
+                    json!({"error": "pass ?cluster=NAME&address=IP:PORT"}).to_string(),
+                );
+            };
+            let Ok(addr) = addr.parse() else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "application/json",
+                    json!({"error": format!("`{addr}` is not an IP:port address")}).to_string(),
+                );
+            };
+            match shared.set_endpoint_drain(&cluster, addr, path.ends_with("/drain")) {
+                Ok(()) => text(
+                    StatusCode::OK,
+                    "application/json",
+                    json!({"cluster": cluster, "address": addr.to_string(), "draining": path.ends_with("/drain")})
+                        .to_string(),
+                ),
+                Err(e) => text(
+                    StatusCode::NOT_FOUND,
+                    "application/json",
+                    json!({"error": e}).to_string(),
+                ),
+            }
+        }
         (Method::POST, "/drain") => {
             shared.begin_drain();
             text(
@@ -138,6 +175,21 @@ async fn serve(shared: &Shared, token: Option<&str>, req: Request<Incoming>) -> 
 pub fn status_json(shared: &Shared) -> serde_json::Value {
     let rt = shared.runtime.load();
     let cfg = &rt.config;
+    let now = crate::balancer::p2c_ewma::now_ns();
+    let since = |ns: u64| {
+        if ns == 0 {
+            serde_json::Value::Null
+        } else {
+            json!(now.saturating_sub(ns) as f64 / 1e9)
+        }
+    };
+    let ejected_for = |until: u64| {
+        if until > now {
+            json!((until - now) as f64 / 1e9)
+        } else {
+            serde_json::Value::Null
+        }
+    };
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": shared.started.elapsed().as_secs(),
@@ -163,9 +215,20 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
             "name": &*c.name,
             "balancer": c.balancer.name(),
             "active_requests": c.stats.active.load(Relaxed),
+            "retries": c.stats.retries.load(Relaxed),
+            "retry_budget_exhausted": c.stats.retry_budget_exhausted.load(Relaxed),
+            "upstream_connections": c.stats.upstream_connections.load(Relaxed),
+            "breaker_overflows": crate::error::Limit::ALL.iter().map(|l| (l.as_str().to_string(), json!(c.stats.breaker_overflows[*l as usize].load(Relaxed)))).collect::<serde_json::Map<_, _>>(),
             "endpoints": c.endpoints.iter().map(|e| json!({
                 "address": e.address.to_string(),
                 "weight": e.weight,
+                "state": e.stats.health.state_name(now),
+                "eligible": e.stats.health.eligible(now),
+                "effective_weight": crate::balancer::Candidate::weight(e, now) as f64 / 1000.0,
+                "ejected_for_seconds": ejected_for(e.stats.health.ejected_until_ns.load(Relaxed)),
+                "times_ejected": e.stats.health.times_ejected.load(Relaxed),
+                "draining_for_seconds": if e.stats.health.draining.load(Relaxed) { since(e.stats.health.drain_started_ns.load(Relaxed)) } else { serde_json::Value::Null },
+                "drained_seconds_ago": if e.stats.health.draining.load(Relaxed) { since(e.stats.health.drained_ns.load(Relaxed)) } else { serde_json::Value::Null },
                 "active_requests": e.stats.active.load(Relaxed),
                 "ewma_latency_ms": e.stats.ewma.get() / 1e6,
                 "responses": (1..=5).map(|k| e.stats.responses.get(k)).collect::<Vec<_>>(),
@@ -173,6 +236,14 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
                 "connections_reused": e.stats.connections_reused.load(Relaxed),
                 "connect_failures": e.stats.connect_failures.load(Relaxed),
             })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "removed_endpoints": shared.removed_endpoints().iter().map(|r| json!({
+            "cluster": &*r.cluster,
+            "address": r.address.to_string(),
+            "state": r.stats.health.state_name(now),
+            "active_requests": r.stats.active.load(Relaxed),
+            "draining_for_seconds": since(r.stats.health.drain_started_ns.load(Relaxed)),
+            "drained_seconds_ago": since(r.stats.health.drained_ns.load(Relaxed)),
         })).collect::<Vec<_>>(),
     })
 }
@@ -184,9 +255,10 @@ fn status_page(shared: &Shared) -> String {
         for e in &c.endpoints {
             let total: u64 = (1..=5).map(|k| e.stats.responses.get(k)).sum();
             rows.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td></tr>",
                 html_escape(&c.name),
                 e.address,
+                e.stats.health.state_name(crate::balancer::p2c_ewma::now_ns()),
                 c.balancer.name(),
                 e.weight,
                 e.stats.active.load(Relaxed),
@@ -199,7 +271,7 @@ fn status_page(shared: &Shared) -> String {
         "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2><title>Tandem</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}</style></head>\
 <body><h1>Tandem</h1><p>generation {} · {} workers · {} connections · {}</p>\
-<table><tr><th>cluster</th><th>endpoint</th><th>balancer</th><th>weight</th><th>active</th><th>ewma ms</th><th>responses</th></tr>{rows}</table>\
+<table><tr><th>cluster</th><th>endpoint</th><th>state</th><th>balancer</th><th>weight</th><th>active</th><th>ewma ms</th><th>responses</th></tr>{rows}</table>\
 <p><a href=/status>/status</a> · <a href=/metrics>/metrics</a></p></body></html>",
         rt.generation,
         shared.workers,

@@ -151,3 +151,39 @@ impl Drop for ProxyBody {
         }
     }
 }
+
+/// The request body Tandem sends upstream: the client's body streamed through, or a
+/// buffered copy that can be replayed on a retry.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// Streamed from the client (not replayable).
+    Stream(Incoming),
+    /// Buffered (replayable); `None` once sent.
+    Full(Option<Bytes>),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut *self {
+            UpstreamBody::Stream(inc) => Pin::new(inc).poll_frame(cx),
+            UpstreamBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Stream(inc) => inc.is_end_stream(),
+            UpstreamBody::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Stream(inc) => inc.size_hint(),
+            UpstreamBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

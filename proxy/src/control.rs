@@ -10,7 +10,8 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
 use crate::config::{self, Config, ConfigError};
-use crate::metrics::{ListenerStats, StatsRegistry};
+use crate::health::verdict::{self, Source, Target, Verdict};
+use crate::metrics::{EndpointStats, ListenerStats, StatsRegistry};
 use crate::runtime::Runtime;
 
 /// Where the configuration comes from, so a reload can read it again.
@@ -58,6 +59,19 @@ pub struct Shared {
     /// Wakes workers to stop accepting and drain.
     pub shutdown: tokio::sync::watch::Sender<bool>,
     reload_lock: Mutex<()>,
+    removed: Mutex<Vec<RemovedEndpoint>>,
+}
+
+/// An endpoint a reload removed: it drains (in-flight requests finish on the old
+/// runtime) and stays visible in `/status` until it is empty.
+#[derive(Debug, Clone)]
+pub struct RemovedEndpoint {
+    /// Cluster it belonged to.
+    pub cluster: Arc<str>,
+    /// Address.
+    pub address: std::net::SocketAddr,
+    /// Its stats (active count, drain times).
+    pub stats: Arc<EndpointStats>,
 }
 
 /// What a reload did.
@@ -92,6 +106,7 @@ impl Shared {
             started: Instant::now(),
             shutdown: tokio::sync::watch::channel(false).0,
             reload_lock: Mutex::new(()),
+            removed: Mutex::new(Vec::new()),
         })
     }
 
@@ -115,12 +130,97 @@ impl Shared {
         for what in &ignored {
             tracing::warn!("reload: {what} changed; it takes effect only after a restart");
         }
+        for w in &next.warnings {
+            tracing::warn!("{}:{}:{}: {}: {}", next.source, w.line, w.col, w.key, w.message);
+        }
         let generation = current.generation + 1;
         let rt = Runtime::compile(Arc::new(next), generation, &self.stats);
+        self.drain_removed(&current, &rt);
         self.runtime.store(Arc::new(rt));
         self.stats.process.reloads_ok.fetch_add(1, Relaxed);
         tracing::info!(generation, "configuration reloaded");
         Ok(ReloadOutcome { generation, ignored })
+    }
+
+    /// Endpoints removed by reloads that are draining or recently drained.
+    pub fn removed_endpoints(&self) -> std::sync::MutexGuard<'_, Vec<RemovedEndpoint>> {
+        self.removed.lock().expect("removed endpoints lock poisoned")
+    }
+
+    /// Drains endpoints the new runtime no longer has; returns re-added ones to rotation.
+    fn drain_removed(&self, old: &Runtime, new: &Runtime) {
+        let in_new = |cluster: &str, addr| {
+            new.clusters
+                .iter()
+                .any(|c| &*c.name == cluster && c.endpoints.iter().any(|e| e.address == addr))
+        };
+        let mut removed = self.removed_endpoints();
+        removed.retain(|r| {
+            if in_new(&r.cluster, r.address) {
+                let target = Target {
+                    cluster: &r.cluster,
+                    address: r.address,
+                };
+                verdict::apply(&r.stats.health, Verdict::Undrain, Source::Operator, target, None, 0, 0);
+                return false;
+            }
+            true
+        });
+        for c in &old.clusters {
+            for e in &c.endpoints {
+                if in_new(&c.name, e.address) || removed.iter().any(|r| r.cluster == c.name && r.address == e.address) {
+                    continue;
+                }
+                let target = Target {
+                    cluster: &c.name,
+                    address: e.address,
+                };
+                verdict::apply(&e.stats.health, Verdict::Drain, Source::Operator, target, None, 0, 0);
+                removed.push(RemovedEndpoint {
+                    cluster: c.name.clone(),
+                    address: e.address,
+                    stats: e.stats.clone(),
+                });
+            }
+        }
+        // Keep the list bounded: forget the oldest drained entries.
+        while removed.len() > 256 {
+            match removed.iter().position(|r| r.stats.health.drained_ns.load(Relaxed) > 0) {
+                Some(i) => {
+                    removed.remove(i);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Drains (or returns to rotation) endpoint `addr` of `cluster` by operator request.
+    pub fn set_endpoint_drain(&self, cluster: &str, addr: std::net::SocketAddr, drain: bool) -> Result<(), String> {
+        let rt = self.runtime.load();
+        let c = rt
+            .clusters
+            .iter()
+            .find(|c| &*c.name == cluster)
+            .ok_or_else(|| format!("no cluster named `{cluster}`"))?;
+        let e = c
+            .endpoints
+            .iter()
+            .find(|e| e.address == addr)
+            .ok_or_else(|| format!("cluster `{cluster}` has no endpoint {addr}"))?;
+        let v = if drain { Verdict::Drain } else { Verdict::Undrain };
+        verdict::apply(
+            &e.stats.health,
+            v,
+            Source::Operator,
+            Target {
+                cluster: &c.name,
+                address: e.address,
+            },
+            None,
+            0,
+            0,
+        );
+        Ok(())
     }
 
     /// Begins a graceful stop: listeners close, connections finish.

@@ -1,6 +1,34 @@
 //! Why a request failed, mapped in one place to the status code the client gets, the
 //! short plain body that says which failure it was, and the access-log reason.
 
+/// The circuit-breaker limit that refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Upstream connections.
+    Connections = 0,
+    /// Requests waiting for a connection.
+    Pending = 1,
+    /// Requests in flight.
+    Requests = 2,
+    /// Retries in flight.
+    Retries = 3,
+}
+
+impl Limit {
+    /// Every limit, in index order.
+    pub const ALL: [Limit; 4] = [Limit::Connections, Limit::Pending, Limit::Requests, Limit::Retries];
+
+    /// Config/metric name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Connections => "max_connections",
+            Limit::Pending => "max_pending",
+            Limit::Requests => "max_requests",
+            Limit::Retries => "max_retries",
+        }
+    }
+}
+
 /// A request-level failure on the proxy path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
@@ -22,6 +50,12 @@ pub enum ProxyError {
     /// The upstream closed or reset the connection, or spoke invalid HTTP.
     #[error("upstream connection reset or protocol error")]
     UpstreamReset,
+    /// A circuit breaker refused the request.
+    #[error("circuit breaker open")]
+    Overflow(Limit),
+    /// The request body could not be read from the client.
+    #[error("client request body error")]
+    DownstreamBody,
 }
 
 impl ProxyError {
@@ -30,8 +64,9 @@ impl ProxyError {
         use http::StatusCode as S;
         match self {
             ProxyError::NoRoute => S::NOT_FOUND,
-            ProxyError::NoHealthyUpstream => S::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyUpstream | ProxyError::Overflow(_) => S::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailure | ProxyError::UpstreamReset => S::BAD_GATEWAY,
+            ProxyError::DownstreamBody => S::BAD_REQUEST,
             ProxyError::ConnectTimeout | ProxyError::Timeout => S::GATEWAY_TIMEOUT,
         }
     }
@@ -45,6 +80,8 @@ impl ProxyError {
             ProxyError::ConnectTimeout => "connect-timeout",
             ProxyError::Timeout => "timeout",
             ProxyError::UpstreamReset => "upstream-reset",
+            ProxyError::Overflow(_) => "overflow",
+            ProxyError::DownstreamBody => "downstream-body",
         }
     }
 
@@ -69,6 +106,8 @@ impl ProxyError {
             ProxyError::ConnectTimeout => "upstream connect timeout\n",
             ProxyError::Timeout => "upstream request timeout\n",
             ProxyError::UpstreamReset => "upstream connection reset\n",
+            ProxyError::Overflow(_) => "upstream overloaded: circuit breaker open\n",
+            ProxyError::DownstreamBody => "could not read the request body\n",
         }
     }
 }

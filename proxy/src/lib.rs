@@ -15,6 +15,7 @@ pub mod demo;
 pub mod downstream;
 pub mod error;
 pub mod headers;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

@@ -77,6 +77,29 @@ enum CtlCommand {
     Ready,
     /// Exit 0 when the process is alive.
     Live,
+    /// Drain an endpoint (no new requests; in-flight ones finish) or return it.
+    Endpoint {
+        #[command(subcommand)]
+        action: EndpointAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointAction {
+    /// Take no new requests on CLUSTER ADDR; `status` shows when it emptied.
+    Drain {
+        /// Cluster name.
+        cluster: String,
+        /// Endpoint address (IP:port).
+        address: String,
+    },
+    /// Return CLUSTER ADDR to rotation.
+    Undrain {
+        /// Cluster name.
+        cluster: String,
+        /// Endpoint address (IP:port).
+        address: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,6 +117,17 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => match config::load_file(&config) {
             Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!(
+                        "{}:{}:{}: warning: {}: {}{}",
+                        c.source,
+                        w.line,
+                        w.col,
+                        w.key,
+                        w.message,
+                        w.hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default()
+                    );
+                }
                 print_summary(&c);
                 ExitCode::SUCCESS
             }
@@ -211,14 +245,23 @@ fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<St
         addr = a;
     }
     let (method, path) = match what {
-        CtlCommand::Status => ("GET", "/status"),
-        CtlCommand::Metrics => ("GET", "/metrics"),
-        CtlCommand::Reload => ("POST", "/reload"),
-        CtlCommand::Drain => ("POST", "/drain"),
-        CtlCommand::Ready => ("GET", "/ready"),
-        CtlCommand::Live => ("GET", "/live"),
+        CtlCommand::Status => ("GET", "/status".to_string()),
+        CtlCommand::Metrics => ("GET", "/metrics".to_string()),
+        CtlCommand::Reload => ("POST", "/reload".to_string()),
+        CtlCommand::Drain => ("POST", "/drain".to_string()),
+        CtlCommand::Ready => ("GET", "/ready".to_string()),
+        CtlCommand::Live => ("GET", "/live".to_string()),
+        CtlCommand::Endpoint { action } => match action {
+            EndpointAction::Drain { cluster, address } => {
+                ("POST", format!("/endpoints/drain?cluster={cluster}&address={address}"))
+            }
+            EndpointAction::Undrain { cluster, address } => (
+                "POST",
+                format!("/endpoints/undrain?cluster={cluster}&address={address}"),
+            ),
+        },
     };
-    match ctl::call(addr, tok.as_deref(), method, path) {
+    match ctl::call(addr, tok.as_deref(), method, &path) {
         Ok((status, body)) => {
             print!("{body}");
             if !body.ends_with('\n') {

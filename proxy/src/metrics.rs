@@ -82,6 +82,18 @@ pub struct ClusterStats {
     pub active: AtomicU64,
     /// Requests refused because no endpoint was available.
     pub no_endpoint: AtomicU64,
+    /// Retries started.
+    pub retries: AtomicU64,
+    /// Retries in flight (budget and breaker input).
+    pub retries_active: AtomicU64,
+    /// Retries refused by the retry budget.
+    pub retry_budget_exhausted: AtomicU64,
+    /// Requests refused by a circuit breaker, by limit (connections, pending, requests, retries).
+    pub breaker_overflows: [AtomicU64; 4],
+    /// Upstream connections open across workers.
+    pub upstream_connections: AtomicU64,
+    /// Requests waiting for a new upstream connection.
+    pub pending: AtomicU64,
 }
 
 /// Per-endpoint counters and load signals; shared by all workers.
@@ -103,6 +115,8 @@ pub struct EndpointStats {
     pub connect_failures: AtomicU64,
     /// Connect or response timeouts.
     pub timeouts: AtomicU64,
+    /// Health state and its counters.
+    pub health: crate::health::EndpointHealth,
 }
 
 /// Per-listener counters.

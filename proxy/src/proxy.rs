@@ -24,14 +24,18 @@ use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
 use crate::balancer;
-use crate::body::{Completion, ProxyBody};
-use crate::config::UpstreamProtocol;
+use crate::body::{Completion, ProxyBody, UpstreamBody};
+use crate::config::{RetryPolicy, UpstreamProtocol};
 use crate::downstream::ConnState;
+use crate::error::Limit;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::runtime::{router, Cluster, RequestFacts, Route, Runtime};
 use crate::upstream::{self, Conn};
 use crate::worker::Worker;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use std::time::Duration;
 
 /// Serves one request.
 pub async fn handle(
@@ -92,7 +96,7 @@ async fn proxy_request(
     worker: &Rc<Worker>,
     conn: &ConnState,
     rt: &Arc<Runtime>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     rec: &mut Option<AccessRecord>,
     start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -104,41 +108,35 @@ async fn proxy_request(
     if let Some(r) = rec.as_mut() {
         r.cluster = Some(cluster.name.clone());
     }
-    let ep_idx = pick_endpoint(worker, rt, cluster, &req, conn)?;
-    let endpoint = &cluster.endpoints[ep_idx];
-    if let Some(r) = rec.as_mut() {
-        r.endpoint = Some(endpoint.address);
-    }
-    prepare_upstream_request(&mut req, route, cluster, conn)?;
-
-    endpoint.stats.active.fetch_add(1, Relaxed);
+    admit(cluster)?;
     cluster.stats.active.fetch_add(1, Relaxed);
+    let result = tokio::time::timeout(
+        route.timeout,
+        attempts(worker, conn, rt, route, cluster, req, rec, start),
+    )
+    .await;
+    let (resp, ep_idx, upstream_conn) = match result {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            cluster.stats.active.fetch_sub(1, Relaxed);
+            return Err(e);
+        }
+        Err(_) => {
+            cluster.stats.active.fetch_sub(1, Relaxed);
+            return Err(ProxyError::Timeout);
+        }
+    };
+    let endpoint = &cluster.endpoints[ep_idx];
+    let upstream_time = start.elapsed();
+    let resp = prepare_downstream_response(resp, route);
     let mut done = Box::new(Completion {
-        conn: None,
+        conn: Some((upstream_conn, worker.pool.clone(), cluster.pool)),
         endpoint: Some(endpoint.stats.clone()),
         cluster: Some(cluster.stats.clone()),
         record: None,
         start,
         bytes: 0,
     });
-    let outcome = tokio::time::timeout(route.timeout, exchange(worker, cluster, ep_idx, req, rec, start)).await;
-    let (resp, upstream_conn) = match outcome {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
-            observe_failure(route, cluster, ep_idx, e);
-            return Err(e);
-        }
-        Err(_) => {
-            endpoint.stats.timeouts.fetch_add(1, Relaxed);
-            observe_failure(route, cluster, ep_idx, ProxyError::Timeout);
-            return Err(ProxyError::Timeout);
-        }
-    };
-    let upstream_time = start.elapsed();
-    observe(route, cluster, ep_idx, resp.status().as_u16(), upstream_time, start);
-
-    let resp = prepare_downstream_response(resp, route);
-    done.conn = Some((upstream_conn, worker.pool.clone(), cluster.pool));
     if let Some(mut r) = rec.take() {
         r.status = resp.status().as_u16();
         r.upstream_time = Some(upstream_time);
@@ -146,6 +144,211 @@ async fn proxy_request(
     }
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, ProxyBody::upstream(body, Some(done))))
+}
+
+/// Circuit breaker on requests in flight: refuse at once rather than queue.
+fn admit(cluster: &Cluster) -> Result<(), ProxyError> {
+    if cluster.stats.active.load(Relaxed) >= cluster.breakers.max_requests {
+        return Err(overflow(cluster, Limit::Requests));
+    }
+    Ok(())
+}
+
+fn overflow(cluster: &Cluster, limit: Limit) -> ProxyError {
+    cluster.stats.breaker_overflows[limit as usize].fetch_add(1, Relaxed);
+    ProxyError::Overflow(limit)
+}
+
+/// What one upstream attempt produced.
+type Attempt = Result<(Response<Incoming>, Conn), ProxyError>;
+
+/// Stages 4–6 and 8, repeated per the route's retry policy: pick an endpoint (never
+/// one that already failed this request while another is available), send with the
+/// per-try timeout, observe, and decide whether to retry (idempotent requests only
+/// unless the route opts in, within the cluster's retry budget and breaker).
+#[allow(clippy::too_many_arguments)]
+async fn attempts(
+    worker: &Rc<Worker>,
+    conn: &ConnState,
+    rt: &Runtime,
+    route: &Route,
+    cluster: &Cluster,
+    mut req: Request<Incoming>,
+    rec: &mut Option<AccessRecord>,
+    start: Instant,
+) -> Result<(Response<Incoming>, usize, Conn), ProxyError> {
+    let hash = if cluster.balancer.is_hashing() {
+        cluster.hash_of(req.headers(), conn.client)
+    } else {
+        None
+    };
+    prepare_upstream_request(&mut req, route, cluster, conn)?;
+    let policy = route
+        .retry
+        .as_ref()
+        .filter(|p| p.max_retries > 0 && retry_allowed(p, &req));
+    // A retryable request keeps its (small) body for replay; otherwise it streams.
+    let mut replay: Option<(http::request::Parts, Bytes)> = None;
+    let mut streamed = None;
+    let (parts, body) = req.into_parts();
+    match policy {
+        Some(p) => match buffer_body(body, p.buffer_bytes).await? {
+            Ok(bytes) => replay = Some((parts, bytes)),
+            Err(body) => streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body))),
+        },
+        None => streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body))),
+    }
+    let policy = if replay.is_some() { policy } else { None };
+    let max_attempts = 1 + policy.map_or(0, |p| p.max_retries);
+
+    let mut tried: u64 = 0;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let ep_idx = pick_endpoint(worker, rt, cluster, hash, tried)?;
+        if ep_idx < 64 {
+            tried |= 1 << ep_idx;
+        }
+        let endpoint = &cluster.endpoints[ep_idx];
+        if let Some(r) = rec.as_mut() {
+            r.endpoint = Some(endpoint.address);
+            r.attempts = attempt;
+        }
+        let upstream_req = match (&replay, streamed.take()) {
+            (Some((parts, bytes)), _) => rebuild(parts, bytes.clone()),
+            (None, Some(r)) => r,
+            (None, None) => unreachable!("a streamed request is sent once"),
+        };
+        let is_retry = attempt > 1;
+        endpoint.stats.active.fetch_add(1, Relaxed);
+        let outcome: Attempt = match tokio::time::timeout(
+            route.per_try_timeout,
+            exchange(worker, cluster, ep_idx, upstream_req, start),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                endpoint.stats.timeouts.fetch_add(1, Relaxed);
+                Err(ProxyError::Timeout)
+            }
+        };
+        if is_retry {
+            cluster.stats.retries_active.fetch_sub(1, Relaxed);
+        }
+        let status = match &outcome {
+            Ok((resp, _)) => resp.status().as_u16(),
+            Err(e) => e.status().as_u16(),
+        };
+        match &outcome {
+            Ok(_) => observe(route, cluster, ep_idx, status, start.elapsed(), start),
+            Err(e) => observe_failure(route, cluster, ep_idx, *e),
+        }
+        let retry = policy.is_some_and(|p| attempt < max_attempts && should_retry(p, &outcome));
+        if !retry || !reserve_retry(cluster) {
+            return match outcome {
+                Ok((resp, c)) => Ok((resp, ep_idx, c)),
+                Err(e) => Err(e),
+            };
+        }
+        // This attempt's answer is discarded; its endpoint count is released here.
+        if outcome.is_ok() {
+            endpoint.stats.active.fetch_sub(1, Relaxed);
+        }
+        drop(outcome);
+        if let Some(p) = policy {
+            backoff(p, attempt).await;
+        }
+    }
+}
+
+/// Admits a retry if the budget (retries in flight ≤ max(floor, ratio × active
+/// requests)) and the max_retries breaker allow it; counts it in flight.
+fn reserve_retry(cluster: &Cluster) -> bool {
+    let s = &cluster.stats;
+    let active = s.active.load(Relaxed);
+    let retrying = s.retries_active.load(Relaxed);
+    let budget = ((active as f64 * cluster.retry_budget.ratio) as u64).max(cluster.retry_budget.min_concurrency);
+    if retrying >= budget {
+        s.retry_budget_exhausted.fetch_add(1, Relaxed);
+        return false;
+    }
+    if retrying >= cluster.breakers.max_retries {
+        s.breaker_overflows[Limit::Retries as usize].fetch_add(1, Relaxed);
+        return false;
+    }
+    s.retries_active.fetch_add(1, Relaxed);
+    s.retries.fetch_add(1, Relaxed);
+    true
+}
+
+/// Full-jitter exponential backoff: uniform in [0, min(max, base × 2^(attempt−1))].
+async fn backoff(p: &RetryPolicy, attempt: u32) {
+    let cap = p.backoff.saturating_mul(1 << (attempt - 1).min(16)).min(p.backoff_max);
+    if cap.is_zero() {
+        return;
+    }
+    let d = Duration::from_nanos(fastrand::u64(0..=cap.as_nanos() as u64));
+    tokio::time::sleep(d).await;
+}
+
+/// Idempotent methods may be retried; others only when the route opts in or the
+/// client marks the request with an `Idempotency-Key`.
+fn retry_allowed(p: &RetryPolicy, req: &Request<Incoming>) -> bool {
+    use http::Method as M;
+    p.non_idempotent
+        || matches!(
+            *req.method(),
+            M::GET | M::HEAD | M::OPTIONS | M::TRACE | M::PUT | M::DELETE
+        )
+        || req.headers().contains_key("idempotency-key")
+}
+
+/// Whether this outcome is one the policy retries.
+fn should_retry(p: &RetryPolicy, outcome: &Attempt) -> bool {
+    use crate::config::RetryOn as R;
+    let on = p.on;
+    match outcome {
+        Err(ProxyError::ConnectFailure | ProxyError::ConnectTimeout) => {
+            on.has(R::CONNECT_FAILURE) || on.has(R::GATEWAY_ERROR) || on.has(R::FIVE_XX)
+        }
+        Err(ProxyError::UpstreamReset) => on.has(R::RESET) || on.has(R::GATEWAY_ERROR) || on.has(R::FIVE_XX),
+        Err(ProxyError::Timeout) => on.has(R::TIMEOUT) || on.has(R::GATEWAY_ERROR) || on.has(R::FIVE_XX),
+        Err(_) => false,
+        Ok((resp, _)) => {
+            let s = resp.status().as_u16();
+            (s >= 500 && on.has(R::FIVE_XX))
+                || (matches!(s, 502..=504) && on.has(R::GATEWAY_ERROR))
+                || (on.has(R::RETRIABLE_STATUS) && p.statuses.contains(&s))
+        }
+    }
+}
+
+/// Reads the body into memory if it is known to fit in `limit` (Content-Length or
+/// end of stream); otherwise hands it back untouched for streaming.
+async fn buffer_body(body: Incoming, limit: usize) -> Result<Result<Bytes, Incoming>, ProxyError> {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return Ok(Ok(Bytes::new()));
+    }
+    match body.size_hint().upper() {
+        Some(n) if n as usize <= limit => {}
+        _ => return Ok(Err(body)),
+    }
+    let collected = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|_| ProxyError::DownstreamBody)?;
+    Ok(Ok(collected.to_bytes()))
+}
+
+fn rebuild(parts: &http::request::Parts, body: Bytes) -> Request<UpstreamBody> {
+    let mut r = Request::new(UpstreamBody::Full(Some(body)));
+    *r.method_mut() = parts.method.clone();
+    *r.uri_mut() = parts.uri.clone();
+    *r.version_mut() = parts.version;
+    *r.headers_mut() = parts.headers.clone();
+    r
 }
 
 /// Stage 2: finds the route for the request on its listener.
@@ -168,25 +371,28 @@ fn route_request<'rt>(rt: &'rt Runtime, listener: usize, req: &Request<Incoming>
         .ok_or(ProxyError::NoRoute)
 }
 
-/// Stage 4: the cluster's balancer picks an endpoint.
+/// Stage 4: the cluster's balancer picks among endpoints that may take the request.
 fn pick_endpoint(
     worker: &Worker,
     rt: &Runtime,
     cluster: &Cluster,
-    req: &Request<Incoming>,
-    conn: &ConnState,
+    hash: Option<u64>,
+    tried: u64,
 ) -> Result<usize, ProxyError> {
-    if cluster.endpoints.is_empty() {
+    let now = balancer::p2c_ewma::now_ns();
+    let mut idx = worker.scratch.borrow_mut();
+    balancer::candidates(&cluster.endpoints, now, cluster.panic_threshold, tried, &mut idx);
+    if idx.is_empty() {
         cluster.stats.no_endpoint.fetch_add(1, Relaxed);
         return Err(ProxyError::NoHealthyUpstream);
     }
-    let hash = if cluster.balancer.is_hashing() {
-        cluster.hash_of(req.headers(), conn.client)
-    } else {
-        None
+    let choice = balancer::Choice {
+        eps: &cluster.endpoints,
+        idx: &idx,
+        now_ns: now,
     };
     Ok(worker.with_balancer(rt, cluster.index, |state| {
-        balancer::pick(cluster.balancer, &cluster.table, state, &cluster.endpoints, hash)
+        balancer::pick(cluster.balancer, &cluster.table, state, &choice, hash)
     }))
 }
 
@@ -239,40 +445,53 @@ fn prepare_upstream_request(
     Ok(())
 }
 
-/// Stage 6: sends on a pooled or new connection. A pooled connection that turns out to
-/// be closed before the request was written is replaced by a fresh one once.
+/// Stage 6: sends on a pooled or new connection (within the cluster's connection and
+/// pending breakers). A pooled connection that turns out to be closed before the
+/// request was written is replaced by a fresh one.
 async fn exchange(
     worker: &Rc<Worker>,
     cluster: &Cluster,
     ep_idx: usize,
-    req: Request<Incoming>,
-    rec: &mut Option<AccessRecord>,
+    req: Request<UpstreamBody>,
     start: Instant,
-) -> Result<(Response<Incoming>, Conn), ProxyError> {
+) -> Attempt {
     let ep = &cluster.endpoints[ep_idx];
     let mut req = req;
-    let mut attempts = 0;
+    let mut stale = 0;
     loop {
-        attempts += 1;
-        if let Some(r) = rec.as_mut() {
-            r.attempts = attempts;
-        }
         let mut conn = match worker.pool.checkout(ep.address, cluster.protocol, &cluster.pool, start) {
             Some(c) => {
                 ep.stats.connections_reused.fetch_add(1, Relaxed);
                 c
             }
             None => {
-                worker
+                let s = &cluster.stats;
+                if s.upstream_connections.load(Relaxed) >= cluster.breakers.max_connections {
+                    return Err(overflow(cluster, Limit::Connections));
+                }
+                if s.pending.fetch_add(1, Relaxed) >= cluster.breakers.max_pending {
+                    s.pending.fetch_sub(1, Relaxed);
+                    return Err(overflow(cluster, Limit::Pending));
+                }
+                let c = worker
                     .pool
-                    .connect(ep.address, cluster.protocol, cluster.connect_timeout, &ep.stats)
-                    .await?
+                    .connect(
+                        ep.address,
+                        cluster.protocol,
+                        cluster.connect_timeout,
+                        &ep.stats,
+                        &cluster.stats,
+                    )
+                    .await;
+                s.pending.fetch_sub(1, Relaxed);
+                c?
             }
         };
         match upstream::send(&mut conn, req).await {
             Ok(resp) => return Ok((resp, conn)),
-            Err((e, Some(back))) if conn.reused && attempts < 3 => {
+            Err((e, Some(back))) if conn.reused && stale < 2 => {
                 tracing::debug!(error = %e, endpoint = %ep.address, "pooled connection was closed; retrying on a new one");
+                stale += 1;
                 req = back;
             }
             Err((e, _)) => {
@@ -294,15 +513,9 @@ fn prepare_downstream_response(mut resp: Response<Incoming>, route: &Route) -> R
     resp
 }
 
-/// Stage 8: feeds latency and status to the balancer signals and counters.
-fn observe(
-    route: &Route,
-    cluster: &Cluster,
-    ep_idx: usize,
-    status: u16,
-    upstream_time: std::time::Duration,
-    start: Instant,
-) {
+/// Stage 8: feeds latency and status to the balancer signals, outlier detection and
+/// counters.
+fn observe(route: &Route, cluster: &Cluster, ep_idx: usize, status: u16, upstream_time: Duration, start: Instant) {
     let ep = &cluster.endpoints[ep_idx];
     let ns = upstream_time.as_nanos() as u64;
     ep.stats.ewma.observe_at(ns as f64, start + upstream_time);
@@ -311,18 +524,22 @@ fn observe(
     cluster.stats.responses.record(status);
     route.stats.responses.record(status);
     route.stats.latency.observe_ns(ns);
+    crate::health::observe_passive(cluster, ep_idx, status, false);
 }
 
+/// Stage 8 for an attempt that got no response.
 fn observe_failure(route: &Route, cluster: &Cluster, ep_idx: usize, e: ProxyError) {
     let ep = &cluster.endpoints[ep_idx];
-    // A failure is as bad as a slow answer for load-aware balancers.
-    ep.stats.ewma.observe(1e9);
     ep.stats.active.fetch_sub(1, Relaxed);
-    cluster.stats.active.fetch_sub(1, Relaxed);
     let status = e.status().as_u16();
     ep.stats.responses.record(status);
     cluster.stats.responses.record(status);
     route.stats.responses.record(status);
+    if !matches!(e, ProxyError::Overflow(_)) {
+        // A failure is as bad as a slow answer for load-aware balancers.
+        ep.stats.ewma.observe(1e9);
+        crate::health::observe_passive(cluster, ep_idx, status, true);
+    }
 }
 
 /// A local error response with its short plain body; logged as the request's outcome.

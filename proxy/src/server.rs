@@ -64,8 +64,12 @@ pub fn start(config: Config, source: ConfigSource) -> Result<Running, RunError> 
     let admin_addr = config.admin.listen;
     let token = config.admin.token.clone();
     let listeners: Vec<_> = config.listeners.iter().map(|l| (l.name.clone(), l.listen)).collect();
+    for w in &config.warnings {
+        tracing::warn!("{}:{}:{}: {}: {}", config.source, w.line, w.col, w.key, w.message);
+    }
     let shared = Shared::new(config, source, access_log, stats);
     crate::worker::start(shared.clone())?;
+    crate::health::checker::start(shared.clone()).map_err(RunError::Signals)?;
     let admin = crate::admin::start(shared.clone(), admin_addr, token).map_err(|source| RunError::Admin {
         addr: admin_addr,
         source,

@@ -10,8 +10,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
+
+use crate::body::UpstreamBody;
+use crate::metrics::ClusterStats;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::config::UpstreamProtocol;
@@ -24,9 +28,9 @@ use crate::worker::LocalExec;
 #[derive(Debug)]
 pub enum Sender {
     /// HTTP/1.1: one request at a time.
-    H1(http1::SendRequest<Incoming>),
+    H1(http1::SendRequest<UpstreamBody>),
     /// h2c: multiplexed, cloned per request.
-    H2(http2::SendRequest<Incoming>),
+    H2(http2::SendRequest<UpstreamBody>),
 }
 
 /// A checked-out upstream connection.
@@ -46,7 +50,7 @@ pub struct Conn {
 
 #[derive(Debug)]
 struct Idle {
-    tx: http1::SendRequest<Incoming>,
+    tx: http1::SendRequest<UpstreamBody>,
     born: Instant,
     since: Instant,
 }
@@ -54,7 +58,7 @@ struct Idle {
 #[derive(Debug, Default)]
 struct EndpointConns {
     idle: Vec<Idle>,
-    h2: Option<(http2::SendRequest<Incoming>, Instant)>,
+    h2: Option<(http2::SendRequest<UpstreamBody>, Instant)>,
 }
 
 /// One worker's upstream pool.
@@ -126,12 +130,14 @@ impl Pool {
     }
 
     /// Opens a new connection to `addr` and, for h2c, shares it in the pool.
+    /// `cluster` counts the connection while it is open (circuit breaker input).
     pub async fn connect(
         self: &Rc<Self>,
         addr: SocketAddr,
         proto: UpstreamProtocol,
         timeout: Duration,
         stats: &EndpointStats,
+        cluster: &Arc<ClusterStats>,
     ) -> Result<Conn, ProxyError> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
@@ -157,8 +163,10 @@ impl Pool {
                     .handshake(io)
                     .await
                     .map_err(|_| ProxyError::UpstreamReset)?;
+                let open = OpenGuard::new(cluster);
                 tokio::task::spawn_local(async move {
                     let _ = conn.await;
+                    drop(open);
                 });
                 Sender::H1(tx)
             }
@@ -168,8 +176,10 @@ impl Pool {
                     .handshake(io)
                     .await
                     .map_err(|_| ProxyError::UpstreamReset)?;
+                let open = OpenGuard::new(cluster);
                 tokio::task::spawn_local(async move {
                     let _ = conn.await;
+                    drop(open);
                 });
                 self.by_endpoint.borrow_mut().entry(addr).or_default().h2 = Some((tx.clone(), born));
                 Sender::H2(tx)
@@ -190,12 +200,28 @@ impl Pool {
     }
 }
 
+/// Counts an open upstream connection for its cluster until dropped.
+struct OpenGuard(Arc<ClusterStats>);
+
+impl OpenGuard {
+    fn new(c: &Arc<ClusterStats>) -> Self {
+        c.upstream_connections.fetch_add(1, Relaxed);
+        OpenGuard(c.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.upstream_connections.fetch_sub(1, Relaxed);
+    }
+}
+
 /// Sends `req` on `conn`. On failure before the request was written, the request is
 /// handed back so the caller can try a fresh connection.
 pub async fn send(
     conn: &mut Conn,
-    req: http::Request<Incoming>,
-) -> Result<http::Response<Incoming>, (hyper::Error, Option<http::Request<Incoming>>)> {
+    req: http::Request<UpstreamBody>,
+) -> Result<http::Response<Incoming>, (hyper::Error, Option<http::Request<UpstreamBody>>)> {
     let result = match &mut conn.sender {
         Sender::H1(tx) => tx.try_send_request(req).await,
         Sender::H2(tx) => tx.try_send_request(req).await,

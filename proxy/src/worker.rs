@@ -64,6 +64,8 @@ pub struct Worker {
     /// Upstream connections of this worker.
     pub pool: Rc<Pool>,
     balancers: RefCell<(u64, Vec<WorkerState>)>,
+    /// Reused buffer for the candidate endpoints of a pick (no allocation per request).
+    pub scratch: RefCell<Vec<usize>>,
 }
 
 impl Worker {
@@ -143,6 +145,7 @@ fn run_worker(id: usize, shared: Arc<Shared>, listeners: Arc<[ListenerConfig]>, 
             listeners,
             pool: Rc::new(Pool::default()),
             balancers: RefCell::new((0, Vec::new())),
+            scratch: RefCell::new(Vec::with_capacity(64)),
         });
         let mut tasks = Vec::new();
         for (idx, sock) in socks.into_iter().enumerate() {

@@ -2,12 +2,12 @@
 //! (Envoy's default). Cheaper than a full scan and avoids the herd effect of
 //! every worker choosing the same least-loaded endpoint.
 
-use super::Candidate;
+use super::{Candidate, Choice};
 
 /// Two distinct random candidates; the one with fewer weighted active requests wins.
-pub fn pick<C: Candidate>(eps: &[C]) -> usize {
-    let (a, b) = two_distinct(eps.len());
-    let load = |i: usize| (eps[i].active() as f64 + 1.0) / f64::from(eps[i].weight());
+pub fn pick<C: Candidate>(c: &Choice<'_, C>) -> usize {
+    let (a, b) = two_distinct(c);
+    let load = |i: usize| (c.eps[i].active() as f64 + 1.0) / c.eps[i].weight(c.now_ns) as f64;
     if load(b) < load(a) {
         b
     } else {
@@ -15,34 +15,28 @@ pub fn pick<C: Candidate>(eps: &[C]) -> usize {
     }
 }
 
-/// Two different indices in `0..n` (n ≥ 2), uniformly.
-pub fn two_distinct(n: usize) -> (usize, usize) {
+/// Two different candidates (endpoint indices), uniformly; needs ≥ 2 candidates.
+pub fn two_distinct<C>(c: &Choice<'_, C>) -> (usize, usize) {
+    let n = c.idx.len();
     let a = fastrand::usize(0..n);
     let mut b = fastrand::usize(0..n - 1);
     if b >= a {
         b += 1;
     }
-    (a, b)
+    (c.idx[a], c.idx[b])
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::Fixed;
+    use super::super::testing::{all, weights};
 
     #[test]
     fn avoids_the_busy_endpoint() {
-        let mut eps = vec![
-            Fixed {
-                weight: 1,
-                active: 0,
-                ewma_ns: 0.0
-            };
-            3
-        ];
+        let mut eps = weights(&[1, 1, 1]);
         eps[1].active = 50;
         let mut counts = [0u32; 3];
         for _ in 0..10_000 {
-            counts[super::pick(&eps)] += 1;
+            counts[all(&eps, super::pick)] += 1;
         }
         assert_eq!(counts[1], 0);
         assert!(counts[0] > 4000 && counts[2] > 4000);

@@ -58,6 +58,21 @@ impl Maglev {
     pub fn lookup(&self, hash: u64) -> usize {
         self.table[(hash % self.table.len() as u64) as usize] as usize
     }
+
+    /// Like `lookup`, re-hashing (a bounded number of times) while `allowed` rejects
+    /// the slot's endpoint, so an unavailable endpoint's keys spread deterministically.
+    pub fn lookup_where(&self, hash: u64, allowed: impl Fn(usize) -> bool) -> Option<usize> {
+        (0..32u64)
+            .map(|k| {
+                if k == 0 {
+                    hash
+                } else {
+                    super::mix64(hash ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                }
+            })
+            .map(|h| self.lookup(h))
+            .find(|&i| allowed(i))
+    }
 }
 
 #[cfg(test)]

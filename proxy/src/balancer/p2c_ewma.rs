@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use super::least_request::two_distinct;
-use super::Candidate;
+use super::{Candidate, Choice};
 
 /// Decay time constant of the estimate (10 s, as Finagle's default).
 pub const DECAY_NS: f64 = 10e9;
@@ -64,9 +64,9 @@ impl PeakEwma {
 }
 
 /// Two distinct random candidates; lower latency × load (per weight) wins.
-pub fn pick<C: Candidate>(eps: &[C]) -> usize {
-    let (a, b) = two_distinct(eps.len());
-    let cost = |i: usize| eps[i].ewma_ns() * (eps[i].active() as f64 + 1.0) / f64::from(eps[i].weight());
+pub fn pick<C: Candidate>(c: &Choice<'_, C>) -> usize {
+    let (a, b) = two_distinct(c);
+    let cost = |i: usize| c.eps[i].ewma_ns() * (c.eps[i].active() as f64 + 1.0) / c.eps[i].weight(c.now_ns) as f64;
     if cost(b) < cost(a) {
         b
     } else {

@@ -29,6 +29,17 @@ impl Ring {
         let i = self.points.partition_point(|(p, _)| *p < hash);
         self.points[i % self.points.len()].1 as usize
     }
+
+    /// Like `lookup`, walking on along the ring past endpoints `allowed` rejects, so
+    /// keys of an unavailable endpoint spread over its neighbours and come back when it
+    /// does.
+    pub fn lookup_where(&self, hash: u64, allowed: impl Fn(usize) -> bool) -> Option<usize> {
+        let start = self.points.partition_point(|(p, _)| *p < hash);
+        let n = self.points.len();
+        (0..n)
+            .map(|k| self.points[(start + k) % n].1 as usize)
+            .find(|&i| allowed(i))
+    }
 }
 
 #[cfg(test)]

@@ -1,22 +1,25 @@
-//! round_robin: each endpoint in turn, per worker.
+//! round_robin: each candidate in turn, per worker.
 
-use super::WorkerState;
+use super::{Candidate, Choice, WorkerState};
 
-/// Next index after the worker's cursor.
-pub fn pick(state: &mut WorkerState, n: usize) -> usize {
-    let i = state.cursor % n;
+/// Next candidate after the worker's cursor.
+pub fn pick<C: Candidate>(state: &mut WorkerState, c: &Choice<'_, C>) -> usize {
+    let i = state.cursor % c.idx.len();
     state.cursor = state.cursor.wrapping_add(1);
-    i
+    c.idx[i]
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{all, weights};
+
     #[test]
     fn cycles_evenly() {
         let mut s = super::WorkerState::default();
+        let eps = weights(&[1, 1, 1]);
         let mut counts = [0; 3];
         for _ in 0..300 {
-            counts[super::pick(&mut s, 3)] += 1;
+            counts[all(&eps, |c| super::pick(&mut s, c))] += 1;
         }
         assert_eq!(counts, [100, 100, 100]);
     }

@@ -37,6 +37,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Clusters in file order (hot).
     pub clusters: Vec<ClusterConfig>,
+    /// Legal but probably unintended settings (e.g. a connect timeout longer than the
+    /// per-try timeout); printed by `tandem check` and logged at load.
+    pub warnings: Vec<ConfigIssue>,
 }
 
 /// Process settings.
@@ -187,8 +190,12 @@ pub struct RouteConfig {
     pub headers: Vec<(http::HeaderName, HeaderCondition)>,
     /// (cluster index, weight); weights sum > 0.
     pub destinations: Vec<(usize, u32)>,
-    /// Upstream exchange bound.
+    /// Upstream exchange bound over all attempts.
     pub timeout: Duration,
+    /// Bound on one attempt (≤ `timeout`).
+    pub per_try_timeout: Duration,
+    /// Retry policy, if the route retries.
+    pub retry: Option<RetryPolicy>,
     /// Request header rules.
     pub request_headers: HeaderRules,
     /// Response header rules.
@@ -305,6 +312,170 @@ pub struct ClusterConfig {
     pub maglev_table_size: u32,
     /// Endpoints.
     pub endpoints: Vec<EndpointConfig>,
+    /// Active health check.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive outlier detection.
+    pub outlier: Option<OutlierConfig>,
+    /// Slow start for new and recovered endpoints.
+    pub slow_start: Option<SlowStart>,
+    /// Fraction (0–1) of eligible endpoints below which all are used.
+    pub panic_threshold: f64,
+    /// Admission limits.
+    pub breakers: BreakerConfig,
+    /// Retry budget.
+    pub retry_budget: RetryBudget,
+}
+
+/// What an active probe does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    /// An HTTP/1.1 request on a fresh connection.
+    Http {
+        /// Method.
+        method: http::Method,
+        /// Path.
+        path: String,
+        /// Host header (None = the endpoint address).
+        host: Option<String>,
+        /// Passing status ranges (inclusive).
+        expected: Vec<(u16, u16)>,
+        /// Required body substring.
+        body_contains: Option<String>,
+    },
+    /// A TCP connect, optionally with a send/expect exchange.
+    Tcp {
+        /// Bytes sent after connecting.
+        send: Option<Vec<u8>>,
+        /// Bytes the reply must contain.
+        expect: Option<Vec<u8>>,
+    },
+}
+
+/// A validated active health check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    /// Probe kind.
+    pub kind: CheckKind,
+    /// Interval.
+    pub interval: Duration,
+    /// Probe timeout.
+    pub timeout: Duration,
+    /// Passes to become healthy.
+    pub rise: u32,
+    /// Failures to become unhealthy.
+    pub fall: u32,
+    /// Random extra delay per interval.
+    pub jitter: Duration,
+    /// Port override.
+    pub port: Option<u16>,
+}
+
+/// Validated outlier detection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierConfig {
+    /// Consecutive 5xx to eject (0 = off).
+    pub consecutive_5xx: u32,
+    /// Consecutive gateway errors to eject (0 = off).
+    pub consecutive_gateway_errors: u32,
+    /// Success-rate sweep interval.
+    pub interval: Duration,
+    /// Minimum requests per endpoint per interval for success rate.
+    pub success_rate_min_requests: u64,
+    /// Minimum qualifying endpoints (0 = success rate off).
+    pub success_rate_min_hosts: usize,
+    /// Stdev factor.
+    pub success_rate_stdev_factor: f64,
+    /// Base ejection time.
+    pub base_ejection_time: Duration,
+    /// Ejection cap.
+    pub max_ejection_time: Duration,
+    /// Max ejected share, 0–100.
+    pub max_ejection_percent: u32,
+}
+
+/// Slow-start ramp.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowStart {
+    /// Ramp length.
+    pub window: Duration,
+    /// Curve exponent's inverse (1 = linear).
+    pub aggression: f64,
+    /// Weight floor as a fraction.
+    pub min_weight: f64,
+}
+
+/// Circuit breaker limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Upstream connections.
+    pub max_connections: u64,
+    /// Requests waiting for a connection.
+    pub max_pending: u64,
+    /// Requests in flight.
+    pub max_requests: u64,
+    /// Retries in flight.
+    pub max_retries: u64,
+}
+
+/// Retry budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// Fraction (0–1) of active requests that may be retries.
+    pub ratio: f64,
+    /// Floor.
+    pub min_concurrency: u64,
+}
+
+/// Failures a route retries (bit set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryOn(pub u8);
+
+impl RetryOn {
+    /// The upstream could not be reached (nothing was sent).
+    pub const CONNECT_FAILURE: u8 = 1;
+    /// The connection broke before a response.
+    pub const RESET: u8 = 2;
+    /// The attempt exceeded per_try_timeout.
+    pub const TIMEOUT: u8 = 4;
+    /// Any 5xx response (and all of the above).
+    pub const FIVE_XX: u8 = 8;
+    /// 502, 503, 504 (and connect-failure, reset, timeout).
+    pub const GATEWAY_ERROR: u8 = 16;
+    /// A status in `retriable_statuses`.
+    pub const RETRIABLE_STATUS: u8 = 32;
+    /// Accepted names with their bits.
+    pub const NAMES: [(&'static str, u8); 6] = [
+        ("connect-failure", Self::CONNECT_FAILURE),
+        ("reset", Self::RESET),
+        ("timeout", Self::TIMEOUT),
+        ("5xx", Self::FIVE_XX),
+        ("gateway-error", Self::GATEWAY_ERROR),
+        ("retriable-status", Self::RETRIABLE_STATUS),
+    ];
+
+    /// Whether `bit` is set.
+    pub fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+}
+
+/// A validated retry policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// What is retried.
+    pub on: RetryOn,
+    /// Statuses for `retriable-status`.
+    pub statuses: Vec<u16>,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Backoff base.
+    pub backoff: Duration,
+    /// Backoff cap.
+    pub backoff_max: Duration,
+    /// Retry POST/PATCH too.
+    pub non_idempotent: bool,
+    /// Replay buffer cap.
+    pub buffer_bytes: usize,
 }
 
 /// FNV-1a over bytes; stable across runs and platforms.

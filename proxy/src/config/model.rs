@@ -161,6 +161,31 @@ pub struct RouteSection {
     /// Total time for the upstream exchange up to response headers.
     #[serde(default = "default_route_timeout")]
     pub timeout: Dur,
+    /// Bound on one upstream attempt (default: the route timeout).
+    #[serde(default)]
+    pub per_try_timeout: Dur,
+    /// Failures that are retried: connect-failure, reset, timeout, 5xx, gateway-error,
+    /// retriable-status.
+    #[serde(default)]
+    pub retry_on: Vec<SpannedStr>,
+    /// Statuses retried with `retriable-status`.
+    #[serde(default)]
+    pub retriable_statuses: Vec<u16>,
+    /// Retries after the first attempt.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Backoff base (full jitter, doubling per retry).
+    #[serde(default = "default_backoff")]
+    pub retry_backoff: Dur,
+    /// Backoff cap.
+    #[serde(default = "default_backoff_max")]
+    pub retry_backoff_max: Dur,
+    /// Also retry non-idempotent methods (POST, PATCH).
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
+    /// Request bodies up to this size are kept for replay; larger ones are not retried.
+    #[serde(default = "default_retry_buffer")]
+    pub retry_buffer_bytes: usize,
     /// Header rules applied to the request before it goes upstream.
     #[serde(default)]
     pub request_headers: HeaderRulesSection,
@@ -253,6 +278,148 @@ pub struct ClusterSection {
     /// The endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointSection>,
+    /// Active health checking.
+    pub health_check: Option<HealthCheckSection>,
+    /// Passive outlier detection.
+    pub outlier_detection: Option<OutlierSection>,
+    /// New and recovered endpoints ramp their weight over this; 0 = off.
+    #[serde(default)]
+    pub slow_start: Dur,
+    /// Slow-start curve: weight ∝ (elapsed / slow_start)^(1 / aggression).
+    #[serde(default = "default_aggression")]
+    pub slow_start_aggression: f64,
+    /// Weight floor during slow start, percent of the full weight.
+    #[serde(default = "default_slow_start_min")]
+    pub slow_start_min_weight_percent: u32,
+    /// Below this percentage of eligible endpoints, spread over all of them (panic mode).
+    #[serde(default = "default_panic")]
+    pub panic_threshold: u32,
+    /// Per-cluster admission limits.
+    #[serde(default)]
+    pub circuit_breakers: BreakerSection,
+    /// Retries in flight allowed relative to requests in flight.
+    #[serde(default)]
+    pub retry_budget: RetryBudgetSection,
+}
+
+/// `[cluster.health_check]`: one prober per endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// `http` or `tcp`.
+    #[serde(default = "default_check_kind")]
+    pub kind: SpannedStr,
+    /// Time between probes of one endpoint.
+    #[serde(default = "default_check_interval")]
+    pub interval: Dur,
+    /// Probe timeout.
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Dur,
+    /// Consecutive passes to become healthy.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures to become unhealthy.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// Random extra delay added to each interval (probes never align).
+    #[serde(default)]
+    pub jitter: Dur,
+    /// Probe this port instead of the endpoint's.
+    pub port: Option<u16>,
+    /// HTTP method.
+    #[serde(default = "default_check_method")]
+    pub method: String,
+    /// HTTP path.
+    #[serde(default = "default_check_path")]
+    pub path: SpannedStr,
+    /// Host header (default: the endpoint address).
+    pub host: Option<String>,
+    /// Passing statuses: `"200"`, `"200-399"`.
+    #[serde(default = "default_expected")]
+    pub expected_statuses: Vec<SpannedStr>,
+    /// The body must contain this.
+    pub body_contains: Option<String>,
+    /// TCP: bytes to send after connecting.
+    pub send: Option<String>,
+    /// TCP: the reply must contain this.
+    pub expect: Option<String>,
+}
+
+/// `[cluster.outlier_detection]`: ejection from real traffic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierSection {
+    /// Consecutive 5xx responses that eject; 0 = off.
+    #[serde(default = "default_consecutive_5xx")]
+    pub consecutive_5xx: u32,
+    /// Consecutive gateway errors (connect failure, reset, timeout, 502/503/504); 0 = off.
+    #[serde(default = "default_consecutive_gateway")]
+    pub consecutive_gateway_errors: u32,
+    /// Success-rate sweep interval.
+    #[serde(default = "default_outlier_interval")]
+    pub interval: Dur,
+    /// Requests an endpoint needs in an interval to be judged by success rate.
+    #[serde(default = "default_sr_min_requests")]
+    pub success_rate_min_requests: u64,
+    /// Endpoints with enough requests needed for the success-rate check; 0 = off.
+    #[serde(default = "default_sr_min_hosts")]
+    pub success_rate_min_hosts: usize,
+    /// Ejected when success rate < mean − factor × stdev.
+    #[serde(default = "default_sr_factor")]
+    pub success_rate_stdev_factor: f64,
+    /// First ejection time; multiplied by the times ejected.
+    #[serde(default = "default_base_ejection")]
+    pub base_ejection_time: Dur,
+    /// Ejection time cap.
+    #[serde(default = "default_max_ejection")]
+    pub max_ejection_time: Dur,
+    /// At most this percentage of a cluster's endpoints ejected at once.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+/// `[cluster.circuit_breakers]`: overflow answers 503 at once.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSection {
+    /// Upstream connections open across workers.
+    pub max_connections: u64,
+    /// Requests waiting for a new upstream connection.
+    pub max_pending: u64,
+    /// Requests in flight.
+    pub max_requests: u64,
+    /// Retries in flight.
+    pub max_retries: u64,
+}
+
+impl Default for BreakerSection {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_pending: 1_000,
+            max_requests: 10_000,
+            max_retries: 100,
+        }
+    }
+}
+
+/// `[cluster.retry_budget]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudgetSection {
+    /// Retries in flight ≤ this percentage of requests in flight …
+    pub budget_percent: f64,
+    /// … or this many, whichever is larger.
+    pub min_retry_concurrency: u64,
+}
+
+impl Default for RetryBudgetSection {
+    fn default() -> Self {
+        Self {
+            budget_percent: 20.0,
+            min_retry_concurrency: 3,
+        }
+    }
 }
 
 /// One upstream endpoint.
@@ -310,6 +477,78 @@ fn default_maglev_table() -> u32 {
 }
 fn default_weight() -> u32 {
     1
+}
+fn default_aggression() -> f64 {
+    1.0
+}
+fn default_slow_start_min() -> u32 {
+    10
+}
+fn default_panic() -> u32 {
+    50
+}
+fn default_check_kind() -> SpannedStr {
+    Spanned::new(0..0, "http".into())
+}
+fn default_check_interval() -> Dur {
+    Dur(None, Duration::from_secs(2))
+}
+fn default_check_timeout() -> Dur {
+    Dur(None, Duration::from_secs(1))
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_check_method() -> String {
+    "GET".into()
+}
+fn default_check_path() -> SpannedStr {
+    Spanned::new(0..0, "/healthz".into())
+}
+fn default_expected() -> Vec<SpannedStr> {
+    vec![Spanned::new(0..0, "200-399".into())]
+}
+fn default_consecutive_5xx() -> u32 {
+    5
+}
+fn default_consecutive_gateway() -> u32 {
+    3
+}
+fn default_outlier_interval() -> Dur {
+    Dur::secs(10)
+}
+fn default_sr_min_requests() -> u64 {
+    100
+}
+fn default_sr_min_hosts() -> usize {
+    3
+}
+fn default_sr_factor() -> f64 {
+    1.9
+}
+fn default_base_ejection() -> Dur {
+    Dur::secs(30)
+}
+fn default_max_ejection() -> Dur {
+    Dur::secs(300)
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+fn default_max_retries() -> u32 {
+    1
+}
+fn default_backoff() -> Dur {
+    Dur(None, Duration::from_millis(25))
+}
+fn default_backoff_max() -> Dur {
+    Dur(None, Duration::from_millis(250))
+}
+fn default_retry_buffer() -> usize {
+    64 * 1024
 }
 
 /// A duration as written (`"250ms"`, `"5s"`, `"2m"`), with its position. Parsing is

@@ -14,9 +14,117 @@ use super::*;
 struct Checker<'a> {
     lines: &'a LineIndex,
     issues: Vec<ConfigIssue>,
+    warnings: Vec<ConfigIssue>,
 }
 
 impl Checker<'_> {
+    fn warn(&mut self, span: &SpannedStr, key: String, message: String, hint: Option<String>) {
+        let (line, col) = self.lines.locate(span.span().start);
+        self.warnings.push(ConfigIssue {
+            line,
+            col,
+            key,
+            message,
+            hint,
+        });
+    }
+
+    fn health_check(
+        &mut self,
+        h: &model::HealthCheckSection,
+        key: &str,
+        anchor: &SpannedStr,
+    ) -> Option<HealthCheckConfig> {
+        let interval = self.dur(&h.interval, format!("{key}.interval"));
+        let timeout = self.dur(&h.timeout, format!("{key}.timeout"));
+        let jitter = self.dur(&h.jitter, format!("{key}.jitter"));
+        if interval.is_zero() {
+            self.at(
+                anchor,
+                format!("{key}.interval"),
+                "a zero interval would probe in a busy loop".into(),
+                Some("use e.g. \"2s\"".into()),
+            );
+        }
+        if timeout > interval {
+            self.warn(
+                anchor,
+                format!("{key}.timeout"),
+                format!("probe timeout {timeout:?} is longer than the interval {interval:?}"),
+                Some("probes will overlap; make the timeout shorter than the interval".into()),
+            );
+        }
+        if h.rise == 0 || h.fall == 0 {
+            self.at(
+                anchor,
+                format!("{key}.rise"),
+                "rise and fall must be at least 1".into(),
+                Some("e.g. rise = 2, fall = 3".into()),
+            );
+        }
+        let kind = match h.kind.get_ref().as_str() {
+            "http" => {
+                let method = match http::Method::from_bytes(h.method.to_ascii_uppercase().as_bytes()) {
+                    Ok(m) => m,
+                    Err(_) => {
+                        self.at(
+                            anchor,
+                            format!("{key}.method"),
+                            format!("`{}` is not an HTTP method", h.method),
+                            None,
+                        );
+                        http::Method::GET
+                    }
+                };
+                check_path(self, &h.path, format!("{key}.path"));
+                let mut expected = Vec::new();
+                for (i, e) in h.expected_statuses.iter().enumerate() {
+                    let parsed = match e.get_ref().split_once('-') {
+                        Some((a, b)) => a.trim().parse::<u16>().ok().zip(b.trim().parse::<u16>().ok()),
+                        None => e.get_ref().trim().parse::<u16>().ok().map(|v| (v, v)),
+                    };
+                    match parsed {
+                        Some((a, b)) if (100..=599).contains(&a) && (a..=599).contains(&b) => expected.push((a, b)),
+                        _ => self.at(
+                            e,
+                            format!("{key}.expected_statuses[{i}]"),
+                            format!("`{}` is not a status or range", e.get_ref()),
+                            Some("write \"200\" or \"200-399\"".into()),
+                        ),
+                    }
+                }
+                CheckKind::Http {
+                    method,
+                    path: h.path.get_ref().clone(),
+                    host: h.host.clone(),
+                    expected,
+                    body_contains: h.body_contains.clone(),
+                }
+            }
+            "tcp" => CheckKind::Tcp {
+                send: h.send.as_ref().map(|s| s.as_bytes().to_vec()),
+                expect: h.expect.as_ref().map(|s| s.as_bytes().to_vec()),
+            },
+            other => {
+                self.at(
+                    &h.kind,
+                    format!("{key}.kind"),
+                    format!("unknown health check kind `{other}`"),
+                    Some("use \"http\" or \"tcp\"".into()),
+                );
+                return None;
+            }
+        };
+        Some(HealthCheckConfig {
+            kind,
+            interval,
+            timeout,
+            rise: h.rise.max(1),
+            fall: h.fall.max(1),
+            jitter,
+            port: h.port,
+        })
+    }
     fn at(&mut self, span: &SpannedStr, key: String, message: String, hint: Option<String>) {
         let (line, col) = self.lines.locate(span.span().start);
         self.issues.push(ConfigIssue {
@@ -143,6 +251,7 @@ pub(crate) fn validate(
     let mut c = Checker {
         lines,
         issues: Vec::new(),
+        warnings: Vec::new(),
     };
 
     let workers = if file.server.workers == 0 {
@@ -344,6 +453,56 @@ pub(crate) fn validate(
                 Some("use 100–1000 (default 160)".into()),
             );
         }
+        let health_check = cl
+            .health_check
+            .as_ref()
+            .and_then(|h| c.health_check(h, &format!("{key}.health_check"), &cl.name));
+        let outlier = cl.outlier_detection.as_ref().map(|o| {
+            let k = format!("{key}.outlier_detection");
+            if o.max_ejection_percent > 100 {
+                c.at(
+                    &cl.name,
+                    format!("{k}.max_ejection_percent"),
+                    format!("{} is above 100", o.max_ejection_percent),
+                    Some("use 0–100".into()),
+                );
+            }
+            OutlierConfig {
+                consecutive_5xx: o.consecutive_5xx,
+                consecutive_gateway_errors: o.consecutive_gateway_errors,
+                interval: c
+                    .dur(&o.interval, format!("{k}.interval"))
+                    .max(Duration::from_millis(100)),
+                success_rate_min_requests: o.success_rate_min_requests,
+                success_rate_min_hosts: o.success_rate_min_hosts,
+                success_rate_stdev_factor: o.success_rate_stdev_factor,
+                base_ejection_time: c.dur(&o.base_ejection_time, format!("{k}.base_ejection_time")),
+                max_ejection_time: c.dur(&o.max_ejection_time, format!("{k}.max_ejection_time")),
+                max_ejection_percent: o.max_ejection_percent.min(100),
+            }
+        });
+        let slow_window = c.dur(&cl.slow_start, format!("{key}.slow_start"));
+        if cl.slow_start_aggression <= 0.0 {
+            c.at(
+                &cl.name,
+                format!("{key}.slow_start_aggression"),
+                "must be above 0".into(),
+                Some("1.0 is linear; larger ramps faster early".into()),
+            );
+        }
+        let slow_start = (!slow_window.is_zero()).then(|| SlowStart {
+            window: slow_window,
+            aggression: cl.slow_start_aggression.max(0.01),
+            min_weight: f64::from(cl.slow_start_min_weight_percent.min(100)) / 100.0,
+        });
+        if cl.panic_threshold > 100 {
+            c.at(
+                &cl.name,
+                format!("{key}.panic_threshold"),
+                format!("{} is above 100", cl.panic_threshold),
+                Some("use 0–100 (default 50); 0 disables panic mode".into()),
+            );
+        }
         let connect_timeout = c.dur(&cl.connect_timeout, format!("{key}.connect_timeout"));
         let pool_idle_timeout = c.dur(&cl.pool_idle_timeout, format!("{key}.pool_idle_timeout"));
         let max_connection_age = c.dur(&cl.max_connection_age, format!("{key}.max_connection_age"));
@@ -359,6 +518,20 @@ pub(crate) fn validate(
             ring_hash_virtual_nodes: cl.ring_hash_virtual_nodes.max(1),
             maglev_table_size: cl.maglev_table_size,
             endpoints,
+            health_check,
+            outlier,
+            slow_start,
+            panic_threshold: f64::from(cl.panic_threshold.min(100)) / 100.0,
+            breakers: BreakerConfig {
+                max_connections: cl.circuit_breakers.max_connections,
+                max_pending: cl.circuit_breakers.max_pending,
+                max_requests: cl.circuit_breakers.max_requests,
+                max_retries: cl.circuit_breakers.max_retries,
+            },
+            retry_budget: RetryBudget {
+                ratio: (cl.retry_budget.budget_percent / 100.0).clamp(0.0, 1.0),
+                min_concurrency: cl.retry_budget.min_retry_concurrency,
+            },
         });
     }
 
@@ -545,6 +718,66 @@ pub(crate) fn validate(
                 Some("use e.g. \"15s\"".into()),
             );
         }
+        let per_try_timeout = if r.per_try_timeout.0.is_some() {
+            let t = c.dur(&r.per_try_timeout, format!("{key}.per_try_timeout"));
+            if t > timeout && !timeout.is_zero() {
+                c.at(
+                    &r.name,
+                    format!("{key}.per_try_timeout"),
+                    format!("per_try_timeout {t:?} is longer than the route timeout {timeout:?}"),
+                    Some("a try can never outlast the whole request; make per_try_timeout ≤ timeout".into()),
+                );
+            }
+            t
+        } else {
+            timeout
+        };
+        for &(ci, _) in &destinations {
+            let ct = clusters[ci].connect_timeout;
+            if ct > per_try_timeout && !per_try_timeout.is_zero() {
+                c.warn(
+                    &r.name,
+                    format!("{key}.per_try_timeout"),
+                    format!("cluster `{}` connect_timeout {ct:?} is longer than this route's per-try timeout {per_try_timeout:?}", clusters[ci].name),
+                    Some("timeouts should descend: connect < per-try < route total".into()),
+                );
+            }
+        }
+        let mut on = 0u8;
+        for (j, name) in r.retry_on.iter().enumerate() {
+            match RetryOn::NAMES.iter().find(|(n, _)| n == name.get_ref()) {
+                Some((_, bit)) => on |= bit,
+                None => {
+                    let hint = match did_you_mean(name.get_ref(), RetryOn::NAMES.iter().map(|(n, _)| *n)) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!("one of: {}", RetryOn::NAMES.map(|(n, _)| n).join(", ")),
+                    };
+                    c.at(
+                        name,
+                        format!("{key}.retry_on[{j}]"),
+                        format!("unknown retry condition `{}`", name.get_ref()),
+                        Some(hint),
+                    );
+                }
+            }
+        }
+        if on & RetryOn::RETRIABLE_STATUS != 0 && r.retriable_statuses.is_empty() {
+            c.at(
+                &r.name,
+                format!("{key}.retriable_statuses"),
+                "retry_on has retriable-status but no statuses are listed".into(),
+                Some("add retriable_statuses = [503]".into()),
+            );
+        }
+        let retry = (on != 0).then(|| RetryPolicy {
+            on: RetryOn(on),
+            statuses: r.retriable_statuses.clone(),
+            max_retries: r.max_retries,
+            backoff: c.dur(&r.retry_backoff, format!("{key}.retry_backoff")),
+            backoff_max: c.dur(&r.retry_backoff_max, format!("{key}.retry_backoff_max")),
+            non_idempotent: r.retry_non_idempotent,
+            buffer_bytes: r.retry_buffer_bytes,
+        });
         let request_headers = c.rules(&r.request_headers, &format!("{key}.request_headers"));
         let response_headers = c.rules(&r.response_headers, &format!("{key}.response_headers"));
         routes.push(RouteConfig {
@@ -556,6 +789,8 @@ pub(crate) fn validate(
             headers,
             destinations,
             timeout,
+            per_try_timeout,
+            retry,
             request_headers,
             response_headers,
         });
@@ -574,6 +809,7 @@ pub(crate) fn validate(
         listeners,
         routes,
         clusters,
+        warnings: c.warnings,
     })
 }
 

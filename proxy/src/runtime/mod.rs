@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balancer::{self, Candidate, Table};
-use crate::config::{BalancerKind, ClusterConfig, Config, HashOn, HeaderRules, UpstreamProtocol};
+use crate::config::{
+    BalancerKind, BreakerConfig, ClusterConfig, Config, HashOn, HeaderRules, HealthCheckConfig, OutlierConfig,
+    RetryBudget, RetryPolicy, SlowStart, UpstreamProtocol,
+};
 use crate::metrics::{ClusterStats, EndpointStats, RouteStats, StatsRegistry};
 
 pub use router::{RequestFacts, Router};
@@ -40,8 +43,12 @@ pub struct Route {
     pub destinations: Vec<(usize, u32)>,
     /// Sum of destination weights.
     pub total_weight: u32,
-    /// Upstream exchange bound.
+    /// Upstream exchange bound over all attempts.
     pub timeout: Duration,
+    /// Bound on one attempt.
+    pub per_try_timeout: Duration,
+    /// Retry policy.
+    pub retry: Option<RetryPolicy>,
     /// Request rewrites.
     pub request_headers: HeaderRules,
     /// Response rewrites.
@@ -90,6 +97,16 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     /// Counters.
     pub stats: Arc<ClusterStats>,
+    /// Active health check (run by the health thread).
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive outlier detection.
+    pub outlier: Option<OutlierConfig>,
+    /// Fraction of eligible endpoints below which all are used.
+    pub panic_threshold: f64,
+    /// Admission limits.
+    pub breakers: BreakerConfig,
+    /// Retry budget.
+    pub retry_budget: RetryBudget,
 }
 
 /// Per-cluster upstream pool settings.
@@ -110,19 +127,31 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// Weight.
     pub weight: u32,
-    /// Shared counters and load signals (identity survives reloads).
+    /// Shared counters, load signals and health (identity survives reloads).
     pub stats: Arc<EndpointStats>,
+    /// The cluster's slow start, if any.
+    pub slow_start: Option<SlowStart>,
 }
 
 impl Candidate for Endpoint {
-    fn weight(&self) -> u32 {
-        self.weight
+    fn weight(&self, now_ns: u64) -> u64 {
+        let w = u64::from(self.weight) * 1000;
+        match &self.slow_start {
+            Some(ss) => ((w as f64 * self.stats.health.slow_start_factor(now_ns, ss)) as u64).max(1),
+            None => w,
+        }
     }
     fn active(&self) -> u64 {
         self.stats.active.load(Relaxed)
     }
     fn ewma_ns(&self) -> f64 {
         self.stats.ewma.get()
+    }
+    fn eligible(&self, now_ns: u64) -> bool {
+        self.stats.health.eligible(now_ns)
+    }
+    fn draining(&self) -> bool {
+        self.stats.health.draining.load(Relaxed)
     }
 }
 
@@ -144,6 +173,8 @@ impl Runtime {
                 destinations: r.destinations.clone(),
                 total_weight: r.destinations.iter().map(|d| d.1).sum(),
                 timeout: r.timeout,
+                per_try_timeout: r.per_try_timeout,
+                retry: r.retry.clone(),
                 request_headers: r.request_headers.clone(),
                 response_headers: r.response_headers.clone(),
                 stats: stats.route(&r.name),
@@ -192,13 +223,24 @@ fn compile_cluster(index: usize, c: &ClusterConfig, stats: &StatsRegistry) -> Cl
                 address: e.address,
                 weight: e.weight,
                 stats: stats.endpoint(&c.name, e.address),
+                slow_start: c.slow_start,
             })
             .collect(),
         stats: stats.cluster(&c.name),
+        health_check: c.health_check.clone(),
+        outlier: c.outlier.clone(),
+        panic_threshold: c.panic_threshold,
+        breakers: c.breakers,
+        retry_budget: c.retry_budget,
     }
 }
 
 impl Cluster {
+    /// Endpoint index by address.
+    pub fn endpoint_index(&self, addr: SocketAddr) -> Option<usize> {
+        self.endpoints.iter().position(|e| e.address == addr)
+    }
+
     /// The request's hash key for hashing balancers, if present.
     pub fn hash_of(&self, headers: &http::HeaderMap, client: SocketAddr) -> Option<u64> {
         match self.hash_on.as_ref()? {

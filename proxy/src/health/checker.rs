@@ -1,0 +1,225 @@
+//! The health thread: one prober task per (cluster, endpoint) with an active check,
+//! staggered across the interval; the success-rate sweep; and drain bookkeeping. It
+//! follows reloads by comparing the runtime generation, starting and stopping probers
+//! for what changed. Runs on its own thread so probes never compete with requests.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::verdict::{self, EjectReason, Source, Target, Verdict};
+use crate::balancer::p2c_ewma::now_ns;
+use crate::config::HealthCheckConfig;
+use crate::control::Shared;
+use crate::metrics::EndpointStats;
+
+/// Starts the health thread.
+pub fn start(shared: Arc<Shared>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("health".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "health runtime failed");
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, run(shared));
+    })?;
+    Ok(())
+}
+
+type ProberKey = (Arc<str>, SocketAddr);
+
+struct Prober {
+    config: HealthCheckConfig,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct SweepState {
+    last_ns: u64,
+    /// (total responses, 5xx responses) at the last sweep, per endpoint.
+    seen: HashMap<SocketAddr, (u64, u64)>,
+}
+
+async fn run(shared: Arc<Shared>) {
+    let mut generation = 0;
+    let mut probers: HashMap<ProberKey, Prober> = HashMap::new();
+    let mut sweeps: HashMap<Arc<str>, SweepState> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let rt = shared.runtime.load_full();
+        if rt.generation != generation {
+            generation = rt.generation;
+            sync_probers(&rt, &mut probers);
+        }
+        sweep_success_rate(&rt, &mut sweeps);
+        track_drains(&shared, &rt);
+    }
+}
+
+fn sync_probers(rt: &crate::runtime::Runtime, probers: &mut HashMap<ProberKey, Prober>) {
+    let mut wanted: HashMap<ProberKey, (HealthCheckConfig, Arc<EndpointStats>, usize, usize)> = HashMap::new();
+    for c in &rt.clusters {
+        let Some(hc) = &c.health_check else { continue };
+        let n = c.endpoints.len();
+        for (i, e) in c.endpoints.iter().enumerate() {
+            wanted.insert((c.name.clone(), e.address), (hc.clone(), e.stats.clone(), i, n));
+        }
+    }
+    probers.retain(|key, p| {
+        let keep = wanted.get(key).is_some_and(|(hc, ..)| *hc == p.config);
+        if !keep {
+            p.task.abort();
+        }
+        keep
+    });
+    for (key, (hc, stats, i, n)) in wanted {
+        if probers.contains_key(&key) {
+            continue;
+        }
+        let (cluster, addr) = key.clone();
+        let task = tokio::task::spawn_local(prober(cluster, addr, hc.clone(), stats, i, n));
+        probers.insert(key, Prober { config: hc, task });
+    }
+}
+
+/// Probes one endpoint forever: staggered start, interval plus jitter, rise/fall.
+async fn prober(
+    cluster: Arc<str>,
+    addr: SocketAddr,
+    hc: HealthCheckConfig,
+    stats: Arc<EndpointStats>,
+    i: usize,
+    n: usize,
+) {
+    let target_addr = SocketAddr::new(addr.ip(), hc.port.unwrap_or(addr.port()));
+    let jitter = |hc: &HealthCheckConfig| {
+        if hc.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(fastrand::u64(0..hc.jitter.as_nanos() as u64))
+        }
+    };
+    // Stagger: endpoint i of n starts i/n of the way into the interval.
+    let offset = hc.interval.mul_f64(i as f64 / n.max(1) as f64);
+    tokio::time::sleep(offset + jitter(&hc)).await;
+    let (mut passes, mut fails) = (0u32, 0u32);
+    let h = &stats.health;
+    loop {
+        let result = super::probe::probe(target_addr, &hc.kind, hc.timeout).await;
+        let target = Target {
+            cluster: &cluster,
+            address: addr,
+        };
+        match result {
+            Ok(()) => {
+                h.checks_passed.fetch_add(1, Relaxed);
+                passes += 1;
+                fails = 0;
+                let state = h.active.load(Relaxed);
+                if passes >= hc.rise || (state == super::HEALTHY && h.is_ejected(now_ns())) {
+                    verdict::apply(h, Verdict::Healthy, Source::ActiveCheck, target, None, 0, 0);
+                }
+            }
+            Err(e) => {
+                h.checks_failed.fetch_add(1, Relaxed);
+                fails += 1;
+                passes = 0;
+                tracing::debug!(cluster = &*cluster, endpoint = %addr, error = %e, "health check failed");
+                if fails >= hc.fall {
+                    verdict::apply(h, Verdict::Unhealthy, Source::ActiveCheck, target, None, 0, 0);
+                }
+            }
+        }
+        tokio::time::sleep(hc.interval + jitter(&hc)).await;
+    }
+}
+
+/// Ejects endpoints whose success rate over the last interval is below
+/// mean − factor × stdev of the endpoints with enough requests (Envoy's algorithm).
+fn sweep_success_rate(rt: &crate::runtime::Runtime, sweeps: &mut HashMap<Arc<str>, SweepState>) {
+    let now = now_ns();
+    for c in &rt.clusters {
+        let Some(o) = &c.outlier else { continue };
+        if o.success_rate_min_hosts == 0 {
+            continue;
+        }
+        let st = sweeps.entry(c.name.clone()).or_default();
+        if st.last_ns == 0 {
+            st.last_ns = now;
+        }
+        if now.saturating_sub(st.last_ns) < o.interval.as_nanos() as u64 {
+            continue;
+        }
+        st.last_ns = now;
+        let mut rates = Vec::new();
+        for (i, e) in c.endpoints.iter().enumerate() {
+            let total: u64 = (1..=5).map(|k| e.stats.responses.get(k)).sum();
+            let bad = e.stats.responses.get(5);
+            let (pt, pb) = st.seen.insert(e.address, (total, bad)).unwrap_or((total, bad));
+            let (dt, db) = (total.saturating_sub(pt), bad.saturating_sub(pb));
+            if dt >= o.success_rate_min_requests && !e.stats.health.is_ejected(now) {
+                rates.push((i, 1.0 - db as f64 / dt as f64));
+            }
+        }
+        if rates.len() < o.success_rate_min_hosts {
+            continue;
+        }
+        let mean = rates.iter().map(|r| r.1).sum::<f64>() / rates.len() as f64;
+        let var = rates.iter().map(|r| (r.1 - mean).powi(2)).sum::<f64>() / rates.len() as f64;
+        let threshold = mean - o.success_rate_stdev_factor * var.sqrt();
+        for (i, rate) in rates {
+            if rate < threshold {
+                let e = &c.endpoints[i];
+                let ejected = c.endpoints.iter().filter(|x| x.stats.health.is_ejected(now)).count();
+                verdict::apply(
+                    &e.stats.health,
+                    Verdict::Eject(EjectReason::SuccessRate),
+                    Source::Sweep,
+                    Target {
+                        cluster: &c.name,
+                        address: e.address,
+                    },
+                    Some(o),
+                    ejected,
+                    c.endpoints.len(),
+                );
+            }
+        }
+    }
+}
+
+/// Marks draining endpoints drained once nothing is in flight; warns when a drain
+/// outlasts `drain_timeout`.
+fn track_drains(shared: &Shared, rt: &crate::runtime::Runtime) {
+    let now = now_ns();
+    let timeout = rt.config.server.drain_timeout.as_nanos() as u64;
+    let check = |cluster: &str, addr: SocketAddr, s: &EndpointStats| {
+        let h = &s.health;
+        if !h.draining.load(Relaxed) || h.drained_ns.load(Relaxed) != 0 {
+            return;
+        }
+        let active = s.active.load(Relaxed);
+        if active == 0 {
+            h.drained_ns.store(now, Relaxed);
+            tracing::info!(cluster, endpoint = %addr, "endpoint drained");
+        } else if now.saturating_sub(h.drain_started_ns.load(Relaxed)) > timeout {
+            tracing::warn!(cluster, endpoint = %addr, in_flight = active, "endpoint drain exceeded drain_timeout");
+            h.drain_started_ns.store(now, Relaxed);
+        }
+    };
+    for c in &rt.clusters {
+        for e in &c.endpoints {
+            check(&c.name, e.address, &e.stats);
+        }
+    }
+    for r in shared.removed_endpoints().iter() {
+        check(&r.cluster, r.address, &r.stats);
+    }
+}

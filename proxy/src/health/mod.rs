@@ -1,0 +1,188 @@
+//! Endpoint health: the state every balancer consults, the verdicts that change it,
+//! and the active prober and outlier sweeper that produce verdicts.
+//!
+//! # Endpoint lifecycle
+//!
+//! ```text
+//!            active check passes `rise` times
+//!   unknown ───────────────────────────────▶ healthy ◀──────┐
+//!      │                                       │            │ passes `rise` times
+//!      │ fails `fall` times                    │ fails `fall` times
+//!      ▼                                       ▼            │
+//!  unhealthy ◀───────────────────────────── unhealthy ──────┘
+//!
+//!  any state ── consecutive 5xx / gateway errors / success-rate outlier ──▶ ejected
+//!  ejected ── ejection time elapsed, or an active check passes ──▶ previous state
+//!  any state ── ctl endpoint drain / removed by reload ──▶ draining ──▶ drained (0 active)
+//! ```
+//!
+//! `unknown` endpoints take traffic (a fresh node must serve before its first probe).
+//! Recovered or new endpoints ramp their weight over the cluster's `slow_start`.
+//! Every transition goes through [`verdict::apply`], the single place later work
+//! publishes to the pair.
+
+pub mod checker;
+pub mod probe;
+pub mod verdict;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+
+use crate::config::SlowStart;
+
+/// Active-check state: not yet probed.
+pub const UNKNOWN: u8 = 0;
+/// Active-check state: passing.
+pub const HEALTHY: u8 = 1;
+/// Active-check state: failing.
+pub const UNHEALTHY: u8 = 2;
+
+/// The health of one endpoint, shared by all workers and kept across reloads.
+#[derive(Debug)]
+pub struct EndpointHealth {
+    /// Active-check state (`UNKNOWN`, `HEALTHY`, `UNHEALTHY`).
+    pub active: AtomicU8,
+    /// Ejected until this time (ns since process start); 0 = not ejected.
+    pub ejected_until_ns: AtomicU64,
+    /// Ejections so far (multiplies the next ejection time).
+    pub times_ejected: AtomicU32,
+    /// Consecutive 5xx responses seen on real traffic.
+    pub consecutive_5xx: AtomicU32,
+    /// Consecutive gateway errors seen on real traffic.
+    pub consecutive_gateway: AtomicU32,
+    /// When it last became able to take traffic (slow start counts from here).
+    pub ready_since_ns: AtomicU64,
+    /// Set while it is drained: no new requests.
+    pub draining: AtomicBool,
+    /// When the drain began (ns since start; 0 = never).
+    pub drain_started_ns: AtomicU64,
+    /// When the drain found no request in flight (0 = not yet).
+    pub drained_ns: AtomicU64,
+    /// Ejections by reason: consecutive 5xx.
+    pub ejections_5xx: AtomicU64,
+    /// Ejections by reason: consecutive gateway errors.
+    pub ejections_gateway: AtomicU64,
+    /// Ejections by reason: success-rate outlier.
+    pub ejections_success_rate: AtomicU64,
+    /// Ejections refused by max_ejection_percent.
+    pub ejections_refused: AtomicU64,
+    /// Active probes passed.
+    pub checks_passed: AtomicU64,
+    /// Active probes failed.
+    pub checks_failed: AtomicU64,
+}
+
+impl Default for EndpointHealth {
+    fn default() -> Self {
+        Self {
+            active: AtomicU8::new(UNKNOWN),
+            ejected_until_ns: AtomicU64::new(0),
+            times_ejected: AtomicU32::new(0),
+            consecutive_5xx: AtomicU32::new(0),
+            consecutive_gateway: AtomicU32::new(0),
+            ready_since_ns: AtomicU64::new(crate::balancer::p2c_ewma::now_ns()),
+            draining: AtomicBool::new(false),
+            drain_started_ns: AtomicU64::new(0),
+            drained_ns: AtomicU64::new(0),
+            ejections_5xx: AtomicU64::new(0),
+            ejections_gateway: AtomicU64::new(0),
+            ejections_success_rate: AtomicU64::new(0),
+            ejections_refused: AtomicU64::new(0),
+            checks_passed: AtomicU64::new(0),
+            checks_failed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl EndpointHealth {
+    /// Whether the endpoint is currently ejected by outlier detection.
+    pub fn is_ejected(&self, now_ns: u64) -> bool {
+        self.ejected_until_ns.load(Relaxed) > now_ns
+    }
+
+    /// Whether it may take new requests.
+    pub fn eligible(&self, now_ns: u64) -> bool {
+        self.active.load(Relaxed) != UNHEALTHY && !self.is_ejected(now_ns) && !self.draining.load(Relaxed)
+    }
+
+    /// The fraction (min..=1) of its weight it gets now under slow start.
+    pub fn slow_start_factor(&self, now_ns: u64, ss: &SlowStart) -> f64 {
+        let since = self
+            .ready_since_ns
+            .load(Relaxed)
+            .max(self.ejected_until_ns.load(Relaxed));
+        let elapsed = now_ns.saturating_sub(since) as f64;
+        let window = ss.window.as_nanos() as f64;
+        if elapsed >= window {
+            return 1.0;
+        }
+        (elapsed / window).powf(1.0 / ss.aggression).max(ss.min_weight)
+    }
+
+    /// A short name of the state for status pages and metrics.
+    pub fn state_name(&self, now_ns: u64) -> &'static str {
+        if self.draining.load(Relaxed) {
+            return if self.drained_ns.load(Relaxed) > 0 {
+                "drained"
+            } else {
+                "draining"
+            };
+        }
+        if self.is_ejected(now_ns) {
+            return "ejected";
+        }
+        match self.active.load(Relaxed) {
+            HEALTHY => "healthy",
+            UNHEALTHY => "unhealthy",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Passive outlier detection: counts consecutive 5xx and gateway errors of real
+/// traffic to endpoint `idx` and ejects through [`verdict::apply`] when a threshold is
+/// reached. `status` is the status the client saw (a local 502/503/504 for failures);
+/// `gateway_failure` marks connect failures, resets and timeouts.
+pub fn observe_passive(cluster: &crate::runtime::Cluster, idx: usize, status: u16, gateway_failure: bool) {
+    let Some(o) = &cluster.outlier else { return };
+    let ep = &cluster.endpoints[idx];
+    let h = &ep.stats.health;
+    let is_5xx = status >= 500;
+    let is_gateway = gateway_failure || matches!(status, 502..=504);
+    let n5 = if is_5xx {
+        h.consecutive_5xx.fetch_add(1, Relaxed) + 1
+    } else {
+        h.consecutive_5xx.store(0, Relaxed);
+        0
+    };
+    let ng = if is_gateway {
+        h.consecutive_gateway.fetch_add(1, Relaxed) + 1
+    } else {
+        h.consecutive_gateway.store(0, Relaxed);
+        0
+    };
+    let reason = if o.consecutive_gateway_errors > 0 && ng >= o.consecutive_gateway_errors {
+        verdict::EjectReason::ConsecutiveGateway
+    } else if o.consecutive_5xx > 0 && n5 >= o.consecutive_5xx {
+        verdict::EjectReason::Consecutive5xx
+    } else {
+        return;
+    };
+    let now = crate::balancer::p2c_ewma::now_ns();
+    let ejected = cluster
+        .endpoints
+        .iter()
+        .filter(|e| e.stats.health.is_ejected(now))
+        .count();
+    verdict::apply(
+        h,
+        verdict::Verdict::Eject(reason),
+        verdict::Source::Passive,
+        verdict::Target {
+            cluster: &cluster.name,
+            address: ep.address,
+        },
+        Some(o),
+        ejected,
+        cluster.endpoints.len(),
+    );
+}
