@@ -434,6 +434,139 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
             }
         }
     }
+    type ClusterField = fn(&ClusterStats) -> &AtomicU64;
+    let cfields: [(&str, &str, bool, ClusterField); 5] = [
+        ("tandem_cluster_retries_total", "Retries started.", true, |s| &s.retries),
+        ("tandem_cluster_retries_active", "Retries in flight.", false, |s| {
+            &s.retries_active
+        }),
+        (
+            "tandem_cluster_retry_budget_exhausted_total",
+            "Retries refused by the retry budget.",
+            true,
+            |s| &s.retry_budget_exhausted,
+        ),
+        (
+            "tandem_cluster_upstream_connections",
+            "Upstream connections open.",
+            false,
+            |s| &s.upstream_connections,
+        ),
+        (
+            "tandem_cluster_pending_requests",
+            "Requests waiting for an upstream connection.",
+            false,
+            |s| &s.pending,
+        ),
+    ];
+    for (name, help, is_counter, field) in cfields {
+        if is_counter {
+            counter(&mut out, name, help);
+        } else {
+            gauge(&mut out, name, help);
+        }
+        for c in &rt.clusters {
+            let _ = writeln!(
+                out,
+                "{name}{{cluster=\"{}\"}} {}",
+                c.name,
+                field(&c.stats).load(Relaxed)
+            );
+        }
+    }
+    counter(
+        &mut out,
+        "tandem_cluster_breaker_overflows_total",
+        "Requests refused by a circuit breaker (503).",
+    );
+    for c in &rt.clusters {
+        for (i, limit) in crate::error::Limit::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tandem_cluster_breaker_overflows_total{{cluster=\"{}\",limit=\"{}\"}} {}",
+                c.name,
+                limit.as_str(),
+                c.stats.breaker_overflows[i].load(Relaxed)
+            );
+        }
+    }
+    let now = crate::balancer::p2c_ewma::now_ns();
+    gauge(
+        &mut out,
+        "tandem_endpoint_healthy",
+        "1 when the endpoint takes new requests (not unhealthy, ejected or draining).",
+    );
+    for c in &rt.clusters {
+        for e in &c.endpoints {
+            let _ = writeln!(
+                out,
+                "tandem_endpoint_healthy{{cluster=\"{}\",endpoint=\"{}\",state=\"{}\"}} {}",
+                c.name,
+                e.address,
+                e.stats.health.state_name(now),
+                u8::from(e.stats.health.eligible(now))
+            );
+        }
+    }
+    counter(
+        &mut out,
+        "tandem_endpoint_ejections_total",
+        "Outlier ejections by reason.",
+    );
+    for c in &rt.clusters {
+        for e in &c.endpoints {
+            let h = &e.stats.health;
+            for (reason, v) in [
+                ("consecutive_5xx", &h.ejections_5xx),
+                ("consecutive_gateway_errors", &h.ejections_gateway),
+                ("success_rate", &h.ejections_success_rate),
+                ("refused_max_percent", &h.ejections_refused),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "tandem_endpoint_ejections_total{{cluster=\"{}\",endpoint=\"{}\",reason=\"{reason}\"}} {}",
+                    c.name,
+                    e.address,
+                    v.load(Relaxed)
+                );
+            }
+        }
+    }
+    counter(
+        &mut out,
+        "tandem_endpoint_health_checks_total",
+        "Active health probes by result.",
+    );
+    for c in &rt.clusters {
+        for e in &c.endpoints {
+            let h = &e.stats.health;
+            for (result, v) in [("pass", &h.checks_passed), ("fail", &h.checks_failed)] {
+                let _ = writeln!(
+                    out,
+                    "tandem_endpoint_health_checks_total{{cluster=\"{}\",endpoint=\"{}\",result=\"{result}\"}} {}",
+                    c.name,
+                    e.address,
+                    v.load(Relaxed)
+                );
+            }
+        }
+    }
+    gauge(
+        &mut out,
+        "tandem_endpoint_weight_effective",
+        "Effective weight (slow start applied).",
+    );
+    for c in &rt.clusters {
+        for e in &c.endpoints {
+            let _ = writeln!(
+                out,
+                "tandem_endpoint_weight_effective{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                c.name,
+                e.address,
+                crate::balancer::Candidate::weight(e, now) as f64 / 1000.0
+            );
+        }
+    }
     gauge(
         &mut out,
         "tandem_endpoint_ewma_latency_seconds",

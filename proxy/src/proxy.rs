@@ -579,6 +579,12 @@ fn local_error(
         http::HeaderName::from_static("x-tandem-error"),
         HeaderValue::from_static(e.reason()),
     );
+    if let ProxyError::Overflow(limit) = e {
+        h.insert(
+            http::HeaderName::from_static("x-tandem-overflow"),
+            HeaderValue::from_static(limit.as_str()),
+        );
+    }
     resp
 }
 

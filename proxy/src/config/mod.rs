@@ -368,6 +368,8 @@ pub struct HealthCheckConfig {
     pub jitter: Duration,
     /// Port override.
     pub port: Option<u16>,
+    /// Set from the cluster's outlier detection: a pass ends an ejection.
+    pub uneject: bool,
 }
 
 /// Validated outlier detection.
@@ -391,6 +393,8 @@ pub struct OutlierConfig {
     pub max_ejection_time: Duration,
     /// Max ejected share, 0–100.
     pub max_ejection_percent: u32,
+    /// A passing active check ends an ejection.
+    pub uneject_on_active_check: bool,
 }
 
 /// Slow-start ramp.

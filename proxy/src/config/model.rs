@@ -376,6 +376,10 @@ pub struct OutlierSection {
     /// At most this percentage of a cluster's endpoints ejected at once.
     #[serde(default = "default_max_ejection_percent")]
     pub max_ejection_percent: u32,
+    /// A passing active check ends an ejection early. Off by default: a gray failure
+    /// (slow or failing on real traffic, green health endpoint) would return at once.
+    #[serde(default)]
+    pub uneject_on_active_check: bool,
 }
 
 /// `[cluster.circuit_breakers]`: overflow answers 503 at once.

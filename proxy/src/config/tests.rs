@@ -167,3 +167,48 @@ fn display_is_file_line_col_key_message_hint() {
         "conf/tandem.toml:12:11: route[0].cluster: route points at cluster `apii`, which does not exist; did you mean `api`?"
     );
 }
+
+#[test]
+fn per_try_timeout_longer_than_route_total_is_refused() {
+    let i = one(&BASE.replace(
+        "cluster = \"api\"\n",
+        "cluster = \"api\"\ntimeout = \"2s\"\nper_try_timeout = \"5s\"\n",
+    ));
+    assert_eq!(i.key, "route[0].per_try_timeout");
+    assert!(i.message.contains("longer than the route timeout"), "{}", i.message);
+}
+
+#[test]
+fn timeout_inversions_are_warnings() {
+    let c = load_str(
+        "t.toml",
+        &BASE
+            .replace("name = \"api\"\n", "name = \"api\"\nconnect_timeout = \"3s\"\n")
+            .replace("cluster = \"api\"\n", "cluster = \"api\"\nper_try_timeout = \"1s\"\n"),
+    )
+    .unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].message.contains("connect_timeout"));
+}
+
+#[test]
+fn health_and_retry_settings_are_checked() {
+    let text = BASE
+        .replace(
+            "name = \"api\"\n",
+            "name = \"api\"\nhealth_check = { kind = \"udp\" }\noutlier_detection = { max_ejection_percent = 150 }\n",
+        )
+        .replace(
+            "cluster = \"api\"\n",
+            "cluster = \"api\"\nretry_on = [\"5xxx\", \"retriable-status\"]\n",
+        );
+    let v = issues(&text);
+    assert!(v.iter().any(|i| i.key == "cluster[0].health_check.kind"), "{v:#?}");
+    assert!(v
+        .iter()
+        .any(|i| i.key == "cluster[0].outlier_detection.max_ejection_percent"));
+    assert!(v
+        .iter()
+        .any(|i| i.key == "route[0].retry_on[0]" && i.hint.as_deref() == Some("did you mean `5xx`?")));
+    assert!(v.iter().any(|i| i.key == "route[0].retriable_statuses"));
+}

@@ -123,6 +123,7 @@ impl Checker<'_> {
             fall: h.fall.max(1),
             jitter,
             port: h.port,
+            uneject: false,
         })
     }
     fn at(&mut self, span: &SpannedStr, key: String, message: String, hint: Option<String>) {
@@ -479,6 +480,7 @@ pub(crate) fn validate(
                 base_ejection_time: c.dur(&o.base_ejection_time, format!("{k}.base_ejection_time")),
                 max_ejection_time: c.dur(&o.max_ejection_time, format!("{k}.max_ejection_time")),
                 max_ejection_percent: o.max_ejection_percent.min(100),
+                uneject_on_active_check: o.uneject_on_active_check,
             }
         });
         let slow_window = c.dur(&cl.slow_start, format!("{key}.slow_start"));

@@ -67,6 +67,8 @@ fn sync_probers(rt: &crate::runtime::Runtime, probers: &mut HashMap<ProberKey, P
     let mut wanted: HashMap<ProberKey, (HealthCheckConfig, Arc<EndpointStats>, usize, usize)> = HashMap::new();
     for c in &rt.clusters {
         let Some(hc) = &c.health_check else { continue };
+        let mut hc = hc.clone();
+        hc.uneject = c.outlier.as_ref().is_some_and(|o| o.uneject_on_active_check);
         let n = c.endpoints.len();
         for (i, e) in c.endpoints.iter().enumerate() {
             wanted.insert((c.name.clone(), e.address), (hc.clone(), e.stats.clone(), i, n));
@@ -122,9 +124,11 @@ async fn prober(
                 h.checks_passed.fetch_add(1, Relaxed);
                 passes += 1;
                 fails = 0;
-                let state = h.active.load(Relaxed);
-                if passes >= hc.rise || (state == super::HEALTHY && h.is_ejected(now_ns())) {
+                if passes >= hc.rise && h.active.load(Relaxed) != super::HEALTHY {
                     verdict::apply(h, Verdict::Healthy, Source::ActiveCheck, target, None, 0, 0);
+                }
+                if hc.uneject && h.is_ejected(now_ns()) {
+                    verdict::apply(h, Verdict::Uneject, Source::ActiveCheck, target, None, 0, 0);
                 }
             }
             Err(e) => {
@@ -132,7 +136,7 @@ async fn prober(
                 fails += 1;
                 passes = 0;
                 tracing::debug!(cluster = &*cluster, endpoint = %addr, error = %e, "health check failed");
-                if fails >= hc.fall {
+                if fails >= hc.fall && h.active.load(Relaxed) != super::UNHEALTHY {
                     verdict::apply(h, Verdict::Unhealthy, Source::ActiveCheck, target, None, 0, 0);
                 }
             }

@@ -40,6 +40,8 @@ pub enum Verdict {
     Unhealthy,
     /// Outlier detection wants it out of rotation.
     Eject(EjectReason),
+    /// An ejection ends early (a passing active check, when configured).
+    Uneject,
     /// The operator (or a reload) drains it.
     Drain,
     /// The operator returns it to rotation.
@@ -83,16 +85,19 @@ pub fn apply(
     match verdict {
         Verdict::Healthy => {
             let was = h.active.swap(HEALTHY, Relaxed);
-            // A passing active check also ends an ejection early.
-            let was_ejected = h.is_ejected(now);
-            if was_ejected {
-                h.ejected_until_ns.store(now, Relaxed);
-            }
-            if was != HEALTHY || was_ejected {
-                if was == UNHEALTHY || was_ejected {
+            if was != HEALTHY {
+                if was == UNHEALTHY {
                     h.ready_since_ns.store(now, Relaxed);
                 }
                 tracing::info!(cluster = target.cluster, endpoint = %target.address, ?source, "endpoint healthy");
+                return true;
+            }
+            false
+        }
+        Verdict::Uneject => {
+            if h.is_ejected(now) {
+                h.ejected_until_ns.store(now, Relaxed);
+                tracing::info!(cluster = target.cluster, endpoint = %target.address, ?source, "ejection ended early");
                 return true;
             }
             false

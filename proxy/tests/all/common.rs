@@ -27,15 +27,19 @@ pub fn free_port() -> u16 {
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
+    /// Requests other than /healthz.
     pub hits: Arc<AtomicU64>,
+    /// /healthz requests.
+    pub health_hits: Arc<AtomicU64>,
     pub delay: Arc<Mutex<Duration>>,
     pub status: Arc<Mutex<u16>>,
     task: tokio::task::JoinHandle<()>,
+    kill: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.task.abort();
+        self.kill();
     }
 }
 
@@ -50,19 +54,35 @@ impl Backend {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
+        let health_hits = Arc::new(AtomicU64::new(0));
         let delay = Arc::new(Mutex::new(Duration::ZERO));
         let status = Arc::new(Mutex::new(200u16));
-        let (h, d, s, n) = (hits.clone(), delay.clone(), status.clone(), name.to_string());
+        let (kill, killed) = tokio::sync::watch::channel(false);
+        let (h, hh, d, s, n) = (
+            hits.clone(),
+            health_hits.clone(),
+            delay.clone(),
+            status.clone(),
+            name.to_string(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (h, d, s, n) = (h.clone(), d.clone(), s.clone(), n.clone());
+                let (h, hh, d, s, n) = (h.clone(), hh.clone(), d.clone(), s.clone(), n.clone());
+                let mut killed = killed.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                        let (h, d, s, n) = (h.clone(), d.clone(), s.clone(), n.clone());
+                        let (h, hh, d, s, n) = (h.clone(), hh.clone(), d.clone(), s.clone(), n.clone());
                         async move {
+                            if req.uri().path() == "/healthz" {
+                                hh.fetch_add(1, Ordering::Relaxed);
+                                let _ = req.into_body().collect().await;
+                                return Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                                    b"ok\n",
+                                ))));
+                            }
                             h.fetch_add(1, Ordering::Relaxed);
                             let delay = *d.lock().unwrap();
                             let status = *s.lock().unwrap();
@@ -97,9 +117,12 @@ impl Backend {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = killed.wait_for(|k| *k) => {}
+                    }
                 });
             }
         });
@@ -107,10 +130,18 @@ impl Backend {
             addr,
             name: name.into(),
             hits,
+            health_hits,
             delay,
             status,
             task,
+            kill,
         }
+    }
+
+    /// Stops accepting and closes every open connection (like a killed process).
+    pub fn kill(&self) {
+        self.task.abort();
+        let _ = self.kill.send(true);
     }
 
     pub fn hits(&self) -> u64 {

@@ -7,6 +7,8 @@ mod admin;
 mod balancing;
 mod cli;
 mod errors;
+mod health;
 mod lifecycle;
 mod limits;
+mod resilience;
 mod routing;
