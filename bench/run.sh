@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs Tandem, HAProxy and nginx side by side against the same loopback backends and
-# prints throughput, latency, requests per proxy-CPU-second and the ratios.
+# Runs Tandem, HAProxy and nginx side by side against the same loopback backends:
+# the HTTP/1.1 keep-alive benchmark (throughput, latency, requests per proxy-CPU-second,
+# ratios) and the gray-failure benchmark (one slow backend with a green /healthz).
 # Usage: bench/run.sh [seconds-per-run]   (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +21,5 @@ systemctl stop nginx haproxy >/dev/null 2>&1 || true
 
 ulimit -n 65536 2>/dev/null || true
 cargo build --release --quiet
-exec python3 bench/l7.py --tandem target/release/tandem --seconds "${1:-10}"
+python3 bench/l7.py --tandem target/release/tandem --seconds "${1:-10}"
+python3 bench/gray_failure.py --tandem target/release/tandem

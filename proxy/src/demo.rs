@@ -25,21 +25,36 @@ pub const DEMO_BACKENDS: [(&str, &str); 3] = [
 /// The embedded demo configuration (also shipped as deploy/examples/demo.toml).
 pub const DEMO_CONFIG: &str = include_str!("../../deploy/examples/demo.toml");
 
+/// A demo backend's name and switchable behaviour.
+#[derive(Debug, Default)]
+pub struct BackendState {
+    /// Its name (answered in the body and `x-backend`).
+    pub name: String,
+    /// Delay added to every request but /healthz (set with `/_control?delay_ms=N`).
+    pub delay_ms: std::sync::atomic::AtomicU64,
+    /// Status for every request but /healthz (0 = 200; `/_control?status=N`).
+    pub status: std::sync::atomic::AtomicU64,
+    /// Requests served, /healthz and /_ paths excluded (read with `/_stats`).
+    pub hits: std::sync::atomic::AtomicU64,
+}
+
 /// Serves a demo backend on `listener` until the runtime stops.
 ///
 /// - any path: `200 backend NAME`, header `x-backend: NAME`;
 /// - `?delay_ms=N`: answers after N ms; `?status=N`: answers with status N;
 /// - `/headers`: echoes the request head (for checking what the proxy sent);
-/// - `/healthz`: `200 ok`, never delayed.
-pub async fn serve_backend(listener: tokio::net::TcpListener, name: Arc<str>) {
+/// - `/healthz`: `200 ok`, never delayed (a gray failure keeps it green);
+/// - `/_control?delay_ms=N&status=N`: changes the behaviour of all later requests;
+/// - `/_stats`: the number of requests served.
+pub async fn serve_backend(listener: tokio::net::TcpListener, state: Arc<BackendState>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let name = name.clone();
+        let state = state.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| answer(name.clone(), req));
+            let svc = service_fn(move |req| answer(state.clone(), req));
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
@@ -47,9 +62,14 @@ pub async fn serve_backend(listener: tokio::net::TcpListener, name: Arc<str>) {
     }
 }
 
-async fn answer(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let mut delay = 0u64;
-    let mut status = 200u16;
+async fn answer(state: Arc<BackendState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let name = state.name.as_str();
+    let mut delay = state.delay_ms.load(Relaxed);
+    let mut status = match state.status.load(Relaxed) {
+        0 => 200u16,
+        s => s as u16,
+    };
     if let Some(q) = req.uri().query() {
         for pair in q.split('&') {
             match pair.split_once('=') {
@@ -60,6 +80,24 @@ async fn answer(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<
         }
     }
     let path = req.uri().path().to_string();
+    if path == "/_control" {
+        if let Some(q) = req.uri().query() {
+            for pair in q.split('&') {
+                match pair.split_once('=') {
+                    Some(("delay_ms", v)) => state.delay_ms.store(v.parse().unwrap_or(0), Relaxed),
+                    Some(("status", v)) => state.status.store(v.parse().unwrap_or(0), Relaxed),
+                    _ => {}
+                }
+            }
+        }
+        return Ok(Response::new(Full::new(Bytes::from("ok\n"))));
+    }
+    if path == "/_stats" {
+        return Ok(Response::new(Full::new(Bytes::from(format!("{}\n", state.hits.load(Relaxed))))));
+    }
+    if path != "/healthz" {
+        state.hits.fetch_add(1, Relaxed);
+    }
     let body = if path == "/headers" {
         let mut s = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
         for (k, v) in req.headers() {
@@ -106,7 +144,11 @@ pub fn spawn_backends(backends: Vec<(String, SocketAddr)>, threads: usize) -> st
             for (name, l) in bound {
                 match tokio::net::TcpListener::from_std(l) {
                     Ok(l) => {
-                        tokio::spawn(serve_backend(l, name.into()));
+                        let state = Arc::new(BackendState {
+                            name,
+                            ..Default::default()
+                        });
+                        tokio::spawn(serve_backend(l, state));
                     }
                     Err(e) => tracing::error!(error = %e, "backend listener failed"),
                 }
