@@ -93,7 +93,10 @@ async fn answer(state: Arc<BackendState>, req: Request<Incoming>) -> Result<Resp
         return Ok(Response::new(Full::new(Bytes::from("ok\n"))));
     }
     if path == "/_stats" {
-        return Ok(Response::new(Full::new(Bytes::from(format!("{}\n", state.hits.load(Relaxed))))));
+        return Ok(Response::new(Full::new(Bytes::from(format!(
+            "{}\n",
+            state.hits.load(Relaxed)
+        )))));
     }
     if path != "/healthz" {
         state.hits.fetch_add(1, Relaxed);

@@ -14,7 +14,7 @@
 
 use std::convert::Infallible;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -109,23 +109,10 @@ async fn proxy_request(
         r.cluster = Some(cluster.name.clone());
     }
     admit(cluster)?;
-    cluster.stats.active.fetch_add(1, Relaxed);
-    let result = tokio::time::timeout(
-        route.timeout,
-        attempts(worker, conn, rt, route, cluster, req, rec, start),
-    )
-    .await;
-    let (resp, ep_idx, upstream_conn) = match result {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
-            cluster.stats.active.fetch_sub(1, Relaxed);
-            return Err(e);
-        }
-        Err(_) => {
-            cluster.stats.active.fetch_sub(1, Relaxed);
-            return Err(ProxyError::Timeout);
-        }
-    };
+    let cluster_in_flight = InFlight::new(&cluster.stats.active);
+    // The route timeout bounds every try (and the backoff between them) inside.
+    let (resp, ep_idx, upstream_conn) = attempts(worker, conn, rt, route, cluster, req, rec, start).await?;
+    cluster_in_flight.hand_over();
     let endpoint = &cluster.endpoints[ep_idx];
     let upstream_time = start.elapsed();
     let resp = prepare_downstream_response(resp, route);
@@ -192,9 +179,11 @@ async fn attempts(
     let mut streamed = None;
     let (parts, body) = req.into_parts();
     match policy {
-        Some(p) => match buffer_body(body, p.buffer_bytes).await? {
-            Ok(bytes) => replay = Some((parts, bytes)),
-            Err(body) => streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body))),
+        Some(p) => match tokio::time::timeout(route.timeout, buffer_body(body, p.buffer_bytes)).await {
+            Ok(Ok(Ok(bytes))) => replay = Some((parts, bytes)),
+            Ok(Ok(Err(body))) => streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body))),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(ProxyError::Timeout),
         },
         None => streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body))),
     }
@@ -203,6 +192,7 @@ async fn attempts(
 
     let mut tried: u64 = 0;
     let mut attempt = 0u32;
+    let mut retrying: Option<InFlight<'_>> = None;
     loop {
         attempt += 1;
         let ep_idx = pick_endpoint(worker, rt, cluster, hash, tried)?;
@@ -219,23 +209,23 @@ async fn attempts(
             (None, Some(r)) => r,
             (None, None) => unreachable!("a streamed request is sent once"),
         };
-        let is_retry = attempt > 1;
-        endpoint.stats.active.fetch_add(1, Relaxed);
-        let outcome: Attempt = match tokio::time::timeout(
-            route.per_try_timeout,
-            exchange(worker, cluster, ep_idx, upstream_req, start),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                endpoint.stats.timeouts.fetch_add(1, Relaxed);
-                Err(ProxyError::Timeout)
+        // Counted in flight until the response body ends (the completion takes the
+        // count over) or this attempt is abandoned, whichever comes first.
+        let in_flight = InFlight::new(&endpoint.stats.active);
+        // One timer per try: the per-try timeout, cut to what is left of the route's.
+        let try_timeout = route.per_try_timeout.min(route.timeout.saturating_sub(start.elapsed()));
+        let outcome: Attempt = if try_timeout.is_zero() {
+            Err(ProxyError::Timeout)
+        } else {
+            match tokio::time::timeout(try_timeout, exchange(worker, cluster, ep_idx, upstream_req, start)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    endpoint.stats.timeouts.fetch_add(1, Relaxed);
+                    Err(ProxyError::Timeout)
+                }
             }
         };
-        if is_retry {
-            cluster.stats.retries_active.fetch_sub(1, Relaxed);
-        }
+        drop(retrying.take());
         let status = match &outcome {
             Ok((resp, _)) => resp.status().as_u16(),
             Err(e) => e.status().as_u16(),
@@ -247,17 +237,51 @@ async fn attempts(
         let retry = policy.is_some_and(|p| attempt < max_attempts && should_retry(p, &outcome));
         if !retry || !reserve_retry(cluster) {
             return match outcome {
-                Ok((resp, c)) => Ok((resp, ep_idx, c)),
+                Ok((resp, c)) => {
+                    in_flight.hand_over();
+                    Ok((resp, ep_idx, c))
+                }
                 Err(e) => Err(e),
             };
         }
-        // This attempt's answer is discarded; its endpoint count is released here.
-        if outcome.is_ok() {
-            endpoint.stats.active.fetch_sub(1, Relaxed);
-        }
+        // This attempt's answer is discarded (its in-flight count goes with it).
         drop(outcome);
+        drop(in_flight);
+        retrying = Some(InFlight::adopt(&cluster.stats.retries_active));
         if let Some(p) = policy {
-            backoff(p, attempt).await;
+            let left = route.timeout.saturating_sub(start.elapsed());
+            if tokio::time::timeout(left, backoff(p, attempt)).await.is_err() {
+                return Err(ProxyError::Timeout);
+            }
+        }
+    }
+}
+
+/// Holds one unit of an in-flight gauge and gives it back when dropped, so a request
+/// abandoned at any await point (client gone, timeout) never leaks a count.
+struct InFlight<'a>(Option<&'a AtomicU64>);
+
+impl<'a> InFlight<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Relaxed);
+        InFlight(Some(gauge))
+    }
+
+    /// Takes over a unit that was already added.
+    fn adopt(gauge: &'a AtomicU64) -> Self {
+        InFlight(Some(gauge))
+    }
+
+    /// Keeps the unit: someone else (the response completion) gives it back.
+    fn hand_over(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(g) = self.0 {
+            g.fetch_sub(1, Relaxed);
         }
     }
 }
@@ -530,7 +554,6 @@ fn observe(route: &Route, cluster: &Cluster, ep_idx: usize, status: u16, upstrea
 /// Stage 8 for an attempt that got no response.
 fn observe_failure(route: &Route, cluster: &Cluster, ep_idx: usize, e: ProxyError) {
     let ep = &cluster.endpoints[ep_idx];
-    ep.stats.active.fetch_sub(1, Relaxed);
     let status = e.status().as_u16();
     ep.stats.responses.record(status);
     cluster.stats.responses.record(status);

@@ -162,3 +162,32 @@ async fn per_try_timeout_retries_a_slow_endpoint_elsewhere() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_requests_release_their_in_flight_counts() {
+    bounded(30, async {
+        let b = Backend::start("b").await;
+        *b.delay.lock().unwrap() = Duration::from_millis(400);
+        let body = format!(
+            "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\ntimeout = \"250ms\"\n\n\
+[[route]]\nname = \"long\"\npath_prefix = \"/long\"\ncluster = \"c\"\n",
+            b.addr
+        );
+        let proxy = Proxy::start(&body);
+        // Clients that give up mid-request, and requests the route timeout cuts off.
+        for _ in 0..5 {
+            let addr = proxy.addr;
+            let t = tokio::spawn(async move { Client::h1(addr).await.get("x", "/long", &[]).await });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            t.abort();
+        }
+        let mut c = Client::h1(proxy.addr).await;
+        for _ in 0..3 {
+            assert_eq!(c.get("x", "/", &[]).await.unwrap().status, 504);
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(proxy.metric("tandem_cluster_active_requests{cluster=\"c\"}"), 0.0);
+        assert_eq!(proxy.metric(&format!("tandem_endpoint_active_requests{{cluster=\"c\",endpoint=\"{}\"}}", b.addr)), 0.0);
+    })
+    .await;
+}
