@@ -241,3 +241,86 @@ async fn drained_endpoint_finishes_in_flight_and_takes_nothing_new() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_rate_outlier_is_ejected_by_the_sweep() {
+    bounded(60, async {
+        let bs = [
+            Backend::start("b0").await,
+            Backend::start("b1").await,
+            Backend::start("b2").await,
+            Backend::start("b3").await,
+            Backend::start("b4").await,
+        ];
+        let eps: Vec<String> = bs.iter().map(|b| format!("{{ address = \"{}\" }}", b.addr)).collect();
+        let body = format!(
+            "[[cluster]]\nname = \"c\"\nendpoints = [{}]\n\
+outlier_detection = {{ consecutive_5xx = 0, consecutive_gateway_errors = 0, interval = \"1s\", success_rate_min_requests = 20, success_rate_min_hosts = 3, success_rate_stdev_factor = 1.0 }}\n\n\
+[[route]]\nname = \"r\"\ncluster = \"c\"\n",
+            eps.join(", ")
+        );
+        let proxy = Proxy::start(&body);
+        // b0 fails every 2nd request: never 5 in a row, but a far worse success rate.
+        let flaky = bs[0].addr;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let toggler = {
+            let status = bs[0].status.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut bad = false;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    bad = !bad;
+                    *status.lock().unwrap() = if bad { 500 } else { 200 };
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            })
+        };
+        let t = Instant::now();
+        while endpoint_state(&proxy, flaky) != "ejected" {
+            load(proxy.addr, "x", "/", 200, 4, &[]).await;
+            assert!(t.elapsed() < Duration::from_secs(10), "success-rate outlier not ejected");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        toggler.await.unwrap();
+        assert_eq!(proxy.metric(&format!("tandem_endpoint_ejections_total{{cluster=\"c\",endpoint=\"{flaky}\",reason=\"success_rate\"}}")), 1.0);
+        for b in &bs[1..] {
+            assert_eq!(endpoint_state(&proxy, b.addr), "unknown", "healthy peers stay in rotation");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_checks_with_send_and_expect() {
+    bounded(30, async {
+        // A line server answering PONG to PING, and one answering nonsense.
+        async fn line_server(reply: &'static [u8]) -> std::net::SocketAddr {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut s, _)) = l.accept().await else { continue };
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 64];
+                        if s.read(&mut buf).await.unwrap_or(0) > 0 {
+                            let _ = s.write_all(reply).await;
+                        }
+                    });
+                }
+            });
+            addr
+        }
+        let good = line_server(b"+PONG\r\n").await;
+        let bad = line_server(b"-ERR\r\n").await;
+        let body = format!(
+            "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{good}\" }}, {{ address = \"{bad}\" }}]\n\
+health_check = {{ kind = \"tcp\", send = \"PING\\r\\n\", expect = \"PONG\", interval = \"100ms\", timeout = \"100ms\", rise = 1, fall = 1 }}\n\n\
+[[route]]\nname = \"r\"\ncluster = \"c\"\n"
+        );
+        let proxy = Proxy::start(&body);
+        wait_state(&proxy, good, "healthy", Duration::from_secs(3)).await;
+        wait_state(&proxy, bad, "unhealthy", Duration::from_secs(3)).await;
+    })
+    .await;
+}
