@@ -15,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
+
 use tokio::sync::Notify;
 
 use crate::metrics::ListenerStats;
@@ -23,8 +24,10 @@ use crate::worker::{LocalExec, Worker};
 /// Per-connection facts and counters the request handler reads and updates.
 #[derive(Debug)]
 pub struct ConnState {
-    /// Client address.
+    /// Client address (from the PROXY header when a trusted front sent one).
     pub client: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
     /// Listener index.
     pub listener: usize,
     /// Requests started on this connection.
@@ -42,14 +45,125 @@ pub struct ConnState {
     action: Cell<Action>,
     /// The connection task's waker, for the watcher.
     waker: RefCell<Option<Waker>>,
+    /// TLS facts when the listener terminates TLS.
+    pub tls: Option<TlsInfo>,
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve(worker: Rc<Worker>, idx: usize, stream: TcpStream, peer: SocketAddr, stats: Arc<ListenerStats>) {
+/// What the TLS handshake established.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// Server name the client asked for.
+    pub sni: Option<String>,
+    /// Subject of the verified client certificate (mTLS), as a header value.
+    pub client_subject: Option<http::HeaderValue>,
+}
+
+/// Counts a downstream connection open (listener and process) until dropped.
+struct OpenConn<'a>(&'a ListenerStats, &'a crate::control::Shared);
+
+impl Drop for OpenConn<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+        self.1.connections.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Takes an accepted connection through its listener's front stages — a PROXY protocol
+/// header from a trusted source, then TLS or L4 — and serves it.
+pub async fn accept(
+    worker: Rc<Worker>,
+    idx: usize,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    stats: Arc<ListenerStats>,
+) {
     let shared = worker.shared.clone();
     shared.connections.fetch_add(1, Relaxed);
+    let _open = OpenConn(&stats, &shared);
+    let lcfg = &worker.listeners[idx];
+    let mut client = peer;
+    let mut local = stream.local_addr().unwrap_or(peer);
+    if lcfg.proxy_protocol_from.iter().any(|c| c.contains(peer.ip())) {
+        match crate::proxy_protocol::read_header(&mut stream, lcfg.header_read_timeout).await {
+            Ok(Some((src, dst))) => {
+                client = src;
+                local = dst;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "PROXY header refused");
+                stats.malformed.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+    }
+    let rt = shared.runtime.load_full();
+    let hot = &rt.config.listeners[idx];
+    if lcfg.protocol == crate::config::ListenerProtocol::Tcp {
+        crate::l4::serve(
+            &worker,
+            idx,
+            stream,
+            crate::upstream::Origin { client, local },
+            &rt,
+            &stats,
+        )
+        .await;
+        return;
+    }
+    match &hot.tls_server {
+        None => serve(&worker, idx, stream, client, local, None, &stats).await,
+        Some(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.0.clone());
+            let tls = match tokio::time::timeout(lcfg.header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    stats.tls_handshake_failures.fetch_add(1, Relaxed);
+                    return;
+                }
+                Err(_) => {
+                    stats.tls_handshake_failures.fetch_add(1, Relaxed);
+                    return;
+                }
+            };
+            let (_, session) = tls.get_ref();
+            let info = TlsInfo {
+                sni: session.server_name().map(str::to_string),
+                client_subject: session
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(crate::tls::subject_of)
+                    .and_then(|s| http::HeaderValue::from_str(&s).ok()),
+            };
+            let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+            stats.tls_handshakes.fetch_add(1, Relaxed);
+            if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                stats.tls_resumed.fetch_add(1, Relaxed);
+            }
+            let _ = alpn;
+            serve(&worker, idx, tls, client, local, Some(info), &stats).await
+        }
+    }
+}
+
+/// Serves HTTP on one (possibly TLS) connection until it closes.
+async fn serve<IO>(
+    worker: &Rc<Worker>,
+    idx: usize,
+    io: IO,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<TlsInfo>,
+    stats: &Arc<ListenerStats>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = worker.shared.clone();
     let lcfg = worker.listeners[idx].clone();
     let state = Rc::new(ConnState {
+        tls,
+        local,
         client: peer,
         listener: idx,
         requests: Cell::new(0),
@@ -82,7 +196,7 @@ pub async fn serve(worker: Rc<Worker>, idx: usize, stream: TcpStream, peer: Sock
         let state = state.clone();
         service_fn(move |req| crate::proxy::handle(worker.clone(), state.clone(), req))
     };
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
 
     // Timers and drain live in a separate watcher task, so the hot connection task only
@@ -117,8 +231,7 @@ pub async fn serve(worker: Rc<Worker>, idx: usize, stream: TcpStream, peer: Sock
     if let Err(e) = result {
         classify(&*e, &stats);
     }
-    stats.active.fetch_sub(1, Relaxed);
-    shared.connections.fetch_sub(1, Relaxed);
+    let _ = &shared;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

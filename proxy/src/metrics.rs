@@ -136,6 +136,18 @@ pub struct ListenerStats {
     pub header_timeouts: AtomicU64,
     /// Requests served.
     pub requests: AtomicU64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that resumed a session.
+    pub tls_resumed: AtomicU64,
+    /// TLS handshakes that failed (bad client certificate, protocol error, timeout).
+    pub tls_handshake_failures: AtomicU64,
+    /// L4 connections proxied.
+    pub tcp_connections: AtomicU64,
+    /// L4 bytes from clients to upstreams.
+    pub tcp_bytes_in: AtomicU64,
+    /// L4 bytes from upstreams to clients.
+    pub tcp_bytes_out: AtomicU64,
 }
 
 /// Process-wide counters.
@@ -229,7 +241,43 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
     );
 
     type ListenerField = fn(&ListenerStats) -> &AtomicU64;
-    let lfields: [(&str, &str, bool, ListenerField); 7] = [
+    let lfields: [(&str, &str, bool, ListenerField); 13] = [
+        (
+            "tandem_listener_tls_handshakes_total",
+            "TLS handshakes completed.",
+            true,
+            |s| &s.tls_handshakes,
+        ),
+        (
+            "tandem_listener_tls_resumed_total",
+            "TLS handshakes that resumed a session.",
+            true,
+            |s| &s.tls_resumed,
+        ),
+        (
+            "tandem_listener_tls_handshake_failures_total",
+            "Failed TLS handshakes.",
+            true,
+            |s| &s.tls_handshake_failures,
+        ),
+        (
+            "tandem_listener_tcp_connections_total",
+            "L4 connections proxied.",
+            true,
+            |s| &s.tcp_connections,
+        ),
+        (
+            "tandem_listener_tcp_received_bytes_total",
+            "L4 bytes from clients.",
+            true,
+            |s| &s.tcp_bytes_in,
+        ),
+        (
+            "tandem_listener_tcp_sent_bytes_total",
+            "L4 bytes to clients.",
+            true,
+            |s| &s.tcp_bytes_out,
+        ),
         (
             "tandem_listener_connections_accepted_total",
             "Downstream connections accepted.",

@@ -55,6 +55,16 @@ pub async fn handle(
 
     let downstream_version = req.version();
     let request_id = headers::ensure_request_id(req.headers_mut());
+    // The verified client certificate is stated by Tandem only, never by the client.
+    if conn.tls.as_ref().is_some_and(|t| t.client_subject.is_some())
+        || req.headers().contains_key(&headers::X_CLIENT_CERT_SUBJECT)
+    {
+        let h = req.headers_mut();
+        h.remove(&headers::X_CLIENT_CERT_SUBJECT);
+        if let Some(s) = conn.tls.as_ref().and_then(|t| t.client_subject.clone()) {
+            h.insert(headers::X_CLIENT_CERT_SUBJECT.clone(), s);
+        }
+    }
     let rt = worker.shared.runtime.load_full();
     let mut rec = worker.shared.access_log.enabled().then(|| AccessRecord {
         time: SystemTime::now(),
@@ -190,6 +200,10 @@ async fn attempts(
     let policy = if replay.is_some() { policy } else { None };
     let max_attempts = 1 + policy.map_or(0, |p| p.max_retries);
 
+    let origin = upstream::Origin {
+        client: conn.client,
+        local: conn.local,
+    };
     let mut tried: u64 = 0;
     let mut attempt = 0u32;
     let mut retrying: Option<InFlight<'_>> = None;
@@ -217,7 +231,12 @@ async fn attempts(
         let outcome: Attempt = if try_timeout.is_zero() {
             Err(ProxyError::Timeout)
         } else {
-            match tokio::time::timeout(try_timeout, exchange(worker, cluster, ep_idx, upstream_req, start)).await {
+            match tokio::time::timeout(
+                try_timeout,
+                exchange(worker, cluster, ep_idx, upstream_req, start, origin),
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(_) => {
                     endpoint.stats.timeouts.fetch_add(1, Relaxed);
@@ -396,7 +415,7 @@ fn route_request<'rt>(rt: &'rt Runtime, listener: usize, req: &Request<Incoming>
 }
 
 /// Stage 4: the cluster's balancer picks among endpoints that may take the request.
-fn pick_endpoint(
+pub(crate) fn pick_endpoint(
     worker: &Worker,
     rt: &Runtime,
     cluster: &Cluster,
@@ -430,7 +449,8 @@ fn prepare_upstream_request(
     let authority = authority_value(req);
     let h = req.headers_mut();
     headers::strip_hop_by_hop(h);
-    headers::add_forwarded(h, conn.client.ip(), authority.as_ref(), "http");
+    let proto = if conn.tls.is_some() { "https" } else { "http" };
+    headers::add_forwarded(h, conn.client.ip(), authority.as_ref(), proto);
     if !route.request_headers.is_empty() {
         headers::apply_rules(h, &route.request_headers);
     }
@@ -478,6 +498,7 @@ async fn exchange(
     ep_idx: usize,
     req: Request<UpstreamBody>,
     start: Instant,
+    origin: upstream::Origin,
 ) -> Attempt {
     let ep = &cluster.endpoints[ep_idx];
     let mut req = req;
@@ -497,16 +518,7 @@ async fn exchange(
                     s.pending.fetch_sub(1, Relaxed);
                     return Err(overflow(cluster, Limit::Pending));
                 }
-                let c = worker
-                    .pool
-                    .connect(
-                        ep.address,
-                        cluster.protocol,
-                        cluster.connect_timeout,
-                        &ep.stats,
-                        &cluster.stats,
-                    )
-                    .await;
+                let c = worker.pool.connect(ep.address, cluster, &ep.stats, origin).await;
                 s.pending.fetch_sub(1, Relaxed);
                 c?
             }

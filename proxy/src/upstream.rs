@@ -46,6 +46,8 @@ pub struct Conn {
     pub used: Instant,
     /// Whether it came from the pool (a failure on it may be a stale keep-alive).
     pub reused: bool,
+    /// Bound to one client (it carried that client's PROXY header): never pooled.
+    pub private: bool,
 }
 
 #[derive(Debug)]
@@ -87,6 +89,7 @@ impl Pool {
                     born: *born,
                     used: now,
                     reused: true,
+                    private: false,
                 })
             }
             UpstreamProtocol::Http1 => {
@@ -102,6 +105,7 @@ impl Pool {
                         born: c.born,
                         used: now,
                         reused: true,
+                        private: false,
                     });
                 }
                 None
@@ -112,6 +116,9 @@ impl Pool {
     /// Returns an HTTP/1.1 connection whose response has been fully read. h2c
     /// connections stay in the pool while in use and are not checked in.
     pub fn checkin(&self, conn: Conn, s: &PoolSettings) {
+        if conn.private {
+            return;
+        }
         let Sender::H1(tx) = conn.sender else { return };
         if tx.is_closed() || s.max_age.is_some_and(|m| conn.born.elapsed() >= m) {
             return;
@@ -129,60 +136,28 @@ impl Pool {
         });
     }
 
-    /// Opens a new connection to `addr` and, for h2c, shares it in the pool.
-    /// `cluster` counts the connection while it is open (circuit breaker input).
+    /// Opens a new connection to endpoint `addr` of `cluster`: TCP, then the PROXY
+    /// header if the cluster sends one (such a connection serves only this client), then
+    /// TLS if the cluster originates it, then the HTTP handshake. h2c connections are
+    /// shared in the pool.
     pub async fn connect(
         self: &Rc<Self>,
         addr: SocketAddr,
-        proto: UpstreamProtocol,
-        timeout: Duration,
+        cluster: &crate::runtime::Cluster,
         stats: &EndpointStats,
-        cluster: &Arc<ClusterStats>,
+        origin: Origin,
     ) -> Result<Conn, ProxyError> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(%addr, error = %e, "upstream connect failed");
-                stats.connect_failures.fetch_add(1, Relaxed);
-                return Err(ProxyError::ConnectFailure);
-            }
-            Err(_) => {
-                stats.connect_failures.fetch_add(1, Relaxed);
-                stats.timeouts.fetch_add(1, Relaxed);
-                return Err(ProxyError::ConnectTimeout);
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        stats.connections_opened.fetch_add(1, Relaxed);
-        let io = TokioIo::new(stream);
+        let stream = dial(addr, cluster, stats, origin).await?;
         let born = Instant::now();
-        let sender = match proto {
-            UpstreamProtocol::Http1 => {
-                let (tx, conn) = http1::Builder::new()
-                    .writev(false)
-                    .handshake(io)
-                    .await
-                    .map_err(|_| ProxyError::UpstreamReset)?;
-                let open = OpenGuard::new(cluster);
-                tokio::task::spawn_local(async move {
-                    let _ = conn.await;
-                    drop(open);
-                });
-                Sender::H1(tx)
+        let private = cluster.proxy_protocol.is_some();
+        let sender = match &cluster.tls {
+            Some((t, cfg)) => {
+                let tls = tls_connect(addr, t, cfg, stream, cluster.connect_timeout).await?;
+                self.handshake(TokioIo::new(tls), addr, cluster, born, private).await?
             }
-            UpstreamProtocol::H2c => {
-                let (tx, conn) = http2::Builder::new(LocalExec)
-                    .timer(TokioTimer::new())
-                    .handshake(io)
-                    .await
-                    .map_err(|_| ProxyError::UpstreamReset)?;
-                let open = OpenGuard::new(cluster);
-                tokio::task::spawn_local(async move {
-                    let _ = conn.await;
-                    drop(open);
-                });
-                self.by_endpoint.borrow_mut().entry(addr).or_default().h2 = Some((tx.clone(), born));
-                Sender::H2(tx)
+            None => {
+                self.handshake(TokioIo::new(stream), addr, cluster, born, private)
+                    .await?
             }
         };
         Ok(Conn {
@@ -191,12 +166,127 @@ impl Pool {
             born,
             used: born,
             reused: false,
+            private,
         })
+    }
+
+    async fn handshake<IO>(
+        self: &Rc<Self>,
+        io: IO,
+        addr: SocketAddr,
+        cluster: &crate::runtime::Cluster,
+        born: Instant,
+        private: bool,
+    ) -> Result<Sender, ProxyError>
+    where
+        IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let open = OpenGuard::new(&cluster.stats);
+        match cluster.protocol {
+            UpstreamProtocol::Http1 => {
+                let (tx, conn) = http1::Builder::new()
+                    .writev(false)
+                    .handshake(io)
+                    .await
+                    .map_err(|_| ProxyError::UpstreamReset)?;
+                tokio::task::spawn_local(async move {
+                    let _ = conn.await;
+                    drop(open);
+                });
+                Ok(Sender::H1(tx))
+            }
+            UpstreamProtocol::H2c => {
+                let (tx, conn) = http2::Builder::new(LocalExec)
+                    .timer(TokioTimer::new())
+                    .handshake(io)
+                    .await
+                    .map_err(|_| ProxyError::UpstreamReset)?;
+                tokio::task::spawn_local(async move {
+                    let _ = conn.await;
+                    drop(open);
+                });
+                if !private {
+                    self.by_endpoint.borrow_mut().entry(addr).or_default().h2 = Some((tx.clone(), born));
+                }
+                Ok(Sender::H2(tx))
+            }
+        }
     }
 
     /// Idle HTTP/1.1 connections held (for tests and status).
     pub fn idle_count(&self) -> usize {
         self.by_endpoint.borrow().values().map(|e| e.idle.len()).sum()
+    }
+}
+
+/// Where a proxied connection came from, for PROXY protocol headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    /// The client.
+    pub client: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
+}
+
+/// TCP connect within the cluster's connect timeout, then the PROXY header if the
+/// cluster sends one. Shared by L7 and L4.
+pub async fn dial(
+    addr: SocketAddr,
+    cluster: &crate::runtime::Cluster,
+    stats: &EndpointStats,
+    origin: Origin,
+) -> Result<TcpStream, ProxyError> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "upstream connect failed");
+            stats.connect_failures.fetch_add(1, Relaxed);
+            return Err(ProxyError::ConnectFailure);
+        }
+        Err(_) => {
+            stats.connect_failures.fetch_add(1, Relaxed);
+            stats.timeouts.fetch_add(1, Relaxed);
+            return Err(ProxyError::ConnectTimeout);
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    stats.connections_opened.fetch_add(1, Relaxed);
+    if let Some(v) = cluster.proxy_protocol {
+        let header = match v {
+            crate::config::ProxyProtocolVersion::V1 => crate::proxy_protocol::encode_v1(origin.client, origin.local),
+            crate::config::ProxyProtocolVersion::V2 => crate::proxy_protocol::encode_v2(origin.client, origin.local),
+        };
+        stream.write_all(&header).await.map_err(|_| ProxyError::UpstreamReset)?;
+    }
+    Ok(stream)
+}
+
+/// TLS to an upstream: SNI from the cluster (or the endpoint IP), verified against the
+/// cluster's CA or the system roots.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    t: &crate::tls::UpstreamTls,
+    cfg: &crate::config::Built<rustls::ClientConfig>,
+    stream: TcpStream,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+    let name = match &t.sni {
+        Some(n) => rustls_pki_types::ServerName::try_from(n.clone()).map_err(|_| ProxyError::ConnectFailure)?,
+        None => rustls_pki_types::ServerName::IpAddress(addr.ip().into()),
+    };
+    match tokio::time::timeout(
+        timeout,
+        tokio_rustls::TlsConnector::from(cfg.0.clone()).connect(name, stream),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "upstream TLS handshake failed");
+            Err(ProxyError::ConnectFailure)
+        }
+        Err(_) => Err(ProxyError::ConnectTimeout),
     }
 }
 

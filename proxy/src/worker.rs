@@ -193,7 +193,7 @@ async fn accept_loop(worker: Rc<Worker>, idx: usize, listener: TcpListener) {
         }
         stats.accepted.fetch_add(1, Relaxed);
         let _ = stream.set_nodelay(true);
-        tokio::task::spawn_local(crate::downstream::serve(
+        tokio::task::spawn_local(crate::downstream::accept(
             worker.clone(),
             idx,
             stream,

@@ -13,17 +13,24 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    load_str(&path.display().to_string(), &text)
+    let base = path.parent().unwrap_or(Path::new("."));
+    load_str_in(&path.display().to_string(), &text, base)
 }
 
-/// Parses and validates configuration `text`; `source` names it in messages.
+/// Parses and validates configuration `text`; `source` names it in messages; relative
+/// file paths (certificates) are taken from the current directory.
 pub fn load_str(source: &str, text: &str) -> Result<Config, ConfigError> {
+    load_str_in(source, text, Path::new("."))
+}
+
+/// Like [`load_str`], with relative file paths resolved against `base`.
+pub fn load_str_in(source: &str, text: &str, base: &Path) -> Result<Config, ConfigError> {
     let lines = LineIndex::new(text);
     let file = parse(text, &lines).map_err(|issue| ConfigError::Invalid {
         file: source.to_string(),
         issues: vec![issue],
     })?;
-    validate::validate(source, text, &lines, file).map_err(|issues| ConfigError::Invalid {
+    validate::validate(source, text, &lines, file, base).map_err(|issues| ConfigError::Invalid {
         file: source.to_string(),
         issues,
     })

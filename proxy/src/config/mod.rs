@@ -116,6 +116,99 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     /// Accept h2c prior knowledge.
     pub http2: bool,
+    /// L7 or L4.
+    pub protocol: ListenerProtocol,
+    /// TLS settings (files reload with the configuration).
+    pub tls: Option<crate::tls::ListenerTls>,
+    /// The server config built from `tls`.
+    pub tls_server: Option<Built<rustls::ServerConfig>>,
+    /// Sources trusted to send a PROXY protocol header.
+    pub proxy_protocol_from: Vec<Cidr>,
+    /// L4: default cluster name.
+    pub cluster: Option<String>,
+    /// L4: (server-name patterns, cluster name).
+    pub sni_routes: Vec<(Vec<HostPattern>, String)>,
+    /// L4: connection age bound.
+    pub max_connection_age: Option<Duration>,
+}
+
+/// A listener's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2, routed by route tables.
+    Http,
+    /// TCP proxying (optionally SNI-routed TLS passthrough, or TLS termination).
+    Tcp,
+}
+
+/// Something built from configuration (a rustls config) that compares equal to any other:
+/// the settings it was built from are compared instead.
+#[derive(Clone)]
+pub struct Built<T>(pub std::sync::Arc<T>);
+
+impl<T> PartialEq for Built<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T> std::fmt::Debug for Built<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Built(..)")
+    }
+}
+
+/// An address block (`10.0.0.0/8`, `::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address.
+    pub net: std::net::IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `IP` or `IP/len`.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (ip, len) = match s.split_once('/') {
+            Some((ip, len)) => (ip.parse::<std::net::IpAddr>().ok()?, len.parse::<u8>().ok()?),
+            None => {
+                let ip: std::net::IpAddr = s.parse().ok()?;
+                (ip, if ip.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        (len <= max).then_some(Cidr { net: ip, prefix: len })
+    }
+
+    /// Whether `ip` is inside.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.net, ip) {
+            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (std::net::IpAddr::V6(n), std::net::IpAddr::V6(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// How a route matches the request path.
@@ -324,6 +417,19 @@ pub struct ClusterConfig {
     pub breakers: BreakerConfig,
     /// Retry budget.
     pub retry_budget: RetryBudget,
+    /// TLS to the endpoints: settings and the client config built from them.
+    pub tls: Option<(crate::tls::UpstreamTls, Built<rustls::ClientConfig>)>,
+    /// PROXY protocol header sent on new upstream connections.
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+}
+
+/// PROXY protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocolVersion {
+    /// Text header.
+    V1,
+    /// Binary header.
+    V2,
 }
 
 /// What an active probe does.

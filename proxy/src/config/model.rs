@@ -127,6 +127,81 @@ pub struct ListenerSection {
     /// Accept HTTP/2 with prior knowledge (h2c) beside HTTP/1.1.
     #[serde(default = "default_true")]
     pub http2: bool,
+    /// `http` (L7) or `tcp` (L4).
+    #[serde(default = "default_listener_protocol")]
+    pub protocol: SpannedStr,
+    /// Terminate TLS on this listener.
+    pub tls: Option<ListenerTlsSection>,
+    /// Expect a PROXY protocol (v1 or v2) header from these sources (CIDRs).
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<SpannedStr>,
+    /// L4: the cluster connections go to (when no SNI route matches).
+    pub cluster: Option<SpannedStr>,
+    /// L4: route TLS connections by the ClientHello's server name without terminating.
+    #[serde(default)]
+    pub sni_routes: Vec<SniRouteSection>,
+    /// L4: connections older than this are closed; 0 = no limit.
+    #[serde(default)]
+    pub max_connection_age: Dur,
+}
+
+/// `tls = { … }` of a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSection {
+    /// Certificate/key pairs; the first is the default when SNI matches none.
+    pub certificates: Vec<CertSection>,
+    /// ALPN protocols in preference order.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<String>,
+    /// `"1.2"` or `"1.3"`.
+    #[serde(default = "default_min_tls")]
+    pub min_version: SpannedStr,
+    /// CA bundle that signs client certificates.
+    pub client_ca: Option<SpannedStr>,
+    /// `none`, `optional` or `required`.
+    #[serde(default = "default_client_auth")]
+    pub client_auth: SpannedStr,
+    /// Stateless session resumption.
+    #[serde(default = "default_true")]
+    pub session_tickets: bool,
+}
+
+/// One certificate/key pair (PEM files).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertSection {
+    /// Certificate chain file.
+    pub cert: SpannedStr,
+    /// Private key file.
+    pub key: SpannedStr,
+}
+
+/// One SNI route of an L4 listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniRouteSection {
+    /// `a.example.com`, `*.example.com`.
+    pub server_names: Vec<SpannedStr>,
+    /// Destination cluster.
+    pub cluster: SpannedStr,
+}
+
+/// `tls = { … }` of a cluster: TLS to its endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSection {
+    /// Server name to send and verify (default: the endpoint's IP).
+    pub sni: Option<String>,
+    /// CA bundle (default: the system's roots).
+    pub ca: Option<SpannedStr>,
+    /// Client certificate file.
+    pub client_cert: Option<SpannedStr>,
+    /// Client key file.
+    pub client_key: Option<SpannedStr>,
+    /// Skip verification (labs only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// `[[route]]`: a match and where matching requests go.
@@ -300,6 +375,10 @@ pub struct ClusterSection {
     /// Retries in flight allowed relative to requests in flight.
     #[serde(default)]
     pub retry_budget: RetryBudgetSection,
+    /// TLS to the endpoints.
+    pub tls: Option<UpstreamTlsSection>,
+    /// Send a PROXY protocol header (`v1` or `v2`) on each new upstream connection.
+    pub proxy_protocol: Option<SpannedStr>,
 }
 
 /// `[cluster.health_check]`: one prober per endpoint.
@@ -481,6 +560,18 @@ fn default_maglev_table() -> u32 {
 }
 fn default_weight() -> u32 {
     1
+}
+fn default_listener_protocol() -> SpannedStr {
+    Spanned::new(0..0, "http".into())
+}
+fn default_alpn() -> Vec<String> {
+    vec!["h2".into(), "http/1.1".into()]
+}
+fn default_min_tls() -> SpannedStr {
+    Spanned::new(0..0, "1.2".into())
+}
+fn default_client_auth() -> SpannedStr {
+    Spanned::new(0..0, "none".into())
 }
 fn default_aggression() -> f64 {
     1.0

@@ -29,6 +29,171 @@ impl Checker<'_> {
         });
     }
 
+    fn path(&self, base: &std::path::Path, s: &SpannedStr) -> std::path::PathBuf {
+        let p = std::path::Path::new(s.get_ref());
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    }
+
+    fn listener_tls(
+        &mut self,
+        t: &model::ListenerTlsSection,
+        base: &std::path::Path,
+        key: &str,
+        anchor: &SpannedStr,
+    ) -> crate::tls::ListenerTls {
+        if t.certificates.is_empty() {
+            self.at(
+                anchor,
+                format!("{key}.certificates"),
+                "no certificate".into(),
+                Some("add certificates = [{ cert = \"server.pem\", key = \"server.key\" }]".into()),
+            );
+        }
+        let tls13_only = match t.min_version.get_ref().as_str() {
+            "1.2" => false,
+            "1.3" => true,
+            other => {
+                self.at(
+                    &t.min_version,
+                    format!("{key}.min_version"),
+                    format!("unsupported TLS version `{other}`"),
+                    Some("use \"1.2\" or \"1.3\"".into()),
+                );
+                false
+            }
+        };
+        let client_auth = match t.client_auth.get_ref().as_str() {
+            "none" => crate::tls::ClientAuth::None,
+            "optional" => crate::tls::ClientAuth::Optional,
+            "required" => crate::tls::ClientAuth::Required,
+            other => {
+                self.at(
+                    &t.client_auth,
+                    format!("{key}.client_auth"),
+                    format!("unknown client_auth `{other}`"),
+                    Some("use \"none\", \"optional\" or \"required\"".into()),
+                );
+                crate::tls::ClientAuth::None
+            }
+        };
+        if client_auth != crate::tls::ClientAuth::None && t.client_ca.is_none() {
+            self.at(
+                &t.client_auth,
+                format!("{key}.client_ca"),
+                "client certificates need a CA to verify them".into(),
+                Some("add client_ca = \"clients-ca.pem\"".into()),
+            );
+        }
+        crate::tls::ListenerTls {
+            certificates: t
+                .certificates
+                .iter()
+                .map(|c| (self.path(base, &c.cert), self.path(base, &c.key)))
+                .collect(),
+            alpn: t.alpn.clone(),
+            tls13_only,
+            client_ca: t.client_ca.as_ref().map(|p| self.path(base, p)),
+            client_auth,
+            session_tickets: t.session_tickets,
+        }
+    }
+
+    /// Loads every file of a listener's TLS settings now, so `check` reports unreadable,
+    /// mismatched or expired material with the key that names it.
+    fn tls_server(
+        &mut self,
+        t: &crate::tls::ListenerTls,
+        section: Option<&model::ListenerTlsSection>,
+        anchor: &SpannedStr,
+        key: &str,
+    ) -> Option<Built<rustls::ServerConfig>> {
+        match crate::tls::server_config(t) {
+            Ok(cfg) => Some(Built(cfg)),
+            Err(e) => {
+                let (span, k) = section
+                    .and_then(|s| {
+                        s.certificates.iter().enumerate().find_map(|(i, c)| {
+                            let text = e.to_string();
+                            (text.contains(c.cert.get_ref().as_str()) || text.contains(c.key.get_ref().as_str()))
+                                .then(|| (c.cert.clone(), format!("{key}.tls.certificates[{i}]")))
+                        })
+                    })
+                    .unwrap_or_else(|| (anchor.clone(), format!("{key}.tls")));
+                let hint = match &e {
+                    crate::tls::TlsError::Unreadable { .. } => {
+                        "check the path (relative paths start at the config file's directory) and permissions"
+                    }
+                    crate::tls::TlsError::Empty { .. } => {
+                        "the file must hold PEM blocks (-----BEGIN CERTIFICATE----- / -----BEGIN PRIVATE KEY-----)"
+                    }
+                    crate::tls::TlsError::Mismatch { .. } => "pair each certificate with the key it was issued for",
+                    crate::tls::TlsError::Validity { .. } => "renew the certificate",
+                    crate::tls::TlsError::Rustls(_) => "check the certificate and key formats",
+                };
+                self.at(&span, k, e.to_string(), Some(hint.into()));
+                None
+            }
+        }
+    }
+
+    fn upstream_tls(
+        &mut self,
+        t: &model::UpstreamTlsSection,
+        base: &std::path::Path,
+        key: &str,
+        anchor: &SpannedStr,
+        protocol: UpstreamProtocol,
+    ) -> Option<(crate::tls::UpstreamTls, Built<rustls::ClientConfig>)> {
+        let client_cert = match (&t.client_cert, &t.client_key) {
+            (Some(c), Some(k)) => Some((self.path(base, c), self.path(base, k))),
+            (None, None) => None,
+            _ => {
+                self.at(
+                    anchor,
+                    format!("{key}.client_cert"),
+                    "client_cert and client_key go together".into(),
+                    Some("set both, or neither".into()),
+                );
+                None
+            }
+        };
+        let settings = crate::tls::UpstreamTls {
+            sni: t.sni.clone(),
+            ca: t.ca.as_ref().map(|p| self.path(base, p)),
+            client_cert,
+            alpn: match protocol {
+                UpstreamProtocol::H2c => vec!["h2".into()],
+                UpstreamProtocol::Http1 => vec!["http/1.1".into()],
+            },
+            insecure_skip_verify: t.insecure_skip_verify,
+        };
+        if t.insecure_skip_verify {
+            self.warn(
+                anchor,
+                format!("{key}.insecure_skip_verify"),
+                "upstream certificates are not verified".into(),
+                Some("use it in labs only; set ca = \"…\" instead".into()),
+            );
+        }
+        match crate::tls::client_config(&settings) {
+            Ok(cfg) => Some((settings, Built(cfg))),
+            Err(e) => {
+                let span = t.ca.clone().or(t.client_cert.clone()).unwrap_or_else(|| anchor.clone());
+                self.at(
+                    &span,
+                    key.to_string(),
+                    e.to_string(),
+                    Some("check the CA and client certificate files".into()),
+                );
+                None
+            }
+        }
+    }
+
     fn health_check(
         &mut self,
         h: &model::HealthCheckSection,
@@ -248,6 +413,7 @@ pub(crate) fn validate(
     text: &str,
     lines: &LineIndex,
     file: ConfigFile,
+    base: &std::path::Path,
 ) -> Result<Config, Vec<ConfigIssue>> {
     let mut c = Checker {
         lines,
@@ -323,6 +489,80 @@ pub(crate) fn validate(
                 Some("use a positive number (default 10000)".into()),
             );
         }
+        let protocol = match l.protocol.get_ref().as_str() {
+            "http" => ListenerProtocol::Http,
+            "tcp" => ListenerProtocol::Tcp,
+            other => {
+                c.at(
+                    &l.protocol,
+                    format!("{key}.protocol"),
+                    format!("unknown listener protocol `{other}`"),
+                    Some("use \"http\" or \"tcp\"".into()),
+                );
+                ListenerProtocol::Http
+            }
+        };
+        let tls = l
+            .tls
+            .as_ref()
+            .map(|t| c.listener_tls(t, base, &format!("{key}.tls"), &l.name));
+        let mut proxy_protocol_from = Vec::new();
+        for (j, s) in l.proxy_protocol_from.iter().enumerate() {
+            match Cidr::parse(s.get_ref()) {
+                Some(n) => proxy_protocol_from.push(n),
+                None => c.at(
+                    s,
+                    format!("{key}.proxy_protocol_from[{j}]"),
+                    format!("`{}` is not an address block", s.get_ref()),
+                    Some("write e.g. \"10.0.0.0/8\" or \"192.0.2.7\"".into()),
+                ),
+            }
+        }
+        let mut sni_routes = Vec::new();
+        for (j, r) in l.sni_routes.iter().enumerate() {
+            let mut pats = Vec::new();
+            for (k, n) in r.server_names.iter().enumerate() {
+                let v = n.get_ref().to_ascii_lowercase();
+                match v.strip_prefix('*') {
+                    Some(sfx) if sfx.starts_with('.') && sfx.len() > 1 => {
+                        pats.push(HostPattern::Suffix(sfx.to_string()))
+                    }
+                    Some(_) => c.at(
+                        n,
+                        format!("{key}.sni_routes[{j}].server_names[{k}]"),
+                        format!("`{}` is not a server name pattern", n.get_ref()),
+                        Some("write `a.example.com` or `*.example.com`".into()),
+                    ),
+                    None => pats.push(HostPattern::Exact(v)),
+                }
+            }
+            sni_routes.push((pats, r.cluster.get_ref().clone()));
+        }
+        if protocol == ListenerProtocol::Tcp && l.cluster.is_none() && l.sni_routes.is_empty() {
+            c.at(
+                &l.name,
+                format!("{key}.cluster"),
+                "a tcp listener needs a destination".into(),
+                Some("add cluster = \"NAME\" or sni_routes = [...]".into()),
+            );
+        }
+        if protocol == ListenerProtocol::Http && (l.cluster.is_some() || !l.sni_routes.is_empty()) {
+            c.at(
+                &l.name,
+                format!("{key}.cluster"),
+                "`cluster` and `sni_routes` apply to tcp listeners".into(),
+                Some("route HTTP with [[route]] tables, or set protocol = \"tcp\"".into()),
+            );
+        }
+        if !l.sni_routes.is_empty() && l.tls.is_some() {
+            c.at(
+                &l.name,
+                format!("{key}.sni_routes"),
+                "sni_routes pass TLS through; this listener also terminates TLS".into(),
+                Some("remove `tls` for passthrough, or `sni_routes` to terminate".into()),
+            );
+        }
+        let max_age = c.dur(&l.max_connection_age, format!("{key}.max_connection_age"));
         if let Some(listen) = addr {
             if let Some(prev) = listeners.iter().find(|p: &&ListenerConfig| p.listen == listen) {
                 c.at(
@@ -342,6 +582,15 @@ pub(crate) fn validate(
                 header_read_timeout: c.dur(&l.header_read_timeout, format!("{key}.header_read_timeout")),
                 idle_timeout: c.dur(&l.idle_timeout, format!("{key}.idle_timeout")),
                 http2: l.http2,
+                protocol,
+                tls_server: tls
+                    .as_ref()
+                    .and_then(|t| c.tls_server(t, l.tls.as_ref(), &l.name, &key)),
+                tls,
+                proxy_protocol_from,
+                cluster: l.cluster.as_ref().map(|s| s.get_ref().clone()),
+                sni_routes,
+                max_connection_age: (max_age > Duration::ZERO).then_some(max_age),
             });
         }
     }
@@ -534,7 +783,43 @@ pub(crate) fn validate(
                 ratio: (cl.retry_budget.budget_percent / 100.0).clamp(0.0, 1.0),
                 min_concurrency: cl.retry_budget.min_retry_concurrency,
             },
+            tls: cl
+                .tls
+                .as_ref()
+                .and_then(|t| c.upstream_tls(t, base, &format!("{key}.tls"), &cl.name, protocol)),
+            proxy_protocol: cl.proxy_protocol.as_ref().and_then(|p| match p.get_ref().as_str() {
+                "v1" => Some(ProxyProtocolVersion::V1),
+                "v2" => Some(ProxyProtocolVersion::V2),
+                other => {
+                    c.at(
+                        p,
+                        format!("{key}.proxy_protocol"),
+                        format!("unknown PROXY protocol version `{other}`"),
+                        Some("use \"v1\" or \"v2\"".into()),
+                    );
+                    None
+                }
+            }),
         });
+    }
+
+    // Listener destinations (tcp listeners name clusters).
+    for (i, l) in file.listeners.iter().enumerate() {
+        let names = l.cluster.iter().map(|c| (c, format!("listener[{i}].cluster"))).chain(
+            l.sni_routes
+                .iter()
+                .enumerate()
+                .map(|(j, r)| (&r.cluster, format!("listener[{i}].sni_routes[{j}].cluster"))),
+        );
+        for (name, k) in names {
+            if !cluster_names.contains_key(name.get_ref()) {
+                let hint = match did_you_mean(name.get_ref(), cluster_names.keys().map(String::as_str)) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "define it with [[cluster]] name = \"…\"".into(),
+                };
+                c.at(name, k, format!("no cluster named `{}`", name.get_ref()), Some(hint));
+            }
+        }
     }
 
     // Routes.

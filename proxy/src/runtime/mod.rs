@@ -107,6 +107,10 @@ pub struct Cluster {
     pub breakers: BreakerConfig,
     /// Retry budget.
     pub retry_budget: RetryBudget,
+    /// TLS to the endpoints.
+    pub tls: Option<(crate::tls::UpstreamTls, crate::config::Built<rustls::ClientConfig>)>,
+    /// PROXY protocol header on new upstream connections.
+    pub proxy_protocol: Option<crate::config::ProxyProtocolVersion>,
 }
 
 /// Per-cluster upstream pool settings.
@@ -195,6 +199,11 @@ impl Runtime {
         }
     }
 
+    /// Cluster by name (L4 listeners name their destinations).
+    pub fn cluster_named(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| &*c.name == name)
+    }
+
     /// Listener index by name.
     pub fn listener_index(&self, name: &str) -> Option<usize> {
         self.config.listeners.iter().position(|l| l.name == name)
@@ -232,6 +241,8 @@ fn compile_cluster(index: usize, c: &ClusterConfig, stats: &StatsRegistry) -> Cl
         panic_threshold: c.panic_threshold,
         breakers: c.breakers,
         retry_budget: c.retry_budget,
+        tls: c.tls.clone(),
+        proxy_protocol: c.proxy_protocol,
     }
 }
 

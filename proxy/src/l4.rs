@@ -1,0 +1,201 @@
+//! L4 (TCP) proxying: pick a cluster (by the TLS ClientHello's server name for
+//! passthrough, or the listener's default), optionally terminate TLS, pick an endpoint
+//! with the cluster's balancer and health (another endpoint is tried when a connect is
+//! refused), optionally send a PROXY header and originate TLS, then copy both ways with
+//! half-close, an idle timeout and a maximum connection age.
+
+use std::cell::Cell;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::config::{HashOn, HostPattern};
+use crate::metrics::ListenerStats;
+use crate::runtime::{Cluster, Runtime};
+use crate::sni::{peek_hello, Hello};
+use crate::upstream::Origin;
+use crate::worker::Worker;
+
+/// Serves one L4 connection until either side is done.
+pub async fn serve(
+    worker: &Rc<Worker>,
+    idx: usize,
+    stream: TcpStream,
+    origin: Origin,
+    rt: &Arc<Runtime>,
+    stats: &Arc<ListenerStats>,
+) {
+    let lcfg = &worker.listeners[idx];
+    let hot = &rt.config.listeners[idx];
+    stats.tcp_connections.fetch_add(1, Relaxed);
+    let mut name = hot.cluster.as_deref();
+    if !hot.sni_routes.is_empty() {
+        if let Hello::Sni(sni) = peek_hello(&stream, lcfg.header_read_timeout).await {
+            if let Some((_, c)) = hot
+                .sni_routes
+                .iter()
+                .find(|(pats, _)| pats.iter().any(|p| sni_matches(p, &sni)))
+            {
+                name = Some(c);
+            }
+        }
+    }
+    let Some(cluster) = name.and_then(|n| rt.cluster_named(n)) else {
+        worker.shared.stats.process.no_route.fetch_add(1, Relaxed);
+        return;
+    };
+    let idle = lcfg.idle_timeout;
+    let max_age = hot.max_connection_age;
+    match &hot.tls_server {
+        Some(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.0.clone());
+            match tokio::time::timeout(lcfg.header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    stats.tls_handshakes.fetch_add(1, Relaxed);
+                    forward(worker, rt, cluster, tls, origin, idle, max_age, stats).await
+                }
+                _ => {
+                    stats.tls_handshake_failures.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        None => forward(worker, rt, cluster, stream, origin, idle, max_age, stats).await,
+    }
+}
+
+fn sni_matches(p: &HostPattern, name: &str) -> bool {
+    match p {
+        HostPattern::Any => true,
+        HostPattern::Exact(h) => h == name,
+        HostPattern::Suffix(s) => name.len() > s.len() && name.ends_with(s.as_str()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward<D>(
+    worker: &Rc<Worker>,
+    rt: &Runtime,
+    cluster: &Cluster,
+    downstream: D,
+    origin: Origin,
+    idle: Duration,
+    max_age: Option<Duration>,
+    stats: &ListenerStats,
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let hash = match cluster.hash_on {
+        Some(HashOn::SourceIp) => Some(crate::balancer::hash_key(origin.client.ip().to_string().as_bytes())),
+        _ => None,
+    };
+    let mut tried = 0u64;
+    let (upstream, ep_idx) = loop {
+        let ep_idx = match crate::proxy::pick_endpoint(worker, rt, cluster, hash, tried) {
+            Ok(i) => i,
+            Err(_) => return,
+        };
+        if tried & (1 << ep_idx.min(63)) != 0 {
+            return; // every endpoint has been tried
+        }
+        tried |= 1 << ep_idx.min(63);
+        let ep = &cluster.endpoints[ep_idx];
+        match crate::upstream::dial(ep.address, cluster, &ep.stats, origin).await {
+            Ok(s) => break (s, ep_idx),
+            Err(e) => {
+                ep.stats.responses.record(e.status().as_u16());
+                crate::health::observe_passive(cluster, ep_idx, e.status().as_u16(), true);
+            }
+        }
+    };
+    let ep = &cluster.endpoints[ep_idx];
+    ep.stats.active.fetch_add(1, Relaxed);
+    cluster.stats.active.fetch_add(1, Relaxed);
+    let (up, down) = match &cluster.tls {
+        Some((t, cfg)) => {
+            match crate::upstream::tls_connect(ep.address, t, cfg, upstream, cluster.connect_timeout).await {
+                Ok(tls) => splice(downstream, tls, idle, max_age).await,
+                Err(e) => {
+                    crate::health::observe_passive(cluster, ep_idx, e.status().as_u16(), true);
+                    (0, 0)
+                }
+            }
+        }
+        None => splice(downstream, upstream, idle, max_age).await,
+    };
+    stats.tcp_bytes_in.fetch_add(up, Relaxed);
+    stats.tcp_bytes_out.fetch_add(down, Relaxed);
+    ep.stats.responses.record(200);
+    ep.stats.active.fetch_sub(1, Relaxed);
+    cluster.stats.active.fetch_sub(1, Relaxed);
+}
+
+/// Copies both ways until both directions are done (a half-close is passed on and the
+/// other direction continues), the connection is idle for `idle`, or it is older than
+/// `max_age`. Returns (bytes client→upstream, bytes upstream→client).
+pub async fn splice<A, B>(a: A, b: B, idle: Duration, max_age: Option<Duration>) -> (u64, u64)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let last = Rc::new(Cell::new(Instant::now()));
+    let mut a = Active {
+        io: a,
+        last: last.clone(),
+    };
+    let mut b = Active {
+        io: b,
+        last: last.clone(),
+    };
+    let born = Instant::now();
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    tokio::pin!(copy);
+    loop {
+        let idle_at = last.get() + idle;
+        let deadline = max_age.map_or(idle_at, |m| idle_at.min(born + m));
+        tokio::select! {
+            r = &mut copy => return r.unwrap_or((0, 0)),
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let now = Instant::now();
+                if max_age.is_some_and(|m| now >= born + m) || now >= last.get() + idle {
+                    return (0, 0);
+                }
+            }
+        }
+    }
+}
+
+/// Records the time of the last byte moved in either direction.
+struct Active<T> {
+    io: T,
+    last: Rc<Cell<Instant>>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Active<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.set(Instant::now());
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Active<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
