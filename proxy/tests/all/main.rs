@@ -2,6 +2,7 @@
 //! binary (modules below) so it links once.
 
 mod common;
+mod pki;
 
 mod admin;
 mod balancing;
@@ -12,3 +13,4 @@ mod lifecycle;
 mod limits;
 mod resilience;
 mod routing;
+mod tls;
