@@ -9,6 +9,7 @@ mod balancing;
 mod cli;
 mod errors;
 mod health;
+mod l4;
 mod lifecycle;
 mod limits;
 mod resilience;

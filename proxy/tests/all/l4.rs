@@ -1,0 +1,238 @@
+//! L4 listeners: TCP echo with PROXY v2 to the backend, TLS passthrough routed by SNI
+//! (including a ClientHello split across packets), connect retry on refusal, PROXY
+//! protocol accepted from a trusted front, and TLS origination to an upstream.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::*;
+use crate::pki::Pki;
+
+/// A TCP backend: optionally expects a PROXY header (and answers `src=<addr>\n` first),
+/// then echoes with a `name:` prefix on the first write.
+async fn echo_backend(name: &'static str, expect_proxy: bool) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { continue };
+            tokio::spawn(async move {
+                if expect_proxy {
+                    let mut buf = [0u8; 256];
+                    let n = s.peek(&mut buf).await.unwrap();
+                    let (len, addrs) = tandem_proxy::proxy_protocol::parse(&buf[..n]).unwrap().unwrap();
+                    let mut sink = vec![0u8; len];
+                    s.read_exact(&mut sink).await.unwrap();
+                    let (src, _) = addrs.unwrap();
+                    s.write_all(format!("src={src}\n").as_bytes()).await.unwrap();
+                }
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => {
+                            let _ = s.shutdown().await;
+                            return;
+                        }
+                        Ok(n) => n,
+                    };
+                    let mut out = format!("{name}:").into_bytes();
+                    out.extend_from_slice(&buf[..n]);
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A TLS echo backend answering `name:` + data.
+async fn tls_echo_backend(name: &'static str, cfg: Arc<rustls::ServerConfig>) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { continue };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(s).await else { return };
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let mut out = format!("{name}:").into_bytes();
+                    out.extend_from_slice(&buf[..n]);
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_echo_with_proxy_v2_and_retry_on_refusal() {
+    bounded(30, async {
+        let live = echo_backend("echo", true).await;
+        let dead = format!("127.0.0.1:{}", free_port());
+        let body = format!(
+            "[[cluster]]\nname = \"tcp\"\nproxy_protocol = \"v2\"\nendpoints = [{{ address = \"{dead}\" }}, {{ address = \"{live}\" }}]\n\n\
+[[cluster]]\nname = \"unused\"\nendpoints = [{{ address = \"{live}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"unused\"\n"
+        );
+        let proxy = Proxy::start_with(&body, "protocol = \"tcp\"\ncluster = \"tcp\"\nidle_timeout = \"2s\"");
+        for _ in 0..6 {
+            let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+            let me = s.local_addr().unwrap();
+            let mut line = vec![0u8; 64];
+            let n = s.read(&mut line).await.unwrap();
+            assert_eq!(String::from_utf8_lossy(&line[..n]), format!("src={me}\n"), "backend sees the true client");
+            s.write_all(b"hello").await.unwrap();
+            let n = s.read(&mut line).await.unwrap();
+            assert_eq!(&line[..n], b"echo:hello");
+            // Half-close: the client is done writing; the backend sees EOF and closes.
+            s.shutdown().await.unwrap();
+            let n = s.read(&mut line).await.unwrap();
+            assert_eq!(n, 0);
+        }
+        assert!(proxy.metric("tandem_listener_tcp_connections_total{listener=\"web\"}") >= 6.0);
+        assert!(proxy.metric(&format!("tandem_endpoint_connect_failures_total{{cluster=\"tcp\",endpoint=\"{dead}\"}}")) >= 1.0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_passthrough_is_routed_by_sni_even_when_the_hello_is_split() {
+    bounded(30, async {
+        let pki = Pki::new();
+        let a = pki.leaf("a", &["a.test"], false);
+        let b = pki.leaf("b", &["b.test", "*.b.test"], false);
+        let ba = tls_echo_backend("A", pki.server(&a)).await;
+        let bb = tls_echo_backend("B", pki.server(&b)).await;
+        let body = format!(
+            "[[cluster]]\nname = \"a\"\nendpoints = [{{ address = \"{ba}\" }}]\n\n[[cluster]]\nname = \"b\"\nendpoints = [{{ address = \"{bb}\" }}]\n\n\
+[[route]]\nname = \"r\"\ncluster = \"a\"\n"
+        );
+        let proxy = Proxy::start_with(
+            &body,
+            "protocol = \"tcp\"\ncluster = \"a\"\nsni_routes = [{ server_names = [\"b.test\", \"*.b.test\"], cluster = \"b\" }]",
+        );
+        let addr = proxy.addr;
+        let cfg = pki.client(&[], None);
+        // Blocking rustls client: the ClientHello goes out in two pieces 50 ms apart.
+        let result = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for (sni, split) in [("b.test", true), ("x.b.test", false), ("a.test", true)] {
+                let mut sock = std::net::TcpStream::connect(addr).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
+                let mut conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
+                let mut hello = Vec::new();
+                conn.write_tls(&mut hello).unwrap();
+                if split {
+                    sock.write_all(&hello[..7]).unwrap();
+                    std::thread::sleep(Duration::from_millis(50));
+                    sock.write_all(&hello[7..]).unwrap();
+                } else {
+                    sock.write_all(&hello).unwrap();
+                }
+                let mut tls = rustls::StreamOwned::new(conn, sock);
+                tls.write_all(b"ping").unwrap();
+                let mut buf = [0u8; 64];
+                let n = tls.read(&mut buf).unwrap();
+                out.push((sni, String::from_utf8_lossy(&buf[..n]).into_owned()));
+            }
+            out
+        })
+        .await
+        .unwrap();
+        assert_eq!(result[0], ("b.test", "B:ping".to_string()));
+        assert_eq!(result[1], ("x.b.test", "B:ping".to_string()));
+        assert_eq!(result[2], ("a.test", "A:ping".to_string()));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_from_a_trusted_front_sets_the_client_address() {
+    bounded(30, async {
+        let b = Backend::start("b").await;
+        let body = format!("[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n", b.addr);
+        let proxy = Proxy::start_with(&body, "proxy_protocol_from = [\"127.0.0.0/8\"]");
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let src: SocketAddr = "198.51.100.23:40000".parse().unwrap();
+        let mut req = tandem_proxy::proxy_protocol::encode_v2(src, proxy.addr);
+        req.extend_from_slice(b"GET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(&req).await.unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        assert!(resp.contains("x-forwarded-for: 198.51.100.23"), "{resp}");
+        // v1 too.
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"PROXY TCP4 192.0.2.99 127.0.0.1 1234 80\r\nGET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        assert!(resp.contains("x-forwarded-for: 192.0.2.99"), "{resp}");
+        // A trusted source that sends no header is refused and counted.
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp).await;
+        assert!(resp.is_empty());
+        assert!(proxy.metric("tandem_listener_malformed_requests_total{listener=\"web\"}") >= 1.0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_origination_to_an_upstream() {
+    bounded(30, async {
+        let pki = Pki::new();
+        let up = pki.leaf("up", &["upstream.test"], false);
+        // An HTTPS backend (hyper over rustls).
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server(&up));
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else { continue };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(s).await else { return };
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"over tls\n"))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+                });
+            }
+        });
+        let body = format!(
+            "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{addr}\" }}]\ntls = {{ sni = \"upstream.test\", ca = \"{}\" }}\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n",
+            pki.ca_pem.display()
+        );
+        let proxy = Proxy::start(&body);
+        let mut c = Client::h1(proxy.addr).await;
+        for _ in 0..3 {
+            let r = c.get("x", "/", &[]).await.unwrap();
+            assert_eq!((r.status, r.body.as_str()), (200, "over tls\n"));
+        }
+        // A wrong server name fails verification: 502, not a silent plaintext fallback.
+        let body = body.replace("sni = \"upstream.test\"", "sni = \"impostor.test\"");
+        proxy.rewrite(&body);
+        proxy.signal("HUP");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut c = Client::h1(proxy.addr).await;
+        assert_eq!(c.get("x", "/", &[]).await.unwrap().status, 502);
+    })
+    .await;
+}
