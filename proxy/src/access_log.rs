@@ -47,6 +47,8 @@ pub struct AccessRecord {
     pub attempts: u32,
     /// Termination reason: `ok`, or why it failed (`no-route`, `timeout`, …).
     pub reason: &'static str,
+    /// gRPC status from the response headers or trailers.
+    pub grpc_status: Option<u16>,
 }
 
 /// Sender side, cloned into every worker.
@@ -113,7 +115,7 @@ fn json_line(out: &mut String, r: &AccessRecord) {
     let s = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
     let _ = write!(
         out,
-        "{{\"time\":\"{}\",\"request_id\":{},\"client\":\"{}\",\"method\":{},\"authority\":{},\"path\":{},\"protocol\":\"{:?}\",\"status\":{},\"bytes\":{},\"upstream_ms\":{},\"duration_ms\":{:.3},\"route\":{},\"cluster\":{},\"endpoint\":{},\"attempts\":{},\"reason\":\"{}\"}}\n",
+        "{{\"time\":\"{}\",\"request_id\":{},\"client\":\"{}\",\"method\":{},\"authority\":{},\"path\":{},\"protocol\":\"{:?}\",\"status\":{},\"bytes\":{},\"upstream_ms\":{},\"duration_ms\":{:.3},\"route\":{},\"cluster\":{},\"endpoint\":{},\"attempts\":{},\"reason\":\"{}\",\"grpc_status\":{}}}\n",
         humantime::format_rfc3339_millis(r.time),
         s(r.request_id.to_str().unwrap_or("")),
         r.client,
@@ -130,6 +132,7 @@ fn json_line(out: &mut String, r: &AccessRecord) {
         r.endpoint.map_or("null".into(), |e| format!("\"{e}\"")),
         r.attempts,
         r.reason,
+        r.grpc_status.map_or("null".into(), |g| g.to_string()),
     );
 }
 

@@ -27,12 +27,16 @@ pub struct Completion {
     pub endpoint: Option<Arc<EndpointStats>>,
     /// Cluster whose active count to release.
     pub cluster: Option<Arc<ClusterStats>>,
+    /// Route whose gRPC status counters to bump.
+    pub route: Option<Arc<crate::metrics::RouteStats>>,
     /// Access log record to complete and send.
     pub record: Option<(AccessRecord, AccessLog)>,
     /// Request start.
     pub start: Instant,
     /// Body bytes sent so far.
     pub bytes: u64,
+    /// gRPC status from the response headers or trailers.
+    pub grpc_status: Option<u16>,
 }
 
 impl Completion {
@@ -48,8 +52,12 @@ impl Completion {
         if let Some(c) = self.cluster.take() {
             c.active.fetch_sub(1, Relaxed);
         }
+        if let (Some(r), Some(g)) = (self.route.take(), self.grpc_status) {
+            r.grpc_status(g);
+        }
         if let Some((mut rec, log)) = self.record.take() {
             rec.bytes = self.bytes;
+            rec.grpc_status = self.grpc_status;
             rec.duration = self.start.elapsed();
             if !complete && rec.reason == "ok" {
                 rec.reason = "downstream-abort";
@@ -107,8 +115,18 @@ impl Body for ProxyBody {
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(d), Some(data)) = (this.done.as_mut(), frame.data_ref()) {
-                    d.bytes += data.len() as u64;
+                if let Some(d) = this.done.as_mut() {
+                    if let Some(data) = frame.data_ref() {
+                        d.bytes += data.len() as u64;
+                    } else if let Some(t) = frame.trailers_ref() {
+                        if let Some(g) = t
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok())
+                        {
+                            d.grpc_status = Some(g);
+                        }
+                    }
                 }
                 if this.is_end_stream() {
                     this.complete();

@@ -24,5 +24,6 @@ pub mod runtime;
 pub mod server;
 pub mod sni;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod worker;

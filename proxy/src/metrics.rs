@@ -71,6 +71,15 @@ pub struct RouteStats {
     pub responses: StatusClasses,
     /// Time to response headers.
     pub latency: Histogram,
+    /// gRPC responses by grpc-status (0–16; 17 = other).
+    pub grpc: [AtomicU64; 18],
+}
+
+impl RouteStats {
+    /// Counts one gRPC response with status `g`.
+    pub fn grpc_status(&self, g: u16) {
+        self.grpc[usize::from(g).min(17)].fetch_add(1, Relaxed);
+    }
 }
 
 /// Per-cluster counters.
@@ -357,6 +366,24 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
         );
     }
 
+    counter(
+        &mut out,
+        "tandem_route_grpc_responses_total",
+        "gRPC responses per route by grpc-status.",
+    );
+    for r in &rt.routes {
+        for (g, v) in r.stats.grpc.iter().enumerate() {
+            let n = v.load(Relaxed);
+            if n > 0 {
+                let label = if g == 17 { "other".to_string() } else { g.to_string() };
+                let _ = writeln!(
+                    out,
+                    "tandem_route_grpc_responses_total{{route=\"{}\",grpc_status=\"{label}\"}} {n}",
+                    r.name
+                );
+            }
+        }
+    }
     counter(
         &mut out,
         "tandem_cluster_responses_total",

@@ -83,6 +83,7 @@ pub async fn handle(
         endpoint: None,
         attempts: 0,
         reason: "ok",
+        grpc_status: None,
     });
 
     let mut resp = match proxy_request(&worker, &conn, &rt, req, &mut rec, start).await {
@@ -119,6 +120,20 @@ async fn proxy_request(
         r.cluster = Some(cluster.name.clone());
     }
     admit(cluster)?;
+    if crate::upgrade::is_upgrade(&req) {
+        let resp = crate::upgrade::proxy_upgrade(worker, conn, rt, route, cluster, req).await?;
+        if let Some(mut r) = rec.take() {
+            r.status = resp.status().as_u16();
+            r.reason = if resp.status().as_u16() == 101 || r.method == http::Method::CONNECT {
+                "upgraded"
+            } else {
+                "ok"
+            };
+            r.duration = start.elapsed();
+            worker.shared.access_log.log(r);
+        }
+        return Ok(resp);
+    }
     let cluster_in_flight = InFlight::new(&cluster.stats.active);
     // The route timeout bounds every try (and the backoff between them) inside.
     let (resp, ep_idx, upstream_conn) = attempts(worker, conn, rt, route, cluster, req, rec, start).await?;
@@ -126,13 +141,21 @@ async fn proxy_request(
     let endpoint = &cluster.endpoints[ep_idx];
     let upstream_time = start.elapsed();
     let resp = prepare_downstream_response(resp, route);
+    // A trailers-only gRPC answer carries grpc-status in its headers.
+    let grpc_status = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let mut done = Box::new(Completion {
         conn: Some((upstream_conn, worker.pool.clone(), cluster.pool)),
         endpoint: Some(endpoint.stats.clone()),
         cluster: Some(cluster.stats.clone()),
+        route: Some(route.stats.clone()),
         record: None,
         start,
         bytes: 0,
+        grpc_status,
     });
     if let Some(mut r) = rec.take() {
         r.status = resp.status().as_u16();
@@ -179,6 +202,8 @@ async fn attempts(
     } else {
         None
     };
+    // gRPC deadlines shorten the route's (never lengthen them).
+    let total = grpc_timeout(req.headers()).map_or(route.timeout, |g| g.min(route.timeout));
     prepare_upstream_request(&mut req, route, cluster, conn)?;
     let policy = route
         .retry
@@ -189,7 +214,7 @@ async fn attempts(
     let mut streamed = None;
     let (parts, body) = req.into_parts();
     match policy {
-        Some(p) => match tokio::time::timeout(route.timeout, buffer_body(body, p.buffer_bytes)).await {
+        Some(p) => match tokio::time::timeout(total, buffer_body(body, p.buffer_bytes)).await {
             Ok(Ok(Ok(bytes))) => replay = Some((parts, bytes)),
             Ok(Ok(Err(body))) => streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body))),
             Ok(Err(e)) => return Err(e),
@@ -227,7 +252,7 @@ async fn attempts(
         // count over) or this attempt is abandoned, whichever comes first.
         let in_flight = InFlight::new(&endpoint.stats.active);
         // One timer per try: the per-try timeout, cut to what is left of the route's.
-        let try_timeout = route.per_try_timeout.min(route.timeout.saturating_sub(start.elapsed()));
+        let try_timeout = route.per_try_timeout.min(total.saturating_sub(start.elapsed()));
         let outcome: Attempt = if try_timeout.is_zero() {
             Err(ProxyError::Timeout)
         } else {
@@ -268,12 +293,28 @@ async fn attempts(
         drop(in_flight);
         retrying = Some(InFlight::adopt(&cluster.stats.retries_active));
         if let Some(p) = policy {
-            let left = route.timeout.saturating_sub(start.elapsed());
+            let left = total.saturating_sub(start.elapsed());
             if tokio::time::timeout(left, backoff(p, attempt)).await.is_err() {
                 return Err(ProxyError::Timeout);
             }
         }
     }
+}
+
+/// The `grpc-timeout` request header (`100m`, `5S`, …) as a duration.
+fn grpc_timeout(h: &http::HeaderMap) -> Option<Duration> {
+    let v = h.get("grpc-timeout")?.to_str().ok()?;
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Holds one unit of an in-flight gauge and gives it back when dropped, so a request
@@ -598,9 +639,11 @@ fn local_error(
             conn: None,
             endpoint: None,
             cluster: None,
+            route: None,
             record: Some(record),
             start,
             bytes: 0,
+            grpc_status: None,
         })
     });
     let mut resp = Response::new(ProxyBody::local(e.body(), done));

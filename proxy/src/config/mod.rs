@@ -287,6 +287,8 @@ pub struct RouteConfig {
     pub timeout: Duration,
     /// Bound on one attempt (≤ `timeout`).
     pub per_try_timeout: Duration,
+    /// Idle timeout of upgraded connections and tunnels.
+    pub upgrade_idle_timeout: Duration,
     /// Retry policy, if the route retries.
     pub retry: Option<RetryPolicy>,
     /// Request header rules.

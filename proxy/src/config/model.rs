@@ -236,6 +236,9 @@ pub struct RouteSection {
     /// Total time for the upstream exchange up to response headers.
     #[serde(default = "default_route_timeout")]
     pub timeout: Dur,
+    /// Idle timeout of upgraded (WebSocket) and CONNECT tunnels.
+    #[serde(default = "default_upgrade_idle")]
+    pub upgrade_idle_timeout: Dur,
     /// Bound on one upstream attempt (default: the route timeout).
     #[serde(default)]
     pub per_try_timeout: Dur,
@@ -560,6 +563,9 @@ fn default_maglev_table() -> u32 {
 }
 fn default_weight() -> u32 {
     1
+}
+fn default_upgrade_idle() -> Dur {
+    Dur::secs(3600)
 }
 fn default_listener_protocol() -> SpannedStr {
     Spanned::new(0..0, "http".into())

@@ -1077,6 +1077,7 @@ pub(crate) fn validate(
             destinations,
             timeout,
             per_try_timeout,
+            upgrade_idle_timeout: c.dur(&r.upgrade_idle_timeout, format!("{key}.upgrade_idle_timeout")),
             retry,
             request_headers,
             response_headers,

@@ -47,6 +47,8 @@ pub struct Route {
     pub timeout: Duration,
     /// Bound on one attempt.
     pub per_try_timeout: Duration,
+    /// Idle timeout of upgraded connections and tunnels.
+    pub upgrade_idle_timeout: Duration,
     /// Retry policy.
     pub retry: Option<RetryPolicy>,
     /// Request rewrites.
@@ -178,6 +180,7 @@ impl Runtime {
                 total_weight: r.destinations.iter().map(|d| d.1).sum(),
                 timeout: r.timeout,
                 per_try_timeout: r.per_try_timeout,
+                upgrade_idle_timeout: r.upgrade_idle_timeout,
                 retry: r.retry.clone(),
                 request_headers: r.request_headers.clone(),
                 response_headers: r.response_headers.clone(),

@@ -3,6 +3,7 @@
 
 mod common;
 mod pki;
+mod protocols;
 
 mod admin;
 mod balancing;

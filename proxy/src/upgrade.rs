@@ -1,0 +1,116 @@
+//! HTTP/1.1 Upgrade (WebSocket) and CONNECT: the request goes to the chosen endpoint on
+//! a dedicated connection; when the upstream agrees (101, or 2xx for CONNECT) both
+//! sides are switched to raw byte streams and copied both ways with the route's
+//! `upgrade_idle_timeout`.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::body::{ProxyBody, UpstreamBody};
+use crate::downstream::ConnState;
+use crate::error::ProxyError;
+use crate::headers;
+use crate::runtime::{Cluster, Route, Runtime};
+use crate::upstream::Origin;
+use crate::worker::Worker;
+
+/// Whether `req` asks for a protocol switch or a tunnel.
+pub fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.method() == Method::CONNECT
+        || (req.headers().contains_key(header::UPGRADE)
+            && req
+                .headers()
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+/// Proxies an Upgrade or CONNECT request; on success the tunnel runs in its own task.
+pub async fn proxy_upgrade(
+    worker: &Rc<Worker>,
+    conn: &ConnState,
+    rt: &Runtime,
+    route: &Route,
+    cluster: &Cluster,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let ep_idx = crate::proxy::pick_endpoint(worker, rt, cluster, None, 0)?;
+    let ep = &cluster.endpoints[ep_idx];
+    let downstream = hyper::upgrade::on(&mut req);
+    let connect = req.method() == Method::CONNECT;
+
+    // Forward the switch request: hop-by-hop headers go, except the upgrade itself.
+    let upgrade_to = req.headers().get(header::UPGRADE).cloned();
+    let authority = req.headers().get(header::HOST).cloned();
+    let (mut parts, _) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let proto = if conn.tls.is_some() { "https" } else { "http" };
+    headers::add_forwarded(&mut parts.headers, conn.client.ip(), authority.as_ref(), proto);
+    if !route.request_headers.is_empty() {
+        headers::apply_rules(&mut parts.headers, &route.request_headers);
+    }
+    if let Some(u) = upgrade_to {
+        parts.headers.insert(header::UPGRADE, u);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    parts.version = http::Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, UpstreamBody::Full(None));
+
+    let origin = Origin {
+        client: conn.client,
+        local: conn.local,
+    };
+    let stream = crate::upstream::dial(ep.address, cluster, &ep.stats, origin).await?;
+    let mut resp = match &cluster.tls {
+        Some((t, cfg)) => {
+            let tls = crate::upstream::tls_connect(ep.address, t, cfg, stream, cluster.connect_timeout).await?;
+            send_upgradeable(TokioIo::new(tls), upstream_req).await?
+        }
+        None => send_upgradeable(TokioIo::new(stream), upstream_req).await?,
+    };
+    ep.stats.responses.record(resp.status().as_u16());
+    let switched = if connect {
+        resp.status().is_success()
+    } else {
+        resp.status() == StatusCode::SWITCHING_PROTOCOLS
+    };
+    if !switched {
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        return Ok(Response::from_parts(parts, ProxyBody::upstream(body, None)));
+    }
+    let upstream = hyper::upgrade::on(&mut resp);
+    let idle = route.upgrade_idle_timeout;
+    let stats = ep.stats.clone();
+    let cstats = cluster.stats.clone();
+    stats.active.fetch_add(1, Relaxed);
+    cstats.active.fetch_add(1, Relaxed);
+    tokio::task::spawn_local(async move {
+        if let (Ok(down), Ok(up)) = (downstream.await, upstream.await) {
+            crate::l4::splice(TokioIo::new(down), TokioIo::new(up), idle, None).await;
+        }
+        stats.active.fetch_sub(1, Relaxed);
+        cstats.active.fetch_sub(1, Relaxed);
+    });
+    let (parts, _) = resp.into_parts();
+    Ok(Response::from_parts(parts, ProxyBody::local(bytes::Bytes::new(), None)))
+}
+
+async fn send_upgradeable<IO>(io: IO, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|_| ProxyError::UpstreamReset)?;
+    tokio::task::spawn_local(conn.with_upgrades());
+    tx.send_request(req).await.map_err(|_| ProxyError::UpstreamReset)
+}

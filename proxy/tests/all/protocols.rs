@@ -1,0 +1,172 @@
+//! WebSocket (HTTP/1.1 Upgrade), CONNECT tunnels and gRPC-style HTTP/2 exchanges with
+//! trailers, grpc-status accounting and grpc-timeout.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::*;
+
+/// A body made of fixed frames (data and trailers).
+struct Frames(VecDeque<Frame<Bytes>>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+/// A backend that switches to an echo on Upgrade and CONNECT, and speaks gRPC-ish h2.
+async fn special_backend() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|mut req: hyper::Request<Incoming>| async move {
+                    let upgrade = req.headers().contains_key("upgrade") || req.method() == http::Method::CONNECT;
+                    if upgrade {
+                        let on = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            let Ok(up) = on.await else { return };
+                            let mut io = TokioIo::new(up);
+                            let mut buf = [0u8; 1024];
+                            while let Ok(n) = io.read(&mut buf).await {
+                                if n == 0 || io.write_all(&[b"echo:", &buf[..n]].concat()).await.is_err() {
+                                    return;
+                                }
+                            }
+                        });
+                        let mut r = hyper::Response::new(Frames(VecDeque::new()));
+                        if req.method() != http::Method::CONNECT {
+                            *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                            r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+                            r.headers_mut().insert("connection", "Upgrade".parse().unwrap());
+                        }
+                        return Ok::<_, Infallible>(r);
+                    }
+                    let path = req.uri().path().to_string();
+                    let slow = req.headers().contains_key("x-slow");
+                    let _ = req.into_body().collect().await;
+                    if slow {
+                        tokio::time::sleep(Duration::from_millis(800)).await;
+                    }
+                    let status = if path.ends_with("Fail") { "14" } else { "0" };
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", status.parse().unwrap());
+                    trailers.insert("grpc-message", "done".parse().unwrap());
+                    let frames = VecDeque::from(vec![
+                        Frame::data(Bytes::from_static(b"\0\0\0\0\x03one")),
+                        Frame::data(Bytes::from_static(b"\0\0\0\0\x03two")),
+                        Frame::trailers(trailers),
+                    ]);
+                    let mut r = hyper::Response::new(Frames(frames));
+                    r.headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                    Ok(r)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_and_connect_are_tunnelled_both_ways() {
+    bounded(30, async {
+        let b = special_backend().await;
+        let body = format!("[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{b}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n");
+        let proxy = Proxy::start(&body);
+        // WebSocket handshake, then raw bytes both ways.
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = vec![0u8; 1024];
+        let n = s.read(&mut head).await.unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).to_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(head.contains("upgrade: websocket"), "{head}");
+        for msg in [&b"hello"[..], b"world"] {
+            s.write_all(msg).await.unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], [b"echo:", msg].concat().as_slice());
+        }
+        drop(s);
+        // CONNECT tunnel.
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n").await.unwrap();
+        let mut head = vec![0u8; 1024];
+        let n = s.read(&mut head).await.unwrap();
+        assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+        s.write_all(b"select 1").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"echo:select 1");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let log = proxy.access_log();
+        assert!(log.contains("\"reason\":\"upgraded\""), "{log}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_streams_keep_their_trailers_and_status_is_counted() {
+    bounded(30, async {
+        let b = special_backend().await;
+        let body = format!(
+            "[[cluster]]\nname = \"grpc\"\nprotocol = \"h2c\"\nendpoints = [{{ address = \"{b}\" }}]\n\n[[route]]\nname = \"grpc\"\ncluster = \"grpc\"\ntimeout = \"5s\"\n"
+        );
+        let proxy = Proxy::start(&body);
+        let s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await.unwrap();
+        tokio::spawn(conn);
+        let call = |path: &'static str, slow: bool| {
+            let mut b = http::Request::post(format!("http://svc.local{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers");
+            if slow {
+                b = b.header("x-slow", "1").header("grpc-timeout", "150m");
+            }
+            b.body(http_body_util::Full::new(Bytes::from_static(b"\0\0\0\0\x02hi"))).unwrap()
+        };
+        for (path, want) in [("/pkg.Svc/Stream", "0"), ("/pkg.Svc/Fail", "14")] {
+            tx.ready().await.unwrap();
+            let resp = tx.send_request(call(path, false)).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let collected = resp.into_body().collect().await.unwrap();
+            let trailers = collected.trailers().cloned().expect("trailers reach the client");
+            assert_eq!(trailers["grpc-status"], want);
+            assert_eq!(trailers["grpc-message"], "done");
+            assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x03one\0\0\0\0\x03two");
+        }
+        // grpc-timeout shortens the deadline: 150 ms, not the route's 5 s.
+        let t = Instant::now();
+        tx.ready().await.unwrap();
+        let resp = tx.send_request(call("/pkg.Svc/Stream", true)).await.unwrap();
+        assert_eq!(resp.status(), 504);
+        assert!(t.elapsed() < Duration::from_millis(600), "{:?}", t.elapsed());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(proxy.metric("tandem_route_grpc_responses_total{route=\"grpc\",grpc_status=\"0\"}"), 1.0);
+        assert_eq!(proxy.metric("tandem_route_grpc_responses_total{route=\"grpc\",grpc_status=\"14\"}"), 1.0);
+        let log = proxy.access_log();
+        assert!(log.contains("\"grpc_status\":14"), "{log}");
+    })
+    .await;
+}
