@@ -12,6 +12,8 @@ command -v haproxy >/dev/null || need+=(haproxy)
 command -v nginx >/dev/null || need+=(nginx)
 command -v wrk >/dev/null || need+=(wrk)
 command -v taskset >/dev/null || need+=(util-linux)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v openssl >/dev/null || need+=(openssl)
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
@@ -23,3 +25,4 @@ ulimit -n 65536 2>/dev/null || true
 cargo build --release --quiet
 python3 bench/l7.py --tandem target/release/tandem --seconds "${1:-10}"
 python3 bench/gray_failure.py --tandem target/release/tandem
+python3 bench/tls_l4.py --tandem target/release/tandem --seconds "${1:-10}"

@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""TLS and L4 benchmark: Tandem beside HAProxy in one run.
+
+One proxy thread pinned to CPU 0; the backends (nginx) and the load tools on CPU 1.
+Measures, per proxy, with the proxy's CPU time from /proc:
+  - full TLS 1.3 handshakes per CPU-second (wrk, a new connection per request);
+  - TLS keep-alive HTTP/1.1 requests per CPU-second (wrk) and h2 (h2load);
+  - L4 (TCP) request/response per CPU-second (wrk over HAProxy `mode tcp` / a tandem
+    `protocol = "tcp"` listener) and L4 bulk transfer (1 MiB responses) in MB per CPU-second.
+Prints a table and the Tandem/HAProxy ratios.
+"""
+import argparse
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+spec = importlib.util.spec_from_file_location("l7", os.path.join(HERE, "l7.py"))
+l7 = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(l7)
+
+BACKENDS = [19001, 19002]
+PORTS = {"tandem": (18443, 18090), "haproxy": (18444, 18091)}  # (tls, tcp)
+
+
+def certs(tmp):
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem", "-days", "2", "-subj", "/CN=bench.test",
+         "-addext", "subjectAltName=DNS:bench.test"],
+        check=True, capture_output=True,
+    )
+    with open(f"{tmp}/combined.pem", "w") as f:
+        f.write(open(f"{tmp}/cert.pem").read() + open(f"{tmp}/key.pem").read())
+
+
+def configs(tmp):
+    with open(f"{tmp}/big.bin", "wb") as f:
+        f.write(os.urandom(1 << 20))
+    servers = "".join(
+        f'  server {{ listen 127.0.0.1:{p} reuseport; location / {{ return 200 "ok\\n"; }} location /big {{ alias {tmp}/big.bin; }} }}\n'
+        for p in BACKENDS
+    )
+    with open(f"{tmp}/backend.conf", "w") as f:
+        f.write(f"""worker_processes 1;
+pid {tmp}/backend.pid;
+error_log {tmp}/backend.err warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  sendfile on;
+{servers}}}
+""")
+    eps = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in BACKENDS)
+    tls, tcp = PORTS["tandem"]
+    with open(f"{tmp}/tandem.toml", "w") as f:
+        f.write(f"""[server]
+workers = 1
+[admin]
+listen = "127.0.0.1:19902"
+[log]
+level = "warn"
+access_log = "off"
+[[listener]]
+name = "https"
+listen = "127.0.0.1:{tls}"
+tls = {{ certificates = [{{ cert = "{tmp}/cert.pem", key = "{tmp}/key.pem" }}], min_version = "1.3" }}
+[[listener]]
+name = "tcp"
+listen = "127.0.0.1:{tcp}"
+protocol = "tcp"
+cluster = "be"
+[[cluster]]
+name = "be"
+balancer = "round_robin"
+endpoints = [{eps}]
+[[route]]
+name = "all"
+listeners = ["https"]
+cluster = "be"
+""")
+    servers = "\n".join(f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(BACKENDS))
+    tls, tcp = PORTS["haproxy"]
+    with open(f"{tmp}/haproxy.cfg", "w") as f:
+        f.write(f"""global
+  nbthread 1
+  maxconn 8000
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+defaults
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend https
+  mode http
+  bind 127.0.0.1:{tls} ssl crt {tmp}/combined.pem alpn h2,http/1.1
+  option http-keep-alive
+  option forwardfor
+  default_backend be
+backend be
+  mode http
+  balance roundrobin
+  http-reuse always
+{servers}
+frontend tcp
+  mode tcp
+  bind 127.0.0.1:{tcp}
+  default_backend betcp
+backend betcp
+  mode tcp
+  balance roundrobin
+{servers}
+""")
+
+
+def h2load(port, seconds):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "h2load", "-c", "16", "-m", "16", "-D", str(seconds), f"https://127.0.0.1:{port}/"],
+        capture_output=True, text=True,
+    ).stdout
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    ok = re.search(r"(\d+) succeeded", out)
+    return float(m.group(1)) if m else 0.0, out if not ok else ""
+
+
+def wrk_raw(args):
+    out = subprocess.run(["taskset", "-c", "1", "wrk"] + args, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    tr = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
+    mult = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}[tr.group(2)]
+    return rps, float(tr.group(1)) * mult
+
+
+def measure(pid, fn, seconds):
+    before = l7.cpu_ticks(pid)
+    value = fn()
+    cpu = (l7.cpu_ticks(pid) - before) / l7.CLK
+    return value, cpu
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tandem", required=True)
+    ap.add_argument("--seconds", type=int, default=8)
+    args = ap.parse_args()
+    s = args.seconds
+    tmp = tempfile.mkdtemp(prefix="tandem-tls-")
+    certs(tmp)
+    configs(tmp)
+    backend = subprocess.Popen(["taskset", "-c", "1", "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf", "-g", "daemon off;"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = {}
+    try:
+        l7.wait_http(BACKENDS[0])
+        for name in ("tandem", "haproxy"):
+            if name == "tandem":
+                cmd = [os.path.abspath(args.tandem), "run", "-c", f"{tmp}/tandem.toml"]
+            else:
+                cmd = ["haproxy", "-db", "-f", f"{tmp}/haproxy.cfg"]
+            p = subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            tls, tcp = PORTS[name]
+            try:
+                time.sleep(1)
+                url = f"https://127.0.0.1:{tls}/"
+                wrk_raw(["-t1", "-c32", "-d2s", url])
+                r = {}
+                (rps, _), cpu = measure(p.pid, lambda: wrk_raw(["-t1", "-c32", f"-d{s}s", "-H", "Connection: close", url]), s)
+                r["handshakes"] = (rps, rps * s / cpu)
+                (rps, _), cpu = measure(p.pid, lambda: wrk_raw(["-t1", "-c64", f"-d{s}s", url]), s)
+                r["tls_h1"] = (rps, rps * s / cpu)
+                (rps, err), cpu = measure(p.pid, lambda: h2load(tls, s), s)
+                r["tls_h2"] = (rps, rps * s / cpu if cpu else 0)
+                turl = f"http://127.0.0.1:{tcp}/"
+                (rps, _), cpu = measure(p.pid, lambda: wrk_raw(["-t1", "-c64", f"-d{s}s", turl]), s)
+                r["l4_rr"] = (rps, rps * s / cpu)
+                (rps, bps), cpu = measure(p.pid, lambda: wrk_raw(["-t1", "-c8", f"-d{s}s", turl + "big"]), s)
+                r["l4_bulk"] = (bps / 1e6, bps * s / 1e6 / cpu)
+                rows[name] = r
+            finally:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    finally:
+        backend.send_signal(signal.SIGQUIT)
+        backend.wait(10)
+
+    labels = {
+        "handshakes": "full TLS 1.3 handshakes",
+        "tls_h1": "TLS keep-alive HTTP/1.1 req",
+        "tls_h2": "TLS h2 req (h2load 16x16)",
+        "l4_rr": "L4 request/response",
+        "l4_bulk": "L4 bulk (MB)",
+    }
+    print(f"\nTLS and L4, 1 proxy thread on CPU 0, load + nginx backends on CPU 1, {s}s per run")
+    print(f"{'':<30} {'tandem /s':>11} {'per CPU-s':>11} {'haproxy /s':>11} {'per CPU-s':>11} {'ratio':>7}")
+    for k, label in labels.items():
+        t, h = rows["tandem"][k], rows["haproxy"][k]
+        ratio = t[1] / h[1] if h[1] else float("nan")
+        print(f"{label:<30} {t[0]:>11.0f} {t[1]:>11.0f} {h[0]:>11.0f} {h[1]:>11.0f} {ratio:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
