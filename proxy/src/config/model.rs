@@ -550,7 +550,7 @@ fn default_connect_timeout() -> Dur {
     Dur::secs(2)
 }
 fn default_pool_max_idle() -> usize {
-    64
+    256
 }
 fn default_pool_idle_timeout() -> Dur {
     Dur::secs(60)
