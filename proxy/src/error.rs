@@ -56,6 +56,14 @@ pub enum ProxyError {
     /// The request body could not be read from the client.
     #[error("client request body error")]
     DownstreamBody,
+    /// The route's rate limit refused the request.
+    #[error("rate limited")]
+    RateLimited {
+        /// Milliseconds until a request would be admitted.
+        retry_after_ms: u64,
+        /// The limit (requests per period).
+        limit: u64,
+    },
 }
 
 impl ProxyError {
@@ -67,6 +75,7 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream | ProxyError::Overflow(_) => S::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailure | ProxyError::UpstreamReset => S::BAD_GATEWAY,
             ProxyError::DownstreamBody => S::BAD_REQUEST,
+            ProxyError::RateLimited { .. } => S::TOO_MANY_REQUESTS,
             ProxyError::ConnectTimeout | ProxyError::Timeout => S::GATEWAY_TIMEOUT,
         }
     }
@@ -82,6 +91,7 @@ impl ProxyError {
             ProxyError::UpstreamReset => "upstream-reset",
             ProxyError::Overflow(_) => "overflow",
             ProxyError::DownstreamBody => "downstream-body",
+            ProxyError::RateLimited { .. } => "rate-limited",
         }
     }
 
@@ -108,6 +118,7 @@ impl ProxyError {
             ProxyError::UpstreamReset => "upstream connection reset\n",
             ProxyError::Overflow(_) => "upstream overloaded: circuit breaker open\n",
             ProxyError::DownstreamBody => "could not read the request body\n",
+            ProxyError::RateLimited { .. } => "rate limit exceeded\n",
         }
     }
 }

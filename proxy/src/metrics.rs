@@ -71,6 +71,8 @@ pub struct RouteStats {
     pub responses: StatusClasses,
     /// Time to response headers.
     pub latency: Histogram,
+    /// Requests refused by the route's rate limit (429).
+    pub rate_limited: AtomicU64,
     /// gRPC responses by grpc-status (0–16; 17 = other).
     pub grpc: [AtomicU64; 18],
 }
@@ -180,6 +182,9 @@ pub struct StatsRegistry {
     clusters: Mutex<HashMap<String, Arc<ClusterStats>>>,
     endpoints: Mutex<HashMap<(String, SocketAddr), Arc<EndpointStats>>>,
     listeners: Mutex<HashMap<String, Arc<ListenerStats>>>,
+    limiters: Mutex<HashMap<String, Arc<crate::ratelimit::Limiter>>>,
+    /// Learned sticky bindings of this node.
+    pub sticky: crate::sticky::StickyTable,
     /// Process-wide counters.
     pub process: ProcessStats,
 }
@@ -197,6 +202,29 @@ impl StatsRegistry {
     pub fn endpoint(&self, cluster: &str, addr: SocketAddr) -> Arc<EndpointStats> {
         get_or_default(&self.endpoints, (cluster.to_string(), addr))
     }
+    /// The limiter of route `name`, kept across reloads unless its settings changed.
+    pub fn limiter(&self, name: &str, cfg: &crate::ratelimit::LimitConfig) -> Arc<crate::ratelimit::Limiter> {
+        let mut m = self.limiters.lock().expect("limiter registry poisoned");
+        match m.get(name) {
+            Some(l) if l.config == *cfg => l.clone(),
+            _ => {
+                let l = Arc::new(crate::ratelimit::Limiter::new(cfg.clone()));
+                m.insert(name.to_string(), l.clone());
+                l
+            }
+        }
+    }
+
+    /// Every limiter (for the sweeper).
+    pub fn limiters(&self) -> Vec<Arc<crate::ratelimit::Limiter>> {
+        self.limiters
+            .lock()
+            .expect("limiter registry poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Stats of listener `name`.
     pub fn listener(&self, name: &str) -> Arc<ListenerStats> {
         get_or_default(&self.listeners, name.to_string())
@@ -366,6 +394,25 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
         );
     }
 
+    counter(
+        &mut out,
+        "tandem_route_rate_limited_total",
+        "Requests refused by the route's rate limit (429).",
+    );
+    for r in &rt.routes {
+        let _ = writeln!(
+            out,
+            "tandem_route_rate_limited_total{{route=\"{}\"}} {}",
+            r.name,
+            r.stats.rate_limited.load(Relaxed)
+        );
+    }
+    gauge(
+        &mut out,
+        "tandem_sticky_bindings",
+        "Learned sticky bindings held by this node.",
+    );
+    let _ = writeln!(out, "tandem_sticky_bindings {}", reg.sticky.len());
     counter(
         &mut out,
         "tandem_route_grpc_responses_total",

@@ -115,6 +115,7 @@ async fn proxy_request(
     if let Some(r) = rec.as_mut() {
         r.route = Some(route.name.clone());
     }
+    rate_limit(route, &req, conn)?;
     let cluster = &rt.clusters[route.pick_cluster()];
     if let Some(r) = rec.as_mut() {
         r.cluster = Some(cluster.name.clone());
@@ -166,6 +167,21 @@ async fn proxy_request(
     Ok(Response::from_parts(parts, ProxyBody::upstream(body, Some(done))))
 }
 
+/// Stage 2b: the route's rate limit, decided from this node's counts (never waits).
+fn rate_limit(route: &Route, req: &Request<Incoming>, conn: &ConnState) -> Result<(), ProxyError> {
+    let Some(l) = &route.limiter else { return Ok(()) };
+    match l.admit(l.key_of(req.headers(), conn.client)) {
+        crate::ratelimit::Decision::Allow { .. } => Ok(()),
+        crate::ratelimit::Decision::Deny { retry_after } => {
+            route.stats.rate_limited.fetch_add(1, Relaxed);
+            Err(ProxyError::RateLimited {
+                retry_after_ms: retry_after.as_millis() as u64,
+                limit: l.config.requests,
+            })
+        }
+    }
+}
+
 /// Circuit breaker on requests in flight: refuse at once rather than queue.
 fn admit(cluster: &Cluster) -> Result<(), ProxyError> {
     if cluster.stats.active.load(Relaxed) >= cluster.breakers.max_requests {
@@ -209,6 +225,8 @@ async fn attempts(
         .retry
         .as_ref()
         .filter(|p| p.max_retries > 0 && retry_allowed(p, &req));
+    let sticky_table = &worker.shared.stats.sticky;
+    let sticky = crate::sticky::plan(cluster, sticky_table, req.headers(), conn.client);
     // A retryable request keeps its (small) body for replay; otherwise it streams.
     let mut replay: Option<(http::request::Parts, Bytes)> = None;
     let mut streamed = None;
@@ -234,7 +252,10 @@ async fn attempts(
     let mut retrying: Option<InFlight<'_>> = None;
     loop {
         attempt += 1;
-        let ep_idx = pick_endpoint(worker, rt, cluster, hash, tried)?;
+        let ep_idx = match sticky.target {
+            Some(t) if attempt == 1 => t,
+            _ => pick_endpoint(worker, rt, cluster, hash, tried)?,
+        };
         if ep_idx < 64 {
             tried |= 1 << ep_idx;
         }
@@ -281,8 +302,9 @@ async fn attempts(
         let retry = policy.is_some_and(|p| attempt < max_attempts && should_retry(p, &outcome));
         if !retry || !reserve_retry(cluster) {
             return match outcome {
-                Ok((resp, c)) => {
+                Ok((mut resp, c)) => {
                     in_flight.hand_over();
+                    crate::sticky::finish(cluster, sticky_table, sticky, ep_idx, resp.headers_mut());
                     Ok((resp, ep_idx, c))
                 }
                 Err(e) => Err(e),
@@ -657,6 +679,22 @@ fn local_error(
         http::HeaderName::from_static("x-tandem-error"),
         HeaderValue::from_static(e.reason()),
     );
+    if let ProxyError::RateLimited { retry_after_ms, limit } = e {
+        let secs = retry_after_ms.div_ceil(1000).max(1);
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        h.insert(
+            http::HeaderName::from_static("ratelimit-limit"),
+            HeaderValue::from(limit),
+        );
+        h.insert(
+            http::HeaderName::from_static("ratelimit-remaining"),
+            HeaderValue::from(0u64),
+        );
+        h.insert(
+            http::HeaderName::from_static("ratelimit-reset"),
+            HeaderValue::from(secs),
+        );
+    }
     if let ProxyError::Overflow(limit) = e {
         h.insert(
             http::HeaderName::from_static("x-tandem-overflow"),

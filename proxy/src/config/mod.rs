@@ -289,6 +289,8 @@ pub struct RouteConfig {
     pub per_try_timeout: Duration,
     /// Idle timeout of upgraded connections and tunnels.
     pub upgrade_idle_timeout: Duration,
+    /// Admission limit.
+    pub rate_limit: Option<crate::ratelimit::LimitConfig>,
     /// Retry policy, if the route retries.
     pub retry: Option<RetryPolicy>,
     /// Request header rules.
@@ -423,6 +425,8 @@ pub struct ClusterConfig {
     pub tls: Option<(crate::tls::UpstreamTls, Built<rustls::ClientConfig>)>,
     /// PROXY protocol header sent on new upstream connections.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// Sticky sessions.
+    pub sticky: Option<crate::sticky::StickyConfig>,
 }
 
 /// PROXY protocol version.

@@ -187,6 +187,52 @@ pub struct SniRouteSection {
     pub cluster: SpannedStr,
 }
 
+/// `sticky = { … }` of a cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickySection {
+    /// `cookie` (Tandem inserts a signed cookie) or `learned`.
+    pub mode: SpannedStr,
+    /// cookie mode: cookie name.
+    #[serde(default = "default_sticky_cookie")]
+    pub cookie: String,
+    /// cookie mode: HMAC secret; give every node of a pair the same one.
+    pub secret: Option<SpannedStr>,
+    /// cookie mode: Max-Age; 0 = session cookie.
+    #[serde(default)]
+    pub max_age: Dur,
+    /// cookie mode: mark the cookie Secure.
+    #[serde(default)]
+    pub secure: bool,
+    /// learned mode: `cookie:NAME`, `header:NAME` or `source_ip`.
+    pub on: Option<SpannedStr>,
+    /// learned mode: bindings unused this long expire.
+    #[serde(default = "default_sticky_idle")]
+    pub idle_timeout: Dur,
+}
+
+/// `rate_limit = { … }` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Requests allowed per `per`.
+    pub requests: u64,
+    /// Period.
+    #[serde(default = "default_rl_per")]
+    pub per: Dur,
+    /// Token bucket capacity (default: `requests`).
+    pub burst: Option<u64>,
+    /// `source_ip`, `header:NAME` or `route`.
+    #[serde(default = "default_rl_key")]
+    pub key: SpannedStr,
+    /// `token_bucket` or `sliding_window`.
+    #[serde(default = "default_rl_alg")]
+    pub algorithm: SpannedStr,
+    /// `local` (this node) — `cluster` arrives with the Raft group.
+    #[serde(default = "default_rl_scope")]
+    pub scope: SpannedStr,
+}
+
 /// `tls = { … }` of a cluster: TLS to its endpoints.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -236,6 +282,8 @@ pub struct RouteSection {
     /// Total time for the upstream exchange up to response headers.
     #[serde(default = "default_route_timeout")]
     pub timeout: Dur,
+    /// Admission limit for this route.
+    pub rate_limit: Option<RateLimitSection>,
     /// Idle timeout of upgraded (WebSocket) and CONNECT tunnels.
     #[serde(default = "default_upgrade_idle")]
     pub upgrade_idle_timeout: Dur,
@@ -380,6 +428,8 @@ pub struct ClusterSection {
     pub retry_budget: RetryBudgetSection,
     /// TLS to the endpoints.
     pub tls: Option<UpstreamTlsSection>,
+    /// Sticky sessions.
+    pub sticky: Option<StickySection>,
     /// Send a PROXY protocol header (`v1` or `v2`) on each new upstream connection.
     pub proxy_protocol: Option<SpannedStr>,
 }
@@ -563,6 +613,24 @@ fn default_maglev_table() -> u32 {
 }
 fn default_weight() -> u32 {
     1
+}
+fn default_sticky_cookie() -> String {
+    "tandem_sticky".into()
+}
+fn default_sticky_idle() -> Dur {
+    Dur::secs(1800)
+}
+fn default_rl_per() -> Dur {
+    Dur::secs(1)
+}
+fn default_rl_key() -> SpannedStr {
+    Spanned::new(0..0, "source_ip".into())
+}
+fn default_rl_alg() -> SpannedStr {
+    Spanned::new(0..0, "sliding_window".into())
+}
+fn default_rl_scope() -> SpannedStr {
+    Spanned::new(0..0, "local".into())
 }
 fn default_upgrade_idle() -> Dur {
     Dur::secs(3600)

@@ -212,3 +212,19 @@ fn health_and_retry_settings_are_checked() {
         .any(|i| i.key == "route[0].retry_on[0]" && i.hint.as_deref() == Some("did you mean `5xx`?")));
     assert!(v.iter().any(|i| i.key == "route[0].retriable_statuses"));
 }
+
+#[test]
+fn sticky_and_rate_limit_settings_are_checked() {
+    let text = BASE
+        .replace("name = \"api\"\n", "name = \"api\"\nsticky = { mode = \"cookie\" }\n")
+        .replace(
+            "cluster = \"api\"\n",
+            "cluster = \"api\"\nrate_limit = { requests = 10, scope = \"cluster\", key = \"cookie:x\" }\n",
+        );
+    let v = issues(&text);
+    assert!(v.iter().any(|i| i.key == "cluster[0].sticky.secret"), "{v:#?}");
+    assert!(v
+        .iter()
+        .any(|i| i.key == "route[0].rate_limit.scope" && i.message.contains("Raft")));
+    assert!(v.iter().any(|i| i.key == "route[0].rate_limit.key"));
+}

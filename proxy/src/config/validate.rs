@@ -194,6 +194,138 @@ impl Checker<'_> {
         }
     }
 
+    fn sticky(&mut self, st: &model::StickySection, key: &str) -> Option<crate::sticky::StickyConfig> {
+        match st.mode.get_ref().as_str() {
+            "cookie" => {
+                let secret = match &st.secret {
+                    Some(s) if s.get_ref().len() >= 16 => s.get_ref().as_bytes().to_vec(),
+                    Some(s) => {
+                        self.at(
+                            s,
+                            format!("{key}.secret"),
+                            "the secret is shorter than 16 bytes".into(),
+                            Some("use a long random string, the same on every node".into()),
+                        );
+                        return None;
+                    }
+                    None => {
+                        self.at(
+                            &st.mode,
+                            format!("{key}.secret"),
+                            "cookie stickiness needs a signing secret".into(),
+                            Some("add secret = \"…\" (≥ 16 bytes, the same on every node of the pair)".into()),
+                        );
+                        return None;
+                    }
+                };
+                let max_age = self.dur(&st.max_age, format!("{key}.max_age"));
+                Some(crate::sticky::StickyConfig::Cookie {
+                    name: st.cookie.clone(),
+                    secret,
+                    max_age: (!max_age.is_zero()).then_some(max_age),
+                    secure: st.secure,
+                })
+            }
+            "learned" => {
+                let Some(on) = &st.on else {
+                    self.at(
+                        &st.mode,
+                        format!("{key}.on"),
+                        "learned stickiness needs a key".into(),
+                        Some("add on = \"cookie:JSESSIONID\", \"header:NAME\" or \"source_ip\"".into()),
+                    );
+                    return None;
+                };
+                let on = parse_hash_on(self, on, format!("{key}.on"))?;
+                Some(crate::sticky::StickyConfig::Learned {
+                    on,
+                    idle: self.dur(&st.idle_timeout, format!("{key}.idle_timeout")),
+                })
+            }
+            other => {
+                self.at(
+                    &st.mode,
+                    format!("{key}.mode"),
+                    format!("unknown sticky mode `{other}`"),
+                    Some("use \"cookie\" or \"learned\"".into()),
+                );
+                None
+            }
+        }
+    }
+
+    fn rate_limit(
+        &mut self,
+        rl: &model::RateLimitSection,
+        key: &str,
+        anchor: &SpannedStr,
+    ) -> Option<crate::ratelimit::LimitConfig> {
+        use crate::ratelimit::{Algorithm, LimitConfig, LimitKey};
+        if rl.requests == 0 {
+            self.at(
+                anchor,
+                format!("{key}.requests"),
+                "0 would refuse every request".into(),
+                Some("use a positive number".into()),
+            );
+        }
+        let per = self.dur(&rl.per, format!("{key}.per"));
+        let lk = match rl.key.get_ref().as_str() {
+            "source_ip" => LimitKey::SourceIp,
+            "route" => LimitKey::Route,
+            k => match k
+                .strip_prefix("header:")
+                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+            {
+                Some(h) => LimitKey::Header(h),
+                None => {
+                    self.at(
+                        &rl.key,
+                        format!("{key}.key"),
+                        format!("`{k}` is not a limit key"),
+                        Some("use \"source_ip\", \"header:NAME\" or \"route\"".into()),
+                    );
+                    LimitKey::Route
+                }
+            },
+        };
+        let algorithm = match rl.algorithm.get_ref().as_str() {
+            "token_bucket" => Algorithm::TokenBucket,
+            "sliding_window" => Algorithm::SlidingWindow,
+            other => {
+                self.at(
+                    &rl.algorithm,
+                    format!("{key}.algorithm"),
+                    format!("unknown algorithm `{other}`"),
+                    Some("use \"token_bucket\" or \"sliding_window\"".into()),
+                );
+                Algorithm::SlidingWindow
+            }
+        };
+        match rl.scope.get_ref().as_str() {
+            "local" => {}
+            "cluster" => self.at(
+                &rl.scope,
+                format!("{key}.scope"),
+                "cluster scope needs the pair's Raft group, which this build does not have yet".into(),
+                Some("use scope = \"local\" (each node enforces the limit on its own)".into()),
+            ),
+            other => self.at(
+                &rl.scope,
+                format!("{key}.scope"),
+                format!("unknown scope `{other}`"),
+                Some("use \"local\"".into()),
+            ),
+        }
+        (rl.requests > 0 && !per.is_zero()).then(|| LimitConfig {
+            requests: rl.requests,
+            per,
+            burst: rl.burst.unwrap_or(rl.requests).max(1),
+            key: lk,
+            algorithm,
+        })
+    }
+
     fn health_check(
         &mut self,
         h: &model::HealthCheckSection,
@@ -787,6 +919,7 @@ pub(crate) fn validate(
                 .tls
                 .as_ref()
                 .and_then(|t| c.upstream_tls(t, base, &format!("{key}.tls"), &cl.name, protocol)),
+            sticky: cl.sticky.as_ref().and_then(|st| c.sticky(st, &format!("{key}.sticky"))),
             proxy_protocol: cl.proxy_protocol.as_ref().and_then(|p| match p.get_ref().as_str() {
                 "v1" => Some(ProxyProtocolVersion::V1),
                 "v2" => Some(ProxyProtocolVersion::V2),
@@ -1078,6 +1211,10 @@ pub(crate) fn validate(
             timeout,
             per_try_timeout,
             upgrade_idle_timeout: c.dur(&r.upgrade_idle_timeout, format!("{key}.upgrade_idle_timeout")),
+            rate_limit: r
+                .rate_limit
+                .as_ref()
+                .and_then(|rl| c.rate_limit(rl, &format!("{key}.rate_limit"), &r.name)),
             retry,
             request_headers,
             response_headers,

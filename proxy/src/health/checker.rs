@@ -51,9 +51,27 @@ async fn run(shared: Arc<Shared>) {
     let mut sweeps: HashMap<Arc<str>, SweepState> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
     loop {
         tick.tick().await;
+        ticks += 1;
         let rt = shared.runtime.load_full();
+        if ticks % 50 == 0 {
+            // Every 5 s: forget idle sticky bindings and rate-limit keys.
+            let idle = rt
+                .clusters
+                .iter()
+                .filter_map(|c| match &c.sticky {
+                    Some(crate::sticky::StickyConfig::Learned { idle, .. }) => Some(*idle),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(Duration::from_secs(1800));
+            shared.stats.sticky.sweep(idle);
+            for l in shared.stats.limiters() {
+                l.sweep();
+            }
+        }
         if rt.generation != generation {
             generation = rt.generation;
             sync_probers(&rt, &mut probers);

@@ -49,6 +49,8 @@ pub struct Route {
     pub per_try_timeout: Duration,
     /// Idle timeout of upgraded connections and tunnels.
     pub upgrade_idle_timeout: Duration,
+    /// Admission limiter (its counts survive reloads while its settings do not change).
+    pub limiter: Option<Arc<crate::ratelimit::Limiter>>,
     /// Retry policy.
     pub retry: Option<RetryPolicy>,
     /// Request rewrites.
@@ -113,6 +115,8 @@ pub struct Cluster {
     pub tls: Option<(crate::tls::UpstreamTls, crate::config::Built<rustls::ClientConfig>)>,
     /// PROXY protocol header on new upstream connections.
     pub proxy_protocol: Option<crate::config::ProxyProtocolVersion>,
+    /// Sticky sessions.
+    pub sticky: Option<crate::sticky::StickyConfig>,
 }
 
 /// Per-cluster upstream pool settings.
@@ -181,6 +185,7 @@ impl Runtime {
                 timeout: r.timeout,
                 per_try_timeout: r.per_try_timeout,
                 upgrade_idle_timeout: r.upgrade_idle_timeout,
+                limiter: r.rate_limit.as_ref().map(|rl| stats.limiter(&r.name, rl)),
                 retry: r.retry.clone(),
                 request_headers: r.request_headers.clone(),
                 response_headers: r.response_headers.clone(),
@@ -246,6 +251,7 @@ fn compile_cluster(index: usize, c: &ClusterConfig, stats: &StatsRegistry) -> Cl
         retry_budget: c.retry_budget,
         tls: c.tls.clone(),
         proxy_protocol: c.proxy_protocol,
+        sticky: c.sticky.clone(),
     }
 }
 

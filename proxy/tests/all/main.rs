@@ -15,4 +15,5 @@ mod lifecycle;
 mod limits;
 mod resilience;
 mod routing;
+mod sessions;
 mod tls;

@@ -1,0 +1,270 @@
+//! Sticky sessions. Two modes:
+//! - **cookie**: Tandem inserts a cookie naming the endpoint, signed with HMAC-SHA256 so
+//!   clients cannot pick endpoints; stateless, so any node with the same secret honours it.
+//! - **learned**: the binding key (an application cookie such as JSESSIONID, a header, or
+//!   the source IP) is mapped to the endpoint that served it, in a table with idle expiry.
+//!   An application cookie is learned from the response's `Set-Cookie` too.
+//!
+//! A binding to an endpoint that is no longer eligible (unhealthy, ejected, draining,
+//! removed) is ignored; the balancer picks anew and the new binding replaces it. The
+//! learned table is the one the Raft group will replicate.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
+
+use crate::balancer::p2c_ewma::now_ns;
+use crate::config::HashOn;
+use crate::runtime::{cookie_value, Cluster};
+
+const SHARDS: usize = 64;
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// A cluster's sticky-session settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyConfig {
+    /// Tandem's own signed cookie.
+    Cookie {
+        /// Cookie name.
+        name: String,
+        /// HMAC key (the same on every node of the pair).
+        secret: Vec<u8>,
+        /// `Max-Age`; None = a session cookie.
+        max_age: Option<Duration>,
+        /// Add `Secure`.
+        secure: bool,
+    },
+    /// Learned bindings.
+    Learned {
+        /// Where the key comes from.
+        on: HashOn,
+        /// Bindings unused for this long expire.
+        idle: Duration,
+    },
+}
+
+/// The learned bindings of this node: key → (endpoint, last use). Sharded locks with
+/// short critical sections; never held across an await.
+#[derive(Debug)]
+pub struct StickyTable {
+    shards: Vec<Mutex<HashMap<u64, (SocketAddr, u64)>>>,
+}
+
+impl Default for StickyTable {
+    fn default() -> Self {
+        StickyTable {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+impl StickyTable {
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, (SocketAddr, u64)>> {
+        self.shards[(key as usize) % SHARDS]
+            .lock()
+            .expect("sticky shard poisoned")
+    }
+
+    /// The endpoint bound to `key`, refreshing its use time, unless expired.
+    pub fn get(&self, key: u64, idle: Duration) -> Option<SocketAddr> {
+        let now = now_ns();
+        let mut s = self.shard(key);
+        let e = s.get_mut(&key)?;
+        if now.saturating_sub(e.1) > idle.as_nanos() as u64 {
+            s.remove(&key);
+            return None;
+        }
+        e.1 = now;
+        Some(e.0)
+    }
+
+    /// Binds `key` to `addr`.
+    pub fn bind(&self, key: u64, addr: SocketAddr) {
+        self.shard(key).insert(key, (addr, now_ns()));
+    }
+
+    /// Drops bindings idle longer than `idle`.
+    pub fn sweep(&self, idle: Duration) {
+        let now = now_ns();
+        for s in &self.shards {
+            s.lock()
+                .expect("sticky shard poisoned")
+                .retain(|_, e| now.saturating_sub(e.1) <= idle.as_nanos() as u64);
+        }
+    }
+
+    /// Number of bindings.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().expect("sticky shard poisoned").len())
+            .sum()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the request said about stickiness, decided before the balancer runs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Plan {
+    /// The endpoint the request is bound to, if it may take it.
+    pub target: Option<usize>,
+    /// Learned mode: the request's binding key.
+    key: Option<u64>,
+}
+
+fn cluster_key(cluster: &Cluster, key_hash: u64) -> u64 {
+    crate::balancer::mix64(crate::balancer::hash_key(cluster.name.as_bytes()) ^ key_hash)
+}
+
+/// Looks the request's binding up.
+pub fn plan(cluster: &Cluster, table: &StickyTable, headers: &HeaderMap, client: SocketAddr) -> Plan {
+    let Some(cfg) = &cluster.sticky else {
+        return Plan::default();
+    };
+    let now = now_ns();
+    let eligible = |addr: SocketAddr| {
+        cluster
+            .endpoint_index(addr)
+            .filter(|&i| crate::balancer::Candidate::eligible(&cluster.endpoints[i], now))
+    };
+    match cfg {
+        StickyConfig::Cookie { name, secret, .. } => Plan {
+            target: cookie_value(headers, name)
+                .and_then(|v| verify(&cluster.name, secret, v))
+                .and_then(eligible),
+            key: None,
+        },
+        StickyConfig::Learned { on, idle } => {
+            let key = match on {
+                HashOn::Cookie(c) => cookie_value(headers, c).map(|v| crate::balancer::hash_key(v.as_bytes())),
+                HashOn::Header(h) => headers.get(h).map(|v| crate::balancer::hash_key(v.as_bytes())),
+                HashOn::SourceIp => Some(crate::balancer::hash_key(client.ip().to_string().as_bytes())),
+            }
+            .map(|k| cluster_key(cluster, k));
+            Plan {
+                target: key.and_then(|k| table.get(k, *idle)).and_then(eligible),
+                key,
+            }
+        }
+    }
+}
+
+/// After the response from endpoint `ep`: refresh or create the binding (learned), or
+/// set the cookie when the request did not already carry one for `ep`.
+pub fn finish(cluster: &Cluster, table: &StickyTable, plan: Plan, ep: usize, resp: &mut HeaderMap) {
+    let Some(cfg) = &cluster.sticky else { return };
+    let addr = cluster.endpoints[ep].address;
+    match cfg {
+        StickyConfig::Cookie {
+            name,
+            secret,
+            max_age,
+            secure,
+        } => {
+            if plan.target == Some(ep) {
+                return;
+            }
+            let mut c = format!(
+                "{name}={}; Path=/; HttpOnly; SameSite=Lax",
+                sign(&cluster.name, secret, addr)
+            );
+            if let Some(m) = max_age {
+                c.push_str(&format!("; Max-Age={}", m.as_secs()));
+            }
+            if *secure {
+                c.push_str("; Secure");
+            }
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                resp.append(SET_COOKIE, v);
+            }
+        }
+        StickyConfig::Learned { on, .. } => {
+            let key = plan.key.or_else(|| match on {
+                // The application just issued its session cookie: learn it.
+                HashOn::Cookie(c) => resp
+                    .get_all(SET_COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .find_map(|v| {
+                        let (k, rest) = v.split_once('=')?;
+                        (k.trim() == c).then(|| rest.split(';').next().unwrap_or("").to_string())
+                    })
+                    .map(|v| cluster_key(cluster, crate::balancer::hash_key(v.as_bytes()))),
+                _ => None,
+            });
+            if let Some(k) = key {
+                if plan.target != Some(ep) {
+                    table.bind(k, addr);
+                }
+            }
+        }
+    }
+}
+
+fn mac(cluster: &str, secret: &[u8], addr: &str) -> ring::hmac::Tag {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    ctx.update(cluster.as_bytes());
+    ctx.update(b"\0");
+    ctx.update(addr.as_bytes());
+    ctx.sign()
+}
+
+/// The cookie value naming `addr`: `base64(addr).base64(hmac[..16])`.
+pub fn sign(cluster: &str, secret: &[u8], addr: SocketAddr) -> String {
+    let a = addr.to_string();
+    let tag = mac(cluster, secret, &a);
+    format!("{}.{}", B64.encode(a.as_bytes()), B64.encode(&tag.as_ref()[..16]))
+}
+
+/// The endpoint a cookie names, if its signature holds.
+pub fn verify(cluster: &str, secret: &[u8], value: &str) -> Option<SocketAddr> {
+    let (a, t) = value.split_once('.')?;
+    let addr_bytes = B64.decode(a).ok()?;
+    let addr = std::str::from_utf8(&addr_bytes).ok()?;
+    let tag = B64.decode(t).ok()?;
+    let want = mac(cluster, secret, addr);
+    // Constant-time comparison of the truncated tag.
+    let same = tag.len() == 16
+        && want.as_ref()[..16]
+            .iter()
+            .zip(&tag)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    same.then(|| addr.parse().ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_signed_and_bound_to_the_cluster() {
+        let a: SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        let v = sign("api", b"k1", a);
+        assert_eq!(verify("api", b"k1", &v), Some(a));
+        assert_eq!(verify("api", b"k2", &v), None, "other secret");
+        assert_eq!(verify("web", b"k1", &v), None, "other cluster");
+        let forged = format!("{}.{}", B64.encode("10.0.0.8:8080"), v.split_once('.').unwrap().1);
+        assert_eq!(verify("api", b"k1", &forged), None);
+        assert_eq!(verify("api", b"k1", "garbage"), None);
+    }
+
+    #[test]
+    fn learned_bindings_expire_when_idle() {
+        let t = StickyTable::default();
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        t.bind(5, a);
+        assert_eq!(t.get(5, Duration::from_secs(60)), Some(a));
+        assert_eq!(t.get(5, Duration::ZERO), None);
+        assert!(t.is_empty());
+    }
+}
