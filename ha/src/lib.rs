@@ -1,0 +1,25 @@
+//! Tandem's shared state for an active-active pair (plus an optional witness): a small
+//! Raft group built on openraft 0.9 that replicates what the nodes learn — endpoint
+//! health verdicts, sticky bindings, rate-limit ledgers and cluster-scoped shared data.
+//!
+//! The data plane never waits on it: a node reads its local copy of the replicated
+//! [`Tables`], and publishes its own observations through [`HaNode::publish`], which
+//! batches them into one proposal per `sync_interval`. Without quorum the batch stays
+//! in a bounded buffer and is proposed on heal.
+//!
+//! Peer traffic is TCP with mutual TLS; messages are framed with bincode 2.
+//! This crate never depends on the proxy.
+
+#![warn(missing_docs)]
+
+pub mod network;
+pub mod node;
+pub mod state_machine;
+pub mod store;
+pub mod tables;
+pub mod types;
+pub mod wire;
+
+pub use node::{HaConfig, HaError, HaNode, Peer, PeerTls};
+pub use tables::{Change, Tables};
+pub use types::{Batch, NodeId, TypeConfig};

@@ -1,0 +1,251 @@
+//! A member of the group: opens its store, starts Raft and the peer listener, forms the
+//! group on first start (the lowest id initialises it), and batches local changes into
+//! one proposal per `sync_interval` — forwarded to the leader when this node is not it,
+//! and kept (bounded) while there is no quorum.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use tokio::sync::mpsc;
+
+pub use crate::network::PeerTls;
+use crate::network::{serve, Network, PeerClient, PeerStats, Request};
+use crate::state_machine::StateMachine;
+use crate::store::LogStore;
+use crate::tables::{Change, Tables};
+use crate::types::{Batch, NodeId, Raft};
+
+/// Local changes kept while they cannot be proposed; the oldest are dropped beyond this.
+pub const MAX_BUFFERED: usize = 100_000;
+
+/// A member of the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Node id (unique, never reused).
+    pub id: NodeId,
+    /// Peer address (`IP:port`).
+    pub address: SocketAddr,
+}
+
+/// How to run this node.
+#[derive(Debug, Clone)]
+pub struct HaConfig {
+    /// This node's id (must be in `peers`).
+    pub id: NodeId,
+    /// All members, this node included (a witness is a normal member).
+    pub peers: Vec<Peer>,
+    /// Where the log, vote and snapshot live.
+    pub data_dir: PathBuf,
+    /// Peer certificates.
+    pub tls: PeerTls,
+    /// Batching period for local changes.
+    pub sync_interval: Duration,
+    /// Raft heartbeat.
+    pub heartbeat: Duration,
+    /// Election timeout range (min; max is twice it).
+    pub election_timeout: Duration,
+    /// Snapshot after this many log entries (log compaction).
+    pub snapshot_every: u64,
+}
+
+impl HaConfig {
+    /// Sensible timers for a LAN pair: 50 ms batches, 100 ms heartbeats, 500–1000 ms elections.
+    pub fn new(id: NodeId, peers: Vec<Peer>, data_dir: PathBuf, tls: PeerTls) -> HaConfig {
+        HaConfig {
+            id,
+            peers,
+            data_dir,
+            tls,
+            sync_interval: Duration::from_millis(50),
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(500),
+            snapshot_every: 5_000,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HaError {
+    /// Bad configuration.
+    #[error("ha config: {0}")]
+    Config(String),
+    /// Disk or socket error.
+    #[error("ha: {0}")]
+    Io(#[from] std::io::Error),
+    /// Peer TLS material.
+    #[error(transparent)]
+    Tls(#[from] crate::network::PeerTlsError),
+    /// openraft refused to start.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A running member.
+pub struct HaNode {
+    /// This node's id.
+    pub id: NodeId,
+    /// The Raft handle (metrics, membership, leadership).
+    pub raft: Raft,
+    /// The replicated tables (read-only for users of this crate).
+    pub tables: Arc<RwLock<Tables>>,
+    /// Peer listener counters.
+    pub peer_stats: Arc<PeerStats>,
+    /// Where the peer listener is bound.
+    pub listen: SocketAddr,
+    tx: mpsc::UnboundedSender<Change>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl HaNode {
+    /// Starts this member (call inside a tokio runtime).
+    pub async fn start(cfg: HaConfig) -> Result<HaNode, HaError> {
+        let me = cfg
+            .peers
+            .iter()
+            .find(|p| p.id == cfg.id)
+            .ok_or_else(|| HaError::Config(format!("node id {} is not among the peers", cfg.id)))?
+            .clone();
+        let ids: BTreeSet<NodeId> = cfg.peers.iter().map(|p| p.id).collect();
+        if ids.len() != cfg.peers.len() {
+            return Err(HaError::Config("peer ids must be unique".into()));
+        }
+        let config = Config {
+            cluster_name: "tandem".into(),
+            heartbeat_interval: cfg.heartbeat.as_millis() as u64,
+            election_timeout_min: cfg.election_timeout.as_millis() as u64,
+            election_timeout_max: 2 * cfg.election_timeout.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            max_in_snapshot_log_to_keep: 100,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| HaError::Config(e.to_string()))?;
+        let log = LogStore::open(&cfg.data_dir.join("log"))?;
+        let sm = StateMachine::open(&cfg.data_dir.join("state"))?;
+        let tables = sm.tables.clone();
+        let network = Network { tls: cfg.tls.client()? };
+        let raft = Raft::new(cfg.id, Arc::new(config), network.clone(), log, sm)
+            .await
+            .map_err(|e| HaError::Raft(e.to_string()))?;
+
+        let listener = tokio::net::TcpListener::bind(me.address).await?;
+        let listen = listener.local_addr()?;
+        let peer_stats = Arc::new(PeerStats::default());
+        let mut tasks = vec![tokio::spawn(serve(
+            listener,
+            cfg.tls.server()?,
+            raft.clone(),
+            peer_stats.clone(),
+        ))];
+
+        // The lowest id forms the group on its first start; the others wait to be reached.
+        let lowest = ids.iter().next().copied() == Some(cfg.id);
+        if lowest && raft.is_initialized().await.unwrap_or(false) == false {
+            let members: BTreeMap<NodeId, BasicNode> = cfg
+                .peers
+                .iter()
+                .map(|p| (p.id, BasicNode::new(p.address.to_string())))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::info!(error = %e, "group already initialised");
+            }
+        }
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        tasks.push(tokio::spawn(publisher(
+            raft.clone(),
+            network,
+            cfg.id,
+            cfg.sync_interval,
+            rx,
+        )));
+        Ok(HaNode {
+            id: cfg.id,
+            raft,
+            tables,
+            peer_stats,
+            listen,
+            tx,
+            tasks,
+        })
+    }
+
+    /// Queues a local change for the next batch. Never blocks.
+    pub fn publish(&self, change: Change) {
+        let _ = self.tx.send(change);
+    }
+
+    /// The current leader, if known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Stops Raft and the listener (the data stays on disk).
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Drains local changes every `period` into one batch and proposes it; on a follower
+/// the batch goes to the leader; without quorum it is kept for the next round.
+async fn publisher(
+    raft: Raft,
+    network: Network,
+    id: NodeId,
+    period: Duration,
+    mut rx: mpsc::UnboundedReceiver<Change>,
+) {
+    let mut pending: Vec<Change> = Vec::new();
+    let mut leader_client: Option<(NodeId, PeerClient)> = None;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        while let Ok(c) = rx.try_recv() {
+            pending.push(c);
+        }
+        if pending.len() > MAX_BUFFERED {
+            let drop = pending.len() - MAX_BUFFERED;
+            pending.drain(..drop);
+            tracing::warn!(dropped = drop, "ha: buffer full without quorum; oldest changes dropped");
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let batch = Batch {
+            origin: id,
+            changes: pending.clone(),
+        };
+        let proposed = match tokio::time::timeout(Duration::from_secs(2), raft.client_write(batch.clone())).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match (f.leader_id, f.leader_node) {
+                (Some(lid), Some(node)) => {
+                    use openraft::network::RaftNetworkFactory;
+                    if leader_client.as_ref().is_none_or(|(l, _)| *l != lid) {
+                        let mut n = network.clone();
+                        leader_client = Some((lid, n.new_client(lid, &node).await));
+                    }
+                    let (_, c) = leader_client.as_mut().expect("set above");
+                    matches!(
+                        c.call(&Request::Propose(batch)).await,
+                        Ok(crate::network::Reply::Propose(Ok(())))
+                    )
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if proposed {
+            pending.clear();
+        }
+    }
+}

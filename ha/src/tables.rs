@@ -1,0 +1,177 @@
+//! The replicated tables and how a committed batch changes them. Applying is
+//! deterministic, so every member that applied the same log holds the same tables.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Batch, NodeId};
+
+/// One observation or decision a node publishes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    /// An endpoint health verdict.
+    Verdict {
+        /// Cluster name.
+        cluster: String,
+        /// Endpoint address.
+        endpoint: String,
+        /// Healthy or not.
+        healthy: bool,
+        /// When the reporter observed it (ms since the Unix epoch).
+        observed_at_ms: u64,
+    },
+    /// A sticky binding (key → endpoint) that expires unless refreshed.
+    Sticky {
+        /// Binding key (hash of cluster and session key).
+        key: u64,
+        /// Endpoint address.
+        endpoint: String,
+        /// Expiry (ms since the Unix epoch).
+        expires_at_ms: u64,
+    },
+    /// A node's request count for a rate-limit key in one window. Each node reports only
+    /// its own count, so counts from different nodes are summed, never overwritten.
+    RateCount {
+        /// Limit key (hash of route and client key).
+        key: u64,
+        /// Window start (ms since the Unix epoch).
+        window_ms: u64,
+        /// The node's count so far in that window.
+        count: u64,
+    },
+    /// A cluster-scoped shared-data value (proxy-wasm keys under the configured prefix).
+    Shared {
+        /// Key.
+        key: String,
+        /// Value (None deletes).
+        value: Option<Vec<u8>>,
+    },
+}
+
+/// A verdict as stored: who saw what, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictEntry {
+    /// Healthy or not.
+    pub healthy: bool,
+    /// Reporting node.
+    pub reporter: NodeId,
+    /// Observation time (ms since the Unix epoch).
+    pub observed_at_ms: u64,
+}
+
+/// Everything the group replicates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tables {
+    /// (cluster, endpoint) → latest verdict.
+    pub verdicts: BTreeMap<(String, String), VerdictEntry>,
+    /// key → (endpoint, expiry ms).
+    pub sticky: BTreeMap<u64, (String, u64)>,
+    /// (key, window start ms) → per-node counts.
+    pub rate: BTreeMap<(u64, u64), BTreeMap<NodeId, u64>>,
+    /// Shared data.
+    pub shared: BTreeMap<String, Vec<u8>>,
+}
+
+impl Tables {
+    /// Applies one committed batch.
+    pub fn apply(&mut self, batch: &Batch) {
+        for c in &batch.changes {
+            match c {
+                Change::Verdict {
+                    cluster,
+                    endpoint,
+                    healthy,
+                    observed_at_ms,
+                } => {
+                    let k = (cluster.clone(), endpoint.clone());
+                    let newer = self
+                        .verdicts
+                        .get(&k)
+                        .is_none_or(|v| v.observed_at_ms <= *observed_at_ms);
+                    if newer {
+                        self.verdicts.insert(
+                            k,
+                            VerdictEntry {
+                                healthy: *healthy,
+                                reporter: batch.origin,
+                                observed_at_ms: *observed_at_ms,
+                            },
+                        );
+                    }
+                }
+                Change::Sticky {
+                    key,
+                    endpoint,
+                    expires_at_ms,
+                } => {
+                    self.sticky.insert(*key, (endpoint.clone(), *expires_at_ms));
+                }
+                Change::RateCount { key, window_ms, count } => {
+                    let per_node = self.rate.entry((*key, *window_ms)).or_default();
+                    let e = per_node.entry(batch.origin).or_default();
+                    *e = (*e).max(*count);
+                }
+                Change::Shared { key, value } => match value {
+                    Some(v) => {
+                        self.shared.insert(key.clone(), v.clone());
+                    }
+                    None => {
+                        self.shared.remove(key);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Drops expired sticky bindings and rate windows older than `keep_ms` before `now_ms`.
+    /// Called by the state machine with the batch's time so every member prunes alike.
+    pub fn prune(&mut self, now_ms: u64, keep_ms: u64) {
+        self.sticky.retain(|_, (_, exp)| *exp > now_ms);
+        self.rate.retain(|(_, w), _| *w + keep_ms > now_ms);
+    }
+
+    /// The pair's total for a rate key in a window.
+    pub fn rate_total(&self, key: u64, window_ms: u64) -> u64 {
+        self.rate.get(&(key, window_ms)).map_or(0, |m| m.values().sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_counts_from_nodes_are_summed_not_overwritten() {
+        let mut t = Tables::default();
+        for (node, count) in [(1, 10), (2, 7), (1, 12), (2, 5)] {
+            t.apply(&Batch {
+                origin: node,
+                changes: vec![Change::RateCount {
+                    key: 9,
+                    window_ms: 1000,
+                    count,
+                }],
+            });
+        }
+        // Node 1's latest is 12, node 2's highest is 7 (a stale 5 does not lower it).
+        assert_eq!(t.rate_total(9, 1000), 19);
+    }
+
+    #[test]
+    fn older_verdicts_do_not_replace_newer_ones() {
+        let mut t = Tables::default();
+        let v = |healthy, at| Batch {
+            origin: 1,
+            changes: vec![Change::Verdict {
+                cluster: "c".into(),
+                endpoint: "e".into(),
+                healthy,
+                observed_at_ms: at,
+            }],
+        };
+        t.apply(&v(false, 200));
+        t.apply(&v(true, 100));
+        assert!(!t.verdicts[&("c".into(), "e".into())].healthy);
+    }
+}

@@ -1,0 +1,35 @@
+//! The Raft type configuration: what a log entry carries.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tables::Change;
+
+/// Node identifiers are small integers from the configuration; never reuse one.
+pub type NodeId = u64;
+
+/// One proposal: the changes one node batched during one `sync_interval`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The node that observed these changes.
+    pub origin: NodeId,
+    /// The changes, in the order they were observed.
+    pub changes: Vec<Change>,
+}
+
+impl std::fmt::Display for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "batch from {} ({} changes)", self.origin, self.changes.len())
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Tandem's Raft types: entries carry [`Batch`]es; responses are empty.
+    pub TypeConfig:
+        D = Batch,
+        R = (),
+);
+
+/// The Raft handle.
+pub type Raft = openraft::Raft<TypeConfig>;

@@ -1,0 +1,201 @@
+//! A three-member group (pair + witness) on loopback with mutual TLS: replication,
+//! losing a member, restart and catch-up, persistence, and refusal of foreign peers.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use tandem_ha::{Change, HaConfig, HaNode, Peer, PeerTls};
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    pem: PathBuf,
+}
+
+fn ca(dir: &Path, name: &str) -> Ca {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, name);
+    let issuer = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let pem = dir.join(format!("{name}.pem"));
+    std::fs::write(&pem, issuer.pem()).unwrap();
+    Ca { issuer, pem }
+}
+
+fn node_tls(dir: &Path, ca: &Ca, file: &str) -> PeerTls {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["tandem-peer".to_string()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, file);
+    let cert = p.signed_by(&key, &ca.issuer).unwrap();
+    let (c, k) = (dir.join(format!("{file}.pem")), dir.join(format!("{file}.key")));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    PeerTls {
+        ca: ca.pem.clone(),
+        cert: c,
+        key: k,
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn verdict(endpoint: &str, healthy: bool, at: u64) -> Change {
+    Change::Verdict {
+        cluster: "api".into(),
+        endpoint: endpoint.into(),
+        healthy,
+        observed_at_ms: at,
+    }
+}
+
+async fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < within, "{what} did not happen within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn has(n: &HaNode, endpoint: &str, healthy: bool) -> bool {
+    n.tables
+        .read()
+        .unwrap()
+        .verdicts
+        .get(&("api".to_string(), endpoint.to_string()))
+        .is_some_and(|v| v.healthy == healthy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_and_witness_replicate_survive_a_loss_and_catch_up() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca(dir.path(), "group-ca");
+        let peers: Vec<Peer> = (1..=3)
+            .map(|id| Peer {
+                id,
+                address: free_addr(),
+            })
+            .collect();
+        let cfg = |id: u64| {
+            let mut c = HaConfig::new(
+                id,
+                peers.clone(),
+                dir.path().join(format!("data-{id}")),
+                node_tls(dir.path(), &ca, &format!("node-{id}")),
+            );
+            c.snapshot_every = 20;
+            c
+        };
+        let mut nodes: Vec<Option<HaNode>> = Vec::new();
+        for id in 1..=3 {
+            nodes.push(Some(HaNode::start(cfg(id)).await.unwrap()));
+        }
+        let n = |nodes: &Vec<Option<HaNode>>, i: usize| -> bool { nodes[i].as_ref().unwrap().leader().is_some() };
+        eventually("a leader", Duration::from_secs(10), || (0..3).all(|i| n(&nodes, i))).await;
+
+        // A verdict published on node 2 reaches every member.
+        let t = Instant::now();
+        nodes[1].as_ref().unwrap().publish(verdict("10.0.0.1:80", false, 1));
+        eventually("replication", Duration::from_secs(5), || {
+            (0..3).all(|i| has(nodes[i].as_ref().unwrap(), "10.0.0.1:80", false))
+        })
+        .await;
+        eprintln!("verdict replicated to all three in {:?}", t.elapsed());
+
+        // The witness (3) dies: the pair still replicates.
+        nodes[2].take().unwrap().shutdown().await;
+        nodes[0].as_ref().unwrap().publish(verdict("10.0.0.2:80", false, 2));
+        eventually("replication without the witness", Duration::from_secs(10), || {
+            has(nodes[0].as_ref().unwrap(), "10.0.0.2:80", false)
+                && has(nodes[1].as_ref().unwrap(), "10.0.0.2:80", false)
+        })
+        .await;
+
+        // Many batches while it is away force a snapshot; it restarts and catches up.
+        for k in 0..60u64 {
+            nodes[0]
+                .as_ref()
+                .unwrap()
+                .publish(verdict(&format!("10.1.0.{k}:80"), k % 2 == 0, 10 + k));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        nodes[2] = Some(HaNode::start(cfg(3)).await.unwrap());
+        eventually("catch-up", Duration::from_secs(10), || {
+            let a = nodes[0].as_ref().unwrap().tables.read().unwrap().clone();
+            let c = nodes[2].as_ref().unwrap().tables.read().unwrap().clone();
+            a.verdicts.len() == 62 && a == c
+        })
+        .await;
+
+        // All three restart: the tables survive from disk.
+        for slot in nodes.iter_mut() {
+            slot.take().unwrap().shutdown().await;
+        }
+        let mut again = Vec::new();
+        for id in 1..=3 {
+            again.push(HaNode::start(cfg(id)).await.unwrap());
+        }
+        eventually("tables after a full restart", Duration::from_secs(10), || {
+            again.iter().all(|n| n.tables.read().unwrap().verdicts.len() == 62)
+        })
+        .await;
+        for n in again {
+            n.shutdown().await;
+        }
+    })
+    .await
+    .expect("test bounded in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_a_foreign_certificate_cannot_join_or_read() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir().unwrap();
+        let good = ca(dir.path(), "good-ca");
+        let evil = ca(dir.path(), "evil-ca");
+        let peers: Vec<Peer> = (1..=2)
+            .map(|id| Peer {
+                id,
+                address: free_addr(),
+            })
+            .collect();
+        let n1 = HaNode::start(HaConfig::new(
+            1,
+            peers.clone(),
+            dir.path().join("d1"),
+            node_tls(dir.path(), &good, "n1"),
+        ))
+        .await
+        .unwrap();
+        // Node 2 holds a certificate from another CA (and trusts that CA).
+        let n2 = HaNode::start(HaConfig::new(
+            2,
+            peers.clone(),
+            dir.path().join("d2"),
+            node_tls(dir.path(), &evil, "n2"),
+        ))
+        .await
+        .unwrap();
+        n1.publish(verdict("10.9.9.9:80", false, 1));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            n2.tables.read().unwrap().verdicts.is_empty(),
+            "the impostor learned nothing"
+        );
+        let refused = n1.peer_stats.refused.load(std::sync::atomic::Ordering::Relaxed)
+            + n2.peer_stats.refused.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(refused > 0, "the handshakes between them were refused and counted");
+        // Without its partner node 1 has no quorum: nothing is committed, nothing blocks.
+        assert!(n1.tables.read().unwrap().verdicts.is_empty());
+        n1.shutdown().await;
+        n2.shutdown().await;
+    })
+    .await
+    .expect("test bounded in time");
+}
