@@ -20,6 +20,8 @@ pub mod tables;
 pub mod types;
 pub mod wire;
 
-pub use node::{HaConfig, HaError, HaNode, Peer, PeerTls};
+pub use node::{HaConfig, HaError, HaNode, Peer, PeerTls, Publisher};
+pub use openraft;
+pub use openraft::RaftMetrics;
 pub use tables::{Change, Tables};
 pub use types::{Batch, NodeId, TypeConfig};

@@ -86,6 +86,17 @@ pub enum HaError {
     Raft(String),
 }
 
+/// Queues local changes for the next batch; cheap to clone, never blocks.
+#[derive(Debug, Clone)]
+pub struct Publisher(mpsc::UnboundedSender<Change>);
+
+impl Publisher {
+    /// Queues `change`.
+    pub fn publish(&self, change: Change) {
+        let _ = self.0.send(change);
+    }
+}
+
 /// A running member.
 pub struct HaNode {
     /// This node's id.
@@ -179,6 +190,11 @@ impl HaNode {
     /// Queues a local change for the next batch. Never blocks.
     pub fn publish(&self, change: Change) {
         let _ = self.tx.send(change);
+    }
+
+    /// A cloneable handle that queues changes from any thread.
+    pub fn publisher(&self) -> Publisher {
+        Publisher(self.tx.clone())
     }
 
     /// The current leader, if known.

@@ -105,6 +105,7 @@ async fn serve(shared: &Shared, token: Option<&str>, req: Request<Incoming>) -> 
                 crate::metrics::render(&rt, &shared.listeners, &shared.stats),
             )
         }
+        (Method::GET, "/cluster") => text(StatusCode::OK, "application/json", cluster_json().to_string()),
         (Method::GET, "/status") => text(StatusCode::OK, "application/json", status_json(shared).to_string()),
         (Method::GET, "/") => text(StatusCode::OK, "text/html; charset=utf-8", status_page(shared)),
         (Method::POST, "/reload") => match shared.reload() {
@@ -169,6 +170,45 @@ async fn serve(shared: &Shared, token: Option<&str>, req: Request<Incoming>) -> 
             "unknown admin path; try /status, /metrics, /ready, /live\n",
         ),
     }
+}
+
+/// The `/cluster` document: this node's view of the pair's Raft group.
+pub fn cluster_json() -> serde_json::Value {
+    let Some(p) = crate::pair::get() else {
+        return json!({"member": false, "note": "no [ha] section: this node runs alone"});
+    };
+    let m = p.metrics.borrow().clone();
+    let last_log = m.last_log_index.unwrap_or(0);
+    let replication = m.replication.as_ref().map(|r| {
+        r.iter()
+            .map(|(id, matched)| {
+                let idx = matched.map_or(0, |l| l.index);
+                (
+                    id.to_string(),
+                    json!({"matched": idx, "lag": last_log.saturating_sub(idx)}),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+    });
+    let t = p
+        .tables
+        .read()
+        .map(|t| (t.verdicts.len(), t.sticky.len(), t.rate.len(), t.shared.len()))
+        .unwrap_or_default();
+    json!({
+        "member": true,
+        "id": p.id,
+        "state": format!("{:?}", m.state),
+        "leader": m.current_leader,
+        "term": m.current_term,
+        "last_log_index": m.last_log_index,
+        "last_applied": m.last_applied.map(|l| l.index),
+        "voters": m.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+        "witnesses": p.config.witnesses,
+        "replication": replication,
+        "peer_handshakes_refused": p.refused.refused.load(Relaxed),
+        "tables": {"verdicts": t.0, "sticky": t.1, "rate_windows": t.2, "shared": t.3},
+    })
 }
 
 /// The `/status` document: listeners, routes, clusters, endpoints with live stats.

@@ -18,6 +18,7 @@ pub mod headers;
 pub mod health;
 pub mod l4;
 pub mod metrics;
+pub mod pair;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod ratelimit;

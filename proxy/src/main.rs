@@ -38,6 +38,13 @@ enum Command {
     },
     /// Run a local demo: three demo backends and the proxy on 127.0.0.1:8080.
     Demo,
+    /// Run a Raft-only member of the pair (no proxy), so a pair keeps quorum when one
+    /// node dies. Reads the `[ha]` section of the configuration file.
+    Witness {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Run demo backends (for demos, tests and benchmarks).
     Backend {
         /// NAME=ADDR pairs, e.g. alpha=127.0.0.1:9101.
@@ -77,6 +84,8 @@ enum CtlCommand {
     Ready,
     /// Exit 0 when the process is alive.
     Live,
+    /// Show the pair's Raft group: members, leader, term, replication lag.
+    Cluster,
     /// Drain an endpoint (no new requests; in-flight ones finish) or return it.
     Endpoint {
         #[command(subcommand)]
@@ -172,6 +181,44 @@ fn main() -> ExitCode {
                 Some(banner),
             )
         }
+        Command::Witness { config } => {
+            let cfg = match config::load_file(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            server::init_logging(&cfg.log);
+            let Some(ha) = &cfg.ha else {
+                eprintln!(
+                    "{}: a witness needs an [ha] section (node_id, data_dir, tls, peers)",
+                    config.display()
+                );
+                return ExitCode::from(2);
+            };
+            match tandem_proxy::pair::start(ha) {
+                Ok(p) => tracing::info!(node = p.id, "witness running"),
+                Err(e) => {
+                    eprintln!("tandem witness: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate()).expect("signal");
+                let mut int = signal(SignalKind::interrupt()).expect("signal");
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            });
+            ExitCode::SUCCESS
+        }
         Command::Backend { backends, threads } => {
             let mut list = Vec::new();
             for b in backends {
@@ -251,6 +298,7 @@ fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<St
         CtlCommand::Drain => ("POST", "/drain".to_string()),
         CtlCommand::Ready => ("GET", "/ready".to_string()),
         CtlCommand::Live => ("GET", "/live".to_string()),
+        CtlCommand::Cluster => ("GET", "/cluster".to_string()),
         CtlCommand::Endpoint { action } => match action {
             EndpointAction::Drain { cluster, address } => {
                 ("POST", format!("/endpoints/drain?cluster={cluster}&address={address}"))

@@ -28,6 +28,9 @@ pub enum RunError {
     /// The access log could not be opened.
     #[error("access log: {0}")]
     AccessLog(std::io::Error),
+    /// The Raft member could not start.
+    #[error("pair: {0}")]
+    Pair(String),
     /// Signal handlers or the control runtime could not be set up.
     #[error("signals: {0}")]
     Signals(std::io::Error),
@@ -66,6 +69,10 @@ pub fn start(config: Config, source: ConfigSource) -> Result<Running, RunError> 
     let listeners: Vec<_> = config.listeners.iter().map(|l| (l.name.clone(), l.listen)).collect();
     for w in &config.warnings {
         tracing::warn!("{}:{}:{}: {}: {}", config.source, w.line, w.col, w.key, w.message);
+    }
+    if let Some(ha) = &config.ha {
+        let pair = crate::pair::start(ha).map_err(RunError::Pair)?;
+        tracing::info!(node = pair.id, "joined the pair's Raft group");
     }
     let shared = Shared::new(config, source, access_log, stats);
     crate::worker::start(shared.clone())?;

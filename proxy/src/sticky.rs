@@ -149,8 +149,17 @@ pub fn plan(cluster: &Cluster, table: &StickyTable, headers: &HeaderMap, client:
                 HashOn::SourceIp => Some(crate::balancer::hash_key(client.ip().to_string().as_bytes())),
             }
             .map(|k| cluster_key(cluster, k));
+            // This node's bindings first; then what a peer learned (rare: a client
+            // that moved between the nodes).
+            let bound = key.and_then(|k| {
+                table.get(k, *idle).or_else(|| {
+                    let a = crate::pair::replicated_sticky(k)?;
+                    table.bind(k, a);
+                    Some(a)
+                })
+            });
             Plan {
-                target: key.and_then(|k| table.get(k, *idle)).and_then(eligible),
+                target: bound.and_then(eligible),
                 key,
             }
         }
@@ -203,6 +212,9 @@ pub fn finish(cluster: &Cluster, table: &StickyTable, plan: Plan, ep: usize, res
             if let Some(k) = key {
                 if plan.target != Some(ep) {
                     table.bind(k, addr);
+                    if let StickyConfig::Learned { idle, .. } = cfg {
+                        crate::pair::publish_sticky(k, addr, *idle);
+                    }
                 }
             }
         }

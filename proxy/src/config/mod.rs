@@ -37,9 +37,22 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Clusters in file order (hot).
     pub clusters: Vec<ClusterConfig>,
+    /// The pair's Raft group (restart-only).
+    pub ha: Option<HaConfigSection>,
     /// Legal but probably unintended settings (e.g. a connect timeout longer than the
     /// per-try timeout); printed by `tandem check` and logged at load.
     pub warnings: Vec<ConfigIssue>,
+}
+
+/// Validated `[ha]`.
+#[derive(Debug, Clone)]
+pub struct HaConfigSection {
+    /// Group settings for tandem-ha.
+    pub group: tandem_ha::HaConfig,
+    /// Ids of witness members.
+    pub witnesses: Vec<u64>,
+    /// Adopt peers' healthy verdicts where own checks are off.
+    pub adopt_peer_recovery: bool,
 }
 
 /// Process settings.

@@ -33,6 +33,54 @@ pub struct ConfigFile {
     /// Upstream clusters (hot: reloadable).
     #[serde(default, rename = "cluster")]
     pub clusters: Vec<ClusterSection>,
+    /// The pair's shared state (restart-only).
+    pub ha: Option<HaSection>,
+}
+
+/// `[ha]`: this node's membership in the pair's Raft group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaSection {
+    /// This node's id (one of `peers`).
+    pub node_id: u64,
+    /// Where the Raft log and snapshots live.
+    pub data_dir: SpannedStr,
+    /// Local changes are batched into one proposal per this period.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval: Dur,
+    /// Peer certificates.
+    pub tls: HaTlsSection,
+    /// Every member, this node included.
+    pub peers: Vec<HaPeerSection>,
+    /// When this node's own active checks are off for a cluster, also adopt peers'
+    /// healthy verdicts (otherwise an endpoint a peer condemned stays out until restart).
+    #[serde(default = "default_true")]
+    pub adopt_peer_recovery: bool,
+}
+
+/// `tls = { ca, cert, key }` of `[ha]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaTlsSection {
+    /// CA that signs every member's certificate.
+    pub ca: SpannedStr,
+    /// This node's certificate (DNS name `tandem-peer`).
+    pub cert: SpannedStr,
+    /// This node's key.
+    pub key: SpannedStr,
+}
+
+/// One member of the group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaPeerSection {
+    /// Unique id, never reused.
+    pub id: u64,
+    /// Peer address (`IP:port`).
+    pub address: SpannedStr,
+    /// A Raft-only member (`tandem witness`).
+    #[serde(default)]
+    pub witness: bool,
 }
 
 /// `[server]`: worker count and lifecycle timings.
@@ -613,6 +661,9 @@ fn default_maglev_table() -> u32 {
 }
 fn default_weight() -> u32 {
     1
+}
+fn default_sync_interval() -> Dur {
+    Dur(None, Duration::from_millis(50))
 }
 fn default_sticky_cookie() -> String {
     "tandem_sticky".into()

@@ -194,6 +194,68 @@ impl Checker<'_> {
         }
     }
 
+    fn ha(&mut self, h: &model::HaSection, base: &std::path::Path) -> Option<HaConfigSection> {
+        let mut peers = Vec::new();
+        for (i, p) in h.peers.iter().enumerate() {
+            if let Some(a) = self.addr(&p.address, format!("ha.peers[{i}].address")) {
+                if peers.iter().any(|q: &tandem_ha::Peer| q.id == p.id) {
+                    self.at(
+                        &p.address,
+                        format!("ha.peers[{i}].id"),
+                        format!("peer id {} is used twice", p.id),
+                        Some("give every member its own id, and never reuse one".into()),
+                    );
+                }
+                peers.push(tandem_ha::Peer { id: p.id, address: a });
+            }
+        }
+        if !h.peers.iter().any(|p| p.id == h.node_id) {
+            self.at(
+                &h.data_dir,
+                "ha.node_id".into(),
+                format!("node_id {} is not among ha.peers", h.node_id),
+                Some("list this node in peers = [{ id = …, address = \"IP:port\" }]".into()),
+            );
+        }
+        if h.peers.len() == 2 {
+            self.warn(
+                &h.data_dir,
+                "ha.peers".into(),
+                "a two-member group stops committing when either member is down".into(),
+                Some("add a witness: { id = 3, address = \"…\", witness = true } run with `tandem witness`".into()),
+            );
+        }
+        let sync = self.dur(&h.sync_interval, "ha.sync_interval".into());
+        let tls = tandem_ha::PeerTls {
+            ca: self.path(base, &h.tls.ca),
+            cert: self.path(base, &h.tls.cert),
+            key: self.path(base, &h.tls.key),
+        };
+        for (what, p, s) in [
+            ("ca", &tls.ca, &h.tls.ca),
+            ("cert", &tls.cert, &h.tls.cert),
+            ("key", &tls.key, &h.tls.key),
+        ] {
+            if let Err(e) = std::fs::metadata(p) {
+                self.at(
+                    s,
+                    format!("ha.tls.{what}"),
+                    format!("cannot read {}: {e}", p.display()),
+                    Some("`tandem ctl cluster certs` makes a lab CA and node certificates".into()),
+                );
+            }
+        }
+        let mut group = tandem_ha::HaConfig::new(h.node_id, peers, self.path(base, &h.data_dir), tls);
+        if !sync.is_zero() {
+            group.sync_interval = sync;
+        }
+        Some(HaConfigSection {
+            group,
+            witnesses: h.peers.iter().filter(|p| p.witness).map(|p| p.id).collect(),
+            adopt_peer_recovery: h.adopt_peer_recovery,
+        })
+    }
+
     fn sticky(&mut self, st: &model::StickySection, key: &str) -> Option<crate::sticky::StickyConfig> {
         match st.mode.get_ref().as_str() {
             "cookie" => {
@@ -1221,6 +1283,8 @@ pub(crate) fn validate(
         });
     }
 
+    let ha = file.ha.as_ref().and_then(|h| c.ha(h, base));
+
     if !c.issues.is_empty() {
         c.issues.sort_by_key(|i| (i.line, i.col));
         return Err(c.issues);
@@ -1235,6 +1299,7 @@ pub(crate) fn validate(
         routes,
         clusters,
         warnings: c.warnings,
+        ha,
     })
 }
 

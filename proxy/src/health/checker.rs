@@ -49,14 +49,16 @@ async fn run(shared: Arc<Shared>) {
     let mut generation = 0;
     let mut probers: HashMap<ProberKey, Prober> = HashMap::new();
     let mut sweeps: HashMap<Arc<str>, SweepState> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut adopted: HashMap<(String, String), u64> = HashMap::new();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u64;
     loop {
         tick.tick().await;
         ticks += 1;
         let rt = shared.runtime.load_full();
-        if ticks % 50 == 0 {
+        adopt_peer_verdicts(&rt, &mut adopted);
+        if ticks % 100 == 0 {
             // Every 5 s: forget idle sticky bindings and rate-limit keys.
             let idle = rt
                 .clusters
@@ -160,6 +162,39 @@ async fn prober(
             }
         }
         tokio::time::sleep(hc.interval + jitter(&hc)).await;
+    }
+}
+
+/// Adopts verdicts other members published: an unhealthy one at once (this node keeps
+/// probing and recovers only through its own passing checks); a healthy one only for
+/// clusters this node does not probe itself, when `adopt_peer_recovery` is on.
+fn adopt_peer_verdicts(rt: &crate::runtime::Runtime, adopted: &mut HashMap<(String, String), u64>) {
+    let Some(pair) = crate::pair::get() else { return };
+    let Ok(tables) = pair.tables.read() else { return };
+    for ((cluster, endpoint), v) in &tables.verdicts {
+        if v.reporter == pair.id {
+            continue;
+        }
+        let key = (cluster.clone(), endpoint.clone());
+        if adopted.get(&key).is_some_and(|seen| *seen >= v.observed_at_ms) {
+            continue;
+        }
+        adopted.insert(key, v.observed_at_ms);
+        let Some(c) = rt.cluster_named(cluster) else { continue };
+        let Ok(addr) = endpoint.parse::<SocketAddr>() else {
+            continue;
+        };
+        let Some(i) = c.endpoint_index(addr) else { continue };
+        let target = Target {
+            cluster: &c.name,
+            address: addr,
+        };
+        let h = &c.endpoints[i].stats.health;
+        if !v.healthy {
+            verdict::apply(h, Verdict::Unhealthy, Source::Peer, target, None, 0, 0);
+        } else if c.health_check.is_none() && pair.config.adopt_peer_recovery {
+            verdict::apply(h, Verdict::Healthy, Source::Peer, target, None, 0, 0);
+        }
     }
 }
 

@@ -59,6 +59,8 @@ pub enum Source {
     Sweep,
     /// Admin API or reload.
     Operator,
+    /// A peer's verdict, adopted from the pair's replicated table.
+    Peer,
 }
 
 /// Which endpoint, for logging.
@@ -86,6 +88,9 @@ pub fn apply(
         Verdict::Healthy => {
             let was = h.active.swap(HEALTHY, Relaxed);
             if was != HEALTHY {
+                if source == Source::ActiveCheck {
+                    crate::pair::publish_verdict(target.cluster, target.address, true);
+                }
                 if was == UNHEALTHY {
                     h.ready_since_ns.store(now, Relaxed);
                 }
@@ -104,6 +109,9 @@ pub fn apply(
         }
         Verdict::Unhealthy => {
             if h.active.swap(UNHEALTHY, Relaxed) != UNHEALTHY {
+                if source == Source::ActiveCheck {
+                    crate::pair::publish_verdict(target.cluster, target.address, false);
+                }
                 tracing::warn!(cluster = target.cluster, endpoint = %target.address, ?source, "endpoint unhealthy");
                 return true;
             }

@@ -2,6 +2,7 @@
 //! binary (modules below) so it links once.
 
 mod common;
+mod pair;
 mod pki;
 mod protocols;
 

@@ -1,0 +1,130 @@
+//! Two proxies and a witness as real processes sharing state through the Raft group:
+//! health verdicts, learned sticky bindings, surviving the loss of the witness and of a
+//! node.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::pki::Pki;
+
+struct Witness(Child);
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ha_section(pki: &Pki, id: u64, peers: &[(u64, u16)], data: &std::path::Path) -> String {
+    let (cert, key) = pki.leaf(&format!("node{id}"), &["tandem-peer"], false);
+    let list: Vec<String> = peers
+        .iter()
+        .map(|(i, p)| {
+            format!(
+                "{{ id = {i}, address = \"127.0.0.1:{p}\"{} }}",
+                if *i == 3 { ", witness = true" } else { "" }
+            )
+        })
+        .collect();
+    format!(
+        "\n[ha]\nnode_id = {id}\ndata_dir = \"{}\"\nsync_interval = \"20ms\"\ntls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\npeers = [{}]\n",
+        data.join(format!("ha{id}")).display(),
+        pki.ca_pem.display(),
+        cert.display(),
+        key.display(),
+        list.join(", ")
+    )
+}
+
+fn state_of(p: &Proxy, addr: std::net::SocketAddr) -> String {
+    let s: serde_json::Value =
+        serde_json::from_str(&tandem_proxy::ctl::call(p.admin, None, "GET", "/status").unwrap().1).unwrap();
+    for e in s["clusters"][0]["endpoints"].as_array().unwrap() {
+        if e["address"] == addr.to_string() {
+            return e["state"].as_str().unwrap().to_string();
+        }
+    }
+    panic!("no endpoint {addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_shares_verdicts_and_sticky_bindings() {
+    bounded(90, async {
+        let pki = Pki::new();
+        let data = tempfile::tempdir().unwrap();
+        let peers = [(1u64, free_port()), (2, free_port()), (3, free_port())];
+        let b1 = Backend::start("b1").await;
+        let b2 = Backend::start("b2").await;
+        let cluster = |checks: bool| {
+            format!(
+                "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\nsticky = {{ mode = \"learned\", on = \"header:x-session\" }}\n{}\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n",
+                b1.addr,
+                b2.addr,
+                if checks { "health_check = { interval = \"50ms\", timeout = \"50ms\", rise = 1, fall = 1 }" } else { "" }
+            )
+        };
+        // Node A probes; node B has no checks of its own.
+        let a = Proxy::start(&format!("{}{}", cluster(true), ha_section(&pki, 1, &peers, data.path())));
+        let b = Proxy::start(&format!("{}{}", cluster(false), ha_section(&pki, 2, &peers, data.path())));
+        let wcfg = data.path().join("witness.toml");
+        std::fs::write(&wcfg, format!("[log]\nlevel = \"warn\"\n{}", ha_section(&pki, 3, &peers, data.path()))).unwrap();
+        let mut witness = Some(Witness(
+            Command::new(env!("CARGO_BIN_EXE_tandem")).args(["witness", "-c"]).arg(&wcfg).stdout(Stdio::null()).spawn().unwrap(),
+        ));
+        // The group forms.
+        let t = Instant::now();
+        loop {
+            let c: serde_json::Value = serde_json::from_str(&tandem_proxy::ctl::call(b.admin, None, "GET", "/cluster").unwrap().1).unwrap();
+            if c["leader"].is_u64() && c["last_applied"].as_u64().unwrap_or(0) >= 1 {
+                assert_eq!(c["voters"].as_array().unwrap().len(), 3);
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "no leader: {c}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // A sticky binding learned through A is honoured through B.
+        let mut ca = Client::h1(a.addr).await;
+        let first = ca.get("x", "/", &[("x-session", "alice")]).await.unwrap().body;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut cb = Client::h1(b.addr).await;
+        for _ in 0..5 {
+            assert_eq!(cb.get("x", "/", &[("x-session", "alice")]).await.unwrap().body, first);
+        }
+
+        // A backend dies: A's probe condemns it, B stops using it within 200 ms.
+        b2.kill();
+        let (mut ta, mut tb) = (None, None);
+        let t = Instant::now();
+        while tb.is_none() {
+            if ta.is_none() && state_of(&a, b2.addr) == "unhealthy" {
+                ta = Some(t.elapsed());
+            }
+            if state_of(&b, b2.addr) == "unhealthy" {
+                tb = Some(t.elapsed());
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "B never adopted the verdict");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let lag = tb.unwrap().saturating_sub(ta.unwrap_or(tb.unwrap()));
+        eprintln!("verdict adopted by B {lag:?} after A reached it");
+        assert!(lag < Duration::from_millis(200), "{lag:?}");
+        let (counts, failed) = load(b.addr, "x", "/", 100, 4, &[]).await;
+        assert_eq!(failed, 0);
+        assert_eq!(counts.get("b2"), None);
+
+        // The witness dies: the pair still replicates.
+        drop(witness.take());
+        let mut ca = Client::h1(a.addr).await;
+        let bob = ca.get("x", "/", &[("x-session", "bob")]).await.unwrap().body;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(Client::h1(b.addr).await.get("x", "/", &[("x-session", "bob")]).await.unwrap().body, bob);
+
+        let c: serde_json::Value = serde_json::from_str(&tandem_proxy::ctl::call(a.admin, None, "GET", "/cluster").unwrap().1).unwrap();
+        assert_eq!(c["member"], true);
+        assert!(c["tables"]["sticky"].as_u64().unwrap() >= 2, "{c}");
+    })
+    .await;
+}
