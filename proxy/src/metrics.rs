@@ -208,7 +208,7 @@ impl StatsRegistry {
         match m.get(name) {
             Some(l) if l.config == *cfg => l.clone(),
             _ => {
-                let l = Arc::new(crate::ratelimit::Limiter::new(cfg.clone()));
+                let l = Arc::new(crate::ratelimit::Limiter::new(name, cfg.clone()));
                 m.insert(name.to_string(), l.clone());
                 l
             }

@@ -121,3 +121,34 @@ pub fn replicated_sticky(key: u64) -> Option<std::net::SocketAddr> {
     let (ep, exp) = t.sticky.get(&key)?;
     (*exp > now_ms()).then(|| ep.parse().ok()).flatten()
 }
+
+/// Cluster-scope rate limits: publishes this node's changed window counts and feeds the
+/// peers' reported counts into the limiters. Called every health tick (50 ms).
+pub fn sync_rate_limits(limiters: &[Arc<crate::ratelimit::Limiter>]) {
+    let Some(p) = get() else { return };
+    let cluster: Vec<_> = limiters
+        .iter()
+        .filter(|l| l.config.scope == crate::ratelimit::Scope::Cluster)
+        .collect();
+    if cluster.is_empty() {
+        return;
+    }
+    for l in &cluster {
+        for (key, window_ms, count) in l.take_dirty() {
+            p.publisher.publish(Change::RateCount { key, window_ms, count });
+        }
+    }
+    let Ok(t) = p.tables.read() else { return };
+    let horizon = now_ms().saturating_sub(120_000);
+    for ((key, window_ms), per_node) in t.rate.iter() {
+        if *window_ms < horizon {
+            continue;
+        }
+        let peers: u64 = per_node.iter().filter(|(n, _)| **n != p.id).map(|(_, c)| *c).sum();
+        if peers > 0 {
+            for l in &cluster {
+                l.set_peer_count(*key, *window_ms, peers);
+            }
+        }
+    }
+}

@@ -34,6 +34,15 @@ pub enum Algorithm {
     SlidingWindow,
 }
 
+/// Whose requests count against the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// This node's only.
+    Local,
+    /// The pair's: own counts plus the peers' last reported counts (sliding window).
+    Cluster,
+}
+
 /// A validated limit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitConfig {
@@ -47,6 +56,8 @@ pub struct LimitConfig {
     pub key: LimitKey,
     /// Algorithm.
     pub algorithm: Algorithm,
+    /// Local or cluster-wide.
+    pub scope: Scope,
 }
 
 /// What admission decided.
@@ -66,8 +77,20 @@ pub enum Decision {
 
 #[derive(Debug, Clone, Copy)]
 enum State {
-    Bucket { tokens: f64, stamp_ns: u64 },
-    Window { start_ns: u64, current: u64, previous: u64 },
+    Bucket {
+        tokens: f64,
+        stamp_ns: u64,
+    },
+    Window {
+        start_ns: u64,
+        current: u64,
+        previous: u64,
+        /// Peers' counts for the current and previous windows (cluster scope).
+        peer_current: u64,
+        peer_previous: u64,
+        /// Changed since last published.
+        dirty: bool,
+    },
 }
 
 /// A route's limiter.
@@ -75,42 +98,61 @@ enum State {
 pub struct Limiter {
     /// Its settings.
     pub config: LimitConfig,
+    /// Distinguishes this route's keys from other routes' in the pair's ledger.
+    pub route_hash: u64,
     shards: Vec<Mutex<HashMap<u64, State>>>,
 }
 
+/// Cluster-scope windows are aligned to wall-clock time so every node agrees on them.
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 impl Limiter {
-    /// A limiter with no history.
-    pub fn new(config: LimitConfig) -> Limiter {
+    /// A limiter with no history for route `route`.
+    pub fn new(route: &str, config: LimitConfig) -> Limiter {
         Limiter {
             config,
+            route_hash: crate::balancer::hash_key(route.as_bytes()),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
 
     /// The bucket key of a request.
     pub fn key_of(&self, headers: &http::HeaderMap, client: SocketAddr) -> u64 {
-        match &self.config.key {
+        let k = match &self.config.key {
             LimitKey::SourceIp => match client.ip() {
                 std::net::IpAddr::V4(a) => crate::balancer::hash_key(&a.octets()),
                 std::net::IpAddr::V6(a) => crate::balancer::hash_key(&a.octets()),
             },
             LimitKey::Header(h) => headers.get(h).map_or(0, |v| crate::balancer::hash_key(v.as_bytes())),
             LimitKey::Route => 0,
-        }
+        };
+        crate::balancer::mix64(k ^ self.route_hash)
     }
 
     /// Counts one request for `key` and decides.
     pub fn admit(&self, key: u64) -> Decision {
-        self.admit_at(key, now_ns())
+        let now = match self.config.scope {
+            Scope::Local => now_ns(),
+            Scope::Cluster => wall_ns(),
+        };
+        self.admit_at(key, now)
+    }
+
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, State>> {
+        self.shards[(key as usize) % SHARDS]
+            .lock()
+            .expect("rate limit shard poisoned")
     }
 
     /// `admit` at a given time (for tests).
     pub fn admit_at(&self, key: u64, now: u64) -> Decision {
         let c = &self.config;
         let per_ns = c.per.as_nanos().max(1) as u64;
-        let mut shard = self.shards[(key as usize) % SHARDS]
-            .lock()
-            .expect("rate limit shard poisoned");
+        let mut shard = self.shard(key);
         match c.algorithm {
             Algorithm::TokenBucket => {
                 let rate = c.requests as f64 / per_ns as f64; // tokens per ns
@@ -141,32 +183,36 @@ impl Limiter {
                     start_ns: window,
                     current: 0,
                     previous: 0,
+                    peer_current: 0,
+                    peer_previous: 0,
+                    dirty: false,
                 });
                 let State::Window {
                     start_ns,
                     current,
                     previous,
+                    peer_current,
+                    peer_previous,
+                    dirty,
                 } = st
                 else {
                     unreachable!()
                 };
-                if window != *start_ns {
-                    *previous = if window == *start_ns + per_ns { *current } else { 0 };
-                    *current = 0;
-                    *start_ns = window;
-                }
+                roll(window, per_ns, start_ns, current, previous, peer_current, peer_previous);
                 let elapsed = (now - window) as f64 / per_ns as f64;
-                let estimate = *previous as f64 * (1.0 - elapsed) + *current as f64;
+                let prev = (*previous + *peer_previous) as f64;
+                let estimate = prev * (1.0 - elapsed) + (*current + *peer_current) as f64;
                 if estimate + 1.0 <= c.requests as f64 {
                     *current += 1;
+                    *dirty = true;
                     Decision::Allow {
                         remaining: (c.requests as f64 - estimate - 1.0).max(0.0) as u64,
                     }
                 } else {
                     // When will the previous window's weight have decayed enough?
                     let need = estimate + 1.0 - c.requests as f64;
-                    let wait = if *previous > 0 {
-                        (need / *previous as f64 * per_ns as f64) as u64
+                    let wait = if prev > 0.0 {
+                        (need / prev * per_ns as f64) as u64
                     } else {
                         per_ns - (now - window)
                     };
@@ -178,16 +224,92 @@ impl Limiter {
         }
     }
 
+    /// Cluster scope: this node's counts that changed since the last call, as
+    /// (key, window start in ms, count) — what the pair publishes.
+    pub fn take_dirty(&self) -> Vec<(u64, u64, u64)> {
+        let mut out = Vec::new();
+        for s in &self.shards {
+            for (k, st) in s.lock().expect("rate limit shard poisoned").iter_mut() {
+                if let State::Window {
+                    start_ns,
+                    current,
+                    dirty,
+                    ..
+                } = st
+                {
+                    if *dirty {
+                        *dirty = false;
+                        out.push((*k, *start_ns / 1_000_000, *current));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Cluster scope: sets the peers' total for `key` (if this node has seen it) in the
+    /// window starting at `window_ms` (from the replicated ledger).
+    pub fn set_peer_count(&self, key: u64, window_ms: u64, count: u64) {
+        let per_ns = self.config.per.as_nanos().max(1) as u64;
+        let w = window_ms * 1_000_000;
+        let now = wall_ns();
+        let window = now / per_ns * per_ns;
+        let mut shard = self.shard(key);
+        // Only keys this node has seen: the ledger holds every route's keys.
+        let Some(st) = shard.get_mut(&key) else { return };
+        if let State::Window {
+            start_ns,
+            current,
+            previous,
+            peer_current,
+            peer_previous,
+            ..
+        } = st
+        {
+            roll(window, per_ns, start_ns, current, previous, peer_current, peer_previous);
+            if w == *start_ns {
+                *peer_current = (*peer_current).max(count);
+            } else if w + per_ns == *start_ns {
+                *peer_previous = (*peer_previous).max(count);
+            }
+        }
+    }
+
     /// Drops keys idle for two periods (bounded memory).
     pub fn sweep(&self) {
-        let now = now_ns();
         let per_ns = self.config.per.as_nanos().max(1) as u64;
         for s in &self.shards {
             s.lock().expect("rate limit shard poisoned").retain(|_, st| match st {
-                State::Bucket { stamp_ns, .. } => now.saturating_sub(*stamp_ns) < 2 * per_ns.max(1_000_000_000),
-                State::Window { start_ns, .. } => now.saturating_sub(*start_ns) < 2 * per_ns,
+                State::Bucket { stamp_ns, .. } => now_ns().saturating_sub(*stamp_ns) < 2 * per_ns.max(1_000_000_000),
+                State::Window { start_ns, .. } => {
+                    let now = match self.config.scope {
+                        Scope::Local => now_ns(),
+                        Scope::Cluster => wall_ns(),
+                    };
+                    now.saturating_sub(*start_ns) < 2 * per_ns
+                }
             });
         }
+    }
+}
+
+/// Moves a window's counts along when time has passed into a later window.
+fn roll(
+    window: u64,
+    per_ns: u64,
+    start_ns: &mut u64,
+    current: &mut u64,
+    previous: &mut u64,
+    peer_current: &mut u64,
+    peer_previous: &mut u64,
+) {
+    if window != *start_ns && window > *start_ns {
+        let adjacent = window == *start_ns + per_ns;
+        *previous = if adjacent { *current } else { 0 };
+        *peer_previous = if adjacent { *peer_current } else { 0 };
+        *current = 0;
+        *peer_current = 0;
+        *start_ns = window;
     }
 }
 
@@ -196,13 +318,37 @@ mod tests {
     use super::*;
 
     fn limiter(alg: Algorithm, requests: u64, burst: u64) -> Limiter {
-        Limiter::new(LimitConfig {
-            requests,
-            per: Duration::from_secs(1),
-            burst,
-            key: LimitKey::Route,
-            algorithm: alg,
-        })
+        Limiter::new(
+            "r",
+            LimitConfig {
+                scope: Scope::Local,
+                requests,
+                per: Duration::from_secs(1),
+                burst,
+                key: LimitKey::Route,
+                algorithm: alg,
+            },
+        )
+    }
+
+    #[test]
+    fn peers_counts_share_the_window() {
+        let l = limiter(Algorithm::SlidingWindow, 100, 0);
+        let t0 = 10_000_000_000u64;
+        // A peer already admitted 60 in this window: 40 remain for us.
+        l.admit_at(3, t0);
+        {
+            let mut s = l.shard(3);
+            if let Some(State::Window { peer_current, .. }) = s.get_mut(&3) {
+                *peer_current = 60;
+            }
+        }
+        let allowed = (0..100)
+            .filter(|_| matches!(l.admit_at(3, t0 + 1), Decision::Allow { .. }))
+            .count();
+        assert_eq!(allowed, 39);
+        assert_eq!(l.take_dirty(), vec![(3, t0 / 1_000_000, 40)]);
+        assert!(l.take_dirty().is_empty());
     }
 
     #[test]

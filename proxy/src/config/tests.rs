@@ -225,6 +225,6 @@ fn sticky_and_rate_limit_settings_are_checked() {
     assert!(v.iter().any(|i| i.key == "cluster[0].sticky.secret"), "{v:#?}");
     assert!(v
         .iter()
-        .any(|i| i.key == "route[0].rate_limit.scope" && i.message.contains("Raft")));
+        .any(|i| i.key == "route[0].rate_limit.scope" && i.message.contains("Raft group")));
     assert!(v.iter().any(|i| i.key == "route[0].rate_limit.key"));
 }

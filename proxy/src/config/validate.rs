@@ -321,6 +321,7 @@ impl Checker<'_> {
         rl: &model::RateLimitSection,
         key: &str,
         anchor: &SpannedStr,
+        has_ha: bool,
     ) -> Option<crate::ratelimit::LimitConfig> {
         use crate::ratelimit::{Algorithm, LimitConfig, LimitKey};
         if rl.requests == 0 {
@@ -364,27 +365,44 @@ impl Checker<'_> {
                 Algorithm::SlidingWindow
             }
         };
-        match rl.scope.get_ref().as_str() {
-            "local" => {}
-            "cluster" => self.at(
-                &rl.scope,
-                format!("{key}.scope"),
-                "cluster scope needs the pair's Raft group, which this build does not have yet".into(),
-                Some("use scope = \"local\" (each node enforces the limit on its own)".into()),
-            ),
-            other => self.at(
-                &rl.scope,
-                format!("{key}.scope"),
-                format!("unknown scope `{other}`"),
-                Some("use \"local\"".into()),
-            ),
-        }
+        let scope = match rl.scope.get_ref().as_str() {
+            "local" => crate::ratelimit::Scope::Local,
+            "cluster" => {
+                if algorithm != Algorithm::SlidingWindow {
+                    self.at(
+                        &rl.scope,
+                        format!("{key}.algorithm"),
+                        "cluster scope counts in sliding windows".into(),
+                        Some("use algorithm = \"sliding_window\" with scope = \"cluster\"".into()),
+                    );
+                }
+                if !has_ha {
+                    self.at(
+                        &rl.scope,
+                        format!("{key}.scope"),
+                        "cluster scope needs the pair's Raft group".into(),
+                        Some("add an [ha] section, or use scope = \"local\"".into()),
+                    );
+                }
+                crate::ratelimit::Scope::Cluster
+            }
+            other => {
+                self.at(
+                    &rl.scope,
+                    format!("{key}.scope"),
+                    format!("unknown scope `{other}`"),
+                    Some("use \"local\" or \"cluster\"".into()),
+                );
+                crate::ratelimit::Scope::Local
+            }
+        };
         (rl.requests > 0 && !per.is_zero()).then(|| LimitConfig {
             requests: rl.requests,
             per,
             burst: rl.burst.unwrap_or(rl.requests).max(1),
             key: lk,
             algorithm,
+            scope,
         })
     }
 
@@ -1276,7 +1294,7 @@ pub(crate) fn validate(
             rate_limit: r
                 .rate_limit
                 .as_ref()
-                .and_then(|rl| c.rate_limit(rl, &format!("{key}.rate_limit"), &r.name)),
+                .and_then(|rl| c.rate_limit(rl, &format!("{key}.rate_limit"), &r.name, file.ha.is_some())),
             retry,
             request_headers,
             response_headers,

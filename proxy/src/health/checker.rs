@@ -49,7 +49,8 @@ async fn run(shared: Arc<Shared>) {
     let mut generation = 0;
     let mut probers: HashMap<ProberKey, Prober> = HashMap::new();
     let mut sweeps: HashMap<Arc<str>, SweepState> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    // 20 ms: peers' verdicts and rate-limit counts are adopted within one tick.
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut adopted: HashMap<(String, String), u64> = HashMap::new();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u64;
@@ -58,7 +59,8 @@ async fn run(shared: Arc<Shared>) {
         ticks += 1;
         let rt = shared.runtime.load_full();
         adopt_peer_verdicts(&rt, &mut adopted);
-        if ticks % 100 == 0 {
+        crate::pair::sync_rate_limits(&shared.stats.limiters());
+        if ticks % 250 == 0 {
             // Every 5 s: forget idle sticky bindings and rate-limit keys.
             let idle = rt
                 .clusters

@@ -128,3 +128,76 @@ async fn a_pair_shares_verdicts_and_sticky_bindings() {
     })
     .await;
 }
+
+/// Sends `rps` requests per second for `warm + secs` over 4 connections; returns
+/// (admitted, 429s) counted after the first `warm` seconds (steady state).
+async fn fixed_rate(addr: std::net::SocketAddr, rps: u64, warm: u64, secs: u64) -> (u64, u64) {
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::h1(addr).await;
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(4.0 / rps as f64));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let from = Instant::now() + Duration::from_secs(warm);
+            let end = from + Duration::from_secs(secs);
+            let (mut ok, mut limited) = (0, 0);
+            while Instant::now() < end {
+                tick.tick().await;
+                let counted = Instant::now() >= from;
+                match c.get("x", "/", &[]).await.map(|r| r.status) {
+                    Ok(200) if counted => ok += 1,
+                    Ok(429) if counted => limited += 1,
+                    Ok(200 | 429) => {}
+                    _ => c = Client::h1(addr).await,
+                }
+            }
+            (ok, limited)
+        }));
+    }
+    let mut total = (0, 0);
+    for t in tasks {
+        let (o, l) = t.await.unwrap();
+        total.0 += o;
+        total.1 += l;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_scope_limit_holds_for_the_pair() {
+    bounded(120, async {
+        let pki = Pki::new();
+        let data = tempfile::tempdir().unwrap();
+        let peers = [(1u64, free_port()), (2, free_port()), (3, free_port())];
+        let b1 = Backend::start("b1").await;
+        let body = format!(
+            "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\nrate_limit = {{ requests = 200, per = \"1s\", key = \"route\", scope = \"cluster\" }}\n",
+            b1.addr
+        );
+        let a = Proxy::start(&format!("{body}{}", ha_section(&pki, 1, &peers, data.path())));
+        let b = Proxy::start(&format!("{body}{}", ha_section(&pki, 2, &peers, data.path())));
+        let wcfg = data.path().join("witness.toml");
+        std::fs::write(&wcfg, format!("[log]\nlevel = \"warn\"\n{}", ha_section(&pki, 3, &peers, data.path()))).unwrap();
+        let _witness = Witness(
+            Command::new(env!("CARGO_BIN_EXE_tandem")).args(["witness", "-c"]).arg(&wcfg).stdout(Stdio::null()).spawn().unwrap(),
+        );
+        let t = Instant::now();
+        loop {
+            let c: serde_json::Value = serde_json::from_str(&tandem_proxy::ctl::call(a.admin, None, "GET", "/cluster").unwrap().1).unwrap();
+            if c["leader"].is_u64() && c["last_applied"].as_u64().unwrap_or(0) >= 1 {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let secs = 10;
+        for (share_a, share_b) in [(300u64, 300u64), (540, 60)] {
+            let (ra, rb) = tokio::join!(fixed_rate(a.addr, share_a, 2, secs), fixed_rate(b.addr, share_b, 2, secs));
+            let admitted = ra.0 + rb.0;
+            let per_sec = admitted as f64 / secs as f64;
+            eprintln!("split {share_a}/{share_b}: admitted {admitted} in {secs}s = {per_sec:.1}/s (A {} B {})", ra.0, rb.0);
+            assert!((per_sec - 200.0).abs() <= 10.0, "split {share_a}/{share_b}: {per_sec:.1}/s admitted");
+        }
+    })
+    .await;
+}
