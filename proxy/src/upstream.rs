@@ -66,7 +66,7 @@ struct EndpointConns {
 /// One worker's upstream pool.
 #[derive(Debug, Default)]
 pub struct Pool {
-    by_endpoint: RefCell<HashMap<SocketAddr, EndpointConns>>,
+    by_endpoint: RefCell<HashMap<(SocketAddr, u64), EndpointConns>>,
 }
 
 impl Pool {
@@ -74,7 +74,7 @@ impl Pool {
     /// `now` is the request's start time (idle and age limits are seconds-scale).
     pub fn checkout(&self, addr: SocketAddr, proto: UpstreamProtocol, s: &PoolSettings, now: Instant) -> Option<Conn> {
         let mut map = self.by_endpoint.borrow_mut();
-        let slot = map.get_mut(&addr)?;
+        let slot = map.get_mut(&(addr, s.profile))?;
         let too_old = |born: Instant| s.max_age.is_some_and(|m| now.duration_since(born) >= m);
         match proto {
             UpstreamProtocol::H2c => {
@@ -124,7 +124,7 @@ impl Pool {
             return;
         }
         let mut map = self.by_endpoint.borrow_mut();
-        let slot = map.entry(conn.addr).or_default();
+        let slot = map.entry((conn.addr, s.profile)).or_default();
         if slot.idle.len() >= s.max_idle {
             // Evict the oldest idle connection.
             slot.idle.remove(0);
@@ -206,7 +206,11 @@ impl Pool {
                     drop(open);
                 });
                 if !private {
-                    self.by_endpoint.borrow_mut().entry(addr).or_default().h2 = Some((tx.clone(), born));
+                    self.by_endpoint
+                        .borrow_mut()
+                        .entry((addr, cluster.pool.profile))
+                        .or_default()
+                        .h2 = Some((tx.clone(), born));
                 }
                 Ok(Sender::H2(tx))
             }

@@ -128,6 +128,9 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// Connections older than this are not reused.
     pub max_age: Option<Duration>,
+    /// Identity of how connections are made (protocol, TLS, PROXY header): a reload that
+    /// changes it never reuses connections made the old way.
+    pub profile: u64,
 }
 
 /// A compiled endpoint.
@@ -232,6 +235,15 @@ fn compile_cluster(index: usize, c: &ClusterConfig, stats: &StatsRegistry) -> Cl
             max_idle: c.pool_max_idle_per_endpoint,
             idle_timeout: c.pool_idle_timeout,
             max_age: c.max_connection_age,
+            profile: crate::config::fnv1a(
+                format!(
+                    "{:?}|{:?}|{:?}",
+                    c.protocol,
+                    c.tls.as_ref().map(|t| &t.0),
+                    c.proxy_protocol
+                )
+                .as_bytes(),
+            ),
         },
         endpoints: c
             .endpoints
