@@ -57,11 +57,13 @@ async fn a_pair_shares_verdicts_and_sticky_bindings() {
         let peers = [(1u64, free_port()), (2, free_port()), (3, free_port())];
         let b1 = Backend::start("b1").await;
         let b2 = Backend::start("b2").await;
+        let b3 = Backend::start("b3").await;
         let cluster = |checks: bool| {
             format!(
-                "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\nsticky = {{ mode = \"learned\", on = \"header:x-session\" }}\n{}\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n",
+                "[[cluster]]\nname = \"c\"\nbalancer = \"round_robin\"\nendpoints = [{{ address = \"{}\" }}, {{ address = \"{}\" }}, {{ address = \"{}\" }}]\nsticky = {{ mode = \"learned\", on = \"header:x-session\" }}\n{}\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n",
                 b1.addr,
                 b2.addr,
+                b3.addr,
                 if checks { "health_check = { interval = \"50ms\", timeout = \"50ms\", rise = 1, fall = 1 }" } else { "" }
             )
         };
@@ -125,6 +127,16 @@ async fn a_pair_shares_verdicts_and_sticky_bindings() {
         let c: serde_json::Value = serde_json::from_str(&tandem_proxy::ctl::call(a.admin, None, "GET", "/cluster").unwrap().1).unwrap();
         assert_eq!(c["member"], true);
         assert!(c["tables"]["sticky"].as_u64().unwrap() >= 2, "{c}");
+
+        // A binding made through A, then A dies: B (alone, without quorum) still honours
+        // it from the replicated table, and keeps serving.
+        let carol = Client::h1(a.addr).await.get("x", "/", &[("x-session", "carol")]).await.unwrap().body;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(a);
+        for _ in 0..5 {
+            let r = Client::h1(b.addr).await.get("x", "/", &[("x-session", "carol")]).await.unwrap();
+            assert_eq!((r.status, r.body), (200, carol.clone()));
+        }
     })
     .await;
 }
