@@ -26,3 +26,4 @@ cargo build --release --quiet
 python3 bench/l7.py --tandem target/release/tandem --seconds "${1:-10}"
 python3 bench/gray_failure.py --tandem target/release/tandem
 python3 bench/tls_l4.py --tandem target/release/tandem --seconds "${1:-10}"
+python3 bench/pair.py --tandem target/release/tandem

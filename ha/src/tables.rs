@@ -71,6 +71,8 @@ pub struct Tables {
     pub rate: BTreeMap<(u64, u64), BTreeMap<NodeId, u64>>,
     /// Shared data.
     pub shared: BTreeMap<String, Vec<u8>>,
+    /// Batch time of the last prune (pruning is O(table), so it runs once a second).
+    pub last_prune_ms: u64,
 }
 
 impl Tables {
@@ -127,6 +129,10 @@ impl Tables {
     /// Drops expired sticky bindings and rate windows older than `keep_ms` before `now_ms`.
     /// Called by the state machine with the batch's time so every member prunes alike.
     pub fn prune(&mut self, now_ms: u64, keep_ms: u64) {
+        if now_ms < self.last_prune_ms + 1_000 {
+            return;
+        }
+        self.last_prune_ms = now_ms;
         self.sticky.retain(|_, (_, exp)| *exp > now_ms);
         self.rate.retain(|(_, w), _| *w + keep_ms > now_ms);
     }

@@ -36,6 +36,8 @@ pub struct BackendState {
     pub status: std::sync::atomic::AtomicU64,
     /// Requests served, /healthz and /_ paths excluded (read with `/_stats`).
     pub hits: std::sync::atomic::AtomicU64,
+    /// Status of /healthz (0 = 200; `/_control?healthz=N`).
+    pub healthz: std::sync::atomic::AtomicU64,
 }
 
 /// Serves a demo backend on `listener` until the runtime stops.
@@ -44,7 +46,7 @@ pub struct BackendState {
 /// - `?delay_ms=N`: answers after N ms; `?status=N`: answers with status N;
 /// - `/headers`: echoes the request head (for checking what the proxy sent);
 /// - `/healthz`: `200 ok`, never delayed (a gray failure keeps it green);
-/// - `/_control?delay_ms=N&status=N`: changes the behaviour of all later requests;
+/// - `/_control?delay_ms=N&status=N&healthz=N`: changes the behaviour of all later requests;
 /// - `/_stats`: the number of requests served.
 pub async fn serve_backend(listener: tokio::net::TcpListener, state: Arc<BackendState>) {
     loop {
@@ -86,6 +88,7 @@ async fn answer(state: Arc<BackendState>, req: Request<Incoming>) -> Result<Resp
                 match pair.split_once('=') {
                     Some(("delay_ms", v)) => state.delay_ms.store(v.parse().unwrap_or(0), Relaxed),
                     Some(("status", v)) => state.status.store(v.parse().unwrap_or(0), Relaxed),
+                    Some(("healthz", v)) => state.healthz.store(v.parse().unwrap_or(0), Relaxed),
                     _ => {}
                 }
             }
@@ -109,7 +112,10 @@ async fn answer(state: Arc<BackendState>, req: Request<Incoming>) -> Result<Resp
         Bytes::from(s)
     } else if path == "/healthz" {
         delay = 0;
-        status = 200;
+        status = match state.healthz.load(Relaxed) {
+            0 => 200,
+            s => s as u16,
+        };
         Bytes::from_static(b"ok\n")
     } else {
         Bytes::from(format!("backend {name}\n"))
