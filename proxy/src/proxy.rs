@@ -511,12 +511,7 @@ fn prepare_upstream_request(
 ) -> Result<(), ProxyError> {
     let authority = authority_value(req);
     let h = req.headers_mut();
-    headers::strip_hop_by_hop(h);
-    let proto = if conn.tls.is_some() { "https" } else { "http" };
-    headers::add_forwarded(h, conn.client.ip(), authority.as_ref(), proto);
-    if !route.request_headers.is_empty() {
-        headers::apply_rules(h, &route.request_headers);
-    }
+    forward_headers(h, route, conn, authority.as_ref());
     match cluster.protocol {
         UpstreamProtocol::Http1 => {
             // Origin-form target and a Host header (HTTP/2 clients send :authority only).
@@ -550,6 +545,22 @@ fn prepare_upstream_request(
         }
     }
     Ok(())
+}
+
+/// The header part of stage 5, shared with upgrades: hop-by-hop headers go, forwarding
+/// headers are set, the route's request rules apply.
+pub(crate) fn forward_headers(
+    h: &mut http::HeaderMap,
+    route: &Route,
+    conn: &ConnState,
+    authority: Option<&HeaderValue>,
+) {
+    headers::strip_hop_by_hop(h);
+    let proto = if conn.tls.is_some() { "https" } else { "http" };
+    headers::add_forwarded(h, conn.client.ip(), authority, proto);
+    if !route.request_headers.is_empty() {
+        headers::apply_rules(h, &route.request_headers);
+    }
 }
 
 /// Stage 6: sends on a pooled or new connection (within the cluster's connection and

@@ -49,12 +49,7 @@ pub async fn proxy_upgrade(
     let upgrade_to = req.headers().get(header::UPGRADE).cloned();
     let authority = req.headers().get(header::HOST).cloned();
     let (mut parts, _) = req.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    let proto = if conn.tls.is_some() { "https" } else { "http" };
-    headers::add_forwarded(&mut parts.headers, conn.client.ip(), authority.as_ref(), proto);
-    if !route.request_headers.is_empty() {
-        headers::apply_rules(&mut parts.headers, &route.request_headers);
-    }
+    crate::proxy::forward_headers(&mut parts.headers, route, conn, authority.as_ref());
     if let Some(u) = upgrade_to {
         parts.headers.insert(header::UPGRADE, u);
         parts
