@@ -85,11 +85,27 @@ enum CtlCommand {
     /// Exit 0 when the process is alive.
     Live,
     /// Show the pair's Raft group: members, leader, term, replication lag.
-    Cluster,
+    Cluster {
+        #[command(subcommand)]
+        what: Option<ClusterCommand>,
+    },
     /// Drain an endpoint (no new requests; in-flight ones finish) or return it.
     Endpoint {
         #[command(subcommand)]
         action: EndpointAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Write a lab CA and one certificate per member (DNS name `tandem-peer`) for `[ha] tls`.
+    Certs {
+        /// Output directory.
+        #[arg(long, default_value = "ha-certs")]
+        out: PathBuf,
+        /// Member names (one certificate each).
+        #[arg(long, value_delimiter = ',', default_value = "node1,node2,witness")]
+        members: Vec<String>,
     },
 }
 
@@ -298,7 +314,26 @@ fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<St
         CtlCommand::Drain => ("POST", "/drain".to_string()),
         CtlCommand::Ready => ("GET", "/ready".to_string()),
         CtlCommand::Live => ("GET", "/live".to_string()),
-        CtlCommand::Cluster => ("GET", "/cluster".to_string()),
+        CtlCommand::Cluster { what: None } => ("GET", "/cluster".to_string()),
+        CtlCommand::Cluster {
+            what: Some(ClusterCommand::Certs { out, members }),
+        } => {
+            return match write_lab_certs(&out, &members) {
+                Ok(()) => {
+                    println!(
+                        "wrote {}/ca.pem and a certificate per member: {}",
+                        out.display(),
+                        members.join(", ")
+                    );
+                    println!("use them as [ha] tls = {{ ca = \"ca.pem\", cert = \"NAME.pem\", key = \"NAME.key\" }}; keep ca.key offline");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tandem ctl cluster certs: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         CtlCommand::Endpoint { action } => match action {
             EndpointAction::Drain { cluster, address } => {
                 ("POST", format!("/endpoints/drain?cluster={cluster}&address={address}"))
@@ -326,6 +361,41 @@ fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<St
             ExitCode::FAILURE
         }
     }
+}
+
+/// A lab PKI for the pair: a CA and per-member certificates for peer traffic.
+fn write_lab_certs(out: &std::path::Path, members: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    std::fs::create_dir_all(out)?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, "tandem-ha-ca");
+    let ca_key = KeyPair::generate()?;
+    let ca_key_pem = ca_key.serialize_pem();
+    let ca = CertifiedIssuer::self_signed(p, ca_key)?;
+    std::fs::write(out.join("ca.pem"), ca.pem())?;
+    write_private(&out.join("ca.key"), &ca_key_pem)?;
+    for m in members {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(vec![tandem_ha::network::PEER_NAME.to_string()])?;
+        p.distinguished_name.push(DnType::CommonName, m.as_str());
+        let cert = p.signed_by(&key, &ca)?;
+        std::fs::write(out.join(format!("{m}.pem")), cert.pem())?;
+        write_private(&out.join(format!("{m}.key")), &key.serialize_pem())?;
+    }
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, pem: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(pem.as_bytes())
 }
 
 fn print_summary(c: &Config) {

@@ -38,6 +38,26 @@ fn ha_section(pki: &Pki, id: u64, peers: &[(u64, u16)], data: &std::path::Path) 
     )
 }
 
+/// The `[ha]` section for member `id` using certificates made by `tandem ctl cluster certs`.
+fn ha_section_cli(certs: &std::path::Path, id: u64, peers: &[(u64, u16)], data: &std::path::Path) -> String {
+    let name = format!("m{id}");
+    let list: Vec<String> = peers
+        .iter()
+        .map(|(i, p)| {
+            format!(
+                "{{ id = {i}, address = \"127.0.0.1:{p}\"{} }}",
+                if *i == 3 { ", witness = true" } else { "" }
+            )
+        })
+        .collect();
+    format!(
+        "\n[ha]\nnode_id = {id}\ndata_dir = \"{}\"\nsync_interval = \"20ms\"\ntls = {{ ca = \"{c}/ca.pem\", cert = \"{c}/{name}.pem\", key = \"{c}/{name}.key\" }}\npeers = [{}]\n",
+        data.join(format!("ha{id}")).display(),
+        list.join(", "),
+        c = certs.display(),
+    )
+}
+
 fn state_of(p: &Proxy, addr: std::net::SocketAddr) -> String {
     let s: serde_json::Value =
         serde_json::from_str(&tandem_proxy::ctl::call(p.admin, None, "GET", "/status").unwrap().1).unwrap();
@@ -186,10 +206,19 @@ async fn a_cluster_scope_limit_holds_for_the_pair() {
             "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\nrate_limit = {{ requests = 200, per = \"1s\", key = \"route\", scope = \"cluster\" }}\n",
             b1.addr
         );
-        let a = Proxy::start(&format!("{body}{}", ha_section(&pki, 1, &peers, data.path())));
-        let b = Proxy::start(&format!("{body}{}", ha_section(&pki, 2, &peers, data.path())));
+        // Peer certificates from the CLI's lab PKI.
+        let certs = data.path().join("certs");
+        let ok = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["ctl", "cluster", "certs", "--members", "m1,m2,m3", "--out"])
+            .arg(&certs)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let _ = &pki;
+        let a = Proxy::start(&format!("{body}{}", ha_section_cli(&certs, 1, &peers, data.path())));
+        let b = Proxy::start(&format!("{body}{}", ha_section_cli(&certs, 2, &peers, data.path())));
         let wcfg = data.path().join("witness.toml");
-        std::fs::write(&wcfg, format!("[log]\nlevel = \"warn\"\n{}", ha_section(&pki, 3, &peers, data.path()))).unwrap();
+        std::fs::write(&wcfg, format!("[log]\nlevel = \"warn\"\n{}", ha_section_cli(&certs, 3, &peers, data.path()))).unwrap();
         let _witness = Witness(
             Command::new(env!("CARGO_BIN_EXE_tandem")).args(["witness", "-c"]).arg(&wcfg).stdout(Stdio::null()).spawn().unwrap(),
         );
