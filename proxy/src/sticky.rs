@@ -51,7 +51,7 @@ pub enum StickyConfig {
 /// short critical sections; never held across an await.
 #[derive(Debug)]
 pub struct StickyTable {
-    shards: Vec<Mutex<HashMap<u64, (SocketAddr, u64)>>>,
+    shards: Vec<Mutex<HashMap<u64, (SocketAddr, u64, u64)>>>,
 }
 
 impl Default for StickyTable {
@@ -63,28 +63,36 @@ impl Default for StickyTable {
 }
 
 impl StickyTable {
-    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, (SocketAddr, u64)>> {
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, (SocketAddr, u64, u64)>> {
         self.shards[(key as usize) % SHARDS]
             .lock()
             .expect("sticky shard poisoned")
     }
 
-    /// The endpoint bound to `key`, refreshing its use time, unless expired.
-    pub fn get(&self, key: u64, idle: Duration) -> Option<SocketAddr> {
+    /// The endpoint bound to `key`, refreshing its use time, unless expired. The flag
+    /// says the binding was last published more than half its idle time ago, so the
+    /// pair's copy should be refreshed.
+    pub fn get(&self, key: u64, idle: Duration) -> Option<(SocketAddr, bool)> {
         let now = now_ns();
         let mut s = self.shard(key);
         let e = s.get_mut(&key)?;
-        if now.saturating_sub(e.1) > idle.as_nanos() as u64 {
+        let idle_ns = idle.as_nanos() as u64;
+        if now.saturating_sub(e.1) > idle_ns {
             s.remove(&key);
             return None;
         }
         e.1 = now;
-        Some(e.0)
+        let republish = now.saturating_sub(e.2) > idle_ns / 2;
+        if republish {
+            e.2 = now;
+        }
+        Some((e.0, republish))
     }
 
-    /// Binds `key` to `addr`.
+    /// Binds `key` to `addr` (counted as published now).
     pub fn bind(&self, key: u64, addr: SocketAddr) {
-        self.shard(key).insert(key, (addr, now_ns()));
+        let now = now_ns();
+        self.shard(key).insert(key, (addr, now, now));
     }
 
     /// Drops bindings idle longer than `idle`.
@@ -151,12 +159,18 @@ pub fn plan(cluster: &Cluster, table: &StickyTable, headers: &HeaderMap, client:
             .map(|k| cluster_key(cluster, k));
             // This node's bindings first; then what a peer learned (rare: a client
             // that moved between the nodes).
-            let bound = key.and_then(|k| {
-                table.get(k, *idle).or_else(|| {
+            let bound = key.and_then(|k| match table.get(k, *idle) {
+                Some((a, republish)) => {
+                    if republish {
+                        crate::pair::publish_sticky(k, a, *idle);
+                    }
+                    Some(a)
+                }
+                None => {
                     let a = crate::pair::replicated_sticky(k)?;
                     table.bind(k, a);
                     Some(a)
-                })
+                }
             });
             Plan {
                 target: bound.and_then(eligible),
@@ -275,7 +289,7 @@ mod tests {
         let t = StickyTable::default();
         let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
         t.bind(5, a);
-        assert_eq!(t.get(5, Duration::from_secs(60)), Some(a));
+        assert_eq!(t.get(5, Duration::from_secs(60)), Some((a, false)));
         assert_eq!(t.get(5, Duration::ZERO), None);
         assert!(t.is_empty());
     }
