@@ -62,6 +62,29 @@ fn check_accepts_the_shipped_examples() {
 }
 
 #[test]
+fn the_pair_examples_validate_with_lab_certificates() {
+    // The examples name /etc/tandem/ha/…; check them against certificates made by the CLI.
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("ha");
+    assert!(tandem()
+        .args(["ctl", "cluster", "certs", "--members", "node1,node2,witness", "--out"])
+        .arg(&certs)
+        .status()
+        .unwrap()
+        .success());
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/pair");
+    for f in ["node1.toml", "node2.toml", "witness.toml"] {
+        let text = std::fs::read_to_string(format!("{root}/{f}"))
+            .unwrap()
+            .replace("/etc/tandem/ha", &certs.display().to_string());
+        let p = dir.path().join(f);
+        std::fs::write(&p, text).unwrap();
+        let out = tandem().args(["check", "-c"]).arg(&p).output().unwrap();
+        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
 fn missing_file_is_a_clear_error() {
     let out = tandem()
         .args(["check", "-c", "/nonexistent/tandem.toml"])
