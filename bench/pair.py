@@ -83,10 +83,13 @@ def start(tandem, tmp, scope):
         path = f"{tmp}/n{i}.toml"
         with open(path, "w") as f:
             f.write(node_cfg(tmp, i, scope, checks))
-        procs.append(subprocess.Popen(["taskset", "-c", "0", tandem, "run", "-c", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        # Node A alone on CPU 0 (the one measured); B and the witness stand in for other
+        # machines and share CPU 1 with the load.
+        cpu = "0" if i == 1 else "1"
+        procs.append(subprocess.Popen(["taskset", "-c", cpu, tandem, "run", "-c", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     with open(f"{tmp}/w.toml", "w") as f:
         f.write('[log]\nlevel = "error"\n' + ha(tmp, 3, scope))
-    procs.append(subprocess.Popen(["taskset", "-c", "0", tandem, "witness", "-c", f"{tmp}/w.toml"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    procs.append(subprocess.Popen(["taskset", "-c", "1", tandem, "witness", "-c", f"{tmp}/w.toml"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     deadline = time.time() + 20
     while time.time() < deadline:
         try:
@@ -163,7 +166,7 @@ def main():
         backends.kill()
 
     p50, p99, mx, n = results["verdict_ms"]
-    print(f"\nPair (two nodes + witness on loopback, one worker each, CPU 0; load and backends on CPU 1)")
+    print(f"\nPair (two nodes + witness on loopback, one worker each; node A on CPU 0; B, witness, load and backends on CPU 1)")
     print(f"verdict A→B adoption after A's verdict: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {mx:.1f} ms over {n} trials")
     per_s, offered = results["sticky"]
     print(f"sticky bindings replicated to B: {per_s:.0f}/s (offered {offered:.0f} new sessions/s through A)")
