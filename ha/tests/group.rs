@@ -199,3 +199,42 @@ async fn a_peer_with_a_foreign_certificate_cannot_join_or_read() {
     .await
     .expect("test bounded in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_without_quorum_are_proposed_on_heal() {
+    tokio::time::timeout(Duration::from_secs(40), async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca(dir.path(), "heal-ca");
+        let peers: Vec<Peer> = (1..=3)
+            .map(|id| Peer {
+                id,
+                address: free_addr(),
+            })
+            .collect();
+        let cfg = |id: u64| {
+            HaConfig::new(
+                id,
+                peers.clone(),
+                dir.path().join(format!("h{id}")),
+                node_tls(dir.path(), &ca, &format!("h{id}")),
+            )
+        };
+        // Node 2 alone: no quorum. Its change waits in the buffer; nothing blocks.
+        let n2 = HaNode::start(cfg(2)).await.unwrap();
+        n2.publish(verdict("10.7.0.1:80", false, 5));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(n2.tables.read().unwrap().verdicts.is_empty());
+        // The others arrive: the buffered change is committed everywhere.
+        let n1 = HaNode::start(cfg(1)).await.unwrap();
+        let n3 = HaNode::start(cfg(3)).await.unwrap();
+        eventually("the buffered change after heal", Duration::from_secs(20), || {
+            [&n1, &n2, &n3].iter().all(|n| has(n, "10.7.0.1:80", false))
+        })
+        .await;
+        for n in [n1, n2, n3] {
+            n.shutdown().await;
+        }
+    })
+    .await
+    .expect("test bounded in time");
+}
