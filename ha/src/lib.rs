@@ -18,6 +18,7 @@ pub mod state_machine;
 pub mod store;
 pub mod tables;
 pub mod types;
+pub mod vip;
 pub mod wire;
 
 pub use node::{HaConfig, HaError, HaNode, Peer, PeerTls, Publisher};

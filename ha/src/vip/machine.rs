@@ -1,0 +1,284 @@
+//! The VRRPv3 state machine (RFC 5798 §6.4) for one virtual router, driven by events
+//! and returning the actions to take; time is passed in, so it is tested without sleeping.
+//!
+//! ```text
+//!  Initialize ──start (priority 255)──▶ Master
+//!  Initialize ──start──▶ Backup ──Master_Down timer──▶ Master
+//!  Master ──advert with higher priority (or equal and higher address)──▶ Backup
+//!  Master ──shutdown: advert with priority 0──▶ Initialize
+//!  Backup ──advert with priority 0──▶ Master_Down timer = Skew_Time
+//! ```
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use super::packet::Advert;
+
+/// Where the router is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not started, or shut down.
+    Initialize,
+    /// Another router owns the VIPs.
+    Backup,
+    /// This router owns the VIPs.
+    Master,
+}
+
+/// What the caller must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send an advertisement with this priority.
+    SendAdvert(u8),
+    /// Add the VIPs and announce them (gratuitous ARP).
+    TakeVips,
+    /// Remove the VIPs.
+    ReleaseVips,
+    /// Announce the VIPs again (another master was heard).
+    Garp,
+}
+
+/// One virtual router's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterConfig {
+    /// VRID.
+    pub vrid: u8,
+    /// This node's priority (1–255; 255 = owner).
+    pub priority: u8,
+    /// Advertisement interval in centiseconds.
+    pub interval_cs: u16,
+    /// Take over from a lower-priority master.
+    pub preempt: bool,
+    /// This node's address (tie-break).
+    pub address: Ipv4Addr,
+}
+
+/// The machine.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    cfg: RouterConfig,
+    state: State,
+    master_adver_cs: u16,
+    deadline: Option<Instant>,
+}
+
+fn cs(n: u32) -> Duration {
+    Duration::from_millis(u64::from(n) * 10)
+}
+
+impl Machine {
+    /// A router in Initialize.
+    pub fn new(cfg: RouterConfig) -> Machine {
+        Machine {
+            master_adver_cs: cfg.interval_cs,
+            cfg,
+            state: State::Initialize,
+            deadline: None,
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// When `on_timer` is due.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Skew_Time = ((256 − priority) × Master_Adver_Interval) / 256, in centiseconds.
+    pub fn skew_cs(&self) -> u32 {
+        ((256 - u32::from(self.cfg.priority)) * u32::from(self.master_adver_cs)) / 256
+    }
+
+    /// Master_Down_Interval = 3 × Master_Adver_Interval + Skew_Time.
+    pub fn master_down(&self) -> Duration {
+        cs(3 * u32::from(self.master_adver_cs) + self.skew_cs())
+    }
+
+    fn become_master(&mut self, now: Instant) -> Vec<Action> {
+        self.state = State::Master;
+        self.deadline = Some(now + cs(u32::from(self.cfg.interval_cs)));
+        vec![Action::SendAdvert(self.cfg.priority), Action::TakeVips]
+    }
+
+    fn become_backup(&mut self, now: Instant) {
+        self.state = State::Backup;
+        self.deadline = Some(now + self.master_down());
+    }
+
+    /// Startup event.
+    pub fn start(&mut self, now: Instant) -> Vec<Action> {
+        if self.cfg.priority == 255 {
+            return self.become_master(now);
+        }
+        self.master_adver_cs = self.cfg.interval_cs;
+        self.become_backup(now);
+        Vec::new()
+    }
+
+    /// The timer fired.
+    pub fn on_timer(&mut self, now: Instant) -> Vec<Action> {
+        match self.state {
+            State::Backup => self.become_master(now),
+            State::Master => {
+                self.deadline = Some(now + cs(u32::from(self.cfg.interval_cs)));
+                vec![Action::SendAdvert(self.cfg.priority)]
+            }
+            State::Initialize => Vec::new(),
+        }
+    }
+
+    /// An advertisement for this VRID arrived from `src`.
+    pub fn on_advert(&mut self, now: Instant, src: Ipv4Addr, a: &Advert) -> Vec<Action> {
+        if a.vrid != self.cfg.vrid {
+            return Vec::new();
+        }
+        match self.state {
+            State::Initialize => Vec::new(),
+            State::Backup => {
+                if a.priority == 0 {
+                    self.deadline = Some(now + cs(self.skew_cs()));
+                } else if !self.cfg.preempt || a.priority >= self.cfg.priority {
+                    self.master_adver_cs = a.interval_cs.max(1);
+                    self.deadline = Some(now + self.master_down());
+                }
+                Vec::new()
+            }
+            State::Master => {
+                if a.priority == 0 {
+                    self.deadline = Some(now + cs(u32::from(self.cfg.interval_cs)));
+                    return vec![Action::SendAdvert(self.cfg.priority)];
+                }
+                let wins =
+                    a.priority > self.cfg.priority || (a.priority == self.cfg.priority && src > self.cfg.address);
+                if wins {
+                    self.master_adver_cs = a.interval_cs.max(1);
+                    self.become_backup(now);
+                    vec![Action::ReleaseVips]
+                } else {
+                    // Another master is out there: make sure clients follow us.
+                    vec![Action::Garp]
+                }
+            }
+        }
+    }
+
+    /// Shutdown (or maintenance): release at once with priority 0.
+    pub fn shutdown(&mut self) -> Vec<Action> {
+        let was = self.state;
+        self.state = State::Initialize;
+        self.deadline = None;
+        if was == State::Master {
+            vec![Action::SendAdvert(0), Action::ReleaseVips]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(priority: u8, last: u8, preempt: bool) -> RouterConfig {
+        RouterConfig {
+            vrid: 51,
+            priority,
+            interval_cs: 10,
+            preempt,
+            address: Ipv4Addr::new(10, 99, 0, last),
+        }
+    }
+
+    fn advert(priority: u8) -> Advert {
+        Advert {
+            vrid: 51,
+            priority,
+            interval_cs: 10,
+            addrs: vec![Ipv4Addr::new(10, 99, 0, 100)],
+        }
+    }
+
+    #[test]
+    fn master_down_matches_rfc_and_keepalived() {
+        let m = Machine::new(cfg(100, 2, true));
+        // Skew = (156 × 10) / 256 = 6 cs; 3 × 10 + 6 = 36 cs (keepalived measured 361–364 ms).
+        assert_eq!(m.master_down(), Duration::from_millis(360));
+    }
+
+    #[test]
+    fn election_by_priority_and_preemption() {
+        let t0 = Instant::now();
+        let (a_ip, b_ip) = (Ipv4Addr::new(10, 99, 0, 1), Ipv4Addr::new(10, 99, 0, 2));
+        let mut a = Machine::new(cfg(150, 1, true));
+        let mut b = Machine::new(cfg(100, 2, true));
+        assert!(a.start(t0).is_empty() && b.start(t0).is_empty());
+        // A's master-down timer is shorter (less skew): it wins.
+        assert!(a.deadline().unwrap() < b.deadline().unwrap());
+        let acts = a.on_timer(a.deadline().unwrap());
+        assert_eq!(acts, vec![Action::SendAdvert(150), Action::TakeVips]);
+        b.on_advert(t0 + Duration::from_millis(370), a_ip, &advert(150));
+        assert_eq!(b.state(), State::Backup);
+        // A leaves with priority 0: B takes over after only its skew.
+        assert_eq!(a.shutdown(), vec![Action::SendAdvert(0), Action::ReleaseVips]);
+        let t1 = t0 + Duration::from_secs(1);
+        b.on_advert(t1, a_ip, &advert(0));
+        assert_eq!(b.deadline().unwrap() - t1, Duration::from_millis(60));
+        assert_eq!(
+            b.on_timer(b.deadline().unwrap()),
+            vec![Action::SendAdvert(100), Action::TakeVips]
+        );
+        // A returns with the higher priority: it preempts B.
+        let t2 = t1 + Duration::from_secs(1);
+        a.start(t2);
+        b.on_advert(t2, a_ip, &advert(150));
+        assert_eq!(b.state(), State::Backup, "a higher-priority advert makes B yield");
+        // A master hearing a lower master re-announces instead of yielding.
+        let mut m = Machine::new(cfg(150, 1, true));
+        m.start(t2);
+        m.on_timer(m.deadline().unwrap());
+        assert_eq!(m.on_advert(t2, b_ip, &advert(100)), vec![Action::Garp]);
+        assert_eq!(m.state(), State::Master);
+    }
+
+    #[test]
+    fn without_preemption_a_higher_backup_waits() {
+        let t0 = Instant::now();
+        let mut a = Machine::new(cfg(150, 1, false));
+        a.start(t0);
+        // A lower-priority master keeps advertising: A keeps resetting its timer.
+        for k in 1..10 {
+            let now = t0 + Duration::from_millis(100 * k);
+            a.on_advert(now, Ipv4Addr::new(10, 99, 0, 2), &advert(100));
+            assert!(a.deadline().unwrap() > now + Duration::from_millis(300));
+        }
+        assert_eq!(a.state(), State::Backup);
+    }
+
+    #[test]
+    fn equal_priorities_break_ties_by_address() {
+        let t0 = Instant::now();
+        let mut low = Machine::new(cfg(100, 1, true));
+        low.start(t0);
+        low.on_timer(low.deadline().unwrap());
+        assert_eq!(
+            low.on_advert(t0, Ipv4Addr::new(10, 99, 0, 2), &advert(100)),
+            vec![Action::ReleaseVips]
+        );
+        let mut high = Machine::new(cfg(100, 2, true));
+        high.start(t0);
+        high.on_timer(high.deadline().unwrap());
+        assert_eq!(
+            high.on_advert(t0, Ipv4Addr::new(10, 99, 0, 1), &advert(100)),
+            vec![Action::Garp]
+        );
+    }
+
+    #[test]
+    fn the_owner_starts_as_master() {
+        let mut o = Machine::new(cfg(255, 1, true));
+        assert_eq!(o.start(Instant::now()), vec![Action::SendAdvert(255), Action::TakeVips]);
+    }
+}
