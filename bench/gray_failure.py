@@ -33,6 +33,15 @@ def backend_addrs():
     return [f"127.0.0.1:{BASE + i}" for i in range(N)]
 
 
+def stop(p):
+    """Stops a proxy gracefully, killing it after 10 s."""
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+
 def get(url, timeout=2):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.read().decode()
@@ -279,11 +288,7 @@ def main():
                 s["attempts_per_request"] = attempts / len(results)
                 out[name] = s
             finally:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+                stop(p)
                 control(0, 0)
                 time.sleep(1)
     finally:

@@ -46,6 +46,15 @@ def cpu_ticks(root_pid):
     return total
 
 
+def stop(p, sig=signal.SIGTERM):
+    """Stops a process gracefully, killing it after 10 s."""
+    p.send_signal(sig)
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+
 def wait_http(port, timeout=10):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -204,14 +213,9 @@ def main():
                 many["per_cpu_s"] = many["rps"] * args.seconds / cpu if cpu else float("nan")
                 results[name] = (many, one)
             finally:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+                stop(p)
     finally:
-        backend.send_signal(signal.SIGQUIT)
-        backend.wait(10)
+        stop(backend, signal.SIGQUIT)
 
     print(f"\nHTTP/1.1 keep-alive, 1 proxy thread on CPU 0, wrk + backends on CPU 1, {args.seconds}s per run")
     print(f"{'proxy':<8} {'rps@64':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu %':>6} {'req/cpu-s':>10} {'p50@1':>8} {'p99@1':>8} {'errors':>6}")

@@ -182,14 +182,9 @@ def main():
                 r["l4_bulk"] = (bps / 1e6, bps * s / 1e6 / cpu)
                 rows[name] = r
             finally:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+                l7.stop(p)
     finally:
-        backend.send_signal(signal.SIGQUIT)
-        backend.wait(10)
+        l7.stop(backend, signal.SIGQUIT)
 
     labels = {
         "handshakes": "full TLS 1.3 handshakes",

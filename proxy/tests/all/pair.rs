@@ -19,6 +19,18 @@ impl Drop for Witness {
 
 fn ha_section(pki: &Pki, id: u64, peers: &[(u64, u16)], data: &std::path::Path) -> String {
     let (cert, key) = pki.leaf(&format!("node{id}"), &["tandem-peer"], false);
+    ha_section_files(&pki.ca_pem, &cert, &key, id, peers, data)
+}
+
+/// The `[ha]` section for member `id` of `peers` (member 3 is the witness).
+fn ha_section_files(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    id: u64,
+    peers: &[(u64, u16)],
+    data: &std::path::Path,
+) -> String {
     let list: Vec<String> = peers
         .iter()
         .map(|(i, p)| {
@@ -31,7 +43,7 @@ fn ha_section(pki: &Pki, id: u64, peers: &[(u64, u16)], data: &std::path::Path) 
     format!(
         "\n[ha]\nnode_id = {id}\ndata_dir = \"{}\"\nsync_interval = \"20ms\"\ntls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\npeers = [{}]\n",
         data.join(format!("ha{id}")).display(),
-        pki.ca_pem.display(),
+        ca.display(),
         cert.display(),
         key.display(),
         list.join(", ")
@@ -40,22 +52,8 @@ fn ha_section(pki: &Pki, id: u64, peers: &[(u64, u16)], data: &std::path::Path) 
 
 /// The `[ha]` section for member `id` using certificates made by `tandem ctl cluster certs`.
 fn ha_section_cli(certs: &std::path::Path, id: u64, peers: &[(u64, u16)], data: &std::path::Path) -> String {
-    let name = format!("m{id}");
-    let list: Vec<String> = peers
-        .iter()
-        .map(|(i, p)| {
-            format!(
-                "{{ id = {i}, address = \"127.0.0.1:{p}\"{} }}",
-                if *i == 3 { ", witness = true" } else { "" }
-            )
-        })
-        .collect();
-    format!(
-        "\n[ha]\nnode_id = {id}\ndata_dir = \"{}\"\nsync_interval = \"20ms\"\ntls = {{ ca = \"{c}/ca.pem\", cert = \"{c}/{name}.pem\", key = \"{c}/{name}.key\" }}\npeers = [{}]\n",
-        data.join(format!("ha{id}")).display(),
-        list.join(", "),
-        c = certs.display(),
-    )
+    let (cert, key) = (certs.join(format!("m{id}.pem")), certs.join(format!("m{id}.key")));
+    ha_section_files(&certs.join("ca.pem"), &cert, &key, id, peers, data)
 }
 
 fn state_of(p: &Proxy, addr: std::net::SocketAddr) -> String {
