@@ -3,7 +3,6 @@
 //! and forwarded proposals. A peer without a certificate signed by the group's CA never
 //! gets past the handshake, and is counted.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -274,9 +273,4 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, raft: 
             }
         });
     }
-}
-
-/// Where a peer listens.
-pub fn peer_addr(a: SocketAddr) -> String {
-    a.to_string()
 }

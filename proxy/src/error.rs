@@ -95,18 +95,6 @@ impl ProxyError {
         }
     }
 
-    /// Whether the failure happened before the request reached an upstream, so
-    /// repeating it elsewhere cannot duplicate side effects.
-    pub fn before_upstream(self) -> bool {
-        matches!(
-            self,
-            ProxyError::NoRoute
-                | ProxyError::NoHealthyUpstream
-                | ProxyError::ConnectFailure
-                | ProxyError::ConnectTimeout
-        )
-    }
-
     /// The short plain-text body sent with the status.
     pub fn body(self) -> &'static str {
         match self {

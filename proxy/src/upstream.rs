@@ -216,11 +216,6 @@ impl Pool {
             }
         }
     }
-
-    /// Idle HTTP/1.1 connections held (for tests and status).
-    pub fn idle_count(&self) -> usize {
-        self.by_endpoint.borrow().values().map(|e| e.idle.len()).sum()
-    }
 }
 
 /// Where a proxied connection came from, for PROXY protocol headers.

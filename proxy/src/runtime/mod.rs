@@ -214,11 +214,6 @@ impl Runtime {
     pub fn cluster_named(&self, name: &str) -> Option<&Cluster> {
         self.clusters.iter().find(|c| &*c.name == name)
     }
-
-    /// Listener index by name.
-    pub fn listener_index(&self, name: &str) -> Option<usize> {
-        self.config.listeners.iter().position(|l| l.name == name)
-    }
 }
 
 fn compile_cluster(index: usize, c: &ClusterConfig, stats: &StatsRegistry) -> Cluster {
