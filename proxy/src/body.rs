@@ -37,6 +37,8 @@ pub struct Completion {
     pub bytes: u64,
     /// gRPC status from the response headers or trailers.
     pub grpc_status: Option<u16>,
+    /// The request's filter chain, kept until the response ends (`on_log` follows).
+    pub filters: Option<crate::wasm::http::ChainRef>,
 }
 
 impl Completion {
@@ -64,13 +66,20 @@ impl Completion {
             }
             log.log(rec);
         }
+        self.filters = None;
     }
 }
 
 enum Kind {
     Upstream(Incoming),
+    Filtered(Box<FilteredBody<Incoming>>),
     Local(Option<Bytes>),
 }
+
+/// Error type of the bodies Tandem sends.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+use crate::wasm::http::FilteredBody;
 
 /// Body of every response Tandem sends.
 pub struct ProxyBody {
@@ -83,6 +92,14 @@ impl ProxyBody {
     pub fn upstream(body: Incoming, done: Option<Box<Completion>>) -> Self {
         ProxyBody {
             kind: Kind::Upstream(body),
+            done,
+        }
+    }
+
+    /// Streams an upstream body through the request's filters.
+    pub fn filtered(body: FilteredBody<Incoming>, done: Option<Box<Completion>>) -> Self {
+        ProxyBody {
+            kind: Kind::Filtered(Box::new(body)),
             done,
         }
     }
@@ -105,13 +122,14 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let polled = match &mut this.kind {
+        let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.kind {
             Kind::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(inc) => Pin::new(inc).poll_frame(cx),
+            Kind::Upstream(inc) => Pin::new(inc).poll_frame(cx).map_err(Into::into),
+            Kind::Filtered(f) => Pin::new(&mut **f).poll_frame(cx),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -150,6 +168,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Local(b) => b.is_none(),
             Kind::Upstream(inc) => inc.is_end_stream(),
+            Kind::Filtered(f) => f.is_end_stream(),
         }
     }
 
@@ -157,6 +176,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(inc) => inc.size_hint(),
+            Kind::Filtered(f) => f.size_hint(),
         }
     }
 }
@@ -172,21 +192,33 @@ impl Drop for ProxyBody {
 
 /// The request body Tandem sends upstream: the client's body streamed through, or a
 /// buffered copy that can be replayed on a retry.
-#[derive(Debug)]
 pub enum UpstreamBody {
     /// Streamed from the client (not replayable).
     Stream(Incoming),
+    /// Streamed from the client through the route's filters.
+    Filtered(Box<FilteredBody<Incoming>>),
     /// Buffered (replayable); `None` once sent.
     Full(Option<Bytes>),
 }
 
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpstreamBody::Stream(_) => "Stream",
+            UpstreamBody::Filtered(_) => "Filtered",
+            UpstreamBody::Full(_) => "Full",
+        })
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut *self {
-            UpstreamBody::Stream(inc) => Pin::new(inc).poll_frame(cx),
+            UpstreamBody::Stream(inc) => Pin::new(inc).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Filtered(f) => Pin::new(&mut **f).poll_frame(cx),
             UpstreamBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
         }
     }
@@ -194,6 +226,7 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Stream(inc) => inc.is_end_stream(),
+            UpstreamBody::Filtered(f) => f.is_end_stream(),
             UpstreamBody::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
         }
     }
@@ -201,6 +234,7 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Stream(inc) => inc.size_hint(),
+            UpstreamBody::Filtered(f) => f.size_hint(),
             UpstreamBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

@@ -47,7 +47,12 @@ pub struct ConnState {
     waker: RefCell<Option<Waker>>,
     /// TLS facts when the listener terminates TLS.
     pub tls: Option<TlsInfo>,
+    /// Process-unique connection number (`connection.id` for filters).
+    pub id: u64,
 }
+
+/// Connection numbers.
+static CONN_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// What the TLS handshake established.
 #[derive(Debug, Clone)]
@@ -56,6 +61,8 @@ pub struct TlsInfo {
     pub sni: Option<String>,
     /// Subject of the verified client certificate (mTLS), as a header value.
     pub client_subject: Option<http::HeaderValue>,
+    /// Negotiated protocol version (`TLSv1.3`, `TLSv1.2`).
+    pub version: &'static str,
 }
 
 /// Counts a downstream connection open (listener and process) until dropped.
@@ -129,6 +136,10 @@ pub async fn accept(
             };
             let (_, session) = tls.get_ref();
             let info = TlsInfo {
+                version: match session.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                    _ => "TLSv1.3",
+                },
                 sni: session.server_name().map(str::to_string),
                 client_subject: session
                     .peer_certificates()
@@ -162,6 +173,7 @@ async fn serve<IO>(
     let shared = worker.shared.clone();
     let lcfg = worker.listeners[idx].clone();
     let state = Rc::new(ConnState {
+        id: CONN_IDS.fetch_add(1, Relaxed),
         tls,
         local,
         client: peer,

@@ -56,6 +56,10 @@ pub enum ProxyError {
     /// The request body could not be read from the client.
     #[error("client request body error")]
     DownstreamBody,
+    /// A proxy-wasm filter failed (trap, CPU or memory limit) with `fail_closed`, or
+    /// closed the stream.
+    #[error("filter failed")]
+    FilterFailed,
     /// The route's rate limit refused the request.
     #[error("rate limited")]
     RateLimited {
@@ -72,7 +76,7 @@ impl ProxyError {
         use http::StatusCode as S;
         match self {
             ProxyError::NoRoute => S::NOT_FOUND,
-            ProxyError::NoHealthyUpstream | ProxyError::Overflow(_) => S::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyUpstream | ProxyError::Overflow(_) | ProxyError::FilterFailed => S::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailure | ProxyError::UpstreamReset => S::BAD_GATEWAY,
             ProxyError::DownstreamBody => S::BAD_REQUEST,
             ProxyError::RateLimited { .. } => S::TOO_MANY_REQUESTS,
@@ -92,6 +96,7 @@ impl ProxyError {
             ProxyError::Overflow(_) => "overflow",
             ProxyError::DownstreamBody => "downstream-body",
             ProxyError::RateLimited { .. } => "rate-limited",
+            ProxyError::FilterFailed => "filter-failure",
         }
     }
 
@@ -107,6 +112,7 @@ impl ProxyError {
             ProxyError::Overflow(_) => "upstream overloaded: circuit breaker open\n",
             ProxyError::DownstreamBody => "could not read the request body\n",
             ProxyError::RateLimited { .. } => "rate limit exceeded\n",
+            ProxyError::FilterFailed => "filter failed\n",
         }
     }
 }

@@ -29,4 +29,5 @@ pub mod sticky;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod wasm;
 pub mod worker;

@@ -122,6 +122,23 @@ pub fn replicated_sticky(key: u64) -> Option<std::net::SocketAddr> {
     (*exp > now_ms()).then(|| ep.parse().ok()).flatten()
 }
 
+/// Publishes a cluster-scoped shared-data write of a filter (`None` removes the key).
+pub fn publish_shared(key: &str, value: Option<Vec<u8>>) {
+    if let Some(p) = get() {
+        p.publisher.publish(Change::Shared {
+            key: key.to_string(),
+            value,
+        });
+    }
+}
+
+/// A cluster-scoped shared-data value as replicated in the group.
+pub fn replicated_shared(key: &str) -> Option<Vec<u8>> {
+    let p = get()?;
+    let t = p.tables.read().ok()?;
+    t.shared.get(key).cloned()
+}
+
 /// Cluster-scope rate limits: publishes this node's changed window counts and feeds the
 /// peers' reported counts into the limiters. Called every health tick (50 ms).
 pub fn sync_rate_limits(limiters: &[Arc<crate::ratelimit::Limiter>]) {

@@ -116,7 +116,24 @@ async fn proxy_request(
         r.route = Some(route.name.clone());
     }
     rate_limit(route, &req, conn)?;
-    let cluster = &rt.clusters[route.pick_cluster()];
+    let mut cluster_idx = route.pick_cluster();
+    let mut req = req;
+    let mut forced = None;
+    let chain = if route.filters.is_empty() {
+        None
+    } else {
+        let (chain, routed, out) = run_request_filters(worker, conn, route, rt, req, start).await?;
+        req = match out {
+            Ok(r) => r,
+            Err(reply) => return Ok(filter_reply(worker, reply, rec, start, Some(chain))),
+        };
+        if let Some(i) = routed.0 {
+            cluster_idx = i;
+        }
+        forced = routed.1;
+        Some(chain)
+    };
+    let cluster = &rt.clusters[cluster_idx];
     if let Some(r) = rec.as_mut() {
         r.cluster = Some(cluster.name.clone());
     }
@@ -137,11 +154,35 @@ async fn proxy_request(
     }
     let cluster_in_flight = InFlight::new(&cluster.stats.active);
     // The route timeout bounds every try (and the backoff between them) inside.
-    let (resp, ep_idx, upstream_conn) = attempts(worker, conn, rt, route, cluster, req, rec, start).await?;
+    let targets = Targets {
+        forced,
+        chain: chain.as_ref(),
+    };
+    let (resp, ep_idx, upstream_conn) = match attempts(worker, conn, rt, route, cluster, req, rec, start, targets).await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            // A request-body filter that answered locally ended the upstream request.
+            if let Some(reply) = chain.as_ref().and_then(|c| c.borrow().take_local()) {
+                return Ok(filter_reply(worker, reply, rec, start, chain));
+            }
+            return Err(e);
+        }
+    };
     cluster_in_flight.hand_over();
     let endpoint = &cluster.endpoints[ep_idx];
     let upstream_time = start.elapsed();
-    let resp = prepare_downstream_response(resp, route);
+    let mut resp = prepare_downstream_response(resp, route);
+    if let Some(c) = &chain {
+        c.borrow().set_upstream(&cluster.name, endpoint.address);
+        let (mut parts, body) = resp.into_parts();
+        let eos = http_body::Body::is_end_stream(&body);
+        match crate::wasm::http::response_headers(c, &mut parts, eos, route.timeout).await? {
+            crate::wasm::http::Flow::Local(reply) => return Ok(filter_reply(worker, reply, rec, start, chain)),
+            crate::wasm::http::Flow::Continue => {}
+        }
+        resp = Response::from_parts(parts, body);
+    }
     // A trailers-only gRPC answer carries grpc-status in its headers.
     let grpc_status = resp
         .headers()
@@ -157,6 +198,7 @@ async fn proxy_request(
         start,
         bytes: 0,
         grpc_status,
+        filters: None,
     });
     if let Some(mut r) = rec.take() {
         r.status = resp.status().as_u16();
@@ -164,7 +206,103 @@ async fn proxy_request(
         done.record = Some((r, worker.shared.access_log.clone()));
     }
     let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(parts, ProxyBody::upstream(body, Some(done))))
+    let body = match chain {
+        Some(c) if !http_body::Body::is_end_stream(&body) => {
+            ProxyBody::filtered(crate::wasm::http::FilteredBody::new(body, c, true), Some(done))
+        }
+        c => {
+            done.filters = c;
+            ProxyBody::upstream(body, Some(done))
+        }
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Where a filter sent the request: (cluster index, endpoint).
+type Routed = (Option<usize>, Option<std::net::SocketAddr>);
+
+/// Stage 2c: the route's filters see the request headers; they may answer locally,
+/// change the request, or choose the cluster or endpoint.
+async fn run_request_filters(
+    worker: &Rc<Worker>,
+    conn: &ConnState,
+    route: &Route,
+    rt: &Runtime,
+    req: Request<Incoming>,
+    start: Instant,
+) -> Result<
+    (
+        crate::wasm::http::ChainRef,
+        Routed,
+        Result<Request<Incoming>, crate::wasm::state::LocalReply>,
+    ),
+    ProxyError,
+> {
+    let facts = crate::wasm::http::facts(
+        conn,
+        req.headers().get(&headers::X_REQUEST_ID).cloned(),
+        req.version(),
+        &route.name,
+        start,
+    );
+    let chain = crate::wasm::http::Chain::start(worker, &route.filters, facts)?;
+    let (mut parts, body) = req.into_parts();
+    let eos = http_body::Body::is_end_stream(&body);
+    let scheme = if conn.tls.is_some() { "https" } else { "http" };
+    match crate::wasm::http::request_headers(&chain, &mut parts, scheme, eos, route.timeout).await? {
+        crate::wasm::http::Flow::Local(reply) => return Ok((chain, (None, None), Err(reply))),
+        crate::wasm::http::Flow::Continue => {}
+    }
+    let up = chain.borrow().upstream();
+    let cluster = match up.cluster {
+        Some(name) => match rt.clusters.iter().position(|c| *c.name == *name) {
+            Some(i) => Some(i),
+            None => {
+                tracing::warn!(route = %route.name, cluster = %name, "a filter chose a cluster that does not exist");
+                return Err(ProxyError::FilterFailed);
+            }
+        },
+        None => None,
+    };
+    Ok((chain, (cluster, up.endpoint), Ok(Request::from_parts(parts, body))))
+}
+
+/// The response for a filter's local reply, logged as the request's outcome.
+fn filter_reply(
+    worker: &Worker,
+    reply: crate::wasm::state::LocalReply,
+    rec: &mut Option<AccessRecord>,
+    start: Instant,
+    chain: Option<crate::wasm::http::ChainRef>,
+) -> Response<ProxyBody> {
+    let resp = crate::wasm::http::local_response(reply);
+    let record = rec.take().map(|mut r| {
+        r.status = resp.status().as_u16();
+        r.reason = "filter-local-response";
+        (r, worker.shared.access_log.clone())
+    });
+    let done = Box::new(Completion {
+        conn: None,
+        endpoint: None,
+        cluster: None,
+        route: None,
+        record,
+        start,
+        bytes: 0,
+        grpc_status: None,
+        filters: chain,
+    });
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, ProxyBody::local(body, Some(done)))
+}
+
+/// What the filters decided about the upstream of a request.
+#[derive(Clone, Copy)]
+struct Targets<'a> {
+    /// Endpoint a filter chose (first attempt).
+    forced: Option<std::net::SocketAddr>,
+    /// The chain whose body callbacks see the request body.
+    chain: Option<&'a crate::wasm::http::ChainRef>,
 }
 
 /// Stage 2b: the route's rate limit, decided from this node's counts (never waits).
@@ -212,6 +350,7 @@ async fn attempts(
     mut req: Request<Incoming>,
     rec: &mut Option<AccessRecord>,
     start: Instant,
+    targets: Targets<'_>,
 ) -> Result<(Response<Incoming>, usize, Conn), ProxyError> {
     let hash = if cluster.balancer.is_hashing() {
         cluster.hash_of(req.headers(), conn.client)
@@ -232,6 +371,12 @@ async fn attempts(
     let mut streamed = None;
     let (parts, body) = req.into_parts();
     match policy {
+        // A body that filters see is streamed once through them (not replayed).
+        _ if targets.chain.is_some() && !http_body::Body::is_end_stream(&body) => {
+            let chain = targets.chain.expect("checked").clone();
+            let filtered = crate::wasm::http::FilteredBody::new(body, chain, false);
+            streamed = Some(Request::from_parts(parts, UpstreamBody::Filtered(Box::new(filtered))));
+        }
         Some(p) => match tokio::time::timeout(total, buffer_body(body, p.buffer_bytes)).await {
             Ok(Ok(Ok(bytes))) => replay = Some((parts, bytes)),
             Ok(Ok(Err(body))) => streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body))),
@@ -252,8 +397,13 @@ async fn attempts(
     let mut retrying: Option<InFlight<'_>> = None;
     loop {
         attempt += 1;
-        let ep_idx = match sticky.target {
-            Some(t) if attempt == 1 => t,
+        let forced = targets
+            .forced
+            .filter(|_| attempt == 1)
+            .and_then(|a| cluster.endpoints.iter().position(|e| e.address == a));
+        let ep_idx = match (forced, sticky.target) {
+            (Some(f), _) => f,
+            (None, Some(t)) if attempt == 1 => t,
             _ => pick_endpoint(worker, rt, cluster, hash, tried)?,
         };
         if ep_idx < 64 {
@@ -612,6 +762,27 @@ async fn exchange(
     }
 }
 
+/// One request to a cluster outside any route (filter callouts): the cluster's
+/// balancer, pool and breakers, no retries.
+pub(crate) async fn call_cluster(
+    worker: &Rc<Worker>,
+    rt: &Runtime,
+    cluster_idx: usize,
+    req: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let cluster = &rt.clusters[cluster_idx];
+    let ep_idx = pick_endpoint(worker, rt, cluster, None, 0)?;
+    let origin = upstream::Origin {
+        client: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        local: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    let start = Instant::now();
+    let (resp, conn) = exchange(worker, cluster, ep_idx, req, start, origin).await?;
+    // The connection is not pooled again: the answer is read by the caller to its end.
+    drop(conn);
+    Ok(resp)
+}
+
 /// Stage 7: turns the upstream response into the downstream one.
 fn prepare_downstream_response(mut resp: Response<Incoming>, route: &Route) -> Response<Incoming> {
     let h = resp.headers_mut();
@@ -677,6 +848,7 @@ fn local_error(
             start,
             bytes: 0,
             grpc_status: None,
+            filters: None,
         })
     });
     let mut resp = Response::new(ProxyBody::local(e.body(), done));

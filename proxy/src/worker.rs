@@ -66,6 +66,8 @@ pub struct Worker {
     balancers: RefCell<(u64, Vec<WorkerState>)>,
     /// Reused buffer for the candidate endpoints of a pick (no allocation per request).
     pub scratch: RefCell<Vec<usize>>,
+    /// This worker's proxy-wasm filter instances.
+    pub wasm: RefCell<crate::wasm::instance::WorkerInstances>,
 }
 
 impl Worker {
@@ -146,7 +148,9 @@ fn run_worker(id: usize, shared: Arc<Shared>, listeners: Arc<[ListenerConfig]>, 
             pool: Rc::new(Pool::default()),
             balancers: RefCell::new((0, Vec::new())),
             scratch: RefCell::new(Vec::with_capacity(64)),
+            wasm: RefCell::new(Default::default()),
         });
+        tokio::task::spawn_local(keep_filters(Rc::downgrade(&worker)));
         let mut tasks = Vec::new();
         for (idx, sock) in socks.into_iter().enumerate() {
             let listener = match TcpListener::from_std(sock) {
@@ -165,6 +169,27 @@ fn run_worker(id: usize, shared: Arc<Shared>, listeners: Arc<[ListenerConfig]>, 
         // Listeners are closed; keep serving open connections until the process exits.
         std::future::pending::<()>().await;
     });
+}
+
+/// Keeps this worker's filter instances in step with the runtime: on a new
+/// generation, instances of filters that are gone retire and every current filter is
+/// started (so its ticks and queues run without waiting for a request).
+async fn keep_filters(worker: std::rc::Weak<Worker>) {
+    let mut seen = 0;
+    loop {
+        let Some(w) = worker.upgrade() else { return };
+        let rt = w.shared.runtime.load_full();
+        if rt.generation != seen {
+            seen = rt.generation;
+            let mut inst = w.wasm.borrow_mut();
+            inst.retain(&rt.plugins);
+            for p in &rt.plugins {
+                let _ = inst.get(p, worker.clone());
+            }
+        }
+        drop(w);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn accept_loop(worker: Rc<Worker>, idx: usize, listener: TcpListener) {

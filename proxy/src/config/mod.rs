@@ -39,9 +39,49 @@ pub struct Config {
     pub clusters: Vec<ClusterConfig>,
     /// The pair's Raft group (restart-only).
     pub ha: Option<HaConfigSection>,
+    /// proxy-wasm filters (hot), in file order.
+    pub filters: Vec<FilterConfig>,
     /// Legal but probably unintended settings (e.g. a connect timeout longer than the
     /// per-try timeout); printed by `tandem check` and logged at load.
     pub warnings: Vec<ConfigIssue>,
+}
+
+/// What a failing filter means for its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// The request fails with 503.
+    FailClosed,
+    /// The filter is skipped for that request.
+    FailOpen,
+}
+
+/// A validated `[[filter]]` with its compiled module.
+#[derive(Debug, Clone)]
+pub struct FilterConfig {
+    /// Name (`plugin_name`).
+    pub name: String,
+    /// Module file.
+    pub path: std::path::PathBuf,
+    /// `plugin_root_id`.
+    pub root_id: String,
+    /// VM id (shared data and queues scope).
+    pub vm_id: String,
+    /// Plugin configuration bytes.
+    pub config: Vec<u8>,
+    /// VM configuration bytes.
+    pub vm_config: Vec<u8>,
+    /// Failure policy.
+    pub failure_policy: FailurePolicy,
+    /// Memory cap per instance, bytes.
+    pub memory_limit: usize,
+    /// CPU bound per callback.
+    pub cpu_limit: Duration,
+    /// Cluster-scoped shared-data prefix.
+    pub shared_prefix: Option<String>,
+    /// WASI environment.
+    pub env: Vec<(String, String)>,
+    /// The compiled module.
+    pub module: Built<crate::wasm::module::LoadedModule>,
 }
 
 /// Validated `[ha]`.
@@ -310,6 +350,8 @@ pub struct RouteConfig {
     pub request_headers: HeaderRules,
     /// Response header rules.
     pub response_headers: HeaderRules,
+    /// Indices into `Config::filters`, in order.
+    pub filters: Vec<usize>,
 }
 
 /// The balancing algorithm of a cluster.

@@ -35,6 +35,55 @@ pub struct ConfigFile {
     pub clusters: Vec<ClusterSection>,
     /// The pair's shared state (restart-only).
     pub ha: Option<HaSection>,
+    /// proxy-wasm filters that routes can use (hot: reloadable).
+    #[serde(default, rename = "filter")]
+    pub filters: Vec<FilterSection>,
+}
+
+/// `[[filter]]`: a proxy-wasm module and the plugin configuration it runs with.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterSection {
+    /// Name routes refer to; also the plugin name in logs and metrics.
+    pub name: SpannedStr,
+    /// The `.wasm` file (relative to the config file).
+    pub path: SpannedStr,
+    /// Pinned sha256 of the file (hex); the module is refused if it differs.
+    pub sha256: Option<SpannedStr>,
+    /// `plugin_root_id` handed to the guest.
+    #[serde(default)]
+    pub root_id: String,
+    /// VM id: filters with the same id share shared data and queues (default: name).
+    pub vm_id: Option<String>,
+    /// Plugin configuration: a string as is, or a table passed as JSON.
+    pub config: Option<toml::Value>,
+    /// VM configuration (string or table, as `config`).
+    pub vm_config: Option<toml::Value>,
+    /// `fail_closed` (503) or `fail_open` (skip the filter) when the guest fails.
+    #[serde(default = "default_failure_policy")]
+    pub failure_policy: SpannedStr,
+    /// Linear memory cap per instance, MiB.
+    #[serde(default = "default_filter_memory")]
+    pub memory_limit_mb: u64,
+    /// CPU time one callback may use before it is interrupted.
+    #[serde(default = "default_filter_cpu")]
+    pub cpu_limit: Dur,
+    /// Shared-data keys starting with this prefix are cluster-scoped (replicated to the
+    /// pair); other keys stay on this node.
+    pub shared_prefix: Option<String>,
+    /// Environment variables visible to the guest (WASI `environ_get`).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+fn default_failure_policy() -> SpannedStr {
+    SpannedStr::new(0..0, "fail_closed".to_string())
+}
+fn default_filter_memory() -> u64 {
+    64
+}
+fn default_filter_cpu() -> Dur {
+    Dur::millis(50)
 }
 
 /// `[ha]`: this node's membership in the pair's Raft group.
@@ -360,6 +409,9 @@ pub struct RouteSection {
     /// Request bodies up to this size are kept for replay; larger ones are not retried.
     #[serde(default = "default_retry_buffer")]
     pub retry_buffer_bytes: usize,
+    /// proxy-wasm filters run on this route's requests, in order.
+    #[serde(default)]
+    pub filters: Vec<SpannedStr>,
     /// Header rules applied to the request before it goes upstream.
     #[serde(default)]
     pub request_headers: HeaderRulesSection,
@@ -781,6 +833,11 @@ impl Dur {
     /// A default of `n` seconds.
     pub fn secs(n: u64) -> Dur {
         Dur(None, Duration::from_secs(n))
+    }
+
+    /// A default of `n` milliseconds.
+    pub fn millis(n: u64) -> Dur {
+        Dur(None, Duration::from_millis(n))
     }
 }
 

@@ -503,6 +503,97 @@ impl Checker<'_> {
             uneject: false,
         })
     }
+    /// Validates a `[[filter]]`: loads, pins and compiles its module, and starts it once
+    /// so a module that traps at start or refuses its configuration is reported here.
+    fn filter(&mut self, f: &model::FilterSection, key: &str, base: &std::path::Path) -> Option<FilterConfig> {
+        let failure_policy = match f.failure_policy.get_ref().as_str() {
+            "fail_closed" => FailurePolicy::FailClosed,
+            "fail_open" => FailurePolicy::FailOpen,
+            other => {
+                self.at(
+                    &f.failure_policy,
+                    format!("{key}.failure_policy"),
+                    format!("unknown failure_policy `{other}`"),
+                    Some("use \"fail_closed\" (503 when the filter fails) or \"fail_open\" (skip it)".into()),
+                );
+                FailurePolicy::FailClosed
+            }
+        };
+        if f.memory_limit_mb == 0 || f.memory_limit_mb > 4096 {
+            self.at(
+                &f.name,
+                format!("{key}.memory_limit_mb"),
+                format!("{} MiB is out of range", f.memory_limit_mb),
+                Some("use 1 to 4096 (default 64)".into()),
+            );
+        }
+        let cpu_limit = self.dur(&f.cpu_limit, format!("{key}.cpu_limit"));
+        if cpu_limit.is_zero() && f.cpu_limit.0.is_some() {
+            self.at(
+                &f.name,
+                format!("{key}.cpu_limit"),
+                "a zero CPU limit fails every callback".into(),
+                Some("use e.g. \"50ms\"".into()),
+            );
+        }
+        let as_bytes = |v: &Option<toml::Value>| -> Vec<u8> {
+            match v {
+                None => Vec::new(),
+                Some(toml::Value::String(s)) => s.clone().into_bytes(),
+                Some(other) => serde_json::to_vec(other).unwrap_or_default(),
+            }
+        };
+        let path = self.path(base, &f.path);
+        let module = match crate::wasm::module::load(&path, f.sha256.as_ref().map(|s| s.get_ref().as_str())) {
+            Ok(m) => m,
+            Err(e) => {
+                let (span, k, hint) = match &e {
+                    crate::wasm::module::ModuleError::Pin { actual, .. } => (
+                        f.sha256.as_ref().unwrap_or(&f.path),
+                        format!("{key}.sha256"),
+                        format!("if this module is the one you mean to run, pin sha256 = \"{actual}\""),
+                    ),
+                    crate::wasm::module::ModuleError::Read { .. } => (
+                        &f.path,
+                        format!("{key}.path"),
+                        "build the filter (cargo build --target wasm32-wasip1 --release) or fix the path".into(),
+                    ),
+                    crate::wasm::module::ModuleError::Compile { .. } => (
+                        &f.path,
+                        format!("{key}.path"),
+                        "point at a .wasm module built for wasm32-wasip1 with the proxy-wasm SDK".into(),
+                    ),
+                };
+                self.at(span, k, e.to_string(), Some(hint));
+                return None;
+            }
+        };
+        let cfg = FilterConfig {
+            name: f.name.get_ref().clone(),
+            path,
+            root_id: f.root_id.clone(),
+            vm_id: f.vm_id.clone().unwrap_or_else(|| f.name.get_ref().clone()),
+            config: as_bytes(&f.config),
+            vm_config: as_bytes(&f.vm_config),
+            failure_policy,
+            memory_limit: (f.memory_limit_mb.clamp(1, 4096) as usize) << 20,
+            cpu_limit: if cpu_limit.is_zero() { Duration::from_millis(50) } else { cpu_limit },
+            shared_prefix: f.shared_prefix.clone().filter(|p| !p.is_empty()),
+            env: f.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            module: Built(std::sync::Arc::new(module)),
+        };
+        if let Err(e) = crate::wasm::trial(&cfg) {
+            self.at(
+                &f.name,
+                format!("{key}"),
+                format!("filter `{}` does not start: {e}", cfg.name),
+                Some("check the filter's configuration (its log lines above say more)".into()),
+            );
+            return None;
+        }
+        Some(cfg)
+    }
+
     fn at(&mut self, span: &SpannedStr, key: String, message: String, hint: Option<String>) {
         let (line, col) = self.lines.locate(span.span().start);
         self.issues.push(ConfigIssue {
@@ -1036,6 +1127,28 @@ pub(crate) fn validate(
     }
 
     // Routes.
+    // Filters (before routes, which name them).
+    let mut filters: Vec<FilterConfig> = Vec::new();
+    let mut filter_names: HashMap<String, usize> = HashMap::new();
+    for (i, f) in file.filters.iter().enumerate() {
+        let key = format!("filter[{i}]");
+        if filter_names.contains_key(f.name.get_ref()) {
+            c.at(
+                &f.name,
+                format!("{key}.name"),
+                format!("filter name `{}` is used twice", f.name.get_ref()),
+                Some("give each filter a unique name".into()),
+            );
+            continue;
+        }
+        if let Some(cfg) = c.filter(f, &key, base) {
+            filter_names.insert(cfg.name.clone(), filters.len());
+            filters.push(cfg);
+        } else {
+            filter_names.insert(f.name.get_ref().clone(), usize::MAX);
+        }
+    }
+
     let mut routes = Vec::new();
     let mut route_names: HashMap<String, usize> = HashMap::new();
     for (i, r) in file.routes.iter().enumerate() {
@@ -1278,6 +1391,25 @@ pub(crate) fn validate(
             non_idempotent: r.retry_non_idempotent,
             buffer_bytes: r.retry_buffer_bytes,
         });
+        let mut route_filters = Vec::new();
+        for (j, name) in r.filters.iter().enumerate() {
+            match filter_names.get(name.get_ref()) {
+                Some(&usize::MAX) => {}
+                Some(&idx) => route_filters.push(idx),
+                None => {
+                    let hint = match did_you_mean(name.get_ref(), filter_names.keys().map(String::as_str)) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => "define it with [[filter]] name = \"…\" path = \"….wasm\"".into(),
+                    };
+                    c.at(
+                        name,
+                        format!("{key}.filters[{j}]"),
+                        format!("unknown filter `{}`", name.get_ref()),
+                        Some(hint),
+                    );
+                }
+            }
+        }
         let request_headers = c.rules(&r.request_headers, &format!("{key}.request_headers"));
         let response_headers = c.rules(&r.response_headers, &format!("{key}.response_headers"));
         routes.push(RouteConfig {
@@ -1298,6 +1430,7 @@ pub(crate) fn validate(
             retry,
             request_headers,
             response_headers,
+            filters: route_filters,
         });
     }
 
@@ -1318,6 +1451,7 @@ pub(crate) fn validate(
         clusters,
         warnings: c.warnings,
         ha,
+        filters,
     })
 }
 

@@ -61,6 +61,8 @@ pub enum Source {
     Operator,
     /// A peer's verdict, adopted from the pair's replicated table.
     Peer,
+    /// A proxy-wasm filter's verdict (`tandem.report_health`).
+    Filter,
 }
 
 /// Which endpoint, for logging.
@@ -88,7 +90,7 @@ pub fn apply(
         Verdict::Healthy => {
             let was = h.active.swap(HEALTHY, Relaxed);
             if was != HEALTHY {
-                if source == Source::ActiveCheck {
+                if matches!(source, Source::ActiveCheck | Source::Filter) {
                     crate::pair::publish_verdict(target.cluster, target.address, true);
                 }
                 if was == UNHEALTHY {
@@ -109,7 +111,7 @@ pub fn apply(
         }
         Verdict::Unhealthy => {
             if h.active.swap(UNHEALTHY, Relaxed) != UNHEALTHY {
-                if source == Source::ActiveCheck {
+                if matches!(source, Source::ActiveCheck | Source::Filter) {
                     crate::pair::publish_verdict(target.cluster, target.address, false);
                 }
                 tracing::warn!(cluster = target.cluster, endpoint = %target.address, ?source, "endpoint unhealthy");

@@ -32,6 +32,8 @@ pub struct Runtime {
     pub routes: Vec<Route>,
     /// Clusters in file order.
     pub clusters: Vec<Cluster>,
+    /// proxy-wasm filters of this generation.
+    pub plugins: Vec<Arc<crate::wasm::Plugin>>,
 }
 
 /// A compiled route.
@@ -59,6 +61,8 @@ pub struct Route {
     pub response_headers: HeaderRules,
     /// Counters.
     pub stats: Arc<RouteStats>,
+    /// proxy-wasm filters run on its requests, in order.
+    pub filters: Vec<Arc<crate::wasm::Plugin>>,
 }
 
 impl Route {
@@ -178,6 +182,11 @@ impl Runtime {
             .enumerate()
             .map(|(i, c)| compile_cluster(i, c, stats))
             .collect();
+        let plugins: Vec<Arc<crate::wasm::Plugin>> = config
+            .filters
+            .iter()
+            .map(|f| Arc::new(crate::wasm::Plugin::new(f)))
+            .collect();
         let routes: Vec<Route> = config
             .routes
             .iter()
@@ -193,6 +202,7 @@ impl Runtime {
                 request_headers: r.request_headers.clone(),
                 response_headers: r.response_headers.clone(),
                 stats: stats.route(&r.name),
+                filters: r.filters.iter().map(|&i| plugins[i].clone()).collect(),
             })
             .collect();
         let routers = config
@@ -207,6 +217,7 @@ impl Runtime {
             routers,
             routes,
             clusters,
+            plugins,
         }
     }
 

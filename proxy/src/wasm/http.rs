@@ -1,0 +1,657 @@
+//! A request's filter chain: one stream context per filter of its route, driven stage by
+//! stage from the request path — request headers (forward order), request body and
+//! trailers (a body wrapper), response headers (reverse order), response body and
+//! trailers (a body wrapper), then `on_log`/`on_delete` when the chain is dropped.
+//! A paused stream waits for `proxy_continue_stream` (or a local response) from a later
+//! callback; a failed guest applies its filter's policy.
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+
+use super::abi::Action;
+use super::instance::{Fault, Instance};
+use super::plugin::Plugin;
+use super::state::{Facts, LocalReply, ReqHead, RespHead};
+use crate::config::FailurePolicy;
+use crate::error::ProxyError;
+
+/// Boxed error of filtered bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+struct Entry {
+    plugin: Arc<Plugin>,
+    inst: Rc<RefCell<Instance>>,
+    ctx: u32,
+    /// The filter failed open: it is skipped for the rest of this request.
+    skip: bool,
+}
+
+/// The filter chain of one request (shared by the handler and the body wrappers).
+pub struct Chain {
+    entries: Vec<Entry>,
+}
+
+/// Shared handle.
+pub type ChainRef = Rc<RefCell<Chain>>;
+
+/// What a phase decided.
+#[derive(Debug)]
+pub enum Flow {
+    /// Go on.
+    Continue,
+    /// Answer with this instead.
+    Local(LocalReply),
+}
+
+/// Where a filter asked the request to go.
+#[derive(Debug, Default)]
+pub struct Upstream {
+    /// Cluster name.
+    pub cluster: Option<String>,
+    /// Endpoint address.
+    pub endpoint: Option<std::net::SocketAddr>,
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        for e in &self.entries {
+            if let Ok(mut i) = e.inst.try_borrow_mut() {
+                i.finish_stream(e.ctx);
+            }
+        }
+    }
+}
+
+fn fail(plugin: &Plugin, fault: &Fault) -> Result<(), ProxyError> {
+    match plugin.failure_policy {
+        FailurePolicy::FailOpen => {
+            plugin.stats.failed_open.fetch_add(1, Relaxed);
+            tracing::debug!(filter = %plugin.name, error = %fault, "filter skipped (fail_open)");
+            Ok(())
+        }
+        FailurePolicy::FailClosed => {
+            plugin.stats.failed_closed.fetch_add(1, Relaxed);
+            Err(ProxyError::FilterFailed)
+        }
+    }
+}
+
+/// Facts of a new request for its filters.
+#[allow(clippy::too_many_arguments)]
+pub fn facts(
+    conn: &crate::downstream::ConnState,
+    request_id: Option<HeaderValue>,
+    version: http::Version,
+    route: &Arc<str>,
+    start: Instant,
+) -> Facts {
+    Facts {
+        source: conn.client,
+        destination: conn.local,
+        connection_id: conn.id,
+        tls: conn.tls.as_ref().map(|t| {
+            (
+                t.version,
+                t.sni.clone(),
+                t.client_subject
+                    .as_ref()
+                    .and_then(|s| s.to_str().ok())
+                    .map(str::to_string),
+            )
+        }),
+        request_id,
+        start: (SystemTime::now(), start),
+        protocol: match version {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        route: route.clone(),
+        cluster: None,
+        upstream: None,
+        request_size: 0,
+        response_size: 0,
+    }
+}
+
+impl Chain {
+    /// Creates a stream context in each filter's instance of this worker.
+    pub fn start(
+        worker: &Rc<crate::worker::Worker>,
+        plugins: &[Arc<Plugin>],
+        facts: Facts,
+    ) -> Result<ChainRef, ProxyError> {
+        let mut entries = Vec::with_capacity(plugins.len());
+        for p in plugins {
+            let created = worker
+                .wasm
+                .borrow_mut()
+                .get(p, Rc::downgrade(worker))
+                .and_then(|inst| {
+                    let ctx = inst.borrow_mut().create_stream(facts.clone())?;
+                    Ok((inst, ctx))
+                });
+            match created {
+                Ok((inst, ctx)) => entries.push(Entry {
+                    plugin: p.clone(),
+                    inst,
+                    ctx,
+                    skip: false,
+                }),
+                Err(f) => fail(p, &f)?,
+            }
+        }
+        Ok(Rc::new(RefCell::new(Chain { entries })))
+    }
+
+    /// Records the chosen cluster and endpoint (for `upstream.*` and `cluster_name`).
+    pub fn set_upstream(&self, cluster: &Arc<str>, endpoint: std::net::SocketAddr) {
+        for e in &self.entries {
+            if let Ok(mut i) = e.inst.try_borrow_mut() {
+                if let Some(s) = i.stream(e.ctx) {
+                    s.facts.cluster = Some(cluster.clone());
+                    s.facts.upstream = Some(endpoint);
+                }
+            }
+        }
+    }
+
+    /// The upstream the filters asked for (the last one that set it wins).
+    pub fn upstream(&self) -> Upstream {
+        let mut u = Upstream::default();
+        for e in self.entries.iter().filter(|e| !e.skip) {
+            let Ok(mut i) = e.inst.try_borrow_mut() else { continue };
+            let Some(s) = i.stream(e.ctx) else { continue };
+            if let Some(c) = s.props.get(super::properties::UPSTREAM_CLUSTER.as_bytes()) {
+                u.cluster = Some(String::from_utf8_lossy(c).into_owned());
+            }
+            if let Some(a) = s.props.get(super::properties::UPSTREAM_ENDPOINT.as_bytes()) {
+                u.endpoint = std::str::from_utf8(a).ok().and_then(|a| a.parse().ok());
+            }
+        }
+        u
+    }
+
+    /// A local reply a body callback asked for after the headers went upstream.
+    pub fn take_local(&self) -> Option<LocalReply> {
+        for e in &self.entries {
+            let Ok(mut i) = e.inst.try_borrow_mut() else { continue };
+            if let Some(r) = i.stream(e.ctx).and_then(|s| s.local.take()) {
+                return Some(r);
+            }
+        }
+        None
+    }
+}
+
+/// Waits for a paused stream to be resumed; `Err` when its instance failed meanwhile.
+async fn wait_resume(inst: &Rc<RefCell<Instance>>, ctx: u32, limit: Duration) -> Result<(), Fault> {
+    let rx = {
+        let mut i = inst.borrow_mut();
+        if let Some(p) = &i.poisoned {
+            return Err(p.clone());
+        }
+        let Some(s) = i.stream(ctx) else {
+            return Err(Fault::Unavailable("stream gone".into()));
+        };
+        if s.resumed || s.local.is_some() || s.closed {
+            s.resumed = false;
+            return Ok(());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        s.waiter = Some(tx);
+        rx
+    };
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(())) => {
+            let mut i = inst.borrow_mut();
+            if let Some(s) = i.stream(ctx) {
+                s.resumed = false;
+            }
+            Ok(())
+        }
+        Ok(Err(_)) => Err(inst
+            .borrow()
+            .poisoned
+            .clone()
+            .unwrap_or(Fault::Unavailable("stream dropped".into()))),
+        Err(_) => Err(Fault::Unavailable("paused past the route timeout".into())),
+    }
+}
+
+/// Request headers through every filter in order. `parts` is moved into each
+/// filter's stream for the call (so a paused filter's callouts can still change it)
+/// and back.
+pub async fn request_headers(
+    chain: &ChainRef,
+    parts: &mut http::request::Parts,
+    scheme: &'static str,
+    eos: bool,
+    limit: Duration,
+) -> Result<Flow, ProxyError> {
+    let n = chain.borrow().entries.len();
+    for idx in 0..n {
+        let (inst, ctx, plugin) = {
+            let c = chain.borrow();
+            let e = &c.entries[idx];
+            if e.skip {
+                continue;
+            }
+            (e.inst.clone(), e.ctx, e.plugin.clone())
+        };
+        let head = ReqHead {
+            method: parts.method.clone(),
+            uri: std::mem::take(&mut parts.uri),
+            headers: std::mem::take(&mut parts.headers),
+            scheme,
+        };
+        let count = head.headers.len() + 4;
+        let called = {
+            let mut i = inst.borrow_mut();
+            match i.stream(ctx) {
+                Some(s) => {
+                    s.req = Some(head);
+                    i.on_request_headers(ctx, count, eos)
+                }
+                None => {
+                    put_req(parts, head);
+                    Err(Fault::Unavailable("stream gone".into()))
+                }
+            }
+        };
+        let outcome = match called {
+            Ok(Action::Pause) => wait_resume(&inst, ctx, limit).await,
+            Ok(Action::Continue) => Ok(()),
+            Err(f) => Err(f),
+        };
+        // Take the (possibly changed) head back; keep a copy for later phases' reads.
+        let mut i = inst.borrow_mut();
+        let (local, closed) = match i.stream(ctx) {
+            Some(s) => {
+                if let Some(h) = s.req.take() {
+                    s.req = Some(h.clone());
+                    put_req(parts, h);
+                }
+                (s.local.take(), s.closed)
+            }
+            None => (None, false),
+        };
+        drop(i);
+        if let Some(r) = local {
+            return Ok(Flow::Local(r));
+        }
+        if closed {
+            return Err(ProxyError::FilterFailed);
+        }
+        if let Err(f) = outcome {
+            fail(&plugin, &f)?;
+            chain.borrow_mut().entries[idx].skip = true;
+        }
+    }
+    Ok(Flow::Continue)
+}
+
+fn put_req(parts: &mut http::request::Parts, h: ReqHead) {
+    parts.method = h.method;
+    parts.uri = h.uri;
+    parts.headers = h.headers;
+}
+
+/// Response headers through every filter in reverse order.
+pub async fn response_headers(
+    chain: &ChainRef,
+    parts: &mut http::response::Parts,
+    eos: bool,
+    limit: Duration,
+) -> Result<Flow, ProxyError> {
+    let n = chain.borrow().entries.len();
+    for idx in (0..n).rev() {
+        let (inst, ctx, plugin) = {
+            let c = chain.borrow();
+            let e = &c.entries[idx];
+            if e.skip {
+                continue;
+            }
+            (e.inst.clone(), e.ctx, e.plugin.clone())
+        };
+        let head = RespHead {
+            status: parts.status,
+            headers: std::mem::take(&mut parts.headers),
+        };
+        let count = head.headers.len() + 1;
+        let called = {
+            let mut i = inst.borrow_mut();
+            match i.stream(ctx) {
+                Some(s) => {
+                    s.resp = Some(head);
+                    i.on_response_headers(ctx, count, eos)
+                }
+                None => {
+                    parts.status = head.status;
+                    parts.headers = head.headers;
+                    Err(Fault::Unavailable("stream gone".into()))
+                }
+            }
+        };
+        let outcome = match called {
+            Ok(Action::Pause) => wait_resume(&inst, ctx, limit).await,
+            Ok(Action::Continue) => Ok(()),
+            Err(f) => Err(f),
+        };
+        let mut i = inst.borrow_mut();
+        let (local, closed) = match i.stream(ctx) {
+            Some(s) => {
+                if let Some(h) = s.resp.take() {
+                    s.resp = Some(RespHead {
+                        status: h.status,
+                        headers: HeaderMap::new(),
+                    });
+                    parts.status = h.status;
+                    parts.headers = h.headers;
+                }
+                (s.local.take(), s.closed)
+            }
+            None => (None, false),
+        };
+        drop(i);
+        if let Some(r) = local {
+            return Ok(Flow::Local(r));
+        }
+        if closed {
+            return Err(ProxyError::FilterFailed);
+        }
+        if let Err(f) = outcome {
+            fail(&plugin, &f)?;
+            chain.borrow_mut().entries[idx].skip = true;
+        }
+    }
+    Ok(Flow::Continue)
+}
+
+/// The response for a filter's local reply (gRPC trailers-only when it carries a gRPC
+/// status).
+pub fn local_response(r: LocalReply) -> http::Response<Bytes> {
+    let mut resp = http::Response::new(Bytes::new());
+    let h = resp.headers_mut();
+    for (k, v) in &r.headers {
+        if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k), HeaderValue::from_bytes(v)) {
+            h.append(k, v);
+        }
+    }
+    if let Some(g) = r.grpc_status {
+        *resp.status_mut() = http::StatusCode::OK;
+        let h = resp.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(g));
+        if let Ok(m) = HeaderValue::from_bytes(&r.body) {
+            if !r.body.is_empty() {
+                h.insert("grpc-message", m);
+            }
+        }
+        return resp;
+    }
+    *resp.status_mut() = http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    if !r.body.is_empty() && !resp.headers().contains_key(http::header::CONTENT_TYPE) {
+        resp.headers_mut()
+            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    *resp.body_mut() = Bytes::from(r.body);
+    resp
+}
+
+/// Error ending a filtered body.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterBodyError {
+    /// A filter failed closed or closed the stream.
+    #[error("filter stopped the stream")]
+    Stopped,
+    /// A filter answered locally after the headers went upstream.
+    #[error("filter answered locally")]
+    Local,
+}
+
+/// A body passed through the chain's body callbacks (request: forward order;
+/// response: reverse order), with per-filter buffering while a filter pauses.
+pub struct FilteredBody<B> {
+    inner: B,
+    chain: ChainRef,
+    response: bool,
+    ready: std::collections::VecDeque<Frame<Bytes>>,
+    /// Waiting for filter `.0` (position in processing order) to resume, after eos.
+    waiting: Option<(usize, tokio::sync::oneshot::Receiver<()>)>,
+    inner_done: bool,
+    eos_sent: bool,
+}
+
+impl<B> FilteredBody<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, chain: ChainRef, response: bool) -> Self {
+        FilteredBody {
+            inner,
+            chain,
+            response,
+            ready: Default::default(),
+            waiting: None,
+            inner_done: false,
+            eos_sent: false,
+        }
+    }
+
+    /// Filter indices in processing order.
+    fn order(&self) -> Vec<usize> {
+        let n = self.chain.borrow().entries.len();
+        if self.response {
+            (0..n).rev().collect()
+        } else {
+            (0..n).collect()
+        }
+    }
+
+    /// Feeds `data` to the filters from position `from` on. Returns an error to end
+    /// the body; otherwise frames ready go to `self.ready`.
+    fn feed(&mut self, from: usize, mut data: Bytes, eos: bool) -> Result<(), FilterBodyError> {
+        let order = self.order();
+        for (pos, &idx) in order.iter().enumerate().skip(from) {
+            let (inst, ctx, plugin) = {
+                let c = self.chain.borrow();
+                let e = &c.entries[idx];
+                if e.skip {
+                    continue;
+                }
+                (e.inst.clone(), e.ctx, e.plugin.clone())
+            };
+            let mut i = inst.borrow_mut();
+            let Some(s) = i.stream(ctx) else { continue };
+            let buf = if self.response { &mut s.resp_body } else { &mut s.req_body };
+            buf.extend_from_slice(&data);
+            let size = buf.len();
+            let r = i.on_body(self.response, ctx, size, eos);
+            let Some(s) = i.stream(ctx) else { continue };
+            if s.local.is_some() {
+                return Err(FilterBodyError::Local);
+            }
+            if s.closed {
+                return Err(FilterBodyError::Stopped);
+            }
+            let buf = if self.response { &mut s.resp_body } else { &mut s.req_body };
+            match r {
+                Ok(Action::Continue) => data = buf.split().freeze(),
+                Ok(Action::Pause) if s.resumed => {
+                    s.resumed = false;
+                    data = buf.split().freeze();
+                }
+                Ok(Action::Pause) => {
+                    if eos {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        s.waiter = Some(tx);
+                        self.waiting = Some((pos, rx));
+                    }
+                    return Ok(());
+                }
+                Err(f) => {
+                    let kept = std::mem::take(buf).freeze();
+                    drop(i);
+                    fail(&plugin, &f).map_err(|_| FilterBodyError::Stopped)?;
+                    self.chain.borrow_mut().entries[idx].skip = true;
+                    data = kept;
+                }
+            }
+        }
+        if !data.is_empty() {
+            self.ready.push_back(Frame::data(data));
+        }
+        if eos {
+            self.eos_sent = true;
+        }
+        Ok(())
+    }
+
+    /// Releases what filter at position `pos` buffered, after it resumed at eos.
+    fn release(&mut self, pos: usize) -> Result<(), FilterBodyError> {
+        let idx = self.order()[pos];
+        let data = {
+            let c = self.chain.borrow();
+            let e = &c.entries[idx];
+            let mut i = e.inst.borrow_mut();
+            let Some(s) = i.stream(e.ctx) else {
+                return Err(FilterBodyError::Stopped);
+            };
+            if s.local.is_some() {
+                return Err(FilterBodyError::Local);
+            }
+            if s.closed {
+                return Err(FilterBodyError::Stopped);
+            }
+            s.resumed = false;
+            let buf: &mut BytesMut = if self.response { &mut s.resp_body } else { &mut s.req_body };
+            buf.split().freeze()
+        };
+        self.feed_after(pos, data)
+    }
+
+    fn feed_after(&mut self, pos: usize, data: Bytes) -> Result<(), FilterBodyError> {
+        self.feed(pos + 1, data, true)
+    }
+
+    fn trailers(&mut self, mut t: HeaderMap) -> Result<HeaderMap, FilterBodyError> {
+        for idx in self.order() {
+            let (inst, ctx, plugin) = {
+                let c = self.chain.borrow();
+                let e = &c.entries[idx];
+                if e.skip {
+                    continue;
+                }
+                (e.inst.clone(), e.ctx, e.plugin.clone())
+            };
+            let mut i = inst.borrow_mut();
+            let Some(s) = i.stream(ctx) else { continue };
+            let n = t.len();
+            if self.response {
+                s.resp_trailers = Some(t);
+            } else {
+                s.req_trailers = Some(t);
+            }
+            let r = i.on_trailers(self.response, ctx, n);
+            let s = i.stream(ctx).ok_or(FilterBodyError::Stopped)?;
+            t = if self.response {
+                s.resp_trailers.clone()
+            } else {
+                s.req_trailers.clone()
+            }
+            .unwrap_or_default();
+            if s.local.is_some() {
+                return Err(FilterBodyError::Local);
+            }
+            drop(i);
+            if let Err(f) = r {
+                fail(&plugin, &f).map_err(|_| FilterBodyError::Stopped)?;
+                self.chain.borrow_mut().entries[idx].skip = true;
+            }
+        }
+        Ok(t)
+    }
+}
+
+impl<B> Body for FilteredBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(f) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(f)));
+            }
+            if let Some((pos, rx)) = this.waiting.as_mut() {
+                let pos = *pos;
+                let r = std::task::ready!(Pin::new(rx).poll(cx));
+                this.waiting = None;
+                if r.is_err() {
+                    return Poll::Ready(Some(Err(Box::new(FilterBodyError::Stopped))));
+                }
+                if let Err(e) = this.release(pos) {
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                continue;
+            }
+            if this.inner_done {
+                return Poll::Ready(None);
+            }
+            match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let eos = this.inner.is_end_stream();
+                        if eos {
+                            this.inner_done = true;
+                        }
+                        if let Err(e) = this.feed(0, data, eos) {
+                            return Poll::Ready(Some(Err(Box::new(e))));
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            this.inner_done = true;
+                            this.eos_sent = true;
+                            match this.trailers(t) {
+                                Ok(t) => this.ready.push_back(Frame::trailers(t)),
+                                Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                            }
+                        }
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => {
+                    this.inner_done = true;
+                    if !this.eos_sent {
+                        if let Err(e) = this.feed(0, Bytes::new(), true) {
+                            return Poll::Ready(Some(Err(Box::new(e))));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner_done && self.ready.is_empty() && self.waiting.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+use std::future::Future as _;

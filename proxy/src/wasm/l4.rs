@@ -1,0 +1,1 @@
+//! Network (TCP) filter contexts; see `l4.rs`.

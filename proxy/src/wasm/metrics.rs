@@ -1,0 +1,178 @@
+//! Counters of the wasm host (per plugin: calls, failures by kind, restarts) and the
+//! metrics guests define with `proxy_define_metric`, rendered into `/metrics`.
+//! Guest metrics are process-wide and keyed by (plugin, name), so the copies of a
+//! plugin in every worker add into one series, as in Envoy.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+/// Per-plugin host counters.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    /// Stream contexts created.
+    pub streams: AtomicU64,
+    /// Guest traps (panics, unreachable, bad pointers).
+    pub traps: AtomicU64,
+    /// Callbacks interrupted by the CPU limit.
+    pub deadlines: AtomicU64,
+    /// Instances that hit the memory cap.
+    pub memory_faults: AtomicU64,
+    /// Instances created (first and after failures).
+    pub instances: AtomicU64,
+    /// Instance creations that failed.
+    pub instance_failures: AtomicU64,
+    /// Requests failed closed because of this plugin.
+    pub failed_closed: AtomicU64,
+    /// Requests where the failed plugin was skipped (fail_open).
+    pub failed_open: AtomicU64,
+    /// Local responses the guest sent.
+    pub local_responses: AtomicU64,
+    /// `http_call`s dispatched.
+    pub callouts: AtomicU64,
+    /// `http_call`s that failed or timed out.
+    pub callout_failures: AtomicU64,
+}
+
+fn plugins() -> &'static Mutex<HashMap<String, Arc<PluginStats>>> {
+    static P: OnceLock<Mutex<HashMap<String, Arc<PluginStats>>>> = OnceLock::new();
+    P.get_or_init(Default::default)
+}
+
+/// Counters of plugin `name` (the same object across reloads).
+pub fn plugin_stats(name: &str) -> Arc<PluginStats> {
+    plugins()
+        .lock()
+        .expect("plugin stats poisoned")
+        .entry(name.to_string())
+        .or_default()
+        .clone()
+}
+
+/// A guest-defined metric.
+#[derive(Debug)]
+pub struct GuestMetric {
+    /// Plugin that defined it.
+    pub plugin: String,
+    /// Name as given.
+    pub name: String,
+    /// 0 counter, 1 gauge, 2 histogram.
+    pub kind: i32,
+    /// Counter/gauge value; histogram sum.
+    pub value: AtomicI64,
+    /// Histogram sample count.
+    pub count: AtomicU64,
+}
+
+#[derive(Default)]
+struct Registry {
+    by_key: HashMap<(String, String), u32>,
+    metrics: Vec<Arc<GuestMetric>>,
+}
+
+fn registry() -> &'static RwLock<Registry> {
+    static R: OnceLock<RwLock<Registry>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// Defines (or finds) a metric; ids start at 1.
+pub fn define(plugin: &str, name: &str, kind: i32) -> u32 {
+    let mut r = registry().write().expect("metric registry poisoned");
+    let key = (plugin.to_string(), name.to_string());
+    if let Some(&id) = r.by_key.get(&key) {
+        return id;
+    }
+    r.metrics.push(Arc::new(GuestMetric {
+        plugin: key.0.clone(),
+        name: key.1.clone(),
+        kind,
+        value: AtomicI64::new(0),
+        count: AtomicU64::new(0),
+    }));
+    let id = r.metrics.len() as u32;
+    r.by_key.insert(key, id);
+    id
+}
+
+/// The metric with this id.
+pub fn get(id: u32) -> Option<Arc<GuestMetric>> {
+    let r = registry().read().expect("metric registry poisoned");
+    r.metrics.get((id as usize).checked_sub(1)?).cloned()
+}
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Appends the wasm families to a Prometheus text exposition.
+pub fn render(out: &mut String) {
+    let p = plugins().lock().expect("plugin stats poisoned");
+    if !p.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP tandem_wasm_events_total proxy-wasm host events per filter.\n# TYPE tandem_wasm_events_total counter"
+        );
+        let mut names: Vec<_> = p.keys().collect();
+        names.sort();
+        for n in names {
+            let s = &p[n];
+            for (ev, v) in [
+                ("stream", &s.streams),
+                ("trap", &s.traps),
+                ("deadline", &s.deadlines),
+                ("memory_fault", &s.memory_faults),
+                ("instance", &s.instances),
+                ("instance_failure", &s.instance_failures),
+                ("failed_closed", &s.failed_closed),
+                ("failed_open", &s.failed_open),
+                ("local_response", &s.local_responses),
+                ("callout", &s.callouts),
+                ("callout_failure", &s.callout_failures),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "tandem_wasm_events_total{{filter=\"{}\",event=\"{ev}\"}} {}",
+                    label(n),
+                    v.load(Relaxed)
+                );
+            }
+        }
+    }
+    drop(p);
+    let r = registry().read().expect("metric registry poisoned");
+    if r.metrics.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tandem_wasm_metric Metrics defined by filters (counter, gauge; histogram as sum and count).\n# TYPE tandem_wasm_metric untyped"
+    );
+    for m in &r.metrics {
+        let (f, n) = (label(&m.plugin), label(&m.name));
+        match m.kind {
+            0 => {
+                let _ = writeln!(
+                    out,
+                    "tandem_wasm_metric{{filter=\"{f}\",name=\"{n}\",type=\"counter\"}} {}",
+                    m.value.load(Relaxed)
+                );
+            }
+            1 => {
+                let _ = writeln!(
+                    out,
+                    "tandem_wasm_metric{{filter=\"{f}\",name=\"{n}\",type=\"gauge\"}} {}",
+                    m.value.load(Relaxed)
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "tandem_wasm_metric{{filter=\"{f}\",name=\"{n}\",type=\"histogram_sum\"}} {}\ntandem_wasm_metric{{filter=\"{f}\",name=\"{n}\",type=\"histogram_count\"}} {}",
+                    m.value.load(Relaxed),
+                    m.count.load(Relaxed)
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! What one instance's host functions act on: the plugin it runs, the stream contexts
+//! it serves (their header maps, buffered bodies, filter state and wake-ups), deferred
+//! actions, callout bookkeeping and the memory cap.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Weak;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::BytesMut;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use wasmtime::{Memory, TypedFunc};
+
+use super::plugin::Plugin;
+
+/// Request pseudo-headers and headers, as the guest sees them.
+#[derive(Debug, Clone)]
+pub struct ReqHead {
+    /// `:method`.
+    pub method: Method,
+    /// `:path` (and authority when absolute).
+    pub uri: Uri,
+    /// Regular headers (`host` serves `:authority`).
+    pub headers: HeaderMap,
+    /// `:scheme`.
+    pub scheme: &'static str,
+}
+
+/// Response `:status` and headers.
+#[derive(Debug, Clone)]
+pub struct RespHead {
+    /// `:status`.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+}
+
+/// Connection and request facts for properties; set by the host, read-only to guests.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// Client address (after PROXY protocol).
+    pub source: SocketAddr,
+    /// Local address the client connected to.
+    pub destination: SocketAddr,
+    /// Downstream connection number.
+    pub connection_id: u64,
+    /// TLS version, SNI and verified client subject, when TLS.
+    pub tls: Option<(&'static str, Option<String>, Option<String>)>,
+    /// `x-request-id`.
+    pub request_id: Option<HeaderValue>,
+    /// Request start (wall clock) and monotonic.
+    pub start: (SystemTime, Instant),
+    /// `HTTP/1.1`, `HTTP/2`.
+    pub protocol: &'static str,
+    /// Route name.
+    pub route: Arc<str>,
+    /// Chosen cluster.
+    pub cluster: Option<Arc<str>>,
+    /// Chosen endpoint.
+    pub upstream: Option<SocketAddr>,
+    /// Request body bytes received so far.
+    pub request_size: u64,
+    /// Response body bytes sent so far.
+    pub response_size: u64,
+}
+
+/// A local response asked for by the guest.
+#[derive(Debug, Clone)]
+pub struct LocalReply {
+    /// Status.
+    pub status: u16,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Extra headers.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// gRPC status for a trailers-only gRPC answer.
+    pub grpc_status: Option<u32>,
+    /// `status_code_details`.
+    pub details: String,
+}
+
+/// State of one HTTP (or L4) stream context.
+#[derive(Debug)]
+pub struct StreamData {
+    /// Request head while the request phase may change it (a copy afterwards).
+    pub req: Option<ReqHead>,
+    /// Response head.
+    pub resp: Option<RespHead>,
+    /// Request trailers.
+    pub req_trailers: Option<HeaderMap>,
+    /// Response trailers.
+    pub resp_trailers: Option<HeaderMap>,
+    /// Request body buffered for this filter (the current chunk, or all while paused).
+    pub req_body: BytesMut,
+    /// Response body buffered for this filter.
+    pub resp_body: BytesMut,
+    /// Properties.
+    pub facts: Facts,
+    /// Filter state set by `proxy_set_property`.
+    pub props: HashMap<Vec<u8>, Vec<u8>>,
+    /// Wakes the request task waiting on this paused stream.
+    pub waiter: Option<tokio::sync::oneshot::Sender<()>>,
+    /// `proxy_continue_stream` was called since the last check.
+    pub resumed: bool,
+    /// A local response to send instead of the upstream's.
+    pub local: Option<LocalReply>,
+    /// `proxy_close_stream` was called.
+    pub closed: bool,
+}
+
+impl StreamData {
+    /// A fresh stream with these facts.
+    pub fn new(facts: Facts) -> Self {
+        StreamData {
+            req: None,
+            resp: None,
+            req_trailers: None,
+            resp_trailers: None,
+            req_body: BytesMut::new(),
+            resp_body: BytesMut::new(),
+            facts,
+            props: HashMap::new(),
+            waiter: None,
+            resumed: false,
+            local: None,
+            closed: false,
+        }
+    }
+
+    /// Wakes the task waiting on this stream, if any.
+    pub fn wake(&mut self) {
+        if let Some(w) = self.waiter.take() {
+            let _ = w.send(());
+        }
+    }
+}
+
+/// An `http_call` answer, readable during `on_http_call_response`.
+#[derive(Debug, Default)]
+pub struct CalloutResponse {
+    /// Headers with `:status`.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Trailers.
+    pub trailers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Something a guest asked for that takes effect once its callback returns.
+#[derive(Debug)]
+pub enum Deferred {
+    /// Resume the stream.
+    Continue,
+    /// Answer locally.
+    Local(LocalReply),
+    /// Reset / close the stream.
+    Close,
+}
+
+/// The store data of one instance.
+pub struct HostState {
+    /// The plugin this instance runs.
+    pub plugin: Arc<Plugin>,
+    /// The worker it serves (none for the validation trial run).
+    pub worker: Weak<crate::worker::Worker>,
+    /// The instance itself (for callouts and ticks that come back later).
+    pub me: Weak<std::cell::RefCell<super::instance::Instance>>,
+    /// The guest's `memory` export.
+    pub memory: Option<Memory>,
+    /// The guest's allocator.
+    pub malloc: Option<TypedFunc<i32, i32>>,
+    /// Root context id.
+    pub root: u32,
+    /// Context the running callback acts on.
+    pub effective: u32,
+    /// Stream contexts.
+    pub streams: HashMap<u32, StreamData>,
+    /// Actions to apply when the current callback returns.
+    pub actions: Vec<(u32, Deferred)>,
+    /// Buffer 8 (foreign-function arguments).
+    pub call_data: Vec<u8>,
+    /// The callout answer being delivered.
+    pub callout: Option<CalloutResponse>,
+    /// Callout token → owning context.
+    pub callouts: HashMap<u32, u32>,
+    /// Next callout token (even, never 0).
+    pub next_token: u32,
+    /// Tick period asked for (ms, 0 = off) and whether it changed.
+    pub tick: (u32, bool),
+    /// Root `proxy_done` was called.
+    pub done_called: bool,
+    /// The memory cap.
+    pub limits: MemoryCap,
+    /// Status and message of the last callout (`proxy_get_status`).
+    pub last_status: (u32, Vec<u8>),
+}
+
+/// Caps an instance's linear memory and remembers a refusal (to tell a memory fault
+/// from other traps).
+#[derive(Debug)]
+pub struct MemoryCap {
+    /// Bytes.
+    pub limit: usize,
+    /// Growth was refused.
+    pub refused: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
