@@ -768,10 +768,14 @@ pub(crate) async fn call_cluster(
     worker: &Rc<Worker>,
     rt: &Runtime,
     cluster_idx: usize,
+    pinned: Option<usize>,
     req: Request<UpstreamBody>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let cluster = &rt.clusters[cluster_idx];
-    let ep_idx = pick_endpoint(worker, rt, cluster, None, 0)?;
+    let ep_idx = match pinned {
+        Some(i) => i,
+        None => pick_endpoint(worker, rt, cluster, None, 0)?,
+    };
     let origin = upstream::Origin {
         client: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         local: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),

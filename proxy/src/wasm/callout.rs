@@ -1,6 +1,8 @@
 //! `proxy_http_call`: an HTTP request from a filter to a configured cluster, sent by the
 //! worker's own upstream pool with the cluster's balancer, answered later through
 //! `on_http_call_response` on the root context (headers count 0 = failed or timed out).
+//! The upstream `cluster@ip:port` sends to that endpoint of the cluster whatever its
+//! health (how a health filter probes each endpoint).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -30,11 +32,26 @@ pub fn dispatch(
 ) -> Result<u32, i32> {
     let worker = st.worker.upgrade().ok_or(status::INTERNAL_FAILURE)?;
     let rt = worker.shared.runtime.load_full();
+    // `cluster@ip:port` pins one endpoint (health probes), whatever its state.
+    let (cluster, pinned) = match cluster.split_once('@') {
+        Some((c, a)) => (c, Some(a.parse::<std::net::SocketAddr>().map_err(|_| status::BAD_ARGUMENT)?)),
+        None => (cluster, None),
+    };
     let idx = rt
         .clusters
         .iter()
         .position(|c| &*c.name == cluster)
         .ok_or(status::BAD_ARGUMENT)?;
+    let pin = match pinned {
+        Some(a) => Some(
+            rt.clusters[idx]
+                .endpoints
+                .iter()
+                .position(|e| e.address == a)
+                .ok_or(status::BAD_ARGUMENT)?,
+        ),
+        None => None,
+    };
     let find = |k: &[u8]| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let (Some(method), Some(path), Some(authority)) = (find(b":method"), find(b":path"), find(b":authority")) else {
         return Err(status::BAD_ARGUMENT);
@@ -72,7 +89,7 @@ pub fn dispatch(
     st.plugin.stats.callouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let me = st.me.clone();
     tokio::task::spawn_local(async move {
-        let exchange = run(&worker, &rt, idx, req);
+        let exchange = run(&worker, &rt, idx, pin, req);
         let resp = if timeout_ms == 0 {
             exchange.await
         } else {
@@ -95,9 +112,10 @@ async fn run(
     worker: &Rc<crate::worker::Worker>,
     rt: &crate::runtime::Runtime,
     idx: usize,
+    pin: Option<usize>,
     req: Request<UpstreamBody>,
 ) -> Option<CalloutResponse> {
-    let resp = crate::proxy::call_cluster(worker, rt, idx, req).await.ok()?;
+    let resp = crate::proxy::call_cluster(worker, rt, idx, pin, req).await.ok()?;
     let (parts, body) = resp.into_parts();
     let collected = http_body_util::Limited::new(body, MAX_BODY).collect().await.ok()?;
     let trailers = collected.trailers().cloned();

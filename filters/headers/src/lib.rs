@@ -1,0 +1,107 @@
+//! Header rules: set, add and remove request and response headers.
+//!
+//! Configuration (JSON):
+//! ```json
+//! { "request":  { "set": {"x-env": "prod"}, "add": {"x-via": "tandem"}, "remove": ["x-debug"] },
+//!   "response": { "set": {"x-frame-options": "DENY"}, "remove": ["server"] } }
+//! ```
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rules {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    add: BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    request: Rules,
+    #[serde(default)]
+    response: Rules,
+}
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(Root { config: Rc::new(Config::default()) }));
+}}
+
+struct Root {
+    config: Rc<Config>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let Some(bytes) = self.get_plugin_configuration() else { return true };
+        match serde_json::from_slice::<Config>(&bytes) {
+            Ok(c) => {
+                self.config = Rc::new(c);
+                true
+            }
+            Err(e) => {
+                log::error!("bad configuration: {e}");
+                false
+            }
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Headers {
+            config: self.config.clone(),
+        }))
+    }
+}
+
+struct Headers {
+    config: Rc<Config>,
+}
+
+impl Context for Headers {}
+
+impl HttpContext for Headers {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let r = &self.config.request;
+        for name in &r.remove {
+            self.remove_http_request_header(name);
+        }
+        for (k, v) in &r.set {
+            self.set_http_request_header(k, Some(v));
+        }
+        for (k, v) in &r.add {
+            self.add_http_request_header(k, v);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        let r = &self.config.response;
+        for name in &r.remove {
+            self.remove_http_response_header(name);
+        }
+        for (k, v) in &r.set {
+            self.set_http_response_header(k, Some(v));
+        }
+        for (k, v) in &r.add {
+            self.add_http_response_header(k, v);
+        }
+        Action::Continue
+    }
+}

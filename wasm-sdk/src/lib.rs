@@ -1,0 +1,167 @@
+//! Tandem's extensions to proxy-wasm, as safe functions over the official `proxy-wasm`
+//! crate. Everything here is a documented property or foreign function of the standard
+//! ABI, so a filter that uses it still loads in any proxy-wasm host (the calls then
+//! return `NotFound`).
+//!
+//! - [`route_to_cluster`] / [`route_to_endpoint`]: choose where the current request goes;
+//! - [`cluster_endpoints`]: a cluster's endpoints with live health and load;
+//! - [`report_health`]: a health verdict, applied like a built-in active check;
+//! - [`cluster_key`]: a shared-data key that is replicated to the pair.
+//!
+//! ```ignore
+//! use proxy_wasm::traits::{Context, HttpContext};
+//! use proxy_wasm::types::Action;
+//!
+//! struct Pin;
+//! impl Context for Pin {}
+//! impl HttpContext for Pin {
+//!     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+//!         if self.get_http_request_header("x-beta").is_some() {
+//!             tandem_sdk::route_to_cluster("beta").ok();
+//!         }
+//!         Action::Continue
+//!     }
+//! }
+//! ```
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::Status;
+
+/// Property that selects the request's cluster.
+pub const UPSTREAM_CLUSTER: &str = "tandem.upstream.cluster";
+/// Property that selects the request's endpoint (`ip:port`, within its cluster).
+pub const UPSTREAM_ENDPOINT: &str = "tandem.upstream.endpoint";
+
+/// Sends the current request to cluster `name` instead of the route's choice. Call it
+/// from `on_http_request_headers` (or before resuming a request paused there).
+pub fn route_to_cluster(name: &str) -> Result<(), Status> {
+    hostcalls::set_property(vec![UPSTREAM_CLUSTER], Some(name.as_bytes()))
+}
+
+/// Sends the current request to endpoint `address` (`ip:port`) of its cluster for the
+/// first attempt; retries use the balancer.
+pub fn route_to_endpoint(address: &str) -> Result<(), Status> {
+    hostcalls::set_property(vec![UPSTREAM_ENDPOINT], Some(address.as_bytes()))
+}
+
+/// Health state of an endpoint as Tandem sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Passing checks.
+    Healthy,
+    /// Failing checks.
+    Unhealthy,
+    /// Not checked (or not yet).
+    Unknown,
+    /// Ejected by outlier detection.
+    Ejected,
+    /// Being drained by the operator.
+    Draining,
+    /// Drained.
+    Drained,
+}
+
+impl State {
+    fn parse(s: &str) -> State {
+        match s {
+            "healthy" => State::Healthy,
+            "unhealthy" => State::Unhealthy,
+            "ejected" => State::Ejected,
+            "draining" => State::Draining,
+            "drained" => State::Drained,
+            _ => State::Unknown,
+        }
+    }
+
+    /// Whether the balancer would send new requests there.
+    pub fn takes_traffic(self) -> bool {
+        matches!(self, State::Healthy | State::Unknown)
+    }
+}
+
+/// One endpoint of a cluster with its live stats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `ip:port`.
+    pub address: String,
+    /// Health.
+    pub state: State,
+    /// Configured weight.
+    pub weight: u32,
+    /// Requests in flight (all workers).
+    pub active: u64,
+    /// Peak-EWMA latency, microseconds.
+    pub ewma_us: u64,
+}
+
+/// Parses the `tandem.cluster_endpoints` answer (`address\tstate\tweight\tactive\tewma_us`
+/// lines).
+pub fn parse_endpoints(text: &str) -> Vec<Endpoint> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            Some(Endpoint {
+                address: f.next()?.to_string(),
+                state: State::parse(f.next()?),
+                weight: f.next()?.parse().ok()?,
+                active: f.next()?.parse().ok()?,
+                ewma_us: f.next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The endpoints of cluster `name`, in configuration order.
+pub fn cluster_endpoints(name: &str) -> Result<Vec<Endpoint>, Status> {
+    let out = hostcalls::call_foreign_function("tandem.cluster_endpoints", Some(name.as_bytes()))?;
+    Ok(parse_endpoints(&String::from_utf8_lossy(&out.unwrap_or_default())))
+}
+
+/// The names of every cluster.
+pub fn clusters() -> Result<Vec<String>, Status> {
+    let out = hostcalls::call_foreign_function("tandem.clusters", None)?;
+    Ok(String::from_utf8_lossy(&out.unwrap_or_default())
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+/// Reports endpoint `address` of `cluster` healthy or unhealthy. The verdict goes
+/// through the same module as Tandem's active checks (logged, counted, shared with
+/// the pair).
+pub fn report_health(cluster: &str, address: &str, healthy: bool) -> Result<(), Status> {
+    let verdict = if healthy { "healthy" } else { "unhealthy" };
+    let args = format!("{cluster}\t{address}\t{verdict}");
+    hostcalls::call_foreign_function("tandem.report_health", Some(args.as_bytes())).map(|_| ())
+}
+
+/// The upstream name that sends an `http_call` to one endpoint of a cluster.
+pub fn endpoint_upstream(cluster: &str, address: &str) -> String {
+    format!("{cluster}@{address}")
+}
+
+/// A shared-data key under the filter's `shared_prefix`: Tandem replicates such keys
+/// to the other node of the pair (eventually; CAS holds per node).
+pub fn cluster_key(prefix: &str, key: &str) -> String {
+    format!("{prefix}{key}")
+}
+
+/// This worker's number (filters that should act once per node use worker 0).
+pub fn worker_id() -> Option<u64> {
+    let v = hostcalls::get_property(vec!["tandem.worker_id"]).ok()??;
+    Some(u64::from_le_bytes(v.get(..8)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_lines_parse() {
+        let e = parse_endpoints("127.0.0.1:1\thealthy\t1\t0\t250\n127.0.0.1:2\tejected\t3\t7\t0\nbad\n");
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].state, State::Healthy);
+        assert_eq!(e[1].weight, 3);
+        assert!(!e[1].state.takes_traffic());
+    }
+}
