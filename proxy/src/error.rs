@@ -76,7 +76,9 @@ impl ProxyError {
         use http::StatusCode as S;
         match self {
             ProxyError::NoRoute => S::NOT_FOUND,
-            ProxyError::NoHealthyUpstream | ProxyError::Overflow(_) | ProxyError::FilterFailed => S::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyUpstream | ProxyError::Overflow(_) | ProxyError::FilterFailed => {
+                S::SERVICE_UNAVAILABLE
+            }
             ProxyError::ConnectFailure | ProxyError::UpstreamReset => S::BAD_GATEWAY,
             ProxyError::DownstreamBody => S::BAD_REQUEST,
             ProxyError::RateLimited { .. } => S::TOO_MANY_REQUESTS,

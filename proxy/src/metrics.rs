@@ -705,6 +705,7 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
             );
         }
     }
+    crate::wasm::metrics::render(&mut out);
     out
 }
 

@@ -284,6 +284,7 @@ impl Context for Probe {
         let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
         if self.path.starts_with("/abi/resume") {
             self.set_http_request_header("x-callout-status", Some(&status));
+            self.set_http_request_header(":path", Some("/headers"));
             self.resume_http_request();
             return;
         }
@@ -308,6 +309,7 @@ impl HttpContext for Probe {
             "/abi/callout" | "/abi/resume" => self.callout(),
             "/abi/body" => {
                 self.set_http_request_header("content-length", None);
+                self.set_http_request_header(":path", Some("/echo"));
                 self.set_http_request_header("x-headers-eos", Some(if eos { "1" } else { "0" }));
                 Action::Continue
             }

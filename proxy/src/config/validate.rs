@@ -577,7 +577,11 @@ impl Checker<'_> {
             vm_config: as_bytes(&f.vm_config),
             failure_policy,
             memory_limit: (f.memory_limit_mb.clamp(1, 4096) as usize) << 20,
-            cpu_limit: if cpu_limit.is_zero() { Duration::from_millis(50) } else { cpu_limit },
+            cpu_limit: if cpu_limit.is_zero() {
+                Duration::from_millis(50)
+            } else {
+                cpu_limit
+            },
             shared_prefix: f.shared_prefix.clone().filter(|p| !p.is_empty()),
             env: f.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             module: Built(std::sync::Arc::new(module)),

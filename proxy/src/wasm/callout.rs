@@ -34,7 +34,10 @@ pub fn dispatch(
     let rt = worker.shared.runtime.load_full();
     // `cluster@ip:port` pins one endpoint (health probes), whatever its state.
     let (cluster, pinned) = match cluster.split_once('@') {
-        Some((c, a)) => (c, Some(a.parse::<std::net::SocketAddr>().map_err(|_| status::BAD_ARGUMENT)?)),
+        Some((c, a)) => (
+            c,
+            Some(a.parse::<std::net::SocketAddr>().map_err(|_| status::BAD_ARGUMENT)?),
+        ),
         None => (cluster, None),
     };
     let idx = rt
@@ -81,12 +84,18 @@ pub fn dispatch(
         h.append(k, v);
     }
     if rt.clusters[idx].protocol == UpstreamProtocol::Http1 {
-        h.insert(http::header::HOST, HeaderValue::from_str(&authority).map_err(|_| status::BAD_ARGUMENT)?);
+        h.insert(
+            http::header::HOST,
+            HeaderValue::from_str(&authority).map_err(|_| status::BAD_ARGUMENT)?,
+        );
     }
     st.next_token = st.next_token.wrapping_add(2).max(2);
     let token = st.next_token;
     st.callouts.insert(token, st.effective);
-    st.plugin.stats.callouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    st.plugin
+        .stats
+        .callouts
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let me = st.me.clone();
     tokio::task::spawn_local(async move {
         let exchange = run(&worker, &rt, idx, pin, req);

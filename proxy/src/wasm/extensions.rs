@@ -58,8 +58,16 @@ pub fn call(st: &mut HostState, name: &str, args: &[u8]) -> Result<Vec<u8>, i32>
                 "unhealthy" => crate::health::verdict::Verdict::Unhealthy,
                 _ => return Err(status::BAD_ARGUMENT),
             };
-            let c = rt.clusters.iter().find(|c| &*c.name == cluster).ok_or(status::NOT_FOUND)?;
-            let e = c.endpoints.iter().find(|e| e.address == addr).ok_or(status::NOT_FOUND)?;
+            let c = rt
+                .clusters
+                .iter()
+                .find(|c| &*c.name == cluster)
+                .ok_or(status::NOT_FOUND)?;
+            let e = c
+                .endpoints
+                .iter()
+                .find(|e| e.address == addr)
+                .ok_or(status::NOT_FOUND)?;
             crate::health::verdict::apply(
                 &e.stats.health,
                 verdict,

@@ -134,16 +134,22 @@ fn define_context(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_current_time_nanoseconds",
         |mut c: C<'_>, ret: i32| -> R {
-            let ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+            let ns = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
             write_u64(&mut c, ret, ns)?;
             Ok(status::OK)
         },
     )?;
-    l.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut c: C<'_>, ms: i32| -> R {
-        let st = c.data_mut();
-        st.tick = (ms as u32, true);
-        Ok(status::OK)
-    })?;
+    l.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |mut c: C<'_>, ms: i32| -> R {
+            let st = c.data_mut();
+            st.tick = (ms as u32, true);
+            Ok(status::OK)
+        },
+    )?;
     l.func_wrap("env", "proxy_continue_stream", |mut c: C<'_>, kind: i32| -> R {
         match StreamKind::from_i32(kind) {
             Some(_) => Ok(defer(&mut c, Deferred::Continue)),
@@ -164,10 +170,14 @@ fn define_context(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         Ok(defer(&mut c, Deferred::Continue))
     })?;
     l.func_wrap("env", "proxy_clear_route_cache", |_c: C<'_>| -> R { Ok(status::OK) })?;
-    l.func_wrap("env", "proxy_get_configuration", |mut c: C<'_>, rp: i32, rl: i32| -> R {
-        let cfg = c.data().plugin.config.clone();
-        give(&mut c, &cfg, rp, rl)
-    })?;
+    l.func_wrap(
+        "env",
+        "proxy_get_configuration",
+        |mut c: C<'_>, rp: i32, rl: i32| -> R {
+            let cfg = c.data().plugin.config.clone();
+            give(&mut c, &cfg, rp, rl)
+        },
+    )?;
     Ok(())
 }
 
@@ -188,8 +198,16 @@ fn map_bytes(st: &HostState, kind: MapKind) -> Vec<u8> {
     match kind {
         MapKind::RequestHeaders => s.req.as_ref().map(super::maps::req_serialize).unwrap_or_default(),
         MapKind::ResponseHeaders => s.resp.as_ref().map(super::maps::resp_serialize).unwrap_or_default(),
-        MapKind::RequestTrailers => s.req_trailers.as_ref().map(super::maps::plain_serialize).unwrap_or_default(),
-        MapKind::ResponseTrailers => s.resp_trailers.as_ref().map(super::maps::plain_serialize).unwrap_or_default(),
+        MapKind::RequestTrailers => s
+            .req_trailers
+            .as_ref()
+            .map(super::maps::plain_serialize)
+            .unwrap_or_default(),
+        MapKind::ResponseTrailers => s
+            .resp_trailers
+            .as_ref()
+            .map(super::maps::plain_serialize)
+            .unwrap_or_default(),
         _ => Vec::new(),
     }
 }
@@ -202,7 +220,10 @@ fn map_get(st: &HostState, kind: MapKind, key: &[u8]) -> Option<Vec<u8>> {
         } else {
             &r.trailers
         };
-        return pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone());
+        return pairs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.clone());
     }
     let s = st.streams.get(&st.effective)?;
     match kind {
@@ -224,8 +245,14 @@ fn map_edit(st: &mut HostState, kind: MapKind, edit: super::maps::Edit<'_>) {
     let ok = match kind {
         MapKind::RequestHeaders => s.req.as_mut().map(|h| super::maps::req_edit(h, edit)),
         MapKind::ResponseHeaders => s.resp.as_mut().map(|h| super::maps::resp_edit(h, edit)),
-        MapKind::RequestTrailers => Some(super::maps::plain_edit(s.req_trailers.get_or_insert_with(Default::default), edit)),
-        MapKind::ResponseTrailers => Some(super::maps::plain_edit(s.resp_trailers.get_or_insert_with(Default::default), edit)),
+        MapKind::RequestTrailers => Some(super::maps::plain_edit(
+            s.req_trailers.get_or_insert_with(Default::default),
+            edit,
+        )),
+        MapKind::ResponseTrailers => Some(super::maps::plain_edit(
+            s.resp_trailers.get_or_insert_with(Default::default),
+            edit,
+        )),
         _ => None,
     };
     if ok != Some(true) {
@@ -239,7 +266,9 @@ fn define_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_pairs",
         |mut c: C<'_>, kind: i32, rp: i32, rl: i32| -> R {
-            let Some(kind) = MapKind::from_i32(kind) else { return Ok(status::BAD_ARGUMENT) };
+            let Some(kind) = MapKind::from_i32(kind) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
             let bytes = map_bytes(c.data(), kind);
             give(&mut c, &bytes, rp, rl)
         },
@@ -248,7 +277,9 @@ fn define_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_size",
         |mut c: C<'_>, kind: i32, rs: i32| -> R {
-            let Some(kind) = MapKind::from_i32(kind) else { return Ok(status::BAD_ARGUMENT) };
+            let Some(kind) = MapKind::from_i32(kind) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
             let n = map_bytes(c.data(), kind).len();
             write_u32(&mut c, rs, n as u32)?;
             Ok(status::OK)
@@ -258,9 +289,13 @@ fn define_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_header_map_pairs",
         |mut c: C<'_>, kind: i32, p: i32, n: i32| -> R {
-            let Some(kind) = MapKind::from_i32(kind) else { return Ok(status::BAD_ARGUMENT) };
+            let Some(kind) = MapKind::from_i32(kind) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
             let bytes = read(&mut c, p, n)?;
-            let Some(pairs) = abi::parse_map(&bytes) else { return Ok(status::SERIALIZATION_FAILURE) };
+            let Some(pairs) = abi::parse_map(&bytes) else {
+                return Ok(status::SERIALIZATION_FAILURE);
+            };
             map_edit(c.data_mut(), kind, Edit::ReplaceAll(&pairs));
             Ok(status::OK)
         },
@@ -269,7 +304,9 @@ fn define_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_value",
         |mut c: C<'_>, kind: i32, kp: i32, kl: i32, rp: i32, rl: i32| -> R {
-            let Some(kind) = MapKind::from_i32(kind) else { return Ok(status::BAD_ARGUMENT) };
+            let Some(kind) = MapKind::from_i32(kind) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
             let key = read(&mut c, kp, kl)?;
             match map_get(c.data(), kind, &key) {
                 Some(v) => give(&mut c, &v, rp, rl),
@@ -281,7 +318,9 @@ fn define_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_add_header_map_value",
         |mut c: C<'_>, kind: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> R {
-            let Some(kind) = MapKind::from_i32(kind) else { return Ok(status::BAD_ARGUMENT) };
+            let Some(kind) = MapKind::from_i32(kind) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
             let (k, v) = (read(&mut c, kp, kl)?, read(&mut c, vp, vl)?);
             map_edit(c.data_mut(), kind, Edit::Add(&k, &v));
             Ok(status::OK)
@@ -291,7 +330,9 @@ fn define_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_replace_header_map_value",
         |mut c: C<'_>, kind: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> R {
-            let Some(kind) = MapKind::from_i32(kind) else { return Ok(status::BAD_ARGUMENT) };
+            let Some(kind) = MapKind::from_i32(kind) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
             let (k, v) = (read(&mut c, kp, kl)?, read(&mut c, vp, vl)?);
             map_edit(c.data_mut(), kind, Edit::Replace(&k, &v));
             Ok(status::OK)
@@ -301,7 +342,9 @@ fn define_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_remove_header_map_value",
         |mut c: C<'_>, kind: i32, kp: i32, kl: i32| -> R {
-            let Some(kind) = MapKind::from_i32(kind) else { return Ok(status::BAD_ARGUMENT) };
+            let Some(kind) = MapKind::from_i32(kind) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
             let k = read(&mut c, kp, kl)?;
             map_edit(c.data_mut(), kind, Edit::Remove(&k));
             Ok(status::OK)
@@ -329,7 +372,9 @@ fn define_buffers(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_buffer_bytes",
         |mut c: C<'_>, kind: i32, start: i32, max: i32, rp: i32, rl: i32| -> R {
-            let Some(kind) = BufferKind::from_i32(kind) else { return Ok(status::BAD_ARGUMENT) };
+            let Some(kind) = BufferKind::from_i32(kind) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
             let buf = buffer(c.data(), kind);
             let start = (start as u32 as u64).min(buf.len() as u64) as usize;
             let end = (start as u64 + max as u32 as u64).min(buf.len() as u64) as usize;
@@ -341,7 +386,9 @@ fn define_buffers(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_buffer_status",
         |mut c: C<'_>, kind: i32, rs: i32, rf: i32| -> R {
-            let Some(kind) = BufferKind::from_i32(kind) else { return Ok(status::BAD_ARGUMENT) };
+            let Some(kind) = BufferKind::from_i32(kind) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
             let n = buffer(c.data(), kind).len();
             write_u32(&mut c, rs, n as u32)?;
             write_u32(&mut c, rf, 0)?;
@@ -352,11 +399,15 @@ fn define_buffers(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_buffer_bytes",
         |mut c: C<'_>, kind: i32, start: i32, size: i32, p: i32, n: i32| -> R {
-            let Some(kind) = BufferKind::from_i32(kind) else { return Ok(status::BAD_ARGUMENT) };
+            let Some(kind) = BufferKind::from_i32(kind) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
             let value = read(&mut c, p, n)?;
             let st = c.data_mut();
             let eff = st.effective;
-            let Some(s) = st.streams.get_mut(&eff) else { return Ok(status::OK) };
+            let Some(s) = st.streams.get_mut(&eff) else {
+                return Ok(status::OK);
+            };
             let buf = match kind {
                 BufferKind::RequestBody | BufferKind::DownstreamData => &mut s.req_body,
                 BufferKind::ResponseBody | BufferKind::UpstreamData => &mut s.resp_body,
@@ -380,20 +431,13 @@ fn define_http(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     l.func_wrap(
         "env",
         "proxy_send_local_response",
-        |mut c: C<'_>,
-         code: i32,
-         dp: i32,
-         dl: i32,
-         bp: i32,
-         bl: i32,
-         hp: i32,
-         hl: i32,
-         grpc: i32|
-         -> R {
+        |mut c: C<'_>, code: i32, dp: i32, dl: i32, bp: i32, bl: i32, hp: i32, hl: i32, grpc: i32| -> R {
             let details = read_str(&mut c, dp, dl)?;
             let body = read(&mut c, bp, bl)?;
             let hbytes = read(&mut c, hp, hl)?;
-            let Some(pairs) = abi::parse_map(&hbytes) else { return Ok(status::SERIALIZATION_FAILURE) };
+            let Some(pairs) = abi::parse_map(&hbytes) else {
+                return Ok(status::SERIALIZATION_FAILURE);
+            };
             let headers = pairs.into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
             let reply = LocalReply {
                 status: (code as u32).clamp(100, 599) as u16,
@@ -480,8 +524,12 @@ fn define_http(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_grpc_send",
         |_c: C<'_>, _t: i32, _p: i32, _l: i32, _e: i32| -> R { Ok(status::NOT_FOUND) },
     )?;
-    l.func_wrap("env", "proxy_grpc_cancel", |_c: C<'_>, _t: i32| -> R { Ok(status::NOT_FOUND) })?;
-    l.func_wrap("env", "proxy_grpc_close", |_c: C<'_>, _t: i32| -> R { Ok(status::NOT_FOUND) })?;
+    l.func_wrap("env", "proxy_grpc_cancel", |_c: C<'_>, _t: i32| -> R {
+        Ok(status::NOT_FOUND)
+    })?;
+    l.func_wrap("env", "proxy_grpc_close", |_c: C<'_>, _t: i32| -> R {
+        Ok(status::NOT_FOUND)
+    })?;
     Ok(())
 }
 
@@ -508,7 +556,13 @@ fn define_shared(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let key = read(&mut c, kp, kl)?;
             let value = read(&mut c, vp, vl)?;
             let p = c.data().plugin.clone();
-            Ok(super::shared::set(&p.vm_id, p.shared_prefix.as_deref(), &key, &value, cas as u32))
+            Ok(super::shared::set(
+                &p.vm_id,
+                p.shared_prefix.as_deref(),
+                &key,
+                &value,
+                cas as u32,
+            ))
         },
     )?;
     l.func_wrap(
@@ -519,9 +573,7 @@ fn define_shared(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let notify = std::sync::Arc::new(tokio::sync::Notify::new());
             let vm = c.data().plugin.vm_id.clone();
             let id = super::shared::register_queue(&vm, &name, notify.clone());
-            if c.data().worker.upgrade().is_some() {
-                super::instance::Instance::watch_queue(c.data().me.clone(), id, notify);
-            }
+            c.data_mut().new_queues.push((id, notify));
             write_u32(&mut c, rq, id)?;
             Ok(status::OK)
         },
@@ -581,7 +633,9 @@ fn define_misc(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
     l.func_wrap("env", "proxy_increment_metric", |_c: C<'_>, id: i32, delta: i64| -> R {
-        let Some(m) = super::metrics::get(id as u32) else { return Ok(status::NOT_FOUND) };
+        let Some(m) = super::metrics::get(id as u32) else {
+            return Ok(status::NOT_FOUND);
+        };
         match m.kind {
             0 if delta < 0 => Ok(status::BAD_ARGUMENT),
             0 | 1 => {
@@ -592,7 +646,9 @@ fn define_misc(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         }
     })?;
     l.func_wrap("env", "proxy_record_metric", |_c: C<'_>, id: i32, value: i64| -> R {
-        let Some(m) = super::metrics::get(id as u32) else { return Ok(status::NOT_FOUND) };
+        let Some(m) = super::metrics::get(id as u32) else {
+            return Ok(status::NOT_FOUND);
+        };
         match m.kind {
             2 => {
                 m.value.fetch_add(value, Relaxed);
@@ -603,7 +659,9 @@ fn define_misc(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         Ok(status::OK)
     })?;
     l.func_wrap("env", "proxy_get_metric", |mut c: C<'_>, id: i32, ret: i32| -> R {
-        let Some(m) = super::metrics::get(id as u32) else { return Ok(status::NOT_FOUND) };
+        let Some(m) = super::metrics::get(id as u32) else {
+            return Ok(status::NOT_FOUND);
+        };
         if m.kind == 2 {
             return Ok(status::BAD_ARGUMENT);
         }
@@ -644,6 +702,8 @@ fn define_misc(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     )?;
     // Emscripten-built modules import these; harmless no-ops.
     l.func_wrap("env", "emscripten_notify_memory_growth", |_c: C<'_>, _i: i32| {})?;
-    l.func_wrap("env", "pthread_equal", |_c: C<'_>, a: i32, b: i32| -> i32 { (a == b) as i32 })?;
+    l.func_wrap("env", "pthread_equal", |_c: C<'_>, a: i32, b: i32| -> i32 {
+        (a == b) as i32
+    })?;
     Ok(())
 }

@@ -132,14 +132,10 @@ impl Chain {
     ) -> Result<ChainRef, ProxyError> {
         let mut entries = Vec::with_capacity(plugins.len());
         for p in plugins {
-            let created = worker
-                .wasm
-                .borrow_mut()
-                .get(p, Rc::downgrade(worker))
-                .and_then(|inst| {
-                    let ctx = inst.borrow_mut().create_stream(facts.clone())?;
-                    Ok((inst, ctx))
-                });
+            let created = worker.wasm.borrow_mut().get(p, Rc::downgrade(worker)).and_then(|inst| {
+                let ctx = inst.borrow_mut().create_stream(facts.clone())?;
+                Ok((inst, ctx))
+            });
             match created {
                 Ok((inst, ctx)) => entries.push(Entry {
                     plugin: p.clone(),
@@ -471,7 +467,11 @@ impl<B> FilteredBody<B> {
             };
             let mut i = inst.borrow_mut();
             let Some(s) = i.stream(ctx) else { continue };
-            let buf = if self.response { &mut s.resp_body } else { &mut s.req_body };
+            let buf = if self.response {
+                &mut s.resp_body
+            } else {
+                &mut s.req_body
+            };
             buf.extend_from_slice(&data);
             let size = buf.len();
             let r = i.on_body(self.response, ctx, size, eos);
@@ -482,7 +482,11 @@ impl<B> FilteredBody<B> {
             if s.closed {
                 return Err(FilterBodyError::Stopped);
             }
-            let buf = if self.response { &mut s.resp_body } else { &mut s.req_body };
+            let buf = if self.response {
+                &mut s.resp_body
+            } else {
+                &mut s.req_body
+            };
             match r {
                 Ok(Action::Continue) => data = buf.split().freeze(),
                 Ok(Action::Pause) if s.resumed => {
@@ -532,7 +536,11 @@ impl<B> FilteredBody<B> {
                 return Err(FilterBodyError::Stopped);
             }
             s.resumed = false;
-            let buf: &mut BytesMut = if self.response { &mut s.resp_body } else { &mut s.req_body };
+            let buf: &mut BytesMut = if self.response {
+                &mut s.resp_body
+            } else {
+                &mut s.req_body
+            };
             buf.split().freeze()
         };
         self.feed_after(pos, data)

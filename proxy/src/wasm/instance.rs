@@ -156,6 +156,7 @@ impl Instance {
                 refused: false,
             },
             last_status: (0, Vec::new()),
+            new_queues: Vec::new(),
         };
         let mut store = Store::new(super::module::engine(), state);
         store.limiter(|s| &mut s.limits as &mut dyn wasmtime::ResourceLimiter);
@@ -173,9 +174,13 @@ impl Instance {
                 "the module exports no `memory` or no allocator (proxy_on_memory_allocate / malloc)".into(),
             ));
         }
-        let abi_ok = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0", "proxy_abi_version_0_1_0"]
-            .iter()
-            .any(|n| inst.get_func(&mut store, n).is_some());
+        let abi_ok = [
+            "proxy_abi_version_0_2_1",
+            "proxy_abi_version_0_2_0",
+            "proxy_abi_version_0_1_0",
+        ]
+        .iter()
+        .any(|n| inst.get_func(&mut store, n).is_some());
         if !abi_ok {
             return Err(Fault::Unavailable(
                 "not a proxy-wasm module (no proxy_abi_version_* export)".into(),
@@ -248,6 +253,7 @@ impl Instance {
         let rc = Rc::new(RefCell::new(me));
         rc.borrow_mut().store.data_mut().me = Rc::downgrade(&rc);
         rc.borrow_mut().start_ticker();
+        rc.borrow_mut().start_queue_watchers();
         Ok(rc)
     }
 
@@ -285,6 +291,9 @@ impl Instance {
     }
 
     fn apply_deferred(&mut self) {
+        if !self.store.data().new_queues.is_empty() {
+            self.start_queue_watchers();
+        }
         let st = self.store.data_mut();
         if st.actions.is_empty() {
             if st.tick.1 {
@@ -458,7 +467,9 @@ impl Instance {
             return;
         }
         let st = self.store.data_mut();
-        let Some(owner) = st.callouts.remove(&token) else { return };
+        let Some(owner) = st.callouts.remove(&token) else {
+            return;
+        };
         if owner != st.root && !st.streams.contains_key(&owner) {
             return;
         }
@@ -474,11 +485,7 @@ impl Instance {
         st.callout = resp;
         let root = st.root;
         if let Some(f) = self.cb.http_call_response.clone() {
-            let _ = self.call(
-                &f,
-                (root as i32, token as i32, nh as i32, nb as i32, nt as i32),
-                root,
-            );
+            let _ = self.call(&f, (root as i32, token as i32, nh as i32, nb as i32, nt as i32), root);
         }
         self.store.data_mut().callout = None;
     }
@@ -541,8 +548,19 @@ impl Instance {
         });
     }
 
+    /// Starts `on_queue_ready` watchers for newly registered queues (in workers only).
+    fn start_queue_watchers(&mut self) {
+        let st = self.store.data_mut();
+        if st.worker.upgrade().is_none() || st.me.upgrade().is_none() {
+            return;
+        }
+        for (id, notify) in std::mem::take(&mut st.new_queues) {
+            Self::watch_queue(st.me.clone(), id, notify);
+        }
+    }
+
     /// Watches queue `id` and runs `on_queue_ready` on enqueue.
-    pub fn watch_queue(me: Weak<RefCell<Instance>>, id: u32, notify: Arc<tokio::sync::Notify>) {
+    fn watch_queue(me: Weak<RefCell<Instance>>, id: u32, notify: Arc<tokio::sync::Notify>) {
         tokio::task::spawn_local(async move {
             loop {
                 notify.notified().await;
@@ -630,6 +648,8 @@ impl WorkerInstances {
 
 impl std::fmt::Debug for WorkerInstances {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerInstances").field("instances", &self.map.len()).finish()
+        f.debug_struct("WorkerInstances")
+            .field("instances", &self.map.len())
+            .finish()
     }
 }

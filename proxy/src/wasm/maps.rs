@@ -90,7 +90,9 @@ pub fn plain_get(h: &HeaderMap, key: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn set_path(h: &mut ReqHead, v: &[u8]) -> bool {
-    let Ok(pq) = http::uri::PathAndQuery::try_from(v) else { return false };
+    let Ok(pq) = http::uri::PathAndQuery::try_from(v) else {
+        return false;
+    };
     let mut parts = std::mem::take(&mut h.uri).into_parts();
     parts.path_and_query = Some(pq);
     match Uri::from_parts(parts) {
@@ -103,9 +105,13 @@ fn set_path(h: &mut ReqHead, v: &[u8]) -> bool {
 }
 
 fn set_authority(h: &mut ReqHead, v: &[u8]) -> bool {
-    let Ok(value) = HeaderValue::from_bytes(v) else { return false };
+    let Ok(value) = HeaderValue::from_bytes(v) else {
+        return false;
+    };
     if h.uri.authority().is_some() {
-        let Ok(a) = http::uri::Authority::try_from(v) else { return false };
+        let Ok(a) = http::uri::Authority::try_from(v) else {
+            return false;
+        };
         let mut parts = std::mem::take(&mut h.uri).into_parts();
         parts.authority = Some(a);
         match Uri::from_parts(parts) {

@@ -83,7 +83,9 @@ fn stream_property(s: &StreamData, name: &str) -> Option<Vec<u8>> {
         "connection.mtls" => Some(vec![f.tls.as_ref().is_some_and(|t| t.2.is_some()) as u8]),
         "connection.tls_version" => f.tls.as_ref().map(|t| t.0.as_bytes().to_vec()),
         "connection.requested_server_name" => f.tls.as_ref().and_then(|t| t.1.as_ref()).map(|s| s.as_bytes().to_vec()),
-        "connection.subject_peer_certificate" => f.tls.as_ref().and_then(|t| t.2.as_ref()).map(|s| s.as_bytes().to_vec()),
+        "connection.subject_peer_certificate" => {
+            f.tls.as_ref().and_then(|t| t.2.as_ref()).map(|s| s.as_bytes().to_vec())
+        }
         "upstream.address" => f.upstream.map(|a| a.to_string().into_bytes()),
         "upstream.port" => f.upstream.map(|a| i64le(i64::from(a.port()))),
         "route_name" | "xds.route_name" => string(&f.route),
@@ -95,7 +97,9 @@ fn stream_property(s: &StreamData, name: &str) -> Option<Vec<u8>> {
 /// Writes property `path` (filter state of the effective stream, readable back).
 pub fn set(st: &mut HostState, path: Vec<u8>, value: Vec<u8>) -> i32 {
     let eff = st.effective;
-    let Some(s) = st.streams.get_mut(&eff) else { return status::OK };
+    let Some(s) = st.streams.get_mut(&eff) else {
+        return status::OK;
+    };
     let name = join(&path);
     s.props.insert(name.into_bytes(), value);
     status::OK

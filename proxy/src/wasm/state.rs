@@ -192,6 +192,8 @@ pub struct HostState {
     pub done_called: bool,
     /// The memory cap.
     pub limits: MemoryCap,
+    /// Queues registered whose `on_queue_ready` watcher is not started yet.
+    pub new_queues: Vec<(u32, std::sync::Arc<tokio::sync::Notify>)>,
     /// Status and message of the last callout (`proxy_get_status`).
     pub last_status: (u32, Vec<u8>),
 }
@@ -207,12 +209,7 @@ pub struct MemoryCap {
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.refused = true;
             return Ok(false);

@@ -21,10 +21,7 @@ const ENOSYS: i32 = 52;
 const ENOTSUP: i32 = 58;
 
 fn put(c: &mut C<'_>, ptr: i32, bytes: &[u8]) -> wasmtime::Result<()> {
-    let m = c
-        .data()
-        .memory
-        .ok_or_else(|| wasmtime::format_err!("no memory"))?;
+    let m = c.data().memory.ok_or_else(|| wasmtime::format_err!("no memory"))?;
     m.write(&mut *c, ptr as u32 as usize, bytes)
         .map_err(|_| wasmtime::format_err!("guest pointer out of bounds"))
 }
@@ -37,29 +34,33 @@ fn monotonic_ns() -> u64 {
 /// Registers the WASI functions.
 pub fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     for m in ["wasi_snapshot_preview1", "wasi_unstable"] {
-        l.func_wrap(m, "fd_write", |mut c: C<'_>, fd: i32, iovs: i32, n: i32, written: i32| -> R {
-            if fd != 1 && fd != 2 {
-                return Ok(EBADF);
-            }
-            let vecs = read(&mut c, iovs, n.saturating_mul(8))?;
-            let mut text = Vec::new();
-            for v in vecs.chunks_exact(8) {
-                let p = i32::from_le_bytes(v[0..4].try_into().expect("4 bytes"));
-                let l = i32::from_le_bytes(v[4..8].try_into().expect("4 bytes"));
-                text.extend(read(&mut c, p, l)?);
-            }
-            let total = text.len() as u32;
-            let msg = String::from_utf8_lossy(&text);
-            let msg = msg.trim_end_matches('\n');
-            let name = c.data().plugin.name.clone();
-            if fd == 1 {
-                tracing::info!(filter = %name, "{msg}");
-            } else {
-                tracing::error!(filter = %name, "{msg}");
-            }
-            put(&mut c, written, &total.to_le_bytes())?;
-            Ok(ESUCCESS)
-        })?;
+        l.func_wrap(
+            m,
+            "fd_write",
+            |mut c: C<'_>, fd: i32, iovs: i32, n: i32, written: i32| -> R {
+                if fd != 1 && fd != 2 {
+                    return Ok(EBADF);
+                }
+                let vecs = read(&mut c, iovs, n.saturating_mul(8))?;
+                let mut text = Vec::new();
+                for v in vecs.chunks_exact(8) {
+                    let p = i32::from_le_bytes(v[0..4].try_into().expect("4 bytes"));
+                    let l = i32::from_le_bytes(v[4..8].try_into().expect("4 bytes"));
+                    text.extend(read(&mut c, p, l)?);
+                }
+                let total = text.len() as u32;
+                let msg = String::from_utf8_lossy(&text);
+                let msg = msg.trim_end_matches('\n');
+                let name = c.data().plugin.name.clone();
+                if fd == 1 {
+                    tracing::info!(filter = %name, "{msg}");
+                } else {
+                    tracing::error!(filter = %name, "{msg}");
+                }
+                put(&mut c, written, &total.to_le_bytes())?;
+                Ok(ESUCCESS)
+            },
+        )?;
         l.func_wrap(m, "environ_sizes_get", |mut c: C<'_>, count: i32, size: i32| -> R {
             let env = &c.data().plugin.env;
             let n = env.len() as u32;
@@ -90,7 +91,9 @@ pub fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             "clock_time_get",
             |mut c: C<'_>, id: i32, _precision: i64, ret: i32| -> R {
                 let ns = match id {
-                    0 => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+                    0 => SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64),
                     1 => monotonic_ns(),
                     _ => return Ok(ENOTSUP),
                 };
@@ -120,23 +123,17 @@ pub fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         })?;
         l.func_wrap(m, "sched_yield", |_c: C<'_>| -> R { Ok(ESUCCESS) })?;
         l.func_wrap(m, "fd_prestat_get", |_c: C<'_>, _fd: i32, _r: i32| -> R { Ok(EBADF) })?;
-        l.func_wrap(
-            m,
-            "fd_prestat_dir_name",
-            |_c: C<'_>, _fd: i32, _p: i32, _l: i32| -> R { Ok(EBADF) },
-        )?;
+        l.func_wrap(m, "fd_prestat_dir_name", |_c: C<'_>, _fd: i32, _p: i32, _l: i32| -> R {
+            Ok(EBADF)
+        })?;
         l.func_wrap(m, "fd_close", |_c: C<'_>, _fd: i32| -> R { Ok(EBADF) })?;
         l.func_wrap(m, "fd_fdstat_get", |_c: C<'_>, _fd: i32, _r: i32| -> R { Ok(EBADF) })?;
-        l.func_wrap(
-            m,
-            "fd_read",
-            |_c: C<'_>, _fd: i32, _i: i32, _n: i32, _r: i32| -> R { Ok(EBADF) },
-        )?;
-        l.func_wrap(
-            m,
-            "fd_seek",
-            |_c: C<'_>, _fd: i32, _o: i64, _w: i32, _r: i32| -> R { Ok(EBADF) },
-        )?;
+        l.func_wrap(m, "fd_read", |_c: C<'_>, _fd: i32, _i: i32, _n: i32, _r: i32| -> R {
+            Ok(EBADF)
+        })?;
+        l.func_wrap(m, "fd_seek", |_c: C<'_>, _fd: i32, _o: i64, _w: i32, _r: i32| -> R {
+            Ok(EBADF)
+        })?;
         l.func_wrap(
             m,
             "path_open",
@@ -152,7 +149,9 @@ pub fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 Ok(ESUCCESS)
             },
         )?;
-        l.func_wrap(m, "sock_accept", |_c: C<'_>, _a: i32, _b: i32, _r: i32| -> R { Ok(ENOSYS) })?;
+        l.func_wrap(m, "sock_accept", |_c: C<'_>, _a: i32, _b: i32, _r: i32| -> R {
+            Ok(ENOSYS)
+        })?;
     }
     Ok(())
 }

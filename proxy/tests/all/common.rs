@@ -99,13 +99,22 @@ impl Backend {
                                 head.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
                             }
                             let path = req.uri().path().to_string();
-                            let _ = req.into_body().collect().await;
+                            let received = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let extra = q.get("delay_ms").and_then(|v| v.parse().ok()).unwrap_or(0);
                             let total = delay + Duration::from_millis(extra);
                             if !total.is_zero() {
                                 tokio::time::sleep(total).await;
                             }
-                            let body = if path == "/headers" { head } else { format!("{n}\n") };
+                            let body = match path.as_str() {
+                                "/headers" => head,
+                                "/echo" => String::from_utf8_lossy(&received).into_owned(),
+                                _ => format!("{n}\n"),
+                            };
                             let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
                             *resp.status_mut() = hyper::StatusCode::from_u16(
                                 q.get("status").and_then(|v| v.parse().ok()).unwrap_or(status),

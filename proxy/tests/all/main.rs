@@ -18,3 +18,4 @@ mod resilience;
 mod routing;
 mod sessions;
 mod tls;
+mod wasm;
