@@ -52,7 +52,7 @@ pub struct ConnState {
 }
 
 /// Connection numbers.
-static CONN_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+pub(crate) static CONN_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// What the TLS handshake established.
 #[derive(Debug, Clone)]

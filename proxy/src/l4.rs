@@ -51,6 +51,17 @@ pub async fn serve(
         worker.shared.stats.process.no_route.fetch_add(1, Relaxed);
         return;
     };
+    let filters = match rt.listener_filters.get(idx).filter(|f| !f.is_empty()) {
+        Some(plugins) => {
+            let id = crate::downstream::CONN_IDS.fetch_add(1, Relaxed);
+            let facts = crate::wasm::l4::facts(&origin, &Arc::from(hot.name.as_str()), id);
+            match crate::wasm::l4::NetChain::start(worker, plugins, facts) {
+                Some(c) => Some(c),
+                None => return,
+            }
+        }
+        None => None,
+    };
     let idle = lcfg.idle_timeout;
     let max_age = hot.max_connection_age;
     match &hot.tls_server {
@@ -59,14 +70,14 @@ pub async fn serve(
             match tokio::time::timeout(lcfg.header_read_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     stats.tls_handshakes.fetch_add(1, Relaxed);
-                    forward(worker, rt, cluster, tls, origin, idle, max_age, stats).await
+                    forward(worker, rt, cluster, tls, origin, idle, max_age, stats, filters).await
                 }
                 _ => {
                     stats.tls_handshake_failures.fetch_add(1, Relaxed);
                 }
             }
         }
-        None => forward(worker, rt, cluster, stream, origin, idle, max_age, stats).await,
+        None => forward(worker, rt, cluster, stream, origin, idle, max_age, stats, filters).await,
     }
 }
 
@@ -88,6 +99,7 @@ async fn forward<D>(
     idle: Duration,
     max_age: Option<Duration>,
     stats: &ListenerStats,
+    filters: Option<crate::wasm::l4::NetChain>,
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
@@ -117,17 +129,24 @@ async fn forward<D>(
     let ep = &cluster.endpoints[ep_idx];
     ep.stats.active.fetch_add(1, Relaxed);
     cluster.stats.active.fetch_add(1, Relaxed);
-    let (up, down) = match &cluster.tls {
-        Some((t, cfg)) => {
+    if let Some(f) = &filters {
+        f.set_upstream(&cluster.name, ep.address);
+    }
+    let (up, down) = match (&cluster.tls, filters) {
+        (Some((t, cfg)), filters) => {
             match crate::upstream::tls_connect(ep.address, t, cfg, upstream, cluster.connect_timeout).await {
-                Ok(tls) => splice(downstream, tls, idle, max_age).await,
+                Ok(tls) => match filters {
+                    Some(f) => splice_filtered(downstream, tls, f, idle, max_age).await,
+                    None => splice(downstream, tls, idle, max_age).await,
+                },
                 Err(e) => {
                     crate::health::observe_passive(cluster, ep_idx, e.status().as_u16(), true);
                     (0, 0)
                 }
             }
         }
-        None => splice(downstream, upstream, idle, max_age).await,
+        (None, Some(f)) => splice_filtered(downstream, upstream, f, idle, max_age).await,
+        (None, None) => splice(downstream, upstream, idle, max_age).await,
     };
     stats.tcp_bytes_in.fetch_add(up, Relaxed);
     stats.tcp_bytes_out.fetch_add(down, Relaxed);
@@ -169,6 +188,81 @@ where
             }
         }
     }
+}
+
+/// Like [`splice`], with the listener's network filters seeing (and possibly changing,
+/// holding or refusing) the bytes each way.
+pub async fn splice_filtered<A, B>(
+    a: A,
+    b: B,
+    mut chain: crate::wasm::l4::NetChain,
+    idle: Duration,
+    max_age: Option<Duration>,
+) -> (u64, u64)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    use crate::wasm::l4::Data;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let mut abuf = vec![0u8; 16 << 10];
+    let mut bbuf = vec![0u8; 16 << 10];
+    let (mut a_open, mut b_open) = (true, true);
+    let (mut up, mut down) = (0u64, 0u64);
+    let born = Instant::now();
+    let mut last = Instant::now();
+    loop {
+        if !a_open && !b_open {
+            break;
+        }
+        let deadline = max_age.map_or(last + idle, |m| (last + idle).min(born + m));
+        // (to upstream?, outcome, eos)
+        let (to_upstream, outcome, eos) = tokio::select! {
+            r = ar.read(&mut abuf), if a_open => {
+                let n = r.unwrap_or(0);
+                last = Instant::now();
+                (true, chain.on_data(false, &abuf[..n], n == 0), n == 0)
+            }
+            r = br.read(&mut bbuf), if b_open => {
+                let n = r.unwrap_or(0);
+                last = Instant::now();
+                (false, chain.on_data(true, &bbuf[..n], n == 0), n == 0)
+            }
+            (from_upstream, d) = chain.resumed(), if chain.is_waiting() => (!from_upstream, d, false),
+            _ = tokio::time::sleep_until(deadline.into()) => break,
+        };
+        match outcome {
+            Data::Close => break,
+            Data::Hold => {}
+            Data::Forward(bytes) if !bytes.is_empty() => {
+                let written = if to_upstream {
+                    up += bytes.len() as u64;
+                    bw.write_all(&bytes).await
+                } else {
+                    down += bytes.len() as u64;
+                    aw.write_all(&bytes).await
+                };
+                if written.is_err() {
+                    break;
+                }
+            }
+            Data::Forward(_) => {}
+        }
+        if eos {
+            if to_upstream {
+                let _ = bw.shutdown().await;
+                a_open = false;
+                chain.on_close(false, 2);
+            } else {
+                let _ = aw.shutdown().await;
+                b_open = false;
+                chain.on_close(true, 2);
+            }
+        }
+    }
+    (up, down)
 }
 
 /// Records the time of the last byte moved in either direction.

@@ -240,6 +240,9 @@ pub struct ListenerSection {
     /// L4: connections older than this are closed; 0 = no limit.
     #[serde(default)]
     pub max_connection_age: Dur,
+    /// L4: proxy-wasm network filters run on each connection, in order.
+    #[serde(default)]
+    pub filters: Vec<SpannedStr>,
 }
 
 /// `tls = { … }` of a listener.

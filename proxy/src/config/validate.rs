@@ -898,6 +898,7 @@ pub(crate) fn validate(
                 cluster: l.cluster.as_ref().map(|s| s.get_ref().clone()),
                 sni_routes,
                 max_connection_age: (max_age > Duration::ZERO).then_some(max_age),
+                filters: l.filters.iter().map(|f| f.get_ref().clone()).collect(),
             });
         }
     }
@@ -1150,6 +1151,31 @@ pub(crate) fn validate(
             filters.push(cfg);
         } else {
             filter_names.insert(f.name.get_ref().clone(), usize::MAX);
+        }
+    }
+
+    for (i, l) in file.listeners.iter().enumerate() {
+        for (j, name) in l.filters.iter().enumerate() {
+            if !filter_names.contains_key(name.get_ref()) {
+                let hint = match did_you_mean(name.get_ref(), filter_names.keys().map(String::as_str)) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "define it with [[filter]] name = \"…\" path = \"….wasm\"".into(),
+                };
+                c.at(
+                    name,
+                    format!("listener[{i}].filters[{j}]"),
+                    format!("unknown filter `{}`", name.get_ref()),
+                    Some(hint),
+                );
+            }
+        }
+        if !l.filters.is_empty() && l.protocol.get_ref() != "tcp" {
+            c.at(
+                &l.filters[0],
+                format!("listener[{i}].filters"),
+                "listener filters are network (L4) filters and apply to tcp listeners".into(),
+                Some("put HTTP filters on routes: [[route]] filters = [\"…\"]".into()),
+            );
         }
     }
 

@@ -34,6 +34,8 @@ pub struct Runtime {
     pub clusters: Vec<Cluster>,
     /// proxy-wasm filters of this generation.
     pub plugins: Vec<Arc<crate::wasm::Plugin>>,
+    /// Network filters per listener (L4), in listener order.
+    pub listener_filters: Vec<Vec<Arc<crate::wasm::Plugin>>>,
 }
 
 /// A compiled route.
@@ -210,7 +212,18 @@ impl Runtime {
             .iter()
             .map(|l| Router::new(&l.name, &config.routes))
             .collect();
+        let listener_filters = config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.filters
+                    .iter()
+                    .filter_map(|n| plugins.iter().find(|p| &*p.name == n.as_str()).cloned())
+                    .collect()
+            })
+            .collect();
         Runtime {
+            listener_filters,
             generation,
             hash: config.hash,
             config,

@@ -236,3 +236,56 @@ async fn tls_origination_to_an_upstream() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_filter_sees_changes_and_refuses_tcp_data() {
+    tokio::task::spawn_blocking(crate::wasm::modules).await.unwrap();
+    bounded(30, async {
+        let live = echo_backend("echo", false).await;
+        let body = format!(
+            "{}[[cluster]]\nname = \"tcp\"\nendpoints = [{{ address = \"{live}\" }}]\n",
+            crate::wasm::filter(
+                "tap",
+                "tcp_tap",
+                r#"config = { deny_prefix = "EVIL", greeting = "hello " }"#
+            ),
+        );
+        let proxy = Proxy::start_with(
+            &body,
+            "protocol = \"tcp\"\ncluster = \"tcp\"\nidle_timeout = \"2s\"\nfilters = [\"tap\"]",
+        );
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"world").await.unwrap();
+        let mut buf = vec![0u8; 64];
+        let n = s.read(&mut buf).await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&buf[..n]),
+            "echo:hello world",
+            "greeting prepended upstream"
+        );
+        s.write_all(b"again").await.unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"echo:again");
+        s.shutdown().await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+
+        // Refused by the filter: closed without reaching the backend.
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"EVIL payload").await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0, "connection closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let m = |name: &str| {
+            proxy.metric(&format!(
+                "tandem_wasm_metric{{filter=\"tap\",name=\"{name}\",type=\"counter\"}}"
+            ))
+        };
+        assert_eq!(m("connections_refused"), 1.0);
+        assert!(m("bytes_downstream") >= 22.0);
+        assert!(m("bytes_upstream") >= 26.0);
+    })
+    .await;
+}

@@ -45,7 +45,7 @@ pub fn filter(name: &str, module_name: &str, extra: &str) -> String {
     )
 }
 
-fn cluster(name: &str, addrs: &[std::net::SocketAddr], extra: &str) -> String {
+pub fn cluster(name: &str, addrs: &[std::net::SocketAddr], extra: &str) -> String {
     let eps: Vec<String> = addrs.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
     format!(
         "[[cluster]]\nname = \"{name}\"\n{extra}\nendpoints = [{}]\n\n",
