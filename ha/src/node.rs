@@ -157,7 +157,7 @@ impl HaNode {
 
         // The lowest id forms the group on its first start; the others wait to be reached.
         let lowest = ids.iter().next().copied() == Some(cfg.id);
-        if lowest && raft.is_initialized().await.unwrap_or(false) == false {
+        if lowest && !raft.is_initialized().await.unwrap_or(false) {
             let members: BTreeMap<NodeId, BasicNode> = cfg
                 .peers
                 .iter()

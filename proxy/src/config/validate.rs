@@ -589,7 +589,7 @@ impl Checker<'_> {
         if let Err(e) = crate::wasm::trial(&cfg) {
             self.at(
                 &f.name,
-                format!("{key}"),
+                key.to_string(),
                 format!("filter `{}` does not start: {e}", cfg.name),
                 Some("check the filter's configuration (its log lines above say more)".into()),
             );

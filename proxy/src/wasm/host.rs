@@ -354,7 +354,7 @@ fn define_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
 }
 
 /// The bytes of buffer `kind` for the effective context.
-fn buffer<'a>(st: &'a HostState, kind: BufferKind) -> &'a [u8] {
+fn buffer(st: &HostState, kind: BufferKind) -> &[u8] {
     let stream = st.streams.get(&st.effective);
     match kind {
         BufferKind::RequestBody | BufferKind::DownstreamData => stream.map_or(&[], |s| &s.req_body[..]),
