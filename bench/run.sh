@@ -27,3 +27,4 @@ python3 bench/l7.py --tandem target/release/tandem --seconds "${1:-10}"
 python3 bench/gray_failure.py --tandem target/release/tandem
 python3 bench/tls_l4.py --tandem target/release/tandem --seconds "${1:-10}"
 python3 bench/pair.py --tandem target/release/tandem
+python3 bench/wasm.py --tandem target/release/tandem --seconds "${1:-10}"

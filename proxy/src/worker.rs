@@ -187,6 +187,7 @@ async fn keep_filters(worker: std::rc::Weak<Worker>) {
                 let _ = inst.get(p, worker.clone());
             }
         }
+        w.wasm.borrow().sample_memory();
         drop(w);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -631,6 +631,18 @@ impl WorkerInstances {
         }
     }
 
+    /// Records each instance's linear memory size in its plugin's gauge.
+    pub fn sample_memory(&self) {
+        for inst in self.map.values() {
+            if let Ok(i) = inst.try_borrow() {
+                if let Some(m) = i.store.data().memory {
+                    let n = m.data_size(&i.store) as u64;
+                    i.store.data().plugin.stats.memory_bytes.fetch_max(n, Relaxed);
+                }
+            }
+        }
+    }
+
     /// Keeps only the instances of `live` plugins (others finish their streams and go).
     pub fn retain(&mut self, live: &[Arc<Plugin>]) {
         self.map.retain(|uid, inst| {

@@ -33,6 +33,8 @@ pub struct PluginStats {
     pub callouts: AtomicU64,
     /// `http_call`s that failed or timed out.
     pub callout_failures: AtomicU64,
+    /// Largest linear memory of one instance seen (bytes).
+    pub memory_bytes: AtomicU64,
 }
 
 fn plugins() -> &'static Mutex<HashMap<String, Arc<PluginStats>>> {
@@ -137,6 +139,20 @@ pub fn render(out: &mut String) {
                     v.load(Relaxed)
                 );
             }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tandem_wasm_instance_memory_bytes Largest linear memory of one instance per filter.\n# TYPE tandem_wasm_instance_memory_bytes gauge"
+        );
+        let mut names: Vec<_> = p.keys().collect();
+        names.sort();
+        for n in names {
+            let _ = writeln!(
+                out,
+                "tandem_wasm_instance_memory_bytes{{filter=\"{}\"}} {}",
+                label(n),
+                p[n].memory_bytes.load(Relaxed)
+            );
         }
     }
     drop(p);

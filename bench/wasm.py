@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""proxy-wasm filter cost: Tandem without a filter, with the no-op filter and with the
+header-rules filter (2 request rules, 1 response rule), in one run, beside HAProxy as a
+reference. Same setup as l7.py (proxy on CPU 0 with one worker; wrk and the nginx
+backends on CPU 1). Reports requests/s, CPU µs per request, the CPU µs each filter adds
+per request, the RPS ratio to the no-filter run, and the memory of one instance.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import l7  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULES = os.path.join(ROOT, "filters/target/wasm32-wasip1/release")
+
+
+def tandem_config(tmp, variant):
+    base = open(f"{tmp}/tandem.toml").read()
+    if variant == "none":
+        return base
+    module = {"noop": "noop", "headers": "headers"}[variant]
+    cfg = ""
+    if variant == "headers":
+        cfg = ('config = { request = { set = { x-env = "bench" }, remove = ["x-debug"] }, '
+               'response = { set = { x-frame-options = "DENY" } } }')
+    text = base.replace('[[route]]\nname = "all"\ncluster = "be"\n',
+                        f'[[route]]\nname = "all"\ncluster = "be"\nfilters = ["f"]\n')
+    return text + f'[[filter]]\nname = "f"\npath = "{MODULES}/{module}.wasm"\n{cfg}\n'
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def metric(name):
+    with urllib.request.urlopen("http://127.0.0.1:19900/metrics", timeout=2) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tandem", required=True)
+    ap.add_argument("--seconds", type=int, default=10)
+    args = ap.parse_args()
+    subprocess.run(["rustup", "target", "add", "wasm32-wasip1"], cwd=ROOT, check=False, capture_output=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--target", "wasm32-wasip1",
+                    "--manifest-path", os.path.join(ROOT, "filters/Cargo.toml")], check=True)
+    tmp = tempfile.mkdtemp(prefix="tandem-wasm-bench-")
+    l7.configs(tmp)
+    backend = subprocess.Popen(
+        ["taskset", "-c", "1", "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf", "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    results = {}
+    try:
+        l7.wait_http(l7.BACKENDS[0])
+        for variant in ("none", "noop", "headers", "haproxy"):
+            if variant == "haproxy":
+                p = l7.start("haproxy", None, tmp)
+                port = l7.PORTS["haproxy"]
+            else:
+                with open(f"{tmp}/tandem-{variant}.toml", "w") as f:
+                    f.write(tandem_config(tmp, variant))
+                p = subprocess.Popen(["taskset", "-c", "0", os.path.abspath(args.tandem), "run", "-c",
+                                      f"{tmp}/tandem-{variant}.toml"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                port = l7.PORTS["tandem"]
+            try:
+                l7.wait_http(port)
+                l7.wrk(port, 64, 2)
+                before = l7.cpu_ticks(p.pid)
+                r = l7.wrk(port, 64, args.seconds)
+                r["cpu_s"] = (l7.cpu_ticks(p.pid) - before) / l7.CLK
+                r["us_per_req"] = 1e6 * r["cpu_s"] / (r["rps"] * args.seconds)
+                r["rss_kb"] = rss_kb(p.pid)
+                r["instance_bytes"] = metric('tandem_wasm_instance_memory_bytes{filter="f"}') if variant in ("noop", "headers") else 0
+                results[variant] = r
+            finally:
+                l7.stop(p)
+    finally:
+        l7.stop(backend, signal.SIGQUIT)
+
+    base = results["none"]
+    print(f"\nproxy-wasm filter cost, HTTP/1.1 keep-alive, 64 connections, 1 worker on CPU 0, {args.seconds}s per run")
+    print(f"{'variant':<10} {'rps':>9} {'cpu µs/req':>11} {'added µs':>9} {'rps ratio':>9} {'rss MiB':>8} {'instance KiB':>12} {'errors':>6}")
+    for name, r in results.items():
+        added = r["us_per_req"] - base["us_per_req"] if name != "haproxy" else float("nan")
+        print(f"{name:<10} {r['rps']:>9.0f} {r['us_per_req']:>11.2f} {added:>9.2f} {r['rps'] / base['rps']:>9.2f} "
+              f"{r['rss_kb'] / 1024:>8.1f} {r['instance_bytes'] / 1024:>12.0f} {r['errors']:>6}")
+    print(json.dumps({k: {kk: round(vv, 3) if isinstance(vv, float) else vv for kk, vv in v.items()} for k, v in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
