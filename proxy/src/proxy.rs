@@ -208,7 +208,8 @@ async fn proxy_request(
     let (parts, body) = resp.into_parts();
     let body = match chain {
         Some(c) if !http_body::Body::is_end_stream(&body) => {
-            ProxyBody::filtered(crate::wasm::http::FilteredBody::new(body, c, true), Some(done))
+            let fixed = parts.headers.contains_key(header::CONTENT_LENGTH);
+            ProxyBody::filtered(crate::wasm::http::FilteredBody::new(body, c, true, fixed), Some(done))
         }
         c => {
             done.filters = c;
@@ -374,7 +375,8 @@ async fn attempts(
         // A body that filters see is streamed once through them (not replayed).
         _ if targets.chain.is_some() && !http_body::Body::is_end_stream(&body) => {
             let chain = targets.chain.expect("checked").clone();
-            let filtered = crate::wasm::http::FilteredBody::new(body, chain, false);
+            let fixed = parts.headers.contains_key(header::CONTENT_LENGTH);
+            let filtered = crate::wasm::http::FilteredBody::new(body, chain, false, fixed);
             streamed = Some(Request::from_parts(parts, UpstreamBody::Filtered(Box::new(filtered))));
         }
         Some(p) => match tokio::time::timeout(total, buffer_body(body, p.buffer_bytes)).await {

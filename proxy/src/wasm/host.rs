@@ -420,7 +420,7 @@ fn define_buffers(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             next.extend_from_slice(&buf[..start]);
             next.extend_from_slice(&value);
             next.extend_from_slice(&buf[end..]);
-            *buf = next;
+            *buf = next.freeze();
             Ok(status::OK)
         },
     )?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 
@@ -421,42 +421,58 @@ pub struct FilteredBody<B> {
     inner: B,
     chain: ChainRef,
     response: bool,
-    ready: std::collections::VecDeque<Frame<Bytes>>,
+    /// Data ready to go on (at most one chunk per feed) and trailers after it.
+    ready: Option<Bytes>,
+    ready_trailers: Option<HeaderMap>,
     /// Waiting for filter `.0` (position in processing order) to resume, after eos.
     waiting: Option<(usize, tokio::sync::oneshot::Receiver<()>)>,
     inner_done: bool,
     eos_sent: bool,
+    /// The inner body's size, passed on while a `content-length` header fixes it anyway.
+    hint: Option<SizeHint>,
 }
 
 impl<B> FilteredBody<B> {
-    /// Wraps `inner`.
-    pub fn new(inner: B, chain: ChainRef, response: bool) -> Self {
+    /// Wraps `inner`. `fixed_length`: the message keeps a `content-length` header, so
+    /// filters cannot change the length and the inner size hint stays true.
+    pub fn new(inner: B, chain: ChainRef, response: bool, fixed_length: bool) -> Self
+    where
+        B: Body,
+    {
+        let hint = fixed_length.then(|| inner.size_hint());
         FilteredBody {
+            hint,
             inner,
             chain,
             response,
-            ready: Default::default(),
+            ready: None,
+            ready_trailers: None,
             waiting: None,
             inner_done: false,
             eos_sent: false,
         }
     }
 
-    /// Filter indices in processing order.
-    fn order(&self) -> Vec<usize> {
-        let n = self.chain.borrow().entries.len();
+    /// Number of filters.
+    fn len(&self) -> usize {
+        self.chain.borrow().entries.len()
+    }
+
+    /// The filter at position `pos` of the processing order.
+    fn at(&self, pos: usize, n: usize) -> usize {
         if self.response {
-            (0..n).rev().collect()
+            n - 1 - pos
         } else {
-            (0..n).collect()
+            pos
         }
     }
 
     /// Feeds `data` to the filters from position `from` on. Returns an error to end
     /// the body; otherwise frames ready go to `self.ready`.
     fn feed(&mut self, from: usize, mut data: Bytes, eos: bool) -> Result<(), FilterBodyError> {
-        let order = self.order();
-        for (pos, &idx) in order.iter().enumerate().skip(from) {
+        let n = self.len();
+        for pos in from..n {
+            let idx = self.at(pos, n);
             let (inst, ctx, plugin) = {
                 let c = self.chain.borrow();
                 let e = &c.entries[idx];
@@ -472,7 +488,7 @@ impl<B> FilteredBody<B> {
             } else {
                 &mut s.req_body
             };
-            buf.extend_from_slice(&data);
+            super::state::append(buf, data.clone());
             let size = buf.len();
             let r = i.on_body(self.response, ctx, size, eos);
             let Some(s) = i.stream(ctx) else { continue };
@@ -488,10 +504,10 @@ impl<B> FilteredBody<B> {
                 &mut s.req_body
             };
             match r {
-                Ok(Action::Continue) => data = buf.split().freeze(),
+                Ok(Action::Continue) => data = std::mem::take(buf),
                 Ok(Action::Pause) if s.resumed => {
                     s.resumed = false;
-                    data = buf.split().freeze();
+                    data = std::mem::take(buf);
                 }
                 Ok(Action::Pause) => {
                     if eos {
@@ -502,7 +518,7 @@ impl<B> FilteredBody<B> {
                     return Ok(());
                 }
                 Err(f) => {
-                    let kept = std::mem::take(buf).freeze();
+                    let kept = std::mem::take(buf);
                     drop(i);
                     fail(&plugin, &f).map_err(|_| FilterBodyError::Stopped)?;
                     self.chain.borrow_mut().entries[idx].skip = true;
@@ -511,7 +527,7 @@ impl<B> FilteredBody<B> {
             }
         }
         if !data.is_empty() {
-            self.ready.push_back(Frame::data(data));
+            self.ready = Some(data);
         }
         if eos {
             self.eos_sent = true;
@@ -521,7 +537,7 @@ impl<B> FilteredBody<B> {
 
     /// Releases what filter at position `pos` buffered, after it resumed at eos.
     fn release(&mut self, pos: usize) -> Result<(), FilterBodyError> {
-        let idx = self.order()[pos];
+        let idx = self.at(pos, self.len());
         let data = {
             let c = self.chain.borrow();
             let e = &c.entries[idx];
@@ -536,12 +552,12 @@ impl<B> FilteredBody<B> {
                 return Err(FilterBodyError::Stopped);
             }
             s.resumed = false;
-            let buf: &mut BytesMut = if self.response {
+            let buf: &mut Bytes = if self.response {
                 &mut s.resp_body
             } else {
                 &mut s.req_body
             };
-            buf.split().freeze()
+            std::mem::take(buf)
         };
         self.feed_after(pos, data)
     }
@@ -551,7 +567,9 @@ impl<B> FilteredBody<B> {
     }
 
     fn trailers(&mut self, mut t: HeaderMap) -> Result<HeaderMap, FilterBodyError> {
-        for idx in self.order() {
+        let n = self.len();
+        for pos in 0..n {
+            let idx = self.at(pos, n);
             let (inst, ctx, plugin) = {
                 let c = self.chain.borrow();
                 let e = &c.entries[idx];
@@ -600,8 +618,11 @@ where
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
-            if let Some(f) = this.ready.pop_front() {
-                return Poll::Ready(Some(Ok(f)));
+            if let Some(d) = this.ready.take() {
+                return Poll::Ready(Some(Ok(Frame::data(d))));
+            }
+            if let Some(t) = this.ready_trailers.take() {
+                return Poll::Ready(Some(Ok(Frame::trailers(t))));
             }
             if let Some((pos, rx)) = this.waiting.as_mut() {
                 let pos = *pos;
@@ -634,7 +655,7 @@ where
                             this.inner_done = true;
                             this.eos_sent = true;
                             match this.trailers(t) {
-                                Ok(t) => this.ready.push_back(Frame::trailers(t)),
+                                Ok(t) => this.ready_trailers = Some(t),
                                 Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
                             }
                         }
@@ -654,11 +675,11 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner_done && self.ready.is_empty() && self.waiting.is_none()
+        self.inner_done && self.ready.is_none() && self.ready_trailers.is_none() && self.waiting.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
+        self.hint.clone().unwrap_or_default()
     }
 }
 

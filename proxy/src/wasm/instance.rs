@@ -41,13 +41,13 @@ impl std::fmt::Display for Fault {
     }
 }
 
-type F1 = TypedFunc<i32, ()>;
-type F1R = TypedFunc<i32, i32>;
-type F2 = TypedFunc<(i32, i32), ()>;
-type F2R = TypedFunc<(i32, i32), i32>;
-type F3 = TypedFunc<(i32, i32, i32), ()>;
-type F3R = TypedFunc<(i32, i32, i32), i32>;
-type F5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
+type F1 = Rc<TypedFunc<i32, ()>>;
+type F1R = Rc<TypedFunc<i32, i32>>;
+type F2 = Rc<TypedFunc<(i32, i32), ()>>;
+type F2R = Rc<TypedFunc<(i32, i32), i32>>;
+type F3 = Rc<TypedFunc<(i32, i32, i32), ()>>;
+type F3R = Rc<TypedFunc<(i32, i32, i32), i32>>;
+type F5 = Rc<TypedFunc<(i32, i32, i32, i32, i32), ()>>;
 
 /// The guest's exported callbacks (each optional).
 #[derive(Default)]
@@ -189,29 +189,29 @@ impl Instance {
         store.data_mut().memory = memory;
         store.data_mut().malloc = malloc;
         let cb = Callbacks {
-            context_create: lookup(&inst, &mut store, "proxy_on_context_create"),
-            vm_start: lookup(&inst, &mut store, "proxy_on_vm_start"),
-            configure: lookup(&inst, &mut store, "proxy_on_configure"),
-            done: lookup(&inst, &mut store, "proxy_on_done"),
-            log: lookup(&inst, &mut store, "proxy_on_log"),
-            delete: lookup(&inst, &mut store, "proxy_on_delete"),
-            tick: lookup(&inst, &mut store, "proxy_on_tick"),
-            queue_ready: lookup(&inst, &mut store, "proxy_on_queue_ready"),
-            foreign: lookup(&inst, &mut store, "proxy_on_foreign_function"),
-            http_call_response: lookup(&inst, &mut store, "proxy_on_http_call_response"),
-            request_headers3: lookup(&inst, &mut store, "proxy_on_request_headers"),
-            request_headers2: lookup(&inst, &mut store, "proxy_on_request_headers"),
-            request_body: lookup(&inst, &mut store, "proxy_on_request_body"),
-            request_trailers: lookup(&inst, &mut store, "proxy_on_request_trailers"),
-            response_headers3: lookup(&inst, &mut store, "proxy_on_response_headers"),
-            response_headers2: lookup(&inst, &mut store, "proxy_on_response_headers"),
-            response_body: lookup(&inst, &mut store, "proxy_on_response_body"),
-            response_trailers: lookup(&inst, &mut store, "proxy_on_response_trailers"),
-            new_connection: lookup(&inst, &mut store, "proxy_on_new_connection"),
-            downstream_data: lookup(&inst, &mut store, "proxy_on_downstream_data"),
-            upstream_data: lookup(&inst, &mut store, "proxy_on_upstream_data"),
-            downstream_close: lookup(&inst, &mut store, "proxy_on_downstream_connection_close"),
-            upstream_close: lookup(&inst, &mut store, "proxy_on_upstream_connection_close"),
+            context_create: lookup(&inst, &mut store, "proxy_on_context_create").map(Rc::new),
+            vm_start: lookup(&inst, &mut store, "proxy_on_vm_start").map(Rc::new),
+            configure: lookup(&inst, &mut store, "proxy_on_configure").map(Rc::new),
+            done: lookup(&inst, &mut store, "proxy_on_done").map(Rc::new),
+            log: lookup(&inst, &mut store, "proxy_on_log").map(Rc::new),
+            delete: lookup(&inst, &mut store, "proxy_on_delete").map(Rc::new),
+            tick: lookup(&inst, &mut store, "proxy_on_tick").map(Rc::new),
+            queue_ready: lookup(&inst, &mut store, "proxy_on_queue_ready").map(Rc::new),
+            foreign: lookup(&inst, &mut store, "proxy_on_foreign_function").map(Rc::new),
+            http_call_response: lookup(&inst, &mut store, "proxy_on_http_call_response").map(Rc::new),
+            request_headers3: lookup(&inst, &mut store, "proxy_on_request_headers").map(Rc::new),
+            request_headers2: lookup(&inst, &mut store, "proxy_on_request_headers").map(Rc::new),
+            request_body: lookup(&inst, &mut store, "proxy_on_request_body").map(Rc::new),
+            request_trailers: lookup(&inst, &mut store, "proxy_on_request_trailers").map(Rc::new),
+            response_headers3: lookup(&inst, &mut store, "proxy_on_response_headers").map(Rc::new),
+            response_headers2: lookup(&inst, &mut store, "proxy_on_response_headers").map(Rc::new),
+            response_body: lookup(&inst, &mut store, "proxy_on_response_body").map(Rc::new),
+            response_trailers: lookup(&inst, &mut store, "proxy_on_response_trailers").map(Rc::new),
+            new_connection: lookup(&inst, &mut store, "proxy_on_new_connection").map(Rc::new),
+            downstream_data: lookup(&inst, &mut store, "proxy_on_downstream_data").map(Rc::new),
+            upstream_data: lookup(&inst, &mut store, "proxy_on_upstream_data").map(Rc::new),
+            downstream_close: lookup(&inst, &mut store, "proxy_on_downstream_connection_close").map(Rc::new),
+            upstream_close: lookup(&inst, &mut store, "proxy_on_upstream_connection_close").map(Rc::new),
         };
         // WASI reactor start-up (the Rust SDK's `main!` is `_initialize`), or a command.
         let init = lookup::<(), ()>(&inst, &mut store, "_initialize");

@@ -129,7 +129,7 @@ impl NetChain {
             let mut i = e.inst.borrow_mut();
             let Some(s) = i.stream(e.ctx) else { continue };
             let buf = if upstream { &mut s.resp_body } else { &mut s.req_body };
-            buf.extend_from_slice(&data);
+            super::state::append(buf, data.clone());
             let size = buf.len();
             let r = i.on_data(upstream, e.ctx, size, eos);
             let Some(s) = i.stream(e.ctx) else { return Data::Close };
@@ -138,10 +138,10 @@ impl NetChain {
             }
             let buf = if upstream { &mut s.resp_body } else { &mut s.req_body };
             match r {
-                Ok(Action::Continue) => data = buf.split().freeze(),
+                Ok(Action::Continue) => data = std::mem::take(buf),
                 Ok(Action::Pause) if s.resumed => {
                     s.resumed = false;
-                    data = buf.split().freeze();
+                    data = std::mem::take(buf);
                 }
                 Ok(Action::Pause) => {
                     if self.waiting.is_none() {
@@ -152,7 +152,7 @@ impl NetChain {
                     return Data::Hold;
                 }
                 Err(f) => {
-                    let kept = std::mem::take(buf).freeze();
+                    let kept = std::mem::take(buf);
                     drop(i);
                     if !open(&e.plugin, &f) {
                         return Data::Close;
@@ -194,7 +194,7 @@ impl NetChain {
             }
             s.resumed = false;
             let buf = if upstream { &mut s.resp_body } else { &mut s.req_body };
-            buf.split().freeze()
+            std::mem::take(buf)
         };
         (upstream, self.feed(upstream, pos + 1, data, false))
     }

@@ -8,7 +8,7 @@ use std::rc::Weak;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use wasmtime::{Memory, TypedFunc};
 
@@ -92,9 +92,9 @@ pub struct StreamData {
     /// Response trailers.
     pub resp_trailers: Option<HeaderMap>,
     /// Request body buffered for this filter (the current chunk, or all while paused).
-    pub req_body: BytesMut,
+    pub req_body: Bytes,
     /// Response body buffered for this filter.
-    pub resp_body: BytesMut,
+    pub resp_body: Bytes,
     /// Properties.
     pub facts: Facts,
     /// Filter state set by `proxy_set_property`.
@@ -117,8 +117,8 @@ impl StreamData {
             resp: None,
             req_trailers: None,
             resp_trailers: None,
-            req_body: BytesMut::new(),
-            resp_body: BytesMut::new(),
+            req_body: Bytes::new(),
+            resp_body: Bytes::new(),
             facts,
             props: HashMap::new(),
             waiter: None,
@@ -133,6 +133,19 @@ impl StreamData {
         if let Some(w) = self.waiter.take() {
             let _ = w.send(());
         }
+    }
+}
+
+/// Appends a chunk to a body buffer without copying when the buffer is empty (the
+/// usual case: a filter that does not pause sees each chunk alone).
+pub fn append(buf: &mut Bytes, data: Bytes) {
+    if buf.is_empty() {
+        *buf = data;
+    } else if !data.is_empty() {
+        let mut m = BytesMut::with_capacity(buf.len() + data.len());
+        m.extend_from_slice(buf);
+        m.extend_from_slice(&data);
+        *buf = m.freeze();
     }
 }
 
