@@ -658,3 +658,23 @@ fn bad_filters_are_configuration_errors() {
     ));
     assert!(ok, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abi_0_1_0_modules_still_run() {
+    tokio::task::spawn_blocking(modules).await.unwrap();
+    bounded(30, async {
+        let b = Backend::start("backend").await;
+        let body = format!(
+            "{}{}[[route]]\nname = \"r\"\ncluster = \"backend\"\nfilters = [\"old\"]\n",
+            filter("old", "legacy", "config = \"tagged\""),
+            cluster("backend", &[b.addr], ""),
+        );
+        let proxy = Proxy::start(&body);
+        let mut c = Client::h1(proxy.addr).await;
+        let r = c.get("l", "/headers", &[]).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.body.contains("x-legacy: tagged\n"), "{}", r.body);
+        assert_eq!(r.headers["x-legacy-abi"], "0.1.0");
+    })
+    .await;
+}
