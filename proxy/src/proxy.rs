@@ -122,7 +122,8 @@ async fn proxy_request(
     let chain = if route.filters.is_empty() {
         None
     } else {
-        let (chain, routed, out) = run_request_filters(worker, conn, route, rt, req, start).await?;
+        // Boxed: the filter stage's state does not grow every request's future.
+        let (chain, routed, out) = Box::pin(run_request_filters(worker, conn, route, rt, req, start)).await?;
         req = match out {
             Ok(r) => r,
             Err(reply) => return Ok(filter_reply(worker, reply, rec, start, Some(chain))),
@@ -177,7 +178,7 @@ async fn proxy_request(
         c.borrow().set_upstream(&cluster.name, endpoint.address);
         let (mut parts, body) = resp.into_parts();
         let eos = http_body::Body::is_end_stream(&body);
-        match crate::wasm::http::response_headers(c, &mut parts, eos, route.timeout).await? {
+        match Box::pin(crate::wasm::http::response_headers(c, &mut parts, eos, route.timeout)).await? {
             crate::wasm::http::Flow::Local(reply) => return Ok(filter_reply(worker, reply, rec, start, chain)),
             crate::wasm::http::Flow::Continue => {}
         }

@@ -30,6 +30,25 @@ pub(crate) fn read(c: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8
     Ok(data[p..end].to_vec())
 }
 
+/// Runs `f` on two guest byte ranges and the host state at once, without copying the
+/// bytes out (header names and values on the hot path).
+fn with_slices<T>(
+    c: &mut C<'_>,
+    a: (i32, i32),
+    b: (i32, i32),
+    f: impl FnOnce(&[u8], &[u8], &mut HostState) -> T,
+) -> wasmtime::Result<T> {
+    let m = c.data().memory.ok_or_else(oob)?;
+    let (mem, st) = m.data_and_store_mut(&mut *c);
+    let range = |(p, l): (i32, i32)| -> wasmtime::Result<std::ops::Range<usize>> {
+        let (p, l) = (p as u32 as usize, l as u32 as usize);
+        let end = p.checked_add(l).filter(|&e| e <= mem.len()).ok_or_else(oob)?;
+        Ok(p..end)
+    };
+    let (ra, rb) = (range(a)?, range(b)?);
+    Ok(f(&mem[ra], &mem[rb], st))
+}
+
 fn read_str(c: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<String> {
     Ok(String::from_utf8_lossy(&read(c, ptr, len)?).into_owned())
 }
@@ -240,7 +259,6 @@ fn map_get(st: &HostState, kind: MapKind, key: &[u8]) -> Option<Vec<u8>> {
 /// on an error status.
 fn map_edit(st: &mut HostState, kind: MapKind, edit: super::maps::Edit<'_>) {
     let eff = st.effective;
-    let name = st.plugin.name.clone();
     let Some(s) = st.streams.get_mut(&eff) else { return };
     let ok = match kind {
         MapKind::RequestHeaders => s.req.as_mut().map(|h| super::maps::req_edit(h, edit)),
@@ -256,7 +274,7 @@ fn map_edit(st: &mut HostState, kind: MapKind, edit: super::maps::Edit<'_>) {
         _ => None,
     };
     if ok != Some(true) {
-        tracing::debug!(filter = %name, ?kind, "header write ignored (map not writable now, or invalid name/value)");
+        tracing::debug!(filter = %st.plugin.name, ?kind, "header write ignored (map not writable now, or invalid name/value)");
     }
 }
 
@@ -307,8 +325,7 @@ fn define_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(kind) = MapKind::from_i32(kind) else {
                 return Ok(status::BAD_ARGUMENT);
             };
-            let key = read(&mut c, kp, kl)?;
-            match map_get(c.data(), kind, &key) {
+            match with_slices(&mut c, (kp, kl), (kp, 0), |k, _, st| map_get(st, kind, k))? {
                 Some(v) => give(&mut c, &v, rp, rl),
                 None => Ok(status::NOT_FOUND),
             }
@@ -321,8 +338,9 @@ fn define_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(kind) = MapKind::from_i32(kind) else {
                 return Ok(status::BAD_ARGUMENT);
             };
-            let (k, v) = (read(&mut c, kp, kl)?, read(&mut c, vp, vl)?);
-            map_edit(c.data_mut(), kind, Edit::Add(&k, &v));
+            with_slices(&mut c, (kp, kl), (vp, vl), |k, v, st| {
+                map_edit(st, kind, Edit::Add(k, v))
+            })?;
             Ok(status::OK)
         },
     )?;
@@ -333,8 +351,9 @@ fn define_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(kind) = MapKind::from_i32(kind) else {
                 return Ok(status::BAD_ARGUMENT);
             };
-            let (k, v) = (read(&mut c, kp, kl)?, read(&mut c, vp, vl)?);
-            map_edit(c.data_mut(), kind, Edit::Replace(&k, &v));
+            with_slices(&mut c, (kp, kl), (vp, vl), |k, v, st| {
+                map_edit(st, kind, Edit::Replace(k, v))
+            })?;
             Ok(status::OK)
         },
     )?;
@@ -345,8 +364,9 @@ fn define_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(kind) = MapKind::from_i32(kind) else {
                 return Ok(status::BAD_ARGUMENT);
             };
-            let k = read(&mut c, kp, kl)?;
-            map_edit(c.data_mut(), kind, Edit::Remove(&k));
+            with_slices(&mut c, (kp, kl), (kp, 0), |k, _, st| {
+                map_edit(st, kind, Edit::Remove(k))
+            })?;
             Ok(status::OK)
         },
     )?;

@@ -143,7 +143,7 @@ impl Instance {
             malloc: None,
             root: 1,
             effective: 0,
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             actions: Vec::new(),
             call_data: Vec::new(),
             callout: None,

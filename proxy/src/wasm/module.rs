@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use wasmtime::{Config, Engine, Module};
 
-/// How often the epoch advances; CPU limits are rounded up to this.
-pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// How often the epoch advances; CPU limits are rounded up to this. Coarse on purpose:
+/// the ticker thread wakes 100 times a second, not on every request.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Why a module could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -188,7 +188,7 @@ pub struct HostState {
     /// Context the running callback acts on.
     pub effective: u32,
     /// Stream contexts.
-    pub streams: HashMap<u32, StreamData>,
+    pub streams: HashMap<u32, StreamData, IdHash>,
     /// Actions to apply when the current callback returns.
     pub actions: Vec<(u32, Deferred)>,
     /// Buffer 8 (foreign-function arguments).
@@ -209,6 +209,27 @@ pub struct HostState {
     pub new_queues: Vec<(u32, std::sync::Arc<tokio::sync::Notify>)>,
     /// Status and message of the last callout (`proxy_get_status`).
     pub last_status: (u32, Vec<u8>),
+}
+
+/// Context ids are small unique integers: hash them as they are.
+pub type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
+/// The identity hasher for context ids.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n);
+    }
 }
 
 /// Caps an instance's linear memory and remembers a refusal (to tell a memory fault
