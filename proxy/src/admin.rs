@@ -156,6 +156,24 @@ async fn serve(shared: &Shared, token: Option<&str>, req: Request<Incoming>) -> 
                 ),
             }
         }
+        (Method::POST, "/maintenance") => {
+            let on = !query.split('&').any(|p| p == "on=0" || p == "off");
+            match crate::vips::get() {
+                Some(v) => {
+                    v.set_maintenance(on);
+                    text(
+                        StatusCode::OK,
+                        "application/json",
+                        json!({"maintenance": on, "vips": v.status_json()}).to_string(),
+                    )
+                }
+                None => text(
+                    StatusCode::CONFLICT,
+                    "application/json",
+                    json!({"error": "no [[vip]] is configured"}).to_string(),
+                ),
+            }
+        }
         (Method::POST, "/drain") => {
             shared.begin_drain();
             text(
@@ -238,6 +256,7 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         "workers": shared.workers,
         "connections": shared.connections.load(Relaxed),
         "config": { "source": cfg.source, "generation": rt.generation, "hash": format!("{:016x}", rt.hash) },
+        "vips": crate::vips::get().map_or(serde_json::Value::Array(Vec::new()), |v| v.status_json()),
         "listeners": cfg.listeners.iter().zip(&shared.listeners).map(|(l, (_, s))| json!({
             "name": l.name,
             "listen": l.listen.to_string(),

@@ -251,5 +251,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.log != new.log {
         v.push("log".to_string());
     }
+    if old.vips != new.vips {
+        v.push("vips".to_string());
+    }
     v
 }

@@ -29,5 +29,6 @@ pub mod sticky;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod vips;
 pub mod wasm;
 pub mod worker;

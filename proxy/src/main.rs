@@ -94,6 +94,13 @@ enum CtlCommand {
         #[command(subcommand)]
         action: EndpointAction,
     },
+    /// Maintenance: `on` releases this node's VIPs with priority 0 (the peer takes
+    /// over at once) and keeps them released; `off` rejoins the election.
+    Maintenance {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -334,6 +341,7 @@ fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<St
                 }
             };
         }
+        CtlCommand::Maintenance { state } => ("POST", format!("/maintenance?on={}", if state == "on" { 1 } else { 0 })),
         CtlCommand::Endpoint { action } => match action {
             EndpointAction::Drain { cluster, address } => {
                 ("POST", format!("/endpoints/drain?cluster={cluster}&address={address}"))

@@ -706,6 +706,9 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
         }
     }
     crate::wasm::metrics::render(&mut out);
+    if let Some(v) = crate::vips::get() {
+        v.render(&mut out);
+    }
     out
 }
 

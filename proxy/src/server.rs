@@ -74,8 +74,11 @@ pub fn start(config: Config, source: ConfigSource) -> Result<Running, RunError> 
         let pair = crate::pair::start(ha).map_err(RunError::Pair)?;
         tracing::info!(node = pair.id, "joined the pair's Raft group");
     }
+    let vips = config.vips.clone();
     let shared = Shared::new(config, source, access_log, stats);
     crate::worker::start(shared.clone())?;
+    // Listeners are up before the node can win a VIP.
+    crate::vips::start(&vips).map_err(RunError::Signals)?;
     crate::health::checker::start(shared.clone()).map_err(RunError::Signals)?;
     let admin = crate::admin::start(shared.clone(), admin_addr, token).map_err(|source| RunError::Admin {
         addr: admin_addr,
@@ -119,6 +122,10 @@ pub fn run_until_stopped(running: &Running) -> Result<(), RunError> {
             }
         }
         sd_notify("STOPPING=1");
+        // VIPs go first (priority 0: the peer takes over at once); then drain.
+        if let Some(v) = crate::vips::get() {
+            v.stop(Duration::from_secs(1));
+        }
         shared.begin_drain();
         let timeout = shared.runtime.load().config.server.drain_timeout;
         let deadline = Instant::now() + timeout;

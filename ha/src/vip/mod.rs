@@ -4,4 +4,6 @@
 //! are pure and tested against keepalived's bytes.
 
 pub mod machine;
+pub mod net;
 pub mod packet;
+pub mod router;

@@ -41,6 +41,8 @@ pub struct Config {
     pub ha: Option<HaConfigSection>,
     /// proxy-wasm filters (hot), in file order.
     pub filters: Vec<FilterConfig>,
+    /// Floating VIPs (restart-only).
+    pub vips: Vec<tandem_ha::vip::router::VipConfig>,
     /// Legal but probably unintended settings (e.g. a connect timeout longer than the
     /// per-try timeout); printed by `tandem check` and logged at load.
     pub warnings: Vec<ConfigIssue>,

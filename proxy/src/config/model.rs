@@ -38,6 +38,58 @@ pub struct ConfigFile {
     /// proxy-wasm filters that routes can use (hot: reloadable).
     #[serde(default, rename = "filter")]
     pub filters: Vec<FilterSection>,
+    /// Floating VIPs held with a VRRPv3 election (restart-only).
+    #[serde(default, rename = "vip")]
+    pub vips: Vec<VipSection>,
+}
+
+/// `[[vip]]`: one virtual router (VRID) and the addresses it floats.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipSection {
+    /// Name in logs, metrics and notify calls.
+    pub name: SpannedStr,
+    /// Interface the VIPs are added to (and adverts sent on).
+    pub interface: SpannedStr,
+    /// Virtual router id, 1–255, the same on both nodes.
+    pub vrid: u32,
+    /// This node's priority, 1–254 (255 = address owner).
+    pub priority: u32,
+    /// The VIPs, `"10.0.0.100/24"` (prefix defaults to /32).
+    pub addresses: Vec<SpannedStr>,
+    /// Advertisement interval (10 ms steps).
+    #[serde(default = "default_advert_interval")]
+    pub advert_interval: Dur,
+    /// Take over from a lower-priority master.
+    #[serde(default = "default_true")]
+    pub preempt: bool,
+    /// Unicast peers instead of 224.0.0.18.
+    #[serde(default)]
+    pub unicast_peers: Vec<SpannedStr>,
+    /// Gratuitous ARPs on takeover.
+    #[serde(default = "default_garp_repeat")]
+    pub garp_repeat: u32,
+    /// Gratuitous ARP refresh while master (0 = off).
+    #[serde(default = "default_garp_refresh")]
+    pub garp_refresh: Dur,
+    /// Valid lifetime of a held VIP, refreshed while master.
+    #[serde(default = "default_address_lifetime")]
+    pub address_lifetime: Dur,
+    /// Script run as `SCRIPT NAME STATE` on changes.
+    pub notify: Option<SpannedStr>,
+}
+
+fn default_advert_interval() -> Dur {
+    Dur::millis(100)
+}
+fn default_garp_repeat() -> u32 {
+    5
+}
+fn default_garp_refresh() -> Dur {
+    Dur::secs(5)
+}
+fn default_address_lifetime() -> Dur {
+    Dur::secs(3)
 }
 
 /// `[[filter]]`: a proxy-wasm module and the plugin configuration it runs with.

@@ -598,6 +598,110 @@ impl Checker<'_> {
         Some(cfg)
     }
 
+    /// Validates a `[[vip]]`.
+    fn vip(
+        &mut self,
+        v: &model::VipSection,
+        key: &str,
+        base: &std::path::Path,
+    ) -> Option<tandem_ha::vip::router::VipConfig> {
+        let mut ok = true;
+        if !(1..=255).contains(&v.vrid) {
+            self.at(
+                &v.name,
+                format!("{key}.vrid"),
+                format!("{} is not a VRID", v.vrid),
+                Some("use 1–255, the same on both nodes".into()),
+            );
+            ok = false;
+        }
+        if !(1..=255).contains(&v.priority) {
+            self.at(
+                &v.name,
+                format!("{key}.priority"),
+                format!("{} is out of range", v.priority),
+                Some("use 1–254 (higher wins; 255 only on the node that owns the address)".into()),
+            );
+            ok = false;
+        }
+        let mut addresses = Vec::new();
+        for (j, a) in v.addresses.iter().enumerate() {
+            let (ip, prefix) = a.get_ref().split_once('/').unwrap_or((a.get_ref(), "32"));
+            match (ip.parse::<std::net::Ipv4Addr>(), prefix.parse::<u8>()) {
+                (Ok(ip), Ok(p)) if p <= 32 => addresses.push((ip, p)),
+                _ => {
+                    self.at(
+                        a,
+                        format!("{key}.addresses[{j}]"),
+                        format!("`{}` is not an IPv4 address with an optional prefix", a.get_ref()),
+                        Some("e.g. \"10.0.0.100/24\"".into()),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if v.addresses.is_empty() {
+            self.at(
+                &v.name,
+                format!("{key}.addresses"),
+                "no address".into(),
+                Some("add addresses = [\"10.0.0.100/24\"]".into()),
+            );
+            ok = false;
+        }
+        let interval = self.dur(&v.advert_interval, format!("{key}.advert_interval"));
+        let interval_cs = (interval.as_millis() / 10) as u64;
+        if !(1..=4095).contains(&interval_cs) {
+            self.at(
+                &v.name,
+                format!("{key}.advert_interval"),
+                format!("{interval:?} is out of range"),
+                Some("use 10ms to 40.95s (VRRPv3 counts centiseconds)".into()),
+            );
+            ok = false;
+        }
+        let lifetime = self.dur(&v.address_lifetime, format!("{key}.address_lifetime"));
+        if lifetime < Duration::from_secs(1) || lifetime < interval * 3 {
+            self.at(
+                &v.name,
+                format!("{key}.address_lifetime"),
+                format!("{lifetime:?} is shorter than 1s or three advert intervals"),
+                Some("use a few seconds (default \"3s\"): a killed holder's VIP disappears after it".into()),
+            );
+            ok = false;
+        }
+        let mut peers = Vec::new();
+        for (j, p) in v.unicast_peers.iter().enumerate() {
+            match p.get_ref().parse::<std::net::Ipv4Addr>() {
+                Ok(a) => peers.push(a),
+                Err(_) => {
+                    self.at(
+                        p,
+                        format!("{key}.unicast_peers[{j}]"),
+                        format!("`{}` is not an IPv4 address", p.get_ref()),
+                        None,
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let garp_refresh = self.dur(&v.garp_refresh, format!("{key}.garp_refresh"));
+        ok.then(|| tandem_ha::vip::router::VipConfig {
+            name: v.name.get_ref().clone(),
+            interface: v.interface.get_ref().clone(),
+            vrid: v.vrid as u8,
+            priority: v.priority as u8,
+            interval_cs: interval_cs as u16,
+            preempt: v.preempt,
+            addresses,
+            unicast_peers: peers,
+            garp_repeat: v.garp_repeat,
+            garp_refresh,
+            address_lifetime: lifetime,
+            notify: v.notify.as_ref().map(|n| self.path(base, n)),
+        })
+    }
+
     fn at(&mut self, span: &SpannedStr, key: String, message: String, hint: Option<String>) {
         let (line, col) = self.lines.locate(span.span().start);
         self.issues.push(ConfigIssue {
@@ -1465,6 +1569,23 @@ pub(crate) fn validate(
     }
 
     let ha = file.ha.as_ref().and_then(|h| c.ha(h, base));
+    let mut vips = Vec::new();
+    for (i, v) in file.vips.iter().enumerate() {
+        if let Some(cfg) = c.vip(v, &format!("vip[{i}]"), base) {
+            if vips
+                .iter()
+                .any(|o: &tandem_ha::vip::router::VipConfig| o.vrid == cfg.vrid && o.interface == cfg.interface)
+            {
+                c.at(
+                    &v.name,
+                    format!("vip[{i}].vrid"),
+                    format!("VRID {} is used twice on {}", cfg.vrid, cfg.interface),
+                    Some("give each [[vip]] on an interface its own vrid".into()),
+                );
+            }
+            vips.push(cfg);
+        }
+    }
 
     if !c.issues.is_empty() {
         c.issues.sort_by_key(|i| (i.line, i.col));
@@ -1482,6 +1603,7 @@ pub(crate) fn validate(
         warnings: c.warnings,
         ha,
         filters,
+        vips,
     })
 }
 

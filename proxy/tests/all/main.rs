@@ -18,4 +18,5 @@ mod resilience;
 mod routing;
 mod sessions;
 mod tls;
+mod vip;
 mod wasm;

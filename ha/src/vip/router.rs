@@ -1,0 +1,304 @@
+//! One virtual router on one interface: drives the RFC 5798 [`Machine`] with adverts
+//! from the raw socket and its timers, and carries out its actions — adverts to the
+//! group (or unicast peers), VIPs added through netlink with a lifetime refreshed while
+//! master (a killed holder's VIP expires by itself), gratuitous ARPs on takeover, when
+//! another master is heard and periodically, and VIPs removed on release. Stale VIPs are
+//! removed at start. A release (maintenance, shutdown) sends priority 0 so the peer
+//! takes over at once.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::machine::{Action, Machine, RouterConfig, State};
+use super::net::{self, Interface, NetError, VrrpSocket};
+use super::packet::{Advert, AdvertError, GROUP};
+
+/// Settings of one virtual router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipConfig {
+    /// Name (logs, metrics).
+    pub name: String,
+    /// Interface the VIPs live on.
+    pub interface: String,
+    /// VRID (1–255).
+    pub vrid: u8,
+    /// This node's priority (1–254; 255 = address owner).
+    pub priority: u8,
+    /// Advertisement interval, centiseconds.
+    pub interval_cs: u16,
+    /// Take over from a lower-priority master.
+    pub preempt: bool,
+    /// The VIPs with their prefix length.
+    pub addresses: Vec<(Ipv4Addr, u8)>,
+    /// Send adverts to these peers instead of the multicast group.
+    pub unicast_peers: Vec<Ipv4Addr>,
+    /// Gratuitous ARPs sent on takeover.
+    pub garp_repeat: u32,
+    /// Gratuitous ARPs repeated this often while master (0 = never).
+    pub garp_refresh: Duration,
+    /// Valid lifetime of a held VIP, refreshed while master.
+    pub address_lifetime: Duration,
+    /// Script run on state changes with arguments NAME STATE.
+    pub notify: Option<PathBuf>,
+}
+
+/// Live counters of a virtual router.
+#[derive(Debug, Default)]
+pub struct VipStats {
+    /// 0 initialize, 1 backup, 2 master.
+    pub state: AtomicU8,
+    /// Advertisements sent.
+    pub adverts_sent: AtomicU64,
+    /// Advertisements accepted for this VRID.
+    pub adverts_received: AtomicU64,
+    /// Dropped: truncated, version, TTL, protocol, checksum, other VRID, bad address list.
+    pub dropped: [AtomicU64; 7],
+    /// Transitions to master.
+    pub became_master: AtomicU64,
+    /// Gratuitous ARPs sent.
+    pub garps: AtomicU64,
+}
+
+/// Names of the `dropped` slots.
+pub const DROP_REASONS: [&str; 7] = [
+    "truncated",
+    "version",
+    "ttl",
+    "protocol",
+    "checksum",
+    "vrid",
+    "addresses",
+];
+
+/// What the owner asks of the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Take part in the election.
+    Run,
+    /// Release now with priority 0 and stay out (maintenance).
+    Release,
+    /// Release and end (process stop).
+    Stop,
+}
+
+fn state_code(s: State) -> u8 {
+    match s {
+        State::Initialize => 0,
+        State::Backup => 1,
+        State::Master => 2,
+    }
+}
+
+struct Holder {
+    cfg: VipConfig,
+    iface: Interface,
+    sock: VrrpSocket,
+    stats: Arc<VipStats>,
+}
+
+impl Holder {
+    async fn apply(&self, actions: Vec<Action>, m: &Machine) {
+        for a in actions {
+            match a {
+                Action::SendAdvert(priority) => {
+                    let advert = Advert {
+                        vrid: self.cfg.vrid,
+                        priority,
+                        interval_cs: self.cfg.interval_cs,
+                        addrs: self.cfg.addresses.iter().map(|a| a.0).collect(),
+                    };
+                    let dsts: Vec<Ipv4Addr> = if self.cfg.unicast_peers.is_empty() {
+                        vec![GROUP]
+                    } else {
+                        self.cfg.unicast_peers.clone()
+                    };
+                    for d in dsts {
+                        match self.sock.send(&advert, d).await {
+                            Ok(()) => {
+                                self.stats.adverts_sent.fetch_add(1, Relaxed);
+                            }
+                            Err(e) => tracing::warn!(vip = %self.cfg.name, error = %e, "advert not sent"),
+                        }
+                    }
+                }
+                Action::TakeVips => {
+                    self.hold();
+                    for _ in 0..self.cfg.garp_repeat.max(1) {
+                        self.garp();
+                    }
+                    self.stats.became_master.fetch_add(1, Relaxed);
+                    tracing::info!(vip = %self.cfg.name, vrid = self.cfg.vrid, "became master; VIPs held");
+                    self.notify("master");
+                }
+                Action::ReleaseVips => {
+                    self.release();
+                    tracing::info!(vip = %self.cfg.name, vrid = self.cfg.vrid, state = ?m.state(), "VIPs released");
+                    self.notify(if m.state() == State::Backup {
+                        "backup"
+                    } else {
+                        "released"
+                    });
+                }
+                Action::Garp => self.garp(),
+            }
+        }
+        self.stats.state.store(state_code(m.state()), Relaxed);
+    }
+
+    /// Adds (or refreshes the lifetime of) every VIP.
+    fn hold(&self) {
+        for &(a, p) in &self.cfg.addresses {
+            if let Err(e) = net::add_address(self.iface.index, a, p, Some(self.cfg.address_lifetime)) {
+                tracing::error!(vip = %self.cfg.name, address = %a, error = %e, "cannot add VIP");
+            }
+        }
+    }
+
+    fn release(&self) {
+        for &(a, p) in &self.cfg.addresses {
+            if let Err(e) = net::remove_address(self.iface.index, a, p) {
+                tracing::error!(vip = %self.cfg.name, address = %a, error = %e, "cannot remove VIP");
+            }
+        }
+    }
+
+    fn garp(&self) {
+        for &(a, _) in &self.cfg.addresses {
+            match net::send_garp(&self.iface, a) {
+                Ok(()) => {
+                    self.stats.garps.fetch_add(1, Relaxed);
+                }
+                Err(e) => tracing::warn!(vip = %self.cfg.name, error = %e, "gratuitous ARP not sent"),
+            }
+        }
+    }
+
+    fn notify(&self, state: &str) {
+        if let Some(script) = &self.cfg.notify {
+            match std::process::Command::new(script)
+                .arg(&self.cfg.name)
+                .arg(state)
+                .spawn()
+            {
+                Ok(mut child) => {
+                    std::thread::spawn(move || child.wait());
+                }
+                Err(e) => {
+                    tracing::warn!(vip = %self.cfg.name, script = %script.display(), error = %e, "notify script failed")
+                }
+            }
+        }
+    }
+}
+
+/// Runs the virtual router until `control` says [`Control::Stop`].
+pub async fn run(
+    cfg: VipConfig,
+    stats: Arc<VipStats>,
+    mut control: tokio::sync::watch::Receiver<Control>,
+) -> Result<(), NetError> {
+    let vips: Vec<Ipv4Addr> = cfg.addresses.iter().map(|a| a.0).collect();
+    let iface = Interface::lookup(&cfg.interface, &vips)?;
+    let sock = VrrpSocket::open(&iface)?;
+    let h = Holder {
+        iface: iface.clone(),
+        sock,
+        stats,
+        cfg: cfg.clone(),
+    };
+    // A VIP left by an earlier run (killed, not stopped) is not ours until we win.
+    h.release();
+    let mut m = Machine::new(RouterConfig {
+        vrid: cfg.vrid,
+        priority: cfg.priority,
+        interval_cs: cfg.interval_cs,
+        preempt: cfg.preempt,
+        address: iface.address,
+    });
+    let mut running = *control.borrow() == Control::Run;
+    if running {
+        let a = m.start(Instant::now());
+        h.apply(a, &m).await;
+    }
+    let refresh = (cfg.address_lifetime / 3).max(Duration::from_millis(200));
+    let mut next_refresh = Instant::now() + refresh;
+    let mut next_garp = Instant::now() + cfg.garp_refresh;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let deadline = m.deadline().unwrap_or(far);
+        let master = m.state() == State::Master;
+        let garp_at = if master && !cfg.garp_refresh.is_zero() {
+            next_garp
+        } else {
+            far
+        };
+        let refresh_at = if master { next_refresh } else { far };
+        tokio::select! {
+            r = h.sock.recv(&mut buf) => {
+                let Ok(n) = r else { continue };
+                match Advert::decode_ip(&buf[..n]) {
+                    Ok((src, _)) if src == iface.address => {}
+                    Ok((_, a)) if a.vrid != cfg.vrid => {
+                        h.stats.dropped[5].fetch_add(1, Relaxed);
+                    }
+                    Ok((src, a)) => {
+                        h.stats.adverts_received.fetch_add(1, Relaxed);
+                        if running {
+                            let acts = m.on_advert(Instant::now(), src, &a);
+                            h.apply(acts, &m).await;
+                        }
+                    }
+                    Err(e) => {
+                        let slot = match e {
+                            AdvertError::Truncated => 0,
+                            AdvertError::Version => 1,
+                            AdvertError::Ttl => 2,
+                            AdvertError::Protocol => 3,
+                            AdvertError::Checksum => 4,
+                            _ => 6,
+                        };
+                        h.stats.dropped[slot].fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()), if running => {
+                let acts = m.on_timer(Instant::now());
+                h.apply(acts, &m).await;
+            }
+            _ = tokio::time::sleep_until(refresh_at.into()) => {
+                h.hold();
+                next_refresh = Instant::now() + refresh;
+            }
+            _ = tokio::time::sleep_until(garp_at.into()) => {
+                h.garp();
+                next_garp = Instant::now() + cfg.garp_refresh;
+            }
+            changed = control.changed() => {
+                let c = if changed.is_err() { Control::Stop } else { *control.borrow() };
+                match c {
+                    Control::Run if !running => {
+                        running = true;
+                        let a = m.start(Instant::now());
+                        h.apply(a, &m).await;
+                    }
+                    Control::Run => {}
+                    Control::Release | Control::Stop => {
+                        if running {
+                            running = false;
+                            let a = m.shutdown();
+                            h.apply(a, &m).await;
+                            h.release();
+                        }
+                        if c == Control::Stop {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The node's floating VIPs: one VRRPv3 virtual router per `[[vip]]`, run on a
+//! dedicated thread (never on a worker). The rest of the proxy sees their state and
+//! counters, can put them in maintenance (release with priority 0 so the peer takes
+//! over at once) and releases them first when the process stops.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tandem_ha::vip::router::{self, Control, VipConfig, VipStats};
+
+/// The running virtual routers.
+pub struct Vips {
+    /// (settings, counters) per VIP.
+    pub routers: Vec<(VipConfig, Arc<VipStats>)>,
+    control: tokio::sync::watch::Sender<Control>,
+    done: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+static VIPS: OnceLock<Vips> = OnceLock::new();
+
+/// The VIPs, when configured.
+pub fn get() -> Option<&'static Vips> {
+    VIPS.get()
+}
+
+/// Starts every virtual router on the VIP thread. Errors (no interface, no privilege)
+/// are logged per VIP; the proxy keeps serving.
+pub fn start(configs: &[VipConfig]) -> std::io::Result<()> {
+    if configs.is_empty() {
+        return Ok(());
+    }
+    let (control, rx) = tokio::sync::watch::channel(Control::Run);
+    let routers: Vec<_> = configs
+        .iter()
+        .map(|c| (c.clone(), Arc::new(VipStats::default())))
+        .collect();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let work = routers.clone();
+    std::thread::Builder::new().name("vrrp".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the VRRP runtime");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for (cfg, stats) in work {
+                let rx = rx.clone();
+                tasks.push(tokio::spawn(async move {
+                    let name = cfg.name.clone();
+                    if let Err(e) = router::run(cfg, stats, rx).await {
+                        tracing::error!(vip = %name, error = %e, "virtual router stopped");
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+        let _ = done_tx.send(());
+    })?;
+    let _ = VIPS.set(Vips {
+        routers,
+        control,
+        done: std::sync::Mutex::new(Some(done_rx)),
+    });
+    Ok(())
+}
+
+impl Vips {
+    /// Maintenance on: release every VIP with priority 0 and stay out; off: rejoin.
+    pub fn set_maintenance(&self, on: bool) {
+        let _ = self.control.send(if on { Control::Release } else { Control::Run });
+    }
+
+    /// Whether maintenance is on.
+    pub fn in_maintenance(&self) -> bool {
+        *self.control.borrow() == Control::Release
+    }
+
+    /// Releases every VIP (the peer takes over at once) and waits up to `limit`.
+    pub fn stop(&self, limit: Duration) {
+        let _ = self.control.send(Control::Stop);
+        if let Some(rx) = self.done.lock().ok().and_then(|mut d| d.take()) {
+            let _ = rx.recv_timeout(limit);
+        }
+    }
+
+    /// JSON for `/status`.
+    pub fn status_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.routers
+                .iter()
+                .map(|(c, s)| {
+                    serde_json::json!({
+                        "name": c.name,
+                        "interface": c.interface,
+                        "vrid": c.vrid,
+                        "priority": c.priority,
+                        "addresses": c.addresses.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>(),
+                        "state": state_name(s.state.load(Relaxed)),
+                        "maintenance": self.in_maintenance(),
+                        "adverts_sent": s.adverts_sent.load(Relaxed),
+                        "adverts_received": s.adverts_received.load(Relaxed),
+                        "became_master": s.became_master.load(Relaxed),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Appends the VIP families to a Prometheus exposition.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP tandem_vip_state VRRP state per VIP (0 initialize, 1 backup, 2 master).\n# TYPE tandem_vip_state gauge");
+        for (c, s) in &self.routers {
+            let _ = writeln!(
+                out,
+                "tandem_vip_state{{vip=\"{}\",vrid=\"{}\"}} {}",
+                c.name,
+                c.vrid,
+                s.state.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tandem_vip_events_total VRRP events per VIP.\n# TYPE tandem_vip_events_total counter"
+        );
+        for (c, s) in &self.routers {
+            for (ev, v) in [
+                ("advert_sent", &s.adverts_sent),
+                ("advert_received", &s.adverts_received),
+                ("became_master", &s.became_master),
+                ("garp", &s.garps),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "tandem_vip_events_total{{vip=\"{}\",event=\"{ev}\"}} {}",
+                    c.name,
+                    v.load(Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP tandem_vip_adverts_dropped_total Malformed or foreign adverts dropped, by reason.\n# TYPE tandem_vip_adverts_dropped_total counter");
+        for (c, s) in &self.routers {
+            for (i, reason) in router::DROP_REASONS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "tandem_vip_adverts_dropped_total{{vip=\"{}\",reason=\"{reason}\"}} {}",
+                    c.name,
+                    s.dropped[i].load(Relaxed)
+                );
+            }
+        }
+    }
+}
+
+fn state_name(code: u8) -> &'static str {
+    match code {
+        2 => "master",
+        1 => "backup",
+        _ => "initialize",
+    }
+}

@@ -1,0 +1,237 @@
+//! Floating VIPs in real network namespaces: a switch namespace holding a bridge, node A
+//! and node B (each a `tandem` process with a demo backend), and a client namespace.
+//! Everything is created and torn down by the test; traffic stays inside.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const VIP: &str = "10.77.0.100";
+
+/// The namespaces of one test.
+struct Lab {
+    tag: String,
+    children: Vec<(String, Child)>,
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Lab {
+    /// Builds sw-TAG (bridge), a-TAG, b-TAG, c-TAG; `None` when namespaces cannot be
+    /// created here (no CAP_NET_ADMIN).
+    fn new() -> Option<Lab> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let tag = format!("{}{}", std::process::id() % 10000, N.fetch_add(1, Ordering::Relaxed));
+        let lab = Lab {
+            tag,
+            children: Vec::new(),
+        };
+        if !ip(&["netns", "add", &lab.ns("sw")]) {
+            return None;
+        }
+        for n in ["a", "b", "c"] {
+            assert!(ip(&["netns", "add", &lab.ns(n)]));
+        }
+        let sw = lab.ns("sw");
+        assert!(ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]));
+        assert!(ip(&["-n", &sw, "link", "set", "br0", "up"]));
+        for (n, addr) in [("a", "10.77.0.1/24"), ("b", "10.77.0.2/24"), ("c", "10.77.0.10/24")] {
+            let ns = lab.ns(n);
+            let port = format!("p{n}");
+            assert!(ip(&[
+                "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns
+            ]));
+            assert!(ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]));
+            assert!(ip(&["-n", &ns, "addr", "add", addr, "dev", "eth0"]));
+            assert!(ip(&["-n", &ns, "link", "set", "eth0", "up"]));
+            assert!(ip(&["-n", &ns, "link", "set", "lo", "up"]));
+        }
+        Some(lab)
+    }
+
+    fn ns(&self, n: &str) -> String {
+        format!("tdm{n}{}", self.tag)
+    }
+
+    /// Starts `tandem ARGS` inside namespace `n`.
+    fn spawn(&mut self, n: &str, label: &str, args: &[&str]) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(n), env!("CARGO_BIN_EXE_tandem")])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.children.push((label.to_string(), child));
+    }
+
+    fn kill9(&mut self, label: &str) {
+        let i = self.children.iter().position(|(l, _)| l == label).unwrap();
+        let (_, mut c) = self.children.remove(i);
+        let _ = Command::new("kill").args(["-9", &c.id().to_string()]).status();
+        let _ = c.wait();
+    }
+
+    /// Starts node `n` (priority `prio`) with its own demo backend answering `node-n`.
+    fn node(&mut self, dir: &std::path::Path, n: &str, prio: u32) {
+        let cfg = dir.join(format!("{n}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nworkers = 1\ndrain_timeout = \"1s\"\n[admin]\nlisten = \"127.0.0.1:9900\"\n[log]\nlevel = \"warn\"\n\
+[[listener]]\nname = \"web\"\nlisten = \"0.0.0.0:8080\"\n\
+[[cluster]]\nname = \"local\"\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n\
+[[route]]\nname = \"all\"\ncluster = \"local\"\n\
+[[vip]]\nname = \"web\"\ninterface = \"eth0\"\nvrid = 51\npriority = {prio}\naddresses = [\"{VIP}/24\"]\nadvert_interval = \"100ms\"\naddress_lifetime = \"2s\"\ngarp_refresh = \"1s\"\n"
+            ),
+        )
+        .unwrap();
+        if !self.children.iter().any(|(l, _)| l == &format!("backend-{n}")) {
+            self.spawn(
+                n,
+                &format!("backend-{n}"),
+                &["backend", &format!("node-{n}=127.0.0.1:9101")],
+            );
+        }
+        self.spawn(n, &format!("node-{n}"), &["run", "-c", cfg.to_str().unwrap()]);
+    }
+
+    /// What the client gets from the VIP (`None`: nothing within 100 ms).
+    fn client_get(&self) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns("c"), "curl", "-s", "--max-time", "0.1"])
+            .arg(format!("http://{VIP}:8080/"))
+            .output()
+            .ok()?;
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !body.is_empty()).then_some(body)
+    }
+
+    /// Waits until the client reaches `want` through the VIP; returns how long it took.
+    fn wait_for(&self, want: &str, limit: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.client_get().is_some_and(|b| b.contains(want)) {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < limit, "the VIP did not reach {want} within {limit:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn holds_vip(&self, n: &str) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns(n), "-4", "addr", "show", "dev", "eth0"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/"))
+    }
+
+    fn ctl(&self, n: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns(n),
+                env!("CARGO_BIN_EXE_tandem"),
+                "ctl",
+                "--admin",
+                "127.0.0.1:9900",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for n in ["a", "b", "c", "sw"] {
+            ip(&["netns", "del", &self.ns(n)]);
+        }
+    }
+}
+
+#[test]
+fn election_failover_on_kill_preemption_and_maintenance() {
+    let Some(mut lab) = Lab::new() else {
+        eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    lab.node(dir.path(), "a", 150);
+    lab.node(dir.path(), "b", 100);
+
+    // Election by priority: A holds the VIP, B does not.
+    lab.wait_for("node-a", Duration::from_secs(10));
+    assert!(lab.holds_vip("a"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!lab.holds_vip("b"), "only the master holds the VIP");
+
+    // kill -9 of the master: the backup takes over well under a second after
+    // Master_Down (3 × 100 ms + skew).
+    let mut trials = Vec::new();
+    for round in 0..3 {
+        lab.kill9("node-a");
+        let took = lab.wait_for("node-b", Duration::from_secs(5));
+        trials.push(took);
+        // The dead holder's VIP expires from its NIC by itself (2 s lifetime).
+        let gone = Instant::now();
+        while lab.holds_vip("a") {
+            assert!(
+                gone.elapsed() < Duration::from_secs(4),
+                "round {round}: the killed node's VIP lingers"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The higher-priority node returns and preempts.
+        lab.node(dir.path(), "a", 150);
+        lab.wait_for("node-a", Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !lab.holds_vip("b"),
+            "round {round}: B released the VIP after A returned"
+        );
+    }
+    eprintln!("kill -9 → first success through the backup: {trials:?}");
+    for t in &trials {
+        assert!(*t < Duration::from_millis(1500), "failover took {t:?}");
+    }
+
+    // Maintenance: A releases with priority 0; B takes over at once; off → A again.
+    let out = lab.ctl("a", &["maintenance", "on"]);
+    assert!(out.contains("\"maintenance\":true"), "{out}");
+    let took = lab.wait_for("node-b", Duration::from_secs(2));
+    eprintln!("maintenance on → served by B after {took:?}");
+    assert!(!lab.holds_vip("a"));
+    lab.ctl("a", &["maintenance", "off"]);
+    lab.wait_for("node-a", Duration::from_secs(5));
+
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !lab
+        .ctl("a", &["metrics"])
+        .contains("tandem_vip_state{vip=\"web\",vrid=\"51\"} 2")
+    {
+        assert!(Instant::now() < deadline, "A does not report master");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = lab.ctl("a", &["metrics"]);
+    assert!(
+        metrics.contains("tandem_vip_events_total{vip=\"web\",event=\"became_master\"} 2"),
+        "{metrics}"
+    );
+    let status = lab.ctl("b", &["status"]);
+    assert!(status.contains("\"state\":\"backup\""), "{status}");
+}
