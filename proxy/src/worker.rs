@@ -89,9 +89,22 @@ impl Worker {
 /// Binds one listener socket for one worker: `SO_REUSEPORT` so every worker has its
 /// own accept queue, `SO_REUSEADDR` for fast restarts, non-blocking for tokio.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    bind_with(addr, false)
+}
+
+/// Like [`bind`]; `freebind` binds an address the node does not hold yet (a VIP), so
+/// the listener is ready before the address arrives.
+pub fn bind_with(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
+    if freebind {
+        if addr.is_ipv4() {
+            sock.set_freebind_v4(true)?;
+        } else {
+            sock.set_freebind_v6(true)?;
+        }
+    }
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
     }
@@ -109,7 +122,13 @@ pub fn start(shared: Arc<Shared>) -> Result<Vec<std::thread::JoinHandle<()>>, St
     for _ in 0..shared.workers {
         let mut socks = Vec::new();
         for l in listeners.iter() {
-            let s = bind(l.listen).map_err(|source| StartError::Bind {
+            // A listener on one of this node's VIPs binds before the node holds it.
+            let vip = shared.runtime.load().config.vips.iter().any(|v| {
+                v.addresses
+                    .iter()
+                    .any(|(a, _)| std::net::IpAddr::V4(*a) == l.listen.ip())
+            });
+            let s = bind_with(l.listen, vip).map_err(|source| StartError::Bind {
                 name: l.name.clone(),
                 addr: l.listen,
                 source,

@@ -100,7 +100,10 @@ struct Holder {
 }
 
 impl Holder {
-    async fn apply(&self, actions: Vec<Action>, m: &Machine) {
+    /// Carries out the machine's actions; true when the VIPs were just announced (a
+    /// takeover, or another master heard) and a short burst of repeats should follow.
+    async fn apply(&self, actions: Vec<Action>, m: &Machine) -> bool {
+        let mut announced = false;
         for a in actions {
             match a {
                 Action::SendAdvert(priority) => {
@@ -130,6 +133,7 @@ impl Holder {
                         self.garp();
                     }
                     self.stats.became_master.fetch_add(1, Relaxed);
+                    announced = true;
                     tracing::info!(vip = %self.cfg.name, vrid = self.cfg.vrid, "became master; VIPs held");
                     self.notify("master");
                 }
@@ -142,10 +146,14 @@ impl Holder {
                         "released"
                     });
                 }
-                Action::Garp => self.garp(),
+                Action::Garp => {
+                    self.garp();
+                    announced = true;
+                }
             }
         }
         self.stats.state.store(state_code(m.state()), Relaxed);
+        announced
     }
 
     /// Adds (or refreshes the lifetime of) every VIP.
@@ -219,13 +227,22 @@ pub async fn run(
         address: iface.address,
     });
     let mut running = *control.borrow() == Control::Run;
+    // After an announcement, a few more GARPs follow quickly: a peer that loses the
+    // election may have sent its own just before it heard us, and clients would
+    // otherwise stay on its MAC until our next refresh.
+    const BURST: u32 = 4;
+    const BURST_GAP: Duration = Duration::from_millis(150);
+    let mut burst = 0u32;
+    let mut next_garp = Instant::now() + cfg.garp_refresh;
     if running {
         let a = m.start(Instant::now());
-        h.apply(a, &m).await;
+        if h.apply(a, &m).await {
+            burst = BURST;
+            next_garp = Instant::now() + BURST_GAP;
+        }
     }
     let refresh = (cfg.address_lifetime / 3).max(Duration::from_millis(200));
     let mut next_refresh = Instant::now() + refresh;
-    let mut next_garp = Instant::now() + cfg.garp_refresh;
     let mut buf = vec![0u8; 2048];
     loop {
         let far = Instant::now() + Duration::from_secs(3600);
@@ -249,7 +266,10 @@ pub async fn run(
                         h.stats.adverts_received.fetch_add(1, Relaxed);
                         if running {
                             let acts = m.on_advert(Instant::now(), src, &a);
-                            h.apply(acts, &m).await;
+                            if h.apply(acts, &m).await {
+                                burst = BURST;
+                                next_garp = Instant::now() + BURST_GAP;
+                            }
                         }
                     }
                     Err(e) => {
@@ -267,7 +287,10 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(deadline.into()), if running => {
                 let acts = m.on_timer(Instant::now());
-                h.apply(acts, &m).await;
+                if h.apply(acts, &m).await {
+                    burst = BURST;
+                    next_garp = Instant::now() + BURST_GAP;
+                }
             }
             _ = tokio::time::sleep_until(refresh_at.into()) => {
                 h.hold();
@@ -275,7 +298,12 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(garp_at.into()) => {
                 h.garp();
-                next_garp = Instant::now() + cfg.garp_refresh;
+                if burst > 0 {
+                    burst -= 1;
+                    next_garp = Instant::now() + BURST_GAP;
+                } else {
+                    next_garp = Instant::now() + cfg.garp_refresh;
+                }
             }
             changed = control.changed() => {
                 let c = if changed.is_err() { Control::Stop } else { *control.borrow() };

@@ -79,6 +79,48 @@ impl Lab {
         let _ = c.wait();
     }
 
+    /// Starts keepalived as node `n` (VRRPv3, same VRID and VIP) with a demo backend
+    /// on the VIP's port.
+    fn keepalived(&mut self, dir: &std::path::Path, n: &str, prio: u32) {
+        let cfg = dir.join(format!("keepalived-{n}.conf"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "global_defs {{\n  vrrp_version 3\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {prio}\n  advert_int 0.1\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let ns = self.ns(n);
+        let pid = |k: &str| dir.join(format!("{n}-{k}.pid")).display().to_string();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, "keepalived", "-n", "-l", "-P", "-f"])
+            .arg(&cfg)
+            .args(["-p", &pid("main"), "-r", &pid("vrrp"), "-c", &pid("check")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.children.push((format!("keepalived-{n}"), child));
+        self.spawn(
+            n,
+            &format!("backend-{n}"),
+            &["backend", &format!("node-{n}=0.0.0.0:8080")],
+        );
+    }
+
+    /// Cuts (or restores) the A↔B path; both still reach the client.
+    fn partition(&self, on: bool) {
+        let sw = self.ns("sw");
+        let v = if on { "on" } else { "off" };
+        for port in ["pa", "pb"] {
+            assert!(Command::new("bridge")
+                .args(["-n", &sw, "link", "set", "dev", port, "isolated", v])
+                .status()
+                .unwrap()
+                .success());
+        }
+    }
+
     /// Starts node `n` (priority `prio`) with its own demo backend answering `node-n`.
     fn node(&mut self, dir: &std::path::Path, n: &str, prio: u32) {
         let cfg = dir.join(format!("{n}.toml"));
@@ -86,7 +128,7 @@ impl Lab {
             &cfg,
             format!(
                 "[server]\nworkers = 1\ndrain_timeout = \"1s\"\n[admin]\nlisten = \"127.0.0.1:9900\"\n[log]\nlevel = \"warn\"\n\
-[[listener]]\nname = \"web\"\nlisten = \"0.0.0.0:8080\"\n\
+[[listener]]\nname = \"web\"\nlisten = \"{VIP}:8080\"\n\
 [[cluster]]\nname = \"local\"\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n\
 [[route]]\nname = \"all\"\ncluster = \"local\"\n\
 [[vip]]\nname = \"web\"\ninterface = \"eth0\"\nvrid = 51\npriority = {prio}\naddresses = [\"{VIP}/24\"]\nadvert_interval = \"100ms\"\naddress_lifetime = \"2s\"\ngarp_refresh = \"1s\"\n"
@@ -183,7 +225,7 @@ fn election_failover_on_kill_preemption_and_maintenance() {
     // kill -9 of the master: the backup takes over well under a second after
     // Master_Down (3 × 100 ms + skew).
     let mut trials = Vec::new();
-    for round in 0..3 {
+    for round in 0..10 {
         lab.kill9("node-a");
         let took = lab.wait_for("node-b", Duration::from_secs(5));
         trials.push(took);
@@ -205,7 +247,12 @@ fn election_failover_on_kill_preemption_and_maintenance() {
             "round {round}: B released the VIP after A returned"
         );
     }
-    eprintln!("kill -9 → first success through the backup: {trials:?}");
+    let mut sorted = trials.clone();
+    sorted.sort();
+    eprintln!(
+        "kill -9 → first success through the backup, 10 trials: min {:?} median {:?} max {:?}",
+        sorted[0], sorted[5], sorted[9]
+    );
     for t in &trials {
         assert!(*t < Duration::from_millis(1500), "failover took {t:?}");
     }
@@ -234,4 +281,124 @@ fn election_failover_on_kill_preemption_and_maintenance() {
     );
     let status = lab.ctl("b", &["status"]);
     assert!(status.contains("\"state\":\"backup\""), "{status}");
+}
+
+#[test]
+fn partition_heal_converges_on_one_holder_within_a_second() {
+    let Some(mut lab) = Lab::new() else {
+        eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    lab.node(dir.path(), "a", 150);
+    lab.node(dir.path(), "b", 100);
+    lab.wait_for("node-a", Duration::from_secs(10));
+    let mut heals = Vec::new();
+    for _ in 0..4 {
+        lab.partition(true);
+        // Without a third vote both sides become master (documented); B takes the VIP.
+        let t = Instant::now();
+        while !lab.holds_vip("b") {
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "B never took over during the partition"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // B's takeover GARPs reach the client: it now talks to B.
+        std::thread::sleep(Duration::from_millis(300));
+        lab.partition(false);
+        heals.push(lab.wait_for("node-a", Duration::from_secs(5)));
+        let t = Instant::now();
+        while lab.holds_vip("b") {
+            assert!(t.elapsed() < Duration::from_secs(2), "B kept the VIP after the heal");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    eprintln!("heal → client on the one remaining holder: {heals:?}");
+    for h in &heals {
+        assert!(*h < Duration::from_secs(1), "heal took {h:?}");
+    }
+}
+
+#[test]
+fn malformed_and_foreign_adverts_are_dropped_and_counted() {
+    let Some(mut lab) = Lab::new() else {
+        eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    lab.node(dir.path(), "a", 150);
+    lab.wait_for("node-a", Duration::from_secs(10));
+    // From the client: TTL 1, a bad checksum, another VRID (valid), priority 255 with a
+    // bad checksum — none may move the VIP.
+    let script = r#"
+import socket, struct
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    s = sum(struct.unpack('!%dH' % (len(b)//2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return (~s) & 0xffff
+def advert(vrid, prio, bad=False):
+    m = bytes([0x31, vrid, prio, 1, 0, 10, 0, 0]) + socket.inet_aton('10.77.0.100')
+    ph = socket.inet_aton('10.77.0.10') + socket.inet_aton('224.0.0.18') + struct.pack('!BBH', 0, 112, len(m))
+    c = csum(ph + m) ^ (0x1234 if bad else 0)
+    return m[:6] + struct.pack('!H', c) + m[8:]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton('10.77.0.10'))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+s.sendto(advert(51, 200), ('224.0.0.18', 0))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+s.sendto(advert(51, 255, bad=True), ('224.0.0.18', 0))
+s.sendto(advert(52, 200), ('224.0.0.18', 0))
+"#;
+    let ok = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("c"), "python3", "-c", script])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    std::thread::sleep(Duration::from_millis(300));
+    let m = lab.ctl("a", &["metrics"]);
+    for reason in ["ttl", "checksum", "vrid"] {
+        let line = format!("tandem_vip_adverts_dropped_total{{vip=\"web\",reason=\"{reason}\"}} 1");
+        assert!(m.contains(&line), "{reason}: {m}");
+    }
+    assert!(
+        m.contains("tandem_vip_state{vip=\"web\",vrid=\"51\"} 2"),
+        "still master: {m}"
+    );
+    assert!(lab.holds_vip("a"));
+}
+
+#[test]
+fn interoperates_with_keepalived_both_ways() {
+    if Command::new("keepalived").arg("--version").output().is_err() {
+        eprintln!("skipped: keepalived is not installed (.ci/run installs it)");
+        return;
+    }
+    let Some(mut lab) = Lab::new() else {
+        eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    lab.keepalived(dir.path(), "b", 100);
+    lab.wait_for("node-b", Duration::from_secs(10));
+    // Tandem with the higher priority preempts keepalived.
+    lab.node(dir.path(), "a", 150);
+    lab.wait_for("node-a", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!lab.holds_vip("b"), "keepalived yielded to the higher priority");
+    // Tandem dies: keepalived takes over.
+    lab.kill9("node-a");
+    let took = lab.wait_for("node-b", Duration::from_secs(5));
+    eprintln!("tandem killed → keepalived serving after {took:?}");
+    // Tandem returns and takes the VIP back; its maintenance releases to keepalived at once.
+    lab.node(dir.path(), "a", 150);
+    lab.wait_for("node-a", Duration::from_secs(10));
+    lab.ctl("a", &["maintenance", "on"]);
+    let took = lab.wait_for("node-b", Duration::from_secs(3));
+    eprintln!("tandem maintenance → keepalived serving after {took:?}");
+    lab.ctl("a", &["maintenance", "off"]);
+    lab.wait_for("node-a", Duration::from_secs(5));
 }
