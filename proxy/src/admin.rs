@@ -158,21 +158,18 @@ async fn serve(shared: &Shared, token: Option<&str>, req: Request<Incoming>) -> 
         }
         (Method::POST, "/maintenance") => {
             let on = !query.split('&').any(|p| p == "on=0" || p == "off");
-            match crate::vips::get() {
-                Some(v) => {
-                    v.set_maintenance(on);
-                    text(
-                        StatusCode::OK,
-                        "application/json",
-                        json!({"maintenance": on, "vips": v.status_json()}).to_string(),
-                    )
-                }
-                None => text(
-                    StatusCode::CONFLICT,
-                    "application/json",
-                    json!({"error": "no [[vip]] is configured"}).to_string(),
-                ),
-            }
+            let handover = shared.runtime.load().config.server.maintenance_handover;
+            shared.set_maintenance(on, handover);
+            text(
+                StatusCode::OK,
+                "application/json",
+                json!({
+                    "maintenance": on,
+                    "connections": shared.connections.load(Relaxed),
+                    "vips": crate::vips::get().map_or(serde_json::Value::Array(Vec::new()), |v| v.status_json()),
+                })
+                .to_string(),
+            )
         }
         (Method::POST, "/drain") => {
             shared.begin_drain();
@@ -253,6 +250,7 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         "uptime_seconds": shared.started.elapsed().as_secs(),
         "ready": shared.is_ready(),
         "draining": shared.draining.load(Relaxed),
+        "maintenance": *shared.maintenance.borrow(),
         "workers": shared.workers,
         "connections": shared.connections.load(Relaxed),
         "config": { "source": cfg.source, "generation": rt.generation, "hash": format!("{:016x}", rt.hash) },

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -48,6 +49,9 @@ pub struct Shared {
     pub access_log: AccessLog,
     /// Set when a graceful stop began.
     pub draining: AtomicBool,
+    /// Maintenance: responses carry `Connection: close` (h2: GOAWAY) and idle
+    /// keep-alive connections close, while the node keeps accepting until its VIPs move.
+    pub maintenance: tokio::sync::watch::Sender<bool>,
     /// Workers whose listeners are bound and accepting.
     pub workers_ready: AtomicUsize,
     /// Worker count.
@@ -100,6 +104,7 @@ impl Shared {
             source,
             access_log,
             draining: AtomicBool::new(false),
+            maintenance: tokio::sync::watch::channel(false).0,
             workers_ready: AtomicUsize::new(0),
             workers,
             connections: AtomicU64::new(0),
@@ -231,9 +236,33 @@ impl Shared {
         }
     }
 
+    /// Maintenance on: clients are asked to close their connections (so their next ones
+    /// go wherever the VIP is) while this node still holds its VIPs; after `handover`
+    /// the VIPs are released with priority 0 and the peer takes over. In-flight requests
+    /// finish. Off: keep-alive is normal again and the VIPs rejoin the election.
+    pub fn set_maintenance(&self, on: bool, handover: Duration) {
+        self.maintenance.send_replace(on);
+        if let Some(v) = crate::vips::get() {
+            if on {
+                tracing::info!(
+                    ?handover,
+                    "maintenance: closing client connections, then releasing VIPs"
+                );
+                std::thread::spawn(move || {
+                    std::thread::sleep(handover);
+                    v.set_maintenance(true);
+                });
+            } else {
+                v.set_maintenance(false);
+            }
+        } else if on {
+            tracing::info!("maintenance: closing client connections (no VIPs configured)");
+        }
+    }
+
     /// Whether every worker accepts and no drain has begun.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Relaxed) && self.workers_ready.load(Relaxed) == self.workers
+        !self.draining.load(Relaxed) && !*self.maintenance.borrow() && self.workers_ready.load(Relaxed) == self.workers
     }
 }
 

@@ -216,6 +216,7 @@ async fn serve<IO>(
     let watcher = tokio::task::spawn_local(watch(
         state.clone(),
         shared.shutdown.subscribe(),
+        shared.maintenance.subscribe(),
         lcfg.clone(),
         stats.clone(),
     ));
@@ -268,6 +269,7 @@ impl ConnState {
 async fn watch(
     state: Rc<ConnState>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut maintenance: tokio::sync::watch::Receiver<bool>,
     lcfg: crate::config::ListenerConfig,
     stats: Arc<ListenerStats>,
 ) {
@@ -283,6 +285,12 @@ async fn watch(
         };
         tokio::select! {
             _ = shutdown.wait_for(|d| *d) => return state.request(Action::Graceful),
+            // Maintenance: an idle keep-alive connection closes now; a busy one after its
+            // response (which carries Connection: close); a new one serves its first
+            // request with Connection: close.
+            _ = maintenance.wait_for(|m| *m), if state.requests.get() > 0 && state.in_flight.get() == 0 => {
+                return state.request(Action::Graceful);
+            }
             _ = state.wake.notified() => {
                 if state.close.get() {
                     return state.request(Action::Graceful);

@@ -62,6 +62,9 @@ pub struct VipStats {
     pub garps: AtomicU64,
 }
 
+/// How long released VIPs stay on the interface after the priority-0 advert.
+const RELEASE_GRACE: Duration = Duration::from_millis(250);
+
 /// Names of the `dropped` slots.
 pub const DROP_REASONS: [&str; 7] = [
     "truncated",
@@ -317,8 +320,16 @@ pub async fn run(
                     Control::Release | Control::Stop => {
                         if running {
                             running = false;
-                            let a = m.shutdown();
-                            h.apply(a, &m).await;
+                            // Priority 0 first: the peer takes over after its skew time
+                            // and announces itself. The addresses stay a moment longer so
+                            // packets from clients that have not followed yet are answered.
+                            let (release, announce): (Vec<_>, Vec<_>) =
+                                m.shutdown().into_iter().partition(|a| *a == Action::ReleaseVips);
+                            h.apply(announce, &m).await;
+                            if !release.is_empty() {
+                                tokio::time::sleep(RELEASE_GRACE).await;
+                            }
+                            h.apply(release, &m).await;
                             h.release();
                         }
                         if c == Control::Stop {

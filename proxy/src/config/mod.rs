@@ -104,6 +104,9 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Graceful-stop bound.
     pub drain_timeout: Duration,
+    /// Maintenance: how long clients are asked to close their connections before the
+    /// VIPs are released.
+    pub maintenance_handover: Duration,
 }
 
 /// Admin API settings.

@@ -192,6 +192,8 @@ pub struct ServerSection {
     pub workers: usize,
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub drain_timeout: Dur,
+    /// Maintenance: how long clients are asked to close connections before the VIPs move.
+    pub maintenance_handover: Dur,
 }
 
 impl Default for ServerSection {
@@ -199,6 +201,7 @@ impl Default for ServerSection {
         Self {
             workers: 0,
             drain_timeout: Dur::secs(30),
+            maintenance_handover: Dur::secs(1),
         }
     }
 }

@@ -840,6 +840,7 @@ pub(crate) fn validate(
     let server = ServerConfig {
         workers,
         drain_timeout: c.dur(&file.server.drain_timeout, "server.drain_timeout".into()),
+        maintenance_handover: c.dur(&file.server.maintenance_handover, "server.maintenance_handover".into()),
     };
 
     let admin_listen = c.addr(&file.admin.listen, "admin.listen".into());

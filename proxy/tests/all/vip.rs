@@ -127,7 +127,7 @@ impl Lab {
         std::fs::write(
             &cfg,
             format!(
-                "[server]\nworkers = 1\ndrain_timeout = \"1s\"\n[admin]\nlisten = \"127.0.0.1:9900\"\n[log]\nlevel = \"warn\"\n\
+                "[server]\nworkers = 1\ndrain_timeout = \"1s\"\nmaintenance_handover = \"300ms\"\n[admin]\nlisten = \"127.0.0.1:9900\"\n[log]\nlevel = \"warn\"\n\
 [[listener]]\nname = \"web\"\nlisten = \"{VIP}:8080\"\n\
 [[cluster]]\nname = \"local\"\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n\
 [[route]]\nname = \"all\"\ncluster = \"local\"\n\
@@ -401,4 +401,50 @@ fn interoperates_with_keepalived_both_ways() {
     eprintln!("tandem maintenance → keepalived serving after {took:?}");
     lab.ctl("a", &["maintenance", "off"]);
     lab.wait_for("node-a", Duration::from_secs(5));
+}
+
+#[test]
+fn maintenance_under_keep_alive_load_loses_no_request() {
+    let Some(mut lab) = Lab::new() else {
+        eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    lab.node(dir.path(), "a", 150);
+    lab.node(dir.path(), "b", 100);
+    lab.wait_for("node-a", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    // A keep-alive client that honours Connection: close (curl reuses its connection
+    // for the URLs given and reconnects when asked to close), ~3 s of requests.
+    let url = format!("http://{VIP}:8080/?delay_ms=1");
+    let mut args = vec![
+        "netns".to_string(),
+        "exec".into(),
+        lab.ns("c"),
+        "curl".into(),
+        "-s".into(),
+    ];
+    for _ in 0..1500 {
+        args.extend([
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code}\\n".into(),
+            url.clone(),
+        ]);
+    }
+    let client = Command::new("ip").args(&args).stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let out = lab.ctl("a", &["maintenance", "on"]);
+    assert!(out.contains("\"maintenance\":true"), "{out}");
+    let out = client.wait_with_output().unwrap();
+    let codes = String::from_utf8_lossy(&out.stdout);
+    let total = codes.lines().count();
+    let failed = codes.lines().filter(|c| *c != "200").count();
+    eprintln!("maintenance under keep-alive load: {total} requests, {failed} failed");
+    assert_eq!(total, 1500);
+    assert_eq!(failed, 0, "requests failed during the maintenance handover");
+    assert!(lab.holds_vip("b") && !lab.holds_vip("a"), "the VIP moved to B");
+    let status = lab.ctl("a", &["status"]);
+    assert!(status.contains("\"maintenance\":true"), "{status}");
 }
