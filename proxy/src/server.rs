@@ -78,7 +78,7 @@ pub fn start(config: Config, source: ConfigSource) -> Result<Running, RunError> 
     let shared = Shared::new(config, source, access_log, stats);
     crate::worker::start(shared.clone())?;
     // Listeners are up before the node can win a VIP.
-    crate::vips::start(&vips).map_err(RunError::Signals)?;
+    crate::vips::start(&vips, shared.clone()).map_err(RunError::Signals)?;
     crate::health::checker::start(shared.clone()).map_err(RunError::Signals)?;
     let admin = crate::admin::start(shared.clone(), admin_addr, token).map_err(|source| RunError::Admin {
         addr: admin_addr,

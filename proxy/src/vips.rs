@@ -27,7 +27,7 @@ pub fn get() -> Option<&'static Vips> {
 
 /// Starts every virtual router on the VIP thread. Errors (no interface, no privilege)
 /// are logged per VIP; the proxy keeps serving.
-pub fn start(configs: &[VipConfig]) -> std::io::Result<()> {
+pub fn start(configs: &[VipConfig], shared: Arc<crate::control::Shared>) -> std::io::Result<()> {
     if configs.is_empty() {
         return Ok(());
     }
@@ -50,9 +50,13 @@ pub fn start(configs: &[VipConfig]) -> std::io::Result<()> {
             let mut tasks = Vec::new();
             for (cfg, stats) in work {
                 let rx = rx.clone();
+                let (prio_tx, prio_rx) = tokio::sync::watch::channel(cfg.priority);
+                if !cfg.track_clusters.is_empty() {
+                    tokio::spawn(track(cfg.clone(), shared.clone(), prio_tx));
+                }
                 tasks.push(tokio::spawn(async move {
                     let name = cfg.name.clone();
-                    if let Err(e) = router::run(cfg, stats, rx).await {
+                    if let Err(e) = router::run(cfg, stats, rx, prio_rx).await {
                         tracing::error!(vip = %name, error = %e, "virtual router stopped");
                     }
                 }));
@@ -103,6 +107,7 @@ impl Vips {
                         "priority": c.priority,
                         "addresses": c.addresses.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>(),
                         "state": state_name(s.state.load(Relaxed)),
+                        "priority_now": s.priority.load(Relaxed),
                         "maintenance": self.in_maintenance(),
                         "adverts_sent": s.adverts_sent.load(Relaxed),
                         "adverts_received": s.adverts_received.load(Relaxed),
@@ -123,6 +128,18 @@ impl Vips {
                 c.name,
                 c.vrid,
                 s.state.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tandem_vip_priority Priority in use per VIP (lowered by tracking).\n# TYPE tandem_vip_priority gauge"
+        );
+        for (c, s) in &self.routers {
+            let _ = writeln!(
+                out,
+                "tandem_vip_priority{{vip=\"{}\"}} {}",
+                c.name,
+                s.priority.load(Relaxed)
             );
         }
         let _ = writeln!(
@@ -155,6 +172,26 @@ impl Vips {
                 );
             }
         }
+    }
+}
+
+/// Tracking: every 100 ms, the priority is the configured one, lowered by
+/// `track_weight` while a tracked cluster has no endpoint that takes traffic.
+async fn track(cfg: VipConfig, shared: Arc<crate::control::Shared>, tx: tokio::sync::watch::Sender<u8>) {
+    let lowered = cfg.priority.saturating_sub(cfg.track_weight).max(1);
+    loop {
+        let rt = shared.runtime.load();
+        let now = crate::balancer::p2c_ewma::now_ns();
+        let down = cfg.track_clusters.iter().any(|name| {
+            rt.cluster_named(name)
+                .is_some_and(|c| !c.endpoints.iter().any(|e| e.stats.health.eligible(now)))
+        });
+        let p = if down { lowered } else { cfg.priority };
+        tx.send_if_modified(|cur| std::mem::replace(cur, p) != p);
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

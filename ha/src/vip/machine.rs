@@ -165,6 +165,24 @@ impl Machine {
         }
     }
 
+    /// Changes this router's priority (tracking). A master advertises the new value
+    /// at once, so a higher-priority backup with preemption takes over.
+    pub fn set_priority(&mut self, priority: u8) -> Vec<Action> {
+        if priority == self.cfg.priority || priority == 0 {
+            return Vec::new();
+        }
+        self.cfg.priority = priority;
+        match self.state {
+            State::Master => vec![Action::SendAdvert(priority)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The priority in use.
+    pub fn priority(&self) -> u8 {
+        self.cfg.priority
+    }
+
     /// Shutdown (or maintenance): release at once with priority 0.
     pub fn shutdown(&mut self) -> Vec<Action> {
         let was = self.state;

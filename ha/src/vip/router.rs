@@ -43,6 +43,11 @@ pub struct VipConfig {
     pub address_lifetime: Duration,
     /// Script run on state changes with arguments NAME STATE.
     pub notify: Option<PathBuf>,
+    /// Clusters tracked: while any has no endpoint taking traffic, the priority drops
+    /// by `track_weight`.
+    pub track_clusters: Vec<String>,
+    /// How much a failed track lowers the priority.
+    pub track_weight: u8,
 }
 
 /// Live counters of a virtual router.
@@ -50,6 +55,8 @@ pub struct VipConfig {
 pub struct VipStats {
     /// 0 initialize, 1 backup, 2 master.
     pub state: AtomicU8,
+    /// Priority in use (configured, or lowered by tracking).
+    pub priority: AtomicU8,
     /// Advertisements sent.
     pub adverts_sent: AtomicU64,
     /// Advertisements accepted for this VRID.
@@ -156,6 +163,7 @@ impl Holder {
             }
         }
         self.stats.state.store(state_code(m.state()), Relaxed);
+        self.stats.priority.store(m.priority(), Relaxed);
         announced
     }
 
@@ -210,6 +218,7 @@ pub async fn run(
     cfg: VipConfig,
     stats: Arc<VipStats>,
     mut control: tokio::sync::watch::Receiver<Control>,
+    mut priority: tokio::sync::watch::Receiver<u8>,
 ) -> Result<(), NetError> {
     let vips: Vec<Ipv4Addr> = cfg.addresses.iter().map(|a| a.0).collect();
     let iface = Interface::lookup(&cfg.interface, &vips)?;
@@ -306,6 +315,14 @@ pub async fn run(
                     next_garp = Instant::now() + BURST_GAP;
                 } else {
                     next_garp = Instant::now() + cfg.garp_refresh;
+                }
+            }
+            Ok(()) = priority.changed() => {
+                let p = *priority.borrow_and_update();
+                if p != m.priority() {
+                    tracing::info!(vip = %cfg.name, from = m.priority(), to = p, "priority changed (tracking)");
+                    let acts = m.set_priority(p);
+                    h.apply(acts, &m).await;
                 }
             }
             changed = control.changed() => {

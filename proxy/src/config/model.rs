@@ -77,6 +77,16 @@ pub struct VipSection {
     pub address_lifetime: Dur,
     /// Script run as `SCRIPT NAME STATE` on changes.
     pub notify: Option<SpannedStr>,
+    /// Clusters tracked: while one has no endpoint taking traffic, the priority drops.
+    #[serde(default)]
+    pub track_clusters: Vec<SpannedStr>,
+    /// How much a failed track lowers the priority.
+    #[serde(default = "default_track_weight")]
+    pub track_weight: u32,
+}
+
+fn default_track_weight() -> u32 {
+    50
 }
 
 fn default_advert_interval() -> Dur {

@@ -699,6 +699,8 @@ impl Checker<'_> {
             garp_refresh,
             address_lifetime: lifetime,
             notify: v.notify.as_ref().map(|n| self.path(base, n)),
+            track_clusters: v.track_clusters.iter().map(|c| c.get_ref().clone()).collect(),
+            track_weight: v.track_weight.min(254) as u8,
         })
     }
 
@@ -1572,6 +1574,20 @@ pub(crate) fn validate(
     let ha = file.ha.as_ref().and_then(|h| c.ha(h, base));
     let mut vips = Vec::new();
     for (i, v) in file.vips.iter().enumerate() {
+        for (j, t) in v.track_clusters.iter().enumerate() {
+            if !cluster_names.contains_key(t.get_ref()) {
+                let hint = match did_you_mean(t.get_ref(), cluster_names.keys().map(String::as_str)) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "name a [[cluster]]".into(),
+                };
+                c.at(
+                    t,
+                    format!("vip[{i}].track_clusters[{j}]"),
+                    format!("unknown cluster `{}`", t.get_ref()),
+                    Some(hint),
+                );
+            }
+        }
         if let Some(cfg) = c.vip(v, &format!("vip[{i}]"), base) {
             if vips
                 .iter()

@@ -123,15 +123,20 @@ impl Lab {
 
     /// Starts node `n` (priority `prio`) with its own demo backend answering `node-n`.
     fn node(&mut self, dir: &std::path::Path, n: &str, prio: u32) {
+        self.node_with(dir, n, prio, "", "");
+    }
+
+    /// Like `node`, with extra keys for its `[[cluster]]` and `[[vip]]`.
+    fn node_with(&mut self, dir: &std::path::Path, n: &str, prio: u32, cluster_extra: &str, vip_extra: &str) {
         let cfg = dir.join(format!("{n}.toml"));
         std::fs::write(
             &cfg,
             format!(
                 "[server]\nworkers = 1\ndrain_timeout = \"1s\"\nmaintenance_handover = \"300ms\"\n[admin]\nlisten = \"127.0.0.1:9900\"\n[log]\nlevel = \"warn\"\n\
 [[listener]]\nname = \"web\"\nlisten = \"{VIP}:8080\"\n\
-[[cluster]]\nname = \"local\"\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n\
+[[cluster]]\nname = \"local\"\n{cluster_extra}\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n\
 [[route]]\nname = \"all\"\ncluster = \"local\"\n\
-[[vip]]\nname = \"web\"\ninterface = \"eth0\"\nvrid = 51\npriority = {prio}\naddresses = [\"{VIP}/24\"]\nadvert_interval = \"100ms\"\naddress_lifetime = \"2s\"\ngarp_refresh = \"1s\"\n"
+[[vip]]\nname = \"web\"\ninterface = \"eth0\"\nvrid = 51\npriority = {prio}\naddresses = [\"{VIP}/24\"]\nadvert_interval = \"100ms\"\naddress_lifetime = \"2s\"\ngarp_refresh = \"1s\"\n{vip_extra}\n"
             ),
         )
         .unwrap();
@@ -453,4 +458,32 @@ fn maintenance_under_keep_alive_load_loses_no_request() {
     assert!(lab.holds_vip("b") && !lab.holds_vip("a"), "the VIP moved to B");
     let status = lab.ctl("a", &["status"]);
     assert!(status.contains("\"maintenance\":true"), "{status}");
+}
+
+#[test]
+fn tracking_a_cluster_moves_the_vip_when_its_endpoints_fail() {
+    let Some(mut lab) = Lab::new() else {
+        eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let check = "health_check = { path = \"/healthz\", interval = \"100ms\", timeout = \"100ms\", fall = 1, rise = 1 }";
+    lab.node_with(
+        dir.path(),
+        "a",
+        150,
+        check,
+        "track_clusters = [\"local\"]\ntrack_weight = 100",
+    );
+    lab.node(dir.path(), "b", 100);
+    lab.wait_for("node-a", Duration::from_secs(10));
+    // A's only backend dies: its priority drops to 50 and B (100) takes over.
+    lab.kill9("backend-a");
+    let took = lab.wait_for("node-b", Duration::from_secs(5));
+    eprintln!("tracked cluster down → served by B after {took:?}");
+    let m = lab.ctl("a", &["metrics"]);
+    assert!(m.contains("tandem_vip_priority{vip=\"web\"} 50"), "{m}");
+    // It comes back: A returns to 150 and preempts.
+    lab.spawn("a", "backend-a", &["backend", "node-a=127.0.0.1:9101"]);
+    lab.wait_for("node-a", Duration::from_secs(5));
 }
