@@ -43,6 +43,10 @@ pub struct VipConfig {
     pub address_lifetime: Duration,
     /// Script run on state changes with arguments NAME STATE.
     pub notify: Option<PathBuf>,
+    /// Extra time a backup waits past Master_Down before taking over (not after a
+    /// priority-0 release): a lossy link then needs that many more lost adverts in a
+    /// row to cause a false takeover.
+    pub hold_down: Duration,
     /// Clusters tracked: while any has no endpoint taking traffic, the priority drops
     /// by `track_weight`.
     pub track_clusters: Vec<String>,
@@ -256,9 +260,14 @@ pub async fn run(
     let refresh = (cfg.address_lifetime / 3).max(Duration::from_millis(200));
     let mut next_refresh = Instant::now() + refresh;
     let mut buf = vec![0u8; 2048];
+    // The last advert heard was a priority-0 release (no hold-down then).
+    let mut released = false;
     loop {
         let far = Instant::now() + Duration::from_secs(3600);
-        let deadline = m.deadline().unwrap_or(far);
+        let mut deadline = m.deadline().unwrap_or(far);
+        if m.state() == State::Backup && !released {
+            deadline += cfg.hold_down;
+        }
         let master = m.state() == State::Master;
         let garp_at = if master && !cfg.garp_refresh.is_zero() {
             next_garp
@@ -276,6 +285,7 @@ pub async fn run(
                     }
                     Ok((src, a)) => {
                         h.stats.adverts_received.fetch_add(1, Relaxed);
+                        released = a.priority == 0;
                         if running {
                             let acts = m.on_advert(Instant::now(), src, &a);
                             if h.apply(acts, &m).await {

@@ -77,6 +77,9 @@ pub struct VipSection {
     pub address_lifetime: Dur,
     /// Script run as `SCRIPT NAME STATE` on changes.
     pub notify: Option<SpannedStr>,
+    /// Extra wait past Master_Down before a backup takes over (lossy links).
+    #[serde(default)]
+    pub hold_down: Dur,
     /// Clusters tracked: while one has no endpoint taking traffic, the priority drops.
     #[serde(default)]
     pub track_clusters: Vec<SpannedStr>,

@@ -686,6 +686,7 @@ impl Checker<'_> {
             }
         }
         let garp_refresh = self.dur(&v.garp_refresh, format!("{key}.garp_refresh"));
+        let hold_down = self.dur(&v.hold_down, format!("{key}.hold_down"));
         ok.then(|| tandem_ha::vip::router::VipConfig {
             name: v.name.get_ref().clone(),
             interface: v.interface.get_ref().clone(),
@@ -699,6 +700,7 @@ impl Checker<'_> {
             garp_refresh,
             address_lifetime: lifetime,
             notify: v.notify.as_ref().map(|n| self.path(base, n)),
+            hold_down,
             track_clusters: v.track_clusters.iter().map(|c| c.get_ref().clone()).collect(),
             track_weight: v.track_weight.min(254) as u8,
         })

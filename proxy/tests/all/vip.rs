@@ -487,3 +487,56 @@ fn tracking_a_cluster_moves_the_vip_when_its_endpoints_fail() {
     lab.spawn("a", "backend-a", &["backend", "node-a=127.0.0.1:9101"]);
     lab.wait_for("node-a", Duration::from_secs(5));
 }
+
+/// B's `became_master` count.
+fn became_master(lab: &Lab, n: &str) -> u64 {
+    let m = lab.ctl(n, &["metrics"]);
+    m.lines()
+        .find(|l| l.starts_with("tandem_vip_events_total{vip=\"web\",event=\"became_master\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn hold_down_keeps_a_lossy_link_from_flapping() {
+    if Command::new("nft").arg("--version").output().is_err() {
+        eprintln!("skipped: nft is not installed (.ci/run installs nftables)");
+        return;
+    }
+    let Some(mut lab) = Lab::new() else {
+        eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    lab.node(dir.path(), "a", 150);
+    lab.node(dir.path(), "b", 100);
+    lab.wait_for("node-a", Duration::from_secs(10));
+    // 30 % of VRRP packets crossing the bridge are lost.
+    let sw = lab.ns("sw");
+    for rule in [
+        "add table bridge lossy",
+        "add chain bridge lossy loss { type filter hook forward priority 0 ; }",
+        "add rule bridge lossy loss ether type ip ip protocol 112 numgen random mod 100 < 30 drop",
+    ] {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &sw, "nft", rule])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "nft {rule}");
+    }
+    let window = Duration::from_secs(8);
+    let before = became_master(&lab, "b");
+    std::thread::sleep(window);
+    let plain = became_master(&lab, "b") - before;
+    // B again, with a 500 ms hold-down.
+    lab.kill9("node-b");
+    lab.node_with(dir.path(), "b", 100, "", "hold_down = \"500ms\"");
+    std::thread::sleep(Duration::from_secs(1));
+    let before = became_master(&lab, "b");
+    std::thread::sleep(window);
+    let held = became_master(&lab, "b") - before;
+    eprintln!("30% VRRP loss for {window:?}: false takeovers without hold-down {plain}, with 500 ms hold-down {held}");
+    assert_eq!(held, 0, "the hold-down did not prevent false takeovers");
+}
