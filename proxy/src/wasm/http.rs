@@ -679,7 +679,7 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone().unwrap_or_default()
+        self.hint.unwrap_or_default()
     }
 }
 
