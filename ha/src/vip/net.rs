@@ -72,14 +72,14 @@ impl Interface {
     }
 }
 
-/// The first IPv4 address of interface `name` not in `exclude`.
-fn ipv4_of(name: &str, exclude: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+/// The IPv4 addresses configured on interface `name`, in kernel order.
+fn ipv4_addrs(name: &str) -> Vec<Ipv4Addr> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return None;
+        return Vec::new();
     }
-    let mut found = None;
+    let mut found = Vec::new();
     let mut cur = head;
     while !cur.is_null() {
         // SAFETY: `cur` is a node of the list returned by getifaddrs.
@@ -96,46 +96,21 @@ fn ipv4_of(name: &str, exclude: &[Ipv4Addr]) -> Option<Ipv4Addr> {
         }
         // SAFETY: the family is AF_INET, so it is a sockaddr_in.
         let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-        let a = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-        if !exclude.contains(&a) {
-            found = Some(a);
-            break;
-        }
+        found.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
     }
     // SAFETY: frees the list from getifaddrs.
     unsafe { libc::freeifaddrs(head) };
     found
 }
 
+/// The first IPv4 address of interface `name` not in `exclude`.
+fn ipv4_of(name: &str, exclude: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+    ipv4_addrs(name).into_iter().find(|a| !exclude.contains(a))
+}
+
 /// Whether `addr` is configured on interface `name`.
 pub fn has_address(name: &str, addr: Ipv4Addr) -> bool {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: as in `ipv4_of`.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return false;
-    }
-    let mut found = false;
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: list node.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() {
-            continue;
-        }
-        // SAFETY: as in `ipv4_of`.
-        let n = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        if n.to_bytes() == name.as_bytes() && i32::from(unsafe { (*ifa.ifa_addr).sa_family }) == libc::AF_INET {
-            // SAFETY: AF_INET.
-            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-            if Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == addr {
-                found = true;
-            }
-        }
-    }
-    // SAFETY: frees the list.
-    unsafe { libc::freeifaddrs(head) };
-    found
+    ipv4_addrs(name).contains(&addr)
 }
 
 const RTM_NEWADDR: u16 = 20;

@@ -282,18 +282,35 @@ pub async fn request_headers(
             None => (None, false),
         };
         drop(i);
-        if let Some(r) = local {
-            return Ok(Flow::Local(r));
-        }
-        if closed {
-            return Err(ProxyError::FilterFailed);
-        }
-        if let Err(f) = outcome {
-            fail(&plugin, &f)?;
-            chain.borrow_mut().entries[idx].skip = true;
+        if let Some(flow) = phase_end(chain, idx, &plugin, local, closed, outcome)? {
+            return Ok(flow);
         }
     }
     Ok(Flow::Continue)
+}
+
+/// How a headers phase ends for one filter: its local reply answers the request, a
+/// closed stream fails it, a failed guest applies the filter's policy (fail_open skips
+/// the filter for the rest of the request). `None`: go on with the next filter.
+fn phase_end(
+    chain: &ChainRef,
+    idx: usize,
+    plugin: &Plugin,
+    local: Option<LocalReply>,
+    closed: bool,
+    outcome: Result<(), Fault>,
+) -> Result<Option<Flow>, ProxyError> {
+    if let Some(r) = local {
+        return Ok(Some(Flow::Local(r)));
+    }
+    if closed {
+        return Err(ProxyError::FilterFailed);
+    }
+    if let Err(f) = outcome {
+        fail(plugin, &f)?;
+        chain.borrow_mut().entries[idx].skip = true;
+    }
+    Ok(None)
 }
 
 fn put_req(parts: &mut http::request::Parts, h: ReqHead) {
@@ -359,15 +376,8 @@ pub async fn response_headers(
             None => (None, false),
         };
         drop(i);
-        if let Some(r) = local {
-            return Ok(Flow::Local(r));
-        }
-        if closed {
-            return Err(ProxyError::FilterFailed);
-        }
-        if let Err(f) = outcome {
-            fail(&plugin, &f)?;
-            chain.borrow_mut().entries[idx].skip = true;
+        if let Some(flow) = phase_end(chain, idx, &plugin, local, closed, outcome)? {
+            return Ok(flow);
         }
     }
     Ok(Flow::Continue)

@@ -56,6 +56,24 @@ impl Lab {
         Some(lab)
     }
 
+    /// `Lab::new`, saying why the test is skipped when it cannot run here.
+    fn or_skip() -> Option<Lab> {
+        let lab = Lab::new();
+        if lab.is_none() {
+            eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
+        }
+        lab
+    }
+
+    /// A lab with node A (priority 150) and node B (100) running, A serving the VIP.
+    fn pair(dir: &std::path::Path) -> Option<Lab> {
+        let mut lab = Lab::or_skip()?;
+        lab.node(dir, "a", 150);
+        lab.node(dir, "b", 100);
+        lab.wait_for("node-a", Duration::from_secs(10));
+        Some(lab)
+    }
+
     fn ns(&self, n: &str) -> String {
         format!("tdm{n}{}", self.tag)
     }
@@ -213,10 +231,7 @@ impl Drop for Lab {
 
 #[test]
 fn election_failover_on_kill_preemption_and_maintenance() {
-    let Some(mut lab) = Lab::new() else {
-        eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
-        return;
-    };
+    let Some(mut lab) = Lab::or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
     lab.node(dir.path(), "a", 150);
     lab.node(dir.path(), "b", 100);
@@ -295,14 +310,8 @@ fn election_failover_on_kill_preemption_and_maintenance() {
 
 #[test]
 fn partition_heal_converges_on_one_holder_within_a_second() {
-    let Some(mut lab) = Lab::new() else {
-        eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
-    lab.node(dir.path(), "a", 150);
-    lab.node(dir.path(), "b", 100);
-    lab.wait_for("node-a", Duration::from_secs(10));
+    let Some(lab) = Lab::pair(dir.path()) else { return };
     let mut heals = Vec::new();
     for _ in 0..4 {
         lab.partition(true);
@@ -333,10 +342,7 @@ fn partition_heal_converges_on_one_holder_within_a_second() {
 
 #[test]
 fn malformed_and_foreign_adverts_are_dropped_and_counted() {
-    let Some(mut lab) = Lab::new() else {
-        eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
-        return;
-    };
+    let Some(mut lab) = Lab::or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
     lab.node(dir.path(), "a", 150);
     lab.wait_for("node-a", Duration::from_secs(10));
@@ -387,10 +393,7 @@ fn interoperates_with_keepalived_both_ways() {
         eprintln!("skipped: keepalived is not installed (.ci/run installs it)");
         return;
     }
-    let Some(mut lab) = Lab::new() else {
-        eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
-        return;
-    };
+    let Some(mut lab) = Lab::or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
     lab.keepalived(dir.path(), "b", 100);
     lab.wait_for("node-b", Duration::from_secs(10));
@@ -415,14 +418,8 @@ fn interoperates_with_keepalived_both_ways() {
 
 #[test]
 fn maintenance_under_keep_alive_load_loses_no_request() {
-    let Some(mut lab) = Lab::new() else {
-        eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
-    lab.node(dir.path(), "a", 150);
-    lab.node(dir.path(), "b", 100);
-    lab.wait_for("node-a", Duration::from_secs(10));
+    let Some(lab) = Lab::pair(dir.path()) else { return };
     std::thread::sleep(Duration::from_millis(300));
     // A keep-alive client that honours Connection: close (curl reuses its connection
     // for the URLs given and reconnects when asked to close), ~3 s of requests.
@@ -462,10 +459,7 @@ fn maintenance_under_keep_alive_load_loses_no_request() {
 
 #[test]
 fn tracking_a_cluster_moves_the_vip_when_its_endpoints_fail() {
-    let Some(mut lab) = Lab::new() else {
-        eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
-        return;
-    };
+    let Some(mut lab) = Lab::or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
     let check = "health_check = { path = \"/healthz\", interval = \"100ms\", timeout = \"100ms\", fall = 1, rise = 1 }";
     lab.node_with(
@@ -504,14 +498,8 @@ fn hold_down_keeps_a_lossy_link_from_flapping() {
         eprintln!("skipped: nft is not installed (.ci/run installs nftables)");
         return;
     }
-    let Some(mut lab) = Lab::new() else {
-        eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
-    lab.node(dir.path(), "a", 150);
-    lab.node(dir.path(), "b", 100);
-    lab.wait_for("node-a", Duration::from_secs(10));
+    let Some(mut lab) = Lab::pair(dir.path()) else { return };
     // 30 % of VRRP packets crossing the bridge are lost.
     let sw = lab.ns("sw");
     for rule in [
