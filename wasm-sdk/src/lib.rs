@@ -146,6 +146,26 @@ pub fn cluster_key(prefix: &str, key: &str) -> String {
     format!("{prefix}{key}")
 }
 
+/// Reads a plugin configuration (from `get_plugin_configuration()`) as JSON into `T`
+/// (an empty one reads as `{}`, so all-default configurations may be left out) and
+/// checks it with `check`. On failure the reason is logged at error level and `None`
+/// returned: return `false` from `on_configure` and Tandem refuses the configuration.
+pub fn json_config<T: serde::de::DeserializeOwned>(
+    bytes: Option<Vec<u8>>,
+    check: impl Fn(&T) -> Result<(), &'static str>,
+) -> Option<T> {
+    let bytes = bytes.filter(|b| !b.is_empty()).unwrap_or_else(|| b"{}".to_vec());
+    let why = match serde_json::from_slice::<T>(&bytes) {
+        Ok(c) => match check(&c) {
+            Ok(()) => return Some(c),
+            Err(why) => why.to_string(),
+        },
+        Err(e) => format!("bad configuration: {e}"),
+    };
+    let _ = hostcalls::log(proxy_wasm::types::LogLevel::Error, &why);
+    None
+}
+
 /// This worker's number (filters that should act once per node use worker 0).
 pub fn worker_id() -> Option<u64> {
     let v = hostcalls::get_property(vec!["tandem.worker_id"]).ok()??;

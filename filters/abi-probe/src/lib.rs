@@ -136,14 +136,30 @@ impl Probe {
         self.set_http_request_header("x-probe", Some("2"));
         self.remove_http_request_header("x-remove-me");
         let now = self.get_http_request_headers();
-        let added: Vec<_> = now.iter().filter(|(k, _)| k == "x-added").map(|(_, v)| v.as_str()).collect();
+        let added: Vec<_> = now
+            .iter()
+            .filter(|(k, _)| k == "x-added")
+            .map(|(_, v)| v.as_str())
+            .collect();
         r.check("add_header", added == ["a", "b"], &added);
-        r.check("replace_header", self.get_http_request_header("x-probe").as_deref() == Some("2"), ());
-        r.check("remove_header", self.get_http_request_header("x-remove-me").is_none(), ());
+        r.check(
+            "replace_header",
+            self.get_http_request_header("x-probe").as_deref() == Some("2"),
+            (),
+        );
+        r.check(
+            "remove_header",
+            self.get_http_request_header("x-remove-me").is_none(),
+            (),
+        );
         let mut map: Vec<(String, String)> = self.get_http_request_headers();
         map.push(("x-map".into(), "1".into()));
         self.set_http_request_headers(map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect());
-        r.check("set_map", self.get_http_request_header("x-map").as_deref() == Some("1"), ());
+        r.check(
+            "set_map",
+            self.get_http_request_header("x-map").as_deref() == Some("1"),
+            (),
+        );
         r.check(
             "get_map_bytes",
             self.get_http_request_headers_bytes().len() == self.get_http_request_headers().len(),
@@ -152,45 +168,109 @@ impl Probe {
         // Properties, Envoy encoding.
         let prop = |p: Vec<&str>| self.get_property(p).map(|b| b.to_vec());
         let s = |v: Option<Vec<u8>>| v.map(|b| String::from_utf8_lossy(&b).into_owned());
-        r.check("request.path", s(prop(vec!["request", "path"])).as_deref() == Some("/abi/headers?q=1"), s(prop(vec!["request", "path"])));
-        r.check("request.url_path", s(prop(vec!["request", "url_path"])).as_deref() == Some("/abi/headers"), ());
-        r.check("request.method", s(prop(vec!["request", "method"])).as_deref() == Some("GET"), ());
-        r.check("request.protocol", s(prop(vec!["request", "protocol"])).as_deref() == Some("HTTP/1.1"), ());
-        r.check("request.id", prop(vec!["request", "id"]).is_some_and(|v| !v.is_empty()), ());
-        r.check("request.time", i64_of(&prop(vec!["request", "time"])).is_some_and(|t| t > 1_600_000_000_000_000_000), ());
-        r.check("request.headers", prop(vec!["request", "headers"]).is_some_and(|v| v.len() > 4), ());
+        r.check(
+            "request.path",
+            s(prop(vec!["request", "path"])).as_deref() == Some("/abi/headers?q=1"),
+            s(prop(vec!["request", "path"])),
+        );
+        r.check(
+            "request.url_path",
+            s(prop(vec!["request", "url_path"])).as_deref() == Some("/abi/headers"),
+            (),
+        );
+        r.check(
+            "request.method",
+            s(prop(vec!["request", "method"])).as_deref() == Some("GET"),
+            (),
+        );
+        r.check(
+            "request.protocol",
+            s(prop(vec!["request", "protocol"])).as_deref() == Some("HTTP/1.1"),
+            (),
+        );
+        r.check(
+            "request.id",
+            prop(vec!["request", "id"]).is_some_and(|v| !v.is_empty()),
+            (),
+        );
+        r.check(
+            "request.time",
+            i64_of(&prop(vec!["request", "time"])).is_some_and(|t| t > 1_600_000_000_000_000_000),
+            (),
+        );
+        r.check(
+            "request.headers",
+            prop(vec!["request", "headers"]).is_some_and(|v| v.len() > 4),
+            (),
+        );
         r.check(
             "source.address",
             s(prop(vec!["source", "address"])).is_some_and(|a| a.starts_with("127.0.0.1:")),
             s(prop(vec!["source", "address"])),
         );
-        r.check("source.port", i64_of(&prop(vec!["source", "port"])).is_some_and(|p| p > 0), ());
-        r.check("destination.port", i64_of(&prop(vec!["destination", "port"])).is_some_and(|p| p > 0), ());
+        r.check(
+            "source.port",
+            i64_of(&prop(vec!["source", "port"])).is_some_and(|p| p > 0),
+            (),
+        );
+        r.check(
+            "destination.port",
+            i64_of(&prop(vec!["destination", "port"])).is_some_and(|p| p > 0),
+            (),
+        );
         r.check("connection.id", i64_of(&prop(vec!["connection", "id"])).is_some(), ());
         r.check("connection.mtls", prop(vec!["connection", "mtls"]) == Some(vec![0]), ());
-        r.check("plugin_name", s(prop(vec!["plugin_name"])).as_deref() == Some("abi"), s(prop(vec!["plugin_name"])));
-        r.check("plugin_root_id", s(prop(vec!["plugin_root_id"])).as_deref() == Some("probe-root"), ());
+        r.check(
+            "plugin_name",
+            s(prop(vec!["plugin_name"])).as_deref() == Some("abi"),
+            s(prop(vec!["plugin_name"])),
+        );
+        r.check(
+            "plugin_root_id",
+            s(prop(vec!["plugin_root_id"])).as_deref() == Some("probe-root"),
+            (),
+        );
         r.check("route_name", s(prop(vec!["route_name"])).as_deref() == Some("abi"), ());
         r.check("unknown_property", prop(vec!["no", "such"]).is_none(), ());
         self.set_property(vec!["filter", "state"], Some(b"kept"));
-        r.check("set_property", s(prop(vec!["filter", "state"])).as_deref() == Some("kept"), ());
+        r.check(
+            "set_property",
+            s(prop(vec!["filter", "state"])).as_deref() == Some("kept"),
+            (),
+        );
         // Shared data with CAS.
         let key = format!("abi-{}", self.id);
-        r.check("shared_set", hostcalls::set_shared_data(&key, Some(b"v1"), None).is_ok(), ());
+        r.check(
+            "shared_set",
+            hostcalls::set_shared_data(&key, Some(b"v1"), None).is_ok(),
+            (),
+        );
         let (v, cas) = self.get_shared_data(&key);
-        r.check("shared_get", v.as_deref() == Some(b"v1") && cas.is_some_and(|c| c != 0), (&v, cas));
+        r.check(
+            "shared_get",
+            v.as_deref() == Some(b"v1") && cas.is_some_and(|c| c != 0),
+            (&v, cas),
+        );
         let stale = cas.map(|c| c.wrapping_add(1000));
         r.check(
             "shared_cas_mismatch",
             self.set_shared_data(&key, Some(b"v2"), stale) == Err(Status::CasMismatch),
             (),
         );
-        r.check("shared_cas_ok", self.set_shared_data(&key, Some(b"v2"), cas).is_ok(), ());
+        r.check(
+            "shared_cas_ok",
+            self.set_shared_data(&key, Some(b"v2"), cas).is_ok(),
+            (),
+        );
         r.check("shared_missing", self.get_shared_data("abi-never-set").0.is_none(), ());
         // Queues.
         let q = self.resolve_shared_queue("abi", "probe-q");
         r.check("queue_resolve", q.is_some(), q);
-        r.check("queue_resolve_missing", self.resolve_shared_queue("abi", "nope").is_none(), ());
+        r.check(
+            "queue_resolve_missing",
+            self.resolve_shared_queue("abi", "nope").is_none(),
+            (),
+        );
         if let Some(q) = q {
             r.check("queue_enqueue", self.enqueue_shared_queue(q, Some(b"item")).is_ok(), ());
         }
@@ -202,7 +282,11 @@ impl Probe {
             let before = hostcalls::get_metric(c).unwrap_or(0);
             let _ = hostcalls::increment_metric(c, 2);
             r.check("metric_counter", hostcalls::get_metric(c).ok() == Some(before + 2), ());
-            r.check("metric_counter_negative", hostcalls::increment_metric(c, -1) == Err(Status::BadArgument), ());
+            r.check(
+                "metric_counter_negative",
+                hostcalls::increment_metric(c, -1) == Err(Status::BadArgument),
+                (),
+            );
             let _ = hostcalls::record_metric(g, 42);
             r.check("metric_gauge", hostcalls::get_metric(g).ok() == Some(42), ());
             r.check("metric_histogram", hostcalls::record_metric(h, 7).is_ok(), ());
@@ -212,12 +296,23 @@ impl Probe {
         // Logging, time, buffers.
         r.check("log", hostcalls::log(LogLevel::Info, "abi probe log line").is_ok(), ());
         r.check("log_level", hostcalls::get_log_level().is_ok(), ());
-        let t = self.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let t = self
+            .get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         r.check("current_time", t > 1_600_000_000, t);
         let cfg = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX);
-        r.check("plugin_config", matches!(&cfg, Ok(Some(b)) if b.as_slice() == b"probe-config"), &cfg);
+        r.check(
+            "plugin_config",
+            matches!(&cfg, Ok(Some(b)) if b.as_slice() == b"probe-config"),
+            &cfg,
+        );
         let vm = hostcalls::get_buffer(BufferType::VmConfiguration, 0, usize::MAX);
-        r.check("vm_config", matches!(&vm, Ok(Some(b)) if b.as_slice() == b"probe-vm"), &vm);
+        r.check(
+            "vm_config",
+            matches!(&vm, Ok(Some(b)) if b.as_slice() == b"probe-vm"),
+            &vm,
+        );
         // Foreign functions.
         let clusters = self.call_foreign_function("tandem.clusters", None);
         r.check(
@@ -233,12 +328,21 @@ impl Probe {
         // gRPC callouts are refused with a status, not a crash.
         r.check(
             "grpc_call_refused",
-            self.dispatch_grpc_call("backend", "svc", "M", vec![], None, Duration::from_secs(1)).is_err(),
+            self.dispatch_grpc_call("backend", "svc", "M", vec![], None, Duration::from_secs(1))
+                .is_err(),
             (),
         );
-        r.check("grpc_cancel_not_found", hostcalls::cancel_grpc_call(12345) == Err(Status::NotFound), ());
+        r.check(
+            "grpc_cancel_not_found",
+            hostcalls::cancel_grpc_call(12345) == Err(Status::NotFound),
+            (),
+        );
         // Effective context.
-        r.check("effective_context", hostcalls::set_effective_context(self.id).is_ok(), ());
+        r.check(
+            "effective_context",
+            hostcalls::set_effective_context(self.id).is_ok(),
+            (),
+        );
         r.check(
             "effective_context_unknown",
             hostcalls::set_effective_context(0x7fff_fff0) == Err(Status::BadArgument),
@@ -248,14 +352,24 @@ impl Probe {
         // http_call argument checks.
         r.check(
             "http_call_unknown_cluster",
-            self.dispatch_http_call("no-such-cluster", vec![(":method", "GET"), (":path", "/"), (":authority", "x")], None, vec![], Duration::from_secs(1))
-                == Err(Status::BadArgument),
+            self.dispatch_http_call(
+                "no-such-cluster",
+                vec![(":method", "GET"), (":path", "/"), (":authority", "x")],
+                None,
+                vec![],
+                Duration::from_secs(1),
+            ) == Err(Status::BadArgument),
             (),
         );
         r.check(
             "http_call_missing_pseudo",
-            self.dispatch_http_call("backend", vec![(":method", "GET")], None, vec![], Duration::from_secs(1))
-                == Err(Status::BadArgument),
+            self.dispatch_http_call(
+                "backend",
+                vec![(":method", "GET")],
+                None,
+                vec![],
+                Duration::from_secs(1),
+            ) == Err(Status::BadArgument),
             (),
         );
         r.0.join("\n") + "\n"
@@ -264,7 +378,12 @@ impl Probe {
     fn callout(&self) -> Action {
         match self.dispatch_http_call(
             "backend",
-            vec![(":method", "GET"), (":path", "/headers"), (":authority", "callout.test"), ("x-from", "abi")],
+            vec![
+                (":method", "GET"),
+                (":path", "/headers"),
+                (":authority", "callout.test"),
+                ("x-from", "abi"),
+            ],
             None,
             vec![],
             Duration::from_secs(2),
@@ -290,7 +409,10 @@ impl Context for Probe {
         }
         self.send_http_response(
             200,
-            vec![("x-callout-status", &status), ("x-callout-headers", &num_headers.to_string())],
+            vec![
+                ("x-callout-status", &status),
+                ("x-callout-headers", &num_headers.to_string()),
+            ],
             Some(&body),
         );
     }
@@ -348,8 +470,13 @@ impl HttpContext for Probe {
         let code = self
             .get_property(vec!["response", "code"])
             .and_then(|v| Some(i64::from_le_bytes(v.get(..8)?.try_into().ok()?)));
-        let status = self.get_http_response_header(":status").and_then(|s| s.parse::<i64>().ok());
-        self.set_http_response_header("x-abi-code-matches", Some(if code.is_some() && code == status { "1" } else { "0" }));
+        let status = self
+            .get_http_response_header(":status")
+            .and_then(|s| s.parse::<i64>().ok());
+        self.set_http_response_header(
+            "x-abi-code-matches",
+            Some(if code.is_some() && code == status { "1" } else { "0" }),
+        );
         if self.path.starts_with("/abi/body") {
             self.set_http_response_header("content-length", None);
         }

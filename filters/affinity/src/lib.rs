@@ -36,17 +36,8 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match serde_json::from_slice::<Config>(&bytes) {
-            Ok(c) => {
-                self.config = Some(Rc::new(c));
-                true
-            }
-            Err(e) => {
-                log::error!("bad configuration: {e}");
-                false
-            }
-        }
+        self.config = tandem_sdk::json_config(self.get_plugin_configuration(), |_: &Config| Ok(())).map(Rc::new);
+        self.config.is_some()
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -91,14 +82,11 @@ impl HttpContext for Affinity {
                 return Action::Continue;
             }
         };
-        let best = endpoints
-            .iter()
-            .filter(|e| e.state.takes_traffic())
-            .max_by(|a, b| {
-                score(&tenant, &a.address, a.weight)
-                    .partial_cmp(&score(&tenant, &b.address, b.weight))
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            });
+        let best = endpoints.iter().filter(|e| e.state.takes_traffic()).max_by(|a, b| {
+            score(&tenant, &a.address, a.weight)
+                .partial_cmp(&score(&tenant, &b.address, b.weight))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         if let Some(e) = best {
             let _ = tandem_sdk::route_to_cluster(&self.config.cluster);
             let _ = tandem_sdk::route_to_endpoint(&e.address);

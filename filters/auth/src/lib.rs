@@ -60,21 +60,12 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match serde_json::from_slice::<Config>(&bytes) {
-            Ok(Config::ApiKey { keys, .. }) if keys.is_empty() => {
-                log::error!("api_key mode needs at least one key");
-                false
-            }
-            Ok(c) => {
-                self.config = Some(Rc::new(c));
-                true
-            }
-            Err(e) => {
-                log::error!("bad configuration: {e}");
-                false
-            }
-        }
+        let check = |c: &Config| match c {
+            Config::ApiKey { keys, .. } if keys.is_empty() => Err("api_key mode needs at least one key"),
+            _ => Ok(()),
+        };
+        self.config = tandem_sdk::json_config(self.get_plugin_configuration(), check).map(Rc::new);
+        self.config.is_some()
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -107,13 +98,21 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Verifies an HS256 token; returns its subject (or "" when it has none).
-fn verify(token: &str, secret: &[u8], iss: Option<&str>, aud: Option<&str>, leeway: u64, now: u64) -> Result<String, &'static str> {
+fn verify(
+    token: &str,
+    secret: &[u8],
+    iss: Option<&str>,
+    aud: Option<&str>,
+    leeway: u64,
+    now: u64,
+) -> Result<String, &'static str> {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err("malformed token");
     };
-    let header: serde_json::Value = serde_json::from_slice(&b64.decode(h).map_err(|_| "bad header")?).map_err(|_| "bad header")?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&b64.decode(h).map_err(|_| "bad header")?).map_err(|_| "bad header")?;
     if header.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
         return Err("unsupported alg");
     }
@@ -125,7 +124,8 @@ fn verify(token: &str, secret: &[u8], iss: Option<&str>, aud: Option<&str>, leew
     if !same(&mac.finalize().into_bytes(), &sig) {
         return Err("bad signature");
     }
-    let claims: Claims = serde_json::from_slice(&b64.decode(p).map_err(|_| "bad payload")?).map_err(|_| "bad payload")?;
+    let claims: Claims =
+        serde_json::from_slice(&b64.decode(p).map_err(|_| "bad payload")?).map_err(|_| "bad payload")?;
     if claims.exp.is_some_and(|e| now > e + leeway) {
         return Err("expired");
     }
@@ -193,7 +193,14 @@ impl HttpContext for Auth {
                     .get_current_time()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
-                match verify(token.trim(), secret.as_bytes(), issuer.as_deref(), audience.as_deref(), *leeway_s, now) {
+                match verify(
+                    token.trim(),
+                    secret.as_bytes(),
+                    issuer.as_deref(),
+                    audience.as_deref(),
+                    *leeway_s,
+                    now,
+                ) {
                     Ok(sub) => {
                         self.set_http_request_header(subject_header, Some(&sub));
                         Action::Continue

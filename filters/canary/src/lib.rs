@@ -45,21 +45,15 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match serde_json::from_slice::<Config>(&bytes) {
-            Ok(c) if (0.0..=100.0).contains(&c.percent) => {
-                self.config = Some(Rc::new(c));
-                true
+        let check = |c: &Config| {
+            if (0.0..=100.0).contains(&c.percent) {
+                Ok(())
+            } else {
+                Err("percent must be within 0..=100")
             }
-            Ok(_) => {
-                log::error!("percent must be within 0..=100");
-                false
-            }
-            Err(e) => {
-                log::error!("bad configuration: {e}");
-                false
-            }
-        }
+        };
+        self.config = tandem_sdk::json_config(self.get_plugin_configuration(), check).map(Rc::new);
+        self.config.is_some()
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -91,7 +91,12 @@ impl Health {
         };
         if let Some(v) = verdict {
             if s.2 != Some(v) {
-                log::info!("{} {addr}: {}{}", c.cluster, if v { "healthy" } else { "unhealthy: " }, if v { "" } else { why });
+                log::info!(
+                    "{} {addr}: {}{}",
+                    c.cluster,
+                    if v { "healthy" } else { "unhealthy: " },
+                    if v { "" } else { why }
+                );
             }
             s.2 = Some(v);
             if let Err(e) = tandem_sdk::report_health(&c.cluster, &addr, v) {
@@ -103,7 +108,9 @@ impl Health {
 
 impl Context for Health {
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
-        let Some((addr, sent)) = self.pending.remove(&token) else { return };
+        let Some((addr, sent)) = self.pending.remove(&token) else {
+            return;
+        };
         let Some(c) = &self.config else { return };
         if num_headers == 0 {
             return self.judge(addr, false, "no answer");
@@ -133,21 +140,15 @@ impl Context for Health {
 
 impl RootContext for Health {
     fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match serde_json::from_slice::<Config>(&bytes) {
-            Ok(c) => {
-                // Once per node: only worker 0 probes.
-                if tandem_sdk::worker_id().unwrap_or(0) == 0 {
-                    self.set_tick_period(Duration::from_millis(c.interval_ms.max(50)));
-                }
-                self.config = Some(c);
-                true
-            }
-            Err(e) => {
-                log::error!("bad configuration: {e}");
-                false
-            }
+        let Some(c) = tandem_sdk::json_config::<Config>(self.get_plugin_configuration(), |_| Ok(())) else {
+            return false;
+        };
+        // Once per node: only worker 0 probes.
+        if tandem_sdk::worker_id().unwrap_or(0) == 0 {
+            self.set_tick_period(Duration::from_millis(c.interval_ms.max(50)));
         }
+        self.config = Some(c);
+        true
     }
 
     fn on_tick(&mut self) {

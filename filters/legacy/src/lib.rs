@@ -1,9 +1,9 @@
 //! A filter built with proxy-wasm SDK 0.1 (ABI 0.1.0): adds `x-legacy: <config>` to
 //! requests and `x-legacy-abi: 0.1.0` to responses. Keeps hosts honest about 0.1.0.
 
-use proxy_wasm_01 as proxy_wasm;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm_01 as proxy_wasm;
 
 #[no_mangle]
 pub fn _start() {

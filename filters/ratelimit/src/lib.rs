@@ -48,21 +48,15 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match serde_json::from_slice::<Config>(&bytes) {
-            Ok(c) if c.requests > 0 && c.period_s > 0 && (c.key == "source" || c.key.starts_with("header:")) => {
-                self.config = Some(Rc::new(c));
-                true
+        let check = |c: &Config| {
+            if c.requests > 0 && c.period_s > 0 && (c.key == "source" || c.key.starts_with("header:")) {
+                Ok(())
+            } else {
+                Err("requests and period_s must be > 0; key is \"source\" or \"header:NAME\"")
             }
-            Ok(_) => {
-                log::error!("requests and period_s must be > 0; key is \"source\" or \"header:NAME\"");
-                false
-            }
-            Err(e) => {
-                log::error!("bad configuration: {e}");
-                false
-            }
-        }
+        };
+        self.config = tandem_sdk::json_config(self.get_plugin_configuration(), check).map(Rc::new);
+        self.config.is_some()
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -43,19 +43,12 @@ impl RootContext for Root {
     }
 
     fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        if bytes.is_empty() {
-            return true;
-        }
-        match serde_json::from_slice::<Config>(&bytes) {
-            Ok(c) => {
+        match tandem_sdk::json_config(self.get_plugin_configuration(), |_: &Config| Ok(())) {
+            Some(c) => {
                 self.config = Rc::new(c);
                 true
             }
-            Err(e) => {
-                log::error!("bad configuration: {e}");
-                false
-            }
+            None => false,
         }
     }
 
