@@ -250,7 +250,7 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         "uptime_seconds": shared.started.elapsed().as_secs(),
         "ready": shared.is_ready(),
         "draining": shared.draining.load(Relaxed),
-        "maintenance": *shared.maintenance.borrow(),
+        "maintenance": shared.in_maintenance.load(Relaxed),
         "workers": shared.workers,
         "connections": shared.connections.load(Relaxed),
         "config": { "source": cfg.source, "generation": rt.generation, "hash": format!("{:016x}", rt.hash) },

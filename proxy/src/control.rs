@@ -52,6 +52,8 @@ pub struct Shared {
     /// Maintenance: responses carry `Connection: close` (h2: GOAWAY) and idle
     /// keep-alive connections close, while the node keeps accepting until its VIPs move.
     pub maintenance: tokio::sync::watch::Sender<bool>,
+    /// The same flag for the request path (an atomic load, no lock).
+    pub in_maintenance: AtomicBool,
     /// Workers whose listeners are bound and accepting.
     pub workers_ready: AtomicUsize,
     /// Worker count.
@@ -105,6 +107,7 @@ impl Shared {
             access_log,
             draining: AtomicBool::new(false),
             maintenance: tokio::sync::watch::channel(false).0,
+            in_maintenance: AtomicBool::new(false),
             workers_ready: AtomicUsize::new(0),
             workers,
             connections: AtomicU64::new(0),
@@ -241,6 +244,7 @@ impl Shared {
     /// the VIPs are released with priority 0 and the peer takes over. In-flight requests
     /// finish. Off: keep-alive is normal again and the VIPs rejoin the election.
     pub fn set_maintenance(&self, on: bool, handover: Duration) {
+        self.in_maintenance.store(on, Relaxed);
         self.maintenance.send_replace(on);
         if let Some(v) = crate::vips::get() {
             if on {
@@ -262,7 +266,7 @@ impl Shared {
 
     /// Whether every worker accepts and no drain has begun.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Relaxed) && !*self.maintenance.borrow() && self.workers_ready.load(Relaxed) == self.workers
+        !self.draining.load(Relaxed) && !self.in_maintenance.load(Relaxed) && self.workers_ready.load(Relaxed) == self.workers
     }
 }
 

@@ -92,7 +92,7 @@ pub async fn handle(
     };
 
     let max = worker.listeners[conn.listener].max_requests_per_connection;
-    let draining = worker.shared.draining.load(Relaxed) || *worker.shared.maintenance.borrow();
+    let draining = worker.shared.draining.load(Relaxed) || worker.shared.in_maintenance.load(Relaxed);
     if (max > 0 && n >= max) || draining {
         close_after(&conn, &mut resp, downstream_version);
     }
