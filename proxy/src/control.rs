@@ -266,7 +266,9 @@ impl Shared {
 
     /// Whether every worker accepts and no drain has begun.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Relaxed) && !self.in_maintenance.load(Relaxed) && self.workers_ready.load(Relaxed) == self.workers
+        !self.draining.load(Relaxed)
+            && !self.in_maintenance.load(Relaxed)
+            && self.workers_ready.load(Relaxed) == self.workers
     }
 }
 

@@ -6,6 +6,7 @@
 //! callback; a failed guest applies its filter's policy.
 
 use std::cell::RefCell;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -86,7 +87,6 @@ fn fail(plugin: &Plugin, fault: &Fault) -> Result<(), ProxyError> {
 }
 
 /// Facts of a new request for its filters.
-#[allow(clippy::too_many_arguments)]
 pub fn facts(
     conn: &crate::downstream::ConnState,
     request_id: Option<HeaderValue>,
@@ -692,5 +692,3 @@ where
         self.hint.unwrap_or_default()
     }
 }
-
-use std::future::Future as _;

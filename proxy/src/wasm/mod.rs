@@ -32,13 +32,10 @@ pub use plugin::Plugin;
 /// Instantiates a filter once without a worker to check that it starts and accepts
 /// its configuration (used by configuration validation and `tandem check`).
 pub fn trial(f: &crate::config::FilterConfig) -> Result<(), String> {
-    let p = std::sync::Arc::new(Plugin::new(f));
-    // Stats of the trial are not the filter's traffic: use a throwaway set.
-    let p = std::sync::Arc::new(Plugin {
-        stats: Default::default(),
-        ..std::sync::Arc::try_unwrap(p).map_err(|_| "plugin shared".to_string())?
-    });
-    instance::Instance::create(&p, std::rc::Weak::new())
+    // The trial's counters are not the filter's traffic: a throwaway set.
+    let mut p = Plugin::new(f);
+    p.stats = Default::default();
+    instance::Instance::create(&std::sync::Arc::new(p), std::rc::Weak::new())
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
