@@ -13,8 +13,9 @@
 //! - `/abi/grpc`: a gRPC trailers-only local reply;
 //! - `/abi/reset`: resets the stream;
 //! - `/abi/counters`: ticks and queue deliveries seen so far.
-//! Every response gets `x-abi-response: 1`; every completed stream bumps the metric
-//! `logged` in `on_log`.
+//! Every response gets `x-abi-response: 1`, response trailers get `x-abi-trailer`
+//! (naming the `grpc-status` seen); every completed stream bumps the metric `logged`
+//! in `on_log`.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -491,6 +492,12 @@ impl HttpContext for Probe {
             return Action::Pause;
         }
         self.set_http_response_body(size, 0, b"-- seen by abi\n");
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _: usize) -> Action {
+        let status = self.get_http_response_trailer("grpc-status").unwrap_or_default();
+        self.add_http_response_trailer("x-abi-trailer", &format!("seen grpc-status {status}"));
         Action::Continue
     }
 

@@ -28,7 +28,7 @@ impl http_body::Body for Frames {
 }
 
 /// A backend that switches to an echo on Upgrade and CONNECT, and speaks gRPC-ish h2.
-async fn special_backend() -> std::net::SocketAddr {
+pub(crate) async fn special_backend() -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {

@@ -678,3 +678,41 @@ async fn abi_0_1_0_modules_still_run() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_through_a_filter_keeps_its_body_and_trailers() {
+    tokio::task::spawn_blocking(modules).await.unwrap();
+    bounded(30, async {
+        let b = crate::protocols::special_backend().await;
+        let body = format!(
+            "{}[[cluster]]\nname = \"grpc\"\nprotocol = \"h2c\"\nendpoints = [{{ address = \"{b}\" }}]\n\n[[route]]\nname = \"grpc\"\ncluster = \"grpc\"\nfilters = [\"abi\"]\n",
+            filter("abi", "abi_probe", "config = \"probe-config\"\nvm_config = \"probe-vm\""),
+        );
+        let proxy = Proxy::start(&body);
+        let s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut tx, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(s),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        for (path, want) in [("/pkg.Svc/Stream", "0"), ("/pkg.Svc/Fail", "14")] {
+            let req = http::Request::post(format!("http://svc.local{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\x02hi")))
+                .unwrap();
+            tx.ready().await.unwrap();
+            let resp = tx.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.headers()["x-abi-response"], "1");
+            let collected = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+            let trailers = collected.trailers().cloned().expect("trailers reach the client");
+            assert_eq!(trailers["grpc-status"], want);
+            assert_eq!(trailers["x-abi-trailer"], format!("seen grpc-status {want}").as_str());
+            assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x03one\0\0\0\0\x03two");
+        }
+    })
+    .await;
+}
