@@ -86,6 +86,14 @@ fn fail(plugin: &Plugin, fault: &Fault) -> Result<(), ProxyError> {
     }
 }
 
+/// Filter `idx` of the chain (instance, context id, plugin), unless it was skipped
+/// after failing open.
+fn live_entry(chain: &ChainRef, idx: usize) -> Option<(Rc<RefCell<Instance>>, u32, Arc<Plugin>)> {
+    let c = chain.borrow();
+    let e = &c.entries[idx];
+    (!e.skip).then(|| (e.inst.clone(), e.ctx, e.plugin.clone()))
+}
+
 /// Facts of a new request for its filters.
 pub fn facts(
     conn: &crate::downstream::ConnState,
@@ -236,13 +244,8 @@ pub async fn request_headers(
 ) -> Result<Flow, ProxyError> {
     let n = chain.borrow().entries.len();
     for idx in 0..n {
-        let (inst, ctx, plugin) = {
-            let c = chain.borrow();
-            let e = &c.entries[idx];
-            if e.skip {
-                continue;
-            }
-            (e.inst.clone(), e.ctx, e.plugin.clone())
+        let Some((inst, ctx, plugin)) = live_entry(chain, idx) else {
+            continue;
         };
         let head = ReqHead {
             method: parts.method.clone(),
@@ -328,13 +331,8 @@ pub async fn response_headers(
 ) -> Result<Flow, ProxyError> {
     let n = chain.borrow().entries.len();
     for idx in (0..n).rev() {
-        let (inst, ctx, plugin) = {
-            let c = chain.borrow();
-            let e = &c.entries[idx];
-            if e.skip {
-                continue;
-            }
-            (e.inst.clone(), e.ctx, e.plugin.clone())
+        let Some((inst, ctx, plugin)) = live_entry(chain, idx) else {
+            continue;
         };
         let head = RespHead {
             status: parts.status,
@@ -483,13 +481,8 @@ impl<B> FilteredBody<B> {
         let n = self.len();
         for pos in from..n {
             let idx = self.at(pos, n);
-            let (inst, ctx, plugin) = {
-                let c = self.chain.borrow();
-                let e = &c.entries[idx];
-                if e.skip {
-                    continue;
-                }
-                (e.inst.clone(), e.ctx, e.plugin.clone())
+            let Some((inst, ctx, plugin)) = live_entry(&self.chain, idx) else {
+                continue;
             };
             let mut i = inst.borrow_mut();
             let Some(s) = i.stream(ctx) else { continue };
@@ -580,13 +573,8 @@ impl<B> FilteredBody<B> {
         let n = self.len();
         for pos in 0..n {
             let idx = self.at(pos, n);
-            let (inst, ctx, plugin) = {
-                let c = self.chain.borrow();
-                let e = &c.entries[idx];
-                if e.skip {
-                    continue;
-                }
-                (e.inst.clone(), e.ctx, e.plugin.clone())
+            let Some((inst, ctx, plugin)) = live_entry(&self.chain, idx) else {
+                continue;
             };
             let mut i = inst.borrow_mut();
             let Some(s) = i.stream(ctx) else { continue };
