@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+pub mod lease;
 pub mod network;
 pub mod node;
 pub mod state_machine;
@@ -21,8 +22,16 @@ pub mod types;
 pub mod vip;
 pub mod wire;
 
+pub use lease::{Lease, LeaseClient, LeaseError};
 pub use node::{HaConfig, HaError, HaNode, Peer, PeerTls, Publisher};
 pub use openraft;
 pub use openraft::RaftMetrics;
 pub use tables::{Change, Tables};
 pub use types::{Batch, NodeId, TypeConfig};
+
+/// Milliseconds since the Unix epoch (lease times).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

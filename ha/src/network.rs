@@ -106,6 +106,9 @@ pub enum Request {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A follower's batch, for the leader to propose.
     Propose(Batch),
+    /// A batch for a member to propose, or pass to its leader when it is not it (a
+    /// node that cannot reach the leader itself goes through another member).
+    Relay(Batch),
 }
 
 /// A peer's answer.
@@ -117,8 +120,8 @@ pub enum Reply {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     /// To `Snapshot`.
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
-    /// To `Propose`.
-    Propose(Result<(), String>),
+    /// To `Propose` and `Relay`: what applying the batch answered.
+    Propose(Result<Option<crate::lease::Lease>, String>),
 }
 
 /// Makes clients for openraft.
@@ -229,7 +232,13 @@ pub struct PeerStats {
 
 /// Answers peers on `listener` until the task is dropped; its connections go with it
 /// (a stopped node must not keep answering on old connections).
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, raft: Raft, stats: Arc<PeerStats>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    raft: Raft,
+    network: Network,
+    stats: Arc<PeerStats>,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -238,7 +247,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, raft: 
             Some(_) = conns.join_next() => continue,
         };
         let Ok((tcp, peer)) = accepted else { continue };
-        let (acceptor, raft, stats) = (acceptor.clone(), raft.clone(), stats.clone());
+        let (acceptor, raft, stats, network) = (acceptor.clone(), raft.clone(), stats.clone(), network.clone());
         conns.spawn(async move {
             let _ = tcp.set_nodelay(true);
             let mut conn = match acceptor.accept(tcp).await {
@@ -264,8 +273,9 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, raft: 
                     Request::Vote(r) => Reply::Vote(raft.vote(r).await),
                     Request::Snapshot(r) => Reply::Snapshot(raft.install_snapshot(r).await),
                     Request::Propose(b) => {
-                        Reply::Propose(raft.client_write(b).await.map(|_| ()).map_err(|e| e.to_string()))
+                        Reply::Propose(raft.client_write(b).await.map(|r| r.data).map_err(|e| e.to_string()))
                     }
+                    Request::Relay(b) => relay(&raft, &network, b).await,
                 };
                 if write_frame(&mut conn, &reply).await.is_err() {
                     return;
@@ -273,4 +283,23 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, raft: 
             }
         });
     }
+}
+
+/// Proposes `batch` here, or passes it to the leader once (never further).
+async fn relay(raft: &Raft, network: &Network, batch: Batch) -> Reply {
+    let err = match raft.client_write(batch.clone()).await {
+        Ok(r) => return Reply::Propose(Ok(r.data)),
+        Err(e) => e,
+    };
+    if let RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f)) = &err {
+        if let (Some(id), Some(node)) = (f.leader_id, f.leader_node.as_ref()) {
+            let mut net = network.clone();
+            let mut leader = net.new_client(id, node).await;
+            let timeout = std::time::Duration::from_millis(250);
+            if let Ok(Ok(reply)) = tokio::time::timeout(timeout, leader.call(&Request::Propose(batch))).await {
+                return reply;
+            }
+        }
+    }
+    Reply::Propose(Err(err.to_string()))
 }

@@ -118,7 +118,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.last_applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Option<crate::lease::Lease>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
@@ -127,17 +127,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut tables = self.tables.write().expect("tables poisoned");
         for e in entries {
             self.last_applied = Some(e.log_id);
+            let mut answer = None;
             match e.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(batch) => {
-                    tables.apply(&batch);
+                    answer = tables.apply(&batch);
                     if let Some(t) = batch_time(&batch) {
                         tables.prune(t, RATE_KEEP_MS);
                     }
                 }
                 EntryPayload::Membership(m) => self.membership = StoredMembership::new(Some(e.log_id), m),
             }
-            out.push(());
+            out.push(answer);
         }
         Ok(out)
     }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::lease::Lease;
 use crate::types::{Batch, NodeId};
 
 /// One observation or decision a node publishes.
@@ -47,6 +48,24 @@ pub enum Change {
         /// Value (None deletes).
         value: Option<Vec<u8>>,
     },
+    /// A request for (or renewal of) a VIP's lease by the batch's origin.
+    VipLease {
+        /// VRID of the VIP.
+        vrid: u8,
+        /// The requester's VRRP priority.
+        priority: u8,
+        /// Whether the requester may preempt a lower-priority holder.
+        preempt: bool,
+        /// Request time (proposer's clock, ms since the Unix epoch).
+        at_ms: u64,
+        /// Lease lifetime from `at_ms`.
+        ttl_ms: u64,
+    },
+    /// The batch's origin gives a VIP's lease up.
+    VipRelease {
+        /// VRID of the VIP.
+        vrid: u8,
+    },
 }
 
 /// A verdict as stored: who saw what, when.
@@ -71,13 +90,16 @@ pub struct Tables {
     pub rate: BTreeMap<(u64, u64), BTreeMap<NodeId, u64>>,
     /// Shared data.
     pub shared: BTreeMap<String, Vec<u8>>,
+    /// VRID → lease (see [`crate::lease`]).
+    pub leases: BTreeMap<u8, Lease>,
     /// Batch time of the last prune (pruning is O(table), so it runs once a second).
     pub last_prune_ms: u64,
 }
 
 impl Tables {
-    /// Applies one committed batch.
-    pub fn apply(&mut self, batch: &Batch) {
+    /// Applies one committed batch; returns the lease its last lease change left.
+    pub fn apply(&mut self, batch: &Batch) -> Option<Lease> {
+        let mut lease = None;
         for c in &batch.changes {
             match c {
                 Change::Verdict {
@@ -122,8 +144,19 @@ impl Tables {
                         self.shared.remove(key);
                     }
                 },
+                Change::VipLease {
+                    vrid,
+                    priority,
+                    preempt,
+                    at_ms,
+                    ttl_ms,
+                } => {
+                    lease = Some(self.apply_lease(batch.origin, *vrid, *priority, *preempt, *at_ms, *ttl_ms));
+                }
+                Change::VipRelease { vrid } => lease = self.release_lease(batch.origin, *vrid),
             }
         }
+        lease
     }
 
     /// Drops expired sticky bindings and rate windows older than `keep_ms` before `now_ms`.

@@ -25,10 +25,11 @@ impl std::fmt::Display for Batch {
 }
 
 openraft::declare_raft_types!(
-    /// Tandem's Raft types: entries carry [`Batch`]es; responses are empty.
+    /// Tandem's Raft types: entries carry [`Batch`]es; a response is the lease a
+    /// lease change left (none for other batches).
     pub TypeConfig:
         D = Batch,
-        R = (),
+        R = Option<crate::lease::Lease>,
 );
 
 /// The Raft handle.

@@ -21,6 +21,8 @@ pub struct Pair {
     pub metrics: tokio::sync::watch::Receiver<tandem_ha::RaftMetrics<u64, tandem_ha::openraft::BasicNode>>,
     /// Peer handshakes refused.
     pub refused: Arc<tandem_ha::network::PeerStats>,
+    /// Commits VIP leases (the fence of the floating VIPs).
+    pub leases: tandem_ha::LeaseClient,
     /// Settings.
     pub config: HaConfigSection,
 }
@@ -59,6 +61,7 @@ pub fn start(cfg: &HaConfigSection) -> Result<&'static Pair, String> {
                             node.tables.clone(),
                             node.raft.metrics(),
                             node.peer_stats.clone(),
+                            node.lease_client(),
                         );
                         let _ = tx.send(Ok(parts));
                         // Keep the member (and its runtime) alive for the life of the process.
@@ -72,13 +75,14 @@ pub fn start(cfg: &HaConfigSection) -> Result<&'static Pair, String> {
             });
         })
         .map_err(|e| e.to_string())?;
-    let (id, publisher, tables, metrics, refused) = rx.recv().map_err(|e| e.to_string())??;
+    let (id, publisher, tables, metrics, refused, leases) = rx.recv().map_err(|e| e.to_string())??;
     let _ = PAIR.set(Pair {
         id,
         publisher,
         tables,
         metrics,
         refused,
+        leases,
         config: cfg.clone(),
     });
     PAIR.get().ok_or_else(|| "pair already started".to_string())

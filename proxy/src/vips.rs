@@ -26,8 +26,10 @@ pub fn get() -> Option<&'static Vips> {
 }
 
 /// Starts every virtual router on the VIP thread. Errors (no interface, no privilege)
-/// are logged per VIP; the proxy keeps serving.
+/// are logged per VIP; the proxy keeps serving. When the node is in a Raft group, its
+/// VIPs are fenced by leases committed through it.
 pub fn start(configs: &[VipConfig], shared: Arc<crate::control::Shared>) -> std::io::Result<()> {
+    let fence = crate::pair::get().map(|p| p.leases.clone());
     if configs.is_empty() {
         return Ok(());
     }
@@ -49,14 +51,14 @@ pub fn start(configs: &[VipConfig], shared: Arc<crate::control::Shared>) -> std:
         rt.block_on(async move {
             let mut tasks = Vec::new();
             for (cfg, stats) in work {
-                let rx = rx.clone();
+                let (rx, fence) = (rx.clone(), fence.clone());
                 let (prio_tx, prio_rx) = tokio::sync::watch::channel(cfg.priority);
                 if !cfg.track_clusters.is_empty() {
                     tokio::spawn(track(cfg.clone(), shared.clone(), prio_tx));
                 }
                 tasks.push(tokio::spawn(async move {
                     let name = cfg.name.clone();
-                    if let Err(e) = router::run(cfg, stats, rx, prio_rx).await {
+                    if let Err(e) = router::run(cfg, stats, rx, prio_rx, fence).await {
                         tracing::error!(vip = %name, error = %e, "virtual router stopped");
                     }
                 }));
@@ -112,6 +114,10 @@ impl Vips {
                         "adverts_sent": s.adverts_sent.load(Relaxed),
                         "adverts_received": s.adverts_received.load(Relaxed),
                         "became_master": s.became_master.load(Relaxed),
+                        "fenced": crate::pair::get().is_some(),
+                        "lease_refused": s.lease_refused.load(Relaxed),
+                        "lease_lost": s.lease_lost.load(Relaxed),
+                        "no_quorum": s.no_quorum.load(Relaxed),
                     })
                 })
                 .collect(),
@@ -152,6 +158,10 @@ impl Vips {
                 ("advert_received", &s.adverts_received),
                 ("became_master", &s.became_master),
                 ("garp", &s.garps),
+                ("lease_refused", &s.lease_refused),
+                ("lease_lost", &s.lease_lost),
+                ("lease_yielded", &s.lease_yielded),
+                ("no_quorum", &s.no_quorum),
             ] {
                 let _ = writeln!(
                     out,

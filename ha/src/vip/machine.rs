@@ -108,6 +108,23 @@ impl Machine {
         self.deadline = Some(now + self.master_down());
     }
 
+    /// Postpones a backup's Master_Down check to `at` (the fence said not yet).
+    pub fn defer(&mut self, at: Instant) {
+        if self.state == State::Backup {
+            self.deadline = Some(at);
+        }
+    }
+
+    /// The master lost its lease to another node: back to backup without a priority-0
+    /// advert (the new holder is already master).
+    pub fn step_down(&mut self, now: Instant) -> Vec<Action> {
+        if self.state != State::Master {
+            return Vec::new();
+        }
+        self.become_backup(now);
+        vec![Action::ReleaseVips]
+    }
+
     /// Startup event.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
         if self.cfg.priority == 255 {

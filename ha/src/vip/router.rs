@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::machine::{Action, Machine, RouterConfig, State};
+use crate::lease::{Lease, LeaseClient, LeaseError};
 use super::net::{self, Interface, NetError, VrrpSocket};
 use super::packet::{Advert, AdvertError, GROUP};
 
@@ -52,6 +53,30 @@ pub struct VipConfig {
     pub track_clusters: Vec<String>,
     /// How much a failed track lowers the priority.
     pub track_weight: u8,
+    /// With a fence (the node is in a Raft group): what a node that cannot reach a quorum
+    /// does.
+    pub on_no_quorum: NoQuorum,
+    /// With a fence: how long a lease request may wait for a commit before the group
+    /// counts as unreachable (covers the election of a new leader).
+    pub quorum_wait: Duration,
+}
+
+/// What a fenced node does when no quorum answers its lease request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoQuorum {
+    /// Plain VRRP decides: a backup takes over on Master_Down (availability first; two
+    /// holders are possible when the witness is also cut off).
+    Vrrp,
+    /// Nothing moves: a backup never takes over, a master keeps its VIPs.
+    Hold,
+}
+
+impl VipConfig {
+    /// Lifetime of a lease: a backup checks after about 3 adverts plus the hold-down,
+    /// so a dead holder's lease has run out by then.
+    pub fn lease_ttl(&self) -> Duration {
+        (Duration::from_millis(30 * u64::from(self.interval_cs)) + self.hold_down).max(Duration::from_millis(150))
+    }
 }
 
 /// Live counters of a virtual router.
@@ -71,6 +96,14 @@ pub struct VipStats {
     pub became_master: AtomicU64,
     /// Gratuitous ARPs sent.
     pub garps: AtomicU64,
+    /// Takeovers the fence refused (the lease is held by a live peer).
+    pub lease_refused: AtomicU64,
+    /// Times a master lost its lease to another node and stepped down.
+    pub lease_lost: AtomicU64,
+    /// Times a master yielded its lease to a higher-priority node (preemption).
+    pub lease_yielded: AtomicU64,
+    /// Lease requests no quorum answered.
+    pub no_quorum: AtomicU64,
 }
 
 /// How long released VIPs stay on the interface after the priority-0 advert.
@@ -217,12 +250,30 @@ impl Holder {
     }
 }
 
-/// Runs the virtual router until `control` says [`Control::Stop`].
+/// A lease request in flight.
+type Pending = Option<tokio::task::JoinHandle<Result<Lease, LeaseError>>>;
+
+/// Waits for the request in `p` (forever when there is none).
+async fn settle(p: &mut Pending) -> Result<Lease, LeaseError> {
+    match p {
+        Some(h) => {
+            let r = h.await.unwrap_or(Err(LeaseError::NoQuorum));
+            *p = None;
+            r
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the virtual router until `control` says [`Control::Stop`]. With a `fence`, a
+/// backup becomes master only once the group committed the VIP's lease to it, and the
+/// master renews the lease (see [`crate::lease`]).
 pub async fn run(
     cfg: VipConfig,
     stats: Arc<VipStats>,
     mut control: tokio::sync::watch::Receiver<Control>,
     mut priority: tokio::sync::watch::Receiver<u8>,
+    fence: Option<LeaseClient>,
 ) -> Result<(), NetError> {
     let vips: Vec<Ipv4Addr> = cfg.addresses.iter().map(|a| a.0).collect();
     let iface = Interface::lookup(&cfg.interface, &vips)?;
@@ -259,6 +310,12 @@ pub async fn run(
     }
     let refresh = (cfg.address_lifetime / 3).max(Duration::from_millis(200));
     let mut next_refresh = Instant::now() + refresh;
+    let ttl = cfg.lease_ttl();
+    let renew_every = ttl / 3;
+    let mut next_renew = Instant::now();
+    // A takeover waiting for its lease, and a renewal in flight.
+    let mut acquiring: Pending = None;
+    let mut renewing: Pending = None;
     let mut buf = vec![0u8; 2048];
     // The last advert heard was a priority-0 release (no hold-down then).
     let mut released = false;
@@ -275,6 +332,11 @@ pub async fn run(
             far
         };
         let refresh_at = if master { next_refresh } else { far };
+        let renew_at = if master && fence.is_some() && renewing.is_none() {
+            next_renew
+        } else {
+            far
+        };
         tokio::select! {
             r = h.sock.recv(&mut buf) => {
                 let Ok(n) = r else { continue };
@@ -288,6 +350,14 @@ pub async fn run(
                         released = a.priority == 0;
                         if running {
                             let acts = m.on_advert(Instant::now(), src, &a);
+                            if acts.contains(&Action::ReleaseVips) {
+                                // A higher-priority master took over: its lease request
+                                // must not wait for ours to run out.
+                                if let Some(f) = &fence {
+                                    let (f, vrid) = (f.clone(), cfg.vrid);
+                                    tokio::spawn(async move { f.release(vrid, ttl).await });
+                                }
+                            }
                             if h.apply(acts, &m).await {
                                 burst = BURST;
                                 next_garp = Instant::now() + BURST_GAP;
@@ -307,11 +377,112 @@ pub async fn run(
                     }
                 }
             }
-            _ = tokio::time::sleep_until(deadline.into()), if running => {
-                let acts = m.on_timer(Instant::now());
-                if h.apply(acts, &m).await {
-                    burst = BURST;
-                    next_garp = Instant::now() + BURST_GAP;
+            _ = tokio::time::sleep_until(deadline.into()), if running && acquiring.is_none() => {
+                if let (State::Backup, Some(f)) = (m.state(), &fence) {
+                    // Master_Down: ask the group for the lease before taking over.
+                    let (f, vrid, prio, preempt, wait) = (f.clone(), cfg.vrid, m.priority(), cfg.preempt, cfg.quorum_wait);
+                    acquiring = Some(tokio::spawn(async move { f.acquire(vrid, prio, preempt, ttl, wait).await }));
+                } else {
+                    let acts = m.on_timer(Instant::now());
+                    if h.apply(acts, &m).await {
+                        burst = BURST;
+                        next_garp = Instant::now() + BURST_GAP;
+                    }
+                }
+            }
+            answer = settle(&mut acquiring) => {
+                let now = Instant::now();
+                let due = m.state() == State::Backup && running && m.deadline().is_some_and(|d| d <= now);
+                let me = fence.as_ref().map_or(0, |f| f.id());
+                let take = match answer {
+                    Ok(lease) if lease.held_by(me, crate::now_ms()) => {
+                        if !due {
+                            // A master was heard meanwhile: give the lease back.
+                            if let Some(f) = &fence {
+                                let (f, vrid) = (f.clone(), cfg.vrid);
+                                tokio::spawn(async move { f.release(vrid, ttl).await });
+                            }
+                        }
+                        due
+                    }
+                    Ok(lease) => {
+                        h.stats.lease_refused.fetch_add(1, Relaxed);
+                        let left = Duration::from_millis(lease.until_ms.saturating_sub(crate::now_ms()));
+                        tracing::debug!(vip = %cfg.name, holder = lease.holder, ?left, "takeover refused: the lease is held");
+                        if due {
+                            m.defer(now + left.clamp(Duration::from_millis(10), m.master_down()));
+                        }
+                        false
+                    }
+                    Err(LeaseError::NoQuorum) => {
+                        h.stats.no_quorum.fetch_add(1, Relaxed);
+                        match cfg.on_no_quorum {
+                            NoQuorum::Vrrp => {
+                                tracing::warn!(vip = %cfg.name, "no quorum for the lease; taking over by VRRP alone (on_no_quorum = \"vrrp\")");
+                                due
+                            }
+                            NoQuorum::Hold => {
+                                tracing::warn!(vip = %cfg.name, "no quorum for the lease; staying backup (on_no_quorum = \"hold\")");
+                                if due {
+                                    m.defer(now + m.master_down());
+                                }
+                                false
+                            }
+                        }
+                    }
+                };
+                if take {
+                    let acts = m.on_timer(now);
+                    next_renew = now + renew_every;
+                    if h.apply(acts, &m).await {
+                        burst = BURST;
+                        next_garp = Instant::now() + BURST_GAP;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(renew_at.into()) => {
+                if let Some(f) = &fence {
+                    let (f, vrid, prio, preempt) = (f.clone(), cfg.vrid, m.priority(), cfg.preempt);
+                    renewing = Some(tokio::spawn(async move { f.acquire(vrid, prio, preempt, ttl, ttl).await }));
+                }
+            }
+            answer = settle(&mut renewing) => {
+                let now = Instant::now();
+                next_renew = now + renew_every;
+                let me = fence.as_ref().map_or(0, |f| f.id());
+                match answer {
+                    Ok(lease) if m.state() != State::Master => {
+                        // Stepped down while the renewal was in flight: do not keep it.
+                        if let (true, Some(f)) = (lease.held_by(me, crate::now_ms()), &fence) {
+                            let (f, vrid) = (f.clone(), cfg.vrid);
+                            tokio::spawn(async move { f.release(vrid, ttl).await });
+                        }
+                    }
+                    _ if m.state() != State::Master => {}
+                    Ok(lease) if !lease.held_by(me, crate::now_ms()) => {
+                        h.stats.lease_lost.fetch_add(1, Relaxed);
+                        tracing::warn!(vip = %cfg.name, holder = lease.holder, "lease lost to another node; stepping down");
+                        let acts = m.step_down(now);
+                        h.apply(acts, &m).await;
+                    }
+                    Ok(lease) if lease.wanted_by.is_some_and(|w| w != me) => {
+                        h.stats.lease_yielded.fetch_add(1, Relaxed);
+                        tracing::info!(vip = %cfg.name, to = ?lease.wanted_by, "yielding the VIP to a higher-priority node");
+                        if let Some(f) = &fence {
+                            let _ = f.release(cfg.vrid, ttl).await;
+                        }
+                        let (release, announce): (Vec<_>, Vec<_>) =
+                            m.shutdown().into_iter().partition(|a| *a == Action::ReleaseVips);
+                        h.apply(announce, &m).await;
+                        h.apply(release, &m).await;
+                        let acts = m.start(Instant::now());
+                        h.apply(acts, &m).await;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        // No quorum: the holder keeps its VIPs under either policy.
+                        h.stats.no_quorum.fetch_add(1, Relaxed);
+                    }
                 }
             }
             _ = tokio::time::sleep_until(refresh_at.into()) => {
@@ -347,6 +518,14 @@ pub async fn run(
                     Control::Release | Control::Stop => {
                         if running {
                             running = false;
+                            if let Some(h) = acquiring.take() {
+                                h.abort();
+                            }
+                            // The lease goes first, so the peer's request after our
+                            // priority-0 advert is granted at once.
+                            if let (State::Master, Some(f)) = (m.state(), &fence) {
+                                let _ = f.release(cfg.vrid, Duration::from_millis(300)).await;
+                            }
                             // Priority 0 first: the peer takes over after its skew time
                             // and announces itself. The addresses stay a moment longer so
                             // packets from clients that have not followed yet are answered.

@@ -86,6 +86,21 @@ pub struct VipSection {
     /// How much a failed track lowers the priority.
     #[serde(default = "default_track_weight")]
     pub track_weight: u32,
+    /// With `[ha]`: `vrrp` (a node without quorum follows plain VRRP) or `hold` (it
+    /// changes nothing: a backup never takes over).
+    #[serde(default = "default_on_no_quorum")]
+    pub on_no_quorum: SpannedStr,
+    /// With `[ha]`: how long a takeover waits for the lease to commit before the group
+    /// counts as unreachable.
+    #[serde(default = "default_quorum_wait")]
+    pub quorum_wait: Dur,
+}
+
+fn default_on_no_quorum() -> SpannedStr {
+    SpannedStr::new(0..0, "vrrp".to_string())
+}
+fn default_quorum_wait() -> Dur {
+    Dur::millis(800)
 }
 
 fn default_track_weight() -> u32 {

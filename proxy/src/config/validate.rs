@@ -687,6 +687,21 @@ impl Checker<'_> {
         }
         let garp_refresh = self.dur(&v.garp_refresh, format!("{key}.garp_refresh"));
         let hold_down = self.dur(&v.hold_down, format!("{key}.hold_down"));
+        let quorum_wait = self.dur(&v.quorum_wait, format!("{key}.quorum_wait"));
+        let on_no_quorum = match v.on_no_quorum.get_ref().as_str() {
+            "vrrp" => tandem_ha::vip::router::NoQuorum::Vrrp,
+            "hold" => tandem_ha::vip::router::NoQuorum::Hold,
+            other => {
+                self.at(
+                    &v.on_no_quorum,
+                    format!("{key}.on_no_quorum"),
+                    format!("unknown policy `{other}`"),
+                    Some("use \"vrrp\" (take over by VRRP alone) or \"hold\" (a node without quorum never takes over)".into()),
+                );
+                ok = false;
+                tandem_ha::vip::router::NoQuorum::Vrrp
+            }
+        };
         ok.then(|| tandem_ha::vip::router::VipConfig {
             name: v.name.get_ref().clone(),
             interface: v.interface.get_ref().clone(),
@@ -703,6 +718,8 @@ impl Checker<'_> {
             hold_down,
             track_clusters: v.track_clusters.iter().map(|c| c.get_ref().clone()).collect(),
             track_weight: v.track_weight.min(254) as u8,
+            on_no_quorum,
+            quorum_wait,
         })
     }
 

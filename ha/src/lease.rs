@@ -1,0 +1,234 @@
+//! VIP leases: the fence that keeps two nodes from holding one VIP while the group has
+//! quorum. A backup whose Master_Down timer fires becomes master only after the group
+//! committed a lease for the VIP to it; the master renews it. During an A↔B partition in
+//! which both still reach the witness, the holder keeps renewing through the witness, so
+//! the other node's request is refused and it stays backup.
+//!
+//! Grants are decided when the entry is applied, from the entry alone, so every member
+//! agrees. Times are the proposer's wall clock (ms since the Unix epoch): members must
+//! keep their clocks in sync (NTP) to well under the lease time.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::network::RaftNetworkFactory;
+use serde::{Deserialize, Serialize};
+
+use crate::network::{Network, Reply, Request};
+use crate::node::Peer;
+use crate::tables::{Change, Tables};
+use crate::types::{Batch, NodeId, Raft};
+
+/// A VIP's lease as replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// VRID of the VIP.
+    pub vrid: u8,
+    /// The node allowed to hold it.
+    pub holder: NodeId,
+    /// The holder's VRRP priority when it last renewed.
+    pub priority: u8,
+    /// Expiry (proposer's clock, ms since the Unix epoch); 0 once released.
+    pub until_ms: u64,
+    /// Newest request time seen for this VIP; a request older than its own lifetime
+    /// compared with it is stale (delayed in a partition) and refused.
+    pub clock_ms: u64,
+    /// A higher-priority node with preemption asked for it: the holder yields.
+    pub wanted_by: Option<NodeId>,
+}
+
+impl Lease {
+    /// Whether `node` may hold the VIP at `now_ms` according to this lease.
+    pub fn held_by(&self, node: NodeId, now_ms: u64) -> bool {
+        self.holder == node && self.until_ms > now_ms
+    }
+}
+
+impl Tables {
+    /// Applies a lease request (or renewal) from `origin`; returns the lease afterwards.
+    pub(crate) fn apply_lease(&mut self, origin: NodeId, vrid: u8, priority: u8, preempt: bool, at_ms: u64, ttl_ms: u64) -> Lease {
+        let lease = self.leases.entry(vrid).or_insert(Lease {
+            vrid,
+            holder: origin,
+            priority,
+            until_ms: 0,
+            clock_ms: 0,
+            wanted_by: None,
+        });
+        if at_ms + ttl_ms < lease.clock_ms {
+            return *lease;
+        }
+        lease.clock_ms = lease.clock_ms.max(at_ms);
+        let free = lease.holder == origin || lease.until_ms <= at_ms;
+        if free {
+            if lease.holder != origin || lease.wanted_by == Some(origin) {
+                lease.wanted_by = None;
+            }
+            lease.holder = origin;
+            lease.priority = priority;
+            lease.until_ms = at_ms + ttl_ms;
+        } else if preempt && priority > lease.priority {
+            lease.wanted_by = Some(origin);
+        }
+        *lease
+    }
+
+    /// Applies a release from `origin`: the lease expires at once if `origin` holds it.
+    pub(crate) fn release_lease(&mut self, origin: NodeId, vrid: u8) -> Option<Lease> {
+        let lease = self.leases.get_mut(&vrid)?;
+        if lease.holder == origin {
+            lease.until_ms = 0;
+        }
+        Some(*lease)
+    }
+}
+
+/// Why a lease operation has no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    /// No member could commit within the wait: the group has no quorum reachable from here.
+    #[error("no quorum reachable")]
+    NoQuorum,
+}
+
+/// Proposes lease changes and waits for their commit; cheap to clone, usable from any
+/// tokio runtime. A follower's proposal goes to the leader; when the leader cannot be
+/// reached directly it is relayed through another member (the witness during an A↔B
+/// partition).
+#[derive(Clone)]
+pub struct LeaseClient {
+    id: NodeId,
+    raft: Raft,
+    network: Network,
+    peers: Vec<Peer>,
+}
+
+/// How long one attempt at one member may take.
+const ATTEMPT: Duration = Duration::from_millis(250);
+/// Pause between rounds while there is no leader.
+const ROUND_GAP: Duration = Duration::from_millis(20);
+
+impl LeaseClient {
+    pub(crate) fn new(id: NodeId, raft: Raft, network: Network, peers: Vec<Peer>) -> LeaseClient {
+        LeaseClient { id, raft, network, peers }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Asks for (or renews) the lease of `vrid` for `ttl`; `Ok` carries the committed
+    /// lease, which says whether it was granted.
+    pub async fn acquire(&self, vrid: u8, priority: u8, preempt: bool, ttl: Duration, wait: Duration) -> Result<Lease, LeaseError> {
+        let change = Change::VipLease {
+            vrid,
+            priority,
+            preempt,
+            at_ms: crate::now_ms(),
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        self.commit(change, wait).await?.ok_or(LeaseError::NoQuorum)
+    }
+
+    /// Gives the lease of `vrid` up (so the peer need not wait for it to expire).
+    pub async fn release(&self, vrid: u8, wait: Duration) -> Result<(), LeaseError> {
+        self.commit(Change::VipRelease { vrid }, wait).await.map(|_| ())
+    }
+
+    /// Commits one change through whichever member can, retrying until `wait` passes.
+    async fn commit(&self, change: Change, wait: Duration) -> Result<Option<Lease>, LeaseError> {
+        let batch = Batch {
+            origin: self.id,
+            changes: vec![change],
+        };
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(LeaseError::NoQuorum);
+            }
+            if let Ok(Some(answer)) = tokio::time::timeout(left, self.round(&batch)).await {
+                return Ok(answer);
+            }
+            tokio::time::sleep(ROUND_GAP.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    /// One try: locally if leader, else the leader, else a relay through each other member.
+    async fn round(&self, batch: &Batch) -> Option<Option<Lease>> {
+        let leader = match tokio::time::timeout(ATTEMPT, self.raft.client_write(batch.clone())).await {
+            Ok(Ok(r)) => return Some(r.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => f.leader_id,
+            _ => None,
+        };
+        let mut tried = BTreeSet::new();
+        if let Some(l) = leader.filter(|l| *l != self.id) {
+            tried.insert(l);
+            if let Some(answer) = self.ask(l, Request::Propose(batch.clone())).await {
+                return Some(answer);
+            }
+        }
+        for p in self.peers.iter().filter(|p| p.id != self.id && !tried.contains(&p.id)) {
+            if let Some(answer) = self.ask(p.id, Request::Relay(batch.clone())).await {
+                return Some(answer);
+            }
+        }
+        None
+    }
+
+    async fn ask(&self, target: NodeId, req: Request) -> Option<Option<Lease>> {
+        let peer = self.peers.iter().find(|p| p.id == target)?;
+        let mut net = self.network.clone();
+        let mut client = net
+            .new_client(target, &openraft::BasicNode::new(peer.address.to_string()))
+            .await;
+        match tokio::time::timeout(ATTEMPT, client.call(&req)).await {
+            Ok(Ok(Reply::Propose(Ok(answer)))) => Some(answer),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_goes_to_one_node_until_it_expires_or_is_released() {
+        let mut t = Tables::default();
+        let a = t.apply_lease(1, 51, 150, true, 1_000, 200);
+        assert!(a.held_by(1, 1_100));
+        // B asks while A's lease runs: refused.
+        assert!(!t.apply_lease(2, 51, 100, true, 1_100, 200).held_by(2, 1_100));
+        // A renews; B asks again after the old expiry but before the renewed one: refused.
+        t.apply_lease(1, 51, 150, true, 1_150, 200);
+        assert!(!t.apply_lease(2, 51, 100, true, 1_250, 200).held_by(2, 1_250));
+        // A stops renewing (killed): after expiry B gets it.
+        assert!(t.apply_lease(2, 51, 100, true, 1_351, 200).held_by(2, 1_400));
+        // A released lease is free at once.
+        t.release_lease(2, 51);
+        assert!(t.apply_lease(1, 51, 150, true, 1_402, 200).held_by(1, 1_402));
+    }
+
+    #[test]
+    fn a_higher_priority_request_marks_the_lease_wanted_and_a_stale_one_is_refused() {
+        let mut t = Tables::default();
+        t.apply_lease(2, 51, 100, true, 1_000, 200);
+        let l = t.apply_lease(1, 51, 150, true, 1_010, 200);
+        assert_eq!((l.holder, l.wanted_by), (2, Some(1)));
+        // The holder sees it on renewal, releases, and the preemptor gets it.
+        assert_eq!(t.apply_lease(2, 51, 100, true, 1_050, 200).wanted_by, Some(1));
+        t.release_lease(2, 51);
+        let l = t.apply_lease(1, 51, 150, true, 1_060, 200);
+        assert_eq!((l.holder, l.wanted_by), (1, None));
+        // A lower priority without preemption rights never marks it.
+        assert_eq!(t.apply_lease(2, 51, 100, true, 1_070, 200).wanted_by, None);
+        // A request delayed past its own lifetime (a partition healed) is refused.
+        t.release_lease(1, 51);
+        t.apply_lease(1, 51, 150, true, 5_000, 200);
+        t.release_lease(1, 51);
+        assert!(!t.apply_lease(2, 51, 100, true, 4_000, 200).held_by(2, 4_000));
+    }
+}
