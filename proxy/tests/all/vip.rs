@@ -36,13 +36,18 @@ impl Lab {
         if !ip(&["netns", "add", &lab.ns("sw")]) {
             return None;
         }
-        for n in ["a", "b", "c"] {
+        for n in ["a", "b", "c", "w"] {
             assert!(ip(&["netns", "add", &lab.ns(n)]));
         }
         let sw = lab.ns("sw");
         assert!(ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]));
         assert!(ip(&["-n", &sw, "link", "set", "br0", "up"]));
-        for (n, addr) in [("a", "10.77.0.1/24"), ("b", "10.77.0.2/24"), ("c", "10.77.0.10/24")] {
+        for (n, addr) in [
+            ("a", "10.77.0.1/24"),
+            ("b", "10.77.0.2/24"),
+            ("c", "10.77.0.10/24"),
+            ("w", "10.77.0.3/24"),
+        ] {
             let ns = lab.ns(n);
             let port = format!("p{n}");
             assert!(ip(&[
@@ -191,6 +196,68 @@ impl Lab {
         }
     }
 
+    /// The distinct MACs that answer one broadcast ARP request for the VIP, seen from the
+    /// client (waits up to 1 s for a second answer).
+    fn arp_macs(&self) -> std::collections::BTreeSet<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns("c"), "arping", "-b", "-c", "2", "-w", "1", "-I", "eth0", VIP])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("reply from"))
+            .filter_map(|l| Some(l.split('[').nth(1)?.split(']').next()?.to_string()))
+            .collect()
+    }
+
+    /// The `[ha]` section of member `n` (a = 1, b = 2, witness w = 3), with lab
+    /// certificates in `dir/certs`.
+    fn ha_section(&self, dir: &std::path::Path, n: &str) -> String {
+        let certs = dir.join("certs");
+        if !certs.join("ca.pem").exists() {
+            assert!(Command::new(env!("CARGO_BIN_EXE_tandem"))
+                .args(["ctl", "cluster", "certs", "--members", "a,b,w", "--out"])
+                .arg(&certs)
+                .stdout(Stdio::null())
+                .status()
+                .unwrap()
+                .success());
+        }
+        let id = match n {
+            "a" => 1,
+            "b" => 2,
+            _ => 3,
+        };
+        format!(
+            "[ha]\nnode_id = {id}\ndata_dir = \"{}\"\nsync_interval = \"20ms\"\ntls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\npeers = [{{ id = 1, address = \"10.77.0.1:7946\" }}, {{ id = 2, address = \"10.77.0.2:7946\" }}, {{ id = 3, address = \"10.77.0.3:7946\", witness = true }}]\n",
+            dir.join(format!("ha-{n}")).display(),
+            certs.join("ca.pem").display(),
+            certs.join(format!("{n}.pem")).display(),
+            certs.join(format!("{n}.key")).display(),
+        )
+    }
+
+    /// Starts the witness in namespace w.
+    fn witness(&mut self, dir: &std::path::Path) {
+        let cfg = dir.join("w.toml");
+        std::fs::write(&cfg, format!("[log]\nlevel = \"warn\"\n{}", self.ha_section(dir, "w"))).unwrap();
+        self.spawn("w", "witness", &["witness", "-c", cfg.to_str().unwrap()]);
+    }
+
+    /// Starts node `n` as a fenced member of the pair's Raft group.
+    fn fenced_node(&mut self, dir: &std::path::Path, n: &str, prio: u32, vip_extra: &str) {
+        let extra = format!("{vip_extra}\n{}", self.ha_section(dir, n));
+        self.node_with(dir, n, prio, "", &extra);
+    }
+
+    /// A counter from node `n`'s metrics (`name{labels}` exactly as exposed).
+    fn metric(&self, n: &str, series: &str) -> u64 {
+        self.ctl(n, &["metrics"])
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     fn holds_vip(&self, n: &str) -> bool {
         let out = Command::new("ip")
             .args(["-n", &self.ns(n), "-4", "addr", "show", "dev", "eth0"])
@@ -223,7 +290,7 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for n in ["a", "b", "c", "sw"] {
+        for n in ["a", "b", "c", "w", "sw"] {
             ip(&["netns", "del", &self.ns(n)]);
         }
     }
@@ -313,7 +380,7 @@ fn partition_heal_converges_on_one_holder_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let Some(lab) = Lab::pair(dir.path()) else { return };
     let mut heals = Vec::new();
-    for _ in 0..4 {
+    for round in 0..4 {
         lab.partition(true);
         // Without a third vote both sides become master (documented); B takes the VIP.
         let t = Instant::now();
@@ -323,6 +390,10 @@ fn partition_heal_converges_on_one_holder_within_a_second() {
                 "B never took over during the partition"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if round == 0 {
+            // Both answer ARP for the VIP (what the witness prevents).
+            assert_eq!(lab.arp_macs().len(), 2, "two holders answer during an unfenced partition");
         }
         // B's takeover GARPs reach the client: it now talks to B.
         std::thread::sleep(Duration::from_millis(300));
@@ -527,4 +598,70 @@ fn hold_down_keeps_a_lossy_link_from_flapping() {
     let held = became_master(&lab, "b") - before;
     eprintln!("30% VRRP loss for {window:?}: false takeovers without hold-down {plain}, with 500 ms hold-down {held}");
     assert_eq!(held, 0, "the hold-down did not prevent false takeovers");
+}
+
+#[test]
+fn a_witness_fences_the_vip_during_a_partition() {
+    let Some(mut lab) = Lab::or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    lab.witness(dir.path());
+    lab.fenced_node(dir.path(), "a", 150, "on_no_quorum = \"hold\"");
+    lab.fenced_node(dir.path(), "b", 100, "on_no_quorum = \"hold\"");
+    lab.wait_for("node-a", Duration::from_secs(15));
+    let refused = |lab: &Lab| lab.metric("b", "tandem_vip_events_total{vip=\"web\",event=\"lease_refused\"}");
+
+    // A↔B cut, both still reach the witness and the client: B's Master_Down fires over
+    // and over, the group refuses it the lease A keeps renewing, and only A answers.
+    lab.partition(true);
+    let start = Instant::now();
+    let mut arp_checks = 0;
+    while start.elapsed() < Duration::from_secs(4) {
+        assert!(!lab.holds_vip("b"), "B took the VIP while A holds the lease");
+        let macs = lab.arp_macs();
+        assert_eq!(macs.len(), 1, "not exactly one holder answers ARP: {macs:?}");
+        arp_checks += 1;
+    }
+    assert!(refused(&lab) > 0, "B never asked for the lease");
+    assert!(lab.client_get().is_some_and(|b| b.contains("node-a")));
+    eprintln!(
+        "partition A↔B with the witness, 4 s: {arp_checks} ARP samples with one MAC, B refused the lease {} times",
+        refused(&lab)
+    );
+    lab.partition(false);
+
+    // kill -9 of the master: B takes over once A's lease has run out.
+    let mut trials = Vec::new();
+    for round in 0..5 {
+        std::thread::sleep(Duration::from_millis(500));
+        lab.kill9("node-a");
+        trials.push(lab.wait_for("node-b", Duration::from_secs(5)));
+        // A returns with the higher priority: B yields the lease and A preempts.
+        lab.fenced_node(dir.path(), "a", 150, "on_no_quorum = \"hold\"");
+        lab.wait_for("node-a", Duration::from_secs(15));
+        let t = Instant::now();
+        while lab.holds_vip("b") {
+            assert!(t.elapsed() < Duration::from_secs(2), "round {round}: B kept the VIP after yielding");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    trials.sort();
+    eprintln!(
+        "fenced kill -9 → first success through B, 5 trials: min {:?} median {:?} max {:?}",
+        trials[0], trials[2], trials[4]
+    );
+    assert!(lab.metric("b", "tandem_vip_events_total{vip=\"web\",event=\"lease_yielded\"}") >= 1);
+
+    // Without the witness and with A↔B cut there is no quorum: with on_no_quorum =
+    // "hold" B stays backup and A keeps serving.
+    std::thread::sleep(Duration::from_millis(500));
+    lab.kill9("witness");
+    lab.partition(true);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        assert!(!lab.holds_vip("b"), "B took over without quorum under on_no_quorum = \"hold\"");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(lab.client_get().is_some_and(|b| b.contains("node-a")));
+    assert!(lab.metric("b", "tandem_vip_events_total{vip=\"web\",event=\"no_quorum\"}") > 0);
+    lab.partition(false);
 }
