@@ -38,6 +38,14 @@ enum Command {
     },
     /// Run a local demo: three demo backends and the proxy on 127.0.0.1:8080.
     Demo,
+    /// Remove every `[[vip]]` address of a configuration from its interface. Run by the
+    /// systemd unit after the proxy stopped, however it stopped (a crash included), so a
+    /// dead node never keeps answering for a VIP.
+    ReleaseVips {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Run a Raft-only member of the pair (no proxy), so a pair keeps quorum when one
     /// node dies. Reads the `[ha]` section of the configuration file.
     Witness {
@@ -203,6 +211,41 @@ fn main() -> ExitCode {
                 ConfigSource::Embedded("<embedded demo>", demo::DEMO_CONFIG.to_string()),
                 Some(banner),
             )
+        }
+        Command::ReleaseVips { config } => {
+            let cfg = match config::load_file(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut failed = false;
+            for v in &cfg.vips {
+                let own: Vec<_> = v.addresses.iter().map(|a| a.0).collect();
+                let iface = match tandem_ha::vip::net::Interface::lookup(&v.interface, &own) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        eprintln!("tandem release-vips: vip `{}`: {e}", v.name);
+                        failed = true;
+                        continue;
+                    }
+                };
+                for &(a, p) in &v.addresses {
+                    match tandem_ha::vip::net::remove_address(iface.index, a, p) {
+                        Ok(()) => println!("released {a}/{p} from {}", v.interface),
+                        Err(e) => {
+                            eprintln!("tandem release-vips: {a}/{p} on {}: {e}", v.interface);
+                            failed = true;
+                        }
+                    }
+                }
+            }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Command::Witness { config } => {
             let cfg = match config::load_file(&config) {

@@ -38,8 +38,16 @@ pub enum RunError {
 
 /// Installs the process log (stderr). `RUST_LOG` overrides the configured level.
 pub fn init_logging(cfg: &LogConfig) {
+    // openraft reports every failed heartbeat to an unreachable peer as an error (20 a
+    // second during a partition); a plain level keeps those quiet. The pair's state is
+    // in `tandem ctl cluster`; a directive naming openraft still shows everything.
+    let level = if cfg.level.contains('=') {
+        cfg.level.clone()
+    } else {
+        format!("{},openraft::replication=off,openraft::engine::handler::replication_handler=off", cfg.level)
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -78,7 +78,7 @@ pub struct VipSection {
     /// Script run as `SCRIPT NAME STATE` on changes.
     pub notify: Option<SpannedStr>,
     /// Extra wait past Master_Down before a backup takes over (lossy links).
-    #[serde(default)]
+    #[serde(default = "default_hold_down")]
     pub hold_down: Dur,
     /// Clusters tracked: while one has no endpoint taking traffic, the priority drops.
     #[serde(default)]
@@ -107,8 +107,13 @@ fn default_track_weight() -> u32 {
     50
 }
 
+/// Short adverts with a hold-down: a crash is noticed after ≈ 150 ms, while a false
+/// takeover needs 7 adverts in a row lost (keepalived's 100 ms adverts need 3).
 fn default_advert_interval() -> Dur {
-    Dur::millis(100)
+    Dur::millis(20)
+}
+fn default_hold_down() -> Dur {
+    Dur::millis(80)
 }
 fn default_garp_repeat() -> u32 {
     5
@@ -181,6 +186,12 @@ pub struct HaSection {
     pub tls: HaTlsSection,
     /// Every member, this node included.
     pub peers: Vec<HaPeerSection>,
+    /// Raft heartbeat from the leader.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: Dur,
+    /// Raft election timeout (randomised between it and twice it).
+    #[serde(default = "default_election_timeout")]
+    pub election_timeout: Dur,
     /// When this node's own active checks are off for a cluster, also adopt peers'
     /// healthy verdicts (otherwise an endpoint a peer condemned stays out until restart).
     #[serde(default = "default_true")]
@@ -799,6 +810,12 @@ fn default_maglev_table() -> u32 {
 }
 fn default_weight() -> u32 {
     1
+}
+fn default_heartbeat() -> Dur {
+    Dur::millis(50)
+}
+fn default_election_timeout() -> Dur {
+    Dur::millis(150)
 }
 fn default_sync_interval() -> Dur {
     Dur(None, Duration::from_millis(50))

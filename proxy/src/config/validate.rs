@@ -245,10 +245,23 @@ impl Checker<'_> {
                 );
             }
         }
+        let heartbeat = self.dur(&h.heartbeat, "ha.heartbeat".into());
+        let election = self.dur(&h.election_timeout, "ha.election_timeout".into());
+        if election < heartbeat * 3 || heartbeat.is_zero() {
+            let span = h.election_timeout.0.as_ref().or(h.heartbeat.0.as_ref()).unwrap_or(&h.data_dir);
+            self.at(
+                span,
+                "ha.election_timeout".into(),
+                format!("election timeout {election:?} is under three heartbeats ({heartbeat:?})"),
+                Some("keep election_timeout at least 3 × heartbeat (defaults \"150ms\" and \"50ms\")".into()),
+            );
+        }
         let mut group = tandem_ha::HaConfig::new(h.node_id, peers, self.path(base, &h.data_dir), tls);
         if !sync.is_zero() {
             group.sync_interval = sync;
         }
+        group.heartbeat = heartbeat.max(Duration::from_millis(1));
+        group.election_timeout = election.max(Duration::from_millis(3));
         Some(HaConfigSection {
             group,
             witnesses: h.peers.iter().filter(|p| p.witness).map(|p| p.id).collect(),
