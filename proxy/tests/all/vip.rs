@@ -503,6 +503,49 @@ fn interoperates_with_keepalived_both_ways() {
     lab.wait_for("node-a", Duration::from_secs(5));
 }
 
+/// A keep-alive client that never looks at `Connection: close`: it sends the next request
+/// on the same socket and reconnects only after one failed. Prints `OK FAILED`.
+const NAIVE_CLIENT: &str = r#"
+import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+req = b"GET /?delay_ms=1 HTTP/1.1\r\nHost: vip\r\n\r\n"
+ok = failed = 0
+s = f = None
+for _ in range(n):
+    try:
+        if s is None:
+            s = socket.create_connection((host, port), timeout=1)
+            f = s.makefile("rb")
+        s.sendall(req)
+        status = f.readline()
+        if not status:
+            raise IOError("closed")
+        length = 0
+        while True:
+            line = f.readline()
+            if not line:
+                raise IOError("closed")
+            if line in (b"\r\n", b"\n"):
+                break
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                length = int(v)
+        if len(f.read(length)) < length:
+            raise IOError("short body")
+        if b" 200 " in status:
+            ok += 1
+        else:
+            failed += 1
+    except Exception:
+        failed += 1
+        try:
+            s.close()
+        except Exception:
+            pass
+        s = f = None
+print(ok, failed)
+"#;
+
 #[test]
 fn maintenance_under_keep_alive_load_loses_no_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -528,6 +571,17 @@ fn maintenance_under_keep_alive_load_loses_no_request() {
         ]);
     }
     let client = Command::new("ip").args(&args).stdout(Stdio::piped()).spawn().unwrap();
+    // Beside it a naive client: one keep-alive connection that ignores Connection: close
+    // and only reconnects after a request failed on it (each such failure is counted).
+    let naive = dir.path().join("naive.py");
+    std::fs::write(&naive, NAIVE_CLIENT).unwrap();
+    let naive = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("c"), "python3"])
+        .arg(&naive)
+        .args([VIP, "8080", "1500"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(700));
     let out = lab.ctl("a", &["maintenance", "on"]);
     assert!(out.contains("\"maintenance\":true"), "{out}");
@@ -536,6 +590,10 @@ fn maintenance_under_keep_alive_load_loses_no_request() {
     let total = codes.lines().count();
     let failed = codes.lines().filter(|c| *c != "200").count();
     eprintln!("maintenance under keep-alive load: {total} requests, {failed} failed");
+    let naive = String::from_utf8_lossy(&naive.wait_with_output().unwrap().stdout).to_string();
+    let (ok, bad) = naive.trim().split_once(' ').expect("naive client output");
+    eprintln!("maintenance, naive keep-alive client (ignores Connection: close): {ok} succeeded, {bad} failed");
+    assert!(ok.parse::<u32>().unwrap() > 1000, "the naive client stopped being served: {naive}");
     assert_eq!(total, 1500);
     assert_eq!(failed, 0, "requests failed during the maintenance handover");
     std::thread::sleep(Duration::from_millis(400));
