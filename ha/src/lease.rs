@@ -47,7 +47,15 @@ impl Lease {
 
 impl Tables {
     /// Applies a lease request (or renewal) from `origin`; returns the lease afterwards.
-    pub(crate) fn apply_lease(&mut self, origin: NodeId, vrid: u8, priority: u8, preempt: bool, at_ms: u64, ttl_ms: u64) -> Lease {
+    pub(crate) fn apply_lease(
+        &mut self,
+        origin: NodeId,
+        vrid: u8,
+        priority: u8,
+        preempt: bool,
+        at_ms: u64,
+        ttl_ms: u64,
+    ) -> Lease {
         let lease = self.leases.entry(vrid).or_insert(Lease {
             vrid,
             holder: origin,
@@ -111,7 +119,12 @@ const ROUND_GAP: Duration = Duration::from_millis(20);
 
 impl LeaseClient {
     pub(crate) fn new(id: NodeId, raft: Raft, network: Network, peers: Vec<Peer>) -> LeaseClient {
-        LeaseClient { id, raft, network, peers }
+        LeaseClient {
+            id,
+            raft,
+            network,
+            peers,
+        }
     }
 
     /// This node's id.
@@ -121,7 +134,14 @@ impl LeaseClient {
 
     /// Asks for (or renews) the lease of `vrid` for `ttl`; `Ok` carries the committed
     /// lease, which says whether it was granted.
-    pub async fn acquire(&self, vrid: u8, priority: u8, preempt: bool, ttl: Duration, wait: Duration) -> Result<Lease, LeaseError> {
+    pub async fn acquire(
+        &self,
+        vrid: u8,
+        priority: u8,
+        preempt: bool,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Lease, LeaseError> {
         let change = Change::VipLease {
             vrid,
             priority,

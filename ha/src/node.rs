@@ -13,8 +13,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::sync::mpsc;
 
-pub use crate::network::PeerTls;
 use crate::lease::LeaseClient;
+pub use crate::network::PeerTls;
 use crate::network::{serve, Network, PeerClient, PeerStats, Request};
 use crate::state_machine::StateMachine;
 use crate::store::LogStore;

@@ -61,3 +61,39 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// Writes a lab CA (`ca.pem`, `ca.key`) and one certificate per member (`NAME.pem`,
+/// `NAME.key`, DNS name `tandem-peer`) for `[ha] tls`; keys are written mode 0600.
+pub fn write_lab_certs(out: &std::path::Path, members: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    std::fs::create_dir_all(out)?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, "tandem-ha-ca");
+    let ca_key = KeyPair::generate()?;
+    let ca_key_pem = ca_key.serialize_pem();
+    let ca = CertifiedIssuer::self_signed(p, ca_key)?;
+    std::fs::write(out.join("ca.pem"), ca.pem())?;
+    write_private(&out.join("ca.key"), &ca_key_pem)?;
+    for m in members {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(vec![tandem_ha::network::PEER_NAME.to_string()])?;
+        p.distinguished_name.push(DnType::CommonName, m.as_str());
+        let cert = p.signed_by(&key, &ca)?;
+        std::fs::write(out.join(format!("{m}.pem")), cert.pem())?;
+        write_private(&out.join(format!("{m}.key")), &key.serialize_pem())?;
+    }
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, pem: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(pem.as_bytes())
+}

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod demo;
+pub mod demo_pair;
 pub mod downstream;
 pub mod error;
 pub mod headers;

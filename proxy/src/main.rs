@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tandem_proxy::config::{self, Config};
@@ -36,8 +37,13 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Run a local demo: three demo backends and the proxy on 127.0.0.1:8080.
-    Demo,
+    /// Run a local demo: three demo backends and the proxy on 127.0.0.1:8080; as root,
+    /// also a VIP pair (two nodes and a witness) in network namespaces.
+    Demo {
+        /// Skip the VIP pair (network namespaces) even when the machine allows it.
+        #[arg(long)]
+        single: bool,
+    },
     /// Remove every `[[vip]]` address of a configuration from its interface. Run by the
     /// systemd unit after the proxy stopped, however it stopped (a crash included), so a
     /// dead node never keeps answering for a VIP.
@@ -183,7 +189,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Demo => {
+        Command::Demo { single } => {
             let cfg = match config::load_str("<embedded demo>", demo::DEMO_CONFIG) {
                 Ok(c) => c,
                 Err(e) => {
@@ -199,18 +205,45 @@ fn main() -> ExitCode {
                 eprintln!("cannot start demo backends on 127.0.0.1:9101-9103: {e}");
                 return ExitCode::FAILURE;
             }
-            let banner = "\nTandem demo is up.\n\
-  proxy:    curl -s http://127.0.0.1:8080/            (answers 'backend alpha|beta|gamma')\n\
-            curl -s 'http://127.0.0.1:8080/?delay_ms=80'  (a slow request)\n\
-            curl -s 'http://127.0.0.1:8080/?status=503'   (an upstream error)\n\
-  admin:    http://127.0.0.1:9900/  (status page), /status, /metrics\n\
-  control:  tandem ctl status | tandem ctl metrics\n\
-  stop:     Ctrl-C\n";
-            run(
+            let pair = if single {
+                Err("skipped (--single)".to_string())
+            } else {
+                tandem_proxy::demo_pair::DemoPair::start().map_err(|e| e.to_string())
+            };
+            let pair_part = match &pair {
+                Ok(p) => {
+                    let b = p.banner();
+                    std::thread::spawn(|| {
+                        let vip = tandem_proxy::demo_pair::VIP;
+                        if tandem_proxy::demo_pair::DemoPair::wait_ready(Duration::from_secs(15)) {
+                            eprintln!("  VIP pair ready: {vip} answers from the client namespace.");
+                        } else {
+                            eprintln!("  VIP pair: {vip} did not answer within 15 s; see its logs.");
+                        }
+                    });
+                    b
+                }
+                Err(e) => format!("  VIP pair: not started — {e}.\n  The single proxy above still runs; run the demo as root on Linux to see two nodes\n  and a witness hold a floating VIP."),
+            };
+            let banner = [
+                "",
+                "Tandem demo is up.",
+                "  proxy:    curl -s http://127.0.0.1:8080/                (answers 'backend alpha|beta|gamma')",
+                "            curl -s 'http://127.0.0.1:8080/?delay_ms=80'  (a slow request)",
+                "            curl -s 'http://127.0.0.1:8080/?status=503'   (an upstream error)",
+                "  admin:    http://127.0.0.1:9900/  (status page), /status, /metrics",
+                "  control:  tandem ctl status | tandem ctl metrics",
+                &pair_part,
+                "  stop:     Ctrl-C",
+            ]
+            .join("\n");
+            let code = run(
                 cfg,
                 ConfigSource::Embedded("<embedded demo>", demo::DEMO_CONFIG.to_string()),
-                Some(banner),
-            )
+                Some(&banner),
+            );
+            drop(pair);
+            code
         }
         Command::ReleaseVips { config } => {
             let cfg = match config::load_file(&config) {
@@ -368,7 +401,7 @@ fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<St
         CtlCommand::Cluster {
             what: Some(ClusterCommand::Certs { out, members }),
         } => {
-            return match write_lab_certs(&out, &members) {
+            return match ctl::write_lab_certs(&out, &members) {
                 Ok(()) => {
                     println!(
                         "wrote {}/ca.pem and a certificate per member: {}",
@@ -415,40 +448,6 @@ fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<St
 }
 
 /// A lab PKI for the pair: a CA and per-member certificates for peer traffic.
-fn write_lab_certs(out: &std::path::Path, members: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    std::fs::create_dir_all(out)?;
-    let mut p = CertificateParams::new(Vec::<String>::new())?;
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, "tandem-ha-ca");
-    let ca_key = KeyPair::generate()?;
-    let ca_key_pem = ca_key.serialize_pem();
-    let ca = CertifiedIssuer::self_signed(p, ca_key)?;
-    std::fs::write(out.join("ca.pem"), ca.pem())?;
-    write_private(&out.join("ca.key"), &ca_key_pem)?;
-    for m in members {
-        let key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(vec![tandem_ha::network::PEER_NAME.to_string()])?;
-        p.distinguished_name.push(DnType::CommonName, m.as_str());
-        let cert = p.signed_by(&key, &ca)?;
-        std::fs::write(out.join(format!("{m}.pem")), cert.pem())?;
-        write_private(&out.join(format!("{m}.key")), &key.serialize_pem())?;
-    }
-    Ok(())
-}
-
-fn write_private(path: &std::path::Path, pem: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(pem.as_bytes())
-}
-
 fn print_summary(c: &Config) {
     println!("configuration OK: {}", c.source);
     println!("workers: {}", c.server.workers);

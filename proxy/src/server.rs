@@ -44,7 +44,10 @@ pub fn init_logging(cfg: &LogConfig) {
     let level = if cfg.level.contains('=') {
         cfg.level.clone()
     } else {
-        format!("{},openraft::replication=off,openraft::engine::handler::replication_handler=off", cfg.level)
+        format!(
+            "{},openraft::replication=off,openraft::engine::handler::replication_handler=off",
+            cfg.level
+        )
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))

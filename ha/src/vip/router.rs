@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::machine::{Action, Machine, RouterConfig, State};
-use crate::lease::{Lease, LeaseClient, LeaseError};
 use super::net::{self, Interface, NetError, VrrpSocket};
 use super::packet::{Advert, AdvertError, GROUP};
+use crate::lease::{Lease, LeaseClient, LeaseError};
 
 /// Settings of one virtual router.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -248,7 +248,12 @@ impl Checker<'_> {
         let heartbeat = self.dur(&h.heartbeat, "ha.heartbeat".into());
         let election = self.dur(&h.election_timeout, "ha.election_timeout".into());
         if election < heartbeat * 3 || heartbeat.is_zero() {
-            let span = h.election_timeout.0.as_ref().or(h.heartbeat.0.as_ref()).unwrap_or(&h.data_dir);
+            let span = h
+                .election_timeout
+                .0
+                .as_ref()
+                .or(h.heartbeat.0.as_ref())
+                .unwrap_or(&h.data_dir);
             self.at(
                 span,
                 "ha.election_timeout".into(),
@@ -709,7 +714,10 @@ impl Checker<'_> {
                     &v.on_no_quorum,
                     format!("{key}.on_no_quorum"),
                     format!("unknown policy `{other}`"),
-                    Some("use \"vrrp\" (take over by VRRP alone) or \"hold\" (a node without quorum never takes over)".into()),
+                    Some(
+                        "use \"vrrp\" (take over by VRRP alone) or \"hold\" (a node without quorum never takes over)"
+                            .into(),
+                    ),
                 );
                 ok = false;
                 tandem_ha::vip::router::NoQuorum::Vrrp

@@ -9,6 +9,7 @@ mod protocols;
 mod admin;
 mod balancing;
 mod cli;
+mod demo;
 mod errors;
 mod health;
 mod l4;

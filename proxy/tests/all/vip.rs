@@ -118,7 +118,10 @@ impl Lab {
         let script = dir.join(format!("count-{n}.sh"));
         std::fs::write(
             &script,
-            format!("#!/bin/sh\necho master >> {}\n", dir.join(format!("{n}-master.log")).display()),
+            format!(
+                "#!/bin/sh\necho master >> {}\n",
+                dir.join(format!("{n}-master.log")).display()
+            ),
         )
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -216,7 +219,20 @@ impl Lab {
     /// client (waits up to 1 s for a second answer).
     fn arp_macs(&self) -> std::collections::BTreeSet<String> {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns("c"), "arping", "-b", "-c", "2", "-w", "1", "-I", "eth0", VIP])
+            .args([
+                "netns",
+                "exec",
+                &self.ns("c"),
+                "arping",
+                "-b",
+                "-c",
+                "2",
+                "-w",
+                "1",
+                "-I",
+                "eth0",
+                VIP,
+            ])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout)
@@ -409,7 +425,11 @@ fn partition_heal_converges_on_one_holder_within_a_second() {
         }
         if round == 0 {
             // Both answer ARP for the VIP (what the witness prevents).
-            assert_eq!(lab.arp_macs().len(), 2, "two holders answer during an unfenced partition");
+            assert_eq!(
+                lab.arp_macs().len(),
+                2,
+                "two holders answer during an unfenced partition"
+            );
         }
         // B's takeover GARPs reach the client: it now talks to B.
         std::thread::sleep(Duration::from_millis(300));
@@ -593,7 +613,10 @@ fn maintenance_under_keep_alive_load_loses_no_request() {
     let naive = String::from_utf8_lossy(&naive.wait_with_output().unwrap().stdout).to_string();
     let (ok, bad) = naive.trim().split_once(' ').expect("naive client output");
     eprintln!("maintenance, naive keep-alive client (ignores Connection: close): {ok} succeeded, {bad} failed");
-    assert!(ok.parse::<u32>().unwrap() > 1000, "the naive client stopped being served: {naive}");
+    assert!(
+        ok.parse::<u32>().unwrap() > 1000,
+        "the naive client stopped being served: {naive}"
+    );
     assert_eq!(total, 1500);
     assert_eq!(failed, 0, "requests failed during the maintenance handover");
     std::thread::sleep(Duration::from_millis(400));
@@ -744,7 +767,10 @@ fn a_witness_fences_the_vip_during_a_partition() {
         lab.wait_for("node-a", Duration::from_secs(15));
         let t = Instant::now();
         while lab.holds_vip("b") {
-            assert!(t.elapsed() < Duration::from_secs(2), "round {round}: B kept the VIP after yielding");
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "round {round}: B kept the VIP after yielding"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -762,7 +788,10 @@ fn a_witness_fences_the_vip_during_a_partition() {
     lab.partition(true);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) {
-        assert!(!lab.holds_vip("b"), "B took over without quorum under on_no_quorum = \"hold\"");
+        assert!(
+            !lab.holds_vip("b"),
+            "B took over without quorum under on_no_quorum = \"hold\""
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(lab.client_get().is_some_and(|b| b.contains("node-a")));
