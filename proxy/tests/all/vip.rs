@@ -193,9 +193,14 @@ impl Lab {
 
     /// What the client gets from the VIP within `secs` (curl's `--max-time`).
     fn client_get_within(&self, secs: &str) -> Option<String> {
+        self.client_get_from(VIP, secs)
+    }
+
+    /// What the client gets from `vip`:8080 within `secs`.
+    fn client_get_from(&self, vip: &str, secs: &str) -> Option<String> {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns("c"), "curl", "-s", "--max-time", secs])
-            .arg(format!("http://{VIP}:8080/"))
+            .arg(format!("http://{vip}:8080/"))
             .output()
             .ok()?;
         let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -648,6 +653,50 @@ fn tracking_a_cluster_moves_the_vip_when_its_endpoints_fail() {
     // It comes back: A returns to 150 and preempts.
     lab.spawn("a", "backend-a", &["backend", "node-a=127.0.0.1:9101"]);
     lab.wait_for("node-a", Duration::from_secs(5));
+}
+
+#[test]
+fn active_active_each_node_holds_its_own_vip_and_covers_the_other() {
+    let Some(mut lab) = Lab::or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // A second VIP (VRID 52) with the priorities the other way round.
+    let second = |prio: u32| {
+        format!(
+            "\n[[vip]]\nname = \"api\"\ninterface = \"eth0\"\nvrid = 52\npriority = {prio}\naddresses = [\"10.77.0.101/24\"]\n\
+             [[listener]]\nname = \"api\"\nlisten = \"10.77.0.101:8080\"\n"
+        )
+    };
+    lab.node_with(dir.path(), "a", 150, "", &second(100));
+    lab.node_with(dir.path(), "b", 100, "", &second(150));
+    let wait = |lab: &Lab, vip: &str, want: &str| {
+        let t = Instant::now();
+        while !lab.client_get_from(vip, "0.2").is_some_and(|b| b.contains(want)) {
+            assert!(t.elapsed() < Duration::from_secs(10), "{vip} did not reach {want}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.elapsed()
+    };
+    wait(&lab, VIP, "node-a");
+    wait(&lab, "10.77.0.101", "node-b");
+    // A dies: B holds both.
+    lab.kill9("node-a");
+    let took = wait(&lab, VIP, "node-b");
+    assert!(lab
+        .client_get_from("10.77.0.101", "1")
+        .is_some_and(|b| b.contains("node-b")));
+    eprintln!("active-active: A killed → B serves both VIPs after {took:?}");
+    // A returns: it takes its own VIP back and leaves B's alone.
+    lab.node_with(dir.path(), "a", 150, "", &second(100));
+    wait(&lab, VIP, "node-a");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(lab
+        .client_get_from("10.77.0.101", "1")
+        .is_some_and(|b| b.contains("node-b")));
+    let status = lab.ctl("a", &["status"]);
+    assert!(
+        status.contains("\"vrid\":52") && status.contains("\"vrid\":51"),
+        "{status}"
+    );
 }
 
 /// B's `became_master` count.
