@@ -152,12 +152,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Command::Run { config } => {
-            let cfg = match config::load_file(&config) {
+            let cfg = match load_or_report(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             run(cfg, ConfigSource::File(config), None)
         }
@@ -246,12 +243,9 @@ fn main() -> ExitCode {
             code
         }
         Command::ReleaseVips { config } => {
-            let cfg = match config::load_file(&config) {
+            let cfg = match load_or_report(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let mut failed = false;
             for v in &cfg.vips {
@@ -281,12 +275,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Witness { config } => {
-            let cfg = match config::load_file(&config) {
+            let cfg = match load_or_report(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             server::init_logging(&cfg.log);
             let Some(ha) = &cfg.ha else {
@@ -346,6 +337,14 @@ fn main() -> ExitCode {
             what,
         } => ctl_main(admin, config, token, what),
     }
+}
+
+/// Loads a configuration file, printing its problems (exit status 2) when it has any.
+fn load_or_report(path: &std::path::Path) -> Result<Config, ExitCode> {
+    config::load_file(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
 }
 
 fn run(cfg: Config, source: ConfigSource, banner: Option<&str>) -> ExitCode {

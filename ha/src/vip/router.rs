@@ -294,10 +294,11 @@ pub async fn run(
         address: iface.address,
     });
     let mut running = *control.borrow() == Control::Run;
-    // After an announcement, a few more GARPs follow quickly: a peer that loses the
-    // election may have sent its own just before it heard us, and clients would
-    // otherwise stay on its MAC until our next refresh.
-    const BURST: u32 = 4;
+    // After an announcement, more GARPs follow quickly: a peer that loses the election
+    // may have sent its own just before it heard us, and Linux clients ignore an ARP
+    // update for 1 s after the last one (neigh locktime), so the burst lasts past that;
+    // otherwise clients would stay on the peer's MAC until our next refresh.
+    const BURST: u32 = 8;
     const BURST_GAP: Duration = Duration::from_millis(150);
     let mut burst = 0u32;
     let mut next_garp = Instant::now() + cfg.garp_refresh;
