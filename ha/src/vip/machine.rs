@@ -9,7 +9,7 @@
 //!  Backup ──advert with priority 0──▶ Master_Down timer = Skew_Time
 //! ```
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::packet::Advert;
@@ -50,7 +50,7 @@ pub struct RouterConfig {
     /// Take over from a lower-priority master.
     pub preempt: bool,
     /// This node's address (tie-break).
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
 }
 
 /// The machine.
@@ -148,7 +148,7 @@ impl Machine {
     }
 
     /// An advertisement for this VRID arrived from `src`.
-    pub fn on_advert(&mut self, now: Instant, src: Ipv4Addr, a: &Advert) -> Vec<Action> {
+    pub fn on_advert(&mut self, now: Instant, src: IpAddr, a: &Advert) -> Vec<Action> {
         if a.vrid != self.cfg.vrid {
             return Vec::new();
         }
@@ -216,6 +216,7 @@ impl Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn cfg(priority: u8, last: u8, preempt: bool) -> RouterConfig {
         RouterConfig {
@@ -223,7 +224,7 @@ mod tests {
             priority,
             interval_cs: 10,
             preempt,
-            address: Ipv4Addr::new(10, 99, 0, last),
+            address: Ipv4Addr::new(10, 99, 0, last).into(),
         }
     }
 
@@ -232,7 +233,7 @@ mod tests {
             vrid: 51,
             priority,
             interval_cs: 10,
-            addrs: vec![Ipv4Addr::new(10, 99, 0, 100)],
+            addrs: vec![Ipv4Addr::new(10, 99, 0, 100).into()],
         }
     }
 
@@ -254,12 +255,12 @@ mod tests {
         assert!(a.deadline().unwrap() < b.deadline().unwrap());
         let acts = a.on_timer(a.deadline().unwrap());
         assert_eq!(acts, vec![Action::SendAdvert(150), Action::TakeVips]);
-        b.on_advert(t0 + Duration::from_millis(370), a_ip, &advert(150));
+        b.on_advert(t0 + Duration::from_millis(370), a_ip.into(), &advert(150));
         assert_eq!(b.state(), State::Backup);
         // A leaves with priority 0: B takes over after only its skew.
         assert_eq!(a.shutdown(), vec![Action::SendAdvert(0), Action::ReleaseVips]);
         let t1 = t0 + Duration::from_secs(1);
-        b.on_advert(t1, a_ip, &advert(0));
+        b.on_advert(t1, a_ip.into(), &advert(0));
         assert_eq!(b.deadline().unwrap() - t1, Duration::from_millis(60));
         assert_eq!(
             b.on_timer(b.deadline().unwrap()),
@@ -268,13 +269,13 @@ mod tests {
         // A returns with the higher priority: it preempts B.
         let t2 = t1 + Duration::from_secs(1);
         a.start(t2);
-        b.on_advert(t2, a_ip, &advert(150));
+        b.on_advert(t2, a_ip.into(), &advert(150));
         assert_eq!(b.state(), State::Backup, "a higher-priority advert makes B yield");
         // A master hearing a lower master re-announces instead of yielding.
         let mut m = Machine::new(cfg(150, 1, true));
         m.start(t2);
         m.on_timer(m.deadline().unwrap());
-        assert_eq!(m.on_advert(t2, b_ip, &advert(100)), vec![Action::Garp]);
+        assert_eq!(m.on_advert(t2, b_ip.into(), &advert(100)), vec![Action::Garp]);
         assert_eq!(m.state(), State::Master);
     }
 
@@ -286,7 +287,7 @@ mod tests {
         // A lower-priority master keeps advertising: A keeps resetting its timer.
         for k in 1..10 {
             let now = t0 + Duration::from_millis(100 * k);
-            a.on_advert(now, Ipv4Addr::new(10, 99, 0, 2), &advert(100));
+            a.on_advert(now, Ipv4Addr::new(10, 99, 0, 2).into(), &advert(100));
             assert!(a.deadline().unwrap() > now + Duration::from_millis(300));
         }
         assert_eq!(a.state(), State::Backup);
@@ -299,14 +300,14 @@ mod tests {
         low.start(t0);
         low.on_timer(low.deadline().unwrap());
         assert_eq!(
-            low.on_advert(t0, Ipv4Addr::new(10, 99, 0, 2), &advert(100)),
+            low.on_advert(t0, Ipv4Addr::new(10, 99, 0, 2).into(), &advert(100)),
             vec![Action::ReleaseVips]
         );
         let mut high = Machine::new(cfg(100, 2, true));
         high.start(t0);
         high.on_timer(high.deadline().unwrap());
         assert_eq!(
-            high.on_advert(t0, Ipv4Addr::new(10, 99, 0, 1), &advert(100)),
+            high.on_advert(t0, Ipv4Addr::new(10, 99, 0, 1).into(), &advert(100)),
             vec![Action::Garp]
         );
     }

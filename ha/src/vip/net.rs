@@ -1,16 +1,17 @@
 //! The kernel side of holding a VIP: interface lookups, adding and removing addresses
 //! through rtnetlink (with a lifetime the holder keeps refreshing, so the VIP of a
 //! killed process expires by itself), the raw VRRP socket (protocol 112, multicast
-//! joined by interface index, TTL 255), and gratuitous ARP over AF_PACKET.
+//! joined by interface index, TTL 255; IPv6: ff02::12, hop limit 255), gratuitous ARP
+//! over AF_PACKET and unsolicited neighbour advertisements for IPv6.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type};
 
-use super::packet::{Advert, GROUP, PROTO_VRRP};
+use super::packet::{Advert, AdvertError, GROUP, GROUP6, PROTO_VRRP};
 
 /// Why a network operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -18,9 +19,10 @@ pub enum NetError {
     /// No such interface.
     #[error("no interface `{0}`")]
     NoInterface(String),
-    /// The interface has no IPv4 address to advertise from.
-    #[error("interface `{0}` has no IPv4 address")]
-    NoAddress(String),
+    /// The interface has no address of the VIPs' family to advertise from (IPv4, or an
+    /// IPv6 link-local address).
+    #[error("interface `{0}` has no {1} address to advertise from")]
+    NoAddress(String, &'static str),
     /// A system call failed.
     #[error("{what}: {source}")]
     Io {
@@ -35,7 +37,7 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> NetError {
     move |source| NetError::Io { what, source }
 }
 
-/// An interface: name, index, MAC and first IPv4 address.
+/// An interface: name, index, MAC and the address adverts come from.
 #[derive(Debug, Clone)]
 pub struct Interface {
     /// Name.
@@ -44,13 +46,15 @@ pub struct Interface {
     pub index: u32,
     /// Hardware address.
     pub mac: [u8; 6],
-    /// Primary IPv4 address (advert source, tie-break).
-    pub address: Ipv4Addr,
+    /// Advert source and tie-break: the first IPv4 address (IPv4 VIPs) or the link-local
+    /// address (IPv6 VIPs).
+    pub address: IpAddr,
 }
 
 impl Interface {
-    /// Looks `name` up (index, MAC, first IPv4 address that is not one of `exclude`).
-    pub fn lookup(name: &str, exclude: &[Ipv4Addr]) -> Result<Interface, NetError> {
+    /// Looks `name` up (index, MAC, and the advert source of the family of `vips`: the
+    /// first IPv4 address that is not a VIP, or the IPv6 link-local address).
+    pub fn lookup(name: &str, vips: &[IpAddr]) -> Result<Interface, NetError> {
         let cname = std::ffi::CString::new(name).map_err(|_| NetError::NoInterface(name.into()))?;
         // SAFETY: a valid NUL-terminated string.
         let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
@@ -62,7 +66,17 @@ impl Interface {
         for (i, part) in mac_text.trim().split(':').take(6).enumerate() {
             mac[i] = u8::from_str_radix(part, 16).unwrap_or(0);
         }
-        let address = ipv4_of(name, exclude).ok_or_else(|| NetError::NoAddress(name.into()))?;
+        let address = if vips.first().is_some_and(IpAddr::is_ipv6) {
+            link_local_of(name)
+                .map(IpAddr::V6)
+                .ok_or(NetError::NoAddress(name.into(), "IPv6 link-local"))?
+        } else {
+            ipv4_addrs(name)
+                .into_iter()
+                .find(|a| !vips.contains(&IpAddr::V4(*a)))
+                .map(IpAddr::V4)
+                .ok_or(NetError::NoAddress(name.into(), "IPv4"))?
+        };
         Ok(Interface {
             name: name.into(),
             index,
@@ -72,8 +86,8 @@ impl Interface {
     }
 }
 
-/// The IPv4 addresses configured on interface `name`, in kernel order.
-fn ipv4_addrs(name: &str) -> Vec<Ipv4Addr> {
+/// The addresses configured on interface `name`, in kernel order.
+fn addrs(name: &str) -> Vec<IpAddr> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -90,27 +104,50 @@ fn ipv4_addrs(name: &str) -> Vec<Ipv4Addr> {
         }
         // SAFETY: ifa_name is a NUL-terminated string owned by the list.
         let n = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        // SAFETY: ifa_addr is non-null and points at a sockaddr.
-        if n.to_bytes() != name.as_bytes() || i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET {
+        if n.to_bytes() != name.as_bytes() {
             continue;
         }
-        // SAFETY: the family is AF_INET, so it is a sockaddr_in.
-        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-        found.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+        // SAFETY: ifa_addr is non-null and points at a sockaddr.
+        match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+            libc::AF_INET => {
+                // SAFETY: the family is AF_INET, so it is a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                found.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family is AF_INET6, so it is a sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                found.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+            }
+            _ => {}
+        }
     }
     // SAFETY: frees the list from getifaddrs.
     unsafe { libc::freeifaddrs(head) };
     found
 }
 
-/// The first IPv4 address of interface `name` not in `exclude`.
-fn ipv4_of(name: &str, exclude: &[Ipv4Addr]) -> Option<Ipv4Addr> {
-    ipv4_addrs(name).into_iter().find(|a| !exclude.contains(a))
+fn ipv4_addrs(name: &str) -> Vec<Ipv4Addr> {
+    addrs(name)
+        .into_iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// The IPv6 link-local address of interface `name` (VRRPv3 adverts come from it).
+fn link_local_of(name: &str) -> Option<Ipv6Addr> {
+    addrs(name).into_iter().find_map(|a| match a {
+        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => Some(a),
+        _ => None,
+    })
 }
 
 /// Whether `addr` is configured on interface `name`.
-pub fn has_address(name: &str, addr: Ipv4Addr) -> bool {
-    ipv4_addrs(name).contains(&addr)
+pub fn has_address(name: &str, addr: IpAddr) -> bool {
+    addrs(name).contains(&addr)
 }
 
 const RTM_NEWADDR: u16 = 20;
@@ -189,19 +226,36 @@ fn rtnetlink(kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn ifaddrmsg(index: u32, prefix: u8) -> Vec<u8> {
-    let mut b = vec![libc::AF_INET as u8, prefix, 0, 0];
+/// IPv6: usable at once, without duplicate address detection (the election already
+/// decided who holds it).
+const IFA_F_NODAD: u8 = 0x02;
+
+fn ifaddrmsg(addr: IpAddr, index: u32, prefix: u8) -> Vec<u8> {
+    let (family, flags) = match addr {
+        IpAddr::V4(_) => (libc::AF_INET as u8, 0),
+        IpAddr::V6(_) => (libc::AF_INET6 as u8, IFA_F_NODAD),
+    };
+    let mut b = vec![family, prefix, flags, 0];
     b.extend_from_slice(&index.to_ne_bytes());
     b
+}
+
+fn addr_attrs(body: &mut Vec<u8>, addr: IpAddr) {
+    match addr {
+        IpAddr::V4(a) => {
+            attr(body, IFA_LOCAL, &a.octets());
+            attr(body, IFA_ADDRESS, &a.octets());
+        }
+        IpAddr::V6(a) => attr(body, IFA_ADDRESS, &a.octets()),
+    }
 }
 
 /// Adds (or refreshes) `addr/prefix` on interface `index`, valid for `lifetime`
 /// (`None`: forever). Refreshing before it runs out keeps it; a holder that dies
 /// stops refreshing and the kernel removes it.
-pub fn add_address(index: u32, addr: Ipv4Addr, prefix: u8, lifetime: Option<Duration>) -> Result<(), NetError> {
-    let mut body = ifaddrmsg(index, prefix);
-    attr(&mut body, IFA_LOCAL, &addr.octets());
-    attr(&mut body, IFA_ADDRESS, &addr.octets());
+pub fn add_address(index: u32, addr: IpAddr, prefix: u8, lifetime: Option<Duration>) -> Result<(), NetError> {
+    let mut body = ifaddrmsg(addr, index, prefix);
+    addr_attrs(&mut body, addr);
     if let Some(l) = lifetime {
         let secs = l.as_secs().clamp(1, u64::from(u32::MAX - 1)) as u32;
         let mut ci = Vec::with_capacity(16);
@@ -215,10 +269,9 @@ pub fn add_address(index: u32, addr: Ipv4Addr, prefix: u8, lifetime: Option<Dura
 }
 
 /// Removes `addr/prefix` from interface `index` (absent is fine).
-pub fn remove_address(index: u32, addr: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
-    let mut body = ifaddrmsg(index, prefix);
-    attr(&mut body, IFA_LOCAL, &addr.octets());
-    attr(&mut body, IFA_ADDRESS, &addr.octets());
+pub fn remove_address(index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetError> {
+    let mut body = ifaddrmsg(addr, index, prefix);
+    addr_attrs(&mut body, addr);
     match rtnetlink(RTM_DELADDR, 0, &body) {
         Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) || e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         r => r.map_err(io_err("remove VIP address")),
@@ -228,23 +281,61 @@ pub fn remove_address(index: u32, addr: Ipv4Addr, prefix: u8) -> Result<(), NetE
 /// The raw VRRP socket of one interface.
 pub struct VrrpSocket {
     sock: tokio::io::unix::AsyncFd<Socket>,
-    src: Ipv4Addr,
+    src: IpAddr,
+    index: u32,
 }
 
 impl VrrpSocket {
-    /// Opens protocol 112, joins 224.0.0.18 on `iface` by index, sends from its address
-    /// with TTL 255 and DSCP CS6. Not bound (a bound raw socket misses the group).
+    /// Opens protocol 112 for the family of the interface's advert address: IPv4 joins
+    /// 224.0.0.18 by index and sends with TTL 255 and DSCP CS6; IPv6 joins ff02::12,
+    /// sends with hop limit 255 from the link-local address and asks for the hop limit
+    /// and destination of what it receives. Not bound (a bound raw socket misses the group).
     pub fn open(iface: &Interface) -> Result<VrrpSocket, NetError> {
-        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(PROTO_VRRP))))
-            .map_err(io_err("open raw VRRP socket"))?;
-        s.join_multicast_v4_n(&GROUP, &InterfaceIndexOrAddress::Index(iface.index))
-            .map_err(io_err("join 224.0.0.18"))?;
-        s.set_multicast_if_v4(&iface.address)
-            .map_err(io_err("IP_MULTICAST_IF"))?;
-        s.set_multicast_ttl_v4(255).map_err(io_err("IP_MULTICAST_TTL"))?;
-        s.set_ttl_v4(255).map_err(io_err("IP_TTL"))?;
-        s.set_multicast_loop_v4(false).map_err(io_err("IP_MULTICAST_LOOP"))?;
-        let _ = s.set_tos_v4(0xc0);
+        let proto = Some(Protocol::from(i32::from(PROTO_VRRP)));
+        let s = match iface.address {
+            IpAddr::V4(addr) => {
+                let s = Socket::new(Domain::IPV4, Type::RAW, proto).map_err(io_err("open raw VRRP socket"))?;
+                s.join_multicast_v4_n(&GROUP, &InterfaceIndexOrAddress::Index(iface.index))
+                    .map_err(io_err("join 224.0.0.18"))?;
+                s.set_multicast_if_v4(&addr).map_err(io_err("IP_MULTICAST_IF"))?;
+                s.set_multicast_ttl_v4(255).map_err(io_err("IP_MULTICAST_TTL"))?;
+                s.set_ttl_v4(255).map_err(io_err("IP_TTL"))?;
+                s.set_multicast_loop_v4(false).map_err(io_err("IP_MULTICAST_LOOP"))?;
+                let _ = s.set_tos_v4(0xc0);
+                s
+            }
+            IpAddr::V6(_) => {
+                let s = Socket::new(Domain::IPV6, Type::RAW, proto).map_err(io_err("open raw VRRPv6 socket"))?;
+                s.join_multicast_v6(&GROUP6, iface.index)
+                    .map_err(io_err("join ff02::12"))?;
+                s.set_multicast_if_v6(iface.index)
+                    .map_err(io_err("IPV6_MULTICAST_IF"))?;
+                s.set_multicast_hops_v6(255).map_err(io_err("IPV6_MULTICAST_HOPS"))?;
+                s.set_unicast_hops_v6(255).map_err(io_err("IPV6_UNICAST_HOPS"))?;
+                s.set_multicast_loop_v6(false).map_err(io_err("IPV6_MULTICAST_LOOP"))?;
+                let _ = s.set_tclass_v6(0xc0);
+                for opt in [libc::IPV6_RECVHOPLIMIT, libc::IPV6_RECVPKTINFO] {
+                    let on: libc::c_int = 1;
+                    // SAFETY: setsockopt with an int option on a valid socket.
+                    let r = unsafe {
+                        libc::setsockopt(
+                            s.as_raw_fd(),
+                            libc::IPPROTO_IPV6,
+                            opt,
+                            (&on as *const libc::c_int).cast(),
+                            std::mem::size_of::<libc::c_int>() as u32,
+                        )
+                    };
+                    if r != 0 {
+                        return Err(NetError::Io {
+                            what: "IPV6_RECVHOPLIMIT / IPV6_RECVPKTINFO",
+                            source: io::Error::last_os_error(),
+                        });
+                    }
+                }
+                s
+            }
+        };
         s.bind_device(Some(iface.name.as_bytes()))
             .map_err(io_err("SO_BINDTODEVICE"))?;
         s.set_nonblocking(true).map_err(io_err("nonblocking"))?;
@@ -253,13 +344,17 @@ impl VrrpSocket {
         Ok(VrrpSocket {
             sock: tokio::io::unix::AsyncFd::new(s).map_err(io_err("register VRRP socket"))?,
             src: iface.address,
+            index: iface.index,
         })
     }
 
     /// Sends an advertisement to the group (or a unicast peer).
-    pub async fn send(&self, a: &Advert, dst: Ipv4Addr) -> io::Result<()> {
+    pub async fn send(&self, a: &Advert, dst: IpAddr) -> io::Result<()> {
         let msg = a.encode(self.src, dst);
-        let to = SockAddr::from(std::net::SocketAddrV4::new(dst, 0));
+        let to = match dst {
+            IpAddr::V4(d) => SockAddr::from(std::net::SocketAddrV4::new(d, 0)),
+            IpAddr::V6(d) => SockAddr::from(std::net::SocketAddrV6::new(d, 0, 0, self.index)),
+        };
         loop {
             let mut g = self.sock.writable().await?;
             match g.try_io(|s| s.get_ref().send_to(&msg, &to)) {
@@ -269,18 +364,15 @@ impl VrrpSocket {
         }
     }
 
-    /// Receives one IPv4 packet (header included).
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Receives one advert: its source and the advert, or why it was dropped. IPv4
+    /// packets carry their header (TTL, protocol); IPv6 ones have the hop limit and the
+    /// destination in ancillary data.
+    pub async fn recv_advert(&self, buf: &mut [u8]) -> io::Result<Result<(IpAddr, Advert), AdvertError>> {
         loop {
             let mut g = self.sock.readable().await?;
-            let r = g.try_io(|s| {
-                // SAFETY: recv writes at most buf.len() bytes into buf.
-                let n = unsafe { libc::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
+            let r = g.try_io(|s| match self.src {
+                IpAddr::V4(_) => recv_v4(s.as_raw_fd(), buf),
+                IpAddr::V6(_) => recv_v6(s.as_raw_fd(), buf),
             });
             match r {
                 Ok(r) => return r,
@@ -288,6 +380,92 @@ impl VrrpSocket {
             }
         }
     }
+}
+
+fn recv_v4(fd: i32, buf: &mut [u8]) -> io::Result<Result<(IpAddr, Advert), AdvertError>> {
+    // SAFETY: recv writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Advert::decode_ip(&buf[..n as usize]).map(|(src, a)| (IpAddr::V4(src), a)))
+}
+
+fn recv_v6(fd: i32, buf: &mut [u8]) -> io::Result<Result<(IpAddr, Advert), AdvertError>> {
+    // SAFETY: zeroed C structs, filled in by recvmsg within the lengths given.
+    let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_in6).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: msg points at live buffers of the lengths it states.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (mut hop_limit, mut dst) = (0u8, None);
+    // SAFETY: walking the control messages recvmsg wrote, with the libc macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let data = libc::CMSG_DATA(c);
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT) => {
+                    hop_limit = std::ptr::read_unaligned(data.cast::<libc::c_int>()) as u8;
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                    let info = std::ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
+                    dst = Some(Ipv6Addr::from(info.ipi6_addr.s6_addr));
+                }
+                _ => {}
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let src = Ipv6Addr::from(from.sin6_addr.s6_addr);
+    let Some(dst) = dst else {
+        return Ok(Err(AdvertError::Truncated));
+    };
+    Ok(Advert::decode_v6(&buf[..n as usize], src, dst, hop_limit).map(|a| (IpAddr::V6(src), a)))
+}
+
+/// Announces `vip` from `iface`: a gratuitous ARP (IPv4) or an unsolicited neighbour
+/// advertisement with the override flag (IPv6).
+pub fn announce(iface: &Interface, vip: IpAddr) -> Result<(), NetError> {
+    match vip {
+        IpAddr::V4(v) => send_garp(iface, v),
+        IpAddr::V6(v) => send_unsolicited_na(iface, v),
+    }
+}
+
+/// Sends one unsolicited neighbour advertisement for `vip` to all nodes (ff02::1), with
+/// the override flag and our MAC, hop limit 255: neighbours that cached the old holder's
+/// MAC replace it. The kernel fills the ICMPv6 checksum.
+pub fn send_unsolicited_na(iface: &Interface, vip: Ipv6Addr) -> Result<(), NetError> {
+    let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).map_err(io_err("open ICMPv6 socket"))?;
+    s.set_multicast_if_v6(iface.index)
+        .map_err(io_err("IPV6_MULTICAST_IF"))?;
+    s.set_multicast_hops_v6(255).map_err(io_err("IPV6_MULTICAST_HOPS"))?;
+    let mut m = Vec::with_capacity(32);
+    m.extend_from_slice(&[136, 0, 0, 0]); // neighbour advertisement, checksum by the kernel
+    m.extend_from_slice(&[0x20, 0, 0, 0]); // override
+    m.extend_from_slice(&vip.octets());
+    m.extend_from_slice(&[2, 1]); // target link-layer address, 8 bytes
+    m.extend_from_slice(&iface.mac);
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let to = SockAddr::from(std::net::SocketAddrV6::new(all_nodes, 0, 0, iface.index));
+    s.send_to(&m, &to)
+        .map_err(io_err("send unsolicited neighbour advertisement"))?;
+    Ok(())
 }
 
 /// Sends one gratuitous ARP request for `vip` from `iface` (sender = target = VIP,

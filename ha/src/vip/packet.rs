@@ -1,13 +1,30 @@
-//! VRRPv3 advertisements for IPv4: encoding with the pseudo-header checksum, and strict
-//! decoding (version, type, length, checksum, TTL 255, protocol 112) so malformed or
-//! foreign adverts are dropped and counted.
+//! VRRPv3 advertisements for IPv4 and IPv6: encoding with the pseudo-header checksum,
+//! and strict decoding (version, type, length, checksum, TTL / hop limit 255, protocol
+//! 112) so malformed or foreign adverts are dropped and counted.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// IP protocol number of VRRP.
 pub const PROTO_VRRP: u8 = 112;
 /// The VRRP multicast group.
 pub const GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
+/// The VRRP multicast group for IPv6.
+pub const GROUP6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
+
+/// The group adverts for addresses of `family_of`'s family go to.
+pub fn group_for(family_of: IpAddr) -> IpAddr {
+    match family_of {
+        IpAddr::V4(_) => IpAddr::V4(GROUP),
+        IpAddr::V6(_) => IpAddr::V6(GROUP6),
+    }
+}
+
+fn octets(a: &IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
 
 /// An advertisement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,8 +35,8 @@ pub struct Advert {
     pub priority: u8,
     /// Advertisement interval in centiseconds (12 bits).
     pub interval_cs: u16,
-    /// The virtual addresses.
-    pub addrs: Vec<Ipv4Addr>,
+    /// The virtual addresses (all of one family).
+    pub addrs: Vec<IpAddr>,
 }
 
 /// Why an advert was dropped.
@@ -64,10 +81,11 @@ fn add_bytes(mut sum: u32, b: &[u8]) -> u32 {
     sum
 }
 
-/// The checksum over the IPv4 pseudo-header and the VRRP message (checksum field zero).
-pub fn checksum(src: Ipv4Addr, dst: Ipv4Addr, msg: &[u8]) -> u16 {
-    let mut sum = add_bytes(0, &src.octets());
-    sum = add_bytes(sum, &dst.octets());
+/// The checksum over the IPv4 or IPv6 pseudo-header and the VRRP message (checksum
+/// field zero). Both pseudo-headers sum to the same words: addresses, protocol, length.
+pub fn checksum(src: IpAddr, dst: IpAddr, msg: &[u8]) -> u16 {
+    let mut sum = add_bytes(0, &octets(&src));
+    sum = add_bytes(sum, &octets(&dst));
     sum += u32::from(PROTO_VRRP);
     sum += msg.len() as u32;
     fold(add_bytes(sum, msg))
@@ -75,8 +93,9 @@ pub fn checksum(src: Ipv4Addr, dst: Ipv4Addr, msg: &[u8]) -> u16 {
 
 impl Advert {
     /// The VRRP message (no IP header) as sent from `src` to `dst`.
-    pub fn encode(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-        let mut m = Vec::with_capacity(8 + 4 * self.addrs.len());
+    pub fn encode(&self, src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> Vec<u8> {
+        let (src, dst) = (src.into(), dst.into());
+        let mut m = Vec::with_capacity(8 + 16 * self.addrs.len());
         m.push(0x31);
         m.push(self.vrid);
         m.push(self.priority);
@@ -84,15 +103,18 @@ impl Advert {
         m.extend_from_slice(&(self.interval_cs & 0x0fff).to_be_bytes());
         m.extend_from_slice(&[0, 0]);
         for a in &self.addrs {
-            m.extend_from_slice(&a.octets());
+            m.extend_from_slice(&octets(a));
         }
         let c = checksum(src, dst, &m);
         m[6..8].copy_from_slice(&c.to_be_bytes());
         m
     }
 
-    /// Decodes a VRRP message received from `src` to `dst`.
-    pub fn decode(m: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Result<Advert, AdvertError> {
+    /// Decodes a VRRP message received from `src` to `dst` (the address list has their
+    /// family).
+    pub fn decode(m: &[u8], src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> Result<Advert, AdvertError> {
+        let (src, dst) = (src.into(), dst.into());
+        let size = if src.is_ipv4() { 4 } else { 16 };
         if m.len() < 8 {
             return Err(AdvertError::Truncated);
         }
@@ -100,7 +122,7 @@ impl Advert {
             return Err(AdvertError::Version);
         }
         let count = usize::from(m[3]);
-        if m[1] == 0 || m.len() != 8 + 4 * count {
+        if m[1] == 0 || m.len() != 8 + size * count {
             return Err(AdvertError::Fields);
         }
         if checksum(src, dst, m) != 0 {
@@ -111,10 +133,22 @@ impl Advert {
             priority: m[2],
             interval_cs: u16::from_be_bytes([m[4], m[5]]) & 0x0fff,
             addrs: m[8..]
-                .chunks(4)
-                .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+                .chunks(size)
+                .map(|c| match <[u8; 16]>::try_from(c) {
+                    Ok(b) => IpAddr::V6(Ipv6Addr::from(b)),
+                    Err(_) => IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3])),
+                })
                 .collect(),
         })
+    }
+
+    /// Decodes an IPv6 advert as a raw socket delivers it (payload only; the hop limit
+    /// and destination come from ancillary data).
+    pub fn decode_v6(m: &[u8], src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8) -> Result<Advert, AdvertError> {
+        if hop_limit != 255 {
+            return Err(AdvertError::Ttl);
+        }
+        Advert::decode(m, src, dst)
     }
 
     /// Decodes a whole IPv4 packet (as a raw socket delivers it): checks the IP header
@@ -155,8 +189,23 @@ mod tests {
             vrid: 51,
             priority: 150,
             interval_cs: 10,
-            addrs: vec![Ipv4Addr::new(10, 99, 0, 100)],
+            addrs: vec![IpAddr::V4(Ipv4Addr::new(10, 99, 0, 100))],
         }
+    }
+
+    #[test]
+    fn ipv6_adverts_carry_16_byte_addresses_and_need_hop_limit_255() {
+        let src: Ipv6Addr = "fe80::1".parse().unwrap();
+        let a = Advert {
+            addrs: vec![IpAddr::V6("fd77::100".parse().unwrap())],
+            ..vip()
+        };
+        let m = a.encode(src, GROUP6);
+        assert_eq!(m.len(), 8 + 16);
+        assert_eq!(Advert::decode_v6(&m, src, GROUP6, 255), Ok(a.clone()));
+        assert_eq!(Advert::decode_v6(&m, src, GROUP6, 64), Err(AdvertError::Ttl));
+        let other: Ipv6Addr = "fe80::9".parse().unwrap();
+        assert_eq!(Advert::decode_v6(&m, other, GROUP6, 255), Err(AdvertError::Checksum));
     }
 
     #[test]

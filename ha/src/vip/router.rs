@@ -6,7 +6,7 @@
 //! removed at start. A release (maintenance, shutdown) sends priority 0 so the peer
 //! takes over at once.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::machine::{Action, Machine, RouterConfig, State};
 use super::net::{self, Interface, NetError, VrrpSocket};
-use super::packet::{Advert, AdvertError, GROUP};
+use super::packet::{group_for, Advert, AdvertError};
 use crate::lease::{Lease, LeaseClient, LeaseError};
 
 /// Settings of one virtual router.
@@ -32,10 +32,10 @@ pub struct VipConfig {
     pub interval_cs: u16,
     /// Take over from a lower-priority master.
     pub preempt: bool,
-    /// The VIPs with their prefix length.
-    pub addresses: Vec<(Ipv4Addr, u8)>,
+    /// The VIPs with their prefix length (all IPv4 or all IPv6).
+    pub addresses: Vec<(IpAddr, u8)>,
     /// Send adverts to these peers instead of the multicast group.
-    pub unicast_peers: Vec<Ipv4Addr>,
+    pub unicast_peers: Vec<IpAddr>,
     /// Gratuitous ARPs sent on takeover.
     pub garp_repeat: u32,
     /// Gratuitous ARPs repeated this often while master (0 = never).
@@ -160,8 +160,8 @@ impl Holder {
                         interval_cs: self.cfg.interval_cs,
                         addrs: self.cfg.addresses.iter().map(|a| a.0).collect(),
                     };
-                    let dsts: Vec<Ipv4Addr> = if self.cfg.unicast_peers.is_empty() {
-                        vec![GROUP]
+                    let dsts: Vec<IpAddr> = if self.cfg.unicast_peers.is_empty() {
+                        vec![group_for(self.iface.address)]
                     } else {
                         self.cfg.unicast_peers.clone()
                     };
@@ -223,7 +223,7 @@ impl Holder {
 
     fn garp(&self) {
         for &(a, _) in &self.cfg.addresses {
-            match net::send_garp(&self.iface, a) {
+            match net::announce(&self.iface, a) {
                 Ok(()) => {
                     self.stats.garps.fetch_add(1, Relaxed);
                 }
@@ -275,7 +275,7 @@ pub async fn run(
     mut priority: tokio::sync::watch::Receiver<u8>,
     fence: Option<LeaseClient>,
 ) -> Result<(), NetError> {
-    let vips: Vec<Ipv4Addr> = cfg.addresses.iter().map(|a| a.0).collect();
+    let vips: Vec<IpAddr> = cfg.addresses.iter().map(|a| a.0).collect();
     let iface = Interface::lookup(&cfg.interface, &vips)?;
     let sock = VrrpSocket::open(&iface)?;
     let h = Holder {
@@ -339,9 +339,9 @@ pub async fn run(
             far
         };
         tokio::select! {
-            r = h.sock.recv(&mut buf) => {
-                let Ok(n) = r else { continue };
-                match Advert::decode_ip(&buf[..n]) {
+            r = h.sock.recv_advert(&mut buf) => {
+                let Ok(r) = r else { continue };
+                match r {
                     Ok((src, _)) if src == iface.address => {}
                     Ok((_, a)) if a.vrid != cfg.vrid => {
                         h.stats.dropped[5].fetch_add(1, Relaxed);

@@ -642,17 +642,34 @@ impl Checker<'_> {
             );
             ok = false;
         }
-        let mut addresses = Vec::new();
+        let mut addresses: Vec<(std::net::IpAddr, u8)> = Vec::new();
         for (j, a) in v.addresses.iter().enumerate() {
-            let (ip, prefix) = a.get_ref().split_once('/').unwrap_or((a.get_ref(), "32"));
-            match (ip.parse::<std::net::Ipv4Addr>(), prefix.parse::<u8>()) {
-                (Ok(ip), Ok(p)) if p <= 32 => addresses.push((ip, p)),
-                _ => {
+            let (ip, prefix) = match a.get_ref().split_once('/') {
+                Some((ip, p)) => (ip, Some(p)),
+                None => (a.get_ref().as_str(), None),
+            };
+            let parsed = ip.parse::<std::net::IpAddr>().ok().and_then(|ip| {
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                let p = prefix.map_or(Some(max), |p| p.parse::<u8>().ok())?;
+                (p <= max).then_some((ip, p))
+            });
+            match parsed {
+                Some(v) if addresses.first().is_some_and(|f| f.0.is_ipv4() != v.0.is_ipv4()) => {
                     self.at(
                         a,
                         format!("{key}.addresses[{j}]"),
-                        format!("`{}` is not an IPv4 address with an optional prefix", a.get_ref()),
-                        Some("e.g. \"10.0.0.100/24\"".into()),
+                        format!("`{}` mixes IPv4 and IPv6 in one VIP", a.get_ref()),
+                        Some("VRRPv3 runs one virtual router per family: put the IPv6 addresses in their own [[vip]] with another vrid".into()),
+                    );
+                    ok = false;
+                }
+                Some(v) => addresses.push(v),
+                None => {
+                    self.at(
+                        a,
+                        format!("{key}.addresses[{j}]"),
+                        format!("`{}` is not an IP address with an optional prefix", a.get_ref()),
+                        Some("e.g. \"10.0.0.100/24\" or \"fd00::100/64\"".into()),
                     );
                     ok = false;
                 }
@@ -689,15 +706,20 @@ impl Checker<'_> {
             ok = false;
         }
         let mut peers = Vec::new();
+        let v6 = addresses.first().is_some_and(|a| a.0.is_ipv6());
         for (j, p) in v.unicast_peers.iter().enumerate() {
             match p.get_ref().parse::<std::net::Ipv4Addr>() {
-                Ok(a) => peers.push(a),
-                Err(_) => {
+                Ok(a) if !v6 => peers.push(std::net::IpAddr::V4(a)),
+                _ => {
                     self.at(
                         p,
                         format!("{key}.unicast_peers[{j}]"),
                         format!("`{}` is not an IPv4 address", p.get_ref()),
-                        None,
+                        Some(if v6 {
+                            "IPv6 VIPs advertise to ff02::12 only; remove unicast_peers".into()
+                        } else {
+                            "e.g. \"10.0.0.12\"".into()
+                        }),
                     );
                     ok = false;
                 }

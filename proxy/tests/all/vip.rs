@@ -55,6 +55,10 @@ impl Lab {
             ]));
             assert!(ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]));
             assert!(ip(&["-n", &ns, "addr", "add", addr, "dev", "eth0"]));
+            // IPv6: no duplicate address detection, so link-local addresses work at once.
+            let _ = Command::new("ip")
+                .args(["netns", "exec", &ns, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"])
+                .status();
             assert!(ip(&["-n", &ns, "link", "set", "eth0", "up"]));
             assert!(ip(&["-n", &ns, "link", "set", "lo", "up"]));
         }
@@ -198,9 +202,14 @@ impl Lab {
 
     /// What the client gets from `vip`:8080 within `secs`.
     fn client_get_from(&self, vip: &str, secs: &str) -> Option<String> {
+        let host = if vip.contains(':') {
+            format!("[{vip}]")
+        } else {
+            vip.to_string()
+        };
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns("c"), "curl", "-s", "--max-time", secs])
-            .arg(format!("http://{vip}:8080/"))
+            .args(["netns", "exec", &self.ns("c"), "curl", "-gs", "--max-time", secs])
+            .arg(format!("http://{host}:8080/"))
             .output()
             .ok()?;
         let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -696,6 +705,82 @@ fn active_active_each_node_holds_its_own_vip_and_covers_the_other() {
     assert!(
         status.contains("\"vrid\":52") && status.contains("\"vrid\":51"),
         "{status}"
+    );
+}
+
+#[test]
+fn ipv6_vip_elects_fails_over_and_is_announced_by_neighbour_advertisement() {
+    let Some(mut lab) = Lab::or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    const VIP6: &str = "fd77::100";
+    // The client has an address on the VIP's prefix; the nodes advertise from their
+    // link-local addresses to ff02::12.
+    assert!(ip(&[
+        "-n",
+        &lab.ns("c"),
+        "addr",
+        "add",
+        "fd77::10/64",
+        "dev",
+        "eth0",
+        "nodad"
+    ]));
+    let node = |lab: &mut Lab, n: &str, prio: u32| {
+        let cfg = dir.path().join(format!("{n}6.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nworkers = 1\ndrain_timeout = \"1s\"\n[log]\nlevel = \"warn\"\naccess_log = \"off\"\n\
+                 [[listener]]\nname = \"web6\"\nlisten = \"[{VIP6}]:8080\"\n\
+                 [[cluster]]\nname = \"local\"\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n\
+                 [[route]]\nname = \"all\"\ncluster = \"local\"\n\
+                 [[vip]]\nname = \"web6\"\ninterface = \"eth0\"\nvrid = 61\npriority = {prio}\naddresses = [\"{VIP6}/64\"]\naddress_lifetime = \"2s\"\n"
+            ),
+        )
+        .unwrap();
+        if !lab.children.iter().any(|(l, _)| l == &format!("backend-{n}")) {
+            lab.spawn(
+                n,
+                &format!("backend-{n}"),
+                &["backend", &format!("node-{n}=127.0.0.1:9101")],
+            );
+        }
+        lab.spawn(n, &format!("node-{n}"), &["run", "-c", cfg.to_str().unwrap()]);
+    };
+    let wait = |lab: &Lab, want: &str, limit: Duration| {
+        let t = Instant::now();
+        while !lab.client_get_from(VIP6, "0.05").is_some_and(|b| b.contains(want)) {
+            assert!(t.elapsed() < limit, "[{VIP6}] did not reach {want} within {limit:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        t.elapsed()
+    };
+    node(&mut lab, "a", 150);
+    node(&mut lab, "b", 100);
+    wait(&lab, "node-a", Duration::from_secs(10));
+    let on_b = || {
+        let out = Command::new("ip")
+            .args(["-n", &lab.ns("b"), "-6", "addr", "show", "dev", "eth0"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP6}/"))
+    };
+    assert!(!on_b(), "only the master holds the IPv6 VIP");
+    // kill -9 of the master: B takes over and its neighbour advertisement moves the
+    // client, which still has A's MAC cached.
+    let mut trials = Vec::new();
+    for _ in 0..3 {
+        lab.kill9("node-a");
+        trials.push(wait(&lab, "node-b", Duration::from_secs(5)));
+        node(&mut lab, "a", 150);
+        wait(&lab, "node-a", Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("IPv6 VIP: kill -9 → first success through B, 3 trials: {trials:?}");
+    let m = lab.ctl("b", &["metrics"]);
+    assert!(
+        m.contains("tandem_vip_events_total{vip=\"web6\",event=\"became_master\"} 3"),
+        "{m}"
     );
 }
 
