@@ -100,3 +100,28 @@ fn version_prints() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("tandem "));
 }
+
+#[test]
+fn check_names_bad_vip_settings_with_their_lines() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        f,
+        "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n[[cluster]]\nname = \"api\"\nendpoints = [{{ address = \"127.0.0.1:9\" }}]\n[[route]]\nname = \"r\"\ncluster = \"api\"\n\
+         [[vip]]\nname = \"web\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\naddresses = [\"10.0.0.100/24\", \"fd00::100/64\"]\non_no_quorum = \"wait\"\n"
+    )
+    .unwrap();
+    let out = tandem().args(["check", "-c"]).arg(f.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let path = f.path().display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{path}:15:31: vip[0].addresses[1]: `fd00::100/64` mixes IPv4 and IPv6 in one VIP"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{path}:16:16: vip[0].on_no_quorum: unknown policy `wait`")),
+        "{err}"
+    );
+}
