@@ -932,3 +932,44 @@ fn a_witness_fences_the_vip_during_a_partition() {
     assert!(lab.metric("b", "tandem_vip_events_total{vip=\"web\",event=\"no_quorum\"}") > 0);
     lab.partition(false);
 }
+
+#[test]
+fn release_vips_removes_a_dead_nodes_addresses() {
+    // What the systemd unit's ExecStopPost runs after the proxy ended, however it ended.
+    let Some(lab) = Lab::or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("a.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[listener]]\nname = \"web\"\nlisten = \"{VIP}:8080\"\n[[cluster]]\nname = \"local\"\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n[[route]]\nname = \"all\"\ncluster = \"local\"\n\
+             [[vip]]\nname = \"web\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\naddresses = [\"{VIP}/24\"]\n"
+        ),
+    )
+    .unwrap();
+    assert!(ip(&[
+        "-n",
+        &lab.ns("a"),
+        "addr",
+        "add",
+        &format!("{VIP}/24"),
+        "dev",
+        "eth0"
+    ]));
+    assert!(lab.holds_vip("a"));
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("a"),
+            env!("CARGO_BIN_EXE_tandem"),
+            "release-vips",
+            "-c",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("released {VIP}/24 from eth0")));
+    assert!(!lab.holds_vip("a"), "the VIP is still on the interface");
+}
