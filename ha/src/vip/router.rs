@@ -253,6 +253,15 @@ impl Holder {
 /// A lease request in flight.
 type Pending = Option<tokio::task::JoinHandle<Result<Lease, LeaseError>>>;
 
+/// Gives the lease of `vrid` back without waiting (a node that is not master must not
+/// keep it: the master's renewal would be refused).
+fn release_later(fence: &Option<LeaseClient>, vrid: u8, wait: Duration) {
+    if let Some(f) = fence {
+        let f = f.clone();
+        tokio::spawn(async move { f.release(vrid, wait).await });
+    }
+}
+
 /// Waits for the request in `p` (forever when there is none).
 async fn settle(p: &mut Pending) -> Result<Lease, LeaseError> {
     match p {
@@ -354,10 +363,7 @@ pub async fn run(
                             if acts.contains(&Action::ReleaseVips) {
                                 // A higher-priority master took over: its lease request
                                 // must not wait for ours to run out.
-                                if let Some(f) = &fence {
-                                    let (f, vrid) = (f.clone(), cfg.vrid);
-                                    tokio::spawn(async move { f.release(vrid, ttl).await });
-                                }
+                                release_later(&fence, cfg.vrid, ttl);
                             }
                             if h.apply(acts, &m).await {
                                 burst = BURST;
@@ -399,10 +405,7 @@ pub async fn run(
                     Ok(lease) if lease.held_by(me, crate::now_ms()) => {
                         if !due {
                             // A master was heard meanwhile: give the lease back.
-                            if let Some(f) = &fence {
-                                let (f, vrid) = (f.clone(), cfg.vrid);
-                                tokio::spawn(async move { f.release(vrid, ttl).await });
-                            }
+                            release_later(&fence, cfg.vrid, ttl);
                         }
                         due
                     }
@@ -454,9 +457,8 @@ pub async fn run(
                 match answer {
                     Ok(lease) if m.state() != State::Master => {
                         // Stepped down while the renewal was in flight: do not keep it.
-                        if let (true, Some(f)) = (lease.held_by(me, crate::now_ms()), &fence) {
-                            let (f, vrid) = (f.clone(), cfg.vrid);
-                            tokio::spawn(async move { f.release(vrid, ttl).await });
+                        if lease.held_by(me, crate::now_ms()) {
+                            release_later(&fence, cfg.vrid, ttl);
                         }
                     }
                     _ if m.state() != State::Master => {}

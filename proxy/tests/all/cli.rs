@@ -7,18 +7,24 @@ fn tandem() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tandem"))
 }
 
-#[test]
-fn check_reports_every_problem_and_exits_non_zero() {
+/// Runs `tandem check` on `config`; asserts it fails with status 2 and returns the
+/// file's path and what it printed.
+fn check_fails(config: &str) -> (String, String) {
     let mut f = tempfile::NamedTempFile::new().unwrap();
-    write!(
-        f,
-        "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n\n[[cluster]]\nname = \"api\"\nbalancer = \"roundrobin\"\nendpoints = [{{ address = \"10.0.0.1\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"apu\"\n"
-    )
-    .unwrap();
+    f.write_all(config.as_bytes()).unwrap();
     let out = tandem().args(["check", "-c"]).arg(f.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    let path = f.path().display().to_string();
+    (
+        f.path().display().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_reports_every_problem_and_exits_non_zero() {
+    let (path, err) = check_fails(
+        "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n\n[[cluster]]\nname = \"api\"\nbalancer = \"roundrobin\"\nendpoints = [{ address = \"10.0.0.1\" }]\n\n[[route]]\nname = \"r\"\ncluster = \"apu\"\n",
+    );
     assert!(
         err.contains(&format!(
             "{path}:7:12: cluster[0].balancer: unknown balancer `roundrobin`; did you mean `round_robin`?"
@@ -103,17 +109,10 @@ fn version_prints() {
 
 #[test]
 fn check_names_bad_vip_settings_with_their_lines() {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    write!(
-        f,
-        "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n[[cluster]]\nname = \"api\"\nendpoints = [{{ address = \"127.0.0.1:9\" }}]\n[[route]]\nname = \"r\"\ncluster = \"api\"\n\
-         [[vip]]\nname = \"web\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\naddresses = [\"10.0.0.100/24\", \"fd00::100/64\"]\non_no_quorum = \"wait\"\n"
-    )
-    .unwrap();
-    let out = tandem().args(["check", "-c"]).arg(f.path()).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    let path = f.path().display().to_string();
+    let (path, err) = check_fails(
+        "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n[[cluster]]\nname = \"api\"\nendpoints = [{ address = \"127.0.0.1:9\" }]\n[[route]]\nname = \"r\"\ncluster = \"api\"\n\
+         [[vip]]\nname = \"web\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\naddresses = [\"10.0.0.100/24\", \"fd00::100/64\"]\non_no_quorum = \"wait\"\n",
+    );
     assert!(
         err.contains(&format!(
             "{path}:15:31: vip[0].addresses[1]: `fd00::100/64` mixes IPv4 and IPv6 in one VIP"

@@ -168,18 +168,24 @@ impl Lab {
 
     /// Like `node`, with extra keys for its `[[cluster]]` and `[[vip]]`.
     fn node_with(&mut self, dir: &std::path::Path, n: &str, prio: u32, cluster_extra: &str, vip_extra: &str) {
-        let cfg = dir.join(format!("{n}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
+        self.start_node(
+            dir,
+            n,
+            &format!(
                 "[server]\nworkers = 1\ndrain_timeout = \"1s\"\nmaintenance_handover = \"300ms\"\n[admin]\nlisten = \"127.0.0.1:9900\"\n[log]\nlevel = \"warn\"\n\
 [[listener]]\nname = \"web\"\nlisten = \"{VIP}:8080\"\n\
 [[cluster]]\nname = \"local\"\n{cluster_extra}\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n\
 [[route]]\nname = \"all\"\ncluster = \"local\"\n\
 [[vip]]\nname = \"web\"\ninterface = \"eth0\"\nvrid = 51\npriority = {prio}\naddresses = [\"{VIP}/24\"]\naddress_lifetime = \"2s\"\ngarp_refresh = \"1s\"\n{vip_extra}\n"
             ),
-        )
-        .unwrap();
+        );
+    }
+
+    /// Writes node `n`'s configuration and starts it, with its demo backend answering
+    /// `node-n` on 127.0.0.1:9101 (started once).
+    fn start_node(&mut self, dir: &std::path::Path, n: &str, config: &str) {
+        let cfg = dir.join(format!("{n}.toml"));
+        std::fs::write(&cfg, config).unwrap();
         if !self.children.iter().any(|(l, _)| l == &format!("backend-{n}")) {
             self.spawn(
                 n,
@@ -218,13 +224,18 @@ impl Lab {
 
     /// Waits until the client reaches `want` through the VIP; returns how long it took.
     fn wait_for(&self, want: &str, limit: Duration) -> Duration {
+        self.wait_for_at(VIP, want, limit)
+    }
+
+    /// Waits until the client reaches `want` through `vip`; returns how long it took.
+    fn wait_for_at(&self, vip: &str, want: &str, limit: Duration) -> Duration {
         let start = Instant::now();
         loop {
             // Short attempts: one stuck on the old holder's MAC must not hide the new one.
-            if self.client_get_within("0.05").is_some_and(|b| b.contains(want)) {
+            if self.client_get_from(vip, "0.05").is_some_and(|b| b.contains(want)) {
                 return start.elapsed();
             }
-            assert!(start.elapsed() < limit, "the VIP did not reach {want} within {limit:?}");
+            assert!(start.elapsed() < limit, "{vip} did not reach {want} within {limit:?}");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -677,14 +688,7 @@ fn active_active_each_node_holds_its_own_vip_and_covers_the_other() {
     };
     lab.node_with(dir.path(), "a", 150, "", &second(100));
     lab.node_with(dir.path(), "b", 100, "", &second(150));
-    let wait = |lab: &Lab, vip: &str, want: &str| {
-        let t = Instant::now();
-        while !lab.client_get_from(vip, "0.2").is_some_and(|b| b.contains(want)) {
-            assert!(t.elapsed() < Duration::from_secs(10), "{vip} did not reach {want}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        t.elapsed()
-    };
+    let wait = |lab: &Lab, vip: &str, want: &str| lab.wait_for_at(vip, want, Duration::from_secs(10));
     wait(&lab, VIP, "node-a");
     wait(&lab, "10.77.0.101", "node-b");
     // A dies: B holds both.
@@ -726,35 +730,19 @@ fn ipv6_vip_elects_fails_over_and_is_announced_by_neighbour_advertisement() {
         "nodad"
     ]));
     let node = |lab: &mut Lab, n: &str, prio: u32| {
-        let cfg = dir.path().join(format!("{n}6.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
+        lab.start_node(
+            dir.path(),
+            n,
+            &format!(
                 "[server]\nworkers = 1\ndrain_timeout = \"1s\"\n[log]\nlevel = \"warn\"\naccess_log = \"off\"\n\
                  [[listener]]\nname = \"web6\"\nlisten = \"[{VIP6}]:8080\"\n\
                  [[cluster]]\nname = \"local\"\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n\
                  [[route]]\nname = \"all\"\ncluster = \"local\"\n\
                  [[vip]]\nname = \"web6\"\ninterface = \"eth0\"\nvrid = 61\npriority = {prio}\naddresses = [\"{VIP6}/64\"]\naddress_lifetime = \"2s\"\n"
             ),
-        )
-        .unwrap();
-        if !lab.children.iter().any(|(l, _)| l == &format!("backend-{n}")) {
-            lab.spawn(
-                n,
-                &format!("backend-{n}"),
-                &["backend", &format!("node-{n}=127.0.0.1:9101")],
-            );
-        }
-        lab.spawn(n, &format!("node-{n}"), &["run", "-c", cfg.to_str().unwrap()]);
+        );
     };
-    let wait = |lab: &Lab, want: &str, limit: Duration| {
-        let t = Instant::now();
-        while !lab.client_get_from(VIP6, "0.05").is_some_and(|b| b.contains(want)) {
-            assert!(t.elapsed() < limit, "[{VIP6}] did not reach {want} within {limit:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        t.elapsed()
-    };
+    let wait = |lab: &Lab, want: &str, limit: Duration| lab.wait_for_at(VIP6, want, limit);
     node(&mut lab, "a", 150);
     node(&mut lab, "b", 100);
     wait(&lab, "node-a", Duration::from_secs(10));
