@@ -1,10 +1,10 @@
 //! The response body Tandem sends downstream: either the upstream's body streamed
 //! through, or a short local body. It carries a [`Completion`] that runs once when the
-//! body ends or is dropped: it returns the upstream connection to the pool (only after
-//! a complete read), releases load counters, and writes the access log line.
+//! body ends or is dropped: it releases load counters and writes the access log line.
+//! (An HTTP/1.1 upstream connection goes back to its pool from the upstream body itself,
+//! once that has been read to the end.)
 
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,13 +16,10 @@ use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::metrics::{ClusterStats, EndpointStats};
-use crate::runtime::PoolSettings;
-use crate::upstream::{Conn, Pool};
+use crate::upstream::ResponseBody;
 
 /// Work to do when the response is finished.
 pub struct Completion {
-    /// Upstream connection to return to the pool on a complete read.
-    pub conn: Option<(Conn, Rc<Pool>, PoolSettings)>,
     /// Endpoint whose active count to release.
     pub endpoint: Option<Arc<EndpointStats>>,
     /// Cluster whose active count to release.
@@ -43,11 +40,6 @@ pub struct Completion {
 
 impl Completion {
     fn finish(&mut self, complete: bool) {
-        if let Some((conn, pool, settings)) = self.conn.take() {
-            if complete {
-                pool.checkin(conn, &settings);
-            }
-        }
         if let Some(e) = self.endpoint.take() {
             e.active.fetch_sub(1, Relaxed);
         }
@@ -71,8 +63,8 @@ impl Completion {
 }
 
 enum Kind {
-    Upstream(Incoming),
-    Filtered(Box<FilteredBody<Incoming>>),
+    Upstream(ResponseBody),
+    Filtered(Box<FilteredBody<ResponseBody>>),
     Local(Option<Bytes>),
 }
 
@@ -89,7 +81,7 @@ pub struct ProxyBody {
 
 impl ProxyBody {
     /// Streams an upstream body.
-    pub fn upstream(body: Incoming, done: Option<Box<Completion>>) -> Self {
+    pub fn upstream(body: ResponseBody, done: Option<Box<Completion>>) -> Self {
         ProxyBody {
             kind: Kind::Upstream(body),
             done,
@@ -97,7 +89,7 @@ impl ProxyBody {
     }
 
     /// Streams an upstream body through the request's filters.
-    pub fn filtered(body: FilteredBody<Incoming>, done: Option<Box<Completion>>) -> Self {
+    pub fn filtered(body: FilteredBody<ResponseBody>, done: Option<Box<Completion>>) -> Self {
         ProxyBody {
             kind: Kind::Filtered(Box::new(body)),
             done,
@@ -128,7 +120,7 @@ impl Body for ProxyBody {
         let this = &mut *self;
         let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.kind {
             Kind::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(inc) => Pin::new(inc).poll_frame(cx).map_err(Into::into),
+            Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
             Kind::Filtered(f) => Pin::new(&mut **f).poll_frame(cx),
         };
         match &polled {

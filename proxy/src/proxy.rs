@@ -31,7 +31,7 @@ use crate::error::Limit;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::runtime::{router, Cluster, RequestFacts, Route, Runtime};
-use crate::upstream::{self, Conn};
+use crate::upstream::{self, ResponseBody};
 use crate::worker::Worker;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -159,8 +159,7 @@ async fn proxy_request(
         forced,
         chain: chain.as_ref(),
     };
-    let (resp, ep_idx, upstream_conn) = match attempts(worker, conn, rt, route, cluster, req, rec, start, targets).await
-    {
+    let (resp, ep_idx) = match attempts(worker, conn, rt, route, cluster, req, rec, start, targets).await {
         Ok(r) => r,
         Err(e) => {
             // A request-body filter that answered locally ended the upstream request.
@@ -191,7 +190,6 @@ async fn proxy_request(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let mut done = Box::new(Completion {
-        conn: Some((upstream_conn, worker.pool.clone(), cluster.pool)),
         endpoint: Some(endpoint.stats.clone()),
         cluster: Some(cluster.stats.clone()),
         route: Some(route.stats.clone()),
@@ -284,7 +282,6 @@ fn filter_reply(
         (r, worker.shared.access_log.clone())
     });
     let done = Box::new(Completion {
-        conn: None,
         endpoint: None,
         cluster: None,
         route: None,
@@ -336,7 +333,7 @@ fn overflow(cluster: &Cluster, limit: Limit) -> ProxyError {
 }
 
 /// What one upstream attempt produced.
-type Attempt = Result<(Response<Incoming>, Conn), ProxyError>;
+type Attempt = Result<Response<ResponseBody>, ProxyError>;
 
 /// Stages 4–6 and 8, repeated per the route's retry policy: pick an endpoint (never
 /// one that already failed this request while another is available), send with the
@@ -353,7 +350,7 @@ async fn attempts(
     rec: &mut Option<AccessRecord>,
     start: Instant,
     targets: Targets<'_>,
-) -> Result<(Response<Incoming>, usize, Conn), ProxyError> {
+) -> Result<(Response<ResponseBody>, usize), ProxyError> {
     let hash = if cluster.balancer.is_hashing() {
         cluster.hash_of(req.headers(), conn.client)
     } else {
@@ -445,7 +442,7 @@ async fn attempts(
         };
         drop(retrying.take());
         let status = match &outcome {
-            Ok((resp, _)) => resp.status().as_u16(),
+            Ok(resp) => resp.status().as_u16(),
             Err(e) => e.status().as_u16(),
         };
         match &outcome {
@@ -455,10 +452,10 @@ async fn attempts(
         let retry = policy.is_some_and(|p| attempt < max_attempts && should_retry(p, &outcome));
         if !retry || !reserve_retry(cluster) {
             return match outcome {
-                Ok((mut resp, c)) => {
+                Ok(mut resp) => {
                     in_flight.hand_over();
                     crate::sticky::finish(cluster, sticky_table, sticky, ep_idx, resp.headers_mut());
-                    Ok((resp, ep_idx, c))
+                    Ok((resp, ep_idx))
                 }
                 Err(e) => Err(e),
             };
@@ -574,7 +571,7 @@ fn should_retry(p: &RetryPolicy, outcome: &Attempt) -> bool {
         Err(ProxyError::UpstreamReset) => on.has(R::RESET) || on.has(R::GATEWAY_ERROR) || on.has(R::FIVE_XX),
         Err(ProxyError::Timeout) => on.has(R::TIMEOUT) || on.has(R::GATEWAY_ERROR) || on.has(R::FIVE_XX),
         Err(_) => false,
-        Ok((resp, _)) => {
+        Ok(resp) => {
             let s = resp.status().as_u16();
             (s >= 500 && on.has(R::FIVE_XX))
                 || (matches!(s, 502..=504) && on.has(R::GATEWAY_ERROR))
@@ -731,7 +728,7 @@ async fn exchange(
     let mut req = req;
     let mut stale = 0;
     loop {
-        let mut conn = match worker.pool.checkout(ep.address, cluster.protocol, &cluster.pool, start) {
+        let conn = match worker.pool.checkout(ep.address, cluster.protocol, &cluster.pool, start) {
             Some(c) => {
                 ep.stats.connections_reused.fetch_add(1, Relaxed);
                 c
@@ -750,9 +747,10 @@ async fn exchange(
                 c?
             }
         };
-        match upstream::send(&mut conn, req).await {
-            Ok(resp) => return Ok((resp, conn)),
-            Err((e, Some(back))) if conn.reused && stale < 2 => {
+        let reused = conn.reused;
+        match upstream::send(conn, req, &worker.pool, &cluster.pool).await {
+            Ok(resp) => return Ok(resp),
+            Err((e, Some(back))) if reused && stale < 2 => {
                 tracing::debug!(error = %e, endpoint = %ep.address, "pooled connection was closed; retrying on a new one");
                 stale += 1;
                 req = back;
@@ -773,7 +771,7 @@ pub(crate) async fn call_cluster(
     cluster_idx: usize,
     pinned: Option<usize>,
     req: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<ResponseBody>, ProxyError> {
     let cluster = &rt.clusters[cluster_idx];
     let ep_idx = match pinned {
         Some(i) => i,
@@ -784,14 +782,11 @@ pub(crate) async fn call_cluster(
         local: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
     };
     let start = Instant::now();
-    let (resp, conn) = exchange(worker, cluster, ep_idx, req, start, origin).await?;
-    // The connection is not pooled again: the answer is read by the caller to its end.
-    drop(conn);
-    Ok(resp)
+    exchange(worker, cluster, ep_idx, req, start, origin).await
 }
 
 /// Stage 7: turns the upstream response into the downstream one.
-fn prepare_downstream_response(mut resp: Response<Incoming>, route: &Route) -> Response<Incoming> {
+fn prepare_downstream_response(mut resp: Response<ResponseBody>, route: &Route) -> Response<ResponseBody> {
     let h = resp.headers_mut();
     headers::strip_hop_by_hop(h);
     if !route.response_headers.is_empty() {
@@ -847,7 +842,6 @@ fn local_error(
     });
     let done = record.map(|record| {
         Box::new(Completion {
-            conn: None,
             endpoint: None,
             cluster: None,
             route: None,

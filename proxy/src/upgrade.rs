@@ -80,7 +80,10 @@ pub async fn proxy_upgrade(
     if !switched {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        return Ok(Response::from_parts(parts, ProxyBody::upstream(body, None)));
+        return Ok(Response::from_parts(
+            parts,
+            ProxyBody::upstream(crate::upstream::ResponseBody::Hyper(body, None), None),
+        ));
     }
     let upstream = hyper::upgrade::on(&mut resp);
     let idle = route.upgrade_idle_timeout;

@@ -172,6 +172,7 @@ fn run_worker(id: usize, shared: Arc<Shared>, listeners: Arc<[ListenerConfig]>, 
             wasm: RefCell::new(Default::default()),
         });
         tokio::task::spawn_local(keep_filters(Rc::downgrade(&worker)));
+        tokio::task::spawn_local(sweep_pool(worker.pool.clone()));
         let mut tasks = Vec::new();
         for (idx, sock) in socks.into_iter().enumerate() {
             let listener = match TcpListener::from_std(sock) {
@@ -211,6 +212,15 @@ async fn keep_filters(worker: std::rc::Weak<Worker>) {
         w.wasm.borrow().sample_memory();
         drop(w);
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Closes this worker's idle upstream connections that outlived their idle timeout or
+/// were closed by their upstream: nothing else polls an idle HTTP/1.1 connection.
+async fn sweep_pool(pool: Rc<Pool>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        pool.sweep(std::time::Instant::now());
     }
 }
 

@@ -1,19 +1,26 @@
 //! Per-worker upstream connections: a keep-alive pool per endpoint (HTTP/1.1: a LIFO
-//! stack of idle connections; h2c: one multiplexed connection), with an idle cap, idle
-//! timeout and maximum age. Owned by one worker thread, so no locks.
+//! stack of idle connections driven by the request task, see [`h1`]; h2c: one
+//! multiplexed hyper connection), with an idle cap, idle timeout and maximum age. Owned
+//! by one worker thread, so no locks.
+
+pub mod h1;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::body::UpstreamBody;
+use crate::body::{BoxError, UpstreamBody};
 use crate::metrics::ClusterStats;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -24,11 +31,11 @@ use crate::metrics::EndpointStats;
 use crate::runtime::PoolSettings;
 use crate::worker::LocalExec;
 
-/// The request-sending half of an upstream connection.
+/// The request-sending side of an upstream connection.
 #[derive(Debug)]
 pub enum Sender {
-    /// HTTP/1.1: one request at a time.
-    H1(http1::SendRequest<UpstreamBody>),
+    /// HTTP/1.1: one request at a time, on the request's task.
+    H1(h1::H1Conn),
     /// h2c: multiplexed, cloned per request.
     H2(http2::SendRequest<UpstreamBody>),
 }
@@ -36,30 +43,18 @@ pub enum Sender {
 /// A checked-out upstream connection.
 #[derive(Debug)]
 pub struct Conn {
-    /// Where it goes.
-    pub addr: SocketAddr,
     /// The sender.
     pub sender: Sender,
-    /// When it was opened (for max age).
-    pub born: Instant,
-    /// Start of the request using it; its idle time counts from here.
-    pub used: Instant,
     /// Whether it came from the pool (a failure on it may be a stale keep-alive).
     pub reused: bool,
-    /// Bound to one client (it carried that client's PROXY header): never pooled.
-    pub private: bool,
-}
-
-#[derive(Debug)]
-struct Idle {
-    tx: http1::SendRequest<UpstreamBody>,
-    born: Instant,
-    since: Instant,
 }
 
 #[derive(Debug, Default)]
 struct EndpointConns {
-    idle: Vec<Idle>,
+    /// Idle HTTP/1.1 connections, oldest first.
+    idle: Vec<h1::H1Conn>,
+    /// Idle timeout of the settings they were checked in under (for the sweep).
+    idle_timeout: Duration,
     h2: Option<(http2::SendRequest<UpstreamBody>, Instant)>,
 }
 
@@ -84,28 +79,25 @@ impl Pool {
                     return None;
                 }
                 Some(Conn {
-                    addr,
                     sender: Sender::H2(tx.clone()),
-                    born: *born,
-                    used: now,
                     reused: true,
-                    private: false,
                 })
             }
             UpstreamProtocol::Http1 => {
                 // Newest first; drop closed, expired and aged connections on the way.
-                while let Some(i) = slot.idle.iter().rposition(|c| c.tx.is_ready() || c.tx.is_closed()) {
-                    let c = slot.idle.remove(i);
-                    if c.tx.is_closed() || now.duration_since(c.since) >= s.idle_timeout || too_old(c.born) {
+                while let Some(mut c) = slot.idle.pop() {
+                    if now.saturating_duration_since(c.used) >= s.idle_timeout {
+                        // The rest are older still.
+                        slot.idle.clear();
+                        return None;
+                    }
+                    if too_old(c.born) || !c.is_reusable() {
                         continue;
                     }
+                    c.used = now;
                     return Some(Conn {
-                        addr,
-                        sender: Sender::H1(c.tx),
-                        born: c.born,
-                        used: now,
+                        sender: Sender::H1(c),
                         reused: true,
-                        private: false,
                     });
                 }
                 None
@@ -113,33 +105,37 @@ impl Pool {
         }
     }
 
-    /// Returns an HTTP/1.1 connection whose response has been fully read. h2c
-    /// connections stay in the pool while in use and are not checked in.
-    pub fn checkin(&self, conn: Conn, s: &PoolSettings) {
-        if conn.private {
-            return;
-        }
-        let Sender::H1(tx) = conn.sender else { return };
-        if tx.is_closed() || s.max_age.is_some_and(|m| conn.born.elapsed() >= m) {
+    /// Returns an HTTP/1.1 connection whose exchange is complete.
+    pub(crate) fn checkin_h1(&self, conn: h1::H1Conn, s: &PoolSettings) {
+        if conn.private || s.max_age.is_some_and(|m| conn.born.elapsed() >= m) {
             return;
         }
         let mut map = self.by_endpoint.borrow_mut();
-        let slot = map.entry((conn.addr, s.profile)).or_default();
+        let slot = map.entry((conn.addr, conn.profile)).or_default();
+        slot.idle_timeout = s.idle_timeout;
         if slot.idle.len() >= s.max_idle {
             // Evict the oldest idle connection.
             slot.idle.remove(0);
         }
-        slot.idle.push(Idle {
-            tx,
-            born: conn.born,
-            since: conn.used,
+        slot.idle.push(conn);
+    }
+
+    /// Closes idle HTTP/1.1 connections past their idle timeout or closed by the
+    /// upstream (nothing polls them while they wait in the pool).
+    pub fn sweep(&self, now: Instant) {
+        let mut map = self.by_endpoint.borrow_mut();
+        map.retain(|_, slot| {
+            let timeout = slot.idle_timeout;
+            slot.idle
+                .retain_mut(|c| now.saturating_duration_since(c.used) < timeout && c.is_reusable());
+            !slot.idle.is_empty() || slot.h2.as_ref().is_some_and(|(tx, _)| !tx.is_closed())
         });
     }
 
     /// Opens a new connection to endpoint `addr` of `cluster`: TCP, then the PROXY
     /// header if the cluster sends one (such a connection serves only this client), then
-    /// TLS if the cluster originates it, then the HTTP handshake. h2c connections are
-    /// shared in the pool.
+    /// TLS if the cluster originates it, then (h2c) the HTTP/2 handshake. h2c
+    /// connections are shared in the pool.
     pub async fn connect(
         self: &Rc<Self>,
         addr: SocketAddr,
@@ -150,61 +146,20 @@ impl Pool {
         let stream = dial(addr, cluster, stats, origin).await?;
         let born = Instant::now();
         let private = cluster.proxy_protocol.is_some();
-        let sender = match &cluster.tls {
-            Some((t, cfg)) => {
-                let tls = tls_connect(addr, t, cfg, stream, cluster.connect_timeout).await?;
-                self.handshake(TokioIo::new(tls), addr, cluster, born, private).await?
-            }
-            None => {
-                self.handshake(TokioIo::new(stream), addr, cluster, born, private)
-                    .await?
-            }
+        let io = match &cluster.tls {
+            Some((t, cfg)) => h1::Io::Tls(Box::new(
+                tls_connect(addr, t, cfg, stream, cluster.connect_timeout).await?,
+            )),
+            None => h1::Io::Plain(stream),
         };
-        Ok(Conn {
-            addr,
-            sender,
-            born,
-            used: born,
-            reused: false,
-            private,
-        })
-    }
-
-    async fn handshake<IO>(
-        self: &Rc<Self>,
-        io: IO,
-        addr: SocketAddr,
-        cluster: &crate::runtime::Cluster,
-        born: Instant,
-        private: bool,
-    ) -> Result<Sender, ProxyError>
-    where
-        IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
         let open = OpenGuard::new(&cluster.stats);
-        match cluster.protocol {
-            UpstreamProtocol::Http1 => {
-                let (tx, conn) = http1::Builder::new()
-                    .writev(false)
-                    .handshake(io)
-                    .await
-                    .map_err(|_| ProxyError::UpstreamReset)?;
-                tokio::task::spawn_local(async move {
-                    let _ = conn.await;
-                    drop(open);
-                });
-                Ok(Sender::H1(tx))
-            }
+        let sender = match cluster.protocol {
+            UpstreamProtocol::Http1 => Sender::H1(h1::H1Conn::new(io, addr, cluster.pool.profile, born, private, open)),
             UpstreamProtocol::H2c => {
-                let (tx, conn) = http2::Builder::new(LocalExec)
-                    .timer(TokioTimer::new())
-                    .handshake(io)
-                    .await
-                    .map_err(|_| ProxyError::UpstreamReset)?;
-                tokio::task::spawn_local(async move {
-                    let _ = conn.await;
-                    drop(open);
-                });
+                let tx = match io {
+                    h1::Io::Plain(s) => self.handshake_h2(TokioIo::new(s), open).await?,
+                    h1::Io::Tls(s) => self.handshake_h2(TokioIo::new(*s), open).await?,
+                };
                 if !private {
                     self.by_endpoint
                         .borrow_mut()
@@ -212,9 +167,26 @@ impl Pool {
                         .or_default()
                         .h2 = Some((tx.clone(), born));
                 }
-                Ok(Sender::H2(tx))
+                Sender::H2(tx)
             }
-        }
+        };
+        Ok(Conn { sender, reused: false })
+    }
+
+    async fn handshake_h2<IO>(&self, io: IO, open: OpenGuard) -> Result<http2::SendRequest<UpstreamBody>, ProxyError>
+    where
+        IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (tx, conn) = http2::Builder::new(LocalExec)
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|_| ProxyError::UpstreamReset)?;
+        tokio::task::spawn_local(async move {
+            let _ = conn.await;
+            drop(open);
+        });
+        Ok(tx)
     }
 }
 
@@ -290,7 +262,8 @@ pub async fn tls_connect(
 }
 
 /// Counts an open upstream connection for its cluster until dropped.
-struct OpenGuard(Arc<ClusterStats>);
+#[derive(Debug)]
+pub(crate) struct OpenGuard(Arc<ClusterStats>);
 
 impl OpenGuard {
     fn new(c: &Arc<ClusterStats>) -> Self {
@@ -305,18 +278,88 @@ impl Drop for OpenGuard {
     }
 }
 
-/// Sends `req` on `conn`. On failure before the request was written, the request is
-/// handed back so the caller can try a fresh connection.
+/// Why a request could not be sent: the error, and the request itself when nothing of
+/// it was consumed (so it may go out on a fresh connection).
+pub type SendFailure = (BoxError, Option<http::Request<UpstreamBody>>);
+
+/// Sends `req` on `conn` and returns the response head with its streaming body. An
+/// HTTP/1.1 connection goes back to `pool` once its response has been read to the end.
 pub async fn send(
-    conn: &mut Conn,
+    conn: Conn,
     req: http::Request<UpstreamBody>,
-) -> Result<http::Response<Incoming>, (hyper::Error, Option<http::Request<UpstreamBody>>)> {
-    let result = match &mut conn.sender {
-        Sender::H1(tx) => tx.try_send_request(req).await,
-        Sender::H2(tx) => tx.try_send_request(req).await,
-    };
-    result.map_err(|mut e| {
-        let msg = e.take_message();
-        (e.into_error(), msg)
-    })
+    pool: &Rc<Pool>,
+    settings: &PoolSettings,
+) -> Result<http::Response<ResponseBody>, SendFailure> {
+    match conn.sender {
+        Sender::H1(c) => {
+            let home = h1::Home {
+                pool: pool.clone(),
+                settings: *settings,
+            };
+            h1::send(c, req, home).await.map_err(|(e, r)| (e.into(), r))
+        }
+        Sender::H2(mut tx) => match tx.try_send_request(req).await {
+            Ok(resp) => Ok(resp.map(|b| ResponseBody::Hyper(b, Some(tx)))),
+            Err(mut e) => {
+                let msg = e.take_message();
+                Err((e.into_error().into(), msg))
+            }
+        },
+    }
+}
+
+/// An upstream response body as the proxy streams it downstream.
+pub enum ResponseBody {
+    /// No body.
+    Empty,
+    /// The whole body arrived with the head; `None` once taken.
+    Full(Option<Bytes>),
+    /// An HTTP/1.1 body read from the upstream socket on demand.
+    H1(Box<h1::Body>),
+    /// A hyper body (h2c, upgrades); the sender keeps a private h2 connection open
+    /// until the body ends.
+    Hyper(Incoming, Option<http2::SendRequest<UpstreamBody>>),
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ResponseBody::Empty => "Empty",
+            ResponseBody::Full(_) => "Full",
+            ResponseBody::H1(_) => "H1",
+            ResponseBody::Hyper(..) => "Hyper",
+        })
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut *self {
+            ResponseBody::Empty => Poll::Ready(None),
+            ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::H1(b) => Pin::new(&mut **b).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Hyper(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Empty => true,
+            ResponseBody::Full(b) => b.is_none(),
+            ResponseBody::H1(b) => b.is_end_stream(),
+            ResponseBody::Hyper(b, _) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Empty => SizeHint::with_exact(0),
+            ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::H1(b) => b.size_hint(),
+            ResponseBody::Hyper(b, _) => b.size_hint(),
+        }
+    }
 }
