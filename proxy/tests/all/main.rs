@@ -19,5 +19,6 @@ mod resilience;
 mod routing;
 mod sessions;
 mod tls;
+mod upstream_h1;
 mod vip;
 mod wasm;
