@@ -183,7 +183,7 @@ impl Drop for ProxyBody {
 }
 
 /// The request body Tandem sends upstream: the client's body streamed through, or a
-/// buffered copy that can be replayed on a retry.
+/// buffered copy that can be replayed on a retry. The default is an empty body.
 pub enum UpstreamBody {
     /// Streamed from the client (not replayable).
     Stream(Incoming),
@@ -191,6 +191,12 @@ pub enum UpstreamBody {
     Filtered(Box<FilteredBody<Incoming>>),
     /// Buffered (replayable); `None` once sent.
     Full(Option<Bytes>),
+}
+
+impl Default for UpstreamBody {
+    fn default() -> Self {
+        UpstreamBody::Full(None)
+    }
 }
 
 impl std::fmt::Debug for UpstreamBody {

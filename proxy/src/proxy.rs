@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
 use crate::balancer;
-use crate::body::{Completion, ProxyBody, UpstreamBody};
+use crate::body::{BoxError, Completion, ProxyBody, UpstreamBody};
 use crate::config::{RetryPolicy, UpstreamProtocol};
 use crate::downstream::ConnState;
 use crate::error::Limit;
@@ -140,7 +140,9 @@ async fn proxy_request(
     }
     admit(cluster)?;
     if crate::upgrade::is_upgrade(&req) {
-        let resp = crate::upgrade::proxy_upgrade(worker, conn, rt, route, cluster, req).await?;
+        // Boxed (as every cold stage below): hyper moves the request future into its slot
+        // on every request, so what only some requests need must not widen it.
+        let resp = Box::pin(crate::upgrade::proxy_upgrade(worker, conn, rt, route, cluster, req)).await?;
         if let Some(mut r) = rec.take() {
             r.status = resp.status().as_u16();
             r.reason = if resp.status().as_u16() == 101 || r.method == http::Method::CONNECT {
@@ -377,7 +379,8 @@ async fn attempts(
             let filtered = crate::wasm::http::FilteredBody::new(body, chain, false, fixed);
             streamed = Some(Request::from_parts(parts, UpstreamBody::Filtered(Box::new(filtered))));
         }
-        Some(p) => match tokio::time::timeout(total, buffer_body(body, p.buffer_bytes)).await {
+        Some(_) if http_body::Body::is_end_stream(&body) => replay = Some((parts, Bytes::new())),
+        Some(p) => match tokio::time::timeout(total, Box::pin(buffer_body(body, p.buffer_bytes))).await {
             Ok(Ok(Ok(bytes))) => replay = Some((parts, bytes)),
             Ok(Ok(Err(body))) => streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body))),
             Ok(Err(e)) => return Err(e),
@@ -414,7 +417,7 @@ async fn attempts(
             r.endpoint = Some(endpoint.address);
             r.attempts = attempt;
         }
-        let upstream_req = match (&replay, streamed.take()) {
+        let mut upstream_req = match (&replay, streamed.take()) {
             (Some((parts, bytes)), _) => rebuild(parts, bytes.clone()),
             (None, Some(r)) => r,
             (None, None) => unreachable!("a streamed request is sent once"),
@@ -429,7 +432,7 @@ async fn attempts(
         } else {
             match tokio::time::timeout(
                 try_timeout,
-                exchange(worker, cluster, ep_idx, upstream_req, start, origin),
+                exchange(worker, cluster, ep_idx, &mut upstream_req, start, origin),
             )
             .await
             {
@@ -466,7 +469,7 @@ async fn attempts(
         retrying = Some(InFlight::adopt(&cluster.stats.retries_active));
         if let Some(p) = policy {
             let left = total.saturating_sub(start.elapsed());
-            if tokio::time::timeout(left, backoff(p, attempt)).await.is_err() {
+            if tokio::time::timeout(left, Box::pin(backoff(p, attempt))).await.is_err() {
                 return Err(ProxyError::Timeout);
             }
         }
@@ -720,12 +723,11 @@ async fn exchange(
     worker: &Rc<Worker>,
     cluster: &Cluster,
     ep_idx: usize,
-    req: Request<UpstreamBody>,
+    req: &mut Request<UpstreamBody>,
     start: Instant,
     origin: upstream::Origin,
 ) -> Attempt {
     let ep = &cluster.endpoints[ep_idx];
-    let mut req = req;
     let mut stale = 0;
     loop {
         let conn = match worker.pool.checkout(ep.address, cluster.protocol, &cluster.pool, start) {
@@ -742,18 +744,31 @@ async fn exchange(
                     s.pending.fetch_sub(1, Relaxed);
                     return Err(overflow(cluster, Limit::Pending));
                 }
-                let c = worker.pool.connect(ep.address, cluster, &ep.stats, origin).await;
+                // A new connection (TCP, TLS, h2 handshake) is the cold path: boxed.
+                let c = Box::pin(worker.pool.connect(ep.address, cluster, &ep.stats, origin)).await;
                 s.pending.fetch_sub(1, Relaxed);
                 c?
             }
         };
-        let reused = conn.reused;
-        match upstream::send(conn, req, &worker.pool, &cluster.pool).await {
+        // The request is lent, not moved: the futures of this stage stay small, and a
+        // request that never left can go out again.
+        let outcome = match conn.sender {
+            upstream::Sender::H1(c) => {
+                let home = upstream::h1::Home {
+                    pool: worker.pool.clone(),
+                    settings: cluster.pool,
+                };
+                upstream::h1::send(c, req, home)
+                    .await
+                    .map_err(|(e, again)| (BoxError::from(e), again))
+            }
+            upstream::Sender::H2(tx) => upstream::send_h2(tx, req).await.map_err(|(e, again)| (e.into(), again)),
+        };
+        match outcome {
             Ok(resp) => return Ok(resp),
-            Err((e, Some(back))) if reused && stale < 2 => {
+            Err((e, true)) if conn.reused && stale < 2 => {
                 tracing::debug!(error = %e, endpoint = %ep.address, "pooled connection was closed; retrying on a new one");
                 stale += 1;
-                req = back;
             }
             Err((e, _)) => {
                 tracing::debug!(error = %e, endpoint = %ep.address, "upstream exchange failed");
@@ -782,7 +797,8 @@ pub(crate) async fn call_cluster(
         local: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
     };
     let start = Instant::now();
-    exchange(worker, cluster, ep_idx, req, start, origin).await
+    let mut req = req;
+    exchange(worker, cluster, ep_idx, &mut req, start, origin).await
 }
 
 /// Stage 7: turns the upstream response into the downstream one.

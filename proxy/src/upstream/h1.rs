@@ -227,9 +227,11 @@ impl H1Conn {
 }
 
 /// Where a finished connection goes back to.
-pub(super) struct Home {
-    pub(super) pool: Rc<Pool>,
-    pub(super) settings: PoolSettings,
+pub struct Home {
+    /// The worker's pool.
+    pub pool: Rc<Pool>,
+    /// The cluster's pool settings.
+    pub settings: PoolSettings,
 }
 
 /// How a message body is delimited on the wire.
@@ -518,17 +520,17 @@ impl Sender<'_> {
     }
 }
 
-/// Sends `req` on `conn` and reads the response head. On a failure before any
-/// response byte and before the request body was consumed, the request is handed back
-/// so that it can go out on a fresh connection.
-pub(super) async fn send(
+/// Sends `req` on `conn` and reads the response head. The request stays with the
+/// caller; on failure the flag says whether it may go out again on a fresh connection
+/// (no response byte arrived and its body was not consumed).
+pub async fn send(
     mut conn: H1Conn,
-    mut req: Request<UpstreamBody>,
+    req: &mut Request<UpstreamBody>,
     home: Home,
-) -> Result<Response<super::ResponseBody>, (H1Error, Option<Request<UpstreamBody>>)> {
+) -> Result<Response<super::ResponseBody>, (H1Error, bool)> {
     let head_request = req.method() == Method::HEAD;
     conn.out.clear();
-    let framing = encode_head(&mut conn.out, &req, req.body());
+    let framing = encode_head(&mut conn.out, req, req.body());
     let mut sender = Sender {
         body: req.body_mut(),
         framing,
@@ -545,11 +547,11 @@ pub(super) async fn send(
     if let Some(b) = full {
         if !b.is_empty() {
             if let Err(e) = sender.queue_data(&mut conn, b) {
-                return Err((e, None));
+                return Err((e, false));
             }
         }
         if let Err(e) = sender.finish(&mut conn, None) {
-            return Err((e, None));
+            return Err((e, false));
         }
     }
     let mut sent = false;
@@ -570,10 +572,9 @@ pub(super) async fn send(
         Ok(head) => head,
         Err(e) => {
             let again = matches!(e, H1Error::Io(_) | H1Error::ClosedBeforeResponse) && !consumed;
-            return Err((e, again.then_some(req)));
+            return Err((e, again));
         }
     };
-    drop(req);
     let reusable = head.keep_alive && sent;
     let mut resp = Response::new(super::ResponseBody::Empty);
     *resp.status_mut() = head.status;

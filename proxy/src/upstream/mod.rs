@@ -278,33 +278,23 @@ impl Drop for OpenGuard {
     }
 }
 
-/// Why a request could not be sent: the error, and the request itself when nothing of
-/// it was consumed (so it may go out on a fresh connection).
-pub type SendFailure = (BoxError, Option<http::Request<UpstreamBody>>);
-
-/// Sends `req` on `conn` and returns the response head with its streaming body. An
-/// HTTP/1.1 connection goes back to `pool` once its response has been read to the end.
-pub async fn send(
-    conn: Conn,
-    req: http::Request<UpstreamBody>,
-    pool: &Rc<Pool>,
-    settings: &PoolSettings,
-) -> Result<http::Response<ResponseBody>, SendFailure> {
-    match conn.sender {
-        Sender::H1(c) => {
-            let home = h1::Home {
-                pool: pool.clone(),
-                settings: *settings,
-            };
-            h1::send(c, req, home).await.map_err(|(e, r)| (e.into(), r))
-        }
-        Sender::H2(mut tx) => match tx.try_send_request(req).await {
-            Ok(resp) => Ok(resp.map(|b| ResponseBody::Hyper(b, Some(tx)))),
-            Err(mut e) => {
-                let msg = e.take_message();
-                Err((e.into_error().into(), msg))
+/// Sends `req` on a multiplexed h2c connection. On failure the flag says whether the
+/// request (put back in `req`) may go out again on a fresh connection.
+pub async fn send_h2(
+    mut tx: http2::SendRequest<UpstreamBody>,
+    req: &mut http::Request<UpstreamBody>,
+) -> Result<http::Response<ResponseBody>, (hyper::Error, bool)> {
+    // Boxed: hyper's send future is large and only h2c upstreams need it.
+    match Box::pin(tx.try_send_request(std::mem::take(req))).await {
+        Ok(resp) => Ok(resp.map(|b| ResponseBody::Hyper(b, Some(tx)))),
+        Err(mut e) => {
+            let back = e.take_message();
+            let again = back.is_some();
+            if let Some(back) = back {
+                *req = back;
             }
-        },
+            Err((e.into_error(), again))
+        }
     }
 }
 
