@@ -1,6 +1,11 @@
 //! One downstream connection: hyper HTTP/1.1 (and h2c prior knowledge) with the
-//! listener's limits, an idle keep-alive watchdog, a first-request deadline, the
+//! listener's limits, an idle keep-alive watchdog, request-head deadlines, the
 //! per-connection request cap, and graceful close on drain.
+//!
+//! Deadlines live in one watcher task per connection rather than in per-request timers:
+//! the first request's head must arrive within `header_read_timeout` of the accept; a
+//! later head, once its first bytes arrived, within one to two `header_read_timeout`s
+//! (the watcher looks once per period); an idle connection closes after `idle_timeout`.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -36,6 +41,8 @@ pub struct ConnState {
     pub in_flight: Cell<u32>,
     /// Last time a request started or its response headers went out.
     pub last_active: Cell<Instant>,
+    /// Whether a request head is on its way, shared with the byte stream wrapper.
+    pub head: Arc<HeadFlags>,
     /// Set when the connection should close after the current exchange.
     pub close: Cell<bool>,
     /// Wakes the watcher when `close` is set or the first request arrives (so its timer
@@ -181,6 +188,7 @@ async fn serve<IO>(
         requests: Cell::new(0),
         in_flight: Cell::new(0),
         last_active: Cell::new(Instant::now()),
+        head: Arc::default(),
         close: Cell::new(false),
         wake: Notify::new(),
         action: Cell::new(Action::Serve),
@@ -188,10 +196,10 @@ async fn serve<IO>(
     });
 
     let mut builder = auto::Builder::new(LocalExec);
+    // No hyper header-read timer: it would cost a timer per request and also cut idle
+    // keep-alive connections at `header_read_timeout`; the watcher keeps the deadlines.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(lcfg.header_read_timeout)
         .max_buf_size(lcfg.max_header_bytes)
         .max_headers(lcfg.max_headers)
         .keep_alive(true)
@@ -207,6 +215,10 @@ async fn serve<IO>(
         let worker = worker.clone();
         let state = state.clone();
         service_fn(move |req| crate::proxy::handle(worker.clone(), state.clone(), req))
+    };
+    let io = HeadWatch {
+        io,
+        flags: state.head.clone(),
     };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
@@ -264,8 +276,9 @@ impl ConnState {
 }
 
 /// The connection's timers: the first-request deadline (header_read_timeout, which
-/// also covers a client that sends nothing), the idle keep-alive deadline, the request
-/// cap and the process drain. Sleeps until one of them matters.
+/// also covers a client that sends nothing), later request heads (checked once per
+/// header_read_timeout), the idle keep-alive deadline, the request cap and the process
+/// drain. Sleeps until one of them matters.
 async fn watch(
     state: Rc<ConnState>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -274,14 +287,18 @@ async fn watch(
     stats: Arc<ListenerStats>,
 ) {
     let born = Instant::now();
+    // The request count when a pending head was last seen: the same count at the next
+    // look means that head has been arriving for at least one period.
+    let mut head_seen_at: Option<u64> = None;
     loop {
+        let now = Instant::now();
         let deadline = if state.requests.get() == 0 {
             born + lcfg.header_read_timeout
         } else if state.in_flight.get() > 0 {
             // Busy: look again later (a response in progress is never idle).
-            Instant::now() + lcfg.idle_timeout
+            now + lcfg.idle_timeout.min(lcfg.header_read_timeout)
         } else {
-            state.last_active.get() + lcfg.idle_timeout
+            (state.last_active.get() + lcfg.idle_timeout).min(now + lcfg.header_read_timeout)
         };
         tokio::select! {
             _ = shutdown.wait_for(|d| *d) => return state.request(Action::Graceful),
@@ -297,16 +314,93 @@ async fn watch(
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
-                if state.requests.get() == 0 {
+                let requests = state.requests.get();
+                if requests == 0 {
                     // Nothing complete arrived in time (slowloris or an idle opener).
                     stats.header_timeouts.fetch_add(1, Relaxed);
                     return state.request(Action::Abort);
                 }
-                if state.in_flight.get() == 0 && state.last_active.get() + lcfg.idle_timeout <= Instant::now() {
+                let pending = state.head.pending.load(Relaxed);
+                if state.in_flight.get() > 0 || !pending {
+                    head_seen_at = None;
+                } else if head_seen_at == Some(requests) {
+                    // A later request's head has been trickling in for a whole period.
+                    stats.header_timeouts.fetch_add(1, Relaxed);
+                    return state.request(Action::Abort);
+                } else {
+                    head_seen_at = Some(requests);
+                }
+                if state.in_flight.get() == 0
+                    && !pending
+                    && state.last_active.get() + lcfg.idle_timeout <= Instant::now()
+                {
                     return state.request(Action::Graceful);
                 }
             }
         }
+    }
+}
+
+/// The downstream byte stream, noting when bytes arrive between requests (the start of
+/// the next request head) for the watcher's head deadline. One flag write per read; no
+/// clock read, no timer.
+struct HeadWatch<IO> {
+    io: IO,
+    flags: Arc<HeadFlags>,
+}
+
+/// Request-head progress of a connection, written by the request handler and the
+/// byte stream (atomics: the stream must be `Send` for upgrades; never contended).
+#[derive(Debug, Default)]
+pub struct HeadFlags {
+    /// A request is in flight (its bytes are body bytes, not a new head).
+    pub busy: std::sync::atomic::AtomicBool,
+    /// Bytes arrived while no request was in flight: a request head is on its way.
+    pub pending: std::sync::atomic::AtomicBool,
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HeadWatch<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before && !self.flags.busy.load(Relaxed) {
+            self.flags.pending.store(true, Relaxed);
+        }
+        r
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HeadWatch<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -47,6 +47,8 @@ pub async fn handle(
     let n = conn.requests.get() + 1;
     conn.requests.set(n);
     conn.in_flight.set(conn.in_flight.get() + 1);
+    conn.head.busy.store(true, Relaxed);
+    conn.head.pending.store(false, Relaxed);
     conn.last_active.set(start);
     if n == 1 {
         conn.wake.notify_one();
@@ -97,7 +99,10 @@ pub async fn handle(
         close_after(&conn, &mut resp, downstream_version);
     }
     resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id);
-    conn.in_flight.set(conn.in_flight.get() - 1);
+    let in_flight = conn.in_flight.get() - 1;
+    conn.in_flight.set(in_flight);
+    conn.head.busy.store(in_flight > 0, Relaxed);
+    conn.head.pending.store(false, Relaxed);
     conn.last_active.set(start);
     Ok(resp)
 }

@@ -191,3 +191,52 @@ async fn max_connections_refuses_the_excess() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_trickling_head_is_cut_but_an_idle_keepalive_connection_is_not() {
+    bounded(30, async {
+        let b = Backend::start("b").await;
+        let proxy = Proxy::start_with(&body_for(&b), "header_read_timeout = \"500ms\"\nidle_timeout = \"5s\"");
+        let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut buf = [0u8; 1024];
+
+        // Idle for three head periods between two requests: still served (the head
+        // deadline runs only once a head has started to arrive).
+        let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+        idle.write_all(get).await.unwrap();
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        idle.write_all(get).await.unwrap();
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "an idle keep-alive connection was closed at the head timeout"
+        );
+
+        // A second request whose head trickles in is cut within two head periods.
+        let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
+        slow.write_all(get).await.unwrap();
+        let n = slow.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        let started = Instant::now();
+        let closed_after = loop {
+            if slow.write_all(b"a").await.is_err() {
+                break started.elapsed();
+            }
+            match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+                Ok(Ok(_)) => panic!("the trickled request was answered"),
+                Err(_) => {}
+            }
+            assert!(started.elapsed() < Duration::from_secs(4), "trickling head never cut");
+        };
+        assert!(
+            closed_after >= Duration::from_millis(400) && closed_after < Duration::from_millis(1600),
+            "cut after {closed_after:?}"
+        );
+        assert!(proxy.metric("tandem_listener_header_timeouts_total{listener=\"web\"}") >= 1.0);
+    })
+    .await;
+}
