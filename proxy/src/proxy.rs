@@ -190,10 +190,10 @@ async fn proxy_request(
         }
         resp = Response::from_parts(parts, body);
     }
-    // A trailers-only gRPC answer carries grpc-status in its headers.
-    let grpc_status = resp
-        .headers()
-        .get("grpc-status")
+    // A trailers-only gRPC answer carries grpc-status in its headers (gRPC needs h2c).
+    let grpc_status = (cluster.protocol == UpstreamProtocol::H2c)
+        .then(|| resp.headers().get("grpc-status"))
+        .flatten()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let mut done = Box::new(Completion {

@@ -326,14 +326,33 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
                 framing = Some(Framing::Eof);
             }
         } else if name == header::CONNECTION {
+            let mut names_others = false;
             for t in value.as_bytes().split(|&b| b == b',') {
                 let t = t.trim_ascii();
                 if t.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                    close = false;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    if version == Version::HTTP_10 {
+                        close = false;
+                    }
+                } else if !t.is_empty() {
+                    names_others = true;
                 }
             }
+            // Kept only when it names other fields, for the hop-by-hop strip to remove.
+            if !names_others {
+                continue;
+            }
+        }
+        // Hop-by-hop fields that never go downstream are not stored at all: the
+        // response stage's strip then has nothing to do for the common answer.
+        if name == header::TRANSFER_ENCODING
+            || name == header::TE
+            || name == header::TRAILER
+            || name == "keep-alive"
+            || name == "proxy-connection"
+        {
+            continue;
         }
         headers.append(name, value);
     }
@@ -802,6 +821,25 @@ mod tests {
             false,
         );
         assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_not_stored() {
+        let (h, _) = head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.headers.len(), 1);
+        assert!(h.headers.contains_key("x-a"));
+        // A Connection field naming another field stays, for the strip to act on.
+        let (h, _) = head(
+            b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert!(h.headers.contains_key("connection") && h.headers.contains_key("x-hop"));
+        let mut headers = h.headers;
+        crate::headers::strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.keys().collect::<Vec<_>>(), ["content-length"]);
     }
 
     #[test]
