@@ -182,11 +182,22 @@ def start(name, tandem, tmp):
     return subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def median_run(runs):
+    """The run (64-connection and 1-connection parts) with the median requests per CPU-second."""
+    runs = sorted(runs, key=lambda r: r[0]["per_cpu_s"])
+    many, one = runs[len(runs) // 2]
+    return many, one
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tandem", required=True)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--only", choices=list(PORTS), help="run one proxy (for quick iterations)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="interleave the proxies this many times and report each one's median run "
+                         "(single runs on a shared VM can swing by 10%%)")
+    ap.add_argument("--compare", help="a second tandem binary (e.g. an older build) measured in the same run")
     args = ap.parse_args()
     for tool in ("wrk", "haproxy", "nginx", "taskset"):
         if not shutil.which(tool):
@@ -197,42 +208,59 @@ def main():
         ["taskset", "-c", "1", "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf", "-g", "daemon off;"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    results = {}
+    # name -> (kind, binary)
+    entrants = {"tandem": ("tandem", args.tandem)}
+    if args.compare:
+        entrants["compared"] = ("tandem", args.compare)
+    entrants["haproxy"] = ("haproxy", None)
+    entrants["nginx"] = ("nginx", None)
+    if args.only:
+        entrants = {args.only: entrants[args.only]}
+    runs = {}
     try:
         wait_http(BACKENDS[0])
-        for name in [args.only] if args.only else ("tandem", "haproxy", "nginx"):
-            p = start(name, os.path.abspath(args.tandem), tmp)
-            try:
-                wait_http(PORTS[name])
-                wrk(PORTS[name], 64, 2)  # warm-up: pools, caches
-                before = cpu_ticks(p.pid)
-                many = wrk(PORTS[name], 64, args.seconds)
-                cpu = (cpu_ticks(p.pid) - before) / CLK
-                one = wrk(PORTS[name], 1, max(3, args.seconds // 2))
-                many["cpu_s"] = cpu
-                many["per_cpu_s"] = many["rps"] * args.seconds / cpu if cpu else float("nan")
-                results[name] = (many, one)
-            finally:
-                stop(p)
+        for _ in range(args.rounds):
+            for name, (kind, binary) in entrants.items():
+                p = start(kind, os.path.abspath(binary) if binary else None, tmp)
+                try:
+                    wait_http(PORTS[kind])
+                    wrk(PORTS[kind], 64, 2)  # warm-up: pools, caches
+                    before = cpu_ticks(p.pid)
+                    many = wrk(PORTS[kind], 64, args.seconds)
+                    cpu = (cpu_ticks(p.pid) - before) / CLK
+                    one = wrk(PORTS[kind], 1, max(3, args.seconds // 2))
+                    many["cpu_s"] = cpu
+                    many["per_cpu_s"] = many["rps"] * args.seconds / cpu if cpu else float("nan")
+                    runs.setdefault(name, []).append((many, one))
+                finally:
+                    stop(p)
     finally:
         stop(backend, signal.SIGQUIT)
+    results = {name: median_run(r) for name, r in runs.items()}
 
-    print(f"\nHTTP/1.1 keep-alive, 1 proxy thread on CPU 0, wrk + backends on CPU 1, {args.seconds}s per run")
-    print(f"{'proxy':<8} {'rps@64':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu %':>6} {'req/cpu-s':>10} {'p50@1':>8} {'p99@1':>8} {'errors':>6}")
+    rounds = f", median of {args.rounds} interleaved rounds" if args.rounds > 1 else ""
+    print(f"\nHTTP/1.1 keep-alive, 1 proxy thread on CPU 0, wrk + backends on CPU 1, {args.seconds}s per run{rounds}")
+    print(f"{'proxy':<9} {'rps@64':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu %':>6} {'req/cpu-s':>10} {'p50@1':>8} {'p99@1':>8} {'errors':>6}")
     for name, (m, o) in results.items():
         print(
-            f"{name:<8} {m['rps']:>10.0f} {m['p50']:>8.3f} {m['p99']:>8.3f} {100 * m['cpu_s'] / args.seconds:>6.0f} "
+            f"{name:<9} {m['rps']:>10.0f} {m['p50']:>8.3f} {m['p99']:>8.3f} {100 * m['cpu_s'] / args.seconds:>6.0f} "
             f"{m['per_cpu_s']:>10.0f} {o['p50']:>8.3f} {o['p99']:>8.3f} {m['errors'] + o['errors']:>6}"
         )
-    if len(results) < 3:
-        return
-    t = results["tandem"][0]
-    for other in ("haproxy", "nginx"):
-        m = results[other][0]
-        print(
-            f"tandem/{other}: req/cpu-s {t['per_cpu_s'] / m['per_cpu_s']:.2f}x  rps {t['rps'] / m['rps']:.2f}x  "
-            f"p99@64 {t['p99'] / m['p99']:.2f}x  p99@1 {results['tandem'][1]['p99'] / results[other][1]['p99']:.2f}x"
-        )
+        if args.rounds > 1:
+            per_round = ", ".join(f"{r[0]['per_cpu_s']:.0f}" for r in runs[name])
+            print(f"{'':<9} req/cpu-s per round: {per_round}")
+    for mine in ("tandem", "compared"):
+        if mine not in results:
+            continue
+        t = results[mine][0]
+        for other in ("haproxy", "nginx"):
+            if other not in results:
+                continue
+            m = results[other][0]
+            print(
+                f"{mine}/{other}: req/cpu-s {t['per_cpu_s'] / m['per_cpu_s']:.2f}x  rps {t['rps'] / m['rps']:.2f}x  "
+                f"p99@64 {t['p99'] / m['p99']:.2f}x  p99@1 {results[mine][1]['p99'] / results[other][1]['p99']:.2f}x"
+            )
     shutil.rmtree(tmp, ignore_errors=True)
 
 
