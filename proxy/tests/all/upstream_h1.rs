@@ -13,41 +13,52 @@ use tokio::net::TcpStream;
 
 use crate::common::*;
 
-/// A backend that answers each request with the script for its path and counts the
-/// connections it accepted. It reads request heads only (no request bodies).
-async fn scripted_backend() -> (std::net::SocketAddr, Arc<AtomicU64>) {
+/// A raw backend on a free port that serves each accepted connection with `serve` and
+/// counts the connections.
+async fn counting_backend<F, Fut>(serve: F) -> (std::net::SocketAddr, Arc<AtomicU64>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let accepted = Arc::new(AtomicU64::new(0));
     let count = accepted.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { continue };
+            let Ok((s, _)) = l.accept().await else { continue };
             count.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let head_end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-                    buf.drain(..head_end);
-                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
-                    if !answer(&mut s, &path).await {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(serve(s));
         }
     });
     (addr, accepted)
+}
+
+/// A backend that answers each request with the script for its path and counts the
+/// connections it accepted. It reads request heads only (no request bodies).
+async fn scripted_backend() -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    counting_backend(|mut s: TcpStream| async move {
+        let mut buf = Vec::new();
+        loop {
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+            buf.drain(..head_end);
+            let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+            if !answer(&mut s, &path).await {
+                return;
+            }
+        }
+    })
+    .await
 }
 
 /// Writes the scripted answer; false when the connection is to be closed.
@@ -158,22 +169,13 @@ async fn malformed_and_truncated_answers_fail_alone() {
 async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
     bounded(30, async {
         // Answers once per connection, then closes it 100 ms later (a short keep-alive).
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let accepted = Arc::new(AtomicU64::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = l.accept().await else { continue };
-                count.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    let _ = s.read(&mut buf).await;
-                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n").await;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                });
-            }
-        });
+        let (addr, accepted) = counting_backend(|mut s: TcpStream| async move {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n").await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        })
+        .await;
         let proxy = Proxy::start(&format!(
             "[[cluster]]\nname = \"short\"\nendpoints = [{{ address = \"{addr}\" }}]\n\n[[route]]\nname = \"all\"\ncluster = \"short\"\n"
         ));
