@@ -13,6 +13,13 @@ use tokio::net::TcpStream;
 
 use crate::common::*;
 
+/// A proxy with one route to one cluster of the single endpoint `addr`.
+fn proxy_in_front_of(addr: std::net::SocketAddr) -> Proxy {
+    Proxy::start(&format!(
+        "[[cluster]]\nname = \"up\"\nendpoints = [{{ address = \"{addr}\" }}]\n\n[[route]]\nname = \"all\"\ncluster = \"up\"\n"
+    ))
+}
+
 /// A raw backend on a free port that serves each accepted connection with `serve` and
 /// counts the connections.
 async fn counting_backend<F, Fut>(serve: F) -> (std::net::SocketAddr, Arc<AtomicU64>)
@@ -107,9 +114,7 @@ async fn answer(s: &mut TcpStream, path: &str) -> bool {
 async fn every_upstream_framing_arrives_intact_and_keeps_the_connection() {
     bounded(30, async {
         let (addr, accepted) = scripted_backend().await;
-        let proxy = Proxy::start(&format!(
-            "[[cluster]]\nname = \"raw\"\nendpoints = [{{ address = \"{addr}\" }}]\n\n[[route]]\nname = \"all\"\ncluster = \"raw\"\n"
-        ));
+        let proxy = proxy_in_front_of(addr);
         let mut c = Client::h1(proxy.addr).await;
         let r = c.get("x", "/length", &[]).await.unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, "length"));
@@ -147,9 +152,7 @@ async fn every_upstream_framing_arrives_intact_and_keeps_the_connection() {
 async fn malformed_and_truncated_answers_fail_alone() {
     bounded(30, async {
         let (addr, _) = scripted_backend().await;
-        let proxy = Proxy::start(&format!(
-            "[[cluster]]\nname = \"raw\"\nendpoints = [{{ address = \"{addr}\" }}]\n\n[[route]]\nname = \"all\"\ncluster = \"raw\"\n"
-        ));
+        let proxy = proxy_in_front_of(addr);
         let mut c = Client::h1(proxy.addr).await;
         let r = c.get("x", "/malformed", &[]).await.unwrap();
         assert_eq!(r.status, 502);
@@ -176,9 +179,7 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         })
         .await;
-        let proxy = Proxy::start(&format!(
-            "[[cluster]]\nname = \"short\"\nendpoints = [{{ address = \"{addr}\" }}]\n\n[[route]]\nname = \"all\"\ncluster = \"short\"\n"
-        ));
+        let proxy = proxy_in_front_of(addr);
         let mut c = Client::h1(proxy.addr).await;
         for _ in 0..3 {
             let r = c.get("x", "/", &[]).await.unwrap();
@@ -194,10 +195,7 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
 async fn a_large_chunked_upload_and_its_echo_stream_through() {
     bounded(30, async {
         let backend = Backend::start("echo").await;
-        let proxy = Proxy::start(&format!(
-            "[[cluster]]\nname = \"echo\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"all\"\ncluster = \"echo\"\n",
-            backend.addr
-        ));
+        let proxy = proxy_in_front_of(backend.addr);
         // 2 MiB sent chunked by a raw client in 64 KiB chunks.
         let block: Vec<u8> = (0..65536u32).map(|i| b'a' + (i % 26) as u8).collect();
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
