@@ -254,6 +254,21 @@ impl Proxy {
         assert!(ok.success());
     }
 
+    /// Sends SIGHUP and waits (up to 15 s) until the reload it causes is counted, ok or
+    /// failed: a loaded machine may take longer than any fixed sleep to get to it.
+    pub async fn reload_by_signal(&self) {
+        let count = |p: &Proxy| {
+            p.metric("tandem_reloads_total{result=\"ok\"}") + p.metric("tandem_reloads_total{result=\"failed\"}")
+        };
+        let before = count(self);
+        self.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while count(self) <= before {
+            assert!(Instant::now() < deadline, "SIGHUP was not acted on within 15 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn metrics(&self) -> String {
         tandem_proxy::ctl::call(self.admin, None, "GET", "/metrics").unwrap().1
     }

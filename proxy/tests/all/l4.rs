@@ -229,8 +229,7 @@ async fn tls_origination_to_an_upstream() {
         // A wrong server name fails verification: 502, not a silent plaintext fallback.
         let body = body.replace("sni = \"upstream.test\"", "sni = \"impostor.test\"");
         proxy.rewrite(&body);
-        proxy.signal("HUP");
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        proxy.reload_by_signal().await;
         let mut c = Client::h1(proxy.addr).await;
         assert_eq!(c.get("x", "/", &[]).await.unwrap().status, 502);
     })

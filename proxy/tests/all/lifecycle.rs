@@ -73,8 +73,7 @@ async fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
         let new = Backend::start("new").await;
         let proxy = Proxy::start(&routed_to("old", &old, &new));
         proxy.rewrite(&routed_to("missing", &old, &new));
-        proxy.signal("HUP");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxy.reload_by_signal().await;
         let mut c = Client::h1(proxy.addr).await;
         for _ in 0..10 {
             let r = c.get("x", "/", &[]).await.unwrap();

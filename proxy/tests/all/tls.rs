@@ -173,8 +173,7 @@ async fn reloaded_certificates_are_served_to_new_handshakes() {
         // Issue a new certificate into the same files, then SIGHUP.
         pki.leaf("site", &["site.test", "www.site.test"], false);
         proxy.rewrite(&https_body(&backend, &[]));
-        proxy.signal("HUP");
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        proxy.reload_by_signal().await;
         let s = connect(proxy.addr, pki.client(&["http/1.1"], None), "site.test")
             .await
             .unwrap();

@@ -580,18 +580,16 @@ async fn reload_with_changed_module_under_load_loses_nothing() {
         let traffic = tokio::spawn(async move { load(addr, "x", "/", 3000, 4, &[]).await });
         tokio::time::sleep(Duration::from_millis(200)).await;
         proxy.rewrite(&v(2, "headers"));
-        proxy.signal("HUP");
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        proxy.reload_by_signal().await;
         let mut c = Client::h1(proxy.addr).await;
         assert_eq!(c.get("x", "/", &[]).await.unwrap().headers["x-version"], "2");
         // A different module under the same filter name.
         let noop = v(3, "noop").replace("config = { response = { set = { x-version = \"3\" } } }", "");
         proxy.rewrite(&noop);
-        proxy.signal("HUP");
+        proxy.reload_by_signal().await;
         let (counts, failed) = traffic.await.unwrap();
         assert_eq!(failed, 0, "{counts:?}");
         assert_eq!(counts.get("backend"), Some(&3000));
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let r = Client::h1(proxy.addr).await.get("x", "/", &[]).await.unwrap();
         assert!(!r.headers.contains_key("x-version"), "the new module serves");
     })
