@@ -360,7 +360,7 @@ fn run(cfg: Config, source: ConfigSource, banner: Option<&str>) -> ExitCode {
     if let Some(b) = banner {
         eprintln!("{b}");
     }
-    match server::run_until_stopped(&running) {
+    match server::run_until_stopped(running) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tandem: {e}");

@@ -68,10 +68,40 @@ pub struct Running {
     pub shared: Arc<Shared>,
     /// Bound admin address.
     pub admin: std::net::SocketAddr,
+    /// The control thread's runtime and its signal streams.
+    signals: Signals,
+}
+
+/// Signal streams registered before anything reports ready: a SIGHUP that arrives
+/// right after `/ready` turns 200 (or systemd's READY) must reload, not kill the
+/// process by the default action.
+#[derive(Debug)]
+struct Signals {
+    rt: tokio::runtime::Runtime,
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> Result<Signals, RunError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RunError::Signals)?;
+        let _entered = rt.enter();
+        let hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+        let term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+        let int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+        drop(_entered);
+        Ok(Signals { rt, hup, term, int })
+    }
 }
 
 /// Starts admin and workers for `config`; returns once every worker accepts.
 pub fn start(config: Config, source: ConfigSource) -> Result<Running, RunError> {
+    let signals = Signals::register()?;
     let stats = Arc::new(StatsRegistry::default());
     let access_log = AccessLog::start(&config.log.access_log, config.log.access_log_format, stats.clone())
         .map_err(RunError::AccessLog)?;
@@ -103,21 +133,19 @@ pub fn start(config: Config, source: ConfigSource) -> Result<Running, RunError> 
         tracing::info!(listener = %name, %addr, workers = shared.workers, "listening");
     }
     tracing::info!(%admin, "admin API listening");
-    Ok(Running { shared, admin })
+    Ok(Running { shared, admin, signals })
 }
 
 /// Runs until SIGTERM/SIGINT (or an admin drain) and the drain completes.
-pub fn run_until_stopped(running: &Running) -> Result<(), RunError> {
+pub fn run_until_stopped(running: Running) -> Result<(), RunError> {
     let shared = running.shared.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(RunError::Signals)?;
+    let Signals {
+        rt,
+        mut hup,
+        mut term,
+        mut int,
+    } = running.signals;
     rt.block_on(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
-        let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
         let mut drain_rx = shared.shutdown.subscribe();
         sd_notify("READY=1");
         loop {
