@@ -112,7 +112,7 @@ async fn proxy_request(
     worker: &Rc<Worker>,
     conn: &ConnState,
     rt: &Arc<Runtime>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     rec: &mut Option<AccessRecord>,
     start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -122,7 +122,6 @@ async fn proxy_request(
     }
     rate_limit(route, &req, conn)?;
     let mut cluster_idx = route.pick_cluster();
-    let mut req = req;
     let mut forced = None;
     let chain = if route.filters.is_empty() {
         None
@@ -166,7 +165,7 @@ async fn proxy_request(
         forced,
         chain: chain.as_ref(),
     };
-    let (resp, ep_idx) = match attempts(worker, conn, rt, route, cluster, req, rec, start, targets).await {
+    let (resp, ep_idx, upstream_time) = match attempts(worker, conn, rt, route, cluster, req, rec, start, targets).await {
         Ok(r) => r,
         Err(e) => {
             // A request-body filter that answered locally ended the upstream request.
@@ -178,7 +177,6 @@ async fn proxy_request(
     };
     cluster_in_flight.hand_over();
     let endpoint = &cluster.endpoints[ep_idx];
-    let upstream_time = start.elapsed();
     let mut resp = prepare_downstream_response(resp, route);
     if let Some(c) = &chain {
         c.borrow().set_upstream(&cluster.name, endpoint.address);
@@ -346,6 +344,7 @@ type Attempt = Result<Response<ResponseBody>, ProxyError>;
 /// one that already failed this request while another is available), send with the
 /// per-try timeout, observe, and decide whether to retry (idempotent requests only
 /// unless the route opts in, within the cluster's retry budget and breaker).
+/// Returns the answer, its endpoint and the time from the request's start to its head.
 #[allow(clippy::too_many_arguments)]
 async fn attempts(
     worker: &Rc<Worker>,
@@ -357,7 +356,7 @@ async fn attempts(
     rec: &mut Option<AccessRecord>,
     start: Instant,
     targets: Targets<'_>,
-) -> Result<(Response<ResponseBody>, usize), ProxyError> {
+) -> Result<(Response<ResponseBody>, usize, Duration), ProxyError> {
     let hash = if cluster.balancer.is_hashing() {
         cluster.hash_of(req.headers(), conn.client)
     } else {
@@ -430,13 +429,15 @@ async fn attempts(
         // Counted in flight until the response body ends (the completion takes the
         // count over) or this attempt is abandoned, whichever comes first.
         let in_flight = InFlight::new(&endpoint.stats.active);
-        // One timer per try: the per-try timeout, cut to what is left of the route's.
-        let try_timeout = route.per_try_timeout.min(total.saturating_sub(start.elapsed()));
-        let outcome: Attempt = if try_timeout.is_zero() {
+        // One timer per try: the per-try timeout, cut to what is left of the route's
+        // (one clock read: the route's deadline is known from the start).
+        let now = Instant::now();
+        let try_deadline = (now + route.per_try_timeout).min(start + total);
+        let outcome: Attempt = if try_deadline <= now {
             Err(ProxyError::Timeout)
         } else {
-            match tokio::time::timeout(
-                try_timeout,
+            match tokio::time::timeout_at(
+                try_deadline.into(),
                 exchange(worker, cluster, ep_idx, &mut upstream_req, start, origin),
             )
             .await
@@ -453,8 +454,9 @@ async fn attempts(
             Ok(resp) => resp.status().as_u16(),
             Err(e) => e.status().as_u16(),
         };
+        let upstream_time = start.elapsed();
         match &outcome {
-            Ok(_) => observe(route, cluster, ep_idx, status, start.elapsed(), start),
+            Ok(_) => observe(route, cluster, ep_idx, status, upstream_time, start),
             Err(e) => observe_failure(route, cluster, ep_idx, *e),
         }
         let retry = policy.is_some_and(|p| attempt < max_attempts && should_retry(p, &outcome));
@@ -463,7 +465,7 @@ async fn attempts(
                 Ok(mut resp) => {
                     in_flight.hand_over();
                     crate::sticky::finish(cluster, sticky_table, sticky, ep_idx, resp.headers_mut());
-                    Ok((resp, ep_idx))
+                    Ok((resp, ep_idx, upstream_time))
                 }
                 Err(e) => Err(e),
             };

@@ -61,7 +61,9 @@ struct EndpointConns {
 /// One worker's upstream pool.
 #[derive(Debug, Default)]
 pub struct Pool {
-    by_endpoint: RefCell<HashMap<(SocketAddr, u64), EndpointConns>>,
+    /// Keyed by endpoint and connection profile; looked up twice per request, so with a
+    /// fast hasher (the keys are the operator's endpoints, not client input).
+    by_endpoint: RefCell<HashMap<(SocketAddr, u64), EndpointConns, foldhash::fast::RandomState>>,
 }
 
 impl Pool {
