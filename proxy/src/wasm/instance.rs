@@ -15,7 +15,7 @@ use wasmtime::{Instance as WasmInstance, InstancePre, Linker, Store, TypedFunc, 
 
 use super::abi::Action;
 use super::plugin::Plugin;
-use super::state::{Deferred, Facts, HostState, StreamData};
+use super::state::{Deferred, Facts, HostState, IdHash, StreamData};
 
 /// Why a guest call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,7 +147,7 @@ impl Instance {
             actions: Vec::new(),
             call_data: Vec::new(),
             callout: None,
-            callouts: HashMap::new(),
+            callouts: HashMap::default(),
             next_token: 0,
             tick: (0, false),
             done_called: false,
@@ -592,9 +592,9 @@ fn classify(e: wasmtime::Error, memory_refused: bool) -> Fault {
 /// Instances of one worker, by plugin uid; replaced when poisoned, retired on reload.
 #[derive(Default)]
 pub struct WorkerInstances {
-    map: HashMap<u64, Rc<RefCell<Instance>>>,
+    map: HashMap<u64, Rc<RefCell<Instance>>, IdHash>,
     /// Last failed creation per plugin uid (restarts are rate limited).
-    failed: HashMap<u64, Instant>,
+    failed: HashMap<u64, Instant, IdHash>,
 }
 
 /// How long after a failed start an instance is not tried again.

@@ -196,7 +196,7 @@ pub struct HostState {
     /// The callout answer being delivered.
     pub callout: Option<CalloutResponse>,
     /// Callout token → owning context.
-    pub callouts: HashMap<u32, u32>,
+    pub callouts: HashMap<u32, u32, IdHash>,
     /// Next callout token (even, never 0).
     pub next_token: u32,
     /// Tick period asked for (ms, 0 = off) and whether it changed.
@@ -211,7 +211,8 @@ pub struct HostState {
     pub last_status: (u32, Vec<u8>),
 }
 
-/// Context ids are small unique integers: hash them as they are.
+/// Context ids, callout tokens and plugin uids are unique integers Tandem hands out
+/// (never client input): hash them as they are.
 pub type IdHash = std::hash::BuildHasherDefault<IdHasher>;
 
 /// The identity hasher for context ids.
@@ -229,6 +230,9 @@ impl std::hash::Hasher for IdHasher {
     }
     fn write_u32(&mut self, n: u32) {
         self.0 = u64::from(n);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
