@@ -243,6 +243,11 @@ impl Lab {
     /// The distinct MACs that answer one broadcast ARP request for the VIP, seen from the
     /// client (waits up to 1 s for a second answer).
     fn arp_macs(&self) -> std::collections::BTreeSet<String> {
+        // Without the tool every sample would read as "no MAC answers".
+        assert!(
+            Command::new("arping").arg("-V").output().is_ok(),
+            "arping is not installed (Debian iputils-arping; .ci/run installs it)"
+        );
         let out = Command::new("ip")
             .args([
                 "netns",
