@@ -13,9 +13,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::pin::Pin;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -23,6 +25,7 @@ use tokio::net::TcpStream;
 
 use tokio::sync::Notify;
 
+use crate::body::BoxError;
 use crate::metrics::ListenerStats;
 use crate::worker::{LocalExec, Worker};
 
@@ -126,7 +129,7 @@ pub async fn accept(
         return;
     }
     match &hot.tls_server {
-        None => serve(&worker, idx, stream, client, local, None, &stats).await,
+        None => serve(&worker, idx, stream, client, local, None, false, &stats).await,
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg.0.clone());
             let tls = match tokio::time::timeout(lcfg.header_read_timeout, acceptor.accept(stream)).await {
@@ -154,18 +157,19 @@ pub async fn accept(
                     .and_then(crate::tls::subject_of)
                     .and_then(|s| http::HeaderValue::from_str(&s).ok()),
             };
-            let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+            let h2 = session.alpn_protocol() == Some(b"h2");
             stats.tls_handshakes.fetch_add(1, Relaxed);
             if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                 stats.tls_resumed.fetch_add(1, Relaxed);
             }
-            let _ = alpn;
-            serve(&worker, idx, tls, client, local, Some(info), &stats).await
+            serve(&worker, idx, tls, client, local, Some(info), h2, &stats).await
         }
     }
 }
 
-/// Serves HTTP on one (possibly TLS) connection until it closes.
+/// Serves HTTP on one (possibly TLS) connection until it closes. `h2` says ALPN chose
+/// HTTP/2 (h2c with prior knowledge is detected from the preface instead).
+#[allow(clippy::too_many_arguments)]
 async fn serve<IO>(
     worker: &Rc<Worker>,
     idx: usize,
@@ -173,6 +177,7 @@ async fn serve<IO>(
     peer: SocketAddr,
     local: SocketAddr,
     tls: Option<TlsInfo>,
+    h2: bool,
     stats: &Arc<ListenerStats>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -211,18 +216,10 @@ async fn serve<IO>(
         .max_concurrent_streams(256);
     let builder = if lcfg.http2 { builder } else { builder.http1_only() };
 
-    let svc = {
-        let worker = worker.clone();
-        let state = state.clone();
-        service_fn(move |req| crate::proxy::handle(worker.clone(), state.clone(), req))
-    };
-    let io = HeadWatch {
+    let io = TokioIo::new(HeadWatch {
         io,
         flags: state.head.clone(),
-    };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-
+    });
     // Timers and drain live in a separate watcher task, so the hot connection task only
     // polls hyper; the watcher flags an action and wakes it.
     let watcher = tokio::task::spawn_local(watch(
@@ -232,12 +229,37 @@ async fn serve<IO>(
         lcfg.clone(),
         stats.clone(),
     ));
+    let (w, st) = (worker.clone(), state.clone());
+    // HTTP/1.1 keeps each request's future in the connection's own slot; HTTP/2 moves it
+    // into a task of its own per stream, several copies of a few KiB each, so there it
+    // is boxed once and only the pointer moves.
+    let result = if h2 {
+        let svc = service_fn(move |req| Box::pin(crate::proxy::handle(w.clone(), st.clone(), req)));
+        drive(&state, builder.serve_connection_with_upgrades(io, svc)).await
+    } else {
+        let svc = service_fn(move |req| crate::proxy::handle(w.clone(), st.clone(), req));
+        drive(&state, builder.serve_connection_with_upgrades(io, svc)).await
+    };
+    watcher.abort();
+    if let Err(e) = result {
+        classify(&*e, &stats);
+    }
+    let _ = &shared;
+}
+
+/// Polls a hyper connection until it ends, starting a graceful close or aborting when
+/// the watcher asks for it.
+async fn drive<C>(state: &ConnState, conn: C) -> Result<(), BoxError>
+where
+    C: Future<Output = Result<(), BoxError>> + Graceful,
+{
+    tokio::pin!(conn);
     let mut closing = false;
-    let result = std::future::poll_fn(|cx| {
+    std::future::poll_fn(|cx| {
         match state.action.get() {
             Action::Abort => return Poll::Ready(Ok(())),
             Action::Graceful if !closing => {
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().graceful();
                 closing = true;
             }
             _ => {}
@@ -251,12 +273,26 @@ async fn serve<IO>(
         }
         r
     })
-    .await;
-    watcher.abort();
-    if let Err(e) = result {
-        classify(&*e, &stats);
+    .await
+}
+
+/// A connection that can be asked to finish its exchanges and close.
+trait Graceful {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> Graceful for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
-    let _ = &shared;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
