@@ -10,10 +10,10 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::pin::Pin;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 

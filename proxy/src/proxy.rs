@@ -165,7 +165,8 @@ async fn proxy_request(
         forced,
         chain: chain.as_ref(),
     };
-    let (resp, ep_idx, upstream_time) = match attempts(worker, conn, rt, route, cluster, req, rec, start, targets).await {
+    let (resp, ep_idx, upstream_time) = match attempts(worker, conn, rt, route, cluster, req, rec, start, targets).await
+    {
         Ok(r) => r,
         Err(e) => {
             // A request-body filter that answered locally ended the upstream request.
@@ -432,7 +433,7 @@ async fn attempts(
         // One timer per try: the per-try timeout, cut to what is left of the route's
         // (one clock read: the route's deadline is known from the start).
         let now = Instant::now();
-        let try_deadline = (now + route.per_try_timeout).min(start + total);
+        let try_deadline = later(now, route.per_try_timeout).min(later(start, total));
         let outcome: Attempt = if try_deadline <= now {
             Err(ProxyError::Timeout)
         } else {
@@ -481,6 +482,12 @@ async fn attempts(
             }
         }
     }
+}
+
+/// `from + d`, saturating: a configured timeout of centuries must not overflow `Instant`.
+fn later(from: Instant, d: Duration) -> Instant {
+    from.checked_add(d)
+        .unwrap_or_else(|| from + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// The `grpc-timeout` request header (`100m`, `5S`, …) as a duration.

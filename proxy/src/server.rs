@@ -90,11 +90,14 @@ impl Signals {
             .enable_all()
             .build()
             .map_err(RunError::Signals)?;
-        let _entered = rt.enter();
-        let hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
-        let term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-        let int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-        drop(_entered);
+        let (hup, term, int) = {
+            let _in_rt = rt.enter();
+            (
+                signal(SignalKind::hangup()).map_err(RunError::Signals)?,
+                signal(SignalKind::terminate()).map_err(RunError::Signals)?,
+                signal(SignalKind::interrupt()).map_err(RunError::Signals)?,
+            )
+        };
         Ok(Signals { rt, hup, term, int })
     }
 }
