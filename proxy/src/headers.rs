@@ -117,9 +117,15 @@ fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &[u8] {
 }
 
 /// Returns the request id, generating and inserting one if the client sent none.
+///
+/// The value is marked sensitive: over HTTP/2 it is sent as a never-indexed literal.
+/// A value unique to each message gains nothing from HPACK's dynamic table, and
+/// indexing it costs: every new id is inserted, evicts a useful entry, and makes the
+/// encoder walk and compare all ids still in the table for the next one.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
+    if let Some(v) = headers.get_mut(&X_REQUEST_ID) {
         if !v.is_empty() && v.len() <= 128 {
+            v.set_sensitive(true);
             return v.clone();
         }
     }
@@ -147,7 +153,9 @@ pub fn new_request_id() -> HeaderValue {
         buf[j + 1] = hex[(b & 15) as usize];
         j += 2;
     }
-    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    let mut v = HeaderValue::from_bytes(&buf).expect("hex is a valid header value");
+    v.set_sensitive(true);
+    v
 }
 
 /// Applies add/set/remove rules (remove first, then set, then add).
