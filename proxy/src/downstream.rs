@@ -234,7 +234,8 @@ async fn serve<IO>(
     // into a task of its own per stream, several copies of a few KiB each, so there it
     // is boxed once and only the pointer moves.
     let result = if h2 {
-        let svc = service_fn(move |req| box_in_place(|| crate::proxy::handle(w.clone(), st.clone(), req)));
+        let svc =
+            service_fn(move |req| crate::inplace::box_in_place(|| crate::proxy::handle(w.clone(), st.clone(), req)));
         drive(&state, builder.serve_connection_with_upgrades(io, svc)).await
     } else {
         let svc = service_fn(move |req| crate::proxy::handle(w.clone(), st.clone(), req));
@@ -245,17 +246,6 @@ async fn serve<IO>(
         classify(&*e, &stats);
     }
     let _ = &shared;
-}
-
-/// Boxes the future `make` returns by writing it straight into its allocation.
-/// `Box::pin(f)` builds `f` on the stack and then copies its whole size — for a request
-/// future, kilobytes of which only the arguments are set yet.
-#[inline(always)]
-fn box_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
-    let mut slot = Box::<F>::new_uninit();
-    slot.write(make());
-    // SAFETY: `write` initialised the slot just above.
-    Box::into_pin(unsafe { slot.assume_init() })
 }
 
 /// Polls a hyper connection until it ends, starting a graceful close or aborting when

@@ -17,6 +17,7 @@ pub mod downstream;
 pub mod error;
 pub mod headers;
 pub mod health;
+pub mod inplace;
 pub mod l4;
 pub mod metrics;
 pub mod pair;
