@@ -143,62 +143,97 @@ def measure(pid, fn, seconds):
     return value, cpu
 
 
+TESTS = {
+    "handshakes": "full TLS 1.3 handshakes",
+    "tls_h1": "TLS keep-alive HTTP/1.1 req",
+    "tls_h2": "TLS h2 req (h2load 16x16)",
+    "l4_rr": "L4 request/response",
+    "l4_bulk": "L4 bulk (MB)",
+}
+
+
+def run_proxy(name, tandem, tmp, s, tests):
+    """Starts one proxy, runs the selected tests against it, stops it: {test: (rate, per CPU-s)}."""
+    if name == "tandem":
+        cmd = [os.path.abspath(tandem), "run", "-c", f"{tmp}/tandem.toml"]
+    else:
+        cmd = ["haproxy", "-db", "-f", f"{tmp}/haproxy.cfg"]
+    p = subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tls, tcp = PORTS[name]
+    url = f"https://127.0.0.1:{tls}/"
+    turl = f"http://127.0.0.1:{tcp}/"
+    r = {}
+    try:
+        time.sleep(1)
+        wrk_raw(["-t1", "-c32", "-d2s", url])
+        if "handshakes" in tests:
+            (rps, _), cpu = measure(p.pid, lambda: wrk_raw(["-t1", "-c32", f"-d{s}s", "-H", "Connection: close", url]), s)
+            r["handshakes"] = (rps, rps * s / cpu)
+        if "tls_h1" in tests:
+            (rps, _), cpu = measure(p.pid, lambda: wrk_raw(["-t1", "-c64", f"-d{s}s", url]), s)
+            r["tls_h1"] = (rps, rps * s / cpu)
+        if "tls_h2" in tests:
+            (rps, err), cpu = measure(p.pid, lambda: h2load(tls, s), s)
+            r["tls_h2"] = (rps, rps * s / cpu if cpu else 0)
+        if "l4_rr" in tests:
+            (rps, _), cpu = measure(p.pid, lambda: wrk_raw(["-t1", "-c64", f"-d{s}s", turl]), s)
+            r["l4_rr"] = (rps, rps * s / cpu)
+        if "l4_bulk" in tests:
+            (rps, bps), cpu = measure(p.pid, lambda: wrk_raw(["-t1", "-c8", f"-d{s}s", turl + "big"]), s)
+            r["l4_bulk"] = (bps / 1e6, bps * s / 1e6 / cpu)
+    finally:
+        l7.stop(p)
+    return r
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tandem", required=True)
     ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run both proxies this many times (alternating which goes first) and report "
+                         "medians; single runs on a shared VM can swing by 10%%")
+    ap.add_argument("--only", default=",".join(TESTS),
+                    help="comma-separated subset of: " + ", ".join(TESTS))
     args = ap.parse_args()
     s = args.seconds
+    tests = [t.strip() for t in args.only.split(",") if t.strip()]
+    unknown = [t for t in tests if t not in TESTS]
+    if unknown:
+        sys.exit(f"--only: unknown test(s) {', '.join(unknown)}; choose from {', '.join(TESTS)}")
     tmp = tempfile.mkdtemp(prefix="tandem-tls-")
     certs(tmp)
     configs(tmp)
     backend = subprocess.Popen(["taskset", "-c", "1", "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf", "-g", "daemon off;"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows = {}
+    runs = {"tandem": [], "haproxy": []}
     try:
         l7.wait_http(BACKENDS[0])
-        for name in ("tandem", "haproxy"):
-            if name == "tandem":
-                cmd = [os.path.abspath(args.tandem), "run", "-c", f"{tmp}/tandem.toml"]
-            else:
-                cmd = ["haproxy", "-db", "-f", f"{tmp}/haproxy.cfg"]
-            p = subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            tls, tcp = PORTS[name]
-            try:
-                time.sleep(1)
-                url = f"https://127.0.0.1:{tls}/"
-                wrk_raw(["-t1", "-c32", "-d2s", url])
-                r = {}
-                (rps, _), cpu = measure(p.pid, lambda: wrk_raw(["-t1", "-c32", f"-d{s}s", "-H", "Connection: close", url]), s)
-                r["handshakes"] = (rps, rps * s / cpu)
-                (rps, _), cpu = measure(p.pid, lambda: wrk_raw(["-t1", "-c64", f"-d{s}s", url]), s)
-                r["tls_h1"] = (rps, rps * s / cpu)
-                (rps, err), cpu = measure(p.pid, lambda: h2load(tls, s), s)
-                r["tls_h2"] = (rps, rps * s / cpu if cpu else 0)
-                turl = f"http://127.0.0.1:{tcp}/"
-                (rps, _), cpu = measure(p.pid, lambda: wrk_raw(["-t1", "-c64", f"-d{s}s", turl]), s)
-                r["l4_rr"] = (rps, rps * s / cpu)
-                (rps, bps), cpu = measure(p.pid, lambda: wrk_raw(["-t1", "-c8", f"-d{s}s", turl + "big"]), s)
-                r["l4_bulk"] = (bps / 1e6, bps * s / 1e6 / cpu)
-                rows[name] = r
-            finally:
-                l7.stop(p)
+        for i in range(args.rounds):
+            order = ("tandem", "haproxy") if i % 2 == 0 else ("haproxy", "tandem")
+            for name in order:
+                runs[name].append(run_proxy(name, args.tandem, tmp, s, tests))
     finally:
         l7.stop(backend, signal.SIGQUIT)
 
-    labels = {
-        "handshakes": "full TLS 1.3 handshakes",
-        "tls_h1": "TLS keep-alive HTTP/1.1 req",
-        "tls_h2": "TLS h2 req (h2load 16x16)",
-        "l4_rr": "L4 request/response",
-        "l4_bulk": "L4 bulk (MB)",
-    }
-    print(f"\nTLS and L4, 1 proxy thread on CPU 0, load + nginx backends on CPU 1, {s}s per run")
+    def median(xs):
+        xs = sorted(xs)
+        n = len(xs)
+        return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+    rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
+    print(f"\nTLS and L4, 1 proxy thread on CPU 0, load + nginx backends on CPU 1, {s}s per run{rounds}")
     print(f"{'':<30} {'tandem /s':>11} {'per CPU-s':>11} {'haproxy /s':>11} {'per CPU-s':>11} {'ratio':>7}")
-    for k, label in labels.items():
-        t, h = rows["tandem"][k], rows["haproxy"][k]
+    for k in tests:
+        t = tuple(median([r[k][j] for r in runs["tandem"]]) for j in (0, 1))
+        h = tuple(median([r[k][j] for r in runs["haproxy"]]) for j in (0, 1))
         ratio = t[1] / h[1] if h[1] else float("nan")
-        print(f"{label:<30} {t[0]:>11.0f} {t[1]:>11.0f} {h[0]:>11.0f} {h[1]:>11.0f} {ratio:>6.2f}x")
+        print(f"{TESTS[k]:<30} {t[0]:>11.0f} {t[1]:>11.0f} {h[0]:>11.0f} {h[1]:>11.0f} {ratio:>6.2f}x")
+    if args.rounds > 1:
+        print("\nper-round ratios (tandem/haproxy per CPU-s):")
+        for k in tests:
+            rs = [t[k][1] / h[k][1] if h[k][1] else float("nan") for t, h in zip(runs["tandem"], runs["haproxy"])]
+            print(f"  {TESTS[k]:<28} " + " ".join(f"{x:.2f}" for x in rs))
 
 
 if __name__ == "__main__":
