@@ -127,7 +127,8 @@ async fn proxy_request(
         None
     } else {
         // Boxed: the filter stage's state does not grow every request's future.
-        let (chain, routed, out) = Box::pin(run_request_filters(worker, conn, route, rt, req, start)).await?;
+        let filters = crate::inplace::box_in_place(|| run_request_filters(worker, conn, route, rt, req, start));
+        let (chain, routed, out) = filters.await?;
         req = match out {
             Ok(r) => r,
             Err(reply) => return Ok(filter_reply(worker, reply, rec, start, Some(chain))),
@@ -183,7 +184,9 @@ async fn proxy_request(
         c.borrow().set_upstream(&cluster.name, endpoint.address);
         let (mut parts, body) = resp.into_parts();
         let eos = http_body::Body::is_end_stream(&body);
-        match Box::pin(crate::wasm::http::response_headers(c, &mut parts, eos, route.timeout)).await? {
+        let phase =
+            crate::inplace::box_in_place(|| crate::wasm::http::response_headers(c, &mut parts, eos, route.timeout));
+        match phase.await? {
             crate::wasm::http::Flow::Local(reply) => return Ok(filter_reply(worker, reply, rec, start, chain)),
             crate::wasm::http::Flow::Continue => {}
         }

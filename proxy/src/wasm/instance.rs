@@ -144,6 +144,7 @@ impl Instance {
             root: 1,
             effective: 0,
             streams: HashMap::default(),
+            spare: Vec::new(),
             actions: Vec::new(),
             call_data: Vec::new(),
             callout: None,
@@ -343,7 +344,15 @@ impl Instance {
         }
         let id = self.next_id;
         self.next_id = self.next_id.checked_add(1).filter(|&n| n > 1).unwrap_or(2);
-        self.store.data_mut().streams.insert(id, StreamData::new(facts));
+        let st = self.store.data_mut();
+        let data = match st.spare.pop() {
+            Some(mut d) => {
+                d.facts = facts;
+                d
+            }
+            None => Box::new(StreamData::new(facts)),
+        };
+        st.streams.insert(id, data);
         self.store.data().plugin.stats.streams.fetch_add(1, Relaxed);
         let root = self.store.data().root as i32;
         if let Some(f) = self.cb.context_create.clone() {
@@ -357,7 +366,7 @@ impl Instance {
 
     /// Stream data of `ctx`.
     pub fn stream(&mut self, ctx: u32) -> Option<&mut StreamData> {
-        self.store.data_mut().streams.get_mut(&ctx)
+        self.store.data_mut().streams.get_mut(&ctx).map(|d| &mut **d)
     }
 
     /// `on_log`, `on_done`, `on_delete`, then forgets the context (and its callouts).
@@ -369,7 +378,12 @@ impl Instance {
             let _ = self.cb.delete.clone().map(|f| self.call(&f, c, ctx)).transpose();
         }
         let st = self.store.data_mut();
-        st.streams.remove(&ctx);
+        if let Some(mut d) = st.streams.remove(&ctx) {
+            if st.spare.len() < SPARE_STREAMS {
+                d.clear();
+                st.spare.push(d);
+            }
+        }
         st.callouts.retain(|_, owner| *owner != ctx);
     }
 
@@ -596,6 +610,9 @@ pub struct WorkerInstances {
     /// Last failed creation per plugin uid (restarts are rate limited).
     failed: HashMap<u64, Instant, IdHash>,
 }
+
+/// Finished streams' boxes kept per instance for reuse (more are freed).
+const SPARE_STREAMS: usize = 64;
 
 /// How long after a failed start an instance is not tried again.
 const RESTART_BACKOFF: Duration = Duration::from_millis(250);

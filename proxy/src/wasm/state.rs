@@ -128,6 +128,21 @@ impl StreamData {
         }
     }
 
+    /// Empties a finished stream for reuse (its facts are replaced when reused).
+    pub fn clear(&mut self) {
+        self.req = None;
+        self.resp = None;
+        self.req_trailers = None;
+        self.resp_trailers = None;
+        self.req_body = Bytes::new();
+        self.resp_body = Bytes::new();
+        self.props.clear();
+        self.waiter = None;
+        self.resumed = false;
+        self.local = None;
+        self.closed = false;
+    }
+
     /// Wakes the task waiting on this stream, if any.
     pub fn wake(&mut self) {
         if let Some(w) = self.waiter.take() {
@@ -187,8 +202,12 @@ pub struct HostState {
     pub root: u32,
     /// Context the running callback acts on.
     pub effective: u32,
-    /// Stream contexts.
-    pub streams: HashMap<u32, StreamData, IdHash>,
+    /// Stream contexts, boxed: a stream's state is about a kilobyte, which would
+    /// otherwise be copied into the table on create and out of it on delete, and
+    /// would spread the table's keys a kilobyte apart.
+    pub streams: HashMap<u32, Box<StreamData>, IdHash>,
+    /// Boxes of finished streams, cleared, for the next streams to reuse.
+    pub spare: Vec<Box<StreamData>>,
     /// Actions to apply when the current callback returns.
     pub actions: Vec<(u32, Deferred)>,
     /// Buffer 8 (foreign-function arguments).
