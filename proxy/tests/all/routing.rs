@@ -152,6 +152,7 @@ async fn h2c_downstream_and_upstream() {
         let proxy = Proxy::start(&body);
         // h2c prior knowledge downstream, h2c upstream.
         let mut c = Client::h2(proxy.addr).await;
+        let mut ids = std::collections::HashSet::new();
         for _ in 0..20 {
             let r = c.get("svc.local", "/headers", &[]).await.unwrap();
             assert_eq!(r.status, 200);
@@ -160,7 +161,13 @@ async fn h2c_downstream_and_upstream() {
                 "{}",
                 r.body
             );
+            // Request ids go out as never-indexed HPACK literals, both ways.
+            let id = r.headers["x-request-id"].to_str().unwrap().to_string();
+            assert_eq!(id.len(), 36);
+            assert!(r.body.contains(&format!("x-request-id: {id}")), "{}", r.body);
+            ids.insert(id);
         }
+        assert_eq!(ids.len(), 20, "every request gets its own id");
         // HTTP/1.1 downstream to the same h2c upstream.
         let mut c = Client::h1(proxy.addr).await;
         let r = c.get("svc.local", "/headers", &[]).await.unwrap();
