@@ -129,18 +129,33 @@ impl StreamData {
     }
 
     /// Empties a finished stream for reuse (its facts are replaced when reused).
+    /// Every field is named, so a field added later cannot be forgotten here.
     pub fn clear(&mut self) {
-        self.req = None;
-        self.resp = None;
-        self.req_trailers = None;
-        self.resp_trailers = None;
-        self.req_body = Bytes::new();
-        self.resp_body = Bytes::new();
-        self.props.clear();
-        self.waiter = None;
-        self.resumed = false;
-        self.local = None;
-        self.closed = false;
+        let StreamData {
+            req,
+            resp,
+            req_trailers,
+            resp_trailers,
+            req_body,
+            resp_body,
+            facts: _,
+            props,
+            waiter,
+            resumed,
+            local,
+            closed,
+        } = self;
+        *req = None;
+        *resp = None;
+        *req_trailers = None;
+        *resp_trailers = None;
+        *req_body = Bytes::new();
+        *resp_body = Bytes::new();
+        props.clear();
+        *waiter = None;
+        *resumed = false;
+        *local = None;
+        *closed = false;
     }
 
     /// Wakes the task waiting on this stream, if any.
