@@ -392,8 +392,13 @@ pub async fn load(
             for _ in 0..per {
                 match c.get(&host, &path, &hv).await {
                     Ok(r) if r.status < 300 => *counts.entry(r.body.trim().to_string()).or_default() += 1,
-                    Ok(_) => failed += 1,
-                    Err(_) => {
+                    Ok(r) => {
+                        // Said in the failing test's output, so a flaky count has a reason.
+                        eprintln!("load: {path} answered {}: {}", r.status, r.body.trim());
+                        failed += 1;
+                    }
+                    Err(e) => {
+                        eprintln!("load: {path} failed: {e}");
                         failed += 1;
                         c = Client::h1(addr).await;
                     }

@@ -235,7 +235,10 @@ async fn a_cluster_scope_limit_holds_for_the_pair() {
             let admitted = ra.0 + rb.0;
             let per_sec = admitted as f64 / secs as f64;
             eprintln!("split {share_a}/{share_b}: admitted {admitted} in {secs}s = {per_sec:.1}/s (A {} B {})", ra.0, rb.0);
-            assert!((per_sec - 200.0).abs() <= 10.0, "split {share_a}/{share_b}: {per_sec:.1}/s admitted");
+            // Each node admits against the peer's count as of the last sync (a 50 ms tick
+            // plus a Raft commit), so the pair overshoots by what the peer admitted in that
+            // lag; 10 % allows a loaded machine and still tells 200/s from 400/s (local).
+            assert!((per_sec - 200.0).abs() <= 20.0, "split {share_a}/{share_b}: {per_sec:.1}/s admitted");
         }
     })
     .await;
