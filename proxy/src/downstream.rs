@@ -182,7 +182,6 @@ async fn serve<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let shared = worker.shared.clone();
     let lcfg = worker.listeners[idx].clone();
     let state = Rc::new(ConnState {
         id: CONN_IDS.fetch_add(1, Relaxed),
@@ -224,8 +223,8 @@ async fn serve<IO>(
     // polls hyper; the watcher flags an action and wakes it.
     let watcher = tokio::task::spawn_local(watch(
         state.clone(),
-        shared.shutdown.subscribe(),
-        shared.maintenance.subscribe(),
+        worker.shared.shutdown.subscribe(),
+        worker.shared.maintenance.subscribe(),
         lcfg.clone(),
         stats.clone(),
     ));
@@ -245,7 +244,6 @@ async fn serve<IO>(
     if let Err(e) = result {
         classify(&*e, &stats);
     }
-    let _ = &shared;
 }
 
 /// Polls a hyper connection until it ends, starting a graceful close or aborting when
