@@ -128,6 +128,8 @@ pub async fn accept(
         .await;
         return;
     }
+    // HTTP answers leave with the worker's send batch (see `send_batch`).
+    let stream = crate::send_batch::BatchedStream::new(stream);
     match &hot.tls_server {
         None => serve(&worker, idx, stream, client, local, None, false, &stats).await,
         Some(cfg) => {

@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod runtime;
+pub mod send_batch;
 pub mod server;
 pub mod sni;
 pub mod sticky;

@@ -21,12 +21,12 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use crate::send_batch::BatchedStream;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use super::{OpenGuard, Pool};
 use crate::body::{BoxError, UpstreamBody};
@@ -71,9 +71,9 @@ pub enum H1Error {
 #[derive(Debug)]
 pub enum Io {
     /// Plain TCP.
-    Plain(TcpStream),
+    Plain(BatchedStream),
     /// TLS to the upstream.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::client::TlsStream<BatchedStream>>),
 }
 
 impl AsyncRead for Io {

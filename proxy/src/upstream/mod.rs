@@ -29,6 +29,7 @@ use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::metrics::EndpointStats;
 use crate::runtime::PoolSettings;
+use crate::send_batch::BatchedStream;
 use crate::worker::LocalExec;
 
 /// The request-sending side of an upstream connection.
@@ -145,7 +146,7 @@ impl Pool {
         stats: &EndpointStats,
         origin: Origin,
     ) -> Result<Conn, ProxyError> {
-        let stream = dial(addr, cluster, stats, origin).await?;
+        let stream = BatchedStream::new(dial(addr, cluster, stats, origin).await?);
         let born = Instant::now();
         let private = cluster.proxy_protocol.is_some();
         let io = match &cluster.tls {
@@ -237,13 +238,16 @@ pub async fn dial(
 
 /// TLS to an upstream: SNI from the cluster (or the endpoint IP), verified against the
 /// cluster's CA or the system roots.
-pub async fn tls_connect(
+pub async fn tls_connect<IO>(
     addr: SocketAddr,
     t: &crate::tls::UpstreamTls,
     cfg: &crate::config::Built<rustls::ClientConfig>,
-    stream: TcpStream,
+    stream: IO,
     timeout: Duration,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+) -> Result<tokio_rustls::client::TlsStream<IO>, ProxyError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let name = match &t.sni {
         Some(n) => rustls_pki_types::ServerName::try_from(n.clone()).map_err(|_| ProxyError::ConnectFailure)?,
         None => rustls_pki_types::ServerName::IpAddress(addr.ip().into()),

@@ -1,0 +1,511 @@
+//! Sends gathered per worker tick.
+//!
+//! A worker serves many connections from one thread. When every task wrote its bytes the
+//! moment it produced them, each write reached a peer (client, backend) that had just
+//! gone back to sleep, and each such write paid for waking it. Here a task's small
+//! writes are queued on its connection's [`Outbox`] and the worker's flusher task, which
+//! runs after the tasks that were ready with it, writes every queued connection in one
+//! pass: the peers are woken once per pass instead of once per write, as an event-loop
+//! proxy (HAProxy, nginx) does by design.
+//!
+//! What the caller sees stays that of a socket: a write is accepted (and its bytes will
+//! go out in order) or refused with backpressure; a flush reports only a failure already
+//! known. Large writes, and writes behind bytes the flusher could not place, go out
+//! directly from the connection's own task, which then waits for the socket as usual.
+//! Threads without a flusher (the admin and control runtimes, tests) write directly.
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Most bytes a connection keeps queued; a write that would pass it goes out directly,
+/// after what is queued (bulk transfers gain nothing from waiting).
+pub const QUEUE_LIMIT: usize = 16 * 1024;
+
+/// A TCP stream whose writes wait, queued, for the end of the worker's tick.
+#[derive(Debug)]
+pub struct BatchedStream {
+    sock: TcpStream,
+    out: Arc<Outbox>,
+}
+
+/// The bytes a connection has written that are not yet on the socket, shared with the
+/// worker's batch (behind a mutex only because hyper wants `Send` streams: a worker's
+/// connections never leave its thread, so it is never contended).
+#[derive(Debug)]
+struct Outbox {
+    fd: RawFd,
+    /// The flusher stalled or failed on this connection: its task must look.
+    attention: AtomicBool,
+    state: Mutex<OutState>,
+}
+
+#[derive(Debug, Default)]
+struct OutState {
+    /// Written by the task, not yet sent.
+    buf: Vec<u8>,
+    /// In the worker's batch, waiting for the flusher.
+    queued: bool,
+    /// The socket was full when the flusher came: the task sends `buf` itself.
+    stalled: bool,
+    /// The flusher's send failed; every later operation reports it.
+    error: Option<io::ErrorKind>,
+    /// The stream is gone; the fd may already belong to another socket.
+    closed: bool,
+    /// The connection's task, woken when the flusher stalls or fails.
+    waker: Option<Waker>,
+}
+
+/// This worker's connections with queued bytes, and its flusher.
+struct Batch {
+    queue: Vec<Arc<Outbox>>,
+    flusher: Option<Waker>,
+    /// The flusher has been woken and has not run yet.
+    scheduled: bool,
+}
+
+thread_local! {
+    static BATCH: RefCell<Batch> = const {
+        RefCell::new(Batch { queue: Vec::new(), flusher: None, scheduled: false })
+    };
+}
+
+/// The worker's flusher: spawned once on each worker's `LocalSet`, it writes the
+/// queued connections whenever some are queued. Woken by the first write of a pass, it
+/// runs after the tasks already ready, so one pass carries all their writes. Never
+/// returns; dropping it (the worker's runtime ends) sends what is queued and lets this
+/// thread's streams write directly again.
+pub async fn run_flusher() {
+    struct Unregister;
+    impl Drop for Unregister {
+        fn drop(&mut self) {
+            let queue = BATCH.with(|b| {
+                let mut b = b.borrow_mut();
+                b.flusher = None;
+                b.scheduled = false;
+                std::mem::take(&mut b.queue)
+            });
+            for out in queue {
+                out.flush();
+            }
+        }
+    }
+    let _unregister = Unregister;
+    let mut work: Vec<Arc<Outbox>> = Vec::new();
+    std::future::poll_fn(|cx| {
+        BATCH.with(|b| {
+            let mut b = b.borrow_mut();
+            if !b.flusher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                b.flusher = Some(cx.waker().clone());
+            }
+            b.scheduled = false;
+            std::mem::swap(&mut b.queue, &mut work);
+        });
+        for out in work.drain(..) {
+            out.flush();
+        }
+        Poll::<()>::Pending
+    })
+    .await
+}
+
+/// Puts `out` in this thread's batch; false if the thread has no flusher.
+fn enqueue(out: &Arc<Outbox>) -> bool {
+    BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        let Some(flusher) = &b.flusher else { return false };
+        if !b.scheduled {
+            flusher.wake_by_ref();
+            b.scheduled = true;
+        }
+        b.queue.push(out.clone());
+        true
+    })
+}
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, OutState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The flusher's part: sends the queued bytes without waiting. A full socket leaves
+    /// the rest to the connection's task (woken), as does a failure.
+    fn flush(&self) {
+        let mut s = self.lock();
+        s.queued = false;
+        if s.closed || s.stalled || s.buf.is_empty() {
+            return;
+        }
+        match send_now(self.fd, &s.buf) {
+            Ok(n) if n == s.buf.len() => s.buf.clear(),
+            Ok(n) => {
+                s.buf.drain(..n);
+                s.stalled = true;
+                self.attention.store(true, Relaxed);
+                if let Some(w) = &s.waker {
+                    w.wake_by_ref();
+                }
+            }
+            Err(e) => {
+                s.buf.clear();
+                s.error = Some(e.kind());
+                self.attention.store(true, Relaxed);
+                if let Some(w) = &s.waker {
+                    w.wake_by_ref();
+                }
+            }
+        }
+    }
+}
+
+/// Sends as much of `buf` as the socket takes now; `Ok(n < len)` when it is full.
+fn send_now(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < buf.len() {
+        let rest = &buf[sent..];
+        // SAFETY: `fd` is the open socket of a live `BatchedStream` (checked by the
+        // caller through `closed` under the lock); `rest` is valid for its length.
+        let n = unsafe {
+            libc::send(
+                fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(sent),
+                _ => return Err(e),
+            }
+        }
+        sent += n as usize;
+    }
+    Ok(sent)
+}
+
+impl BatchedStream {
+    /// Wraps a connected stream.
+    pub fn new(sock: TcpStream) -> Self {
+        let fd = sock.as_raw_fd();
+        BatchedStream {
+            sock,
+            out: Arc::new(Outbox {
+                fd,
+                attention: AtomicBool::new(false),
+                state: Mutex::new(OutState::default()),
+            }),
+        }
+    }
+
+    /// The underlying socket (addresses, options).
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.sock
+    }
+
+    /// Sends what is queued from this task, waiting for the socket if it is full.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut s = self.out.lock();
+        if let Some(k) = s.error {
+            return Poll::Ready(Err(k.into()));
+        }
+        while !s.buf.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.sock).poll_write(cx, &s.buf))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            s.buf.drain(..n);
+        }
+        s.stalled = false;
+        self.out.attention.store(false, Relaxed);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queues `bufs` (total `len`) if they fit; `None` when they must go out directly
+    /// (after what is queued) because they are large or nobody would flush them.
+    fn try_queue(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>], len: usize) -> Option<io::Result<usize>> {
+        let mut s = self.out.lock();
+        if let Some(k) = s.error {
+            return Some(Err(k.into()));
+        }
+        if s.stalled || s.buf.len() + len > QUEUE_LIMIT {
+            return None;
+        }
+        if !s.queued {
+            if !enqueue(&self.out) {
+                return None;
+            }
+            s.queued = true;
+        }
+        for b in bufs {
+            s.buf.extend_from_slice(b);
+        }
+        if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            s.waker = Some(cx.waker().clone());
+        }
+        Some(Ok(len))
+    }
+}
+
+impl AsyncRead for BatchedStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.out.attention.load(Relaxed) {
+            // Waiting on the socket to send the rest registers this task for it too.
+            if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Pin::new(&mut this.sock).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for BatchedStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(r) = this.try_queue(cx, &[IoSlice::new(buf)], buf.len()) {
+            return Poll::Ready(r);
+        }
+        std::task::ready!(this.poll_drain(cx))?;
+        if buf.len() < QUEUE_LIMIT {
+            if let Some(r) = this.try_queue(cx, &[IoSlice::new(buf)], buf.len()) {
+                return Poll::Ready(r);
+            }
+        }
+        Pin::new(&mut this.sock).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if let Some(r) = this.try_queue(cx, bufs, len) {
+            return Poll::Ready(r);
+        }
+        std::task::ready!(this.poll_drain(cx))?;
+        if len < QUEUE_LIMIT {
+            if let Some(r) = this.try_queue(cx, bufs, len) {
+                return Poll::Ready(r);
+            }
+        }
+        Pin::new(&mut this.sock).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    /// Done once nothing is stalled: queued bytes leave with the worker's pass.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.out.attention.load(Relaxed) {
+            std::task::ready!(this.poll_drain(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends everything queued, then shuts the write side.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.sock).poll_shutdown(cx)
+    }
+}
+
+impl Drop for BatchedStream {
+    /// Queued bytes still go out if the socket takes them now (a response the
+    /// connection was closed right after); the flusher never touches the fd again.
+    fn drop(&mut self) {
+        let mut s = self.out.lock();
+        s.closed = true;
+        if !s.buf.is_empty() && s.error.is_none() {
+            let _ = send_now(self.out.fd, &s.buf);
+        }
+        s.buf = Vec::new();
+        s.waker = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpSocket};
+
+    /// Runs `f` on a worker-like thread: current-thread runtime, `LocalSet`, and (if
+    /// `flusher`) the send batch's flusher; bounded in time.
+    fn on_worker<F: std::future::Future<Output = ()>>(flusher: bool, f: F) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async move {
+            if flusher {
+                tokio::task::spawn_local(run_flusher());
+                tokio::task::yield_now().await;
+            }
+            tokio::time::timeout(Duration::from_secs(20), f)
+                .await
+                .expect("test timed out");
+        });
+    }
+
+    /// A connected pair: (batched writer side, plain reader side).
+    async fn pair(small_buffers: bool) -> (BatchedStream, TcpStream) {
+        let ls = TcpSocket::new_v4().unwrap();
+        if small_buffers {
+            ls.set_recv_buffer_size(4096).unwrap();
+        }
+        ls.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener: TcpListener = ls.listen(16).unwrap();
+        let cs = TcpSocket::new_v4().unwrap();
+        if small_buffers {
+            cs.set_send_buffer_size(4096).unwrap();
+        }
+        let (client, accepted) = tokio::join!(cs.connect(listener.local_addr().unwrap()), listener.accept());
+        (BatchedStream::new(client.unwrap()), accepted.unwrap().0)
+    }
+
+    fn queued(s: &BatchedStream) -> usize {
+        s.out.lock().buf.len()
+    }
+
+    #[test]
+    fn small_writes_wait_for_the_pass_and_arrive_in_order() {
+        on_worker(true, async {
+            let mut conns = Vec::new();
+            for _ in 0..8 {
+                conns.push(pair(false).await);
+            }
+            let mut expected = vec![Vec::new(); conns.len()];
+            for round in 0..20u32 {
+                for (i, (w, _)) in conns.iter_mut().enumerate() {
+                    let small = format!("conn {i} round {round};").into_bytes();
+                    w.write_all(&small).await.unwrap();
+                    expected[i].extend_from_slice(&small);
+                    if round % 7 == 3 {
+                        // Large: goes out directly, after what is queued.
+                        let big = vec![b'a' + (round % 26) as u8; QUEUE_LIMIT + 100];
+                        w.write_all(&big).await.unwrap();
+                        expected[i].extend_from_slice(&big);
+                    }
+                    let parts = [IoSlice::new(b"<v1>"), IoSlice::new(b"<v2>")];
+                    let n = w.write_vectored(&parts).await.unwrap();
+                    assert_eq!(n, 8, "a small vectored write is taken whole");
+                    expected[i].extend_from_slice(b"<v1><v2>");
+                    w.flush().await.unwrap();
+                }
+                // Before the flusher's pass the small writes are still queued.
+                assert!(conns.iter().all(|(w, _)| queued(w) > 0));
+                tokio::task::yield_now().await;
+                assert!(conns.iter().all(|(w, _)| queued(w) == 0), "one pass sent every queue");
+            }
+            for (i, (mut w, mut r)) in conns.into_iter().enumerate() {
+                w.shutdown().await.unwrap();
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).await.unwrap();
+                assert_eq!(got, expected[i], "connection {i}");
+            }
+        });
+    }
+
+    #[test]
+    fn a_full_socket_pushes_back_and_loses_nothing() {
+        on_worker(true, async {
+            let (mut w, mut r) = pair(true).await;
+            let mut sent = Vec::new();
+            let mut i = 0u32;
+            let mut cx = Context::from_waker(Waker::noop());
+            // The reader sleeps: writes are taken until the flusher finds the socket full.
+            let stalled = loop {
+                assert!(sent.len() < 64 << 20, "the socket never filled");
+                let chunk = vec![(i % 251) as u8; 1000];
+                match Pin::new(&mut w).poll_write(&mut cx, &chunk) {
+                    Poll::Ready(Ok(n)) => sent.extend_from_slice(&chunk[..n]),
+                    Poll::Ready(Err(e)) => panic!("write failed: {e}"),
+                    Poll::Pending => break true,
+                }
+                i += 1;
+                tokio::task::yield_now().await;
+            };
+            assert!(stalled);
+            assert!(w.out.lock().stalled, "the flusher left the rest to the connection");
+            let reader = tokio::task::spawn_local(async move {
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).await.unwrap();
+                got
+            });
+            for _ in 0..200 {
+                let chunk = vec![(i % 251) as u8; 1000];
+                w.write_all(&chunk).await.unwrap();
+                sent.extend_from_slice(&chunk);
+                i += 1;
+            }
+            w.shutdown().await.unwrap();
+            let got = reader.await.unwrap();
+            assert_eq!(got.len(), sent.len());
+            assert!(got == sent, "bytes arrived in order");
+        });
+    }
+
+    #[test]
+    fn without_a_flusher_writes_go_out_at_once() {
+        on_worker(false, async {
+            let (mut w, mut r) = pair(false).await;
+            w.write_all(b"now").await.unwrap();
+            assert_eq!(queued(&w), 0);
+            let mut got = [0u8; 3];
+            r.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"now");
+        });
+    }
+
+    #[test]
+    fn a_dropped_stream_still_sends_what_it_queued() {
+        on_worker(true, async {
+            let (mut w, mut r) = pair(false).await;
+            w.write_all(b"last words").await.unwrap();
+            assert!(queued(&w) > 0);
+            drop(w);
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"last words");
+        });
+    }
+
+    #[test]
+    fn a_reset_peer_fails_the_next_operation() {
+        on_worker(true, async {
+            let (mut w, r) = pair(false).await;
+            socket2::SockRef::from(&r).set_linger(Some(Duration::ZERO)).unwrap();
+            drop(r);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Accepted into the queue; the flusher's send meets the reset.
+            let _ = w.write_all(b"into the void").await;
+            tokio::task::yield_now().await;
+            let mut failed = false;
+            for _ in 0..10 {
+                if w.write_all(b"more").await.is_err() {
+                    failed = true;
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            assert!(failed, "a write after the reset reports it");
+        });
+    }
+}
