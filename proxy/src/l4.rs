@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::send_batch::BatchedStream;
+
 use crate::config::{HashOn, HostPattern};
 use crate::metrics::ListenerStats;
 use crate::runtime::{Cluster, Runtime};
@@ -64,20 +66,45 @@ pub async fn serve(
     };
     let idle = lcfg.idle_timeout;
     let max_age = hot.max_connection_age;
+    let buffer = hot.tcp_buffer_bytes;
+    // Both sides write with the worker's send batch (see `send_batch`).
+    let stream = BatchedStream::new(stream);
     match &hot.tls_server {
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg.0.clone());
             match tokio::time::timeout(lcfg.header_read_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     stats.tls_handshakes.fetch_add(1, Relaxed);
-                    forward(worker, rt, cluster, tls, origin, idle, max_age, stats, filters).await
+                    forward(
+                        worker,
+                        rt,
+                        cluster,
+                        tls,
+                        origin,
+                        (buffer, idle, max_age),
+                        stats,
+                        filters,
+                    )
+                    .await
                 }
                 _ => {
                     stats.tls_handshake_failures.fetch_add(1, Relaxed);
                 }
             }
         }
-        None => forward(worker, rt, cluster, stream, origin, idle, max_age, stats, filters).await,
+        None => {
+            forward(
+                worker,
+                rt,
+                cluster,
+                stream,
+                origin,
+                (buffer, idle, max_age),
+                stats,
+                filters,
+            )
+            .await
+        }
     }
 }
 
@@ -96,8 +123,7 @@ async fn forward<D>(
     cluster: &Cluster,
     downstream: D,
     origin: Origin,
-    idle: Duration,
-    max_age: Option<Duration>,
+    (buffer, idle, max_age): (usize, Duration, Option<Duration>),
     stats: &ListenerStats,
     filters: Option<crate::wasm::l4::NetChain>,
 ) where
@@ -119,7 +145,7 @@ async fn forward<D>(
         tried |= 1 << ep_idx.min(63);
         let ep = &cluster.endpoints[ep_idx];
         match crate::upstream::dial(ep.address, cluster, &ep.stats, origin).await {
-            Ok(s) => break (s, ep_idx),
+            Ok(s) => break (BatchedStream::new(s), ep_idx),
             Err(e) => {
                 ep.stats.responses.record(e.status().as_u16());
                 crate::health::observe_passive(cluster, ep_idx, e.status().as_u16(), true);
@@ -137,7 +163,7 @@ async fn forward<D>(
             match crate::upstream::tls_connect(ep.address, t, cfg, upstream, cluster.connect_timeout).await {
                 Ok(tls) => match filters {
                     Some(f) => splice_filtered(downstream, tls, f, idle, max_age).await,
-                    None => splice(downstream, tls, idle, max_age).await,
+                    None => splice(downstream, tls, buffer, idle, max_age).await,
                 },
                 Err(e) => {
                     crate::health::observe_passive(cluster, ep_idx, e.status().as_u16(), true);
@@ -146,7 +172,7 @@ async fn forward<D>(
             }
         }
         (None, Some(f)) => splice_filtered(downstream, upstream, f, idle, max_age).await,
-        (None, None) => splice(downstream, upstream, idle, max_age).await,
+        (None, None) => splice(downstream, upstream, buffer, idle, max_age).await,
     };
     stats.tcp_bytes_in.fetch_add(up, Relaxed);
     stats.tcp_bytes_out.fetch_add(down, Relaxed);
@@ -155,10 +181,10 @@ async fn forward<D>(
     cluster.stats.active.fetch_sub(1, Relaxed);
 }
 
-/// Copies both ways until both directions are done (a half-close is passed on and the
-/// other direction continues), the connection is idle for `idle`, or it is older than
-/// `max_age`. Returns (bytes client→upstream, bytes upstream→client).
-pub async fn splice<A, B>(a: A, b: B, idle: Duration, max_age: Option<Duration>) -> (u64, u64)
+/// Copies both ways, reading up to `buffer` bytes at once in each direction, until both
+/// directions are done (a half-close is passed on and the other direction continues),
+/// the connection is idle for `idle`, or it is older than `max_age`. Returns (bytes client→upstream, bytes upstream→client).
+pub async fn splice<A, B>(a: A, b: B, buffer: usize, idle: Duration, max_age: Option<Duration>) -> (u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -173,7 +199,7 @@ where
         last: last.clone(),
     };
     let born = Instant::now();
-    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, buffer, buffer);
     tokio::pin!(copy);
     loop {
         let idle_at = last.get() + idle;

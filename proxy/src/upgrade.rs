@@ -19,6 +19,10 @@ use crate::runtime::{Cluster, Route, Runtime};
 use crate::upstream::Origin;
 use crate::worker::Worker;
 
+/// Bytes read at once in each direction of an upgraded connection (WebSocket messages
+/// are mostly small).
+const UPGRADE_BUFFER: usize = 8 * 1024;
+
 /// Whether `req` asks for a protocol switch or a tunnel.
 pub fn is_upgrade(req: &Request<Incoming>) -> bool {
     req.method() == Method::CONNECT
@@ -93,7 +97,7 @@ pub async fn proxy_upgrade(
     cstats.active.fetch_add(1, Relaxed);
     tokio::task::spawn_local(async move {
         if let (Ok(down), Ok(up)) = (downstream.await, upstream.await) {
-            crate::l4::splice(TokioIo::new(down), TokioIo::new(up), idle, None).await;
+            crate::l4::splice(TokioIo::new(down), TokioIo::new(up), UPGRADE_BUFFER, idle, None).await;
         }
         stats.active.fetch_sub(1, Relaxed);
         cstats.active.fetch_sub(1, Relaxed);

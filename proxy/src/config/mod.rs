@@ -188,6 +188,8 @@ pub struct ListenerConfig {
     pub sni_routes: Vec<(Vec<HostPattern>, String)>,
     /// L4: connection age bound.
     pub max_connection_age: Option<Duration>,
+    /// L4: copy buffer per direction.
+    pub tcp_buffer_bytes: usize,
     /// L4: network filter names (resolved against `Config::filters`).
     pub filters: Vec<String>,
 }

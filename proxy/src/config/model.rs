@@ -334,6 +334,9 @@ pub struct ListenerSection {
     /// L4: connections older than this are closed; 0 = no limit.
     #[serde(default)]
     pub max_connection_age: Dur,
+    /// L4: bytes read at once in each direction (one buffer per direction).
+    #[serde(default = "default_tcp_buffer_bytes")]
+    pub tcp_buffer_bytes: usize,
     /// L4: proxy-wasm network filters run on each connection, in order.
     #[serde(default)]
     pub filters: Vec<SpannedStr>,
@@ -774,6 +777,10 @@ fn default_max_connections() -> usize {
 }
 fn default_max_header_bytes() -> usize {
     64 * 1024
+}
+/// Large enough that bulk transfers move in few system calls; two per L4 connection.
+fn default_tcp_buffer_bytes() -> usize {
+    32 * 1024
 }
 fn default_max_headers() -> usize {
     100

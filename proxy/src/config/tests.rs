@@ -38,6 +38,18 @@ fn base_is_valid_and_defaults_apply() {
     assert_eq!(c.clusters[0].balancer, BalancerKind::RoundRobin);
     assert_eq!(c.clusters[0].connect_timeout, std::time::Duration::from_secs(2));
     assert!(c.server.workers >= 1);
+    assert_eq!(c.listeners[0].tcp_buffer_bytes, 32 * 1024);
+}
+
+#[test]
+fn tcp_buffer_size_is_bounded() {
+    let i = one(&BASE.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\ntcp_buffer_bytes = 100",
+    ));
+    assert_eq!((i.line, i.key.as_str()), (3, "listener[0].tcp_buffer_bytes"));
+    assert_eq!(i.message, "100 is out of range");
+    assert!(i.hint.unwrap().contains("default 32768"));
 }
 
 #[test]

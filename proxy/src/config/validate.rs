@@ -1039,6 +1039,14 @@ pub(crate) fn validate(
             );
         }
         let max_age = c.dur(&l.max_connection_age, format!("{key}.max_connection_age"));
+        if !(1024..=1 << 20).contains(&l.tcp_buffer_bytes) {
+            c.at(
+                &l.name,
+                format!("{key}.tcp_buffer_bytes"),
+                format!("{} is out of range", l.tcp_buffer_bytes),
+                Some("use 1024 to 1048576 bytes (default 32768)".into()),
+            );
+        }
         if let Some(listen) = addr {
             if let Some(prev) = listeners.iter().find(|p: &&ListenerConfig| p.listen == listen) {
                 c.at(
@@ -1067,6 +1075,7 @@ pub(crate) fn validate(
                 cluster: l.cluster.as_ref().map(|s| s.get_ref().clone()),
                 sni_routes,
                 max_connection_age: (max_age > Duration::ZERO).then_some(max_age),
+                tcp_buffer_bytes: l.tcp_buffer_bytes,
                 filters: l.filters.iter().map(|f| f.get_ref().clone()).collect(),
             });
         }

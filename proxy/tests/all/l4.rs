@@ -1,6 +1,7 @@
 //! L4 listeners: TCP echo with PROXY v2 to the backend, TLS passthrough routed by SNI
 //! (including a ClientHello split across packets), connect retry on refusal, PROXY
-//! protocol accepted from a trusted front, and TLS origination to an upstream.
+//! protocol accepted from a trusted front, TLS origination to an upstream, and bulk
+//! transfers both ways with half-close through a small copy buffer.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -285,6 +286,79 @@ async fn network_filter_sees_changes_and_refuses_tcp_data() {
         assert_eq!(m("connections_refused"), 1.0);
         assert!(m("bytes_downstream") >= 22.0);
         assert!(m("bytes_upstream") >= 26.0);
+    })
+    .await;
+}
+
+/// A backend that reads until the client half-closes, answers with the byte count it
+/// saw and its own `len`-byte pattern, then closes.
+async fn sink_then_source_backend(len: usize) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { continue };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                if s.read_to_end(&mut seen).await.is_err() {
+                    return;
+                }
+                let ok = seen.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8);
+                let mut out = format!("{} {ok}\n", seen.len()).into_bytes();
+                out.extend((0..len).map(|i| (i % 241) as u8));
+                let _ = s.write_all(&out).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_transfers_both_ways_arrive_whole_with_a_small_buffer() {
+    bounded(60, async {
+        const LEN: usize = 4 << 20;
+        let be = sink_then_source_backend(LEN).await;
+        let body = format!(
+            "[[cluster]]\nname = \"tcp\"\nendpoints = [{{ address = \"{be}\" }}]\n\n\
+[[cluster]]\nname = \"unused\"\nendpoints = [{{ address = \"{be}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"unused\"\n"
+        );
+        let proxy = Proxy::start_with(&body, "protocol = \"tcp\"\ncluster = \"tcp\"\ntcp_buffer_bytes = 3000");
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            let addr = proxy.addr;
+            tasks.push(tokio::spawn(async move {
+                let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let (mut r, mut w) = s.into_split();
+                let writer = tokio::spawn(async move {
+                    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+                    for chunk in data.chunks(100_000) {
+                        w.write_all(chunk).await.unwrap();
+                    }
+                    w.shutdown().await.unwrap();
+                });
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).await.unwrap();
+                writer.await.unwrap();
+                let nl = got.iter().position(|&b| b == b'\n').expect("a count line");
+                assert_eq!(std::str::from_utf8(&got[..nl]).unwrap(), format!("{LEN} true"));
+                let rest = &got[nl + 1..];
+                assert_eq!(rest.len(), LEN);
+                assert!(rest.iter().enumerate().all(|(i, b)| *b == (i % 241) as u8), "bytes in order");
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Counted when each connection ends, just after the client saw it end.
+        let metric = "tandem_listener_tcp_received_bytes_total{listener=\"web\"}";
+        for _ in 0..50 {
+            if proxy.metric(metric) >= (3 * LEN) as f64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        assert_eq!(proxy.metric(metric), (3 * LEN) as f64);
     })
     .await;
 }
