@@ -132,7 +132,8 @@ def wrk_raw(args):
     out = subprocess.run(["taskset", "-c", "1", "wrk"] + args, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     tr = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
-    mult = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}[tr.group(2)]
+    # wrk's units are binary (1 KB = 1024 B).
+    mult = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[tr.group(2)]
     return rps, float(tr.group(1)) * mult
 
 
@@ -180,6 +181,8 @@ def run_proxy(name, tandem, tmp, s, tests):
             r["l4_rr"] = (rps, rps * s / cpu)
         if "l4_bulk" in tests:
             (rps, bps), cpu = measure(p.pid, lambda: wrk_raw(["-t1", "-c8", f"-d{s}s", turl + "big"]), s)
+            if bps < rps * 1e6:
+                raise SystemExit(f"{name}: /big answered {bps / max(rps, 1):.0f} bytes per response, not 1 MiB")
             r["l4_bulk"] = (bps / 1e6, bps * s / 1e6 / cpu)
     finally:
         l7.stop(p)
@@ -202,6 +205,8 @@ def main():
     if unknown:
         sys.exit(f"--only: unknown test(s) {', '.join(unknown)}; choose from {', '.join(TESTS)}")
     tmp = tempfile.mkdtemp(prefix="tandem-tls-")
+    # nginx's workers run as an unprivileged user: they must be able to read big.bin.
+    os.chmod(tmp, 0o755)
     certs(tmp)
     configs(tmp)
     backend = subprocess.Popen(["taskset", "-c", "1", "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf", "-g", "daemon off;"],
