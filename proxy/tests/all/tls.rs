@@ -263,6 +263,8 @@ async fn curl_and_openssl_talk_to_it() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("subject=CN = b.test"), "{text}");
         assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+        // OpenSSL offers AES-256 first; the server's preference wins.
+        assert!(text.contains("Cipher is TLS_AES_128_GCM_SHA256"), "{text}");
     })
     .await;
 }
