@@ -14,6 +14,7 @@ import importlib.util
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -153,6 +154,18 @@ TESTS = {
 }
 
 
+def wait_port(port, timeout=10):
+    """Waits until the proxy accepts on `port` (HAProxy can take over a second to start)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"port {port} did not accept connections")
+
+
 def run_proxy(name, tandem, tmp, s, tests):
     """Starts one proxy, runs the selected tests against it, stops it: {test: (rate, per CPU-s)}."""
     if name == "tandem":
@@ -165,7 +178,8 @@ def run_proxy(name, tandem, tmp, s, tests):
     turl = f"http://127.0.0.1:{tcp}/"
     r = {}
     try:
-        time.sleep(1)
+        wait_port(tls)
+        wait_port(tcp)
         wrk_raw(["-t1", "-c32", "-d2s", url])
         if "handshakes" in tests:
             (rps, _), cpu = measure(p.pid, lambda: wrk_raw(["-t1", "-c32", f"-d{s}s", "-H", "Connection: close", url]), s)
