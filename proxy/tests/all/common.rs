@@ -420,6 +420,24 @@ pub async fn load(
 }
 
 /// Bounds a test body in time.
+/// A raw TCP backend on a free loopback port: each accepted connection is handed to
+/// `serve` on a task of its own.
+pub async fn tcp_backend<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { continue };
+            tokio::spawn(serve(s));
+        }
+    });
+    addr
+}
+
 pub async fn bounded<F: std::future::Future>(secs: u64, f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(secs), f)
         .await

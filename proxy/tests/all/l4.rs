@@ -16,40 +16,33 @@ use crate::pki::Pki;
 /// A TCP backend: optionally expects a PROXY header (and answers `src=<addr>\n` first),
 /// then echoes with a `name:` prefix on the first write.
 async fn echo_backend(name: &'static str, expect_proxy: bool) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { continue };
-            tokio::spawn(async move {
-                if expect_proxy {
-                    let mut buf = [0u8; 256];
-                    let n = s.peek(&mut buf).await.unwrap();
-                    let (len, addrs) = tandem_proxy::proxy_protocol::parse(&buf[..n]).unwrap().unwrap();
-                    let mut sink = vec![0u8; len];
-                    s.read_exact(&mut sink).await.unwrap();
-                    let (src, _) = addrs.unwrap();
-                    s.write_all(format!("src={src}\n").as_bytes()).await.unwrap();
-                }
-                let mut buf = [0u8; 4096];
-                loop {
-                    let n = match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => {
-                            let _ = s.shutdown().await;
-                            return;
-                        }
-                        Ok(n) => n,
-                    };
-                    let mut out = format!("{name}:").into_bytes();
-                    out.extend_from_slice(&buf[..n]);
-                    if s.write_all(&out).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    tcp_backend(move |mut s| async move {
+        if expect_proxy {
+            let mut buf = [0u8; 256];
+            let n = s.peek(&mut buf).await.unwrap();
+            let (len, addrs) = tandem_proxy::proxy_protocol::parse(&buf[..n]).unwrap().unwrap();
+            let mut sink = vec![0u8; len];
+            s.read_exact(&mut sink).await.unwrap();
+            let (src, _) = addrs.unwrap();
+            s.write_all(format!("src={src}\n").as_bytes()).await.unwrap();
         }
-    });
-    addr
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match s.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = s.shutdown().await;
+                    return;
+                }
+                Ok(n) => n,
+            };
+            let mut out = format!("{name}:").into_bytes();
+            out.extend_from_slice(&buf[..n]);
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
 }
 
 /// A TLS echo backend answering `name:` + data.
@@ -293,25 +286,18 @@ async fn network_filter_sees_changes_and_refuses_tcp_data() {
 /// A backend that reads until the client half-closes, answers with the byte count it
 /// saw and its own `len`-byte pattern, then closes.
 async fn sink_then_source_backend(len: usize) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { continue };
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                if s.read_to_end(&mut seen).await.is_err() {
-                    return;
-                }
-                let ok = seen.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8);
-                let mut out = format!("{} {ok}\n", seen.len()).into_bytes();
-                out.extend((0..len).map(|i| (i % 241) as u8));
-                let _ = s.write_all(&out).await;
-                let _ = s.shutdown().await;
-            });
+    tcp_backend(move |mut s| async move {
+        let mut seen = Vec::new();
+        if s.read_to_end(&mut seen).await.is_err() {
+            return;
         }
-    });
-    addr
+        let ok = seen.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8);
+        let mut out = format!("{} {ok}\n", seen.len()).into_bytes();
+        out.extend((0..len).map(|i| (i % 241) as u8));
+        let _ = s.write_all(&out).await;
+        let _ = s.shutdown().await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
