@@ -28,6 +28,9 @@ use tokio::net::TcpStream;
 /// Most bytes a connection keeps queued; a write that would pass it goes out directly,
 /// after what is queued (bulk transfers gain nothing from waiting).
 pub const QUEUE_LIMIT: usize = 16 * 1024;
+/// Queue capacity a connection keeps once its queue is sent; a larger one is freed, so
+/// idle keep-alive connections do not each hold the largest answer they once queued.
+const KEEP_CAPACITY: usize = 4 * 1024;
 
 /// A TCP stream whose writes wait, queued, for the end of the worker's tick.
 #[derive(Debug)]
@@ -61,6 +64,17 @@ struct OutState {
     closed: bool,
     /// The connection's task, woken when the flusher stalls or fails.
     waker: Option<Waker>,
+}
+
+impl OutState {
+    /// Everything queued was sent.
+    fn emptied(&mut self) {
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
+    }
 }
 
 /// This worker's connections with queued bytes, and its flusher.
@@ -144,7 +158,7 @@ impl Outbox {
             return;
         }
         match send_now(self.fd, &s.buf) {
-            Ok(n) if n == s.buf.len() => s.buf.clear(),
+            Ok(n) if n == s.buf.len() => s.emptied(),
             Ok(n) => {
                 s.buf.drain(..n);
                 s.stalled = true;
@@ -225,6 +239,7 @@ impl BatchedStream {
             }
             s.buf.drain(..n);
         }
+        s.emptied();
         s.stalled = false;
         self.out.attention.store(false, Relaxed);
         Poll::Ready(Ok(()))
@@ -459,6 +474,24 @@ mod tests {
             let got = reader.await.unwrap();
             assert_eq!(got.len(), sent.len());
             assert!(got == sent, "bytes arrived in order");
+        });
+    }
+
+    #[test]
+    fn a_sent_queue_gives_back_a_large_capacity() {
+        on_worker(true, async {
+            let (mut w, mut r) = pair(false).await;
+            let big = vec![7u8; 10_000];
+            w.write_all(&big).await.unwrap();
+            assert!(w.out.lock().buf.capacity() >= 10_000);
+            tokio::task::yield_now().await;
+            assert_eq!(w.out.lock().buf.capacity(), 0);
+            w.write_all(b"small").await.unwrap();
+            tokio::task::yield_now().await;
+            assert!(w.out.lock().buf.capacity() > 0, "a small queue keeps its capacity");
+            let mut got = vec![0u8; 10_005];
+            r.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got[10_000..], b"small");
         });
     }
 
