@@ -16,11 +16,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::send_batch::BatchedStream;
-
 use crate::config::{HashOn, HostPattern};
 use crate::metrics::ListenerStats;
 use crate::runtime::{Cluster, Runtime};
+use crate::send_batch::BatchedStream;
 use crate::sni::{peek_hello, Hello};
 use crate::upstream::Origin;
 use crate::worker::Worker;
@@ -75,17 +74,7 @@ pub async fn serve(
             match tokio::time::timeout(lcfg.header_read_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     stats.tls_handshakes.fetch_add(1, Relaxed);
-                    forward(
-                        worker,
-                        rt,
-                        cluster,
-                        tls,
-                        origin,
-                        (buffer, idle, max_age),
-                        stats,
-                        filters,
-                    )
-                    .await
+                    forward(worker, rt, cluster, tls, origin, buffer, idle, max_age, stats, filters).await
                 }
                 _ => {
                     stats.tls_handshake_failures.fetch_add(1, Relaxed);
@@ -94,14 +83,7 @@ pub async fn serve(
         }
         None => {
             forward(
-                worker,
-                rt,
-                cluster,
-                stream,
-                origin,
-                (buffer, idle, max_age),
-                stats,
-                filters,
+                worker, rt, cluster, stream, origin, buffer, idle, max_age, stats, filters,
             )
             .await
         }
@@ -123,7 +105,9 @@ async fn forward<D>(
     cluster: &Cluster,
     downstream: D,
     origin: Origin,
-    (buffer, idle, max_age): (usize, Duration, Option<Duration>),
+    buffer: usize,
+    idle: Duration,
+    max_age: Option<Duration>,
     stats: &ListenerStats,
     filters: Option<crate::wasm::l4::NetChain>,
 ) where
@@ -183,7 +167,8 @@ async fn forward<D>(
 
 /// Copies both ways, reading up to `buffer` bytes at once in each direction, until both
 /// directions are done (a half-close is passed on and the other direction continues),
-/// the connection is idle for `idle`, or it is older than `max_age`. Returns (bytes client→upstream, bytes upstream→client).
+/// the connection is idle for `idle`, or it is older than `max_age`. Returns (bytes
+/// client→upstream, bytes upstream→client).
 pub async fn splice<A, B>(a: A, b: B, buffer: usize, idle: Duration, max_age: Option<Duration>) -> (u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin,

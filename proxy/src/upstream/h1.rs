@@ -21,7 +21,6 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use crate::send_batch::BatchedStream;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -31,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::{OpenGuard, Pool};
 use crate::body::{BoxError, UpstreamBody};
 use crate::runtime::PoolSettings;
+use crate::send_batch::BatchedStream;
 
 /// Longest response head (status line and header fields) accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
