@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -261,6 +262,13 @@ def main():
                 f"{mine}/{other}: req/cpu-s {t['per_cpu_s'] / m['per_cpu_s']:.2f}x  rps {t['rps'] / m['rps']:.2f}x  "
                 f"p99@64 {t['p99'] / m['p99']:.2f}x  p99@1 {results[mine][1]['p99'] / results[other][1]['p99']:.2f}x"
             )
+            if args.rounds > 1:
+                # Rounds run back to back, so a round's ratio shares that round's machine
+                # state; their median is steadier than the ratio of medians on a busy VM.
+                pairs = list(zip(runs[mine], runs[other]))
+                cpu = statistics.median(a[0]["per_cpu_s"] / b[0]["per_cpu_s"] for a, b in pairs)
+                p99 = statistics.median(a[0]["p99"] / b[0]["p99"] for a, b in pairs)
+                print(f"{'':<{len(mine) + len(other) + 1}}  median of per-round ratios: req/cpu-s {cpu:.2f}x  p99@64 {p99:.2f}x")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
