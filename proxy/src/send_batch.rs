@@ -158,23 +158,19 @@ impl Outbox {
             return;
         }
         match send_now(self.fd, &s.buf) {
-            Ok(n) if n == s.buf.len() => s.emptied(),
+            Ok(n) if n == s.buf.len() => return s.emptied(),
             Ok(n) => {
                 s.buf.drain(..n);
                 s.stalled = true;
-                self.attention.store(true, Relaxed);
-                if let Some(w) = &s.waker {
-                    w.wake_by_ref();
-                }
             }
             Err(e) => {
                 s.buf.clear();
                 s.error = Some(e.kind());
-                self.attention.store(true, Relaxed);
-                if let Some(w) = &s.waker {
-                    w.wake_by_ref();
-                }
             }
+        }
+        self.attention.store(true, Relaxed);
+        if let Some(w) = &s.waker {
+            w.wake_by_ref();
         }
     }
 }
@@ -221,11 +217,6 @@ impl BatchedStream {
         }
     }
 
-    /// The underlying socket (addresses, options).
-    pub fn get_ref(&self) -> &TcpStream {
-        &self.sock
-    }
-
     /// Sends what is queued from this task, waiting for the socket if it is full.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut s = self.out.lock();
@@ -269,6 +260,26 @@ impl BatchedStream {
         }
         Some(Ok(len))
     }
+
+    /// The write path shared by plain and vectored writes: `Some(n)` when `bufs` were
+    /// queued, `None` when they must be written directly (what was queued is sent first).
+    fn poll_queue(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+        len: usize,
+    ) -> Poll<io::Result<Option<usize>>> {
+        if let Some(r) = self.try_queue(cx, bufs, len) {
+            return Poll::Ready(r.map(Some));
+        }
+        std::task::ready!(self.poll_drain(cx))?;
+        if len < QUEUE_LIMIT {
+            if let Some(r) = self.try_queue(cx, bufs, len) {
+                return Poll::Ready(r.map(Some));
+            }
+        }
+        Poll::Ready(Ok(None))
+    }
 }
 
 impl AsyncRead for BatchedStream {
@@ -287,16 +298,10 @@ impl AsyncRead for BatchedStream {
 impl AsyncWrite for BatchedStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(r) = this.try_queue(cx, &[IoSlice::new(buf)], buf.len()) {
-            return Poll::Ready(r);
+        match std::task::ready!(this.poll_queue(cx, &[IoSlice::new(buf)], buf.len()))? {
+            Some(n) => Poll::Ready(Ok(n)),
+            None => Pin::new(&mut this.sock).poll_write(cx, buf),
         }
-        std::task::ready!(this.poll_drain(cx))?;
-        if buf.len() < QUEUE_LIMIT {
-            if let Some(r) = this.try_queue(cx, &[IoSlice::new(buf)], buf.len()) {
-                return Poll::Ready(r);
-            }
-        }
-        Pin::new(&mut this.sock).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -306,16 +311,10 @@ impl AsyncWrite for BatchedStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let len = bufs.iter().map(|b| b.len()).sum();
-        if let Some(r) = this.try_queue(cx, bufs, len) {
-            return Poll::Ready(r);
+        match std::task::ready!(this.poll_queue(cx, bufs, len))? {
+            Some(n) => Poll::Ready(Ok(n)),
+            None => Pin::new(&mut this.sock).poll_write_vectored(cx, bufs),
         }
-        std::task::ready!(this.poll_drain(cx))?;
-        if len < QUEUE_LIMIT {
-            if let Some(r) = this.try_queue(cx, bufs, len) {
-                return Poll::Ready(r);
-            }
-        }
-        Pin::new(&mut this.sock).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
