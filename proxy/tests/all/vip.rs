@@ -640,6 +640,9 @@ fn maintenance_under_keep_alive_load_loses_no_request() {
     let total = codes.lines().count();
     let failed = codes.lines().filter(|c| *c != "200").count();
     eprintln!("maintenance under keep-alive load: {total} requests, {failed} failed");
+    for (i, c) in codes.lines().enumerate().filter(|(_, c)| *c != "200") {
+        eprintln!("  request {i} of 1500: status {c} (000 = no HTTP answer: curl could not connect or the connection dropped)");
+    }
     let naive = String::from_utf8_lossy(&naive.wait_with_output().unwrap().stdout).to_string();
     let (ok, bad) = naive.trim().split_once(' ').expect("naive client output");
     eprintln!("maintenance, naive keep-alive client (ignores Connection: close): {ok} succeeded, {bad} failed");
