@@ -69,7 +69,7 @@ fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Resp
     r
 }
 
-async fn serve(shared: &Shared, token: Option<&str>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn serve(shared: &Arc<Shared>, token: Option<&str>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Some(t) = token {
         let ok = req
             .headers()

@@ -54,6 +54,10 @@ pub struct Shared {
     pub maintenance: tokio::sync::watch::Sender<bool>,
     /// The same flag for the request path (an atomic load, no lock).
     pub in_maintenance: AtomicBool,
+    /// Closed just before the VIPs are released: listeners drop new connections to a
+    /// VIP unanswered, so their SYNs are sent again to the VIP's next holder (see
+    /// [`crate::syn_gate`]).
+    pub syn_gate_closed: tokio::sync::watch::Sender<bool>,
     /// Workers whose listeners are bound and accepting.
     pub workers_ready: AtomicUsize,
     /// Worker count.
@@ -108,6 +112,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             maintenance: tokio::sync::watch::channel(false).0,
             in_maintenance: AtomicBool::new(false),
+            syn_gate_closed: tokio::sync::watch::channel(false).0,
             workers_ready: AtomicUsize::new(0),
             workers,
             connections: AtomicU64::new(0),
@@ -241,9 +246,10 @@ impl Shared {
 
     /// Maintenance on: clients are asked to close their connections (so their next ones
     /// go wherever the VIP is) while this node still holds its VIPs; after `handover`
-    /// the VIPs are released with priority 0 and the peer takes over. In-flight requests
-    /// finish. Off: keep-alive is normal again and the VIPs rejoin the election.
-    pub fn set_maintenance(&self, on: bool, handover: Duration) {
+    /// the SYN gate closes and the VIPs are released with priority 0, and the peer takes
+    /// over. In-flight requests finish. Off: the gate opens, keep-alive is normal again
+    /// and the VIPs rejoin the election.
+    pub fn set_maintenance(self: &Arc<Self>, on: bool, handover: Duration) {
         self.in_maintenance.store(on, Relaxed);
         self.maintenance.send_replace(on);
         if let Some(v) = crate::vips::get() {
@@ -252,11 +258,17 @@ impl Shared {
                     ?handover,
                     "maintenance: closing client connections, then releasing VIPs"
                 );
+                let shared = self.clone();
                 std::thread::spawn(move || {
                     std::thread::sleep(handover);
-                    v.set_maintenance(true);
+                    // Turned off again during the handover: nothing to release.
+                    if shared.in_maintenance.load(Relaxed) {
+                        shared.syn_gate_closed.send_replace(true);
+                        v.set_maintenance(true);
+                    }
                 });
             } else {
+                self.syn_gate_closed.send_replace(false);
                 v.set_maintenance(false);
             }
         } else if on {

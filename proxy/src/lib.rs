@@ -29,6 +29,7 @@ pub mod send_batch;
 pub mod server;
 pub mod sni;
 pub mod sticky;
+pub mod syn_gate;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;

@@ -164,8 +164,10 @@ pub fn run_until_stopped(running: Running) -> Result<(), RunError> {
             }
         }
         sd_notify("STOPPING=1");
-        // VIPs go first (priority 0: the peer takes over at once); then drain.
+        // VIPs go first (priority 0: the peer takes over at once), behind the closed
+        // SYN gate; then drain.
         if let Some(v) = crate::vips::get() {
+            shared.syn_gate_closed.send_replace(true);
             v.stop(Duration::from_secs(1));
         }
         shared.begin_drain();

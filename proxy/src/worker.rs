@@ -17,6 +17,7 @@ use crate::balancer::WorkerState;
 use crate::config::ListenerConfig;
 use crate::control::Shared;
 use crate::runtime::Runtime;
+use crate::syn_gate::SynGate;
 use crate::upstream::Pool;
 
 /// Spawns futures on the current worker's `LocalSet`; lets hyper run `!Send`
@@ -229,10 +230,31 @@ async fn accept_loop(worker: Rc<Worker>, idx: usize, listener: TcpListener) {
     let mut shutdown = worker.shared.shutdown.subscribe();
     let stats = worker.shared.listeners[idx].1.clone();
     let max = worker.listeners[idx].max_connections as u64;
+    let vips: Vec<std::net::IpAddr> = worker
+        .shared
+        .runtime
+        .load()
+        .config
+        .vips
+        .iter()
+        .flat_map(|v| v.addresses.iter().map(|(a, _)| *a))
+        .collect();
+    let gate = SynGate::for_listener(worker.listeners[idx].listen, &vips);
+    let mut gate_closed = worker.shared.syn_gate_closed.subscribe();
+    let mut gate_watch = gate.is_some();
+    if gate_watch && *gate_closed.borrow_and_update() {
+        set_gate(gate.as_ref(), &listener, true, &worker.listeners[idx].name);
+    }
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.wait_for(|d| *d) => break,
+            r = gate_closed.changed(), if gate_watch => {
+                gate_watch = r.is_ok();
+                let close = *gate_closed.borrow_and_update();
+                set_gate(gate.as_ref(), &listener, close, &worker.listeners[idx].name);
+                continue;
+            }
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
@@ -258,5 +280,17 @@ async fn accept_loop(worker: Rc<Worker>, idx: usize, listener: TcpListener) {
             peer,
             stats.clone(),
         ));
+    }
+}
+
+/// Closes or opens a listener's SYN gate (see [`crate::syn_gate`]).
+fn set_gate(gate: Option<&SynGate>, listener: &TcpListener, close: bool, name: &str) {
+    use std::os::fd::AsRawFd;
+    let Some(gate) = gate else { return };
+    let fd = listener.as_raw_fd();
+    let r = if close { gate.close(fd) } else { SynGate::open(fd) };
+    match r {
+        Ok(()) => tracing::debug!(listener = name, close, "SYN gate set"),
+        Err(e) => tracing::warn!(listener = name, error = %e, "cannot set the SYN gate"),
     }
 }

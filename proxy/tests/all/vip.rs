@@ -596,6 +596,42 @@ for _ in range(n):
 print(ok, failed)
 "#;
 
+/// Four threads, each opening a new connection per request (the client most exposed
+/// to the moment the VIP moves: some connection is always being set up), for `secs`.
+/// Prints "ok failed" and one line per failure.
+const FRESH_CLIENT: &str = r#"
+import socket, sys, threading, time
+host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+req = b"GET /?delay_ms=1 HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n"
+ok, failed = [0], []
+lock = threading.Lock()
+def run():
+    end = time.time() + secs
+    while time.time() < end:
+        try:
+            s = socket.create_connection((host, port), timeout=4)
+            s.sendall(req)
+            data = b""
+            while True:
+                b = s.recv(4096)
+                if not b:
+                    break
+                data += b
+            s.close()
+            if not data.startswith(b"HTTP/1.1 200 "):
+                raise IOError("answer: %r" % data[:40])
+            with lock:
+                ok[0] += 1
+        except Exception as e:
+            with lock:
+                failed.append(repr(e))
+ts = [threading.Thread(target=run) for _ in range(4)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(ok[0], len(failed))
+for f in failed: print(f)
+"#;
+
 #[test]
 fn maintenance_under_keep_alive_load_loses_no_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -632,6 +668,15 @@ fn maintenance_under_keep_alive_load_loses_no_request() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let fresh = dir.path().join("fresh.py");
+    std::fs::write(&fresh, FRESH_CLIENT).unwrap();
+    let fresh = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("c"), "python3"])
+        .arg(&fresh)
+        .args([VIP, "8080", "2.5"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(700));
     let out = lab.ctl("a", &["maintenance", "on"]);
     assert!(out.contains("\"maintenance\":true"), "{out}");
@@ -650,6 +695,15 @@ fn maintenance_under_keep_alive_load_loses_no_request() {
         ok.parse::<u32>().unwrap() > 1000,
         "the naive client stopped being served: {naive}"
     );
+    let fresh = String::from_utf8_lossy(&fresh.wait_with_output().unwrap().stdout).to_string();
+    eprintln!("maintenance, a new connection per request (4 threads): {fresh}");
+    let (ok, bad) = fresh
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(' '))
+        .expect("fresh client output");
+    assert!(ok.parse::<u32>().unwrap() > 100, "{fresh}");
+    assert_eq!(bad, "0", "new connections failed while the VIP moved: {fresh}");
     assert_eq!(total, 1500);
     assert_eq!(failed, 0, "requests failed during the maintenance handover");
     std::thread::sleep(Duration::from_millis(400));
