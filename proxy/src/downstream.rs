@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -223,10 +223,18 @@ async fn serve<IO>(
     });
     // Timers and drain live in a separate watcher task, so the hot connection task only
     // polls hyper; the watcher flags an action and wakes it.
+    // HTTP/2's GOAWAY tells the client which streams were not taken, so an idle h2
+    // connection closes at once in maintenance; see `watch` for HTTP/1.1.
+    let idle_grace = if h2 {
+        Duration::ZERO
+    } else {
+        worker.shared.runtime.load().config.server.maintenance_handover / 2
+    };
     let watcher = tokio::task::spawn_local(watch(
         state.clone(),
         worker.shared.shutdown.subscribe(),
         worker.shared.maintenance.subscribe(),
+        idle_grace,
         lcfg.clone(),
         stats.clone(),
     ));
@@ -314,12 +322,19 @@ impl ConnState {
 
 /// The connection's timers: the first-request deadline (header_read_timeout, which
 /// also covers a client that sends nothing), later request heads (checked once per
-/// header_read_timeout), the idle keep-alive deadline, the request cap and the process
-/// drain. Sleeps until one of them matters.
+/// header_read_timeout), the idle keep-alive deadline, the request cap, maintenance and
+/// the process drain. Sleeps until one of them matters.
+///
+/// Maintenance closes a keep-alive connection once it has been idle for `idle_grace`
+/// (half the handover for HTTP/1.1). A busy client's connection is never idle that long:
+/// its next response carries `Connection: close` and it reconnects without losing a
+/// request. Closing every idle connection at once would race such a client's next
+/// request, which is lost unless the client retries it.
 async fn watch(
     state: Rc<ConnState>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     mut maintenance: tokio::sync::watch::Receiver<bool>,
+    idle_grace: Duration,
     lcfg: crate::config::ListenerConfig,
     stats: Arc<ListenerStats>,
 ) {
@@ -337,14 +352,23 @@ async fn watch(
         } else {
             (state.last_active.get() + lcfg.idle_timeout).min(now + lcfg.header_read_timeout)
         };
+        // Maintenance: a keep-alive connection idle for `idle_grace` closes; a busy one
+        // after its response (which carries Connection: close); a new one serves its
+        // first request with Connection: close. Looked at again every `idle_grace`.
+        let in_maintenance = *maintenance.borrow_and_update();
+        let idle = state.requests.get() > 0 && state.in_flight.get() == 0 && !state.head.pending.load(Relaxed);
+        if in_maintenance && idle && state.last_active.get() + idle_grace <= now {
+            return state.request(Action::Graceful);
+        }
+        let maintenance_check = if idle {
+            state.last_active.get() + idle_grace
+        } else {
+            now + idle_grace.max(Duration::from_millis(10))
+        };
         tokio::select! {
             _ = shutdown.wait_for(|d| *d) => return state.request(Action::Graceful),
-            // Maintenance: an idle keep-alive connection closes now; a busy one after its
-            // response (which carries Connection: close); a new one serves its first
-            // request with Connection: close.
-            _ = maintenance.wait_for(|m| *m), if state.requests.get() > 0 && state.in_flight.get() == 0 => {
-                return state.request(Action::Graceful);
-            }
+            _ = maintenance.changed(), if !in_maintenance => {}
+            _ = tokio::time::sleep_until(maintenance_check.into()), if in_maintenance => {}
             _ = state.wake.notified() => {
                 if state.close.get() {
                     return state.request(Action::Graceful);

@@ -164,9 +164,18 @@ pub fn run_until_stopped(running: Running) -> Result<(), RunError> {
             }
         }
         sd_notify("STOPPING=1");
-        // VIPs go first (priority 0: the peer takes over at once), behind the closed
-        // SYN gate; then drain.
+        // A VIP holder hands over as in maintenance: clients are asked to close their
+        // connections for `maintenance_handover` (their next ones still reach this node,
+        // one request each), then the SYN gate closes and the VIPs go with priority 0
+        // (the peer takes over at once); then drain.
         if let Some(v) = crate::vips::get() {
+            if v.holds_any() && !shared.in_maintenance.load(Relaxed) {
+                let handover = shared.runtime.load().config.server.maintenance_handover;
+                tracing::info!(?handover, "stopping: closing client connections, then releasing VIPs");
+                shared.in_maintenance.store(true, Relaxed);
+                shared.maintenance.send_replace(true);
+                tokio::time::sleep(handover).await;
+            }
             shared.syn_gate_closed.send_replace(true);
             v.stop(Duration::from_secs(1));
         }

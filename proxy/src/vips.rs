@@ -95,6 +95,11 @@ impl Vips {
         *self.control.borrow() == Control::Release
     }
 
+    /// Whether this node is master of any VIP (holds addresses clients reach).
+    pub fn holds_any(&self) -> bool {
+        self.routers.iter().any(|(_, s)| s.state.load(Relaxed) == 2)
+    }
+
     /// Releases every VIP (the peer takes over at once) and waits up to `limit`.
     pub fn stop(&self, limit: Duration) {
         let _ = self.control.send(Control::Stop);

@@ -99,6 +99,22 @@ impl Lab {
         self.children.push((label.to_string(), child));
     }
 
+    /// SIGTERM to `label`; its exit status (killed if it has not exited by `limit`).
+    fn term(&mut self, label: &str, limit: Duration) -> std::process::ExitStatus {
+        let i = self.children.iter().position(|(l, _)| l == label).unwrap();
+        let (_, mut c) = self.children.remove(i);
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().unwrap()
+    }
+
     fn kill9(&mut self, label: &str) {
         let i = self.children.iter().position(|(l, _)| l == label).unwrap();
         let (_, mut c) = self.children.remove(i);
@@ -553,24 +569,29 @@ fn interoperates_with_keepalived_both_ways() {
     lab.wait_for("node-a", Duration::from_secs(5));
 }
 
-/// A keep-alive client that never looks at `Connection: close`: it sends the next request
-/// on the same socket and reconnects only after one failed. Prints `OK FAILED`.
-const NAIVE_CLIENT: &str = r#"
+/// A keep-alive client over one socket that never retries a request. With `honour` 1 it
+/// closes the socket after a response that says `Connection: close` and opens a new one
+/// for the next request (as HTTP/1.1 asks); with 0 it never looks at it: it sends the
+/// next request on the same socket and reconnects only after one failed. Prints
+/// `OK FAILED`.
+const KEEP_ALIVE_CLIENT: &str = r#"
 import socket, sys
-host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+host, port, n, honour = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 req = b"GET /?delay_ms=1 HTTP/1.1\r\nHost: vip\r\n\r\n"
 ok = failed = 0
 s = f = None
-for _ in range(n):
+for i in range(n):
+    fresh = s is None
     try:
         if s is None:
-            s = socket.create_connection((host, port), timeout=1)
+            s = socket.create_connection((host, port), timeout=4)
             f = s.makefile("rb")
         s.sendall(req)
         status = f.readline()
         if not status:
             raise IOError("closed")
         length = 0
+        close = False
         while True:
             line = f.readline()
             if not line:
@@ -580,14 +601,21 @@ for _ in range(n):
             k, _, v = line.partition(b":")
             if k.strip().lower() == b"content-length":
                 length = int(v)
+            if k.strip().lower() == b"connection" and v.strip().lower() == b"close":
+                close = True
         if len(f.read(length)) < length:
             raise IOError("short body")
         if b" 200 " in status:
             ok += 1
         else:
             failed += 1
-    except Exception:
+        if close and honour:
+            s.close()
+            s = f = None
+    except Exception as e:
         failed += 1
+        if honour:
+            sys.stderr.write("keep-alive client, request %d (%s connection): %r\n" % (i, "new" if fresh else "reused", e))
         try:
             s.close()
         except Exception:
@@ -632,84 +660,129 @@ print(ok[0], len(failed))
 for f in failed: print(f)
 "#;
 
+/// The clients of a handover test, started together in the client namespace.
+struct HandoverLoad {
+    curl: Child,
+    naive: Child,
+    strict: Child,
+    fresh: Child,
+}
+
+impl HandoverLoad {
+    /// Keep-alive clients that honour Connection: close: curl (reuses its connection for
+    /// the URLs given, reconnects when asked to close, and retries a request whose reused
+    /// connection died; 1,500 requests, ~3 s) and a strict one that never retries; a
+    /// naive one that ignores it (reconnecting only after a request failed on its
+    /// connection; each such failure is counted); and four threads opening a new
+    /// connection per request for 2.5 s.
+    fn start(lab: &Lab, dir: &std::path::Path) -> HandoverLoad {
+        let url = format!("http://{VIP}:8080/?delay_ms=1");
+        let mut args = vec![
+            "netns".to_string(),
+            "exec".into(),
+            lab.ns("c"),
+            "curl".into(),
+            "-s".into(),
+        ];
+        for _ in 0..1500 {
+            args.extend([
+                "-o".into(),
+                "/dev/null".into(),
+                "-w".into(),
+                "%{http_code}\\n".into(),
+                url.clone(),
+            ]);
+        }
+        let curl = Command::new("ip").args(&args).stdout(Stdio::piped()).spawn().unwrap();
+        let python = |name: &str, script: &str, args: &[&str]| {
+            let path = dir.join(name);
+            std::fs::write(&path, script).unwrap();
+            Command::new("ip")
+                .args(["netns", "exec", &lab.ns("c"), "python3"])
+                .arg(&path)
+                .args([VIP, "8080"])
+                .args(args)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let naive = python("naive.py", KEEP_ALIVE_CLIENT, &["1500", "0"]);
+        let strict = python("strict.py", KEEP_ALIVE_CLIENT, &["1500", "1"]);
+        let fresh = python("fresh.py", FRESH_CLIENT, &["2.5"]);
+        HandoverLoad {
+            curl,
+            naive,
+            strict,
+            fresh,
+        }
+    }
+
+    /// Waits for the clients and asserts that none that follows `Connection: close`
+    /// lost a request, and that the naive one kept being served.
+    fn assert_nothing_lost(self, what: &str) {
+        let out = self.curl.wait_with_output().unwrap();
+        let codes = String::from_utf8_lossy(&out.stdout);
+        let total = codes.lines().count();
+        let failed = codes.lines().filter(|c| *c != "200").count();
+        eprintln!("{what} under keep-alive load: {total} requests, {failed} failed");
+        for (i, c) in codes.lines().enumerate().filter(|(_, c)| *c != "200") {
+            eprintln!("  request {i} of 1500: status {c} (000 = no HTTP answer: curl could not connect or the connection dropped)");
+        }
+        let naive = String::from_utf8_lossy(&self.naive.wait_with_output().unwrap().stdout).to_string();
+        let (ok, bad) = naive.trim().split_once(' ').expect("naive client output");
+        eprintln!("{what}, naive keep-alive client (ignores Connection: close): {ok} succeeded, {bad} failed");
+        assert!(
+            ok.parse::<u32>().unwrap() > 1000,
+            "the naive client stopped being served: {naive}"
+        );
+        let strict = String::from_utf8_lossy(&self.strict.wait_with_output().unwrap().stdout).to_string();
+        eprintln!("{what}, keep-alive client that never retries: {strict}");
+        assert_eq!(
+            strict.trim().split_once(' ').map(|(_, bad)| bad),
+            Some("0"),
+            "a keep-alive request failed ({what}): {strict}"
+        );
+        let fresh = String::from_utf8_lossy(&self.fresh.wait_with_output().unwrap().stdout).to_string();
+        eprintln!("{what}, a new connection per request (4 threads): {fresh}");
+        let (ok, bad) = fresh
+            .lines()
+            .next()
+            .and_then(|l| l.split_once(' '))
+            .expect("fresh client output");
+        assert!(ok.parse::<u32>().unwrap() > 100, "{fresh}");
+        assert_eq!(bad, "0", "new connections failed while the VIP moved ({what}): {fresh}");
+        assert_eq!(total, 1500);
+        assert_eq!(failed, 0, "requests failed during the handover ({what})");
+    }
+}
+
 #[test]
 fn maintenance_under_keep_alive_load_loses_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let Some(lab) = Lab::pair(dir.path()) else { return };
     std::thread::sleep(Duration::from_millis(300));
-    // A keep-alive client that honours Connection: close (curl reuses its connection
-    // for the URLs given and reconnects when asked to close), ~3 s of requests.
-    let url = format!("http://{VIP}:8080/?delay_ms=1");
-    let mut args = vec![
-        "netns".to_string(),
-        "exec".into(),
-        lab.ns("c"),
-        "curl".into(),
-        "-s".into(),
-    ];
-    for _ in 0..1500 {
-        args.extend([
-            "-o".into(),
-            "/dev/null".into(),
-            "-w".into(),
-            "%{http_code}\\n".into(),
-            url.clone(),
-        ]);
-    }
-    let client = Command::new("ip").args(&args).stdout(Stdio::piped()).spawn().unwrap();
-    // Beside it a naive client: one keep-alive connection that ignores Connection: close
-    // and only reconnects after a request failed on it (each such failure is counted).
-    let naive = dir.path().join("naive.py");
-    std::fs::write(&naive, NAIVE_CLIENT).unwrap();
-    let naive = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("c"), "python3"])
-        .arg(&naive)
-        .args([VIP, "8080", "1500"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let fresh = dir.path().join("fresh.py");
-    std::fs::write(&fresh, FRESH_CLIENT).unwrap();
-    let fresh = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("c"), "python3"])
-        .arg(&fresh)
-        .args([VIP, "8080", "2.5"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let load = HandoverLoad::start(&lab, dir.path());
     std::thread::sleep(Duration::from_millis(700));
     let out = lab.ctl("a", &["maintenance", "on"]);
     assert!(out.contains("\"maintenance\":true"), "{out}");
-    let out = client.wait_with_output().unwrap();
-    let codes = String::from_utf8_lossy(&out.stdout);
-    let total = codes.lines().count();
-    let failed = codes.lines().filter(|c| *c != "200").count();
-    eprintln!("maintenance under keep-alive load: {total} requests, {failed} failed");
-    for (i, c) in codes.lines().enumerate().filter(|(_, c)| *c != "200") {
-        eprintln!("  request {i} of 1500: status {c} (000 = no HTTP answer: curl could not connect or the connection dropped)");
-    }
-    let naive = String::from_utf8_lossy(&naive.wait_with_output().unwrap().stdout).to_string();
-    let (ok, bad) = naive.trim().split_once(' ').expect("naive client output");
-    eprintln!("maintenance, naive keep-alive client (ignores Connection: close): {ok} succeeded, {bad} failed");
-    assert!(
-        ok.parse::<u32>().unwrap() > 1000,
-        "the naive client stopped being served: {naive}"
-    );
-    let fresh = String::from_utf8_lossy(&fresh.wait_with_output().unwrap().stdout).to_string();
-    eprintln!("maintenance, a new connection per request (4 threads): {fresh}");
-    let (ok, bad) = fresh
-        .lines()
-        .next()
-        .and_then(|l| l.split_once(' '))
-        .expect("fresh client output");
-    assert!(ok.parse::<u32>().unwrap() > 100, "{fresh}");
-    assert_eq!(bad, "0", "new connections failed while the VIP moved: {fresh}");
-    assert_eq!(total, 1500);
-    assert_eq!(failed, 0, "requests failed during the maintenance handover");
+    load.assert_nothing_lost("maintenance");
     std::thread::sleep(Duration::from_millis(400));
     assert!(lab.holds_vip("b") && !lab.holds_vip("a"), "the VIP moved to B");
     let status = lab.ctl("a", &["status"]);
     assert!(status.contains("\"maintenance\":true"), "{status}");
+}
+
+#[test]
+fn sigterm_of_the_master_under_load_hands_over_without_losing_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut lab) = Lab::pair(dir.path()) else { return };
+    std::thread::sleep(Duration::from_millis(300));
+    let load = HandoverLoad::start(&lab, dir.path());
+    std::thread::sleep(Duration::from_millis(700));
+    let exited = lab.term("node-a", Duration::from_secs(5));
+    load.assert_nothing_lost("SIGTERM of the master");
+    assert!(exited.success(), "A did not exit cleanly: {exited:?}");
+    assert!(lab.holds_vip("b") && !lab.holds_vip("a"), "the VIP moved to B");
 }
 
 #[test]
