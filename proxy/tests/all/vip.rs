@@ -188,7 +188,7 @@ impl Lab {
             dir,
             n,
             &format!(
-                "[server]\nworkers = 1\ndrain_timeout = \"1s\"\nmaintenance_handover = \"300ms\"\n[admin]\nlisten = \"127.0.0.1:9900\"\n[log]\nlevel = \"warn\"\n\
+                "[server]\nworkers = 1\ndrain_timeout = \"1s\"\nmaintenance_handover = \"500ms\"\n[admin]\nlisten = \"127.0.0.1:9900\"\n[log]\nlevel = \"warn\"\n\
 [[listener]]\nname = \"web\"\nlisten = \"{VIP}:8080\"\n\
 [[cluster]]\nname = \"local\"\n{cluster_extra}\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n\
 [[route]]\nname = \"all\"\ncluster = \"local\"\n\
