@@ -251,6 +251,7 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         "ready": shared.is_ready(),
         "draining": shared.draining.load(Relaxed),
         "maintenance": shared.in_maintenance.load(Relaxed),
+        "syn_gate_closed": *shared.syn_gate_closed.borrow(),
         "workers": shared.workers,
         "connections": shared.connections.load(Relaxed),
         "config": { "source": cfg.source, "generation": rt.generation, "hash": format!("{:016x}", rt.hash) },

@@ -435,6 +435,8 @@ fn election_failover_on_kill_preemption_and_maintenance() {
     }
     lab.ctl("a", &["maintenance", "off"]);
     lab.wait_for("node-a", Duration::from_secs(5));
+    let status = lab.ctl("a", &["status"]);
+    assert!(status.contains("\"syn_gate_closed\":false"), "{status}");
 
     let deadline = Instant::now() + Duration::from_secs(3);
     while !lab
@@ -567,6 +569,8 @@ fn interoperates_with_keepalived_both_ways() {
     eprintln!("tandem maintenance → keepalived serving after {took:?}");
     lab.ctl("a", &["maintenance", "off"]);
     lab.wait_for("node-a", Duration::from_secs(5));
+    let status = lab.ctl("a", &["status"]);
+    assert!(status.contains("\"syn_gate_closed\":false"), "{status}");
 }
 
 /// A keep-alive client over one socket that never retries a request. With `honour` 1 it
@@ -770,6 +774,7 @@ fn maintenance_under_keep_alive_load_loses_no_request() {
     assert!(lab.holds_vip("b") && !lab.holds_vip("a"), "the VIP moved to B");
     let status = lab.ctl("a", &["status"]);
     assert!(status.contains("\"maintenance\":true"), "{status}");
+    assert!(status.contains("\"syn_gate_closed\":true"), "{status}");
 }
 
 #[test]
