@@ -115,44 +115,36 @@ impl SynGate {
             len: self.program.len() as libc::c_ushort,
             filter: self.program.as_ptr() as *mut libc::sock_filter,
         };
-        // SAFETY: `prog` points at a live program of `len` instructions; the kernel
-        // copies it before returning.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                std::ptr::addr_of!(prog).cast(),
-                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        // The kernel copies the program before returning.
+        set_socket_option(fd, libc::SO_ATTACH_FILTER, &prog)
     }
 
     /// Opens the gate again (no filter on `fd`).
     pub fn open(fd: RawFd) -> io::Result<()> {
-        let zero: libc::c_int = 0;
-        // SAFETY: a plain option write with an int argument.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_DETACH_FILTER,
-                std::ptr::addr_of!(zero).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        let err = io::Error::last_os_error();
-        // ENOENT: there was no filter; the gate is open either way.
-        if r == 0 || err.raw_os_error() == Some(libc::ENOENT) {
-            Ok(())
-        } else {
-            Err(err)
+        match set_socket_option(fd, libc::SO_DETACH_FILTER, &0 as &libc::c_int) {
+            // ENOENT: there was no filter; the gate is open either way.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r,
         }
+    }
+}
+
+/// `setsockopt(fd, SOL_SOCKET, name, value)`.
+fn set_socket_option<T>(fd: RawFd, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is a live `T` of the length given; the kernel only reads it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            std::ptr::from_ref(value).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
