@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,15 @@ def main():
               f"{r['rss_kb'] / 1024:>8.1f} {r['instance_bytes'] / 1024:>12.0f} {r['errors']:>6}")
         if args.rounds > 1:
             print(f"{'':<10} cpu µs/req per round: " + ", ".join(f"{x['us_per_req']:.2f}" for x in runs[name]))
+    if args.rounds > 1:
+        # Each filter run against the no-filter run of the same round: the machine's
+        # drift between rounds cancels out, which the per-variant medians above keep.
+        print("\npaired with the no-filter run of the same round (median of rounds):")
+        for name in ("noop", "headers"):
+            added = [f["us_per_req"] - b["us_per_req"] for f, b in zip(runs[name], runs["none"])]
+            ratio = [f["rps"] / b["rps"] for f, b in zip(runs[name], runs["none"])]
+            print(f"  {name:<8} added µs {statistics.median(added):5.2f}  rps ratio {statistics.median(ratio):.2f}"
+                  f"   per round: " + ", ".join(f"{a:+.2f} µs/{r:.2f}" for a, r in zip(added, ratio)))
     print(json.dumps({k: {kk: round(vv, 3) if isinstance(vv, float) else vv for kk, vv in v.items()} for k, v in results.items()}))
 
 
