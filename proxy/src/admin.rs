@@ -172,7 +172,7 @@ async fn serve(shared: &Arc<Shared>, token: Option<&str>, req: Request<Incoming>
             )
         }
         (Method::POST, "/drain") => {
-            shared.begin_drain();
+            shared.stop_requested.send_replace(true);
             text(
                 StatusCode::ACCEPTED,
                 "application/json",

@@ -68,6 +68,9 @@ pub struct Shared {
     pub started: Instant,
     /// Wakes workers to stop accepting and drain.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Asks the control loop to stop as on SIGTERM (`POST /drain`): a VIP holder hands
+    /// its VIPs over before the listeners close.
+    pub stop_requested: tokio::sync::watch::Sender<bool>,
     reload_lock: Mutex<()>,
     removed: Mutex<Vec<RemovedEndpoint>>,
 }
@@ -118,6 +121,7 @@ impl Shared {
             connections: AtomicU64::new(0),
             started: Instant::now(),
             shutdown: tokio::sync::watch::channel(false).0,
+            stop_requested: tokio::sync::watch::channel(false).0,
             reload_lock: Mutex::new(()),
             removed: Mutex::new(Vec::new()),
         })

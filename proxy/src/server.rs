@@ -150,6 +150,7 @@ pub fn run_until_stopped(running: Running) -> Result<(), RunError> {
     } = running.signals;
     rt.block_on(async move {
         let mut drain_rx = shared.shutdown.subscribe();
+        let mut stop_rx = shared.stop_requested.subscribe();
         sd_notify("READY=1");
         loop {
             tokio::select! {
@@ -161,6 +162,7 @@ pub fn run_until_stopped(running: Running) -> Result<(), RunError> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = drain_rx.wait_for(|d| *d) => break,
+                _ = stop_rx.wait_for(|s| *s) => break,
             }
         }
         sd_notify("STOPPING=1");

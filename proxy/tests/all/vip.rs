@@ -102,8 +102,16 @@ impl Lab {
     /// SIGTERM to `label`; its exit status (killed if it has not exited by `limit`).
     fn term(&mut self, label: &str, limit: Duration) -> std::process::ExitStatus {
         let i = self.children.iter().position(|(l, _)| l == label).unwrap();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.children[i].1.id().to_string()])
+            .status();
+        self.wait_exit(label, limit)
+    }
+
+    /// The exit status of `label` (killed if it has not exited by `limit`).
+    fn wait_exit(&mut self, label: &str, limit: Duration) -> std::process::ExitStatus {
+        let i = self.children.iter().position(|(l, _)| l == label).unwrap();
         let (_, mut c) = self.children.remove(i);
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
         let t = Instant::now();
         while t.elapsed() < limit {
             if let Ok(Some(st)) = c.try_wait() {
@@ -777,17 +785,34 @@ fn maintenance_under_keep_alive_load_loses_no_request() {
     assert!(status.contains("\"syn_gate_closed\":true"), "{status}");
 }
 
-#[test]
-fn sigterm_of_the_master_under_load_hands_over_without_losing_a_request() {
+/// Stops the master under load (`how` does it and returns its exit status) and asserts
+/// that no client lost a request and that B holds the VIP.
+fn stop_master_under_load(what: &str, how: impl FnOnce(&mut Lab) -> std::process::ExitStatus) {
     let dir = tempfile::tempdir().unwrap();
     let Some(mut lab) = Lab::pair(dir.path()) else { return };
     std::thread::sleep(Duration::from_millis(300));
     let load = HandoverLoad::start(&lab, dir.path());
     std::thread::sleep(Duration::from_millis(700));
-    let exited = lab.term("node-a", Duration::from_secs(5));
-    load.assert_nothing_lost("SIGTERM of the master");
+    let exited = how(&mut lab);
+    load.assert_nothing_lost(what);
     assert!(exited.success(), "A did not exit cleanly: {exited:?}");
     assert!(lab.holds_vip("b") && !lab.holds_vip("a"), "the VIP moved to B");
+}
+
+#[test]
+fn sigterm_of_the_master_under_load_hands_over_without_losing_a_request() {
+    stop_master_under_load("SIGTERM of the master", |lab| {
+        lab.term("node-a", Duration::from_secs(5))
+    });
+}
+
+#[test]
+fn ctl_drain_of_the_master_under_load_hands_over_as_sigterm_does() {
+    stop_master_under_load("`tandem ctl drain` of the master", |lab| {
+        let out = lab.ctl("a", &["drain"]);
+        assert!(out.contains("\"draining\":true"), "{out}");
+        lab.wait_exit("node-a", Duration::from_secs(5))
+    });
 }
 
 #[test]
