@@ -254,8 +254,7 @@ impl Shared {
     /// over. In-flight requests finish. Off: the gate opens, keep-alive is normal again
     /// and the VIPs rejoin the election.
     pub fn set_maintenance(self: &Arc<Self>, on: bool, handover: Duration) {
-        self.in_maintenance.store(on, Relaxed);
-        self.maintenance.send_replace(on);
+        self.ask_clients_to_close(on);
         if let Some(v) = crate::vips::get() {
             if on {
                 tracing::info!(
@@ -278,6 +277,13 @@ impl Shared {
         } else if on {
             tracing::info!("maintenance: closing client connections (no VIPs configured)");
         }
+    }
+
+    /// From `on`: responses carry `Connection: close` (h2: GOAWAY), idle keep-alives
+    /// close, `/ready` answers 503 — the first step of a handover (maintenance, stop).
+    pub fn ask_clients_to_close(&self, on: bool) {
+        self.in_maintenance.store(on, Relaxed);
+        self.maintenance.send_replace(on);
     }
 
     /// Whether every worker accepts and no drain has begun.

@@ -174,8 +174,7 @@ pub fn run_until_stopped(running: Running) -> Result<(), RunError> {
             if v.holds_any() && !shared.in_maintenance.load(Relaxed) {
                 let handover = shared.runtime.load().config.server.maintenance_handover;
                 tracing::info!(?handover, "stopping: closing client connections, then releasing VIPs");
-                shared.in_maintenance.store(true, Relaxed);
-                shared.maintenance.send_replace(true);
+                shared.ask_clients_to_close(true);
                 tokio::time::sleep(handover).await;
             }
             shared.syn_gate_closed.send_replace(true);

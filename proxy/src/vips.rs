@@ -97,7 +97,7 @@ impl Vips {
 
     /// Whether this node is master of any VIP (holds addresses clients reach).
     pub fn holds_any(&self) -> bool {
-        self.routers.iter().any(|(_, s)| s.state.load(Relaxed) == 2)
+        self.routers.iter().any(|(_, s)| s.is_master())
     }
 
     /// Releases every VIP (the peer takes over at once) and waits up to `limit`.

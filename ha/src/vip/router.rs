@@ -131,6 +131,13 @@ pub enum Control {
     Stop,
 }
 
+impl VipStats {
+    /// Whether the router is master (holds the VIPs).
+    pub fn is_master(&self) -> bool {
+        self.state.load(Relaxed) == state_code(State::Master)
+    }
+}
+
 fn state_code(s: State) -> u8 {
     match s {
         State::Initialize => 0,

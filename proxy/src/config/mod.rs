@@ -48,6 +48,14 @@ pub struct Config {
     pub warnings: Vec<ConfigIssue>,
 }
 
+impl Config {
+    /// Every address of this node's VIPs (listeners on them bind before the node holds
+    /// them, and close their SYN gate before they are released).
+    pub fn vip_addresses(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        self.vips.iter().flat_map(|v| v.addresses.iter().map(|(a, _)| *a))
+    }
+}
+
 /// What a failing filter means for its request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailurePolicy {
