@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs Tandem, HAProxy and nginx side by side against the same loopback backends:
 # the HTTP/1.1 keep-alive benchmark (throughput, latency, requests per proxy-CPU-second,
-# ratios) and the gray-failure benchmark (one slow backend with a green /healthz).
+# ratios), the gray-failure benchmark (one slow backend with a green /healthz), TLS and
+# L4, the pair's shared state, proxy-wasm filter cost, and user-space instructions per
+# request (callgrind).
 # Usage: bench/run.sh [seconds-per-run]   (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +16,8 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v taskset >/dev/null || need+=(util-linux)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v openssl >/dev/null || need+=(openssl)
+command -v valgrind >/dev/null || need+=(valgrind)
+command -v curl >/dev/null || need+=(curl)
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
@@ -28,3 +32,4 @@ python3 bench/gray_failure.py --tandem target/release/tandem
 python3 bench/tls_l4.py --tandem target/release/tandem --seconds "${1:-10}"
 python3 bench/pair.py --tandem target/release/tandem
 python3 bench/wasm.py --tandem target/release/tandem --seconds "${1:-10}"
+python3 bench/instructions.py --tandem target/release/tandem

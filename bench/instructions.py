@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""User-space instructions per request: Tandem beside HAProxy and nginx, counted exactly.
+
+The time-based benchmarks (l7.py, tls_l4.py, wasm.py) measure what the targets are
+written in, proxy CPU time, but on a shared VM a single run swings by 10 % or more,
+more than most changes are worth. This one counts the instructions each proxy executes
+in user space (its own code, its libraries, JIT-compiled filters) per request, under
+valgrind's callgrind, which repeats within about 1 % from run to run. Kernel time (the
+larger half of a proxy's CPU here) is not counted: syscalls per request are compared
+with `perf stat` instead (see README.md).
+
+Each proxy runs under callgrind with counting off; after a warm-up the counting is
+switched on for a fixed number of requests from h2load (16 connections; h2 with 16
+streams each), then off again. Under valgrind a proxy runs ~30x slower, so it batches
+more per wake-up than at full speed: compare proxies within one table, not with the
+time-based figures.
+
+Scenarios:
+  h1       plain HTTP/1.1 keep-alive (the l7.py configs): tandem, haproxy, nginx
+  tls_h2   TLS 1.3 + h2 downstream, HTTP/1.1 upstream (the tls_l4.py configs): tandem, haproxy
+  wasm     plain HTTP/1.1 through Tandem without a filter, with the no-op filter and
+           with the header-rules filter (the wasm.py configs)
+"""
+import argparse
+import glob
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+l7 = load("l7")
+tls = load("tls_l4")
+wasm = load("wasm")
+
+SCENARIOS = ("h1", "tls_h2", "wasm")
+
+
+def h2load(url, n, h1):
+    """Runs `n` requests; returns how many succeeded."""
+    cmd = ["h2load", "-c", "16", "-n", str(n)]
+    cmd += ["--h1"] if h1 else ["-m", "16"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=900).stdout
+    m = re.search(r"(\d+) succeeded", out)
+    return int(m.group(1)) if m else 0
+
+
+def wait_ready(url, timeout=120):
+    """Waits until the proxy answers (valgrind takes a while to start a proxy)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r = subprocess.run(["curl", "-ks", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url],
+                           capture_output=True, text=True)
+        if r.stdout == "200":
+            return
+        time.sleep(1)
+    raise SystemExit(f"{url} did not answer within {timeout}s under valgrind")
+
+
+def count(label, cmd, url, h1, n, warmup, out_dir):
+    """Instructions per request of `cmd` serving `n` requests at `url`."""
+    prefix = os.path.join(out_dir, f"cg.{label}")
+    for f in glob.glob(prefix + ".*"):
+        os.remove(f)
+    vg = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes",
+          f"--callgrind-out-file={prefix}.%p"]
+    log = open(os.path.join(out_dir, f"vg.{label}.log"), "w")
+    p = subprocess.Popen(vg + cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    try:
+        wait_ready(url)
+        if h2load(url, warmup, h1) < warmup:
+            raise SystemExit(f"{label}: warm-up requests failed")
+        subprocess.run(["callgrind_control", "-i", "on"], capture_output=True, check=True)
+        ok = h2load(url, n, h1)
+        subprocess.run(["callgrind_control", "-i", "off"], capture_output=True, check=True)
+        if ok < n:
+            raise SystemExit(f"{label}: only {ok} of {n} requests succeeded")
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        log.close()
+    # One file per process (nginx's master and worker); "totals:" closes each dump.
+    total = 0
+    for f in glob.glob(prefix + ".*"):
+        with open(f) as fh:
+            total += sum(int(line.split()[1]) for line in fh if line.startswith("totals:"))
+    return total / n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tandem", required=True)
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated subset of: " + ", ".join(SCENARIOS))
+    args = ap.parse_args()
+    scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
+    bad = [s for s in scenarios if s not in SCENARIOS]
+    if bad:
+        sys.exit(f"--only: unknown scenario(s) {', '.join(bad)}; choose from {', '.join(SCENARIOS)}")
+    for tool in ("valgrind", "callgrind_control", "h2load", "haproxy", "nginx", "curl"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is not installed (bench/run.sh installs what the benchmarks need)")
+    tandem = os.path.abspath(args.tandem)
+    n, warmup = args.requests, max(args.requests // 10, 500)
+    tmp = tempfile.mkdtemp(prefix="tandem-instr-")
+    os.chmod(tmp, 0o755)
+    l7.configs(tmp)
+    tls_tmp = os.path.join(tmp, "tls")
+    os.mkdir(tls_tmp)
+    os.chmod(tls_tmp, 0o755)
+    tls.certs(tls_tmp)
+    tls.configs(tls_tmp)
+    if "wasm" in scenarios:
+        subprocess.run(["rustup", "target", "add", "wasm32-wasip1"], cwd=ROOT, check=False, capture_output=True)
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--target", "wasm32-wasip1",
+                        "--manifest-path", os.path.join(ROOT, "filters/Cargo.toml")], check=True)
+        for v in ("noop", "headers"):
+            with open(f"{tmp}/tandem-{v}.toml", "w") as f:
+                f.write(wasm.tandem_config(tmp, v))
+    # One backend set serves every scenario (same ports in l7.py and tls_l4.py).
+    backend = subprocess.Popen(["nginx", "-p", tls_tmp, "-c", f"{tls_tmp}/backend.conf", "-g", "daemon off;"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    h1_url = lambda name: f"http://127.0.0.1:{l7.PORTS[name]}/"
+    tls_url = lambda name: f"https://127.0.0.1:{tls.PORTS[name][0]}/"
+    runs = {
+        "h1": [
+            ("tandem", [tandem, "run", "-c", f"{tmp}/tandem.toml"], h1_url("tandem")),
+            ("haproxy", ["haproxy", "-db", "-f", f"{tmp}/haproxy.cfg"], h1_url("haproxy")),
+            # One process (no master): a worker forked by the master and switched to an
+            # unprivileged user does not serve under valgrind.
+            ("nginx", ["nginx", "-p", tmp, "-c", f"{tmp}/nginx.conf", "-g", "daemon off; master_process off;"],
+             h1_url("nginx")),
+        ],
+        "tls_h2": [
+            ("tandem", [tandem, "run", "-c", f"{tls_tmp}/tandem.toml"], tls_url("tandem")),
+            ("haproxy", ["haproxy", "-db", "-f", f"{tls_tmp}/haproxy.cfg"], tls_url("haproxy")),
+        ],
+        "wasm": [
+            ("no filter", [tandem, "run", "-c", f"{tmp}/tandem.toml"], h1_url("tandem")),
+            ("noop", [tandem, "run", "-c", f"{tmp}/tandem-noop.toml"], h1_url("tandem")),
+            ("headers", [tandem, "run", "-c", f"{tmp}/tandem-headers.toml"], h1_url("tandem")),
+        ],
+    }
+    results = {}
+    try:
+        l7.wait_http(l7.BACKENDS[0])
+        for s in scenarios:
+            for label, cmd, url in runs[s]:
+                ipr = count(f"{s}-{label.replace(' ', '-')}", cmd, url, s != "tls_h2", n, warmup, tmp)
+                results.setdefault(s, []).append((label, ipr))
+                print(f"  {s:<7} {label:<10} {ipr:>9.0f} instructions/request", flush=True)
+    finally:
+        l7.stop(backend, signal.SIGQUIT)
+
+    print(f"\nUser-space instructions per request (callgrind, {n} requests after {warmup} warm-up, 16 connections)")
+    titles = {"h1": "HTTP/1.1 keep-alive", "tls_h2": "TLS 1.3 + h2 (16 streams per connection)",
+              "wasm": "HTTP/1.1 through Tandem with proxy-wasm filters"}
+    for s in scenarios:
+        print(f"\n{titles[s]}")
+        # Tandem's count over each other proxy's (below 1: Tandem does less work), or
+        # for filters the instructions each adds to the no-filter run.
+        base = results[s][0][1]
+        ref = "tandem/this" if s != "wasm" else "added"
+        print(f"  {'':<10} {'instr/req':>10} {ref:>12}")
+        for label, ipr in results[s]:
+            rel = f"{base / ipr:.2f}x" if s != "wasm" else f"{ipr - base:+.0f}"
+            print(f"  {label:<10} {ipr:>10.0f} {rel:>12}")
+    print(f"\ncallgrind files: {tmp}")
+
+
+if __name__ == "__main__":
+    main()
