@@ -15,6 +15,9 @@ streams each), then off again. Under valgrind a proxy runs ~30x slower, so it ba
 more per wake-up than at full speed: compare proxies within one table, not with the
 time-based figures.
 
+HAProxy and nginx add the request headers Tandem adds unless `--competitor-headers
+minimal` (see l7.py).
+
 Scenarios:
   h1       plain HTTP/1.1 keep-alive (the l7.py configs): tandem, haproxy, nginx
   tls_h2   TLS 1.3 + h2 downstream, HTTP/1.1 upstream (the tls_l4.py configs): tandem, haproxy
@@ -111,6 +114,9 @@ def main():
     ap.add_argument("--tandem", required=True)
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated subset of: " + ", ".join(SCENARIOS))
+    ap.add_argument("--competitor-headers", choices=l7.HEADER_MODES, default="same",
+                    help="same: HAProxy and nginx add the headers Tandem adds (X-Forwarded-For/-Proto/-Host, "
+                         "X-Request-Id both ways); minimal: X-Forwarded-For only")
     args = ap.parse_args()
     scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in scenarios if s not in SCENARIOS]
@@ -123,12 +129,12 @@ def main():
     n, warmup = args.requests, max(args.requests // 10, 500)
     tmp = tempfile.mkdtemp(prefix="tandem-instr-")
     os.chmod(tmp, 0o755)
-    l7.configs(tmp)
+    l7.configs(tmp, args.competitor_headers)
     tls_tmp = os.path.join(tmp, "tls")
     os.mkdir(tls_tmp)
     os.chmod(tls_tmp, 0o755)
     tls.certs(tls_tmp)
-    tls.configs(tls_tmp)
+    tls.configs(tls_tmp, args.competitor_headers)
     if "wasm" in scenarios:
         subprocess.run(["rustup", "target", "add", "wasm32-wasip1"], cwd=ROOT, check=False, capture_output=True)
         subprocess.run(["cargo", "build", "--release", "--quiet", "--target", "wasm32-wasip1",
@@ -171,7 +177,8 @@ def main():
     finally:
         l7.stop(backend, signal.SIGQUIT)
 
-    print(f"\nUser-space instructions per request (callgrind, {n} requests after {warmup} warm-up, 16 connections)")
+    print(f"\nUser-space instructions per request (callgrind, {n} requests after {warmup} warm-up, 16 connections; "
+          f"competitor headers: {args.competitor_headers})")
     titles = {"h1": "HTTP/1.1 keep-alive", "tls_h2": "TLS 1.3 + h2 (16 streams per connection)",
               "wasm": "HTTP/1.1 through Tandem with proxy-wasm filters"}
     for s in scenarios:

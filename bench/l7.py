@@ -4,7 +4,8 @@
 Each proxy gets one thread pinned to CPU 0; the two backends (an nginx instance that
 answers a small 200) and wrk share CPU 1. For each proxy: wrk at 64 connections
 (throughput, p50/p99) and at 1 connection (latency), and the proxy's CPU time from
-/proc, giving requests per proxy-CPU-second. Prints a table and the ratios.
+/proc, giving requests per proxy-CPU-second. Prints a table and the ratios. HAProxy
+and nginx add the request headers Tandem adds unless `--competitor-headers minimal`.
 """
 import argparse
 import os
@@ -19,6 +20,42 @@ import time
 import urllib.request
 
 BACKENDS = [19001, 19002]
+
+
+# What HAProxy and nginx add to requests (`--competitor-headers`):
+#   same     the headers Tandem always adds, so every proxy does the same work:
+#            X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host (HAProxy:
+#            unless present; nginx: always), X-Request-Id kept or generated, sent
+#            upstream and returned to the client;
+#   minimal  X-Forwarded-For only (Tandem still adds all of them).
+HEADER_MODES = ("same", "minimal")
+
+
+def haproxy_headers(proto, mode="same"):
+    """HAProxy frontend rules for `mode` (see HEADER_MODES)."""
+    if mode == "minimal":
+        return "  option forwardfor\n"
+    return f"""  option forwardfor
+  http-request set-header X-Forwarded-Proto {proto}
+  http-request set-header X-Forwarded-Host %[req.hdr(host)] if {{ req.hdr(host) -m found }} !{{ req.hdr(x-forwarded-host) -m found }}
+  http-request set-var(txn.rid) req.hdr(x-request-id)
+  http-request set-var(txn.rid) uuid() unless {{ var(txn.rid) -m found }}
+  http-request set-header X-Request-Id %[var(txn.rid)]
+  http-response set-header X-Request-Id %[var(txn.rid)]
+"""
+
+
+def nginx_headers(mode="same"):
+    """nginx `http {}` lines and `location {}` lines for `mode` (see HEADER_MODES)."""
+    xff = "      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+    if mode == "minimal":
+        return "", xff
+    http = '  map $http_x_request_id $req_id { default $http_x_request_id; "" $request_id; }\n'
+    return http, xff + """      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Request-Id $req_id;
+      add_header X-Request-Id $req_id always;
+"""
 PORTS = {"tandem": 18080, "haproxy": 18081, "nginx": 18082}
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -92,7 +129,10 @@ def wrk(port, conns, seconds):
     }
 
 
-def configs(tmp):
+def configs(tmp, headers="same"):
+    """Writes the backend, nginx, HAProxy and Tandem configs into `tmp`; `headers`: what
+    HAProxy and nginx add to requests (see HEADER_MODES)."""
+    nginx_http, nginx_location = nginx_headers(headers)
     be = "\n".join(f"  server 127.0.0.1:{p};" for p in BACKENDS)
     servers_block = "".join(
         f'  server {{ listen 127.0.0.1:{p} reuseport; location / {{ return 200 "ok\\n"; }} }}\n' for p in BACKENDS
@@ -116,7 +156,7 @@ events {{ worker_connections 8192; }}
 http {{
   access_log off;
   keepalive_requests 1000000;
-  upstream be {{
+{nginx_http}  upstream be {{
 {be}
     keepalive 64;
   }}
@@ -126,8 +166,7 @@ http {{
       proxy_pass http://be;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-    }}
+{nginx_location}    }}
   }}
 }}
 """)
@@ -142,11 +181,10 @@ defaults
   timeout client 30s
   timeout server 30s
   option http-keep-alive
-  option forwardfor
   http-reuse always
 frontend fe
   bind 127.0.0.1:{PORTS["haproxy"]}
-  default_backend be
+{haproxy_headers("http", headers)}  default_backend be
 backend be
   balance roundrobin
 {servers}
@@ -199,12 +237,15 @@ def main():
                     help="interleave the proxies this many times and report each one's median run "
                          "(single runs on a shared VM can swing by 10%%)")
     ap.add_argument("--compare", help="a second tandem binary (e.g. an older build) measured in the same run")
+    ap.add_argument("--competitor-headers", choices=HEADER_MODES, default="same",
+                    help="same: HAProxy and nginx add the headers Tandem adds (X-Forwarded-For/-Proto/-Host, "
+                         "X-Request-Id both ways); minimal: X-Forwarded-For only")
     args = ap.parse_args()
     for tool in ("wrk", "haproxy", "nginx", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing; run bench/run.sh, which installs it")
     tmp = tempfile.mkdtemp(prefix="tandem-bench-")
-    configs(tmp)
+    configs(tmp, args.competitor_headers)
     backend = subprocess.Popen(
         ["taskset", "-c", "1", "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf", "-g", "daemon off;"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -240,7 +281,8 @@ def main():
     results = {name: median_run(r) for name, r in runs.items()}
 
     rounds = f", median of {args.rounds} interleaved rounds" if args.rounds > 1 else ""
-    print(f"\nHTTP/1.1 keep-alive, 1 proxy thread on CPU 0, wrk + backends on CPU 1, {args.seconds}s per run{rounds}")
+    print(f"\nHTTP/1.1 keep-alive, 1 proxy thread on CPU 0, wrk + backends on CPU 1, {args.seconds}s per run{rounds}, "
+          f"competitor headers: {args.competitor_headers}")
     print(f"{'proxy':<9} {'rps@64':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu %':>6} {'req/cpu-s':>10} {'p50@1':>8} {'p99@1':>8} {'errors':>6}")
     for name, (m, o) in results.items():
         print(

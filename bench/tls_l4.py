@@ -40,7 +40,9 @@ def certs(tmp):
         f.write(open(f"{tmp}/cert.pem").read() + open(f"{tmp}/key.pem").read())
 
 
-def configs(tmp):
+def configs(tmp, headers="same"):
+    """Writes the backend, Tandem and HAProxy configs; `headers`: what HAProxy adds to
+    requests (see l7.HEADER_MODES)."""
     with open(f"{tmp}/big.bin", "wb") as f:
         f.write(os.urandom(1 << 20))
     servers = "".join(
@@ -101,8 +103,7 @@ frontend https
   mode http
   bind 127.0.0.1:{tls} ssl crt {tmp}/combined.pem alpn h2,http/1.1
   option http-keep-alive
-  option forwardfor
-  default_backend be
+{l7.haproxy_headers("https", headers)}  default_backend be
 backend be
   mode http
   balance roundrobin
@@ -210,6 +211,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=1,
                     help="run both proxies this many times (alternating which goes first) and report "
                          "medians; single runs on a shared VM can swing by 10%%")
+    ap.add_argument("--competitor-headers", choices=l7.HEADER_MODES, default="same",
+                    help="same: HAProxy adds the headers Tandem adds (X-Forwarded-For/-Proto/-Host, "
+                         "X-Request-Id both ways); minimal: X-Forwarded-For only")
     ap.add_argument("--only", default=",".join(TESTS),
                     help="comma-separated subset of: " + ", ".join(TESTS))
     args = ap.parse_args()
@@ -222,7 +226,7 @@ def main():
     # nginx's workers run as an unprivileged user: they must be able to read big.bin.
     os.chmod(tmp, 0o755)
     certs(tmp)
-    configs(tmp)
+    configs(tmp, args.competitor_headers)
     backend = subprocess.Popen(["taskset", "-c", "1", "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf", "-g", "daemon off;"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = {"tandem": [], "haproxy": []}
@@ -241,7 +245,8 @@ def main():
         return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
     rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
-    print(f"\nTLS and L4, 1 proxy thread on CPU 0, load + nginx backends on CPU 1, {s}s per run{rounds}")
+    print(f"\nTLS and L4, 1 proxy thread on CPU 0, load + nginx backends on CPU 1, {s}s per run{rounds}, "
+          f"competitor headers: {args.competitor_headers}")
     print(f"{'':<30} {'tandem /s':>11} {'per CPU-s':>11} {'haproxy /s':>11} {'per CPU-s':>11} {'ratio':>7}")
     for k in tests:
         t = tuple(median([r[k][j] for r in runs["tandem"]]) for j in (0, 1))
