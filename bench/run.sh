@@ -26,10 +26,11 @@ fi
 systemctl stop nginx haproxy >/dev/null 2>&1 || true
 
 ulimit -n 65536 2>/dev/null || true
-cargo build --release --quiet
-python3 bench/l7.py --tandem target/release/tandem --seconds "${1:-10}"
-python3 bench/gray_failure.py --tandem target/release/tandem
-python3 bench/tls_l4.py --tandem target/release/tandem --seconds "${1:-10}"
-python3 bench/pair.py --tandem target/release/tandem
-python3 bench/wasm.py --tandem target/release/tandem --seconds "${1:-10}"
-python3 bench/instructions.py --tandem target/release/tandem
+# The deployable build (the dist profile: release with one codegen unit and fat LTO).
+cargo build --profile dist --quiet -p tandem-proxy --bin tandem
+python3 bench/l7.py --tandem target/dist/tandem --seconds "${1:-10}"
+python3 bench/gray_failure.py --tandem target/dist/tandem
+python3 bench/tls_l4.py --tandem target/dist/tandem --seconds "${1:-10}"
+python3 bench/pair.py --tandem target/dist/tandem
+python3 bench/wasm.py --tandem target/dist/tandem --seconds "${1:-10}"
+python3 bench/instructions.py --tandem target/dist/tandem
