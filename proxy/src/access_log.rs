@@ -113,9 +113,9 @@ fn writer(rx: Receiver<AccessRecord>, out: Box<dyn Write + Send>, format: LogFor
 fn json_line(out: &mut String, r: &AccessRecord) {
     use std::fmt::Write as _;
     let s = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "{{\"time\":\"{}\",\"request_id\":{},\"client\":\"{}\",\"method\":{},\"authority\":{},\"path\":{},\"protocol\":\"{:?}\",\"status\":{},\"bytes\":{},\"upstream_ms\":{},\"duration_ms\":{:.3},\"route\":{},\"cluster\":{},\"endpoint\":{},\"attempts\":{},\"reason\":\"{}\",\"grpc_status\":{}}}\n",
+        "{{\"time\":\"{}\",\"request_id\":{},\"client\":\"{}\",\"method\":{},\"authority\":{},\"path\":{},\"protocol\":\"{:?}\",\"status\":{},\"bytes\":{},\"upstream_ms\":{},\"duration_ms\":{:.3},\"route\":{},\"cluster\":{},\"endpoint\":{},\"attempts\":{},\"reason\":\"{}\",\"grpc_status\":{}}}",
         humantime::format_rfc3339_millis(r.time),
         s(r.request_id.to_str().unwrap_or("")),
         r.client,

@@ -129,7 +129,7 @@ async fn answer(state: Arc<BackendState>, req: Request<Incoming>) -> Result<Resp
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     resp.headers_mut().insert(
         "x-backend",
-        http::HeaderValue::from_str(&name).unwrap_or(http::HeaderValue::from_static("?")),
+        http::HeaderValue::from_str(name).unwrap_or(http::HeaderValue::from_static("?")),
     );
     Ok(resp)
 }

@@ -252,7 +252,7 @@ async fn serve<IO>(
     };
     watcher.abort();
     if let Err(e) = result {
-        classify(&*e, &stats);
+        classify(e.as_ref(), stats);
     }
 }
 

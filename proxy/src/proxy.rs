@@ -704,7 +704,8 @@ fn prepare_upstream_request(
             h.remove(header::HOST);
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(http::uri::Scheme::HTTP);
-            parts.authority = http::uri::Authority::from_maybe_shared(host.as_bytes().to_vec()).ok();
+            parts.authority =
+                http::uri::Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(host.as_bytes())).ok();
             parts.path_and_query = req
                 .uri()
                 .path_and_query()

@@ -39,13 +39,17 @@ pub async fn peek_hello(s: &TcpStream, timeout: Duration) -> Hello {
     }
 }
 
+/// The bytes are not a TLS ClientHello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotClientHello;
+
 /// Parses a ClientHello at the start of `b`: `Ok(None)` = incomplete.
-pub fn parse_client_hello(b: &[u8]) -> Result<Option<Hello>, ()> {
+pub fn parse_client_hello(b: &[u8]) -> Result<Option<Hello>, NotClientHello> {
     if b.is_empty() {
         return Ok(None);
     }
     if b[0] != 22 {
-        return Err(());
+        return Err(NotClientHello);
     }
     if b.len() < 5 {
         return Ok(None);
@@ -55,7 +59,7 @@ pub fn parse_client_hello(b: &[u8]) -> Result<Option<Hello>, ()> {
     let mut pos = 0;
     while pos + 5 <= b.len() {
         if b[pos] != 22 {
-            return Err(());
+            return Err(NotClientHello);
         }
         let len = u16::from_be_bytes([b[pos + 3], b[pos + 4]]) as usize;
         if pos + 5 + len > b.len() {
@@ -72,13 +76,13 @@ pub fn parse_client_hello(b: &[u8]) -> Result<Option<Hello>, ()> {
         return Ok(None);
     }
     if hs[0] != 1 {
-        return Err(());
+        return Err(NotClientHello);
     }
     let msg_len = be24(&hs[1..4]);
     if hs.len() < 4 + msg_len {
         return Ok(None);
     }
-    Ok(Some(server_name(&hs[4..4 + msg_len]).ok_or(())?))
+    Ok(Some(server_name(&hs[4..4 + msg_len]).ok_or(NotClientHello)?))
 }
 
 fn be24(b: &[u8]) -> usize {

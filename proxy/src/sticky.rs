@@ -47,11 +47,14 @@ pub enum StickyConfig {
     },
 }
 
+/// A learned binding: (endpoint, last use, last published to the pair), times in ns.
+type Binding = (SocketAddr, u64, u64);
+
 /// The learned bindings of this node: key → (endpoint, last use). Sharded locks with
 /// short critical sections; never held across an await.
 #[derive(Debug)]
 pub struct StickyTable {
-    shards: Vec<Mutex<HashMap<u64, (SocketAddr, u64, u64)>>>,
+    shards: Vec<Mutex<HashMap<u64, Binding>>>,
 }
 
 impl Default for StickyTable {
@@ -63,7 +66,7 @@ impl Default for StickyTable {
 }
 
 impl StickyTable {
-    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, (SocketAddr, u64, u64)>> {
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Binding>> {
         self.shards[(key as usize) % SHARDS]
             .lock()
             .expect("sticky shard poisoned")

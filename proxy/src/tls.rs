@@ -165,7 +165,7 @@ impl SniResolver {
     pub fn pick(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
         if let Some(name) = sni {
             let name = name.to_ascii_lowercase();
-            if let Some(c) = self.certs.iter().find(|c| c.names.iter().any(|n| *n == name)) {
+            if let Some(c) = self.certs.iter().find(|c| c.names.contains(&name)) {
                 return Some(&c.key);
             }
             if let Some((_, parent)) = name.split_once('.') {

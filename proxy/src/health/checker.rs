@@ -60,7 +60,7 @@ async fn run(shared: Arc<Shared>) {
         let rt = shared.runtime.load_full();
         adopt_peer_verdicts(&rt, &mut adopted);
         crate::pair::sync_rate_limits(&shared.stats.limiters());
-        if ticks % 250 == 0 {
+        if ticks.is_multiple_of(250) {
             // Every 5 s: forget idle sticky bindings and rate-limit keys.
             let idle = rt
                 .clusters

@@ -33,7 +33,9 @@ async fn routes_by_host_path_header_and_method() {
         );
         let proxy = Proxy::start(&body);
         let mut c = Client::h1(proxy.addr).await;
-        let cases: &[(&str, &str, &str, &[(&str, &str)], Option<&str>)] = &[
+        // (method, host, path, extra headers, expected route)
+        type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+        let cases: &[Case] = &[
             ("GET", "api.example.com", "/admin", &[], Some("admin")),
             ("GET", "api.example.com:8080", "/admin", &[("x-canary", "1")], Some("admin")),
             ("GET", "api.example.com", "/v1/users", &[("x-canary", "1")], Some("canary")),

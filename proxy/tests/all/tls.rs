@@ -164,7 +164,10 @@ async fn reloaded_certificates_are_served_to_new_handshakes() {
         let pki = Pki::new();
         let first = pki.leaf("site", &["site.test"], false);
         let backend = Backend::start("web").await;
-        let proxy = Proxy::start_with(&https_body(&backend, &[]), &tls_listener(&[first.clone()], ""));
+        let proxy = Proxy::start_with(
+            &https_body(&backend, &[]),
+            &tls_listener(std::slice::from_ref(&first), ""),
+        );
         let cfg = pki.client(&["http/1.1"], None);
         let der = |s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
             s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
