@@ -53,7 +53,7 @@ pub fn engine() -> &'static Engine {
         c.max_wasm_stack(1 << 20);
         // Linear memories keep wasmtime's default 4 GiB reservation (address space only,
         // nothing committed): it lets compiled code drop explicit bounds checks on every
-        // guest load and store (~5% of a header filter's per-request instructions).
+        // guest load and store (~5% of the instructions a header filter adds per request).
         let engine = Engine::new(&c).expect("wasmtime engine configuration is valid");
         let ticker = engine.weak();
         std::thread::Builder::new()
