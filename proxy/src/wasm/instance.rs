@@ -158,6 +158,7 @@ impl Instance {
             },
             last_status: (0, Vec::new()),
             new_queues: Vec::new(),
+            output: Default::default(),
         };
         let mut store = Store::new(super::module::engine(), state);
         store.limiter(|s| &mut s.limits as &mut dyn wasmtime::ResourceLimiter);
@@ -278,6 +279,9 @@ impl Instance {
         self.store.set_epoch_deadline(ticks);
         let r = f.call(&mut self.store, args);
         self.store.data_mut().effective = 0;
+        if !self.store.data().output.is_empty() {
+            super::wasi::flush_output(self.store.data_mut());
+        }
         match r {
             Ok(v) => {
                 self.apply_deferred();

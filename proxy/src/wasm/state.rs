@@ -243,6 +243,8 @@ pub struct HostState {
     pub new_queues: Vec<(u32, std::sync::Arc<tokio::sync::Notify>)>,
     /// Status and message of the last callout (`proxy_get_status`).
     pub last_status: (u32, Vec<u8>),
+    /// stdout/stderr lines being assembled.
+    pub output: super::wasi::GuestOutput,
 }
 
 /// Context ids, callout tokens and plugin uids are unique integers Tandem hands out
