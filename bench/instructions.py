@@ -114,9 +114,7 @@ def main():
     ap.add_argument("--tandem", required=True)
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated subset of: " + ", ".join(SCENARIOS))
-    ap.add_argument("--competitor-headers", choices=l7.HEADER_MODES, default="same",
-                    help="same: HAProxy and nginx add the headers Tandem adds (X-Forwarded-For/-Proto/-Host, "
-                         "X-Request-Id both ways); minimal: X-Forwarded-For only")
+    l7.add_competitor_headers_arg(ap)
     args = ap.parse_args()
     scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in scenarios if s not in SCENARIOS]

@@ -31,6 +31,13 @@ BACKENDS = [19001, 19002]
 HEADER_MODES = ("same", "minimal")
 
 
+def add_competitor_headers_arg(ap):
+    """The `--competitor-headers` option every HAProxy/nginx benchmark takes."""
+    ap.add_argument("--competitor-headers", choices=HEADER_MODES, default="same",
+                    help="same: HAProxy and nginx add the headers Tandem adds (X-Forwarded-For/-Proto/-Host, "
+                         "X-Request-Id both ways); minimal: X-Forwarded-For only")
+
+
 def haproxy_headers(proto, mode="same"):
     """HAProxy frontend rules for `mode` (see HEADER_MODES)."""
     if mode == "minimal":
@@ -237,9 +244,7 @@ def main():
                     help="interleave the proxies this many times and report each one's median run "
                          "(single runs on a shared VM can swing by 10%%)")
     ap.add_argument("--compare", help="a second tandem binary (e.g. an older build) measured in the same run")
-    ap.add_argument("--competitor-headers", choices=HEADER_MODES, default="same",
-                    help="same: HAProxy and nginx add the headers Tandem adds (X-Forwarded-For/-Proto/-Host, "
-                         "X-Request-Id both ways); minimal: X-Forwarded-For only")
+    add_competitor_headers_arg(ap)
     args = ap.parse_args()
     for tool in ("wrk", "haproxy", "nginx", "taskset"):
         if not shutil.which(tool):

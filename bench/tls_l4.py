@@ -211,9 +211,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=1,
                     help="run both proxies this many times (alternating which goes first) and report "
                          "medians; single runs on a shared VM can swing by 10%%")
-    ap.add_argument("--competitor-headers", choices=l7.HEADER_MODES, default="same",
-                    help="same: HAProxy adds the headers Tandem adds (X-Forwarded-For/-Proto/-Host, "
-                         "X-Request-Id both ways); minimal: X-Forwarded-For only")
+    l7.add_competitor_headers_arg(ap)
     ap.add_argument("--only", default=",".join(TESTS),
                     help="comma-separated subset of: " + ", ".join(TESTS))
     args = ap.parse_args()
