@@ -59,6 +59,8 @@ pub struct ConnState {
     pub tls: Option<TlsInfo>,
     /// Process-unique connection number (`connection.id` for filters).
     pub id: u64,
+    /// The connection's facts for filters, made by the first filtered request.
+    pub filter_facts: std::cell::OnceCell<Rc<crate::wasm::state::ConnFacts>>,
 }
 
 /// Connection numbers.
@@ -199,6 +201,7 @@ async fn serve<IO>(
         wake: Notify::new(),
         action: Cell::new(Action::Serve),
         waker: RefCell::new(None),
+        filter_facts: Default::default(),
     });
 
     let mut builder = auto::Builder::new(LocalExec);

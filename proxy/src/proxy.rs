@@ -145,6 +145,12 @@ async fn proxy_request(
     }
     admit(cluster)?;
     if crate::upgrade::is_upgrade(&req) {
+        if let Some(c) = &chain {
+            // The upgrade consumes the request; the filters' `on_log` still reads it.
+            let (parts, body) = req.into_parts();
+            c.borrow().request_head_copy(&parts);
+            req = Request::from_parts(parts, body);
+        }
         // Boxed (as every cold stage below): hyper moves the request future into its slot
         // on every request, so what only some requests need must not widen it.
         let resp = Box::pin(crate::upgrade::proxy_upgrade(worker, conn, rt, route, cluster, req)).await?;
@@ -368,7 +374,11 @@ async fn attempts(
     };
     // gRPC deadlines shorten the route's (never lengthen them).
     let total = grpc_timeout(req.headers()).map_or(route.timeout, |g| g.min(route.timeout));
-    prepare_upstream_request(&mut req, route, cluster, conn)?;
+    if let Err(e) = prepare_upstream_request(&mut req, route, cluster, conn) {
+        let (mut parts, _) = req.into_parts();
+        head_back(targets.chain, &mut parts);
+        return Err(e);
+    }
     let policy = route
         .retry
         .as_ref()
@@ -378,7 +388,15 @@ async fn attempts(
     // A retryable request keeps its (small) body for replay; otherwise it streams.
     let mut replay: Option<(http::request::Parts, Bytes)> = None;
     let mut streamed = None;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let keeps_head = policy.is_some() && http_body::Body::is_end_stream(&body);
+    if let Some(c) = targets
+        .chain
+        .filter(|_| cluster.protocol == UpstreamProtocol::H2c && !keeps_head)
+    {
+        // HTTP/2 consumes the head it sends: the filters keep a copy.
+        c.borrow().request_head_copy(&parts);
+    }
     match policy {
         // A body that filters see is streamed once through them (not replayed).
         _ if targets.chain.is_some() && !http_body::Body::is_end_stream(&body) => {
@@ -391,8 +409,14 @@ async fn attempts(
         Some(p) => match tokio::time::timeout(total, Box::pin(buffer_body(body, p.buffer_bytes))).await {
             Ok(Ok(Ok(bytes))) => replay = Some((parts, bytes)),
             Ok(Ok(Err(body))) => streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body))),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(ProxyError::Timeout),
+            Ok(Err(e)) => {
+                head_back(targets.chain, &mut parts);
+                return Err(e);
+            }
+            Err(_) => {
+                head_back(targets.chain, &mut parts);
+                return Err(ProxyError::Timeout);
+            }
         },
         None => streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body))),
     }
@@ -415,7 +439,18 @@ async fn attempts(
         let ep_idx = match (forced, sticky.target) {
             (Some(f), _) => f,
             (None, Some(t)) if attempt == 1 => t,
-            _ => pick_endpoint(worker, rt, cluster, hash, tried)?,
+            _ => match pick_endpoint(worker, rt, cluster, hash, tried) {
+                Ok(i) => i,
+                Err(e) => {
+                    if let Some(r) = streamed.as_mut() {
+                        let (mut parts, _) = std::mem::take(r).into_parts();
+                        head_back(targets.chain, &mut parts);
+                    } else if let Some((parts, _)) = replay.as_mut() {
+                        head_back(targets.chain, parts);
+                    }
+                    return Err(e);
+                }
+            },
         };
         if ep_idx < 64 {
             tried |= 1 << ep_idx;
@@ -465,6 +500,18 @@ async fn attempts(
         }
         let retry = policy.is_some_and(|p| attempt < max_attempts && should_retry(p, &outcome));
         if !retry || !reserve_retry(cluster) {
+            // The head is the filters' again (HTTP/1.1 lends it to the exchange; a
+            // replayable request keeps it).
+            if let Some((parts, _)) = replay.as_mut() {
+                head_back(targets.chain, parts);
+            } else if let Some(c) = targets.chain.filter(|_| cluster.protocol == UpstreamProtocol::Http1) {
+                let (uri, headers) = (
+                    std::mem::take(upstream_req.uri_mut()),
+                    std::mem::take(upstream_req.headers_mut()),
+                );
+                c.borrow()
+                    .request_head_back(upstream_req.method().clone(), uri, headers);
+            }
             return match outcome {
                 Ok(mut resp) => {
                     in_flight.hand_over();
@@ -481,9 +528,21 @@ async fn attempts(
         if let Some(p) = policy {
             let left = total.saturating_sub(start.elapsed());
             if tokio::time::timeout(left, Box::pin(backoff(p, attempt))).await.is_err() {
+                if let Some((parts, _)) = replay.as_mut() {
+                    head_back(targets.chain, parts);
+                }
                 return Err(ProxyError::Timeout);
             }
         }
+    }
+}
+
+/// Hands the request head back to the filter chain once it no longer goes upstream
+/// (see `wasm::http::request_headers`).
+fn head_back(chain: Option<&crate::wasm::http::ChainRef>, parts: &mut http::request::Parts) {
+    if let Some(c) = chain {
+        let (uri, headers) = (std::mem::take(&mut parts.uri), std::mem::take(&mut parts.headers));
+        c.borrow().request_head_back(parts.method.clone(), uri, headers);
     }
 }
 

@@ -13,9 +13,11 @@
 //! - `/abi/grpc`: a gRPC trailers-only local reply;
 //! - `/abi/reset`: resets the stream;
 //! - `/abi/counters`: ticks and queue deliveries seen so far.
-//! Every response gets `x-abi-response: 1`, response trailers get `x-abi-trailer`
+//! Every response gets `x-abi-response: 1` and `x-abi-request-path` (the request's
+//! `:path`, read back in the response phase), response trailers get `x-abi-trailer`
 //! (naming the `grpc-status` seen); every completed stream bumps the metric `logged`
-//! in `on_log`.
+//! in `on_log`, and `logged_with_request` when the request's `:path` header and
+//! `request.path` property are still readable there (as in Envoy).
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -25,12 +27,13 @@ use proxy_wasm::types::{Action, BufferType, ContextType, GrpcStatusCode, LogLeve
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root { queue: 0, logged: 0 }));
+    proxy_wasm::set_root_context(|_| Box::new(Root { queue: 0, logged: 0, logged_with_request: 0 }));
 }}
 
 struct Root {
     queue: u32,
     logged: u32,
+    logged_with_request: u32,
 }
 
 fn bump(key: &str, by: u64) {
@@ -62,6 +65,7 @@ impl RootContext for Root {
     fn on_vm_start(&mut self, _: usize) -> bool {
         self.queue = self.register_shared_queue("probe-q");
         self.logged = hostcalls::define_metric(MetricType::Counter, "logged").unwrap_or(0);
+        self.logged_with_request = hostcalls::define_metric(MetricType::Counter, "logged_with_request").unwrap_or(0);
         self.set_tick_period(Duration::from_millis(50));
         true
     }
@@ -90,6 +94,7 @@ impl RootContext for Root {
             id: context_id,
             path: String::new(),
             logged: self.logged,
+            logged_with_request: self.logged_with_request,
         }))
     }
 }
@@ -98,6 +103,7 @@ struct Probe {
     id: u32,
     path: String,
     logged: u32,
+    logged_with_request: u32,
 }
 
 struct Report(Vec<String>);
@@ -468,6 +474,8 @@ impl HttpContext for Probe {
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         self.set_http_response_header("x-abi-response", Some("1"));
+        let request_path = self.get_http_request_header(":path").unwrap_or_default();
+        self.set_http_response_header("x-abi-request-path", Some(&request_path));
         let code = self
             .get_property(vec!["response", "code"])
             .and_then(|v| Some(i64::from_le_bytes(v.get(..8)?.try_into().ok()?)));
@@ -503,5 +511,10 @@ impl HttpContext for Probe {
 
     fn on_log(&mut self) {
         let _ = hostcalls::increment_metric(self.logged, 1);
+        let header = self.get_http_request_header(":path");
+        let property = self.get_property(vec!["request", "path"]);
+        if header.is_some_and(|p| !p.is_empty()) && property.is_some_and(|p| !p.is_empty()) {
+            let _ = hostcalls::increment_metric(self.logged_with_request, 1);
+        }
     }
 }

@@ -12,16 +12,16 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 
 use super::abi::Action;
 use super::instance::{Fault, Instance};
 use super::plugin::Plugin;
-use super::state::{Facts, LocalReply, ReqHead, RespHead};
+use super::state::{ConnFacts, Facts, LocalReply, ReqHead, RespHead};
 use crate::config::FailurePolicy;
 use crate::error::ProxyError;
 
@@ -39,6 +39,8 @@ struct Entry {
 /// The filter chain of one request (shared by the handler and the body wrappers).
 pub struct Chain {
     entries: Vec<Entry>,
+    /// `:scheme` of the request (for heads handed back to the streams).
+    scheme: &'static str,
 }
 
 /// Shared handle.
@@ -102,22 +104,27 @@ pub fn facts(
     route: &Arc<str>,
     start: Instant,
 ) -> Facts {
+    let conn_facts = conn.filter_facts.get_or_init(|| {
+        Rc::new(ConnFacts {
+            source: conn.client,
+            destination: conn.local,
+            connection_id: conn.id,
+            tls: conn.tls.as_ref().map(|t| {
+                (
+                    t.version,
+                    t.sni.clone(),
+                    t.client_subject
+                        .as_ref()
+                        .and_then(|s| s.to_str().ok())
+                        .map(str::to_string),
+                )
+            }),
+        })
+    });
     Facts {
-        source: conn.client,
-        destination: conn.local,
-        connection_id: conn.id,
-        tls: conn.tls.as_ref().map(|t| {
-            (
-                t.version,
-                t.sni.clone(),
-                t.client_subject
-                    .as_ref()
-                    .and_then(|s| s.to_str().ok())
-                    .map(str::to_string),
-            )
-        }),
+        conn: conn_facts.clone(),
         request_id,
-        start: (SystemTime::now(), start),
+        start,
         protocol: match version {
             http::Version::HTTP_2 => "HTTP/2",
             http::Version::HTTP_10 => "HTTP/1.0",
@@ -139,9 +146,16 @@ impl Chain {
         facts: Facts,
     ) -> Result<ChainRef, ProxyError> {
         let mut entries = Vec::with_capacity(plugins.len());
-        for p in plugins {
+        let mut facts = Some(facts);
+        for (n, p) in plugins.iter().enumerate() {
             let created = worker.wasm.borrow_mut().get(p, Rc::downgrade(worker)).and_then(|inst| {
-                let ctx = inst.borrow_mut().create_stream(facts.clone())?;
+                // The last stream takes the facts, the others copies.
+                let f = if n + 1 == plugins.len() {
+                    facts.take().expect("taken once")
+                } else {
+                    facts.clone().expect("taken by the last")
+                };
+                let ctx = inst.borrow_mut().create_stream(f)?;
                 Ok((inst, ctx))
             });
             match created {
@@ -154,7 +168,66 @@ impl Chain {
                 Err(f) => fail(p, &f)?,
             }
         }
-        Ok(Rc::new(RefCell::new(Chain { entries })))
+        Ok(Rc::new(RefCell::new(Chain {
+            entries,
+            scheme: "http",
+        })))
+    }
+
+    /// Gives the request head back to the streams that let it go upstream without
+    /// keeping a copy (see [`request_headers`]), once it is no longer needed there: the
+    /// response callbacks and `on_log` read it (and `request.*` properties) as Envoy's
+    /// do. The last such stream takes the head; the others get copies.
+    pub fn request_head_back(&self, method: Method, uri: Uri, headers: HeaderMap) {
+        let head = ReqHead {
+            method,
+            uri,
+            headers,
+            scheme: self.scheme,
+        };
+        let mut pending = None;
+        for idx in 0..self.entries.len() {
+            if self.wants_request_head(idx) {
+                if let Some(p) = pending.replace(idx) {
+                    self.give_request_head(p, head.clone());
+                }
+            }
+        }
+        if let Some(p) = pending {
+            self.give_request_head(p, head);
+        }
+    }
+
+    /// Gives each stream without a request head a copy of it, for a head about to be
+    /// consumed upstream (HTTP/2 and upgrades do not hand it back).
+    pub fn request_head_copy(&self, parts: &http::request::Parts) {
+        for idx in 0..self.entries.len() {
+            if self.wants_request_head(idx) {
+                let head = ReqHead {
+                    method: parts.method.clone(),
+                    uri: parts.uri.clone(),
+                    headers: parts.headers.clone(),
+                    scheme: self.scheme,
+                };
+                self.give_request_head(idx, head);
+            }
+        }
+    }
+
+    fn wants_request_head(&self, idx: usize) -> bool {
+        let e = &self.entries[idx];
+        e.inst
+            .try_borrow_mut()
+            .is_ok_and(|mut i| i.stream(e.ctx).is_some_and(|s| s.req.is_none()))
+    }
+
+    fn give_request_head(&self, idx: usize, head: ReqHead) {
+        let e = &self.entries[idx];
+        if let Ok(mut i) = e.inst.try_borrow_mut() {
+            if let Some(s) = i.stream(e.ctx) {
+                s.req = Some(head);
+            }
+        }
     }
 
     /// Records the chosen cluster and endpoint (for `upstream.*` and `cluster_name`).
@@ -174,7 +247,9 @@ impl Chain {
         let mut u = Upstream::default();
         for e in self.entries.iter().filter(|e| !e.skip) {
             let Ok(mut i) = e.inst.try_borrow_mut() else { continue };
-            let Some(s) = i.stream(e.ctx) else { continue };
+            let Some(s) = i.stream(e.ctx).filter(|s| !s.props.is_empty()) else {
+                continue;
+            };
             if let Some(c) = s.props.get(super::properties::UPSTREAM_CLUSTER.as_bytes()) {
                 u.cluster = Some(String::from_utf8_lossy(c).into_owned());
             }
@@ -234,7 +309,10 @@ async fn wait_resume(inst: &Rc<RefCell<Instance>>, ctx: u32, limit: Duration) ->
 
 /// Request headers through every filter in order. `parts` is moved into each
 /// filter's stream for the call (so a paused filter's callouts can still change it)
-/// and back.
+/// and back. A stream keeps a copy of the head only when a callback may read it while
+/// the request is upstream (a request body follows, or a callout of the stream is
+/// pending); otherwise the head comes back after the exchange
+/// ([`Chain::request_head_back`]), or at once when the request ends here.
 pub async fn request_headers(
     chain: &ChainRef,
     parts: &mut http::request::Parts,
@@ -242,6 +320,7 @@ pub async fn request_headers(
     eos: bool,
     limit: Duration,
 ) -> Result<Flow, ProxyError> {
+    chain.borrow_mut().scheme = scheme;
     let n = chain.borrow().entries.len();
     for idx in 0..n {
         let Some((inst, ctx, plugin)) = live_entry(chain, idx) else {
@@ -272,12 +351,15 @@ pub async fn request_headers(
             Ok(Action::Continue) => Ok(()),
             Err(f) => Err(f),
         };
-        // Take the (possibly changed) head back; keep a copy for later phases' reads.
+        // Take the (possibly changed) head back.
         let mut i = inst.borrow_mut();
+        let callout_pending = i.state().callouts.values().any(|&owner| owner == ctx);
         let (local, closed) = match i.stream(ctx) {
             Some(s) => {
                 if let Some(h) = s.req.take() {
-                    s.req = Some(h.clone());
+                    if !eos || callout_pending {
+                        s.req = Some(h.clone());
+                    }
                     put_req(parts, h);
                 }
                 (s.local.take(), s.closed)
@@ -285,8 +367,12 @@ pub async fn request_headers(
             None => (None, false),
         };
         drop(i);
-        if let Some(flow) = phase_end(chain, idx, &plugin, local, closed, outcome)? {
-            return Ok(flow);
+        let end = phase_end(chain, idx, &plugin, local, closed, outcome);
+        if !matches!(end, Ok(None)) {
+            // The request goes no further: its head is the streams' again.
+            let (uri, headers) = (std::mem::take(&mut parts.uri), std::mem::take(&mut parts.headers));
+            chain.borrow().request_head_back(parts.method.clone(), uri, headers);
+            return end.map(|f| f.expect("checked"));
         }
     }
     Ok(Flow::Continue)

@@ -159,6 +159,7 @@ impl Instance {
             last_status: (0, Vec::new()),
             new_queues: Vec::new(),
             output: Default::default(),
+            names: Default::default(),
         };
         let mut store = Store::new(super::module::engine(), state);
         store.limiter(|s| &mut s.limits as &mut dyn wasmtime::ResourceLimiter);
@@ -284,7 +285,10 @@ impl Instance {
         }
         match r {
             Ok(v) => {
-                self.apply_deferred();
+                let st = self.store.data();
+                if !st.actions.is_empty() || st.tick.1 || !st.new_queues.is_empty() {
+                    self.apply_deferred();
+                }
                 Ok(v)
             }
             Err(e) => {
@@ -388,7 +392,9 @@ impl Instance {
                 st.spare.push(d);
             }
         }
-        st.callouts.retain(|_, owner| *owner != ctx);
+        if !st.callouts.is_empty() {
+            st.callouts.retain(|_, owner| *owner != ctx);
+        }
     }
 
     /// `on_request_headers` (3 arguments for 0.2.x, 2 for 0.1.0).

@@ -221,12 +221,14 @@ impl NetChain {
 /// Facts of a new L4 connection.
 pub fn facts(origin: &crate::upstream::Origin, listener: &Arc<str>, id: u64) -> Facts {
     Facts {
-        source: origin.client,
-        destination: origin.local,
-        connection_id: id,
-        tls: None,
+        conn: std::rc::Rc::new(super::state::ConnFacts {
+            source: origin.client,
+            destination: origin.local,
+            connection_id: id,
+            tls: None,
+        }),
         request_id: None,
-        start: (std::time::SystemTime::now(), std::time::Instant::now()),
+        start: std::time::Instant::now(),
         protocol: "TCP",
         route: listener.clone(),
         cluster: None,

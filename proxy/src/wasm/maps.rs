@@ -83,10 +83,33 @@ pub fn resp_get(h: &RespHead, key: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// First value of `key`.
+/// First value of `key` (looked up by `&str`: no name is allocated for a read).
 pub fn plain_get(h: &HeaderMap, key: &[u8]) -> Option<Vec<u8>> {
-    let name = HeaderName::from_bytes(key).ok()?;
-    h.get(name).map(|v| v.as_bytes().to_vec())
+    h.get(std::str::from_utf8(key).ok()?).map(|v| v.as_bytes().to_vec())
+}
+
+/// Header names an instance wrote recently, parsed once. Filters write the same few
+/// names on every request, and parsing a name that is not a standard one validates it
+/// and allocates; a cached one is a reference-count increment.
+#[derive(Debug, Default)]
+pub struct NameCache(Vec<HeaderName>);
+
+impl NameCache {
+    /// Names kept (a linear scan: filters write a handful).
+    const MAX: usize = 32;
+
+    /// `raw` as a header name (`None` when it is not a valid one).
+    pub fn name(&mut self, raw: &[u8]) -> Option<HeaderName> {
+        if let Some(n) = self.0.iter().find(|n| n.as_str().as_bytes() == raw) {
+            return Some(n.clone());
+        }
+        let n = HeaderName::from_bytes(raw).ok()?;
+        // Names given in another case are not cached under a key they do not match.
+        if self.0.len() < Self::MAX && n.as_str().as_bytes() == raw {
+            self.0.push(n.clone());
+        }
+        Some(n)
+    }
 }
 
 fn set_path(h: &mut ReqHead, v: &[u8]) -> bool {
@@ -124,7 +147,7 @@ fn set_authority(h: &mut ReqHead, v: &[u8]) -> bool {
 }
 
 /// Applies an edit to a request map; false when a name or value is not valid HTTP.
-pub fn req_edit(h: &mut ReqHead, e: Edit<'_>) -> bool {
+pub fn req_edit(h: &mut ReqHead, e: Edit<'_>, names: &mut NameCache) -> bool {
     let pseudo = |h: &mut ReqHead, k: &[u8], v: &[u8]| -> Option<bool> {
         Some(match k {
             b":path" => set_path(h, v),
@@ -145,13 +168,13 @@ pub fn req_edit(h: &mut ReqHead, e: Edit<'_>) -> bool {
             if let Some(ok) = pseudo(h, k, v) {
                 return ok;
             }
-            plain_edit(&mut h.headers, e)
+            plain_edit(&mut h.headers, e, names)
         }
         Edit::Remove(k) => {
             if k.starts_with(b":") {
                 return true;
             }
-            plain_edit(&mut h.headers, e)
+            plain_edit(&mut h.headers, e, names)
         }
         Edit::ReplaceAll(pairs) => {
             let host = h.headers.get(HOST).cloned();
@@ -161,7 +184,7 @@ pub fn req_edit(h: &mut ReqHead, e: Edit<'_>) -> bool {
             }
             let mut ok = true;
             for (k, v) in pairs {
-                ok &= req_edit(h, Edit::Add(k, v));
+                ok &= req_edit(h, Edit::Add(k, v), names);
             }
             ok
         }
@@ -169,7 +192,7 @@ pub fn req_edit(h: &mut ReqHead, e: Edit<'_>) -> bool {
 }
 
 /// Applies an edit to a response map.
-pub fn resp_edit(h: &mut RespHead, e: Edit<'_>) -> bool {
+pub fn resp_edit(h: &mut RespHead, e: Edit<'_>, names: &mut NameCache) -> bool {
     match e {
         Edit::Add(b":status", v) | Edit::Replace(b":status", v) => match StatusCode::from_bytes(v) {
             Ok(s) => {
@@ -183,17 +206,17 @@ pub fn resp_edit(h: &mut RespHead, e: Edit<'_>) -> bool {
             h.headers.clear();
             let mut ok = true;
             for (k, v) in pairs {
-                ok &= resp_edit(h, Edit::Add(k, v));
+                ok &= resp_edit(h, Edit::Add(k, v), names);
             }
             ok
         }
-        e => plain_edit(&mut h.headers, e),
+        e => plain_edit(&mut h.headers, e, names),
     }
 }
 
 /// Applies an edit to a plain map (trailers, regular headers).
-pub fn plain_edit(h: &mut HeaderMap, e: Edit<'_>) -> bool {
-    let parse = |k: &[u8], v: &[u8]| Some((HeaderName::from_bytes(k).ok()?, HeaderValue::from_bytes(v).ok()?));
+pub fn plain_edit(h: &mut HeaderMap, e: Edit<'_>, names: &mut NameCache) -> bool {
+    let mut parse = |k: &[u8], v: &[u8]| Some((names.name(k)?, HeaderValue::from_bytes(v).ok()?));
     match e {
         Edit::Add(k, v) => match parse(k, v) {
             Some((k, v)) => {
@@ -210,7 +233,7 @@ pub fn plain_edit(h: &mut HeaderMap, e: Edit<'_>) -> bool {
             None => false,
         },
         Edit::Remove(k) => {
-            if let Ok(n) = HeaderName::from_bytes(k) {
+            if let Ok(n) = std::str::from_utf8(k) {
                 h.remove(n);
             }
             true
@@ -222,7 +245,7 @@ pub fn plain_edit(h: &mut HeaderMap, e: Edit<'_>) -> bool {
                 if k.starts_with(b":") {
                     continue;
                 }
-                ok &= plain_edit(h, Edit::Add(k, v));
+                ok &= plain_edit(h, Edit::Add(k, v), names);
             }
             ok
         }
@@ -260,14 +283,15 @@ mod tests {
     #[test]
     fn pseudo_header_writes_change_the_request() {
         let mut h = head();
-        assert!(req_edit(&mut h, Edit::Replace(b":path", b"/new?x")));
-        assert!(req_edit(&mut h, Edit::Replace(b":authority", b"b.example")));
-        assert!(req_edit(&mut h, Edit::Replace(b":method", b"POST")));
+        let n = &mut NameCache::default();
+        assert!(req_edit(&mut h, Edit::Replace(b":path", b"/new?x"), n));
+        assert!(req_edit(&mut h, Edit::Replace(b":authority", b"b.example"), n));
+        assert!(req_edit(&mut h, Edit::Replace(b":method", b"POST"), n));
         assert_eq!(h.uri, "/new?x");
         assert_eq!(h.headers[HOST], "b.example");
         assert_eq!(h.method, Method::POST);
-        assert!(!req_edit(&mut h, Edit::Add(b"bad name", b"v")));
-        assert!(req_edit(&mut h, Edit::Remove(b"x-a")));
+        assert!(!req_edit(&mut h, Edit::Add(b"bad name", b"v"), n));
+        assert!(req_edit(&mut h, Edit::Remove(b"x-a"), n));
         assert!(!h.headers.contains_key("x-a"));
     }
 }

@@ -4,7 +4,7 @@
 //! segments joined by NUL. Also Tandem's routing properties (`tandem.upstream.*`),
 //! which a filter sets to choose the cluster or endpoint of its request.
 
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::abi::status;
 use super::state::{HostState, StreamData};
@@ -63,9 +63,11 @@ fn stream_property(s: &StreamData, name: &str) -> Option<Vec<u8>> {
         "request.id" => f.request_id.as_ref().map(|v| v.as_bytes().to_vec()),
         "request.protocol" => string(f.protocol),
         "request.time" => Some(i64le(
-            f.start.0.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
+            (SystemTime::now() - f.start.elapsed())
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64),
         )),
-        "request.duration" => Some(i64le(f.start.1.elapsed().as_nanos() as i64)),
+        "request.duration" => Some(i64le(f.start.elapsed().as_nanos() as i64)),
         "request.size" => Some(i64le(f.request_size as i64)),
         "request.total_size" => {
             let head = req.map_or(0, |r| super::maps::req_serialize(r).len());
@@ -75,17 +77,25 @@ fn stream_property(s: &StreamData, name: &str) -> Option<Vec<u8>> {
         "response.headers" => s.resp.as_ref().map(super::maps::resp_serialize),
         "response.trailers" => s.resp_trailers.as_ref().map(super::maps::plain_serialize),
         "response.size" => Some(i64le(f.response_size as i64)),
-        "source.address" => string(&f.source.to_string()),
-        "source.port" => Some(i64le(i64::from(f.source.port()))),
-        "destination.address" => string(&f.destination.to_string()),
-        "destination.port" => Some(i64le(i64::from(f.destination.port()))),
-        "connection.id" => Some(i64le(f.connection_id as i64)),
-        "connection.mtls" => Some(vec![f.tls.as_ref().is_some_and(|t| t.2.is_some()) as u8]),
-        "connection.tls_version" => f.tls.as_ref().map(|t| t.0.as_bytes().to_vec()),
-        "connection.requested_server_name" => f.tls.as_ref().and_then(|t| t.1.as_ref()).map(|s| s.as_bytes().to_vec()),
-        "connection.subject_peer_certificate" => {
-            f.tls.as_ref().and_then(|t| t.2.as_ref()).map(|s| s.as_bytes().to_vec())
-        }
+        "source.address" => string(&f.conn.source.to_string()),
+        "source.port" => Some(i64le(i64::from(f.conn.source.port()))),
+        "destination.address" => string(&f.conn.destination.to_string()),
+        "destination.port" => Some(i64le(i64::from(f.conn.destination.port()))),
+        "connection.id" => Some(i64le(f.conn.connection_id as i64)),
+        "connection.mtls" => Some(vec![f.conn.tls.as_ref().is_some_and(|t| t.2.is_some()) as u8]),
+        "connection.tls_version" => f.conn.tls.as_ref().map(|t| t.0.as_bytes().to_vec()),
+        "connection.requested_server_name" => f
+            .conn
+            .tls
+            .as_ref()
+            .and_then(|t| t.1.as_ref())
+            .map(|s| s.as_bytes().to_vec()),
+        "connection.subject_peer_certificate" => f
+            .conn
+            .tls
+            .as_ref()
+            .and_then(|t| t.2.as_ref())
+            .map(|s| s.as_bytes().to_vec()),
         "upstream.address" => f.upstream.map(|a| a.to_string().into_bytes()),
         "upstream.port" => f.upstream.map(|a| i64le(i64::from(a.port()))),
         "route_name" | "xds.route_name" => string(&f.route),

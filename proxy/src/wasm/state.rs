@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::rc::Weak;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -36,9 +36,10 @@ pub struct RespHead {
     pub headers: HeaderMap,
 }
 
-/// Connection and request facts for properties; set by the host, read-only to guests.
-#[derive(Debug, Clone)]
-pub struct Facts {
+/// Facts of a downstream connection for properties, computed once per connection and
+/// shared by every stream of its requests.
+#[derive(Debug)]
+pub struct ConnFacts {
     /// Client address (after PROXY protocol).
     pub source: SocketAddr,
     /// Local address the client connected to.
@@ -47,10 +48,17 @@ pub struct Facts {
     pub connection_id: u64,
     /// TLS version, SNI and verified client subject, when TLS.
     pub tls: Option<(&'static str, Option<String>, Option<String>)>,
+}
+
+/// Connection and request facts for properties; set by the host, read-only to guests.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// The connection's.
+    pub conn: Rc<ConnFacts>,
     /// `x-request-id`.
     pub request_id: Option<HeaderValue>,
-    /// Request start (wall clock) and monotonic.
-    pub start: (SystemTime, Instant),
+    /// Request start (`request.time` is derived from it and the clock when asked).
+    pub start: Instant,
     /// `HTTP/1.1`, `HTTP/2`.
     pub protocol: &'static str,
     /// Route name.
@@ -245,6 +253,8 @@ pub struct HostState {
     pub last_status: (u32, Vec<u8>),
     /// stdout/stderr lines being assembled.
     pub output: super::wasi::GuestOutput,
+    /// Header names this instance writes.
+    pub names: super::maps::NameCache,
 }
 
 /// Context ids, callout tokens and plugin uids are unique integers Tandem hands out

@@ -96,6 +96,12 @@ async fn abi_probe_exercises_every_host_function() {
         let failed: Vec<&&str> = lines.iter().filter(|l| !l.ends_with(": ok")).collect();
         assert!(failed.is_empty(), "failed checks: {failed:#?}");
 
+        // A plain request: its head, lent to the upstream exchange, is readable again in
+        // the response phase (as it was sent).
+        let r = c.get("abi.test", "/plain?x=1", &[]).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.headers["x-abi-request-path"], "/plain?x=1");
+
         // Pause, http_call, local answer from the callout callback.
         let r = c.get("abi.test", "/abi/callout", &[]).await.unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
@@ -110,6 +116,7 @@ async fn abi_probe_exercises_every_host_function() {
         assert!(r.body.contains("x-callout-status: 200"), "{}", r.body);
         assert_eq!(r.headers["x-abi-response"], "1");
         assert_eq!(r.headers["x-abi-code-matches"], "1");
+        assert_eq!(r.headers["x-abi-request-path"], "/headers");
 
         // Buffered request body rewritten, response body appended to.
         let (head, body) = curl(&[
@@ -158,6 +165,11 @@ async fn abi_probe_exercises_every_host_function() {
         let m = proxy.metrics();
         let logged = proxy.metric("tandem_wasm_metric{filter=\"abi\",name=\"logged\",type=\"counter\"}");
         assert!(logged >= 5.0, "{m}");
+        // Every finished stream could still read its request in on_log: answered
+        // locally, reset, buffered, paused for a callout, or proxied.
+        let with_request =
+            proxy.metric("tandem_wasm_metric{filter=\"abi\",name=\"logged_with_request\",type=\"counter\"}");
+        assert_eq!(with_request, logged, "{m}");
         assert!(
             m.contains("tandem_wasm_metric{filter=\"abi\",name=\"probe_gauge\",type=\"gauge\"} 42"),
             "{m}"
