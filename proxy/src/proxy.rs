@@ -88,7 +88,7 @@ pub async fn handle(
         grpc_status: None,
     });
 
-    let mut resp = match proxy_request(&worker, &conn, &rt, req, &mut rec, start).await {
+    let mut resp = match proxy_request(&worker, &conn, &rt, req, &request_id, &mut rec, start).await {
         Ok(resp) => resp,
         Err(e) => local_error(&worker, &rt, e, &mut rec, start),
     };
@@ -113,6 +113,7 @@ async fn proxy_request(
     conn: &ConnState,
     rt: &Arc<Runtime>,
     mut req: Request<Incoming>,
+    request_id: &HeaderValue,
     rec: &mut Option<AccessRecord>,
     start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -126,9 +127,11 @@ async fn proxy_request(
     let chain = if route.filters.is_empty() {
         None
     } else {
-        // Boxed: the filter stage's state does not grow every request's future.
-        let filters = crate::inplace::box_in_place(|| run_request_filters(worker, conn, route, rt, req, start));
-        let (chain, routed, out) = filters.await?;
+        let (chain, routed, out) = match run_request_filters(worker, conn, route, rt, req, request_id, start)? {
+            FilterStage::Done(filtered) => filtered,
+            // Boxed: a paused filter's wait does not widen every request's future.
+            FilterStage::Paused(p) => crate::inplace::box_in_place(|| finish_request_filters(p, rt, route)).await?,
+        };
         req = match out {
             Ok(r) => r,
             Err(reply) => return Ok(filter_reply(worker, reply, rec, start, Some(chain))),
@@ -190,9 +193,17 @@ async fn proxy_request(
         c.borrow().set_upstream(&cluster.name, endpoint.address);
         let (mut parts, body) = resp.into_parts();
         let eos = http_body::Body::is_end_stream(&body);
-        let phase =
-            crate::inplace::box_in_place(|| crate::wasm::http::response_headers(c, &mut parts, eos, route.timeout));
-        match phase.await? {
+        let flow = match crate::wasm::http::response_headers_now(c, &mut parts, eos, 0)? {
+            crate::wasm::http::Step::Done(flow) => flow,
+            crate::wasm::http::Step::Paused(pos) => {
+                let paused =
+                    crate::inplace::box_in_place(|| response_headers_paused(c, parts, eos, pos, route.timeout));
+                let (back, flow) = paused.await;
+                parts = back;
+                flow?
+            }
+        };
+        match flow {
             crate::wasm::http::Flow::Local(reply) => return Ok(filter_reply(worker, reply, rec, start, chain)),
             crate::wasm::http::Flow::Continue => {}
         }
@@ -236,37 +247,89 @@ async fn proxy_request(
 /// Where a filter sent the request: (cluster index, endpoint).
 type Routed = (Option<usize>, Option<std::net::SocketAddr>);
 
+/// What the request filters decided: their chain, where they sent the request, and
+/// the request to send (or a filter's local answer).
+type Filtered = (
+    crate::wasm::http::ChainRef,
+    Routed,
+    Result<Request<Incoming>, crate::wasm::state::LocalReply>,
+);
+
+/// The request filter stage: decided without waiting (the usual case), or waiting on
+/// a paused filter.
+enum FilterStage {
+    Done(Filtered),
+    Paused(Box<PausedFilters>),
+}
+
+/// A request whose filter `idx` paused in its headers callback.
+struct PausedFilters {
+    chain: crate::wasm::http::ChainRef,
+    parts: http::request::Parts,
+    body: Incoming,
+    scheme: &'static str,
+    eos: bool,
+    idx: usize,
+}
+
 /// Stage 2c: the route's filters see the request headers; they may answer locally,
-/// change the request, or choose the cluster or endpoint.
-async fn run_request_filters(
+/// change the request, or choose the cluster or endpoint. Runs no future unless a
+/// filter pauses.
+fn run_request_filters(
     worker: &Rc<Worker>,
     conn: &ConnState,
     route: &Route,
     rt: &Runtime,
     req: Request<Incoming>,
+    request_id: &HeaderValue,
     start: Instant,
-) -> Result<
-    (
-        crate::wasm::http::ChainRef,
-        Routed,
-        Result<Request<Incoming>, crate::wasm::state::LocalReply>,
-    ),
-    ProxyError,
-> {
-    let facts = crate::wasm::http::facts(
-        conn,
-        req.headers().get(&headers::X_REQUEST_ID).cloned(),
-        req.version(),
-        &route.name,
-        start,
-    );
+) -> Result<FilterStage, ProxyError> {
+    let facts = crate::wasm::http::facts(conn, Some(request_id.clone()), req.version(), &route.name, start);
     let chain = crate::wasm::http::Chain::start(worker, &route.filters, facts)?;
     let (mut parts, body) = req.into_parts();
     let eos = http_body::Body::is_end_stream(&body);
     let scheme = if conn.tls.is_some() { "https" } else { "http" };
-    match crate::wasm::http::request_headers(&chain, &mut parts, scheme, eos, route.timeout).await? {
-        crate::wasm::http::Flow::Local(reply) => return Ok((chain, (None, None), Err(reply))),
-        crate::wasm::http::Flow::Continue => {}
+    let flow = match crate::wasm::http::request_headers_now(&chain, &mut parts, scheme, eos, 0)? {
+        crate::wasm::http::Step::Done(flow) => flow,
+        crate::wasm::http::Step::Paused(idx) => {
+            return Ok(FilterStage::Paused(Box::new(PausedFilters {
+                chain,
+                parts,
+                body,
+                scheme,
+                eos,
+                idx,
+            })))
+        }
+    };
+    filters_decided(chain, rt, route, flow, parts, body).map(FilterStage::Done)
+}
+
+/// The rest of stage 2c once the paused filter resumes.
+async fn finish_request_filters(p: Box<PausedFilters>, rt: &Runtime, route: &Route) -> Result<Filtered, ProxyError> {
+    let PausedFilters {
+        chain,
+        mut parts,
+        body,
+        scheme,
+        eos,
+        idx,
+    } = *p;
+    let flow = crate::wasm::http::request_headers_after(&chain, &mut parts, scheme, eos, idx, route.timeout).await?;
+    filters_decided(chain, rt, route, flow, parts, body)
+}
+
+/// The request (or local answer) and upstream the filters decided on.
+fn filters_decided(
+    chain: crate::wasm::http::ChainRef,
+    rt: &Runtime,
+    route: &Route,
+    flow: crate::wasm::http::Flow,
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Result<Filtered, ProxyError> {
+    if let crate::wasm::http::Flow::Local(reply) = flow {
+        return Ok((chain, (None, None), Err(reply)));
     }
     let up = chain.borrow().upstream();
     let cluster = match up.cluster {
@@ -280,6 +343,19 @@ async fn run_request_filters(
         None => None,
     };
     Ok((chain, (cluster, up.endpoint), Ok(Request::from_parts(parts, body))))
+}
+
+/// The response headers phase after a filter paused; gives the head back with the
+/// outcome (the head is moved in so the request future does not hold it across the wait).
+async fn response_headers_paused(
+    chain: &crate::wasm::http::ChainRef,
+    mut parts: http::response::Parts,
+    eos: bool,
+    pos: usize,
+    limit: Duration,
+) -> (http::response::Parts, Result<crate::wasm::http::Flow, ProxyError>) {
+    let flow = crate::wasm::http::response_headers_after(chain, &mut parts, eos, pos, limit).await;
+    (parts, flow)
 }
 
 /// The response for a filter's local reply, logged as the request's outcome.
@@ -538,7 +614,7 @@ async fn attempts(
 }
 
 /// Hands the request head back to the filter chain once it no longer goes upstream
-/// (see `wasm::http::request_headers`).
+/// (see `wasm::http::request_headers_now`).
 fn head_back(chain: Option<&crate::wasm::http::ChainRef>, parts: &mut http::request::Parts) {
     if let Some(c) = chain {
         let (uri, headers) = (std::mem::take(&mut parts.uri), std::mem::take(&mut parts.headers));

@@ -8,6 +8,8 @@
 //! - `/abi/callout`: pauses, `http_call`s the `backend` cluster, answers locally with
 //!   the callout's status and body (from the async callback);
 //! - `/abi/resume`: pauses, `http_call`s, then adds a header and resumes the request;
+//! - `/abi/late`: passes the request; pauses the response headers, `http_call`s, then
+//!   adds `x-late-callout-status` and resumes the response;
 //! - `/abi/body`: buffers the request body to its end and upper-cases it; appends a
 //!   line to the response body;
 //! - `/abi/grpc`: a gRPC trailers-only local reply;
@@ -414,6 +416,11 @@ impl Context for Probe {
             self.resume_http_request();
             return;
         }
+        if self.path.starts_with("/abi/late") {
+            self.set_http_response_header("x-late-callout-status", Some(&status));
+            self.resume_http_response();
+            return;
+        }
         self.send_http_response(
             200,
             vec![
@@ -488,6 +495,9 @@ impl HttpContext for Probe {
         );
         if self.path.starts_with("/abi/body") {
             self.set_http_response_header("content-length", None);
+        }
+        if self.path.starts_with("/abi/late") {
+            return self.callout();
         }
         Action::Continue
     }

@@ -175,7 +175,7 @@ impl Chain {
     }
 
     /// Gives the request head back to the streams that let it go upstream without
-    /// keeping a copy (see [`request_headers`]), once it is no longer needed there: the
+    /// keeping a copy (see [`request_headers_now`]), once it is no longer needed there: the
     /// response callbacks and `on_log` read it (and `request.*` properties) as Envoy's
     /// do. The last such stream takes the head; the others get copies.
     pub fn request_head_back(&self, method: Method, uri: Uri, headers: HeaderMap) {
@@ -307,22 +307,35 @@ async fn wait_resume(inst: &Rc<RefCell<Instance>>, ctx: u32, limit: Duration) ->
     }
 }
 
-/// Request headers through every filter in order. `parts` is moved into each
-/// filter's stream for the call (so a paused filter's callouts can still change it)
-/// and back. A stream keeps a copy of the head only when a callback may read it while
-/// the request is upstream (a request body follows, or a callout of the stream is
+/// Where a headers phase stands after the filters that did not pause.
+#[derive(Debug)]
+pub enum Step {
+    /// Every filter ran (or one ended the phase).
+    Done(Flow),
+    /// Filter `.0` paused: the phase goes on once it resumes (`*_headers_after`).
+    Paused(usize),
+}
+
+/// Request headers through filters `from..` in order, as far as they go without
+/// waiting (the common case runs no future at all). `parts` is moved into each
+/// filter's stream for the call (a paused filter's callouts can still change it) and
+/// back. A stream keeps a copy of the head only when a callback may read it while the
+/// request is upstream (a request body follows, or a callout of the stream is
 /// pending); otherwise the head comes back after the exchange
 /// ([`Chain::request_head_back`]), or at once when the request ends here.
-pub async fn request_headers(
+pub fn request_headers_now(
     chain: &ChainRef,
     parts: &mut http::request::Parts,
     scheme: &'static str,
     eos: bool,
-    limit: Duration,
-) -> Result<Flow, ProxyError> {
-    chain.borrow_mut().scheme = scheme;
-    let n = chain.borrow().entries.len();
-    for idx in 0..n {
+    from: usize,
+) -> Result<Step, ProxyError> {
+    let n = {
+        let mut c = chain.borrow_mut();
+        c.scheme = scheme;
+        c.entries.len()
+    };
+    for idx in from..n {
         let Some((inst, ctx, plugin)) = live_entry(chain, idx) else {
             continue;
         };
@@ -347,35 +360,75 @@ pub async fn request_headers(
             }
         };
         let outcome = match called {
-            Ok(Action::Pause) => wait_resume(&inst, ctx, limit).await,
+            Ok(Action::Pause) => return Ok(Step::Paused(idx)),
             Ok(Action::Continue) => Ok(()),
             Err(f) => Err(f),
         };
-        // Take the (possibly changed) head back.
-        let mut i = inst.borrow_mut();
-        let callout_pending = i.state().callouts.values().any(|&owner| owner == ctx);
-        let (local, closed) = match i.stream(ctx) {
-            Some(s) => {
-                if let Some(h) = s.req.take() {
-                    if !eos || callout_pending {
-                        s.req = Some(h.clone());
-                    }
-                    put_req(parts, h);
-                }
-                (s.local.take(), s.closed)
-            }
-            None => (None, false),
-        };
-        drop(i);
-        let end = phase_end(chain, idx, &plugin, local, closed, outcome);
-        if !matches!(end, Ok(None)) {
-            // The request goes no further: its head is the streams' again.
-            let (uri, headers) = (std::mem::take(&mut parts.uri), std::mem::take(&mut parts.headers));
-            chain.borrow().request_head_back(parts.method.clone(), uri, headers);
-            return end.map(|f| f.expect("checked"));
+        if let Some(flow) = request_filter_done(chain, idx, &inst, ctx, &plugin, parts, eos, outcome)? {
+            return Ok(Step::Done(flow));
         }
     }
-    Ok(Flow::Continue)
+    Ok(Step::Done(Flow::Continue))
+}
+
+/// The request headers phase after filter `idx` paused: waits for it to resume (or
+/// fail, or time out), then runs the filters after it.
+pub async fn request_headers_after(
+    chain: &ChainRef,
+    parts: &mut http::request::Parts,
+    scheme: &'static str,
+    eos: bool,
+    mut idx: usize,
+    limit: Duration,
+) -> Result<Flow, ProxyError> {
+    loop {
+        let (inst, ctx, plugin) = live_entry(chain, idx).expect("a paused filter is live");
+        let outcome = wait_resume(&inst, ctx, limit).await;
+        if let Some(flow) = request_filter_done(chain, idx, &inst, ctx, &plugin, parts, eos, outcome)? {
+            return Ok(flow);
+        }
+        match request_headers_now(chain, parts, scheme, eos, idx + 1)? {
+            Step::Done(flow) => return Ok(flow),
+            Step::Paused(next) => idx = next,
+        }
+    }
+}
+
+/// Filter `idx`'s request-headers callback is over: takes the (possibly changed) head
+/// back and decides whether the phase goes on (`None`).
+#[allow(clippy::too_many_arguments)]
+fn request_filter_done(
+    chain: &ChainRef,
+    idx: usize,
+    inst: &Rc<RefCell<Instance>>,
+    ctx: u32,
+    plugin: &Plugin,
+    parts: &mut http::request::Parts,
+    eos: bool,
+    outcome: Result<(), Fault>,
+) -> Result<Option<Flow>, ProxyError> {
+    let mut i = inst.borrow_mut();
+    let callout_pending = i.state().callouts.values().any(|&owner| owner == ctx);
+    let (local, closed) = match i.stream(ctx) {
+        Some(s) => {
+            if let Some(h) = s.req.take() {
+                if !eos || callout_pending {
+                    s.req = Some(h.clone());
+                }
+                put_req(parts, h);
+            }
+            (s.local.take(), s.closed)
+        }
+        None => (None, false),
+    };
+    drop(i);
+    let end = phase_end(chain, idx, plugin, local, closed, outcome);
+    if !matches!(end, Ok(None)) {
+        // The request goes no further: its head is the streams' again.
+        let (uri, headers) = (std::mem::take(&mut parts.uri), std::mem::take(&mut parts.headers));
+        chain.borrow().request_head_back(parts.method.clone(), uri, headers);
+    }
+    end
 }
 
 /// How a headers phase ends for one filter: its local reply answers the request, a
@@ -408,15 +461,17 @@ fn put_req(parts: &mut http::request::Parts, h: ReqHead) {
     parts.headers = h.headers;
 }
 
-/// Response headers through every filter in reverse order.
-pub async fn response_headers(
+/// Response headers through filters `from..` in reverse order (`from` counts from the
+/// last filter), as far as they go without waiting.
+pub fn response_headers_now(
     chain: &ChainRef,
     parts: &mut http::response::Parts,
     eos: bool,
-    limit: Duration,
-) -> Result<Flow, ProxyError> {
+    from: usize,
+) -> Result<Step, ProxyError> {
     let n = chain.borrow().entries.len();
-    for idx in (0..n).rev() {
+    for pos in from..n {
+        let idx = n - 1 - pos;
         let Some((inst, ctx, plugin)) = live_entry(chain, idx) else {
             continue;
         };
@@ -440,31 +495,63 @@ pub async fn response_headers(
             }
         };
         let outcome = match called {
-            Ok(Action::Pause) => wait_resume(&inst, ctx, limit).await,
+            Ok(Action::Pause) => return Ok(Step::Paused(pos)),
             Ok(Action::Continue) => Ok(()),
             Err(f) => Err(f),
         };
-        let mut i = inst.borrow_mut();
-        let (local, closed) = match i.stream(ctx) {
-            Some(s) => {
-                if let Some(h) = s.resp.take() {
-                    s.resp = Some(RespHead {
-                        status: h.status,
-                        headers: HeaderMap::new(),
-                    });
-                    parts.status = h.status;
-                    parts.headers = h.headers;
-                }
-                (s.local.take(), s.closed)
-            }
-            None => (None, false),
-        };
-        drop(i);
-        if let Some(flow) = phase_end(chain, idx, &plugin, local, closed, outcome)? {
-            return Ok(flow);
+        if let Some(flow) = response_filter_done(chain, idx, &inst, ctx, &plugin, parts, outcome)? {
+            return Ok(Step::Done(flow));
         }
     }
-    Ok(Flow::Continue)
+    Ok(Step::Done(Flow::Continue))
+}
+
+/// The response headers phase after the filter at position `pos` paused.
+pub async fn response_headers_after(
+    chain: &ChainRef,
+    parts: &mut http::response::Parts,
+    eos: bool,
+    mut pos: usize,
+    limit: Duration,
+) -> Result<Flow, ProxyError> {
+    loop {
+        let idx = chain.borrow().entries.len() - 1 - pos;
+        let (inst, ctx, plugin) = live_entry(chain, idx).expect("a paused filter is live");
+        let outcome = wait_resume(&inst, ctx, limit).await;
+        if let Some(flow) = response_filter_done(chain, idx, &inst, ctx, &plugin, parts, outcome)? {
+            return Ok(flow);
+        }
+        match response_headers_now(chain, parts, eos, pos + 1)? {
+            Step::Done(flow) => return Ok(flow),
+            Step::Paused(next) => pos = next,
+        }
+    }
+}
+
+/// Filter `idx`'s response-headers callback is over: takes the head back (the stream
+/// keeps the status for `response.code`).
+fn response_filter_done(
+    chain: &ChainRef,
+    idx: usize,
+    inst: &Rc<RefCell<Instance>>,
+    ctx: u32,
+    plugin: &Plugin,
+    parts: &mut http::response::Parts,
+    outcome: Result<(), Fault>,
+) -> Result<Option<Flow>, ProxyError> {
+    let mut i = inst.borrow_mut();
+    let (local, closed) = match i.stream(ctx) {
+        Some(s) => {
+            if let Some(h) = s.resp.as_mut() {
+                parts.status = h.status;
+                parts.headers = std::mem::take(&mut h.headers);
+            }
+            (s.local.take(), s.closed)
+        }
+        None => (None, false),
+    };
+    drop(i);
+    phase_end(chain, idx, plugin, local, closed, outcome)
 }
 
 /// The response for a filter's local reply (gRPC trailers-only when it carries a gRPC

@@ -118,6 +118,13 @@ async fn abi_probe_exercises_every_host_function() {
         assert_eq!(r.headers["x-abi-code-matches"], "1");
         assert_eq!(r.headers["x-abi-request-path"], "/headers");
 
+        // Response headers paused for a callout, changed and resumed.
+        let r = c.get("abi.test", "/abi/late", &[]).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.headers["x-late-callout-status"], "200");
+        assert_eq!(r.headers["x-abi-response"], "1");
+        assert_eq!(r.headers["x-abi-request-path"], "/abi/late");
+
         // Buffered request body rewritten, response body appended to.
         let (head, body) = curl(&[
             "--data-binary",
