@@ -159,7 +159,7 @@ impl Instance {
             last_status: (0, Vec::new()),
             new_queues: Vec::new(),
             output: Default::default(),
-            names: Default::default(),
+            header_cache: Default::default(),
         };
         let mut store = Store::new(super::module::engine(), state);
         store.limiter(|s| &mut s.limits as &mut dyn wasmtime::ResourceLimiter);

@@ -88,27 +88,53 @@ pub fn plain_get(h: &HeaderMap, key: &[u8]) -> Option<Vec<u8>> {
     h.get(std::str::from_utf8(key).ok()?).map(|v| v.as_bytes().to_vec())
 }
 
-/// Header names an instance wrote recently, parsed once. Filters write the same few
-/// names on every request, and parsing a name that is not a standard one validates it
-/// and allocates; a cached one is a reference-count increment.
+/// Header names and values an instance wrote recently, parsed once. Filters write the
+/// same few names (and often the same values) on every request; parsing one validates
+/// it and allocates, while a cached one is a reference-count increment.
 #[derive(Debug, Default)]
-pub struct NameCache(Vec<HeaderName>);
+pub struct HeaderCache {
+    names: Vec<HeaderName>,
+    values: Vec<HeaderValue>,
+    /// The value slot to replace next once `values` is full.
+    next_value: usize,
+}
 
-impl NameCache {
-    /// Names kept (a linear scan: filters write a handful).
-    const MAX: usize = 32;
+impl HeaderCache {
+    /// Names kept (a linear scan: filters write a handful; the first ones stay).
+    const NAMES: usize = 32;
+    /// Values kept, replaced in turn (values may vary per request).
+    const VALUES: usize = 16;
+    /// Longer values are not cached.
+    const VALUE_BYTES: usize = 128;
 
     /// `raw` as a header name (`None` when it is not a valid one).
     pub fn name(&mut self, raw: &[u8]) -> Option<HeaderName> {
-        if let Some(n) = self.0.iter().find(|n| n.as_str().as_bytes() == raw) {
+        if let Some(n) = self.names.iter().find(|n| n.as_str().as_bytes() == raw) {
             return Some(n.clone());
         }
         let n = HeaderName::from_bytes(raw).ok()?;
         // Names given in another case are not cached under a key they do not match.
-        if self.0.len() < Self::MAX && n.as_str().as_bytes() == raw {
-            self.0.push(n.clone());
+        if self.names.len() < Self::NAMES && n.as_str().as_bytes() == raw {
+            self.names.push(n.clone());
         }
         Some(n)
+    }
+
+    /// `raw` as a header value (`None` when it is not a valid one).
+    pub fn value(&mut self, raw: &[u8]) -> Option<HeaderValue> {
+        if let Some(v) = self.values.iter().find(|v| v.as_bytes() == raw) {
+            return Some(v.clone());
+        }
+        let v = HeaderValue::from_bytes(raw).ok()?;
+        if raw.len() <= Self::VALUE_BYTES {
+            if self.values.len() < Self::VALUES {
+                self.values.push(v.clone());
+            } else {
+                self.values[self.next_value] = v.clone();
+                self.next_value = (self.next_value + 1) % Self::VALUES;
+            }
+        }
+        Some(v)
     }
 }
 
@@ -147,7 +173,7 @@ fn set_authority(h: &mut ReqHead, v: &[u8]) -> bool {
 }
 
 /// Applies an edit to a request map; false when a name or value is not valid HTTP.
-pub fn req_edit(h: &mut ReqHead, e: Edit<'_>, names: &mut NameCache) -> bool {
+pub fn req_edit(h: &mut ReqHead, e: Edit<'_>, names: &mut HeaderCache) -> bool {
     let pseudo = |h: &mut ReqHead, k: &[u8], v: &[u8]| -> Option<bool> {
         Some(match k {
             b":path" => set_path(h, v),
@@ -192,7 +218,7 @@ pub fn req_edit(h: &mut ReqHead, e: Edit<'_>, names: &mut NameCache) -> bool {
 }
 
 /// Applies an edit to a response map.
-pub fn resp_edit(h: &mut RespHead, e: Edit<'_>, names: &mut NameCache) -> bool {
+pub fn resp_edit(h: &mut RespHead, e: Edit<'_>, names: &mut HeaderCache) -> bool {
     match e {
         Edit::Add(b":status", v) | Edit::Replace(b":status", v) => match StatusCode::from_bytes(v) {
             Ok(s) => {
@@ -215,8 +241,8 @@ pub fn resp_edit(h: &mut RespHead, e: Edit<'_>, names: &mut NameCache) -> bool {
 }
 
 /// Applies an edit to a plain map (trailers, regular headers).
-pub fn plain_edit(h: &mut HeaderMap, e: Edit<'_>, names: &mut NameCache) -> bool {
-    let mut parse = |k: &[u8], v: &[u8]| Some((names.name(k)?, HeaderValue::from_bytes(v).ok()?));
+pub fn plain_edit(h: &mut HeaderMap, e: Edit<'_>, names: &mut HeaderCache) -> bool {
+    let mut parse = |k: &[u8], v: &[u8]| Some((names.name(k)?, names.value(v)?));
     match e {
         Edit::Add(k, v) => match parse(k, v) {
             Some((k, v)) => {
@@ -283,7 +309,7 @@ mod tests {
     #[test]
     fn pseudo_header_writes_change_the_request() {
         let mut h = head();
-        let n = &mut NameCache::default();
+        let n = &mut HeaderCache::default();
         assert!(req_edit(&mut h, Edit::Replace(b":path", b"/new?x"), n));
         assert!(req_edit(&mut h, Edit::Replace(b":authority", b"b.example"), n));
         assert!(req_edit(&mut h, Edit::Replace(b":method", b"POST"), n));
@@ -293,5 +319,30 @@ mod tests {
         assert!(!req_edit(&mut h, Edit::Add(b"bad name", b"v"), n));
         assert!(req_edit(&mut h, Edit::Remove(b"x-a"), n));
         assert!(!h.headers.contains_key("x-a"));
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn cache_returns_equal_names_and_values_and_rejects_invalid_ones() {
+        let mut c = HeaderCache::default();
+        assert_eq!(c.name(b"x-env").unwrap(), "x-env");
+        assert_eq!(c.name(b"x-env").unwrap(), "x-env");
+        // Another case is normalised, not served from the lower-case entry's key.
+        assert_eq!(c.name(b"X-Env").unwrap(), "x-env");
+        assert!(c.name(b"bad name").is_none());
+        assert_eq!(c.value(b"DENY").unwrap(), "DENY");
+        assert_eq!(c.value(b"DENY").unwrap(), "DENY");
+        assert!(c.value(b"bad\nvalue").is_none());
+        // More distinct values than slots: each is still returned right.
+        for i in 0..100 {
+            let v = format!("v{i}");
+            assert_eq!(c.value(v.as_bytes()).unwrap(), v.as_str());
+            assert_eq!(c.value(v.as_bytes()).unwrap(), v.as_str());
+        }
+        assert!(c.values.len() <= HeaderCache::VALUES);
     }
 }

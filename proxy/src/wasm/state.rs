@@ -253,8 +253,8 @@ pub struct HostState {
     pub last_status: (u32, Vec<u8>),
     /// stdout/stderr lines being assembled.
     pub output: super::wasi::GuestOutput,
-    /// Header names this instance writes.
-    pub names: super::maps::NameCache,
+    /// Header names and values this instance writes.
+    pub header_cache: super::maps::HeaderCache,
 }
 
 /// Context ids, callout tokens and plugin uids are unique integers Tandem hands out
