@@ -127,15 +127,16 @@ async fn proxy_request(
     let chain = if route.filters.is_empty() {
         None
     } else {
-        let (chain, routed, out) = match run_request_filters(worker, conn, route, rt, req, request_id, start)? {
+        let (chain, routed, local) = match run_request_filters(worker, conn, route, rt, &mut req, request_id, start)? {
             FilterStage::Done(filtered) => filtered,
             // Boxed: a paused filter's wait does not widen every request's future.
-            FilterStage::Paused(p) => crate::inplace::box_in_place(|| finish_request_filters(p, rt, route)).await?,
+            FilterStage::Paused(p) => {
+                crate::inplace::box_in_place(|| finish_request_filters(p, &mut req, rt, route)).await?
+            }
         };
-        req = match out {
-            Ok(r) => r,
-            Err(reply) => return Ok(filter_reply(worker, reply, rec, start, Some(chain))),
-        };
+        if let Some(reply) = local {
+            return Ok(filter_reply(worker, reply, rec, start, Some(chain)));
+        }
         if let Some(i) = routed.0 {
             cluster_idx = i;
         }
@@ -191,23 +192,21 @@ async fn proxy_request(
     let mut resp = prepare_downstream_response(resp, route);
     if let Some(c) = &chain {
         c.borrow().set_upstream(&cluster.name, endpoint.address);
-        let (mut parts, body) = resp.into_parts();
-        let eos = http_body::Body::is_end_stream(&body);
-        let flow = match crate::wasm::http::response_headers_now(c, &mut parts, eos, 0)? {
+        let eos = http_body::Body::is_end_stream(resp.body());
+        let flow = match crate::wasm::http::response_headers_now(c, &mut resp, eos, 0)? {
             crate::wasm::http::Step::Done(flow) => flow,
+            // Boxed: a paused filter's wait does not widen every request's future.
             crate::wasm::http::Step::Paused(pos) => {
-                let paused =
-                    crate::inplace::box_in_place(|| response_headers_paused(c, parts, eos, pos, route.timeout));
-                let (back, flow) = paused.await;
-                parts = back;
-                flow?
+                crate::inplace::box_in_place(|| {
+                    crate::wasm::http::response_headers_after(c, &mut resp, eos, pos, route.timeout)
+                })
+                .await?
             }
         };
         match flow {
             crate::wasm::http::Flow::Local(reply) => return Ok(filter_reply(worker, reply, rec, start, chain)),
             crate::wasm::http::Flow::Continue => {}
         }
-        resp = Response::from_parts(parts, body);
     }
     // A trailers-only gRPC answer carries grpc-status in its headers (gRPC needs h2c).
     let grpc_status = (cluster.protocol == UpstreamProtocol::H2c)
@@ -247,12 +246,12 @@ async fn proxy_request(
 /// Where a filter sent the request: (cluster index, endpoint).
 type Routed = (Option<usize>, Option<std::net::SocketAddr>);
 
-/// What the request filters decided: their chain, where they sent the request, and
-/// the request to send (or a filter's local answer).
+/// What the request filters decided: their chain, where they sent the request, and a
+/// filter's local answer (if one answered instead of the upstream).
 type Filtered = (
     crate::wasm::http::ChainRef,
     Routed,
-    Result<Request<Incoming>, crate::wasm::state::LocalReply>,
+    Option<crate::wasm::state::LocalReply>,
 );
 
 /// The request filter stage: decided without waiting (the usual case), or waiting on
@@ -265,71 +264,67 @@ enum FilterStage {
 /// A request whose filter `idx` paused in its headers callback.
 struct PausedFilters {
     chain: crate::wasm::http::ChainRef,
-    parts: http::request::Parts,
-    body: Incoming,
     scheme: &'static str,
     eos: bool,
     idx: usize,
 }
 
 /// Stage 2c: the route's filters see the request headers; they may answer locally,
-/// change the request, or choose the cluster or endpoint. Runs no future unless a
-/// filter pauses.
+/// change the request (in place), or choose the cluster or endpoint. Runs no future
+/// unless a filter pauses.
 fn run_request_filters(
     worker: &Rc<Worker>,
     conn: &ConnState,
     route: &Route,
     rt: &Runtime,
-    req: Request<Incoming>,
+    req: &mut Request<Incoming>,
     request_id: &HeaderValue,
     start: Instant,
 ) -> Result<FilterStage, ProxyError> {
     let facts = crate::wasm::http::facts(conn, Some(request_id.clone()), req.version(), &route.name, start);
     let chain = crate::wasm::http::Chain::start(worker, &route.filters, facts)?;
-    let (mut parts, body) = req.into_parts();
-    let eos = http_body::Body::is_end_stream(&body);
+    let eos = http_body::Body::is_end_stream(req.body());
     let scheme = if conn.tls.is_some() { "https" } else { "http" };
-    let flow = match crate::wasm::http::request_headers_now(&chain, &mut parts, scheme, eos, 0)? {
+    let flow = match crate::wasm::http::request_headers_now(&chain, req, scheme, eos, 0)? {
         crate::wasm::http::Step::Done(flow) => flow,
         crate::wasm::http::Step::Paused(idx) => {
             return Ok(FilterStage::Paused(Box::new(PausedFilters {
                 chain,
-                parts,
-                body,
                 scheme,
                 eos,
                 idx,
             })))
         }
     };
-    filters_decided(chain, rt, route, flow, parts, body).map(FilterStage::Done)
+    filters_decided(chain, rt, route, flow).map(FilterStage::Done)
 }
 
 /// The rest of stage 2c once the paused filter resumes.
-async fn finish_request_filters(p: Box<PausedFilters>, rt: &Runtime, route: &Route) -> Result<Filtered, ProxyError> {
+async fn finish_request_filters(
+    p: Box<PausedFilters>,
+    req: &mut Request<Incoming>,
+    rt: &Runtime,
+    route: &Route,
+) -> Result<Filtered, ProxyError> {
     let PausedFilters {
         chain,
-        mut parts,
-        body,
         scheme,
         eos,
         idx,
     } = *p;
-    let flow = crate::wasm::http::request_headers_after(&chain, &mut parts, scheme, eos, idx, route.timeout).await?;
-    filters_decided(chain, rt, route, flow, parts, body)
+    let flow = crate::wasm::http::request_headers_after(&chain, req, scheme, eos, idx, route.timeout).await?;
+    filters_decided(chain, rt, route, flow)
 }
 
-/// The request (or local answer) and upstream the filters decided on.
+/// The local answer or upstream the filters decided on.
 fn filters_decided(
     chain: crate::wasm::http::ChainRef,
     rt: &Runtime,
     route: &Route,
     flow: crate::wasm::http::Flow,
-    parts: http::request::Parts,
-    body: Incoming,
 ) -> Result<Filtered, ProxyError> {
     if let crate::wasm::http::Flow::Local(reply) = flow {
-        return Ok((chain, (None, None), Err(reply)));
+        return Ok((chain, (None, None), Some(reply)));
     }
     let up = chain.borrow().upstream();
     let cluster = match up.cluster {
@@ -342,20 +337,7 @@ fn filters_decided(
         },
         None => None,
     };
-    Ok((chain, (cluster, up.endpoint), Ok(Request::from_parts(parts, body))))
-}
-
-/// The response headers phase after a filter paused; gives the head back with the
-/// outcome (the head is moved in so the request future does not hold it across the wait).
-async fn response_headers_paused(
-    chain: &crate::wasm::http::ChainRef,
-    mut parts: http::response::Parts,
-    eos: bool,
-    pos: usize,
-    limit: Duration,
-) -> (http::response::Parts, Result<crate::wasm::http::Flow, ProxyError>) {
-    let flow = crate::wasm::http::response_headers_after(chain, &mut parts, eos, pos, limit).await;
-    (parts, flow)
+    Ok((chain, (cluster, up.endpoint), None))
 }
 
 /// The response for a filter's local reply, logged as the request's outcome.

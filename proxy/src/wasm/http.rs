@@ -317,15 +317,15 @@ pub enum Step {
 }
 
 /// Request headers through filters `from..` in order, as far as they go without
-/// waiting (the common case runs no future at all). `parts` is moved into each
+/// waiting (the common case runs no future at all). The head of `req` is moved into each
 /// filter's stream for the call (a paused filter's callouts can still change it) and
 /// back. A stream keeps a copy of the head only when a callback may read it while the
 /// request is upstream (a request body follows, or a callout of the stream is
 /// pending); otherwise the head comes back after the exchange
 /// ([`Chain::request_head_back`]), or at once when the request ends here.
-pub fn request_headers_now(
+pub fn request_headers_now<B>(
     chain: &ChainRef,
-    parts: &mut http::request::Parts,
+    req: &mut http::Request<B>,
     scheme: &'static str,
     eos: bool,
     from: usize,
@@ -340,9 +340,9 @@ pub fn request_headers_now(
             continue;
         };
         let head = ReqHead {
-            method: parts.method.clone(),
-            uri: std::mem::take(&mut parts.uri),
-            headers: std::mem::take(&mut parts.headers),
+            method: req.method().clone(),
+            uri: std::mem::take(req.uri_mut()),
+            headers: std::mem::take(req.headers_mut()),
             scheme,
         };
         let count = head.headers.len() + 4;
@@ -354,7 +354,7 @@ pub fn request_headers_now(
                     i.on_request_headers(ctx, count, eos)
                 }
                 None => {
-                    put_req(parts, head);
+                    put_req(req, head);
                     Err(Fault::Unavailable("stream gone".into()))
                 }
             }
@@ -364,7 +364,7 @@ pub fn request_headers_now(
             Ok(Action::Continue) => Ok(()),
             Err(f) => Err(f),
         };
-        if let Some(flow) = request_filter_done(chain, idx, &inst, ctx, &plugin, parts, eos, outcome)? {
+        if let Some(flow) = request_filter_done(chain, idx, &inst, ctx, &plugin, req, eos, outcome)? {
             return Ok(Step::Done(flow));
         }
     }
@@ -373,9 +373,9 @@ pub fn request_headers_now(
 
 /// The request headers phase after filter `idx` paused: waits for it to resume (or
 /// fail, or time out), then runs the filters after it.
-pub async fn request_headers_after(
+pub async fn request_headers_after<B>(
     chain: &ChainRef,
-    parts: &mut http::request::Parts,
+    req: &mut http::Request<B>,
     scheme: &'static str,
     eos: bool,
     mut idx: usize,
@@ -384,10 +384,10 @@ pub async fn request_headers_after(
     loop {
         let (inst, ctx, plugin) = live_entry(chain, idx).expect("a paused filter is live");
         let outcome = wait_resume(&inst, ctx, limit).await;
-        if let Some(flow) = request_filter_done(chain, idx, &inst, ctx, &plugin, parts, eos, outcome)? {
+        if let Some(flow) = request_filter_done(chain, idx, &inst, ctx, &plugin, req, eos, outcome)? {
             return Ok(flow);
         }
-        match request_headers_now(chain, parts, scheme, eos, idx + 1)? {
+        match request_headers_now(chain, req, scheme, eos, idx + 1)? {
             Step::Done(flow) => return Ok(flow),
             Step::Paused(next) => idx = next,
         }
@@ -397,13 +397,13 @@ pub async fn request_headers_after(
 /// Filter `idx`'s request-headers callback is over: takes the (possibly changed) head
 /// back and decides whether the phase goes on (`None`).
 #[allow(clippy::too_many_arguments)]
-fn request_filter_done(
+fn request_filter_done<B>(
     chain: &ChainRef,
     idx: usize,
     inst: &Rc<RefCell<Instance>>,
     ctx: u32,
     plugin: &Plugin,
-    parts: &mut http::request::Parts,
+    req: &mut http::Request<B>,
     eos: bool,
     outcome: Result<(), Fault>,
 ) -> Result<Option<Flow>, ProxyError> {
@@ -415,7 +415,7 @@ fn request_filter_done(
                 if !eos || callout_pending {
                     s.req = Some(h.clone());
                 }
-                put_req(parts, h);
+                put_req(req, h);
             }
             (s.local.take(), s.closed)
         }
@@ -425,8 +425,8 @@ fn request_filter_done(
     let end = phase_end(chain, idx, plugin, local, closed, outcome);
     if !matches!(end, Ok(None)) {
         // The request goes no further: its head is the streams' again.
-        let (uri, headers) = (std::mem::take(&mut parts.uri), std::mem::take(&mut parts.headers));
-        chain.borrow().request_head_back(parts.method.clone(), uri, headers);
+        let (uri, headers) = (std::mem::take(req.uri_mut()), std::mem::take(req.headers_mut()));
+        chain.borrow().request_head_back(req.method().clone(), uri, headers);
     }
     end
 }
@@ -455,17 +455,17 @@ fn phase_end(
     Ok(None)
 }
 
-fn put_req(parts: &mut http::request::Parts, h: ReqHead) {
-    parts.method = h.method;
-    parts.uri = h.uri;
-    parts.headers = h.headers;
+fn put_req<B>(req: &mut http::Request<B>, h: ReqHead) {
+    *req.method_mut() = h.method;
+    *req.uri_mut() = h.uri;
+    *req.headers_mut() = h.headers;
 }
 
 /// Response headers through filters `from..` in reverse order (`from` counts from the
 /// last filter), as far as they go without waiting.
-pub fn response_headers_now(
+pub fn response_headers_now<B>(
     chain: &ChainRef,
-    parts: &mut http::response::Parts,
+    resp: &mut http::Response<B>,
     eos: bool,
     from: usize,
 ) -> Result<Step, ProxyError> {
@@ -476,8 +476,8 @@ pub fn response_headers_now(
             continue;
         };
         let head = RespHead {
-            status: parts.status,
-            headers: std::mem::take(&mut parts.headers),
+            status: resp.status(),
+            headers: std::mem::take(resp.headers_mut()),
         };
         let count = head.headers.len() + 1;
         let called = {
@@ -488,8 +488,8 @@ pub fn response_headers_now(
                     i.on_response_headers(ctx, count, eos)
                 }
                 None => {
-                    parts.status = head.status;
-                    parts.headers = head.headers;
+                    *resp.status_mut() = head.status;
+                    *resp.headers_mut() = head.headers;
                     Err(Fault::Unavailable("stream gone".into()))
                 }
             }
@@ -499,7 +499,7 @@ pub fn response_headers_now(
             Ok(Action::Continue) => Ok(()),
             Err(f) => Err(f),
         };
-        if let Some(flow) = response_filter_done(chain, idx, &inst, ctx, &plugin, parts, outcome)? {
+        if let Some(flow) = response_filter_done(chain, idx, &inst, ctx, &plugin, resp, outcome)? {
             return Ok(Step::Done(flow));
         }
     }
@@ -507,9 +507,9 @@ pub fn response_headers_now(
 }
 
 /// The response headers phase after the filter at position `pos` paused.
-pub async fn response_headers_after(
+pub async fn response_headers_after<B>(
     chain: &ChainRef,
-    parts: &mut http::response::Parts,
+    resp: &mut http::Response<B>,
     eos: bool,
     mut pos: usize,
     limit: Duration,
@@ -518,10 +518,10 @@ pub async fn response_headers_after(
         let idx = chain.borrow().entries.len() - 1 - pos;
         let (inst, ctx, plugin) = live_entry(chain, idx).expect("a paused filter is live");
         let outcome = wait_resume(&inst, ctx, limit).await;
-        if let Some(flow) = response_filter_done(chain, idx, &inst, ctx, &plugin, parts, outcome)? {
+        if let Some(flow) = response_filter_done(chain, idx, &inst, ctx, &plugin, resp, outcome)? {
             return Ok(flow);
         }
-        match response_headers_now(chain, parts, eos, pos + 1)? {
+        match response_headers_now(chain, resp, eos, pos + 1)? {
             Step::Done(flow) => return Ok(flow),
             Step::Paused(next) => pos = next,
         }
@@ -530,21 +530,21 @@ pub async fn response_headers_after(
 
 /// Filter `idx`'s response-headers callback is over: takes the head back (the stream
 /// keeps the status for `response.code`).
-fn response_filter_done(
+fn response_filter_done<B>(
     chain: &ChainRef,
     idx: usize,
     inst: &Rc<RefCell<Instance>>,
     ctx: u32,
     plugin: &Plugin,
-    parts: &mut http::response::Parts,
+    resp: &mut http::Response<B>,
     outcome: Result<(), Fault>,
 ) -> Result<Option<Flow>, ProxyError> {
     let mut i = inst.borrow_mut();
     let (local, closed) = match i.stream(ctx) {
         Some(s) => {
             if let Some(h) = s.resp.as_mut() {
-                parts.status = h.status;
-                parts.headers = std::mem::take(&mut h.headers);
+                *resp.status_mut() = h.status;
+                *resp.headers_mut() = std::mem::take(&mut h.headers);
             }
             (s.local.take(), s.closed)
         }
