@@ -88,12 +88,22 @@ fn fail(plugin: &Plugin, fault: &Fault) -> Result<(), ProxyError> {
     }
 }
 
-/// Filter `idx` of the chain (instance, context id, plugin), unless it was skipped
-/// after failing open.
-fn live_entry(chain: &ChainRef, idx: usize) -> Option<(Rc<RefCell<Instance>>, u32, Arc<Plugin>)> {
+/// Filter `idx` of the chain (instance and context id), unless it was skipped after
+/// failing open. (Its plugin is looked up only when it fails: no reference count is
+/// taken per callback.)
+fn live_entry(chain: &ChainRef, idx: usize) -> Option<(Rc<RefCell<Instance>>, u32)> {
     let c = chain.borrow();
     let e = &c.entries[idx];
-    (!e.skip).then(|| (e.inst.clone(), e.ctx, e.plugin.clone()))
+    (!e.skip).then(|| (e.inst.clone(), e.ctx))
+}
+
+/// Applies filter `idx`'s failure policy to `fault`; `Ok` when it failed open (and is
+/// skipped for the rest of the request).
+fn fail_entry(chain: &ChainRef, idx: usize, fault: &Fault) -> Result<(), ProxyError> {
+    let plugin = chain.borrow().entries[idx].plugin.clone();
+    fail(&plugin, fault)?;
+    chain.borrow_mut().entries[idx].skip = true;
+    Ok(())
 }
 
 /// Facts of a new request for its filters.
@@ -336,7 +346,7 @@ pub fn request_headers_now<B>(
         c.entries.len()
     };
     for idx in from..n {
-        let Some((inst, ctx, plugin)) = live_entry(chain, idx) else {
+        let Some((inst, ctx)) = live_entry(chain, idx) else {
             continue;
         };
         let head = ReqHead {
@@ -364,7 +374,7 @@ pub fn request_headers_now<B>(
             Ok(Action::Continue) => Ok(()),
             Err(f) => Err(f),
         };
-        if let Some(flow) = request_filter_done(chain, idx, &inst, ctx, &plugin, req, eos, outcome)? {
+        if let Some(flow) = request_filter_done(chain, idx, &inst, ctx, req, eos, outcome)? {
             return Ok(Step::Done(flow));
         }
     }
@@ -382,9 +392,9 @@ pub async fn request_headers_after<B>(
     limit: Duration,
 ) -> Result<Flow, ProxyError> {
     loop {
-        let (inst, ctx, plugin) = live_entry(chain, idx).expect("a paused filter is live");
+        let (inst, ctx) = live_entry(chain, idx).expect("a paused filter is live");
         let outcome = wait_resume(&inst, ctx, limit).await;
-        if let Some(flow) = request_filter_done(chain, idx, &inst, ctx, &plugin, req, eos, outcome)? {
+        if let Some(flow) = request_filter_done(chain, idx, &inst, ctx, req, eos, outcome)? {
             return Ok(flow);
         }
         match request_headers_now(chain, req, scheme, eos, idx + 1)? {
@@ -402,7 +412,6 @@ fn request_filter_done<B>(
     idx: usize,
     inst: &Rc<RefCell<Instance>>,
     ctx: u32,
-    plugin: &Plugin,
     req: &mut http::Request<B>,
     eos: bool,
     outcome: Result<(), Fault>,
@@ -422,7 +431,7 @@ fn request_filter_done<B>(
         None => (None, false),
     };
     drop(i);
-    let end = phase_end(chain, idx, plugin, local, closed, outcome);
+    let end = phase_end(chain, idx, local, closed, outcome);
     if !matches!(end, Ok(None)) {
         // The request goes no further: its head is the streams' again.
         let (uri, headers) = (std::mem::take(req.uri_mut()), std::mem::take(req.headers_mut()));
@@ -437,7 +446,6 @@ fn request_filter_done<B>(
 fn phase_end(
     chain: &ChainRef,
     idx: usize,
-    plugin: &Plugin,
     local: Option<LocalReply>,
     closed: bool,
     outcome: Result<(), Fault>,
@@ -449,8 +457,7 @@ fn phase_end(
         return Err(ProxyError::FilterFailed);
     }
     if let Err(f) = outcome {
-        fail(plugin, &f)?;
-        chain.borrow_mut().entries[idx].skip = true;
+        fail_entry(chain, idx, &f)?;
     }
     Ok(None)
 }
@@ -472,7 +479,7 @@ pub fn response_headers_now<B>(
     let n = chain.borrow().entries.len();
     for pos in from..n {
         let idx = n - 1 - pos;
-        let Some((inst, ctx, plugin)) = live_entry(chain, idx) else {
+        let Some((inst, ctx)) = live_entry(chain, idx) else {
             continue;
         };
         let head = RespHead {
@@ -499,7 +506,7 @@ pub fn response_headers_now<B>(
             Ok(Action::Continue) => Ok(()),
             Err(f) => Err(f),
         };
-        if let Some(flow) = response_filter_done(chain, idx, &inst, ctx, &plugin, resp, outcome)? {
+        if let Some(flow) = response_filter_done(chain, idx, &inst, ctx, resp, outcome)? {
             return Ok(Step::Done(flow));
         }
     }
@@ -516,9 +523,9 @@ pub async fn response_headers_after<B>(
 ) -> Result<Flow, ProxyError> {
     loop {
         let idx = chain.borrow().entries.len() - 1 - pos;
-        let (inst, ctx, plugin) = live_entry(chain, idx).expect("a paused filter is live");
+        let (inst, ctx) = live_entry(chain, idx).expect("a paused filter is live");
         let outcome = wait_resume(&inst, ctx, limit).await;
-        if let Some(flow) = response_filter_done(chain, idx, &inst, ctx, &plugin, resp, outcome)? {
+        if let Some(flow) = response_filter_done(chain, idx, &inst, ctx, resp, outcome)? {
             return Ok(flow);
         }
         match response_headers_now(chain, resp, eos, pos + 1)? {
@@ -535,7 +542,6 @@ fn response_filter_done<B>(
     idx: usize,
     inst: &Rc<RefCell<Instance>>,
     ctx: u32,
-    plugin: &Plugin,
     resp: &mut http::Response<B>,
     outcome: Result<(), Fault>,
 ) -> Result<Option<Flow>, ProxyError> {
@@ -551,7 +557,7 @@ fn response_filter_done<B>(
         None => (None, false),
     };
     drop(i);
-    phase_end(chain, idx, plugin, local, closed, outcome)
+    phase_end(chain, idx, local, closed, outcome)
 }
 
 /// The response for a filter's local reply (gRPC trailers-only when it carries a gRPC
@@ -654,7 +660,7 @@ impl<B> FilteredBody<B> {
         let n = self.len();
         for pos in from..n {
             let idx = self.at(pos, n);
-            let Some((inst, ctx, plugin)) = live_entry(&self.chain, idx) else {
+            let Some((inst, ctx)) = live_entry(&self.chain, idx) else {
                 continue;
             };
             let mut i = inst.borrow_mut();
@@ -664,10 +670,13 @@ impl<B> FilteredBody<B> {
             } else {
                 &mut s.req_body
             };
-            super::state::append(buf, data.clone());
+            // Moved in, taken back below: the chunk goes on from the buffer.
+            super::state::append(buf, std::mem::take(&mut data));
             let size = buf.len();
             let r = i.on_body(self.response, ctx, size, eos);
-            let Some(s) = i.stream(ctx) else { continue };
+            let Some(s) = i.stream(ctx) else {
+                return Err(FilterBodyError::Stopped);
+            };
             if s.local.is_some() {
                 return Err(FilterBodyError::Local);
             }
@@ -696,8 +705,7 @@ impl<B> FilteredBody<B> {
                 Err(f) => {
                     let kept = std::mem::take(buf);
                     drop(i);
-                    fail(&plugin, &f).map_err(|_| FilterBodyError::Stopped)?;
-                    self.chain.borrow_mut().entries[idx].skip = true;
+                    fail_entry(&self.chain, idx, &f).map_err(|_| FilterBodyError::Stopped)?;
                     data = kept;
                 }
             }
@@ -746,7 +754,7 @@ impl<B> FilteredBody<B> {
         let n = self.len();
         for pos in 0..n {
             let idx = self.at(pos, n);
-            let Some((inst, ctx, plugin)) = live_entry(&self.chain, idx) else {
+            let Some((inst, ctx)) = live_entry(&self.chain, idx) else {
                 continue;
             };
             let mut i = inst.borrow_mut();
@@ -770,8 +778,7 @@ impl<B> FilteredBody<B> {
             }
             drop(i);
             if let Err(f) = r {
-                fail(&plugin, &f).map_err(|_| FilterBodyError::Stopped)?;
-                self.chain.borrow_mut().entries[idx].skip = true;
+                fail_entry(&self.chain, idx, &f).map_err(|_| FilterBodyError::Stopped)?;
             }
         }
         Ok(t)
