@@ -72,7 +72,10 @@ def main():
     runs = {}
     try:
         l7.wait_http(l7.BACKENDS[0])
-        for variant in [v for _ in range(args.rounds) for v in ("none", "noop", "headers", "haproxy")]:
+        # With rounds, the no-filter run brackets the filter runs (before and after), so
+        # each filter is compared with the machine as it was around its own run.
+        order = ("none", "noop", "headers", "none", "haproxy") if args.rounds > 1 else ("none", "noop", "headers", "haproxy")
+        for variant in [v for _ in range(args.rounds) for v in order]:
             if variant == "haproxy":
                 p = l7.start("haproxy", None, tmp)
                 port = l7.PORTS["haproxy"]
@@ -109,14 +112,18 @@ def main():
         print(f"{name:<10} {r['rps']:>9.0f} {r['us_per_req']:>11.2f} {added:>9.2f} {r['rps'] / base['rps']:>9.2f} "
               f"{r['rss_kb'] / 1024:>8.1f} {r['instance_bytes'] / 1024:>12.0f} {r['errors']:>6}")
         if args.rounds > 1:
-            print(f"{'':<10} cpu µs/req per round: " + ", ".join(f"{x['us_per_req']:.2f}" for x in runs[name]))
+            print(f"{'':<10} cpu µs/req per run: " + ", ".join(f"{x['us_per_req']:.2f}" for x in runs[name]))
     if args.rounds > 1:
-        # Each filter run against the no-filter run of the same round: the machine's
+        # Each filter run against the no-filter runs of the same round: the machine's
         # drift between rounds cancels out, which the per-variant medians above keep.
-        print("\npaired with the no-filter run of the same round (median of rounds):")
+        print("\npaired with the no-filter runs of the same round, before and after (median of rounds):")
         for name in ("noop", "headers"):
-            added = [f["us_per_req"] - b["us_per_req"] for f, b in zip(runs[name], runs["none"])]
-            ratio = [f["rps"] / b["rps"] for f, b in zip(runs[name], runs["none"])]
+            # The mean of the two no-filter runs around it: drift across the round cancels.
+            brackets = list(zip(runs["none"][0::2], runs["none"][1::2]))
+            base_us = [(a["us_per_req"] + b["us_per_req"]) / 2 for a, b in brackets]
+            base_rps = [(a["rps"] + b["rps"]) / 2 for a, b in brackets]
+            added = [f["us_per_req"] - b for f, b in zip(runs[name], base_us)]
+            ratio = [f["rps"] / b for f, b in zip(runs[name], base_rps)]
             print(f"  {name:<8} added µs {statistics.median(added):5.2f}  rps ratio {statistics.median(ratio):.2f}"
                   f"   per round: " + ", ".join(f"{a:+.2f} µs/{r:.2f}" for a, r in zip(added, ratio)))
     print(json.dumps({k: {kk: round(vv, 3) if isinstance(vv, float) else vv for kk, vv in v.items()} for k, v in results.items()}))
