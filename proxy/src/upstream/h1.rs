@@ -302,7 +302,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
     // SAFETY: the loop above wrote the first `n` entries (`n <= MAX_HEADERS`).
     let spans = unsafe { std::slice::from_raw_parts(spans.as_ptr().cast::<(usize, usize, usize, usize)>(), n) };
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(n);
+    // Room for what the proxy adds on the way down (`x-request-id`, a sticky cookie,
+    // filters' headers) without growing and rehashing the map.
+    let mut headers = HeaderMap::with_capacity(n + 4);
     let mut framing = None;
     let mut length: Option<u64> = None;
     let mut chunked = false;
