@@ -38,7 +38,8 @@ struct Entry {
 
 /// The filter chain of one request (shared by the handler and the body wrappers).
 pub struct Chain {
-    entries: Vec<Entry>,
+    /// Inline for the usual one or two filters (no allocation per request).
+    entries: smallvec::SmallVec<[Entry; 2]>,
     /// `:scheme` of the request (for heads handed back to the streams).
     scheme: &'static str,
 }
@@ -155,7 +156,7 @@ impl Chain {
         plugins: &[Arc<Plugin>],
         facts: Facts,
     ) -> Result<ChainRef, ProxyError> {
-        let mut entries = Vec::with_capacity(plugins.len());
+        let mut entries = smallvec::SmallVec::with_capacity(plugins.len());
         let mut facts = Some(facts);
         for (n, p) in plugins.iter().enumerate() {
             let created = worker.wasm.borrow_mut().get(p, Rc::downgrade(worker)).and_then(|inst| {
