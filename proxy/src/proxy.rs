@@ -518,10 +518,14 @@ async fn attempts(
             r.endpoint = Some(endpoint.address);
             r.attempts = attempt;
         }
-        let mut upstream_req = match (&replay, streamed.take()) {
-            (Some((parts, bytes)), _) => rebuild(parts, bytes.clone()),
-            (None, Some(r)) => r,
-            (None, None) => unreachable!("a streamed request is sent once"),
+        let mut upstream_req = Lent {
+            req: match (&replay, streamed.take()) {
+                (Some((parts, bytes)), _) => rebuild(parts, bytes.clone()),
+                (None, Some(r)) => r,
+                (None, None) => unreachable!("a streamed request is sent once"),
+            },
+            // HTTP/1.1 lends the head to the exchange and has it back after.
+            chain: targets.chain.filter(|_| cluster.protocol == UpstreamProtocol::Http1),
         };
         // Counted in flight until the response body ends (the completion takes the
         // count over) or this attempt is abandoned, whichever comes first.
@@ -535,7 +539,7 @@ async fn attempts(
         } else {
             match tokio::time::timeout_at(
                 try_deadline.into(),
-                exchange(worker, cluster, ep_idx, &mut upstream_req, start, origin),
+                exchange(worker, cluster, ep_idx, &mut upstream_req.req, start, origin),
             )
             .await
             {
@@ -558,18 +562,12 @@ async fn attempts(
         }
         let retry = policy.is_some_and(|p| attempt < max_attempts && should_retry(p, &outcome));
         if !retry || !reserve_retry(cluster) {
-            // The head is the filters' again (HTTP/1.1 lends it to the exchange; a
-            // replayable request keeps it).
+            // The head is the filters' again: a replayable request keeps it; an HTTP/1.1
+            // one comes back from the exchange now.
             if let Some((parts, _)) = replay.as_mut() {
                 head_back(targets.chain, parts);
-            } else if let Some(c) = targets.chain.filter(|_| cluster.protocol == UpstreamProtocol::Http1) {
-                let (uri, headers) = (
-                    std::mem::take(upstream_req.uri_mut()),
-                    std::mem::take(upstream_req.headers_mut()),
-                );
-                c.borrow()
-                    .request_head_back(upstream_req.method().clone(), uri, headers);
             }
+            drop(upstream_req);
             return match outcome {
                 Ok(mut resp) => {
                     in_flight.hand_over();
@@ -592,6 +590,26 @@ async fn attempts(
                 return Err(ProxyError::Timeout);
             }
         }
+    }
+}
+
+/// A request lent to an upstream exchange. Dropped, it hands its head back to the
+/// filters that let it go without a copy: after the exchange, and also when the
+/// attempt is abandoned (the client left) — their `on_log` still reads the request.
+struct Lent<'a> {
+    req: Request<UpstreamBody>,
+    chain: Option<&'a crate::wasm::http::ChainRef>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let Some(c) = self.chain else { return };
+        let Ok(c) = c.try_borrow() else { return };
+        let (uri, headers) = (
+            std::mem::take(self.req.uri_mut()),
+            std::mem::take(self.req.headers_mut()),
+        );
+        c.request_head_back(self.req.method().clone(), uri, headers);
     }
 }
 

@@ -148,6 +148,19 @@ async fn abi_probe_exercises_every_host_function() {
         }
         let mut c = Client::h1(proxy.addr).await;
 
+        // A client that leaves while its request is upstream: the stream still ends
+        // with on_log, which still reads the request (counted below).
+        {
+            let mut gone = Client::h1(proxy.addr).await;
+            let r = tokio::time::timeout(
+                Duration::from_millis(300),
+                gone.get("abi.test", "/plain?delay_ms=1500", &[]),
+            )
+            .await;
+            assert!(r.is_err(), "the slow answer came early");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
         // Ticks and queue deliveries happen on the root context.
         tokio::time::sleep(Duration::from_millis(400)).await;
         let r = c.get("abi.test", "/abi/counters", &[]).await.unwrap();
