@@ -264,7 +264,6 @@ enum FilterStage {
 /// A request whose filter `idx` paused in its headers callback.
 struct PausedFilters {
     chain: crate::wasm::http::ChainRef,
-    scheme: &'static str,
     eos: bool,
     idx: usize,
 }
@@ -284,16 +283,10 @@ fn run_request_filters(
     let facts = crate::wasm::http::facts(conn, Some(request_id.clone()), req.version(), &route.name, start);
     let chain = crate::wasm::http::Chain::start(worker, &route.filters, facts)?;
     let eos = http_body::Body::is_end_stream(req.body());
-    let scheme = if conn.tls.is_some() { "https" } else { "http" };
-    let flow = match crate::wasm::http::request_headers_now(&chain, req, scheme, eos, 0)? {
+    let flow = match crate::wasm::http::request_headers_now(&chain, req, eos, 0)? {
         crate::wasm::http::Step::Done(flow) => flow,
         crate::wasm::http::Step::Paused(idx) => {
-            return Ok(FilterStage::Paused(Box::new(PausedFilters {
-                chain,
-                scheme,
-                eos,
-                idx,
-            })))
+            return Ok(FilterStage::Paused(Box::new(PausedFilters { chain, eos, idx })))
         }
     };
     filters_decided(chain, rt, route, flow).map(FilterStage::Done)
@@ -306,13 +299,8 @@ async fn finish_request_filters(
     rt: &Runtime,
     route: &Route,
 ) -> Result<Filtered, ProxyError> {
-    let PausedFilters {
-        chain,
-        scheme,
-        eos,
-        idx,
-    } = *p;
-    let flow = crate::wasm::http::request_headers_after(&chain, req, scheme, eos, idx, route.timeout).await?;
+    let PausedFilters { chain, eos, idx } = *p;
+    let flow = crate::wasm::http::request_headers_after(&chain, req, eos, idx, route.timeout).await?;
     filters_decided(chain, rt, route, flow)
 }
 
@@ -433,8 +421,9 @@ async fn attempts(
     // gRPC deadlines shorten the route's (never lengthen them).
     let total = grpc_timeout(req.headers()).map_or(route.timeout, |g| g.min(route.timeout));
     if let Err(e) = prepare_upstream_request(&mut req, route, cluster, conn) {
-        let (mut parts, _) = req.into_parts();
-        head_back(targets.chain, &mut parts);
+        if let Some(c) = targets.chain {
+            c.borrow().request_head_back_from(&mut req);
+        }
         return Err(e);
     }
     let policy = route
@@ -500,9 +489,8 @@ async fn attempts(
             _ => match pick_endpoint(worker, rt, cluster, hash, tried) {
                 Ok(i) => i,
                 Err(e) => {
-                    if let Some(r) = streamed.as_mut() {
-                        let (mut parts, _) = std::mem::take(r).into_parts();
-                        head_back(targets.chain, &mut parts);
+                    if let Some((r, c)) = streamed.as_mut().zip(targets.chain) {
+                        c.borrow().request_head_back_from(r);
                     } else if let Some((parts, _)) = replay.as_mut() {
                         head_back(targets.chain, parts);
                     }
@@ -605,11 +593,7 @@ impl Drop for Lent<'_> {
     fn drop(&mut self) {
         let Some(c) = self.chain else { return };
         let Ok(c) = c.try_borrow() else { return };
-        let (uri, headers) = (
-            std::mem::take(self.req.uri_mut()),
-            std::mem::take(self.req.headers_mut()),
-        );
-        c.request_head_back(self.req.method().clone(), uri, headers);
+        c.request_head_back_from(&mut self.req);
     }
 }
 

@@ -260,19 +260,19 @@ fn map_get(st: &HostState, kind: MapKind, key: &[u8]) -> Option<Vec<u8>> {
 fn map_edit(st: &mut HostState, kind: MapKind, edit: super::maps::Edit<'_>) {
     let eff = st.effective;
     let Some(s) = st.streams.get_mut(&eff) else { return };
-    let names = &mut st.header_cache;
+    let cache = &mut st.header_cache;
     let ok = match kind {
-        MapKind::RequestHeaders => s.req.as_mut().map(|h| super::maps::req_edit(h, edit, names)),
-        MapKind::ResponseHeaders => s.resp.as_mut().map(|h| super::maps::resp_edit(h, edit, names)),
+        MapKind::RequestHeaders => s.req.as_mut().map(|h| super::maps::req_edit(h, edit, cache)),
+        MapKind::ResponseHeaders => s.resp.as_mut().map(|h| super::maps::resp_edit(h, edit, cache)),
         MapKind::RequestTrailers => Some(super::maps::plain_edit(
             s.req_trailers.get_or_insert_with(Default::default),
             edit,
-            names,
+            cache,
         )),
         MapKind::ResponseTrailers => Some(super::maps::plain_edit(
             s.resp_trailers.get_or_insert_with(Default::default),
             edit,
-            names,
+            cache,
         )),
         _ => None,
     };

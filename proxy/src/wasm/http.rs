@@ -40,7 +40,7 @@ struct Entry {
 pub struct Chain {
     /// Inline for the usual one or two filters (no allocation per request).
     entries: smallvec::SmallVec<[Entry; 2]>,
-    /// `:scheme` of the request (for heads handed back to the streams).
+    /// `:scheme` of the request (the downstream connection's).
     scheme: &'static str,
 }
 
@@ -157,6 +157,7 @@ impl Chain {
         facts: Facts,
     ) -> Result<ChainRef, ProxyError> {
         let mut entries = smallvec::SmallVec::with_capacity(plugins.len());
+        let scheme = if facts.conn.tls.is_some() { "https" } else { "http" };
         let mut facts = Some(facts);
         for (n, p) in plugins.iter().enumerate() {
             let created = worker.wasm.borrow_mut().get(p, Rc::downgrade(worker)).and_then(|inst| {
@@ -179,10 +180,7 @@ impl Chain {
                 Err(f) => fail(p, &f)?,
             }
         }
-        Ok(Rc::new(RefCell::new(Chain {
-            entries,
-            scheme: "http",
-        })))
+        Ok(Rc::new(RefCell::new(Chain { entries, scheme })))
     }
 
     /// Gives the request head back to the streams that let it go upstream without
@@ -207,6 +205,12 @@ impl Chain {
         if let Some(p) = pending {
             self.give_request_head(p, head);
         }
+    }
+
+    /// [`Chain::request_head_back`] with the head of `req` (left empty).
+    pub fn request_head_back_from<B>(&self, req: &mut http::Request<B>) {
+        let (uri, headers) = (std::mem::take(req.uri_mut()), std::mem::take(req.headers_mut()));
+        self.request_head_back(req.method().clone(), uri, headers);
     }
 
     /// Gives each stream without a request head a copy of it, for a head about to be
@@ -337,14 +341,12 @@ pub enum Step {
 pub fn request_headers_now<B>(
     chain: &ChainRef,
     req: &mut http::Request<B>,
-    scheme: &'static str,
     eos: bool,
     from: usize,
 ) -> Result<Step, ProxyError> {
-    let n = {
-        let mut c = chain.borrow_mut();
-        c.scheme = scheme;
-        c.entries.len()
+    let (n, scheme) = {
+        let c = chain.borrow();
+        (c.entries.len(), c.scheme)
     };
     for idx in from..n {
         let Some((inst, ctx)) = live_entry(chain, idx) else {
@@ -387,7 +389,6 @@ pub fn request_headers_now<B>(
 pub async fn request_headers_after<B>(
     chain: &ChainRef,
     req: &mut http::Request<B>,
-    scheme: &'static str,
     eos: bool,
     mut idx: usize,
     limit: Duration,
@@ -398,7 +399,7 @@ pub async fn request_headers_after<B>(
         if let Some(flow) = request_filter_done(chain, idx, &inst, ctx, req, eos, outcome)? {
             return Ok(flow);
         }
-        match request_headers_now(chain, req, scheme, eos, idx + 1)? {
+        match request_headers_now(chain, req, eos, idx + 1)? {
             Step::Done(flow) => return Ok(flow),
             Step::Paused(next) => idx = next,
         }
@@ -435,8 +436,7 @@ fn request_filter_done<B>(
     let end = phase_end(chain, idx, local, closed, outcome);
     if !matches!(end, Ok(None)) {
         // The request goes no further: its head is the streams' again.
-        let (uri, headers) = (std::mem::take(req.uri_mut()), std::mem::take(req.headers_mut()));
-        chain.borrow().request_head_back(req.method().clone(), uri, headers);
+        chain.borrow().request_head_back_from(req);
     }
     end
 }

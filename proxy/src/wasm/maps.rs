@@ -173,7 +173,7 @@ fn set_authority(h: &mut ReqHead, v: &[u8]) -> bool {
 }
 
 /// Applies an edit to a request map; false when a name or value is not valid HTTP.
-pub fn req_edit(h: &mut ReqHead, e: Edit<'_>, names: &mut HeaderCache) -> bool {
+pub fn req_edit(h: &mut ReqHead, e: Edit<'_>, cache: &mut HeaderCache) -> bool {
     let pseudo = |h: &mut ReqHead, k: &[u8], v: &[u8]| -> Option<bool> {
         Some(match k {
             b":path" => set_path(h, v),
@@ -194,13 +194,13 @@ pub fn req_edit(h: &mut ReqHead, e: Edit<'_>, names: &mut HeaderCache) -> bool {
             if let Some(ok) = pseudo(h, k, v) {
                 return ok;
             }
-            plain_edit(&mut h.headers, e, names)
+            plain_edit(&mut h.headers, e, cache)
         }
         Edit::Remove(k) => {
             if k.starts_with(b":") {
                 return true;
             }
-            plain_edit(&mut h.headers, e, names)
+            plain_edit(&mut h.headers, e, cache)
         }
         Edit::ReplaceAll(pairs) => {
             let host = h.headers.get(HOST).cloned();
@@ -210,7 +210,7 @@ pub fn req_edit(h: &mut ReqHead, e: Edit<'_>, names: &mut HeaderCache) -> bool {
             }
             let mut ok = true;
             for (k, v) in pairs {
-                ok &= req_edit(h, Edit::Add(k, v), names);
+                ok &= req_edit(h, Edit::Add(k, v), cache);
             }
             ok
         }
@@ -218,7 +218,7 @@ pub fn req_edit(h: &mut ReqHead, e: Edit<'_>, names: &mut HeaderCache) -> bool {
 }
 
 /// Applies an edit to a response map.
-pub fn resp_edit(h: &mut RespHead, e: Edit<'_>, names: &mut HeaderCache) -> bool {
+pub fn resp_edit(h: &mut RespHead, e: Edit<'_>, cache: &mut HeaderCache) -> bool {
     match e {
         Edit::Add(b":status", v) | Edit::Replace(b":status", v) => match StatusCode::from_bytes(v) {
             Ok(s) => {
@@ -232,17 +232,17 @@ pub fn resp_edit(h: &mut RespHead, e: Edit<'_>, names: &mut HeaderCache) -> bool
             h.headers.clear();
             let mut ok = true;
             for (k, v) in pairs {
-                ok &= resp_edit(h, Edit::Add(k, v), names);
+                ok &= resp_edit(h, Edit::Add(k, v), cache);
             }
             ok
         }
-        e => plain_edit(&mut h.headers, e, names),
+        e => plain_edit(&mut h.headers, e, cache),
     }
 }
 
 /// Applies an edit to a plain map (trailers, regular headers).
-pub fn plain_edit(h: &mut HeaderMap, e: Edit<'_>, names: &mut HeaderCache) -> bool {
-    let mut parse = |k: &[u8], v: &[u8]| Some((names.name(k)?, names.value(v)?));
+pub fn plain_edit(h: &mut HeaderMap, e: Edit<'_>, cache: &mut HeaderCache) -> bool {
+    let mut parse = |k: &[u8], v: &[u8]| Some((cache.name(k)?, cache.value(v)?));
     match e {
         Edit::Add(k, v) => match parse(k, v) {
             Some((k, v)) => {
@@ -271,7 +271,7 @@ pub fn plain_edit(h: &mut HeaderMap, e: Edit<'_>, names: &mut HeaderCache) -> bo
                 if k.starts_with(b":") {
                     continue;
                 }
-                ok &= plain_edit(h, Edit::Add(k, v), names);
+                ok &= plain_edit(h, Edit::Add(k, v), cache);
             }
             ok
         }

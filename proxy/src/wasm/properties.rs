@@ -48,6 +48,7 @@ pub fn get(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
 
 fn stream_property(s: &StreamData, name: &str) -> Option<Vec<u8>> {
     let f = &s.facts;
+    let tls = f.conn.tls.as_ref();
     let req = s.req.as_ref();
     let string = |v: &str| Some(v.as_bytes().to_vec());
     match name {
@@ -82,20 +83,10 @@ fn stream_property(s: &StreamData, name: &str) -> Option<Vec<u8>> {
         "destination.address" => string(&f.conn.destination.to_string()),
         "destination.port" => Some(i64le(i64::from(f.conn.destination.port()))),
         "connection.id" => Some(i64le(f.conn.connection_id as i64)),
-        "connection.mtls" => Some(vec![f.conn.tls.as_ref().is_some_and(|t| t.2.is_some()) as u8]),
-        "connection.tls_version" => f.conn.tls.as_ref().map(|t| t.0.as_bytes().to_vec()),
-        "connection.requested_server_name" => f
-            .conn
-            .tls
-            .as_ref()
-            .and_then(|t| t.1.as_ref())
-            .map(|s| s.as_bytes().to_vec()),
-        "connection.subject_peer_certificate" => f
-            .conn
-            .tls
-            .as_ref()
-            .and_then(|t| t.2.as_ref())
-            .map(|s| s.as_bytes().to_vec()),
+        "connection.mtls" => Some(vec![tls.is_some_and(|t| t.2.is_some()) as u8]),
+        "connection.tls_version" => tls.map(|t| t.0.as_bytes().to_vec()),
+        "connection.requested_server_name" => tls.and_then(|t| t.1.as_ref()).map(|s| s.as_bytes().to_vec()),
+        "connection.subject_peer_certificate" => tls.and_then(|t| t.2.as_ref()).map(|s| s.as_bytes().to_vec()),
         "upstream.address" => f.upstream.map(|a| a.to_string().into_bytes()),
         "upstream.port" => f.upstream.map(|a| i64le(i64::from(a.port()))),
         "route_name" | "xds.route_name" => string(&f.route),
