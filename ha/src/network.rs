@@ -1,11 +1,25 @@
 //! Peer transport: TCP with mutual TLS, one request/reply frame at a time per
 //! connection. Clients are made per target by openraft; the server answers Raft RPCs
-//! and forwarded proposals. A peer without a certificate signed by the group's CA never
-//! gets past the handshake, and is counted.
+//! and forwarded proposals.
+//!
+//! Only members get in: a peer's certificate must be signed by the group's CA *and*
+//! carry the group's peer name (`tandem-peer` by default); with `verify_node_id`, it
+//! must also carry `node<ID>.<peer name>` for the node id it speaks for, on both sides
+//! of the connection. The listener is a control port and bounded as one: at most
+//! [`MAX_PEER_CONNECTIONS`] open and [`MAX_UNAUTHENTICATED`] still in their handshake
+//! (more are closed at accept), [`HANDSHAKE_TIMEOUT`] for the TLS login,
+//! [`PEER_IDLE_TIMEOUT`] without a frame, frames read incrementally (see `wire`).
+//! Refused peers are counted and logged at most once per [`REFUSED_LOG_EVERY`].
+//!
+//! A call cancelled half-way (openraft's RPC timeouts drop the future) never leaves its
+//! connection behind: the connection is out of the client while a call uses it and goes
+//! back only after a whole reply was read, so a later call can never read an earlier
+//! call's reply or wait behind a stalled one.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -21,18 +35,55 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::types::{Batch, NodeId, Raft, TypeConfig};
 use crate::wire::{read_frame, write_frame, WireError};
 
-/// The DNS name every peer certificate carries (and that peers verify).
+/// The DNS name every peer certificate carries by default (and that peers verify).
 pub const PEER_NAME: &str = "tandem-peer";
 
-/// Certificate files for peer traffic.
+/// Most peer connections open at once (a group has at most a handful of members, each
+/// with a few connections).
+pub const MAX_PEER_CONNECTIONS: usize = 64;
+/// Most peer connections still in their TLS handshake.
+pub const MAX_UNAUTHENTICATED: usize = 16;
+/// Time a connecting peer has to complete its TLS login.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A logged-in connection that sends no frame for this long is closed (members send
+/// heartbeats every few tens of milliseconds).
+pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Refused peers are logged at WARN at most this often (the rest are counted).
+pub const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Connecting (TCP and TLS) to a peer may take this long before the call fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Certificate files for peer traffic, and the identity peers must prove.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerTls {
     /// CA that signs every member's certificate.
     pub ca: PathBuf,
-    /// This node's certificate (with DNS name `tandem-peer`).
+    /// This node's certificate (with DNS name `name`).
     pub cert: PathBuf,
     /// This node's key.
     pub key: PathBuf,
+    /// The DNS name every member's certificate carries ([`PEER_NAME`] by default).
+    pub name: String,
+    /// Also require `node<ID>.<name>` for the node id a peer speaks for.
+    pub verify_node_id: bool,
+}
+
+impl PeerTls {
+    /// Files with the default peer name and no node-id check.
+    pub fn new(ca: PathBuf, cert: PathBuf, key: PathBuf) -> PeerTls {
+        PeerTls {
+            ca,
+            cert,
+            key,
+            name: PEER_NAME.to_string(),
+            verify_node_id: false,
+        }
+    }
+
+    /// The name a certificate must carry to speak for node `id` (with `verify_node_id`).
+    pub fn node_name(&self, id: NodeId) -> String {
+        format!("node{id}.{}", self.name)
+    }
 }
 
 /// Why TLS material for peers could not be loaded.
@@ -67,12 +118,79 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The group's client-certificate check: the CA's signature (webpki), then the peer
+/// name, which the CA alone does not prove (a CA may sign other certificates too).
+#[derive(Debug)]
+struct PeerCertVerifier {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    name: rustls_pki_types::ServerName<'static>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for PeerCertVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_name(&parsed, &self.name)?;
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Whether `cert` carries DNS name `name`.
+fn cert_has_name(cert: &rustls_pki_types::CertificateDer<'_>, name: &str) -> bool {
+    let Ok(server_name) = rustls_pki_types::ServerName::try_from(name) else {
+        return false;
+    };
+    rustls::server::ParsedCertificate::try_from(cert)
+        .is_ok_and(|p| rustls::client::verify_server_name(&p, &server_name).is_ok())
+}
+
+fn server_name(name: &str) -> Result<rustls_pki_types::ServerName<'static>, PeerTlsError> {
+    rustls_pki_types::ServerName::try_from(name.to_string())
+        .map_err(|_| PeerTlsError(format!("`{name}` is not a valid DNS name for peer certificates")))
+}
+
 impl PeerTls {
-    /// Server side: client certificates required and verified against the CA.
+    /// Server side: client certificates required, signed by the CA and carrying the
+    /// peer name.
     pub fn server(&self) -> Result<Arc<rustls::ServerConfig>, PeerTlsError> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(&self.ca)?, provider())
+        let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(&self.ca)?, provider())
             .build()
             .map_err(|e| PeerTlsError(e.to_string()))?;
+        let verifier = Arc::new(PeerCertVerifier {
+            inner,
+            name: server_name(&self.name)?,
+        });
         let cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| PeerTlsError(e.to_string()))?
@@ -82,7 +200,8 @@ impl PeerTls {
         Ok(Arc::new(cfg))
     }
 
-    /// Client side: the peer must present a CA-signed `tandem-peer` certificate.
+    /// Client side: the peer must present a CA-signed certificate with the peer name
+    /// (or, with `verify_node_id`, the target's node name: see [`Network`]).
     pub fn client(&self) -> Result<Arc<rustls::ClientConfig>, PeerTlsError> {
         let roots = roots(&self.ca)?;
         let cfg = rustls::ClientConfig::builder_with_provider(provider())
@@ -129,6 +248,31 @@ pub enum Reply {
 pub struct Network {
     /// TLS client settings.
     pub tls: Arc<rustls::ClientConfig>,
+    /// The names peers' certificates must carry.
+    pub identity: Arc<PeerTls>,
+}
+
+impl Network {
+    /// Client settings for the group described by `tls`.
+    pub fn new(tls: &PeerTls) -> Result<Network, PeerTlsError> {
+        server_name(&tls.name)?;
+        Ok(Network {
+            tls: tls.client()?,
+            identity: Arc::new(tls.clone()),
+        })
+    }
+
+    /// The name node `target`'s certificate must carry.
+    fn name_of(&self, target: NodeId) -> rustls_pki_types::ServerName<'static> {
+        let name = if self.identity.verify_node_id {
+            self.identity.node_name(target)
+        } else {
+            self.identity.name.clone()
+        };
+        rustls_pki_types::ServerName::try_from(name).unwrap_or_else(|_| {
+            rustls_pki_types::ServerName::try_from(PEER_NAME).expect("a valid static name")
+        })
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -139,6 +283,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             tls: self.tls.clone(),
+            name: self.name_of(target),
             conn: None,
         }
     }
@@ -149,31 +294,34 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     tls: Arc<rustls::ClientConfig>,
+    name: rustls_pki_types::ServerName<'static>,
+    /// Idle between calls; taken out while a call runs (see the module doc).
     conn: Option<tokio_rustls::client::TlsStream<TcpStream>>,
 }
 
 impl PeerClient {
-    /// Sends one request and waits for its reply.
+    /// Sends one request and waits for its reply. Cancel-safe: a call dropped half-way
+    /// takes its connection with it.
     pub async fn call(&mut self, req: &Request) -> Result<Reply, WireError> {
-        if self.conn.is_none() {
-            let tcp = TcpStream::connect(&self.addr).await?;
-            let _ = tcp.set_nodelay(true);
-            let name = rustls_pki_types::ServerName::try_from(PEER_NAME).expect("static name");
-            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-                .connect(name, tcp)
-                .await?;
-            self.conn = Some(tls);
-        }
-        let conn = self.conn.as_mut().expect("connected above");
-        let result = async {
-            write_frame(conn, req).await?;
-            read_frame(conn).await
-        }
-        .await;
-        if result.is_err() {
-            self.conn = None;
-        }
-        result
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => {
+                let connect = async {
+                    let tcp = TcpStream::connect(&self.addr).await?;
+                    let _ = tcp.set_nodelay(true);
+                    tokio_rustls::TlsConnector::from(self.tls.clone())
+                        .connect(self.name.clone(), tcp)
+                        .await
+                };
+                tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                    .await
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??
+            }
+        };
+        write_frame(&mut conn, req).await?;
+        let reply = read_frame(&mut conn).await?;
+        self.conn = Some(conn);
+        Ok(reply)
     }
 }
 
@@ -224,10 +372,67 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 /// Counters of the peer listener.
 #[derive(Debug, Default)]
 pub struct PeerStats {
-    /// Connections refused at the TLS handshake (no or bad certificate).
+    /// Connections refused at the TLS handshake (no or bad certificate, wrong name,
+    /// handshake timeout).
     pub refused: AtomicU64,
-    /// Frames that did not decode.
+    /// Connections closed at accept because the listener's caps were reached.
+    pub over_capacity: AtomicU64,
+    /// Frames that did not decode, or that claimed more than the frame cap.
     pub malformed: AtomicU64,
+    /// Requests for another node id than the certificate names (`verify_node_id`).
+    pub wrong_identity: AtomicU64,
+    /// When a refusal was last logged at WARN, and how many were not logged since.
+    log: Mutex<Option<Instant>>,
+    unlogged: AtomicU64,
+}
+
+impl PeerStats {
+    /// Logs a refusal at WARN at most once per [`REFUSED_LOG_EVERY`] (with the number
+    /// of refusals not logged since), and at debug otherwise.
+    fn refusal(&self, peer: std::net::SocketAddr, what: &str, error: &dyn std::fmt::Display) {
+        let mut last = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < REFUSED_LOG_EVERY) {
+            self.unlogged.fetch_add(1, Relaxed);
+            tracing::debug!(%peer, %error, "{what}");
+            return;
+        }
+        *last = Some(now);
+        let earlier = self.unlogged.swap(0, Relaxed);
+        tracing::warn!(%peer, %error, not_logged_since_last = earlier, "{what}");
+    }
+}
+
+/// Counts one open connection while it lives.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        if count.fetch_add(1, Relaxed) >= max {
+            count.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(Slot(count.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The node id a request speaks for, where the protocol says it: the vote's candidate
+/// or leader for Raft RPCs, the batch's origin for a relay. A `Propose` may be relayed
+/// on behalf of another member, so its origin is not the sender's.
+fn speaks_for(req: &Request) -> Option<NodeId> {
+    match req {
+        Request::Append(r) => r.vote.leader_id().voted_for(),
+        Request::Vote(r) => r.vote.leader_id().voted_for(),
+        Request::Snapshot(r) => r.vote.leader_id().voted_for(),
+        Request::Relay(b) => Some(b.origin),
+        Request::Propose(_) => None,
+    }
 }
 
 /// Answers peers on `listener` until the task is dropped; its connections go with it
@@ -241,33 +446,75 @@ pub async fn serve(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let mut conns = tokio::task::JoinSet::new();
+    let open = Arc::new(AtomicUsize::new(0));
+    let handshaking = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             Some(_) = conns.join_next() => continue,
         };
-        let Ok((tcp, peer)) = accepted else { continue };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors (or another transient failure): do not spin on it.
+                tracing::debug!(error = %e, "peer accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (Some(slot), Some(login)) = (
+            Slot::take(&open, MAX_PEER_CONNECTIONS),
+            Slot::take(&handshaking, MAX_UNAUTHENTICATED),
+        ) else {
+            stats.over_capacity.fetch_add(1, Relaxed);
+            drop(tcp);
+            continue;
+        };
         let (acceptor, raft, stats, network) = (acceptor.clone(), raft.clone(), stats.clone(), network.clone());
         conns.spawn(async move {
+            let _slot = slot;
             let _ = tcp.set_nodelay(true);
-            let mut conn = match acceptor.accept(tcp).await {
-                Ok(c) => c,
-                Err(e) => {
+            let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
                     stats.refused.fetch_add(1, Relaxed);
-                    tracing::warn!(%peer, error = %e, "peer refused at TLS handshake");
+                    stats.refusal(peer, "peer refused at TLS handshake", &e);
+                    return;
+                }
+                Err(_) => {
+                    stats.refused.fetch_add(1, Relaxed);
+                    stats.refusal(peer, "peer refused at TLS handshake", &"no login within the handshake timeout");
                     return;
                 }
             };
+            drop(login);
+            let cert = conn.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
+            // The node id this connection's certificate was found to speak for.
+            let mut proven: Option<NodeId> = None;
             loop {
-                let req: Request = match read_frame(&mut conn).await {
-                    Ok(r) => r,
-                    Err(WireError::Decode(e)) => {
+                let req: Request = match tokio::time::timeout(PEER_IDLE_TIMEOUT, read_frame(&mut conn)).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e @ (WireError::Decode(_) | WireError::TooLarge(_)))) => {
                         stats.malformed.fetch_add(1, Relaxed);
-                        tracing::warn!(%peer, error = %e, "malformed peer frame");
+                        stats.refusal(peer, "malformed peer frame", &e);
                         return;
                     }
-                    Err(_) => return,
+                    Ok(Err(_)) | Err(_) => return,
                 };
+                if network.identity.verify_node_id {
+                    if let Some(id) = speaks_for(&req).filter(|id| proven != Some(*id)) {
+                        let ok = cert
+                            .as_ref()
+                            .is_some_and(|c| cert_has_name(c, &network.identity.node_name(id)));
+                        if !ok {
+                            stats.wrong_identity.fetch_add(1, Relaxed);
+                            let why = format!("its certificate does not name node{id}.{}", network.identity.name);
+                            stats.refusal(peer, "peer spoke for another node id", &why);
+                            return;
+                        }
+                        proven = Some(id);
+                    }
+                }
                 let reply = match req {
                     Request::Append(r) => Reply::Append(raft.append_entries(r).await),
                     Request::Vote(r) => Reply::Vote(raft.vote(r).await),

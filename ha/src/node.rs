@@ -23,6 +23,15 @@ use crate::types::{Batch, NodeId, Raft};
 
 /// Local changes kept while they cannot be proposed; the oldest are dropped beyond this.
 pub const MAX_BUFFERED: usize = 100_000;
+/// Most changes in one proposal (a log entry); a longer backlog goes out as several.
+pub const MAX_BATCH_CHANGES: usize = 2_000;
+/// Most (estimated) bytes in one proposal.
+pub const MAX_BATCH_BYTES: usize = 256 << 10;
+/// Most log entries in one append: with [`MAX_BATCH_BYTES`] per entry, an append stays
+/// well under the peer frame cap (`wire::MAX_FRAME`).
+pub const MAX_ENTRIES_PER_APPEND: u64 = 32;
+/// A single change larger than this is not published (it could not cross the wire).
+pub const MAX_CHANGE_BYTES: usize = 1 << 20;
 
 /// A member of the group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,8 +102,12 @@ pub enum HaError {
 pub struct Publisher(mpsc::UnboundedSender<Change>);
 
 impl Publisher {
-    /// Queues `change`.
+    /// Queues `change` (one too large to cross the wire is dropped with a warning).
     pub fn publish(&self, change: Change) {
+        if change.wire_size() > MAX_CHANGE_BYTES {
+            tracing::warn!(bytes = change.wire_size(), "ha: a change too large to replicate was dropped");
+            return;
+        }
         let _ = self.0.send(change);
     }
 }
@@ -135,6 +148,7 @@ impl HaNode {
             election_timeout_min: cfg.election_timeout.as_millis() as u64,
             election_timeout_max: 2 * cfg.election_timeout.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            max_payload_entries: MAX_ENTRIES_PER_APPEND,
             max_in_snapshot_log_to_keep: 100,
             ..Default::default()
         }
@@ -143,7 +157,7 @@ impl HaNode {
         let log = LogStore::open(&cfg.data_dir.join("log"))?;
         let sm = StateMachine::open(&cfg.data_dir.join("state"))?;
         let tables = sm.tables.clone();
-        let network = Network { tls: cfg.tls.client()? };
+        let network = Network::new(&cfg.tls)?;
         let raft = Raft::new(cfg.id, Arc::new(config), network.clone(), log, sm)
             .await
             .map_err(|e| HaError::Raft(e.to_string()))?;
@@ -195,7 +209,7 @@ impl HaNode {
 
     /// Queues a local change for the next batch. Never blocks.
     pub fn publish(&self, change: Change) {
-        let _ = self.tx.send(change);
+        self.publisher().publish(change);
     }
 
     /// A cloneable handle that queues changes from any thread.
@@ -248,31 +262,58 @@ async fn publisher(
         if pending.is_empty() {
             continue;
         }
-        let batch = Batch {
-            origin: id,
-            changes: pending.clone(),
-        };
-        let proposed = match tokio::time::timeout(Duration::from_secs(2), raft.client_write(batch.clone())).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match (f.leader_id, f.leader_node) {
-                (Some(lid), Some(node)) => {
-                    use openraft::network::RaftNetworkFactory;
-                    if leader_client.as_ref().is_none_or(|(l, _)| *l != lid) {
-                        let mut n = network.clone();
-                        leader_client = Some((lid, n.new_client(lid, &node).await));
-                    }
-                    let (_, c) = leader_client.as_mut().expect("set above");
-                    matches!(
-                        c.call(&Request::Propose(batch)).await,
-                        Ok(crate::network::Reply::Propose(Ok(_)))
-                    )
-                }
-                _ => false,
-            },
-            _ => false,
-        };
-        if proposed {
-            pending.clear();
+        // Proposals of bounded size, oldest first; what fails stays for the next round.
+        while !pending.is_empty() {
+            let n = batch_len(&pending);
+            let batch = Batch {
+                origin: id,
+                changes: pending[..n].to_vec(),
+            };
+            if !propose(&raft, &network, &mut leader_client, batch).await {
+                break;
+            }
+            pending.drain(..n);
         }
+    }
+}
+
+/// How many of the oldest `pending` changes fit in one proposal (at least one).
+fn batch_len(pending: &[Change]) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for c in pending.iter().take(MAX_BATCH_CHANGES) {
+        bytes += c.wire_size();
+        if n > 0 && bytes > MAX_BATCH_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Proposes one batch here or through the leader; whether it was committed.
+async fn propose(
+    raft: &Raft,
+    network: &Network,
+    leader_client: &mut Option<(NodeId, PeerClient)>,
+    batch: Batch,
+) -> bool {
+    match tokio::time::timeout(Duration::from_secs(2), raft.client_write(batch.clone())).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match (f.leader_id, f.leader_node) {
+            (Some(lid), Some(node)) => {
+                use openraft::network::RaftNetworkFactory;
+                if leader_client.as_ref().is_none_or(|(l, _)| *l != lid) {
+                    let mut n = network.clone();
+                    *leader_client = Some((lid, n.new_client(lid, &node).await));
+                }
+                let (_, c) = leader_client.as_mut().expect("set above");
+                let req = Request::Propose(batch);
+                let call = tokio::time::timeout(Duration::from_secs(2), c.call(&req));
+                matches!(call.await, Ok(Ok(crate::network::Reply::Propose(Ok(_)))))
+            }
+            _ => false,
+        },
+        _ => false,
     }
 }

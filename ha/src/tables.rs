@@ -68,6 +68,20 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// About how many bytes the change takes on the wire (for batch sizing).
+    pub fn wire_size(&self) -> usize {
+        16 + match self {
+            Change::Verdict { cluster, endpoint, .. } => 16 + cluster.len() + endpoint.len(),
+            Change::Sticky { endpoint, .. } => 24 + endpoint.len(),
+            Change::RateCount { .. } => 24,
+            Change::Shared { key, value } => 8 + key.len() + value.as_ref().map_or(0, Vec::len),
+            Change::VipLease { .. } => 24,
+            Change::VipRelease { .. } => 2,
+        }
+    }
+}
+
 /// A verdict as stored: who saw what, when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerdictEntry {

@@ -1,12 +1,20 @@
 //! Framing for everything that crosses between nodes and onto disk: a 4-byte big-endian
-//! length, then a bincode 2 (serde) body. Frames over 64 MiB are refused.
+//! length, then a bincode 2 (serde) body. Frames over [`MAX_FRAME`] are refused, and a
+//! frame's buffer grows with the bytes that actually arrive (never to the length a peer
+//! claims up front), so a peer that announces a large frame and sends nothing costs
+//! nothing.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Largest frame accepted.
-pub const MAX_FRAME: usize = 64 << 20;
+/// Largest frame accepted. The largest legitimate frames are snapshot chunks (openraft
+/// sends them in 3 MiB pieces) and log batches (bounded by
+/// [`crate::node::MAX_BATCH_CHANGES`] changes per entry and a few entries per append).
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// Bytes read at a time into a frame's buffer.
+const READ_STEP: usize = 64 << 10;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +65,25 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) ->
     if len > MAX_FRAME {
         return Err(WireError::TooLarge(len));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
+    let mut body = Vec::with_capacity(len.min(READ_STEP));
+    while body.len() < len {
+        let want = (len - body.len()).min(READ_STEP);
+        let n = (&mut *r).take(want as u64).read_to_end(&mut body).await?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
     decode(&body)
+}
+
+/// Splits a frame off the front of `buf`: `Ok(None)` while more bytes are needed. The
+/// synchronous twin of [`read_frame`], for parsers that hold bytes already (and fuzzing).
+pub fn split_frame<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, WireError> {
+    let Some(head) = buf.get(..4) else { return Ok(None) };
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge(len));
+    }
+    let Some(body) = buf.get(4..4 + len) else { return Ok(None) };
+    Ok(Some((decode(body)?, 4 + len)))
 }

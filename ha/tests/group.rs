@@ -31,11 +31,7 @@ fn node_tls(dir: &Path, ca: &Ca, file: &str) -> PeerTls {
     let (c, k) = (dir.join(format!("{file}.pem")), dir.join(format!("{file}.key")));
     std::fs::write(&c, cert.pem()).unwrap();
     std::fs::write(&k, key.serialize_pem()).unwrap();
-    PeerTls {
-        ca: ca.pem.clone(),
-        cert: c,
-        key: k,
-    }
+    PeerTls::new(ca.pem.clone(), c, k)
 }
 
 fn free_addr() -> SocketAddr {

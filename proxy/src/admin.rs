@@ -1,6 +1,13 @@
 //! The admin API: liveness, readiness, Prometheus metrics, JSON status, a small status
 //! page, and the reload and drain calls. Runs on its own thread so a busy data plane
 //! never delays a health check. A token is required when bound beyond loopback.
+//!
+//! It is a control port, so it is bounded like one: at most [`MAX_ADMIN_CONNECTIONS`]
+//! open (more are closed at accept and counted), a request head must arrive within
+//! [`ADMIN_HEADER_TIMEOUT`] (which also closes idle keep-alives), and a connection lives
+//! at most [`ADMIN_CONNECTION_LIFETIME`]. A flood of connections to it costs the data
+//! plane nothing but the cap's file descriptors. State-changing calls refuse what a
+//! browser could be made to send (see [`refuse_browser`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +23,16 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 use crate::control::Shared;
+
+/// Most admin connections open at once.
+pub const MAX_ADMIN_CONNECTIONS: usize = 256;
+/// A request head (the first, or the next on a keep-alive connection) must arrive within this.
+pub const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// An admin connection is asked to close after this long, and cut 10 s later.
+pub const ADMIN_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
+/// The header `tandem ctl` sends with state-changing calls: a page on another site
+/// cannot add it without a CORS preflight, which the admin API never grants.
+pub const ADMIN_HEADER: &str = "x-tandem-admin";
 
 /// Starts the admin listener on its own thread; returns once it is bound.
 pub fn start(shared: Arc<Shared>, addr: SocketAddr, token: Option<String>) -> std::io::Result<SocketAddr> {
@@ -39,26 +56,103 @@ pub fn start(shared: Arc<Shared>, addr: SocketAddr, token: Option<String>) -> st
                 }
             };
             let token: Option<Arc<str>> = token.map(Into::into);
+            let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors (or another transient failure): wait a
+                        // little instead of spinning on the same error.
+                        tracing::debug!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
                 };
+                if open.fetch_add(1, Relaxed) >= MAX_ADMIN_CONNECTIONS {
+                    open.fetch_sub(1, Relaxed);
+                    shared.stats.process.admin_connections_refused.fetch_add(1, Relaxed);
+                    drop(stream);
+                    continue;
+                }
                 let shared = shared.clone();
                 let token = token.clone();
+                let open = open.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let shared = shared.clone();
-                        let token = token.clone();
-                        async move { Ok::<_, Infallible>(serve(&shared, token.as_deref(), req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    serve_connection(stream, shared, token).await;
+                    open.fetch_sub(1, Relaxed);
                 });
             }
         });
     })?;
     Ok(bound)
+}
+
+/// One admin connection: HTTP/1.1 with a head deadline and a bounded lifetime.
+async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>, token: Option<Arc<str>>) {
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        let token = token.clone();
+        async move { Ok::<_, Infallible>(serve(&shared, token.as_deref(), req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .max_buf_size(16 * 1024)
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = tokio::time::sleep(ADMIN_CONNECTION_LIFETIME) => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+}
+
+/// Why a request that a browser could have been made to send is refused, if it is:
+///
+/// - without a token (loopback only), every request must be addressed to an IP
+///   literal or `localhost`: a DNS-rebinding page names its own host;
+/// - a state-changing call (anything but GET/HEAD) must not come from another site
+///   (`Origin` other than the admin's own, `Sec-Fetch-Site` cross-site or same-site),
+///   and without a token it must carry [`ADMIN_HEADER`], which a cross-site page cannot
+///   add without a CORS preflight.
+fn refuse_browser(req: &Request<Incoming>, has_token: bool) -> Option<&'static str> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !has_token && !host.is_empty() && !addressed_by_ip(host) {
+        return Some("address the admin API by IP or localhost\n");
+    }
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    if let Some(site) = req.headers().get("sec-fetch-site") {
+        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
+            return Some("cross-site admin calls are refused\n");
+        }
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let same = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host));
+        if !same {
+            return Some("cross-site admin calls are refused\n");
+        }
+    }
+    if !has_token && !req.headers().contains_key(ADMIN_HEADER) {
+        return Some("state-changing admin calls need the X-Tandem-Admin header (tandem ctl sends it)\n");
+    }
+    None
+}
+
+/// Whether a `Host` value names an IP address or `localhost` (with or without a port).
+fn addressed_by_ip(host: &str) -> bool {
+    let name = crate::runtime::router::host_without_port(host);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -80,6 +174,10 @@ async fn serve(shared: &Arc<Shared>, token: Option<&str>, req: Request<Incoming>
         if !ok {
             return text(StatusCode::UNAUTHORIZED, "text/plain", "admin token required\n");
         }
+    }
+    if let Some(why) = refuse_browser(&req, token.is_some()) {
+        shared.stats.process.admin_requests_refused.fetch_add(1, Relaxed);
+        return text(StatusCode::FORBIDDEN, "text/plain", why);
     }
     let method = req.method().clone();
     let path = req.uri().path().to_string();

@@ -28,8 +28,9 @@ pub fn call(addr: SocketAddr, token: Option<&str>, method: &str, path: &str) -> 
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}X-Tandem-Admin: ctl\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes())
         .map_err(|source| CtlError::Connect { addr, source })?;
     let mut buf = Vec::new();
@@ -63,8 +64,13 @@ fn dechunk(mut s: &str) -> String {
 }
 
 /// Writes a lab CA (`ca.pem`, `ca.key`) and one certificate per member (`NAME.pem`,
-/// `NAME.key`, DNS name `tandem-peer`) for `[ha] tls`; keys are written mode 0600.
-pub fn write_lab_certs(out: &std::path::Path, members: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+/// `NAME.key`, DNS name `tandem-peer`, and `node<ID>.tandem-peer` when `ids` gives the
+/// members' node ids) for `[ha] tls`; keys are written mode 0600.
+pub fn write_lab_certs(
+    out: &std::path::Path,
+    members: &[String],
+    ids: &[u64],
+) -> Result<(), Box<dyn std::error::Error>> {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     std::fs::create_dir_all(out)?;
     let mut p = CertificateParams::new(Vec::<String>::new())?;
@@ -75,9 +81,13 @@ pub fn write_lab_certs(out: &std::path::Path, members: &[String]) -> Result<(), 
     let ca = CertifiedIssuer::self_signed(p, ca_key)?;
     std::fs::write(out.join("ca.pem"), ca.pem())?;
     write_private(&out.join("ca.key"), &ca_key_pem)?;
-    for m in members {
+    for (i, m) in members.iter().enumerate() {
         let key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(vec![tandem_ha::network::PEER_NAME.to_string()])?;
+        let mut names = vec![tandem_ha::network::PEER_NAME.to_string()];
+        if let Some(id) = ids.get(i) {
+            names.push(format!("node{id}.{}", tandem_ha::network::PEER_NAME));
+        }
+        let mut p = CertificateParams::new(names)?;
         p.distinguished_name.push(DnType::CommonName, m.as_str());
         let cert = p.signed_by(&key, &ca)?;
         std::fs::write(out.join(format!("{m}.pem")), cert.pem())?;

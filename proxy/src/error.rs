@@ -29,9 +29,25 @@ impl Limit {
     }
 }
 
+/// Why a request was refused as malformed before it was routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRequest {
+    /// More than one `Host` header.
+    DuplicateHost,
+    /// HTTP/1.1 (or HTTP/2) without any authority.
+    MissingHost,
+    /// A `Host` value that is not a valid authority.
+    InvalidHost,
+    /// HTTP/2 `:authority` and `host` that name different authorities.
+    AuthorityMismatch,
+}
+
 /// A request-level failure on the proxy path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
+    /// The request head is malformed (authority rules); answered 400, connection closed.
+    #[error("bad request")]
+    BadRequest(BadRequest),
     /// No route matched the request.
     #[error("no route matches this request")]
     NoRoute,
@@ -53,9 +69,18 @@ pub enum ProxyError {
     /// A circuit breaker refused the request.
     #[error("circuit breaker open")]
     Overflow(Limit),
-    /// The request body could not be read from the client.
+    /// The request body could not be read from the client: its framing is invalid
+    /// (a downstream fault, never counted against an endpoint).
     #[error("client request body error")]
     DownstreamBody,
+    /// The client went away (or reset its stream) before the answer was sent: nginx's
+    /// 499 convention; never counted against an endpoint.
+    #[error("client closed the request")]
+    ClientAbort,
+    /// The client stopped sending its request body for longer than the listener's
+    /// `request_body_timeout` (408; never counted against an endpoint).
+    #[error("client request body timeout")]
+    RequestBodyTimeout,
     /// A proxy-wasm filter failed (trap, CPU or memory limit) with `fail_closed`, or
     /// closed the stream.
     #[error("filter failed")]
@@ -70,7 +95,25 @@ pub enum ProxyError {
     },
 }
 
+/// nginx's status for a request whose client went away before the answer (logged,
+/// never sent).
+pub fn client_closed_request() -> http::StatusCode {
+    http::StatusCode::from_u16(499).expect("499 is a valid status code")
+}
+
 impl ProxyError {
+    /// The client, not an upstream, caused this failure: it never counts against an
+    /// endpoint (no passive health, outlier or latency signal, no retry).
+    pub fn is_downstream(self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_)
+                | ProxyError::DownstreamBody
+                | ProxyError::ClientAbort
+                | ProxyError::RequestBodyTimeout
+        )
+    }
+
     /// HTTP status for the client.
     pub fn status(self) -> http::StatusCode {
         use http::StatusCode as S;
@@ -80,7 +123,9 @@ impl ProxyError {
                 S::SERVICE_UNAVAILABLE
             }
             ProxyError::ConnectFailure | ProxyError::UpstreamReset => S::BAD_GATEWAY,
-            ProxyError::DownstreamBody => S::BAD_REQUEST,
+            ProxyError::DownstreamBody | ProxyError::BadRequest(_) => S::BAD_REQUEST,
+            ProxyError::ClientAbort => client_closed_request(),
+            ProxyError::RequestBodyTimeout => S::REQUEST_TIMEOUT,
             ProxyError::RateLimited { .. } => S::TOO_MANY_REQUESTS,
             ProxyError::ConnectTimeout | ProxyError::Timeout => S::GATEWAY_TIMEOUT,
         }
@@ -97,6 +142,9 @@ impl ProxyError {
             ProxyError::UpstreamReset => "upstream-reset",
             ProxyError::Overflow(_) => "overflow",
             ProxyError::DownstreamBody => "downstream-body",
+            ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::ClientAbort => "client-abort",
+            ProxyError::RequestBodyTimeout => "request-body-timeout",
             ProxyError::RateLimited { .. } => "rate-limited",
             ProxyError::FilterFailed => "filter-failure",
         }
@@ -113,6 +161,14 @@ impl ProxyError {
             ProxyError::UpstreamReset => "upstream connection reset\n",
             ProxyError::Overflow(_) => "upstream overloaded: circuit breaker open\n",
             ProxyError::DownstreamBody => "could not read the request body\n",
+            ProxyError::BadRequest(BadRequest::DuplicateHost) => "bad request: more than one Host header\n",
+            ProxyError::BadRequest(BadRequest::MissingHost) => "bad request: no Host header\n",
+            ProxyError::BadRequest(BadRequest::InvalidHost) => "bad request: invalid Host header\n",
+            ProxyError::BadRequest(BadRequest::AuthorityMismatch) => {
+                "bad request: :authority and host name different authorities\n"
+            }
+            ProxyError::ClientAbort => "client closed the request\n",
+            ProxyError::RequestBodyTimeout => "request body timeout\n",
             ProxyError::RateLimited { .. } => "rate limit exceeded\n",
             ProxyError::FilterFailed => "filter failed\n",
         }

@@ -127,6 +127,10 @@ enum ClusterCommand {
         /// Member names (one certificate each).
         #[arg(long, value_delimiter = ',', default_value = "node1,node2,witness")]
         members: Vec<String>,
+        /// The members' node ids, in the same order: each certificate then also names
+        /// `node<ID>.tandem-peer`, for `[ha] tls.verify_node_id = true`.
+        #[arg(long, value_delimiter = ',')]
+        ids: Vec<u64>,
     },
 }
 
@@ -398,9 +402,17 @@ fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<St
         CtlCommand::Live => ("GET", "/live".to_string()),
         CtlCommand::Cluster { what: None } => ("GET", "/cluster".to_string()),
         CtlCommand::Cluster {
-            what: Some(ClusterCommand::Certs { out, members }),
+            what: Some(ClusterCommand::Certs { out, members, ids }),
         } => {
-            return match ctl::write_lab_certs(&out, &members) {
+            if !ids.is_empty() && ids.len() != members.len() {
+                eprintln!(
+                    "tandem ctl cluster certs: --ids names {} ids for {} members; give one id per member, in order",
+                    ids.len(),
+                    members.len()
+                );
+                return ExitCode::FAILURE;
+            }
+            return match ctl::write_lab_certs(&out, &members, &ids) {
                 Ok(()) => {
                     println!(
                         "wrote {}/ca.pem and a certificate per member: {}",

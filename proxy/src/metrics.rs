@@ -126,6 +126,9 @@ pub struct EndpointStats {
     pub connect_failures: AtomicU64,
     /// Connect or response timeouts.
     pub timeouts: AtomicU64,
+    /// Responses whose body the upstream broke off after the head (counted apart from
+    /// their status class, which was already counted when the head arrived).
+    pub body_resets: AtomicU64,
     /// Health state and its counters.
     pub health: crate::health::EndpointHealth,
 }
@@ -145,6 +148,10 @@ pub struct ListenerStats {
     pub oversized: AtomicU64,
     /// Connections closed because the request head did not arrive in time.
     pub header_timeouts: AtomicU64,
+    /// Requests the client abandoned before their answer (logged as 499).
+    pub client_aborts: AtomicU64,
+    /// Requests whose client stopped sending the body (408).
+    pub body_timeouts: AtomicU64,
     /// Requests served.
     pub requests: AtomicU64,
     /// TLS handshakes completed.
@@ -172,6 +179,10 @@ pub struct ProcessStats {
     pub reloads_ok: AtomicU64,
     /// Refused reloads.
     pub reloads_failed: AtomicU64,
+    /// Admin connections closed at accept because `MAX_ADMIN_CONNECTIONS` were open.
+    pub admin_connections_refused: AtomicU64,
+    /// Admin requests refused as cross-site, rebound or without the admin header (403).
+    pub admin_requests_refused: AtomicU64,
 }
 
 /// Keeps stats objects by identity so a reload hands the same counters to the new
@@ -262,6 +273,26 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
     );
     counter(
         &mut out,
+        "tandem_admin_connections_refused_total",
+        "Admin connections closed at accept because the connection cap was reached.",
+    );
+    let _ = writeln!(
+        out,
+        "tandem_admin_connections_refused_total {}",
+        p.admin_connections_refused.load(Relaxed)
+    );
+    counter(
+        &mut out,
+        "tandem_admin_requests_refused_total",
+        "Admin requests refused as cross-site, DNS-rebound or missing the admin header (403).",
+    );
+    let _ = writeln!(
+        out,
+        "tandem_admin_requests_refused_total {}",
+        p.admin_requests_refused.load(Relaxed)
+    );
+    counter(
+        &mut out,
         "tandem_no_route_total",
         "Requests that matched no route (404).",
     );
@@ -278,7 +309,7 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
     );
 
     type ListenerField = fn(&ListenerStats) -> &AtomicU64;
-    let lfields: [(&str, &str, bool, ListenerField); 13] = [
+    let lfields: [(&str, &str, bool, ListenerField); 15] = [
         (
             "tandem_listener_tls_handshakes_total",
             "TLS handshakes completed.",
@@ -353,6 +384,18 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
             "Connections closed by header_read_timeout.",
             true,
             |s| &s.header_timeouts,
+        ),
+        (
+            "tandem_listener_client_aborts_total",
+            "Requests the client abandoned before their answer (logged as 499).",
+            true,
+            |s| &s.client_aborts,
+        ),
+        (
+            "tandem_listener_request_body_timeouts_total",
+            "Requests whose client stopped sending its body for request_body_timeout (408).",
+            true,
+            |s| &s.body_timeouts,
         ),
     ];
     for (name, help, is_counter, field) in lfields {
@@ -506,7 +549,7 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
         }
     }
     type EndpointField = fn(&EndpointStats) -> &AtomicU64;
-    let efields: [(&str, &str, bool, EndpointField); 5] = [
+    let efields: [(&str, &str, bool, EndpointField); 6] = [
         (
             "tandem_endpoint_active_requests",
             "Requests in flight per endpoint.",
@@ -536,6 +579,12 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
             "Upstream connect or response timeouts.",
             true,
             |s| &s.timeouts,
+        ),
+        (
+            "tandem_endpoint_response_body_resets_total",
+            "Responses whose body the upstream broke off after the head.",
+            true,
+            |s| &s.body_resets,
         ),
     ];
     for (name, help, is_counter, field) in efields {
@@ -706,10 +755,30 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
         }
     }
     crate::wasm::metrics::render(&mut out);
+    if let Some(p) = crate::pair::get() {
+        render_peer_listener(&mut out, &p.refused);
+    }
     if let Some(v) = crate::vips::get() {
         v.render(&mut out);
     }
     out
+}
+
+/// The pair's peer listener: connections and frames it refused, by reason.
+pub fn render_peer_listener(out: &mut String, s: &tandem_ha::network::PeerStats) {
+    counter(
+        out,
+        "tandem_ha_peer_refused_total",
+        "Peer connections or frames refused: handshake (no, bad or misnamed certificate, or too slow), capacity (listener caps), malformed (frame), identity (spoke for another node id).",
+    );
+    for (reason, v) in [
+        ("handshake", &s.refused),
+        ("capacity", &s.over_capacity),
+        ("malformed", &s.malformed),
+        ("identity", &s.wrong_identity),
+    ] {
+        let _ = writeln!(out, "tandem_ha_peer_refused_total{{reason=\"{reason}\"}} {}", v.load(Relaxed));
+    }
 }
 
 fn counter(out: &mut String, name: &str, help: &str) {

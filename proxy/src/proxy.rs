@@ -1,6 +1,7 @@
 //! The L7 request path, one function per stage:
 //!
 //! 1. [`handle`]: bookkeeping (request id, connection counters) and the stage sequence;
+//!    [`decide_authority`] settles the request's one authority (routed, forwarded, logged);
 //! 2. [`route_request`]: listener router → route;
 //! 3. [`Route::pick_cluster`](crate::runtime::Route::pick_cluster): weighted split;
 //! 4. [`pick_endpoint`]: the cluster's balancer;
@@ -24,7 +25,7 @@ use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
 use crate::balancer;
-use crate::body::{BoxError, Completion, ProxyBody, UpstreamBody};
+use crate::body::{BodyFault, BoxError, ClientBody, Completion, ProxyBody, UpstreamBody};
 use crate::config::{RetryPolicy, UpstreamProtocol};
 use crate::downstream::ConnState;
 use crate::error::Limit;
@@ -56,6 +57,7 @@ pub async fn handle(
     worker.shared.listeners[conn.listener].1.requests.fetch_add(1, Relaxed);
 
     let downstream_version = req.version();
+    let authority = decide_authority(&mut req);
     let request_id = headers::ensure_request_id(req.headers_mut());
     // The verified client certificate is stated by Tandem only, never by the client.
     if conn.tls.as_ref().is_some_and(|t| t.client_subject.is_some())
@@ -68,7 +70,7 @@ pub async fn handle(
         }
     }
     let rt = worker.shared.runtime.load_full();
-    let mut rec = worker.shared.access_log.enabled().then(|| AccessRecord {
+    let rec = worker.shared.access_log.enabled().then(|| AccessRecord {
         time: SystemTime::now(),
         request_id: request_id.clone(),
         client: conn.client,
@@ -88,23 +90,134 @@ pub async fn handle(
         grpc_status: None,
     });
 
-    let mut resp = match proxy_request(&worker, &conn, &rt, req, &request_id, &mut rec, start).await {
-        Ok(resp) => resp,
-        Err(e) => local_error(&worker, &rt, e, &mut rec, start),
+    let mut end = RequestEnd {
+        worker: &worker,
+        conn: &conn,
+        start,
+        rec,
+        answered: false,
+    };
+    let outcome = match authority {
+        Ok(()) => proxy_request(&worker, &conn, &rt, req, &request_id, &mut end.rec, start).await,
+        Err(e) => Err(e),
+    };
+    let (mut resp, refused) = match outcome {
+        Ok(resp) => (resp, false),
+        Err(e) => {
+            count_downstream_fault(&worker, conn.listener, e);
+            (local_error(&worker, &rt, e, &mut end.rec, start), e.is_downstream())
+        }
     };
 
     let max = worker.listeners[conn.listener].max_requests_per_connection;
     let draining = worker.shared.draining.load(Relaxed) || worker.shared.in_maintenance.load(Relaxed);
-    if (max > 0 && n >= max) || draining {
+    if (max > 0 && n >= max) || draining || refused {
         close_after(&conn, &mut resp, downstream_version);
     }
     resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id);
-    let in_flight = conn.in_flight.get() - 1;
-    conn.in_flight.set(in_flight);
-    conn.head.busy.store(in_flight > 0, Relaxed);
-    conn.head.pending.store(false, Relaxed);
-    conn.last_active.set(start);
+    end.answered = true;
     Ok(resp)
+}
+
+/// The end of a request's bookkeeping, however its future ends: with an answer, or
+/// dropped before one because the client went away (hyper drops the future of a
+/// request whose connection or stream is gone). A request that got no answer is logged
+/// with nginx's 499 (`client-abort`) and counted, and never counts against an endpoint.
+struct RequestEnd<'a> {
+    worker: &'a Worker,
+    conn: &'a ConnState,
+    start: Instant,
+    /// The access log record while nobody else has logged it.
+    rec: Option<AccessRecord>,
+    answered: bool,
+}
+
+impl Drop for RequestEnd<'_> {
+    fn drop(&mut self) {
+        let conn = self.conn;
+        let in_flight = conn.in_flight.get() - 1;
+        conn.in_flight.set(in_flight);
+        conn.head.busy.store(in_flight > 0, Relaxed);
+        conn.head.pending.store(false, Relaxed);
+        conn.last_active.set(self.start);
+        if self.answered {
+            return;
+        }
+        count_downstream_fault(self.worker, conn.listener, ProxyError::ClientAbort);
+        if let Some(mut r) = self.rec.take() {
+            r.status = ProxyError::ClientAbort.status().as_u16();
+            r.reason = ProxyError::ClientAbort.reason();
+            r.duration = self.start.elapsed();
+            self.worker.shared.access_log.log(r);
+        }
+    }
+}
+
+/// Counts a request the client's fault ended, on its listener.
+fn count_downstream_fault(worker: &Worker, listener: usize, e: ProxyError) {
+    let s = &worker.shared.listeners[listener].1;
+    match e {
+        ProxyError::BadRequest(_) | ProxyError::DownstreamBody => s.malformed.fetch_add(1, Relaxed),
+        ProxyError::ClientAbort => s.client_aborts.fetch_add(1, Relaxed),
+        ProxyError::RequestBodyTimeout => s.body_timeouts.fetch_add(1, Relaxed),
+        _ => 0,
+    };
+}
+
+/// Stage 1b: the request's one authority, decided once, so that what is routed on is
+/// exactly what is forwarded and logged (RFC 9112 §3.2, RFC 9113 §8.3.1).
+///
+/// HTTP/1.x: an absolute-form (or CONNECT authority-form) target replaces `Host`; more
+/// than one `Host`, an invalid one, or none on HTTP/1.1 is refused. HTTP/2: `:authority`
+/// and a `host` field must name the same authority (a request that could reach one
+/// virtual host's route and be forwarded to another's is refused, not repaired).
+fn decide_authority(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+    use crate::error::BadRequest as B;
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest(B::DuplicateHost));
+    }
+    let version = req.version();
+    match (req.uri().authority(), host) {
+        (Some(a), _) if a.as_str().contains('@') => Err(ProxyError::BadRequest(B::InvalidHost)),
+        (Some(a), Some(h)) if version == Version::HTTP_2 => {
+            if a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) {
+                Ok(())
+            } else {
+                Err(ProxyError::BadRequest(B::AuthorityMismatch))
+            }
+        }
+        (Some(a), Some(h)) => {
+            if a.as_str().as_bytes() != h.as_bytes() {
+                let v = HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest(B::InvalidHost))?;
+                req.headers_mut().insert(header::HOST, v);
+            }
+            Ok(())
+        }
+        // RFC 9112 §3.2: every HTTP/1.1 request carries Host, absolute-form included.
+        (Some(_), None) if version == Version::HTTP_11 => Err(ProxyError::BadRequest(B::MissingHost)),
+        (Some(_), None) => Ok(()),
+        (None, Some(h)) if valid_authority(h.as_bytes()) => Ok(()),
+        (None, Some(_)) => Err(ProxyError::BadRequest(B::InvalidHost)),
+        (None, None) if version == Version::HTTP_11 || version == Version::HTTP_2 => {
+            Err(ProxyError::BadRequest(B::MissingHost))
+        }
+        (None, None) => Ok(()),
+    }
+}
+
+/// Whether `b` is a valid `Host` value: `uri-host [ ":" port ]` (reg-name, IPv4 or an
+/// IP literal in brackets); no userinfo, path, query, whitespace or controls.
+fn valid_authority(b: &[u8]) -> bool {
+    b.iter().all(|&c| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+                    | b':' | b'[' | b']' | b'%'
+            )
+    })
 }
 
 /// Stages 2–8 for a request that is to be proxied.
@@ -420,6 +533,7 @@ async fn attempts(
     };
     // gRPC deadlines shorten the route's (never lengthen them).
     let total = grpc_timeout(req.headers()).map_or(route.timeout, |g| g.min(route.timeout));
+    let body_timeout = worker.listeners[conn.listener].request_body_timeout;
     if let Err(e) = prepare_upstream_request(&mut req, route, cluster, conn) {
         if let Some(c) = targets.chain {
             c.borrow().request_head_back_from(&mut req);
@@ -435,6 +549,10 @@ async fn attempts(
     // A retryable request keeps its (small) body for replay; otherwise it streams.
     let mut replay: Option<(http::request::Parts, Bytes)> = None;
     let mut streamed = None;
+    // Where a streamed body is: the route timeout starts once the client has sent it all.
+    let mut progress = None;
+    // When the whole request was here (a streamed body's end is noted in `progress`).
+    let mut request_end = start;
     let (mut parts, body) = req.into_parts();
     let keeps_head = policy.is_some() && http_body::Body::is_end_stream(&body);
     if let Some(c) = targets
@@ -449,23 +567,35 @@ async fn attempts(
         _ if targets.chain.is_some() && !http_body::Body::is_end_stream(&body) => {
             let chain = targets.chain.expect("checked").clone();
             let fixed = parts.headers.contains_key(header::CONTENT_LENGTH);
+            let (body, p) = client_body(body);
+            progress = Some(p);
             let filtered = crate::wasm::http::FilteredBody::new(body, chain, false, fixed);
             streamed = Some(Request::from_parts(parts, UpstreamBody::Filtered(Box::new(filtered))));
         }
         Some(_) if http_body::Body::is_end_stream(&body) => replay = Some((parts, Bytes::new())),
-        Some(p) => match tokio::time::timeout(total, Box::pin(buffer_body(body, p.buffer_bytes))).await {
-            Ok(Ok(Ok(bytes))) => replay = Some((parts, bytes)),
-            Ok(Ok(Err(body))) => streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body))),
-            Ok(Err(e)) => {
+        Some(p) => match Box::pin(buffer_body(body, p.buffer_bytes, body_timeout)).await {
+            Ok(Ok(bytes)) => {
+                request_end = Instant::now();
+                replay = Some((parts, bytes));
+            }
+            Ok(Err(body)) => {
+                let (body, p) = client_body(body);
+                progress = Some(p);
+                streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body)));
+            }
+            Err(e) => {
                 head_back(targets.chain, &mut parts);
                 return Err(e);
             }
-            Err(_) => {
-                head_back(targets.chain, &mut parts);
-                return Err(ProxyError::Timeout);
-            }
         },
-        None => streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body))),
+        None if http_body::Body::is_end_stream(&body) => {
+            streamed = Some(Request::from_parts(parts, UpstreamBody::Full(None)));
+        }
+        None => {
+            let (body, p) = client_body(body);
+            progress = Some(p);
+            streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body)));
+        }
     }
     let policy = if replay.is_some() { policy } else { None };
     let max_attempts = 1 + policy.map_or(0, |p| p.max_retries);
@@ -518,26 +648,30 @@ async fn attempts(
         // Counted in flight until the response body ends (the completion takes the
         // count over) or this attempt is abandoned, whichever comes first.
         let in_flight = InFlight::new(&endpoint.stats.active);
-        // One timer per try: the per-try timeout, cut to what is left of the route's
-        // (one clock read: the route's deadline is known from the start).
-        let now = Instant::now();
-        let try_deadline = later(now, route.per_try_timeout).min(later(start, total));
-        let outcome: Attempt = if try_deadline <= now {
-            Err(ProxyError::Timeout)
-        } else {
-            match tokio::time::timeout_at(
-                try_deadline.into(),
-                exchange(worker, cluster, ep_idx, &mut upstream_req.req, start, origin),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => {
-                    endpoint.stats.timeouts.fetch_add(1, Relaxed);
-                    Err(ProxyError::Timeout)
-                }
-            }
+        let timers = TryTimers {
+            try_start: Instant::now(),
+            request_end,
+            per_try: route.per_try_timeout,
+            total,
+            body_timeout,
         };
+        let exchanged = exchange(worker, cluster, ep_idx, &mut upstream_req.req, start, origin);
+        let mut outcome: Attempt = match progress.as_deref() {
+            None => timed(exchanged, &timers).await,
+            // Boxed: only requests with a streamed body watch it.
+            Some(p) => Box::pin(timed_with_body(exchanged, &timers, p)).await,
+        };
+        // A request whose client body failed failed because of the client, whatever the
+        // upstream side saw of it.
+        if let (Err(e), Some(fault)) = (&mut outcome, progress.as_ref().and_then(|p| p.fault.get())) {
+            *e = match fault {
+                BodyFault::Framing => ProxyError::DownstreamBody,
+                BodyFault::Abort => ProxyError::ClientAbort,
+            };
+        }
+        if matches!(outcome, Err(ProxyError::Timeout)) {
+            endpoint.stats.timeouts.fetch_add(1, Relaxed);
+        }
         drop(retrying.take());
         let status = match &outcome {
             Ok(resp) => resp.status().as_u16(),
@@ -546,6 +680,8 @@ async fn attempts(
         let upstream_time = start.elapsed();
         match &outcome {
             Ok(_) => observe(route, cluster, ep_idx, status, upstream_time, start),
+            // The client's faults say nothing about the endpoint.
+            Err(e) if e.is_downstream() => {}
             Err(e) => observe_failure(route, cluster, ep_idx, *e),
         }
         let retry = policy.is_some_and(|p| attempt < max_attempts && should_retry(p, &outcome));
@@ -570,7 +706,7 @@ async fn attempts(
         drop(in_flight);
         retrying = Some(InFlight::adopt(&cluster.stats.retries_active));
         if let Some(p) = policy {
-            let left = total.saturating_sub(start.elapsed());
+            let left = total.saturating_sub(request_end.elapsed());
             if tokio::time::timeout(left, Box::pin(backoff(p, attempt))).await.is_err() {
                 if let Some((parts, _)) = replay.as_mut() {
                     head_back(targets.chain, parts);
@@ -579,6 +715,69 @@ async fn attempts(
             }
         }
     }
+}
+
+/// The timers of one try: the per-try timeout and what is left of the route's, both
+/// counted from the end of the request (a long upload is not cut by them), and the
+/// listener's bound on waiting for the client between parts of its body.
+struct TryTimers {
+    try_start: Instant,
+    /// When the whole request was here (for a streamed body, see its progress).
+    request_end: Instant,
+    per_try: Duration,
+    total: Duration,
+    body_timeout: Duration,
+}
+
+impl TryTimers {
+    /// The try's deadline once the request ended at `end`.
+    fn deadline(&self, end: Instant) -> Instant {
+        later(self.try_start.max(end), self.per_try).min(later(end, self.total))
+    }
+}
+
+/// Runs an exchange whose request is complete under its try's deadline.
+async fn timed(exchange: impl std::future::Future<Output = Attempt>, t: &TryTimers) -> Attempt {
+    let deadline = t.deadline(t.request_end);
+    if deadline <= Instant::now() {
+        return Err(ProxyError::Timeout);
+    }
+    tokio::time::timeout_at(deadline.into(), exchange)
+        .await
+        .unwrap_or(Err(ProxyError::Timeout))
+}
+
+/// Runs an exchange while the client's body streams: waiting on the client longer than
+/// `request_body_timeout` is the client's fault (408); an upstream that stops taking
+/// the body for a per-try period, or answers late after it, times out (504). Looks again
+/// whenever a deadline passes, so progress moves the deadlines without waking anyone.
+async fn timed_with_body(
+    exchange: impl std::future::Future<Output = Attempt>,
+    t: &TryTimers,
+    p: &crate::body::BodyProgress,
+) -> Attempt {
+    tokio::pin!(exchange);
+    loop {
+        let (deadline, fault) = match p.done.get() {
+            Some(end) => (t.deadline(end), ProxyError::Timeout),
+            None if p.waiting.get() => (later(p.last.get(), t.body_timeout), ProxyError::RequestBodyTimeout),
+            None => (later(p.last.get().max(t.try_start), t.per_try), ProxyError::Timeout),
+        };
+        if deadline <= Instant::now() {
+            return Err(fault);
+        }
+        tokio::select! {
+            biased;
+            r = &mut exchange => return r,
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+    }
+}
+
+/// Wraps a client's request body with the progress its timers read.
+fn client_body(body: Incoming) -> (ClientBody, Rc<crate::body::BodyProgress>) {
+    let p = ClientBody::progress_of(&body, Instant::now());
+    (ClientBody::new(body, p.clone()), p)
 }
 
 /// A request lent to an upstream exchange. Dropped, it hands its head back to the
@@ -720,21 +919,39 @@ fn should_retry(p: &RetryPolicy, outcome: &Attempt) -> bool {
 }
 
 /// Reads the body into memory if it is known to fit in `limit` (Content-Length or
-/// end of stream); otherwise hands it back untouched for streaming.
-async fn buffer_body(body: Incoming, limit: usize) -> Result<Result<Bytes, Incoming>, ProxyError> {
+/// end of stream); otherwise hands it back untouched for streaming. Waiting on the
+/// client is bounded by `idle` between parts (408), not by the route timeout.
+async fn buffer_body(mut body: Incoming, limit: usize, idle: Duration) -> Result<Result<Bytes, Incoming>, ProxyError> {
     use http_body::Body as _;
     if body.is_end_stream() {
         return Ok(Ok(Bytes::new()));
     }
-    match body.size_hint().upper() {
-        Some(n) if n as usize <= limit => {}
+    let n = match body.size_hint().upper() {
+        Some(n) if n as usize <= limit => n as usize,
         _ => return Ok(Err(body)),
+    };
+    let mut buf = bytes::BytesMut::with_capacity(n);
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(ProxyError::RequestBodyTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(match crate::body::DownstreamBodyError::new(e).fault {
+                    BodyFault::Framing => ProxyError::DownstreamBody,
+                    BodyFault::Abort => ProxyError::ClientAbort,
+                })
+            }
+            Ok(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    if buf.len() + d.len() > limit {
+                        return Err(ProxyError::DownstreamBody);
+                    }
+                    buf.extend_from_slice(d);
+                }
+            }
+        }
     }
-    let collected = http_body_util::Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|_| ProxyError::DownstreamBody)?;
-    Ok(Ok(collected.to_bytes()))
+    Ok(Ok(buf.freeze()))
 }
 
 fn rebuild(parts: &http::request::Parts, body: Bytes) -> Request<UpstreamBody> {

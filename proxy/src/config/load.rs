@@ -14,7 +14,11 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         source,
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    load_str_in(&path.display().to_string(), &text, base)
+    let readable_by_others = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+    };
+    load(&path.display().to_string(), &text, base, readable_by_others)
 }
 
 /// Parses and validates configuration `text`; `source` names it in messages; relative
@@ -25,12 +29,18 @@ pub fn load_str(source: &str, text: &str) -> Result<Config, ConfigError> {
 
 /// Like [`load_str`], with relative file paths resolved against `base`.
 pub fn load_str_in(source: &str, text: &str, base: &Path) -> Result<Config, ConfigError> {
+    load(source, text, base, false)
+}
+
+/// Parses and validates; `readable_by_others` says the file is world-readable (secrets
+/// in it are warned about).
+fn load(source: &str, text: &str, base: &Path, readable_by_others: bool) -> Result<Config, ConfigError> {
     let lines = LineIndex::new(text);
     let file = parse(text, &lines).map_err(|issue| ConfigError::Invalid {
         file: source.to_string(),
         issues: vec![issue],
     })?;
-    validate::validate(source, text, &lines, file, base).map_err(|issues| ConfigError::Invalid {
+    validate::validate(source, text, &lines, file, base, readable_by_others).map_err(|issues| ConfigError::Invalid {
         file: source.to_string(),
         issues,
     })

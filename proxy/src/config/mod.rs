@@ -178,6 +178,8 @@ pub struct ListenerConfig {
     pub max_headers: usize,
     /// Slowloris guard.
     pub header_read_timeout: Duration,
+    /// Longest wait on the client between two parts of its request body (408 after it).
+    pub request_body_timeout: Duration,
     /// Keep-alive idle bound.
     pub idle_timeout: Duration,
     /// Accept h2c prior knowledge.

@@ -204,10 +204,17 @@ pub struct HaSection {
 pub struct HaTlsSection {
     /// CA that signs every member's certificate.
     pub ca: SpannedStr,
-    /// This node's certificate (DNS name `tandem-peer`).
+    /// This node's certificate (DNS name `tandem-peer`, or `peer_name`).
     pub cert: SpannedStr,
     /// This node's key.
     pub key: SpannedStr,
+    /// The DNS name every member's certificate must carry.
+    #[serde(default)]
+    pub peer_name: Option<SpannedStr>,
+    /// Also require `node<ID>.<peer_name>` in the certificate of the member that speaks
+    /// for node ID.
+    #[serde(default)]
+    pub verify_node_id: bool,
 }
 
 /// One member of the group.
@@ -252,7 +259,7 @@ pub struct AdminSection {
     /// Socket address of the admin API; loopback by default.
     pub listen: SpannedStr,
     /// Bearer token; required when `listen` is not a loopback address.
-    pub token: Option<String>,
+    pub token: Option<SpannedStr>,
 }
 
 impl Default for AdminSection {
@@ -312,6 +319,10 @@ pub struct ListenerSection {
     /// Time allowed to receive a full request head (slowloris guard).
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: Dur,
+    /// Longest wait on the client between two parts of its request body (nginx's
+    /// `client_body_timeout`); the route timeout starts once the body is complete.
+    #[serde(default = "default_request_body_timeout")]
+    pub request_body_timeout: Dur,
     /// Idle keep-alive time before the connection is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Dur,
@@ -787,6 +798,9 @@ fn default_max_headers() -> usize {
 }
 fn default_header_read_timeout() -> Dur {
     Dur::secs(10)
+}
+fn default_request_body_timeout() -> Dur {
+    Dur::secs(60)
 }
 fn default_idle_timeout() -> Dur {
     Dur::secs(60)

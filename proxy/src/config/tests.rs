@@ -141,9 +141,38 @@ fn admin_beyond_loopback_needs_token() {
     assert!(i.hint.unwrap().contains("token"));
     load_str(
         "t",
-        &format!("[admin]\nlisten = \"0.0.0.0:9900\"\ntoken = \"s3cret\"\n{BASE}"),
+        &format!("[admin]\nlisten = \"0.0.0.0:9900\"\ntoken = \"s3cret-0123456789abcdef\"\n{BASE}"),
     )
     .unwrap();
+}
+
+#[test]
+fn admin_tokens_must_be_long_and_printable() {
+    let i = one(&format!("[admin]\nlisten = \"0.0.0.0:9900\"\ntoken = \"x\"\n{BASE}"));
+    assert_eq!((i.key.as_str(), i.line), ("admin.token", 3));
+    assert!(i.message.contains("1 characters"), "{}", i.message);
+    assert!(i.hint.unwrap().contains("openssl rand"));
+    let i = one(&format!("[admin]\ntoken = \"                    \"\n{BASE}"));
+    assert_eq!(i.key, "admin.token");
+    assert!(i.message.contains("spaces"), "{}", i.message);
+}
+
+#[test]
+fn secrets_in_a_world_readable_file_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    let text = format!("[admin]\ntoken = \"0123456789abcdef0123\"\n{BASE}");
+    std::fs::write(&path, &text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = crate::config::load_file(&path).unwrap();
+    let w = cfg.warnings.iter().find(|w| w.key == "admin.token").expect("a warning");
+    assert_eq!(w.line, 2);
+    assert!(w.message.contains("every local user can read"), "{}", w.message);
+    assert!(w.hint.as_deref().unwrap().contains("chmod 640"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let cfg = crate::config::load_file(&path).unwrap();
+    assert!(cfg.warnings.iter().all(|w| w.key != "admin.token"));
 }
 
 #[test]

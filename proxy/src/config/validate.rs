@@ -11,13 +11,30 @@ use super::error::{did_you_mean, ConfigIssue, LineIndex};
 use super::model::{self, ConfigFile, SpannedStr};
 use super::*;
 
+/// Shortest admin token accepted.
+const MIN_ADMIN_TOKEN: usize = 16;
+
 struct Checker<'a> {
     lines: &'a LineIndex,
     issues: Vec<ConfigIssue>,
     warnings: Vec<ConfigIssue>,
+    /// The file can be read by every local user: a secret in it is warned about.
+    readable_by_others: Option<&'a str>,
 }
 
 impl Checker<'_> {
+    /// Warns when the secret at `span` sits in a file every local user can read.
+    fn secret(&mut self, span: &SpannedStr, key: String) {
+        if let Some(file) = self.readable_by_others {
+            self.warn(
+                span,
+                key,
+                format!("this secret is in {file}, which every local user can read"),
+                Some(format!("chmod 640 {file} (owner root, group of the service user)")),
+            );
+        }
+    }
+
     fn warn(&mut self, span: &SpannedStr, key: String, message: String, hint: Option<String>) {
         let (line, col) = self.lines.locate(span.span().start);
         self.warnings.push(ConfigIssue {
@@ -226,11 +243,26 @@ impl Checker<'_> {
             );
         }
         let sync = self.dur(&h.sync_interval, "ha.sync_interval".into());
-        let tls = tandem_ha::PeerTls {
-            ca: self.path(base, &h.tls.ca),
-            cert: self.path(base, &h.tls.cert),
-            key: self.path(base, &h.tls.key),
-        };
+        let mut tls = tandem_ha::PeerTls::new(
+            self.path(base, &h.tls.ca),
+            self.path(base, &h.tls.cert),
+            self.path(base, &h.tls.key),
+        );
+        tls.verify_node_id = h.tls.verify_node_id;
+        if let Some(n) = &h.tls.peer_name {
+            if rustls_pki_types::ServerName::try_from(n.get_ref().as_str())
+                .is_ok_and(|s| matches!(s, rustls_pki_types::ServerName::DnsName(_)))
+            {
+                tls.name = n.get_ref().clone();
+            } else {
+                self.at(
+                    n,
+                    "ha.tls.peer_name".into(),
+                    format!("`{}` is not a DNS name", n.get_ref()),
+                    Some("use a DNS name such as \"tandem-peer\" (it must be in every member's certificate)".into()),
+                );
+            }
+        }
         for (what, p, s) in [
             ("ca", &tls.ca, &h.tls.ca),
             ("cert", &tls.cert, &h.tls.cert),
@@ -277,6 +309,9 @@ impl Checker<'_> {
     fn sticky(&mut self, st: &model::StickySection, key: &str) -> Option<crate::sticky::StickyConfig> {
         match st.mode.get_ref().as_str() {
             "cookie" => {
+                if let Some(s) = &st.secret {
+                    self.secret(s, format!("{key}.secret"));
+                }
                 let secret = match &st.secret {
                     Some(s) if s.get_ref().len() >= 16 => s.get_ref().as_bytes().to_vec(),
                     Some(s) => {
@@ -889,11 +924,13 @@ pub(crate) fn validate(
     lines: &LineIndex,
     file: ConfigFile,
     base: &std::path::Path,
+    readable_by_others: bool,
 ) -> Result<Config, Vec<ConfigIssue>> {
     let mut c = Checker {
         lines,
         issues: Vec::new(),
         warnings: Vec::new(),
+        readable_by_others: readable_by_others.then_some(source),
     };
 
     let workers = if file.server.workers == 0 {
@@ -908,8 +945,30 @@ pub(crate) fn validate(
     };
 
     let admin_listen = c.addr(&file.admin.listen, "admin.listen".into());
+    let token = file.admin.token.as_ref().filter(|t| !t.get_ref().is_empty());
+    if let Some(t) = token {
+        let v = t.get_ref();
+        if v.chars().count() < MIN_ADMIN_TOKEN {
+            c.at(
+                t,
+                "admin.token".into(),
+                format!("the token is {} characters long; a guessable token guards nothing", v.chars().count()),
+                Some(format!(
+                    "use at least {MIN_ADMIN_TOKEN} random characters, e.g. the output of `openssl rand -hex 24`"
+                )),
+            );
+        } else if !v.chars().all(|ch| ch.is_ascii_graphic()) {
+            c.at(
+                t,
+                "admin.token".into(),
+                "the token holds spaces or characters outside printable ASCII".into(),
+                Some("use letters, digits and punctuation only, e.g. `openssl rand -hex 24`".into()),
+            );
+        }
+        c.secret(t, "admin.token".into());
+    }
     if let Some(a) = admin_listen {
-        if !a.ip().is_loopback() && file.admin.token.as_deref().unwrap_or("").is_empty() {
+        if !a.ip().is_loopback() && token.is_none() {
             c.at(
                 &file.admin.listen,
                 "admin.listen".into(),
@@ -920,7 +979,7 @@ pub(crate) fn validate(
     }
     let admin = AdminConfig {
         listen: admin_listen.unwrap_or_else(|| "127.0.0.1:9900".parse().expect("literal")),
-        token: file.admin.token.filter(|t| !t.is_empty()),
+        token: token.map(|t| t.get_ref().clone()),
     };
 
     let log = LogConfig {
@@ -1064,6 +1123,7 @@ pub(crate) fn validate(
                 max_header_bytes: l.max_header_bytes.max(8192),
                 max_headers: l.max_headers,
                 header_read_timeout: c.dur(&l.header_read_timeout, format!("{key}.header_read_timeout")),
+                request_body_timeout: c.dur(&l.request_body_timeout, format!("{key}.request_body_timeout")),
                 idle_timeout: c.dur(&l.idle_timeout, format!("{key}.idle_timeout")),
                 http2: l.http2,
                 protocol,

@@ -64,7 +64,7 @@ pub enum H1Error {
     HeadTooLarge,
     /// The client's request body failed while it was being forwarded.
     #[error("request body: {0}")]
-    RequestBody(BoxError),
+    RequestBody(#[source] BoxError),
 }
 
 /// The byte stream under an upstream connection: plain TCP or TLS (origination).
@@ -278,6 +278,8 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
     let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut raw) {
+        // The limit holds for a head that arrived whole in one read, too.
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Err(H1Error::HeadTooLarge),
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(H1Error::Malformed("too many header fields")),
@@ -308,6 +310,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
     let mut framing = None;
     let mut length: Option<u64> = None;
     let mut chunked = false;
+    let mut coded = false;
     let mut close = version == Version::HTTP_10;
     for &(no, nl, vo, vl) in spans {
         let name = HeaderName::from_bytes(&head[no..no + nl]).map_err(|_| H1Error::Malformed("invalid header name"))?;
@@ -323,6 +326,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
             }
             length = Some(v);
         } else if name == header::TRANSFER_ENCODING {
+            coded = true;
             // Only the last coding decides; a message not ending in chunked runs to close.
             chunked = value
                 .as_bytes()
@@ -362,6 +366,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
             continue;
         }
         headers.append(name, value);
+    }
+    // Both framings at once is how responses are split and requests smuggled (RFC 9112
+    // §6.3): refused (502) and the connection closed, as HAProxy does.
+    if coded && length.is_some() {
+        return Err(H1Error::Malformed("both content-length and transfer-encoding"));
     }
     let bodiless = head_request
         || status.is_informational()
@@ -804,10 +813,7 @@ mod tests {
         assert_eq!(h.framing, Framing::Length(3));
         assert!(h.keep_alive);
         assert_eq!(&rest[..], b"ok\n");
-        let (h, _) = head(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
-            false,
-        );
+        let (h, _) = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false);
         assert_eq!(h.framing, Framing::Chunked(Chunk::Size));
         let (h, _) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true);
         assert_eq!(h.framing, Framing::Empty);
@@ -859,6 +865,23 @@ mod tests {
         assert!(parse_head(&mut b, false).is_err());
         let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-"[..]);
         assert!(parse_head(&mut b, false).unwrap().is_none());
+        // Both framings: a smuggling vector, refused whatever their order.
+        for h in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n",
+        ] {
+            let mut b = BytesMut::from(h);
+            assert!(matches!(parse_head(&mut b, false), Err(H1Error::Malformed(_))));
+        }
+        // A complete head over the limit is refused even when it arrived in one piece.
+        let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while big.len() <= MAX_HEAD {
+            big.extend_from_slice(format!("x-filler: {}\r\n", "a".repeat(1000)).as_bytes());
+        }
+        big.extend_from_slice(b"\r\n");
+        let mut b = BytesMut::from(&big[..]);
+        assert!(matches!(parse_head(&mut b, false), Err(H1Error::HeadTooLarge)));
     }
 
     #[test]

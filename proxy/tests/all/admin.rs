@@ -59,13 +59,13 @@ async fn admin_token_is_enforced() {
         let proxy = Proxy::start_full(
             &format!("[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n", a.addr),
             "",
-            "token = \"s3cret-token\"",
+            "token = \"s3cret-token-0123456789\"",
         );
         let (status, _) = tandem_proxy::ctl::call(proxy.admin, None, "GET", "/status").unwrap();
         assert_eq!(status, 401);
         let (status, _) = tandem_proxy::ctl::call(proxy.admin, Some("wrong"), "GET", "/status").unwrap();
         assert_eq!(status, 401);
-        let (status, _) = tandem_proxy::ctl::call(proxy.admin, Some("s3cret-token"), "GET", "/status").unwrap();
+        let (status, _) = tandem_proxy::ctl::call(proxy.admin, Some("s3cret-token-0123456789"), "GET", "/status").unwrap();
         assert_eq!(status, 200);
     })
     .await;
