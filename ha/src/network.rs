@@ -269,9 +269,8 @@ impl Network {
         } else {
             self.identity.name.clone()
         };
-        rustls_pki_types::ServerName::try_from(name).unwrap_or_else(|_| {
-            rustls_pki_types::ServerName::try_from(PEER_NAME).expect("a valid static name")
-        })
+        rustls_pki_types::ServerName::try_from(name)
+            .unwrap_or_else(|_| rustls_pki_types::ServerName::try_from(PEER_NAME).expect("a valid static name"))
     }
 }
 
@@ -483,7 +482,11 @@ pub async fn serve(
                 }
                 Err(_) => {
                     stats.refused.fetch_add(1, Relaxed);
-                    stats.refusal(peer, "peer refused at TLS handshake", &"no login within the handshake timeout");
+                    stats.refusal(
+                        peer,
+                        "peer refused at TLS handshake",
+                        &"no login within the handshake timeout",
+                    );
                     return;
                 }
             };

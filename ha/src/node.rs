@@ -105,7 +105,10 @@ impl Publisher {
     /// Queues `change` (one too large to cross the wire is dropped with a warning).
     pub fn publish(&self, change: Change) {
         if change.wire_size() > MAX_CHANGE_BYTES {
-            tracing::warn!(bytes = change.wire_size(), "ha: a change too large to replicate was dropped");
+            tracing::warn!(
+                bytes = change.wire_size(),
+                "ha: a change too large to replicate was dropped"
+            );
             return;
         }
         let _ = self.0.send(change);

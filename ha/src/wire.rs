@@ -84,6 +84,8 @@ pub fn split_frame<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>
     if len > MAX_FRAME {
         return Err(WireError::TooLarge(len));
     }
-    let Some(body) = buf.get(4..4 + len) else { return Ok(None) };
+    let Some(body) = buf.get(4..4 + len) else {
+        return Ok(None);
+    };
     Ok(Some((decode(body)?, 4 + len)))
 }

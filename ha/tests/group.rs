@@ -24,8 +24,13 @@ fn ca(dir: &Path, name: &str) -> Ca {
 }
 
 fn node_tls(dir: &Path, ca: &Ca, file: &str) -> PeerTls {
+    node_tls_named(dir, ca, file, &["tandem-peer"])
+}
+
+/// A member certificate with the DNS names `names`.
+fn node_tls_named(dir: &Path, ca: &Ca, file: &str, names: &[&str]) -> PeerTls {
     let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec!["tandem-peer".to_string()]).unwrap();
+    let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     p.distinguished_name.push(DnType::CommonName, file);
     let cert = p.signed_by(&key, &ca.issuer).unwrap();
     let (c, k) = (dir.join(format!("{file}.pem")), dir.join(format!("{file}.key")));
@@ -191,6 +196,112 @@ async fn a_peer_with_a_foreign_certificate_cannot_join_or_read() {
         assert!(n1.tables.read().unwrap().verdicts.is_empty());
         n1.shutdown().await;
         n2.shutdown().await;
+    })
+    .await
+    .expect("test bounded in time");
+}
+
+fn refused(n: &HaNode) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    n.peer_stats.refused.load(Relaxed) + n.peer_stats.wrong_identity.load(Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_of_the_group_ca_without_the_peer_name_is_refused() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca(dir.path(), "shared-ca");
+        let peers: Vec<Peer> = (1..=2)
+            .map(|id| Peer {
+                id,
+                address: free_addr(),
+            })
+            .collect();
+        // The same CA also signs certificates for another service: such a certificate
+        // is not a member's. Its holder takes id 1, so it is the one that forms the group
+        // and campaigns: its connections reach the member, which must refuse them.
+        let other = node_tls_named(dir.path(), &ca, "web", &["www.example.com"]);
+        let n1 = HaNode::start(HaConfig::new(1, peers.clone(), dir.path().join("d1"), other))
+            .await
+            .unwrap();
+        let n2 = HaNode::start(HaConfig::new(
+            2,
+            peers.clone(),
+            dir.path().join("d2"),
+            node_tls(dir.path(), &ca, "n2"),
+        ))
+        .await
+        .unwrap();
+        n2.publish(verdict("10.9.9.8:80", false, 1));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            n1.tables.read().unwrap().verdicts.is_empty(),
+            "the outsider learned nothing"
+        );
+        assert!(
+            n2.tables.read().unwrap().verdicts.is_empty(),
+            "no quorum with an outsider"
+        );
+        assert!(refused(&n2) > 0, "the member refused and counted the outsider");
+        n1.shutdown().await;
+        n2.shutdown().await;
+    })
+    .await
+    .expect("test bounded in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_verify_node_id_a_member_cannot_speak_for_another() {
+    tokio::time::timeout(Duration::from_secs(40), async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca(dir.path(), "id-ca");
+        let peers: Vec<Peer> = (1..=3)
+            .map(|id| Peer {
+                id,
+                address: free_addr(),
+            })
+            .collect();
+        let tls = |file: &str, names: &[&str]| {
+            let mut t = node_tls_named(dir.path(), &ca, file, names);
+            t.verify_node_id = true;
+            t
+        };
+        let cfg = |id: u64, t: PeerTls| HaConfig::new(id, peers.clone(), dir.path().join(format!("v{id}")), t);
+        let n1 = HaNode::start(cfg(1, tls("v1", &["tandem-peer", "node1.tandem-peer"])))
+            .await
+            .unwrap();
+        let n2 = HaNode::start(cfg(2, tls("v2", &["tandem-peer", "node2.tandem-peer"])))
+            .await
+            .unwrap();
+        // Node 3 runs with a stolen copy of node 1's identity.
+        let n3 = HaNode::start(cfg(3, tls("v3", &["tandem-peer", "node1.tandem-peer"])))
+            .await
+            .unwrap();
+        eventually("1 and 2 form the group", Duration::from_secs(15), || {
+            n1.leader().is_some() && n1.leader() == n2.leader()
+        })
+        .await;
+        n2.publish(verdict("10.9.9.7:80", false, 1));
+        eventually("1 and 2 replicate", Duration::from_secs(10), || {
+            has(&n1, "10.9.9.7:80", false) && has(&n2, "10.9.9.7:80", false)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            n3.tables.read().unwrap().verdicts.is_empty(),
+            "the impostor learned nothing"
+        );
+        let wrong = [&n1, &n2]
+            .iter()
+            .map(|n| n.peer_stats.wrong_identity.load(std::sync::atomic::Ordering::Relaxed))
+            .sum::<u64>();
+        assert!(
+            wrong > 0 || refused(&n3) > 0,
+            "the impostor's requests were refused and counted"
+        );
+        for n in [n1, n2, n3] {
+            n.shutdown().await;
+        }
     })
     .await
     .expect("test bounded in time");

@@ -216,10 +216,17 @@ impl DownstreamBodyError {
         // hyper reports a bad chunk or a length overrun as an invalid-data/-input I/O
         // error; anything else (EOF, reset, a cancelled h2 stream) is the client leaving.
         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&source);
-        let mut fault = if source.is_parse() { BodyFault::Framing } else { BodyFault::Abort };
+        let mut fault = if source.is_parse() {
+            BodyFault::Framing
+        } else {
+            BodyFault::Abort
+        };
         while let Some(e) = cur {
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput) {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+                ) {
                     fault = BodyFault::Framing;
                 }
             }

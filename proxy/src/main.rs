@@ -152,8 +152,26 @@ enum EndpointAction {
     },
 }
 
+/// Raises the open-file soft limit to the hard one (as nginx's `worker_rlimit_nofile`):
+/// every connection is a descriptor, and the default soft limit (often 1024) would cap
+/// the proxy far below its `max_connections`.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct passed, nothing else.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    raise_open_file_limit();
     match cli.cmd {
         Command::Run { config } => {
             let cfg = match load_or_report(&config) {

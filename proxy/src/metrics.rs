@@ -777,7 +777,11 @@ pub fn render_peer_listener(out: &mut String, s: &tandem_ha::network::PeerStats)
         ("malformed", &s.malformed),
         ("identity", &s.wrong_identity),
     ] {
-        let _ = writeln!(out, "tandem_ha_peer_refused_total{{reason=\"{reason}\"}} {}", v.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "tandem_ha_peer_refused_total{{reason=\"{reason}\"}} {}",
+            v.load(Relaxed)
+        );
     }
 }
 

@@ -214,8 +214,24 @@ fn valid_authority(b: &[u8]) -> bool {
         c.is_ascii_alphanumeric()
             || matches!(
                 c,
-                b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
-                    | b':' | b'[' | b']' | b'%'
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+                    | b'%'
             )
     })
 }
@@ -750,7 +766,8 @@ async fn timed(exchange: impl std::future::Future<Output = Attempt>, t: &TryTime
 /// Runs an exchange while the client's body streams: waiting on the client longer than
 /// `request_body_timeout` is the client's fault (408); an upstream that stops taking
 /// the body for a per-try period, or answers late after it, times out (504). Looks again
-/// whenever a deadline passes, so progress moves the deadlines without waking anyone.
+/// at the earliest deadline any state of the body could have, so progress moves the
+/// deadlines without waking anyone.
 async fn timed_with_body(
     exchange: impl std::future::Future<Output = Attempt>,
     t: &TryTimers,
@@ -758,18 +775,34 @@ async fn timed_with_body(
 ) -> Attempt {
     tokio::pin!(exchange);
     loop {
-        let (deadline, fault) = match p.done.get() {
-            Some(end) => (t.deadline(end), ProxyError::Timeout),
-            None if p.waiting.get() => (later(p.last.get(), t.body_timeout), ProxyError::RequestBodyTimeout),
-            None => (later(p.last.get().max(t.try_start), t.per_try), ProxyError::Timeout),
+        let now = Instant::now();
+        // The deadline of the body's current state, and the earliest any state could
+        // have (the state may change before the next look: wake by then).
+        let (deadline, fault, wake) = match p.done.get() {
+            Some(end) => {
+                let d = t.deadline(end);
+                (d, ProxyError::Timeout, d)
+            }
+            None => {
+                let client = later(p.last.get(), t.body_timeout);
+                let upstream = later(p.last.get().max(t.try_start), t.per_try);
+                // Once the body ends (at the earliest now), its deadline is at least this.
+                let ended = later(now, t.per_try.min(t.total));
+                let wake = client.min(upstream).min(ended);
+                if p.waiting.get() {
+                    (client, ProxyError::RequestBodyTimeout, wake)
+                } else {
+                    (upstream, ProxyError::Timeout, wake)
+                }
+            }
         };
-        if deadline <= Instant::now() {
+        if deadline <= now {
             return Err(fault);
         }
         tokio::select! {
             biased;
             r = &mut exchange => return r,
-            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = tokio::time::sleep_until(wake.max(now).into()) => {}
         }
     }
 }

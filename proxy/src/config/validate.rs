@@ -952,7 +952,10 @@ pub(crate) fn validate(
             c.at(
                 t,
                 "admin.token".into(),
-                format!("the token is {} characters long; a guessable token guards nothing", v.chars().count()),
+                format!(
+                    "the token is {} characters long; a guessable token guards nothing",
+                    v.chars().count()
+                ),
                 Some(format!(
                     "use at least {MIN_ADMIN_TOKEN} random characters, e.g. the output of `openssl rand -hex 24`"
                 )),
@@ -1373,6 +1376,17 @@ pub(crate) fn validate(
     // Filters (before routes, which name them).
     let mut filters: Vec<FilterConfig> = Vec::new();
     let mut filter_names: HashMap<String, usize> = HashMap::new();
+    if let (Some(f), Err(why)) = (file.filters.first(), crate::wasm::module::cache()) {
+        c.warn(
+            &f.path,
+            "filter[0].path".into(),
+            format!("compiled filters are not cached on disk ({why}); every start compiles them"),
+            Some(
+                "give Tandem a cache directory of its own: TANDEM_WASM_CACHE, or systemd's CacheDirectory=tandem"
+                    .into(),
+            ),
+        );
+    }
     for (i, f) in file.filters.iter().enumerate() {
         let key = format!("filter[{i}]");
         if filter_names.contains_key(f.name.get_ref()) {

@@ -236,7 +236,7 @@ pub struct Home {
 
 /// How a message body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(crate) enum Framing {
     /// No body.
     Empty,
     /// `content-length`: bytes still to come.
@@ -249,7 +249,7 @@ enum Framing {
 
 /// Where a chunked decoder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// Expecting a chunk-size line.
     Size,
     /// Inside chunk data: bytes left.
@@ -668,6 +668,93 @@ impl Body {
     }
 }
 
+/// What the body decoder made of the bytes buffered so far.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// A piece of body data.
+    Data(Bytes),
+    /// The trailer section of a chunked body (the body ended with it).
+    Trailers(HeaderMap),
+    /// The body ended.
+    End,
+    /// More bytes are needed.
+    More,
+}
+
+/// Decodes what `buf` holds of a body framed by `framing` (RFC 9112 §7): consumes what
+/// it uses, advances `framing`, and sets it to `Empty` when the body ends. Pure (no I/O),
+/// so the framing rules are testable and fuzzable apart from sockets.
+pub(crate) fn decode_body(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, H1Error> {
+    loop {
+        match *framing {
+            Framing::Empty => return Ok(Step::End),
+            Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) if !buf.is_empty() => {
+                let n = left.min(buf.len() as u64);
+                let data = buf.split_to(n as usize).freeze();
+                *framing = match *framing {
+                    Framing::Length(l) if l == n => Framing::Empty,
+                    Framing::Length(l) => Framing::Length(l - n),
+                    _ if left == n => Framing::Chunked(Chunk::DataEnd),
+                    _ => Framing::Chunked(Chunk::Data(left - n)),
+                };
+                return Ok(Step::Data(data));
+            }
+            Framing::Eof if !buf.is_empty() => return Ok(Step::Data(buf.split().freeze())),
+            Framing::Chunked(Chunk::Size) => {
+                let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return Err(H1Error::Malformed("chunk size line too long"));
+                    }
+                    return Ok(Step::More);
+                };
+                let line = &buf[..end];
+                let digits = line.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+                let size = std::str::from_utf8(digits)
+                    .ok()
+                    .filter(|d| !d.is_empty() && d.len() <= 16)
+                    .and_then(|d| u64::from_str_radix(d, 16).ok())
+                    .ok_or(H1Error::Malformed("invalid chunk size"))?;
+                buf.advance(end + 2);
+                *framing = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+            }
+            Framing::Chunked(Chunk::DataEnd) if buf.len() >= 2 => {
+                if &buf[..2] != b"\r\n" {
+                    return Err(H1Error::Malformed("chunk data not followed by CRLF"));
+                }
+                buf.advance(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Trailers) if !buf.is_empty() => {
+                let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                return match httparse::parse_headers(buf, &mut raw) {
+                    Ok(httparse::Status::Complete((len, fields))) => {
+                        let mut trailers = HeaderMap::new();
+                        for f in fields {
+                            if let (Ok(n), Ok(v)) = (
+                                HeaderName::from_bytes(f.name.as_bytes()),
+                                HeaderValue::from_bytes(f.value),
+                            ) {
+                                trailers.append(n, v);
+                            }
+                        }
+                        buf.advance(len);
+                        *framing = Framing::Empty;
+                        Ok(if trailers.is_empty() {
+                            Step::End
+                        } else {
+                            Step::Trailers(trailers)
+                        })
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => Err(H1Error::HeadTooLarge),
+                    Ok(httparse::Status::Partial) => Ok(Step::More),
+                    Err(_) => Err(H1Error::Malformed("invalid trailer section")),
+                };
+            }
+            _ => return Ok(Step::More),
+        }
+    }
+}
+
 impl http_body::Body for Body {
     type Data = Bytes;
     type Error = H1Error;
@@ -678,88 +765,27 @@ impl http_body::Body for Body {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            let buf = &mut conn.buf;
-            match this.framing {
-                Framing::Empty => return Poll::Ready(None),
-                Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) if !buf.is_empty() => {
-                    let n = left.min(buf.len() as u64);
-                    let data = buf.split_to(n as usize).freeze();
-                    match &mut this.framing {
-                        Framing::Length(l) => {
-                            *l -= n;
-                            if *l == 0 {
-                                this.done();
-                            }
-                        }
-                        f => {
-                            *f = if left == n {
-                                Framing::Chunked(Chunk::DataEnd)
-                            } else {
-                                Framing::Chunked(Chunk::Data(left - n))
-                            }
-                        }
+            match decode_body(&mut this.framing, &mut conn.buf) {
+                Err(e) => {
+                    this.conn = None;
+                    this.framing = Framing::Empty;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Ok(Step::Data(data)) => {
+                    if this.framing == Framing::Empty {
+                        this.done();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Framing::Eof if !buf.is_empty() => {
-                    let data = buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                Ok(Step::Trailers(t)) => {
+                    this.done();
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
                 }
-                Framing::Chunked(Chunk::Size) => {
-                    if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
-                        let line = &buf[..end];
-                        let digits = line.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
-                        let size = std::str::from_utf8(digits)
-                            .ok()
-                            .filter(|d| !d.is_empty() && d.len() <= 16)
-                            .and_then(|d| u64::from_str_radix(d, 16).ok());
-                        let Some(size) = size else {
-                            return Poll::Ready(Some(Err(H1Error::Malformed("invalid chunk size"))));
-                        };
-                        buf.advance(end + 2);
-                        this.framing = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
-                        continue;
-                    }
-                    if buf.len() > MAX_CHUNK_LINE {
-                        return Poll::Ready(Some(Err(H1Error::Malformed("chunk size line too long"))));
-                    }
+                Ok(Step::End) => {
+                    this.done();
+                    return Poll::Ready(None);
                 }
-                Framing::Chunked(Chunk::DataEnd) if buf.len() >= 2 => {
-                    if &buf[..2] != b"\r\n" {
-                        return Poll::Ready(Some(Err(H1Error::Malformed("chunk data not followed by CRLF"))));
-                    }
-                    buf.advance(2);
-                    this.framing = Framing::Chunked(Chunk::Size);
-                    continue;
-                }
-                Framing::Chunked(Chunk::Trailers) if !buf.is_empty() => {
-                    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    match httparse::parse_headers(buf, &mut raw) {
-                        Ok(httparse::Status::Complete((len, fields))) => {
-                            let mut trailers = HeaderMap::new();
-                            for f in fields {
-                                if let (Ok(n), Ok(v)) = (
-                                    HeaderName::from_bytes(f.name.as_bytes()),
-                                    HeaderValue::from_bytes(f.value),
-                                ) {
-                                    trailers.append(n, v);
-                                }
-                            }
-                            buf.advance(len);
-                            this.done();
-                            if trailers.is_empty() {
-                                return Poll::Ready(None);
-                            }
-                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                        }
-                        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                            return Poll::Ready(Some(Err(H1Error::HeadTooLarge)));
-                        }
-                        Ok(httparse::Status::Partial) => {}
-                        Err(_) => return Poll::Ready(Some(Err(H1Error::Malformed("invalid trailer section")))),
-                    }
-                }
-                _ => {}
+                Ok(Step::More) => {}
             }
             // More bytes are needed.
             match std::task::ready!(this.fill(cx)) {

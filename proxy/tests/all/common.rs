@@ -443,3 +443,18 @@ pub async fn bounded<F: std::future::Future>(secs: u64, f: F) -> F::Output {
         .await
         .expect("test exceeded its time bound")
 }
+
+/// Whether this process runs as root. A test that needs it fails with a clear message
+/// otherwise, unless `TANDEM_TEST_SKIP_PRIVILEGED=1` says to skip it (said on stderr).
+pub fn is_root(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("TANDEM_TEST_SKIP_PRIVILEGED").is_some(),
+        "{what} needs root; run the tests as root or set TANDEM_TEST_SKIP_PRIVILEGED=1 to skip it"
+    );
+    eprintln!("SKIPPED (TANDEM_TEST_SKIP_PRIVILEGED): {what} needs root");
+    false
+}

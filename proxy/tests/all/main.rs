@@ -17,6 +17,7 @@ mod lifecycle;
 mod limits;
 mod resilience;
 mod routing;
+mod security;
 mod sessions;
 mod tls;
 mod upstream_h1;
