@@ -52,7 +52,7 @@ impl StateMachine {
             snapshots_built: 0,
         };
         if let Ok(b) = std::fs::read(dir.join("snapshot.bin")) {
-            let s: Stored = wire::decode(&b).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let s: Stored = wire::decode_snapshot(&b).map_err(|e| std::io::Error::other(e.to_string()))?;
             sm.last_applied = s.last_applied;
             sm.membership = s.membership.clone();
             *sm.tables.write().expect("tables poisoned") = s.tables;
@@ -157,7 +157,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
-        let s: Stored = wire::decode(&bytes).map_err(|e| {
+        let s: Stored = wire::decode_snapshot(&bytes).map_err(|e| {
             StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e.to_string()))
         })?;
         self.persist(&bytes)

@@ -38,9 +38,28 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, WireError> {
     bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| WireError::Encode(e.to_string()))
 }
 
-/// Decodes a bincode 2 body.
+/// Decodes a bincode 2 body of at most [`MAX_FRAME`] bytes (a frame, a log entry).
+/// The limit also bounds what a length field may claim, so bytes that announce a huge
+/// collection are refused instead of allocated for.
 pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, WireError> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard())
+    if b.len() > MAX_FRAME {
+        return Err(WireError::TooLarge(b.len()));
+    }
+    bincode::serde::decode_from_slice(b, bincode::config::standard().with_limit::<MAX_FRAME>())
+        .map(|(v, _)| v)
+        .map_err(|e| WireError::Decode(e.to_string()))
+}
+
+/// Largest snapshot decoded (a snapshot travels in chunks, so it may exceed a frame).
+pub const MAX_SNAPSHOT: usize = 1 << 30;
+
+/// Decodes a snapshot (assembled from chunks, or read from disk) of at most
+/// [`MAX_SNAPSHOT`] bytes, with what length fields may claim bounded the same way.
+pub fn decode_snapshot<T: DeserializeOwned>(b: &[u8]) -> Result<T, WireError> {
+    if b.len() > MAX_SNAPSHOT {
+        return Err(WireError::TooLarge(b.len()));
+    }
+    bincode::serde::decode_from_slice(b, bincode::config::standard().with_limit::<MAX_SNAPSHOT>())
         .map(|(v, _)| v)
         .map_err(|e| WireError::Decode(e.to_string()))
 }

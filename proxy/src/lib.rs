@@ -15,6 +15,7 @@ pub mod demo;
 pub mod demo_pair;
 pub mod downstream;
 pub mod error;
+pub mod fuzzing;
 pub mod headers;
 pub mod health;
 pub mod inplace;

@@ -116,6 +116,16 @@ fn server_name(m: &[u8]) -> Option<Hello> {
                 q += 3;
                 let name = e.get(q..q + n)?;
                 if kind == 0 {
+                    // RFC 6066: a DNS host name, ASCII, no trailing dot; anything else
+                    // (empty, controls, spaces) makes the hello malformed.
+                    let valid = !name.is_empty()
+                        && name.len() <= 253
+                        && name
+                            .iter()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
+                    if !valid {
+                        return None;
+                    }
                     return Some(Hello::Sni(String::from_utf8_lossy(name).to_ascii_lowercase()));
                 }
                 q += n;

@@ -398,6 +398,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
     }))
 }
 
+/// [`parse_head`] for the fuzzers: the framing the head chose.
+pub(crate) fn parse_head_for_fuzzing(buf: &mut BytesMut, head_request: bool) -> Result<Option<Framing>, H1Error> {
+    Ok(parse_head(buf, head_request)?.map(|h| h.framing))
+}
+
 /// Writes the request line and header fields of `req` into `out`, with the framing
 /// header the body needs; returns that framing.
 fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>, body: &UpstreamBody) -> Framing {

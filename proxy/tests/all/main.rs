@@ -11,6 +11,7 @@ mod balancing;
 mod cli;
 mod demo;
 mod errors;
+mod fuzz;
 mod health;
 mod l4;
 mod lifecycle;
