@@ -127,6 +127,8 @@ pub struct HaNode {
     pub peer_stats: Arc<PeerStats>,
     /// Where the peer listener is bound.
     pub listen: SocketAddr,
+    /// Snapshot counters (built, installed, last build time, size).
+    pub snapshots: Arc<crate::state_machine::SnapshotStats>,
     lease_client: LeaseClient,
     tx: mpsc::UnboundedSender<Change>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -160,6 +162,7 @@ impl HaNode {
         let log = LogStore::open(&cfg.data_dir.join("log"))?;
         let sm = StateMachine::open(&cfg.data_dir.join("state"))?;
         let tables = sm.tables.clone();
+        let snapshot_stats = sm.stats.clone();
         let network = Network::new(&cfg.tls)?;
         let raft = Raft::new(cfg.id, Arc::new(config), network.clone(), log, sm)
             .await
@@ -204,6 +207,7 @@ impl HaNode {
             tables,
             peer_stats,
             listen,
+            snapshots: snapshot_stats,
             lease_client,
             tx,
             tasks,
@@ -223,6 +227,11 @@ impl HaNode {
     /// Proposes VIP lease changes and waits for their commit (the VIP fence).
     pub fn lease_client(&self) -> LeaseClient {
         self.lease_client.clone()
+    }
+
+    /// Snapshots built here so far.
+    pub fn snapshots_built(&self) -> u64 {
+        self.snapshots.built.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The current leader, if known.

@@ -4,7 +4,8 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -19,6 +20,7 @@ use crate::wire;
 /// How long rate-limit windows are kept in the replicated tables.
 const RATE_KEEP_MS: u64 = 120_000;
 
+/// What a snapshot holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Stored {
     last_applied: Option<LogId<NodeId>>,
@@ -27,16 +29,42 @@ struct Stored {
     snapshot_id: String,
 }
 
-/// The state machine (cheap to clone; clones share the tables).
-#[derive(Debug, Clone)]
+impl Stored {
+    fn decode(b: &[u8]) -> Result<Stored, wire::WireError> {
+        wire::decode_snapshot(b)
+    }
+}
+
+/// Snapshot counters, for metrics.
+#[derive(Debug, Default)]
+pub struct SnapshotStats {
+    /// Snapshots built here.
+    pub built: AtomicU64,
+    /// Snapshots received from the leader and installed here.
+    pub installed: AtomicU64,
+    /// How long the last build took (encode and write), microseconds.
+    pub last_build_us: AtomicU64,
+    /// Size of the current snapshot, bytes.
+    pub bytes: AtomicU64,
+}
+
+/// The current snapshot: its metadata and bytes.
+type Current = Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>;
+
+/// The state machine.
+#[derive(Debug)]
 pub struct StateMachine {
     dir: PathBuf,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, openraft::BasicNode>,
     /// The replicated tables; the proxy reads them, only `apply` writes them.
     pub tables: Arc<RwLock<Tables>>,
-    snapshot: Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>,
-    snapshots_built: u64,
+    /// The current snapshot, shared with the builders: a snapshot a builder makes is the
+    /// one this state machine serves from then on (to followers that fell behind the
+    /// purged log, and after a restart).
+    snapshot: Arc<Mutex<Current>>,
+    /// Snapshot counters.
+    pub stats: Arc<SnapshotStats>,
 }
 
 impl StateMachine {
@@ -48,15 +76,16 @@ impl StateMachine {
             last_applied: None,
             membership: StoredMembership::default(),
             tables: Arc::new(RwLock::new(Tables::default())),
-            snapshot: None,
-            snapshots_built: 0,
+            snapshot: Arc::new(Mutex::new(None)),
+            stats: Arc::new(SnapshotStats::default()),
         };
         if let Ok(b) = std::fs::read(dir.join("snapshot.bin")) {
-            let s: Stored = wire::decode_snapshot(&b).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let s = Stored::decode(&b).map_err(|e| std::io::Error::other(e.to_string()))?;
             sm.last_applied = s.last_applied;
             sm.membership = s.membership.clone();
             *sm.tables.write().expect("tables poisoned") = s.tables;
-            sm.snapshot = Some((
+            sm.stats.bytes.store(b.len() as u64, Relaxed);
+            *sm.current() = Some((
                 SnapshotMeta {
                     last_log_id: s.last_applied,
                     last_membership: s.membership,
@@ -68,40 +97,50 @@ impl StateMachine {
         Ok(sm)
     }
 
-    fn persist(&self, bytes: &[u8]) -> std::io::Result<()> {
-        let path = self.dir.join("snapshot.bin");
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(tmp, path)
+    fn current(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.snapshot.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+fn persist(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let path = dir.join("snapshot.bin");
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Builds one snapshot from a copy of the state taken when openraft asked for it (so
+/// its data is exactly the state at its log id), then makes it the state machine's.
+pub struct SnapshotBuilder {
+    dir: PathBuf,
+    stored: Stored,
+    snapshot: Arc<Mutex<Current>>,
+    stats: Arc<SnapshotStats>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        self.snapshots_built += 1;
-        let snapshot_id = format!(
-            "{}-{}-{}",
-            self.last_applied.map_or(0, |l| l.leader_id.term),
-            self.last_applied.map_or(0, |l| l.index),
-            self.snapshots_built
+        let t = std::time::Instant::now();
+        let n = self.stats.built.fetch_add(1, Relaxed) + 1;
+        let last = self.stored.last_applied;
+        self.stored.snapshot_id = format!(
+            "{}-{}-{n}",
+            last.map_or(0, |l| l.leader_id.term),
+            last.map_or(0, |l| l.index)
         );
-        let stored = Stored {
-            last_applied: self.last_applied,
-            membership: self.membership.clone(),
-            tables: self.tables.read().expect("tables poisoned").clone(),
-            snapshot_id: snapshot_id.clone(),
-        };
-        let bytes = wire::encode(&stored)
+        let bytes = wire::encode(&self.stored)
             .map_err(|e| StorageIOError::write_snapshot(None, &std::io::Error::other(e.to_string())))?;
-        self.persist(&bytes)
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        persist(&self.dir, &bytes).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         let meta = SnapshotMeta {
-            last_log_id: self.last_applied,
-            last_membership: self.membership.clone(),
-            snapshot_id,
+            last_log_id: last,
+            last_membership: self.stored.membership.clone(),
+            snapshot_id: self.stored.snapshot_id.clone(),
         };
-        self.snapshot = Some((meta.clone(), bytes.clone()));
+        self.stats.bytes.store(bytes.len() as u64, Relaxed);
+        self.stats.last_build_us.store(t.elapsed().as_micros() as u64, Relaxed);
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some((meta.clone(), bytes.clone()));
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -110,7 +149,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = StateMachine;
+    type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(
         &mut self,
@@ -144,7 +183,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.clone()
+        // Called between applies: the copy is the state at `last_applied`, exactly.
+        SnapshotBuilder {
+            dir: self.dir.clone(),
+            stored: Stored {
+                last_applied: self.last_applied,
+                membership: self.membership.clone(),
+                tables: self.tables.read().expect("tables poisoned").clone(),
+                snapshot_id: String::new(),
+            },
+            snapshot: self.snapshot.clone(),
+            stats: self.stats.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
@@ -157,20 +207,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
-        let s: Stored = wire::decode_snapshot(&bytes).map_err(|e| {
+        let s = Stored::decode(&bytes).map_err(|e| {
             StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e.to_string()))
         })?;
-        self.persist(&bytes)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        persist(&self.dir, &bytes).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         *self.tables.write().expect("tables poisoned") = s.tables;
-        self.snapshot = Some((meta.clone(), bytes));
+        self.stats.installed.fetch_add(1, Relaxed);
+        self.stats.bytes.store(bytes.len() as u64, Relaxed);
+        *self.current() = Some((meta.clone(), bytes));
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.snapshot.as_ref().map(|(meta, bytes)| Snapshot {
+        Ok(self.current().as_ref().map(|(meta, bytes)| Snapshot {
             meta: meta.clone(),
             snapshot: Box::new(Cursor::new(bytes.clone())),
         }))

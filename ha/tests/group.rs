@@ -345,3 +345,105 @@ async fn changes_made_without_quorum_are_proposed_on_heal() {
     .await
     .expect("test bounded in time");
 }
+
+/// The members' tables, equal?
+fn same_tables(nodes: &[&HaNode]) -> bool {
+    let first = nodes[0].tables.read().unwrap().clone();
+    nodes.iter().all(|n| *n.tables.read().unwrap() == first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_far_behind_catches_up_by_snapshot_and_the_group_keeps_going() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca(dir.path(), "snap-ca");
+        let peers: Vec<Peer> = (1..=3)
+            .map(|id| Peer {
+                id,
+                address: free_addr(),
+            })
+            .collect();
+        let cfg = |id: u64| {
+            let mut c = HaConfig::new(
+                id,
+                peers.clone(),
+                dir.path().join(format!("s{id}")),
+                node_tls(dir.path(), &ca, &format!("s{id}")),
+            );
+            c.snapshot_every = 50;
+            // One log entry per change: hundreds of entries in a second.
+            c.sync_interval = Duration::from_millis(1);
+            c
+        };
+        let mut nodes: Vec<Option<HaNode>> = Vec::new();
+        for id in 1..=3 {
+            nodes.push(Some(HaNode::start(cfg(id)).await.unwrap()));
+        }
+        eventually("a leader", Duration::from_secs(10), || {
+            nodes.iter().all(|n| n.as_ref().unwrap().leader().is_some())
+        })
+        .await;
+        let mut k = 0u64;
+        // Twice: first a follower is down while hundreds of entries (several snapshots)
+        // go by, then the leader itself.
+        for round in 0..2 {
+            let leader = nodes[0].as_ref().unwrap().leader().unwrap();
+            let down = if round == 0 {
+                (1..=3u64).find(|id| *id != leader).unwrap()
+            } else {
+                leader
+            };
+            let i = (down - 1) as usize;
+            nodes[i].take().unwrap().shutdown().await;
+            let alive: Vec<usize> = (0..3).filter(|j| *j != i).collect();
+            eventually("a leader among the others", Duration::from_secs(10), || {
+                alive.iter().all(|j| {
+                    let n = nodes[*j].as_ref().unwrap();
+                    n.leader().is_some_and(|l| l != down)
+                })
+            })
+            .await;
+            for _ in 0..300 {
+                k += 1;
+                let n = nodes[alive[(k % 2) as usize]].as_ref().unwrap();
+                n.publish(verdict(&format!("10.2.{}.{}:80", k / 250, k % 250), k % 3 == 0, k));
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let want = k as usize;
+            eventually("the others applied everything", Duration::from_secs(20), || {
+                alive
+                    .iter()
+                    .all(|j| nodes[*j].as_ref().unwrap().tables.read().unwrap().verdicts.len() >= want)
+            })
+            .await;
+            let built: u64 = alive
+                .iter()
+                .map(|j| nodes[*j].as_ref().unwrap().snapshots_built())
+                .sum();
+            assert!(built >= 2, "round {round}: snapshots were built ({built})");
+            nodes[i] = Some(HaNode::start(cfg(down)).await.unwrap());
+            eventually("the returning member caught up", Duration::from_secs(20), || {
+                let all: Vec<&HaNode> = nodes.iter().map(|n| n.as_ref().unwrap()).collect();
+                all[i].tables.read().unwrap().verdicts.len() >= want && same_tables(&all)
+            })
+            .await;
+            // And the group still replicates.
+            k += 1;
+            nodes[i]
+                .as_ref()
+                .unwrap()
+                .publish(verdict("10.3.0.1:80", round == 0, k));
+            eventually("replication after the catch-up", Duration::from_secs(10), || {
+                nodes
+                    .iter()
+                    .all(|n| has(n.as_ref().unwrap(), "10.3.0.1:80", round == 0))
+            })
+            .await;
+        }
+        for n in nodes.into_iter().flatten() {
+            n.shutdown().await;
+        }
+    })
+    .await
+    .expect("test bounded in time");
+}
