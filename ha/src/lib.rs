@@ -20,6 +20,7 @@ pub mod store;
 pub mod tables;
 pub mod types;
 pub mod vip;
+pub mod watch;
 pub mod wire;
 
 pub use lease::{Lease, LeaseClient, LeaseError};

@@ -228,6 +228,29 @@ pub enum Request {
     /// A batch for a member to propose, or pass to its leader when it is not it (a
     /// node that cannot reach the leader itself goes through another member).
     Relay(Batch),
+    /// Whether the member has joined a group (a node about to form a new group asks
+    /// first, so a wiped or late node never starts a second group beside the first).
+    /// Appended after the older requests, so their encoding is unchanged.
+    Hello,
+    /// A membership change, for the leader to carry out.
+    Membership(MembershipChange),
+}
+
+/// A change of the group's members (`tandem ctl cluster add|remove|replace`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a member: first as a learner that catches up, then as a voter.
+    Add {
+        /// Its node id (never used before).
+        id: NodeId,
+        /// Its peer address.
+        address: String,
+    },
+    /// Remove a member.
+    Remove {
+        /// Its node id.
+        id: NodeId,
+    },
 }
 
 /// A peer's answer.
@@ -241,6 +264,31 @@ pub enum Reply {
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     /// To `Propose` and `Relay`: what applying the batch answered.
     Propose(Result<Option<crate::lease::Lease>, String>),
+    /// To `Hello`: whether this member belongs to a formed group.
+    Hello {
+        /// The member has joined a group (its log or membership is not empty).
+        initialized: bool,
+    },
+    /// To `Membership`: the voters afterwards, or why it failed.
+    Membership(Result<Vec<NodeId>, String>),
+}
+
+/// When this node last heard from each member (a reply to its call, or a request that
+/// speaks for that member): the basis of "last contact" and of knowing whether the
+/// leader (and so a quorum) is within reach.
+#[derive(Debug, Default)]
+pub struct Contacts(Mutex<std::collections::HashMap<NodeId, Instant>>);
+
+impl Contacts {
+    /// Notes contact with `id` now.
+    pub fn touch(&self, id: NodeId) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Instant::now());
+    }
+
+    /// How long ago `id` was last heard from.
+    pub fn since(&self, id: NodeId) -> Option<Duration> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(Instant::elapsed)
+    }
 }
 
 /// Makes clients for openraft.
@@ -250,15 +298,23 @@ pub struct Network {
     pub tls: Arc<rustls::ClientConfig>,
     /// The names peers' certificates must carry.
     pub identity: Arc<PeerTls>,
+    /// Where this node reaches each member it knows from its own configuration; a
+    /// member added later is reached at the address its membership entry gives.
+    addresses: Arc<std::collections::HashMap<NodeId, String>>,
+    /// Last contact with each member.
+    pub contacts: Arc<Contacts>,
 }
 
 impl Network {
-    /// Client settings for the group described by `tls`.
-    pub fn new(tls: &PeerTls) -> Result<Network, PeerTlsError> {
+    /// Client settings for the group described by `tls`, reaching `peers` at their
+    /// configured addresses.
+    pub fn new(tls: &PeerTls, peers: &[crate::node::Peer]) -> Result<Network, PeerTlsError> {
         server_name(&tls.name)?;
         Ok(Network {
             tls: tls.client()?,
             identity: Arc::new(tls.clone()),
+            addresses: Arc::new(peers.iter().map(|p| (p.id, p.address.to_string())).collect()),
+            contacts: Arc::default(),
         })
     }
 
@@ -280,10 +336,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         PeerClient {
             target,
-            addr: node.addr.clone(),
+            addr: self.addresses.get(&target).cloned().unwrap_or_else(|| node.addr.clone()),
             tls: self.tls.clone(),
             name: self.name_of(target),
             conn: None,
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -296,6 +353,7 @@ pub struct PeerClient {
     name: rustls_pki_types::ServerName<'static>,
     /// Idle between calls; taken out while a call runs (see the module doc).
     conn: Option<tokio_rustls::client::TlsStream<TcpStream>>,
+    contacts: Arc<Contacts>,
 }
 
 impl PeerClient {
@@ -320,6 +378,7 @@ impl PeerClient {
         write_frame(&mut conn, req).await?;
         let reply = read_frame(&mut conn).await?;
         self.conn = Some(conn);
+        self.contacts.touch(self.target);
         Ok(reply)
     }
 }
@@ -430,7 +489,7 @@ fn speaks_for(req: &Request) -> Option<NodeId> {
         Request::Vote(r) => r.vote.leader_id().voted_for(),
         Request::Snapshot(r) => r.vote.leader_id().voted_for(),
         Request::Relay(b) => Some(b.origin),
-        Request::Propose(_) => None,
+        Request::Propose(_) | Request::Hello | Request::Membership(_) => None,
     }
 }
 
@@ -518,6 +577,9 @@ pub async fn serve(
                         proven = Some(id);
                     }
                 }
+                if let Some(id) = speaks_for(&req) {
+                    network.contacts.touch(id);
+                }
                 let reply = match req {
                     Request::Append(r) => Reply::Append(raft.append_entries(r).await),
                     Request::Vote(r) => Reply::Vote(raft.vote(r).await),
@@ -526,6 +588,10 @@ pub async fn serve(
                         Reply::Propose(raft.client_write(b).await.map(|r| r.data).map_err(|e| e.to_string()))
                     }
                     Request::Relay(b) => relay(&raft, &network, b).await,
+                    Request::Hello => Reply::Hello {
+                        initialized: raft.is_initialized().await.unwrap_or(false),
+                    },
+                    Request::Membership(m) => Reply::Membership(change_membership(&raft, m).await),
                 };
                 if write_frame(&mut conn, &reply).await.is_err() {
                     return;
@@ -533,6 +599,30 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// Carries out a membership change here (this node must be the leader): an added
+/// member joins as a learner and becomes a voter once it caught up; a removed one
+/// leaves the voters and the group.
+pub async fn change_membership(raft: &Raft, change: MembershipChange) -> Result<Vec<NodeId>, String> {
+    use openraft::ChangeMembers;
+    use std::collections::BTreeSet;
+    match change {
+        MembershipChange::Add { id, address } => {
+            raft.add_learner(id, BasicNode::new(address), true)
+                .await
+                .map_err(|e| e.to_string())?;
+            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        MembershipChange::Remove { id } => {
+            raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(raft.metrics().borrow().membership_config.membership().voter_ids().collect())
 }
 
 /// Proposes `batch` here, or passes it to the leader once (never further).

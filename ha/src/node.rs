@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 
 use crate::lease::LeaseClient;
 pub use crate::network::PeerTls;
-use crate::network::{serve, Network, PeerClient, PeerStats, Request};
+use crate::network::{serve, MembershipChange, Network, PeerClient, PeerStats, Request};
+use crate::watch::GroupHealth;
+use std::sync::atomic::AtomicUsize;
 use crate::state_machine::StateMachine;
 use crate::store::LogStore;
 use crate::tables::{Change, Tables};
@@ -61,6 +63,11 @@ pub struct HaConfig {
     pub election_timeout: Duration,
     /// Snapshot after this many log entries (log compaction).
     pub snapshot_every: u64,
+    /// The member that should lead (the witness of a pair): it forms the group, and the
+    /// others wait twice as long before they stand for election, so after a failure it
+    /// is the likely new leader. A VIP lease then moves without waiting for an election
+    /// when a proxy dies. `None`: the lowest id forms the group, all wait alike.
+    pub preferred_leader: Option<NodeId>,
 }
 
 impl HaConfig {
@@ -76,6 +83,7 @@ impl HaConfig {
             heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(150),
             snapshot_every: 5_000,
+            preferred_leader: None,
         }
     }
 }
@@ -129,6 +137,14 @@ pub struct HaNode {
     pub listen: SocketAddr,
     /// Snapshot counters (built, installed, last build time, size).
     pub snapshots: Arc<crate::state_machine::SnapshotStats>,
+    /// Quorum and core state as the watcher judges them.
+    pub health: Arc<GroupHealth>,
+    /// Local changes not yet committed.
+    pub pending: Arc<AtomicUsize>,
+    /// This member's election timeout (min), for "recent contact" judgements.
+    pub election_timeout: Duration,
+    /// The peer clients' factory (last contact with each member).
+    pub network: Network,
     lease_client: LeaseClient,
     tx: mpsc::UnboundedSender<Change>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -147,11 +163,17 @@ impl HaNode {
         if ids.len() != cfg.peers.len() {
             return Err(HaError::Config("peer ids must be unique".into()));
         }
+        let preferred = cfg.preferred_leader.filter(|p| ids.contains(p));
+        // Members other than the preferred leader stand for election later.
+        let election = match preferred {
+            Some(p) if p != cfg.id => cfg.election_timeout * 2,
+            _ => cfg.election_timeout,
+        };
         let config = Config {
             cluster_name: "tandem".into(),
             heartbeat_interval: cfg.heartbeat.as_millis() as u64,
-            election_timeout_min: cfg.election_timeout.as_millis() as u64,
-            election_timeout_max: 2 * cfg.election_timeout.as_millis() as u64,
+            election_timeout_min: election.as_millis() as u64,
+            election_timeout_max: 2 * election.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
             max_payload_entries: MAX_ENTRIES_PER_APPEND,
             max_in_snapshot_log_to_keep: 100,
@@ -163,7 +185,7 @@ impl HaNode {
         let sm = StateMachine::open(&cfg.data_dir.join("state"))?;
         let tables = sm.tables.clone();
         let snapshot_stats = sm.stats.clone();
-        let network = Network::new(&cfg.tls)?;
+        let network = Network::new(&cfg.tls, &cfg.peers)?;
         let raft = Raft::new(cfg.id, Arc::new(config), network.clone(), log, sm)
             .await
             .map_err(|e| HaError::Raft(e.to_string()))?;
@@ -179,9 +201,14 @@ impl HaNode {
             peer_stats.clone(),
         ))];
 
-        // The lowest id forms the group on its first start; the others wait to be reached.
-        let lowest = ids.iter().next().copied() == Some(cfg.id);
-        if lowest && !raft.is_initialized().await.unwrap_or(false) {
+        // The preferred leader (else the lowest id) forms the group on its first start,
+        // unless a peer already belongs to one (this node was wiped, or is a new member
+        // waiting to be added): then it waits to be reached.
+        let former = preferred.or_else(|| ids.iter().next().copied());
+        if former == Some(cfg.id)
+            && !raft.is_initialized().await.unwrap_or(false)
+            && !any_peer_initialized(&network, &cfg.peers, cfg.id).await
+        {
             let members: BTreeMap<NodeId, BasicNode> = cfg
                 .peers
                 .iter()
@@ -191,15 +218,24 @@ impl HaNode {
                 tracing::info!(error = %e, "group already initialised");
             }
         }
+        let health = Arc::new(GroupHealth::default());
+        tasks.push(tokio::spawn(crate::watch::run(
+            raft.clone(),
+            network.contacts.clone(),
+            health.clone(),
+            election,
+        )));
 
         let lease_client = LeaseClient::new(cfg.id, raft.clone(), network.clone(), cfg.peers.clone());
         let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
         tasks.push(tokio::spawn(publisher(
             raft.clone(),
-            network,
+            network.clone(),
             cfg.id,
             cfg.sync_interval,
             rx,
+            pending.clone(),
         )));
         Ok(HaNode {
             id: cfg.id,
@@ -208,6 +244,10 @@ impl HaNode {
             peer_stats,
             listen,
             snapshots: snapshot_stats,
+            health,
+            pending,
+            election_timeout: election,
+            network,
             lease_client,
             tx,
             tasks,
@@ -239,6 +279,12 @@ impl HaNode {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// Changes the group's members: here when this member leads, else through the
+    /// leader. Adding waits until the new member caught up (as a learner) and votes.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<Vec<NodeId>, String> {
+        membership_via_leader(&self.raft, &self.network, change).await
+    }
+
     /// Stops Raft and the listener (the data stays on disk).
     pub async fn shutdown(self) {
         for t in &self.tasks {
@@ -246,6 +292,58 @@ impl HaNode {
         }
         let _ = self.raft.shutdown().await;
     }
+}
+
+/// Carries out `change` on the leader (this member, or the one it knows).
+pub async fn membership_via_leader(
+    raft: &Raft,
+    network: &Network,
+    change: MembershipChange,
+) -> Result<Vec<NodeId>, String> {
+    let m = raft.metrics().borrow().clone();
+    let Some(leader) = m.current_leader else {
+        return Err("no leader: the group has no quorum now; try again once it has".into());
+    };
+    if leader == m.id {
+        return crate::network::change_membership(raft, change).await;
+    }
+    let node = m
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .cloned()
+        .ok_or_else(|| format!("the leader {leader} is not in the membership"))?;
+    use openraft::network::RaftNetworkFactory;
+    let mut client = network.clone().new_client(leader, &node).await;
+    let req = Request::Membership(change);
+    match tokio::time::timeout(Duration::from_secs(60), client.call(&req)).await {
+        Ok(Ok(crate::network::Reply::Membership(r))) => r,
+        Ok(Ok(_)) => Err("the leader sent an unexpected reply".into()),
+        Ok(Err(e)) => Err(format!("cannot reach the leader {leader}: {e}")),
+        Err(_) => Err(format!("the leader {leader} did not finish within 60 s")),
+    }
+}
+
+/// Whether any other member answers (within a second) that it belongs to a formed group.
+async fn any_peer_initialized(network: &Network, peers: &[Peer], me: NodeId) -> bool {
+    use openraft::network::RaftNetworkFactory;
+    let mut asks = tokio::task::JoinSet::new();
+    for p in peers.iter().filter(|p| p.id != me).cloned() {
+        let mut net = network.clone();
+        asks.spawn(async move {
+            let mut c = net.new_client(p.id, &BasicNode::new(p.address.to_string())).await;
+            matches!(
+                tokio::time::timeout(Duration::from_secs(1), c.call(&Request::Hello)).await,
+                Ok(Ok(crate::network::Reply::Hello { initialized: true }))
+            )
+        });
+    }
+    while let Some(r) = asks.join_next().await {
+        if r.unwrap_or(false) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Drains local changes every `period` into one batch and proposes it; on a follower
@@ -256,6 +354,7 @@ async fn publisher(
     id: NodeId,
     period: Duration,
     mut rx: mpsc::UnboundedReceiver<Change>,
+    pending_gauge: Arc<AtomicUsize>,
 ) {
     let mut pending: Vec<Change> = Vec::new();
     let mut leader_client: Option<(NodeId, PeerClient)> = None;
@@ -271,6 +370,7 @@ async fn publisher(
             pending.drain(..drop);
             tracing::warn!(dropped = drop, "ha: buffer full without quorum; oldest changes dropped");
         }
+        pending_gauge.store(pending.len(), std::sync::atomic::Ordering::Relaxed);
         if pending.is_empty() {
             continue;
         }
@@ -285,6 +385,7 @@ async fn publisher(
                 break;
             }
             pending.drain(..n);
+            pending_gauge.store(pending.len(), std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

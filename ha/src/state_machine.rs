@@ -29,9 +29,27 @@ struct Stored {
     snapshot_id: String,
 }
 
+/// [`Stored`] as written before ejections were shared.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct StoredV1 {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    tables: crate::tables::TablesV1,
+    snapshot_id: String,
+}
+
 impl Stored {
+    /// Decodes a snapshot of this version, or of the one before it.
     fn decode(b: &[u8]) -> Result<Stored, wire::WireError> {
-        wire::decode_snapshot(b)
+        wire::decode_snapshot(b).or_else(|e| {
+            let old: StoredV1 = wire::decode_snapshot(b).map_err(|_| e)?;
+            Ok(Stored {
+                last_applied: old.last_applied,
+                membership: old.membership,
+                tables: old.tables.into(),
+                snapshot_id: old.snapshot_id,
+            })
+        })
     }
 }
 
@@ -238,4 +256,27 @@ fn batch_time(b: &crate::types::Batch) -> Option<u64> {
             _ => None,
         })
         .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_of_the_previous_format_still_opens() {
+        let mut t = crate::tables::TablesV1::default();
+        let _ = &mut t;
+        let old = StoredV1 {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            tables: t,
+            snapshot_id: "1-20-3".into(),
+        };
+        let bytes = wire::encode(&old).unwrap();
+        let s = Stored::decode(&bytes).unwrap();
+        assert_eq!(s.snapshot_id, "1-20-3");
+        assert!(s.tables.ejections.is_empty());
+        let new = wire::encode(&s).unwrap();
+        assert_eq!(Stored::decode(&new).unwrap().snapshot_id, "1-20-3");
+    }
 }

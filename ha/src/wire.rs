@@ -54,14 +54,19 @@ pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, WireError> {
 pub const MAX_SNAPSHOT: usize = 1 << 30;
 
 /// Decodes a snapshot (assembled from chunks, or read from disk) of at most
-/// [`MAX_SNAPSHOT`] bytes, with what length fields may claim bounded the same way.
+/// [`MAX_SNAPSHOT`] bytes, with what length fields may claim bounded the same way. The
+/// value must take every byte (so a snapshot of another format version is refused
+/// rather than half-read).
 pub fn decode_snapshot<T: DeserializeOwned>(b: &[u8]) -> Result<T, WireError> {
     if b.len() > MAX_SNAPSHOT {
         return Err(WireError::TooLarge(b.len()));
     }
-    bincode::serde::decode_from_slice(b, bincode::config::standard().with_limit::<MAX_SNAPSHOT>())
-        .map(|(v, _)| v)
-        .map_err(|e| WireError::Decode(e.to_string()))
+    let (v, used) = bincode::serde::decode_from_slice(b, bincode::config::standard().with_limit::<MAX_SNAPSHOT>())
+        .map_err(|e| WireError::Decode(e.to_string()))?;
+    if used != b.len() {
+        return Err(WireError::Decode(format!("{} bytes left over", b.len() - used)));
+    }
+    Ok(v)
 }
 
 /// Writes one frame.

@@ -36,6 +36,33 @@ pub const ADMIN_HEADER: &str = "x-tandem-admin";
 
 /// Starts the admin listener on its own thread; returns once it is bound.
 pub fn start(shared: Arc<Shared>, addr: SocketAddr, token: Option<String>) -> std::io::Result<SocketAddr> {
+    let stats = shared.stats.clone();
+    listen(addr, token, stats, move |req, token, stats| {
+        let shared = shared.clone();
+        async move { guarded(req, token.as_deref(), &stats, |req| serve(&shared, req)).await }
+    })
+}
+
+/// Starts a witness's admin listener (`/live`, `/ready`, `/metrics`, `/status`,
+/// `/cluster`: the group as the witness sees it) on its own thread.
+pub fn start_witness(addr: SocketAddr, token: Option<String>) -> std::io::Result<SocketAddr> {
+    let stats = Arc::new(crate::metrics::StatsRegistry::default());
+    listen(addr, token, stats, |req, token, stats| async move {
+        guarded(req, token.as_deref(), &stats, serve_witness).await
+    })
+}
+
+/// The listener loop shared by both: connection cap, one task per connection.
+fn listen<H, F>(
+    addr: SocketAddr,
+    token: Option<String>,
+    stats: Arc<crate::metrics::StatsRegistry>,
+    handler: H,
+) -> std::io::Result<SocketAddr>
+where
+    H: Fn(Request<Incoming>, Option<Arc<str>>, Arc<crate::metrics::StatsRegistry>) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let bound = std_listener.local_addr()?;
@@ -70,15 +97,17 @@ pub fn start(shared: Arc<Shared>, addr: SocketAddr, token: Option<String>) -> st
                 };
                 if open.fetch_add(1, Relaxed) >= MAX_ADMIN_CONNECTIONS {
                     open.fetch_sub(1, Relaxed);
-                    shared.stats.process.admin_connections_refused.fetch_add(1, Relaxed);
+                    stats.process.admin_connections_refused.fetch_add(1, Relaxed);
                     drop(stream);
                     continue;
                 }
-                let shared = shared.clone();
-                let token = token.clone();
-                let open = open.clone();
+                let (handler, token, stats, open) = (handler.clone(), token.clone(), stats.clone(), open.clone());
                 tokio::spawn(async move {
-                    serve_connection(stream, shared, token).await;
+                    let svc = service_fn(move |req| {
+                        let f = handler(req, token.clone(), stats.clone());
+                        async move { Ok::<_, Infallible>(f.await) }
+                    });
+                    serve_connection(stream, svc).await;
                     open.fetch_sub(1, Relaxed);
                 });
             }
@@ -88,12 +117,11 @@ pub fn start(shared: Arc<Shared>, addr: SocketAddr, token: Option<String>) -> st
 }
 
 /// One admin connection: HTTP/1.1 with a head deadline and a bounded lifetime.
-async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>, token: Option<Arc<str>>) {
-    let svc = service_fn(move |req| {
-        let shared = shared.clone();
-        let token = token.clone();
-        async move { Ok::<_, Infallible>(serve(&shared, token.as_deref(), req).await) }
-    });
+async fn serve_connection<S>(stream: tokio::net::TcpStream, svc: S)
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(ADMIN_HEADER_TIMEOUT)
@@ -105,6 +133,60 @@ async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>, to
         _ = tokio::time::sleep(ADMIN_CONNECTION_LIFETIME) => conn.as_mut().graceful_shutdown(),
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+}
+
+/// The token check and the browser refusals in front of a handler.
+async fn guarded<'a, F, Fut>(
+    req: Request<Incoming>,
+    token: Option<&'a str>,
+    stats: &'a crate::metrics::StatsRegistry,
+    handler: F,
+) -> Response<Full<Bytes>>
+where
+    F: FnOnce(Request<Incoming>) -> Fut,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + 'a,
+{
+    if let Some(t) = token {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|v| constant_time_eq(v.as_bytes(), t.as_bytes()));
+        if !ok {
+            return text(StatusCode::UNAUTHORIZED, "text/plain", "admin token required\n");
+        }
+    }
+    if let Some(why) = refuse_browser(&req, token.is_some()) {
+        stats.process.admin_requests_refused.fetch_add(1, Relaxed);
+        return text(StatusCode::FORBIDDEN, "text/plain", why);
+    }
+    handler(req).await
+}
+
+/// A witness's admin calls.
+async fn serve_witness(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let stopped = crate::pair::get().is_none_or(|p| p.view().role == "stopped");
+    match (req.method().clone(), req.uri().path()) {
+        (Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n"),
+        (Method::GET, "/ready") if stopped => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "ha core stopped\n"),
+        (Method::GET, "/ready") => text(StatusCode::OK, "text/plain", "ready\n"),
+        (Method::GET, "/metrics") => {
+            let mut out = String::new();
+            if let Some(p) = crate::pair::get() {
+                crate::metrics::render_group(&mut out, &p.view());
+            }
+            text(StatusCode::OK, "text/plain; version=0.0.4", out)
+        }
+        (Method::GET, "/status") | (Method::GET, "/cluster") => {
+            text(StatusCode::OK, "application/json", cluster_json().to_string())
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "a witness answers /cluster, /status, /metrics, /ready, /live\n",
+        ),
+    }
 }
 
 /// Why a request that a browser could have been made to send is refused, if it is:
@@ -155,6 +237,52 @@ fn addressed_by_ip(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
+/// `POST /cluster/add?id=N&address=IP:PORT`, `/cluster/remove?id=N`,
+/// `/cluster/replace?old=N&id=M&address=IP:PORT` (add the new member, then remove the
+/// old one): carried out by the group's leader, answered with the voters afterwards.
+fn membership_call(path: &str, query: &str) -> Response<Full<Bytes>> {
+    use tandem_ha::network::MembershipChange;
+    let bad = |msg: String| text(StatusCode::BAD_REQUEST, "application/json", json!({"error": msg}).to_string());
+    let Some(pair) = crate::pair::get() else {
+        return bad("this node has no [ha] section".into());
+    };
+    let param = |k: &str| {
+        query
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(a, _)| *a == k)
+            .map(|(_, v)| v.replace("%3A", ":").replace("%3a", ":"))
+    };
+    let id = |k: &str| param(k).and_then(|v| v.parse::<u64>().ok());
+    let address = param("address").filter(|a| a.parse::<std::net::SocketAddr>().is_ok());
+    let changes = match (path, id("id"), address, id("old")) {
+        ("/cluster/add", Some(id), Some(address), _) => vec![MembershipChange::Add { id, address }],
+        ("/cluster/remove", Some(id), _, _) => vec![MembershipChange::Remove { id }],
+        ("/cluster/replace", Some(id), Some(address), Some(old)) if old != id => {
+            vec![MembershipChange::Add { id, address }, MembershipChange::Remove { id: old }]
+        }
+        _ => {
+            return bad(
+                "pass ?id=N&address=IP:PORT (add), ?id=N (remove), or ?old=N&id=M&address=IP:PORT (replace)".into(),
+            )
+        }
+    };
+    let mut voters = Vec::new();
+    for c in changes {
+        match pair.change_membership(c) {
+            Ok(v) => voters = v,
+            Err(e) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "application/json",
+                    json!({"error": e}).to_string(),
+                )
+            }
+        }
+    }
+    text(StatusCode::OK, "application/json", json!({"voters": voters}).to_string())
+}
+
 fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
@@ -163,22 +291,7 @@ fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Resp
     r
 }
 
-async fn serve(shared: &Arc<Shared>, token: Option<&str>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if let Some(t) = token {
-        let ok = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|v| constant_time_eq(v.as_bytes(), t.as_bytes()));
-        if !ok {
-            return text(StatusCode::UNAUTHORIZED, "text/plain", "admin token required\n");
-        }
-    }
-    if let Some(why) = refuse_browser(&req, token.is_some()) {
-        shared.stats.process.admin_requests_refused.fetch_add(1, Relaxed);
-        return text(StatusCode::FORBIDDEN, "text/plain", why);
-    }
+async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -187,7 +300,14 @@ async fn serve(shared: &Arc<Shared>, token: Option<&str>, req: Request<Incoming>
     match (method, path.as_str()) {
         (Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n"),
         (Method::GET, "/ready") => {
-            if shared.is_ready() {
+            let ha_stopped = crate::pair::get().is_some_and(|p| p.view().role == "stopped");
+            if ha_stopped {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "ha core stopped: shared state and VIP fencing are down; restart this node\n",
+                )
+            } else if shared.is_ready() {
                 text(StatusCode::OK, "text/plain", "ready\n")
             } else if shared.draining.load(Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
@@ -269,6 +389,13 @@ async fn serve(shared: &Arc<Shared>, token: Option<&str>, req: Request<Incoming>
                 .to_string(),
             )
         }
+        (Method::POST, "/cluster/add") | (Method::POST, "/cluster/remove") | (Method::POST, "/cluster/replace") => {
+            // It waits for the leader (a new member catches up first): off this thread.
+            let (p, q) = (path.clone(), query.clone());
+            tokio::task::spawn_blocking(move || membership_call(&p, &q))
+                .await
+                .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "membership call failed\n"))
+        }
         (Method::POST, "/drain") => {
             shared.stop_requested.send_replace(true);
             text(
@@ -285,43 +412,17 @@ async fn serve(shared: &Arc<Shared>, token: Option<&str>, req: Request<Incoming>
     }
 }
 
-/// The `/cluster` document: this node's view of the pair's Raft group.
+/// The `/cluster` document: this node's view of the pair's Raft group
+/// ([`crate::pair::GroupView`] with `"member": true`).
 pub fn cluster_json() -> serde_json::Value {
     let Some(p) = crate::pair::get() else {
         return json!({"member": false, "note": "no [ha] section: this node runs alone"});
     };
-    let m = p.metrics.borrow().clone();
-    let last_log = m.last_log_index.unwrap_or(0);
-    let replication = m.replication.as_ref().map(|r| {
-        r.iter()
-            .map(|(id, matched)| {
-                let idx = matched.map_or(0, |l| l.index);
-                (
-                    id.to_string(),
-                    json!({"matched": idx, "lag": last_log.saturating_sub(idx)}),
-                )
-            })
-            .collect::<serde_json::Map<_, _>>()
-    });
-    let t = p
-        .tables
-        .read()
-        .map(|t| (t.verdicts.len(), t.sticky.len(), t.rate.len(), t.shared.len()))
-        .unwrap_or_default();
-    json!({
-        "member": true,
-        "id": p.id,
-        "state": format!("{:?}", m.state),
-        "leader": m.current_leader,
-        "term": m.current_term,
-        "last_log_index": m.last_log_index,
-        "last_applied": m.last_applied.map(|l| l.index),
-        "voters": m.membership_config.membership().voter_ids().collect::<Vec<_>>(),
-        "witnesses": p.config.witnesses,
-        "replication": replication,
-        "peer_handshakes_refused": p.refused.refused.load(Relaxed),
-        "tables": {"verdicts": t.0, "sticky": t.1, "rate_windows": t.2, "shared": t.3},
-    })
+    let mut v = serde_json::to_value(p.view()).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("member".into(), json!(true));
+    }
+    v
 }
 
 /// The `/status` document: listeners, routes, clusters, endpoints with live stats.
@@ -354,6 +455,7 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         "connections": shared.connections.load(Relaxed),
         "config": { "source": cfg.source, "generation": rt.generation, "hash": format!("{:016x}", rt.hash) },
         "vips": crate::vips::get().map_or(serde_json::Value::Array(Vec::new()), |v| v.status_json()),
+        "ha": crate::pair::get().map(|p| serde_json::to_value(p.view()).unwrap_or_default()),
         "listeners": cfg.listeners.iter().zip(&shared.listeners).map(|(l, (_, s))| json!({
             "name": l.name,
             "listen": l.listen.to_string(),

@@ -132,6 +132,29 @@ enum ClusterCommand {
         #[arg(long, value_delimiter = ',')]
         ids: Vec<u64>,
     },
+    /// Add a member (started with this group's peers in its [ha] section): it joins as a
+    /// learner, catches up, then votes.
+    Add {
+        /// Its node id (never used before in this group).
+        id: u64,
+        /// Its peer address, IP:port.
+        address: String,
+    },
+    /// Remove a member from the group.
+    Remove {
+        /// Its node id.
+        id: u64,
+    },
+    /// Replace a member (e.g. a wiped node back under a new id): add the new one, then
+    /// remove the old one.
+    Replace {
+        /// The member leaving.
+        old: u64,
+        /// The new member's node id.
+        id: u64,
+        /// The new member's peer address, IP:port.
+        address: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -316,6 +339,16 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
+            // A witness file with an [admin] section gets the group's admin API.
+            if cfg.admin.explicit {
+                match tandem_proxy::admin::start_witness(cfg.admin.listen, cfg.admin.token.clone()) {
+                    Ok(a) => tracing::info!(admin = %a, "witness admin API listening"),
+                    Err(e) => {
+                        eprintln!("tandem witness: admin API on {}: {e}", cfg.admin.listen);
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -446,6 +479,15 @@ fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<St
                 }
             };
         }
+        CtlCommand::Cluster {
+            what: Some(ClusterCommand::Add { id, address }),
+        } => ("POST", format!("/cluster/add?id={id}&address={address}")),
+        CtlCommand::Cluster {
+            what: Some(ClusterCommand::Remove { id }),
+        } => ("POST", format!("/cluster/remove?id={id}")),
+        CtlCommand::Cluster {
+            what: Some(ClusterCommand::Replace { old, id, address }),
+        } => ("POST", format!("/cluster/replace?old={old}&id={id}&address={address}")),
         CtlCommand::Maintenance { state } => ("POST", format!("/maintenance?on={}", if state == "on" { 1 } else { 0 })),
         CtlCommand::Endpoint { action } => match action {
             EndpointAction::Drain { cluster, address } => {

@@ -691,6 +691,7 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
                 ("consecutive_5xx", &h.ejections_5xx),
                 ("consecutive_gateway_errors", &h.ejections_gateway),
                 ("success_rate", &h.ejections_success_rate),
+                ("peer", &h.ejections_peer),
                 ("refused_max_percent", &h.ejections_refused),
             ] {
                 let _ = writeln!(
@@ -756,7 +757,7 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
     }
     crate::wasm::metrics::render(&mut out);
     if let Some(p) = crate::pair::get() {
-        render_peer_listener(&mut out, &p.refused);
+        render_group(&mut out, &p.view());
     }
     if let Some(v) = crate::vips::get() {
         v.render(&mut out);
@@ -764,24 +765,83 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
     out
 }
 
-/// The pair's peer listener: connections and frames it refused, by reason.
-pub fn render_peer_listener(out: &mut String, s: &tandem_ha::network::PeerStats) {
+/// The pair's Raft group as this node sees it: role, term, leader, quorum, log
+/// positions, members' lag and last contact, snapshots, pending changes, refused peers
+/// and VIP leases. Label sets are fixed (every role is listed, 0 or 1), so series stay
+/// continuous across changes.
+pub fn render_group(out: &mut String, v: &crate::pair::GroupView) {
+    gauge(out, "tandem_ha_node_id", "This member's node id.");
+    let _ = writeln!(out, "tandem_ha_node_id {}", v.id);
+    gauge(out, "tandem_ha_role", "1 for this member's Raft role (stopped: the core quit).");
+    for role in ["leader", "follower", "candidate", "learner", "stopped"] {
+        let _ = writeln!(out, "tandem_ha_role{{role=\"{role}\"}} {}", u8::from(v.role == role));
+    }
+    gauge(out, "tandem_ha_quorum", "1 while a quorum is within reach of this member.");
+    let _ = writeln!(out, "tandem_ha_quorum {}", u8::from(v.quorum));
+    gauge(out, "tandem_ha_term", "Current Raft term.");
+    let _ = writeln!(out, "tandem_ha_term {}", v.term);
+    gauge(out, "tandem_ha_leader_id", "Node id of the leader this member follows (0: none).");
+    let _ = writeln!(out, "tandem_ha_leader_id {}", v.leader.unwrap_or(0));
+    gauge(out, "tandem_ha_log_index", "Log positions: last held, applied, covered by the snapshot, purged.");
+    for (what, x) in [
+        ("last", v.last_log_index),
+        ("applied", v.last_applied),
+        ("snapshot", v.snapshot_index),
+        ("purged", v.purged_index),
+    ] {
+        let _ = writeln!(out, "tandem_ha_log_index{{position=\"{what}\"}} {}", x.unwrap_or(0));
+    }
+    gauge(out, "tandem_ha_members", "Members by kind.");
+    let _ = writeln!(out, "tandem_ha_members{{kind=\"voter\"}} {}", v.voters.len());
+    let _ = writeln!(out, "tandem_ha_members{{kind=\"learner\"}} {}", v.learners.len());
+    gauge(
+        out,
+        "tandem_ha_peer_lag_entries",
+        "Leader only: log entries each member is behind.",
+    );
+    for m in v.members.iter().filter(|m| m.id != v.id) {
+        if let Some(lag) = m.lag {
+            let _ = writeln!(out, "tandem_ha_peer_lag_entries{{peer=\"{}\"}} {lag}", m.id);
+        }
+    }
+    gauge(
+        out,
+        "tandem_ha_peer_last_contact_seconds",
+        "Seconds since this member last heard from each other member.",
+    );
+    for m in v.members.iter().filter(|m| m.id != v.id) {
+        if let Some(s) = m.last_contact_seconds {
+            let _ = writeln!(out, "tandem_ha_peer_last_contact_seconds{{peer=\"{}\"}} {s}", m.id);
+        }
+    }
+    counter(out, "tandem_ha_snapshots_total", "Snapshots built here or installed from the leader.");
+    let _ = writeln!(out, "tandem_ha_snapshots_total{{kind=\"built\"}} {}", v.snapshots_built);
+    let _ = writeln!(out, "tandem_ha_snapshots_total{{kind=\"installed\"}} {}", v.snapshots_installed);
+    gauge(out, "tandem_ha_snapshot_last_build_seconds", "How long the last snapshot build took.");
+    let _ = writeln!(out, "tandem_ha_snapshot_last_build_seconds {}", v.snapshot_last_build_seconds);
+    gauge(out, "tandem_ha_snapshot_bytes", "Size of the current snapshot.");
+    let _ = writeln!(out, "tandem_ha_snapshot_bytes {}", v.snapshot_bytes);
+    gauge(out, "tandem_ha_pending_changes", "Local changes not committed yet (kept while there is no quorum).");
+    let _ = writeln!(out, "tandem_ha_pending_changes {}", v.pending_changes);
     counter(
         out,
         "tandem_ha_peer_refused_total",
         "Peer connections or frames refused: handshake (no, bad or misnamed certificate, or too slow), capacity (listener caps), malformed (frame), identity (spoke for another node id).",
     );
-    for (reason, v) in [
-        ("handshake", &s.refused),
-        ("capacity", &s.over_capacity),
-        ("malformed", &s.malformed),
-        ("identity", &s.wrong_identity),
-    ] {
-        let _ = writeln!(
-            out,
-            "tandem_ha_peer_refused_total{{reason=\"{reason}\"}} {}",
-            v.load(Relaxed)
-        );
+    for (reason, n) in &v.peer_refused {
+        let _ = writeln!(out, "tandem_ha_peer_refused_total{{reason=\"{reason}\"}} {n}");
+    }
+    gauge(out, "tandem_ha_table_entries", "Replicated table sizes.");
+    for (t, n) in &v.tables {
+        let _ = writeln!(out, "tandem_ha_table_entries{{table=\"{t}\"}} {n}");
+    }
+    gauge(out, "tandem_ha_lease_holder", "Node id allowed to hold each VIP (by VRID).");
+    for l in &v.leases {
+        let _ = writeln!(out, "tandem_ha_lease_holder{{vrid=\"{}\"}} {}", l.vrid, l.holder);
+    }
+    gauge(out, "tandem_ha_lease_remaining_seconds", "Seconds left on each VIP lease.");
+    for l in &v.leases {
+        let _ = writeln!(out, "tandem_ha_lease_remaining_seconds{{vrid=\"{}\"}} {}", l.vrid, l.remaining_seconds);
     }
 }
 

@@ -23,8 +23,22 @@ pub struct Pair {
     pub refused: Arc<tandem_ha::network::PeerStats>,
     /// Commits VIP leases (the fence of the floating VIPs).
     pub leases: tandem_ha::LeaseClient,
+    /// Quorum and core state.
+    pub health: Arc<tandem_ha::watch::GroupHealth>,
+    /// Snapshot counters.
+    pub snapshots: Arc<tandem_ha::state_machine::SnapshotStats>,
+    /// Local changes not yet committed.
+    pub pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// Last contact with each member.
+    pub contacts: Arc<tandem_ha::network::Contacts>,
+    /// This member's election timeout.
+    pub election_timeout: std::time::Duration,
     /// Settings.
     pub config: HaConfigSection,
+    /// The Raft handle and peer clients, for membership changes (run on `runtime`).
+    group: (tandem_ha::types::Raft, tandem_ha::network::Network),
+    /// The HA thread's runtime.
+    runtime: tokio::runtime::Handle,
 }
 
 static PAIR: OnceLock<Pair> = OnceLock::new();
@@ -38,6 +52,7 @@ pub fn get() -> Option<&'static Pair> {
 pub fn start(cfg: &HaConfigSection) -> Result<&'static Pair, String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let group = cfg.group.clone();
+    let config = cfg.clone();
     std::thread::Builder::new()
         .name("ha".into())
         .spawn(move || {
@@ -52,18 +67,27 @@ pub fn start(cfg: &HaConfigSection) -> Result<&'static Pair, String> {
                     return;
                 }
             };
+            let handle = rt.handle().clone();
             rt.block_on(async move {
                 match HaNode::start(group).await {
                     Ok(node) => {
-                        let parts = (
-                            node.id,
-                            node.publisher(),
-                            node.tables.clone(),
-                            node.raft.metrics(),
-                            node.peer_stats.clone(),
-                            node.lease_client(),
-                        );
-                        let _ = tx.send(Ok(parts));
+                        let pair = Pair {
+                            id: node.id,
+                            publisher: node.publisher(),
+                            tables: node.tables.clone(),
+                            metrics: node.raft.metrics(),
+                            refused: node.peer_stats.clone(),
+                            leases: node.lease_client(),
+                            health: node.health.clone(),
+                            snapshots: node.snapshots.clone(),
+                            pending: node.pending.clone(),
+                            contacts: node.network.contacts.clone(),
+                            election_timeout: node.election_timeout,
+                            config,
+                            group: (node.raft.clone(), node.network.clone()),
+                            runtime: handle,
+                        };
+                        let _ = tx.send(Ok(pair));
                         // Keep the member (and its runtime) alive for the life of the process.
                         std::future::pending::<()>().await;
                         drop(node);
@@ -75,17 +99,28 @@ pub fn start(cfg: &HaConfigSection) -> Result<&'static Pair, String> {
             });
         })
         .map_err(|e| e.to_string())?;
-    let (id, publisher, tables, metrics, refused, leases) = rx.recv().map_err(|e| e.to_string())??;
-    let _ = PAIR.set(Pair {
-        id,
-        publisher,
-        tables,
-        metrics,
-        refused,
-        leases,
-        config: cfg.clone(),
-    });
+    let pair = rx.recv().map_err(|e| e.to_string())??;
+    let _ = PAIR.set(pair);
     PAIR.get().ok_or_else(|| "pair already started".to_string())
+}
+
+impl Pair {
+    /// Changes the group's members (on the leader), waiting for the result; for the
+    /// admin API's thread, never the data plane's.
+    pub fn change_membership(&self, change: tandem_ha::network::MembershipChange) -> Result<Vec<u64>, String> {
+        let (raft, network) = self.group.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.runtime.spawn(async move {
+            let _ = tx.send(tandem_ha::node::membership_via_leader(&raft, &network, change).await);
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(90))
+            .map_err(|_| "the membership change did not finish within 90 s".to_string())?
+    }
+
+    /// Whether this member reaches a quorum now.
+    pub fn has_quorum(&self) -> bool {
+        self.health.quorum.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Milliseconds since the Unix epoch (verdict and binding timestamps).
@@ -107,13 +142,35 @@ pub fn publish_verdict(cluster: &str, endpoint: std::net::SocketAddr, healthy: b
     }
 }
 
-/// Publishes a learned sticky binding.
-pub fn publish_sticky(key: u64, endpoint: std::net::SocketAddr, idle: std::time::Duration) {
+/// Publishes a learned sticky binding (or its refresh); `replaces` names the binding a
+/// rebind replaces, the one this node found unfit. The group keeps one binding per key:
+/// the first committed, until replaced by name (see `tandem_ha::Change::StickyBind`).
+pub fn publish_sticky(
+    key: u64,
+    endpoint: std::net::SocketAddr,
+    idle: std::time::Duration,
+    replaces: Option<std::net::SocketAddr>,
+) {
     if let Some(p) = get() {
-        p.publisher.publish(Change::Sticky {
+        let at_ms = now_ms();
+        p.publisher.publish(Change::StickyBind {
             key,
             endpoint: endpoint.to_string(),
-            expires_at_ms: now_ms() + idle.as_millis() as u64,
+            at_ms,
+            expires_at_ms: at_ms + idle.as_millis() as u64,
+            replaces: replaces.map(|r| r.to_string()),
+        });
+    }
+}
+
+/// Publishes a passive outlier ejection of this node (ending at `until_ms`).
+pub fn publish_ejection(cluster: &str, endpoint: std::net::SocketAddr, until_ms: u64) {
+    if let Some(p) = get() {
+        p.publisher.publish(Change::Ejection {
+            cluster: cluster.to_string(),
+            endpoint: endpoint.to_string(),
+            until_ms,
+            observed_at_ms: now_ms(),
         });
     }
 }
@@ -170,6 +227,188 @@ pub fn sync_rate_limits(limiters: &[Arc<crate::ratelimit::Limiter>]) {
             for l in &cluster {
                 l.set_peer_count(*key, *window_ms, peers);
             }
+        }
+    }
+}
+
+/// One member as this node sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerView {
+    /// Node id.
+    pub id: u64,
+    /// Peer address (from the membership).
+    pub address: String,
+    /// Votes (else a learner).
+    pub voter: bool,
+    /// Raft only, no proxy.
+    pub witness: bool,
+    /// Leader only: the last log index it holds.
+    pub matched: Option<u64>,
+    /// Leader only: entries it is behind.
+    pub lag: Option<u64>,
+    /// Seconds since this node last heard from it (this node itself: 0).
+    pub last_contact_seconds: Option<f64>,
+}
+
+/// A VIP lease as replicated.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LeaseView {
+    /// VRID.
+    pub vrid: u8,
+    /// Holder node id.
+    pub holder: u64,
+    /// Seconds left (0 when expired or released).
+    pub remaining_seconds: f64,
+    /// A higher-priority node asked for it.
+    pub wanted_by: Option<u64>,
+}
+
+/// This node's view of the group: what `/cluster`, `/status`, `/metrics`, the status
+/// page and `tandem ctl cluster` show.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupView {
+    /// This node's id.
+    pub id: u64,
+    /// `leader`, `follower`, `candidate`, `learner`, or `stopped` (the Raft core quit).
+    pub role: &'static str,
+    /// Whether a quorum is within reach (an isolated leader says false).
+    pub quorum: bool,
+    /// Current term.
+    pub term: u64,
+    /// The leader this node follows (none while it has no quorum view of one).
+    pub leader: Option<u64>,
+    /// Last log index held here.
+    pub last_log_index: Option<u64>,
+    /// Last index applied to the tables here.
+    pub last_applied: Option<u64>,
+    /// Last index the current snapshot covers.
+    pub snapshot_index: Option<u64>,
+    /// Last index purged from the log.
+    pub purged_index: Option<u64>,
+    /// Members with a vote.
+    pub voters: Vec<u64>,
+    /// Members without one (catching up, or kept as learners).
+    pub learners: Vec<u64>,
+    /// Raft-only members.
+    pub witnesses: Vec<u64>,
+    /// Every member.
+    pub members: Vec<PeerView>,
+    /// Snapshots built here.
+    pub snapshots_built: u64,
+    /// Snapshots installed here (sent by a leader).
+    pub snapshots_installed: u64,
+    /// Seconds the last snapshot build took.
+    pub snapshot_last_build_seconds: f64,
+    /// Size of the current snapshot.
+    pub snapshot_bytes: u64,
+    /// Local changes not committed yet.
+    pub pending_changes: usize,
+    /// Peer connections or frames refused, by reason.
+    pub peer_refused: std::collections::BTreeMap<&'static str, u64>,
+    /// Replicated table sizes.
+    pub tables: std::collections::BTreeMap<&'static str, usize>,
+    /// VIP leases.
+    pub leases: Vec<LeaseView>,
+}
+
+impl Pair {
+    /// The group as this node sees it now.
+    pub fn view(&self) -> GroupView {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = self.metrics.borrow().clone();
+        let stopped = self.health.stopped.load(Relaxed) || m.running_state.is_err();
+        let role = if stopped {
+            "stopped"
+        } else {
+            match m.state {
+                tandem_ha::openraft::ServerState::Leader => "leader",
+                tandem_ha::openraft::ServerState::Follower => "follower",
+                tandem_ha::openraft::ServerState::Candidate => "candidate",
+                tandem_ha::openraft::ServerState::Learner => "learner",
+                tandem_ha::openraft::ServerState::Shutdown => "stopped",
+            }
+        };
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let learners: Vec<u64> = membership.learner_ids().collect();
+        let last_log = m.last_log_index.unwrap_or(0);
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).map(|l| l.map_or(0, |l| l.index)));
+                PeerView {
+                    id: *id,
+                    address: node.addr.clone(),
+                    voter: voters.contains(id),
+                    witness: self.config.witnesses.contains(id),
+                    matched,
+                    lag: matched.map(|x| last_log.saturating_sub(x)),
+                    last_contact_seconds: if *id == self.id {
+                        Some(0.0)
+                    } else {
+                        self.contacts.since(*id).map(|d| d.as_secs_f64())
+                    },
+                }
+            })
+            .collect();
+        let s = &self.snapshots;
+        let r = &self.refused;
+        let now = now_ms();
+        let (tables, leases) = match self.tables.read() {
+            Ok(t) => (
+                [
+                    ("verdicts", t.verdicts.len()),
+                    ("sticky", t.sticky.len()),
+                    ("rate_windows", t.rate.len()),
+                    ("shared", t.shared.len()),
+                    ("ejections", t.ejections.len()),
+                ]
+                .into_iter()
+                .collect(),
+                t.leases
+                    .values()
+                    .map(|l| LeaseView {
+                        vrid: l.vrid,
+                        holder: l.holder,
+                        remaining_seconds: l.until_ms.saturating_sub(now) as f64 / 1000.0,
+                        wanted_by: l.wanted_by,
+                    })
+                    .collect(),
+            ),
+            Err(_) => (Default::default(), Vec::new()),
+        };
+        GroupView {
+            id: self.id,
+            role,
+            quorum: !stopped && self.has_quorum(),
+            term: m.current_term,
+            leader: if stopped { None } else { m.current_leader },
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            voters,
+            learners,
+            witnesses: self.config.witnesses.clone(),
+            members,
+            snapshots_built: s.built.load(Relaxed),
+            snapshots_installed: s.installed.load(Relaxed),
+            snapshot_last_build_seconds: s.last_build_us.load(Relaxed) as f64 / 1e6,
+            snapshot_bytes: s.bytes.load(Relaxed),
+            pending_changes: self.pending.load(Relaxed),
+            peer_refused: [
+                ("handshake", r.refused.load(Relaxed)),
+                ("capacity", r.over_capacity.load(Relaxed)),
+                ("malformed", r.malformed.load(Relaxed)),
+                ("identity", r.wrong_identity.load(Relaxed)),
+            ]
+            .into_iter()
+            .collect(),
+            tables,
+            leases,
         }
     }
 }

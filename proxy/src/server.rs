@@ -38,22 +38,26 @@ pub enum RunError {
 
 /// Installs the process log (stderr). `RUST_LOG` overrides the configured level.
 pub fn init_logging(cfg: &LogConfig) {
-    // openraft reports every failed heartbeat to an unreachable peer as an error (20 a
-    // second during a partition); a plain level keeps those quiet. The pair's state is
-    // in `tandem ctl cluster`; a directive naming openraft still shows everything.
-    let level = if cfg.level.contains('=') {
-        cfg.level.clone()
+    // openraft's own logs are routine chatter (every failed heartbeat to an unreachable
+    // peer is an error, 20 a second during a partition; a vote error every election
+    // timeout while peers start): below debug they are off, and the group's changes are
+    // said by Tandem's own lines (`ha: …`, see tandem_ha::watch) and shown by
+    // `tandem ctl cluster`. At debug or trace, or with a directive naming openraft, it
+    // all shows.
+    let quiet = !cfg.level.contains('=') && !matches!(cfg.level.as_str(), "debug" | "trace");
+    let level = if quiet {
+        format!("{},openraft=off", cfg.level)
     } else {
-        format!(
-            "{},openraft::replication=off,openraft::engine::handler::replication_handler=off",
-            cfg.level
-        )
+        cfg.level.clone()
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: files and the journal get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match cfg.format {
         LogFormat::Json => builder.json().try_init(),

@@ -98,6 +98,28 @@ impl StickyTable {
         self.shard(key).insert(key, (addr, now, now));
     }
 
+    /// Takes the pair's committed binding for `key` as this node's: refreshes the local
+    /// entry when it agrees, replaces it when it does not. Returns whether the binding
+    /// is due for a refresh in the pair (as [`StickyTable::get`]).
+    pub fn adopt(&self, key: u64, addr: SocketAddr, idle: Duration) -> bool {
+        let now = now_ns();
+        let mut s = self.shard(key);
+        match s.get_mut(&key) {
+            Some(e) if e.0 == addr => {
+                e.1 = now;
+                let republish = now.saturating_sub(e.2) > idle.as_nanos() as u64 / 2;
+                if republish {
+                    e.2 = now;
+                }
+                republish
+            }
+            _ => {
+                s.insert(key, (addr, now, now));
+                false
+            }
+        }
+    }
+
     /// Drops bindings idle longer than `idle`.
     pub fn sweep(&self, idle: Duration) {
         let now = now_ns();
@@ -129,6 +151,8 @@ pub struct Plan {
     pub target: Option<usize>,
     /// Learned mode: the request's binding key.
     key: Option<u64>,
+    /// Learned mode: the binding found, fit or not (a new binding replaces it by name).
+    bound: Option<SocketAddr>,
 }
 
 fn cluster_key(cluster: &Cluster, key_hash: u64) -> u64 {
@@ -152,6 +176,7 @@ pub fn plan(cluster: &Cluster, table: &StickyTable, headers: &HeaderMap, client:
                 .and_then(|v| verify(&cluster.name, secret, v))
                 .and_then(eligible),
             key: None,
+            bound: None,
         },
         StickyConfig::Learned { on, idle } => {
             let key = match on {
@@ -160,24 +185,29 @@ pub fn plan(cluster: &Cluster, table: &StickyTable, headers: &HeaderMap, client:
                 HashOn::SourceIp => Some(crate::balancer::hash_key(client.ip().to_string().as_bytes())),
             }
             .map(|k| cluster_key(cluster, k));
-            // This node's bindings first; then what a peer learned (rare: a client
-            // that moved between the nodes).
-            let bound = key.and_then(|k| match table.get(k, *idle) {
-                Some((a, republish)) => {
-                    if republish {
-                        crate::pair::publish_sticky(k, a, *idle);
+            // One truth: in a pair, the committed binding wins over this node's (which
+            // then only holds bindings made here and not committed yet: the first
+            // requests of a session, or a node still catching up after a restart, whose
+            // binding gives way to the committed one on first sight).
+            let bound = key.and_then(|k| match crate::pair::replicated_sticky(k) {
+                Some(a) => {
+                    if table.adopt(k, a, *idle) {
+                        crate::pair::publish_sticky(k, a, *idle, None);
                     }
                     Some(a)
                 }
                 None => {
-                    let a = crate::pair::replicated_sticky(k)?;
-                    table.bind(k, a);
+                    let (a, republish) = table.get(k, *idle)?;
+                    if republish {
+                        crate::pair::publish_sticky(k, a, *idle, None);
+                    }
                     Some(a)
                 }
             });
             Plan {
                 target: bound.and_then(eligible),
                 key,
+                bound,
             }
         }
     }
@@ -227,10 +257,10 @@ pub fn finish(cluster: &Cluster, table: &StickyTable, plan: Plan, ep: usize, res
                 _ => None,
             });
             if let Some(k) = key {
-                if plan.target != Some(ep) {
+                if plan.bound != Some(addr) {
                     table.bind(k, addr);
                     if let StickyConfig::Learned { idle, .. } = cfg {
-                        crate::pair::publish_sticky(k, addr, *idle);
+                        crate::pair::publish_sticky(k, addr, *idle, plan.bound);
                     }
                 }
             }

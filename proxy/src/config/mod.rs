@@ -122,6 +122,8 @@ pub struct ServerConfig {
 pub struct AdminConfig {
     /// Bind address.
     pub listen: SocketAddr,
+    /// The file has an `[admin]` section (a witness starts its admin API only then).
+    pub explicit: bool,
     /// Required bearer token, if any.
     pub token: Option<String>,
 }

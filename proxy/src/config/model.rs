@@ -20,7 +20,7 @@ pub struct ConfigFile {
     pub server: ServerSection,
     /// Admin API listener (restart-only).
     #[serde(default)]
-    pub admin: AdminSection,
+    pub admin: Option<AdminSection>,
     /// Logging and access log.
     #[serde(default)]
     pub log: LogSection,

@@ -299,6 +299,9 @@ impl Checker<'_> {
         }
         group.heartbeat = heartbeat.max(Duration::from_millis(1));
         group.election_timeout = election.max(Duration::from_millis(3));
+        // The witness leads by preference: a VIP holder's death then needs no election
+        // before its lease can move.
+        group.preferred_leader = h.peers.iter().find(|p| p.witness).map(|p| p.id);
         Some(HaConfigSection {
             group,
             witnesses: h.peers.iter().filter(|p| p.witness).map(|p| p.id).collect(),
@@ -944,8 +947,13 @@ pub(crate) fn validate(
         maintenance_handover: c.dur(&file.server.maintenance_handover, "server.maintenance_handover".into()),
     };
 
-    let admin_listen = c.addr(&file.admin.listen, "admin.listen".into());
-    let token = file.admin.token.as_ref().filter(|t| !t.get_ref().is_empty());
+    let admin_explicit = file.admin.is_some();
+    let admin_section = file.admin.as_ref().map_or_else(Default::default, |a| model::AdminSection {
+        listen: a.listen.clone(),
+        token: a.token.clone(),
+    });
+    let admin_listen = c.addr(&admin_section.listen, "admin.listen".into());
+    let token = admin_section.token.as_ref().filter(|t| !t.get_ref().is_empty());
     if let Some(t) = token {
         let v = t.get_ref();
         if v.chars().count() < MIN_ADMIN_TOKEN {
@@ -973,7 +981,7 @@ pub(crate) fn validate(
     if let Some(a) = admin_listen {
         if !a.ip().is_loopback() && token.is_none() {
             c.at(
-                &file.admin.listen,
+                &admin_section.listen,
                 "admin.listen".into(),
                 format!("`{a}` is reachable beyond loopback but no token is set"),
                 Some("set admin.token = \"…\" (a long random string) or listen on 127.0.0.1".into()),
@@ -983,6 +991,7 @@ pub(crate) fn validate(
     let admin = AdminConfig {
         listen: admin_listen.unwrap_or_else(|| "127.0.0.1:9900".parse().expect("literal")),
         token: token.map(|t| t.get_ref().clone()),
+        explicit: admin_explicit,
     };
 
     let log = LogConfig {

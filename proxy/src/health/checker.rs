@@ -198,6 +198,36 @@ fn adopt_peer_verdicts(rt: &crate::runtime::Runtime, adopted: &mut HashMap<(Stri
             verdict::apply(h, Verdict::Healthy, Source::Peer, target, None, 0, 0);
         }
     }
+    // Passive ejections: the pair ejects a gray endpoint together, for what is left of
+    // the reporter's ejection (within this cluster's max_ejection_percent).
+    let now_ms = crate::pair::now_ms();
+    for ((cluster, endpoint), e) in &tables.ejections {
+        if e.reporter == pair.id || e.until_ms <= now_ms {
+            continue;
+        }
+        let key = (format!("\0eject:{cluster}"), endpoint.clone());
+        if adopted.get(&key).is_some_and(|seen| *seen >= e.observed_at_ms) {
+            continue;
+        }
+        adopted.insert(key, e.observed_at_ms);
+        let Some(c) = rt.cluster_named(cluster) else { continue };
+        let Ok(addr) = endpoint.parse::<SocketAddr>() else { continue };
+        let Some(i) = c.endpoint_index(addr) else { continue };
+        let now = now_ns();
+        let ejected = c.endpoints.iter().filter(|x| x.stats.health.is_ejected(now)).count();
+        verdict::apply(
+            &c.endpoints[i].stats.health,
+            Verdict::PeerEject(std::time::Duration::from_millis(e.until_ms - now_ms)),
+            Source::Peer,
+            Target {
+                cluster: &c.name,
+                address: addr,
+            },
+            c.outlier.as_ref(),
+            ejected,
+            c.endpoints.len(),
+        );
+    }
 }
 
 /// Ejects endpoints whose success rate over the last interval is below

@@ -63,6 +63,8 @@ pub struct EndpointHealth {
     pub ejections_gateway: AtomicU64,
     /// Ejections by reason: success-rate outlier.
     pub ejections_success_rate: AtomicU64,
+    /// Ejections adopted from a peer of the pair.
+    pub ejections_peer: AtomicU64,
     /// Ejections refused by max_ejection_percent.
     pub ejections_refused: AtomicU64,
     /// Active probes passed.
@@ -86,6 +88,7 @@ impl Default for EndpointHealth {
             ejections_5xx: AtomicU64::new(0),
             ejections_gateway: AtomicU64::new(0),
             ejections_success_rate: AtomicU64::new(0),
+            ejections_peer: AtomicU64::new(0),
             ejections_refused: AtomicU64::new(0),
             checks_passed: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),

@@ -40,6 +40,8 @@ pub enum Verdict {
     Unhealthy,
     /// Outlier detection wants it out of rotation.
     Eject(EjectReason),
+    /// A peer of the pair ejected it; out of rotation for what is left of that ejection.
+    PeerEject(std::time::Duration),
     /// An ejection ends early (a passing active check, when configured).
     Uneject,
     /// The operator (or a reload) drains it.
@@ -132,6 +134,14 @@ pub fn apply(
             let times = h.times_ejected.fetch_add(1, Relaxed) + 1;
             let dur = o.base_ejection_time.saturating_mul(times).min(o.max_ejection_time);
             h.ejected_until_ns.store(now + dur.as_nanos() as u64, Relaxed);
+            if source != Source::Peer {
+                // The pair ejects a gray endpoint together.
+                crate::pair::publish_ejection(
+                    target.cluster,
+                    target.address,
+                    crate::pair::now_ms() + dur.as_millis() as u64,
+                );
+            }
             h.consecutive_5xx.store(0, Relaxed);
             h.consecutive_gateway.store(0, Relaxed);
             match reason {
@@ -147,6 +157,26 @@ pub fn apply(
                 ejection_ms = dur.as_millis() as u64,
                 times,
                 "endpoint ejected"
+            );
+            true
+        }
+        Verdict::PeerEject(left) => {
+            if h.is_ejected(now) {
+                return false;
+            }
+            let Some(o) = outlier else { return false };
+            let max = (total * o.max_ejection_percent as usize) / 100;
+            if ejected_now + 1 > max.max(if o.max_ejection_percent > 0 { 1 } else { 0 }) || total <= 1 {
+                h.ejections_refused.fetch_add(1, Relaxed);
+                return false;
+            }
+            h.ejected_until_ns.store(now + left.as_nanos() as u64, Relaxed);
+            h.ejections_peer.fetch_add(1, Relaxed);
+            tracing::warn!(
+                cluster = target.cluster,
+                endpoint = %target.address,
+                ejection_ms = left.as_millis() as u64,
+                "endpoint ejected (by a peer's outlier detection)"
             );
             true
         }
