@@ -282,12 +282,19 @@ pub struct Contacts(Mutex<std::collections::HashMap<NodeId, Instant>>);
 impl Contacts {
     /// Notes contact with `id` now.
     pub fn touch(&self, id: NodeId) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Instant::now());
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Instant::now());
     }
 
     /// How long ago `id` was last heard from.
     pub fn since(&self, id: NodeId) -> Option<Duration> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(Instant::elapsed)
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .map(Instant::elapsed)
     }
 }
 
@@ -336,7 +343,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         PeerClient {
             target,
-            addr: self.addresses.get(&target).cloned().unwrap_or_else(|| node.addr.clone()),
+            addr: self
+                .addresses
+                .get(&target)
+                .cloned()
+                .unwrap_or_else(|| node.addr.clone()),
             tls: self.tls.clone(),
             name: self.name_of(target),
             conn: None,
@@ -534,6 +545,12 @@ pub async fn serve(
             let _ = tcp.set_nodelay(true);
             let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(c)) => c,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    // The peer gave up before the end (its connect timeout passed):
+                    // nothing was refused.
+                    tracing::debug!(%peer, "peer left during the TLS handshake");
+                    return;
+                }
                 Ok(Err(e)) => {
                     stats.refused.fetch_add(1, Relaxed);
                     stats.refusal(peer, "peer refused at TLS handshake", &e);
@@ -622,7 +639,13 @@ pub async fn change_membership(raft: &Raft, change: MembershipChange) -> Result<
                 .map_err(|e| e.to_string())?;
         }
     }
-    Ok(raft.metrics().borrow().membership_config.membership().voter_ids().collect())
+    Ok(raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect())
 }
 
 /// Proposes `batch` here, or passes it to the leader once (never further).

@@ -16,12 +16,12 @@ use tokio::sync::mpsc;
 use crate::lease::LeaseClient;
 pub use crate::network::PeerTls;
 use crate::network::{serve, MembershipChange, Network, PeerClient, PeerStats, Request};
-use crate::watch::GroupHealth;
-use std::sync::atomic::AtomicUsize;
 use crate::state_machine::StateMachine;
 use crate::store::LogStore;
 use crate::tables::{Change, Tables};
 use crate::types::{Batch, NodeId, Raft};
+use crate::watch::GroupHealth;
+use std::sync::atomic::AtomicUsize;
 
 /// Local changes kept while they cannot be proposed; the oldest are dropped beyond this.
 pub const MAX_BUFFERED: usize = 100_000;

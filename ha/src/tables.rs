@@ -253,7 +253,11 @@ impl Tables {
                     observed_at_ms,
                 } => {
                     let k = (cluster.clone(), endpoint.clone());
-                    if self.ejections.get(&k).is_none_or(|e| e.observed_at_ms <= *observed_at_ms) {
+                    if self
+                        .ejections
+                        .get(&k)
+                        .is_none_or(|e| e.observed_at_ms <= *observed_at_ms)
+                    {
                         self.ejections.insert(
                             k,
                             EjectionEntry {

@@ -25,7 +25,7 @@ pub struct GroupHealth {
 
 /// How recent contact must be to count (a few election timeouts).
 fn horizon(election_timeout: Duration) -> Duration {
-    election_timeout * 6
+    election_timeout * 3
 }
 
 /// Whether this member reaches a quorum, by the rules of [`GroupHealth::quorum`].

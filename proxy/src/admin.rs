@@ -242,7 +242,13 @@ fn addressed_by_ip(host: &str) -> bool {
 /// old one): carried out by the group's leader, answered with the voters afterwards.
 fn membership_call(path: &str, query: &str) -> Response<Full<Bytes>> {
     use tandem_ha::network::MembershipChange;
-    let bad = |msg: String| text(StatusCode::BAD_REQUEST, "application/json", json!({"error": msg}).to_string());
+    let bad = |msg: String| {
+        text(
+            StatusCode::BAD_REQUEST,
+            "application/json",
+            json!({"error": msg}).to_string(),
+        )
+    };
     let Some(pair) = crate::pair::get() else {
         return bad("this node has no [ha] section".into());
     };
@@ -259,7 +265,10 @@ fn membership_call(path: &str, query: &str) -> Response<Full<Bytes>> {
         ("/cluster/add", Some(id), Some(address), _) => vec![MembershipChange::Add { id, address }],
         ("/cluster/remove", Some(id), _, _) => vec![MembershipChange::Remove { id }],
         ("/cluster/replace", Some(id), Some(address), Some(old)) if old != id => {
-            vec![MembershipChange::Add { id, address }, MembershipChange::Remove { id: old }]
+            vec![
+                MembershipChange::Add { id, address },
+                MembershipChange::Remove { id: old },
+            ]
         }
         _ => {
             return bad(
@@ -280,7 +289,11 @@ fn membership_call(path: &str, query: &str) -> Response<Full<Bytes>> {
             }
         }
     }
-    text(StatusCode::OK, "application/json", json!({"voters": voters}).to_string())
+    text(
+        StatusCode::OK,
+        "application/json",
+        json!({"voters": voters}).to_string(),
+    )
 }
 
 fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -394,7 +407,13 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
             let (p, q) = (path.clone(), query.clone());
             tokio::task::spawn_blocking(move || membership_call(&p, &q))
                 .await
-                .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "membership call failed\n"))
+                .unwrap_or_else(|_| {
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain",
+                        "membership call failed\n",
+                    )
+                })
         }
         (Method::POST, "/drain") => {
             shared.stop_requested.send_replace(true);

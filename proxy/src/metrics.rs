@@ -772,17 +772,33 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
 pub fn render_group(out: &mut String, v: &crate::pair::GroupView) {
     gauge(out, "tandem_ha_node_id", "This member's node id.");
     let _ = writeln!(out, "tandem_ha_node_id {}", v.id);
-    gauge(out, "tandem_ha_role", "1 for this member's Raft role (stopped: the core quit).");
+    gauge(
+        out,
+        "tandem_ha_role",
+        "1 for this member's Raft role (stopped: the core quit).",
+    );
     for role in ["leader", "follower", "candidate", "learner", "stopped"] {
         let _ = writeln!(out, "tandem_ha_role{{role=\"{role}\"}} {}", u8::from(v.role == role));
     }
-    gauge(out, "tandem_ha_quorum", "1 while a quorum is within reach of this member.");
+    gauge(
+        out,
+        "tandem_ha_quorum",
+        "1 while a quorum is within reach of this member.",
+    );
     let _ = writeln!(out, "tandem_ha_quorum {}", u8::from(v.quorum));
     gauge(out, "tandem_ha_term", "Current Raft term.");
     let _ = writeln!(out, "tandem_ha_term {}", v.term);
-    gauge(out, "tandem_ha_leader_id", "Node id of the leader this member follows (0: none).");
+    gauge(
+        out,
+        "tandem_ha_leader_id",
+        "Node id of the leader this member follows (0: none).",
+    );
     let _ = writeln!(out, "tandem_ha_leader_id {}", v.leader.unwrap_or(0));
-    gauge(out, "tandem_ha_log_index", "Log positions: last held, applied, covered by the snapshot, purged.");
+    gauge(
+        out,
+        "tandem_ha_log_index",
+        "Log positions: last held, applied, covered by the snapshot, purged.",
+    );
     for (what, x) in [
         ("last", v.last_log_index),
         ("applied", v.last_applied),
@@ -814,14 +830,34 @@ pub fn render_group(out: &mut String, v: &crate::pair::GroupView) {
             let _ = writeln!(out, "tandem_ha_peer_last_contact_seconds{{peer=\"{}\"}} {s}", m.id);
         }
     }
-    counter(out, "tandem_ha_snapshots_total", "Snapshots built here or installed from the leader.");
+    counter(
+        out,
+        "tandem_ha_snapshots_total",
+        "Snapshots built here or installed from the leader.",
+    );
     let _ = writeln!(out, "tandem_ha_snapshots_total{{kind=\"built\"}} {}", v.snapshots_built);
-    let _ = writeln!(out, "tandem_ha_snapshots_total{{kind=\"installed\"}} {}", v.snapshots_installed);
-    gauge(out, "tandem_ha_snapshot_last_build_seconds", "How long the last snapshot build took.");
-    let _ = writeln!(out, "tandem_ha_snapshot_last_build_seconds {}", v.snapshot_last_build_seconds);
+    let _ = writeln!(
+        out,
+        "tandem_ha_snapshots_total{{kind=\"installed\"}} {}",
+        v.snapshots_installed
+    );
+    gauge(
+        out,
+        "tandem_ha_snapshot_last_build_seconds",
+        "How long the last snapshot build took.",
+    );
+    let _ = writeln!(
+        out,
+        "tandem_ha_snapshot_last_build_seconds {}",
+        v.snapshot_last_build_seconds
+    );
     gauge(out, "tandem_ha_snapshot_bytes", "Size of the current snapshot.");
     let _ = writeln!(out, "tandem_ha_snapshot_bytes {}", v.snapshot_bytes);
-    gauge(out, "tandem_ha_pending_changes", "Local changes not committed yet (kept while there is no quorum).");
+    gauge(
+        out,
+        "tandem_ha_pending_changes",
+        "Local changes not committed yet (kept while there is no quorum).",
+    );
     let _ = writeln!(out, "tandem_ha_pending_changes {}", v.pending_changes);
     counter(
         out,
@@ -835,13 +871,25 @@ pub fn render_group(out: &mut String, v: &crate::pair::GroupView) {
     for (t, n) in &v.tables {
         let _ = writeln!(out, "tandem_ha_table_entries{{table=\"{t}\"}} {n}");
     }
-    gauge(out, "tandem_ha_lease_holder", "Node id allowed to hold each VIP (by VRID).");
+    gauge(
+        out,
+        "tandem_ha_lease_holder",
+        "Node id allowed to hold each VIP (by VRID).",
+    );
     for l in &v.leases {
         let _ = writeln!(out, "tandem_ha_lease_holder{{vrid=\"{}\"}} {}", l.vrid, l.holder);
     }
-    gauge(out, "tandem_ha_lease_remaining_seconds", "Seconds left on each VIP lease.");
+    gauge(
+        out,
+        "tandem_ha_lease_remaining_seconds",
+        "Seconds left on each VIP lease.",
+    );
     for l in &v.leases {
-        let _ = writeln!(out, "tandem_ha_lease_remaining_seconds{{vrid=\"{}\"}} {}", l.vrid, l.remaining_seconds);
+        let _ = writeln!(
+            out,
+            "tandem_ha_lease_remaining_seconds{{vrid=\"{}\"}} {}",
+            l.vrid, l.remaining_seconds
+        );
     }
 }
 

@@ -948,10 +948,13 @@ pub(crate) fn validate(
     };
 
     let admin_explicit = file.admin.is_some();
-    let admin_section = file.admin.as_ref().map_or_else(Default::default, |a| model::AdminSection {
-        listen: a.listen.clone(),
-        token: a.token.clone(),
-    });
+    let admin_section = file
+        .admin
+        .as_ref()
+        .map_or_else(Default::default, |a| model::AdminSection {
+            listen: a.listen.clone(),
+            token: a.token.clone(),
+        });
     let admin_listen = c.addr(&admin_section.listen, "admin.listen".into());
     let token = admin_section.token.as_ref().filter(|t| !t.get_ref().is_empty());
     if let Some(t) = token {

@@ -211,7 +211,9 @@ fn adopt_peer_verdicts(rt: &crate::runtime::Runtime, adopted: &mut HashMap<(Stri
         }
         adopted.insert(key, e.observed_at_ms);
         let Some(c) = rt.cluster_named(cluster) else { continue };
-        let Ok(addr) = endpoint.parse::<SocketAddr>() else { continue };
+        let Ok(addr) = endpoint.parse::<SocketAddr>() else {
+            continue;
+        };
         let Some(i) = c.endpoint_index(addr) else { continue };
         let now = now_ns();
         let ejected = c.endpoints.iter().filter(|x| x.stats.health.is_ejected(now)).count();
