@@ -196,6 +196,9 @@ pub struct HaSection {
     /// healthy verdicts (otherwise an endpoint a peer condemned stays out until restart).
     #[serde(default = "default_true")]
     pub adopt_peer_recovery: bool,
+    /// Build a snapshot (and compact the log) after this many entries.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
 }
 
 /// `tls = { ca, cert, key }` of `[ha]`.
@@ -798,6 +801,9 @@ fn default_max_headers() -> usize {
 }
 fn default_header_read_timeout() -> Dur {
     Dur::secs(10)
+}
+fn default_snapshot_every() -> u64 {
+    5_000
 }
 fn default_request_body_timeout() -> Dur {
     Dur::secs(60)

@@ -302,6 +302,7 @@ impl Checker<'_> {
         // The witness leads by preference: a VIP holder's death then needs no election
         // before its lease can move.
         group.preferred_leader = h.peers.iter().find(|p| p.witness).map(|p| p.id);
+        group.snapshot_every = h.snapshot_every.max(10);
         Some(HaConfigSection {
             group,
             witnesses: h.peers.iter().filter(|p| p.witness).map(|p| p.id).collect(),
