@@ -269,3 +269,57 @@ async fn members_are_added_removed_and_replaced_under_load() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_down_for_several_snapshots_catches_up_under_traffic() {
+    bounded(180, async {
+        let mut spec = pair_with_witness();
+        // Snapshots every 20 entries, so a member away for seconds is behind the log.
+        spec.ha_extra = "snapshot_every = 20\n".into();
+        let mut c = Cluster::start(spec, 3).await;
+        let witness = c.witness.unwrap();
+        let targets = Arc::new(Mutex::new(vec![c.node(1).http, c.node(2).http]));
+        // New sessions all the time: every one is a binding to replicate.
+        let traffic = Traffic::start(targets.clone(), 200, 1_000_000);
+        // First a proxy, then the leader (the witness) is down for 4 s.
+        for down in [2, witness] {
+            let addr = c.node(down).http;
+            targets.lock().unwrap().retain(|a| *a != addr);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            c.node_mut(down).kill();
+            let others: Vec<u64> = (1..=witness).filter(|i| *i != down).collect();
+            let applied = |n: &Node| n.view()["last_applied"].as_u64().unwrap_or(0);
+            let before: u64 = others.iter().map(|i| applied(c.node(*i))).max().unwrap();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let during: u64 = others.iter().map(|i| applied(c.node(*i))).max().unwrap();
+            assert!(
+                during > before + 40,
+                "the group kept replicating while {down} was down ({before} → {during})"
+            );
+            c.node_mut(down).start();
+            if down != witness {
+                targets.lock().unwrap().push(addr);
+            }
+            let t = Instant::now();
+            eventually("the member caught up by snapshot", Duration::from_secs(15), || {
+                let v = c.node(down).view();
+                v["snapshots_installed"].as_u64().unwrap_or(0) >= 1 && applied(c.node(down)) >= during
+            })
+            .await;
+            eprintln!(
+                "member {down} caught up by snapshot {:?} after its restart",
+                t.elapsed()
+            );
+        }
+        let (ok, failed, failures) = traffic.stop().await;
+        assert_eq!(failed, 0, "{failures:?}");
+        // Quiet now: every member holds the same tables.
+        eventually("equal tables everywhere", Duration::from_secs(10), || {
+            let t1 = c.node(1).view()["tables"].clone();
+            (2..=witness).all(|i| c.node(i).view()["tables"] == t1)
+        })
+        .await;
+        eprintln!("{ok} requests during the catch-ups, none failed");
+    })
+    .await;
+}

@@ -447,3 +447,80 @@ async fn a_member_far_behind_catches_up_by_snapshot_and_the_group_keeps_going() 
     .await
     .expect("test bounded in time");
 }
+
+/// Measurement (bench/README.md): how long a member that lost its disk takes to catch up
+/// by snapshot with 10k and 100k sticky bindings in the tables.
+/// `cargo test --release -p tandem-ha --test group catch_up_time -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn catch_up_time_by_snapshot() {
+    for bindings in [10_000u64, 100_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca(dir.path(), "bench-ca");
+        let peers: Vec<Peer> = (1..=3)
+            .map(|id| Peer {
+                id,
+                address: free_addr(),
+            })
+            .collect();
+        let cfg = |id: u64| {
+            let mut c = HaConfig::new(
+                id,
+                peers.clone(),
+                dir.path().join(format!("b{id}")),
+                node_tls(dir.path(), &ca, &format!("b{id}")),
+            );
+            c.snapshot_every = 100;
+            c
+        };
+        let mut nodes: Vec<Option<HaNode>> = Vec::new();
+        for id in 1..=3 {
+            nodes.push(Some(HaNode::start(cfg(id)).await.unwrap()));
+        }
+        eventually("a leader", Duration::from_secs(10), || {
+            nodes.iter().all(|n| n.as_ref().unwrap().leader().is_some())
+        })
+        .await;
+        let leader = nodes[0].as_ref().unwrap().leader().unwrap();
+        let follower = (1..=3u64).find(|id| *id != leader).unwrap();
+        let l = nodes[(leader - 1) as usize].as_ref().unwrap();
+        let far = 4_000_000_000_000u64;
+        for k in 0..bindings {
+            l.publish(Change::StickyBind {
+                key: k,
+                endpoint: format!("10.0.{}.{}:8080", (k / 250) % 250, k % 250),
+                at_ms: 1,
+                expires_at_ms: far,
+                replaces: None,
+            });
+        }
+        eventually("all bindings committed", Duration::from_secs(120), || {
+            l.tables.read().unwrap().sticky.len() as u64 == bindings
+        })
+        .await;
+        // Enough entries after it for a snapshot that covers everything.
+        for k in 0..150u64 {
+            l.publish(verdict(&format!("10.9.0.{k}:80"), true, k));
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        let i = (follower - 1) as usize;
+        nodes[i].take().unwrap().shutdown().await;
+        std::fs::remove_dir_all(dir.path().join(format!("b{follower}"))).unwrap();
+        let t = Instant::now();
+        nodes[i] = Some(HaNode::start(cfg(follower)).await.unwrap());
+        eventually("the wiped member caught up", Duration::from_secs(120), || {
+            nodes[i].as_ref().unwrap().tables.read().unwrap().sticky.len() as u64 == bindings
+        })
+        .await;
+        let took = t.elapsed();
+        let n = nodes[i].as_ref().unwrap();
+        eprintln!(
+            "{bindings} bindings: a wiped member caught up in {took:?} ({} snapshot(s) installed, {} bytes)",
+            n.snapshots.installed.load(std::sync::atomic::Ordering::Relaxed),
+            n.snapshots.bytes.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        for n in nodes.into_iter().flatten() {
+            n.shutdown().await;
+        }
+    }
+}

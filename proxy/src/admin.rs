@@ -525,35 +525,124 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
     })
 }
 
+/// The status page: the node's phase, its VIPs, the pair's group, routes and
+/// endpoints, refreshed every two seconds. Built from the same data as `/status`.
 fn status_page(shared: &Shared) -> String {
+    use std::fmt::Write as _;
     let rt = shared.runtime.load();
+    let now = crate::balancer::p2c_ewma::now_ns();
+    let phase = if shared.draining.load(Relaxed) {
+        "draining"
+    } else if shared.in_maintenance.load(Relaxed) {
+        "maintenance"
+    } else {
+        "serving"
+    };
+    let mut vips = String::new();
+    if let Some(v) = crate::vips::get() {
+        for x in v.status_json().as_array().into_iter().flatten() {
+            let _ = write!(
+                vips,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=s-{}>{}</td><td>{} / {}</td></tr>",
+                html_escape(x["name"].as_str().unwrap_or("")),
+                x["vrid"],
+                html_escape(&x["addresses"].to_string()),
+                html_escape(x["state"].as_str().unwrap_or("")),
+                html_escape(x["state"].as_str().unwrap_or("")),
+                x["priority_now"],
+                x["priority"],
+            );
+        }
+    }
+    let vips = if vips.is_empty() {
+        "<p>no VIPs on this node</p>".to_string()
+    } else {
+        format!("<table id=vips><tr><th>VIP</th><th>VRID</th><th>addresses</th><th>state</th><th>priority now / configured</th></tr>{vips}</table>")
+    };
+    let group = match crate::pair::get().map(|p| p.view()) {
+        None => "<p>no [ha] section: this node runs alone</p>".to_string(),
+        Some(g) => {
+            let mut rows = String::new();
+            for m in &g.members {
+                let _ = write!(
+                    rows,
+                    "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    m.id,
+                    if m.id == g.id { " (this node)" } else { "" },
+                    html_escape(&m.address),
+                    if m.witness {
+                        "witness"
+                    } else if m.voter {
+                        "voter"
+                    } else {
+                        "learner"
+                    },
+                    m.lag.map_or("–".into(), |l| l.to_string()),
+                    m.last_contact_seconds.map_or("–".into(), |s| format!("{s:.2} s ago")),
+                );
+            }
+            format!(
+                "<p id=ha class=q-{}>role <b>{}</b> · quorum <b>{}</b> · leader {} · term {} · applied {} · pending changes {}</p>\
+<table><tr><th>member</th><th>address</th><th>kind</th><th>lag</th><th>last contact</th></tr>{rows}</table>",
+                g.quorum,
+                g.role,
+                if g.quorum { "yes" } else { "NO" },
+                g.leader.map_or("none".into(), |l| l.to_string()),
+                g.term,
+                g.last_applied.unwrap_or(0),
+                g.pending_changes,
+            )
+        }
+    };
+    let mut routes = String::new();
+    for r in &rt.routes {
+        let by_class: Vec<u64> = (1..=5).map(|c| r.stats.responses.get(c)).collect();
+        let total: u64 = by_class.iter().sum();
+        let _ = write!(
+            routes,
+            "<tr><td>{}</td><td>{}</td><td>{total}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            html_escape(&r.name),
+            r.destinations
+                .iter()
+                .map(|(c, _)| html_escape(&rt.clusters[*c].name))
+                .collect::<Vec<_>>()
+                .join(", "),
+            by_class[3],
+            by_class[4],
+            r.stats.rate_limited.load(Relaxed),
+        );
+    }
     let mut rows = String::new();
     for c in &rt.clusters {
         for e in &c.endpoints {
             let total: u64 = (1..=5).map(|k| e.stats.responses.get(k)).sum();
-            rows.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td></tr>",
+            let state = e.stats.health.state_name(now);
+            let _ = write!(
+                rows,
+                "<tr><td>{}</td><td>{}</td><td class=s-{state}>{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>",
                 html_escape(&c.name),
                 e.address,
-                e.stats.health.state_name(crate::balancer::p2c_ewma::now_ns()),
                 c.balancer.name(),
                 e.weight,
                 e.stats.active.load(Relaxed),
                 e.stats.ewma.get() / 1e6,
-                total
-            ));
+                total,
+                e.stats.responses.get(5),
+            );
         }
     }
     format!(
         "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2><title>Tandem</title>\
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}</style></head>\
-<body><h1>Tandem</h1><p>generation {} · {} workers · {} connections · {}</p>\
-<table><tr><th>cluster</th><th>endpoint</th><th>state</th><th>balancer</th><th>weight</th><th>active</th><th>ewma ms</th><th>responses</th></tr>{rows}</table>\
-<p><a href=/status>/status</a> · <a href=/metrics>/metrics</a></p></body></html>",
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:1.5em}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}\
+.s-healthy,.s-master,.q-true{{color:#070}}.s-unhealthy,.s-ejected,.q-false{{color:#b00}}.s-draining,.s-drained,.s-backup{{color:#a60}}</style></head>\
+<body><h1>Tandem</h1><p id=phase>{phase} · generation {} · {} workers · {} connections</p>\
+<h2>VIPs</h2>{vips}<h2>Pair</h2>{group}\
+<h2>Routes</h2><table id=routes><tr><th>route</th><th>clusters</th><th>responses</th><th>4xx</th><th>5xx</th><th>rate limited</th></tr>{routes}</table>\
+<h2>Endpoints</h2><table id=endpoints><tr><th>cluster</th><th>endpoint</th><th>state</th><th>balancer</th><th>weight</th><th>active</th><th>ewma ms</th><th>responses</th><th>5xx</th></tr>{rows}</table>\
+<p><a href=/status>/status</a> · <a href=/cluster>/cluster</a> · <a href=/metrics>/metrics</a></p></body></html>",
         rt.generation,
         shared.workers,
         shared.connections.load(Relaxed),
-        if shared.draining.load(Relaxed) { "draining" } else { "serving" },
     )
 }
 
