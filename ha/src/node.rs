@@ -26,12 +26,18 @@ use std::sync::atomic::AtomicUsize;
 /// Local changes kept while they cannot be proposed; the oldest are dropped beyond this.
 pub const MAX_BUFFERED: usize = 100_000;
 /// Most changes in one proposal (a log entry); a longer backlog goes out as several.
-pub const MAX_BATCH_CHANGES: usize = 2_000;
+pub const MAX_BATCH_CHANGES: usize = 1_000;
 /// Most (estimated) bytes in one proposal.
-pub const MAX_BATCH_BYTES: usize = 256 << 10;
-/// Most log entries in one append: with [`MAX_BATCH_BYTES`] per entry, an append stays
-/// well under the peer frame cap (`wire::MAX_FRAME`).
-pub const MAX_ENTRIES_PER_APPEND: u64 = 32;
+pub const MAX_BATCH_BYTES: usize = 64 << 10;
+/// Most log entries in one append. openraft 0.9 gives an append one heartbeat interval
+/// (50 ms) to complete, sending, writing and syncing included: an append that cannot
+/// is cut and sent again, forever, and a member far behind never catches up. With
+/// [`MAX_BATCH_BYTES`] per entry an append is at most 512 KiB.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 8;
+/// Snapshots travel in chunks of this size, each with [`SNAPSHOT_CHUNK_TIMEOUT`].
+pub const SNAPSHOT_CHUNK: u64 = 1 << 20;
+/// Time for one snapshot chunk to be sent, written and (the last one) installed.
+pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
 /// A single change larger than this is not published (it could not cross the wire).
 pub const MAX_CHANGE_BYTES: usize = 1 << 20;
 
@@ -176,6 +182,8 @@ impl HaNode {
             election_timeout_max: 2 * election.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
             max_payload_entries: MAX_ENTRIES_PER_APPEND,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK,
+            install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT.as_millis() as u64,
             max_in_snapshot_log_to_keep: 100,
             ..Default::default()
         }
@@ -205,10 +213,17 @@ impl HaNode {
         // unless a peer already belongs to one (this node was wiped, or is a new member
         // waiting to be added): then it waits to be reached.
         let former = preferred.or_else(|| ids.iter().next().copied());
-        if former == Some(cfg.id)
-            && !raft.is_initialized().await.unwrap_or(false)
-            && !any_peer_initialized(&network, &cfg.peers, cfg.id).await
-        {
+        let fresh = !raft.is_initialized().await.unwrap_or(false);
+        let group_exists = fresh && any_peer_initialized(&network, &cfg.peers, cfg.id).await;
+        if group_exists {
+            tracing::warn!(
+                node = cfg.id,
+                "ha: this node has no Raft data but its peers form a group: it waits to be added \
+                 (tandem ctl cluster add). If it was a member whose data_dir was lost, start it \
+                 under a new node_id and run `tandem ctl cluster replace OLD NEW ADDRESS`"
+            );
+        }
+        if former == Some(cfg.id) && fresh && !group_exists {
             let members: BTreeMap<NodeId, BasicNode> = cfg
                 .peers
                 .iter()
