@@ -62,7 +62,7 @@ async fn the_pair_survives_kills_restarts_and_partitions_under_traffic() {
     let seed: u64 = std::env::var("TANDEM_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x7a4d_e4);
+        .unwrap_or(0x007a_4de4);
     bounded(secs + 180, async {
         let mut c = Cluster::start(spec(), 3).await;
         let witness = c.witness.unwrap();

@@ -406,7 +406,11 @@ async fn a_member_far_behind_catches_up_by_snapshot_and_the_group_keeps_going() 
             for _ in 0..300 {
                 k += 1;
                 let n = nodes[alive[(k % 2) as usize]].as_ref().unwrap();
-                n.publish(verdict(&format!("10.2.{}.{}:80", k / 250, k % 250), k % 3 == 0, k));
+                n.publish(verdict(
+                    &format!("10.2.{}.{}:80", k / 250, k % 250),
+                    k.is_multiple_of(3),
+                    k,
+                ));
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             let want = k as usize;
@@ -478,7 +482,10 @@ async fn catch_up_time_by_snapshot() {
         for id in 1..=3 {
             nodes.push(HaNode::start(cfg(id, &peers)).await.unwrap());
         }
-        eventually("a leader", Duration::from_secs(10), || nodes.iter().all(|n| n.leader().is_some())).await;
+        eventually("a leader", Duration::from_secs(10), || {
+            nodes.iter().all(|n| n.leader().is_some())
+        })
+        .await;
         let leader = nodes[0].leader().unwrap();
         let l = &nodes[(leader - 1) as usize];
         let far = 4_000_000_000_000u64;

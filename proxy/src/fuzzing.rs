@@ -9,8 +9,12 @@
 
 use bytes::BytesMut;
 
-/// The targets by name, as `fuzz/fuzz_targets/` and `fuzz/corpus/` name them.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+/// A fuzz target: a name (as `fuzz/fuzz_targets/` and `fuzz/corpus/` name it) and its
+/// entry point.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// The targets by name.
+pub const TARGETS: [Target; 6] = [
     ("upstream_response", upstream_response),
     ("proxy_protocol", proxy_protocol),
     ("client_hello", client_hello),
