@@ -39,6 +39,16 @@ fn node_tls_named(dir: &Path, ca: &Ca, file: &str, names: &[&str]) -> PeerTls {
     PeerTls::new(ca.pem.clone(), c, k)
 }
 
+/// Members 1..=n on free loopback ports.
+fn peers(n: u64) -> Vec<Peer> {
+    (1..=n)
+        .map(|id| Peer {
+            id,
+            address: free_addr(),
+        })
+        .collect()
+}
+
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -77,12 +87,7 @@ async fn pair_and_witness_replicate_survive_a_loss_and_catch_up() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let dir = tempfile::tempdir().unwrap();
         let ca = ca(dir.path(), "group-ca");
-        let peers: Vec<Peer> = (1..=3)
-            .map(|id| Peer {
-                id,
-                address: free_addr(),
-            })
-            .collect();
+        let peers: Vec<Peer> = peers(3);
         let cfg = |id: u64| {
             let mut c = HaConfig::new(
                 id,
@@ -160,12 +165,7 @@ async fn a_peer_with_a_foreign_certificate_cannot_join_or_read() {
         let dir = tempfile::tempdir().unwrap();
         let good = ca(dir.path(), "good-ca");
         let evil = ca(dir.path(), "evil-ca");
-        let peers: Vec<Peer> = (1..=2)
-            .map(|id| Peer {
-                id,
-                address: free_addr(),
-            })
-            .collect();
+        let peers: Vec<Peer> = peers(2);
         let n1 = HaNode::start(HaConfig::new(
             1,
             peers.clone(),
@@ -211,12 +211,7 @@ async fn a_certificate_of_the_group_ca_without_the_peer_name_is_refused() {
     tokio::time::timeout(Duration::from_secs(30), async {
         let dir = tempfile::tempdir().unwrap();
         let ca = ca(dir.path(), "shared-ca");
-        let peers: Vec<Peer> = (1..=2)
-            .map(|id| Peer {
-                id,
-                address: free_addr(),
-            })
-            .collect();
+        let peers: Vec<Peer> = peers(2);
         // The same CA also signs certificates for another service: such a certificate
         // is not a member's. Its holder takes id 1, so it is the one that forms the group
         // and campaigns: its connections reach the member, which must refuse them.
@@ -255,12 +250,7 @@ async fn with_verify_node_id_a_member_cannot_speak_for_another() {
     tokio::time::timeout(Duration::from_secs(40), async {
         let dir = tempfile::tempdir().unwrap();
         let ca = ca(dir.path(), "id-ca");
-        let peers: Vec<Peer> = (1..=3)
-            .map(|id| Peer {
-                id,
-                address: free_addr(),
-            })
-            .collect();
+        let peers: Vec<Peer> = peers(3);
         let tls = |file: &str, names: &[&str]| {
             let mut t = node_tls_named(dir.path(), &ca, file, names);
             t.verify_node_id = true;
@@ -312,12 +302,7 @@ async fn changes_made_without_quorum_are_proposed_on_heal() {
     tokio::time::timeout(Duration::from_secs(40), async {
         let dir = tempfile::tempdir().unwrap();
         let ca = ca(dir.path(), "heal-ca");
-        let peers: Vec<Peer> = (1..=3)
-            .map(|id| Peer {
-                id,
-                address: free_addr(),
-            })
-            .collect();
+        let peers: Vec<Peer> = peers(3);
         let cfg = |id: u64| {
             HaConfig::new(
                 id,
@@ -357,12 +342,7 @@ async fn a_member_far_behind_catches_up_by_snapshot_and_the_group_keeps_going() 
     tokio::time::timeout(Duration::from_secs(90), async {
         let dir = tempfile::tempdir().unwrap();
         let ca = ca(dir.path(), "snap-ca");
-        let peers: Vec<Peer> = (1..=3)
-            .map(|id| Peer {
-                id,
-                address: free_addr(),
-            })
-            .collect();
+        let peers: Vec<Peer> = peers(3);
         let cfg = |id: u64| {
             let mut c = HaConfig::new(
                 id,
@@ -461,12 +441,7 @@ async fn catch_up_time_by_snapshot() {
     for bindings in [10_000u64, 100_000] {
         let dir = tempfile::tempdir().unwrap();
         let ca = ca(dir.path(), "bench-ca");
-        let mut peers: Vec<Peer> = (1..=3)
-            .map(|id| Peer {
-                id,
-                address: free_addr(),
-            })
-            .collect();
+        let mut peers: Vec<Peer> = peers(3);
         let cfg = |id: u64, peers: &[Peer]| {
             let mut c = HaConfig::new(
                 id,

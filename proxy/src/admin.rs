@@ -252,13 +252,7 @@ fn membership_call(path: &str, query: &str) -> Response<Full<Bytes>> {
     let Some(pair) = crate::pair::get() else {
         return bad("this node has no [ha] section".into());
     };
-    let param = |k: &str| {
-        query
-            .split('&')
-            .filter_map(|p| p.split_once('='))
-            .find(|(a, _)| *a == k)
-            .map(|(_, v)| v.replace("%3A", ":").replace("%3a", ":"))
-    };
+    let param = |k: &str| query_param(query, k);
     let id = |k: &str| param(k).and_then(|v| v.parse::<u64>().ok());
     let address = param("address").filter(|a| a.parse::<std::net::SocketAddr>().is_ok());
     let changes = match (path, id("id"), address, id("old")) {
@@ -294,6 +288,15 @@ fn membership_call(path: &str, query: &str) -> Response<Full<Bytes>> {
         "application/json",
         json!({"voters": voters}).to_string(),
     )
+}
+
+/// Query parameter `key` (`%3A` decoded, for IP:port values).
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(a, _)| *a == key)
+        .map(|(_, v)| v.replace("%3A", ":").replace("%3a", ":"))
 }
 
 fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -352,13 +355,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
             ),
         },
         (Method::POST, "/endpoints/drain") | (Method::POST, "/endpoints/undrain") => {
-            let param = |k: &str| {
-                query
-                    .split('&')
-                    .filter_map(|p| p.split_once('='))
-                    .find(|(a, _)| *a == k)
-                    .map(|(_, v)| v.replace("%3A", ":").replace("%3a", ":"))
-            };
+            let param = |k: &str| query_param(&query, k);
             let (Some(cluster), Some(addr)) = (param("cluster"), param("address")) else {
                 return text(
                     StatusCode::BAD_REQUEST,

@@ -271,42 +271,31 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
         "tandem_reloads_total{{result=\"failed\"}} {}",
         p.reloads_failed.load(Relaxed)
     );
-    counter(
-        &mut out,
-        "tandem_admin_connections_refused_total",
-        "Admin connections closed at accept because the connection cap was reached.",
-    );
-    let _ = writeln!(
-        out,
-        "tandem_admin_connections_refused_total {}",
-        p.admin_connections_refused.load(Relaxed)
-    );
-    counter(
-        &mut out,
-        "tandem_admin_requests_refused_total",
-        "Admin requests refused as cross-site, DNS-rebound or missing the admin header (403).",
-    );
-    let _ = writeln!(
-        out,
-        "tandem_admin_requests_refused_total {}",
-        p.admin_requests_refused.load(Relaxed)
-    );
-    counter(
-        &mut out,
-        "tandem_no_route_total",
-        "Requests that matched no route (404).",
-    );
-    let _ = writeln!(out, "tandem_no_route_total {}", p.no_route.load(Relaxed));
-    counter(
-        &mut out,
-        "tandem_access_log_dropped_total",
-        "Access log lines dropped under back-pressure.",
-    );
-    let _ = writeln!(
-        out,
-        "tandem_access_log_dropped_total {}",
-        p.access_log_dropped.load(Relaxed)
-    );
+    for (name, help, v) in [
+        (
+            "tandem_admin_connections_refused_total",
+            "Admin connections closed at accept because the connection cap was reached.",
+            &p.admin_connections_refused,
+        ),
+        (
+            "tandem_admin_requests_refused_total",
+            "Admin requests refused as cross-site, DNS-rebound or missing the admin header (403).",
+            &p.admin_requests_refused,
+        ),
+        (
+            "tandem_no_route_total",
+            "Requests that matched no route (404).",
+            &p.no_route,
+        ),
+        (
+            "tandem_access_log_dropped_total",
+            "Access log lines dropped under back-pressure.",
+            &p.access_log_dropped,
+        ),
+    ] {
+        counter(&mut out, name, help);
+        let _ = writeln!(out, "{name} {}", v.load(Relaxed));
+    }
 
     type ListenerField = fn(&ListenerStats) -> &AtomicU64;
     let lfields: [(&str, &str, bool, ListenerField); 15] = [
@@ -810,24 +799,25 @@ pub fn render_group(out: &mut String, v: &crate::pair::GroupView) {
     gauge(out, "tandem_ha_members", "Members by kind.");
     let _ = writeln!(out, "tandem_ha_members{{kind=\"voter\"}} {}", v.voters.len());
     let _ = writeln!(out, "tandem_ha_members{{kind=\"learner\"}} {}", v.learners.len());
-    gauge(
-        out,
-        "tandem_ha_peer_lag_entries",
-        "Leader only: log entries each member is behind.",
-    );
-    for m in v.members.iter().filter(|m| m.id != v.id) {
-        if let Some(lag) = m.lag {
-            let _ = writeln!(out, "tandem_ha_peer_lag_entries{{peer=\"{}\"}} {lag}", m.id);
-        }
-    }
-    gauge(
-        out,
-        "tandem_ha_peer_last_contact_seconds",
-        "Seconds since this member last heard from each other member.",
-    );
-    for m in v.members.iter().filter(|m| m.id != v.id) {
-        if let Some(s) = m.last_contact_seconds {
-            let _ = writeln!(out, "tandem_ha_peer_last_contact_seconds{{peer=\"{}\"}} {s}", m.id);
+    type PeerField = fn(&crate::pair::PeerView) -> Option<f64>;
+    let per_peer: [(&str, &str, PeerField); 2] = [
+        (
+            "tandem_ha_peer_lag_entries",
+            "Leader only: log entries each member is behind.",
+            |m| m.lag.map(|l| l as f64),
+        ),
+        (
+            "tandem_ha_peer_last_contact_seconds",
+            "Seconds since this member last heard from each other member.",
+            |m| m.last_contact_seconds,
+        ),
+    ];
+    for (name, help, field) in per_peer {
+        gauge(out, name, help);
+        for m in v.members.iter().filter(|m| m.id != v.id) {
+            if let Some(x) = field(m) {
+                let _ = writeln!(out, "{name}{{peer=\"{}\"}} {x}", m.id);
+            }
         }
     }
     counter(
