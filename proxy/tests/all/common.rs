@@ -229,7 +229,8 @@ impl Proxy {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: a loaded two-core machine runs several of these at once.
+        let deadline = Instant::now() + Duration::from_secs(20);
         let token = self.head.split("token = \"").nth(1).and_then(|t| t.split('"').next());
         while Instant::now() < deadline {
             if let Ok((200, _)) = tandem_proxy::ctl::call(self.admin, token, "GET", "/ready") {
