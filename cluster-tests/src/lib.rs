@@ -35,13 +35,27 @@ pub fn tandem_bin() -> PathBuf {
     .clone()
 }
 
-/// A free loopback port (bound, then released).
+/// A free loopback port for a process the test starts.
+///
+/// Taken below the kernel's ephemeral range (32768+), so no outgoing connection or
+/// `bind(:0)` of another test can take it between this check and the process's bind;
+/// a per-process counter keeps the tests of one binary apart, and the process id
+/// spreads binaries that run at the same time.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % SPAN) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
 }
 
 fn loopback(port: u16) -> SocketAddr {
