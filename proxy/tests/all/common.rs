@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -463,17 +463,46 @@ pub async fn bounded<F: std::future::Future>(secs: u64, f: F) -> F::Output {
         .expect("test exceeded its time bound")
 }
 
-/// Whether this process runs as root. A test that needs it fails with a clear message
-/// otherwise, unless `TANDEM_TEST_SKIP_PRIVILEGED=1` says to skip it (said on stderr).
-pub fn is_root(what: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+/// Says whether a test can run here; when it cannot (`ok` false) the test fails with
+/// `why` unless `TANDEM_TEST_ALLOW_SKIP=1` (or the older `TANDEM_TEST_SKIP_PRIVILEGED=1`)
+/// explicitly allows skipping. A skip is said on stderr and appended to the file named by
+/// `$TANDEM_TEST_SKIP_LOG`, which `./run-tests` prints in its summary: a skip is never
+/// silently a pass.
+pub fn can_run(ok: bool, why: &str) -> bool {
+    if ok {
         return true;
     }
+    let allowed = ["TANDEM_TEST_ALLOW_SKIP", "TANDEM_TEST_SKIP_PRIVILEGED"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty() && x != "0"));
     assert!(
-        std::env::var_os("TANDEM_TEST_SKIP_PRIVILEGED").is_some(),
-        "{what} needs root; run the tests as root or set TANDEM_TEST_SKIP_PRIVILEGED=1 to skip it"
+        allowed,
+        "{why}. ./run-tests installs what the tests need; run as root, or set TANDEM_TEST_ALLOW_SKIP=1 to skip this test"
     );
-    eprintln!("SKIPPED (TANDEM_TEST_SKIP_PRIVILEGED): {what} needs root");
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    eprintln!("SKIPPED {test}: {why}");
+    if let Some(log) = std::env::var_os("TANDEM_TEST_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
     false
+}
+
+/// Whether `tool` runs here (`tool --version` or `-V` starts).
+pub fn has_tool(tool: &str, version_flag: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg(version_flag)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Whether this process runs as root; see [`can_run`] for what happens when not.
+pub fn is_root(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    can_run(root, &format!("{what} needs root"))
 }
