@@ -33,31 +33,115 @@ pub fn load_str_in(source: &str, text: &str, base: &Path) -> Result<Config, Conf
 }
 
 /// Parses and validates; `readable_by_others` says the file is world-readable (secrets
-/// in it are warned about).
+/// in it are warned about). Every problem is reported in one pass: unknown keys and
+/// badly typed values are set aside so the rest of the file is still read and validated.
 fn load(source: &str, text: &str, base: &Path, readable_by_others: bool) -> Result<Config, ConfigError> {
     let lines = LineIndex::new(text);
-    let file = parse(text, &lines).map_err(|issue| ConfigError::Invalid {
-        file: source.to_string(),
-        issues: vec![issue],
-    })?;
-    validate::validate(source, text, &lines, file, base, readable_by_others).map_err(|issues| ConfigError::Invalid {
-        file: source.to_string(),
-        issues,
-    })
+    let invalid = |mut issues: Vec<ConfigIssue>| {
+        issues.sort_by_key(|i| (i.line, i.col));
+        issues.dedup();
+        ConfigError::Invalid {
+            file: source.to_string(),
+            issues,
+        }
+    };
+    let (file, mut issues) = parse(text, &lines);
+    let Some(file) = file else {
+        return Err(invalid(issues));
+    };
+    match validate::validate(source, text, &lines, file, base, readable_by_others) {
+        Ok(config) if issues.is_empty() => Ok(config),
+        Ok(_) => Err(invalid(issues)),
+        Err(more) => {
+            issues.extend(more);
+            Err(invalid(issues))
+        }
+    }
 }
 
-fn parse(text: &str, lines: &LineIndex) -> Result<ConfigFile, ConfigIssue> {
-    let de = toml::Deserializer::parse(text).map_err(|e| toml_issue(&e, String::new(), lines))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
+/// Most problems one file can report before giving up.
+const MAX_PARSE_PROBLEMS: usize = 100;
+
+/// Deserialises the file, setting aside each entry serde refuses (an unknown key, a value
+/// of the wrong type) and trying again, so one typo does not hide the next. Returns the
+/// file when the rest deserialises, and every problem met.
+fn parse(text: &str, lines: &LineIndex) -> (Option<ConfigFile>, Vec<ConfigIssue>) {
+    let mut root = match toml::de::DeTable::parse(text) {
+        Ok(r) => r,
+        Err(e) => return (None, vec![toml_issue(&e, String::new(), lines)]),
+    };
+    let mut issues = Vec::new();
+    let mut removed_value = false;
+    while issues.len() < MAX_PARSE_PROBLEMS {
+        let de = toml::de::Deserializer::from(root.clone());
+        let e = match serde_path_to_error::deserialize::<_, ConfigFile>(de) {
+            Ok(file) => return (Some(file), issues),
+            Err(e) => e,
+        };
+        // A required value set aside for its type is then "missing": one mistake, one
+        // problem.
+        if removed_value && e.inner().message().starts_with("missing field") {
+            return (None, issues);
+        }
         let path = render_path(e.path());
-        toml_issue(e.inner(), path, lines)
-    })
+        issues.push(toml_issue(e.inner(), path, lines));
+        let Some(span) = e.inner().span() else {
+            return (None, issues);
+        };
+        match set_aside(root.get_mut(), &span) {
+            Some(was_key) => removed_value |= !was_key,
+            None => return (None, issues),
+        }
+    }
+    (None, issues)
+}
+
+/// Removes the table entry whose key or value is at `span`; says whether it was found
+/// by its key (`Some(true)`) or its value (`Some(false)`). Array elements are never
+/// removed (the indices of later problems would shift).
+fn set_aside(table: &mut toml::de::DeTable<'_>, span: &std::ops::Range<usize>) -> Option<bool> {
+    let hit = table.iter().find_map(|(k, v)| {
+        if k.span() == *span {
+            Some((k.get_ref().clone(), true))
+        } else if v.span() == *span {
+            Some((k.get_ref().clone(), false))
+        } else {
+            None
+        }
+    });
+    if let Some((key, by_key)) = hit {
+        table.remove(key.as_ref());
+        return Some(by_key);
+    }
+    // Spans of tables opened by a `[header]` cover the header only: search every
+    // nested table rather than the one whose span holds `span`.
+    for (_, v) in table.iter_mut() {
+        match v.get_mut() {
+            toml::de::DeValue::Table(t) => {
+                if let Some(found) = set_aside(t, span) {
+                    return Some(found);
+                }
+            }
+            toml::de::DeValue::Array(a) => {
+                for item in a.iter_mut() {
+                    if let toml::de::DeValue::Table(t) = item.get_mut() {
+                        if let Some(found) = set_aside(t, span) {
+                            return Some(found);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// `serde_path_to_error` prints sequences as `listener[0]`; we keep that, and drop the
 /// leading `.` it uses for the root.
 fn render_path(path: &serde_path_to_error::Path) -> String {
-    let p = path.to_string();
+    // A `Spanned` value shows up as an inner field of serde_spanned's own: not a key.
+    let p = path.to_string().replace(".$__serde_spanned_private_value", "");
     if p == "." {
         String::new()
     } else {

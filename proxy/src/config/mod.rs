@@ -5,6 +5,7 @@
 //! Restart-only settings (server, admin, log, listeners) are kept apart from hot ones
 //! (routes, clusters) so a reload can tell which parts it may apply.
 
+pub mod access;
 pub mod error;
 pub mod load;
 pub mod model;
@@ -43,6 +44,11 @@ pub struct Config {
     pub filters: Vec<FilterConfig>,
     /// Floating VIPs (restart-only).
     pub vips: Vec<tandem_ha::vip::router::VipConfig>,
+    /// Every file and directory the process will open, with the key naming it:
+    /// `tandem check` verifies the service user may use them.
+    pub files: Vec<access::FileUse>,
+    /// Certificates this node presents, with when each expires (for the expiry gauge).
+    pub certificates: Vec<CertificateExpiry>,
     /// Legal but probably unintended settings (e.g. a connect timeout longer than the
     /// per-try timeout); printed by `tandem check` and logged at load.
     pub warnings: Vec<ConfigIssue>,
@@ -54,6 +60,17 @@ impl Config {
     pub fn vip_addresses(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
         self.vips.iter().flat_map(|v| v.addresses.iter().map(|(a, _)| *a))
     }
+}
+
+/// A certificate this node presents and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateExpiry {
+    /// Where it is used: `listener/NAME` or `ha`.
+    pub used_by: String,
+    /// The certificate file.
+    pub path: std::path::PathBuf,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
 }
 
 /// What a failing filter means for its request.

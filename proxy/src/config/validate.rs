@@ -20,6 +20,8 @@ struct Checker<'a> {
     warnings: Vec<ConfigIssue>,
     /// The file can be read by every local user: a secret in it is warned about.
     readable_by_others: Option<&'a str>,
+    /// Files the configuration names (see [`Config::files`]).
+    files: Vec<super::access::FileUse>,
 }
 
 impl Checker<'_> {
@@ -53,6 +55,26 @@ impl Checker<'_> {
         } else {
             base.join(p)
         }
+    }
+
+    /// The path at `s`, remembered as a file the process will use as `access`.
+    fn file(
+        &mut self,
+        base: &std::path::Path,
+        s: &SpannedStr,
+        key: String,
+        access: super::access::Access,
+    ) -> std::path::PathBuf {
+        let path = self.path(base, s);
+        let (line, col) = self.lines.locate(s.span().start);
+        self.files.push(super::access::FileUse {
+            path: path.clone(),
+            access,
+            key,
+            line,
+            col,
+        });
+        path
     }
 
     fn listener_tls(
@@ -109,11 +131,30 @@ impl Checker<'_> {
             certificates: t
                 .certificates
                 .iter()
-                .map(|c| (self.path(base, &c.cert), self.path(base, &c.key)))
+                .enumerate()
+                .map(|(i, c)| {
+                    (
+                        self.file(
+                            base,
+                            &c.cert,
+                            format!("{key}.certificates[{i}].cert"),
+                            super::access::Access::Read,
+                        ),
+                        self.file(
+                            base,
+                            &c.key,
+                            format!("{key}.certificates[{i}].key"),
+                            super::access::Access::Read,
+                        ),
+                    )
+                })
                 .collect(),
             alpn: t.alpn.clone(),
             tls13_only,
-            client_ca: t.client_ca.as_ref().map(|p| self.path(base, p)),
+            client_ca: t
+                .client_ca
+                .as_ref()
+                .map(|p| self.file(base, p, format!("{key}.client_ca"), super::access::Access::Read)),
             client_auth,
             session_tickets: t.session_tickets,
         }
@@ -166,7 +207,10 @@ impl Checker<'_> {
         protocol: UpstreamProtocol,
     ) -> Option<(crate::tls::UpstreamTls, Built<rustls::ClientConfig>)> {
         let client_cert = match (&t.client_cert, &t.client_key) {
-            (Some(c), Some(k)) => Some((self.path(base, c), self.path(base, k))),
+            (Some(c), Some(k)) => Some((
+                self.file(base, c, format!("{key}.client_cert"), super::access::Access::Read),
+                self.file(base, k, format!("{key}.client_key"), super::access::Access::Read),
+            )),
             (None, None) => None,
             _ => {
                 self.at(
@@ -180,7 +224,10 @@ impl Checker<'_> {
         };
         let settings = crate::tls::UpstreamTls {
             sni: t.sni.clone(),
-            ca: t.ca.as_ref().map(|p| self.path(base, p)),
+            ca: t
+                .ca
+                .as_ref()
+                .map(|p| self.file(base, p, format!("{key}.ca"), super::access::Access::Read)),
             client_cert,
             alpn: match protocol {
                 UpstreamProtocol::H2c => vec!["h2".into()],
@@ -244,9 +291,9 @@ impl Checker<'_> {
         }
         let sync = self.dur(&h.sync_interval, "ha.sync_interval".into());
         let mut tls = tandem_ha::PeerTls::new(
-            self.path(base, &h.tls.ca),
-            self.path(base, &h.tls.cert),
-            self.path(base, &h.tls.key),
+            self.file(base, &h.tls.ca, "ha.tls.ca".into(), super::access::Access::Read),
+            self.file(base, &h.tls.cert, "ha.tls.cert".into(), super::access::Access::Read),
+            self.file(base, &h.tls.key, "ha.tls.key".into(), super::access::Access::Read),
         );
         tls.verify_node_id = h.tls.verify_node_id;
         if let Some(n) = &h.tls.peer_name {
@@ -293,7 +340,17 @@ impl Checker<'_> {
                 Some("keep election_timeout at least 3 × heartbeat (defaults \"150ms\" and \"50ms\")".into()),
             );
         }
-        let mut group = tandem_ha::HaConfig::new(h.node_id, peers, self.path(base, &h.data_dir), tls);
+        let mut group = tandem_ha::HaConfig::new(
+            h.node_id,
+            peers,
+            self.file(
+                base,
+                &h.data_dir,
+                "ha.data_dir".into(),
+                super::access::Access::Directory,
+            ),
+            tls,
+        );
         if !sync.is_zero() {
             group.sync_interval = sync;
         }
@@ -600,7 +657,7 @@ impl Checker<'_> {
                 Some(other) => serde_json::to_vec(other).unwrap_or_default(),
             }
         };
-        let path = self.path(base, &f.path);
+        let path = self.file(base, &f.path, format!("{key}.path"), super::access::Access::Read);
         let module = match crate::wasm::module::load(&path, f.sha256.as_ref().map(|s| s.get_ref().as_str())) {
             Ok(m) => m,
             Err(e) => {
@@ -796,7 +853,10 @@ impl Checker<'_> {
             garp_repeat: v.garp_repeat,
             garp_refresh,
             address_lifetime: lifetime,
-            notify: v.notify.as_ref().map(|n| self.path(base, n)),
+            notify: v
+                .notify
+                .as_ref()
+                .map(|n| self.file(base, n, format!("{key}.notify"), super::access::Access::Read)),
             hold_down,
             track_clusters: v.track_clusters.iter().map(|c| c.get_ref().clone()).collect(),
             track_weight: v.track_weight.min(254) as u8,
@@ -935,6 +995,7 @@ pub(crate) fn validate(
         issues: Vec::new(),
         warnings: Vec::new(),
         readable_by_others: readable_by_others.then_some(source),
+        files: Vec::new(),
     };
 
     let workers = if file.server.workers == 0 {
@@ -1005,7 +1066,19 @@ pub(crate) fn validate(
             "off" | "" => AccessLogTarget::Off,
             "stdout" => AccessLogTarget::Stdout,
             "stderr" => AccessLogTarget::Stderr,
-            p => AccessLogTarget::File(p.into()),
+            p => {
+                let (line, col) = text.find("access_log").map(|at| lines.locate(at)).unwrap_or((1, 1));
+                // As given: a relative path is taken from the working directory.
+                let path = std::path::PathBuf::from(p);
+                c.files.push(super::access::FileUse {
+                    path: path.clone(),
+                    access: super::access::Access::Append,
+                    key: "log.access_log".into(),
+                    line,
+                    col,
+                });
+                AccessLogTarget::File(path)
+            }
         },
         access_log_format: log_format(&mut c, &file.log.access_log_format, "log.access_log_format"),
     };
@@ -1766,8 +1839,30 @@ pub(crate) fn validate(
         c.issues.sort_by_key(|i| (i.line, i.col));
         return Err(c.issues);
     }
+    let mut certificates = Vec::new();
+    for l in &listeners {
+        for (cert, _) in l.tls.iter().flat_map(|t| t.certificates.iter()) {
+            if let Some(not_after) = crate::tls::not_after(cert) {
+                certificates.push(CertificateExpiry {
+                    used_by: format!("listener/{}", l.name),
+                    path: cert.clone(),
+                    not_after,
+                });
+            }
+        }
+    }
+    if let Some(h) = &ha {
+        if let Some(not_after) = crate::tls::not_after(&h.group.tls.cert) {
+            certificates.push(CertificateExpiry {
+                used_by: "ha".into(),
+                path: h.group.tls.cert.clone(),
+                not_after,
+            });
+        }
+    }
     Ok(Config {
         source: source.to_string(),
+        certificates,
         hash: fnv1a(text.as_bytes()),
         server,
         admin,
@@ -1776,6 +1871,7 @@ pub(crate) fn validate(
         routes,
         clusters,
         warnings: c.warnings,
+        files: c.files,
         ha,
         filters,
         vips,

@@ -46,13 +46,31 @@ fn check_reports_every_problem_and_exits_non_zero() {
     assert!(err.contains("3 problems found"), "{err}");
 }
 
+/// An example with its system paths (/var/log/tandem, /var/lib/tandem, /etc/tandem/ha)
+/// moved into `dir`, as the package's directories would provide them.
+fn example_in(dir: &std::path::Path, src: &std::path::Path) -> std::path::PathBuf {
+    for sub in ["log", "lib", "ha"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let text = std::fs::read_to_string(src)
+        .unwrap()
+        .replace("/var/log/tandem", &dir.join("log").display().to_string())
+        .replace("/var/lib/tandem", &dir.join("lib").display().to_string())
+        .replace("/etc/tandem/ha", &dir.join("ha").display().to_string());
+    let p = dir.join(src.file_name().unwrap());
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
 #[test]
 fn check_accepts_the_shipped_examples() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples");
+    let dir = tempfile::tempdir().unwrap();
     let mut n = 0;
     for entry in std::fs::read_dir(root).unwrap() {
         let p = entry.unwrap().path();
         if p.extension().is_some_and(|e| e == "toml") {
+            let p = example_in(dir.path(), &p);
             let out = tandem().args(["check", "-c"]).arg(&p).output().unwrap();
             assert!(
                 out.status.success(),
@@ -80,14 +98,117 @@ fn the_pair_examples_validate_with_lab_certificates() {
         .success());
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/pair");
     for f in ["node1.toml", "node2.toml", "witness.toml"] {
-        let text = std::fs::read_to_string(format!("{root}/{f}"))
-            .unwrap()
-            .replace("/etc/tandem/ha", &certs.display().to_string());
-        let p = dir.path().join(f);
-        std::fs::write(&p, text).unwrap();
+        let p = example_in(dir.path(), std::path::Path::new(&format!("{root}/{f}")));
         let out = tandem().args(["check", "-c"]).arg(&p).output().unwrap();
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("pair: node"), "{f}: {said}");
     }
+}
+
+/// `check` reads what the service user could not: certificates made as root are refused
+/// for another user, naming file, line and key; `certs --owner` hands them over; a log
+/// directory that does not exist is named too.
+#[test]
+fn check_verifies_files_as_the_service_user() {
+    if !crate::common::is_root("checking files as another user") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/pair");
+    let p = example_in(dir.path(), std::path::Path::new(&format!("{root}/node1.toml")));
+    for sub in ["log", "lib"] {
+        std::os::unix::fs::chown(dir.path().join(sub), Some(65534), Some(65534)).unwrap();
+    }
+    let certs = dir.path().join("ha");
+    let make = |owner: Option<&str>| {
+        let mut cmd = tandem();
+        cmd.args(["ctl", "cluster", "certs", "--members", "node1,node2,witness", "--out"])
+            .arg(&certs);
+        if let Some(o) = owner {
+            cmd.args(["--owner", o]);
+        }
+        assert!(cmd.status().unwrap().success());
+    };
+    make(None);
+    let out = tandem()
+        .args(["check", "--user", "nobody", "-c"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("ha.tls.key: nobody cannot read"), "{err}");
+    assert!(err.contains(&format!("{}:", p.display())), "{err}");
+    assert!(err.contains("file problem"), "{err}");
+    make(Some("nobody"));
+    let out = tandem()
+        .args(["check", "--user", "nobody", "-c"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("checked as user nobody"));
+
+    // A log directory that is not there: check says so before run would fail on it.
+    std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+    let out = tandem().args(["check", "-c"]).arg(&p).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("log.access_log: directory") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+/// One pass shows every problem: two unknown keys, a badly typed value and a semantic
+/// error, each once.
+#[test]
+fn check_reports_unknown_keys_and_bad_values_together() {
+    let (path, err) = check_fails(
+        "[server]
+workerz = 2
+
+[[listener]]
+name = \"web\"
+listen = \"127.0.0.1:8080\"
+idle_timeout = \"5 parsecs\"
+
+[[cluster]]
+name = \"api\"
+endpoints = [{ address = \"127.0.0.1:9000\", wieght = 2 }]
+
+[[route]]
+name = \"r\"
+cluster = \"apu\"
+max_retries = true
+",
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with(&path)).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(":2:1: server.workerz: unknown key `workerz`; did you mean `workers`?")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("wieght") && l.contains("did you mean `weight`?")),
+        "{err}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains(":7:") && l.contains("idle_timeout")),
+        "{err}"
+    );
+    assert!(lines.iter().any(|l| l.contains(":15:") && l.contains("apu")), "{err}");
+    assert!(
+        lines.iter().any(|l| l.contains(":16:") && l.contains("max_retries")),
+        "{err}"
+    );
+    assert_eq!(lines.len(), 5, "one problem per mistake: {err}");
 }
 
 #[test]
