@@ -51,26 +51,61 @@ pub struct AccessRecord {
     pub grpc_status: Option<u16>,
 }
 
+/// What the writer thread receives: records, and the operator's "reopen the file"
+/// (SIGUSR1, after logrotate moved it).
+#[derive(Debug)]
+// Boxing the record would cost an allocation per request; `Reopen` is rare.
+#[allow(clippy::large_enum_variant)]
+enum Message {
+    Record(AccessRecord),
+    Reopen,
+}
+
 /// Sender side, cloned into every worker.
 #[derive(Clone, Debug)]
 pub struct AccessLog {
-    tx: Option<SyncSender<AccessRecord>>,
+    tx: Option<SyncSender<Message>>,
     stats: Arc<StatsRegistry>,
 }
 
+/// Where lines go; a file can be reopened under its path.
+enum Sink {
+    Stream(Box<dyn Write + Send>),
+    File(std::path::PathBuf, std::fs::File),
+}
+
+impl Sink {
+    fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Stream(w) => w,
+            Sink::File(_, f) => f,
+        }
+    }
+}
+
 impl AccessLog {
-    /// Starts the writer thread for `target` (or a no-op log for `Off`).
+    /// Starts the writer thread for `target` (or a no-op log for `Off`). The error of a
+    /// file that cannot be opened names the file.
     pub fn start(target: &AccessLogTarget, format: LogFormat, stats: Arc<StatsRegistry>) -> std::io::Result<AccessLog> {
-        let out: Box<dyn Write + Send> = match target {
+        let out = match target {
             AccessLogTarget::Off => return Ok(AccessLog { tx: None, stats }),
-            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
-            AccessLogTarget::Stderr => Box::new(std::io::stderr()),
-            AccessLogTarget::File(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+            AccessLogTarget::Stdout => Sink::Stream(Box::new(std::io::stdout())),
+            AccessLogTarget::Stderr => Sink::Stream(Box::new(std::io::stderr())),
+            AccessLogTarget::File(p) => Sink::File(p.clone(), Sink::open(p)?),
         };
         let (tx, rx) = sync_channel(16 * 1024);
+        let writer_stats = stats.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer(rx, out, format))?;
+            .spawn(move || writer(rx, out, format, writer_stats))?;
         Ok(AccessLog { tx: Some(tx), stats })
     }
 
@@ -82,7 +117,7 @@ impl AccessLog {
     /// Queues a record without blocking.
     pub fn log(&self, rec: AccessRecord) {
         if let Some(tx) = &self.tx {
-            if let Err(TrySendError::Full(_)) = tx.try_send(rec) {
+            if let Err(TrySendError::Full(_)) = tx.try_send(Message::Record(rec)) {
                 self.stats
                     .process
                     .access_log_dropped
@@ -90,23 +125,71 @@ impl AccessLog {
             }
         }
     }
+
+    /// Asks the writer to close the file and open its path again (after logrotate
+    /// renamed it); lines queued before are written to the old file. Waits for room in
+    /// the queue: called from the control thread, never from the request path.
+    pub fn reopen(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Message::Reopen);
+        }
+    }
 }
 
-fn writer(rx: Receiver<AccessRecord>, out: Box<dyn Write + Send>, format: LogFormat) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+fn writer(rx: Receiver<Message>, mut out: Sink, format: LogFormat, stats: Arc<StatsRegistry>) {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut line = String::with_capacity(512);
-    while let Ok(rec) = rx.recv() {
-        let mut next = Some(rec);
-        while let Some(rec) = next {
-            line.clear();
-            match format {
-                LogFormat::Json => json_line(&mut line, &rec),
-                LogFormat::Text => text_line(&mut line, &rec),
+    while let Ok(msg) = rx.recv() {
+        let mut next = Some(msg);
+        while let Some(msg) = next {
+            match msg {
+                Message::Record(rec) => {
+                    line.clear();
+                    match format {
+                        LogFormat::Json => json_line(&mut line, &rec),
+                        LogFormat::Text => text_line(&mut line, &rec),
+                    }
+                    buf.extend_from_slice(line.as_bytes());
+                    if buf.len() >= 64 * 1024 {
+                        let _ = out.writer().write_all(&buf);
+                        buf.clear();
+                    }
+                }
+                Message::Reopen => {
+                    let _ = out.writer().write_all(&buf);
+                    buf.clear();
+                    reopen(&mut out, &stats);
+                }
             }
-            let _ = out.write_all(line.as_bytes());
             next = rx.try_recv().ok();
         }
-        let _ = out.flush();
+        let _ = out.writer().write_all(&buf);
+        buf.clear();
+        let _ = out.writer().flush();
+    }
+}
+
+/// Reopens a file sink under its path; on failure keeps writing to the open file
+/// (nothing is lost) and says why.
+fn reopen(out: &mut Sink, stats: &StatsRegistry) {
+    let Sink::File(path, file) = out else { return };
+    let _ = file.flush();
+    match Sink::open(path) {
+        Ok(f) => {
+            *file = f;
+            stats
+                .process
+                .access_log_reopens
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(path = %path.display(), "access log reopened");
+        }
+        Err(e) => {
+            stats
+                .process
+                .access_log_reopen_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!("access log: cannot reopen ({e}); still writing to the file open before");
+        }
     }
 }
 

@@ -12,7 +12,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -388,11 +389,14 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
             let on = !query.split('&').any(|p| p == "on=0" || p == "off");
             let handover = shared.runtime.load().config.server.maintenance_handover;
             shared.set_maintenance(on, handover);
+            let phase = shared.phase();
             text(
                 StatusCode::OK,
                 "application/json",
                 json!({
                     "maintenance": on,
+                    "phase": phase,
+                    "vips_released_in_ms": (phase == "handover").then_some(handover.as_millis() as u64),
                     "connections": shared.connections.load(Relaxed),
                     "vips": crate::vips::get().map_or(serde_json::Value::Array(Vec::new()), |v| v.status_json()),
                 })
@@ -466,6 +470,7 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         "ready": shared.is_ready(),
         "draining": shared.draining.load(Relaxed),
         "maintenance": shared.in_maintenance.load(Relaxed),
+        "phase": shared.phase(),
         "syn_gate_closed": *shared.syn_gate_closed.borrow(),
         "workers": shared.workers,
         "connections": shared.connections.load(Relaxed),
@@ -483,7 +488,7 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
             "name": &*r.name,
             "clusters": r.destinations.iter().map(|(c, w)| json!({"cluster": &*rt.clusters[*c].name, "weight": w})).collect::<Vec<_>>(),
             "timeout_ms": r.timeout.as_millis() as u64,
-            "responses": (1..=5).map(|c| r.stats.responses.get(c)).collect::<Vec<_>>(),
+            "responses": by_class(|c| r.stats.responses.get(c)),
         })).collect::<Vec<_>>(),
         "clusters": rt.clusters.iter().map(|c| json!({
             "name": &*c.name,
@@ -497,6 +502,7 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
                 "address": e.address.to_string(),
                 "weight": e.weight,
                 "state": e.stats.health.state_name(now),
+                "health_source": e.stats.health.source_name(now),
                 "eligible": e.stats.health.eligible(now),
                 "effective_weight": crate::balancer::Candidate::weight(e, now) as f64 / 1000.0,
                 "ejected_for_seconds": ejected_for(e.stats.health.ejected_until_ns.load(Relaxed)),
@@ -505,7 +511,7 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
                 "drained_seconds_ago": if e.stats.health.draining.load(Relaxed) { since(e.stats.health.drained_ns.load(Relaxed)) } else { serde_json::Value::Null },
                 "active_requests": e.stats.active.load(Relaxed),
                 "ewma_latency_ms": e.stats.ewma.get() / 1e6,
-                "responses": (1..=5).map(|k| e.stats.responses.get(k)).collect::<Vec<_>>(),
+                "responses": by_class(|c| e.stats.responses.get(c)),
                 "connections_opened": e.stats.connections_opened.load(Relaxed),
                 "connections_reused": e.stats.connections_reused.load(Relaxed),
                 "connect_failures": e.stats.connect_failures.load(Relaxed),
@@ -522,19 +528,60 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
     })
 }
 
+/// Request rate and 5xx share per route over the last few seconds, from samples the
+/// status page keeps (at most one a second, the oldest within 10 s used): `None` for a
+/// route until there is a sample a second old. A new generation starts over.
+fn route_rates(generation: u64, totals: &[(u64, u64)]) -> Vec<Option<(f64, f64)>> {
+    use std::collections::VecDeque;
+    type Sample = (Instant, u64, Vec<(u64, u64)>);
+    static SAMPLES: Mutex<VecDeque<Sample>> = Mutex::new(VecDeque::new());
+    let now = Instant::now();
+    let mut samples = SAMPLES.lock().unwrap_or_else(|p| p.into_inner());
+    samples.retain(|(t, g, v)| {
+        *g == generation && v.len() == totals.len() && now.duration_since(*t) <= Duration::from_secs(10)
+    });
+    let rates = match samples.front() {
+        Some((t, _, then)) if now.duration_since(*t) >= Duration::from_secs(1) => {
+            let dt = now.duration_since(*t).as_secs_f64();
+            totals
+                .iter()
+                .zip(then)
+                .map(|((all, err), (all0, err0))| {
+                    let n = all.saturating_sub(*all0);
+                    let e = err.saturating_sub(*err0);
+                    Some((n as f64 / dt, if n == 0 { 0.0 } else { e as f64 / n as f64 }))
+                })
+                .collect()
+        }
+        _ => vec![None; totals.len()],
+    };
+    if samples
+        .back()
+        .is_none_or(|(t, _, _)| now.duration_since(*t) >= Duration::from_secs(1))
+    {
+        samples.push_back((now, generation, totals.to_vec()));
+    }
+    rates
+}
+
+/// Response counts labelled by class: `{"1xx": n, "2xx": n, …}`.
+fn by_class(get: impl Fn(usize) -> u64) -> serde_json::Value {
+    json!({
+        "1xx": get(1),
+        "2xx": get(2),
+        "3xx": get(3),
+        "4xx": get(4),
+        "5xx": get(5),
+    })
+}
+
 /// The status page: the node's phase, its VIPs, the pair's group, routes and
 /// endpoints, refreshed every two seconds. Built from the same data as `/status`.
 fn status_page(shared: &Shared) -> String {
     use std::fmt::Write as _;
     let rt = shared.runtime.load();
     let now = crate::balancer::p2c_ewma::now_ns();
-    let phase = if shared.draining.load(Relaxed) {
-        "draining"
-    } else if shared.in_maintenance.load(Relaxed) {
-        "maintenance"
-    } else {
-        "serving"
-    };
+    let phase = shared.phase();
     let mut vips = String::new();
     if let Some(v) = crate::vips::get() {
         for x in v.status_json().as_array().into_iter().flatten() {
@@ -591,13 +638,31 @@ fn status_page(shared: &Shared) -> String {
             )
         }
     };
+    let totals: Vec<(u64, u64)> = rt
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                (1..=5).map(|c| r.stats.responses.get(c)).sum(),
+                r.stats.responses.get(5),
+            )
+        })
+        .collect();
+    let rates = route_rates(rt.generation, &totals);
     let mut routes = String::new();
-    for r in &rt.routes {
+    for (i, r) in rt.routes.iter().enumerate() {
         let by_class: Vec<u64> = (1..=5).map(|c| r.stats.responses.get(c)).collect();
         let total: u64 = by_class.iter().sum();
+        let (rps, errors) = rates
+            .get(i)
+            .copied()
+            .flatten()
+            .map_or(("–".to_string(), "–".to_string()), |(rps, err)| {
+                (format!("{rps:.1}"), format!("{:.1} %", err * 100.0))
+            });
         let _ = write!(
             routes,
-            "<tr><td>{}</td><td>{}</td><td>{total}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{rps}</td><td>{errors}</td><td>{total}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             html_escape(&r.name),
             r.destinations
                 .iter()
@@ -616,9 +681,10 @@ fn status_page(shared: &Shared) -> String {
             let state = e.stats.health.state_name(now);
             let _ = write!(
                 rows,
-                "<tr><td>{}</td><td>{}</td><td class=s-{state}>{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td class=s-{state}>{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>",
                 html_escape(&c.name),
                 e.address,
+                e.stats.health.source_name(now),
                 c.balancer.name(),
                 e.weight,
                 e.stats.active.load(Relaxed),
@@ -634,8 +700,8 @@ fn status_page(shared: &Shared) -> String {
 .s-healthy,.s-master,.q-true{{color:#070}}.s-unhealthy,.s-ejected,.q-false{{color:#b00}}.s-draining,.s-drained,.s-backup{{color:#a60}}</style></head>\
 <body><h1>Tandem</h1><p id=phase>{phase} · generation {} · {} workers · {} connections</p>\
 <h2>VIPs</h2>{vips}<h2>Pair</h2>{group}\
-<h2>Routes</h2><table id=routes><tr><th>route</th><th>clusters</th><th>responses</th><th>4xx</th><th>5xx</th><th>rate limited</th></tr>{routes}</table>\
-<h2>Endpoints</h2><table id=endpoints><tr><th>cluster</th><th>endpoint</th><th>state</th><th>balancer</th><th>weight</th><th>active</th><th>ewma ms</th><th>responses</th><th>5xx</th></tr>{rows}</table>\
+<h2>Routes</h2><table id=routes><tr><th>route</th><th>clusters</th><th>req/s</th><th>5xx (recent)</th><th>responses</th><th>4xx</th><th>5xx</th><th>rate limited</th></tr>{routes}</table>\
+<h2>Endpoints</h2><table id=endpoints><tr><th>cluster</th><th>endpoint</th><th>state</th><th>decided by</th><th>balancer</th><th>weight</th><th>active</th><th>ewma ms</th><th>responses</th><th>5xx</th></tr>{rows}</table>\
 <p><a href=/status>/status</a> · <a href=/cluster>/cluster</a> · <a href=/metrics>/metrics</a></p></body></html>",
         rt.generation,
         shared.workers,

@@ -71,6 +71,10 @@ pub struct Shared {
     /// Asks the control loop to stop as on SIGTERM (`POST /drain`): a VIP holder hands
     /// its VIPs over before the listeners close.
     pub stop_requested: tokio::sync::watch::Sender<bool>,
+    /// The configuration the process started with: restart-only settings (listeners,
+    /// admin, pair, VIPs) stay as they were then, so a reload compares against it (a
+    /// change reverted by a later reload is then no longer reported).
+    started_with: Arc<Config>,
     reload_lock: Mutex<()>,
     removed: Mutex<Vec<RemovedEndpoint>>,
 }
@@ -105,8 +109,10 @@ impl Shared {
             .map(|l| (l.name.clone(), stats.listener(&l.name)))
             .collect();
         let workers = config.server.workers;
-        let runtime = Runtime::compile(Arc::new(config), 1, &stats);
+        let config = Arc::new(config);
+        let runtime = Runtime::compile(config.clone(), 1, &stats);
         Arc::new(Shared {
+            started_with: config,
             runtime: ArcSwap::from_pointee(runtime),
             stats,
             listeners,
@@ -143,7 +149,7 @@ impl Shared {
             }
         };
         let current = self.runtime.load_full();
-        let ignored = restart_only_changes(&current.config, &next);
+        let ignored = restart_only_changes(&self.started_with, &next);
         for what in &ignored {
             tracing::warn!("reload: {what} changed; it takes effect only after a restart");
         }
@@ -245,6 +251,22 @@ impl Shared {
         if !self.draining.swap(true, SeqCst) {
             tracing::info!("draining: no longer accepting connections");
             let _ = self.shutdown.send(true);
+        }
+    }
+
+    /// Where the node is in its lifecycle, one word for status, ctl and the status page:
+    /// `serving`; `handover` (maintenance on, clients asked to close, VIPs still held
+    /// until `maintenance_handover` ends); `maintenance` (VIPs released, or none);
+    /// `draining` (stopping).
+    pub fn phase(&self) -> &'static str {
+        if self.draining.load(Relaxed) {
+            "draining"
+        } else if !self.in_maintenance.load(Relaxed) {
+            "serving"
+        } else if crate::vips::get().is_some() && !*self.syn_gate_closed.borrow() {
+            "handover"
+        } else {
+            "maintenance"
         }
     }
 

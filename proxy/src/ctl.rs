@@ -65,11 +65,14 @@ fn dechunk(mut s: &str) -> String {
 
 /// Writes a lab CA (`ca.pem`, `ca.key`) and one certificate per member (`NAME.pem`,
 /// `NAME.key`, DNS name `tandem-peer`, and `node<ID>.tandem-peer` when `ids` gives the
-/// members' node ids) for `[ha] tls`; keys are written mode 0600.
+/// members' node ids) for `[ha] tls`; keys are written mode 0600. With `owner` (uid,
+/// gid), the members' files, `ca.pem` and the directory belong to the service user, so
+/// certificates made as root can be read by it; `ca.key` stays the caller's.
 pub fn write_lab_certs(
     out: &std::path::Path,
     members: &[String],
     ids: &[u64],
+    owner: Option<(u32, u32)>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     std::fs::create_dir_all(out)?;
@@ -92,6 +95,17 @@ pub fn write_lab_certs(
         let cert = p.signed_by(&key, &ca)?;
         std::fs::write(out.join(format!("{m}.pem")), cert.pem())?;
         write_private(&out.join(format!("{m}.key")), &key.serialize_pem())?;
+    }
+    if let Some((uid, gid)) = owner {
+        let mut given = vec![out.to_path_buf(), out.join("ca.pem")];
+        for m in members {
+            given.push(out.join(format!("{m}.pem")));
+            given.push(out.join(format!("{m}.key")));
+        }
+        for path in given {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(|e| format!("chown {}: {e}", path.display()))?;
+        }
     }
     Ok(())
 }

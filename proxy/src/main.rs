@@ -31,11 +31,16 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Validate a configuration file and print what it compiles to.
+    /// Validate a configuration file, check that the service user may open every file
+    /// it names, and print what it compiles to.
     Check {
         /// Configuration file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Check file permissions as this user (default: the user running check; the
+        /// packaged unit runs it as `tandem`).
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Run a local demo: three demo backends and the proxy on 127.0.0.1:8080; as root,
     /// also a VIP pair (two nodes and a witness) in network namespaces.
@@ -68,7 +73,15 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
-    /// Talk to a running tandem through its admin API.
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `tandem man | man -l -`.
+    Man,
+    /// Talk to a running tandem through its admin API. Answers are tables and
+    /// `key: value` lines; `--json` prints the API's JSON.
     Ctl {
         /// Admin API address (default: from --config, else 127.0.0.1:9900).
         #[arg(long)]
@@ -79,6 +92,10 @@ enum Command {
         /// Admin token (default: from --config or $TANDEM_ADMIN_TOKEN).
         #[arg(long)]
         token: Option<String>,
+        /// Print the admin API's JSON as it answers (one line, for scripts and jq)
+        /// instead of tables.
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         what: CtlCommand,
     },
@@ -86,7 +103,7 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum CtlCommand {
-    /// Show status (listeners, routes, clusters, endpoints) as JSON.
+    /// Show status: phase, listeners, routes, endpoints, VIPs, the pair.
     Status,
     /// Print Prometheus metrics.
     Metrics,
@@ -131,6 +148,10 @@ enum ClusterCommand {
         /// `node<ID>.tandem-peer`, for `[ha] tls.verify_node_id = true`.
         #[arg(long, value_delimiter = ',')]
         ids: Vec<u64>,
+        /// Give the members' certificates and keys to this user (and its group), e.g.
+        /// `--owner tandem` when run as root for the packaged service.
+        #[arg(long)]
+        owner: Option<String>,
     },
     /// Add a member (started with this group's peers in its [ha] section): it joins as a
     /// learner, catches up, then votes.
@@ -203,34 +224,7 @@ fn main() -> ExitCode {
             };
             run(cfg, ConfigSource::File(config), None)
         }
-        Command::Check { config } => match config::load_file(&config) {
-            Ok(c) => {
-                for w in &c.warnings {
-                    eprintln!(
-                        "{}:{}:{}: warning: {}: {}{}",
-                        c.source,
-                        w.line,
-                        w.col,
-                        w.key,
-                        w.message,
-                        w.hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default()
-                    );
-                }
-                print_summary(&c);
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                let n = e.issues().len();
-                if n > 0 {
-                    eprintln!(
-                        "{n} problem{} found; configuration refused",
-                        if n == 1 { "" } else { "s" }
-                    );
-                }
-                ExitCode::from(2)
-            }
-        },
+        Command::Check { config, user } => check(&config, user.as_deref()),
         Command::Demo { single } => {
             let cfg = match config::load_str("<embedded demo>", demo::DEMO_CONFIG) {
                 Ok(c) => c,
@@ -385,12 +379,28 @@ fn main() -> ExitCode {
                 std::thread::park();
             }
         }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "tandem", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tandem man: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Ctl {
             admin,
             config,
             token,
+            json,
             what,
-        } => ctl_main(admin, config, token, what),
+        } => ctl_main(admin, config, token, json, what),
     }
 }
 
@@ -424,7 +434,13 @@ fn run(cfg: Config, source: ConfigSource, banner: Option<&str>) -> ExitCode {
     }
 }
 
-fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<String>, what: CtlCommand) -> ExitCode {
+fn ctl_main(
+    admin: Option<SocketAddr>,
+    config: Option<PathBuf>,
+    token: Option<String>,
+    json: bool,
+    what: CtlCommand,
+) -> ExitCode {
     let mut addr: SocketAddr = "127.0.0.1:9900".parse().expect("literal");
     let mut tok = token.or_else(|| std::env::var("TANDEM_ADMIN_TOKEN").ok());
     if let Some(path) = config {
@@ -444,6 +460,12 @@ fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<St
     if let Some(a) = admin {
         addr = a;
     }
+    let command = match &what {
+        CtlCommand::Status => "status",
+        CtlCommand::Metrics => "metrics",
+        CtlCommand::Cluster { what: None } => "cluster",
+        _ => "other",
+    };
     let (method, path) = match what {
         CtlCommand::Status => ("GET", "/status".to_string()),
         CtlCommand::Metrics => ("GET", "/metrics".to_string()),
@@ -453,8 +475,22 @@ fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<St
         CtlCommand::Live => ("GET", "/live".to_string()),
         CtlCommand::Cluster { what: None } => ("GET", "/cluster".to_string()),
         CtlCommand::Cluster {
-            what: Some(ClusterCommand::Certs { out, members, ids }),
+            what:
+                Some(ClusterCommand::Certs {
+                    out,
+                    members,
+                    ids,
+                    owner,
+                }),
         } => {
+            let owner = match owner.as_deref().map(tandem_proxy::config::access::User::lookup) {
+                None => None,
+                Some(Ok(u)) => Some((u.uid, u.gids[0])),
+                Some(Err(e)) => {
+                    eprintln!("tandem ctl cluster certs --owner: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             if !ids.is_empty() && ids.len() != members.len() {
                 eprintln!(
                     "tandem ctl cluster certs: --ids names {} ids for {} members; give one id per member, in order",
@@ -463,7 +499,7 @@ fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<St
                 );
                 return ExitCode::FAILURE;
             }
-            return match ctl::write_lab_certs(&out, &members, &ids) {
+            return match ctl::write_lab_certs(&out, &members, &ids, owner) {
                 Ok(()) => {
                     println!(
                         "wrote {}/ca.pem and a certificate per member: {}",
@@ -501,8 +537,14 @@ fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<St
     };
     match ctl::call(addr, tok.as_deref(), method, &path) {
         Ok((status, body)) => {
-            print!("{body}");
-            if !body.ends_with('\n') {
+            let shown = match serde_json::from_str::<serde_json::Value>(&body) {
+                Ok(_) if json => body,
+                Ok(v) => tandem_proxy::ctl_view::human(command, &v),
+                // Metrics (Prometheus text) and plain answers as they are.
+                Err(_) => body,
+            };
+            print!("{shown}");
+            if !shown.ends_with('\n') {
                 println!();
             }
             if (200..300).contains(&status) {
@@ -518,41 +560,57 @@ fn ctl_main(admin: Option<SocketAddr>, config: Option<PathBuf>, token: Option<St
     }
 }
 
-/// A lab PKI for the pair: a CA and per-member certificates for peer traffic.
-fn print_summary(c: &Config) {
-    println!("configuration OK: {}", c.source);
-    println!("workers: {}", c.server.workers);
-    for l in &c.listeners {
-        println!("listener {} on {}", l.name, l.listen);
-    }
-    for r in &c.routes {
-        let dests: Vec<String> = r
-            .destinations
-            .iter()
-            .map(|(i, w)| format!("{}(w={w})", c.clusters[*i].name))
-            .collect();
-        println!(
-            "route {}: hosts={:?} path={:?} methods={:?} -> {}",
-            r.name,
-            r.hosts,
-            path_desc(&r.path),
-            r.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
-            dests.join(", ")
+/// `tandem check`: every problem of the file (exit 2), then the files the user may not
+/// open (exit 2), else warnings and the summary.
+fn check(path: &std::path::Path, user: Option<&str>) -> ExitCode {
+    let c = match config::load_file(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            let n = e.issues().len();
+            if n > 0 {
+                eprintln!(
+                    "{n} problem{} found; configuration refused",
+                    if n == 1 { "" } else { "s" }
+                );
+            }
+            return ExitCode::from(2);
+        }
+    };
+    for w in &c.warnings {
+        eprintln!(
+            "{}:{}:{}: warning: {}: {}{}",
+            c.source,
+            w.line,
+            w.col,
+            w.key,
+            w.message,
+            w.hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default()
         );
     }
-    for cl in &c.clusters {
-        println!("cluster {}: {} {:?}", cl.name, cl.balancer.name(), cl.protocol);
-        for e in &cl.endpoints {
-            println!("  endpoint {} weight {}", e.address, e.weight);
+    let user = match user {
+        None => tandem_proxy::config::access::User::current(),
+        Some(name) => match tandem_proxy::config::access::User::lookup(name) {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("tandem check --user: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let problems = tandem_proxy::check::file_problems(&c, &user);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("{p}");
         }
+        eprintln!(
+            "{} file problem{} for user {}; configuration refused",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            user.name
+        );
+        return ExitCode::from(2);
     }
-}
-
-fn path_desc(p: &config::PathMatch) -> String {
-    match p {
-        config::PathMatch::Any => "*".into(),
-        config::PathMatch::Exact(s) => format!("={s}"),
-        config::PathMatch::Prefix(s) => format!("{s}*"),
-        config::PathMatch::Regex(r) => format!("~{}", r.as_str()),
-    }
+    print!("{}", tandem_proxy::check::summary(&c, &user));
+    ExitCode::SUCCESS
 }

@@ -175,6 +175,10 @@ pub struct ProcessStats {
     pub no_route: AtomicU64,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: AtomicU64,
+    /// Access log files reopened (SIGUSR1).
+    pub access_log_reopens: AtomicU64,
+    /// Access log reopens that failed (the old file kept being written).
+    pub access_log_reopen_failures: AtomicU64,
     /// Successful reloads.
     pub reloads_ok: AtomicU64,
     /// Refused reloads.
@@ -250,16 +254,17 @@ fn get_or_default<K: std::hash::Hash + Eq, V: Default>(m: &Mutex<HashMap<K, Arc<
 pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerStats>)], reg: &StatsRegistry) -> String {
     let mut out = String::with_capacity(16 * 1024);
     let p = &reg.process;
+    crate::process_metrics::render_build_info(&mut out);
+    crate::process_metrics::render_process(&mut out);
+    crate::process_metrics::render_certificates(&mut out, &rt.config.certificates);
+    // The file's hash is in /status; a label that changes every reload would start a
+    // new series each time.
     let _ = writeln!(
         out,
         "# HELP tandem_config_generation Generation of the applied configuration."
     );
     let _ = writeln!(out, "# TYPE tandem_config_generation gauge");
-    let _ = writeln!(
-        out,
-        "tandem_config_generation{{hash=\"{:016x}\"}} {}",
-        rt.hash, rt.generation
-    );
+    let _ = writeln!(out, "tandem_config_generation {}", rt.generation);
     counter(&mut out, "tandem_reloads_total", "Configuration reloads by result.");
     let _ = writeln!(
         out,
@@ -291,6 +296,16 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
             "tandem_access_log_dropped_total",
             "Access log lines dropped under back-pressure.",
             &p.access_log_dropped,
+        ),
+        (
+            "tandem_access_log_reopens_total",
+            "Access log files reopened on SIGUSR1 (log rotation).",
+            &p.access_log_reopens,
+        ),
+        (
+            "tandem_access_log_reopen_failures_total",
+            "Access log reopens that failed; lines kept going to the file open before.",
+            &p.access_log_reopen_failures,
         ),
     ] {
         counter(&mut out, name, help);
@@ -660,12 +675,31 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
         for e in &c.endpoints {
             let _ = writeln!(
                 out,
-                "tandem_endpoint_healthy{{cluster=\"{}\",endpoint=\"{}\",state=\"{}\"}} {}",
+                "tandem_endpoint_healthy{{cluster=\"{}\",endpoint=\"{}\"}} {}",
                 c.name,
                 e.address,
-                e.stats.health.state_name(now),
                 u8::from(e.stats.health.eligible(now))
             );
+        }
+    }
+    // One series per possible state (1 for the current one), so each keeps its labels.
+    gauge(
+        &mut out,
+        "tandem_endpoint_state",
+        "1 for the endpoint's current state (healthy, unhealthy, unknown, ejected, draining, drained), 0 for the others.",
+    );
+    for c in &rt.clusters {
+        for e in &c.endpoints {
+            let current = e.stats.health.state_name(now);
+            for state in crate::health::STATE_NAMES {
+                let _ = writeln!(
+                    out,
+                    "tandem_endpoint_state{{cluster=\"{}\",endpoint=\"{}\",state=\"{state}\"}} {}",
+                    c.name,
+                    e.address,
+                    u8::from(current == state)
+                );
+            }
         }
     }
     counter(

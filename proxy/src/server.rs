@@ -1,6 +1,6 @@
 //! `tandem run`: brings up logging, the access log, the shared state, the admin API
-//! and the workers, then handles signals: SIGHUP reloads, SIGTERM/SIGINT drain and
-//! exit. Also tells systemd (Type=notify) when it is ready.
+//! and the workers, then handles signals: SIGHUP reloads, SIGUSR1 reopens the access
+//! log, SIGTERM/SIGINT drain and exit. Also tells systemd (Type=notify) when it is ready.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -83,6 +83,7 @@ pub struct Running {
 struct Signals {
     rt: tokio::runtime::Runtime,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
@@ -94,15 +95,22 @@ impl Signals {
             .enable_all()
             .build()
             .map_err(RunError::Signals)?;
-        let (hup, term, int) = {
+        let (hup, usr1, term, int) = {
             let _in_rt = rt.enter();
             (
                 signal(SignalKind::hangup()).map_err(RunError::Signals)?,
+                signal(SignalKind::user_defined1()).map_err(RunError::Signals)?,
                 signal(SignalKind::terminate()).map_err(RunError::Signals)?,
                 signal(SignalKind::interrupt()).map_err(RunError::Signals)?,
             )
         };
-        Ok(Signals { rt, hup, term, int })
+        Ok(Signals {
+            rt,
+            hup,
+            usr1,
+            term,
+            int,
+        })
     }
 }
 
@@ -149,6 +157,7 @@ pub fn run_until_stopped(running: Running) -> Result<(), RunError> {
     let Signals {
         rt,
         mut hup,
+        mut usr1,
         mut term,
         mut int,
     } = running.signals;
@@ -163,6 +172,8 @@ pub fn run_until_stopped(running: Running) -> Result<(), RunError> {
                     let _ = shared.reload();
                     sd_notify("READY=1");
                 }
+                // nginx's USR1: reopen the access log after logrotate renamed it.
+                _ = usr1.recv() => shared.access_log.reopen(),
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = drain_rx.wait_for(|d| *d) => break,

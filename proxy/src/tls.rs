@@ -65,6 +65,14 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// When the first certificate of the PEM file at `path` stops being valid (Unix
+/// seconds); `None` when it cannot be read or parsed. Feeds the expiry gauge.
+pub fn not_after(path: &Path) -> Option<i64> {
+    let chain = load_certs(path).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(chain.first()?.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// Reads a PEM certificate chain.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;

@@ -41,6 +41,10 @@ pub const UNHEALTHY: u8 = 2;
 pub struct EndpointHealth {
     /// Active-check state (`UNKNOWN`, `HEALTHY`, `UNHEALTHY`).
     pub active: AtomicU8,
+    /// Who set `active` last: a [`verdict::Source`] as `u8` (shown as the health source).
+    pub active_from: AtomicU8,
+    /// The current (or last) ejection was adopted from a peer, not judged here.
+    pub ejected_by_peer: AtomicBool,
     /// Ejected until this time (ns since process start); 0 = not ejected.
     pub ejected_until_ns: AtomicU64,
     /// Ejections so far (multiplies the next ejection time).
@@ -77,6 +81,8 @@ impl Default for EndpointHealth {
     fn default() -> Self {
         Self {
             active: AtomicU8::new(UNKNOWN),
+            active_from: AtomicU8::new(verdict::Source::ActiveCheck as u8),
+            ejected_by_peer: AtomicBool::new(false),
             ejected_until_ns: AtomicU64::new(0),
             times_ejected: AtomicU32::new(0),
             consecutive_5xx: AtomicU32::new(0),
@@ -121,7 +127,30 @@ impl EndpointHealth {
         (elapsed / window).powf(1.0 / ss.aggression).max(ss.min_weight)
     }
 
-    /// A short name of the state for status pages and metrics.
+    /// Who decided the current state, for status pages: `passive` (this node's outlier
+    /// detection), `peer` (adopted from the pair), `active` (health checks), `filter`,
+    /// `operator`, or `-` while nothing has judged it.
+    pub fn source_name(&self, now_ns: u64) -> &'static str {
+        if self.is_ejected(now_ns) {
+            return if self.ejected_by_peer.load(Relaxed) {
+                "peer"
+            } else {
+                "passive"
+            };
+        }
+        if self.active.load(Relaxed) == UNKNOWN {
+            return "-";
+        }
+        match self.active_from.load(Relaxed) {
+            x if x == verdict::Source::Peer as u8 => "peer",
+            x if x == verdict::Source::Filter as u8 => "filter",
+            x if x == verdict::Source::Operator as u8 => "operator",
+            x if x == verdict::Source::Passive as u8 || x == verdict::Source::Sweep as u8 => "passive",
+            _ => "active",
+        }
+    }
+
+    /// A short name of the state for status pages and metrics, one of [`STATE_NAMES`].
     pub fn state_name(&self, now_ns: u64) -> &'static str {
         if self.draining.load(Relaxed) {
             return if self.drained_ns.load(Relaxed) > 0 {
@@ -140,6 +169,9 @@ impl EndpointHealth {
         }
     }
 }
+
+/// Every name [`EndpointHealth::state_name`] can give (the metrics export one series each).
+pub const STATE_NAMES: [&str; 6] = ["healthy", "unhealthy", "unknown", "ejected", "draining", "drained"];
 
 /// Passive outlier detection: counts consecutive 5xx and gateway errors of real
 /// traffic to endpoint `idx` and ejects through [`verdict::apply`] when a threshold is

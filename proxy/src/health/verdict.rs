@@ -92,6 +92,7 @@ pub fn apply(
         Verdict::Healthy => {
             let was = h.active.swap(HEALTHY, Relaxed);
             if was != HEALTHY {
+                h.active_from.store(source as u8, Relaxed);
                 if matches!(source, Source::ActiveCheck | Source::Filter) {
                     crate::pair::publish_verdict(target.cluster, target.address, true);
                 }
@@ -113,6 +114,7 @@ pub fn apply(
         }
         Verdict::Unhealthy => {
             if h.active.swap(UNHEALTHY, Relaxed) != UNHEALTHY {
+                h.active_from.store(source as u8, Relaxed);
                 if matches!(source, Source::ActiveCheck | Source::Filter) {
                     crate::pair::publish_verdict(target.cluster, target.address, false);
                 }
@@ -134,6 +136,7 @@ pub fn apply(
             let times = h.times_ejected.fetch_add(1, Relaxed) + 1;
             let dur = o.base_ejection_time.saturating_mul(times).min(o.max_ejection_time);
             h.ejected_until_ns.store(now + dur.as_nanos() as u64, Relaxed);
+            h.ejected_by_peer.store(source == Source::Peer, Relaxed);
             if source != Source::Peer {
                 // The pair ejects a gray endpoint together.
                 crate::pair::publish_ejection(
@@ -171,6 +174,7 @@ pub fn apply(
                 return false;
             }
             h.ejected_until_ns.store(now + left.as_nanos() as u64, Relaxed);
+            h.ejected_by_peer.store(true, Relaxed);
             h.ejections_peer.fetch_add(1, Relaxed);
             tracing::warn!(
                 cluster = target.cluster,

@@ -65,10 +65,13 @@ fn the_demo_serves_on_loopback_and_as_a_vip_pair() {
         std::thread::sleep(Duration::from_millis(100));
     }
     if banner().contains("VIP pair: not started") {
-        eprintln!(
-            "VIP pair skipped here: {}",
-            banner().lines().find(|l| l.contains("not started")).unwrap()
-        );
+        let why = banner()
+            .lines()
+            .find(|l| l.contains("not started"))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert!(!crate::common::can_run(false, &format!("the demo's {why}")));
         return;
     }
     let vip = "http://10.99.0.100:8080/";
@@ -85,7 +88,11 @@ fn the_demo_serves_on_loopback_and_as_a_vip_pair() {
         ])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"maintenance\":true"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("maintenance: yes") && said.contains("phase: handover"),
+        "{said}"
+    );
     wait_for(Some("tandem-demo-c"), vip, "-b", Duration::from_secs(5));
 
     // Ctrl-C: the demo stops its pair and removes the namespaces.

@@ -60,7 +60,7 @@ async fn sighup_applies_a_changed_route_without_failing_a_request() {
         assert_eq!(failures.load(Ordering::Relaxed), 0);
         assert!(total.load(Ordering::Relaxed) > 100);
         assert!(old.hits() > 0 && new.hits() > 0);
-        assert_eq!(proxy.metric("tandem_config_generation{"), 2.0);
+        assert_eq!(proxy.metric("tandem_config_generation "), 2.0);
         assert_eq!(proxy.metric("tandem_reloads_total{result=\"ok\"}"), 1.0);
     })
     .await;

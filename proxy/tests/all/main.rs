@@ -16,6 +16,7 @@ mod health;
 mod l4;
 mod lifecycle;
 mod limits;
+mod packaging;
 mod resilience;
 mod routing;
 mod security;

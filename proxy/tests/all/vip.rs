@@ -23,6 +23,12 @@ fn ip(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether `arping` (iputils) runs here: the fencing tests count the MACs answering ARP
+/// for the VIP with it.
+fn has_arping() -> bool {
+    crate::common::has_tool("arping", "-V")
+}
+
 impl Lab {
     /// Builds sw-TAG (bridge), a-TAG, b-TAG, c-TAG; `None` when namespaces cannot be
     /// created here (no CAP_NET_ADMIN).
@@ -68,8 +74,11 @@ impl Lab {
     /// `Lab::new`, saying why the test is skipped when it cannot run here.
     fn or_skip() -> Option<Lab> {
         let lab = Lab::new();
-        if lab.is_none() {
-            eprintln!("skipped: network namespaces cannot be created here (needs root / CAP_NET_ADMIN)");
+        if !crate::common::can_run(
+            lab.is_some(),
+            "network namespaces cannot be created here (needs root / CAP_NET_ADMIN)",
+        ) {
+            return None;
         }
         lab
     }
@@ -268,10 +277,7 @@ impl Lab {
     /// client (waits up to 1 s for a second answer).
     fn arp_macs(&self) -> std::collections::BTreeSet<String> {
         // Without the tool every sample would read as "no MAC answers".
-        assert!(
-            Command::new("arping").arg("-V").output().is_ok(),
-            "arping is not installed (Debian iputils-arping; .ci/run installs it)"
-        );
+        assert!(has_arping(), "arping is not installed (Debian iputils-arping)");
         let out = Command::new("ip")
             .args([
                 "netns",
@@ -360,6 +366,7 @@ impl Lab {
                 &self.ns(n),
                 env!("CARGO_BIN_EXE_tandem"),
                 "ctl",
+                "--json",
                 "--admin",
                 "127.0.0.1:9900",
             ])
@@ -465,6 +472,9 @@ fn election_failover_on_kill_preemption_and_maintenance() {
 
 #[test]
 fn partition_heal_converges_on_one_holder_within_a_second() {
+    if !crate::common::can_run(has_arping(), "arping is not installed (Debian package iputils-arping)") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let Some(lab) = Lab::pair(dir.path()) else { return };
     let mut heals = Vec::new();
@@ -552,8 +562,10 @@ s.sendto(advert(52, 200), ('224.0.0.18', 0))
 
 #[test]
 fn interoperates_with_keepalived_both_ways() {
-    if Command::new("keepalived").arg("--version").output().is_err() {
-        eprintln!("skipped: keepalived is not installed (.ci/run installs it)");
+    if !crate::common::can_run(
+        crate::common::has_tool("keepalived", "--version"),
+        "keepalived is not installed (Debian package keepalived)",
+    ) {
         return;
     }
     let Some(mut lab) = Lab::or_skip() else { return };
@@ -982,13 +994,11 @@ fn set_advert_loss(lab: &Lab, pct: u32) {
 
 #[test]
 fn lossy_adverts_cause_fewer_false_takeovers_than_keepalived() {
-    if Command::new("nft").arg("--version").output().is_err() {
-        eprintln!("skipped: nft is not installed (.ci/run installs nftables)");
-        return;
-    }
-    let keepalived_installed = Command::new("keepalived").arg("--version").output().is_ok();
-    if !keepalived_installed {
-        eprintln!("skipped: keepalived is not installed (.ci/run installs it)");
+    let tools = crate::common::has_tool("nft", "--version") && crate::common::has_tool("keepalived", "--version");
+    if !crate::common::can_run(
+        tools,
+        "nft or keepalived is not installed (Debian packages nftables, keepalived)",
+    ) {
         return;
     }
     // Side by side for the same 30 s windows: a Tandem pair with default timers and a
@@ -1025,6 +1035,9 @@ fn lossy_adverts_cause_fewer_false_takeovers_than_keepalived() {
 
 #[test]
 fn a_witness_fences_the_vip_during_a_partition() {
+    if !crate::common::can_run(has_arping(), "arping is not installed (Debian package iputils-arping)") {
+        return;
+    }
     let Some(mut lab) = Lab::or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
     lab.witness(dir.path());
