@@ -71,62 +71,82 @@ fn parse(text: &str, lines: &LineIndex) -> (Option<ConfigFile>, Vec<ConfigIssue>
         Err(e) => return (None, vec![toml_issue(&e, String::new(), lines)]),
     };
     let mut issues = Vec::new();
-    let mut removed_value = false;
+    // (table path, key) of every entry set aside.
+    let mut set_apart: Vec<(String, String)> = Vec::new();
     while issues.len() < MAX_PARSE_PROBLEMS {
         let de = toml::de::Deserializer::from(root.clone());
         let e = match serde_path_to_error::deserialize::<_, ConfigFile>(de) {
             Ok(file) => return (Some(file), issues),
             Err(e) => e,
         };
-        // A required value set aside for its type is then "missing": one mistake, one
-        // problem.
-        if removed_value && e.inner().message().starts_with("missing field") {
+        let path = render_path(e.path());
+        let message = e.inner().message();
+        if let Some(field) = quoted(message, "missing field `") {
+            // A required key that was misspelt or badly typed is then also "missing":
+            // one mistake, one problem. Nothing more can be read past a missing key.
+            let consequence = set_apart
+                .iter()
+                .any(|(table, key)| *table == path && (key == field || did_you_mean(key, [field]).is_some()));
+            if !consequence {
+                issues.push(toml_issue(e.inner(), path, lines));
+            }
             return (None, issues);
         }
-        let path = render_path(e.path());
+        let entry = match quoted(message, "unknown field `") {
+            Some(name) => {
+                // The path may already end with the unknown key itself.
+                let table = path
+                    .strip_suffix(name)
+                    .map_or(path.as_str(), |t| t.trim_end_matches('.'));
+                (table.to_string(), name.to_string())
+            }
+            None => match path.rsplit_once('.') {
+                Some((table, key)) => (table.to_string(), key.to_string()),
+                None => (String::new(), path.clone()),
+            },
+        };
         issues.push(toml_issue(e.inner(), path, lines));
         let Some(span) = e.inner().span() else {
             return (None, issues);
         };
-        match set_aside(root.get_mut(), &span) {
-            Some(was_key) => removed_value |= !was_key,
-            None => return (None, issues),
+        if !set_aside(root.get_mut(), &span) {
+            return (None, issues);
         }
+        set_apart.push(entry);
     }
     (None, issues)
 }
 
-/// Removes the table entry whose key or value is at `span`; says whether it was found
-/// by its key (`Some(true)`) or its value (`Some(false)`). Array elements are never
-/// removed (the indices of later problems would shift).
-fn set_aside(table: &mut toml::de::DeTable<'_>, span: &std::ops::Range<usize>) -> Option<bool> {
-    let hit = table.iter().find_map(|(k, v)| {
-        if k.span() == *span {
-            Some((k.get_ref().clone(), true))
-        } else if v.span() == *span {
-            Some((k.get_ref().clone(), false))
-        } else {
-            None
-        }
-    });
-    if let Some((key, by_key)) = hit {
+/// The text between `prefix` and the next backquote in `message`.
+fn quoted<'m>(message: &'m str, prefix: &str) -> Option<&'m str> {
+    message.strip_prefix(prefix)?.split('`').next()
+}
+
+/// Removes the table entry whose key or value is at `span`; false when there is none.
+/// Array elements are never removed (the indices of later problems would shift).
+fn set_aside(table: &mut toml::de::DeTable<'_>, span: &std::ops::Range<usize>) -> bool {
+    let hit = table
+        .iter()
+        .find(|(k, v)| k.span() == *span || v.span() == *span)
+        .map(|(k, _)| k.get_ref().clone());
+    if let Some(key) = hit {
         table.remove(key.as_ref());
-        return Some(by_key);
+        return true;
     }
     // Spans of tables opened by a `[header]` cover the header only: search every
     // nested table rather than the one whose span holds `span`.
     for (_, v) in table.iter_mut() {
         match v.get_mut() {
             toml::de::DeValue::Table(t) => {
-                if let Some(found) = set_aside(t, span) {
-                    return Some(found);
+                if set_aside(t, span) {
+                    return true;
                 }
             }
             toml::de::DeValue::Array(a) => {
                 for item in a.iter_mut() {
                     if let toml::de::DeValue::Table(t) = item.get_mut() {
-                        if let Some(found) = set_aside(t, span) {
-                            return Some(found);
+                        if set_aside(t, span) {
+                            return true;
                         }
                     }
                 }
@@ -134,7 +154,7 @@ fn set_aside(table: &mut toml::de::DeTable<'_>, span: &std::ops::Range<usize>) -
             _ => {}
         }
     }
-    None
+    false
 }
 
 /// `serde_path_to_error` prints sequences as `listener[0]`; we keep that, and drop the

@@ -129,3 +129,97 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     })
     .await;
 }
+
+/// `tandem ctl reload` (what `systemctl reload` runs) exits non-zero with the file's
+/// errors when it is refused; a restart-only change is reported until it is reverted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_reload_fails_visibly_and_forgets_a_reverted_listener_change() {
+    bounded(30, async {
+        let old = Backend::start("old").await;
+        let new = Backend::start("new").await;
+        let proxy = Proxy::start(&routed_to("old", &old, &new));
+        let ctl_reload = || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+                .args(["ctl", "--admin", &proxy.admin.to_string(), "reload"])
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        };
+        proxy.rewrite(&routed_to("missing", &old, &new));
+        let (ok, said) = ctl_reload();
+        assert!(!ok, "a refused reload must fail: {said}");
+        assert!(said.contains("route[0].cluster") && said.contains("missing"), "{said}");
+
+        proxy.rewrite(&routed_to("new", &old, &new));
+        let original = std::fs::read_to_string(proxy.config.path()).unwrap();
+        let changed = original.replacen("[[listener]]\n", "[[listener]]\nidle_timeout = \"7s\"\n", 1);
+        std::fs::write(proxy.config.path(), &changed).unwrap();
+        let (ok, said) = ctl_reload();
+        assert!(ok, "{said}");
+        assert!(said.contains("restart_required_for: listeners"), "{said}");
+        std::fs::write(proxy.config.path(), &original).unwrap();
+        let (ok, said) = ctl_reload();
+        assert!(ok, "{said}");
+        assert!(
+            said.contains("restart_required_for: \n") || !said.contains("listeners"),
+            "{said}"
+        );
+    })
+    .await;
+}
+
+/// logrotate moves the file, then SIGUSR1: later lines go to a new file at the path,
+/// earlier ones stay in the moved file, none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_access_log_after_rotation() {
+    bounded(30, async {
+        let b = Backend::start("b").await;
+        let proxy = Proxy::start(&format!(
+            "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n",
+            b.addr
+        ));
+        let mut c = Client::h1(proxy.addr).await;
+        for i in 0..5 {
+            assert_eq!(c.get("x", &format!("/before-{i}"), &[]).await.unwrap().status, 200);
+        }
+        let lines = |p: &std::path::Path, what: &str| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(what))
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lines(&proxy.stdout_path, "/before-") < 5 {
+            assert!(Instant::now() < deadline, "lines not written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rotated = proxy.stdout_path.with_extension("log.1");
+        std::fs::rename(&proxy.stdout_path, &rotated).unwrap();
+        proxy.signal("USR1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proxy.metric("tandem_access_log_reopens_total") < 1.0 {
+            assert!(Instant::now() < deadline, "SIGUSR1 did not reopen the log");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for i in 0..5 {
+            assert_eq!(c.get("x", &format!("/after-{i}"), &[]).await.unwrap().status, 200);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lines(&proxy.stdout_path, "/after-") < 5 {
+            assert!(Instant::now() < deadline, "no lines in the reopened file");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(lines(&rotated, "/before-"), 5);
+        assert_eq!(lines(&rotated, "/after-"), 0);
+        assert_eq!(lines(&proxy.stdout_path, "/before-"), 0);
+    })
+    .await;
+}
