@@ -135,26 +135,14 @@ fn set_aside(table: &mut toml::de::DeTable<'_>, span: &std::ops::Range<usize>) -
     }
     // Spans of tables opened by a `[header]` cover the header only: search every
     // nested table rather than the one whose span holds `span`.
-    for (_, v) in table.iter_mut() {
-        match v.get_mut() {
-            toml::de::DeValue::Table(t) => {
-                if set_aside(t, span) {
-                    return true;
-                }
-            }
-            toml::de::DeValue::Array(a) => {
-                for item in a.iter_mut() {
-                    if let toml::de::DeValue::Table(t) = item.get_mut() {
-                        if set_aside(t, span) {
-                            return true;
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    false
+    table.iter_mut().any(|(_, v)| match v.get_mut() {
+        toml::de::DeValue::Table(t) => set_aside(t, span),
+        toml::de::DeValue::Array(a) => a.iter_mut().any(|item| match item.get_mut() {
+            toml::de::DeValue::Table(t) => set_aside(t, span),
+            _ => false,
+        }),
+        _ => false,
+    })
 }
 
 /// `serde_path_to_error` prints sequences as `listener[0]`; we keep that, and drop the

@@ -124,6 +124,15 @@ async fn sni_picks_the_certificate_alpn_negotiates_h2_and_sessions_resume() {
             assert!(t.elapsed() < Duration::from_secs(2), "resumption not counted");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Each certificate's expiry is exported (the lab certificates run to 4096).
+        let year_4000 = 64_060_588_800.0;
+        for (cert, _) in [&a, &b] {
+            let expiry = proxy.metric(&format!(
+                "tandem_tls_certificate_expiry_timestamp_seconds{{used_by=\"listener/web\",path=\"{}\"}}",
+                cert.display()
+            ));
+            assert!(expiry > year_4000, "{}: {expiry}", cert.display());
+        }
     })
     .await;
 }
