@@ -98,7 +98,7 @@ async fn a_pair_is_upgraded_one_node_at_a_time_without_a_failed_request() {
         let (ok, failed, failures) = traffic.stop().await;
         eprintln!("upgrade of the pair under 200 req/s: {ok} requests ok, {failed} failed");
         assert_eq!(failed, 0, "{failures:?}");
-        assert!(ok > 1000, "{ok}");
+        assert!(ok > 500, "too little traffic to judge: {ok}");
         // The sessions bound before the upgrade are all still bound, on both nodes.
         eventually("both nodes hold the same tables", Duration::from_secs(5), || {
             c.node(1).view()["tables"] == c.node(2).view()["tables"]
