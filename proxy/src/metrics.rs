@@ -917,10 +917,12 @@ pub fn render_group(out: &mut String, v: &crate::pair::GroupView) {
     }
 }
 
-fn counter(out: &mut String, name: &str, help: &str) {
+/// Writes the HELP and TYPE lines of a counter.
+pub(crate) fn counter(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
 }
-fn gauge(out: &mut String, name: &str, help: &str) {
+/// Writes the HELP and TYPE lines of a gauge.
+pub(crate) fn gauge(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
 }
 fn histogram_head(out: &mut String, name: &str, help: &str) {

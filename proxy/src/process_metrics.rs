@@ -77,11 +77,7 @@ pub fn render_process(out: &mut String) {
 
 /// Appends `tandem_build_info{version=…} 1`.
 pub fn render_build_info(out: &mut String) {
-    let _ = writeln!(
-        out,
-        "# HELP tandem_build_info Tandem's version (the value is always 1)."
-    );
-    let _ = writeln!(out, "# TYPE tandem_build_info gauge");
+    crate::metrics::gauge(out, "tandem_build_info", "Tandem's version (the value is always 1).");
     let _ = writeln!(
         out,
         "tandem_build_info{{version=\"{}\",profile=\"{}\"}} 1",
@@ -96,11 +92,11 @@ pub fn render_certificates(out: &mut String, certs: &[crate::config::Certificate
     if certs.is_empty() {
         return;
     }
-    let _ = writeln!(
+    crate::metrics::gauge(
         out,
-        "# HELP tandem_tls_certificate_expiry_timestamp_seconds When a certificate this node presents expires (notAfter, Unix seconds)."
+        "tandem_tls_certificate_expiry_timestamp_seconds",
+        "When a certificate this node presents expires (notAfter, Unix seconds).",
     );
-    let _ = writeln!(out, "# TYPE tandem_tls_certificate_expiry_timestamp_seconds gauge");
     for c in certs {
         let _ = writeln!(
             out,
@@ -116,8 +112,14 @@ fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// One unlabelled series with its HELP and TYPE lines (`kind`: counter or gauge).
 fn gauge_line(out: &mut String, name: &str, kind: &str, help: &str, v: f64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    if kind == "counter" {
+        crate::metrics::counter(out, name, help);
+    } else {
+        crate::metrics::gauge(out, name, help);
+    }
+    let _ = writeln!(out, "{name} {v}");
 }
 
 /// The fields of /proc/self/stat used here.
