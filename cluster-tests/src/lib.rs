@@ -2,8 +2,11 @@
 //! loopback whose peer traffic runs through [`Link`]s the test can cut and heal (a
 //! partition without root), demo backends in process, and small HTTP helpers.
 //! Everything is bounded in time and torn down on drop (processes killed, data removed).
+//! [`lab`] is the network-namespace lab for VIP and failover tests (root only).
 
 #![warn(missing_docs)]
+
+pub mod lab;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +36,42 @@ pub fn tandem_bin() -> PathBuf {
         bin
     })
     .clone()
+}
+
+/// Whether a test that needs something this machine may lack (`ok` false: `why`) goes
+/// on. Without it the test fails with the reason, unless `TANDEM_TEST_ALLOW_SKIP=1` says
+/// to skip: then it logs `SKIPPED` (and appends to `$TANDEM_TEST_SKIP_LOG`, which
+/// `./run-tests` lists at the end) and returns false. A skip is never a silent pass.
+pub fn can_run(ok: bool, why: &str) -> bool {
+    if ok {
+        return true;
+    }
+    let allowed = ["TANDEM_TEST_ALLOW_SKIP", "TANDEM_TEST_SKIP_PRIVILEGED"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty() && x != "0"));
+    assert!(
+        allowed,
+        "{why}. ./run-tests installs what the tests need; run as root, or set TANDEM_TEST_ALLOW_SKIP=1 to skip this test"
+    );
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    eprintln!("SKIPPED {test}: {why}");
+    if let Some(log) = std::env::var_os("TANDEM_TEST_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
+    false
+}
+
+/// Whether `tool` runs here (`tool --version` or `-V` starts).
+pub fn has_tool(tool: &str, version_flag: &str) -> bool {
+    Command::new(tool)
+        .arg(version_flag)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }
 
 /// A free loopback port for a process the test starts.

@@ -323,3 +323,42 @@ async fn a_member_down_for_several_snapshots_catches_up_under_traffic() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_returns_to_the_witness_after_it_was_away() {
+    bounded(150, async {
+        let mut c = Cluster::start(pair_with_witness(), 3).await;
+        let witness = c.witness.unwrap();
+        let targets = Arc::new(Mutex::new(vec![c.node(1).http, c.node(2).http]));
+        let traffic = Traffic::start(targets.clone(), 200, 1_000_000);
+        assert_eq!(c.wait_for_leader(Duration::from_secs(10)).await, witness);
+        let term = |c: &Cluster| c.node(1).view()["term"].as_u64().unwrap_or(0);
+        let mut took = Vec::new();
+        for round in 0..4 {
+            c.node_mut(witness).kill();
+            eventually("a proxy leads", Duration::from_secs(10), || {
+                let l = c.node(1).view()["leader"].as_u64();
+                l.is_some() && l != Some(witness) && l == c.node(2).view()["leader"].as_u64()
+            })
+            .await;
+            let proxy = c.node(1).view()["leader"].as_u64().unwrap();
+            c.node_mut(witness).start();
+            let before = term(&c);
+            let t = Instant::now();
+            eventually("the witness leads again", Duration::from_secs(15), || {
+                c.nodes.iter().all(|n| n.view()["leader"].as_u64() == Some(witness))
+            })
+            .await;
+            took.push(t.elapsed());
+            eprintln!(
+                "round {round}: proxy {proxy} led; the witness leads again {:?} after its restart (term {before} → {})",
+                t.elapsed(),
+                term(&c)
+            );
+        }
+        let (ok, failed, failures) = traffic.stop().await;
+        assert_eq!(failed, 0, "{failures:?}");
+        eprintln!("{ok} requests, none failed; handbacks took {took:?}");
+    })
+    .await;
+}

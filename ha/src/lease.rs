@@ -8,7 +8,6 @@
 //! agrees. Times are the proposer's wall clock (ms since the Unix epoch): members must
 //! keep their clocks in sync (NTP) to well under the lease time.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -114,6 +113,9 @@ pub struct LeaseClient {
 
 /// How long one attempt at one member may take.
 const ATTEMPT: Duration = Duration::from_millis(250);
+/// How long the leader may take before the same change is also relayed through the
+/// other members.
+const RELAY_AFTER: Duration = Duration::from_millis(40);
 /// Pause between rounds while there is no leader.
 const ROUND_GAP: Duration = Duration::from_millis(20);
 
@@ -176,26 +178,66 @@ impl LeaseClient {
         }
     }
 
-    /// One try: locally if leader, else the leader, else a relay through each other member.
+    /// One try: locally if leader, else the leader, and — when the leader has not
+    /// answered within [`RELAY_AFTER`] — a relay through each other member at the same
+    /// time; the first answer wins. A lease renewal must land well within the lease's
+    /// life even while the leader is cut off from this node (an A↔B partition with a
+    /// proxy leading): waiting out a blackholed attempt first would let the lease
+    /// lapse, and the other node would be granted it while this one still holds the VIP.
     async fn round(&self, batch: &Batch) -> Option<Option<Lease>> {
         let leader = match tokio::time::timeout(ATTEMPT, self.raft.client_write(batch.clone())).await {
             Ok(Ok(r)) => return Some(r.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => f.leader_id,
             _ => None,
         };
-        let mut tried = BTreeSet::new();
-        if let Some(l) = leader.filter(|l| *l != self.id) {
-            tried.insert(l);
-            if let Some(answer) = self.ask(l, Request::Propose(batch.clone())).await {
+        let mut asks = tokio::task::JoinSet::new();
+        let leader = leader.filter(|l| *l != self.id);
+        if let Some(l) = leader {
+            let me = self.clone();
+            let batch = batch.clone();
+            asks.spawn(async move { me.ask(l, Request::Propose(batch)).await });
+            // The usual case: the leader commits within a few milliseconds.
+            if let Ok(Some(Ok(Some(answer)))) = tokio::time::timeout(RELAY_AFTER, asks.join_next()).await {
                 return Some(answer);
             }
         }
-        for p in self.peers.iter().filter(|p| p.id != self.id && !tried.contains(&p.id)) {
-            if let Some(answer) = self.ask(p.id, Request::Relay(batch.clone())).await {
+        for p in self.peers.iter().filter(|p| p.id != self.id && Some(p.id) != leader) {
+            let (me, batch, id) = (self.clone(), batch.clone(), p.id);
+            asks.spawn(async move { me.ask(id, Request::Relay(batch)).await });
+        }
+        while let Some(r) = asks.join_next().await {
+            if let Ok(Some(answer)) = r {
                 return Some(answer);
             }
         }
         None
+    }
+
+    /// Whether another member was heard from within `within`: the group may then be
+    /// working without this node, and a lease it could not renew may be granted to
+    /// someone else.
+    pub fn reaches_any_member(&self, within: Duration) -> bool {
+        self.peers
+            .iter()
+            .filter(|p| p.id != self.id)
+            .any(|p| self.network.contacts.since(p.id).is_some_and(|d| d <= within))
+    }
+
+    /// Relays `batch` through every member but this one and `skip` at once; whether one
+    /// of them had it committed. For a follower's publisher whose leader is out of
+    /// reach (its changes then still reach the group through the witness).
+    pub(crate) async fn relay(&self, batch: &Batch, skip: Option<NodeId>) -> bool {
+        let mut asks = tokio::task::JoinSet::new();
+        for p in self.peers.iter().filter(|p| p.id != self.id && Some(p.id) != skip) {
+            let (me, batch, id) = (self.clone(), batch.clone(), p.id);
+            asks.spawn(async move { me.ask(id, Request::Relay(batch)).await });
+        }
+        while let Some(r) = asks.join_next().await {
+            if let Ok(Some(_)) = r {
+                return true;
+            }
+        }
+        false
     }
 
     async fn ask(&self, target: NodeId, req: Request) -> Option<Option<Lease>> {

@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+pub mod handback;
 pub mod lease;
 pub mod network;
 pub mod node;

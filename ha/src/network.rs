@@ -234,6 +234,12 @@ pub enum Request {
     Hello,
     /// A membership change, for the leader to carry out.
     Membership(MembershipChange),
+    /// From a leader that is not the preferred one: stand for election once your log
+    /// reaches `last_log_index` (see [`crate::handback`]).
+    Handback {
+        /// The leader's last log index when it asked.
+        last_log_index: u64,
+    },
 }
 
 /// A change of the group's members (`tandem ctl cluster add|remove|replace`).
@@ -271,6 +277,8 @@ pub enum Reply {
     },
     /// To `Membership`: the voters afterwards, or why it failed.
     Membership(Result<Vec<NodeId>, String>),
+    /// To `Handback`: whether this member stood for election.
+    Handback(bool),
 }
 
 /// When this node last heard from each member (a reply to its call, or a request that
@@ -500,7 +508,7 @@ fn speaks_for(req: &Request) -> Option<NodeId> {
         Request::Vote(r) => r.vote.leader_id().voted_for(),
         Request::Snapshot(r) => r.vote.leader_id().voted_for(),
         Request::Relay(b) => Some(b.origin),
-        Request::Propose(_) | Request::Hello | Request::Membership(_) => None,
+        Request::Propose(_) | Request::Hello | Request::Membership(_) | Request::Handback { .. } => None,
     }
 }
 
@@ -609,6 +617,9 @@ pub async fn serve(
                         initialized: raft.is_initialized().await.unwrap_or(false),
                     },
                     Request::Membership(m) => Reply::Membership(change_membership(&raft, m).await),
+                    Request::Handback { last_log_index } => {
+                        Reply::Handback(crate::handback::stand(&raft, last_log_index).await)
+                    }
                 };
                 if write_frame(&mut conn, &reply).await.is_err() {
                     return;

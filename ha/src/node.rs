@@ -40,6 +40,12 @@ pub const SNAPSHOT_CHUNK: u64 = 1 << 20;
 pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
 /// A single change larger than this is not published (it could not cross the wire).
 pub const MAX_CHANGE_BYTES: usize = 1 << 20;
+/// How long a fresh node that found a formed group waits for the leader before it says
+/// it must be added.
+const NOT_ADDED_WARNING: Duration = Duration::from_secs(10);
+/// How long a follower's batch may wait on the leader before it goes through the other
+/// members instead.
+const LEADER_WAIT: Duration = Duration::from_millis(250);
 
 /// A member of the group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +203,19 @@ impl HaNode {
         let raft = Raft::new(cfg.id, Arc::new(config), network.clone(), log, sm)
             .await
             .map_err(|e| HaError::Raft(e.to_string()))?;
+        // A member that just (re)started must not stand for election before a sitting
+        // leader had time to reach it: its higher term would depose a healthy leader
+        // (openraft 0.9 has no pre-vote). Forming a new group is not delayed (initialize
+        // starts its own election).
+        raft.runtime_config().elect(false);
+        {
+            let raft = raft.clone();
+            let quiet = election * 4;
+            tokio::spawn(async move {
+                tokio::time::sleep(quiet).await;
+                raft.runtime_config().elect(true);
+            });
+        }
 
         let listener = tokio::net::TcpListener::bind(me.address).await?;
         let listen = listener.local_addr()?;
@@ -216,12 +235,25 @@ impl HaNode {
         let fresh = !raft.is_initialized().await.unwrap_or(false);
         let group_exists = fresh && any_peer_initialized(&network, &cfg.peers, cfg.id).await;
         if group_exists {
-            tracing::warn!(
+            // A member of the group's first configuration is reached by the leader at
+            // once; only a node the group does not know stays empty.
+            tracing::info!(
                 node = cfg.id,
-                "ha: this node has no Raft data but its peers form a group: it waits to be added \
-                 (tandem ctl cluster add). If it was a member whose data_dir was lost, start it \
-                 under a new node_id and run `tandem ctl cluster replace OLD NEW ADDRESS`"
+                "ha: no Raft data here and the group exists: waiting for the leader to reach this node"
             );
+            let raft = raft.clone();
+            let id = cfg.id;
+            tokio::spawn(async move {
+                tokio::time::sleep(NOT_ADDED_WARNING).await;
+                if !raft.is_initialized().await.unwrap_or(true) {
+                    tracing::warn!(
+                        node = id,
+                        "ha: this node has no Raft data and the group has not reached it: it waits to be added \
+                         (tandem ctl cluster add). If it was a member whose data_dir was lost, start it \
+                         under a new node_id and run `tandem ctl cluster replace OLD NEW ADDRESS`"
+                    );
+                }
+            });
         }
         if former == Some(cfg.id) && fresh && !group_exists {
             let members: BTreeMap<NodeId, BasicNode> = cfg
@@ -232,6 +264,15 @@ impl HaNode {
             if let Err(e) = raft.initialize(members).await {
                 tracing::info!(error = %e, "group already initialised");
             }
+        }
+        if let Some(p) = preferred.filter(|p| *p != cfg.id) {
+            // openraft's leader lease is the maximum election timeout.
+            tasks.push(tokio::spawn(crate::handback::run(
+                raft.clone(),
+                network.clone(),
+                p,
+                election * 2,
+            )));
         }
         let health = Arc::new(GroupHealth::default());
         tasks.push(tokio::spawn(crate::watch::run(
@@ -251,6 +292,7 @@ impl HaNode {
             cfg.sync_interval,
             rx,
             pending.clone(),
+            lease_client.clone(),
         )));
         Ok(HaNode {
             id: cfg.id,
@@ -370,6 +412,7 @@ async fn publisher(
     period: Duration,
     mut rx: mpsc::UnboundedReceiver<Change>,
     pending_gauge: Arc<AtomicUsize>,
+    relays: LeaseClient,
 ) {
     let mut pending: Vec<Change> = Vec::new();
     let mut leader_client: Option<(NodeId, PeerClient)> = None;
@@ -396,7 +439,7 @@ async fn publisher(
                 origin: id,
                 changes: pending[..n].to_vec(),
             };
-            if !propose(&raft, &network, &mut leader_client, batch).await {
+            if !propose(&raft, &relays, &network, &mut leader_client, batch).await {
                 break;
             }
             pending.drain(..n);
@@ -422,6 +465,7 @@ fn batch_len(pending: &[Change]) -> usize {
 /// Proposes one batch here or through the leader; whether it was committed.
 async fn propose(
     raft: &Raft,
+    relays: &LeaseClient,
     network: &Network,
     leader_client: &mut Option<(NodeId, PeerClient)>,
     batch: Batch,
@@ -436,11 +480,17 @@ async fn propose(
                     *leader_client = Some((lid, n.new_client(lid, &node).await));
                 }
                 let (_, c) = leader_client.as_mut().expect("set above");
-                let req = Request::Propose(batch);
-                let call = tokio::time::timeout(Duration::from_secs(2), c.call(&req));
-                matches!(call.await, Ok(Ok(crate::network::Reply::Propose(Ok(_)))))
+                let req = Request::Propose(batch.clone());
+                let call = tokio::time::timeout(LEADER_WAIT, c.call(&req));
+                if matches!(call.await, Ok(Ok(crate::network::Reply::Propose(Ok(_))))) {
+                    return true;
+                }
+                // The leader is out of reach from here (an A↔B cut with a proxy leading):
+                // through the other members, so the group still hears this node.
+                *leader_client = None;
+                relays.relay(&batch, Some(lid)).await
             }
-            _ => false,
+            _ => relays.relay(&batch, None).await,
         },
         _ => false,
     }

@@ -21,6 +21,11 @@ pub struct GroupHealth {
     pub quorum: AtomicBool,
     /// The Raft core stopped (a fatal storage or network error); nothing replicates.
     pub stopped: AtomicBool,
+    /// Like `quorum`, judged within one election timeout instead of three: what is
+    /// replicated right now reaches this member (the leader heard from, or a majority
+    /// acknowledging it). Cluster rate limits use it: a count frozen for a second is
+    /// already wrong.
+    pub in_touch: AtomicBool,
 }
 
 /// How recent contact must be to count (a few election timeouts).
@@ -34,10 +39,19 @@ pub fn judge_quorum(
     contacts: &Contacts,
     election_timeout: Duration,
 ) -> bool {
+    reaches_quorum_within(m, contacts, horizon(election_timeout))
+}
+
+/// Whether the leader (as a follower) or a majority (as the leader) was heard from
+/// within `within`.
+fn reaches_quorum_within(
+    m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>,
+    contacts: &Contacts,
+    within: Duration,
+) -> bool {
     if m.running_state.is_err() || m.state == ServerState::Shutdown {
         return false;
     }
-    let within = horizon(election_timeout);
     match m.state {
         ServerState::Leader => m
             .millis_since_quorum_ack
@@ -57,7 +71,8 @@ pub async fn run(raft: Raft, contacts: Arc<Contacts>, health: Arc<GroupHealth>, 
     let mut last_state = None;
     let mut last_leader = None;
     let mut last_quorum = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut lost_since: Option<std::time::Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let m = rx.borrow_and_update().clone();
@@ -66,6 +81,7 @@ pub async fn run(raft: Raft, contacts: Arc<Contacts>, health: Arc<GroupHealth>, 
                 tracing::error!(error = %e, "ha: the Raft core stopped; nothing replicates until this node restarts");
             }
             health.quorum.store(false, Relaxed);
+            health.in_touch.store(false, Relaxed);
             return;
         }
         if last_state != Some(m.state) {
@@ -80,17 +96,33 @@ pub async fn run(raft: Raft, contacts: Arc<Contacts>, health: Arc<GroupHealth>, 
         }
         let quorum = judge_quorum(&m, &contacts, election_timeout);
         health.quorum.store(quorum, Relaxed);
-        if last_quorum != Some(quorum) {
-            match (last_quorum, quorum) {
-                (Some(true), false) => tracing::warn!(
+        health.in_touch.store(
+            quorum && reaches_quorum_within(&m, &contacts, election_timeout),
+            Relaxed,
+        );
+        // The log says a loss only once it lasted (a leader handing over or an election
+        // after a member's restart is a blip of a few hundred milliseconds).
+        let now = std::time::Instant::now();
+        match (quorum, lost_since) {
+            (false, None) => lost_since = Some(now),
+            (true, _) => lost_since = None,
+            _ => {}
+        }
+        let judged = match lost_since {
+            Some(t) if now.duration_since(t) < horizon(election_timeout) * 2 => last_quorum,
+            _ => Some(quorum),
+        };
+        if judged != last_quorum {
+            match (last_quorum, judged) {
+                (Some(true), Some(false)) => tracing::warn!(
                     state = ?m.state,
                     "ha: quorum lost: this node serves from its local view; shared state and VIP leases wait for the heal"
                 ),
-                (Some(false), true) => tracing::info!(leader = ?m.current_leader, "ha: quorum regained"),
-                (None, false) => tracing::info!("ha: waiting for a quorum"),
+                (Some(false), Some(true)) => tracing::info!(leader = ?m.current_leader, "ha: quorum regained"),
+                (None, Some(false)) => tracing::info!("ha: waiting for a quorum"),
                 _ => tracing::info!(leader = ?m.current_leader, "ha: quorum reached"),
             }
-            last_quorum = Some(quorum);
+            last_quorum = judged;
         }
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },

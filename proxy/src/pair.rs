@@ -33,6 +33,8 @@ pub struct Pair {
     pub contacts: Arc<tandem_ha::network::Contacts>,
     /// This member's election timeout.
     pub election_timeout: std::time::Duration,
+    /// When this member joined the process (a fresh start is treated with care).
+    pub started: std::time::Instant,
     /// Settings.
     pub config: HaConfigSection,
     /// The Raft handle and peer clients, for membership changes (run on `runtime`).
@@ -83,6 +85,7 @@ pub fn start(cfg: &HaConfigSection) -> Result<&'static Pair, String> {
                             pending: node.pending.clone(),
                             contacts: node.network.contacts.clone(),
                             election_timeout: node.election_timeout,
+                            started: std::time::Instant::now(),
                             config,
                             group: (node.raft.clone(), node.network.clone()),
                             runtime: handle,
@@ -200,8 +203,24 @@ pub fn replicated_shared(key: &str) -> Option<Vec<u8>> {
     t.shared.get(key).cloned()
 }
 
-/// Cluster-scope rate limits: publishes this node's changed window counts and feeds the
-/// peers' reported counts into the limiters. Called every health tick (50 ms).
+/// Whether this process has been in touch with the group since it started.
+static EVER_IN_TOUCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How long a (re)started node, not yet in touch with a group of three or more, admits
+/// nothing on cluster-scope limits before it falls back to its share.
+const FRESH_START_DENY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Cluster-scope rate limits: publishes this node's changed window counts, feeds the
+/// ledger's counts (the peers', and this node's own as the group has them) into the
+/// limiters, and tells them whether this node is in touch with the group. Called every
+/// health tick (50 ms).
+///
+/// Out of touch (the leader or a majority not heard within an election timeout) in a
+/// group of three or more voters, the peers' counts here are stale while they keep
+/// admitting (this node is the one cut off, or an election is on): the limiters then
+/// admit this node's share only, and nothing in the first seconds after a start until
+/// the group reached it. In a pair without a witness a lost quorum is most often a
+/// peer that is down, and the node keeps the whole limit.
 pub fn sync_rate_limits(limiters: &[Arc<crate::ratelimit::Limiter>]) {
     let Some(p) = get() else { return };
     let cluster: Vec<_> = limiters
@@ -211,7 +230,27 @@ pub fn sync_rate_limits(limiters: &[Arc<crate::ratelimit::Limiter>]) {
     if cluster.is_empty() {
         return;
     }
+    let (voters, proxies) = {
+        let m = p.metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters = membership.voter_ids().count();
+        let proxies = membership
+            .voter_ids()
+            .filter(|id| !p.config.witnesses.contains(id))
+            .count();
+        (voters, proxies.max(1))
+    };
+    let touch = p.health.in_touch.load(std::sync::atomic::Ordering::Relaxed);
+    if touch {
+        EVER_IN_TOUCH.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let in_touch = touch || voters < 3;
+    // Restarted and not yet in touch: the peer admitted what this node cannot see yet;
+    // admit nothing for a few seconds rather than the share on top of it.
+    let fresh = !EVER_IN_TOUCH.load(std::sync::atomic::Ordering::Relaxed) && p.started.elapsed() < FRESH_START_DENY;
+    let share = if fresh { 0.0 } else { 1.0 / proxies as f64 };
     for l in &cluster {
+        l.set_in_touch(in_touch, share);
         for (key, window_ms, count) in l.take_dirty() {
             p.publisher.publish(Change::RateCount { key, window_ms, count });
         }
@@ -222,10 +261,17 @@ pub fn sync_rate_limits(limiters: &[Arc<crate::ratelimit::Limiter>]) {
         if *window_ms < horizon {
             continue;
         }
-        let peers: u64 = per_node.iter().filter(|(n, _)| **n != p.id).map(|(_, c)| *c).sum();
-        if peers > 0 {
+        let (mut own, mut peers) = (0, 0);
+        for (n, c) in per_node {
+            if *n == p.id {
+                own = *c;
+            } else {
+                peers += *c;
+            }
+        }
+        if own > 0 || peers > 0 {
             for l in &cluster {
-                l.set_peer_count(*key, *window_ms, peers);
+                l.set_counts(*key, *window_ms, own, peers);
             }
         }
     }

@@ -4,15 +4,25 @@
 //! process-wide, in sharded maps with short critical sections, so every worker of the
 //! node counts against the same limit. The sliding window keeps per-window counts, the
 //! shape the Raft group will replicate (per-node increments, summed) for cluster scope.
+//!
+//! Cluster scope while this node is out of touch with the group (no quorum, or a
+//! restart not caught up yet): the peers' counts it holds are stale, so it admits against
+//! its share of the limit (the limit divided by the pair's proxies) and its own counts
+//! only. Both sides of a cut doing so keep the pair at or under the limit; a survivor
+//! whose peer really died still has the group (the witness) and counts normally.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::balancer::p2c_ewma::now_ns;
 
 const SHARDS: usize = 64;
+
+/// `Limiter::solo_limit` while the node is in touch with the group.
+const IN_TOUCH: u64 = u64::MAX;
 
 /// Where the limit key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +111,9 @@ pub struct Limiter {
     /// Distinguishes this route's keys from other routes' in the pair's ledger.
     pub route_hash: u64,
     shards: Vec<Mutex<HashMap<u64, State>>>,
+    /// Cluster scope out of touch with the group: the requests per period this node
+    /// admits alone (its share; 0 admits none); [`IN_TOUCH`] while in touch.
+    solo_limit: AtomicU64,
 }
 
 /// Cluster-scope windows are aligned to wall-clock time so every node agrees on them.
@@ -117,7 +130,20 @@ impl Limiter {
             config,
             route_hash: crate::balancer::hash_key(route.as_bytes()),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            solo_limit: AtomicU64::new(IN_TOUCH),
         }
+    }
+
+    /// Cluster scope: whether this node is in touch with the group, and if not, which
+    /// fraction of the limit is its own (1 / the number of proxies; 0 while a restarted
+    /// node has not yet heard what the group admitted meanwhile).
+    pub fn set_in_touch(&self, in_touch: bool, share: f64) {
+        let solo = if in_touch {
+            IN_TOUCH
+        } else {
+            (self.config.requests as f64 * share).floor() as u64
+        };
+        self.solo_limit.store(solo, Relaxed);
     }
 
     /// The bucket key of a request.
@@ -200,17 +226,23 @@ impl Limiter {
                 };
                 roll(window, per_ns, start_ns, current, previous, peer_current, peer_previous);
                 let elapsed = (now - window) as f64 / per_ns as f64;
-                let prev = (*previous + *peer_previous) as f64;
-                let estimate = prev * (1.0 - elapsed) + (*current + *peer_current) as f64;
-                if estimate + 1.0 <= c.requests as f64 {
+                // Out of touch: this node's share, against its own counts only.
+                let (limit, prev, cur) = match self.solo_limit.load(Relaxed) {
+                    IN_TOUCH => (c.requests, *previous + *peer_previous, *current + *peer_current),
+                    solo => (solo, *previous, *current),
+                };
+                let limit = limit as f64;
+                let prev = prev as f64;
+                let estimate = prev * (1.0 - elapsed) + cur as f64;
+                if estimate + 1.0 <= limit {
                     *current += 1;
                     *dirty = true;
                     Decision::Allow {
-                        remaining: (c.requests as f64 - estimate - 1.0).max(0.0) as u64,
+                        remaining: (limit - estimate - 1.0).max(0.0) as u64,
                     }
                 } else {
                     // When will the previous window's weight have decayed enough?
-                    let need = estimate + 1.0 - c.requests as f64;
+                    let need = estimate + 1.0 - limit;
                     let wait = if prev > 0.0 {
                         (need / prev * per_ns as f64) as u64
                     } else {
@@ -247,9 +279,10 @@ impl Limiter {
         out
     }
 
-    /// Cluster scope: sets the peers' total for `key` (if this node has seen it) in the
-    /// window starting at `window_ms` (from the replicated ledger).
-    pub fn set_peer_count(&self, key: u64, window_ms: u64, count: u64) {
+    /// Cluster scope: the replicated ledger's counts for `key` (if this node has seen
+    /// it) in the window starting at `window_ms`: the peers' total, and this node's own
+    /// as the group has it (after a restart, what it admitted before is still counted).
+    pub fn set_counts(&self, key: u64, window_ms: u64, own: u64, peers: u64) {
         let per_ns = self.config.per.as_nanos().max(1) as u64;
         let w = window_ms * 1_000_000;
         let now = wall_ns();
@@ -268,9 +301,11 @@ impl Limiter {
         {
             roll(window, per_ns, start_ns, current, previous, peer_current, peer_previous);
             if w == *start_ns {
-                *peer_current = (*peer_current).max(count);
+                *peer_current = (*peer_current).max(peers);
+                *current = (*current).max(own);
             } else if w + per_ns == *start_ns {
-                *peer_previous = (*peer_previous).max(count);
+                *peer_previous = (*peer_previous).max(peers);
+                *previous = (*previous).max(own);
             }
         }
     }
@@ -349,6 +384,43 @@ mod tests {
         assert_eq!(allowed, 39);
         assert_eq!(l.take_dirty(), vec![(3, t0 / 1_000_000, 40)]);
         assert!(l.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn out_of_touch_a_node_admits_its_share_against_its_own_counts() {
+        let l = limiter(Algorithm::SlidingWindow, 100, 0);
+        let t0 = 20_000_000_000u64;
+        l.admit_at(5, t0);
+        {
+            let mut s = l.shard(5);
+            if let Some(State::Window { peer_current, .. }) = s.get_mut(&5) {
+                *peer_current = 90;
+            }
+        }
+        // Cut off in a pair with a witness: half the limit, the stale 90 ignored.
+        l.set_in_touch(false, 0.5);
+        let allowed = (0..100)
+            .filter(|_| matches!(l.admit_at(5, t0 + 1), Decision::Allow { .. }))
+            .count();
+        assert_eq!(allowed, 49);
+        // Back in touch: the peers' 90 count again, nothing more fits.
+        l.set_in_touch(true, 0.5);
+        assert!(matches!(l.admit_at(5, t0 + 2), Decision::Deny { .. }));
+    }
+
+    #[test]
+    fn after_a_restart_the_ledger_gives_back_this_nodes_own_counts() {
+        let l = limiter(Algorithm::SlidingWindow, 100, 0);
+        let now = wall_ns();
+        let window_ms = now / 1_000_000_000 * 1_000;
+        // A fresh limiter (the process restarted) that sees the key again.
+        l.admit_at(9, now);
+        // The group still has what this node admitted before: 70, and 20 from the peer.
+        l.set_counts(9, window_ms, 70, 20);
+        let allowed = (0..100)
+            .filter(|_| matches!(l.admit_at(9, now + 1), Decision::Allow { .. }))
+            .count();
+        assert!(allowed <= 10, "{allowed}");
     }
 
     #[test]

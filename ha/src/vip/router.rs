@@ -106,6 +106,10 @@ pub struct VipStats {
     pub no_quorum: AtomicU64,
 }
 
+/// A fenced master gives its VIPs up this long before its lease runs out by its own
+/// clock (the members' clocks must agree to well within it).
+const FENCE_MARGIN: Duration = Duration::from_millis(25);
+
 /// How long released VIPs stay on the interface after the priority-0 advert.
 const RELEASE_GRACE: Duration = Duration::from_millis(250);
 
@@ -336,6 +340,8 @@ pub async fn run(
     let mut buf = vec![0u8; 2048];
     // The last advert heard was a priority-0 release (no hold-down then).
     let mut released = false;
+    // Expiry of the lease this node last had committed (ms since the epoch; 0: none).
+    let mut lease_until_ms: u64 = 0;
     loop {
         let far = Instant::now() + Duration::from_secs(3600);
         let mut deadline = m.deadline().unwrap_or(far);
@@ -351,6 +357,13 @@ pub async fn run(
         let refresh_at = if master { next_refresh } else { far };
         let renew_at = if master && fence.is_some() && renewing.is_none() {
             next_renew
+        } else {
+            far
+        };
+        // A master must not hold its VIPs past its lease (see the branch below).
+        let fence_at = if master && fence.is_some() && lease_until_ms > 0 {
+            let left = lease_until_ms.saturating_sub(crate::now_ms());
+            Instant::now() + Duration::from_millis(left).saturating_sub(FENCE_MARGIN)
         } else {
             far
         };
@@ -410,6 +423,7 @@ pub async fn run(
                 let me = fence.as_ref().map_or(0, |f| f.id());
                 let take = match answer {
                     Ok(lease) if lease.held_by(me, crate::now_ms()) => {
+                        lease_until_ms = lease.until_ms;
                         if !due {
                             // A master was heard meanwhile: give the lease back.
                             release_later(&fence, cfg.vrid, ttl);
@@ -478,22 +492,43 @@ pub async fn run(
                     Ok(lease) if lease.wanted_by.is_some_and(|w| w != me) => {
                         h.stats.lease_yielded.fetch_add(1, Relaxed);
                         tracing::info!(vip = %cfg.name, to = ?lease.wanted_by, "yielding the VIP to a higher-priority node");
+                        // The addresses go before the lease: once it is released the
+                        // other node may take them at once, and must not find them here.
+                        // Then priority 0, so it takes over without waiting.
+                        let (release, announce): (Vec<_>, Vec<_>) =
+                            m.shutdown().into_iter().partition(|a| *a == Action::ReleaseVips);
+                        h.apply(release, &m).await;
                         if let Some(f) = &fence {
                             let _ = f.release(cfg.vrid, ttl).await;
                         }
-                        let (release, announce): (Vec<_>, Vec<_>) =
-                            m.shutdown().into_iter().partition(|a| *a == Action::ReleaseVips);
                         h.apply(announce, &m).await;
-                        h.apply(release, &m).await;
                         let acts = m.start(Instant::now());
                         h.apply(acts, &m).await;
                     }
-                    Ok(_) => {}
+                    Ok(lease) => {
+                        lease_until_ms = lease.until_ms;
+                    }
                     Err(_) => {
-                        // No quorum: the holder keeps its VIPs under either policy.
+                        // No quorum now: the holder keeps its VIPs until its lease runs
+                        // out (then the branch below decides).
                         h.stats.no_quorum.fetch_add(1, Relaxed);
                     }
                 }
+            }
+            _ = tokio::time::sleep_until(fence_at.into()) => {
+                // The lease runs out and no renewal was committed. If other members are
+                // within reach, the group works without this node and may grant the
+                // lease to another: step down now, before that one takes the VIPs. If
+                // none is (this node may be the last one standing), keep them, as
+                // `on_no_quorum` says of a master.
+                let f = fence.as_ref().expect("fenced");
+                if f.reaches_any_member(ttl / 2) {
+                    h.stats.lease_lost.fetch_add(1, Relaxed);
+                    tracing::warn!(vip = %cfg.name, "lease ran out without a renewal while the group is within reach; stepping down");
+                    let acts = m.step_down(Instant::now());
+                    h.apply(acts, &m).await;
+                }
+                lease_until_ms = 0;
             }
             _ = tokio::time::sleep_until(refresh_at.into()) => {
                 h.hold();

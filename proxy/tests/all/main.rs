@@ -23,5 +23,4 @@ mod security;
 mod sessions;
 mod tls;
 mod upstream_h1;
-mod vip;
 mod wasm;

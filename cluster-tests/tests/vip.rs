@@ -1,393 +1,12 @@
-//! Floating VIPs in real network namespaces: a switch namespace holding a bridge, node A
-//! and node B (each a `tandem` process with a demo backend), and a client namespace.
-//! Everything is created and torn down by the test; traffic stays inside.
+//! Floating VIPs in real network namespaces (see [`tandem_cluster_tests::lab`]): election,
+//! failover, preemption, maintenance and handover under load, partitions with and
+//! without a witness, keepalived interop, lossy links, IPv6, tracking.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-const VIP: &str = "10.77.0.100";
-
-/// The namespaces of one test.
-struct Lab {
-    tag: String,
-    children: Vec<(String, Child)>,
-}
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Whether `arping` (iputils) runs here: the fencing tests count the MACs answering ARP
-/// for the VIP with it.
-fn has_arping() -> bool {
-    crate::common::has_tool("arping", "-V")
-}
-
-impl Lab {
-    /// Builds sw-TAG (bridge), a-TAG, b-TAG, c-TAG; `None` when namespaces cannot be
-    /// created here (no CAP_NET_ADMIN).
-    fn new() -> Option<Lab> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let tag = format!("{}{}", std::process::id() % 10000, N.fetch_add(1, Ordering::Relaxed));
-        let lab = Lab {
-            tag,
-            children: Vec::new(),
-        };
-        if !ip(&["netns", "add", &lab.ns("sw")]) {
-            return None;
-        }
-        for n in ["a", "b", "c", "w"] {
-            assert!(ip(&["netns", "add", &lab.ns(n)]));
-        }
-        let sw = lab.ns("sw");
-        assert!(ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]));
-        assert!(ip(&["-n", &sw, "link", "set", "br0", "up"]));
-        for (n, addr) in [
-            ("a", "10.77.0.1/24"),
-            ("b", "10.77.0.2/24"),
-            ("c", "10.77.0.10/24"),
-            ("w", "10.77.0.3/24"),
-        ] {
-            let ns = lab.ns(n);
-            let port = format!("p{n}");
-            assert!(ip(&[
-                "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns
-            ]));
-            assert!(ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]));
-            assert!(ip(&["-n", &ns, "addr", "add", addr, "dev", "eth0"]));
-            // IPv6: no duplicate address detection, so link-local addresses work at once.
-            let _ = Command::new("ip")
-                .args(["netns", "exec", &ns, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"])
-                .status();
-            assert!(ip(&["-n", &ns, "link", "set", "eth0", "up"]));
-            assert!(ip(&["-n", &ns, "link", "set", "lo", "up"]));
-        }
-        Some(lab)
-    }
-
-    /// `Lab::new`, saying why the test is skipped when it cannot run here.
-    fn or_skip() -> Option<Lab> {
-        let lab = Lab::new();
-        if !crate::common::can_run(
-            lab.is_some(),
-            "network namespaces cannot be created here (needs root / CAP_NET_ADMIN)",
-        ) {
-            return None;
-        }
-        lab
-    }
-
-    /// A lab with node A (priority 150) and node B (100) running, A serving the VIP.
-    fn pair(dir: &std::path::Path) -> Option<Lab> {
-        let mut lab = Lab::or_skip()?;
-        lab.node(dir, "a", 150);
-        lab.node(dir, "b", 100);
-        lab.wait_for("node-a", Duration::from_secs(10));
-        Some(lab)
-    }
-
-    fn ns(&self, n: &str) -> String {
-        format!("tdm{n}{}", self.tag)
-    }
-
-    /// Starts `tandem ARGS` inside namespace `n`.
-    fn spawn(&mut self, n: &str, label: &str, args: &[&str]) {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(n), env!("CARGO_BIN_EXE_tandem")])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        self.children.push((label.to_string(), child));
-    }
-
-    /// SIGTERM to `label`; its exit status (killed if it has not exited by `limit`).
-    fn term(&mut self, label: &str, limit: Duration) -> std::process::ExitStatus {
-        let i = self.children.iter().position(|(l, _)| l == label).unwrap();
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.children[i].1.id().to_string()])
-            .status();
-        self.wait_exit(label, limit)
-    }
-
-    /// The exit status of `label` (killed if it has not exited by `limit`).
-    fn wait_exit(&mut self, label: &str, limit: Duration) -> std::process::ExitStatus {
-        let i = self.children.iter().position(|(l, _)| l == label).unwrap();
-        let (_, mut c) = self.children.remove(i);
-        let t = Instant::now();
-        while t.elapsed() < limit {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        c.wait().unwrap()
-    }
-
-    fn kill9(&mut self, label: &str) {
-        let i = self.children.iter().position(|(l, _)| l == label).unwrap();
-        let (_, mut c) = self.children.remove(i);
-        let _ = Command::new("kill").args(["-9", &c.id().to_string()]).status();
-        let _ = c.wait();
-    }
-
-    /// Starts keepalived as node `n` (VRRPv3, same VRID and VIP) with a demo backend
-    /// on the VIP's port.
-    fn keepalived(&mut self, dir: &std::path::Path, n: &str, prio: u32) {
-        let cfg = dir.join(format!("keepalived-{n}.conf"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "global_defs {{\n  vrrp_version 3\n  script_user root\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {prio}\n  advert_int 0.1\n  notify_master \"{}\"\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n",
-                dir.join(format!("count-{n}.sh")).display()
-            ),
-        )
-        .unwrap();
-        // Each transition to master appends a line to `n-master.log`.
-        let script = dir.join(format!("count-{n}.sh"));
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\necho master >> {}\n",
-                dir.join(format!("{n}-master.log")).display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let ns = self.ns(n);
-        let pid = |k: &str| dir.join(format!("{n}-{k}.pid")).display().to_string();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns, "keepalived", "-n", "-l", "-P", "-f"])
-            .arg(&cfg)
-            .args(["-p", &pid("main"), "-r", &pid("vrrp"), "-c", &pid("check")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.children.push((format!("keepalived-{n}"), child));
-        self.spawn(
-            n,
-            &format!("backend-{n}"),
-            &["backend", &format!("node-{n}=0.0.0.0:8080")],
-        );
-    }
-
-    /// Cuts (or restores) the A↔B path; both still reach the client.
-    fn partition(&self, on: bool) {
-        let sw = self.ns("sw");
-        let v = if on { "on" } else { "off" };
-        for port in ["pa", "pb"] {
-            assert!(Command::new("bridge")
-                .args(["-n", &sw, "link", "set", "dev", port, "isolated", v])
-                .status()
-                .unwrap()
-                .success());
-        }
-    }
-
-    /// Starts node `n` (priority `prio`) with its own demo backend answering `node-n`.
-    fn node(&mut self, dir: &std::path::Path, n: &str, prio: u32) {
-        self.node_with(dir, n, prio, "", "");
-    }
-
-    /// Like `node`, with extra keys for its `[[cluster]]` and `[[vip]]`.
-    fn node_with(&mut self, dir: &std::path::Path, n: &str, prio: u32, cluster_extra: &str, vip_extra: &str) {
-        self.start_node(
-            dir,
-            n,
-            &format!(
-                "[server]\nworkers = 1\ndrain_timeout = \"1s\"\nmaintenance_handover = \"500ms\"\n[admin]\nlisten = \"127.0.0.1:9900\"\n[log]\nlevel = \"warn\"\n\
-[[listener]]\nname = \"web\"\nlisten = \"{VIP}:8080\"\n\
-[[cluster]]\nname = \"local\"\n{cluster_extra}\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n\
-[[route]]\nname = \"all\"\ncluster = \"local\"\n\
-[[vip]]\nname = \"web\"\ninterface = \"eth0\"\nvrid = 51\npriority = {prio}\naddresses = [\"{VIP}/24\"]\naddress_lifetime = \"2s\"\ngarp_refresh = \"1s\"\n{vip_extra}\n"
-            ),
-        );
-    }
-
-    /// Writes node `n`'s configuration and starts it, with its demo backend answering
-    /// `node-n` on 127.0.0.1:9101 (started once).
-    fn start_node(&mut self, dir: &std::path::Path, n: &str, config: &str) {
-        let cfg = dir.join(format!("{n}.toml"));
-        std::fs::write(&cfg, config).unwrap();
-        if !self.children.iter().any(|(l, _)| l == &format!("backend-{n}")) {
-            self.spawn(
-                n,
-                &format!("backend-{n}"),
-                &["backend", &format!("node-{n}=127.0.0.1:9101")],
-            );
-        }
-        self.spawn(n, &format!("node-{n}"), &["run", "-c", cfg.to_str().unwrap()]);
-    }
-
-    /// What the client gets from the VIP (`None`: nothing within a second).
-    fn client_get(&self) -> Option<String> {
-        self.client_get_within("1")
-    }
-
-    /// What the client gets from the VIP within `secs` (curl's `--max-time`).
-    fn client_get_within(&self, secs: &str) -> Option<String> {
-        self.client_get_from(VIP, secs)
-    }
-
-    /// What the client gets from `vip`:8080 within `secs`.
-    fn client_get_from(&self, vip: &str, secs: &str) -> Option<String> {
-        let host = if vip.contains(':') {
-            format!("[{vip}]")
-        } else {
-            vip.to_string()
-        };
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns("c"), "curl", "-gs", "--max-time", secs])
-            .arg(format!("http://{host}:8080/"))
-            .output()
-            .ok()?;
-        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        (out.status.success() && !body.is_empty()).then_some(body)
-    }
-
-    /// Waits until the client reaches `want` through the VIP; returns how long it took.
-    fn wait_for(&self, want: &str, limit: Duration) -> Duration {
-        self.wait_for_at(VIP, want, limit)
-    }
-
-    /// Waits until the client reaches `want` through `vip`; returns how long it took.
-    fn wait_for_at(&self, vip: &str, want: &str, limit: Duration) -> Duration {
-        let start = Instant::now();
-        loop {
-            // Short attempts: one stuck on the old holder's MAC must not hide the new one.
-            if self.client_get_from(vip, "0.05").is_some_and(|b| b.contains(want)) {
-                return start.elapsed();
-            }
-            assert!(start.elapsed() < limit, "{vip} did not reach {want} within {limit:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// The distinct MACs that answer one broadcast ARP request for the VIP, seen from the
-    /// client (waits up to 1 s for a second answer).
-    fn arp_macs(&self) -> std::collections::BTreeSet<String> {
-        // Without the tool every sample would read as "no MAC answers".
-        assert!(has_arping(), "arping is not installed (Debian iputils-arping)");
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns("c"),
-                "arping",
-                "-b",
-                "-c",
-                "2",
-                "-w",
-                "1",
-                "-I",
-                "eth0",
-                VIP,
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("reply from"))
-            .filter_map(|l| Some(l.split('[').nth(1)?.split(']').next()?.to_string()))
-            .collect()
-    }
-
-    /// The `[ha]` section of member `n` (a = 1, b = 2, witness w = 3), with lab
-    /// certificates in `dir/certs`.
-    fn ha_section(&self, dir: &std::path::Path, n: &str) -> String {
-        let certs = dir.join("certs");
-        if !certs.join("ca.pem").exists() {
-            assert!(Command::new(env!("CARGO_BIN_EXE_tandem"))
-                .args(["ctl", "cluster", "certs", "--members", "a,b,w", "--out"])
-                .arg(&certs)
-                .stdout(Stdio::null())
-                .status()
-                .unwrap()
-                .success());
-        }
-        let id = match n {
-            "a" => 1,
-            "b" => 2,
-            _ => 3,
-        };
-        format!(
-            "[ha]\nnode_id = {id}\ndata_dir = \"{}\"\nsync_interval = \"20ms\"\ntls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\npeers = [{{ id = 1, address = \"10.77.0.1:7946\" }}, {{ id = 2, address = \"10.77.0.2:7946\" }}, {{ id = 3, address = \"10.77.0.3:7946\", witness = true }}]\n",
-            dir.join(format!("ha-{n}")).display(),
-            certs.join("ca.pem").display(),
-            certs.join(format!("{n}.pem")).display(),
-            certs.join(format!("{n}.key")).display(),
-        )
-    }
-
-    /// Starts the witness in namespace w.
-    fn witness(&mut self, dir: &std::path::Path) {
-        let cfg = dir.join("w.toml");
-        std::fs::write(&cfg, format!("[log]\nlevel = \"warn\"\n{}", self.ha_section(dir, "w"))).unwrap();
-        self.spawn("w", "witness", &["witness", "-c", cfg.to_str().unwrap()]);
-    }
-
-    /// Starts node `n` as a fenced member of the pair's Raft group.
-    fn fenced_node(&mut self, dir: &std::path::Path, n: &str, prio: u32, vip_extra: &str) {
-        let extra = format!("{vip_extra}\n{}", self.ha_section(dir, n));
-        self.node_with(dir, n, prio, "", &extra);
-    }
-
-    /// A counter from node `n`'s metrics (`name{labels}` exactly as exposed).
-    fn metric(&self, n: &str, series: &str) -> u64 {
-        self.ctl(n, &["metrics"])
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn holds_vip(&self, n: &str) -> bool {
-        let out = Command::new("ip")
-            .args(["-n", &self.ns(n), "-4", "addr", "show", "dev", "eth0"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/"))
-    }
-
-    fn ctl(&self, n: &str, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns(n),
-                env!("CARGO_BIN_EXE_tandem"),
-                "ctl",
-                "--json",
-                "--admin",
-                "127.0.0.1:9900",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for n in ["a", "b", "c", "w", "sw"] {
-            ip(&["netns", "del", &self.ns(n)]);
-        }
-    }
-}
+use tandem_cluster_tests::lab::{has_arping, ip, Lab, VIP};
+use tandem_cluster_tests::{can_run, has_tool, tandem_bin};
 
 #[test]
 fn election_failover_on_kill_preemption_and_maintenance() {
@@ -472,7 +91,7 @@ fn election_failover_on_kill_preemption_and_maintenance() {
 
 #[test]
 fn partition_heal_converges_on_one_holder_within_a_second() {
-    if !crate::common::can_run(has_arping(), "arping is not installed (Debian package iputils-arping)") {
+    if !can_run(has_arping(), "arping is not installed (Debian package iputils-arping)") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -562,8 +181,8 @@ s.sendto(advert(52, 200), ('224.0.0.18', 0))
 
 #[test]
 fn interoperates_with_keepalived_both_ways() {
-    if !crate::common::can_run(
-        crate::common::has_tool("keepalived", "--version"),
+    if !can_run(
+        has_tool("keepalived", "--version"),
         "keepalived is not installed (Debian package keepalived)",
     ) {
         return;
@@ -994,8 +613,8 @@ fn set_advert_loss(lab: &Lab, pct: u32) {
 
 #[test]
 fn lossy_adverts_cause_fewer_false_takeovers_than_keepalived() {
-    let tools = crate::common::has_tool("nft", "--version") && crate::common::has_tool("keepalived", "--version");
-    if !crate::common::can_run(
+    let tools = has_tool("nft", "--version") && has_tool("keepalived", "--version");
+    if !can_run(
         tools,
         "nft or keepalived is not installed (Debian packages nftables, keepalived)",
     ) {
@@ -1035,7 +654,7 @@ fn lossy_adverts_cause_fewer_false_takeovers_than_keepalived() {
 
 #[test]
 fn a_witness_fences_the_vip_during_a_partition() {
-    if !crate::common::can_run(has_arping(), "arping is not installed (Debian package iputils-arping)") {
+    if !can_run(has_arping(), "arping is not installed (Debian package iputils-arping)") {
         return;
     }
     let Some(mut lab) = Lab::or_skip() else { return };
@@ -1133,14 +752,9 @@ fn release_vips_removes_a_dead_nodes_addresses() {
     ]));
     assert!(lab.holds_vip("a"));
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns("a"),
-            env!("CARGO_BIN_EXE_tandem"),
-            "release-vips",
-            "-c",
-        ])
+        .args(["netns", "exec", &lab.ns("a")])
+        .arg(tandem_bin())
+        .args(["release-vips", "-c"])
         .arg(&cfg)
         .output()
         .unwrap();
