@@ -15,6 +15,9 @@ pub struct Lab {
     tag: String,
     /// Processes the lab started, by label (`node-a`, `backend-a`, `witness`, …).
     pub children: Vec<(String, Child)>,
+    /// When set, each process's stderr is appended to `DIR/LABEL.log` instead of the
+    /// test's (a long run keeps its nodes' logs for the diagnosis of a failure).
+    pub log_dir: Option<std::path::PathBuf>,
 }
 
 /// Runs `ip ARGS` quietly; whether it succeeded.
@@ -42,6 +45,7 @@ impl Lab {
         let lab = Lab {
             tag,
             children: Vec::new(),
+            log_dir: None,
         };
         if !ip(&["netns", "add", &lab.ns("sw")]) {
             return None;
@@ -103,12 +107,22 @@ impl Lab {
 
     /// Starts `tandem ARGS` inside namespace `n`.
     pub fn spawn(&mut self, n: &str, label: &str, args: &[&str]) {
+        let stderr = match &self.log_dir {
+            Some(d) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(d.join(format!("{label}.log")))
+                    .unwrap(),
+            ),
+            None => Stdio::inherit(),
+        };
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns(n)])
             .arg(crate::tandem_bin())
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         self.children.push((label.to_string(), child));

@@ -14,11 +14,13 @@
 //! A maintenance handover keeps the old holder's addresses 250 ms past its priority-0
 //! advert on purpose (in-flight packets are answered); it is not part of this run.
 //!
-//! Not yet part of the test command: in about half of the 60 s runs one sample (a few
-//! milliseconds) still shows both holding while an A↔B cut meets a proxy-led group. Run
-//! it with `cargo test --release -p tandem-cluster-tests --test vip_chaos -- --ignored
-//! --nocapture`; `TANDEM_CHAOS_SECS=600` makes the long run, `TANDEM_CHAOS_SEED`
-//! replays a sequence.
+//! Not yet part of the test command: in the last runs a block with an election or a cut
+//! right after one still reached +5.5 … +7.5 % on this two-core machine now and then,
+//! and one run in about ten showed one sample (milliseconds) of two holders. On a
+//! failure the test prints when each interface was sampled, both nodes' `/cluster` and
+//! `/status`, and the tail of both nodes' logs (at info). Run it with `cargo test
+//! --release -p tandem-cluster-tests --test vip_chaos -- --ignored --nocapture`;
+//! `TANDEM_CHAOS_SECS=600` makes the long run, `TANDEM_CHAOS_SEED` replays a sequence.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -45,7 +47,9 @@ fn config(lab: &Lab, dir: &std::path::Path, n: &str) -> String {
          rate_limit = {{ requests = {LIMIT}, per = \"1s\", key = \"route\", scope = \"cluster\" }}\n\n{}",
         lab.ha_section(dir, n)
     );
+    // At info, so the VIP router's transitions are in the logs a failure prints.
     Lab::node_config(prio, "", "listeners = [\"web\"]", "on_no_quorum = \"hold\"", &more)
+        .replace("level = \"warn\"", "level = \"info\"")
 }
 
 fn start(lab: &mut Lab, dir: &std::path::Path, n: &str) {
@@ -134,7 +138,14 @@ fn quorum_samples(
 /// watch's diagnosis).
 fn holder_watch(lab: &Lab, t0: Instant, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, Vec<u64>, String)> {
     let (a, b) = (lab.ns("a"), lab.ns("b"));
+    let logs = lab.log_dir.clone();
     std::thread::spawn(move || {
+        let tail = |label: &str| {
+            let Some(d) = &logs else { return String::new() };
+            let text = std::fs::read_to_string(d.join(format!("{label}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().filter(|l| !l.contains("tandem_proxy::access")).collect();
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        };
         let view = |ns: &str| {
             let mut out = String::new();
             for what in ["cluster", "status"] {
@@ -150,6 +161,17 @@ fn holder_watch(lab: &Lab, t0: Instant, stop: Arc<AtomicBool>) -> std::thread::J
             out
         };
         let mut diagnosis = String::new();
+        let mut samples_at = String::new();
+        let (na, nb) = (a.clone(), b.clone());
+        let name = |ns: &String| {
+            if *ns == na {
+                "A"
+            } else if *ns == nb {
+                "B"
+            } else {
+                "?"
+            }
+        };
         let holds = |ns: &str| {
             let out = std::process::Command::new("ip")
                 .args(["-n", ns, "-4", "addr", "show", "dev", "eth0"])
@@ -163,10 +185,27 @@ fn holder_watch(lab: &Lab, t0: Instant, stop: Arc<AtomicBool>) -> std::thread::J
             // x, y, x: both held it at y's sample when x held it before and after.
             let (x, y) = if flip { (&b, &a) } else { (&a, &b) };
             flip = !flip;
-            if holds(x) && holds(y) && holds(x) {
+            let wall = || chrono_like(std::time::SystemTime::now());
+            let w1 = wall();
+            if holds(x) && {
+                let w2 = wall();
+                holds(y) && {
+                    let w3 = wall();
+                    holds(x) && {
+                        samples_at = format!("{} held at {w1} and {w3}, {} at {w2}", name(x), name(y));
+                        true
+                    }
+                }
+            } {
                 both.push(t0.elapsed().as_millis() as u64);
                 if diagnosis.is_empty() {
-                    diagnosis = format!("A:\n{}\nB:\n{}", view(&a), view(&b));
+                    diagnosis = format!(
+                        "{samples_at}\nA:\n{}\nB:\n{}\nA's log:\n{}\nB's log:\n{}",
+                        view(&a),
+                        view(&b),
+                        tail("node-a"),
+                        tail("node-b")
+                    );
                 }
             }
             samples += 1;
@@ -175,8 +214,21 @@ fn holder_watch(lab: &Lab, t0: Instant, stop: Arc<AtomicBool>) -> std::thread::J
     })
 }
 
+/// Wall-clock time of day as the nodes' logs print it (UTC, `HH:MM:SS.micros`).
+fn chrono_like(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let s = d.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        d.subsec_micros()
+    )
+}
+
 #[test]
-#[ignore = "finds a rare one-sample overlap of two holders during proxy-led partitions (open); run with --ignored"]
+#[ignore = "not yet reliably within its bounds (see the module doc); run with --ignored"]
 fn fenced_vips_never_have_two_holders_and_the_rate_limit_holds_under_chaos() {
     let secs: u64 = std::env::var("TANDEM_CHAOS_SECS")
         .ok()
@@ -190,6 +242,7 @@ fn fenced_vips_never_have_two_holders_and_the_rate_limit_holds_under_chaos() {
     let dir = tempfile::tempdir().unwrap();
     let Some(mut lab) = Lab::or_skip() else { return };
     let dir = dir.path();
+    lab.log_dir = Some(dir.to_path_buf());
     lab.witness(dir);
     start(&mut lab, dir, "a");
     start(&mut lab, dir, "b");

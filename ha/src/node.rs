@@ -45,7 +45,7 @@ pub const MAX_CHANGE_BYTES: usize = 1 << 20;
 const NOT_ADDED_WARNING: Duration = Duration::from_secs(10);
 /// How long a follower's batch may wait on the leader before it goes through the other
 /// members instead.
-const LEADER_WAIT: Duration = Duration::from_millis(250);
+const LEADER_WAIT: Duration = Duration::from_millis(60);
 
 /// A member of the group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,6 +280,7 @@ impl HaNode {
             network.contacts.clone(),
             health.clone(),
             election,
+            cfg.heartbeat * 3,
         )));
 
         let lease_client = LeaseClient::new(cfg.id, raft.clone(), network.clone(), cfg.peers.clone());

@@ -21,9 +21,9 @@ pub struct GroupHealth {
     pub quorum: AtomicBool,
     /// The Raft core stopped (a fatal storage or network error); nothing replicates.
     pub stopped: AtomicBool,
-    /// Like `quorum`, judged within one election timeout instead of three: what is
-    /// replicated right now reaches this member (the leader heard from, or a majority
-    /// acknowledging it). Cluster rate limits use it: a count frozen for a second is
+    /// Like `quorum`, judged within three heartbeats instead of three election
+    /// timeouts: what is replicated right now reaches this member (the leader heard
+    /// from, or a majority acknowledging it). Cluster rate limits use it: a count frozen for a second is
     /// already wrong.
     pub in_touch: AtomicBool,
 }
@@ -66,7 +66,14 @@ fn reaches_quorum_within(
 
 /// Watches `raft` until it shuts down: updates `health` and logs role, leader and
 /// quorum changes at info (a lost quorum at warn, a stopped core at error), once each.
-pub async fn run(raft: Raft, contacts: Arc<Contacts>, health: Arc<GroupHealth>, election_timeout: Duration) {
+/// `in_touch_within` is the horizon of [`GroupHealth::in_touch`] (a few heartbeats).
+pub async fn run(
+    raft: Raft,
+    contacts: Arc<Contacts>,
+    health: Arc<GroupHealth>,
+    election_timeout: Duration,
+    in_touch_within: Duration,
+) {
     let mut rx = raft.metrics();
     let mut last_state = None;
     let mut last_leader = None;
@@ -96,10 +103,9 @@ pub async fn run(raft: Raft, contacts: Arc<Contacts>, health: Arc<GroupHealth>, 
         }
         let quorum = judge_quorum(&m, &contacts, election_timeout);
         health.quorum.store(quorum, Relaxed);
-        health.in_touch.store(
-            quorum && reaches_quorum_within(&m, &contacts, election_timeout),
-            Relaxed,
-        );
+        health
+            .in_touch
+            .store(quorum && reaches_quorum_within(&m, &contacts, in_touch_within), Relaxed);
         // The log says a loss only once it lasted (a leader handing over or an election
         // after a member's restart is a blip of a few hundred milliseconds).
         let now = std::time::Instant::now();

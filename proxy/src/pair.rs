@@ -215,7 +215,7 @@ const FRESH_START_DENY: std::time::Duration = std::time::Duration::from_secs(5);
 /// limiters, and tells them whether this node is in touch with the group. Called every
 /// health tick (50 ms).
 ///
-/// Out of touch (the leader or a majority not heard within an election timeout) in a
+/// Out of touch (the leader or a majority not heard within three heartbeats) in a
 /// group of three or more voters, the peers' counts here are stale while they keep
 /// admitting (this node is the one cut off, or an election is on): the limiters then
 /// admit this node's share only, and nothing in the first seconds after a start until
