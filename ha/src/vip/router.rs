@@ -422,6 +422,15 @@ pub async fn run(
                 let due = m.state() == State::Backup && running && m.deadline().is_some_and(|d| d <= now);
                 let me = fence.as_ref().map_or(0, |f| f.id());
                 let take = match answer {
+                    // Granted, but on a request that waited so long that the lease is
+                    // (nearly) over: taking the VIPs now would mean dropping them again
+                    // at once. Ask again at once for a fresh one.
+                    Ok(lease) if lease.held_by(me, crate::now_ms()) && !lease.held_by(me, crate::now_ms() + FENCE_MARGIN.as_millis() as u64 * 2) => {
+                        if due {
+                            m.defer(now + Duration::from_millis(10));
+                        }
+                        false
+                    }
                     Ok(lease) if lease.held_by(me, crate::now_ms()) => {
                         lease_until_ms = lease.until_ms;
                         if !due {
