@@ -64,6 +64,16 @@ pub fn can_run(ok: bool, why: &str) -> bool {
     false
 }
 
+/// A chaos run's length in seconds and its seed: `TANDEM_CHAOS_SECS` (default 60) and
+/// `TANDEM_CHAOS_SEED` (default `seed`, so a run is reproducible unless told otherwise).
+pub fn chaos_secs_and_seed(seed: u64) -> (u64, u64) {
+    let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse().ok());
+    (
+        var("TANDEM_CHAOS_SECS").unwrap_or(60),
+        var("TANDEM_CHAOS_SEED").unwrap_or(seed),
+    )
+}
+
 /// Whether `tool` runs here (`tool --version` or `-V` starts).
 pub fn has_tool(tool: &str, version_flag: &str) -> bool {
     Command::new(tool)

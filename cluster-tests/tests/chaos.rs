@@ -55,14 +55,7 @@ async fn sessions_agree(c: &Cluster, within: Duration) -> Result<Duration, Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pair_survives_kills_restarts_and_partitions_under_traffic() {
-    let secs: u64 = std::env::var("TANDEM_CHAOS_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
-    let seed: u64 = std::env::var("TANDEM_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x007a_4de4);
+    let (secs, seed) = chaos_secs_and_seed(0x007a_4de4);
     bounded(secs + 180, async {
         let mut c = Cluster::start(spec(), 3).await;
         let witness = c.witness.unwrap();

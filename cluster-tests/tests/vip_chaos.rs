@@ -230,14 +230,7 @@ fn chrono_like(t: std::time::SystemTime) -> String {
 #[test]
 #[ignore = "not yet reliably within its bounds (see the module doc); run with --ignored"]
 fn fenced_vips_never_have_two_holders_and_the_rate_limit_holds_under_chaos() {
-    let secs: u64 = std::env::var("TANDEM_CHAOS_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
-    let seed: u64 = std::env::var("TANDEM_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x0051_ab1e);
+    let (secs, seed) = chaos_secs_and_seed(0x0051_ab1e);
     // Declared before the lab, so the processes stop before their data goes.
     let dir = tempfile::tempdir().unwrap();
     let Some(mut lab) = Lab::or_skip() else { return };
