@@ -11,7 +11,6 @@
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::network::RaftNetworkFactory;
 use serde::{Deserialize, Serialize};
 
 use crate::network::{Network, Reply, Request};
@@ -242,12 +241,9 @@ impl LeaseClient {
 
     async fn ask(&self, target: NodeId, req: Request) -> Option<Option<Lease>> {
         let peer = self.peers.iter().find(|p| p.id == target)?;
-        let mut net = self.network.clone();
-        let mut client = net
-            .new_client(target, &openraft::BasicNode::new(peer.address.to_string()))
-            .await;
-        match tokio::time::timeout(ATTEMPT, client.call(&req)).await {
-            Ok(Ok(Reply::Propose(Ok(answer)))) => Some(answer),
+        let node = openraft::BasicNode::new(peer.address.to_string());
+        match self.network.call_once(target, &node, &req, ATTEMPT).await {
+            Some(Reply::Propose(Ok(answer))) => Some(answer),
             _ => None,
         }
     }

@@ -318,7 +318,45 @@ pub struct Network {
     addresses: Arc<std::collections::HashMap<NodeId, String>>,
     /// Last contact with each member.
     pub contacts: Arc<Contacts>,
+    /// Idle connections for calls made outside openraft (lease proposals, relays),
+    /// which would otherwise pay a TLS handshake each.
+    idle: Arc<IdlePool>,
 }
+
+/// Idle peer connections kept between one-off calls, per member.
+#[derive(Default)]
+struct IdlePool(Mutex<std::collections::HashMap<NodeId, Vec<(Instant, PeerConn)>>>);
+
+/// An idle connection older than this is dropped rather than reused: the peer may
+/// have closed it (it closes connections idle for [`PEER_IDLE_TIMEOUT`]).
+const POOL_IDLE: Duration = Duration::from_secs(30);
+/// Most idle connections kept per member (calls overlap only briefly).
+const POOL_PER_PEER: usize = 4;
+
+impl IdlePool {
+    fn take(&self, target: NodeId) -> Option<PeerConn> {
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let conns = pool.get_mut(&target)?;
+        while let Some((at, conn)) = conns.pop() {
+            if at.elapsed() < POOL_IDLE {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, target: NodeId, conn: PeerConn) {
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let conns = pool.entry(target).or_default();
+        conns.retain(|(at, _)| at.elapsed() < POOL_IDLE);
+        if conns.len() < POOL_PER_PEER {
+            conns.push((Instant::now(), conn));
+        }
+    }
+}
+
+/// A logged-in connection to a peer.
+type PeerConn = tokio_rustls::client::TlsStream<TcpStream>;
 
 impl Network {
     /// Client settings for the group described by `tls`, reaching `peers` at their
@@ -330,7 +368,22 @@ impl Network {
             identity: Arc::new(tls.clone()),
             addresses: Arc::new(peers.iter().map(|p| (p.id, p.address.to_string())).collect()),
             contacts: Arc::default(),
+            idle: Arc::default(),
         })
+    }
+
+    /// Sends one request to `target` outside openraft's own clients, on a pooled
+    /// connection when one is idle; `None` if it could not be sent or answered within
+    /// `within`. Cancel-safe like [`PeerClient::call`]: only a connection that carried a
+    /// whole reply goes back to the pool.
+    pub async fn call_once(&self, target: NodeId, node: &BasicNode, req: &Request, within: Duration) -> Option<Reply> {
+        let mut client = self.clone().new_client(target, node).await;
+        client.conn = self.idle.take(target);
+        let reply = tokio::time::timeout(within, client.call(req)).await.ok()?.ok()?;
+        if let Some(conn) = client.conn.take() {
+            self.idle.put(target, conn);
+        }
+        Some(reply)
     }
 
     /// The name node `target`'s certificate must carry.
@@ -371,7 +424,7 @@ pub struct PeerClient {
     tls: Arc<rustls::ClientConfig>,
     name: rustls_pki_types::ServerName<'static>,
     /// Idle between calls; taken out while a call runs (see the module doc).
-    conn: Option<tokio_rustls::client::TlsStream<TcpStream>>,
+    conn: Option<PeerConn>,
     contacts: Arc<Contacts>,
 }
 
@@ -667,10 +720,8 @@ async fn relay(raft: &Raft, network: &Network, batch: Batch) -> Reply {
     };
     if let RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f)) = &err {
         if let (Some(id), Some(node)) = (f.leader_id, f.leader_node.as_ref()) {
-            let mut net = network.clone();
-            let mut leader = net.new_client(id, node).await;
             let timeout = std::time::Duration::from_millis(250);
-            if let Ok(Ok(reply)) = tokio::time::timeout(timeout, leader.call(&Request::Propose(batch))).await {
+            if let Some(reply) = network.call_once(id, node, &Request::Propose(batch), timeout).await {
                 return reply;
             }
         }

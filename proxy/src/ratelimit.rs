@@ -87,20 +87,49 @@ pub enum Decision {
 
 #[derive(Debug, Clone, Copy)]
 enum State {
-    Bucket {
-        tokens: f64,
-        stamp_ns: u64,
-    },
-    Window {
-        start_ns: u64,
-        current: u64,
-        previous: u64,
-        /// Peers' counts for the current and previous windows (cluster scope).
-        peer_current: u64,
-        peer_previous: u64,
-        /// Changed since last published.
-        dirty: bool,
-    },
+    Bucket { tokens: f64, stamp_ns: u64 },
+    Window(Window),
+}
+
+/// One key's sliding-window counts: this node's and (cluster scope) the peers', for the
+/// current and previous fixed windows, and what of this node's was published.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Window {
+    start_ns: u64,
+    current: u64,
+    previous: u64,
+    /// Peers' counts for the current and previous windows (cluster scope).
+    peer_current: u64,
+    peer_previous: u64,
+    /// This node's count of the current window as last published.
+    published: u64,
+    /// The previous window's final count, when it grew after its last publication:
+    /// the peers weigh the previous window too, so its last requests must reach them.
+    unsent_previous: Option<u64>,
+}
+
+impl Window {
+    fn new(start_ns: u64) -> Window {
+        Window {
+            start_ns,
+            ..Window::default()
+        }
+    }
+
+    /// Moves the counts along when time has passed into a later window.
+    fn roll(&mut self, window: u64, per_ns: u64) {
+        if window <= self.start_ns {
+            return;
+        }
+        let adjacent = window == self.start_ns + per_ns;
+        self.unsent_previous = (adjacent && self.current > self.published).then_some(self.current);
+        self.previous = if adjacent { self.current } else { 0 };
+        self.peer_previous = if adjacent { self.peer_current } else { 0 };
+        self.current = 0;
+        self.peer_current = 0;
+        self.published = 0;
+        self.start_ns = window;
+    }
 }
 
 /// A route's limiter.
@@ -114,7 +143,12 @@ pub struct Limiter {
     /// Cluster scope out of touch with the group: the requests per period this node
     /// admits alone (its share; 0 admits none); [`IN_TOUCH`] while in touch.
     solo_limit: AtomicU64,
+    /// Wall-clock time (ns) of the last pass that published every grown count.
+    published_at: AtomicU64,
 }
+
+/// Every count that grew is published at least this often (see [`Limiter::take_dirty`]).
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 /// Cluster-scope windows are aligned to wall-clock time so every node agrees on them.
 fn wall_ns() -> u64 {
@@ -131,6 +165,7 @@ impl Limiter {
             route_hash: crate::balancer::hash_key(route.as_bytes()),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             solo_limit: AtomicU64::new(IN_TOUCH),
+            published_at: AtomicU64::new(0),
         }
     }
 
@@ -205,38 +240,20 @@ impl Limiter {
             }
             Algorithm::SlidingWindow => {
                 let window = now / per_ns * per_ns;
-                let st = shard.entry(key).or_insert(State::Window {
-                    start_ns: window,
-                    current: 0,
-                    previous: 0,
-                    peer_current: 0,
-                    peer_previous: 0,
-                    dirty: false,
-                });
-                let State::Window {
-                    start_ns,
-                    current,
-                    previous,
-                    peer_current,
-                    peer_previous,
-                    dirty,
-                } = st
-                else {
-                    unreachable!()
-                };
-                roll(window, per_ns, start_ns, current, previous, peer_current, peer_previous);
+                let st = shard.entry(key).or_insert(State::Window(Window::new(window)));
+                let State::Window(w) = st else { unreachable!() };
+                w.roll(window, per_ns);
                 let elapsed = (now - window) as f64 / per_ns as f64;
                 // Out of touch: this node's share, against its own counts only.
                 let (limit, prev, cur) = match self.solo_limit.load(Relaxed) {
-                    IN_TOUCH => (c.requests, *previous + *peer_previous, *current + *peer_current),
-                    solo => (solo, *previous, *current),
+                    IN_TOUCH => (c.requests, w.previous + w.peer_previous, w.current + w.peer_current),
+                    solo => (solo, w.previous, w.current),
                 };
                 let limit = limit as f64;
                 let prev = prev as f64;
                 let estimate = prev * (1.0 - elapsed) + cur as f64;
                 if estimate + 1.0 <= limit {
-                    *current += 1;
-                    *dirty = true;
+                    w.current += 1;
                     Decision::Allow {
                         remaining: (limit - estimate - 1.0).max(0.0) as u64,
                     }
@@ -256,23 +273,31 @@ impl Limiter {
         }
     }
 
-    /// Cluster scope: this node's counts that changed since the last call, as
-    /// (key, window start in ms, count) — what the pair publishes.
+    /// Cluster scope: this node's counts worth publishing now, as (key, window start in
+    /// ms, count) — what the pair replicates. A count is published once it grew by 1 %
+    /// of the limit since it was last published, and any growth at least every
+    /// [`PUBLISH_EVERY`]: a key far from its limit does not cost a Raft entry per tick,
+    /// and what the peers do not know yet stays under 1 % of the limit per node. A
+    /// window's final count is always published after it ended.
     pub fn take_dirty(&self) -> Vec<(u64, u64, u64)> {
+        let now = wall_ns();
+        let every = PUBLISH_EVERY.as_nanos() as u64;
+        let force = now.saturating_sub(self.published_at.load(Relaxed)) >= every;
+        if force {
+            self.published_at.store(now, Relaxed);
+        }
+        let step = (self.config.requests / 100).max(1);
+        let per_ns = self.config.per.as_nanos().max(1) as u64;
         let mut out = Vec::new();
         for s in &self.shards {
             for (k, st) in s.lock().expect("rate limit shard poisoned").iter_mut() {
-                if let State::Window {
-                    start_ns,
-                    current,
-                    dirty,
-                    ..
-                } = st
-                {
-                    if *dirty {
-                        *dirty = false;
-                        out.push((*k, *start_ns / 1_000_000, *current));
-                    }
+                let State::Window(w) = st else { continue };
+                if let Some(count) = w.unsent_previous.take() {
+                    out.push((*k, (w.start_ns - per_ns) / 1_000_000, count));
+                }
+                if w.current > w.published && (force || w.current - w.published >= step) {
+                    w.published = w.current;
+                    out.push((*k, w.start_ns / 1_000_000, w.current));
                 }
             }
         }
@@ -289,24 +314,15 @@ impl Limiter {
         let window = now / per_ns * per_ns;
         let mut shard = self.shard(key);
         // Only keys this node has seen: the ledger holds every route's keys.
-        let Some(st) = shard.get_mut(&key) else { return };
-        if let State::Window {
-            start_ns,
-            current,
-            previous,
-            peer_current,
-            peer_previous,
-            ..
-        } = st
-        {
-            roll(window, per_ns, start_ns, current, previous, peer_current, peer_previous);
-            if w == *start_ns {
-                *peer_current = (*peer_current).max(peers);
-                *current = (*current).max(own);
-            } else if w + per_ns == *start_ns {
-                *peer_previous = (*peer_previous).max(peers);
-                *previous = (*previous).max(own);
-            }
+        let Some(State::Window(st)) = shard.get_mut(&key) else { return };
+        st.roll(window, per_ns);
+        if w == st.start_ns {
+            st.peer_current = st.peer_current.max(peers);
+            st.current = st.current.max(own);
+            st.published = st.published.max(own);
+        } else if w + per_ns == st.start_ns {
+            st.peer_previous = st.peer_previous.max(peers);
+            st.previous = st.previous.max(own);
         }
     }
 
@@ -316,35 +332,15 @@ impl Limiter {
         for s in &self.shards {
             s.lock().expect("rate limit shard poisoned").retain(|_, st| match st {
                 State::Bucket { stamp_ns, .. } => now_ns().saturating_sub(*stamp_ns) < 2 * per_ns.max(1_000_000_000),
-                State::Window { start_ns, .. } => {
+                State::Window(w) => {
                     let now = match self.config.scope {
                         Scope::Local => now_ns(),
                         Scope::Cluster => wall_ns(),
                     };
-                    now.saturating_sub(*start_ns) < 2 * per_ns
+                    now.saturating_sub(w.start_ns) < 2 * per_ns
                 }
             });
         }
-    }
-}
-
-/// Moves a window's counts along when time has passed into a later window.
-fn roll(
-    window: u64,
-    per_ns: u64,
-    start_ns: &mut u64,
-    current: &mut u64,
-    previous: &mut u64,
-    peer_current: &mut u64,
-    peer_previous: &mut u64,
-) {
-    if window != *start_ns && window > *start_ns {
-        let adjacent = window == *start_ns + per_ns;
-        *previous = if adjacent { *current } else { 0 };
-        *peer_previous = if adjacent { *peer_current } else { 0 };
-        *current = 0;
-        *peer_current = 0;
-        *start_ns = window;
     }
 }
 
@@ -374,8 +370,8 @@ mod tests {
         l.admit_at(3, t0);
         {
             let mut s = l.shard(3);
-            if let Some(State::Window { peer_current, .. }) = s.get_mut(&3) {
-                *peer_current = 60;
+            if let Some(State::Window(w)) = s.get_mut(&3) {
+                w.peer_current = 60;
             }
         }
         let allowed = (0..100)
@@ -387,14 +383,37 @@ mod tests {
     }
 
     #[test]
+    fn counts_are_published_by_steps_of_a_hundredth_and_a_window_s_final_count_always() {
+        let l = limiter(Algorithm::SlidingWindow, 10_000, 0);
+        let t0 = 30_000_000_000u64;
+        let admit = |n: usize, at: u64| (0..n).for_each(|_| assert!(matches!(l.admit_at(4, at), Decision::Allow { .. })));
+        admit(50, t0);
+        // The first pass publishes everything that grew.
+        assert_eq!(l.take_dirty(), vec![(4, t0 / 1_000_000, 50)]);
+        // 50 more is under a step of 100 (1 % of the limit): not yet.
+        admit(50, t0 + 1);
+        assert!(l.take_dirty().is_empty());
+        admit(60, t0 + 2);
+        assert_eq!(l.take_dirty(), vec![(4, t0 / 1_000_000, 160)]);
+        // The window ends with 5 unpublished; its final count goes out, the new
+        // window's single request waits for a step or the next full pass.
+        admit(5, t0 + 3);
+        admit(1, t0 + 1_000_000_000);
+        assert_eq!(l.take_dirty(), vec![(4, t0 / 1_000_000, 165)]);
+        assert!(l.take_dirty().is_empty());
+        l.published_at.store(0, Relaxed);
+        assert_eq!(l.take_dirty(), vec![(4, (t0 + 1_000_000_000) / 1_000_000, 1)]);
+    }
+
+    #[test]
     fn out_of_touch_a_node_admits_its_share_against_its_own_counts() {
         let l = limiter(Algorithm::SlidingWindow, 100, 0);
         let t0 = 20_000_000_000u64;
         l.admit_at(5, t0);
         {
             let mut s = l.shard(5);
-            if let Some(State::Window { peer_current, .. }) = s.get_mut(&5) {
-                *peer_current = 90;
+            if let Some(State::Window(w)) = s.get_mut(&5) {
+                w.peer_current = 90;
             }
         }
         // Cut off in a pair with a witness: half the limit, the stale 90 ignored.
