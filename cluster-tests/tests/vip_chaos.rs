@@ -36,6 +36,8 @@ const LIMIT: u64 = 200;
 const OFFERED: u64 = 300;
 /// Length of the blocks the rate limit is checked over.
 const BLOCK_MS: u64 = 5_000;
+/// A block starts every this often.
+const BLOCK_STEP_MS: u64 = 1_000;
 
 /// Node `n`'s configuration: the lab's VIP setup, fenced by the group, plus listener
 /// `direct` on every address (port 8081) whose route is rate limited for the pair.
@@ -57,9 +59,9 @@ fn start(lab: &mut Lab, dir: &std::path::Path, n: &str) {
     lab.start_node(dir, n, &c);
 }
 
-/// Admissions (ms since `t0`) of fixed-rate traffic to both proxies' own addresses, from
-/// the client namespace, until `stop`.
-fn rate_traffic(lab: &Lab, t0: Instant, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u64>> {
+/// Admissions (ms since `t0`, and 0 for A or 1 for B) of fixed-rate traffic to both
+/// proxies' own addresses, from the client namespace, until `stop`.
+fn rate_traffic(lab: &Lab, t0: Instant, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<(u64, u8)>> {
     lab.thread_in("c", move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -67,7 +69,7 @@ fn rate_traffic(lab: &Lab, t0: Instant, stop: Arc<AtomicBool>) -> std::thread::J
             .unwrap();
         rt.block_on(async move {
             let mut tasks = Vec::new();
-            for node in ["10.77.0.1:8081", "10.77.0.2:8081"] {
+            for (which, node) in [(0u8, "10.77.0.1:8081"), (1, "10.77.0.2:8081")] {
                 // Two connections per proxy, each half the offered rate.
                 for _ in 0..2 {
                     let stop = stop.clone();
@@ -91,7 +93,7 @@ fn rate_traffic(lab: &Lab, t0: Instant, stop: Arc<AtomicBool>) -> std::thread::J
                             }
                             let c = client.as_mut().unwrap();
                             match tokio::time::timeout(Duration::from_secs(1), c.get("/", &[])).await {
-                                Ok(Ok((200, _))) => admitted.push(t0.elapsed().as_millis() as u64),
+                                Ok(Ok((200, _))) => admitted.push((t0.elapsed().as_millis() as u64, which)),
                                 Ok(Ok(_)) => {}
                                 _ => client = None,
                             }
@@ -110,23 +112,26 @@ fn rate_traffic(lab: &Lab, t0: Instant, stop: Arc<AtomicBool>) -> std::thread::J
     })
 }
 
-/// Samples (ms since `t0`, quorum as node `n` reports it; `None` when its admin API does
-/// not answer: the process is down or starting) every 100 ms until `stop`.
+/// Samples (ms since `t0`, whether node `n` is in touch with a working group: its
+/// `in_touch`, the leader heard within three heartbeats; `None` when its admin API does
+/// not answer: the process is down or starting; and the leader it names) every 100 ms
+/// until `stop`.
 fn quorum_samples(
     lab: &Lab,
     n: &str,
     t0: Instant,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Vec<(u64, Option<bool>)>> {
+) -> std::thread::JoinHandle<Vec<(u64, Option<bool>, Option<u64>)>> {
     lab.thread_in(n, move || {
         let admin: std::net::SocketAddr = "127.0.0.1:9900".parse().unwrap();
         let mut out = Vec::new();
         while !stop.load(Relaxed) {
-            let q = tandem_proxy::ctl::call(admin, None, "GET", "/cluster")
+            let v = tandem_proxy::ctl::call(admin, None, "GET", "/cluster")
                 .ok()
-                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-                .and_then(|v| v["quorum"].as_bool());
-            out.push((t0.elapsed().as_millis() as u64, q));
+                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
+            let q = v.as_ref().and_then(|v| v["in_touch"].as_bool());
+            let leader = v.as_ref().and_then(|v| v["leader"].as_u64());
+            out.push((t0.elapsed().as_millis() as u64, q, leader));
             std::thread::sleep(Duration::from_millis(100));
         }
         out
@@ -320,7 +325,7 @@ fn fenced_vips_never_have_two_holders_and_the_rate_limit_holds_under_chaos() {
     // election, after the witness died or was cut off, are reported, not checked.
     let quorum_throughout = |from: u64, to: u64| {
         let mut by_time: std::collections::BTreeMap<u64, bool> = std::collections::BTreeMap::new();
-        for (t, q) in qa.iter().chain(qb.iter()) {
+        for (t, q, _) in qa.iter().chain(qb.iter()) {
             let slot = by_time.entry(*t / 100).or_insert(false);
             *slot |= *q == Some(true);
         }
@@ -331,10 +336,12 @@ fn fenced_vips_never_have_two_holders_and_the_rate_limit_holds_under_chaos() {
     let mut checked = Vec::new();
     let mut worst: f64 = 0.0;
     let mut block = 3_000;
+    // Blocks start every second (they overlap), so a quorate stretch of five seconds
+    // between two witness events is checked wherever it falls.
     while block + BLOCK_MS <= elapsed.saturating_sub(500) {
         let n = admitted
             .iter()
-            .filter(|t| (block..block + BLOCK_MS).contains(*t))
+            .filter(|(t, _)| (block..block + BLOCK_MS).contains(t))
             .count() as f64;
         let per_sec = n * 1000.0 / BLOCK_MS as f64;
         let quorate = quorum_throughout(block, block + BLOCK_MS);
@@ -353,7 +360,7 @@ fn fenced_vips_never_have_two_holders_and_the_rate_limit_holds_under_chaos() {
             worst = if dev.abs() > worst.abs() { dev } else { worst };
             checked.push((block, per_sec));
         }
-        block += BLOCK_MS;
+        block += BLOCK_STEP_MS;
     }
     back.sort();
     eprintln!(
@@ -365,11 +372,40 @@ fn fenced_vips_never_have_two_holders_and_the_rate_limit_holds_under_chaos() {
     // Witness events (two in five) each bring an election, so many blocks are not
     // checked; enough must be.
     assert!(checked.len() >= 3, "too few blocks with a quorum throughout to check");
+    // Per second and node around a block out of bounds (what A and B each admitted).
+    let per_second = |block: u64| {
+        let mut out = String::new();
+        for sec in (block / 1000).saturating_sub(2)..(block + BLOCK_MS) / 1000 + 2 {
+            let count = |n: u8| admitted.iter().filter(|(t, w)| *w == n && *t / 1000 == sec).count();
+            // In touch and the leader named, per 100 ms sample: "1" node 1 in touch,
+            // "1?" naming node 1 out of touch, "-" not answering.
+            let view = |q: &[(u64, Option<bool>, Option<u64>)]| {
+                q.iter()
+                    .filter(|(t, _, _)| *t / 1000 == sec)
+                    .map(|(_, touch, leader)| match (touch, leader) {
+                        (None, _) => "-".to_string(),
+                        (Some(true), Some(l)) => l.to_string(),
+                        (Some(_), l) => format!("{}?", l.map_or("_".into(), |l| l.to_string())),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            out.push_str(&format!(
+                "  {sec:>3} s: A {:>3} B {:>3}   A's view {}   B's view {}\n",
+                count(0),
+                count(1),
+                view(&qa),
+                view(&qb)
+            ));
+        }
+        out
+    };
     for (block, per_sec) in checked {
         assert!(
             (per_sec - LIMIT as f64).abs() <= LIMIT as f64 * 0.05,
-            "{per_sec:.1}/s admitted in the 5 s from {:.1} s (limit {LIMIT}/s)",
-            block as f64 / 1000.0
+            "{per_sec:.1}/s admitted in the 5 s from {:.1} s (limit {LIMIT}/s); per second:\n{}",
+            block as f64 / 1000.0,
+            per_second(block)
         );
     }
 }

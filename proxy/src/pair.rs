@@ -319,6 +319,10 @@ pub struct GroupView {
     pub role: &'static str,
     /// Whether a quorum is within reach (an isolated leader says false).
     pub quorum: bool,
+    /// Whether what is replicated reaches this node right now (the leader, or as
+    /// leader a majority, heard within three heartbeats): false during an election and
+    /// while cut off from the leader. Cluster rate limits count the peers only then.
+    pub in_touch: bool,
     /// Current term.
     pub term: u64,
     /// The leader this node follows (none while it has no quorum view of one).
@@ -430,6 +434,7 @@ impl Pair {
             id: self.id,
             role,
             quorum: !stopped && self.has_quorum(),
+            in_touch: !stopped && self.health.in_touch.load(std::sync::atomic::Ordering::Relaxed),
             term: m.current_term,
             leader: if stopped { None } else { m.current_leader },
             last_log_index: m.last_log_index,

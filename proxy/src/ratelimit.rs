@@ -314,7 +314,9 @@ impl Limiter {
         let window = now / per_ns * per_ns;
         let mut shard = self.shard(key);
         // Only keys this node has seen: the ledger holds every route's keys.
-        let Some(State::Window(st)) = shard.get_mut(&key) else { return };
+        let Some(State::Window(st)) = shard.get_mut(&key) else {
+            return;
+        };
         st.roll(window, per_ns);
         if w == st.start_ns {
             st.peer_current = st.peer_current.max(peers);
@@ -386,7 +388,8 @@ mod tests {
     fn counts_are_published_by_steps_of_a_hundredth_and_a_window_s_final_count_always() {
         let l = limiter(Algorithm::SlidingWindow, 10_000, 0);
         let t0 = 30_000_000_000u64;
-        let admit = |n: usize, at: u64| (0..n).for_each(|_| assert!(matches!(l.admit_at(4, at), Decision::Allow { .. })));
+        let admit =
+            |n: usize, at: u64| (0..n).for_each(|_| assert!(matches!(l.admit_at(4, at), Decision::Allow { .. })));
         admit(50, t0);
         // The first pass publishes everything that grew.
         assert_eq!(l.take_dirty(), vec![(4, t0 / 1_000_000, 50)]);
