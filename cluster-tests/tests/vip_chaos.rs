@@ -7,19 +7,25 @@
 //! - never two VIP holders: A's and B's interfaces are sampled every few milliseconds
 //!   (A, B, A again: two holders only when B held it between two samples of A holding it);
 //! - the VIP answers again within 5 s after every event;
-//! - the cluster rate limit (200/s, cluster scope, 300/s offered to each proxy directly)
-//!   admits 200/s ± 5 % over every 5 s block in which the group had a quorum throughout
-//!   (blocks with an election, after the witness died or was cut off, are reported).
+//! - the cluster rate limit (200/s, cluster scope, 300/s offered to each proxy directly):
+//!   what is admitted over every 5 s block (one starting each second) in which a proxy
+//!   was in touch with a working group throughout (its `/cluster` `in_touch`, sampled
+//!   every 100 ms, and in the second before) stays near the limit. Blocks with an
+//!   election (after the witness, or a proxy that led, died or was cut off) are
+//!   reported, not checked.
 //!
 //! A maintenance handover keeps the old holder's addresses 250 ms past its priority-0
 //! advert on purpose (in-flight packets are answered); it is not part of this run.
 //!
-//! Not yet part of the test command: in the last runs a block with an election or a cut
-//! right after one still reached +5.5 … +7.5 % on this two-core machine now and then,
-//! and one run in about ten showed one sample (milliseconds) of two holders. On a
-//! failure the test prints when each interface was sampled, both nodes' `/cluster` and
-//! `/status`, and the tail of both nodes' logs (at info). Run it with `cargo test
-//! --release -p tandem-cluster-tests --test vip_chaos -- --ignored --nocapture`;
+//! Two tests run it: the short form in the test command holds the rate limit to ±10 %
+//! (a guard against gross failures), the ignored one to the ±5 % target. In the runs
+//! after counts were published by 1 % steps with each window's final count, the worst
+//! checked block was within ±4 % in five runs of six and +6.1 % in one (seed 5, the block
+//! after a witness kill and restart while a proxy led). No run since the lease fixes has
+//! shown two holders. On a failure the test prints when each interface was sampled, both
+//! nodes' `/cluster` and `/status` and their log tails, or per second what A and B
+//! admitted and how each saw the group. `cargo test --release -p tandem-cluster-tests
+//! --test vip_chaos -- --include-ignored --nocapture` runs both;
 //! `TANDEM_CHAOS_SECS=600` makes the long run, `TANDEM_CHAOS_SEED` replays a sequence.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -232,9 +238,24 @@ fn chrono_like(t: std::time::SystemTime) -> String {
     )
 }
 
+/// The short form, in the test command: never two holders, the VIP back within 5 s
+/// after every event, and the rate limit within ±10 % in every block a proxy was in
+/// touch (a guard against gross failures such as the +11 … +68 % blocks before counts
+/// were relayed around a cut; the ±5 % target is the test below).
 #[test]
-#[ignore = "not yet reliably within its bounds (see the module doc); run with --ignored"]
-fn fenced_vips_never_have_two_holders_and_the_rate_limit_holds_under_chaos() {
+fn fenced_vips_never_have_two_holders_under_chaos() {
+    chaos(10.0);
+}
+
+/// The same run held to ±5 %; see the module doc for how often it still misses.
+#[test]
+#[ignore = "about one run in six has a block at +5 … +6 % after a witness event (see the module doc); run with --ignored"]
+fn the_cluster_rate_limit_holds_within_5_percent_under_chaos() {
+    chaos(5.0);
+}
+
+/// One chaos run; rate-limit blocks must be within `tolerance` percent of the limit.
+fn chaos(tolerance: f64) {
     let (secs, seed) = chaos_secs_and_seed(0x0051_ab1e);
     // Declared before the lab, so the processes stop before their data goes.
     let dir = tempfile::tempdir().unwrap();
@@ -371,7 +392,7 @@ fn fenced_vips_never_have_two_holders_and_the_rate_limit_holds_under_chaos() {
     );
     // Witness events (two in five) each bring an election, so many blocks are not
     // checked; enough must be.
-    assert!(checked.len() >= 3, "too few blocks with a quorum throughout to check");
+    assert!(checked.len() >= 3, "too few blocks in touch throughout to check");
     // Per second and node around a block out of bounds (what A and B each admitted).
     let per_second = |block: u64| {
         let mut out = String::new();
@@ -402,7 +423,7 @@ fn fenced_vips_never_have_two_holders_and_the_rate_limit_holds_under_chaos() {
     };
     for (block, per_sec) in checked {
         assert!(
-            (per_sec - LIMIT as f64).abs() <= LIMIT as f64 * 0.05,
+            (per_sec - LIMIT as f64).abs() <= LIMIT as f64 * tolerance / 100.0,
             "{per_sec:.1}/s admitted in the 5 s from {:.1} s (limit {LIMIT}/s); per second:\n{}",
             block as f64 / 1000.0,
             per_second(block)
