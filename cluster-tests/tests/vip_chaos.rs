@@ -118,16 +118,15 @@ fn rate_traffic(lab: &Lab, t0: Instant, stop: Arc<AtomicBool>) -> std::thread::J
     })
 }
 
+/// One look at a node's view of the group: ms since the start, whether it was in touch
+/// (`None`: its admin API did not answer), the leader it named.
+type Sample = (u64, Option<bool>, Option<u64>);
+
 /// Samples (ms since `t0`, whether node `n` is in touch with a working group: its
 /// `in_touch`, the leader heard within three heartbeats; `None` when its admin API does
 /// not answer: the process is down or starting; and the leader it names) every 100 ms
 /// until `stop`.
-fn quorum_samples(
-    lab: &Lab,
-    n: &str,
-    t0: Instant,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Vec<(u64, Option<bool>, Option<u64>)>> {
+fn quorum_samples(lab: &Lab, n: &str, t0: Instant, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Sample>> {
     lab.thread_in(n, move || {
         let admin: std::net::SocketAddr = "127.0.0.1:9900".parse().unwrap();
         let mut out = Vec::new();
@@ -400,7 +399,7 @@ fn chaos(tolerance: f64) {
             let count = |n: u8| admitted.iter().filter(|(t, w)| *w == n && *t / 1000 == sec).count();
             // In touch and the leader named, per 100 ms sample: "1" node 1 in touch,
             // "1?" naming node 1 out of touch, "-" not answering.
-            let view = |q: &[(u64, Option<bool>, Option<u64>)]| {
+            let view = |q: &[Sample]| {
                 q.iter()
                     .filter(|(t, _, _)| *t / 1000 == sec)
                     .map(|(_, touch, leader)| match (touch, leader) {
