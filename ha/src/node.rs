@@ -293,6 +293,7 @@ impl HaNode {
             cfg.sync_interval,
             rx,
             pending.clone(),
+            health.clone(),
             lease_client.clone(),
         )));
         Ok(HaNode {
@@ -413,6 +414,7 @@ async fn publisher(
     period: Duration,
     mut rx: mpsc::UnboundedReceiver<Change>,
     pending_gauge: Arc<AtomicUsize>,
+    health: Arc<GroupHealth>,
     relays: LeaseClient,
 ) {
     let mut pending: Vec<Change> = Vec::new();
@@ -433,6 +435,11 @@ async fn publisher(
         if pending.is_empty() {
             continue;
         }
+        if health.pending_since_ms.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            health
+                .pending_since_ms
+                .store(crate::now_ms(), std::sync::atomic::Ordering::Relaxed);
+        }
         // Proposals of bounded size, oldest first; what fails stays for the next round.
         while !pending.is_empty() {
             let n = batch_len(&pending);
@@ -445,6 +452,9 @@ async fn publisher(
             }
             pending.drain(..n);
             pending_gauge.store(pending.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+        if pending.is_empty() {
+            health.pending_since_ms.store(0, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

@@ -4,7 +4,7 @@
 //! these lines are the ones an operator reads, and [`GroupHealth`] is what `/status`,
 //! `/metrics` and `tandem ctl cluster` show.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,12 @@ pub struct GroupHealth {
     /// from, or a majority acknowledging it). Cluster rate limits use it: a count frozen for a second is
     /// already wrong.
     pub in_touch: AtomicBool,
+    /// When (ms, wall clock) the oldest of this node's changes still waiting for a
+    /// commit was first proposed; 0 when none waits. A node whose own changes do not
+    /// commit is not in touch either: the leader it hears may itself be unable to
+    /// commit (it lost its quorum acknowledgements), so what the peers publish does not
+    /// arrive here.
+    pub pending_since_ms: AtomicU64,
 }
 
 /// How recent contact must be to count (a few election timeouts).
@@ -103,9 +109,13 @@ pub async fn run(
         }
         let quorum = judge_quorum(&m, &contacts, election_timeout);
         health.quorum.store(quorum, Relaxed);
-        health
-            .in_touch
-            .store(quorum && reaches_quorum_within(&m, &contacts, in_touch_within), Relaxed);
+        let pending_since = health.pending_since_ms.load(Relaxed);
+        let stalled =
+            pending_since != 0 && crate::now_ms().saturating_sub(pending_since) > in_touch_within.as_millis() as u64;
+        health.in_touch.store(
+            quorum && !stalled && reaches_quorum_within(&m, &contacts, in_touch_within),
+            Relaxed,
+        );
         // The log says a loss only once it lasted (a leader handing over or an election
         // after a member's restart is a blip of a few hundred milliseconds).
         let now = std::time::Instant::now();

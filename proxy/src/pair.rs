@@ -206,6 +206,14 @@ pub fn replicated_shared(key: &str) -> Option<Vec<u8>> {
 /// Whether this process has been in touch with the group since it started.
 static EVER_IN_TOUCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// When (ms after the start, plus one; 0: not in touch) this node's current stretch in
+/// touch with the group began.
+static IN_TOUCH_SINCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How long a (re)started node must have been in touch before it counts the peers' counts
+/// it holds (the catch-up the leader sends is applied by then).
+const TRUSTED_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How long a (re)started node, not yet in touch with a group of three or more, admits
 /// nothing on cluster-scope limits before it falls back to its share.
 const FRESH_START_DENY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -219,7 +227,7 @@ const FRESH_START_DENY: std::time::Duration = std::time::Duration::from_secs(5);
 /// group of three or more voters, the peers' counts here are stale while they keep
 /// admitting (this node is the one cut off, or an election is on): the limiters then
 /// admit this node's share only, and nothing in the first seconds after a start until
-/// the group reached it. In a pair without a witness a lost quorum is most often a
+/// it has been in touch for [`TRUSTED_AFTER`]. In a pair without a witness a lost quorum is most often a
 /// peer that is down, and the node keeps the whole limit.
 pub fn sync_rate_limits(limiters: &[Arc<crate::ratelimit::Limiter>]) {
     let Some(p) = get() else { return };
@@ -241,9 +249,18 @@ pub fn sync_rate_limits(limiters: &[Arc<crate::ratelimit::Limiter>]) {
         (voters, proxies.max(1))
     };
     let touch = p.health.in_touch.load(std::sync::atomic::Ordering::Relaxed);
-    if touch {
+    // Trusted after a start only once in touch for a while: hearing the leader comes
+    // before the catch-up it sends is applied, and until then the peers' counts here
+    // are those of before the restart.
+    let since = p.started.elapsed().as_millis() as u64 + 1;
+    if !touch {
+        IN_TOUCH_SINCE.store(0, std::sync::atomic::Ordering::Relaxed);
+    } else if IN_TOUCH_SINCE.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        IN_TOUCH_SINCE.store(since, std::sync::atomic::Ordering::Relaxed);
+    } else if since - IN_TOUCH_SINCE.load(std::sync::atomic::Ordering::Relaxed) >= TRUSTED_AFTER.as_millis() as u64 {
         EVER_IN_TOUCH.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+    let touch = touch && EVER_IN_TOUCH.load(std::sync::atomic::Ordering::Relaxed);
     let in_touch = touch || voters < 3;
     // Restarted and not yet in touch: the peer admitted what this node cannot see yet;
     // admit nothing for a few seconds rather than the share on top of it.
