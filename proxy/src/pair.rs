@@ -218,6 +218,21 @@ const TRUSTED_AFTER: std::time::Duration = std::time::Duration::from_millis(500)
 /// nothing on cluster-scope limits before it falls back to its share.
 const FRESH_START_DENY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Notes whether this node has been in touch for [`TRUSTED_AFTER`] since it started:
+/// hearing the leader comes before the catch-up it sends is applied, and until then the
+/// peers' state here is that of before the restart.
+fn judge_trust(p: &Pair) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let since = p.started.elapsed().as_millis() as u64 + 1;
+    if !p.health.in_touch.load(Relaxed) {
+        IN_TOUCH_SINCE.store(0, Relaxed);
+    } else if IN_TOUCH_SINCE.load(Relaxed) == 0 {
+        IN_TOUCH_SINCE.store(since, Relaxed);
+    } else if since - IN_TOUCH_SINCE.load(Relaxed) >= TRUSTED_AFTER.as_millis() as u64 {
+        EVER_IN_TOUCH.store(true, Relaxed);
+    }
+}
+
 /// Cluster-scope rate limits: publishes this node's changed window counts, feeds the
 /// ledger's counts (the peers', and this node's own as the group has them) into the
 /// limiters, and tells them whether this node is in touch with the group. Called every
@@ -231,6 +246,7 @@ const FRESH_START_DENY: std::time::Duration = std::time::Duration::from_secs(5);
 /// peer that is down, and the node keeps the whole limit.
 pub fn sync_rate_limits(limiters: &[Arc<crate::ratelimit::Limiter>]) {
     let Some(p) = get() else { return };
+    judge_trust(p);
     let cluster: Vec<_> = limiters
         .iter()
         .filter(|l| l.config.scope == crate::ratelimit::Scope::Cluster)
@@ -248,19 +264,8 @@ pub fn sync_rate_limits(limiters: &[Arc<crate::ratelimit::Limiter>]) {
             .count();
         (voters, proxies.max(1))
     };
-    let touch = p.health.in_touch.load(std::sync::atomic::Ordering::Relaxed);
-    // Trusted after a start only once in touch for a while: hearing the leader comes
-    // before the catch-up it sends is applied, and until then the peers' counts here
-    // are those of before the restart.
-    let since = p.started.elapsed().as_millis() as u64 + 1;
-    if !touch {
-        IN_TOUCH_SINCE.store(0, std::sync::atomic::Ordering::Relaxed);
-    } else if IN_TOUCH_SINCE.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-        IN_TOUCH_SINCE.store(since, std::sync::atomic::Ordering::Relaxed);
-    } else if since - IN_TOUCH_SINCE.load(std::sync::atomic::Ordering::Relaxed) >= TRUSTED_AFTER.as_millis() as u64 {
-        EVER_IN_TOUCH.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-    let touch = touch && EVER_IN_TOUCH.load(std::sync::atomic::Ordering::Relaxed);
+    let touch = p.health.in_touch.load(std::sync::atomic::Ordering::Relaxed)
+        && EVER_IN_TOUCH.load(std::sync::atomic::Ordering::Relaxed);
     let in_touch = touch || voters < 3;
     // Restarted and not yet in touch: the peer admitted what this node cannot see yet;
     // admit nothing for a few seconds rather than the share on top of it.
@@ -337,8 +342,10 @@ pub struct GroupView {
     /// Whether a quorum is within reach (an isolated leader says false).
     pub quorum: bool,
     /// Whether what is replicated reaches this node right now (the leader, or as
-    /// leader a majority, heard within three heartbeats): false during an election and
-    /// while cut off from the leader. Cluster rate limits count the peers only then.
+    /// leader a majority, heard within three heartbeats, and its own changes
+    /// committing): false during an election, while cut off from the leader, and in
+    /// the first half second in touch after a start. Cluster rate limits count the
+    /// peers only then.
     pub in_touch: bool,
     /// Current term.
     pub term: u64,
@@ -451,7 +458,10 @@ impl Pair {
             id: self.id,
             role,
             quorum: !stopped && self.has_quorum(),
-            in_touch: !stopped && self.health.in_touch.load(std::sync::atomic::Ordering::Relaxed),
+            in_touch: !stopped
+                && self.health.in_touch.load(std::sync::atomic::Ordering::Relaxed)
+                && (self.config.witnesses.contains(&self.id)
+                    || EVER_IN_TOUCH.load(std::sync::atomic::Ordering::Relaxed)),
             term: m.current_term,
             leader: if stopped { None } else { m.current_leader },
             last_log_index: m.last_log_index,
