@@ -289,7 +289,6 @@ impl HaNode {
         tasks.push(tokio::spawn(publisher(
             raft.clone(),
             network.clone(),
-            cfg.id,
             cfg.sync_interval,
             rx,
             pending.clone(),
@@ -410,13 +409,13 @@ async fn any_peer_initialized(network: &Network, peers: &[Peer], me: NodeId) -> 
 async fn publisher(
     raft: Raft,
     network: Network,
-    id: NodeId,
     period: Duration,
     mut rx: mpsc::UnboundedReceiver<Change>,
     pending_gauge: Arc<AtomicUsize>,
     health: Arc<GroupHealth>,
     relays: LeaseClient,
 ) {
+    let id = relays.id();
     let mut pending: Vec<Change> = Vec::new();
     let mut leader_client: Option<(NodeId, PeerClient)> = None;
     let mut tick = tokio::time::interval(period);
