@@ -318,41 +318,6 @@ pub struct Network {
     addresses: Arc<std::collections::HashMap<NodeId, String>>,
     /// Last contact with each member.
     pub contacts: Arc<Contacts>,
-    /// Idle connections for calls made outside openraft (lease proposals, relays),
-    /// which would otherwise pay a TLS handshake each.
-    idle: Arc<IdlePool>,
-}
-
-/// Idle peer connections kept between one-off calls, per member.
-#[derive(Default)]
-struct IdlePool(Mutex<std::collections::HashMap<NodeId, Vec<(Instant, PeerConn)>>>);
-
-/// An idle connection older than this is dropped rather than reused: the peer may
-/// have closed it (it closes connections idle for [`PEER_IDLE_TIMEOUT`]).
-const POOL_IDLE: Duration = Duration::from_secs(30);
-/// Most idle connections kept per member (calls overlap only briefly).
-const POOL_PER_PEER: usize = 4;
-
-impl IdlePool {
-    fn take(&self, target: NodeId) -> Option<PeerConn> {
-        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let conns = pool.get_mut(&target)?;
-        while let Some((at, conn)) = conns.pop() {
-            if at.elapsed() < POOL_IDLE {
-                return Some(conn);
-            }
-        }
-        None
-    }
-
-    fn put(&self, target: NodeId, conn: PeerConn) {
-        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let conns = pool.entry(target).or_default();
-        conns.retain(|(at, _)| at.elapsed() < POOL_IDLE);
-        if conns.len() < POOL_PER_PEER {
-            conns.push((Instant::now(), conn));
-        }
-    }
 }
 
 /// A logged-in connection to a peer.
@@ -368,22 +333,16 @@ impl Network {
             identity: Arc::new(tls.clone()),
             addresses: Arc::new(peers.iter().map(|p| (p.id, p.address.to_string())).collect()),
             contacts: Arc::default(),
-            idle: Arc::default(),
         })
     }
 
-    /// Sends one request to `target` outside openraft's own clients, on a pooled
-    /// connection when one is idle; `None` if it could not be sent or answered within
-    /// `within`. Cancel-safe like [`PeerClient::call`]: only a connection that carried a
-    /// whole reply goes back to the pool.
+    /// Sends one request to `target` outside openraft's own clients, on a connection of
+    /// its own; `None` if it could not be sent or answered within `within`. A fresh
+    /// connection each time: an idle one kept from before a cut may sit behind TCP's
+    /// retransmission backoff after the heal, and a lease renewal cannot wait for it.
     pub async fn call_once(&self, target: NodeId, node: &BasicNode, req: &Request, within: Duration) -> Option<Reply> {
         let mut client = self.clone().new_client(target, node).await;
-        client.conn = self.idle.take(target);
-        let reply = tokio::time::timeout(within, client.call(req)).await.ok()?.ok()?;
-        if let Some(conn) = client.conn.take() {
-            self.idle.put(target, conn);
-        }
-        Some(reply)
+        tokio::time::timeout(within, client.call(req)).await.ok()?.ok()
     }
 
     /// The name node `target`'s certificate must carry.
