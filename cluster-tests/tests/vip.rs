@@ -713,6 +713,17 @@ fn a_witness_fences_the_vip_during_a_partition() {
     // "hold" B stays backup and A keeps serving.
     std::thread::sleep(Duration::from_millis(500));
     lab.kill9("witness");
+    // The pair elects a leader of its own and A renews its lease with it first; a cut
+    // within one lease of the witness's death may leave neither holding the VIP (A
+    // still hears B when its lease runs out, so it steps down: the safe side).
+    let t = Instant::now();
+    while ![1, 2].contains(&lab.metric("a", "tandem_ha_leader_id")) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    while !lab.holds_vip("a") && t.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     lab.partition(true);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) {
