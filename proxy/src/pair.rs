@@ -203,7 +203,8 @@ pub fn replicated_shared(key: &str) -> Option<Vec<u8>> {
     t.shared.get(key).cloned()
 }
 
-/// Whether this process has been in touch with the group since it started.
+/// Whether this process has been in touch with the group for [`TRUSTED_AFTER`] since it
+/// started (set by `judge_trust`).
 static EVER_IN_TOUCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// When (ms after the start, plus one; 0: not in touch) this node's current stretch in
