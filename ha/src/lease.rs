@@ -219,7 +219,7 @@ impl LeaseClient {
         self.peers
             .iter()
             .filter(|p| p.id != self.id)
-            .any(|p| self.network.contacts.since(p.id).is_some_and(|d| d <= within))
+            .any(|p| self.network.heard_within(p.id, within))
     }
 
     /// Relays `batch` through every member but this one and `skip` at once; whether one
@@ -242,7 +242,7 @@ impl LeaseClient {
     async fn ask(&self, target: NodeId, req: Request) -> Option<Option<Lease>> {
         let peer = self.peers.iter().find(|p| p.id == target)?;
         let node = openraft::BasicNode::new(peer.address.to_string());
-        match self.network.call_once(target, &node, &req, ATTEMPT).await {
+        match self.network.ask(target, &node, req, ATTEMPT).await {
             Some(Reply::Propose(Ok(answer))) => Some(answer),
             _ => None,
         }

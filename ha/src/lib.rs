@@ -14,6 +14,7 @@
 
 pub mod handback;
 pub mod lease;
+pub mod link;
 pub mod network;
 pub mod node;
 pub mod state_machine;

@@ -215,7 +215,7 @@ impl PeerTls {
 }
 
 /// A message to a peer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     /// Raft log replication / heartbeat.
     Append(AppendEntriesRequest<TypeConfig>),
@@ -240,6 +240,9 @@ pub enum Request {
         /// The leader's last log index when it asked.
         last_log_index: u64,
     },
+    /// Whether the connection carries replies (a standing link's check, see
+    /// [`crate::link`]); answered at once, without the Raft core.
+    Ping,
 }
 
 /// A change of the group's members (`tandem ctl cluster add|remove|replace`).
@@ -279,6 +282,8 @@ pub enum Reply {
     Membership(Result<Vec<NodeId>, String>),
     /// To `Handback`: whether this member stood for election.
     Handback(bool),
+    /// To `Ping`.
+    Pong,
 }
 
 /// When this node last heard from each member (a reply to its call, or a request that
@@ -318,6 +323,8 @@ pub struct Network {
     addresses: Arc<std::collections::HashMap<NodeId, String>>,
     /// Last contact with each member.
     pub contacts: Arc<Contacts>,
+    /// Standing connections to the configured members (see [`crate::link`]).
+    pub links: Arc<crate::link::Links>,
 }
 
 /// A logged-in connection to a peer.
@@ -333,7 +340,38 @@ impl Network {
             identity: Arc::new(tls.clone()),
             addresses: Arc::new(peers.iter().map(|p| (p.id, p.address.to_string())).collect()),
             contacts: Arc::default(),
+            links: Arc::default(),
         })
+    }
+
+    /// Sends one request to `target` outside openraft's own clients: on the standing
+    /// link to it while that is fresh, else on a connection of its own; `None` if it
+    /// could not be sent or answered within `within`.
+    pub async fn ask(&self, target: NodeId, node: &BasicNode, req: Request, within: Duration) -> Option<Reply> {
+        match self.links.call(target, req, within).await {
+            Ok(reply) => reply,
+            Err(req) => self.call_once(target, node, &req, within).await,
+        }
+    }
+
+    /// Whether `id` answered within `within`, on the standing link to it or on any other
+    /// call.
+    pub fn heard_within(&self, id: NodeId, within: Duration) -> bool {
+        let recent = |d: Option<Duration>| d.is_some_and(|d| d <= within);
+        recent(self.links.heard(id)) || recent(self.contacts.since(id))
+    }
+
+    /// A client for `target`'s standing link: its replies are not counted as Raft
+    /// contact (a ping says the process answers, not that its Raft core does).
+    pub(crate) fn link_client(&self, target: NodeId, addr: &str) -> PeerClient {
+        PeerClient {
+            target,
+            addr: self.addresses.get(&target).cloned().unwrap_or_else(|| addr.to_string()),
+            tls: self.tls.clone(),
+            name: self.name_of(target),
+            conn: None,
+            contacts: Arc::default(),
+        }
     }
 
     /// Sends one request to `target` outside openraft's own clients, on a connection of
@@ -388,6 +426,11 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
+    /// Whether a connection is open (kept from the last whole call).
+    pub fn connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
     /// Sends one request and waits for its reply. Cancel-safe: a call dropped half-way
     /// takes its connection with it.
     pub async fn call(&mut self, req: &Request) -> Result<Reply, WireError> {
@@ -520,7 +563,9 @@ fn speaks_for(req: &Request) -> Option<NodeId> {
         Request::Vote(r) => r.vote.leader_id().voted_for(),
         Request::Snapshot(r) => r.vote.leader_id().voted_for(),
         Request::Relay(b) => Some(b.origin),
-        Request::Propose(_) | Request::Hello | Request::Membership(_) | Request::Handback { .. } => None,
+        Request::Propose(_) | Request::Hello | Request::Membership(_) | Request::Handback { .. } | Request::Ping => {
+            None
+        }
     }
 }
 
@@ -632,6 +677,7 @@ pub async fn serve(
                     Request::Handback { last_log_index } => {
                         Reply::Handback(crate::handback::stand(&raft, last_log_index).await)
                     }
+                    Request::Ping => Reply::Pong,
                 };
                 if write_frame(&mut conn, &reply).await.is_err() {
                     return;
@@ -680,7 +726,7 @@ async fn relay(raft: &Raft, network: &Network, batch: Batch) -> Reply {
     if let RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f)) = &err {
         if let (Some(id), Some(node)) = (f.leader_id, f.leader_node.as_ref()) {
             let timeout = std::time::Duration::from_millis(250);
-            if let Some(reply) = network.call_once(id, node, &Request::Propose(batch), timeout).await {
+            if let Some(reply) = network.ask(id, node, Request::Propose(batch), timeout).await {
                 return reply;
             }
         }

@@ -283,6 +283,7 @@ impl HaNode {
             cfg.heartbeat * 3,
         )));
 
+        tasks.extend(network.start_links(cfg.id, &cfg.peers));
         let lease_client = LeaseClient::new(cfg.id, raft.clone(), network.clone(), cfg.peers.clone());
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));

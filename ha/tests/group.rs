@@ -517,3 +517,84 @@ async fn catch_up_time_by_snapshot() {
         }
     }
 }
+
+/// Each member keeps a link to each other one, checked by pings: a stopped member is
+/// known to be out of reach within a ping timeout or two, a restarted one is reached
+/// again, and lease calls go over the links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standing_links_say_which_members_answer() {
+    use tandem_ha::link::{FRESH, PING_TIMEOUT};
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca(dir.path(), "group-ca");
+        let peers: Vec<Peer> = peers(3);
+        let cfg = |id: u64| {
+            HaConfig::new(
+                id,
+                peers.clone(),
+                dir.path().join(format!("data-{id}")),
+                node_tls(dir.path(), &ca, &format!("node-{id}")),
+            )
+        };
+        let mut nodes = Vec::new();
+        for id in 1..=3 {
+            nodes.push(Some(HaNode::start(cfg(id)).await.unwrap()));
+        }
+        let fresh = |n: &HaNode, id: u64| n.network.links.heard(id).is_some_and(|d| d <= FRESH);
+        eventually("every link fresh", Duration::from_secs(10), || {
+            let n1 = nodes[0].as_ref().unwrap();
+            let n2 = nodes[1].as_ref().unwrap();
+            fresh(n1, 2) && fresh(n1, 3) && fresh(n2, 1) && fresh(n2, 3)
+        })
+        .await;
+        // A member has no link to itself.
+        assert!(nodes[0].as_ref().unwrap().network.links.heard(1).is_none());
+        eventually("a leader", Duration::from_secs(10), || {
+            nodes[0].as_ref().unwrap().leader().is_some()
+        })
+        .await;
+
+        // Lease calls from a follower go over the link: a few milliseconds each.
+        let follower = (0..3)
+            .find(|&i| nodes[i].as_ref().unwrap().leader() != Some(i as u64 + 1))
+            .unwrap();
+        let client = nodes[follower].as_ref().unwrap().lease_client();
+        let mut took = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let lease = client
+                .acquire(7, 100, false, Duration::from_millis(500), Duration::from_secs(2))
+                .await
+                .unwrap();
+            took.push(t.elapsed());
+            assert!(lease.held_by(client.id(), tandem_ha::now_ms()));
+        }
+        took.sort();
+        eprintln!(
+            "lease renewal from a follower: median {:?}, max {:?}",
+            took[10], took[19]
+        );
+
+        // Member 3 stops: 1 and 2 know it is out of reach soon after.
+        let t = Instant::now();
+        nodes[2].take().unwrap().shutdown().await;
+        eventually("the stopped member's links stale", PING_TIMEOUT * 2 + FRESH * 2, || {
+            !fresh(nodes[0].as_ref().unwrap(), 3) && !fresh(nodes[1].as_ref().unwrap(), 3)
+        })
+        .await;
+        eprintln!("stopped member known out of reach after {:?}", t.elapsed());
+        assert!(fresh(nodes[0].as_ref().unwrap(), 2), "the living member still answers");
+
+        // It restarts: reached again.
+        nodes[2] = Some(HaNode::start(cfg(3)).await.unwrap());
+        eventually("links to the restarted member fresh", Duration::from_secs(5), || {
+            fresh(nodes[0].as_ref().unwrap(), 3) && fresh(nodes[1].as_ref().unwrap(), 3)
+        })
+        .await;
+        for n in nodes.into_iter().flatten() {
+            n.shutdown().await;
+        }
+    })
+    .await
+    .expect("test bounded in time");
+}

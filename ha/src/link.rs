@@ -1,0 +1,221 @@
+//! Standing links: one connection from this member to each other configured member,
+//! kept open and checked with a ping every [`PING_EVERY`], for the calls that cannot
+//! wait for a connection to be made — lease asks and renewals, and relays.
+//!
+//! A fresh connection per call (TCP and a TLS login) costs a few milliseconds on an idle
+//! machine and tens on a loaded one, which a fenced takeover pays twice (the ask and,
+//! through the witness, its relay). A plain pool of idle connections is worse: one kept
+//! from before a cut sits behind TCP's retransmission backoff after the heal, and a call
+//! sent on it waits past a lease's life. A link is used only while *fresh* (a reply
+//! came back on it within [`FRESH`]); a ping that goes unanswered for [`PING_TIMEOUT`]
+//! drops its connection, and the next attempt opens a new one. Callers fall back to a
+//! connection of their own while the link is not fresh.
+//!
+//! A link's pings also say which members are within reach right now ([`Links::heard`]),
+//! which Raft traffic alone does not tell a follower about the other followers: a VIP
+//! holder whose lease ran out must know whether the group can still grant it to another
+//! node.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::network::{Network, PeerClient, Reply, Request};
+use crate::types::NodeId;
+use crate::wire::WireError;
+
+/// How often a link checks its connection.
+pub const PING_EVERY: Duration = Duration::from_millis(25);
+/// A ping unanswered this long drops the link's connection.
+pub const PING_TIMEOUT: Duration = Duration::from_millis(200);
+/// A link carries calls only while a reply came back on it this recently.
+pub const FRESH: Duration = Duration::from_millis(100);
+/// Pause after a failed connection attempt (a stopped peer refuses at once).
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+
+/// A call waiting for its link.
+struct Job {
+    req: Request,
+    within: Duration,
+    answer: oneshot::Sender<Option<Reply>>,
+}
+
+/// The sending side of one member's link.
+struct Link {
+    jobs: mpsc::Sender<Job>,
+    /// When the last reply came back on it (ms since [`Links::epoch`]; 0: never).
+    heard_ms: Arc<AtomicU64>,
+}
+
+/// This member's links to the others; empty until [`Network::start_links`].
+#[derive(Default)]
+pub struct Links {
+    by_id: OnceLock<HashMap<NodeId, Link>>,
+    epoch: OnceLock<Instant>,
+}
+
+impl Links {
+    fn epoch(&self) -> Instant {
+        *self.epoch.get_or_init(Instant::now)
+    }
+
+    /// How long ago a reply last came back on the link to `id` (`None`: no link, or
+    /// never).
+    pub fn heard(&self, id: NodeId) -> Option<Duration> {
+        let link = self.by_id.get()?.get(&id)?;
+        let ms = link.heard_ms.load(Relaxed);
+        (ms != 0).then(|| self.epoch().elapsed().saturating_sub(Duration::from_millis(ms)))
+    }
+
+    /// Sends `req` on the link to `id` if that link is fresh; `None` if it is not (the
+    /// caller makes a connection of its own) or no reply came within `within`.
+    pub(crate) async fn call(&self, id: NodeId, req: Request, within: Duration) -> Result<Option<Reply>, Request> {
+        let Some(link) = self.by_id.get().and_then(|m| m.get(&id)) else {
+            return Err(req);
+        };
+        if !self.heard(id).is_some_and(|d| d <= FRESH) {
+            return Err(req);
+        }
+        let (answer, reply) = oneshot::channel();
+        if let Err(e) = link.jobs.try_send(Job { req, within, answer }) {
+            let job = match e {
+                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+            };
+            return Err(job.req);
+        }
+        Ok(tokio::time::timeout(within, reply)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten())
+    }
+}
+
+impl Network {
+    /// Opens and keeps a link to every member in `peers` but `me`; the returned tasks
+    /// end when the network's last clone is dropped or they are aborted.
+    pub fn start_links(&self, me: NodeId, peers: &[crate::node::Peer]) -> Vec<tokio::task::JoinHandle<()>> {
+        let epoch = self.links.epoch();
+        let mut tasks = Vec::new();
+        let mut by_id = HashMap::new();
+        for p in peers.iter().filter(|p| p.id != me) {
+            let (jobs, rx) = mpsc::channel(64);
+            let heard_ms = Arc::new(AtomicU64::new(0));
+            let client = self.link_client(p.id, &p.address.to_string());
+            tasks.push(tokio::spawn(keep(client, rx, heard_ms.clone(), epoch)));
+            by_id.insert(p.id, Link { jobs, heard_ms });
+        }
+        if self.links.by_id.set(by_id).is_err() {
+            tasks.iter().for_each(|t| t.abort());
+            return Vec::new();
+        }
+        tasks
+    }
+}
+
+/// Runs one link: answers jobs, pings between them, reconnects after a failure.
+async fn keep(mut client: PeerClient, mut jobs: mpsc::Receiver<Job>, heard_ms: Arc<AtomicU64>, epoch: Instant) {
+    let mut tick = tokio::time::interval(PING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping = Pinger::default();
+    let mut retry_at = Instant::now();
+    loop {
+        let (req, within, answer) = tokio::select! {
+            job = jobs.recv() => match job {
+                // Its caller gave up waiting: it may have gone another way meanwhile.
+                Some(j) if j.answer.is_closed() => continue,
+                Some(j) => (j.req, j.within, Some(j.answer)),
+                None => return,
+            },
+            _ = tick.tick() => {
+                if Instant::now() < retry_at {
+                    continue;
+                }
+                (ping.request(), PING_TIMEOUT, None)
+            }
+        };
+        let was_connected = client.connected();
+        let outcome = match tokio::time::timeout(within, client.call(&req)).await {
+            Ok(r) => r,
+            // The dropped call took its connection with it.
+            Err(_) => Err(WireError::Io(std::io::ErrorKind::TimedOut.into())),
+        };
+        let ok = outcome.is_ok();
+        if ok {
+            heard_ms.store((epoch.elapsed().as_millis() as u64).max(1), Relaxed);
+        } else if !was_connected && !client.connected() {
+            retry_at = Instant::now() + RETRY_AFTER;
+        }
+        if answer.is_none() {
+            ping.answered(&outcome, was_connected);
+        }
+        if let Some(a) = answer {
+            let _ = a.send(outcome.ok());
+        }
+    }
+}
+
+/// Which request a link pings with. A peer of an older release does not know `Ping`:
+/// it closes the connection on it (and counts a malformed frame). After three such
+/// closes in a row on connections opened for the ping, the link pings with `Hello`
+/// (answered through the peer's Raft core) until that connection is lost, say when the
+/// peer restarts on a newer release.
+#[derive(Default)]
+struct Pinger {
+    refused: u8,
+    hello: bool,
+}
+
+impl Pinger {
+    fn request(&self) -> Request {
+        if self.hello {
+            Request::Hello
+        } else {
+            Request::Ping
+        }
+    }
+
+    fn answered(&mut self, outcome: &Result<Reply, WireError>, was_connected: bool) {
+        match outcome {
+            Ok(_) => self.refused = 0,
+            Err(_) if self.hello => *self = Pinger::default(),
+            Err(WireError::Io(e)) if !was_connected && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                self.refused += 1;
+                self.hello = self.refused >= 3;
+            }
+            Err(_) => self.refused = 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eof() -> Result<Reply, WireError> {
+        Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+    }
+
+    #[test]
+    fn a_peer_that_closes_on_ping_three_times_is_pinged_with_hello_until_the_link_breaks() {
+        let mut p = Pinger::default();
+        assert!(matches!(p.request(), Request::Ping));
+        // A restart of the peer (a close on a kept connection) does not count.
+        p.answered(&eof(), true);
+        p.answered(&eof(), false);
+        p.answered(&Ok(Reply::Pong), false);
+        p.answered(&eof(), false);
+        p.answered(&eof(), false);
+        assert!(matches!(p.request(), Request::Ping));
+        p.answered(&eof(), false);
+        assert!(matches!(p.request(), Request::Hello));
+        p.answered(&Ok(Reply::Hello { initialized: true }), true);
+        assert!(matches!(p.request(), Request::Hello));
+        // The link breaks (the peer restarts, perhaps on a newer release): Ping again.
+        p.answered(&eof(), true);
+        assert!(matches!(p.request(), Request::Ping));
+    }
+}
