@@ -342,10 +342,14 @@ pub async fn run(
     let mut released = false;
     // Expiry of the lease this node last had committed (ms since the epoch; 0: none).
     let mut lease_until_ms: u64 = 0;
+    // A takeover put off until then (the lease was held, or no quorum answered): the
+    // hold-down was waited already, the retry does not wait it again. Any advert heard
+    // sets a new deadline, which does.
+    let mut retry_at: Option<Instant> = None;
     loop {
         let far = Instant::now() + Duration::from_secs(3600);
         let mut deadline = m.deadline().unwrap_or(far);
-        if m.state() == State::Backup && !released {
+        if m.state() == State::Backup && !released && m.deadline() != retry_at {
             deadline += cfg.hold_down;
         }
         let master = m.state() == State::Master;
@@ -427,6 +431,7 @@ pub async fn run(
                     // at once. Ask again at once for a fresh one.
                     Ok(lease) if lease.held_by(me, crate::now_ms()) && !lease.held_by(me, crate::now_ms() + FENCE_MARGIN.as_millis() as u64 * 2) => {
                         if due {
+                            retry_at = Some(now + Duration::from_millis(10));
                             m.defer(now + Duration::from_millis(10));
                         }
                         false
@@ -444,7 +449,9 @@ pub async fn run(
                         let left = Duration::from_millis(lease.until_ms.saturating_sub(crate::now_ms()));
                         tracing::debug!(vip = %cfg.name, holder = lease.holder, ?left, "takeover refused: the lease is held");
                         if due {
-                            m.defer(now + left.clamp(Duration::from_millis(10), m.master_down()));
+                            let at = now + left.clamp(Duration::from_millis(10), m.master_down());
+                            retry_at = Some(at);
+                            m.defer(at);
                         }
                         false
                     }
@@ -458,6 +465,7 @@ pub async fn run(
                             NoQuorum::Hold => {
                                 tracing::warn!(vip = %cfg.name, "no quorum for the lease; staying backup (on_no_quorum = \"hold\")");
                                 if due {
+                                    retry_at = Some(now + m.master_down());
                                     m.defer(now + m.master_down());
                                 }
                                 false
