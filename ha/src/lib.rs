@@ -32,6 +32,16 @@ pub use openraft::RaftMetrics;
 pub use tables::{Change, Tables};
 pub use types::{Batch, NodeId, TypeConfig};
 
+/// Raises the calling thread's scheduling priority (nice −10) when allowed (root or
+/// CAP_SYS_NICE); whether it was raised. For the threads that run the group, the
+/// VRRP routers and the leases: a lease is a promise kept by the clock, and a thread
+/// that waits behind busy workers past its fence margin would hold a VIP it no longer
+/// has (keepalived raises its VRRP process for the same reason).
+pub fn raise_thread_priority() -> bool {
+    // SAFETY: setpriority on this thread's own id; no memory is touched.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10) == 0 }
+}
+
 /// Milliseconds since the Unix epoch (lease times).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

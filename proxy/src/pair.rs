@@ -58,8 +58,16 @@ pub fn start(cfg: &HaConfigSection) -> Result<&'static Pair, String> {
     std::thread::Builder::new()
         .name("ha".into())
         .spawn(move || {
+            // Heartbeats, lease renewals and their relays must not wait behind busy
+            // workers (see `raise_thread_priority`).
+            if !tandem_ha::raise_thread_priority() {
+                tracing::debug!("HA thread keeps the default priority (no CAP_SYS_NICE)");
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
+                .on_thread_start(|| {
+                    tandem_ha::raise_thread_priority();
+                })
                 .enable_all()
                 .build()
             {

@@ -43,9 +43,7 @@ pub fn start(configs: &[VipConfig], shared: Arc<crate::control::Shared>) -> std:
     std::thread::Builder::new().name("vrrp".into()).spawn(move || {
         // Adverts must not wait behind busy workers: a late advert is a lost advert to the
         // peer. Raise this thread's priority when allowed (root or CAP_SYS_NICE).
-        // SAFETY: setpriority on this thread's own id; no memory is touched.
-        let raised = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10) } == 0;
-        if !raised {
+        if !tandem_ha::raise_thread_priority() {
             tracing::debug!("VRRP thread keeps the default priority (no CAP_SYS_NICE)");
         }
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -438,70 +438,114 @@ fn recv_v6(fd: i32, buf: &mut [u8]) -> io::Result<Result<(IpAddr, Advert), Adver
     Ok(Advert::decode_v6(&buf[..n as usize], src, dst, hop_limit).map(|a| (IpAddr::V6(src), a)))
 }
 
-/// Announces `vip` from `iface`: a gratuitous ARP (IPv4) or an unsolicited neighbour
-/// advertisement with the override flag (IPv6).
-pub fn announce(iface: &Interface, vip: IpAddr) -> Result<(), NetError> {
-    match vip {
-        IpAddr::V4(v) => send_garp(iface, v),
-        IpAddr::V6(v) => send_unsolicited_na(iface, v),
-    }
+/// Announces VIPs from one interface: gratuitous ARPs (IPv4) or unsolicited neighbour
+/// advertisements with the override flag (IPv6). Its socket is opened once: closing an
+/// AF_PACKET socket waits for an RCU grace period in the kernel (≈ 12 ms here, more
+/// under load), and a takeover's burst of five would block the router's thread — its
+/// adverts and its lease's fence — for tens of milliseconds.
+pub struct Announcer {
+    sock: Socket,
+    iface: Interface,
 }
 
-/// Sends one unsolicited neighbour advertisement for `vip` to all nodes (ff02::1), with
-/// the override flag and our MAC, hop limit 255: neighbours that cached the old holder's
-/// MAC replace it. The kernel fills the ICMPv6 checksum.
-pub fn send_unsolicited_na(iface: &Interface, vip: Ipv6Addr) -> Result<(), NetError> {
-    let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).map_err(io_err("open ICMPv6 socket"))?;
-    s.set_multicast_if_v6(iface.index)
-        .map_err(io_err("IPV6_MULTICAST_IF"))?;
-    s.set_multicast_hops_v6(255).map_err(io_err("IPV6_MULTICAST_HOPS"))?;
-    let mut m = Vec::with_capacity(32);
-    m.extend_from_slice(&[136, 0, 0, 0]); // neighbour advertisement, checksum by the kernel
-    m.extend_from_slice(&[0x20, 0, 0, 0]); // override
-    m.extend_from_slice(&vip.octets());
-    m.extend_from_slice(&[2, 1]); // target link-layer address, 8 bytes
-    m.extend_from_slice(&iface.mac);
-    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
-    let to = SockAddr::from(std::net::SocketAddrV6::new(all_nodes, 0, 0, iface.index));
-    s.send_to(&m, &to)
-        .map_err(io_err("send unsolicited neighbour advertisement"))?;
-    Ok(())
-}
-
-/// Sends one gratuitous ARP request for `vip` from `iface` (sender = target = VIP,
-/// broadcast), as keepalived does; clients holding an entry for the VIP update it.
-pub fn send_garp(iface: &Interface, vip: Ipv4Addr) -> Result<(), NetError> {
-    const ETH_P_ARP: u16 = 0x0806;
-    let s = Socket::new(
-        Domain::PACKET,
-        Type::RAW,
-        Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))),
-    )
-    .map_err(io_err("open AF_PACKET socket"))?;
-    let mut frame = Vec::with_capacity(42);
-    frame.extend_from_slice(&[0xff; 6]);
-    frame.extend_from_slice(&iface.mac);
-    frame.extend_from_slice(&ETH_P_ARP.to_be_bytes());
-    frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]); // Ethernet/IPv4, request
-    frame.extend_from_slice(&iface.mac);
-    frame.extend_from_slice(&vip.octets());
-    frame.extend_from_slice(&[0xff; 6]);
-    frame.extend_from_slice(&vip.octets());
-    // SAFETY: a zeroed sockaddr_ll filled with the interface, protocol and broadcast MAC.
-    let addr = unsafe {
-        SockAddr::try_init(|storage, len| {
-            let ll = storage.cast::<libc::sockaddr_ll>();
-            (*ll).sll_family = libc::AF_PACKET as u16;
-            (*ll).sll_protocol = ETH_P_ARP.to_be();
-            (*ll).sll_ifindex = iface.index as i32;
-            (*ll).sll_halen = 6;
-            (&mut (*ll).sll_addr)[..6].copy_from_slice(&[0xff; 6]);
-            *len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            Ok(())
+impl Announcer {
+    /// Opens the socket for `iface`'s address family.
+    pub fn open(iface: &Interface) -> Result<Announcer, NetError> {
+        let sock = match iface.address {
+            // Protocol 0: the socket sends, and receives nothing.
+            IpAddr::V4(_) => Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))
+                .map_err(io_err("open AF_PACKET socket"))?,
+            IpAddr::V6(_) => {
+                let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
+                    .map_err(io_err("open ICMPv6 socket"))?;
+                // Nothing is read from it: let no ICMPv6 message be queued to it.
+                const ICMP6_FILTER: libc::c_int = 1;
+                let block_all = [u32::MAX; 8];
+                // SAFETY: a 32-byte icmp6_filter, valid for its length.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        s.as_raw_fd(),
+                        libc::IPPROTO_ICMPV6,
+                        ICMP6_FILTER,
+                        block_all.as_ptr().cast(),
+                        std::mem::size_of_val(&block_all) as libc::socklen_t,
+                    )
+                };
+                if rc != 0 {
+                    return Err(io_err("ICMP6_FILTER")(io::Error::last_os_error()));
+                }
+                s.set_multicast_if_v6(iface.index)
+                    .map_err(io_err("IPV6_MULTICAST_IF"))?;
+                s.set_multicast_hops_v6(255).map_err(io_err("IPV6_MULTICAST_HOPS"))?;
+                s
+            }
+        };
+        // Sends only; a full buffer drops the announcement rather than blocking.
+        sock.set_nonblocking(true).map_err(io_err("O_NONBLOCK"))?;
+        Ok(Announcer {
+            sock,
+            iface: iface.clone(),
         })
     }
-    .map_err(io_err("sockaddr_ll"))?
-    .1;
-    s.send_to(&frame, &addr).map_err(io_err("send gratuitous ARP"))?;
-    Ok(())
+
+    /// Announces `vip` once.
+    pub fn announce(&self, vip: IpAddr) -> Result<(), NetError> {
+        match vip {
+            IpAddr::V4(v) => self.send_garp(v),
+            IpAddr::V6(v) => self.send_unsolicited_na(v),
+        }
+    }
+
+    /// One unsolicited neighbour advertisement for `vip` to all nodes (ff02::1), with
+    /// the override flag and our MAC, hop limit 255: neighbours that cached the old
+    /// holder's MAC replace it. The kernel fills the ICMPv6 checksum.
+    fn send_unsolicited_na(&self, vip: Ipv6Addr) -> Result<(), NetError> {
+        let mut m = Vec::with_capacity(32);
+        m.extend_from_slice(&[136, 0, 0, 0]); // neighbour advertisement, checksum by the kernel
+        m.extend_from_slice(&[0x20, 0, 0, 0]); // override
+        m.extend_from_slice(&vip.octets());
+        m.extend_from_slice(&[2, 1]); // target link-layer address, 8 bytes
+        m.extend_from_slice(&self.iface.mac);
+        let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+        let to = SockAddr::from(std::net::SocketAddrV6::new(all_nodes, 0, 0, self.iface.index));
+        self.sock
+            .send_to(&m, &to)
+            .map_err(io_err("send unsolicited neighbour advertisement"))?;
+        Ok(())
+    }
+
+    /// One gratuitous ARP request for `vip` (sender = target = VIP, broadcast), as
+    /// keepalived sends; clients holding an entry for the VIP update it.
+    fn send_garp(&self, vip: Ipv4Addr) -> Result<(), NetError> {
+        const ETH_P_ARP: u16 = 0x0806;
+        let iface = &self.iface;
+        let mut frame = Vec::with_capacity(42);
+        frame.extend_from_slice(&[0xff; 6]);
+        frame.extend_from_slice(&iface.mac);
+        frame.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+        frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]); // Ethernet/IPv4, request
+        frame.extend_from_slice(&iface.mac);
+        frame.extend_from_slice(&vip.octets());
+        frame.extend_from_slice(&[0xff; 6]);
+        frame.extend_from_slice(&vip.octets());
+        // SAFETY: a zeroed sockaddr_ll filled with the interface, protocol and broadcast MAC.
+        let addr = unsafe {
+            SockAddr::try_init(|storage, len| {
+                let ll = storage.cast::<libc::sockaddr_ll>();
+                (*ll).sll_family = libc::AF_PACKET as u16;
+                (*ll).sll_protocol = ETH_P_ARP.to_be();
+                (*ll).sll_ifindex = iface.index as i32;
+                (*ll).sll_halen = 6;
+                (&mut (*ll).sll_addr)[..6].copy_from_slice(&[0xff; 6]);
+                *len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                Ok(())
+            })
+        }
+        .map_err(io_err("sockaddr_ll"))?
+        .1;
+        self.sock
+            .send_to(&frame, &addr)
+            .map_err(io_err("send gratuitous ARP"))?;
+        Ok(())
+    }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::machine::{Action, Machine, RouterConfig, State};
-use super::net::{self, Interface, NetError, VrrpSocket};
+use super::net::{self, Announcer, Interface, NetError, VrrpSocket};
 use super::packet::{group_for, Advert, AdvertError};
 use crate::lease::{Lease, LeaseClient, LeaseError};
 
@@ -154,6 +154,7 @@ struct Holder {
     cfg: VipConfig,
     iface: Interface,
     sock: VrrpSocket,
+    announcer: Announcer,
     stats: Arc<VipStats>,
 }
 
@@ -234,7 +235,7 @@ impl Holder {
 
     fn garp(&self) {
         for &(a, _) in &self.cfg.addresses {
-            match net::announce(&self.iface, a) {
+            match self.announcer.announce(a) {
                 Ok(()) => {
                     self.stats.garps.fetch_add(1, Relaxed);
                 }
@@ -299,6 +300,7 @@ pub async fn run(
     let iface = Interface::lookup(&cfg.interface, &vips)?;
     let sock = VrrpSocket::open(&iface)?;
     let h = Holder {
+        announcer: Announcer::open(&iface)?,
         iface: iface.clone(),
         sock,
         stats,
