@@ -76,7 +76,7 @@ impl Links {
         let Some(link) = self.by_id.get().and_then(|m| m.get(&id)) else {
             return Err(req);
         };
-        if !self.heard(id).is_some_and(|d| d <= FRESH) {
+        if self.heard(id).is_none_or(|d| d > FRESH) {
             return Err(req);
         }
         let (answer, reply) = oneshot::channel();
