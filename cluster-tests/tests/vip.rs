@@ -97,7 +97,7 @@ fn partition_heal_converges_on_one_holder_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let Some(lab) = Lab::pair(dir.path()) else { return };
     let mut heals = Vec::new();
-    for round in 0..4 {
+    for round in 0..20 {
         lab.partition(true);
         // Without a third vote both sides become master (documented); B takes the VIP.
         let t = Instant::now();
@@ -126,10 +126,73 @@ fn partition_heal_converges_on_one_holder_within_a_second() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    eprintln!("heal → client on the one remaining holder: {heals:?}");
+    report("heal → client on the one remaining holder", &heals);
+    // The promise is 1 s; the bound is tighter so that losing the loser's last advert
+    // shows: without it the client waits for the winner's next announcement (p50 540 ms
+    // here, against 15 ms with it).
     for h in &heals {
-        assert!(*h < Duration::from_secs(1), "heal took {h:?}");
+        assert!(*h < Duration::from_millis(400), "heal took {h:?}");
     }
+}
+
+/// Prints p50 and max of `times` (and all of them).
+fn report(what: &str, times: &[Duration]) {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    eprintln!(
+        "{what}, {} runs: p50 {:?} max {:?} (all: {times:?})",
+        sorted.len(),
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1]
+    );
+}
+
+#[test]
+fn a_link_flap_faults_the_master_and_clients_follow_the_one_holder_within_a_second() {
+    if !can_run(has_arping(), "arping is not installed (Debian package iputils-arping)") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(lab) = Lab::pair(dir.path()) else { return };
+    let state = |n: &str| lab.metric(n, "tandem_vip_state{vip=\"web\",vrid=\"51\"}");
+    let mut back = Vec::new();
+    for round in 0..20 {
+        // A's link loses carrier: A enters FAULT and removes the VIP, B takes over.
+        lab.port_down("a", true);
+        let t = Instant::now();
+        while lab.holds_vip("a") {
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "round {round}: A kept the VIP with its link down"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if round == 0 {
+            assert_eq!(state("a"), 3, "A is in FAULT");
+        }
+        lab.wait_for("node-b", Duration::from_secs(3));
+        // The link returns: A rejoins as backup, preempts, and the client follows it
+        // (B's last advert as it steps down makes A announce again).
+        lab.port_down("a", false);
+        back.push(lab.wait_for("node-a", Duration::from_secs(5)));
+        let t = Instant::now();
+        while lab.holds_vip("b") {
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "round {round}: B kept the VIP after A returned"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    report("link back → client on the one holder", &back);
+    for b in &back {
+        assert!(
+            *b < Duration::from_secs(1),
+            "link flap: the client followed after {b:?}"
+        );
+    }
+    assert!(lab.metric("a", "tandem_vip_events_total{vip=\"web\",event=\"fault\"}") >= 20);
+    assert_eq!(state("a"), 2);
 }
 
 #[test]
@@ -138,43 +201,90 @@ fn malformed_and_foreign_adverts_are_dropped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     lab.node(dir.path(), "a", 150);
     lab.wait_for("node-a", Duration::from_secs(10));
-    // From the client: TTL 1, a bad checksum, another VRID (valid), priority 255 with a
-    // bad checksum — none may move the VIP.
-    let script = r#"
-import socket, struct
-def csum(b):
-    if len(b) % 2: b += b'\0'
-    s = sum(struct.unpack('!%dH' % (len(b)//2), b))
-    while s >> 16: s = (s & 0xffff) + (s >> 16)
-    return (~s) & 0xffff
-def advert(vrid, prio, bad=False):
-    m = bytes([0x31, vrid, prio, 1, 0, 10, 0, 0]) + socket.inet_aton('10.77.0.100')
-    ph = socket.inet_aton('10.77.0.10') + socket.inet_aton('224.0.0.18') + struct.pack('!BBH', 0, 112, len(m))
-    c = csum(ph + m) ^ (0x1234 if bad else 0)
-    return m[:6] + struct.pack('!H', c) + m[8:]
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
-s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton('10.77.0.10'))
+    // From the client, each with priority 200 (it would win if heard): TTL 1, a bad
+    // checksum, another VRID, another address, the VIP plus another, a unicast advert to
+    // A in multicast mode, a VRRPv2 advert — none may move the VIP.
+    let script = format!(
+        "{FORGE}
 s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-s.sendto(advert(51, 200), ('224.0.0.18', 0))
+s.sendto(advert(51, 200, ['10.77.0.100']), ('224.0.0.18', 0))
 s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
-s.sendto(advert(51, 255, bad=True), ('224.0.0.18', 0))
-s.sendto(advert(52, 200), ('224.0.0.18', 0))
-"#;
+s.sendto(advert(51, 255, ['10.77.0.100'], bad=True), ('224.0.0.18', 0))
+s.sendto(advert(52, 200, ['10.77.0.100']), ('224.0.0.18', 0))
+s.sendto(advert(51, 200, ['10.77.0.101']), ('224.0.0.18', 0))
+s.sendto(advert(51, 200, ['10.77.0.100', '10.77.0.101']), ('224.0.0.18', 0))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)
+s.sendto(advert(51, 200, ['10.77.0.100'], dst='10.77.0.1'), ('10.77.0.1', 0))
+s.sendto(advert(51, 200, ['10.77.0.100'], version=2), ('224.0.0.18', 0))
+"
+    );
     let ok = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("c"), "python3", "-c", script])
+        .args(["netns", "exec", &lab.ns("c"), "python3", "-c", &script])
         .status()
         .unwrap()
         .success();
     assert!(ok);
     std::thread::sleep(Duration::from_millis(300));
     let m = lab.ctl("a", &["metrics"]);
-    for reason in ["ttl", "checksum", "vrid"] {
-        let line = format!("tandem_vip_adverts_dropped_total{{vip=\"web\",reason=\"{reason}\"}} 1");
+    for reason in ["ttl", "checksum", "vrid", "address_list", "destination", "vrrp_v2"] {
+        let n = if reason == "address_list" { 2 } else { 1 };
+        let line = format!("tandem_vip_adverts_dropped_total{{vip=\"web\",reason=\"{reason}\"}} {n}");
         assert!(m.contains(&line), "{reason}: {m}");
     }
     assert!(
         m.contains("tandem_vip_state{vip=\"web\",vrid=\"51\"} 2"),
         "still master: {m}"
+    );
+    assert_eq!(
+        lab.metric("a", "tandem_vip_events_total{vip=\"web\",event=\"became_master\"}"),
+        1
+    );
+    assert!(lab.holds_vip("a"));
+}
+
+/// Python that forges VRRP adverts from the client (10.77.0.10): `advert(vrid, prio,
+/// addresses, bad=False, dst='224.0.0.18', version=3)` and a raw socket `s`.
+const FORGE: &str = r#"
+import socket, struct
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    s = sum(struct.unpack('!%dH' % (len(b)//2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return (~s) & 0xffff
+def advert(vrid, prio, addrs, bad=False, dst='224.0.0.18', version=3):
+    m = bytes([version << 4 | 1, vrid, prio, len(addrs), 0, 10, 0, 0]) + b''.join(socket.inet_aton(a) for a in addrs)
+    ph = socket.inet_aton('10.77.0.10') + socket.inet_aton(dst) + struct.pack('!BBH', 0, 112, len(m))
+    c = csum(ph + m) ^ (0x1234 if bad else 0)
+    return m[:6] + struct.pack('!H', c) + m[8:]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton('10.77.0.10'))
+"#;
+
+#[test]
+fn with_unicast_peers_only_their_adverts_are_heard() {
+    let Some(mut lab) = Lab::or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    lab.node_with(dir.path(), "a", 150, "", "unicast_peers = [\"10.77.0.2\"]");
+    lab.wait_for("node-a", Duration::from_secs(10));
+    // A valid multicast advert with a higher priority, from a host that is not a peer.
+    let script = format!(
+        "{FORGE}
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+s.sendto(advert(51, 200, ['10.77.0.100']), ('224.0.0.18', 0))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)
+s.sendto(advert(51, 200, ['10.77.0.100'], dst='10.77.0.1'), ('10.77.0.1', 0))
+"
+    );
+    let ok = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("c"), "python3", "-c", &script])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        lab.metric("a", "tandem_vip_adverts_dropped_total{vip=\"web\",reason=\"source\"}"),
+        2
     );
     assert!(lab.holds_vip("a"));
 }
@@ -742,6 +852,34 @@ fn a_witness_fences_the_vip_during_a_partition() {
     assert!(lab.client_get().is_some_and(|b| b.contains("node-a")));
     assert!(lab.metric("b", "tandem_vip_events_total{vip=\"web\",event=\"no_quorum\"}") > 0);
     lab.partition(false);
+}
+
+#[test]
+fn kill_9_of_the_holder_takes_the_vip_off_its_interface_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut lab) = Lab::pair(dir.path()) else { return };
+    let mut gone = Vec::new();
+    for round in 0..10 {
+        assert!(lab.holds_vip("a"), "round {round}: A holds the VIP");
+        let t = Instant::now();
+        lab.kill9("node-a");
+        // Nothing else runs here (no systemd ExecStopPost): the guard started by A does it.
+        while lab.holds_vip("a") {
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "round {round}: the VIP stayed on the dead node's interface"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        gone.push(t.elapsed());
+        lab.wait_for("node-b", Duration::from_secs(5));
+        lab.node(dir.path(), "a", 150);
+        lab.wait_for("node-a", Duration::from_secs(15));
+    }
+    report("kill -9 → VIP gone from the dead node's interface", &gone);
+    for g in &gone {
+        assert!(*g < Duration::from_secs(1), "the VIP stayed {g:?}");
+    }
 }
 
 #[test]

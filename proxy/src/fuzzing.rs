@@ -109,7 +109,7 @@ pub fn client_hello(data: &[u8]) {
 pub fn vrrp(data: &[u8]) {
     use std::net::{IpAddr, Ipv6Addr};
     use tandem_ha::vip::packet::Advert;
-    if let Ok((src, a)) = Advert::decode_ip(data) {
+    if let Ok((src, _, a)) = Advert::decode_ip(data) {
         let dst = std::net::Ipv4Addr::new(data[16], data[17], data[18], data[19]);
         if a.addrs.iter().all(IpAddr::is_ipv4) {
             let m = a.encode(src, dst);

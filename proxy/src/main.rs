@@ -57,6 +57,13 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Internal: started by `tandem run` with its VIPs; removes them from their interfaces
+    /// as soon as its standard input closes (the proxy ended, however it ended).
+    #[command(hide = true)]
+    GuardVips {
+        /// INTERFACE=ADDRESS/PREFIX of each VIP.
+        vips: Vec<String>,
+    },
     /// Run a Raft-only member of the pair (no proxy), so a pair keeps quorum when one
     /// node dies. Reads the `[ha]` section of the configuration file.
     Witness {
@@ -313,6 +320,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Command::GuardVips { vips } => tandem_proxy::vips::guard(&vips),
         Command::Witness { config } => {
             let cfg = match load_or_report(&config) {
                 Ok(c) => c,

@@ -33,6 +33,9 @@ pub fn start(configs: &[VipConfig], shared: Arc<crate::control::Shared>) -> std:
     if configs.is_empty() {
         return Ok(());
     }
+    if let Err(e) = start_guard(configs) {
+        tracing::warn!(error = %e, "VIP guard not started: after a crash the VIPs stay on the interface until their lifetime runs out or `tandem release-vips` runs");
+    }
     let (control, rx) = tokio::sync::watch::channel(Control::Run);
     let routers: Vec<_> = configs
         .iter()
@@ -128,6 +131,7 @@ impl Vips {
                         "lease_refused": s.lease_refused.load(Relaxed),
                         "lease_lost": s.lease_lost.load(Relaxed),
                         "no_quorum": s.no_quorum.load(Relaxed),
+                        "faults": s.faults.load(Relaxed),
                     })
                 })
                 .collect(),
@@ -136,7 +140,7 @@ impl Vips {
 
     /// Appends the VIP families to a Prometheus exposition.
     pub fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP tandem_vip_state VRRP state per VIP (0 initialize, 1 backup, 2 master).\n# TYPE tandem_vip_state gauge");
+        let _ = writeln!(out, "# HELP tandem_vip_state VRRP state per VIP (0 initialize, 1 backup, 2 master, 3 fault: interface down).\n# TYPE tandem_vip_state gauge");
         for (c, s) in &self.routers {
             let _ = writeln!(
                 out,
@@ -172,6 +176,7 @@ impl Vips {
                 ("lease_lost", &s.lease_lost),
                 ("lease_yielded", &s.lease_yielded),
                 ("no_quorum", &s.no_quorum),
+                ("fault", &s.faults),
             ] {
                 let _ = writeln!(
                     out,
@@ -181,7 +186,7 @@ impl Vips {
                 );
             }
         }
-        let _ = writeln!(out, "# HELP tandem_vip_adverts_dropped_total Malformed or foreign adverts dropped, by reason.\n# TYPE tandem_vip_adverts_dropped_total counter");
+        let _ = writeln!(out, "# HELP tandem_vip_adverts_dropped_total Malformed, foreign or refused adverts dropped, by reason.\n# TYPE tandem_vip_adverts_dropped_total counter");
         for (c, s) in &self.routers {
             for (i, reason) in router::DROP_REASONS.iter().enumerate() {
                 let _ = writeln!(
@@ -192,6 +197,92 @@ impl Vips {
                 );
             }
         }
+    }
+}
+
+/// The write end of the guard's pipe, held for the life of the process.
+static GUARD: OnceLock<std::process::ChildStdin> = OnceLock::new();
+
+/// Starts the VIP guard: a child process (`tandem guard-vips`) that waits on a pipe from
+/// this process and removes every VIP address from its interface the moment the pipe
+/// closes, that is when this process ends, however it ends (kill -9 and crashes
+/// included). Without it a dead holder's kernel keeps answering ARP for the VIP until
+/// the address lifetime runs out (seconds), while the peer already holds it.
+fn start_guard(configs: &[VipConfig]) -> std::io::Result<()> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("guard-vips");
+    for c in configs {
+        for (a, p) in &c.addresses {
+            cmd.arg(format!("{}={a}/{p}", c.interface));
+        }
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let pipe = child
+        .stdin
+        .take()
+        .ok_or_else(|| std::io::Error::other("no pipe to the guard"))?;
+    let _ = GUARD.set(pipe);
+    // Reaped when it ends (it outlives this process only by the moment it takes to
+    // remove the addresses).
+    std::thread::Builder::new()
+        .name("vip-guard".into())
+        .spawn(move || child.wait())?;
+    Ok(())
+}
+
+/// The guard's side (`tandem guard-vips IF=ADDR/PREFIX...`): waits until its standard
+/// input closes, then removes each address. Signals that stop the proxy (a terminal's
+/// Ctrl-C reaches the whole process group) are ignored: the guard ends only after its
+/// work.
+pub fn guard(vips: &[String]) -> std::process::ExitCode {
+    let mut parsed = Vec::new();
+    for spec in vips {
+        let parsed_one = spec.split_once('=').and_then(|(iface, net)| {
+            let (addr, prefix) = net.split_once('/')?;
+            Some((
+                iface.to_string(),
+                addr.parse::<std::net::IpAddr>().ok()?,
+                prefix.parse::<u8>().ok()?,
+            ))
+        });
+        match parsed_one {
+            Some(p) => parsed.push(p),
+            None => {
+                eprintln!("tandem guard-vips: `{spec}` is not INTERFACE=ADDRESS/PREFIX");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: setting a signal's disposition to "ignore" touches no memory.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+    let mut buf = [0u8; 64];
+    loop {
+        match std::io::Read::read(&mut std::io::stdin(), &mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let mut failed = false;
+    for (iface, addr, prefix) in parsed {
+        let Some(index) = tandem_ha::vip::net::interface_index(&iface) else {
+            continue;
+        };
+        if let Err(e) = tandem_ha::vip::net::remove_address(index, addr, prefix) {
+            eprintln!("tandem guard-vips: {addr}/{prefix} on {iface}: {e}");
+            failed = true;
+        }
+    }
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
     }
 }
 
@@ -217,6 +308,7 @@ async fn track(cfg: VipConfig, shared: Arc<crate::control::Shared>, tx: tokio::s
 
 fn state_name(code: u8) -> &'static str {
     match code {
+        3 => "fault",
         2 => "master",
         1 => "backup",
         _ => "initialize",

@@ -23,6 +23,9 @@ pub enum State {
     Backup,
     /// This router owns the VIPs.
     Master,
+    /// Its interface is down (no carrier, or its address is gone): it holds nothing and
+    /// sends nothing until the link is back.
+    Fault,
 }
 
 /// What the caller must do.
@@ -143,8 +146,29 @@ impl Machine {
                 self.deadline = Some(now + cs(u32::from(self.cfg.interval_cs)));
                 vec![Action::SendAdvert(self.cfg.priority)]
             }
-            State::Initialize => Vec::new(),
+            State::Initialize | State::Fault => Vec::new(),
         }
+    }
+
+    /// The interface went down: the VIPs go, nothing is sent until [`Machine::recover`].
+    pub fn fault(&mut self) -> Vec<Action> {
+        let was = self.state;
+        self.state = State::Fault;
+        self.deadline = None;
+        if was == State::Master {
+            vec![Action::ReleaseVips]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The interface is usable again: back to backup (the election decides again; a
+    /// router that becomes master announces the VIPs).
+    pub fn recover(&mut self, now: Instant) -> Vec<Action> {
+        if self.state != State::Fault {
+            return Vec::new();
+        }
+        self.start(now)
     }
 
     /// An advertisement for this VRID arrived from `src`.
@@ -153,7 +177,7 @@ impl Machine {
             return Vec::new();
         }
         match self.state {
-            State::Initialize => Vec::new(),
+            State::Initialize | State::Fault => Vec::new(),
             State::Backup => {
                 if a.priority == 0 {
                     self.deadline = Some(now + cs(self.skew_cs()));
@@ -173,7 +197,11 @@ impl Machine {
                 if wins {
                     self.master_adver_cs = a.interval_cs.max(1);
                     self.become_backup(now);
-                    vec![Action::ReleaseVips]
+                    // One last advert as master: the winner may not have heard us yet
+                    // (its advert reached us first after a heal or a link flap); hearing
+                    // a lower master, it announces the VIPs again, so clients that
+                    // cached our MAC follow it now rather than at its next refresh.
+                    vec![Action::SendAdvert(self.cfg.priority), Action::ReleaseVips]
                 } else {
                     // Another master is out there: make sure clients follow us.
                     vec![Action::Garp]
@@ -301,7 +329,7 @@ mod tests {
         low.on_timer(low.deadline().unwrap());
         assert_eq!(
             low.on_advert(t0, Ipv4Addr::new(10, 99, 0, 2).into(), &advert(100)),
-            vec![Action::ReleaseVips]
+            vec![Action::SendAdvert(100), Action::ReleaseVips]
         );
         let mut high = Machine::new(cfg(100, 2, true));
         high.start(t0);
@@ -310,6 +338,35 @@ mod tests {
             high.on_advert(t0, Ipv4Addr::new(10, 99, 0, 1).into(), &advert(100)),
             vec![Action::Garp]
         );
+    }
+
+    #[test]
+    fn a_master_that_loses_says_so_once_and_a_faulted_router_holds_and_sends_nothing() {
+        let t0 = Instant::now();
+        let mut b = Machine::new(cfg(100, 2, true));
+        b.start(t0);
+        b.on_timer(b.deadline().unwrap());
+        // B loses to A's higher advert: one last advert with its own priority (A, still
+        // master, hears a lower master and announces), then the VIPs go.
+        assert_eq!(
+            b.on_advert(t0, Ipv4Addr::new(10, 99, 0, 1).into(), &advert(150)),
+            vec![Action::SendAdvert(100), Action::ReleaseVips]
+        );
+        // FAULT from master releases; adverts and timers are ignored until recovery.
+        let mut a = Machine::new(cfg(150, 1, true));
+        a.start(t0);
+        a.on_timer(a.deadline().unwrap());
+        assert_eq!(a.fault(), vec![Action::ReleaseVips]);
+        assert_eq!((a.state(), a.deadline()), (State::Fault, None));
+        assert!(a
+            .on_advert(t0, Ipv4Addr::new(10, 99, 0, 2).into(), &advert(0))
+            .is_empty());
+        assert!(a.on_timer(t0).is_empty());
+        assert_eq!(a.fault(), Vec::new(), "a second fault changes nothing");
+        // Recovery: backup, and master again after Master_Down (announcing the VIPs).
+        assert!(a.recover(t0).is_empty());
+        assert_eq!(a.state(), State::Backup);
+        assert!(a.on_timer(a.deadline().unwrap()).contains(&Action::TakeVips));
     }
 
     #[test]

@@ -145,6 +145,41 @@ fn link_local_of(name: &str) -> Option<Ipv6Addr> {
     })
 }
 
+/// The index of interface `name` (`None`: no such interface).
+pub fn interface_index(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// Whether interface `name` can carry the router's traffic: administratively up, with
+/// carrier (IFF_UP and IFF_RUNNING), and still holding the address adverts come from.
+/// A router whose interface fails this is in FAULT.
+pub fn link_usable(name: &str, address: IpAddr) -> bool {
+    // SAFETY: a plain datagram socket, closed by OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return true;
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a zeroed ifreq with the interface name copied in (NUL-terminated, as
+    // long as IFNAMSIZ allows); SIOCGIFFLAGS fills ifr_flags.
+    let flags = unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+            *d = s as libc::c_char;
+        }
+        if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return false;
+        }
+        req.ifr_ifru.ifru_flags as libc::c_int
+    };
+    let up = flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0;
+    up && has_address(name, address)
+}
+
 /// Whether `addr` is configured on interface `name`.
 pub fn has_address(name: &str, addr: IpAddr) -> bool {
     addrs(name).contains(&addr)
@@ -364,10 +399,10 @@ impl VrrpSocket {
         }
     }
 
-    /// Receives one advert: its source and the advert, or why it was dropped. IPv4
-    /// packets carry their header (TTL, protocol); IPv6 ones have the hop limit and the
-    /// destination in ancillary data.
-    pub async fn recv_advert(&self, buf: &mut [u8]) -> io::Result<Result<(IpAddr, Advert), AdvertError>> {
+    /// Receives one advert: its source, its destination and the advert, or why it was
+    /// dropped. IPv4 packets carry their header (TTL, protocol); IPv6 ones have the hop
+    /// limit and the destination in ancillary data.
+    pub async fn recv_advert(&self, buf: &mut [u8]) -> io::Result<Result<Received, AdvertError>> {
         loop {
             let mut g = self.sock.readable().await?;
             let r = g.try_io(|s| match self.src {
@@ -382,16 +417,33 @@ impl VrrpSocket {
     }
 }
 
-fn recv_v4(fd: i32, buf: &mut [u8]) -> io::Result<Result<(IpAddr, Advert), AdvertError>> {
+/// An advert as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Source address (the sender's primary address on the link).
+    pub src: IpAddr,
+    /// Destination: the VRRP group, or this node's address for a unicast advert.
+    pub dst: IpAddr,
+    /// The advert.
+    pub advert: Advert,
+}
+
+fn recv_v4(fd: i32, buf: &mut [u8]) -> io::Result<Result<Received, AdvertError>> {
     // SAFETY: recv writes at most buf.len() bytes into buf.
     let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(Advert::decode_ip(&buf[..n as usize]).map(|(src, a)| (IpAddr::V4(src), a)))
+    Ok(
+        Advert::decode_ip(&buf[..n as usize]).map(|(src, dst, advert)| Received {
+            src: src.into(),
+            dst: dst.into(),
+            advert,
+        }),
+    )
 }
 
-fn recv_v6(fd: i32, buf: &mut [u8]) -> io::Result<Result<(IpAddr, Advert), AdvertError>> {
+fn recv_v6(fd: i32, buf: &mut [u8]) -> io::Result<Result<Received, AdvertError>> {
     // SAFETY: zeroed C structs, filled in by recvmsg within the lengths given.
     let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
     let mut control = [0u64; 16];
@@ -435,7 +487,13 @@ fn recv_v6(fd: i32, buf: &mut [u8]) -> io::Result<Result<(IpAddr, Advert), Adver
     let Some(dst) = dst else {
         return Ok(Err(AdvertError::Truncated));
     };
-    Ok(Advert::decode_v6(&buf[..n as usize], src, dst, hop_limit).map(|a| (IpAddr::V6(src), a)))
+    Ok(
+        Advert::decode_v6(&buf[..n as usize], src, dst, hop_limit).map(|advert| Received {
+            src: src.into(),
+            dst: dst.into(),
+            advert,
+        }),
+    )
 }
 
 /// Announces VIPs from one interface: gratuitous ARPs (IPv4) or unsolicited neighbour

@@ -48,6 +48,10 @@ pub enum AdvertError {
     /// Not version 3 / type 1.
     #[error("not a VRRPv3 advertisement")]
     Version,
+    /// A VRRPv2 advertisement (keepalived's default `vrrp_version 2`): a v2 peer and
+    /// this node cannot see each other, and both may hold the VIPs.
+    #[error("a VRRPv2 advertisement (this router speaks VRRPv3)")]
+    V2,
     /// IP TTL other than 255 (it crossed a router, or was forged off-link).
     #[error("TTL is not 255")]
     Ttl,
@@ -118,6 +122,9 @@ impl Advert {
         if m.len() < 8 {
             return Err(AdvertError::Truncated);
         }
+        if m[0] == 0x21 {
+            return Err(AdvertError::V2);
+        }
         if m[0] != 0x31 {
             return Err(AdvertError::Version);
         }
@@ -152,8 +159,9 @@ impl Advert {
     }
 
     /// Decodes a whole IPv4 packet (as a raw socket delivers it): checks the IP header
-    /// (protocol 112, TTL 255), then the advert. Returns the source and the advert.
-    pub fn decode_ip(p: &[u8]) -> Result<(Ipv4Addr, Advert), AdvertError> {
+    /// (protocol 112, TTL 255), then the advert. Returns the source, the destination
+    /// and the advert.
+    pub fn decode_ip(p: &[u8]) -> Result<(Ipv4Addr, Ipv4Addr, Advert), AdvertError> {
         if p.len() < 20 || p[0] >> 4 != 4 {
             return Err(AdvertError::Truncated);
         }
@@ -170,7 +178,7 @@ impl Advert {
         }
         let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
         let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
-        Ok((src, Advert::decode(&p[ihl..total], src, dst)?))
+        Ok((src, dst, Advert::decode(&p[ihl..total], src, dst)?))
     }
 }
 
@@ -236,13 +244,15 @@ mod tests {
         );
         let mut v2 = m.clone();
         v2[0] = 0x21;
+        assert_eq!(Advert::decode(&v2, a1, GROUP), Err(AdvertError::V2));
+        v2[0] = 0x41;
         assert_eq!(Advert::decode(&v2, a1, GROUP), Err(AdvertError::Version));
         assert_eq!(Advert::decode(&m[..10], a1, GROUP), Err(AdvertError::Fields));
         assert_eq!(Advert::decode(&m[..4], a1, GROUP), Err(AdvertError::Truncated));
         // Whole IP packets: TTL must be 255.
         let mut ip = hex("45 c0 00 20 00 01 00 00 ff 70 00 00 0a 63 00 01 e0 00 00 12");
         ip.extend_from_slice(&m);
-        assert_eq!(Advert::decode_ip(&ip), Ok((a1, vip())));
+        assert_eq!(Advert::decode_ip(&ip).map(|(s, _, a)| (s, a)), Ok((a1, vip())));
         ip[8] = 64;
         assert_eq!(Advert::decode_ip(&ip), Err(AdvertError::Ttl));
     }

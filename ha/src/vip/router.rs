@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::machine::{Action, Machine, RouterConfig, State};
-use super::net::{self, Announcer, Interface, NetError, VrrpSocket};
+use super::net::{self, Announcer, Interface, NetError, Received, VrrpSocket};
 use super::packet::{group_for, Advert, AdvertError};
 use crate::lease::{Lease, LeaseClient, LeaseError};
 
@@ -59,6 +59,9 @@ pub struct VipConfig {
     /// With a fence: how long a lease request may wait for a commit before the group
     /// counts as unreachable (covers the election of a new leader).
     pub quorum_wait: Duration,
+    /// Accept adverts whose address list differs from `addresses` (keepalived's
+    /// `vrrp_skip_check_adv_addr`); by default they are refused, as keepalived does.
+    pub skip_check_adv_addr: bool,
 }
 
 /// What a fenced node does when no quorum answers its lease request.
@@ -82,7 +85,7 @@ impl VipConfig {
 /// Live counters of a virtual router.
 #[derive(Debug, Default)]
 pub struct VipStats {
-    /// 0 initialize, 1 backup, 2 master.
+    /// 0 initialize, 1 backup, 2 master, 3 fault.
     pub state: AtomicU8,
     /// Priority in use (configured, or lowered by tracking).
     pub priority: AtomicU8,
@@ -90,8 +93,10 @@ pub struct VipStats {
     pub adverts_sent: AtomicU64,
     /// Advertisements accepted for this VRID.
     pub adverts_received: AtomicU64,
-    /// Dropped: truncated, version, TTL, protocol, checksum, other VRID, bad address list.
-    pub dropped: [AtomicU64; 7],
+    /// Dropped, by [`DROP_REASONS`].
+    pub dropped: [AtomicU64; DROP_REASONS.len()],
+    /// Times the interface went down (FAULT).
+    pub faults: AtomicU64,
     /// Transitions to master.
     pub became_master: AtomicU64,
     /// Gratuitous ARPs sent.
@@ -113,8 +118,11 @@ const FENCE_MARGIN: Duration = Duration::from_millis(25);
 /// How long released VIPs stay on the interface after the priority-0 advert.
 const RELEASE_GRACE: Duration = Duration::from_millis(250);
 
-/// Names of the `dropped` slots.
-pub const DROP_REASONS: [&str; 7] = [
+/// Names of the `dropped` slots: undecodable (truncated, version other than 3, TTL or
+/// hop limit not 255, protocol, checksum, malformed address list), a VRRPv2 advert,
+/// another VRID, and refused as keepalived refuses them (an address list other than
+/// ours, a unicast advert in multicast mode, a source that is not a unicast peer).
+pub const DROP_REASONS: [&str; 11] = [
     "truncated",
     "version",
     "ttl",
@@ -122,7 +130,53 @@ pub const DROP_REASONS: [&str; 7] = [
     "checksum",
     "vrid",
     "addresses",
+    "vrrp_v2",
+    "address_list",
+    "destination",
+    "source",
 ];
+
+/// The `dropped` slot of an advert that did not decode.
+fn drop_slot(e: AdvertError) -> usize {
+    match e {
+        AdvertError::Truncated => 0,
+        AdvertError::Version => 1,
+        AdvertError::Ttl => 2,
+        AdvertError::Protocol => 3,
+        AdvertError::Checksum => 4,
+        AdvertError::Fields => 6,
+        AdvertError::V2 => 7,
+    }
+}
+
+/// Checks a decoded advert as keepalived does before it may touch the election; the
+/// `dropped` slot when it is refused. In unicast mode only the configured peers are
+/// heard; in multicast mode only adverts sent to the group (a unicast one to this node
+/// is forged or misconfigured); the address list must be ours, unless
+/// `skip_check_adv_addr`.
+fn screen(cfg: &VipConfig, r: &Received) -> Result<(), usize> {
+    if r.advert.vrid != cfg.vrid {
+        return Err(5);
+    }
+    if cfg.unicast_peers.is_empty() {
+        if r.dst != group_for(r.src) {
+            return Err(9);
+        }
+    } else if !cfg.unicast_peers.contains(&r.src) {
+        return Err(10);
+    }
+    let same_list = r.advert.addrs.len() == cfg.addresses.len()
+        && r.advert.addrs.iter().all(|a| cfg.addresses.iter().any(|(c, _)| c == a));
+    if !same_list && !cfg.skip_check_adv_addr {
+        return Err(8);
+    }
+    Ok(())
+}
+
+/// How often the interface is checked for FAULT.
+const LINK_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// VRRPv2 adverts are logged at most this often (they are all counted).
+const V2_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// What the owner asks of the router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +201,7 @@ fn state_code(s: State) -> u8 {
         State::Initialize => 0,
         State::Backup => 1,
         State::Master => 2,
+        State::Fault => 3,
     }
 }
 
@@ -199,10 +254,10 @@ impl Holder {
                 Action::ReleaseVips => {
                     self.release();
                     tracing::info!(vip = %self.cfg.name, vrid = self.cfg.vrid, state = ?m.state(), "VIPs released");
-                    self.notify(if m.state() == State::Backup {
-                        "backup"
-                    } else {
-                        "released"
+                    self.notify(match m.state() {
+                        State::Backup => "backup",
+                        State::Fault => "fault",
+                        _ => "released",
                     });
                 }
                 Action::Garp => {
@@ -348,6 +403,9 @@ pub async fn run(
     // hold-down was waited already, the retry does not wait it again. Any advert heard
     // sets a new deadline, which does.
     let mut retry_at: Option<Instant> = None;
+    let mut last_v2_log: Option<Instant> = None;
+    let mut link_check = tokio::time::interval(LINK_CHECK_EVERY);
+    link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let far = Instant::now() + Duration::from_secs(3600);
         let mut deadline = m.deadline().unwrap_or(far);
@@ -377,11 +435,15 @@ pub async fn run(
             r = h.sock.recv_advert(&mut buf) => {
                 let Ok(r) = r else { continue };
                 match r {
-                    Ok((src, _)) if src == iface.address => {}
-                    Ok((_, a)) if a.vrid != cfg.vrid => {
-                        h.stats.dropped[5].fetch_add(1, Relaxed);
+                    Ok(r) if r.src == iface.address => {}
+                    Ok(r) if screen(&cfg, &r).is_err() => {
+                        let slot = screen(&cfg, &r).err().unwrap_or(6);
+                        h.stats.dropped[slot].fetch_add(1, Relaxed);
+                        if slot != 5 {
+                            tracing::debug!(vip = %cfg.name, src = %r.src, dst = %r.dst, reason = DROP_REASONS[slot], "advert refused");
+                        }
                     }
-                    Ok((src, a)) => {
+                    Ok(Received { src, advert: a, .. }) => {
                         h.stats.adverts_received.fetch_add(1, Relaxed);
                         released = a.priority == 0;
                         if running {
@@ -398,15 +460,16 @@ pub async fn run(
                         }
                     }
                     Err(e) => {
-                        let slot = match e {
-                            AdvertError::Truncated => 0,
-                            AdvertError::Version => 1,
-                            AdvertError::Ttl => 2,
-                            AdvertError::Protocol => 3,
-                            AdvertError::Checksum => 4,
-                            _ => 6,
-                        };
-                        h.stats.dropped[slot].fetch_add(1, Relaxed);
+                        h.stats.dropped[drop_slot(e)].fetch_add(1, Relaxed);
+                        if e == AdvertError::V2 && last_v2_log.is_none_or(|t| t.elapsed() >= V2_LOG_EVERY) {
+                            last_v2_log = Some(Instant::now());
+                            tracing::warn!(
+                                vip = %cfg.name,
+                                "a VRRPv2 advert was received on this interface: this router speaks VRRPv3, so a v2 \
+                                 peer and this node do not see each other and may both hold the VIPs; set \
+                                 `vrrp_version 3` on the peer (keepalived)"
+                            );
+                        }
                     }
                 }
             }
@@ -548,6 +611,35 @@ pub async fn run(
                     h.apply(acts, &m).await;
                 }
                 lease_until_ms = 0;
+            }
+            _ = link_check.tick(), if running => {
+                let usable = net::link_usable(&cfg.interface, iface.address);
+                match (m.state() == State::Fault, usable) {
+                    (false, false) => {
+                        h.stats.faults.fetch_add(1, Relaxed);
+                        tracing::warn!(vip = %cfg.name, interface = %cfg.interface, "interface down or its address gone: FAULT, VIPs released");
+                        let was_master = m.state() == State::Master;
+                        if let Some(a) = acquiring.take() {
+                            a.abort();
+                        }
+                        let acts = m.fault();
+                        // Releasing notifies "fault" (see `apply`).
+                        h.apply(acts, &m).await;
+                        if was_master {
+                            release_later(&fence, cfg.vrid, ttl);
+                        } else {
+                            h.notify("fault");
+                        }
+                        lease_until_ms = 0;
+                    }
+                    (true, true) => {
+                        tracing::info!(vip = %cfg.name, interface = %cfg.interface, "interface usable again: leaving FAULT as backup");
+                        let acts = m.recover(Instant::now());
+                        h.apply(acts, &m).await;
+                        h.notify("backup");
+                    }
+                    _ => {}
+                }
             }
             _ = tokio::time::sleep_until(refresh_at.into()) => {
                 h.hold();

@@ -94,6 +94,10 @@ pub struct VipSection {
     /// counts as unreachable.
     #[serde(default = "default_quorum_wait")]
     pub quorum_wait: Dur,
+    /// Accept adverts whose address list differs from ours (keepalived's
+    /// `vrrp_skip_check_adv_addr`), for peers configured with other addresses.
+    #[serde(default)]
+    pub skip_check_adv_addr: bool,
 }
 
 fn default_on_no_quorum() -> SpannedStr {

@@ -862,6 +862,7 @@ impl Checker<'_> {
             track_weight: v.track_weight.min(254) as u8,
             on_no_quorum,
             quorum_wait,
+            skip_check_adv_addr: v.skip_check_adv_addr,
         })
     }
 
