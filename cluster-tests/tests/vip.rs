@@ -883,6 +883,41 @@ fn kill_9_of_the_holder_takes_the_vip_off_its_interface_within_a_second() {
 }
 
 #[test]
+fn a_failing_track_script_or_a_tracked_file_moves_the_vip_and_recovery_brings_it_back() {
+    let Some(mut lab) = Lab::or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let fail = dir.path().join("fail");
+    let weight = dir.path().join("weight");
+    let extra = format!(
+        "track_weight = 60\ntrack_scripts = [{{ command = \"test ! -e {}\", interval = \"100ms\", timeout = \"1s\", fall = 2, rise = 2 }}]\ntrack_files = [\"{}\"]",
+        fail.display(),
+        weight.display()
+    );
+    lab.node_with(dir.path(), "a", 150, "", &extra);
+    lab.node(dir.path(), "b", 100);
+    lab.wait_for("node-a", Duration::from_secs(10));
+    let prio = |lab: &Lab| lab.metric("a", "tandem_vip_priority{vip=\"web\"}");
+    assert_eq!(prio(&lab), 150);
+
+    // The script fails (twice in a row): 150 − 60 = 90 < 100, B preempts.
+    std::fs::write(&fail, "").unwrap();
+    let took = lab.wait_for("node-b", Duration::from_secs(5));
+    assert_eq!(prio(&lab), 90);
+    eprintln!("track script failing → client on B after {took:?}");
+    std::fs::remove_file(&fail).unwrap();
+    let took = lab.wait_for("node-a", Duration::from_secs(5));
+    eprintln!("track script good again → client on A after {took:?}");
+
+    // The tracked file says −60: the same.
+    std::fs::write(&weight, "-60\n").unwrap();
+    lab.wait_for("node-b", Duration::from_secs(5));
+    assert_eq!(prio(&lab), 90);
+    std::fs::write(&weight, "0\n").unwrap();
+    lab.wait_for("node-a", Duration::from_secs(5));
+    assert_eq!(prio(&lab), 150);
+}
+
+#[test]
 fn release_vips_removes_a_dead_nodes_addresses() {
     // What the systemd unit's ExecStopPost runs after the proxy ended, however it ended.
     let Some(lab) = Lab::or_skip() else { return };

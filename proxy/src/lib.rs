@@ -37,6 +37,7 @@ pub mod syn_gate;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod vip_trackers;
 pub mod vips;
 pub mod wasm;
 pub mod worker;

@@ -61,8 +61,8 @@ pub fn start(configs: &[VipConfig], shared: Arc<crate::control::Shared>) -> std:
             for (cfg, stats) in work {
                 let (rx, fence) = (rx.clone(), fence.clone());
                 let (prio_tx, prio_rx) = tokio::sync::watch::channel(cfg.priority);
-                if !cfg.track_clusters.is_empty() {
-                    tokio::spawn(track(cfg.clone(), shared.clone(), prio_tx));
+                if crate::vip_trackers::any(&cfg) {
+                    tokio::spawn(crate::vip_trackers::track(cfg.clone(), shared.clone(), prio_tx));
                 }
                 tasks.push(tokio::spawn(async move {
                     let name = cfg.name.clone();
@@ -283,26 +283,6 @@ pub fn guard(vips: &[String]) -> std::process::ExitCode {
         std::process::ExitCode::FAILURE
     } else {
         std::process::ExitCode::SUCCESS
-    }
-}
-
-/// Tracking: every 100 ms, the priority is the configured one, lowered by
-/// `track_weight` while a tracked cluster has no endpoint that takes traffic.
-async fn track(cfg: VipConfig, shared: Arc<crate::control::Shared>, tx: tokio::sync::watch::Sender<u8>) {
-    let lowered = cfg.priority.saturating_sub(cfg.track_weight).max(1);
-    loop {
-        let rt = shared.runtime.load();
-        let now = crate::balancer::p2c_ewma::now_ns();
-        let down = cfg.track_clusters.iter().any(|name| {
-            rt.cluster_named(name)
-                .is_some_and(|c| !c.endpoints.iter().any(|e| e.stats.health.eligible(now)))
-        });
-        let p = if down { lowered } else { cfg.priority };
-        tx.send_if_modified(|cur| std::mem::replace(cur, p) != p);
-        if tx.is_closed() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -52,6 +52,8 @@ pub struct RouterConfig {
     pub interval_cs: u16,
     /// Take over from a lower-priority master.
     pub preempt: bool,
+    /// How long after a start preemption waits.
+    pub preempt_delay: Duration,
     /// This node's address (tie-break).
     pub address: IpAddr,
 }
@@ -63,6 +65,8 @@ pub struct Machine {
     state: State,
     master_adver_cs: u16,
     deadline: Option<Instant>,
+    /// Preemption is allowed from then on (set at start).
+    preempt_from: Option<Instant>,
 }
 
 fn cs(n: u32) -> Duration {
@@ -77,6 +81,7 @@ impl Machine {
             cfg,
             state: State::Initialize,
             deadline: None,
+            preempt_from: None,
         }
     }
 
@@ -130,6 +135,7 @@ impl Machine {
 
     /// Startup event.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
+        self.preempt_from = Some(now + self.cfg.preempt_delay);
         if self.cfg.priority == 255 {
             return self.become_master(now);
         }
@@ -179,9 +185,10 @@ impl Machine {
         match self.state {
             State::Initialize | State::Fault => Vec::new(),
             State::Backup => {
+                let preempting = self.cfg.preempt && self.preempt_from.is_none_or(|t| now >= t);
                 if a.priority == 0 {
                     self.deadline = Some(now + cs(self.skew_cs()));
-                } else if !self.cfg.preempt || a.priority >= self.cfg.priority {
+                } else if !preempting || a.priority >= self.cfg.priority {
                     self.master_adver_cs = a.interval_cs.max(1);
                     self.deadline = Some(now + self.master_down());
                 }
@@ -252,6 +259,7 @@ mod tests {
             priority,
             interval_cs: 10,
             preempt,
+            preempt_delay: Duration::ZERO,
             address: Ipv4Addr::new(10, 99, 0, last).into(),
         }
     }
@@ -366,6 +374,26 @@ mod tests {
         // Recovery: backup, and master again after Master_Down (announcing the VIPs).
         assert!(a.recover(t0).is_empty());
         assert_eq!(a.state(), State::Backup);
+        assert!(a.on_timer(a.deadline().unwrap()).contains(&Action::TakeVips));
+    }
+
+    #[test]
+    fn preemption_waits_for_the_preempt_delay_after_a_start() {
+        let t0 = Instant::now();
+        let mut a = Machine::new(RouterConfig {
+            preempt_delay: Duration::from_secs(1),
+            ..cfg(150, 1, true)
+        });
+        a.start(t0);
+        // Within the delay a lower master holds A back, as without preemption.
+        let now = t0 + Duration::from_millis(500);
+        a.on_advert(now, Ipv4Addr::new(10, 99, 0, 2).into(), &advert(100));
+        assert!(a.deadline().unwrap() > now + Duration::from_millis(300));
+        // After it, lower adverts are ignored: Master_Down fires and A takes over.
+        let later = t0 + Duration::from_millis(1100);
+        let before = a.deadline();
+        a.on_advert(later, Ipv4Addr::new(10, 99, 0, 2).into(), &advert(100));
+        assert_eq!(a.deadline(), before);
         assert!(a.on_timer(a.deadline().unwrap()).contains(&Action::TakeVips));
     }
 

@@ -157,6 +157,12 @@ pub fn interface_index(name: &str) -> Option<u32> {
 /// carrier (IFF_UP and IFF_RUNNING), and still holding the address adverts come from.
 /// A router whose interface fails this is in FAULT.
 pub fn link_usable(name: &str, address: IpAddr) -> bool {
+    link_up(name) && has_address(name, address)
+}
+
+/// Whether interface `name` is administratively up and has carrier (IFF_UP and
+/// IFF_RUNNING); false when there is no such interface.
+pub fn link_up(name: &str) -> bool {
     // SAFETY: a plain datagram socket, closed by OwnedFd.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -176,8 +182,7 @@ pub fn link_usable(name: &str, address: IpAddr) -> bool {
         }
         req.ifr_ifru.ifru_flags as libc::c_int
     };
-    let up = flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0;
-    up && has_address(name, address)
+    flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0
 }
 
 /// Whether `addr` is configured on interface `name`.

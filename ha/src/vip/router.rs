@@ -62,6 +62,35 @@ pub struct VipConfig {
     /// Accept adverts whose address list differs from `addresses` (keepalived's
     /// `vrrp_skip_check_adv_addr`); by default they are refused, as keepalived does.
     pub skip_check_adv_addr: bool,
+    /// After a start (or a FAULT's end) a higher-priority backup waits this long before
+    /// it preempts a lower master (keepalived's `preempt_delay`): a node that just came
+    /// back gets time to settle (caches, health checks) before it takes traffic.
+    pub preempt_delay: Duration,
+    /// Interfaces that must be usable (up, with carrier); while one is not, the priority
+    /// drops by `track_weight` (keepalived's `track_interface` with a weight).
+    pub track_interfaces: Vec<String>,
+    /// Commands run periodically; while one is failing, the priority drops by its weight.
+    pub track_scripts: Vec<TrackScript>,
+    /// Files holding an integer added to the priority (keepalived's `track_file` with
+    /// weight 1; a missing or unreadable file counts 0): an external agent's say.
+    pub track_files: Vec<PathBuf>,
+}
+
+/// A tracked script (keepalived's `vrrp_script`): exit status 0 is success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackScript {
+    /// Run with `/bin/sh -c`.
+    pub command: String,
+    /// Time between runs.
+    pub interval: Duration,
+    /// A run that takes longer is killed and counts as a failure.
+    pub timeout: Duration,
+    /// Successes in a row that make a failing script good again.
+    pub rise: u32,
+    /// Failures in a row that make a good script failing.
+    pub fall: u32,
+    /// How much the priority drops while it is failing.
+    pub weight: u8,
 }
 
 /// What a fenced node does when no quorum answers its lease request.
@@ -368,6 +397,7 @@ pub async fn run(
         priority: cfg.priority,
         interval_cs: cfg.interval_cs,
         preempt: cfg.preempt,
+        preempt_delay: cfg.preempt_delay,
         address: iface.address,
     });
     let mut running = *control.borrow() == Control::Run;

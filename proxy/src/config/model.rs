@@ -98,6 +98,53 @@ pub struct VipSection {
     /// `vrrp_skip_check_adv_addr`), for peers configured with other addresses.
     #[serde(default)]
     pub skip_check_adv_addr: bool,
+    /// After a start, a higher-priority node waits this long before it preempts.
+    #[serde(default = "default_preempt_delay")]
+    pub preempt_delay: Dur,
+    /// Interfaces that must be up: while one is not, the priority drops by `track_weight`.
+    #[serde(default)]
+    pub track_interfaces: Vec<SpannedStr>,
+    /// Scripts run periodically: while one fails, the priority drops by its weight.
+    #[serde(default)]
+    pub track_scripts: Vec<TrackScriptSection>,
+    /// Files holding an integer added to the priority (missing: 0).
+    #[serde(default)]
+    pub track_files: Vec<SpannedStr>,
+}
+
+/// `[[vip]] track_scripts = [{ command = "...", ... }]`: keepalived's `vrrp_script`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackScriptSection {
+    /// Run with `/bin/sh -c`; exit status 0 is success.
+    pub command: SpannedStr,
+    /// Time between runs.
+    #[serde(default = "default_script_interval")]
+    pub interval: Dur,
+    /// A run taking longer is killed and fails.
+    #[serde(default = "default_script_timeout")]
+    pub timeout: Dur,
+    /// Successes in a row that make a failing script good.
+    #[serde(default = "default_one")]
+    pub rise: u32,
+    /// Failures in a row that make a good script failing.
+    #[serde(default = "default_one")]
+    pub fall: u32,
+    /// Priority drop while failing (default: the VIP's `track_weight`).
+    pub weight: Option<u32>,
+}
+
+fn default_preempt_delay() -> Dur {
+    Dur::millis(0)
+}
+fn default_script_interval() -> Dur {
+    Dur::secs(1)
+}
+fn default_script_timeout() -> Dur {
+    Dur::secs(1)
+}
+fn default_one() -> u32 {
+    1
 }
 
 fn default_on_no_quorum() -> SpannedStr {

@@ -269,3 +269,38 @@ fn sticky_and_rate_limit_settings_are_checked() {
         .any(|i| i.key == "route[0].rate_limit.scope" && i.message.contains("Raft group")));
     assert!(v.iter().any(|i| i.key == "route[0].rate_limit.key"));
 }
+
+#[test]
+fn vip_trackers_are_checked_with_their_key_and_a_fix() {
+    let vip =
+        "\n[[vip]]\nname = \"web\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\naddresses = [\"10.0.0.100/24\"]\n";
+    let ok = load_str(
+        "t.toml",
+        &format!("{BASE}{vip}preempt_delay = \"2s\"\ntrack_interfaces = [\"eth1\"]\ntrack_files = [\"/run/w\"]\ntrack_scripts = [{{ command = \"pidof x\", interval = \"2s\", fall = 3 }}]\n"),
+    )
+    .unwrap();
+    let v = &ok.vips[0];
+    assert_eq!(v.preempt_delay, std::time::Duration::from_secs(2));
+    assert_eq!(v.track_interfaces, vec!["eth1".to_string()]);
+    assert_eq!(
+        (
+            v.track_scripts[0].fall,
+            v.track_scripts[0].rise,
+            v.track_scripts[0].weight
+        ),
+        (3, 1, 50)
+    );
+    assert!(!v.skip_check_adv_addr);
+
+    let i = one(&format!(
+        "{BASE}{vip}track_scripts = [{{ command = \"pidof x\", rise = 0 }}]\n"
+    ));
+    assert_eq!((i.line, i.key.as_str()), (20, "vip[0].track_scripts[0].rise"));
+    assert!(i.hint.unwrap().contains("rise = 2"));
+    let i = one(&format!("{BASE}{vip}track_scripts = [{{ command = \" \" }}]\n"));
+    assert_eq!(i.key, "vip[0].track_scripts[0].command");
+    let i = one(&format!(
+        "{BASE}{vip}track_scripts = [{{ command = \"x\", interval = \"10ms\" }}]\n"
+    ));
+    assert_eq!(i.key, "vip[0].track_scripts[0].interval");
+}

@@ -841,6 +841,59 @@ impl Checker<'_> {
                 tandem_ha::vip::router::NoQuorum::Vrrp
             }
         };
+        let preempt_delay = self.dur(&v.preempt_delay, format!("{key}.preempt_delay"));
+        let mut track_scripts = Vec::new();
+        for (j, t) in v.track_scripts.iter().enumerate() {
+            let skey = format!("{key}.track_scripts[{j}]");
+            if t.command.get_ref().trim().is_empty() {
+                self.at(
+                    &t.command,
+                    format!("{skey}.command"),
+                    "empty command".into(),
+                    Some("a shell command whose exit status 0 means healthy, e.g. \"pidof haproxy\"".into()),
+                );
+                ok = false;
+            }
+            let interval = self.dur(&t.interval, format!("{skey}.interval"));
+            let timeout = self.dur(&t.timeout, format!("{skey}.timeout"));
+            if interval < Duration::from_millis(100) || timeout.is_zero() {
+                self.at(
+                    &t.command,
+                    format!("{skey}.interval"),
+                    format!("interval {interval:?} / timeout {timeout:?} out of range"),
+                    Some("use an interval of at least 100ms and a timeout above 0 (e.g. interval = \"2s\", timeout = \"1s\")".into()),
+                );
+                ok = false;
+            }
+            if t.rise == 0 || t.fall == 0 {
+                self.at(
+                    &t.command,
+                    format!("{skey}.rise"),
+                    "rise and fall must be at least 1".into(),
+                    Some("rise = 2, fall = 2 waits for two results in a row".into()),
+                );
+                ok = false;
+            }
+            track_scripts.push(tandem_ha::vip::router::TrackScript {
+                command: t.command.get_ref().clone(),
+                interval,
+                timeout,
+                rise: t.rise,
+                fall: t.fall,
+                weight: t.weight.unwrap_or(v.track_weight).min(254) as u8,
+            });
+        }
+        for (j, i) in v.track_interfaces.iter().enumerate() {
+            if i.get_ref().is_empty() || i.get_ref().len() >= 16 {
+                self.at(
+                    i,
+                    format!("{key}.track_interfaces[{j}]"),
+                    format!("`{}` is not an interface name", i.get_ref()),
+                    Some("name an interface as `ip link` shows it, e.g. \"eth1\"".into()),
+                );
+                ok = false;
+            }
+        }
         ok.then(|| tandem_ha::vip::router::VipConfig {
             name: v.name.get_ref().clone(),
             interface: v.interface.get_ref().clone(),
@@ -863,6 +916,10 @@ impl Checker<'_> {
             on_no_quorum,
             quorum_wait,
             skip_check_adv_addr: v.skip_check_adv_addr,
+            preempt_delay,
+            track_interfaces: v.track_interfaces.iter().map(|c| c.get_ref().clone()).collect(),
+            track_scripts,
+            track_files: v.track_files.iter().map(|f| self.path(base, f)).collect(),
         })
     }
 
