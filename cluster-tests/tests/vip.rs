@@ -882,6 +882,52 @@ fn kill_9_of_the_holder_takes_the_vip_off_its_interface_within_a_second() {
     }
 }
 
+/// The heal and link-flap runs above with keepalived on both nodes, for the comparison
+/// (reported, not asserted: a client stranded on the loser's MAC counts as 10 s).
+#[test]
+#[ignore = "a measurement (up to a minute): cargo test --release -p tandem-cluster-tests --test vip -- --ignored --nocapture beside_keepalived"]
+fn heal_and_link_flap_measured_beside_keepalived() {
+    if !can_run(
+        has_tool("keepalived", "--version"),
+        "keepalived is not installed (Debian package keepalived)",
+    ) {
+        return;
+    }
+    let Some(mut lab) = Lab::or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    lab.keepalived(dir.path(), "a", 150);
+    lab.keepalived(dir.path(), "b", 100);
+    lab.wait_for("node-a", Duration::from_secs(15));
+    let reach = |lab: &Lab, want: &str| {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if lab.client_get_within("0.05").is_some_and(|b| b.contains(want)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        t.elapsed()
+    };
+    let (mut heals, mut flaps) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        lab.partition(true);
+        reach(&lab, "node-b");
+        std::thread::sleep(Duration::from_millis(300));
+        lab.partition(false);
+        heals.push(reach(&lab, "node-a"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for _ in 0..5 {
+        lab.port_down("a", true);
+        reach(&lab, "node-b");
+        lab.port_down("a", false);
+        flaps.push(reach(&lab, "node-a"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    report("keepalived: heal → client on the one remaining holder", &heals);
+    report("keepalived: link back → client on the one holder", &flaps);
+}
+
 #[test]
 fn a_failing_track_script_or_a_tracked_file_moves_the_vip_and_recovery_brings_it_back() {
     let Some(mut lab) = Lab::or_skip() else { return };
