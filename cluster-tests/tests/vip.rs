@@ -929,6 +929,63 @@ fn heal_and_link_flap_measured_beside_keepalived() {
 }
 
 #[test]
+fn notify_speaks_keepalived_s_arguments_and_fifo_including_the_first_backup_and_fault() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(mut lab) = Lab::or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    let script = dir.path().join("notify.sh");
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fifo = dir.path().join("vrrp.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    // Read end first (non-blocking), as keepalived's FIFO readers do.
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let extra = format!(
+        "notify = \"{}\"\nnotify_keepalived = true\nnotify_fifo = \"{}\"",
+        script.display(),
+        fifo.display()
+    );
+    lab.node_with(dir.path(), "a", 150, "", &extra);
+    lab.wait_for("node-a", Duration::from_secs(10));
+    lab.port_down("a", true);
+    let t = Instant::now();
+    let called = |what: &str| std::fs::read_to_string(&calls).unwrap_or_default().contains(what);
+    while !called("INSTANCE web FAULT 150") {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "no FAULT call: {:?}",
+            std::fs::read_to_string(&calls)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    lab.port_down("a", false);
+    let text = std::fs::read_to_string(&calls).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        &lines[..3],
+        &[
+            "INSTANCE web BACKUP 150",
+            "INSTANCE web MASTER 150",
+            "INSTANCE web FAULT 150"
+        ],
+        "{text}"
+    );
+    let mut got = String::new();
+    let _ = reader.read_to_string(&mut got);
+    assert!(
+        got.starts_with("INSTANCE \"web\" BACKUP 150\nINSTANCE \"web\" MASTER 150\nINSTANCE \"web\" FAULT 150\n"),
+        "{got:?}"
+    );
+}
+
+#[test]
 fn a_failing_track_script_or_a_tracked_file_moves_the_vip_and_recovery_brings_it_back() {
     let Some(mut lab) = Lab::or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();

@@ -42,8 +42,15 @@ pub struct VipConfig {
     pub garp_refresh: Duration,
     /// Valid lifetime of a held VIP, refreshed while master.
     pub address_lifetime: Duration,
-    /// Script run on state changes with arguments NAME STATE.
+    /// Script run on state changes with arguments NAME STATE (or keepalived's
+    /// `INSTANCE NAME STATE PRIORITY` with `notify_keepalived`).
     pub notify: Option<PathBuf>,
+    /// Call `notify` with keepalived's arguments and state names (MASTER, BACKUP, FAULT,
+    /// STOP), so scripts written for keepalived run unchanged.
+    pub notify_keepalived: bool,
+    /// A FIFO that receives a line `INSTANCE "NAME" STATE PRIORITY` per change, as
+    /// keepalived's `notify_fifo` writes it (created when missing; skipped without a reader).
+    pub notify_fifo: Option<PathBuf>,
     /// Extra time a backup waits past Master_Down before taking over (not after a
     /// priority-0 release): a lossy link then needs that many more lost adverts in a
     /// row to cause a false takeover.
@@ -328,13 +335,27 @@ impl Holder {
         }
     }
 
+    /// Tells the notify script and FIFO that the router is now in `state` (`master`,
+    /// `backup`, `fault` or `released`).
     fn notify(&self, state: &str) {
+        let upper = match state {
+            "master" => "MASTER",
+            "backup" => "BACKUP",
+            "fault" => "FAULT",
+            _ => "STOP",
+        };
+        let priority = self.stats.priority.load(Relaxed);
+        if let Some(fifo) = &self.cfg.notify_fifo {
+            write_fifo(fifo, &format!("INSTANCE \"{}\" {upper} {priority}\n", self.cfg.name));
+        }
         if let Some(script) = &self.cfg.notify {
-            match std::process::Command::new(script)
-                .arg(&self.cfg.name)
-                .arg(state)
-                .spawn()
-            {
+            let mut cmd = std::process::Command::new(script);
+            if self.cfg.notify_keepalived {
+                cmd.args(["INSTANCE", &self.cfg.name, upper, &priority.to_string()]);
+            } else {
+                cmd.arg(&self.cfg.name).arg(state);
+            }
+            match cmd.spawn() {
                 Ok(mut child) => {
                     std::thread::spawn(move || child.wait());
                 }
@@ -343,6 +364,31 @@ impl Holder {
                 }
             }
         }
+    }
+}
+
+/// Writes `line` to the FIFO at `path` without blocking: created when missing; nothing
+/// is written while no process reads it (keepalived's `notify_fifo` behaves alike).
+fn write_fifo(path: &std::path::Path, line: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !path.exists() {
+        if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid NUL-terminated path.
+            unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        }
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(mut f) => {
+            if let Err(e) = f.write_all(line.as_bytes()) {
+                tracing::debug!(fifo = %path.display(), error = %e, "notify FIFO not written");
+            }
+        }
+        Err(e) => tracing::debug!(fifo = %path.display(), error = %e, "notify FIFO has no reader"),
     }
 }
 
@@ -414,6 +460,9 @@ pub async fn run(
         if h.apply(a, &m).await {
             burst = BURST;
             next_garp = Instant::now() + BURST_GAP;
+        }
+        if m.state() == State::Backup {
+            h.notify("backup");
         }
     }
     let refresh = (cfg.address_lifetime / 3).max(Duration::from_millis(200));
@@ -699,6 +748,9 @@ pub async fn run(
                         running = true;
                         let a = m.start(Instant::now());
                         h.apply(a, &m).await;
+                        if m.state() == State::Backup {
+                            h.notify("backup");
+                        }
                     }
                     Control::Run => {}
                     Control::Release | Control::Stop => {

@@ -77,6 +77,11 @@ pub struct VipSection {
     pub address_lifetime: Dur,
     /// Script run as `SCRIPT NAME STATE` on changes.
     pub notify: Option<SpannedStr>,
+    /// `notify` gets keepalived's arguments: INSTANCE NAME STATE PRIORITY.
+    #[serde(default)]
+    pub notify_keepalived: bool,
+    /// FIFO receiving `INSTANCE "NAME" STATE PRIORITY` lines (keepalived's notify_fifo).
+    pub notify_fifo: Option<SpannedStr>,
     /// Extra wait past Master_Down before a backup takes over (lossy links).
     #[serde(default = "default_hold_down")]
     pub hold_down: Dur,

@@ -910,6 +910,8 @@ impl Checker<'_> {
                 .notify
                 .as_ref()
                 .map(|n| self.file(base, n, format!("{key}.notify"), super::access::Access::Read)),
+            notify_keepalived: v.notify_keepalived,
+            notify_fifo: v.notify_fifo.as_ref().map(|f| self.path(base, f)),
             hold_down,
             track_clusters: v.track_clusters.iter().map(|c| c.get_ref().clone()).collect(),
             track_weight: v.track_weight.min(254) as u8,
