@@ -687,6 +687,80 @@ fn ipv6_vip_elects_fails_over_and_is_announced_by_neighbour_advertisement() {
     );
 }
 
+#[test]
+fn ipv6_unicast_peers_elect_and_fail_over_between_link_local_addresses() {
+    let Some(mut lab) = Lab::or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    const VIP6: &str = "fd77::100";
+    assert!(ip(&[
+        "-n",
+        &lab.ns("c"),
+        "addr",
+        "add",
+        "fd77::10/64",
+        "dev",
+        "eth0",
+        "nodad"
+    ]));
+    let link_local = |lab: &Lab, n: &str| -> String {
+        let t = Instant::now();
+        loop {
+            let out = Command::new("ip")
+                .args([
+                    "-n",
+                    &lab.ns(n),
+                    "-6",
+                    "-o",
+                    "addr",
+                    "show",
+                    "dev",
+                    "eth0",
+                    "scope",
+                    "link",
+                ])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if let Some(a) = text.split_whitespace().skip_while(|w| *w != "inet6").nth(1) {
+                if !text.contains("tentative") {
+                    return a.split('/').next().unwrap().to_string();
+                }
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "no link-local address on {n}: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (ll_a, ll_b) = (link_local(&lab, "a"), link_local(&lab, "b"));
+    let node = |lab: &mut Lab, n: &str, prio: u32, peer: &str| {
+        lab.start_node(
+            dir.path(),
+            n,
+            &format!(
+                "[server]\nworkers = 1\ndrain_timeout = \"1s\"\n[log]\nlevel = \"warn\"\naccess_log = \"off\"\n\
+                 [[listener]]\nname = \"web6\"\nlisten = \"[{VIP6}]:8080\"\n\
+                 [[cluster]]\nname = \"local\"\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n\
+                 [[route]]\nname = \"all\"\ncluster = \"local\"\n\
+                 [[vip]]\nname = \"web6\"\ninterface = \"eth0\"\nvrid = 61\npriority = {prio}\naddresses = [\"{VIP6}/64\"]\nunicast_peers = [\"{peer}\"]\n"
+            ),
+        );
+    };
+    node(&mut lab, "a", 150, &ll_b);
+    node(&mut lab, "b", 100, &ll_a);
+    lab.wait_for_at(VIP6, "node-a", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    // B hears A's unicast adverts and stays backup.
+    assert!(lab.metric("b", "tandem_vip_events_total{vip=\"web6\",event=\"advert_received\"}") > 5);
+    assert_eq!(lab.metric("b", "tandem_vip_state{vip=\"web6\",vrid=\"61\"}"), 1);
+    lab.kill9("node-a");
+    let took = lab.wait_for_at(VIP6, "node-b", Duration::from_secs(5));
+    eprintln!("IPv6 unicast peers: kill -9 → first success through B after {took:?}");
+    node(&mut lab, "a", 150, &ll_b);
+    lab.wait_for_at(VIP6, "node-a", Duration::from_secs(10));
+}
+
 /// B's `became_master` count.
 fn became_master(lab: &Lab, n: &str) -> u64 {
     let m = lab.ctl(n, &["metrics"]);

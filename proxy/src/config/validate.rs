@@ -804,15 +804,24 @@ impl Checker<'_> {
         let mut peers = Vec::new();
         let v6 = addresses.first().is_some_and(|a| a.0.is_ipv6());
         for (j, p) in v.unicast_peers.iter().enumerate() {
-            match p.get_ref().parse::<std::net::Ipv4Addr>() {
-                Ok(a) if !v6 => peers.push(std::net::IpAddr::V4(a)),
+            // IPv6 adverts come from the link-local address and their checksum covers
+            // it: a peer is reached at its link-local address on the VIP's interface.
+            match p.get_ref().parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(a)) if !v6 => peers.push(std::net::IpAddr::V4(a)),
+                Ok(std::net::IpAddr::V6(a)) if v6 && a.segments()[0] & 0xffc0 == 0xfe80 => {
+                    peers.push(std::net::IpAddr::V6(a))
+                }
                 _ => {
                     self.at(
                         p,
                         format!("{key}.unicast_peers[{j}]"),
-                        format!("`{}` is not an IPv4 address", p.get_ref()),
+                        if v6 {
+                            format!("`{}` is not an IPv6 link-local address", p.get_ref())
+                        } else {
+                            format!("`{}` is not an IPv4 address", p.get_ref())
+                        },
                         Some(if v6 {
-                            "IPv6 VIPs advertise to ff02::12 only; remove unicast_peers".into()
+                            "IPv6 adverts go between link-local addresses: name the peer's fe80:: address on this interface (`ip -6 addr show scope link`)".into()
                         } else {
                             "e.g. \"10.0.0.12\"".into()
                         }),
