@@ -222,6 +222,25 @@ impl LeaseClient {
             .any(|p| self.network.heard_within(p.id, within))
     }
 
+    /// When each other member last answered, on its standing link and on any call
+    /// (for logs: `2: link 12ms, call 340ms`).
+    pub fn heard_summary(&self) -> String {
+        let ms = |d: Option<Duration>| d.map_or("never".to_string(), |d| format!("{}ms", d.as_millis()));
+        self.peers
+            .iter()
+            .filter(|p| p.id != self.id)
+            .map(|p| {
+                format!(
+                    "{}: link {}, call {}",
+                    p.id,
+                    ms(self.network.links.heard(p.id)),
+                    ms(self.network.contacts.since(p.id))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// Relays `batch` through every member but this one and `skip` at once; whether one
     /// of them had it committed. For a follower's publisher whose leader is out of
     /// reach (its changes then still reach the group through the witness).

@@ -688,6 +688,12 @@ pub async fn run(
                     tracing::warn!(vip = %cfg.name, "lease ran out without a renewal while the group is within reach; stepping down");
                     let acts = m.step_down(Instant::now());
                     h.apply(acts, &m).await;
+                } else {
+                    tracing::warn!(
+                        vip = %cfg.name,
+                        heard = %f.heard_summary(),
+                        "lease ran out and no member answered within half a lease: keeping the VIPs without a lease (on_no_quorum)"
+                    );
                 }
                 lease_until_ms = 0;
             }
