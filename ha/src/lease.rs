@@ -247,11 +247,17 @@ impl LeaseClient {
     pub(crate) async fn relay(&self, batch: &Batch, skip: Option<NodeId>) -> bool {
         let mut asks = tokio::task::JoinSet::new();
         for p in self.peers.iter().filter(|p| p.id != self.id && Some(p.id) != skip) {
-            let (me, batch, id) = (self.clone(), batch.clone(), p.id);
-            asks.spawn(async move { me.ask(id, Request::Relay(batch)).await });
+            let (me, batch, peer) = (self.clone(), batch.clone(), p.clone());
+            // A connection of its own: the standing link is kept free for leases.
+            asks.spawn(async move {
+                let node = openraft::BasicNode::new(peer.address.to_string());
+                me.network
+                    .call_once(peer.id, &node, &Request::Relay(batch), ATTEMPT)
+                    .await
+            });
         }
         while let Some(r) = asks.join_next().await {
-            if let Ok(Some(_)) = r {
+            if let Ok(Some(Reply::Propose(Ok(_)))) = r {
                 return true;
             }
         }

@@ -1,6 +1,9 @@
 //! Standing links: one connection from this member to each other configured member,
 //! kept open and checked with a ping every [`PING_EVERY`], for the calls that cannot
-//! wait for a connection to be made — lease asks and renewals, and relays.
+//! wait for a connection to be made — lease asks and renewals, and their relays. Only
+//! those: a link carries one call at a time, so bulk batches (the publisher's) go on
+//! connections of their own, and a call that finds the link busy does too; a renewal
+//! never waits behind another call, and the pings keep saying who answers.
 //!
 //! A fresh connection per call (TCP and a TLS login) costs a few milliseconds on an idle
 //! machine and tens on a loaded one, which a fenced takeover pays twice (the ask and,
@@ -17,7 +20,7 @@
 //! node.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -48,6 +51,9 @@ struct Link {
     jobs: mpsc::Sender<Job>,
     /// When the last reply came back on it (ms since [`Links::epoch`]; 0: never).
     heard_ms: Arc<AtomicU64>,
+    /// A call is on it now: another one goes on a connection of its own rather than
+    /// wait behind it.
+    busy: Arc<AtomicBool>,
 }
 
 /// This member's links to the others; empty until [`Network::start_links`].
@@ -76,7 +82,7 @@ impl Links {
         let Some(link) = self.by_id.get().and_then(|m| m.get(&id)) else {
             return Err(req);
         };
-        if self.heard(id).is_none_or(|d| d > FRESH) {
+        if self.heard(id).is_none_or(|d| d > FRESH) || link.busy.load(Relaxed) {
             return Err(req);
         }
         let (answer, reply) = oneshot::channel();
@@ -104,9 +110,10 @@ impl Network {
         for p in peers.iter().filter(|p| p.id != me) {
             let (jobs, rx) = mpsc::channel(64);
             let heard_ms = Arc::new(AtomicU64::new(0));
+            let busy = Arc::new(AtomicBool::new(false));
             let client = self.link_client(p.id, &p.address.to_string());
-            tasks.push(tokio::spawn(keep(client, rx, heard_ms.clone(), epoch)));
-            by_id.insert(p.id, Link { jobs, heard_ms });
+            tasks.push(tokio::spawn(keep(client, rx, heard_ms.clone(), busy.clone(), epoch)));
+            by_id.insert(p.id, Link { jobs, heard_ms, busy });
         }
         if self.links.by_id.set(by_id).is_err() {
             tasks.iter().for_each(|t| t.abort());
@@ -117,7 +124,13 @@ impl Network {
 }
 
 /// Runs one link: answers jobs, pings between them, reconnects after a failure.
-async fn keep(mut client: PeerClient, mut jobs: mpsc::Receiver<Job>, heard_ms: Arc<AtomicU64>, epoch: Instant) {
+async fn keep(
+    mut client: PeerClient,
+    mut jobs: mpsc::Receiver<Job>,
+    heard_ms: Arc<AtomicU64>,
+    busy: Arc<AtomicBool>,
+    epoch: Instant,
+) {
     let mut tick = tokio::time::interval(PING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ping = Pinger::default();
@@ -138,11 +151,13 @@ async fn keep(mut client: PeerClient, mut jobs: mpsc::Receiver<Job>, heard_ms: A
             }
         };
         let was_connected = client.connected();
+        busy.store(answer.is_some(), Relaxed);
         let outcome = match tokio::time::timeout(within, client.call(&req)).await {
             Ok(r) => r,
             // The dropped call took its connection with it.
             Err(_) => Err(WireError::Io(std::io::ErrorKind::TimedOut.into())),
         };
+        busy.store(false, Relaxed);
         let ok = outcome.is_ok();
         if ok {
             heard_ms.store((epoch.elapsed().as_millis() as u64).max(1), Relaxed);

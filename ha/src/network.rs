@@ -726,7 +726,14 @@ async fn relay(raft: &Raft, network: &Network, batch: Batch) -> Reply {
     if let RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f)) = &err {
         if let (Some(id), Some(node)) = (f.leader_id, f.leader_node.as_ref()) {
             let timeout = std::time::Duration::from_millis(250);
-            if let Some(reply) = network.ask(id, node, Request::Propose(batch), timeout).await {
+            // Lease changes on the standing link; bulk batches on a connection of their
+            // own, so they never hold a lease renewal up behind them.
+            let reply = if batch.is_lease() {
+                network.ask(id, node, Request::Propose(batch), timeout).await
+            } else {
+                network.call_once(id, node, &Request::Propose(batch), timeout).await
+            };
+            if let Some(reply) = reply {
                 return reply;
             }
         }

@@ -18,6 +18,20 @@ pub struct Batch {
     pub changes: Vec<Change>,
 }
 
+impl Batch {
+    /// Whether it carries only VIP lease changes: those travel on the members' standing
+    /// links, which must not queue them behind bulk batches (see [`crate::link`]).
+    pub fn is_lease(&self) -> bool {
+        !self.changes.is_empty()
+            && self.changes.iter().all(|c| {
+                matches!(
+                    c,
+                    crate::tables::Change::VipLease { .. } | crate::tables::Change::VipRelease { .. }
+                )
+            })
+    }
+}
+
 impl std::fmt::Display for Batch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "batch from {} ({} changes)", self.origin, self.changes.len())
