@@ -631,7 +631,6 @@ fn active_active_each_node_holds_its_own_vip_and_covers_the_other() {
 fn ipv6_vip_elects_fails_over_and_is_announced_by_neighbour_advertisement() {
     let Some(mut lab) = Lab::or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
-    const VIP6: &str = "fd77::100";
     // The client has an address on the VIP's prefix; the nodes advertise from their
     // link-local addresses to ff02::12.
     assert!(ip(&[
@@ -645,17 +644,7 @@ fn ipv6_vip_elects_fails_over_and_is_announced_by_neighbour_advertisement() {
         "nodad"
     ]));
     let node = |lab: &mut Lab, n: &str, prio: u32| {
-        lab.start_node(
-            dir.path(),
-            n,
-            &format!(
-                "[server]\nworkers = 1\ndrain_timeout = \"1s\"\n[log]\nlevel = \"warn\"\naccess_log = \"off\"\n\
-                 [[listener]]\nname = \"web6\"\nlisten = \"[{VIP6}]:8080\"\n\
-                 [[cluster]]\nname = \"local\"\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n\
-                 [[route]]\nname = \"all\"\ncluster = \"local\"\n\
-                 [[vip]]\nname = \"web6\"\ninterface = \"eth0\"\nvrid = 61\npriority = {prio}\naddresses = [\"{VIP6}/64\"]\naddress_lifetime = \"2s\"\n"
-            ),
-        );
+        lab.start_node(dir.path(), n, &ipv6_node_config(prio, "address_lifetime = \"2s\""));
     };
     let wait = |lab: &Lab, want: &str, limit: Duration| lab.wait_for_at(VIP6, want, limit);
     node(&mut lab, "a", 150);
@@ -686,11 +675,25 @@ fn ipv6_vip_elects_fails_over_and_is_announced_by_neighbour_advertisement() {
     assert_eq!(became(&lab) - before, 3, "B took over once per kill");
 }
 
+/// The IPv6 VIP tests' address, on the client's prefix fd77::/64.
+const VIP6: &str = "fd77::100";
+
+/// A node serving `web6` on [VIP6]:8080 with `[[vip]] web6` (VRID 61, priority `prio`)
+/// and `vip_extra` appended to that section.
+fn ipv6_node_config(prio: u32, vip_extra: &str) -> String {
+    format!(
+        "[server]\nworkers = 1\ndrain_timeout = \"1s\"\n[log]\nlevel = \"warn\"\naccess_log = \"off\"\n\
+                 [[listener]]\nname = \"web6\"\nlisten = \"[{VIP6}]:8080\"\n\
+                 [[cluster]]\nname = \"local\"\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n\
+                 [[route]]\nname = \"all\"\ncluster = \"local\"\n\
+                 [[vip]]\nname = \"web6\"\ninterface = \"eth0\"\nvrid = 61\npriority = {prio}\naddresses = [\"{VIP6}/64\"]\n{vip_extra}\n"
+    )
+}
+
 #[test]
 fn ipv6_unicast_peers_elect_and_fail_over_between_link_local_addresses() {
     let Some(mut lab) = Lab::or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
-    const VIP6: &str = "fd77::100";
     assert!(ip(&[
         "-n",
         &lab.ns("c"),
@@ -737,13 +740,7 @@ fn ipv6_unicast_peers_elect_and_fail_over_between_link_local_addresses() {
         lab.start_node(
             dir.path(),
             n,
-            &format!(
-                "[server]\nworkers = 1\ndrain_timeout = \"1s\"\n[log]\nlevel = \"warn\"\naccess_log = \"off\"\n\
-                 [[listener]]\nname = \"web6\"\nlisten = \"[{VIP6}]:8080\"\n\
-                 [[cluster]]\nname = \"local\"\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n\
-                 [[route]]\nname = \"all\"\ncluster = \"local\"\n\
-                 [[vip]]\nname = \"web6\"\ninterface = \"eth0\"\nvrid = 61\npriority = {prio}\naddresses = [\"{VIP6}/64\"]\nunicast_peers = [\"{peer}\"]\n"
-            ),
+            &ipv6_node_config(prio, &format!("unicast_peers = [\"{peer}\"]")),
         );
     };
     node(&mut lab, "a", 150, &ll_b);
