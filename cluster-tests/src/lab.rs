@@ -163,11 +163,16 @@ impl Lab {
     /// Starts keepalived as node `n` (VRRPv3, same VRID and VIP) with a demo backend
     /// on the VIP's port.
     pub fn keepalived(&mut self, dir: &std::path::Path, n: &str, prio: u32) {
+        self.keepalived_speaking(dir, n, prio, 3, "0.1");
+    }
+
+    /// `keepalived` with VRRP `version` (2 or 3) and `advert_int` (seconds).
+    pub fn keepalived_speaking(&mut self, dir: &std::path::Path, n: &str, prio: u32, version: u32, advert_int: &str) {
         let cfg = dir.join(format!("keepalived-{n}.conf"));
         std::fs::write(
             &cfg,
             format!(
-                "global_defs {{\n  vrrp_version 3\n  script_user root\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {prio}\n  advert_int 0.1\n  notify_master \"{}\"\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n",
+                "global_defs {{\n  vrrp_version {version}\n  script_user root\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {prio}\n  advert_int {advert_int}\n  notify_master \"{}\"\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n",
                 dir.join(format!("count-{n}.sh")).display()
             ),
         )
@@ -415,6 +420,33 @@ impl Lab {
             assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
             f()
         })
+    }
+
+    /// Adds a second segment: bridge br1 in the switch namespace and eth1 in a, b and c
+    /// on 10.78.0.0/24 (.1, .2, .10), switch ports q{n}.
+    pub fn second_link(&self) {
+        let sw = self.ns("sw");
+        assert!(ip(&["-n", &sw, "link", "add", "br1", "type", "bridge"]));
+        assert!(ip(&["-n", &sw, "link", "set", "br1", "up"]));
+        for (n, addr) in [("a", "10.78.0.1/24"), ("b", "10.78.0.2/24"), ("c", "10.78.0.10/24")] {
+            let ns = self.ns(n);
+            let port = format!("q{n}");
+            assert!(ip(&[
+                "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth1", "netns", &ns
+            ]));
+            assert!(ip(&["-n", &sw, "link", "set", &port, "master", "br1", "up"]));
+            assert!(ip(&["-n", &ns, "addr", "add", addr, "dev", "eth1"]));
+            assert!(ip(&["-n", &ns, "link", "set", "eth1", "up"]));
+        }
+    }
+
+    /// Whether node `n`'s interface `dev` carries address `addr`.
+    pub fn holds(&self, n: &str, dev: &str, addr: &str) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns(n), "addr", "show", "dev", dev])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{addr}/"))
     }
 
     /// Takes member `n`'s switch port down (it reaches nobody) or back up.

@@ -1125,3 +1125,143 @@ fn release_vips_removes_a_dead_nodes_addresses() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("released {VIP}/24 from eth0")));
     assert!(!lab.holds_vip("a"), "the VIP is still on the interface");
 }
+
+/// Node `n`'s configuration with VIP `web` (eth0) and VIP `inner` (eth1, 10.78.0.100,
+/// VRID 52) in sync group `edge`; `inner` tracks the file `weight`.
+fn sync_group_config(prio: u32, weight: &std::path::Path) -> String {
+    let inner = format!(
+        "[[vip]]\nname = \"inner\"\ninterface = \"eth1\"\nvrid = 52\npriority = {prio}\naddresses = [\"10.78.0.100/24\"]\naddress_lifetime = \"2s\"\ngarp_refresh = \"1s\"\nsync_group = \"edge\"\ntrack_files = [\"{}\"]\n",
+        weight.display()
+    );
+    Lab::node_config(prio, "", "", "sync_group = \"edge\"", &inner)
+}
+
+#[test]
+fn a_sync_group_moves_its_vips_together_on_a_fault_and_when_one_member_s_tracking_fails() {
+    let Some(mut lab) = Lab::or_skip() else { return };
+    lab.second_link();
+    let dir = tempfile::tempdir().unwrap();
+    let weight = dir.path().join("a-weight");
+    lab.start_node(dir.path(), "a", &sync_group_config(150, &weight));
+    lab.start_node(dir.path(), "b", &sync_group_config(100, &dir.path().join("b-weight")));
+    lab.wait_for("node-a", Duration::from_secs(10));
+    let inner_on = |lab: &Lab, n: &str| lab.holds(n, "eth1", "10.78.0.100");
+    let wait_inner = |lab: &Lab, n: &str| {
+        let t = Instant::now();
+        while !inner_on(lab, n) {
+            assert!(t.elapsed() < Duration::from_secs(5), "inner not on {n}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_inner(&lab, "a");
+    assert!(!inner_on(&lab, "b"));
+
+    // A's eth1 loses its carrier: inner is in FAULT on A, and web (whose link is fine)
+    // goes with it; B takes both.
+    assert!(ip(&["-n", &lab.ns("sw"), "link", "set", "qa", "down"]));
+    let took = lab.wait_for("node-b", Duration::from_secs(10));
+    wait_inner(&lab, "b");
+    assert!(!lab.holds_vip("a"), "web stayed on A");
+    assert_eq!(
+        lab.metric("a", "tandem_vip_state{vip=\"web\",vrid=\"51\"}"),
+        3,
+        "web is in FAULT with its group"
+    );
+    eprintln!("eth1 of A down → web on B after {took:?}");
+    assert!(ip(&["-n", &lab.ns("sw"), "link", "set", "qa", "up"]));
+    lab.wait_for("node-a", Duration::from_secs(10));
+    wait_inner(&lab, "a");
+
+    // inner's tracked file lowers its priority by 100: the group's members all drop to
+    // 50 (below B's 100), and B takes both over.
+    std::fs::write(&weight, "-100\n").unwrap();
+    let took = lab.wait_for("node-b", Duration::from_secs(10));
+    wait_inner(&lab, "b");
+    assert_eq!(
+        lab.metric("a", "tandem_vip_priority{vip=\"web\"}"),
+        50,
+        "web tracks with its group"
+    );
+    eprintln!("inner's priority lowered on A → web on B after {took:?}");
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert!(
+            !lab.holds_vip("a") && !inner_on(&lab, "a"),
+            "the group split or flapped back to A"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(lab.client_get().is_some_and(|b| b.contains("node-b")));
+    std::fs::write(&weight, "0\n").unwrap();
+    lab.wait_for("node-a", Duration::from_secs(10));
+    wait_inner(&lab, "a");
+    assert!(!inner_on(&lab, "b") && !lab.holds_vip("b"));
+}
+
+#[test]
+fn interoperates_with_keepalived_in_vrrp_v2() {
+    if !can_run(
+        has_tool("keepalived", "--version"),
+        "keepalived is not installed (Debian package keepalived)",
+    ) {
+        return;
+    }
+    let Some(mut lab) = Lab::or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    lab.keepalived_speaking(dir.path(), "b", 100, 2, "1");
+    lab.wait_for("node-b", Duration::from_secs(10));
+    // Tandem in VRRPv2 with the higher priority preempts keepalived, which yields.
+    let config = Lab::node_config(150, "", "", "vrrp_version = 2\nadvert_interval = \"1s\"", "")
+        .replace("address_lifetime = \"2s\"", "address_lifetime = \"4s\"");
+    lab.start_node(dir.path(), "a", &config);
+    let took = lab.wait_for("node-a", Duration::from_secs(10));
+    eprintln!("VRRPv2: tandem preempted keepalived after {took:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!lab.holds_vip("b"), "keepalived yielded to the higher priority");
+    assert!(
+        lab.metric("a", "tandem_vip_events_total{vip=\"web\",event=\"advert_received\"}") > 0,
+        "keepalived's v2 adverts were heard"
+    );
+    for reason in ["version", "vrrp_v2", "checksum"] {
+        let series = format!("tandem_vip_adverts_dropped_total{{vip=\"web\",reason=\"{reason}\"}}");
+        assert_eq!(lab.metric("a", &series), 0, "{reason}");
+    }
+    // Maintenance sends priority 0 in v2: keepalived takes over within its skew time.
+    lab.ctl("a", &["maintenance", "on"]);
+    let took = lab.wait_for("node-b", Duration::from_secs(3));
+    eprintln!("VRRPv2: tandem maintenance → keepalived serving after {took:?}");
+    lab.ctl("a", &["maintenance", "off"]);
+    lab.wait_for("node-a", Duration::from_secs(10));
+    // Tandem dies: keepalived takes over by Master_Down.
+    lab.kill9("node-a");
+    let took = lab.wait_for("node-b", Duration::from_secs(8));
+    eprintln!("VRRPv2: tandem killed → keepalived serving after {took:?}");
+}
+
+#[test]
+fn a_tracked_process_that_stops_moves_the_vip() {
+    let Some(mut lab) = Lab::or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // A process only this test runs: a shell sleeping under a name of its own.
+    let marker = format!("sleep 3{}.5", std::process::id() % 1000);
+    let extra = format!("track_weight = 60\ntrack_processes = [{{ name = \"{marker}\", full_command = true }}]");
+    let mut watched = Command::new("sh")
+        .args(["-c", &format!("exec {marker}")])
+        .spawn()
+        .unwrap();
+    lab.node_with(dir.path(), "a", 150, "", &extra);
+    lab.node(dir.path(), "b", 100);
+    lab.wait_for("node-a", Duration::from_secs(10));
+    watched.kill().unwrap();
+    watched.wait().unwrap();
+    let took = lab.wait_for("node-b", Duration::from_secs(5));
+    assert_eq!(lab.metric("a", "tandem_vip_priority{vip=\"web\"}"), 90);
+    eprintln!("tracked process gone → client on B after {took:?}");
+    let mut watched = Command::new("sh")
+        .args(["-c", &format!("exec {marker}")])
+        .spawn()
+        .unwrap();
+    lab.wait_for("node-a", Duration::from_secs(5));
+    watched.kill().unwrap();
+    watched.wait().unwrap();
+}

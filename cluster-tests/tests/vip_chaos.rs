@@ -235,12 +235,12 @@ fn chrono_like(t: std::time::SystemTime) -> String {
     )
 }
 
-/// `TANDEM_CHAOS_SECS=600` makes the long form. Not in the test command for now: one
-/// clean-clone run in three showed a two-holder overlap of a few milliseconds after an
-/// A↔B cut (A's fence found no member in reach and kept its VIPs past its lease; the
-/// router now logs why when that happens), which local runs do not reproduce.
+/// `TANDEM_CHAOS_SECS=600` makes the long form. A two-holder overlap of a few
+/// milliseconds after an A↔B cut, seen once in three clean-clone runs, came from a fence
+/// that judged "no member in reach" from Raft traffic alone and from a VRRP thread
+/// blocked by takeover announcements; with standing links and one announcement socket,
+/// six seeds (5352222, 11, 22, 33, 44, 55) run beside two busy loops had none.
 #[test]
-#[ignore = "a known rare two-holder overlap under investigation: cargo test --release -p tandem-cluster-tests --test vip_chaos -- --ignored --nocapture"]
 fn fenced_vips_never_have_two_holders_and_the_rate_limit_holds_under_chaos() {
     chaos(5.0);
 }

@@ -1,14 +1,15 @@
 //! What moves a VIP's priority besides its configuration (keepalived's trackers):
-//! clusters without a usable endpoint, interfaces down, failing scripts and the integers
-//! of tracked files. Evaluated every [`EVERY`] on the VRRP thread; scripts run on
-//! threads of their own, so a slow one never delays an advert.
+//! clusters without a usable endpoint, interfaces down, failing scripts, processes not
+//! running and the integers of tracked files. Evaluated every [`EVERY`] on the VRRP
+//! thread; scripts and the process table scan run on threads of their own, so a slow
+//! one never delays an advert.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tandem_ha::vip::router::{TrackScript, VipConfig};
+use tandem_ha::vip::router::{TrackProcess, TrackScript, VipConfig};
 
 /// How often the priority is recomputed.
 pub const EVERY: Duration = Duration::from_millis(100);
@@ -19,6 +20,7 @@ pub fn any(cfg: &VipConfig) -> bool {
         || !cfg.track_interfaces.is_empty()
         || !cfg.track_scripts.is_empty()
         || !cfg.track_files.is_empty()
+        || !cfg.track_processes.is_empty()
 }
 
 /// Keeps `tx` at the priority in use: the configured one, lowered by `track_weight`
@@ -30,6 +32,7 @@ pub async fn track(cfg: VipConfig, shared: Arc<crate::control::Shared>, tx: toki
         .track_scripts
         .iter()
         .map(|s| (s.weight, start_script(&cfg.name, s.clone())))
+        .chain(start_processes(&cfg.name, &cfg.track_processes))
         .collect();
     loop {
         let rt = shared.runtime.load();
@@ -110,6 +113,94 @@ fn start_script(vip: &str, script: TrackScript) -> Arc<AtomicBool> {
     failing
 }
 
+/// How often the process table is scanned for tracked processes.
+const PROCESS_SCAN_EVERY: Duration = Duration::from_millis(200);
+
+/// Watches the tracked processes on one thread: (weight, missing) per process, where
+/// missing means fewer than its quorum have run for its whole `delay`.
+fn start_processes(vip: &str, tracked: &[TrackProcess]) -> Vec<(u8, Arc<AtomicBool>)> {
+    if tracked.is_empty() {
+        return Vec::new();
+    }
+    let flags: Vec<Arc<AtomicBool>> = tracked.iter().map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let out = tracked.iter().map(|t| t.weight).zip(flags.iter().cloned()).collect();
+    let (vip, tracked) = (vip.to_string(), tracked.to_vec());
+    let spawned = std::thread::Builder::new().name("track-process".into()).spawn(move || {
+        // Since when each process's count has disagreed with its flag.
+        let mut since: Vec<Option<Instant>> = vec![None; tracked.len()];
+        loop {
+            let table = processes();
+            for (i, t) in tracked.iter().enumerate() {
+                let running = table.iter().filter(|p| p.matches(t)).count() as u32;
+                let missing = running < t.quorum;
+                if missing == flags[i].load(Relaxed) {
+                    since[i] = None;
+                    continue;
+                }
+                let at = *since[i].get_or_insert_with(Instant::now);
+                if at.elapsed() >= t.delay {
+                    flags[i].store(missing, Relaxed);
+                    since[i] = None;
+                    if missing {
+                        tracing::warn!(vip = %vip, process = %t.name, running, quorum = t.quorum, weight = t.weight, "tracked process not running: priority lowered");
+                    } else {
+                        tracing::info!(vip = %vip, process = %t.name, running, "tracked process running again: priority restored");
+                    }
+                }
+            }
+            std::thread::sleep(PROCESS_SCAN_EVERY);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the process tracker's thread");
+    }
+    out
+}
+
+/// One process of the table: its name and its command line.
+struct Process {
+    comm: String,
+    cmdline: String,
+}
+
+impl Process {
+    fn matches(&self, t: &TrackProcess) -> bool {
+        if t.full_command {
+            self.cmdline.starts_with(&t.name) && self.cmdline[t.name.len()..].chars().next().is_none_or(|c| c == ' ')
+        } else {
+            self.comm == t.name
+        }
+    }
+}
+
+/// Every process's name and command line from `/proc` (zombies and kernel threads,
+/// which have no command line, are left out).
+fn processes() -> Vec<Process> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let name = e.file_name();
+        if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let base = e.path();
+        let Ok(raw) = std::fs::read(base.join("cmdline")) else {
+            continue;
+        };
+        if raw.is_empty() {
+            continue;
+        }
+        let cmdline = String::from_utf8_lossy(raw.strip_suffix(&[0]).unwrap_or(&raw)).replace('\0', " ");
+        let comm = std::fs::read_to_string(base.join("comm"))
+            .map(|c| c.trim_end().to_string())
+            .unwrap_or_default();
+        out.push(Process { comm, cmdline });
+    }
+    out
+}
+
 /// One run: `/bin/sh -c COMMAND` in a process group of its own, killed (the whole group)
 /// after `timeout`; whether it exited with status 0.
 fn run_once(script: &TrackScript) -> bool {
@@ -160,6 +251,37 @@ mod tests {
         let t = Instant::now();
         assert!(!run_once(&script("sleep 5; exit 0", 200)));
         assert!(t.elapsed() < Duration::from_secs(2), "the slow script was not killed");
+    }
+
+    #[test]
+    fn a_process_is_found_by_its_name_or_the_start_of_its_command_line() {
+        let mut child = std::process::Command::new("sleep").arg("7.25").spawn().unwrap();
+        let track = |name: &str, full_command: bool| TrackProcess {
+            name: name.into(),
+            full_command,
+            quorum: 1,
+            weight: 10,
+            delay: Duration::ZERO,
+        };
+        let t = Instant::now();
+        let count = |t: &TrackProcess| processes().iter().filter(|p| p.matches(t)).count();
+        while count(&track("sleep 7.25", true)) == 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "the child's command line is not seen"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(count(&track("sleep", false)) >= 1);
+        assert_eq!(
+            count(&track("sleep 7.2", true)),
+            0,
+            "a prefix ends at an argument boundary"
+        );
+        assert_eq!(count(&track("sleep 7.25", false)), 0, "a name is not a command line");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(count(&track("sleep 7.25", true)), 0);
     }
 
     #[test]

@@ -58,7 +58,13 @@ pub fn start(configs: &[VipConfig], shared: Arc<crate::control::Shared>) -> std:
         };
         rt.block_on(async move {
             let mut tasks = Vec::new();
+            let mut groups = sync_groups(work.iter().map(|(c, _)| c));
             for (cfg, stats) in work {
+                let sync = cfg
+                    .sync_group
+                    .as_ref()
+                    .and_then(|g| groups.get_mut(g.as_str()))
+                    .and_then(|members| members.pop());
                 let (rx, fence) = (rx.clone(), fence.clone());
                 let (prio_tx, prio_rx) = tokio::sync::watch::channel(cfg.priority);
                 if crate::vip_trackers::any(&cfg) {
@@ -66,7 +72,7 @@ pub fn start(configs: &[VipConfig], shared: Arc<crate::control::Shared>) -> std:
                 }
                 tasks.push(tokio::spawn(async move {
                     let name = cfg.name.clone();
-                    if let Err(e) = router::run(cfg, stats, rx, prio_rx, fence).await {
+                    if let Err(e) = router::run(cfg, stats, rx, prio_rx, fence, sync).await {
                         tracing::error!(vip = %name, error = %e, "virtual router stopped");
                     }
                 }));
@@ -83,6 +89,26 @@ pub fn start(configs: &[VipConfig], shared: Arc<crate::control::Shared>) -> std:
         done: std::sync::Mutex::new(Some(done_rx)),
     });
     Ok(())
+}
+
+/// One member handle per VIP of each sync group, by group name (popped in any order:
+/// members are interchangeable).
+fn sync_groups<'a>(
+    configs: impl Iterator<Item = &'a VipConfig>,
+) -> std::collections::HashMap<String, Vec<tandem_ha::vip::sync_group::SyncMember>> {
+    let mut sizes: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for c in configs {
+        if let Some(g) = &c.sync_group {
+            *sizes.entry(g.clone()).or_default() += 1;
+        }
+    }
+    sizes
+        .into_iter()
+        .map(|(name, n)| {
+            let g = tandem_ha::vip::sync_group::SyncGroup::new(&name, n);
+            (name, (0..n).map(|i| g.member(i)).collect())
+        })
+        .collect()
 }
 
 impl Vips {

@@ -7,3 +7,4 @@ pub mod machine;
 pub mod net;
 pub mod packet;
 pub mod router;
+pub mod sync_group;

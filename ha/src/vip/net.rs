@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type};
 
-use super::packet::{Advert, AdvertError, GROUP, GROUP6, PROTO_VRRP};
+use super::packet::{Advert, AdvertError, Version, GROUP, GROUP6, PROTO_VRRP};
 
 /// Why a network operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -323,6 +323,7 @@ pub struct VrrpSocket {
     sock: tokio::io::unix::AsyncFd<Socket>,
     src: IpAddr,
     index: u32,
+    version: Version,
 }
 
 impl VrrpSocket {
@@ -330,7 +331,8 @@ impl VrrpSocket {
     /// 224.0.0.18 by index and sends with TTL 255 and DSCP CS6; IPv6 joins ff02::12,
     /// sends with hop limit 255 from the link-local address and asks for the hop limit
     /// and destination of what it receives. Not bound (a bound raw socket misses the group).
-    pub fn open(iface: &Interface) -> Result<VrrpSocket, NetError> {
+    /// Adverts are sent and decoded as `version` says.
+    pub fn open(iface: &Interface, version: Version) -> Result<VrrpSocket, NetError> {
         let proto = Some(Protocol::from(i32::from(PROTO_VRRP)));
         let s = match iface.address {
             IpAddr::V4(addr) => {
@@ -385,12 +387,13 @@ impl VrrpSocket {
             sock: tokio::io::unix::AsyncFd::new(s).map_err(io_err("register VRRP socket"))?,
             src: iface.address,
             index: iface.index,
+            version,
         })
     }
 
     /// Sends an advertisement to the group (or a unicast peer).
     pub async fn send(&self, a: &Advert, dst: IpAddr) -> io::Result<()> {
-        let msg = a.encode(self.src, dst);
+        let msg = a.encode_as(self.version, self.src, dst);
         let to = match dst {
             IpAddr::V4(d) => SockAddr::from(std::net::SocketAddrV4::new(d, 0)),
             IpAddr::V6(d) => SockAddr::from(std::net::SocketAddrV6::new(d, 0, 0, self.index)),
@@ -411,7 +414,7 @@ impl VrrpSocket {
         loop {
             let mut g = self.sock.readable().await?;
             let r = g.try_io(|s| match self.src {
-                IpAddr::V4(_) => recv_v4(s.as_raw_fd(), buf),
+                IpAddr::V4(_) => recv_v4(s.as_raw_fd(), buf, self.version),
                 IpAddr::V6(_) => recv_v6(s.as_raw_fd(), buf),
             });
             match r {
@@ -433,14 +436,14 @@ pub struct Received {
     pub advert: Advert,
 }
 
-fn recv_v4(fd: i32, buf: &mut [u8]) -> io::Result<Result<Received, AdvertError>> {
+fn recv_v4(fd: i32, buf: &mut [u8], version: Version) -> io::Result<Result<Received, AdvertError>> {
     // SAFETY: recv writes at most buf.len() bytes into buf.
     let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(
-        Advert::decode_ip(&buf[..n as usize]).map(|(src, dst, advert)| Received {
+        Advert::decode_ip_as(&buf[..n as usize], version).map(|(src, dst, advert)| Received {
             src: src.into(),
             dst: dst.into(),
             advert,

@@ -61,9 +61,25 @@ pub enum AdvertError {
     /// Checksum mismatch.
     #[error("bad checksum")]
     Checksum,
-    /// VRID 0 or an address count that does not match the length.
+    /// VRID 0 or an address count that does not match the length (or, in VRRPv2, an
+    /// authentication type other than none).
     #[error("bad VRID or address list")]
     Fields,
+    /// A VRRPv3 advertisement on a router configured for VRRPv2.
+    #[error("a VRRPv3 advertisement (this router speaks VRRPv2)")]
+    V3,
+}
+
+/// The VRRP version a router speaks: 3 (RFC 5798, IPv4 and IPv6), or 2 (RFC 3768, IPv4
+/// only, keepalived's default) for peers that speak nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Version {
+    /// RFC 3768: interval in whole seconds, checksum over the message alone, 8 bytes
+    /// of (unused) authentication data.
+    V2,
+    /// RFC 5798.
+    #[default]
+    V3,
 }
 
 fn fold(mut sum: u32) -> u16 {
@@ -114,6 +130,63 @@ impl Advert {
         m
     }
 
+    /// The message in `version`'s format (VRRPv2: IPv4 only, interval rounded to whole
+    /// seconds, at least 1).
+    pub fn encode_as(&self, version: Version, src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> Vec<u8> {
+        match version {
+            Version::V3 => self.encode(src, dst),
+            Version::V2 => {
+                let mut m = Vec::with_capacity(16 + 4 * self.addrs.len());
+                m.push(0x21);
+                m.push(self.vrid);
+                m.push(self.priority);
+                m.push(self.addrs.len() as u8);
+                m.push(0); // authentication: none
+                m.push((self.interval_cs / 100).clamp(1, 255) as u8);
+                m.extend_from_slice(&[0, 0]);
+                for a in &self.addrs {
+                    m.extend_from_slice(&octets(a));
+                }
+                m.extend_from_slice(&[0; 8]);
+                let c = fold(add_bytes(0, &m));
+                m[6..8].copy_from_slice(&c.to_be_bytes());
+                m
+            }
+        }
+    }
+
+    /// Decodes a VRRPv2 message (IPv4): no authentication, 8 bytes of authentication
+    /// data after the addresses (keepalived sends them; a message without is accepted),
+    /// checksum over the message.
+    pub fn decode_v2(m: &[u8]) -> Result<Advert, AdvertError> {
+        if m.len() < 8 {
+            return Err(AdvertError::Truncated);
+        }
+        if m[0] == 0x31 {
+            return Err(AdvertError::V3);
+        }
+        if m[0] != 0x21 {
+            return Err(AdvertError::Version);
+        }
+        let count = usize::from(m[3]);
+        let addrs_end = 8 + 4 * count;
+        if m[1] == 0 || m[4] != 0 || (m.len() != addrs_end && m.len() != addrs_end + 8) {
+            return Err(AdvertError::Fields);
+        }
+        if fold(add_bytes(0, m)) != 0 {
+            return Err(AdvertError::Checksum);
+        }
+        Ok(Advert {
+            vrid: m[1],
+            priority: m[2],
+            interval_cs: u16::from(m[5]) * 100,
+            addrs: m[8..addrs_end]
+                .chunks(4)
+                .map(|c| IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3])))
+                .collect(),
+        })
+    }
+
     /// Decodes a VRRP message received from `src` to `dst` (the address list has their
     /// family).
     pub fn decode(m: &[u8], src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> Result<Advert, AdvertError> {
@@ -162,6 +235,11 @@ impl Advert {
     /// (protocol 112, TTL 255), then the advert. Returns the source, the destination
     /// and the advert.
     pub fn decode_ip(p: &[u8]) -> Result<(Ipv4Addr, Ipv4Addr, Advert), AdvertError> {
+        Advert::decode_ip_as(p, Version::V3)
+    }
+
+    /// [`Advert::decode_ip`] for a router speaking `version`.
+    pub fn decode_ip_as(p: &[u8], version: Version) -> Result<(Ipv4Addr, Ipv4Addr, Advert), AdvertError> {
         if p.len() < 20 || p[0] >> 4 != 4 {
             return Err(AdvertError::Truncated);
         }
@@ -178,7 +256,12 @@ impl Advert {
         }
         let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
         let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
-        Ok((src, dst, Advert::decode(&p[ihl..total], src, dst)?))
+        let m = &p[ihl..total];
+        let advert = match version {
+            Version::V3 => Advert::decode(m, src, dst)?,
+            Version::V2 => Advert::decode_v2(m)?,
+        };
+        Ok((src, dst, advert))
     }
 }
 
@@ -227,6 +310,38 @@ mod tests {
         assert_eq!(other.encode(a2, GROUP), hex("31 33 64 01 00 0a 75 06 0a 63 00 64"));
         // Unicast: the destination is in the pseudo-header.
         assert_eq!(vip().encode(a1, a2), hex("31 33 96 01 00 0a 18 b5 0a 63 00 64"));
+    }
+
+    #[test]
+    fn vrrp_v2_matches_keepalived_bytes_and_refuses_v3_and_damage() {
+        let a1 = Ipv4Addr::new(10, 99, 0, 1);
+        let v2 = Advert {
+            interval_cs: 100,
+            ..vip()
+        };
+        // RFC 3768's layout: no authentication, interval 1 s, 8 bytes of zero
+        // authentication data, checksum without a pseudo-header (the namespace test
+        // elects against keepalived in `vrrp_version 2`).
+        let m = v2.encode_as(Version::V2, a1, GROUP);
+        assert_eq!(m, hex("21 33 96 01 00 01 3e 03 0a 63 00 64 00 00 00 00 00 00 00 00"));
+        assert_eq!(Advert::decode_v2(&m), Ok(v2.clone()));
+        assert_eq!(
+            Advert::decode_v2(&m[..12]),
+            Ok(v2.clone()),
+            "without authentication data"
+        );
+        let mut bad = m.clone();
+        bad[2] = 1;
+        assert_eq!(Advert::decode_v2(&bad), Err(AdvertError::Checksum));
+        let mut auth = m.clone();
+        auth[4] = 1;
+        assert_eq!(
+            Advert::decode_v2(&auth),
+            Err(AdvertError::Fields),
+            "simple-text authentication"
+        );
+        assert_eq!(Advert::decode_v2(&vip().encode(a1, GROUP)), Err(AdvertError::V3));
+        assert_eq!(Advert::decode(&m, a1, GROUP), Err(AdvertError::V2));
     }
 
     #[test]

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use super::machine::{Action, Machine, RouterConfig, State};
 use super::net::{self, Announcer, Interface, NetError, Received, VrrpSocket};
-use super::packet::{group_for, Advert, AdvertError};
+use super::packet::{group_for, Advert, AdvertError, Version};
+use super::sync_group::{self, SyncMember};
 use crate::lease::{Lease, LeaseClient, LeaseError};
 
 /// Settings of one virtual router.
@@ -81,6 +82,14 @@ pub struct VipConfig {
     /// Files holding an integer added to the priority (keepalived's `track_file` with
     /// weight 1; a missing or unreadable file counts 0): an external agent's say.
     pub track_files: Vec<PathBuf>,
+    /// Processes that must be running; while one has fewer instances than its quorum,
+    /// the priority drops by its weight (keepalived's `track_process`).
+    pub track_processes: Vec<TrackProcess>,
+    /// The sync group this VIP belongs to (see [`super::sync_group`]).
+    pub sync_group: Option<String>,
+    /// VRRPv3 (default), or VRRPv2 for peers that speak only that (IPv4, whole-second
+    /// intervals).
+    pub version: Version,
 }
 
 /// A tracked script (keepalived's `vrrp_script`): exit status 0 is success.
@@ -98,6 +107,23 @@ pub struct TrackScript {
     pub fall: u32,
     /// How much the priority drops while it is failing.
     pub weight: u8,
+}
+
+/// A tracked process (keepalived's `vrrp_track_process`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackProcess {
+    /// The process name as `/proc/PID/comm` has it (15 characters at most), or with
+    /// `full_command` the start of its command line (`/usr/sbin/bird -c /etc/bird.conf`).
+    pub name: String,
+    /// Match `name` against the command line (arguments joined by spaces).
+    pub full_command: bool,
+    /// Instances that must run.
+    pub quorum: u32,
+    /// How much the priority drops while fewer run.
+    pub weight: u8,
+    /// A change must last this long before it counts (a restart by its supervisor does
+    /// not move the VIP).
+    pub delay: Duration,
 }
 
 /// What a fenced node does when no quorum answers its lease request.
@@ -182,6 +208,7 @@ fn drop_slot(e: AdvertError) -> usize {
         AdvertError::Checksum => 4,
         AdvertError::Fields => 6,
         AdvertError::V2 => 7,
+        AdvertError::V3 => 1,
     }
 }
 
@@ -416,21 +443,32 @@ async fn settle(p: &mut Pending) -> Result<Lease, LeaseError> {
     }
 }
 
+/// A router that cannot start (no such interface, no privilege) is in FAULT for its sync
+/// group: the other members must not take over without it.
+fn or_fault<T>(sync: &Option<SyncMember>, r: Result<T, NetError>) -> Result<T, NetError> {
+    if let (Err(_), Some(s)) = (&r, sync) {
+        s.publish(State::Fault, false, true);
+    }
+    r
+}
+
 /// Runs the virtual router until `control` says [`Control::Stop`]. With a `fence`, a
 /// backup becomes master only once the group committed the VIP's lease to it, and the
-/// master renews the lease (see [`crate::lease`]).
+/// master renews the lease (see [`crate::lease`]). With `sync`, it moves together with
+/// the other VIPs of its sync group.
 pub async fn run(
     cfg: VipConfig,
     stats: Arc<VipStats>,
     mut control: tokio::sync::watch::Receiver<Control>,
     mut priority: tokio::sync::watch::Receiver<u8>,
     fence: Option<LeaseClient>,
+    mut sync: Option<SyncMember>,
 ) -> Result<(), NetError> {
     let vips: Vec<IpAddr> = cfg.addresses.iter().map(|a| a.0).collect();
-    let iface = Interface::lookup(&cfg.interface, &vips)?;
-    let sock = VrrpSocket::open(&iface)?;
+    let iface = or_fault(&sync, Interface::lookup(&cfg.interface, &vips))?;
+    let sock = or_fault(&sync, VrrpSocket::open(&iface, cfg.version))?;
     let h = Holder {
-        announcer: Announcer::open(&iface)?,
+        announcer: or_fault(&sync, Announcer::open(&iface))?,
         iface: iface.clone(),
         sock,
         stats,
@@ -485,7 +523,93 @@ pub async fn run(
     let mut last_v2_log: Option<Instant> = None;
     let mut link_check = tokio::time::interval(LINK_CHECK_EVERY);
     link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The interface was usable at the last check; FAULT is entered or left at the top
+    // of the loop when `recheck` says the link or the sync group changed.
+    let mut link_ok = true;
+    let mut recheck = false;
+    // Master_Down ran out, but the sync group is not ready to take over with us.
+    let mut waiting_group = false;
+    // The state at the last turn, and whether a step-down since was the group's doing.
+    let mut last_state = m.state();
+    let mut forced = false;
+    // The priority the trackers ask for (a sync group may lower it further).
+    let mut tracked = *priority.borrow();
     loop {
+        if running && recheck {
+            recheck = false;
+            let group_fault = sync.as_ref().is_some_and(|s| s.other_faulted());
+            match (m.state() == State::Fault, !link_ok || group_fault) {
+                (false, true) => {
+                    h.stats.faults.fetch_add(1, Relaxed);
+                    if link_ok {
+                        let group = sync.as_ref().map_or("", |s| s.group_name());
+                        tracing::warn!(vip = %cfg.name, group, "another VIP of the sync group is in FAULT: FAULT, VIPs released");
+                    } else {
+                        tracing::warn!(vip = %cfg.name, interface = %cfg.interface, "interface down or its address gone: FAULT, VIPs released");
+                    }
+                    let was_master = m.state() == State::Master;
+                    if let Some(a) = acquiring.take() {
+                        a.abort();
+                    }
+                    let acts = m.fault();
+                    // Releasing notifies "fault" (see `apply`).
+                    h.apply(acts, &m).await;
+                    if was_master {
+                        release_later(&fence, cfg.vrid, ttl);
+                    } else {
+                        h.notify("fault");
+                    }
+                    lease_until_ms = 0;
+                }
+                (true, false) => {
+                    tracing::info!(vip = %cfg.name, interface = %cfg.interface, "interface usable again: leaving FAULT as backup");
+                    let acts = m.recover(Instant::now());
+                    h.apply(acts, &m).await;
+                    h.notify("backup");
+                }
+                _ => {}
+            }
+            if sync.as_mut().is_some_and(|s| s.take_demotion()) && m.state() == State::Master {
+                tracing::info!(vip = %cfg.name, "another VIP of the sync group stepped down: stepping down with it");
+                // As a yield: the addresses, then the lease, then priority 0 so the peer
+                // takes this VIP over at once, as it took the other.
+                let (release, announce): (Vec<_>, Vec<_>) =
+                    m.shutdown().into_iter().partition(|a| *a == Action::ReleaseVips);
+                h.apply(release, &m).await;
+                if let Some(f) = &fence {
+                    let _ = f.release(cfg.vrid, ttl).await;
+                }
+                h.apply(announce, &m).await;
+                let acts = m.start(Instant::now());
+                h.apply(acts, &m).await;
+                forced = true;
+            }
+        }
+        let p = match &sync {
+            Some(s) => {
+                s.publish_delta(i32::from(tracked) - i32::from(cfg.priority));
+                s.priority(cfg.priority)
+            }
+            None => tracked,
+        };
+        if p != m.priority() {
+            tracing::info!(vip = %cfg.name, from = m.priority(), to = p, "priority changed (tracking)");
+            let acts = m.set_priority(p);
+            h.apply(acts, &m).await;
+        }
+        if let Some(s) = &sync {
+            let now = Instant::now();
+            if last_state == State::Master && m.state() == State::Backup && !forced {
+                s.demoted();
+            }
+            let wants = running && m.state() == State::Backup && m.deadline().is_some_and(|d| d <= now);
+            if waiting_group && (!wants || s.others_ready()) {
+                waiting_group = false;
+            }
+            s.publish(m.state(), wants, !link_ok);
+        }
+        last_state = m.state();
+        forced = false;
         let far = Instant::now() + Duration::from_secs(3600);
         let mut deadline = m.deadline().unwrap_or(far);
         if m.state() == State::Backup && !released && m.deadline() != retry_at {
@@ -540,20 +664,33 @@ pub async fn run(
                     }
                     Err(e) => {
                         h.stats.dropped[drop_slot(e)].fetch_add(1, Relaxed);
-                        if e == AdvertError::V2 && last_v2_log.is_none_or(|t| t.elapsed() >= V2_LOG_EVERY) {
+                        let other_version = matches!(e, AdvertError::V2 | AdvertError::V3);
+                        if other_version && last_v2_log.is_none_or(|t| t.elapsed() >= V2_LOG_EVERY) {
                             last_v2_log = Some(Instant::now());
-                            tracing::warn!(
-                                vip = %cfg.name,
-                                "a VRRPv2 advert was received on this interface: this router speaks VRRPv3, so a v2 \
-                                 peer and this node do not see each other and may both hold the VIPs; set \
-                                 `vrrp_version 3` on the peer (keepalived)"
-                            );
+                            if e == AdvertError::V2 {
+                                tracing::warn!(
+                                    vip = %cfg.name,
+                                    "a VRRPv2 advert was received on this interface: this router speaks VRRPv3, so a v2 \
+                                     peer and this node do not see each other and may both hold the VIPs; set \
+                                     `vrrp_version 3` on the peer (keepalived), or `vrrp_version = 2` here"
+                                );
+                            } else {
+                                tracing::warn!(
+                                    vip = %cfg.name,
+                                    "a VRRPv3 advert was received on this interface: this router speaks VRRPv2 \
+                                     (`vrrp_version = 2`), so a v3 peer and this node do not see each other and may \
+                                     both hold the VIPs; use the same version on both"
+                                );
+                            }
                         }
                     }
                 }
             }
-            _ = tokio::time::sleep_until(deadline.into()), if running && acquiring.is_none() => {
-                if let (State::Backup, Some(f)) = (m.state(), &fence) {
+            _ = tokio::time::sleep_until(deadline.into()), if running && acquiring.is_none() && !waiting_group => {
+                if m.state() == State::Backup && sync.as_ref().is_some_and(|s| !s.others_ready()) {
+                    // Not without the rest of the group; a change there wakes us.
+                    waiting_group = true;
+                } else if let (State::Backup, Some(f)) = (m.state(), &fence) {
                     // Master_Down: ask the group for the lease before taking over.
                     let (f, vrid, prio, preempt, wait) = (f.clone(), cfg.vrid, m.priority(), cfg.preempt, cfg.quorum_wait);
                     acquiring = Some(tokio::spawn(async move { f.acquire(vrid, prio, preempt, ttl, wait).await }));
@@ -698,33 +835,11 @@ pub async fn run(
                 lease_until_ms = 0;
             }
             _ = link_check.tick(), if running => {
-                let usable = net::link_usable(&cfg.interface, iface.address);
-                match (m.state() == State::Fault, usable) {
-                    (false, false) => {
-                        h.stats.faults.fetch_add(1, Relaxed);
-                        tracing::warn!(vip = %cfg.name, interface = %cfg.interface, "interface down or its address gone: FAULT, VIPs released");
-                        let was_master = m.state() == State::Master;
-                        if let Some(a) = acquiring.take() {
-                            a.abort();
-                        }
-                        let acts = m.fault();
-                        // Releasing notifies "fault" (see `apply`).
-                        h.apply(acts, &m).await;
-                        if was_master {
-                            release_later(&fence, cfg.vrid, ttl);
-                        } else {
-                            h.notify("fault");
-                        }
-                        lease_until_ms = 0;
-                    }
-                    (true, true) => {
-                        tracing::info!(vip = %cfg.name, interface = %cfg.interface, "interface usable again: leaving FAULT as backup");
-                        let acts = m.recover(Instant::now());
-                        h.apply(acts, &m).await;
-                        h.notify("backup");
-                    }
-                    _ => {}
-                }
+                link_ok = net::link_usable(&cfg.interface, iface.address);
+                recheck = true;
+            }
+            _ = sync_group::changed(&mut sync) => {
+                recheck = true;
             }
             _ = tokio::time::sleep_until(refresh_at.into()) => {
                 h.hold();
@@ -740,12 +855,7 @@ pub async fn run(
                 }
             }
             Ok(()) = priority.changed() => {
-                let p = *priority.borrow_and_update();
-                if p != m.priority() {
-                    tracing::info!(vip = %cfg.name, from = m.priority(), to = p, "priority changed (tracking)");
-                    let acts = m.set_priority(p);
-                    h.apply(acts, &m).await;
-                }
+                tracked = *priority.borrow_and_update();
             }
             changed = control.changed() => {
                 let c = if changed.is_err() { Control::Stop } else { *control.borrow() };

@@ -115,6 +115,41 @@ pub struct VipSection {
     /// Files holding an integer added to the priority (missing: 0).
     #[serde(default)]
     pub track_files: Vec<SpannedStr>,
+    /// Processes that must run: while one has fewer instances than its quorum, the
+    /// priority drops by its weight.
+    #[serde(default)]
+    pub track_processes: Vec<TrackProcessSection>,
+    /// VIPs with the same sync group fail over together (keepalived's vrrp_sync_group).
+    pub sync_group: Option<SpannedStr>,
+    /// 3 (default) or 2 for peers that speak only VRRPv2 (IPv4, whole seconds).
+    #[serde(default = "default_vrrp_version")]
+    pub vrrp_version: u32,
+}
+
+/// `[[vip]] track_processes = [{ name = "...", ... }]`: keepalived's `vrrp_track_process`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackProcessSection {
+    /// `/proc/PID/comm` name, or the start of the command line with `full_command`.
+    pub name: SpannedStr,
+    /// Match the command line instead of the name.
+    #[serde(default)]
+    pub full_command: bool,
+    /// Instances that must run.
+    #[serde(default = "default_one")]
+    pub quorum: u32,
+    /// Priority drop while fewer run (default: the VIP's `track_weight`).
+    pub weight: Option<u32>,
+    /// A change counts once it lasted this long.
+    #[serde(default = "default_process_delay")]
+    pub delay: Dur,
+}
+
+fn default_vrrp_version() -> u32 {
+    3
+}
+fn default_process_delay() -> Dur {
+    Dur::millis(0)
 }
 
 /// `[[vip]] track_scripts = [{ command = "...", ... }]`: keepalived's `vrrp_script`.

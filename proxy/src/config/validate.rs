@@ -892,6 +892,70 @@ impl Checker<'_> {
                 weight: t.weight.unwrap_or(v.track_weight).min(254) as u8,
             });
         }
+        let mut track_processes = Vec::new();
+        for (j, t) in v.track_processes.iter().enumerate() {
+            let pkey = format!("{key}.track_processes[{j}]");
+            let name = t.name.get_ref();
+            if name.trim().is_empty() || (!t.full_command && name.len() > 15) {
+                self.at(
+                    &t.name,
+                    format!("{pkey}.name"),
+                    format!("`{name}` cannot name a process"),
+                    Some("the kernel keeps 15 characters of a process name (`ps -o comm`); for a longer one or a path, set full_command = true and give the start of its command line".into()),
+                );
+                ok = false;
+            }
+            if t.quorum == 0 {
+                self.at(
+                    &t.name,
+                    format!("{pkey}.quorum"),
+                    "quorum 0 is always met".into(),
+                    Some("quorum = 1 (the default) needs one running instance".into()),
+                );
+                ok = false;
+            }
+            track_processes.push(tandem_ha::vip::router::TrackProcess {
+                name: name.clone(),
+                full_command: t.full_command,
+                quorum: t.quorum,
+                weight: t.weight.unwrap_or(v.track_weight).min(254) as u8,
+                delay: self.dur(&t.delay, format!("{pkey}.delay")),
+            });
+        }
+        let version = match v.vrrp_version {
+            3 => tandem_ha::vip::packet::Version::V3,
+            2 if v6 => {
+                self.at(
+                    &v.name,
+                    format!("{key}.vrrp_version"),
+                    "VRRPv2 carries IPv4 addresses only".into(),
+                    Some("IPv6 VIPs need vrrp_version = 3 (the default)".into()),
+                );
+                ok = false;
+                tandem_ha::vip::packet::Version::V3
+            }
+            2 if interval.subsec_millis() != 0 || interval < Duration::from_secs(1) => {
+                self.at(
+                    &v.name,
+                    format!("{key}.advert_interval"),
+                    format!("{interval:?} is not whole seconds"),
+                    Some("VRRPv2 counts the interval in seconds: use advert_interval = \"1s\" (or more)".into()),
+                );
+                ok = false;
+                tandem_ha::vip::packet::Version::V2
+            }
+            2 => tandem_ha::vip::packet::Version::V2,
+            other => {
+                self.at(
+                    &v.name,
+                    format!("{key}.vrrp_version"),
+                    format!("VRRP version {other} does not exist"),
+                    Some("use 3 (the default), or 2 for peers that speak only VRRPv2".into()),
+                );
+                ok = false;
+                tandem_ha::vip::packet::Version::V3
+            }
+        };
         for (j, i) in v.track_interfaces.iter().enumerate() {
             if i.get_ref().is_empty() || i.get_ref().len() >= 16 {
                 self.at(
@@ -931,6 +995,9 @@ impl Checker<'_> {
             track_interfaces: v.track_interfaces.iter().map(|c| c.get_ref().clone()).collect(),
             track_scripts,
             track_files: v.track_files.iter().map(|f| self.path(base, f)).collect(),
+            sync_group: v.sync_group.as_ref().map(|g| g.get_ref().clone()),
+            track_processes,
+            version,
         })
     }
 
@@ -1901,6 +1968,21 @@ pub(crate) fn validate(
                 );
             }
             vips.push(cfg);
+        }
+    }
+    for (i, v) in file.vips.iter().enumerate() {
+        let Some(g) = &v.sync_group else { continue };
+        let members = file
+            .vips
+            .iter()
+            .filter(|o| o.sync_group.as_ref().is_some_and(|h| h.get_ref() == g.get_ref()));
+        if members.count() < 2 {
+            c.at(
+                g,
+                format!("vip[{i}].sync_group"),
+                format!("sync group `{}` has only this VIP", g.get_ref()),
+                Some("a sync group moves two or more VIPs together: give the other [[vip]] the same sync_group, or remove the key".into()),
+            );
         }
     }
 
