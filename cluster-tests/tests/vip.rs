@@ -1265,3 +1265,73 @@ fn a_tracked_process_that_stops_moves_the_vip() {
     watched.kill().unwrap();
     watched.wait().unwrap();
 }
+
+/// The client's neighbour entry for the VIP (`ip neigh`): its MAC, if any.
+fn client_neighbour(lab: &Lab) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["-n", &lab.ns("c"), "neigh", "show", VIP, "dev", "eth0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "lladdr")?;
+    words.next().map(str::to_string)
+}
+
+#[test]
+fn use_vmac_fails_over_with_the_client_s_neighbour_entry_unchanged() {
+    if !can_run(has_arping(), "arping is not installed (Debian iputils-arping)") {
+        return;
+    }
+    let Some(mut lab) = Lab::or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    lab.node_with(dir.path(), "a", 150, "", "use_vmac = true");
+    lab.node_with(dir.path(), "b", 100, "", "use_vmac = true");
+    lab.wait_for("node-a", Duration::from_secs(10));
+    const VMAC: &str = "00:00:5e:00:01:33";
+    assert_eq!(client_neighbour(&lab).as_deref(), Some(VMAC));
+    // Only the virtual MAC answers ARP for the VIP (not A's eth0), and B's VRRP MAC
+    // interface is down while it is backup.
+    let macs: Vec<String> = lab.arp_macs().into_iter().map(|m| m.to_lowercase()).collect();
+    assert_eq!(macs, vec![VMAC.to_string()]);
+    let link = |lab: &Lab, n: &str| {
+        let out = Command::new("ip")
+            .args(["-n", &lab.ns(n), "-o", "link", "show", "vrrp.51"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(link(&lab, "b").contains("state DOWN"), "{}", link(&lab, "b"));
+    // The client's entry is frozen: failover works only if the new holder answers at the
+    // same MAC.
+    assert!(ip(&[
+        "-n",
+        &lab.ns("c"),
+        "neigh",
+        "replace",
+        VIP,
+        "lladdr",
+        VMAC,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent"
+    ]));
+    let mut took = Vec::new();
+    for round in 0..5 {
+        let t = Instant::now();
+        lab.kill9("node-a");
+        lab.wait_for("node-b", Duration::from_secs(5));
+        took.push(t.elapsed());
+        assert_eq!(client_neighbour(&lab).as_deref(), Some(VMAC), "round {round}");
+        lab.node_with(dir.path(), "a", 150, "", "use_vmac = true");
+        lab.wait_for("node-a", Duration::from_secs(15));
+    }
+    report(
+        "use_vmac: kill -9 of the holder → client on B (frozen neighbour entry)",
+        &took,
+    );
+    // A stop deletes the VRRP MAC interface.
+    lab.term("node-b", Duration::from_secs(5));
+    assert!(!link(&lab, "b").contains("vrrp.51"), "{}", link(&lab, "b"));
+}

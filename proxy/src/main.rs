@@ -295,20 +295,20 @@ fn main() -> ExitCode {
             };
             let mut failed = false;
             for v in &cfg.vips {
-                let own: Vec<_> = v.addresses.iter().map(|a| a.0).collect();
-                let iface = match tandem_ha::vip::net::Interface::lookup(&v.interface, &own) {
-                    Ok(i) => i,
-                    Err(e) => {
-                        eprintln!("tandem release-vips: vip `{}`: {e}", v.name);
+                let on = v.address_interface();
+                let Some(index) = tandem_ha::vip::net::interface_index(&on) else {
+                    // No VRRP MAC interface: nothing was ever held there.
+                    if !v.use_vmac {
+                        eprintln!("tandem release-vips: vip `{}`: no interface `{on}`", v.name);
                         failed = true;
-                        continue;
                     }
+                    continue;
                 };
                 for &(a, p) in &v.addresses {
-                    match tandem_ha::vip::net::remove_address(iface.index, a, p) {
-                        Ok(()) => println!("released {a}/{p} from {}", v.interface),
+                    match tandem_ha::vip::net::remove_address(index, a, p) {
+                        Ok(()) => println!("released {a}/{p} from {on}"),
                         Err(e) => {
-                            eprintln!("tandem release-vips: {a}/{p} on {}: {e}", v.interface);
+                            eprintln!("tandem release-vips: {a}/{p} on {on}: {e}");
                             failed = true;
                         }
                     }

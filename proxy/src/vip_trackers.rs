@@ -122,6 +122,13 @@ fn start_processes(vip: &str, tracked: &[TrackProcess]) -> Vec<(u8, Arc<AtomicBo
     if tracked.is_empty() {
         return Vec::new();
     }
+    if std::fs::metadata("/proc/1").is_err() {
+        tracing::warn!(
+            vip = %vip,
+            "/proc shows only this user's processes (hidepid; systemd's ProtectProc=invisible): a tracked process \
+             of another user counts as not running. Add a drop-in with ProtectProc=default (README, Floating VIPs)"
+        );
+    }
     let flags: Vec<Arc<AtomicBool>> = tracked.iter().map(|_| Arc::new(AtomicBool::new(false))).collect();
     let out = tracked.iter().map(|t| t.weight).zip(flags.iter().cloned()).collect();
     let (vip, tracked) = (vip.to_string(), tracked.to_vec());

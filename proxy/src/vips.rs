@@ -144,6 +144,9 @@ impl Vips {
                     serde_json::json!({
                         "name": c.name,
                         "interface": c.interface,
+                        "address_interface": c.address_interface(),
+                        "vrrp_version": if c.version == tandem_ha::vip::packet::Version::V2 { 2 } else { 3 },
+                        "sync_group": c.sync_group,
                         "vrid": c.vrid,
                         "priority": c.priority,
                         "addresses": c.addresses.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>(),
@@ -239,7 +242,7 @@ fn start_guard(configs: &[VipConfig]) -> std::io::Result<()> {
     cmd.arg("guard-vips");
     for c in configs {
         for (a, p) in &c.addresses {
-            cmd.arg(format!("{}={a}/{p}", c.interface));
+            cmd.arg(format!("{}={a}/{p}", c.address_interface()));
         }
     }
     let mut child = cmd

@@ -8,3 +8,4 @@ pub mod net;
 pub mod packet;
 pub mod router;
 pub mod sync_group;
+pub mod vmac;

@@ -195,13 +195,15 @@ const RTM_DELADDR: u16 = 21;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_REPLACE: u16 = 0x100;
-const NLM_F_CREATE: u16 = 0x400;
+pub(super) const NLM_F_CREATE: u16 = 0x400;
+pub(super) const NLM_F_EXCL: u16 = 0x200;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_CACHEINFO: u16 = 6;
 const NLMSG_ERROR: u16 = 2;
 
-fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+/// Appends one netlink attribute (padded to 4 bytes).
+pub(super) fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     let len = 4 + payload.len();
     out.extend_from_slice(&(len as u16).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
@@ -212,7 +214,7 @@ fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
 }
 
 /// One rtnetlink request, waiting for its acknowledgement.
-fn rtnetlink(kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
+pub(super) fn rtnetlink(kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
     // SAFETY: plain socket(2); the fd is owned below.
     let fd = unsafe {
         libc::socket(
@@ -294,8 +296,26 @@ fn addr_attrs(body: &mut Vec<u8>, addr: IpAddr) {
 /// (`None`: forever). Refreshing before it runs out keeps it; a holder that dies
 /// stops refreshing and the kernel removes it.
 pub fn add_address(index: u32, addr: IpAddr, prefix: u8, lifetime: Option<Duration>) -> Result<(), NetError> {
+    add_address_with(index, addr, prefix, lifetime, false)
+}
+
+/// `add_address`; with `no_prefix_route` the kernel adds no route for the prefix (a
+/// VIP on a VRRP MAC interface must not take the parent's subnet route).
+pub fn add_address_with(
+    index: u32,
+    addr: IpAddr,
+    prefix: u8,
+    lifetime: Option<Duration>,
+    no_prefix_route: bool,
+) -> Result<(), NetError> {
+    const IFA_FLAGS: u16 = 8;
+    const IFA_F_NOPREFIXROUTE: u32 = 0x200;
     let mut body = ifaddrmsg(addr, index, prefix);
     addr_attrs(&mut body, addr);
+    if no_prefix_route {
+        let flags = IFA_F_NOPREFIXROUTE | u32::from(body[2]);
+        attr(&mut body, IFA_FLAGS, &flags.to_ne_bytes());
+    }
     if let Some(l) = lifetime {
         let secs = l.as_secs().clamp(1, u64::from(u32::MAX - 1)) as u32;
         let mut ci = Vec::with_capacity(16);

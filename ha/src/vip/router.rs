@@ -90,6 +90,8 @@ pub struct VipConfig {
     /// VRRPv3 (default), or VRRPv2 for peers that speak only that (IPv4, whole-second
     /// intervals).
     pub version: Version,
+    /// Hold the VIPs on a macvlan with the VRRP virtual MAC (see [`super::vmac`]).
+    pub use_vmac: bool,
 }
 
 /// A tracked script (keepalived's `vrrp_script`): exit status 0 is success.
@@ -137,6 +139,16 @@ pub enum NoQuorum {
 }
 
 impl VipConfig {
+    /// The interface the VIPs are added to: the VRRP MAC interface with `use_vmac`.
+    pub fn address_interface(&self) -> String {
+        super::vmac::address_interface(
+            &self.interface,
+            self.vrid,
+            self.use_vmac,
+            self.addresses.first().map(|a| a.0),
+        )
+    }
+
     /// Lifetime of a lease: a backup checks after about 3 adverts plus the hold-down,
     /// so a dead holder's lease has run out by then.
     pub fn lease_ttl(&self) -> Duration {
@@ -336,8 +348,14 @@ impl Holder {
 
     /// Adds (or refreshes the lifetime of) every VIP.
     fn hold(&self) {
+        if self.cfg.use_vmac {
+            if let Err(e) = super::vmac::set_up(self.iface.index, true) {
+                tracing::error!(vip = %self.cfg.name, interface = %self.iface.name, error = %e, "cannot set the VRRP MAC interface up");
+            }
+        }
         for &(a, p) in &self.cfg.addresses {
-            if let Err(e) = net::add_address(self.iface.index, a, p, Some(self.cfg.address_lifetime)) {
+            let lifetime = Some(self.cfg.address_lifetime);
+            if let Err(e) = net::add_address_with(self.iface.index, a, p, lifetime, self.cfg.use_vmac) {
                 tracing::error!(vip = %self.cfg.name, address = %a, error = %e, "cannot add VIP");
             }
         }
@@ -347,6 +365,12 @@ impl Holder {
         for &(a, p) in &self.cfg.addresses {
             if let Err(e) = net::remove_address(self.iface.index, a, p) {
                 tracing::error!(vip = %self.cfg.name, address = %a, error = %e, "cannot remove VIP");
+            }
+        }
+        if self.cfg.use_vmac {
+            // Down: a backup sends nothing from the virtual MAC.
+            if let Err(e) = super::vmac::set_up(self.iface.index, false) {
+                tracing::warn!(vip = %self.cfg.name, interface = %self.iface.name, error = %e, "cannot set the VRRP MAC interface down");
             }
         }
     }
@@ -467,9 +491,16 @@ pub async fn run(
     let vips: Vec<IpAddr> = cfg.addresses.iter().map(|a| a.0).collect();
     let iface = or_fault(&sync, Interface::lookup(&cfg.interface, &vips))?;
     let sock = or_fault(&sync, VrrpSocket::open(&iface, cfg.version))?;
+    // Where the VIPs live and announcements come from: the parent, or its VRRP MAC
+    // interface.
+    let holds_on = if cfg.use_vmac {
+        or_fault(&sync, super::vmac::create(&iface, cfg.vrid))?
+    } else {
+        iface.clone()
+    };
     let h = Holder {
-        announcer: or_fault(&sync, Announcer::open(&iface))?,
-        iface: iface.clone(),
+        announcer: or_fault(&sync, Announcer::open(&holds_on))?,
+        iface: holds_on,
         sock,
         stats,
         cfg: cfg.clone(),
@@ -893,6 +924,9 @@ pub async fn run(
                             h.release();
                         }
                         if c == Control::Stop {
+                            if cfg.use_vmac {
+                                super::vmac::delete(&h.iface.name);
+                            }
                             return Ok(());
                         }
                     }

@@ -124,6 +124,10 @@ pub struct VipSection {
     /// 3 (default) or 2 for peers that speak only VRRPv2 (IPv4, whole seconds).
     #[serde(default = "default_vrrp_version")]
     pub vrrp_version: u32,
+    /// Hold the VIPs on a macvlan `vrrp.VRID` with the VRRP virtual MAC (keepalived's
+    /// `use_vmac`): clients need no ARP update on failover.
+    #[serde(default)]
+    pub use_vmac: bool,
 }
 
 /// `[[vip]] track_processes = [{ name = "...", ... }]`: keepalived's `vrrp_track_process`.

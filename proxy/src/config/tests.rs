@@ -304,3 +304,42 @@ fn vip_trackers_are_checked_with_their_key_and_a_fix() {
     ));
     assert_eq!(i.key, "vip[0].track_scripts[0].interval");
 }
+
+#[test]
+fn sync_groups_vrrp_v2_track_processes_and_vmac_are_checked_with_their_key_and_a_fix() {
+    let vip = |name: &str, vrid: u32, extra: &str| {
+        format!("\n[[vip]]\nname = \"{name}\"\ninterface = \"eth0\"\nvrid = {vrid}\npriority = 150\naddresses = [\"10.0.0.{vrid}/24\"]\n{extra}\n")
+    };
+    let ok = load_str(
+        "t.toml",
+        &format!(
+            "{BASE}{}{}",
+            vip("web", 51, "sync_group = \"edge\"\nuse_vmac = true\ntrack_processes = [{ name = \"bird\", quorum = 2, delay = \"1s\" }]"),
+            vip("inner", 52, "sync_group = \"edge\"\nvrrp_version = 2\nadvert_interval = \"1s\"")
+        ),
+    )
+    .unwrap();
+    assert_eq!(ok.vips[0].sync_group.as_deref(), Some("edge"));
+    assert_eq!(ok.vips[0].address_interface(), "vrrp.51");
+    assert_eq!(ok.vips[1].address_interface(), "eth0");
+    assert_eq!(ok.vips[0].track_processes[0].quorum, 2);
+    assert_eq!(ok.vips[0].track_processes[0].weight, 50);
+    assert_eq!(ok.vips[1].version, tandem_ha::vip::packet::Version::V2);
+
+    let i = one(&format!("{BASE}{}", vip("web", 51, "sync_group = \"edge\"")));
+    assert_eq!(i.key, "vip[0].sync_group");
+    assert!(i.hint.unwrap().contains("same sync_group"));
+    let i = one(&format!("{BASE}{}", vip("web", 51, "vrrp_version = 2")));
+    assert_eq!(
+        i.key, "vip[0].advert_interval",
+        "v2 counts whole seconds; the default is 100ms"
+    );
+    let i = one(&format!("{BASE}{}", vip("web", 51, "vrrp_version = 4")));
+    assert_eq!(i.key, "vip[0].vrrp_version");
+    let i = one(&format!(
+        "{BASE}{}",
+        vip("web", 51, "track_processes = [{ name = \"a-very-long-process-name\" }]")
+    ));
+    assert_eq!(i.key, "vip[0].track_processes[0].name");
+    assert!(i.hint.unwrap().contains("full_command"));
+}

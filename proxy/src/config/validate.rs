@@ -998,6 +998,7 @@ impl Checker<'_> {
             sync_group: v.sync_group.as_ref().map(|g| g.get_ref().clone()),
             track_processes,
             version,
+            use_vmac: v.use_vmac,
         })
     }
 
