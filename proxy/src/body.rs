@@ -349,6 +349,8 @@ pub enum UpstreamBody {
     Filtered(Box<FilteredBody<ClientBody>>),
     /// Buffered (replayable); `None` once sent.
     Full(Option<Bytes>),
+    /// Chunks a filter's gRPC stream sends as it goes; ends when the sender is dropped.
+    Channel(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 impl Default for UpstreamBody {
@@ -363,6 +365,7 @@ impl std::fmt::Debug for UpstreamBody {
             UpstreamBody::Stream(_) => "Stream",
             UpstreamBody::Filtered(_) => "Filtered",
             UpstreamBody::Full(_) => "Full",
+            UpstreamBody::Channel(_) => "Channel",
         })
     }
 }
@@ -376,6 +379,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Stream(inc) => Pin::new(inc).poll_frame(cx).map_err(Into::into),
             UpstreamBody::Filtered(f) => Pin::new(&mut **f).poll_frame(cx),
             UpstreamBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Channel(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -384,6 +388,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Stream(inc) => inc.is_end_stream(),
             UpstreamBody::Filtered(f) => f.is_end_stream(),
             UpstreamBody::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+            UpstreamBody::Channel(_) => false,
         }
     }
 
@@ -392,6 +397,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Stream(inc) => inc.size_hint(),
             UpstreamBody::Filtered(f) => f.size_hint(),
             UpstreamBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            UpstreamBody::Channel(_) => SizeHint::default(),
         }
     }
 }

@@ -334,7 +334,8 @@ impl Probe {
             self.call_foreign_function("no.such.function", None) == Err(Status::NotFound),
             (),
         );
-        // gRPC callouts are refused with a status, not a crash.
+        // A gRPC call to a cluster that does not speak HTTP/2 is refused with a status,
+        // not a crash.
         r.check(
             "grpc_call_refused",
             self.dispatch_grpc_call("backend", "svc", "M", vec![], None, Duration::from_secs(1))

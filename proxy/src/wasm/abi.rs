@@ -37,7 +37,7 @@ pub enum BufferKind {
     UpstreamData,
     /// Body of an `http_call` response.
     CallResponseBody,
-    /// gRPC receive buffer (no gRPC callouts here: always empty).
+    /// The message of the gRPC callback running (`proxy_on_grpc_receive`).
     GrpcReceive,
     /// `vm_config`.
     VmConfiguration,

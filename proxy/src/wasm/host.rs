@@ -202,6 +202,15 @@ fn define_context(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
 
 /// The serialized map of `kind` for the effective context.
 fn map_bytes(st: &HostState, kind: MapKind) -> Vec<u8> {
+    if let MapKind::GrpcInitial | MapKind::GrpcTrailing = kind {
+        let Some(d) = &st.grpc_now else { return Vec::new() };
+        let pairs = if kind == MapKind::GrpcInitial {
+            &d.initial
+        } else {
+            &d.trailing
+        };
+        return abi::serialize_map(|| pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+    }
     if let MapKind::CallResponseHeaders | MapKind::CallResponseTrailers = kind {
         let Some(r) = &st.callout else { return Vec::new() };
         let pairs = if kind == MapKind::CallResponseHeaders {
@@ -232,6 +241,18 @@ fn map_bytes(st: &HostState, kind: MapKind) -> Vec<u8> {
 }
 
 fn map_get(st: &HostState, kind: MapKind, key: &[u8]) -> Option<Vec<u8>> {
+    if let MapKind::GrpcInitial | MapKind::GrpcTrailing = kind {
+        let d = st.grpc_now.as_ref()?;
+        let pairs = if kind == MapKind::GrpcInitial {
+            &d.initial
+        } else {
+            &d.trailing
+        };
+        return pairs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.clone());
+    }
     if let MapKind::CallResponseHeaders | MapKind::CallResponseTrailers = kind {
         let r = st.callout.as_ref()?;
         let pairs = if kind == MapKind::CallResponseHeaders {
@@ -386,7 +407,7 @@ fn buffer(st: &HostState, kind: BufferKind) -> &[u8] {
         BufferKind::VmConfiguration => &st.plugin.vm_config,
         BufferKind::PluginConfiguration => &st.plugin.config,
         BufferKind::CallData => &st.call_data,
-        BufferKind::GrpcReceive => &[],
+        BufferKind::GrpcReceive => st.grpc_now.as_ref().map_or(&[], |d| &d.message[..]),
     }
 }
 
@@ -515,43 +536,84 @@ fn define_http(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             give(&mut c, &msg, rp, rl)
         },
     )?;
-    // gRPC callouts are not offered: calls get the status the SDK maps to an error
-    // (INTERNAL_FAILURE), stream operations find no stream (NOT_FOUND).
     l.func_wrap(
         "env",
         "proxy_grpc_call",
-        |_c: C<'_>,
-         _a: i32,
-         _b: i32,
-         _d: i32,
-         _e: i32,
-         _f: i32,
-         _g: i32,
-         _h: i32,
-         _i: i32,
-         _j: i32,
-         _k: i32,
-         _timeout: i32,
-         _ret: i32|
-         -> R { Ok(status::INTERNAL_FAILURE) },
+        |mut c: C<'_>,
+         up: i32,
+         upl: i32,
+         sp: i32,
+         sl: i32,
+         mp: i32,
+         ml: i32,
+         hp: i32,
+         hl: i32,
+         bp: i32,
+         bl: i32,
+         timeout_ms: i32,
+         rt: i32|
+         -> R {
+            let cluster = read_str(&mut c, up, upl)?;
+            let service = read_str(&mut c, sp, sl)?;
+            let method = read_str(&mut c, mp, ml)?;
+            let hbytes = read(&mut c, hp, hl)?;
+            let message = read(&mut c, bp, bl)?;
+            let Some(metadata) = abi::parse_map(&hbytes) else {
+                return Ok(status::PARSE_FAILURE);
+            };
+            let metadata = metadata.into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+            let st = c.data_mut();
+            match super::grpc::open(
+                st,
+                &cluster,
+                &service,
+                &method,
+                metadata,
+                Some(message),
+                timeout_ms as u32,
+            ) {
+                Ok(token) => {
+                    write_u32(&mut c, rt, token)?;
+                    Ok(status::OK)
+                }
+                Err(s) => Ok(s),
+            }
+        },
     )?;
     l.func_wrap(
         "env",
         "proxy_grpc_stream",
-        |_c: C<'_>, _a: i32, _b: i32, _d: i32, _e: i32, _f: i32, _g: i32, _h: i32, _i: i32, _ret: i32| -> R {
-            Ok(status::INTERNAL_FAILURE)
+        |mut c: C<'_>, up: i32, upl: i32, sp: i32, sl: i32, mp: i32, ml: i32, hp: i32, hl: i32, rt: i32| -> R {
+            let cluster = read_str(&mut c, up, upl)?;
+            let service = read_str(&mut c, sp, sl)?;
+            let method = read_str(&mut c, mp, ml)?;
+            let hbytes = read(&mut c, hp, hl)?;
+            let Some(metadata) = abi::parse_map(&hbytes) else {
+                return Ok(status::PARSE_FAILURE);
+            };
+            let metadata = metadata.into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+            match super::grpc::open(c.data_mut(), &cluster, &service, &method, metadata, None, 0) {
+                Ok(token) => {
+                    write_u32(&mut c, rt, token)?;
+                    Ok(status::OK)
+                }
+                Err(s) => Ok(s),
+            }
         },
     )?;
     l.func_wrap(
         "env",
         "proxy_grpc_send",
-        |_c: C<'_>, _t: i32, _p: i32, _l: i32, _e: i32| -> R { Ok(status::NOT_FOUND) },
+        |mut c: C<'_>, token: i32, mp: i32, ml: i32, end: i32| -> R {
+            let message = read(&mut c, mp, ml)?;
+            Ok(super::grpc::send(c.data_mut(), token as u32, &message, end != 0))
+        },
     )?;
-    l.func_wrap("env", "proxy_grpc_cancel", |_c: C<'_>, _t: i32| -> R {
-        Ok(status::NOT_FOUND)
+    l.func_wrap("env", "proxy_grpc_cancel", |mut c: C<'_>, token: i32| -> R {
+        Ok(super::grpc::cancel(c.data_mut(), token as u32))
     })?;
-    l.func_wrap("env", "proxy_grpc_close", |_c: C<'_>, _t: i32| -> R {
-        Ok(status::NOT_FOUND)
+    l.func_wrap("env", "proxy_grpc_close", |mut c: C<'_>, token: i32| -> R {
+        Ok(super::grpc::close(c.data_mut(), token as u32))
     })?;
     Ok(())
 }

@@ -62,6 +62,10 @@ struct Callbacks {
     queue_ready: Option<F2>,
     foreign: Option<F3>,
     http_call_response: Option<F5>,
+    grpc_initial: Option<F3>,
+    grpc_receive: Option<F3>,
+    grpc_trailing: Option<F3>,
+    grpc_close: Option<F3>,
     request_headers3: Option<F3R>,
     request_headers2: Option<F2R>,
     request_body: Option<F3R>,
@@ -150,6 +154,9 @@ impl Instance {
             callout: None,
             callouts: HashMap::default(),
             next_token: 0,
+            grpc: HashMap::default(),
+            next_grpc_token: 0,
+            grpc_now: None,
             tick: (0, false),
             done_called: false,
             limits: super::state::MemoryCap {
@@ -202,6 +209,10 @@ impl Instance {
             queue_ready: lookup(&inst, &mut store, "proxy_on_queue_ready").map(Rc::new),
             foreign: lookup(&inst, &mut store, "proxy_on_foreign_function").map(Rc::new),
             http_call_response: lookup(&inst, &mut store, "proxy_on_http_call_response").map(Rc::new),
+            grpc_initial: lookup(&inst, &mut store, "proxy_on_grpc_receive_initial_metadata").map(Rc::new),
+            grpc_receive: lookup(&inst, &mut store, "proxy_on_grpc_receive").map(Rc::new),
+            grpc_trailing: lookup(&inst, &mut store, "proxy_on_grpc_receive_trailing_metadata").map(Rc::new),
+            grpc_close: lookup(&inst, &mut store, "proxy_on_grpc_close").map(Rc::new),
             request_headers3: lookup(&inst, &mut store, "proxy_on_request_headers").map(Rc::new),
             request_headers2: lookup(&inst, &mut store, "proxy_on_request_headers").map(Rc::new),
             request_body: lookup(&inst, &mut store, "proxy_on_request_body").map(Rc::new),
@@ -512,6 +523,72 @@ impl Instance {
             let _ = self.call(&f, (root as i32, token as i32, nh as i32, nb as i32, nt as i32), root);
         }
         self.store.data_mut().callout = None;
+    }
+
+    /// Hands one event of gRPC call `token` to the guest (on the root context, as Envoy
+    /// does; the SDK finds the context that opened it). False when nobody listens any
+    /// more (cancelled, its stream gone, the instance failed): the call's task stops.
+    pub fn deliver_grpc(&mut self, token: u32, ev: super::grpc::Event) -> bool {
+        use super::grpc::{Delivery, Event};
+        if self.poisoned.is_some() {
+            return false;
+        }
+        let st = self.store.data_mut();
+        let Some(owner) = st.grpc.get(&token).map(|c| c.owner) else {
+            return false;
+        };
+        if owner != st.root && !st.streams.contains_key(&owner) {
+            if let Some(c) = st.grpc.remove(&token) {
+                c.task.abort();
+            }
+            return false;
+        }
+        let root = st.root;
+        let (f, arg) = match ev {
+            Event::InitialMetadata(m) => {
+                let n = m.len();
+                st.grpc_now = Some(Delivery {
+                    initial: m,
+                    ..Default::default()
+                });
+                (self.cb.grpc_initial.clone(), n)
+            }
+            Event::Message(m) => {
+                let n = m.len();
+                st.grpc_now = Some(Delivery {
+                    message: m,
+                    ..Default::default()
+                });
+                // A unary call ends with its message.
+                if st.grpc.get(&token).is_some_and(|c| c.unary) {
+                    st.grpc.remove(&token);
+                }
+                (self.cb.grpc_receive.clone(), n)
+            }
+            Event::TrailingMetadata(m) => {
+                let n = m.len();
+                st.grpc_now = Some(Delivery {
+                    trailing: m,
+                    ..Default::default()
+                });
+                (self.cb.grpc_trailing.clone(), n)
+            }
+            Event::Close(code, message) => {
+                st.grpc.remove(&token);
+                if code != super::grpc::code::OK {
+                    st.plugin.stats.grpc_failures.fetch_add(1, Relaxed);
+                }
+                st.last_status = (code, message.into_bytes());
+                st.grpc_now = None;
+                (self.cb.grpc_close.clone(), code as usize)
+            }
+        };
+        let ok = match f {
+            Some(f) => self.call(&f, (root as i32, token as i32, arg as i32), root).is_ok(),
+            None => true,
+        };
+        self.store.data_mut().grpc_now = None;
+        ok && self.store.data().grpc.contains_key(&token)
     }
 
     /// Runs `on_tick` on the root context.

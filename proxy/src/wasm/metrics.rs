@@ -33,6 +33,12 @@ pub struct PluginStats {
     pub callouts: AtomicU64,
     /// `http_call`s that failed or timed out.
     pub callout_failures: AtomicU64,
+    /// gRPC calls and streams opened.
+    pub grpc_calls: AtomicU64,
+    /// gRPC calls and streams that closed with a status other than OK.
+    pub grpc_failures: AtomicU64,
+    /// gRPC calls refused because the instance had `grpc::MAX_OPEN` open.
+    pub grpc_refused: AtomicU64,
     /// Largest linear memory of one instance seen (bytes).
     pub memory_bytes: AtomicU64,
 }
@@ -131,6 +137,9 @@ pub fn render(out: &mut String) {
                 ("local_response", &s.local_responses),
                 ("callout", &s.callouts),
                 ("callout_failure", &s.callout_failures),
+                ("grpc_call", &s.grpc_calls),
+                ("grpc_failure", &s.grpc_failures),
+                ("grpc_refused", &s.grpc_refused),
             ] {
                 let _ = writeln!(
                     out,

@@ -8,12 +8,14 @@
 //! - [`host`], [`wasi`]: the imports; [`maps`], [`properties`]: what guests read/write;
 //! - [`http`]: the per-request chain driven from `proxy.rs`;
 //! - [`l4`]: network (TCP) filter contexts driven from `l4.rs`;
-//! - [`callout`], [`shared`], [`metrics`], [`extensions`]: `http_call`, shared
-//!   data and queues, guest metrics, Tandem's foreign functions.
+//! - [`callout`], [`grpc`], [`shared`], [`metrics`], [`extensions`]: `http_call`,
+//!   gRPC calls and streams, shared data and queues, guest metrics, Tandem's foreign
+//!   functions.
 
 pub mod abi;
 pub mod callout;
 pub mod extensions;
+pub mod grpc;
 pub mod host;
 pub mod http;
 pub mod instance;

@@ -241,6 +241,12 @@ pub struct HostState {
     pub callouts: HashMap<u32, u32, IdHash>,
     /// Next callout token (even, never 0).
     pub next_token: u32,
+    /// Open gRPC calls and streams by token.
+    pub grpc: HashMap<u32, super::grpc::OpenCall, IdHash>,
+    /// Last gRPC token handed out (odd).
+    pub next_grpc_token: u32,
+    /// What the running gRPC callback reads (message, metadata).
+    pub grpc_now: Option<super::grpc::Delivery>,
     /// Tick period asked for (ms, 0 = off) and whether it changed.
     pub tick: (u32, bool),
     /// Root `proxy_done` was called.

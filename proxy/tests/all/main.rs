@@ -24,3 +24,4 @@ mod sessions;
 mod tls;
 mod upstream_h1;
 mod wasm;
+mod wasm_grpc;

@@ -1,0 +1,201 @@
+//! External authorisation through a gRPC service, written as Envoy filters built with
+//! the Rust SDK do it (the SDK's `grpc_auth_random` pattern): each request is paused
+//! while a unary call asks the service, then resumed or denied. The service answers
+//! with a message `allow` or anything else (deny); a call that fails (an error
+//! status, a timeout, an unreachable service) answers `failure_status` with the gRPC
+//! status and message in `x-authz-grpc-status` / `x-authz-grpc-message`, never a trap.
+//!
+//! A request with `x-authz-stream: N` instead opens a bidirectional stream to
+//! `stream_method`, sends N messages `m1`…`mN`, half-closes, and answers with what came
+//! back (one line per message) and the stream's metadata in headers: how a filter uses
+//! streaming calls.
+//!
+//! ```json
+//! { "cluster": "authz", "service": "tandem.test.Authz", "method": "Check",
+//!   "stream_method": "Stream", "timeout_ms": 500, "user_header": "x-user",
+//!   "failure_status": 503 }
+//! ```
+
+use std::time::Duration;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    cluster: String,
+    service: String,
+    #[serde(default = "default_method")]
+    method: String,
+    #[serde(default = "default_stream_method")]
+    stream_method: String,
+    #[serde(default = "default_timeout")]
+    timeout_ms: u64,
+    #[serde(default = "default_user_header")]
+    user_header: String,
+    #[serde(default = "default_failure_status")]
+    failure_status: u32,
+}
+
+fn default_method() -> String {
+    "Check".into()
+}
+fn default_stream_method() -> String {
+    "Stream".into()
+}
+fn default_timeout() -> u64 {
+    500
+}
+fn default_user_header() -> String {
+    "x-user".into()
+}
+fn default_failure_status() -> u32 {
+    503
+}
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(Root { config: None }));
+}}
+
+struct Root {
+    config: Option<Config>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        self.config = tandem_sdk::json_config(self.get_plugin_configuration(), |_: &Config| Ok(()));
+        self.config.is_some()
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Authz {
+            config: self.config.clone()?,
+            echoed: Vec::new(),
+            initial: None,
+        }))
+    }
+}
+
+struct Authz {
+    config: Config,
+    /// Messages received on the stream.
+    echoed: Vec<String>,
+    /// `x-initial` of the stream's initial metadata.
+    initial: Option<String>,
+}
+
+impl Authz {
+    fn fail(&self, status: u32) {
+        let (code, message) = self.get_grpc_status();
+        let code = code.to_string();
+        let message = message.unwrap_or_default();
+        self.send_http_response(
+            self.config.failure_status,
+            vec![
+                ("x-authz-grpc-status", code.as_str()),
+                ("x-authz-grpc-message", message.as_str()),
+                ("x-authz-close-status", &status.to_string()),
+            ],
+            Some(b"authorisation service unavailable\n"),
+        );
+    }
+}
+
+impl HttpContext for Authz {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let c = &self.config;
+        if let Some(n) = self.get_http_request_header("x-authz-stream") {
+            let n: usize = n.parse().unwrap_or(1);
+            let token = match self.open_grpc_stream(
+                &c.cluster,
+                &c.service,
+                &c.stream_method,
+                vec![("x-hello", b"from-filter")],
+            ) {
+                Ok(t) => t,
+                Err(_) => {
+                    self.send_http_response(500, vec![], Some(b"stream not opened\n"));
+                    return Action::Pause;
+                }
+            };
+            for i in 1..=n {
+                self.send_grpc_stream_message(token, Some(format!("m{i}").as_bytes()), i == n);
+            }
+            return Action::Pause;
+        }
+        let user = self.get_http_request_header(&c.user_header).unwrap_or_default();
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        match self.dispatch_grpc_call(
+            &c.cluster,
+            &c.service,
+            &c.method,
+            vec![("x-user", user.as_bytes())],
+            Some(path.as_bytes()),
+            Duration::from_millis(c.timeout_ms),
+        ) {
+            Ok(_) => Action::Pause,
+            Err(e) => {
+                self.send_http_response(500, vec![], Some(format!("call not dispatched: {e:?}\n").as_bytes()));
+                Action::Pause
+            }
+        }
+    }
+}
+
+impl Context for Authz {
+    fn on_grpc_call_response(&mut self, _token: u32, status: u32, size: usize) {
+        if status != 0 {
+            return self.fail(status);
+        }
+        let answer = self.get_grpc_call_response_body(0, size).unwrap_or_default();
+        if answer == b"allow" {
+            self.set_http_request_header("x-authz", Some("allowed"));
+            self.resume_http_request();
+        } else {
+            self.send_http_response(
+                403,
+                vec![("x-authz", "denied")],
+                Some(b"denied by the authorisation service\n"),
+            );
+        }
+    }
+
+    fn on_grpc_stream_initial_metadata(&mut self, _token: u32, _n: u32) {
+        self.initial = self
+            .get_grpc_stream_initial_metadata_value("x-initial")
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+    }
+
+    fn on_grpc_stream_message(&mut self, _token: u32, size: usize) {
+        let m = self.get_grpc_stream_message(0, size).unwrap_or_default();
+        self.echoed.push(String::from_utf8_lossy(&m).into_owned());
+    }
+
+    fn on_grpc_stream_trailing_metadata(&mut self, _token: u32, _n: u32) {
+        if let Some(v) = self.get_grpc_stream_trailing_metadata_value("x-trailing") {
+            self.initial = Some(format!(
+                "{}|{}",
+                self.initial.clone().unwrap_or_default(),
+                String::from_utf8_lossy(&v)
+            ));
+        }
+    }
+
+    fn on_grpc_stream_close(&mut self, _token: u32, status: u32) {
+        if status != 0 {
+            return self.fail(status);
+        }
+        let body = self.echoed.join("\n") + "\n";
+        let meta = self.initial.clone().unwrap_or_default();
+        self.send_http_response(200, vec![("x-stream-metadata", meta.as_str())], Some(body.as_bytes()));
+    }
+}

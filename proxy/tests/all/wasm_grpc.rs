@@ -1,0 +1,202 @@
+//! gRPC callouts from a filter (`filters/grpc-auth`, built with the Rust SDK as Envoy
+//! filters are): a gRPC service this test runs authorises, denies, fails and times out
+//! unary calls, and echoes a bidirectional stream with metadata both ways.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::common::*;
+use crate::wasm::{cluster, filter, modules};
+
+/// A response body fed through a channel (a streaming gRPC answer).
+struct ChanBody(tokio::sync::mpsc::Receiver<Frame<Bytes>>);
+
+impl http_body::Body for ChanBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+fn grpc_frame(m: &[u8]) -> Bytes {
+    let mut b = BytesMut::from(&[0u8][..]);
+    b.extend_from_slice(&(m.len() as u32).to_be_bytes());
+    b.extend_from_slice(m);
+    b.freeze()
+}
+
+fn trailers(status: u32, extra: &[(&'static str, &str)]) -> http::HeaderMap {
+    let mut t = http::HeaderMap::new();
+    t.insert("grpc-status", status.to_string().parse().unwrap());
+    for (k, v) in extra {
+        t.insert(*k, v.parse().unwrap());
+    }
+    t
+}
+
+/// A gRPC service over h2c: `tandem.test.Authz/Check` answers by the `x-user`
+/// metadata (alice: "allow"; bob: "deny"; mallory: PERMISSION_DENIED trailers-only;
+/// slow: answers after 3 s; broken: HTTP 503); `tandem.test.Authz/Stream` echoes every
+/// message as `echo:M`, with `x-initial: hello-<x-hello>` and trailing `x-trailing: bye`.
+async fn grpc_service() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
+                    let path = req.uri().path().to_string();
+                    let md = |k: &str| {
+                        req.headers()
+                            .get(k)
+                            .map(|v| v.to_str().unwrap_or("").to_string())
+                            .unwrap_or_default()
+                    };
+                    let (user, hello) = (md("x-user"), md("x-hello"));
+                    let (tx, rx) = tokio::sync::mpsc::channel(16);
+                    let mut resp = hyper::Response::new(ChanBody(rx));
+                    resp.headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                    if path == "/tandem.test.Authz/Stream" {
+                        resp.headers_mut()
+                            .insert("x-initial", format!("hello-{hello}").parse().unwrap());
+                        let mut body = req.into_body();
+                        tokio::spawn(async move {
+                            let mut buf = BytesMut::new();
+                            while let Some(Ok(f)) = body.frame().await {
+                                let Ok(d) = f.into_data() else { continue };
+                                buf.extend_from_slice(&d);
+                                while buf.len() >= 5 {
+                                    let n = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                                    if buf.len() < 5 + n {
+                                        break;
+                                    }
+                                    buf.advance(5);
+                                    let m = buf.split_to(n);
+                                    let echo = [&b"echo:"[..], &m].concat();
+                                    let _ = tx.send(Frame::data(grpc_frame(&echo))).await;
+                                }
+                            }
+                            let _ = tx.send(Frame::trailers(trailers(0, &[("x-trailing", "bye")]))).await;
+                        });
+                        return Ok::<_, Infallible>(resp);
+                    }
+                    let _ = req.into_body().collect().await;
+                    match user.as_str() {
+                        "mallory" => {
+                            // Trailers-only: the status in the headers, no body.
+                            resp.headers_mut().insert("grpc-status", "7".parse().unwrap());
+                            resp.headers_mut().insert("grpc-message", "no%20way".parse().unwrap());
+                            drop(tx);
+                        }
+                        "broken" => {
+                            *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                            drop(tx);
+                        }
+                        _ => {
+                            tokio::spawn(async move {
+                                if user == "slow" {
+                                    tokio::time::sleep(Duration::from_secs(3)).await;
+                                }
+                                let answer: &[u8] = if user == "alice" || user == "slow" {
+                                    b"allow"
+                                } else {
+                                    b"deny"
+                                };
+                                let _ = tx.send(Frame::data(grpc_frame(answer))).await;
+                                let _ = tx.send(Frame::trailers(trailers(0, &[]))).await;
+                            });
+                        }
+                    }
+                    Ok(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_callouts_authorise_deny_fail_time_out_and_stream_without_trapping() {
+    tokio::task::spawn_blocking(modules).await.unwrap();
+    bounded(60, async {
+        let authz = grpc_service().await;
+        let b = Backend::start("backend").await;
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let config = |cluster: &str| {
+            format!(
+                "config = '{{\"cluster\": \"{cluster}\", \"service\": \"tandem.test.Authz\", \"timeout_ms\": 300}}'"
+            )
+        };
+        let body = format!(
+            "{}{}{}{}{}[[route]]\nname = \"down\"\npath_prefix = \"/down\"\ncluster = \"backend\"\nfilters = [\"authz-down\"]\n\n[[route]]\nname = \"r\"\ncluster = \"backend\"\nfilters = [\"authz\"]\n",
+            filter("authz", "grpc_auth", &config("authz")),
+            filter("authz-down", "grpc_auth", &config("nobody")),
+            cluster("authz", &[authz], "protocol = \"h2c\""),
+            cluster("nobody", &[dead], "protocol = \"h2c\""),
+            cluster("backend", &[b.addr], ""),
+        );
+        let proxy = Proxy::start(&body);
+        let mut c = Client::h1(proxy.addr).await;
+
+        // Allowed: the request goes on, with the header the filter set.
+        let r = c.get("a.test", "/headers", &[("x-user", "alice")]).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("x-authz: allowed"), "{}", r.body);
+        // Denied by the service's answer.
+        let r = c.get("a.test", "/headers", &[("x-user", "bob")]).await.unwrap();
+        assert_eq!(r.status, 403);
+        assert_eq!(r.headers["x-authz"], "denied");
+        // Refused by the service's status (trailers-only), its message decoded.
+        let r = c.get("a.test", "/headers", &[("x-user", "mallory")]).await.unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.headers["x-authz-grpc-status"], "7");
+        assert_eq!(r.headers["x-authz-grpc-message"], "no way");
+        // The server errs at the HTTP level: UNAVAILABLE.
+        let r = c.get("a.test", "/headers", &[("x-user", "broken")]).await.unwrap();
+        assert_eq!((r.status, r.headers["x-authz-grpc-status"].to_str().unwrap()), (503, "14"));
+        // The call's 300 ms timeout: DEADLINE_EXCEEDED, well before the server answers.
+        let t = std::time::Instant::now();
+        let r = c.get("a.test", "/headers", &[("x-user", "slow")]).await.unwrap();
+        assert_eq!((r.status, r.headers["x-authz-grpc-status"].to_str().unwrap()), (503, "4"));
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // Nobody listens on the service's address: UNAVAILABLE.
+        let r = c.get("a.test", "/down/x", &[("x-user", "alice")]).await.unwrap();
+        assert_eq!((r.status, r.headers["x-authz-grpc-status"].to_str().unwrap()), (503, "14"));
+
+        // A bidirectional stream: three messages out, three back, metadata both ways.
+        let r = c.get("a.test", "/s", &[("x-authz-stream", "3")]).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body, "echo:m1\necho:m2\necho:m3\n");
+        assert_eq!(r.headers["x-stream-metadata"], "hello-from-filter|bye");
+
+        // Still serving, nothing trapped, every call counted.
+        let r = c.get("a.test", "/headers", &[("x-user", "alice")]).await.unwrap();
+        assert_eq!(r.status, 200);
+        let m = proxy.metrics();
+        let count = |f: &str, ev: &str| {
+            proxy.metric(&format!("tandem_wasm_events_total{{filter=\"{f}\",event=\"{ev}\"}}"))
+        };
+        assert_eq!(count("authz", "trap"), 0.0, "{m}");
+        assert_eq!(count("authz", "grpc_call"), 7.0, "{m}");
+        assert_eq!(count("authz", "grpc_failure"), 3.0, "{m}");
+        assert_eq!(count("authz-down", "grpc_failure"), 1.0, "{m}");
+    })
+    .await;
+}
