@@ -14,13 +14,14 @@ use bytes::BytesMut;
 pub type Target = (&'static str, fn(&[u8]));
 
 /// The targets by name.
-pub const TARGETS: [Target; 6] = [
+pub const TARGETS: [Target; 7] = [
     ("upstream_response", upstream_response),
     ("proxy_protocol", proxy_protocol),
     ("client_hello", client_hello),
     ("vrrp", vrrp),
     ("peer_frame", peer_frame),
     ("config", config),
+    ("filter_callout", filter_callout),
 ];
 
 /// An upstream HTTP/1.1 response arriving in pieces: the head parser, then the body
@@ -109,6 +110,11 @@ pub fn client_hello(data: &[u8]) {
 pub fn vrrp(data: &[u8]) {
     use std::net::{IpAddr, Ipv6Addr};
     use tandem_ha::vip::packet::Advert;
+    if let Ok((src, dst, a)) = Advert::decode_ip_as(data, tandem_ha::vip::packet::Version::V2) {
+        let m = a.encode_as(tandem_ha::vip::packet::Version::V2, src, dst);
+        // The interval is carried in whole seconds: a v2 advert round-trips.
+        assert_eq!(Advert::decode_v2(&m), Ok(a));
+    }
     if let Ok((src, _, a)) = Advert::decode_ip(data) {
         let dst = std::net::Ipv4Addr::new(data[16], data[17], data[18], data[19]);
         if a.addrs.iter().all(IpAddr::is_ipv4) {
@@ -148,4 +154,26 @@ pub fn config(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = crate::config::load_str("fuzz.toml", text);
     }
+}
+
+/// What filters' callouts read from outside: gRPC messages framed in a response body
+/// arriving in pieces (the first byte picks the piece size), and Envoy's
+/// `SetEnvoyFilterStateArguments` protobuf. Framed messages frame back to the input.
+pub fn filter_callout(data: &[u8]) {
+    let _ = crate::wasm::extensions::filter_state_args(data);
+    let Some((&step, rest)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(step).max(1);
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = Vec::new();
+    for piece in rest.chunks(step) {
+        buf.extend_from_slice(piece);
+        match crate::wasm::grpc::unframe(&mut buf) {
+            Ok(messages) => seen.extend(messages),
+            Err(_) => return,
+        }
+    }
+    let framed: Vec<u8> = seen.iter().flat_map(|m| crate::wasm::grpc::frame(m).to_vec()).collect();
+    assert_eq!(&framed[..], &rest[..rest.len() - buf.len()]);
 }

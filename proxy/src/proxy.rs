@@ -409,7 +409,7 @@ fn run_request_filters(
     request_id: &HeaderValue,
     start: Instant,
 ) -> Result<FilterStage, ProxyError> {
-    let facts = crate::wasm::http::facts(conn, Some(request_id.clone()), req.version(), &route.name, start);
+    let facts = crate::wasm::http::facts(conn, Some(request_id.clone()), req.version(), route, start);
     let chain = crate::wasm::http::Chain::start(worker, &route.filters, facts)?;
     let eos = http_body::Body::is_end_stream(req.body());
     let flow = match crate::wasm::http::request_headers_now(&chain, req, eos, 0)? {

@@ -170,7 +170,8 @@ impl Advert {
         }
         let count = usize::from(m[3]);
         let addrs_end = 8 + 4 * count;
-        if m[1] == 0 || m[4] != 0 || (m.len() != addrs_end && m.len() != addrs_end + 8) {
+        // VRID 0, authentication, an interval of 0 s, or a length the count does not give.
+        if m[1] == 0 || m[4] != 0 || m[5] == 0 || (m.len() != addrs_end && m.len() != addrs_end + 8) {
             return Err(AdvertError::Fields);
         }
         if fold(add_bytes(0, m)) != 0 {

@@ -390,6 +390,8 @@ pub struct RouteConfig {
     pub response_headers: HeaderRules,
     /// Indices into `Config::filters`, in order.
     pub filters: Vec<usize>,
+    /// Metadata for filters, by namespace (`filter_metadata`), as JSON.
+    pub metadata: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 /// The balancing algorithm of a cluster.

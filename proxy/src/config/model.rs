@@ -627,6 +627,9 @@ pub struct RouteSection {
     /// Header rules applied to the response before it goes downstream.
     #[serde(default)]
     pub response_headers: HeaderRulesSection,
+    /// Route metadata for filters, by namespace (Envoy's `filter_metadata`):
+    /// `{ "my.filter" = { mode = "strict" } }`.
+    pub metadata: Option<toml::Value>,
 }
 
 /// One header condition of a route.

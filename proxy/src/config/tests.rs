@@ -343,3 +343,21 @@ fn sync_groups_vrrp_v2_track_processes_and_vmac_are_checked_with_their_key_and_a
     assert_eq!(i.key, "vip[0].track_processes[0].name");
     assert!(i.hint.unwrap().contains("full_command"));
 }
+
+#[test]
+fn route_metadata_is_a_table_of_namespaces() {
+    let route = "\n[[route]]\nname = \"r\"\ncluster = \"c\"\n";
+    let base = format!("[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"127.0.0.1:1\" }}]\n{route}");
+    let ok = load_str(
+        "t.toml",
+        &format!("{base}metadata = {{ \"envoy.filters.http.lua\" = {{ k = 1 }} }}\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        ok.routes[0].metadata.as_deref(),
+        Some(&serde_json::json!({ "envoy.filters.http.lua": { "k": 1 } }))
+    );
+    let i = one(&format!("{base}metadata = {{ k = 1 }}\n"));
+    assert_eq!(i.key, "route[0].metadata");
+    assert!(i.hint.unwrap().contains("filter_metadata"));
+}

@@ -1917,6 +1917,21 @@ pub(crate) fn validate(
         }
         let request_headers = c.rules(&r.request_headers, &format!("{key}.request_headers"));
         let response_headers = c.rules(&r.response_headers, &format!("{key}.response_headers"));
+        let metadata = match &r.metadata {
+            None => None,
+            Some(toml::Value::Table(t)) if t.values().all(toml::Value::is_table) => {
+                serde_json::to_value(t).ok().map(std::sync::Arc::new)
+            }
+            Some(_) => {
+                c.at(
+                    &r.name,
+                    format!("{key}.metadata"),
+                    "metadata is a table of namespaces, each a table of settings".into(),
+                    Some("e.g. metadata = { \"my.filter\" = { mode = \"strict\", limit = 10 } }; filters read metadata.filter_metadata.my.filter.mode".into()),
+                );
+                None
+            }
+        };
         routes.push(RouteConfig {
             name: r.name.get_ref().clone(),
             listeners: r.listeners.iter().map(|l| l.get_ref().clone()).collect(),
@@ -1936,6 +1951,7 @@ pub(crate) fn validate(
             request_headers,
             response_headers,
             filters: route_filters,
+            metadata,
         });
     }
 

@@ -65,6 +65,8 @@ pub struct Route {
     pub stats: Arc<RouteStats>,
     /// proxy-wasm filters run on its requests, in order.
     pub filters: Vec<Arc<crate::wasm::Plugin>>,
+    /// Metadata for its filters (`route_metadata.filter_metadata.*` properties).
+    pub metadata: Option<Arc<serde_json::Value>>,
 }
 
 impl Route {
@@ -205,6 +207,7 @@ impl Runtime {
                 response_headers: r.response_headers.clone(),
                 stats: stats.route(&r.name),
                 filters: r.filters.iter().map(|&i| plugins[i].clone()).collect(),
+                metadata: r.metadata.clone(),
             })
             .collect();
         let routers = config

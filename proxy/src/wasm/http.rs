@@ -112,7 +112,7 @@ pub fn facts(
     conn: &crate::downstream::ConnState,
     request_id: Option<HeaderValue>,
     version: http::Version,
-    route: &Arc<str>,
+    route: &crate::runtime::Route,
     start: Instant,
 ) -> Facts {
     let conn_facts = conn.filter_facts.get_or_init(|| {
@@ -141,7 +141,11 @@ pub fn facts(
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         },
-        route: route.clone(),
+        route: route.name.clone(),
+        request: Rc::new(super::state::RequestState {
+            filter_state: Default::default(),
+            metadata: route.metadata.clone(),
+        }),
         cluster: None,
         upstream: None,
         request_size: 0,

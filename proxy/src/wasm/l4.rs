@@ -231,6 +231,7 @@ pub fn facts(origin: &crate::upstream::Origin, listener: &Arc<str>, id: u64) -> 
         start: std::time::Instant::now(),
         protocol: "TCP",
         route: listener.clone(),
+        request: Default::default(),
         cluster: None,
         upstream: None,
         request_size: 0,

@@ -1,8 +1,18 @@
 //! Properties (`proxy_get_property`), in Envoy's attribute encoding so filters written
 //! for Envoy read them unchanged: strings raw, integers and timestamps as 8-byte
 //! little-endian, booleans as one byte, header maps serialized. Paths arrive as
-//! segments joined by NUL. Also Tandem's routing properties (`tandem.upstream.*`),
-//! which a filter sets to choose the cluster or endpoint of its request.
+//! segments joined by NUL and are kept as segments, so a segment with dots in it
+//! (`metadata.filter_metadata.envoy.filters.http.lua.key` is four segments after
+//! `metadata`) is not confused with nested ones.
+//!
+//! Route metadata (`[[route]] metadata`) is read at `route_metadata.filter_metadata.NS.KEY…`
+//! (also `xds.route_metadata…`, `metadata…` and `filter_metadata.NS…`): a string leaf
+//! raw, an integer as 8-byte little-endian, a float as an 8-byte little-endian double, a
+//! boolean as one byte; a table or list as JSON text (Envoy returns protobuf there).
+//! Filter state (`proxy_set_property`, the `set_envoy_filter_state` foreign function)
+//! is shared by the request's filters and read back at its path (or `filter_state.KEY`).
+//! Also Tandem's routing properties (`tandem.upstream.*`), which a filter sets to choose
+//! the cluster or endpoint of its request.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -25,6 +35,42 @@ fn join(path: &[u8]) -> String {
         .join(".")
 }
 
+/// A metadata value in Envoy's attribute encoding (see the module doc).
+fn encode_json(v: &serde_json::Value) -> Option<Vec<u8>> {
+    Some(match v {
+        serde_json::Value::String(s) => s.as_bytes().to_vec(),
+        serde_json::Value::Bool(b) => vec![u8::from(*b)],
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => i64le(i),
+            None => n.as_f64()?.to_le_bytes().to_vec(),
+        },
+        serde_json::Value::Null => return None,
+        other => other.to_string().into_bytes(),
+    })
+}
+
+/// The route metadata at `rest` (segments after `route_metadata`): `filter_metadata`
+/// and then namespace and keys.
+fn route_metadata(s: &StreamData, rest: &[&[u8]]) -> Option<Vec<u8>> {
+    let md = s.facts.request.metadata.as_deref()?;
+    let Some((first, rest)) = rest.split_first() else {
+        return encode_json(&serde_json::json!({ "filter_metadata": md }));
+    };
+    if *first != b"filter_metadata" {
+        return None;
+    }
+    let mut v = md;
+    for seg in rest {
+        let key = std::str::from_utf8(seg).ok()?;
+        v = match v {
+            serde_json::Value::Object(m) => m.get(key)?,
+            serde_json::Value::Array(a) => a.get(key.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    encode_json(v)
+}
+
 /// Reads property `path` for the effective context.
 pub fn get(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
     let p = &st.plugin;
@@ -41,6 +87,22 @@ pub fn get(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
     }
     let s = st.streams.get(&st.effective)?;
     if let Some(v) = s.props.get(name.as_bytes()) {
+        return Some(v.clone());
+    }
+    let segments: Vec<&[u8]> = path.split(|&b| b == 0).collect();
+    match segments.as_slice() {
+        [b"route_metadata", rest @ ..] | [b"xds", b"route_metadata", rest @ ..] | [b"metadata", rest @ ..] => {
+            return route_metadata(s, rest);
+        }
+        [b"filter_metadata", rest @ ..] => {
+            let mut full = vec![&b"filter_metadata"[..]];
+            full.extend_from_slice(rest);
+            return route_metadata(s, &full);
+        }
+        [b"filter_state", key] => return s.facts.request.filter_state.borrow().get(*key).cloned(),
+        _ => {}
+    }
+    if let Some(v) = s.facts.request.filter_state.borrow().get(path) {
         return Some(v.clone());
     }
     stream_property(s, &name)
@@ -95,13 +157,30 @@ fn stream_property(s: &StreamData, name: &str) -> Option<Vec<u8>> {
     }
 }
 
-/// Writes property `path` (filter state of the effective stream, readable back).
+/// Writes property `path`: Tandem's routing properties (by their dotted name, however
+/// the path is split) for this filter's stream, anything else as filter state shared
+/// by the request's filters, under the path as given.
 pub fn set(st: &mut HostState, path: Vec<u8>, value: Vec<u8>) -> i32 {
     let eff = st.effective;
     let Some(s) = st.streams.get_mut(&eff) else {
         return status::OK;
     };
     let name = join(&path);
-    s.props.insert(name.into_bytes(), value);
+    if name == UPSTREAM_CLUSTER || name == UPSTREAM_ENDPOINT {
+        s.props.insert(name.into_bytes(), value);
+    } else {
+        s.facts.request.filter_state.borrow_mut().insert(path, value);
+    }
+    status::OK
+}
+
+/// Sets filter state `key` (a single path segment) for the effective context's request:
+/// the `set_envoy_filter_state` foreign function.
+pub fn set_filter_state(st: &mut HostState, key: &[u8], value: Vec<u8>) -> i32 {
+    let eff = st.effective;
+    let Some(s) = st.streams.get(&eff) else {
+        return status::NOT_FOUND;
+    };
+    s.facts.request.filter_state.borrow_mut().insert(key.to_vec(), value);
     status::OK
 }

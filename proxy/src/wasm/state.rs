@@ -63,6 +63,8 @@ pub struct Facts {
     pub protocol: &'static str,
     /// Route name.
     pub route: Arc<str>,
+    /// What the request's filters share.
+    pub request: Rc<RequestState>,
     /// Chosen cluster.
     pub cluster: Option<Arc<str>>,
     /// Chosen endpoint.
@@ -71,6 +73,16 @@ pub struct Facts {
     pub request_size: u64,
     /// Response body bytes sent so far.
     pub response_size: u64,
+}
+
+/// What every filter of one request sees alike: filter state set by any of them (Envoy
+/// keeps one filter state per stream) and the route's metadata.
+#[derive(Debug, Default)]
+pub struct RequestState {
+    /// Filter state by key (`proxy_set_property`, `set_envoy_filter_state`).
+    pub filter_state: std::cell::RefCell<HashMap<Vec<u8>, Vec<u8>>>,
+    /// `[[route]] metadata` as JSON (namespaces of `filter_metadata`).
+    pub metadata: Option<Arc<serde_json::Value>>,
 }
 
 /// A local response asked for by the guest.

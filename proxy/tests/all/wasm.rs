@@ -746,3 +746,40 @@ async fn grpc_through_a_filter_keeps_its_body_and_trailers() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_metadata_and_filter_state_reach_filters_as_envoy_exposes_them() {
+    tokio::task::spawn_blocking(modules).await.unwrap();
+    bounded(30, async {
+        let b = Backend::start("backend").await;
+        let body = format!(
+            "{}{}{}[[route]]\nname = \"meta\"\ncluster = \"backend\"\nfilters = [\"writer\", \"reader\"]\nmetadata = {{ \"envoy.filters.http.lua\" = {{ greeting = \"hi\" }}, tandem = {{ limit = 42, flags = [\"a\", \"b\"] }}, envoy = {{ filters = \"not-the-dotted-one\" }} }}\n",
+            filter("writer", "state_probe", "config = \"writer\""),
+            filter("reader", "state_probe", "config = \"reader\""),
+            cluster("backend", &[b.addr], ""),
+        );
+        let proxy = Proxy::start(&body);
+        let mut c = Client::h1(proxy.addr).await;
+        let r = c.get("m.test", "/headers", &[("x-user", "alice")]).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        for want in [
+            "x-greeting: hi\n",
+            "x-limit: Some(42)\n",
+            "x-flags: [\"a\",\"b\"]\n",
+            // `envoy.filters.http.lua` is one segment: ["envoy", "filters"] is another key.
+            "x-nested: not-the-dotted-one\n",
+            "x-state-set: ok\n",
+            // The second filter reads what the first set, by both paths.
+            "x-state-user: alice\n",
+            "x-state-via: alice\n",
+            "x-plain: plain-value\n",
+            "x-plain-split: none\n",
+        ] {
+            assert!(r.body.contains(want), "missing {want:?} in\n{}", r.body);
+        }
+        // Filter state lives as long as its request.
+        let r = c.get("m.test", "/headers", &[]).await.unwrap();
+        assert!(!r.body.contains("alice"), "{}", r.body);
+    })
+    .await;
+}
