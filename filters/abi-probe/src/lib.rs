@@ -15,6 +15,7 @@
 //! - `/abi/grpc`: a gRPC trailers-only local reply;
 //! - `/abi/reset`: resets the stream;
 //! - `/abi/counters`: ticks and queue deliveries seen so far.
+//!
 //! Every response gets `x-abi-response: 1` and `x-abi-request-path` (the request's
 //! `:path`, read back in the response phase), response trailers get `x-abi-trailer`
 //! (naming the `grpc-status` seen); every completed stream bumps the metric `logged`
