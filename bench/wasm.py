@@ -4,6 +4,11 @@ header-rules filter (2 request rules, 1 response rule), in one run, beside HAPro
 reference. Same setup as l7.py (proxy on CPU 0 with one worker; wrk and the nginx
 backends on CPU 1). Reports requests/s, CPU µs per request, the CPU µs each filter adds
 per request, the RPS ratio to the no-filter run, and the memory of one instance.
+
+`--callouts` adds two variants that pause every request for an authorisation callout
+(`filters/grpc-auth`) to a `tandem backend` on CPU 1: `http_call` (HTTP/1.1, `POST
+/authz`) and `grpc_call` (a unary gRPC call over h2c); the difference between them is
+the cost of a gRPC callout beside an HTTP one.
 """
 import argparse
 import json
@@ -20,20 +25,30 @@ import l7  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = os.path.join(ROOT, "filters/target/wasm32-wasip1/release")
+# The authorisation service of the callout variants (`tandem backend`, h1 and h2c).
+AUTHZ_PORT = 19310
 
 
 def tandem_config(tmp, variant):
     base = open(f"{tmp}/tandem.toml").read()
     if variant == "none":
         return base
-    module = {"noop": "noop", "headers": "headers"}[variant]
+    module = {"noop": "noop", "headers": "headers", "http_call": "grpc_auth", "grpc_call": "grpc_auth"}[variant]
     cfg = ""
+    extra = ""
+    if variant in ("http_call", "grpc_call"):
+        via = "http" if variant == "http_call" else "grpc"
+        protocol = "http1" if variant == "http_call" else "h2c"
+        cfg = (f"config = {{ cluster = \"authz\", service = \"bench.Authz\", method = \"Check\", "
+               f"timeout_ms = 1000, via = \"{via}\" }}")
+        extra = (f'[[cluster]]\nname = "authz"\nprotocol = "{protocol}"\n'
+                 f'endpoints = [{{ address = "127.0.0.1:{AUTHZ_PORT}" }}]\n')
     if variant == "headers":
         cfg = ('config = { request = { set = { x-env = "bench" }, remove = ["x-debug"] }, '
                'response = { set = { x-frame-options = "DENY" } } }')
     text = base.replace('[[route]]\nname = "all"\ncluster = "be"\n',
                         f'[[route]]\nname = "all"\ncluster = "be"\nfilters = ["f"]\n')
-    return text + f'[[filter]]\nname = "f"\npath = "{MODULES}/{module}.wasm"\n{cfg}\n'
+    return text + extra + f'[[filter]]\nname = "f"\npath = "{MODULES}/{module}.wasm"\n{cfg}\n'
 
 
 def rss_kb(pid):
@@ -59,6 +74,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=1,
                     help="interleave the variants this many times and report each one's median run "
                          "(single runs on a shared VM can swing by 10%%, more than a filter costs)")
+    ap.add_argument("--callouts", action="store_true",
+                    help="also run the http_call and grpc_call variants (an authorisation callout per request)")
     args = ap.parse_args()
     subprocess.run(["rustup", "target", "add", "wasm32-wasip1"], cwd=ROOT, check=False, capture_output=True)
     subprocess.run(["cargo", "build", "--release", "--quiet", "--target", "wasm32-wasip1",
@@ -69,12 +86,20 @@ def main():
         ["taskset", "-c", "1", "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf", "-g", "daemon off;"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    authz = None
+    if args.callouts:
+        authz = subprocess.Popen(["taskset", "-c", "1", os.path.abspath(args.tandem), "backend",
+                                  f"authz=127.0.0.1:{AUTHZ_PORT}"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = {}
     try:
         l7.wait_http(l7.BACKENDS[0])
+        if authz:
+            l7.wait_http(AUTHZ_PORT)
         # With rounds, the no-filter run brackets the filter runs (before and after), so
         # each filter is compared with the machine as it was around its own run.
-        order = ("none", "noop", "headers", "none", "haproxy") if args.rounds > 1 else ("none", "noop", "headers", "haproxy")
+        filters = ("noop", "headers") + (("http_call", "grpc_call") if args.callouts else ())
+        order = ("none",) + filters + (("none", "haproxy") if args.rounds > 1 else ("haproxy",))
         for variant in [v for _ in range(args.rounds) for v in order]:
             if variant == "haproxy":
                 p = l7.start("haproxy", None, tmp)
@@ -94,12 +119,14 @@ def main():
                 r["cpu_s"] = (l7.cpu_ticks(p.pid) - before) / l7.CLK
                 r["us_per_req"] = 1e6 * r["cpu_s"] / (r["rps"] * args.seconds)
                 r["rss_kb"] = rss_kb(p.pid)
-                r["instance_bytes"] = metric('tandem_wasm_instance_memory_bytes{filter="f"}') if variant in ("noop", "headers") else 0
+                r["instance_bytes"] = metric('tandem_wasm_instance_memory_bytes{filter="f"}') if variant in filters else 0
                 runs.setdefault(variant, []).append(r)
             finally:
                 l7.stop(p)
     finally:
         l7.stop(backend, signal.SIGQUIT)
+        if authz:
+            l7.stop(authz)
     # Each variant's median run by CPU per request.
     results = {k: sorted(v, key=lambda r: r["us_per_req"])[len(v) // 2] for k, v in runs.items()}
 
@@ -117,7 +144,7 @@ def main():
         # Each filter run against the no-filter runs of the same round: the machine's
         # drift between rounds cancels out, which the per-variant medians above keep.
         print("\npaired with the no-filter runs of the same round, before and after (median of rounds):")
-        for name in ("noop", "headers"):
+        for name in filters:
             # The mean of the two no-filter runs around it: drift across the round cancels.
             brackets = list(zip(runs["none"][0::2], runs["none"][1::2]))
             base_us = [(a["us_per_req"] + b["us_per_req"]) / 2 for a, b in brackets]
@@ -126,6 +153,10 @@ def main():
             ratio = [f["rps"] / b for f, b in zip(runs[name], base_rps)]
             print(f"  {name:<8} added µs {statistics.median(added):5.2f}  rps ratio {statistics.median(ratio):.2f}"
                   f"   per round: " + ", ".join(f"{a:+.2f} µs/{r:.2f}" for a, r in zip(added, ratio)))
+    if args.callouts:
+        g, h = results["grpc_call"], results["http_call"]
+        print(f"\ngRPC callout beside an HTTP callout: {g['us_per_req'] - h['us_per_req']:+.2f} µs of proxy CPU per request "
+              f"({g['us_per_req']:.2f} vs {h['us_per_req']:.2f}), rps ratio {g['rps'] / h['rps']:.2f}")
     print(json.dumps({k: {kk: round(vv, 3) if isinstance(vv, float) else vv for kk, vv in v.items()} for k, v in results.items()}))
 
 

@@ -47,7 +47,10 @@ pub struct BackendState {
 /// - `/headers`: echoes the request head (for checking what the proxy sent);
 /// - `/healthz`: `200 ok`, never delayed (a gray failure keeps it green);
 /// - `/_control?delay_ms=N&status=N&healthz=N`: changes the behaviour of all later requests;
-/// - `/_stats`: the number of requests served.
+/// - `/_stats`: the number of requests served;
+/// - a gRPC request (`content-type: application/grpc`, over h2c): one message back —
+///   `allow` for a method named `Check` (what `filters/grpc-auth` asks), otherwise the
+///   request's first message — and `grpc-status: 0` in the trailers.
 pub async fn serve_backend(listener: tokio::net::TcpListener, state: Arc<BackendState>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -64,8 +67,57 @@ pub async fn serve_backend(listener: tokio::net::TcpListener, state: Arc<Backend
     }
 }
 
-async fn answer(state: Arc<BackendState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// A demo answer: plain, or a gRPC one with trailers.
+type DemoBody = http_body_util::Either<
+    Full<Bytes>,
+    http_body_util::combinators::WithTrailers<
+        Full<Bytes>,
+        std::future::Ready<Option<Result<http::HeaderMap, Infallible>>>,
+    >,
+>;
+
+/// A gRPC answer (see [`serve_backend`]).
+async fn answer_grpc(state: Arc<BackendState>, req: Request<Incoming>) -> Response<DemoBody> {
+    state.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let check = req.uri().path().ends_with("/Check");
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let message: &[u8] = if check {
+        b"allow"
+    } else if body.len() >= 5 {
+        let n = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        &body[5..(5 + n).min(body.len())]
+    } else {
+        b""
+    };
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let body = Full::new(Bytes::from(framed)).with_trailers(std::future::ready(Some(Ok(trailers))));
+    let mut resp = Response::new(http_body_util::Either::Right(body));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    resp
+}
+
+async fn answer(state: Arc<BackendState>, req: Request<Incoming>) -> Result<Response<DemoBody>, Infallible> {
     use std::sync::atomic::Ordering::Relaxed;
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        return Ok(answer_grpc(state, req).await);
+    }
     let name = state.name.as_str();
     let mut delay = state.delay_ms.load(Relaxed);
     let mut status = match state.status.load(Relaxed) {
@@ -93,12 +145,13 @@ async fn answer(state: Arc<BackendState>, req: Request<Incoming>) -> Result<Resp
                 }
             }
         }
-        return Ok(Response::new(Full::new(Bytes::from("ok\n"))));
+        return Ok(Response::new(http_body_util::Either::Left(Full::new(Bytes::from(
+            "ok\n",
+        )))));
     }
     if path == "/_stats" {
-        return Ok(Response::new(Full::new(Bytes::from(format!(
-            "{}\n",
-            state.hits.load(Relaxed)
+        return Ok(Response::new(http_body_util::Either::Left(Full::new(Bytes::from(
+            format!("{}\n", state.hits.load(Relaxed)),
         )))));
     }
     if path != "/healthz" {
@@ -125,7 +178,7 @@ async fn answer(state: Arc<BackendState>, req: Request<Incoming>) -> Result<Resp
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(http_body_util::Either::Left(Full::new(body)));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     resp.headers_mut().insert(
         "x-backend",

@@ -10,10 +10,14 @@
 //! back (one line per message) and the stream's metadata in headers: how a filter uses
 //! streaming calls.
 //!
+//! With `"via": "http"` the same check goes to an HTTP service instead (`POST /authz`
+//! with the user in `x-user`; a 2xx answer allows): the two callouts side by side
+//! (bench/wasm.py measures both).
+//!
 //! ```json
 //! { "cluster": "authz", "service": "tandem.test.Authz", "method": "Check",
 //!   "stream_method": "Stream", "timeout_ms": 500, "user_header": "x-user",
-//!   "failure_status": 503 }
+//!   "failure_status": 503, "via": "grpc" }
 //! ```
 
 use std::time::Duration;
@@ -37,6 +41,16 @@ struct Config {
     user_header: String,
     #[serde(default = "default_failure_status")]
     failure_status: u32,
+    #[serde(default)]
+    via: Via,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Via {
+    #[default]
+    Grpc,
+    Http,
 }
 
 fn default_method() -> String {
@@ -134,6 +148,24 @@ impl HttpContext for Authz {
         }
         let user = self.get_http_request_header(&c.user_header).unwrap_or_default();
         let path = self.get_http_request_header(":path").unwrap_or_default();
+        if c.via == Via::Http {
+            let sent = self.dispatch_http_call(
+                &c.cluster,
+                vec![
+                    (":method", "POST"),
+                    (":path", "/authz"),
+                    (":authority", &c.cluster),
+                    ("x-user", &user),
+                ],
+                Some(path.as_bytes()),
+                vec![],
+                Duration::from_millis(c.timeout_ms),
+            );
+            if sent.is_err() {
+                self.send_http_response(500, vec![], Some(b"call not dispatched\n"));
+            }
+            return Action::Pause;
+        }
         match self.dispatch_grpc_call(
             &c.cluster,
             &c.service,
@@ -152,6 +184,22 @@ impl HttpContext for Authz {
 }
 
 impl Context for Authz {
+    fn on_http_call_response(&mut self, _token: u32, headers: usize, _body: usize, _trailers: usize) {
+        let status = self.get_http_call_response_header(":status").unwrap_or_default();
+        if headers > 0 && status.starts_with('2') {
+            self.set_http_request_header("x-authz", Some("allowed"));
+            self.resume_http_request();
+        } else if headers > 0 {
+            self.send_http_response(403, vec![("x-authz", "denied")], Some(b"denied\n"));
+        } else {
+            self.send_http_response(
+                self.config.failure_status,
+                vec![],
+                Some(b"authorisation service unavailable\n"),
+            );
+        }
+    }
+
     fn on_grpc_call_response(&mut self, _token: u32, status: u32, size: usize) {
         if status != 0 {
             return self.fail(status);

@@ -47,12 +47,18 @@ fn trailers(status: u32, extra: &[(&'static str, &str)]) -> http::HeaderMap {
 /// metadata (alice: "allow"; bob: "deny"; mallory: PERMISSION_DENIED trailers-only;
 /// slow: answers after 3 s; broken: HTTP 503); `tandem.test.Authz/Stream` echoes every
 /// message as `echo:M`, with `x-initial: hello-<x-hello>` and trailing `x-trailing: bye`.
-async fn grpc_service() -> std::net::SocketAddr {
+/// With `tls`, h2 over TLS (ALPN h2).
+async fn grpc_service(tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    let acceptor = tls.map(|mut cfg| {
+        std::sync::Arc::make_mut(&mut cfg).alpn_protocols = vec![b"h2".to_vec()];
+        tokio_rustls::TlsAcceptor::from(cfg)
+    });
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { continue };
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
                     let path = req.uri().path().to_string();
@@ -120,9 +126,16 @@ async fn grpc_service() -> std::net::SocketAddr {
                     }
                     Ok(resp)
                 });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
+                let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                match acceptor {
+                    Some(a) => {
+                        let Ok(s) = a.accept(s).await else { return };
+                        let _ = h2.serve_connection(TokioIo::new(s), svc).await;
+                    }
+                    None => {
+                        let _ = h2.serve_connection(TokioIo::new(s), svc).await;
+                    }
+                }
             });
         }
     });
@@ -133,7 +146,7 @@ async fn grpc_service() -> std::net::SocketAddr {
 async fn grpc_callouts_authorise_deny_fail_time_out_and_stream_without_trapping() {
     tokio::task::spawn_blocking(modules).await.unwrap();
     bounded(60, async {
-        let authz = grpc_service().await;
+        let authz = grpc_service(None).await;
         let b = Backend::start("backend").await;
         let dead = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -197,6 +210,77 @@ async fn grpc_callouts_authorise_deny_fail_time_out_and_stream_without_trapping(
         assert_eq!(count("authz", "grpc_call"), 7.0, "{m}");
         assert_eq!(count("authz", "grpc_failure"), 3.0, "{m}");
         assert_eq!(count("authz-down", "grpc_failure"), 1.0, "{m}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_backend_answers_the_authorisation_check_by_http_and_by_grpc() {
+    tokio::task::spawn_blocking(modules).await.unwrap();
+    bounded(30, async {
+        // `tandem backend` (what bench/wasm.py uses as the authorisation service).
+        let authz = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let a = l.local_addr().unwrap();
+            drop(l);
+            tandem_proxy::demo::spawn_backends(vec![("authz".into(), a)], 1).unwrap();
+            a
+        };
+        let b = Backend::start("backend").await;
+        let config = |via: &str| format!("config = '{{\"cluster\": \"authz-{via}\", \"service\": \"bench.Authz\", \"via\": \"{via}\"}}'");
+        let body = format!(
+            "{}{}{}{}{}[[route]]\nname = \"h\"\nhosts = [\"h.test\"]\ncluster = \"backend\"\nfilters = [\"by-http\"]\n\n[[route]]\nname = \"g\"\ncluster = \"backend\"\nfilters = [\"by-grpc\"]\n",
+            filter("by-http", "grpc_auth", &config("http")),
+            filter("by-grpc", "grpc_auth", &config("grpc")),
+            cluster("authz-http", &[authz], ""),
+            cluster("authz-grpc", &[authz], "protocol = \"h2c\""),
+            cluster("backend", &[b.addr], ""),
+        );
+        let proxy = Proxy::start(&body);
+        let mut c = Client::h1(proxy.addr).await;
+        for host in ["h.test", "g.test"] {
+            let r = c.get(host, "/headers", &[("x-user", "anyone")]).await.unwrap();
+            assert_eq!(r.status, 200, "{host}: {}", r.body);
+            assert!(r.body.contains("x-authz: allowed"), "{host}: {}", r.body);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_callouts_go_over_tls_to_a_cluster_with_tls() {
+    tokio::task::spawn_blocking(modules).await.unwrap();
+    bounded(30, async {
+        let pki = crate::pki::Pki::new();
+        let cert = pki.leaf("authz", &["authz.test"], false);
+        let authz = grpc_service(Some(pki.server(&cert))).await;
+        let b = Backend::start("backend").await;
+        let body = format!(
+            "{}{}{}[[route]]\nname = \"r\"\ncluster = \"backend\"\nfilters = [\"authz\"]\n",
+            filter(
+                "authz",
+                "grpc_auth",
+                "config = '{\"cluster\": \"authz\", \"service\": \"tandem.test.Authz\"}'"
+            ),
+            cluster(
+                "authz",
+                &[authz],
+                &format!(
+                    "protocol = \"h2c\"\ntls = {{ sni = \"authz.test\", ca = \"{}\" }}",
+                    pki.ca_pem.display()
+                )
+            ),
+            cluster("backend", &[b.addr], ""),
+        );
+        let proxy = Proxy::start(&body);
+        let mut c = Client::h1(proxy.addr).await;
+        let r = c.get("a.test", "/headers", &[("x-user", "alice")]).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("x-authz: allowed"), "{}", r.body);
+        let r = c.get("a.test", "/headers", &[("x-user", "bob")]).await.unwrap();
+        assert_eq!(r.status, 403);
+        let r = c.get("a.test", "/s", &[("x-authz-stream", "2")]).await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "echo:m1\necho:m2\n"));
     })
     .await;
 }
