@@ -44,7 +44,7 @@ pub mod code {
 /// Calls and streams one instance may have open at once.
 pub const MAX_OPEN: usize = 256;
 /// Messages a stream may have queued for sending.
-const SEND_QUEUE: usize = 256;
+const SEND_QUEUE: usize = 1024;
 /// Largest message received.
 const MAX_MESSAGE: usize = 4 << 20;
 
@@ -350,14 +350,19 @@ async fn run(
 }
 
 /// `proxy_grpc_send`: queues `message` on stream `token`, then half-closes it when
-/// `end` is set.
+/// `end` is set. After the half-close a message is dropped with OK (as Envoy answers;
+/// the SDK would trap on an error status); a unary call's token, or a full queue, is
+/// BAD_ARGUMENT.
 pub fn send(st: &mut HostState, token: u32, message: &[u8], end: bool) -> i32 {
     let Some(call) = st.grpc.get_mut(&token) else {
         return status::NOT_FOUND;
     };
-    let Some(tx) = &call.sender else {
-        // A unary call, or a stream already half-closed.
+    if call.unary {
         return status::BAD_ARGUMENT;
+    }
+    let Some(tx) = &call.sender else {
+        tracing::debug!(filter = %st.plugin.name, token, "gRPC message after the half-close dropped");
+        return status::OK;
     };
     if tx.try_send(frame(message)).is_err() {
         return status::BAD_ARGUMENT;

@@ -406,6 +406,17 @@ impl Instance {
         if !st.callouts.is_empty() {
             st.callouts.retain(|_, owner| *owner != ctx);
         }
+        // gRPC calls and streams of a finished stream end with it (the server sees a
+        // reset), so a stream the server keeps open does not hold a slot forever.
+        if !st.grpc.is_empty() {
+            st.grpc.retain(|_, call| {
+                let keep = call.owner != ctx;
+                if !keep {
+                    call.task.abort();
+                }
+                keep
+            });
+        }
     }
 
     /// `on_request_headers` (3 arguments for 0.2.x, 2 for 0.1.0).
