@@ -449,7 +449,7 @@ pub fn cluster_json() -> serde_json::Value {
 pub fn status_json(shared: &Shared) -> serde_json::Value {
     let rt = shared.runtime.load();
     let cfg = &rt.config;
-    let now = crate::balancer::p2c_ewma::now_ns();
+    let now = crate::clock::now_ns();
     let since = |ns: u64| {
         if ns == 0 {
             serde_json::Value::Null
@@ -580,7 +580,7 @@ fn by_class(get: impl Fn(usize) -> u64) -> serde_json::Value {
 fn status_page(shared: &Shared) -> String {
     use std::fmt::Write as _;
     let rt = shared.runtime.load();
-    let now = crate::balancer::p2c_ewma::now_ns();
+    let now = crate::clock::now_ns();
     let phase = shared.phase();
     let mut vips = String::new();
     if let Some(v) = crate::vips::get() {

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod balancer;
 pub mod body;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod ctl;

@@ -665,7 +665,7 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
             );
         }
     }
-    let now = crate::balancer::p2c_ewma::now_ns();
+    let now = crate::clock::now_ns();
     gauge(
         &mut out,
         "tandem_endpoint_healthy",

@@ -1024,7 +1024,7 @@ pub(crate) fn pick_endpoint(
     hash: Option<u64>,
     tried: u64,
 ) -> Result<usize, ProxyError> {
-    let now = balancer::p2c_ewma::now_ns();
+    let now = crate::clock::now_ns();
     let mut idx = worker.scratch.borrow_mut();
     balancer::candidates(&cluster.endpoints, now, cluster.panic_threshold, tried, &mut idx);
     if idx.is_empty() {

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::balancer::p2c_ewma::now_ns;
+use crate::clock::now_ns;
 
 const SHARDS: usize = 64;
 

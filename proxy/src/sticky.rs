@@ -17,7 +17,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 
-use crate::balancer::p2c_ewma::now_ns;
+use crate::clock::now_ns;
 use crate::config::HashOn;
 use crate::runtime::{cookie_value, Cluster};
 

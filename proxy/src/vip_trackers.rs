@@ -36,7 +36,7 @@ pub async fn track(cfg: VipConfig, shared: Arc<crate::control::Shared>, tx: toki
         .collect();
     loop {
         let rt = shared.runtime.load();
-        let now = crate::balancer::p2c_ewma::now_ns();
+        let now = crate::clock::now_ns();
         let cluster_down = cfg.track_clusters.iter().any(|name| {
             rt.cluster_named(name)
                 .is_some_and(|c| !c.endpoints.iter().any(|e| e.stats.health.eligible(now)))

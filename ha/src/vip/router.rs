@@ -668,16 +668,16 @@ pub async fn run(
         tokio::select! {
             r = h.sock.recv_advert(&mut buf) => {
                 let Ok(r) = r else { continue };
-                match r {
-                    Ok(r) if r.src == iface.address => {}
-                    Ok(r) if screen(&cfg, &r).is_err() => {
-                        let slot = screen(&cfg, &r).err().unwrap_or(6);
+                // Screened once: (the advert, whether it may touch the election).
+                match r.map(|r| { let verdict = screen(&cfg, &r); (r, verdict) }) {
+                    Ok((r, _)) if r.src == iface.address => {}
+                    Ok((r, Err(slot))) => {
                         h.stats.dropped[slot].fetch_add(1, Relaxed);
                         if slot != 5 {
                             tracing::debug!(vip = %cfg.name, src = %r.src, dst = %r.dst, reason = DROP_REASONS[slot], "advert refused");
                         }
                     }
-                    Ok(Received { src, advert: a, .. }) => {
+                    Ok((Received { src, advert: a, .. }, Ok(()))) => {
                         h.stats.adverts_received.fetch_add(1, Relaxed);
                         released = a.priority == 0;
                         if running {

@@ -4,26 +4,14 @@
 //! estimate decays towards zero, so a recovered endpoint is re-probed by real traffic.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use super::least_request::two_distinct;
 use super::{Candidate, Choice};
+use crate::clock::{now_ns, ns_at};
 
 /// Decay time constant of the estimate (10 s, as Finagle's default).
 pub const DECAY_NS: f64 = 10e9;
-
-static BASE: OnceLock<Instant> = OnceLock::new();
-
-/// Monotonic nanoseconds since process start.
-pub fn now_ns() -> u64 {
-    ns_at(Instant::now())
-}
-
-/// `at` as nanoseconds since process start (no clock read).
-pub fn ns_at(at: Instant) -> u64 {
-    at.saturating_duration_since(*BASE.get_or_init(Instant::now)).as_nanos() as u64
-}
 
 /// A lock-free peak-EWMA latency estimate shared by all workers. Concurrent updates may
 /// occasionally overwrite one another; an estimate tolerates that.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::verdict::{self, EjectReason, Source, Target, Verdict};
-use crate::balancer::p2c_ewma::now_ns;
+use crate::clock::now_ns;
 use crate::config::HealthCheckConfig;
 use crate::control::Shared;
 use crate::metrics::EndpointStats;

@@ -87,7 +87,7 @@ impl Default for EndpointHealth {
             times_ejected: AtomicU32::new(0),
             consecutive_5xx: AtomicU32::new(0),
             consecutive_gateway: AtomicU32::new(0),
-            ready_since_ns: AtomicU64::new(crate::balancer::p2c_ewma::now_ns()),
+            ready_since_ns: AtomicU64::new(crate::clock::now_ns()),
             draining: AtomicBool::new(false),
             drain_started_ns: AtomicU64::new(0),
             drained_ns: AtomicU64::new(0),
@@ -202,7 +202,7 @@ pub fn observe_passive(cluster: &crate::runtime::Cluster, idx: usize, status: u1
     } else {
         return;
     };
-    let now = crate::balancer::p2c_ewma::now_ns();
+    let now = crate::clock::now_ns();
     let ejected = cluster
         .endpoints
         .iter()

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{EndpointHealth, HEALTHY, UNHEALTHY};
-use crate::balancer::p2c_ewma::now_ns;
+use crate::clock::now_ns;
 use crate::config::OutlierConfig;
 
 /// Why outlier detection ejects.

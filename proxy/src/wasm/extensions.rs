@@ -43,7 +43,7 @@ pub fn call(st: &mut HostState, name: &str, args: &[u8]) -> Result<Vec<u8>, i32>
         "tandem.cluster_endpoints" => {
             let want = std::str::from_utf8(args).map_err(|_| status::BAD_ARGUMENT)?;
             let c = rt.clusters.iter().find(|c| &*c.name == want).ok_or(status::NOT_FOUND)?;
-            let now = crate::balancer::p2c_ewma::now_ns();
+            let now = crate::clock::now_ns();
             let mut out = String::new();
             for e in &c.endpoints {
                 let _ = writeln!(
