@@ -43,9 +43,13 @@ fn trailers(status: u32, extra: &[(&'static str, &str)]) -> http::HeaderMap {
     t
 }
 
+/// Streams to `Hang` the client reset (see [`grpc_service`]).
+static HANG_RESETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A gRPC service over h2c: `tandem.test.Authz/Check` answers by the `x-user`
 /// metadata (alice: "allow"; bob: "deny"; mallory: PERMISSION_DENIED trailers-only;
-/// slow: answers after 3 s; broken: HTTP 503); `tandem.test.Authz/Stream` echoes every
+/// slow: answers after 3 s; broken: HTTP 503); `tandem.test.Authz/Hang` never answers
+/// and counts resets in [`HANG_RESETS`]; `tandem.test.Authz/Stream` echoes every
 /// message as `echo:M`, with `x-initial: hello-<x-hello>` and trailing `x-trailing: bye`.
 /// With `tls`, h2 over TLS (ALPN h2).
 async fn grpc_service(tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> std::net::SocketAddr {
@@ -73,6 +77,16 @@ async fn grpc_service(tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> std:
                     let mut resp = hyper::Response::new(ChanBody(rx));
                     resp.headers_mut()
                         .insert("content-type", "application/grpc".parse().unwrap());
+                    if path == "/tandem.test.Authz/Hang" {
+                        // Never answers; counts the streams the client resets (hyper
+                        // drops the response body then, closing the channel).
+                        drop(req);
+                        tokio::spawn(async move {
+                            tx.closed().await;
+                            HANG_RESETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        });
+                        return Ok::<_, Infallible>(resp);
+                    }
                     if path == "/tandem.test.Authz/Stream" {
                         resp.headers_mut()
                             .insert("x-initial", format!("hello-{hello}").parse().unwrap());
@@ -281,6 +295,45 @@ async fn grpc_callouts_go_over_tls_to_a_cluster_with_tls() {
         assert_eq!(r.status, 403);
         let r = c.get("a.test", "/s", &[("x-authz-stream", "2")]).await.unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, "echo:m1\necho:m2\n"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_still_open_when_its_request_ends_is_reset() {
+    tokio::task::spawn_blocking(modules).await.unwrap();
+    bounded(30, async {
+        let authz = grpc_service(None).await;
+        let b = Backend::start("backend").await;
+        let body = format!(
+            "{}{}{}[[route]]\nname = \"r\"\ncluster = \"backend\"\nfilters = [\"authz\"]\n",
+            filter(
+                "authz",
+                "grpc_auth",
+                "config = '{\"cluster\": \"authz\", \"service\": \"tandem.test.Authz\", \"stream_method\": \"Hang\"}'"
+            ),
+            cluster("authz", &[authz], "protocol = \"h2c\""),
+            cluster("backend", &[b.addr], ""),
+        );
+        let proxy = Proxy::start(&body);
+        let before = HANG_RESETS.load(std::sync::atomic::Ordering::Relaxed);
+        // The client gives up on a request whose filter waits on a stream that never
+        // answers: the proxy drops the request, and the stream must go with it.
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"GET / HTTP/1.1\r\nHost: a.test\r\nx-authz-stream: 1\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(s);
+        let t = std::time::Instant::now();
+        while HANG_RESETS.load(std::sync::atomic::Ordering::Relaxed) == before {
+            assert!(t.elapsed() < Duration::from_secs(5), "the stream outlived its request");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Still serving.
+        let mut c = Client::h1(proxy.addr).await;
+        let r = c.get("a.test", "/headers", &[("x-user", "alice")]).await.unwrap();
+        assert_eq!(r.status, 200);
     })
     .await;
 }
