@@ -8,7 +8,8 @@
 //! A request with `x-authz-stream: N` instead opens a bidirectional stream to
 //! `stream_method`, sends N messages `m1`…`mN`, half-closes, and answers with what came
 //! back (one line per message) and the stream's metadata in headers: how a filter uses
-//! streaming calls.
+//! streaming calls. With `x-authz-cancel` as well it cancels the stream when the server's
+//! initial metadata arrives and lets the request go on (`x-authz: cancelled`).
 //!
 //! With `"via": "http"` the same check goes to an HTTP service instead (`POST /authz`
 //! with the user in `x-user`; a 2xx answer allows): the two callouts side by side
@@ -95,6 +96,7 @@ impl RootContext for Root {
             config: self.config.clone()?,
             echoed: Vec::new(),
             initial: None,
+            cancel: false,
         }))
     }
 }
@@ -105,6 +107,8 @@ struct Authz {
     echoed: Vec<String>,
     /// `x-initial` of the stream's initial metadata.
     initial: Option<String>,
+    /// Cancel the stream when the server's initial metadata arrives.
+    cancel: bool,
 }
 
 impl Authz {
@@ -141,8 +145,9 @@ impl HttpContext for Authz {
                     return Action::Pause;
                 }
             };
+            self.cancel = self.get_http_request_header("x-authz-cancel").is_some();
             for i in 1..=n {
-                self.send_grpc_stream_message(token, Some(format!("m{i}").as_bytes()), i == n);
+                self.send_grpc_stream_message(token, Some(format!("m{i}").as_bytes()), i == n && !self.cancel);
             }
             return Action::Pause;
         }
@@ -217,7 +222,14 @@ impl Context for Authz {
         }
     }
 
-    fn on_grpc_stream_initial_metadata(&mut self, _token: u32, _n: u32) {
+    fn on_grpc_stream_initial_metadata(&mut self, token: u32, _n: u32) {
+        if self.cancel {
+            // Given up once the server answered: nothing more is delivered for it.
+            self.cancel_grpc_stream(token);
+            self.set_http_request_header("x-authz", Some("cancelled"));
+            self.resume_http_request();
+            return;
+        }
         self.initial = self
             .get_grpc_stream_initial_metadata_value("x-initial")
             .map(|v| String::from_utf8_lossy(&v).into_owned());

@@ -300,7 +300,7 @@ async fn grpc_callouts_go_over_tls_to_a_cluster_with_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_still_open_when_its_request_ends_is_reset() {
+async fn a_stream_still_open_when_its_request_ends_or_cancelled_by_its_filter_is_reset() {
     tokio::task::spawn_blocking(modules).await.unwrap();
     bounded(30, async {
         let authz = grpc_service(None).await;
@@ -330,10 +330,39 @@ async fn a_stream_still_open_when_its_request_ends_is_reset() {
             assert!(t.elapsed() < Duration::from_secs(5), "the stream outlived its request");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Still serving.
+        // The filter cancels a stream itself (once the server answered) and lets its
+        // request go on to a backend that takes 2 s: the server sees the reset while the
+        // request is still in flight, the guest gets no callback for it (nothing traps).
+        let before = HANG_RESETS.load(std::sync::atomic::Ordering::Relaxed);
+        let addr = proxy.addr;
+        let request = tokio::spawn(async move {
+            let mut c = Client::h1(addr).await;
+            c.get(
+                "a.test",
+                "/headers?delay_ms=2000",
+                &[("x-authz-stream", "2"), ("x-authz-cancel", "1")],
+            )
+            .await
+            .unwrap()
+        });
+        let t = std::time::Instant::now();
+        while HANG_RESETS.load(std::sync::atomic::Ordering::Relaxed) == before {
+            assert!(
+                t.elapsed() < Duration::from_millis(1500),
+                "the cancelled stream was not reset"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let r = request.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("x-authz: cancelled"), "{}", r.body);
         let mut c = Client::h1(proxy.addr).await;
         let r = c.get("a.test", "/headers", &[("x-user", "alice")]).await.unwrap();
         assert_eq!(r.status, 200);
+        assert_eq!(
+            proxy.metric("tandem_wasm_events_total{filter=\"authz\",event=\"trap\"}"),
+            0.0
+        );
     })
     .await;
 }
