@@ -7,7 +7,9 @@
 //! must also carry `node<ID>.<peer name>` for the node id it speaks for, on both sides
 //! of the connection. The listener is a control port and bounded as one: at most
 //! [`MAX_PEER_CONNECTIONS`] open and [`MAX_UNAUTHENTICATED`] still in their handshake
-//! (more are closed at accept), [`HANDSHAKE_TIMEOUT`] for the TLS login,
+//! (more are closed at accept) — counted apart for connections from members' addresses
+//! (configured or in the membership) and from anywhere else, so strangers that keep the
+//! handshake slots full cannot keep members out —, [`HANDSHAKE_TIMEOUT`] for the TLS login,
 //! [`PEER_IDLE_TIMEOUT`] without a frame, frames read incrementally (see `wire`).
 //! Refused peers are counted and logged at most once per [`REFUSED_LOG_EVERY`].
 //!
@@ -331,6 +333,24 @@ pub struct Network {
 type PeerConn = tokio_rustls::client::TlsStream<TcpStream>;
 
 impl Network {
+    /// Whether `ip` is a member's address: configured for this node, or in the group's
+    /// membership. Connections from there get handshake slots of their own.
+    fn member_ip(&self, raft: &Raft, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        let is = |a: &str| {
+            a.parse::<std::net::SocketAddr>()
+                .is_ok_and(|s| s.ip().to_canonical() == ip)
+        };
+        self.addresses.values().any(|a| is(a))
+            || raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .nodes()
+                .any(|(_, n)| is(&n.addr))
+    }
+
     /// Client settings for the group described by `tls`, reaching `peers` at their
     /// configured addresses.
     pub fn new(tls: &PeerTls, peers: &[crate::node::Peer]) -> Result<Network, PeerTlsError> {
@@ -581,7 +601,8 @@ pub async fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let mut conns = tokio::task::JoinSet::new();
     let open = Arc::new(AtomicUsize::new(0));
-    let handshaking = Arc::new(AtomicUsize::new(0));
+    // Handshakes in progress from members' addresses, and from anywhere else.
+    let (members_handshaking, handshaking) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -596,9 +617,14 @@ pub async fn serve(
                 continue;
             }
         };
+        let pool = if network.member_ip(&raft, peer.ip()) {
+            &members_handshaking
+        } else {
+            &handshaking
+        };
         let (Some(slot), Some(login)) = (
             Slot::take(&open, MAX_PEER_CONNECTIONS),
-            Slot::take(&handshaking, MAX_UNAUTHENTICATED),
+            Slot::take(pool, MAX_UNAUTHENTICATED),
         ) else {
             stats.over_capacity.fetch_add(1, Relaxed);
             drop(tcp);

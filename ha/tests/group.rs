@@ -598,3 +598,91 @@ async fn standing_links_say_which_members_answer() {
     .await
     .expect("test bounded in time");
 }
+
+/// Keeps opening connections to `to` from 127.0.0.2 that never start a TLS handshake
+/// (each holds a handshake slot until its timeout), until `stop`.
+async fn stall_flood(to: SocketAddr, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> usize {
+    let mut held = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        for _ in 0..20 {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(200), s.connect(to)).await {
+                held.push(c);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    held.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_filling_the_handshake_slots_do_not_keep_members_out() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca(dir.path(), "group-ca");
+        let peers: Vec<Peer> = peers(3);
+        let cfg = |id: u64| {
+            HaConfig::new(
+                id,
+                peers.clone(),
+                dir.path().join(format!("data-{id}")),
+                node_tls(dir.path(), &ca, &format!("node-{id}")),
+            )
+        };
+        let mut nodes = Vec::new();
+        for id in 1..=3 {
+            nodes.push(Some(HaNode::start(cfg(id)).await.unwrap()));
+        }
+        eventually("a leader", Duration::from_secs(10), || {
+            (0..3).all(|i| nodes[i].as_ref().unwrap().leader().is_some())
+        })
+        .await;
+        // Every member's peer port flooded from another address (127.0.0.2) with
+        // connections that never log in, more than the handshake slots.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let floods: Vec<_> = peers
+            .iter()
+            .map(|p| tokio::spawn(stall_flood(p.address, stop.clone())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A member restarted now has no connection left: it must get in to catch up.
+        nodes[2].take().unwrap().shutdown().await;
+        nodes[0].as_ref().unwrap().publish(verdict("10.9.0.1:80", false, 1));
+        nodes[2] = Some(HaNode::start(cfg(3)).await.unwrap());
+        nodes[1].as_ref().unwrap().publish(verdict("10.9.0.2:80", false, 2));
+        eventually(
+            "replication to every member under the flood",
+            Duration::from_secs(10),
+            || {
+                (0..3).all(|i| {
+                    let n = nodes[i].as_ref().unwrap();
+                    has(n, "10.9.0.1:80", false) && has(n, "10.9.0.2:80", false)
+                })
+            },
+        )
+        .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut opened = 0;
+        for f in floods {
+            opened += f.await.unwrap();
+        }
+        let refused: u64 = (0..3)
+            .map(|i| {
+                nodes[i]
+                    .as_ref()
+                    .unwrap()
+                    .peer_stats
+                    .over_capacity
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum();
+        eprintln!("{opened} stalled connections opened; {refused} closed at accept");
+        assert!(refused > 0, "the flood never filled the strangers' handshake slots");
+        for n in nodes.into_iter().flatten() {
+            n.shutdown().await;
+        }
+    })
+    .await
+    .expect("test bounded in time");
+}
