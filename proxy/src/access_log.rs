@@ -18,7 +18,7 @@ pub struct AccessRecord {
     /// Wall-clock start.
     pub time: SystemTime,
     /// X-Request-Id.
-    pub request_id: http::HeaderValue,
+    pub request_id: Option<http::HeaderValue>,
     /// Client address.
     pub client: SocketAddr,
     /// Method.
@@ -200,7 +200,7 @@ fn json_line(out: &mut String, r: &AccessRecord) {
         out,
         "{{\"time\":\"{}\",\"request_id\":{},\"client\":\"{}\",\"method\":{},\"authority\":{},\"path\":{},\"protocol\":\"{:?}\",\"status\":{},\"bytes\":{},\"upstream_ms\":{},\"duration_ms\":{:.3},\"route\":{},\"cluster\":{},\"endpoint\":{},\"attempts\":{},\"reason\":\"{}\",\"grpc_status\":{}}}",
         humantime::format_rfc3339_millis(r.time),
-        s(r.request_id.to_str().unwrap_or("")),
+        s(r.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")),
         r.client,
         s(r.method.as_str()),
         r.authority.as_ref().and_then(|a| a.to_str().ok()).map_or("null".into(), s),
@@ -226,7 +226,7 @@ fn text_line(out: &mut String, r: &AccessRecord) {
         "{} {} {} \"{} {} {:?}\" {} {} {:.3}ms {} {} {} {} {}",
         humantime::format_rfc3339_millis(r.time),
         r.client,
-        r.request_id.to_str().unwrap_or("-"),
+        r.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
         r.method,
         r.uri.path_and_query().map_or("/", |p| p.as_str()),
         r.version,

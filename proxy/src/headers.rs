@@ -63,21 +63,70 @@ pub fn add_forwarded(
     client_ip: std::net::IpAddr,
     host: Option<&HeaderValue>,
     proto: &'static str,
+    which: ForwardedHeaders,
 ) {
-    let mut buf = [0u8; 64];
-    let ip = format_ip(client_ip, &mut buf);
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(prev) if !prev.is_empty() => HeaderValue::from_bytes(&[prev.as_bytes(), b", ", ip].concat()),
-        _ => HeaderValue::from_bytes(ip),
-    };
-    if let Ok(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    if which.xff {
+        let mut buf = [0u8; 64];
+        let ip = format_ip(client_ip, &mut buf);
+        let xff = match headers.get(&X_FORWARDED_FOR) {
+            Some(prev) if !prev.is_empty() => HeaderValue::from_bytes(&[prev.as_bytes(), b", ", ip].concat()),
+            _ => HeaderValue::from_bytes(ip),
+        };
+        if let Ok(v) = xff {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Some(h) = host {
+    if which.proto {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if let (true, Some(h)) = (which.host, host) {
         if !headers.contains_key(&X_FORWARDED_HOST) {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
         }
+    }
+}
+
+/// Which `X-Forwarded-*` headers requests get (`[server] forwarded_headers`): all three
+/// by default, as users of other proxies expect them; fewer when the upstream does not
+/// read them (less work per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedHeaders {
+    /// `X-Forwarded-For` (the client appended).
+    pub xff: bool,
+    /// `X-Forwarded-Proto`.
+    pub proto: bool,
+    /// `X-Forwarded-Host` (unless present).
+    pub host: bool,
+}
+
+impl Default for ForwardedHeaders {
+    fn default() -> Self {
+        ForwardedHeaders {
+            xff: true,
+            proto: true,
+            host: true,
+        }
+    }
+}
+
+/// What happens to `X-Request-Id` (`[server] request_id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestIdMode {
+    /// Kept if the client sent one, else generated; sent upstream, returned, logged.
+    #[default]
+    Generate,
+    /// Kept, returned and logged when the client sent one; never generated.
+    Keep,
+    /// Left alone (a client's passes through as any header); not returned or logged.
+    Off,
+}
+
+/// The request's id under `mode` (see [`RequestIdMode`]), set in `headers` when generated.
+pub fn request_id(mode: RequestIdMode, headers: &mut HeaderMap) -> Option<HeaderValue> {
+    match mode {
+        RequestIdMode::Generate => Some(ensure_request_id(headers)),
+        RequestIdMode::Keep => headers.get(&X_REQUEST_ID).cloned(),
+        RequestIdMode::Off => None,
     }
 }
 
@@ -219,7 +268,13 @@ mod tests {
     fn xff_appends() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR.clone(), "10.1.1.1".parse().unwrap());
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), None, "http");
+        add_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            None,
+            "http",
+            ForwardedHeaders::default(),
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "10.1.1.1, 127.0.0.1");
     }
 }

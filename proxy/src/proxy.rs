@@ -58,7 +58,9 @@ pub async fn handle(
 
     let downstream_version = req.version();
     let authority = decide_authority(&mut req);
-    let request_id = headers::ensure_request_id(req.headers_mut());
+    let rt = worker.shared.runtime.load_full();
+    let id_mode = rt.config.server.request_id;
+    let request_id = headers::request_id(id_mode, req.headers_mut());
     // The verified client certificate is stated by Tandem only, never by the client.
     if conn.tls.as_ref().is_some_and(|t| t.client_subject.is_some())
         || req.headers().contains_key(&headers::X_CLIENT_CERT_SUBJECT)
@@ -69,7 +71,6 @@ pub async fn handle(
             h.insert(headers::X_CLIENT_CERT_SUBJECT.clone(), s);
         }
     }
-    let rt = worker.shared.runtime.load_full();
     let rec = worker.shared.access_log.enabled().then(|| AccessRecord {
         time: SystemTime::now(),
         request_id: request_id.clone(),
@@ -98,7 +99,7 @@ pub async fn handle(
         answered: false,
     };
     let outcome = match authority {
-        Ok(()) => proxy_request(&worker, &conn, &rt, req, &request_id, &mut end.rec, start).await,
+        Ok(()) => proxy_request(&worker, &conn, &rt, req, request_id.as_ref(), &mut end.rec, start).await,
         Err(e) => Err(e),
     };
     let (mut resp, refused) = match outcome {
@@ -114,7 +115,9 @@ pub async fn handle(
     if (max > 0 && n >= max) || draining || refused {
         close_after(&conn, &mut resp, downstream_version);
     }
-    resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id);
+    if let Some(id) = request_id {
+        resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), id);
+    }
     end.answered = true;
     Ok(resp)
 }
@@ -242,7 +245,7 @@ async fn proxy_request(
     conn: &ConnState,
     rt: &Arc<Runtime>,
     mut req: Request<Incoming>,
-    request_id: &HeaderValue,
+    request_id: Option<&HeaderValue>,
     rec: &mut Option<AccessRecord>,
     start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -406,10 +409,10 @@ fn run_request_filters(
     route: &Route,
     rt: &Runtime,
     req: &mut Request<Incoming>,
-    request_id: &HeaderValue,
+    request_id: Option<&HeaderValue>,
     start: Instant,
 ) -> Result<FilterStage, ProxyError> {
-    let facts = crate::wasm::http::facts(conn, Some(request_id.clone()), req.version(), route, start);
+    let facts = crate::wasm::http::facts(conn, request_id.cloned(), req.version(), route, start);
     let chain = crate::wasm::http::Chain::start(worker, &route.filters, facts)?;
     let eos = http_body::Body::is_end_stream(req.body());
     let flow = match crate::wasm::http::request_headers_now(&chain, req, eos, 0)? {
@@ -1097,7 +1100,7 @@ pub(crate) fn forward_headers(
 ) {
     headers::strip_hop_by_hop(h);
     let proto = if conn.tls.is_some() { "https" } else { "http" };
-    headers::add_forwarded(h, conn.client.ip(), authority, proto);
+    headers::add_forwarded(h, conn.client.ip(), authority, proto, route.forwarded);
     if !route.request_headers.is_empty() {
         headers::apply_rules(h, &route.request_headers);
     }

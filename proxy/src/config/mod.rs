@@ -132,6 +132,10 @@ pub struct ServerConfig {
     /// Maintenance: how long clients are asked to close their connections before the
     /// VIPs are released.
     pub maintenance_handover: Duration,
+    /// What happens to `X-Request-Id`.
+    pub request_id: crate::headers::RequestIdMode,
+    /// Which `X-Forwarded-*` headers requests get.
+    pub forwarded: crate::headers::ForwardedHeaders,
 }
 
 /// Admin API settings.

@@ -338,6 +338,10 @@ pub struct ServerSection {
     pub drain_timeout: Dur,
     /// Maintenance: how long clients are asked to close connections before the VIPs move.
     pub maintenance_handover: Dur,
+    /// `X-Request-Id`: `generate`, `keep` or `off`.
+    pub request_id: Option<SpannedStr>,
+    /// `X-Forwarded-*` headers added: any of `for`, `proto`, `host`.
+    pub forwarded_headers: Option<Vec<SpannedStr>>,
 }
 
 impl Default for ServerSection {
@@ -346,6 +350,8 @@ impl Default for ServerSection {
             workers: 0,
             drain_timeout: Dur::secs(30),
             maintenance_handover: Dur::secs(1),
+            request_id: None,
+            forwarded_headers: None,
         }
     }
 }

@@ -361,3 +361,28 @@ fn route_metadata_is_a_table_of_namespaces() {
     assert_eq!(i.key, "route[0].metadata");
     assert!(i.hint.unwrap().contains("filter_metadata"));
 }
+
+#[test]
+fn request_id_and_forwarded_headers_are_checked_with_their_key_and_a_fix() {
+    let ok = load_str(
+        "t.toml",
+        &format!("[server]\nrequest_id = \"keep\"\nforwarded_headers = [\"for\", \"host\"]\n{BASE}"),
+    )
+    .unwrap();
+    assert_eq!(ok.server.request_id, crate::headers::RequestIdMode::Keep);
+    assert_eq!(
+        ok.server.forwarded,
+        crate::headers::ForwardedHeaders {
+            xff: true,
+            proto: false,
+            host: true
+        }
+    );
+    let ok = load_str("t.toml", BASE).unwrap();
+    assert_eq!(ok.server.request_id, crate::headers::RequestIdMode::Generate);
+    assert_eq!(ok.server.forwarded, crate::headers::ForwardedHeaders::default());
+    let i = one(&format!("[server]\nrequest_id = \"random\"\n{BASE}"));
+    assert_eq!(i.key, "server.request_id");
+    let i = one(&format!("[server]\nforwarded_headers = [\"for\", \"port\"]\n{BASE}"));
+    assert_eq!(i.key, "server.forwarded_headers[1]");
+}

@@ -1140,10 +1140,56 @@ pub(crate) fn validate(
     } else {
         file.server.workers
     };
+    let request_id = match file.server.request_id.as_ref() {
+        None => crate::headers::RequestIdMode::Generate,
+        Some(m) => match m.get_ref().as_str() {
+            "generate" => crate::headers::RequestIdMode::Generate,
+            "keep" => crate::headers::RequestIdMode::Keep,
+            "off" => crate::headers::RequestIdMode::Off,
+            other => {
+                c.at(
+                    m,
+                    "server.request_id".into(),
+                    format!("unknown mode `{other}`"),
+                    Some(
+                        "use \"generate\" (keep the client's or make one), \"keep\" (only the client's) or \"off\""
+                            .into(),
+                    ),
+                );
+                crate::headers::RequestIdMode::Generate
+            }
+        },
+    };
+    let mut forwarded = crate::headers::ForwardedHeaders::default();
+    if let Some(list) = &file.server.forwarded_headers {
+        forwarded = crate::headers::ForwardedHeaders {
+            xff: false,
+            proto: false,
+            host: false,
+        };
+        for (i, h) in list.iter().enumerate() {
+            match h.get_ref().as_str() {
+                "for" => forwarded.xff = true,
+                "proto" => forwarded.proto = true,
+                "host" => forwarded.host = true,
+                other => c.at(
+                    h,
+                    format!("server.forwarded_headers[{i}]"),
+                    format!("unknown header `{other}`"),
+                    Some(
+                        "list any of \"for\", \"proto\", \"host\" (X-Forwarded-For, -Proto, -Host); [] adds none"
+                            .into(),
+                    ),
+                ),
+            }
+        }
+    }
     let server = ServerConfig {
         workers,
         drain_timeout: c.dur(&file.server.drain_timeout, "server.drain_timeout".into()),
         maintenance_handover: c.dur(&file.server.maintenance_handover, "server.maintenance_handover".into()),
+        request_id,
+        forwarded,
     };
 
     let admin_explicit = file.admin.is_some();

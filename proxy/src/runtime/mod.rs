@@ -67,6 +67,8 @@ pub struct Route {
     pub filters: Vec<Arc<crate::wasm::Plugin>>,
     /// Metadata for its filters (`route_metadata.filter_metadata.*` properties).
     pub metadata: Option<Arc<serde_json::Value>>,
+    /// Which `X-Forwarded-*` headers its requests get (`[server] forwarded_headers`).
+    pub forwarded: crate::headers::ForwardedHeaders,
 }
 
 impl Route {
@@ -208,6 +210,7 @@ impl Runtime {
                 stats: stats.route(&r.name),
                 filters: r.filters.iter().map(|&i| plugins[i].clone()).collect(),
                 metadata: r.metadata.clone(),
+                forwarded: config.server.forwarded,
             })
             .collect();
         let routers = config

@@ -215,12 +215,17 @@ impl Proxy {
 
     /// Like `start_with`, with extra `[admin]` keys in `admin_extra`.
     pub fn start_full(body: &str, listener_extra: &str, admin_extra: &str) -> Proxy {
+        Self::start_server(body, listener_extra, admin_extra, "")
+    }
+
+    /// Like `start_full`, with extra `[server]` keys in `server_extra`.
+    pub fn start_server(body: &str, listener_extra: &str, admin_extra: &str, server_extra: &str) -> Proxy {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("access.log");
         let head = format!(
-            "[server]\nworkers = 2\ndrain_timeout = \"3s\"\n\n[admin]\nlisten = \"{admin}\"\n{admin_extra}\n\n[log]\nlevel = \"warn\"\naccess_log = \"{}\"\n\n[[listener]]\nname = \"web\"\nlisten = \"{listen}\"\n{listener_extra}\n\n",
+            "[server]\nworkers = 2\ndrain_timeout = \"3s\"\n{server_extra}\n\n[admin]\nlisten = \"{admin}\"\n{admin_extra}\n\n[log]\nlevel = \"warn\"\naccess_log = \"{}\"\n\n[[listener]]\nname = \"web\"\nlisten = \"{listen}\"\n{listener_extra}\n\n",
             log.display(),
         );
         let text = format!("{head}{}", render(body, listen, admin));

@@ -144,6 +144,40 @@ response_headers = {{ set = [{{ name = \"x-served-by\", value = \"tandem\" }}], 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_id_and_forwarded_headers_follow_the_server_settings() {
+    bounded(30, async {
+        let b = Backend::start("b").await;
+        let body = format!(
+            "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n",
+            b.addr
+        );
+        // Only X-Forwarded-For, and request ids only when the client sent one.
+        let p = Proxy::start_server(&body, "", "", "request_id = \"keep\"\nforwarded_headers = [\"for\"]");
+        let mut c = Client::h1(p.addr).await;
+        let r = c.get("app.local", "/headers", &[]).await.unwrap();
+        let seen = r.body.to_lowercase();
+        assert!(seen.contains("x-forwarded-for: 127.0.0.1"), "{seen}");
+        assert!(!seen.contains("x-forwarded-proto") && !seen.contains("x-forwarded-host"), "{seen}");
+        assert!(!seen.contains("x-request-id") && !r.headers.contains_key("x-request-id"), "{seen}");
+        let r = c.get("app.local", "/headers", &[("x-request-id", "abc-123")]).await.unwrap();
+        assert_eq!(r.headers["x-request-id"], "abc-123");
+        assert!(r.body.contains("x-request-id: abc-123"));
+        drop(p);
+        // Off: nothing added, nothing returned; a client's id passes as any header.
+        let p = Proxy::start_server(&body, "", "", "request_id = \"off\"\nforwarded_headers = []");
+        let mut c = Client::h1(p.addr).await;
+        let r = c.get("app.local", "/headers", &[("x-request-id", "abc-123")]).await.unwrap();
+        let seen = r.body.to_lowercase();
+        assert!(!seen.contains("x-forwarded"), "{seen}");
+        assert!(seen.contains("x-request-id: abc-123"), "{seen}");
+        assert!(!r.headers.contains_key("x-request-id"));
+        let r = c.get("app.local", "/headers", &[]).await.unwrap();
+        assert!(!r.body.to_lowercase().contains("x-request-id"), "{}", r.body);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_downstream_and_upstream() {
     bounded(30, async {
         let b = Backend::start("grpc-ish").await;
