@@ -27,8 +27,17 @@ BACKENDS = [19001, 19002]
 #            X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host (HAProxy:
 #            unless present; nginx: always), X-Request-Id kept or generated, sent
 #            upstream and returned to the client;
-#   minimal  X-Forwarded-For only (Tandem still adds all of them).
+#   minimal  X-Forwarded-For only, and Tandem too (`[server] request_id = "off"`,
+#            `forwarded_headers = ["for"]`): every proxy as a plain configuration leaves it.
 HEADER_MODES = ("same", "minimal")
+
+
+def tandem_server_keys(mode="same"):
+    """Tandem `[server]` lines for `mode` (see HEADER_MODES)."""
+    if mode == "minimal":
+        return 'request_id = "off"\nforwarded_headers = ["for"]\n'
+    return ""
+
 
 
 def add_competitor_headers_arg(ap):
@@ -200,7 +209,7 @@ backend be
     with open(f"{tmp}/tandem.toml", "w") as f:
         f.write(f"""[server]
 workers = 1
-[admin]
+{tandem_server_keys(headers)}[admin]
 listen = "127.0.0.1:19900"
 [log]
 level = "warn"

@@ -65,7 +65,7 @@ http {{
     with open(f"{tmp}/tandem.toml", "w") as f:
         f.write(f"""[server]
 workers = 1
-[admin]
+{l7.tandem_server_keys(headers)}[admin]
 listen = "127.0.0.1:19902"
 [log]
 level = "warn"
