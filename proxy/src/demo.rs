@@ -86,21 +86,19 @@ async fn answer_grpc(state: Arc<BackendState>, req: Request<Incoming>) -> Respon
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let message: &[u8] = if check {
-        b"allow"
-    } else if body.len() >= 5 {
-        let n = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-        &body[5..(5 + n).min(body.len())]
+    let message = if check {
+        Bytes::from_static(b"allow")
     } else {
-        b""
+        let mut buf = bytes::BytesMut::from(&body[..]);
+        crate::wasm::grpc::unframe(&mut buf)
+            .ok()
+            .and_then(|m| m.into_iter().next())
+            .unwrap_or_default()
     };
-    let mut framed = Vec::with_capacity(5 + message.len());
-    framed.push(0);
-    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    framed.extend_from_slice(message);
+    let framed = crate::wasm::grpc::frame(&message);
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let body = Full::new(Bytes::from(framed)).with_trailers(std::future::ready(Some(Ok(trailers))));
+    let body = Full::new(framed).with_trailers(std::future::ready(Some(Ok(trailers))));
     let mut resp = Response::new(http_body_util::Either::Right(body));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

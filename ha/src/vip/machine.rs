@@ -28,6 +28,19 @@ pub enum State {
     Fault,
 }
 
+impl State {
+    /// The state as metrics and the sync group publish it: 0 initialize, 1 backup,
+    /// 2 master, 3 fault.
+    pub fn code(self) -> u8 {
+        match self {
+            State::Initialize => 0,
+            State::Backup => 1,
+            State::Master => 2,
+            State::Fault => 3,
+        }
+    }
+}
+
 /// What the caller must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {

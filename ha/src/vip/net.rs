@@ -33,7 +33,7 @@ pub enum NetError {
     },
 }
 
-fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> NetError {
+pub(super) fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> NetError {
     move |source| NetError::Io { what, source }
 }
 

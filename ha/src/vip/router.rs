@@ -267,16 +267,7 @@ pub enum Control {
 impl VipStats {
     /// Whether the router is master (holds the VIPs).
     pub fn is_master(&self) -> bool {
-        self.state.load(Relaxed) == state_code(State::Master)
-    }
-}
-
-fn state_code(s: State) -> u8 {
-    match s {
-        State::Initialize => 0,
-        State::Backup => 1,
-        State::Master => 2,
-        State::Fault => 3,
+        self.state.load(Relaxed) == State::Master.code()
     }
 }
 
@@ -341,7 +332,7 @@ impl Holder {
                 }
             }
         }
-        self.stats.state.store(state_code(m.state()), Relaxed);
+        self.stats.state.store(m.state().code(), Relaxed);
         self.stats.priority.store(m.priority(), Relaxed);
         announced
     }
@@ -465,6 +456,20 @@ async fn settle(p: &mut Pending) -> Result<Lease, LeaseError> {
         }
         None => std::future::pending().await,
     }
+}
+
+/// A master hands its VIPs to the peer and goes back to backup: the addresses go before
+/// the lease (once it is released the other node may take them at once, and must not
+/// find them here), then priority 0, so the peer takes over without waiting.
+async fn hand_over(h: &Holder, m: &mut Machine, fence: &Option<LeaseClient>, ttl: Duration) {
+    let (release, announce): (Vec<_>, Vec<_>) = m.shutdown().into_iter().partition(|a| *a == Action::ReleaseVips);
+    h.apply(release, m).await;
+    if let Some(f) = fence {
+        let _ = f.release(h.cfg.vrid, ttl).await;
+    }
+    h.apply(announce, m).await;
+    let acts = m.start(Instant::now());
+    h.apply(acts, m).await;
 }
 
 /// A router that cannot start (no such interface, no privilege) is in FAULT for its sync
@@ -602,17 +607,8 @@ pub async fn run(
             }
             if sync.as_mut().is_some_and(|s| s.take_demotion()) && m.state() == State::Master {
                 tracing::info!(vip = %cfg.name, "another VIP of the sync group stepped down: stepping down with it");
-                // As a yield: the addresses, then the lease, then priority 0 so the peer
-                // takes this VIP over at once, as it took the other.
-                let (release, announce): (Vec<_>, Vec<_>) =
-                    m.shutdown().into_iter().partition(|a| *a == Action::ReleaseVips);
-                h.apply(release, &m).await;
-                if let Some(f) = &fence {
-                    let _ = f.release(cfg.vrid, ttl).await;
-                }
-                h.apply(announce, &m).await;
-                let acts = m.start(Instant::now());
-                h.apply(acts, &m).await;
+                // As a yield, so the peer takes this VIP over at once, as it took the other.
+                hand_over(&h, &mut m, &fence, ttl).await;
                 forced = true;
             }
         }
@@ -821,18 +817,7 @@ pub async fn run(
                     Ok(lease) if lease.wanted_by.is_some_and(|w| w != me) => {
                         h.stats.lease_yielded.fetch_add(1, Relaxed);
                         tracing::info!(vip = %cfg.name, to = ?lease.wanted_by, "yielding the VIP to a higher-priority node");
-                        // The addresses go before the lease: once it is released the
-                        // other node may take them at once, and must not find them here.
-                        // Then priority 0, so it takes over without waiting.
-                        let (release, announce): (Vec<_>, Vec<_>) =
-                            m.shutdown().into_iter().partition(|a| *a == Action::ReleaseVips);
-                        h.apply(release, &m).await;
-                        if let Some(f) = &fence {
-                            let _ = f.release(cfg.vrid, ttl).await;
-                        }
-                        h.apply(announce, &m).await;
-                        let acts = m.start(Instant::now());
-                        h.apply(acts, &m).await;
+                        hand_over(&h, &mut m, &fence, ttl).await;
                     }
                     Ok(lease) => {
                         lease_until_ms = lease.until_ms;

@@ -74,15 +74,6 @@ impl SyncGroup {
     }
 }
 
-fn code(s: State) -> u8 {
-    match s {
-        State::Initialize => 0,
-        State::Backup => 1,
-        State::Master => 2,
-        State::Fault => 3,
-    }
-}
-
 /// One router's view of its sync group.
 #[derive(Debug)]
 pub struct SyncMember {
@@ -110,7 +101,7 @@ impl SyncMember {
     /// Publishes this router's state; the others are woken when it changed.
     pub fn publish(&self, state: State, wants: bool, own_fault: bool) {
         let s = &self.group.slots[self.index];
-        let a = s.state.swap(code(state), Relaxed) != code(state);
+        let a = s.state.swap(state.code(), Relaxed) != state.code();
         let b = s.wants.swap(wants, Relaxed) != wants;
         let c = s.own_fault.swap(own_fault, Relaxed) != own_fault;
         if a || b || c {
@@ -155,7 +146,7 @@ impl SyncMember {
     /// Whether every other member is master or wants to take over, and none is in FAULT.
     pub fn others_ready(&self) -> bool {
         self.others().all(|(_, s)| {
-            !s.own_fault.load(Relaxed) && (s.state.load(Relaxed) == code(State::Master) || s.wants.load(Relaxed))
+            !s.own_fault.load(Relaxed) && (s.state.load(Relaxed) == State::Master.code() || s.wants.load(Relaxed))
         })
     }
 

@@ -12,10 +12,9 @@
 //! and the parent's own ARP requests do not name the VIP; the macvlan gets no IPv6 link-local
 //! address, so nothing is sent from it unasked.
 
-use std::io;
 use std::net::IpAddr;
 
-use super::net::{attr, rtnetlink, Interface, NetError, NLM_F_CREATE, NLM_F_EXCL};
+use super::net::{attr, io_err, rtnetlink, Interface, NetError, NLM_F_CREATE, NLM_F_EXCL};
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
@@ -53,10 +52,6 @@ fn ifinfomsg(index: u32, flags: u32, change: u32) -> Vec<u8> {
     b.extend_from_slice(&flags.to_ne_bytes());
     b.extend_from_slice(&change.to_ne_bytes());
     b
-}
-
-fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> NetError {
-    move |source| NetError::Io { what, source }
 }
 
 fn sysctl(path: &str, value: &str) {

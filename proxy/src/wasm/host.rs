@@ -200,24 +200,23 @@ fn define_context(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// The maps of a callout being delivered (gRPC metadata, `http_call` headers and
+/// trailers), which are plain pairs; `None` for a stream's maps. `Some(&[])` when the
+/// callout is not being delivered now.
+fn callout_pairs(st: &HostState, kind: MapKind) -> Option<&[(Vec<u8>, Vec<u8>)]> {
+    let pairs = match kind {
+        MapKind::GrpcInitial => st.grpc_now.as_ref().map(|d| &d.initial),
+        MapKind::GrpcTrailing => st.grpc_now.as_ref().map(|d| &d.trailing),
+        MapKind::CallResponseHeaders => st.callout.as_ref().map(|r| &r.headers),
+        MapKind::CallResponseTrailers => st.callout.as_ref().map(|r| &r.trailers),
+        _ => return None,
+    };
+    Some(pairs.map_or(&[][..], |p| &p[..]))
+}
+
 /// The serialized map of `kind` for the effective context.
 fn map_bytes(st: &HostState, kind: MapKind) -> Vec<u8> {
-    if let MapKind::GrpcInitial | MapKind::GrpcTrailing = kind {
-        let Some(d) = &st.grpc_now else { return Vec::new() };
-        let pairs = if kind == MapKind::GrpcInitial {
-            &d.initial
-        } else {
-            &d.trailing
-        };
-        return abi::serialize_map(|| pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
-    }
-    if let MapKind::CallResponseHeaders | MapKind::CallResponseTrailers = kind {
-        let Some(r) = &st.callout else { return Vec::new() };
-        let pairs = if kind == MapKind::CallResponseHeaders {
-            &r.headers
-        } else {
-            &r.trailers
-        };
+    if let Some(pairs) = callout_pairs(st, kind) {
         return abi::serialize_map(|| pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
     }
     let Some(s) = st.streams.get(&st.effective) else {
@@ -241,25 +240,7 @@ fn map_bytes(st: &HostState, kind: MapKind) -> Vec<u8> {
 }
 
 fn map_get(st: &HostState, kind: MapKind, key: &[u8]) -> Option<Vec<u8>> {
-    if let MapKind::GrpcInitial | MapKind::GrpcTrailing = kind {
-        let d = st.grpc_now.as_ref()?;
-        let pairs = if kind == MapKind::GrpcInitial {
-            &d.initial
-        } else {
-            &d.trailing
-        };
-        return pairs
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.clone());
-    }
-    if let MapKind::CallResponseHeaders | MapKind::CallResponseTrailers = kind {
-        let r = st.callout.as_ref()?;
-        let pairs = if kind == MapKind::CallResponseHeaders {
-            &r.headers
-        } else {
-            &r.trailers
-        };
+    if let Some(pairs) = callout_pairs(st, kind) {
         return pairs
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(key))

@@ -51,12 +51,12 @@ fn encode_json(v: &serde_json::Value) -> Option<Vec<u8>> {
 
 /// The route metadata at `rest` (segments after `route_metadata`): `filter_metadata`
 /// and then namespace and keys.
-fn route_metadata(s: &StreamData, rest: &[&[u8]]) -> Option<Vec<u8>> {
+fn route_metadata<'a>(s: &StreamData, mut rest: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
     let md = s.facts.request.metadata.as_deref()?;
-    let Some((first, rest)) = rest.split_first() else {
+    let Some(first) = rest.next() else {
         return encode_json(&serde_json::json!({ "filter_metadata": md }));
     };
-    if *first != b"filter_metadata" {
+    if first != b"filter_metadata" {
         return None;
     }
     let mut v = md;
@@ -89,17 +89,14 @@ pub fn get(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
     if let Some(v) = s.props.get(name.as_bytes()) {
         return Some(v.clone());
     }
-    let segments: Vec<&[u8]> = path.split(|&b| b == 0).collect();
-    match segments.as_slice() {
-        [b"route_metadata", rest @ ..] | [b"xds", b"route_metadata", rest @ ..] | [b"metadata", rest @ ..] => {
-            return route_metadata(s, rest);
+    let mut segments = path.split(|&b| b == 0);
+    match (segments.next(), path.split(|&b| b == 0).nth(1)) {
+        (Some(b"route_metadata" | b"metadata"), _) => return route_metadata(s, segments),
+        (Some(b"xds"), Some(b"route_metadata")) => return route_metadata(s, segments.skip(1)),
+        (Some(b"filter_metadata"), _) => return route_metadata(s, path.split(|&b| b == 0)),
+        (Some(b"filter_state"), Some(key)) if segments.nth(1).is_none() => {
+            return s.facts.request.filter_state.borrow().get(key).cloned();
         }
-        [b"filter_metadata", rest @ ..] => {
-            let mut full = vec![&b"filter_metadata"[..]];
-            full.extend_from_slice(rest);
-            return route_metadata(s, &full);
-        }
-        [b"filter_state", key] => return s.facts.request.filter_state.borrow().get(*key).cloned(),
         _ => {}
     }
     if let Some(v) = s.facts.request.filter_state.borrow().get(path) {

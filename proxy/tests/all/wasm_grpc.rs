@@ -27,12 +27,7 @@ impl http_body::Body for ChanBody {
     }
 }
 
-fn grpc_frame(m: &[u8]) -> Bytes {
-    let mut b = BytesMut::from(&[0u8][..]);
-    b.extend_from_slice(&(m.len() as u32).to_be_bytes());
-    b.extend_from_slice(m);
-    b.freeze()
-}
+use tandem_proxy::wasm::grpc::frame as grpc_frame;
 
 fn trailers(status: u32, extra: &[(&'static str, &str)]) -> http::HeaderMap {
     let mut t = http::HeaderMap::new();
