@@ -212,33 +212,55 @@ impl LeaseClient {
         None
     }
 
-    /// Whether another member was heard from within `within`: the group may then be
-    /// working without this node, and a lease it could not renew may be granted to
-    /// someone else.
-    pub fn reaches_any_member(&self, within: Duration) -> bool {
-        self.peers
-            .iter()
-            .filter(|p| p.id != self.id)
-            .any(|p| self.network.heard_within(p.id, within))
+    /// Whether the voters other than this node may still commit a lease to another
+    /// node, so a holder whose lease ran out must step down. Silence proves nothing (the
+    /// others may be working together behind a cut, or this node's view may lag after a
+    /// heal): a voter counts as out of the group only on positive evidence, see
+    /// [`may_grant_without`].
+    pub fn others_may_grant(&self, within: Duration) -> bool {
+        let voters: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let links = &self.network.links;
+        may_grant_without(self.id, &voters, within, |id| links.refused(id), |id| links.report(id))
     }
 
-    /// When each other member last answered, on its standing link and on any call
-    /// (for logs: `2: link 12ms, call 340ms`).
+    /// When each other member last answered, on its standing link and on any call, and
+    /// what its last report said of the others (for logs: `2: link 12ms, call 340ms,
+    /// refused; says 3 18ms`).
     pub fn heard_summary(&self) -> String {
         let ms = |d: Option<Duration>| d.map_or("never".to_string(), |d| format!("{}ms", d.as_millis()));
+        let links = &self.network.links;
         self.peers
             .iter()
             .filter(|p| p.id != self.id)
             .map(|p| {
+                let says = links.report(p.id).map_or("no report".to_string(), |r| {
+                    let views = r.views.iter().map(|v| {
+                        let heard = v.heard_ms.map_or("never".to_string(), |h| format!("{h}ms"));
+                        format!("{} {heard}{}", v.id, if v.refused { " refused" } else { "" })
+                    });
+                    format!(
+                        "{}ms ago says {}",
+                        r.at.elapsed().as_millis(),
+                        views.collect::<Vec<_>>().join(", ")
+                    )
+                });
                 format!(
-                    "{}: link {}, call {}",
+                    "{}: link {}, call {}{}; {says}",
                     p.id,
-                    ms(self.network.links.heard(p.id)),
-                    ms(self.network.contacts.since(p.id))
+                    ms(links.heard(p.id)),
+                    ms(self.network.contacts.since(p.id)),
+                    if links.refused(p.id) { ", refused" } else { "" },
                 )
             })
             .collect::<Vec<_>>()
-            .join("; ")
+            .join(" | ")
     }
 
     /// Relays `batch` through every member but this one and `skip` at once; whether one
@@ -274,9 +296,83 @@ impl LeaseClient {
     }
 }
 
+/// Whether the voters but `me` can still form a quorum, as far as `me` knows: each of
+/// them counts unless it is known down — its host refused `me`'s last connection
+/// (`refused`: nothing listens there) *and* no other voter's last report (`report`) said
+/// it was heard within `within`. The second half guards against a refusal that is not a
+/// death (a firewall that rejects between two live members); reports are kept however
+/// old, so an old report errs on the side of stepping down. A voter that is merely
+/// silent always counts: behind a cut it may be committing with the others.
+pub fn may_grant_without(
+    me: NodeId,
+    voters: &[NodeId],
+    within: Duration,
+    refused: impl Fn(NodeId) -> bool,
+    report: impl Fn(NodeId) -> Option<crate::link::Report>,
+) -> bool {
+    let quorum = voters.len() / 2 + 1;
+    let others: Vec<NodeId> = voters.iter().copied().filter(|v| *v != me).collect();
+    let within_ms = within.as_millis() as u64;
+    let down = |m: NodeId| {
+        refused(m)
+            && others.iter().filter(|p| **p != m).all(|p| {
+                report(*p).is_none_or(|r| {
+                    r.views
+                        .iter()
+                        .filter(|v| v.id == m)
+                        .all(|v| v.heard_ms.is_none_or(|h| u64::from(h) > within_ms))
+                })
+            })
+    };
+    others.iter().filter(|m| !down(**m)).count() >= quorum
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::link::{LinkView, Report};
+
+    fn report(views: &[(NodeId, Option<u32>, bool)]) -> Option<Report> {
+        Some(Report {
+            at: Instant::now(),
+            views: views
+                .iter()
+                .map(|&(id, heard_ms, refused)| LinkView { id, heard_ms, refused })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn a_holder_keeps_its_vips_only_when_the_others_cannot_form_a_quorum() {
+        let half = Duration::from_millis(300);
+        let voters = [1, 2, 3];
+        // Both others silent (A cut off, or its view lagging after a heal): they may be
+        // working together.
+        assert!(may_grant_without(1, &voters, half, |_| false, |_| None));
+        // The witness (3) refuses (killed) and B's last report agrees: B alone cannot.
+        let b_says_w_down = |id| {
+            (id == 2)
+                .then(|| report(&[(1, Some(5), false), (3, None, true)]))
+                .flatten()
+        };
+        assert!(!may_grant_without(1, &voters, half, |id| id == 3, b_says_w_down));
+        // The witness refuses A, but B's last report heard it: a firewall rejecting A,
+        // not a death; B and the witness may grant.
+        let b_hears_w = |id| {
+            (id == 2)
+                .then(|| report(&[(1, Some(5), false), (3, Some(10), false)]))
+                .flatten()
+        };
+        assert!(may_grant_without(1, &voters, half, |id| id == 3, b_hears_w));
+        // Both refuse (A is the last one standing).
+        assert!(!may_grant_without(1, &voters, half, |_| true, |_| None));
+        // A pair without a witness: the other alone is never a quorum.
+        assert!(!may_grant_without(1, &[1, 2], half, |_| false, |_| None));
+        // Five voters, two known down, two silent: two of five cannot commit.
+        let five = [1, 2, 3, 4, 5];
+        assert!(!may_grant_without(1, &five, half, |id| id >= 4, |_| None));
+        assert!(may_grant_without(1, &five, half, |id| id == 5, |_| None));
+    }
 
     #[test]
     fn a_lease_goes_to_one_node_until_it_expires_or_is_released() {

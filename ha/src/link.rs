@@ -15,15 +15,19 @@
 //! connection of their own while the link is not fresh.
 //!
 //! A link's pings also say which members are within reach right now ([`Links::heard`]),
-//! which Raft traffic alone does not tell a follower about the other followers: a VIP
-//! holder whose lease ran out must know whether the group can still grant it to another
-//! node.
+//! which Raft traffic alone does not tell a follower about the other followers, and
+//! which are known to be down ([`Links::refused`]: their host answers but nothing
+//! listens). Each `Pong` carries the replier's own view ([`LinkView`]), kept as that
+//! member's last report ([`Links::report`]). A VIP holder whose lease ran out decides from
+//! these whether the group can still grant the lease to another node (see
+//! [`crate::lease::LeaseClient::others_may_grant`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::network::{Network, PeerClient, Reply, Request};
@@ -38,6 +42,29 @@ pub const PING_TIMEOUT: Duration = Duration::from_millis(200);
 pub const FRESH: Duration = Duration::from_millis(100);
 /// Pause after a failed connection attempt (a stopped peer refuses at once).
 const RETRY_AFTER: Duration = Duration::from_millis(100);
+/// A refusal says the member is down only while it is this recent (a refused link is
+/// retried every [`RETRY_AFTER`] plus a tick, so a running refusal stays fresh).
+pub const REFUSED_FRESH: Duration = Duration::from_millis(500);
+
+/// What one member's link to another says, as reported in a `Pong`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkView {
+    /// The member the link goes to.
+    pub id: NodeId,
+    /// How long ago a reply last came back on it, in ms (`None`: never).
+    pub heard_ms: Option<u32>,
+    /// Its last connection attempt was refused (the host answers, nothing listens).
+    pub refused: bool,
+}
+
+/// A member's last report of its links, and when it came.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// When the `Pong` carrying it arrived.
+    pub at: Instant,
+    /// The member's links as it saw them then.
+    pub views: Vec<LinkView>,
+}
 
 /// A call waiting for its link.
 struct Job {
@@ -54,6 +81,27 @@ struct Link {
     /// A call is on it now: another one goes on a connection of its own rather than
     /// wait behind it.
     busy: Arc<AtomicBool>,
+    /// When its last connection attempt was refused (ms since [`Links::epoch`]; 0: the
+    /// last outcome was not a refusal).
+    refused_ms: Arc<AtomicU64>,
+    /// The member's last report of its own links.
+    report: Arc<Mutex<Option<Report>>>,
+}
+
+/// The shared state of one link, written by its task.
+#[derive(Clone)]
+struct LinkState {
+    heard_ms: Arc<AtomicU64>,
+    busy: Arc<AtomicBool>,
+    refused_ms: Arc<AtomicU64>,
+    report: Arc<Mutex<Option<Report>>>,
+    epoch: Instant,
+}
+
+impl LinkState {
+    fn now_ms(&self) -> u64 {
+        (self.epoch.elapsed().as_millis() as u64).max(1)
+    }
 }
 
 /// This member's links to the others; empty until [`Network::start_links`].
@@ -74,6 +122,38 @@ impl Links {
         let link = self.by_id.get()?.get(&id)?;
         let ms = link.heard_ms.load(Relaxed);
         (ms != 0).then(|| self.epoch().elapsed().saturating_sub(Duration::from_millis(ms)))
+    }
+
+    /// Whether the last connection attempt to `id` was refused within [`REFUSED_FRESH`]:
+    /// its host answers and nothing listens, so the member is not running.
+    pub fn refused(&self, id: NodeId) -> bool {
+        let Some(link) = self.by_id.get().and_then(|m| m.get(&id)) else {
+            return false;
+        };
+        let ms = link.refused_ms.load(Relaxed);
+        ms != 0 && self.epoch().elapsed().saturating_sub(Duration::from_millis(ms)) <= REFUSED_FRESH
+    }
+
+    /// Member `id`'s last report of its own links (`None`: none came yet, or it pings
+    /// with `Hello`, an older release).
+    pub fn report(&self, id: NodeId) -> Option<Report> {
+        let link = self.by_id.get()?.get(&id)?;
+        link.report.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// This member's links as a `Pong` reports them.
+    pub fn views(&self) -> Vec<LinkView> {
+        let Some(by_id) = self.by_id.get() else {
+            return Vec::new();
+        };
+        by_id
+            .keys()
+            .map(|&id| LinkView {
+                id,
+                heard_ms: self.heard(id).map(|d| d.as_millis().min(u32::MAX as u128) as u32),
+                refused: self.refused(id),
+            })
+            .collect()
     }
 
     /// Sends `req` on the link to `id` if that link is fresh; `None` if it is not (the
@@ -109,11 +189,25 @@ impl Network {
         let mut by_id = HashMap::new();
         for p in peers.iter().filter(|p| p.id != me) {
             let (jobs, rx) = mpsc::channel(64);
-            let heard_ms = Arc::new(AtomicU64::new(0));
-            let busy = Arc::new(AtomicBool::new(false));
+            let state = LinkState {
+                heard_ms: Arc::default(),
+                busy: Arc::default(),
+                refused_ms: Arc::default(),
+                report: Arc::default(),
+                epoch,
+            };
             let client = self.link_client(p.id, &p.address.to_string());
-            tasks.push(tokio::spawn(keep(client, rx, heard_ms.clone(), busy.clone(), epoch)));
-            by_id.insert(p.id, Link { jobs, heard_ms, busy });
+            tasks.push(tokio::spawn(keep(client, rx, state.clone())));
+            by_id.insert(
+                p.id,
+                Link {
+                    jobs,
+                    heard_ms: state.heard_ms,
+                    busy: state.busy,
+                    refused_ms: state.refused_ms,
+                    report: state.report,
+                },
+            );
         }
         if self.links.by_id.set(by_id).is_err() {
             tasks.iter().for_each(|t| t.abort());
@@ -124,13 +218,7 @@ impl Network {
 }
 
 /// Runs one link: answers jobs, pings between them, reconnects after a failure.
-async fn keep(
-    mut client: PeerClient,
-    mut jobs: mpsc::Receiver<Job>,
-    heard_ms: Arc<AtomicU64>,
-    busy: Arc<AtomicBool>,
-    epoch: Instant,
-) {
+async fn keep(mut client: PeerClient, mut jobs: mpsc::Receiver<Job>, link: LinkState) {
     let mut tick = tokio::time::interval(PING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ping = Pinger::default();
@@ -151,17 +239,31 @@ async fn keep(
             }
         };
         let was_connected = client.connected();
-        busy.store(answer.is_some(), Relaxed);
+        link.busy.store(answer.is_some(), Relaxed);
         let outcome = match tokio::time::timeout(within, client.call(&req)).await {
             Ok(r) => r,
             // The dropped call took its connection with it.
             Err(_) => Err(WireError::Io(std::io::ErrorKind::TimedOut.into())),
         };
-        busy.store(false, Relaxed);
-        let ok = outcome.is_ok();
-        if ok {
-            heard_ms.store((epoch.elapsed().as_millis() as u64).max(1), Relaxed);
-        } else if !was_connected && !client.connected() {
+        link.busy.store(false, Relaxed);
+        match &outcome {
+            Ok(reply) => {
+                link.heard_ms.store(link.now_ms(), Relaxed);
+                link.refused_ms.store(0, Relaxed);
+                if let Reply::Pong(views) = reply {
+                    let report = Report {
+                        at: Instant::now(),
+                        views: views.clone(),
+                    };
+                    *link.report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+                }
+            }
+            Err(WireError::Io(e)) if !was_connected && e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                link.refused_ms.store(link.now_ms(), Relaxed);
+            }
+            Err(_) => link.refused_ms.store(0, Relaxed),
+        }
+        if outcome.is_err() && !was_connected && !client.connected() {
             retry_at = Instant::now() + RETRY_AFTER;
         }
         if answer.is_none() {
@@ -221,7 +323,7 @@ mod tests {
         // A restart of the peer (a close on a kept connection) does not count.
         p.answered(&eof(), true);
         p.answered(&eof(), false);
-        p.answered(&Ok(Reply::Pong), false);
+        p.answered(&Ok(Reply::Pong(Vec::new())), false);
         p.answered(&eof(), false);
         p.answered(&eof(), false);
         assert!(matches!(p.request(), Request::Ping));

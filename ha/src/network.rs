@@ -284,8 +284,8 @@ pub enum Reply {
     Membership(Result<Vec<NodeId>, String>),
     /// To `Handback`: whether this member stood for election.
     Handback(bool),
-    /// To `Ping`.
-    Pong,
+    /// To `Ping`: the replier's links to the other members, as it sees them.
+    Pong(Vec<crate::link::LinkView>),
 }
 
 /// When this node last heard from each member (a reply to its call, or a request that
@@ -372,13 +372,6 @@ impl Network {
             Ok(reply) => reply,
             Err(req) => self.call_once(target, node, &req, within).await,
         }
-    }
-
-    /// Whether `id` answered within `within`, on the standing link to it or on any other
-    /// call.
-    pub fn heard_within(&self, id: NodeId, within: Duration) -> bool {
-        let recent = |d: Option<Duration>| d.is_some_and(|d| d <= within);
-        recent(self.links.heard(id)) || recent(self.contacts.since(id))
     }
 
     /// A client for `target`'s standing link: its replies are not counted as Raft
@@ -703,7 +696,7 @@ pub async fn serve(
                     Request::Handback { last_log_index } => {
                         Reply::Handback(crate::handback::stand(&raft, last_log_index).await)
                     }
-                    Request::Ping => Reply::Pong,
+                    Request::Ping => Reply::Pong(network.links.views()),
                 };
                 if write_frame(&mut conn, &reply).await.is_err() {
                     return;

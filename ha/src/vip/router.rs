@@ -822,6 +822,20 @@ pub async fn run(
                     Ok(lease) => {
                         lease_until_ms = lease.until_ms;
                     }
+                    Err(_) if lease_until_ms == 0 && fence.as_ref().is_some_and(|f| f.others_may_grant(ttl / 2)) => {
+                        // Kept without a lease while the others were known down, and
+                        // one of them is back (or a report says so) without this node's
+                        // renewal being committed: they may grant the lease elsewhere.
+                        h.stats.no_quorum.fetch_add(1, Relaxed);
+                        h.stats.lease_lost.fetch_add(1, Relaxed);
+                        tracing::warn!(
+                            vip = %cfg.name,
+                            heard = %fence.as_ref().map(|f| f.heard_summary()).unwrap_or_default(),
+                            "holding without a lease and the other members may form a quorum again; stepping down"
+                        );
+                        let acts = m.step_down(now);
+                        h.apply(acts, &m).await;
+                    }
                     Err(_) => {
                         // No quorum now: the holder keeps its VIPs until its lease runs
                         // out (then the branch below decides).
@@ -830,22 +844,26 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep_until(fence_at.into()) => {
-                // The lease runs out and no renewal was committed. If other members are
-                // within reach, the group works without this node and may grant the
+                // The lease runs out and no renewal was committed. Unless the others are
+                // known unable to form a quorum without this node, they may grant the
                 // lease to another: step down now, before that one takes the VIPs. If
-                // none is (this node may be the last one standing), keep them, as
+                // they cannot (this node may be the last one standing), keep them, as
                 // `on_no_quorum` says of a master.
                 let f = fence.as_ref().expect("fenced");
-                if f.reaches_any_member(ttl / 2) {
+                if f.others_may_grant(ttl / 2) {
                     h.stats.lease_lost.fetch_add(1, Relaxed);
-                    tracing::warn!(vip = %cfg.name, "lease ran out without a renewal while the group is within reach; stepping down");
+                    tracing::warn!(
+                        vip = %cfg.name,
+                        heard = %f.heard_summary(),
+                        "lease ran out without a renewal and the other members may still form a quorum; stepping down"
+                    );
                     let acts = m.step_down(Instant::now());
                     h.apply(acts, &m).await;
                 } else {
                     tracing::warn!(
                         vip = %cfg.name,
                         heard = %f.heard_summary(),
-                        "lease ran out and no member answered within half a lease: keeping the VIPs without a lease (on_no_quorum)"
+                        "lease ran out and the other members cannot form a quorum (known down): keeping the VIPs without a lease (on_no_quorum)"
                     );
                 }
                 lease_until_ms = 0;
