@@ -691,7 +691,7 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
     for c in &rt.clusters {
         for e in &c.endpoints {
             let current = e.stats.health.state_name(now);
-            for state in crate::health::STATE_NAMES {
+            for state in tandem_abi::EndpointState::ALL.map(tandem_abi::EndpointState::name) {
                 let _ = writeln!(
                     out,
                     "tandem_endpoint_state{{cluster=\"{}\",endpoint=\"{}\",state=\"{state}\"}} {}",

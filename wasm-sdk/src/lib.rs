@@ -8,6 +8,9 @@
 //! - [`report_health`]: a health verdict, applied like a built-in active check;
 //! - [`cluster_key`]: a shared-data key that is replicated to the pair.
 //!
+//! The names and records on the wire come from `tandem-abi`, the crate the host
+//! decodes them with.
+//!
 //! ```ignore
 //! use proxy_wasm::traits::{Context, HttpContext};
 //! use proxy_wasm::types::Action;
@@ -26,11 +29,10 @@
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
+use tandem_abi::{foreign, property, HealthReport};
 
-/// Property that selects the request's cluster.
-pub const UPSTREAM_CLUSTER: &str = "tandem.upstream.cluster";
-/// Property that selects the request's endpoint (`ip:port`, within its cluster).
-pub const UPSTREAM_ENDPOINT: &str = "tandem.upstream.endpoint";
+pub use tandem_abi::property::{UPSTREAM_CLUSTER, UPSTREAM_ENDPOINT};
+pub use tandem_abi::{endpoint_upstream, parse_endpoints, Endpoint, EndpointState as State};
 
 /// Sends the current request to cluster `name` instead of the route's choice. Call it
 /// from `on_http_request_headers` (or before resuming a request paused there).
@@ -44,100 +46,33 @@ pub fn route_to_endpoint(address: &str) -> Result<(), Status> {
     hostcalls::set_property(vec![UPSTREAM_ENDPOINT], Some(address.as_bytes()))
 }
 
-/// Health state of an endpoint as Tandem sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Passing checks.
-    Healthy,
-    /// Failing checks.
-    Unhealthy,
-    /// Not checked (or not yet).
-    Unknown,
-    /// Ejected by outlier detection.
-    Ejected,
-    /// Being drained by the operator.
-    Draining,
-    /// Drained.
-    Drained,
-}
-
-impl State {
-    fn parse(s: &str) -> State {
-        match s {
-            "healthy" => State::Healthy,
-            "unhealthy" => State::Unhealthy,
-            "ejected" => State::Ejected,
-            "draining" => State::Draining,
-            "drained" => State::Drained,
-            _ => State::Unknown,
-        }
-    }
-
-    /// Whether the balancer would send new requests there.
-    pub fn takes_traffic(self) -> bool {
-        matches!(self, State::Healthy | State::Unknown)
-    }
-}
-
-/// One endpoint of a cluster with its live stats.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    /// `ip:port`.
-    pub address: String,
-    /// Health.
-    pub state: State,
-    /// Configured weight.
-    pub weight: u32,
-    /// Requests in flight (all workers).
-    pub active: u64,
-    /// Peak-EWMA latency, microseconds.
-    pub ewma_us: u64,
-}
-
-/// Parses the `tandem.cluster_endpoints` answer (`address\tstate\tweight\tactive\tewma_us`
-/// lines).
-pub fn parse_endpoints(text: &str) -> Vec<Endpoint> {
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split('\t');
-            Some(Endpoint {
-                address: f.next()?.to_string(),
-                state: State::parse(f.next()?),
-                weight: f.next()?.parse().ok()?,
-                active: f.next()?.parse().ok()?,
-                ewma_us: f.next()?.parse().ok()?,
-            })
-        })
-        .collect()
-}
-
 /// The endpoints of cluster `name`, in configuration order.
 pub fn cluster_endpoints(name: &str) -> Result<Vec<Endpoint>, Status> {
-    let out = hostcalls::call_foreign_function("tandem.cluster_endpoints", Some(name.as_bytes()))?;
+    let out = hostcalls::call_foreign_function(foreign::CLUSTER_ENDPOINTS, Some(name.as_bytes()))?;
     Ok(parse_endpoints(&String::from_utf8_lossy(&out.unwrap_or_default())))
 }
 
 /// The names of every cluster.
 pub fn clusters() -> Result<Vec<String>, Status> {
-    let out = hostcalls::call_foreign_function("tandem.clusters", None)?;
-    Ok(String::from_utf8_lossy(&out.unwrap_or_default())
-        .lines()
-        .map(str::to_string)
-        .collect())
+    let out = hostcalls::call_foreign_function(foreign::CLUSTERS, None)?;
+    Ok(
+        tandem_abi::parse_clusters(&String::from_utf8_lossy(&out.unwrap_or_default()))
+            .map(str::to_string)
+            .collect(),
+    )
 }
 
 /// Reports endpoint `address` of `cluster` healthy or unhealthy. The verdict goes
 /// through the same module as Tandem's active checks (logged, counted, shared with
 /// the pair).
 pub fn report_health(cluster: &str, address: &str, healthy: bool) -> Result<(), Status> {
-    let verdict = if healthy { "healthy" } else { "unhealthy" };
-    let args = format!("{cluster}\t{address}\t{verdict}");
-    hostcalls::call_foreign_function("tandem.report_health", Some(args.as_bytes())).map(|_| ())
-}
-
-/// The upstream name that sends an `http_call` to one endpoint of a cluster.
-pub fn endpoint_upstream(cluster: &str, address: &str) -> String {
-    format!("{cluster}@{address}")
+    let args = HealthReport {
+        cluster,
+        address,
+        healthy,
+    }
+    .encode();
+    hostcalls::call_foreign_function(foreign::REPORT_HEALTH, Some(args.as_bytes())).map(|_| ())
 }
 
 /// A shared-data key under the filter's `shared_prefix`: Tandem replicates such keys
@@ -168,20 +103,6 @@ pub fn json_config<T: serde::de::DeserializeOwned>(
 
 /// This worker's number (filters that should act once per node use worker 0).
 pub fn worker_id() -> Option<u64> {
-    let v = hostcalls::get_property(vec!["tandem.worker_id"]).ok()??;
+    let v = hostcalls::get_property(vec![property::WORKER_ID]).ok()??;
     Some(u64::from_le_bytes(v.get(..8)?.try_into().ok()?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoint_lines_parse() {
-        let e = parse_endpoints("127.0.0.1:1\thealthy\t1\t0\t250\n127.0.0.1:2\tejected\t3\t7\t0\nbad\n");
-        assert_eq!(e.len(), 2);
-        assert_eq!(e[0].state, State::Healthy);
-        assert_eq!(e[1].weight, 3);
-        assert!(!e[1].state.takes_traffic());
-    }
 }

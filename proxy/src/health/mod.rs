@@ -27,6 +27,8 @@ pub mod verdict;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 
+use tandem_abi::EndpointState;
+
 use crate::config::SlowStart;
 
 /// Active-check state: not yet probed.
@@ -150,28 +152,30 @@ impl EndpointHealth {
         }
     }
 
-    /// A short name of the state for status pages and metrics, one of [`STATE_NAMES`].
-    pub fn state_name(&self, now_ns: u64) -> &'static str {
+    /// The endpoint's state now, as status pages, metrics and filters name it.
+    pub fn state(&self, now_ns: u64) -> EndpointState {
         if self.draining.load(Relaxed) {
             return if self.drained_ns.load(Relaxed) > 0 {
-                "drained"
+                EndpointState::Drained
             } else {
-                "draining"
+                EndpointState::Draining
             };
         }
         if self.is_ejected(now_ns) {
-            return "ejected";
+            return EndpointState::Ejected;
         }
         match self.active.load(Relaxed) {
-            HEALTHY => "healthy",
-            UNHEALTHY => "unhealthy",
-            _ => "unknown",
+            HEALTHY => EndpointState::Healthy,
+            UNHEALTHY => EndpointState::Unhealthy,
+            _ => EndpointState::Unknown,
         }
     }
-}
 
-/// Every name [`EndpointHealth::state_name`] can give (the metrics export one series each).
-pub const STATE_NAMES: [&str; 6] = ["healthy", "unhealthy", "unknown", "ejected", "draining", "drained"];
+    /// The name of [`Self::state`] (one of [`EndpointState::ALL`]'s names).
+    pub fn state_name(&self, now_ns: u64) -> &'static str {
+        self.state(now_ns).name()
+    }
+}
 
 /// Passive outlier detection: counts consecutive 5xx and gateway errors of real
 /// traffic to endpoint `idx` and ejects through [`verdict::apply`] when a threshold is

@@ -33,12 +33,12 @@ pub fn dispatch(
     let worker = st.worker.upgrade().ok_or(status::INTERNAL_FAILURE)?;
     let rt = worker.shared.runtime.load_full();
     // `cluster@ip:port` pins one endpoint (health probes), whatever its state.
-    let (cluster, pinned) = match cluster.split_once('@') {
-        Some((c, a)) => (
+    let (cluster, pinned) = match tandem_abi::split_upstream(cluster) {
+        (c, Some(a)) => (
             c,
             Some(a.parse::<std::net::SocketAddr>().map_err(|_| status::BAD_ARGUMENT)?),
         ),
-        None => (cluster, None),
+        (c, None) => (c, None),
     };
     let idx = rt
         .clusters

@@ -13,8 +13,9 @@
 //!   `get_property(["PATH"])` (or `["filter_state", "PATH"]`). The life span is not
 //!   needed here: a request's filter state ends with the request.
 
-use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
+
+use tandem_abi::{foreign, HealthReport};
 
 use super::abi::status;
 use super::state::HostState;
@@ -31,49 +32,44 @@ pub fn call(st: &mut HostState, name: &str, args: &[u8]) -> Result<Vec<u8>, i32>
     let worker = st.worker.upgrade().ok_or(status::INTERNAL_FAILURE)?;
     let rt = worker.shared.runtime.load();
     match name {
-        "tandem.clusters" => Ok(rt
+        foreign::CLUSTERS => Ok(rt
             .clusters
             .iter()
             .fold(String::new(), |mut s, c| {
-                s.push_str(&c.name);
-                s.push('\n');
+                tandem_abi::write_cluster(&mut s, &c.name);
                 s
             })
             .into_bytes()),
-        "tandem.cluster_endpoints" => {
+        foreign::CLUSTER_ENDPOINTS => {
             let want = std::str::from_utf8(args).map_err(|_| status::BAD_ARGUMENT)?;
             let c = rt.clusters.iter().find(|c| &*c.name == want).ok_or(status::NOT_FOUND)?;
             let now = crate::clock::now_ns();
             let mut out = String::new();
             for e in &c.endpoints {
-                let _ = writeln!(
-                    out,
-                    "{}\t{}\t{}\t{}\t{}",
+                tandem_abi::write_endpoint(
+                    &mut out,
                     e.address,
-                    e.stats.health.state_name(now),
+                    e.stats.health.state(now),
                     e.weight,
                     e.stats.active.load(Relaxed),
-                    (e.stats.ewma.get() / 1000.0) as u64
+                    (e.stats.ewma.get() / 1000.0) as u64,
                 );
             }
             Ok(out.into_bytes())
         }
-        "tandem.report_health" => {
+        foreign::REPORT_HEALTH => {
             let text = std::str::from_utf8(args).map_err(|_| status::BAD_ARGUMENT)?;
-            let mut it = text.trim_end().split('\t');
-            let (Some(cluster), Some(addr), Some(verdict)) = (it.next(), it.next(), it.next()) else {
-                return Err(status::BAD_ARGUMENT);
-            };
-            let addr: std::net::SocketAddr = addr.parse().map_err(|_| status::BAD_ARGUMENT)?;
-            let verdict = match verdict {
-                "healthy" => crate::health::verdict::Verdict::Healthy,
-                "unhealthy" => crate::health::verdict::Verdict::Unhealthy,
-                _ => return Err(status::BAD_ARGUMENT),
+            let report = HealthReport::decode(text).ok_or(status::BAD_ARGUMENT)?;
+            let addr: std::net::SocketAddr = report.address.parse().map_err(|_| status::BAD_ARGUMENT)?;
+            let verdict = if report.healthy {
+                crate::health::verdict::Verdict::Healthy
+            } else {
+                crate::health::verdict::Verdict::Unhealthy
             };
             let c = rt
                 .clusters
                 .iter()
-                .find(|c| &*c.name == cluster)
+                .find(|c| &*c.name == report.cluster)
                 .ok_or(status::NOT_FOUND)?;
             let e = c
                 .endpoints

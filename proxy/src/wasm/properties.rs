@@ -19,10 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::abi::status;
 use super::state::{HostState, StreamData};
 
-/// Property a filter sets to send its request to another cluster (by name).
-pub const UPSTREAM_CLUSTER: &str = "tandem.upstream.cluster";
-/// Property a filter sets to send its request to one endpoint (`ip:port`) of the cluster.
-pub const UPSTREAM_ENDPOINT: &str = "tandem.upstream.endpoint";
+use tandem_abi::property::{NODE_ID, WORKER_ID};
+pub use tandem_abi::property::{UPSTREAM_CLUSTER, UPSTREAM_ENDPOINT};
 
 fn i64le(v: i64) -> Vec<u8> {
     v.to_le_bytes().to_vec()
@@ -81,8 +79,8 @@ pub fn get(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
         "plugin_vm_id" => return Some(p.vm_id.as_bytes().to_vec()),
         "plugin_configuration" => return Some(p.config.clone()),
         "vm_configuration" => return Some(p.vm_config.clone()),
-        "tandem.worker_id" => return st.worker.upgrade().map(|w| i64le(w.id as i64)),
-        "tandem.node_id" => return crate::pair::get().map(|n| i64le(n.id as i64)),
+        WORKER_ID => return st.worker.upgrade().map(|w| i64le(w.id as i64)),
+        NODE_ID => return crate::pair::get().map(|n| i64le(n.id as i64)),
         _ => {}
     }
     let s = st.streams.get(&st.effective)?;
