@@ -27,8 +27,11 @@
 //! }
 //! ```
 
+use std::rc::Rc;
+
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::Status;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, Status};
 use tandem_abi::{foreign, property, HealthReport};
 
 pub use tandem_abi::property::{UPSTREAM_CLUSTER, UPSTREAM_ENDPOINT};
@@ -99,6 +102,50 @@ pub fn json_config<T: serde::de::DeserializeOwned>(
     };
     let _ = hostcalls::log(proxy_wasm::types::LogLevel::Error, &why);
     None
+}
+
+/// An HTTP filter configured by JSON: what is particular to it (its configuration's
+/// type, its check, its per-request context), while [`JsonRoot`] does the rest of the
+/// root context every such filter needs (read and check the configuration, refuse a
+/// bad one, hand each request its share of it).
+pub trait JsonFilter: serde::de::DeserializeOwned + 'static {
+    /// Checks a decoded configuration; the reason is logged and the configuration refused.
+    fn check(&self) -> Result<(), &'static str> {
+        Ok(())
+    }
+
+    /// The context for one request.
+    fn http_context(config: Rc<Self>, context_id: u32) -> Box<dyn HttpContext>;
+}
+
+/// The root context of a [`JsonFilter`]:
+/// `proxy_wasm::set_root_context(|_| JsonRoot::<Config>::boxed())`.
+pub struct JsonRoot<C: JsonFilter> {
+    config: Option<Rc<C>>,
+}
+
+impl<C: JsonFilter> JsonRoot<C> {
+    /// A root context that is not configured yet.
+    pub fn boxed() -> Box<dyn RootContext> {
+        Box::new(JsonRoot::<C> { config: None })
+    }
+}
+
+impl<C: JsonFilter> Context for JsonRoot<C> {}
+
+impl<C: JsonFilter> RootContext for JsonRoot<C> {
+    fn on_configure(&mut self, _: usize) -> bool {
+        self.config = json_config(self.get_plugin_configuration(), C::check).map(Rc::new);
+        self.config.is_some()
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(C::http_context(self.config.clone()?, context_id))
+    }
 }
 
 /// This worker's number (filters that should act once per node use worker 0).

@@ -9,8 +9,8 @@
 
 use std::rc::Rc;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -25,30 +25,12 @@ struct Config {
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root { config: None }));
+    proxy_wasm::set_root_context(|_| tandem_sdk::JsonRoot::<Config>::boxed());
 }}
 
-struct Root {
-    config: Option<Rc<Config>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _: usize) -> bool {
-        self.config = tandem_sdk::json_config(self.get_plugin_configuration(), |_: &Config| Ok(())).map(Rc::new);
-        self.config.is_some()
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Affinity {
-            config: self.config.clone()?,
-            chosen: None,
-        }))
+impl tandem_sdk::JsonFilter for Config {
+    fn http_context(config: Rc<Config>, _: u32) -> Box<dyn HttpContext> {
+        Box::new(Affinity { config, chosen: None })
     }
 }
 

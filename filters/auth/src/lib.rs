@@ -13,8 +13,8 @@ use std::time::UNIX_EPOCH;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
 use serde::Deserialize;
 use sha2::Sha256;
 
@@ -49,33 +49,19 @@ fn default_subject_header() -> String {
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root { config: None }));
+    proxy_wasm::set_root_context(|_| tandem_sdk::JsonRoot::<Config>::boxed());
 }}
 
-struct Root {
-    config: Option<Rc<Config>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _: usize) -> bool {
-        let check = |c: &Config| match c {
+impl tandem_sdk::JsonFilter for Config {
+    fn check(&self) -> Result<(), &'static str> {
+        match self {
             Config::ApiKey { keys, .. } if keys.is_empty() => Err("api_key mode needs at least one key"),
             _ => Ok(()),
-        };
-        self.config = tandem_sdk::json_config(self.get_plugin_configuration(), check).map(Rc::new);
-        self.config.is_some()
+        }
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Auth {
-            config: self.config.clone()?,
-        }))
+    fn http_context(config: Rc<Config>, _: u32) -> Box<dyn HttpContext> {
+        Box::new(Auth { config })
     }
 }
 

@@ -21,10 +21,11 @@
 //!   "failure_status": 503, "via": "grpc" }
 //! ```
 
+use std::rc::Rc;
 use std::time::Duration;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,37 +73,22 @@ fn default_failure_status() -> u32 {
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root { config: None }));
+    proxy_wasm::set_root_context(|_| tandem_sdk::JsonRoot::<Config>::boxed());
 }}
 
-struct Root {
-    config: Option<Config>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _: usize) -> bool {
-        self.config = tandem_sdk::json_config(self.get_plugin_configuration(), |_: &Config| Ok(()));
-        self.config.is_some()
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Authz {
-            config: self.config.clone()?,
+impl tandem_sdk::JsonFilter for Config {
+    fn http_context(config: Rc<Config>, _: u32) -> Box<dyn HttpContext> {
+        Box::new(Authz {
+            config,
             echoed: Vec::new(),
             initial: None,
             cancel: false,
-        }))
+        })
     }
 }
 
 struct Authz {
-    config: Config,
+    config: Rc<Config>,
     /// Messages received on the stream.
     echoed: Vec<String>,
     /// `x-initial` of the stream's initial metadata.

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -35,34 +35,12 @@ struct Config {
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root { config: Rc::new(Config::default()) }));
+    proxy_wasm::set_root_context(|_| tandem_sdk::JsonRoot::<Config>::boxed());
 }}
 
-struct Root {
-    config: Rc<Config>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _: usize) -> bool {
-        match tandem_sdk::json_config(self.get_plugin_configuration(), |_: &Config| Ok(())) {
-            Some(c) => {
-                self.config = Rc::new(c);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Headers {
-            config: self.config.clone(),
-        }))
+impl tandem_sdk::JsonFilter for Config {
+    fn http_context(config: Rc<Config>, _: u32) -> Box<dyn HttpContext> {
+        Box::new(Headers { config })
     }
 }
 

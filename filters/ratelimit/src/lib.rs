@@ -12,8 +12,8 @@
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel, Status};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -37,37 +37,23 @@ fn default_key() -> String {
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root { config: None }));
+    proxy_wasm::set_root_context(|_| tandem_sdk::JsonRoot::<Config>::boxed());
 }}
 
-struct Root {
-    config: Option<Rc<Config>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _: usize) -> bool {
-        let check = |c: &Config| {
-            if c.requests > 0 && c.period_s > 0 && (c.key == "source" || c.key.starts_with("header:")) {
-                Ok(())
-            } else {
-                Err("requests and period_s must be > 0; key is \"source\" or \"header:NAME\"")
-            }
-        };
-        self.config = tandem_sdk::json_config(self.get_plugin_configuration(), check).map(Rc::new);
-        self.config.is_some()
+impl tandem_sdk::JsonFilter for Config {
+    fn check(&self) -> Result<(), &'static str> {
+        if self.requests > 0 && self.period_s > 0 && (self.key == "source" || self.key.starts_with("header:")) {
+            Ok(())
+        } else {
+            Err("requests and period_s must be > 0; key is \"source\" or \"header:NAME\"")
+        }
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Limit {
-            config: self.config.clone()?,
+    fn http_context(config: Rc<Config>, _: u32) -> Box<dyn HttpContext> {
+        Box::new(Limit {
+            config,
             remaining: None,
-        }))
+        })
     }
 }
 
