@@ -3,6 +3,7 @@
 //! netlink address changes and gratuitous ARP come with the VIP issue; these two parts
 //! are pure and tested against keepalived's bytes.
 
+pub mod fence;
 pub mod machine;
 pub mod net;
 pub mod packet;

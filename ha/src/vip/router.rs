@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::fence::{Acquired, Expired, Fence, Renewed};
 use super::machine::{Action, Machine, RouterConfig, State};
 use super::net::{self, Announcer, Interface, NetError, Received, VrrpSocket};
 use super::packet::{group_for, Advert, AdvertError, Version};
@@ -128,15 +129,7 @@ pub struct TrackProcess {
     pub delay: Duration,
 }
 
-/// What a fenced node does when no quorum answers its lease request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoQuorum {
-    /// Plain VRRP decides: a backup takes over on Master_Down (availability first; two
-    /// holders are possible when the witness is also cut off).
-    Vrrp,
-    /// Nothing moves: a backup never takes over, a master keeps its VIPs.
-    Hold,
-}
+pub use super::fence::NoQuorum;
 
 impl VipConfig {
     /// The interface the VIPs are added to: the VRRP MAC interface with `use_vmac`.
@@ -184,10 +177,6 @@ pub struct VipStats {
     /// Lease requests no quorum answered.
     pub no_quorum: AtomicU64,
 }
-
-/// A fenced master gives its VIPs up this long before its lease runs out by its own
-/// clock (the members' clocks must agree to well within it).
-const FENCE_MARGIN: Duration = Duration::from_millis(25);
 
 /// How long released VIPs stay on the interface after the priority-0 advert.
 const RELEASE_GRACE: Duration = Duration::from_millis(250);
@@ -542,16 +531,14 @@ pub async fn run(
     let refresh = (cfg.address_lifetime / 3).max(Duration::from_millis(200));
     let mut next_refresh = Instant::now() + refresh;
     let ttl = cfg.lease_ttl();
-    let renew_every = ttl / 3;
-    let mut next_renew = Instant::now();
+    // The lease this node holds, and the verdicts on the group's answers.
+    let mut lease = Fence::new(fence.as_ref().map_or(0, |f| f.id()), ttl, Instant::now());
     // A takeover waiting for its lease, and a renewal in flight.
     let mut acquiring: Pending = None;
     let mut renewing: Pending = None;
     let mut buf = vec![0u8; 2048];
     // The last advert heard was a priority-0 release (no hold-down then).
     let mut released = false;
-    // Expiry of the lease this node last had committed (ms since the epoch; 0: none).
-    let mut lease_until_ms: u64 = 0;
     // A takeover put off until then (the lease was held, or no quorum answered): the
     // hold-down was waited already, the retry does not wait it again. Any advert heard
     // sets a new deadline, which does.
@@ -595,7 +582,7 @@ pub async fn run(
                     } else {
                         h.notify("fault");
                     }
-                    lease_until_ms = 0;
+                    lease.forget();
                 }
                 (true, false) => {
                     tracing::info!(vip = %cfg.name, interface = %cfg.interface, "interface usable again: leaving FAULT as backup");
@@ -649,18 +636,12 @@ pub async fn run(
             far
         };
         let refresh_at = if master { next_refresh } else { far };
-        let renew_at = if master && fence.is_some() && renewing.is_none() {
-            next_renew
-        } else {
-            far
-        };
+        let fenced_master = master && fence.is_some();
+        let renew_at = lease.renew_at(fenced_master, renewing.is_some()).unwrap_or(far);
         // A master must not hold its VIPs past its lease (see the branch below).
-        let fence_at = if master && fence.is_some() && lease_until_ms > 0 {
-            let left = lease_until_ms.saturating_sub(crate::now_ms());
-            Instant::now() + Duration::from_millis(left).saturating_sub(FENCE_MARGIN)
-        } else {
-            far
-        };
+        let fence_at = lease
+            .expires_at(fenced_master, Instant::now(), crate::now_ms())
+            .unwrap_or(far);
         tokio::select! {
             r = h.sock.recv_advert(&mut buf) => {
                 let Ok(r) = r else { continue };
@@ -732,58 +713,42 @@ pub async fn run(
             answer = settle(&mut acquiring) => {
                 let now = Instant::now();
                 let due = m.state() == State::Backup && running && m.deadline().is_some_and(|d| d <= now);
-                let me = fence.as_ref().map_or(0, |f| f.id());
-                let take = match answer {
-                    // Granted, but on a request that waited so long that the lease is
-                    // (nearly) over: taking the VIPs now would mean dropping them again
-                    // at once. Ask again at once for a fresh one.
-                    Ok(lease) if lease.held_by(me, crate::now_ms()) && !lease.held_by(me, crate::now_ms() + FENCE_MARGIN.as_millis() as u64 * 2) => {
-                        if due {
-                            retry_at = Some(now + Duration::from_millis(10));
-                            m.defer(now + Duration::from_millis(10));
-                        }
+                let verdict = lease.on_acquired(answer, due, cfg.on_no_quorum, m.master_down(), now, crate::now_ms());
+                let take = match verdict {
+                    Acquired::Take => true,
+                    Acquired::GiveBack => {
+                        // A master was heard meanwhile: give the lease back.
+                        release_later(&fence, cfg.vrid, ttl);
                         false
                     }
-                    Ok(lease) if lease.held_by(me, crate::now_ms()) => {
-                        lease_until_ms = lease.until_ms;
-                        if !due {
-                            // A master was heard meanwhile: give the lease back.
-                            release_later(&fence, cfg.vrid, ttl);
+                    Acquired::AskAgain(at) | Acquired::Hold(at) => {
+                        if matches!(verdict, Acquired::Hold(_)) {
+                            h.stats.no_quorum.fetch_add(1, Relaxed);
+                            tracing::warn!(vip = %cfg.name, "no quorum for the lease; staying backup (on_no_quorum = \"hold\")");
                         }
-                        due
-                    }
-                    Ok(lease) => {
-                        h.stats.lease_refused.fetch_add(1, Relaxed);
-                        let left = Duration::from_millis(lease.until_ms.saturating_sub(crate::now_ms()));
-                        tracing::debug!(vip = %cfg.name, holder = lease.holder, ?left, "takeover refused: the lease is held");
-                        if due {
-                            let at = now + left.clamp(Duration::from_millis(10), m.master_down());
+                        if let Some(at) = at {
                             retry_at = Some(at);
                             m.defer(at);
                         }
                         false
                     }
-                    Err(LeaseError::NoQuorum) => {
-                        h.stats.no_quorum.fetch_add(1, Relaxed);
-                        match cfg.on_no_quorum {
-                            NoQuorum::Vrrp => {
-                                tracing::warn!(vip = %cfg.name, "no quorum for the lease; taking over by VRRP alone (on_no_quorum = \"vrrp\")");
-                                due
-                            }
-                            NoQuorum::Hold => {
-                                tracing::warn!(vip = %cfg.name, "no quorum for the lease; staying backup (on_no_quorum = \"hold\")");
-                                if due {
-                                    retry_at = Some(now + m.master_down());
-                                    m.defer(now + m.master_down());
-                                }
-                                false
-                            }
+                    Acquired::Refused { holder, retry } => {
+                        h.stats.lease_refused.fetch_add(1, Relaxed);
+                        tracing::debug!(vip = %cfg.name, holder, "takeover refused: the lease is held");
+                        if let Some(at) = retry {
+                            retry_at = Some(at);
+                            m.defer(at);
                         }
+                        false
+                    }
+                    Acquired::TakeWithoutQuorum(due) => {
+                        h.stats.no_quorum.fetch_add(1, Relaxed);
+                        tracing::warn!(vip = %cfg.name, "no quorum for the lease; taking over by VRRP alone (on_no_quorum = \"vrrp\")");
+                        due
                     }
                 };
                 if take {
                     let acts = m.on_timer(now);
-                    next_renew = now + renew_every;
                     if h.apply(acts, &m).await {
                         burst = BURST;
                         next_garp = Instant::now() + BURST_GAP;
@@ -798,31 +763,28 @@ pub async fn run(
             }
             answer = settle(&mut renewing) => {
                 let now = Instant::now();
-                next_renew = now + renew_every;
-                let me = fence.as_ref().map_or(0, |f| f.id());
-                match answer {
-                    Ok(lease) if m.state() != State::Master => {
-                        // Stepped down while the renewal was in flight: do not keep it.
-                        if lease.held_by(me, crate::now_ms()) {
-                            release_later(&fence, cfg.vrid, ttl);
-                        }
-                    }
-                    _ if m.state() != State::Master => {}
-                    Ok(lease) if !lease.held_by(me, crate::now_ms()) => {
+                let others_may_grant = || fence.as_ref().is_some_and(|f| f.others_may_grant(ttl / 2));
+                match lease.on_renewed(answer, m.state() == State::Master, now, crate::now_ms(), others_may_grant) {
+                    Renewed::Kept | Renewed::Ignore => {}
+                    // Stepped down while the renewal was in flight: do not keep it.
+                    Renewed::GiveBack => release_later(&fence, cfg.vrid, ttl),
+                    Renewed::Lost { holder } => {
                         h.stats.lease_lost.fetch_add(1, Relaxed);
-                        tracing::warn!(vip = %cfg.name, holder = lease.holder, "lease lost to another node; stepping down");
+                        tracing::warn!(vip = %cfg.name, holder, "lease lost to another node; stepping down");
                         let acts = m.step_down(now);
                         h.apply(acts, &m).await;
                     }
-                    Ok(lease) if lease.wanted_by.is_some_and(|w| w != me) => {
+                    Renewed::Yield { to } => {
                         h.stats.lease_yielded.fetch_add(1, Relaxed);
-                        tracing::info!(vip = %cfg.name, to = ?lease.wanted_by, "yielding the VIP to a higher-priority node");
+                        tracing::info!(vip = %cfg.name, to, "yielding the VIP to a higher-priority node");
                         hand_over(&h, &mut m, &fence, ttl).await;
                     }
-                    Ok(lease) => {
-                        lease_until_ms = lease.until_ms;
+                    // No quorum now: the holder keeps its VIPs until its lease runs
+                    // out (then the expiry branch decides).
+                    Renewed::NoQuorum => {
+                        h.stats.no_quorum.fetch_add(1, Relaxed);
                     }
-                    Err(_) if lease_until_ms == 0 && fence.as_ref().is_some_and(|f| f.others_may_grant(ttl / 2)) => {
+                    Renewed::StepDown => {
                         // Kept without a lease while the others were known down, and
                         // one of them is back (or a report says so) without this node's
                         // renewal being committed: they may grant the lease elsewhere.
@@ -836,11 +798,6 @@ pub async fn run(
                         let acts = m.step_down(now);
                         h.apply(acts, &m).await;
                     }
-                    Err(_) => {
-                        // No quorum now: the holder keeps its VIPs until its lease runs
-                        // out (then the branch below decides).
-                        h.stats.no_quorum.fetch_add(1, Relaxed);
-                    }
                 }
             }
             _ = tokio::time::sleep_until(fence_at.into()) => {
@@ -850,23 +807,25 @@ pub async fn run(
                 // they cannot (this node may be the last one standing), keep them, as
                 // `on_no_quorum` says of a master.
                 let f = fence.as_ref().expect("fenced");
-                if f.others_may_grant(ttl / 2) {
-                    h.stats.lease_lost.fetch_add(1, Relaxed);
-                    tracing::warn!(
-                        vip = %cfg.name,
-                        heard = %f.heard_summary(),
-                        "lease ran out without a renewal and the other members may still form a quorum; stepping down"
-                    );
-                    let acts = m.step_down(Instant::now());
-                    h.apply(acts, &m).await;
-                } else {
-                    tracing::warn!(
-                        vip = %cfg.name,
-                        heard = %f.heard_summary(),
-                        "lease ran out and the other members cannot form a quorum (known down): keeping the VIPs without a lease (on_no_quorum)"
-                    );
+                match lease.on_expiry(f.others_may_grant(ttl / 2)) {
+                    Expired::StepDown => {
+                        h.stats.lease_lost.fetch_add(1, Relaxed);
+                        tracing::warn!(
+                            vip = %cfg.name,
+                            heard = %f.heard_summary(),
+                            "lease ran out without a renewal and the other members may still form a quorum; stepping down"
+                        );
+                        let acts = m.step_down(Instant::now());
+                        h.apply(acts, &m).await;
+                    }
+                    Expired::KeepWithoutLease => {
+                        tracing::warn!(
+                            vip = %cfg.name,
+                            heard = %f.heard_summary(),
+                            "lease ran out and the other members cannot form a quorum (known down): keeping the VIPs without a lease (on_no_quorum)"
+                        );
+                    }
                 }
-                lease_until_ms = 0;
             }
             _ = link_check.tick(), if running => {
                 link_ok = net::link_usable(&cfg.interface, iface.address);
