@@ -326,7 +326,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
                 )
             } else if shared.is_ready() {
                 text(StatusCode::OK, "text/plain", "ready\n")
-            } else if shared.draining.load(Relaxed) {
+            } else if shared.phase.get() == crate::phase::NodePhase::Draining {
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n")
@@ -468,10 +468,10 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": shared.started.elapsed().as_secs(),
         "ready": shared.is_ready(),
-        "draining": shared.draining.load(Relaxed),
-        "maintenance": shared.in_maintenance.load(Relaxed),
+        "draining": shared.phase.get() == crate::phase::NodePhase::Draining,
+        "maintenance": shared.phase.get().in_maintenance(),
         "phase": shared.phase(),
-        "syn_gate_closed": *shared.syn_gate_closed.borrow(),
+        "syn_gate_closed": crate::vips::get().is_some() && shared.phase.get().closes_syn_gate(),
         "workers": shared.workers,
         "connections": shared.connections.load(Relaxed),
         "config": { "source": cfg.source, "generation": rt.generation, "hash": format!("{:016x}", rt.hash) },

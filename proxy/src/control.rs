@@ -2,7 +2,7 @@
 //! the current runtime snapshot, stats, lifecycle flags, and the reload procedure.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
@@ -13,6 +13,7 @@ use crate::access_log::AccessLog;
 use crate::config::{self, Config, ConfigError};
 use crate::health::verdict::{self, Source, Target, Verdict};
 use crate::metrics::{EndpointStats, ListenerStats, StatsRegistry};
+use crate::phase::{NodePhase, Phase};
 use crate::runtime::Runtime;
 
 /// Where the configuration comes from, so a reload can read it again.
@@ -47,17 +48,11 @@ pub struct Shared {
     pub source: ConfigSource,
     /// Access log sender.
     pub access_log: AccessLog,
-    /// Set when a graceful stop began.
-    pub draining: AtomicBool,
-    /// Maintenance: responses carry `Connection: close` (h2: GOAWAY) and idle
-    /// keep-alive connections close, while the node keeps accepting until its VIPs move.
-    pub maintenance: tokio::sync::watch::Sender<bool>,
-    /// The same flag for the request path (an atomic load, no lock).
-    pub in_maintenance: AtomicBool,
-    /// Closed just before the VIPs are released: listeners drop new connections to a
-    /// VIP unanswered, so their SYNs are sent again to the VIP's next holder (see
-    /// [`crate::syn_gate`]).
-    pub syn_gate_closed: tokio::sync::watch::Sender<bool>,
+    /// Where the node is in its life (serving, handing over, maintenance, draining):
+    /// what the request path, idle connections, the SYN gate and `/ready` act on.
+    pub phase: Phase,
+    /// Numbers the handovers, so a called-off one's timer never ends a later one.
+    handovers: AtomicU64,
     /// Workers whose listeners are bound and accepting.
     pub workers_ready: AtomicUsize,
     /// Worker count.
@@ -118,10 +113,8 @@ impl Shared {
             listeners,
             source,
             access_log,
-            draining: AtomicBool::new(false),
-            maintenance: tokio::sync::watch::channel(false).0,
-            in_maintenance: AtomicBool::new(false),
-            syn_gate_closed: tokio::sync::watch::channel(false).0,
+            phase: Phase::default(),
+            handovers: AtomicU64::new(0),
             workers_ready: AtomicUsize::new(0),
             workers,
             connections: AtomicU64::new(0),
@@ -248,7 +241,7 @@ impl Shared {
 
     /// Begins a graceful stop: listeners close, connections finish.
     pub fn begin_drain(&self) {
-        if !self.draining.swap(true, SeqCst) {
+        if self.phase.step(|_| Some(NodePhase::Draining)) != NodePhase::Draining {
             tracing::info!("draining: no longer accepting connections");
             let _ = self.shutdown.send(true);
         }
@@ -259,60 +252,81 @@ impl Shared {
     /// until `maintenance_handover` ends); `maintenance` (VIPs released, or none);
     /// `draining` (stopping).
     pub fn phase(&self) -> &'static str {
-        if self.draining.load(Relaxed) {
-            "draining"
-        } else if !self.in_maintenance.load(Relaxed) {
-            "serving"
-        } else if crate::vips::get().is_some() && !*self.syn_gate_closed.borrow() {
-            "handover"
-        } else {
-            "maintenance"
-        }
+        self.phase.get().name()
     }
 
     /// Maintenance on: clients are asked to close their connections (so their next ones
     /// go wherever the VIP is) while this node still holds its VIPs; after `handover`
     /// the SYN gate closes and the VIPs are released with priority 0, and the peer takes
     /// over. In-flight requests finish. Off: the gate opens, keep-alive is normal again
-    /// and the VIPs rejoin the election.
+    /// and the VIPs rejoin the election. Neither changes a node that is stopping.
     pub fn set_maintenance(self: &Arc<Self>, on: bool, handover: Duration) {
-        self.ask_clients_to_close(on);
-        if let Some(v) = crate::vips::get() {
-            if on {
-                tracing::info!(
-                    ?handover,
-                    "maintenance: closing client connections, then releasing VIPs"
-                );
-                let shared = self.clone();
-                std::thread::spawn(move || {
-                    std::thread::sleep(handover);
-                    // Turned off again during the handover: nothing to release.
-                    if shared.in_maintenance.load(Relaxed) {
-                        shared.syn_gate_closed.send_replace(true);
-                        v.set_maintenance(true);
-                    }
-                });
-            } else {
-                self.syn_gate_closed.send_replace(false);
-                v.set_maintenance(false);
+        let vips = crate::vips::get();
+        if !on {
+            let before = self.phase.step(|p| p.in_maintenance().then_some(NodePhase::Serving));
+            if before.in_maintenance() {
+                if let Some(v) = vips {
+                    v.set_maintenance(false);
+                }
             }
-        } else if on {
-            tracing::info!("maintenance: closing client connections (no VIPs configured)");
+            return;
         }
+        let Some(v) = vips else {
+            self.phase
+                .step(|p| (p == NodePhase::Serving).then_some(NodePhase::Maintenance));
+            tracing::info!("maintenance: closing client connections (no VIPs configured)");
+            return;
+        };
+        let epoch = self.handovers.fetch_add(1, Relaxed) + 1;
+        if self
+            .phase
+            .step(|p| (p == NodePhase::Serving).then_some(NodePhase::HandingOver { epoch }))
+            != NodePhase::Serving
+        {
+            return;
+        }
+        tracing::info!(
+            ?handover,
+            "maintenance: closing client connections, then releasing VIPs"
+        );
+        let shared = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(handover).await;
+            // Only this handover ends here: called off (and perhaps begun again) meanwhile,
+            // it is not this timer's to end.
+            let ended = |p| (p == NodePhase::HandingOver { epoch }).then_some(NodePhase::Maintenance);
+            if shared.phase.step(ended) == (NodePhase::HandingOver { epoch }) {
+                v.set_maintenance(true);
+            }
+        });
     }
 
-    /// From `on`: responses carry `Connection: close` (h2: GOAWAY), idle keep-alives
-    /// close, `/ready` answers 503 — the first step of a handover (maintenance, stop).
-    pub fn ask_clients_to_close(&self, on: bool) {
-        self.in_maintenance.store(on, Relaxed);
-        self.maintenance.send_replace(on);
+    /// A stop at a VIP holder: clients are asked to close their connections for
+    /// `handover` (their next ones still reach this node, one request each), then the SYN
+    /// gate closes and the VIPs are released with priority 0 (the peer takes over at
+    /// once). The drain follows ([`Shared::begin_drain`]).
+    pub async fn hand_over_for_stop(&self, handover: Duration) {
+        let Some(v) = crate::vips::get() else { return };
+        if v.holds_any() {
+            let epoch = self.handovers.fetch_add(1, Relaxed) + 1;
+            if self
+                .phase
+                .step(|p| (p == NodePhase::Serving).then_some(NodePhase::HandingOver { epoch }))
+                == NodePhase::Serving
+            {
+                tracing::info!(?handover, "stopping: closing client connections, then releasing VIPs");
+                tokio::time::sleep(handover).await;
+            }
+        }
+        self.phase
+            .step(|p| (p != NodePhase::Draining).then_some(NodePhase::Maintenance));
+        v.stop(Duration::from_secs(1));
     }
 
-    /// Whether every worker accepts and no drain has begun.
+    /// Whether every worker accepts and the node is serving (not handing over, in
+    /// maintenance or draining).
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Relaxed)
-            && !self.in_maintenance.load(Relaxed)
-            && self.workers_ready.load(Relaxed) == self.workers
+        self.phase.get() == NodePhase::Serving && self.workers_ready.load(Relaxed) == self.workers
     }
 }
 

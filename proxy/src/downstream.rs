@@ -236,7 +236,7 @@ async fn serve<IO>(
     let watcher = tokio::task::spawn_local(watch(
         state.clone(),
         worker.shared.shutdown.subscribe(),
-        worker.shared.maintenance.subscribe(),
+        worker.shared.phase.subscribe(),
         idle_grace,
         lcfg.clone(),
         stats.clone(),
@@ -336,7 +336,7 @@ impl ConnState {
 async fn watch(
     state: Rc<ConnState>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-    mut maintenance: tokio::sync::watch::Receiver<bool>,
+    mut phase: tokio::sync::watch::Receiver<crate::phase::NodePhase>,
     idle_grace: Duration,
     lcfg: crate::config::ListenerConfig,
     stats: Arc<ListenerStats>,
@@ -358,7 +358,7 @@ async fn watch(
         // Maintenance: a keep-alive connection idle for `idle_grace` closes; a busy one
         // after its response (which carries Connection: close); a new one serves its
         // first request with Connection: close. Looked at again every `idle_grace`.
-        let in_maintenance = *maintenance.borrow_and_update();
+        let in_maintenance = phase.borrow_and_update().asks_clients_to_close();
         let idle = state.requests.get() > 0 && state.in_flight.get() == 0 && !state.head.pending.load(Relaxed);
         if in_maintenance && idle && state.last_active.get() + idle_grace <= now {
             return state.request(Action::Graceful);
@@ -370,7 +370,7 @@ async fn watch(
         };
         tokio::select! {
             _ = shutdown.wait_for(|d| *d) => return state.request(Action::Graceful),
-            _ = maintenance.changed(), if !in_maintenance => {}
+            _ = phase.changed(), if !in_maintenance => {}
             _ = tokio::time::sleep_until(maintenance_check.into()), if in_maintenance => {}
             _ = state.wake.notified() => {
                 if state.close.get() {

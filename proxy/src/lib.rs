@@ -25,6 +25,7 @@ pub mod inplace;
 pub mod l4;
 pub mod metrics;
 pub mod pair;
+pub mod phase;
 pub mod process_metrics;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -111,7 +111,7 @@ pub async fn handle(
     };
 
     let max = worker.listeners[conn.listener].max_requests_per_connection;
-    let draining = worker.shared.draining.load(Relaxed) || worker.shared.in_maintenance.load(Relaxed);
+    let draining = worker.shared.phase.asks_clients_to_close();
     if (max > 0 && n >= max) || draining || refused {
         close_after(&conn, &mut resp, downstream_version);
     }

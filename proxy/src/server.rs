@@ -185,16 +185,8 @@ pub fn run_until_stopped(running: Running) -> Result<(), RunError> {
         // connections for `maintenance_handover` (their next ones still reach this node,
         // one request each), then the SYN gate closes and the VIPs go with priority 0
         // (the peer takes over at once); then drain.
-        if let Some(v) = crate::vips::get() {
-            if v.holds_any() && !shared.in_maintenance.load(Relaxed) {
-                let handover = shared.runtime.load().config.server.maintenance_handover;
-                tracing::info!(?handover, "stopping: closing client connections, then releasing VIPs");
-                shared.ask_clients_to_close(true);
-                tokio::time::sleep(handover).await;
-            }
-            shared.syn_gate_closed.send_replace(true);
-            v.stop(Duration::from_secs(1));
-        }
+        let handover = shared.runtime.load().config.server.maintenance_handover;
+        shared.hand_over_for_stop(handover).await;
         shared.begin_drain();
         let timeout = shared.runtime.load().config.server.drain_timeout;
         let deadline = Instant::now() + timeout;

@@ -226,19 +226,23 @@ async fn accept_loop(worker: Rc<Worker>, idx: usize, listener: TcpListener) {
     let max = worker.listeners[idx].max_connections as u64;
     let vips: Vec<std::net::IpAddr> = worker.shared.runtime.load().config.vip_addresses().collect();
     let gate = SynGate::for_listener(worker.listeners[idx].listen, &vips);
-    let mut gate_closed = worker.shared.syn_gate_closed.subscribe();
+    let mut phase = worker.shared.phase.subscribe();
     let mut gate_watch = gate.is_some();
-    if gate_watch && *gate_closed.borrow_and_update() {
+    let mut gate_closed = phase.borrow_and_update().closes_syn_gate();
+    if gate_watch && gate_closed {
         set_gate(gate.as_ref(), &listener, true, &worker.listeners[idx].name);
     }
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.wait_for(|d| *d) => break,
-            r = gate_closed.changed(), if gate_watch => {
+            r = phase.changed(), if gate_watch => {
                 gate_watch = r.is_ok();
-                let close = *gate_closed.borrow_and_update();
-                set_gate(gate.as_ref(), &listener, close, &worker.listeners[idx].name);
+                let close = phase.borrow_and_update().closes_syn_gate();
+                if close != gate_closed {
+                    gate_closed = close;
+                    set_gate(gate.as_ref(), &listener, close, &worker.listeners[idx].name);
+                }
                 continue;
             }
         };
