@@ -3,7 +3,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::HeaderRules;
+use crate::config::{ForwardedHeaders, HeaderRules, RequestIdMode};
 
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -84,41 +84,6 @@ pub fn add_forwarded(
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
         }
     }
-}
-
-/// Which `X-Forwarded-*` headers requests get (`[server] forwarded_headers`): all three
-/// by default, as users of other proxies expect them; fewer when the upstream does not
-/// read them (less work per request).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ForwardedHeaders {
-    /// `X-Forwarded-For` (the client appended).
-    pub xff: bool,
-    /// `X-Forwarded-Proto`.
-    pub proto: bool,
-    /// `X-Forwarded-Host` (unless present).
-    pub host: bool,
-}
-
-impl Default for ForwardedHeaders {
-    fn default() -> Self {
-        ForwardedHeaders {
-            xff: true,
-            proto: true,
-            host: true,
-        }
-    }
-}
-
-/// What happens to `X-Request-Id` (`[server] request_id`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RequestIdMode {
-    /// Kept if the client sent one, else generated; sent upstream, returned, logged.
-    #[default]
-    Generate,
-    /// Kept, returned and logged when the client sent one; never generated.
-    Keep,
-    /// Left alone (a client's passes through as any header); not returned or logged.
-    Off,
 }
 
 /// The request's id under `mode` (see [`RequestIdMode`]), set in `headers` when generated.

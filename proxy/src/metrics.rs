@@ -218,7 +218,7 @@ impl StatsRegistry {
         get_or_default(&self.endpoints, (cluster.to_string(), addr))
     }
     /// The limiter of route `name`, kept across reloads unless its settings changed.
-    pub fn limiter(&self, name: &str, cfg: &crate::ratelimit::LimitConfig) -> Arc<crate::ratelimit::Limiter> {
+    pub fn limiter(&self, name: &str, cfg: &crate::config::LimitConfig) -> Arc<crate::ratelimit::Limiter> {
         let mut m = self.limiters.lock().expect("limiter registry poisoned");
         match m.get(name) {
             Some(l) if l.config == *cfg => l.clone(),

@@ -258,7 +258,7 @@ pub fn sync_rate_limits(limiters: &[Arc<crate::ratelimit::Limiter>]) {
     judge_trust(p);
     let cluster: Vec<_> = limiters
         .iter()
-        .filter(|l| l.config.scope == crate::ratelimit::Scope::Cluster)
+        .filter(|l| l.config.scope == crate::config::Scope::Cluster)
         .collect();
     if cluster.is_empty() {
         return;

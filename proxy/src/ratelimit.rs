@@ -18,57 +18,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::clock::now_ns;
+use crate::config::{Algorithm, LimitConfig, LimitKey, Scope};
 
 const SHARDS: usize = 64;
 
 /// `Limiter::solo_limit` while the node is in touch with the group.
 const IN_TOUCH: u64 = u64::MAX;
-
-/// Where the limit key comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LimitKey {
-    /// The client address.
-    SourceIp,
-    /// A request header (requests without it share one bucket).
-    Header(http::HeaderName),
-    /// One bucket for the whole route.
-    Route,
-}
-
-/// The counting algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    /// Refill `requests` per `per`, up to `burst`.
-    TokenBucket,
-    /// At most `requests` in any window of length `per` (approximated by two windows).
-    SlidingWindow,
-}
-
-/// Whose requests count against the limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// This node's only.
-    Local,
-    /// The pair's: own counts plus the peers' last reported counts (sliding window).
-    Cluster,
-}
-
-/// A validated limit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LimitConfig {
-    /// Requests allowed …
-    pub requests: u64,
-    /// … per this period.
-    pub per: Duration,
-    /// Token bucket capacity.
-    pub burst: u64,
-    /// Key source.
-    pub key: LimitKey,
-    /// Algorithm.
-    pub algorithm: Algorithm,
-    /// Local or cluster-wide.
-    pub scope: Scope,
-}
 
 /// What admission decided.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -18,34 +18,11 @@ use base64::Engine as _;
 use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 
 use crate::clock::now_ns;
-use crate::config::HashOn;
+use crate::config::{HashOn, StickyConfig};
 use crate::runtime::{cookie_value, Cluster};
 
 const SHARDS: usize = 64;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
-/// A cluster's sticky-session settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StickyConfig {
-    /// Tandem's own signed cookie.
-    Cookie {
-        /// Cookie name.
-        name: String,
-        /// HMAC key (the same on every node of the pair).
-        secret: Vec<u8>,
-        /// `Max-Age`; None = a session cookie.
-        max_age: Option<Duration>,
-        /// Add `Secure`.
-        secure: bool,
-    },
-    /// Learned bindings.
-    Learned {
-        /// Where the key comes from.
-        on: HashOn,
-        /// Bindings unused for this long expire.
-        idle: Duration,
-    },
-}
 
 /// A learned binding: (endpoint, last use, last published to the pair), times in ns.
 type Binding = (SocketAddr, u64, u64);

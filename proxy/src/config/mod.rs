@@ -9,6 +9,7 @@ pub mod access;
 pub mod error;
 pub mod load;
 pub mod model;
+pub mod traffic;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use regex::Regex;
 
 pub use error::{ConfigError, ConfigIssue};
 pub use load::{load_file, load_str};
+pub use traffic::{Algorithm, ForwardedHeaders, LimitConfig, LimitKey, RequestIdMode, Scope, StickyConfig};
 
 /// A validated configuration: every value parsed, every reference resolved.
 #[derive(Debug, Clone)]
@@ -133,9 +135,9 @@ pub struct ServerConfig {
     /// VIPs are released.
     pub maintenance_handover: Duration,
     /// What happens to `X-Request-Id`.
-    pub request_id: crate::headers::RequestIdMode,
+    pub request_id: crate::config::RequestIdMode,
     /// Which `X-Forwarded-*` headers requests get.
-    pub forwarded: crate::headers::ForwardedHeaders,
+    pub forwarded: crate::config::ForwardedHeaders,
 }
 
 /// Admin API settings.
@@ -385,7 +387,7 @@ pub struct RouteConfig {
     /// Idle timeout of upgraded connections and tunnels.
     pub upgrade_idle_timeout: Duration,
     /// Admission limit.
-    pub rate_limit: Option<crate::ratelimit::LimitConfig>,
+    pub rate_limit: Option<crate::config::LimitConfig>,
     /// Retry policy, if the route retries.
     pub retry: Option<RetryPolicy>,
     /// Request header rules.
@@ -525,7 +527,7 @@ pub struct ClusterConfig {
     /// PROXY protocol header sent on new upstream connections.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// Sticky sessions.
-    pub sticky: Option<crate::sticky::StickyConfig>,
+    pub sticky: Option<crate::config::StickyConfig>,
 }
 
 /// PROXY protocol version.

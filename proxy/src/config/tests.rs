@@ -369,18 +369,18 @@ fn request_id_and_forwarded_headers_are_checked_with_their_key_and_a_fix() {
         &format!("[server]\nrequest_id = \"keep\"\nforwarded_headers = [\"for\", \"host\"]\n{BASE}"),
     )
     .unwrap();
-    assert_eq!(ok.server.request_id, crate::headers::RequestIdMode::Keep);
+    assert_eq!(ok.server.request_id, crate::config::RequestIdMode::Keep);
     assert_eq!(
         ok.server.forwarded,
-        crate::headers::ForwardedHeaders {
+        crate::config::ForwardedHeaders {
             xff: true,
             proto: false,
             host: true
         }
     );
     let ok = load_str("t.toml", BASE).unwrap();
-    assert_eq!(ok.server.request_id, crate::headers::RequestIdMode::Generate);
-    assert_eq!(ok.server.forwarded, crate::headers::ForwardedHeaders::default());
+    assert_eq!(ok.server.request_id, crate::config::RequestIdMode::Generate);
+    assert_eq!(ok.server.forwarded, crate::config::ForwardedHeaders::default());
     let i = one(&format!("[server]\nrequest_id = \"random\"\n{BASE}"));
     assert_eq!(i.key, "server.request_id");
     let i = one(&format!("[server]\nforwarded_headers = [\"for\", \"port\"]\n{BASE}"));

@@ -66,7 +66,7 @@ async fn run(shared: Arc<Shared>) {
                 .clusters
                 .iter()
                 .filter_map(|c| match &c.sticky {
-                    Some(crate::sticky::StickyConfig::Learned { idle, .. }) => Some(*idle),
+                    Some(crate::config::StickyConfig::Learned { idle, .. }) => Some(*idle),
                     _ => None,
                 })
                 .max()

@@ -68,7 +68,7 @@ pub struct Route {
     /// Metadata for its filters (`route_metadata.filter_metadata.*` properties).
     pub metadata: Option<Arc<serde_json::Value>>,
     /// Which `X-Forwarded-*` headers its requests get (`[server] forwarded_headers`).
-    pub forwarded: crate::headers::ForwardedHeaders,
+    pub forwarded: crate::config::ForwardedHeaders,
 }
 
 impl Route {
@@ -126,7 +126,7 @@ pub struct Cluster {
     /// PROXY protocol header on new upstream connections.
     pub proxy_protocol: Option<crate::config::ProxyProtocolVersion>,
     /// Sticky sessions.
-    pub sticky: Option<crate::sticky::StickyConfig>,
+    pub sticky: Option<crate::config::StickyConfig>,
 }
 
 /// Per-cluster upstream pool settings.
