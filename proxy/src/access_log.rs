@@ -49,6 +49,9 @@ pub struct AccessRecord {
     pub reason: &'static str,
     /// gRPC status from the response headers or trailers.
     pub grpc_status: Option<u16>,
+    /// The error underneath an upstream failure (`connection refused`, the HTTP parse
+    /// error, the TLS alert), when there was one.
+    pub error: Option<Box<str>>,
 }
 
 /// What the writer thread receives: records, and the operator's "reopen the file"
@@ -198,7 +201,7 @@ fn json_line(out: &mut String, r: &AccessRecord) {
     let s = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
     let _ = writeln!(
         out,
-        "{{\"time\":\"{}\",\"request_id\":{},\"client\":\"{}\",\"method\":{},\"authority\":{},\"path\":{},\"protocol\":\"{:?}\",\"status\":{},\"bytes\":{},\"upstream_ms\":{},\"duration_ms\":{:.3},\"route\":{},\"cluster\":{},\"endpoint\":{},\"attempts\":{},\"reason\":\"{}\",\"grpc_status\":{}}}",
+        "{{\"time\":\"{}\",\"request_id\":{},\"client\":\"{}\",\"method\":{},\"authority\":{},\"path\":{},\"protocol\":\"{:?}\",\"status\":{},\"bytes\":{},\"upstream_ms\":{},\"duration_ms\":{:.3},\"route\":{},\"cluster\":{},\"endpoint\":{},\"attempts\":{},\"reason\":\"{}\",\"grpc_status\":{},\"error\":{}}}",
         humantime::format_rfc3339_millis(r.time),
         s(r.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")),
         r.client,
@@ -216,14 +219,27 @@ fn json_line(out: &mut String, r: &AccessRecord) {
         r.attempts,
         r.reason,
         r.grpc_status.map_or("null".into(), |g| g.to_string()),
+        r.error.as_deref().map_or("null".into(), s),
     );
+}
+
+/// The text format's last field: ` error="…"` after a failure with a cause, else nothing.
+struct ErrorSuffix<'a>(Option<&'a str>);
+
+impl std::fmt::Display for ErrorSuffix<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(e) => write!(f, " error={e:?}"),
+            None => Ok(()),
+        }
+    }
 }
 
 fn text_line(out: &mut String, r: &AccessRecord) {
     use std::fmt::Write as _;
     let _ = writeln!(
         out,
-        "{} {} {} \"{} {} {:?}\" {} {} {:.3}ms {} {} {} {} {}",
+        "{} {} {} \"{} {} {:?}\" {} {} {:.3}ms {} {} {} {} {}{}",
         humantime::format_rfc3339_millis(r.time),
         r.client,
         r.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
@@ -238,5 +254,6 @@ fn text_line(out: &mut String, r: &AccessRecord) {
         r.endpoint.map_or("-".into(), |e| e.to_string()),
         r.attempts,
         r.reason,
+        ErrorSuffix(r.error.as_deref()),
     );
 }

@@ -1,5 +1,7 @@
 //! Why a request failed, mapped in one place to the status code the client gets, the
-//! short plain body that says which failure it was, and the access-log reason.
+//! short plain body that says which failure it was, the access-log reason, which side
+//! caused it and which retry conditions cover it. A [`Failure`] carries the kind with its
+//! cause (the I/O or protocol error underneath), which the access log records.
 
 /// The circuit-breaker limit that refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,17 +103,92 @@ pub fn client_closed_request() -> http::StatusCode {
     http::StatusCode::from_u16(499).expect("499 is a valid status code")
 }
 
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client (malformed request, body framing, went away, too slow): never counted
+    /// against an endpoint.
+    Downstream,
+    /// An upstream endpoint (connect, reset, protocol, timeout): counted against it, and
+    /// retried where the route says so.
+    Upstream,
+    /// This proxy's own decision (no route, no healthy endpoint, a breaker, a rate limit,
+    /// a filter).
+    Local,
+}
+
+/// A failure with its cause: what the client is told ([`ProxyError`]) and the error
+/// underneath (an I/O or protocol error), for the access log and debug logs.
+#[derive(Debug)]
+pub struct Failure {
+    /// What failed.
+    pub kind: ProxyError,
+    /// Why, when an error underneath says it.
+    pub cause: Option<crate::body::BoxError>,
+}
+
+impl Failure {
+    /// A failure of `kind` caused by `cause`.
+    pub fn new(kind: ProxyError, cause: impl Into<crate::body::BoxError>) -> Failure {
+        Failure {
+            kind,
+            cause: Some(cause.into()),
+        }
+    }
+}
+
+impl From<ProxyError> for Failure {
+    fn from(kind: ProxyError) -> Failure {
+        Failure { kind, cause: None }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.cause {
+            Some(c) => write!(f, "{}: {c}", self.kind),
+            None => write!(f, "{}", self.kind),
+        }
+    }
+}
+
 impl ProxyError {
+    /// Who caused it.
+    pub fn side(self) -> Side {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::DownstreamBody
+            | ProxyError::ClientAbort
+            | ProxyError::RequestBodyTimeout => Side::Downstream,
+            ProxyError::ConnectFailure
+            | ProxyError::ConnectTimeout
+            | ProxyError::Timeout
+            | ProxyError::UpstreamReset => Side::Upstream,
+            ProxyError::NoRoute
+            | ProxyError::NoHealthyUpstream
+            | ProxyError::Overflow(_)
+            | ProxyError::FilterFailed
+            | ProxyError::RateLimited { .. } => Side::Local,
+        }
+    }
+
     /// The client, not an upstream, caused this failure: it never counts against an
     /// endpoint (no passive health, outlier or latency signal, no retry).
     pub fn is_downstream(self) -> bool {
-        matches!(
-            self,
-            ProxyError::BadRequest(_)
-                | ProxyError::DownstreamBody
-                | ProxyError::ClientAbort
-                | ProxyError::RequestBodyTimeout
-        )
+        self.side() == Side::Downstream
+    }
+
+    /// Whether a route retrying on `on` retries this failure (Envoy's `retry_on`
+    /// conditions; a response's status is judged apart, by the caller).
+    pub fn retried_on(self, on: crate::config::RetryOn) -> bool {
+        use crate::config::RetryOn as R;
+        let gateway = on.has(R::GATEWAY_ERROR) || on.has(R::FIVE_XX);
+        match self {
+            ProxyError::ConnectFailure | ProxyError::ConnectTimeout => on.has(R::CONNECT_FAILURE) || gateway,
+            ProxyError::UpstreamReset => on.has(R::RESET) || gateway,
+            ProxyError::Timeout => on.has(R::TIMEOUT) || gateway,
+            _ => false,
+        }
     }
 
     /// HTTP status for the client.

@@ -130,9 +130,10 @@ async fn forward<D>(
         let ep = &cluster.endpoints[ep_idx];
         match crate::upstream::dial(ep.address, cluster, &ep.stats, origin).await {
             Ok(s) => break (BatchedStream::new(s), ep_idx),
-            Err(e) => {
-                ep.stats.responses.record(e.status().as_u16());
-                crate::health::observe_passive(cluster, ep_idx, e.status().as_u16(), true);
+            Err(f) => {
+                let status = f.kind.status().as_u16();
+                ep.stats.responses.record(status);
+                crate::health::observe_passive(cluster, ep_idx, status, true);
             }
         }
     };
@@ -149,8 +150,9 @@ async fn forward<D>(
                     Some(f) => splice_filtered(downstream, tls, f, idle, max_age).await,
                     None => splice(downstream, tls, buffer, idle, max_age).await,
                 },
-                Err(e) => {
-                    crate::health::observe_passive(cluster, ep_idx, e.status().as_u16(), true);
+                Err(f) => {
+                    tracing::debug!(endpoint = %ep.address, error = %f, "upstream TLS failed");
+                    crate::health::observe_passive(cluster, ep_idx, f.kind.status().as_u16(), true);
                     (0, 0)
                 }
             }

@@ -29,7 +29,7 @@ use crate::body::{BodyFault, BoxError, ClientBody, Completion, ProxyBody, Upstre
 use crate::config::{RetryPolicy, UpstreamProtocol};
 use crate::downstream::ConnState;
 use crate::error::Limit;
-use crate::error::ProxyError;
+use crate::error::{Failure, ProxyError};
 use crate::headers;
 use crate::runtime::{router, Cluster, RequestFacts, Route, Runtime};
 use crate::upstream::{self, ResponseBody};
@@ -89,6 +89,7 @@ pub async fn handle(
         attempts: 0,
         reason: "ok",
         grpc_status: None,
+        error: None,
     });
 
     let mut end = RequestEnd {
@@ -528,6 +529,9 @@ fn overflow(cluster: &Cluster, limit: Limit) -> ProxyError {
 /// What one upstream attempt produced.
 type Attempt = Result<Response<ResponseBody>, ProxyError>;
 
+/// One exchange with an upstream: the response head, or the failure with its cause.
+type Exchanged = Result<Response<ResponseBody>, Failure>;
+
 /// Stages 4–6 and 8, repeated per the route's retry policy: pick an endpoint (never
 /// one that already failed this request while another is available), send with the
 /// per-try timeout, observe, and decide whether to retry (idempotent requests only
@@ -675,11 +679,22 @@ async fn attempts(
             body_timeout,
         };
         let exchanged = exchange(worker, cluster, ep_idx, &mut upstream_req.req, start, origin);
-        let mut outcome: Attempt = match progress.as_deref() {
+        let exchanged: Exchanged = match progress.as_deref() {
             None => timed(exchanged, &timers).await,
             // Boxed: only requests with a streamed body watch it.
             Some(p) => Box::pin(timed_with_body(exchanged, &timers, p)).await,
         };
+        // The last attempt's cause goes to the access log; the rest of the path works
+        // with the kind.
+        let mut outcome: Attempt = exchanged.map_err(|f| {
+            if let Some(r) = rec.as_mut() {
+                r.error = f.cause.as_ref().map(|c| c.to_string().into_boxed_str());
+            }
+            f.kind
+        });
+        if let (Ok(_), Some(r)) = (&outcome, rec.as_mut()) {
+            r.error = None;
+        }
         // A request whose client body failed failed because of the client, whatever the
         // upstream side saw of it.
         if let (Err(e), Some(fault)) = (&mut outcome, progress.as_ref().and_then(|p| p.fault.get())) {
@@ -756,14 +771,14 @@ impl TryTimers {
 }
 
 /// Runs an exchange whose request is complete under its try's deadline.
-async fn timed(exchange: impl std::future::Future<Output = Attempt>, t: &TryTimers) -> Attempt {
+async fn timed(exchange: impl std::future::Future<Output = Exchanged>, t: &TryTimers) -> Exchanged {
     let deadline = t.deadline(t.request_end);
     if deadline <= Instant::now() {
-        return Err(ProxyError::Timeout);
+        return Err(ProxyError::Timeout.into());
     }
     tokio::time::timeout_at(deadline.into(), exchange)
         .await
-        .unwrap_or(Err(ProxyError::Timeout))
+        .unwrap_or(Err(ProxyError::Timeout.into()))
 }
 
 /// Runs an exchange while the client's body streams: waiting on the client longer than
@@ -772,10 +787,10 @@ async fn timed(exchange: impl std::future::Future<Output = Attempt>, t: &TryTime
 /// at the earliest deadline any state of the body could have, so progress moves the
 /// deadlines without waking anyone.
 async fn timed_with_body(
-    exchange: impl std::future::Future<Output = Attempt>,
+    exchange: impl std::future::Future<Output = Exchanged>,
     t: &TryTimers,
     p: &crate::body::BodyProgress,
-) -> Attempt {
+) -> Exchanged {
     tokio::pin!(exchange);
     loop {
         let now = Instant::now();
@@ -800,7 +815,7 @@ async fn timed_with_body(
             }
         };
         if deadline <= now {
-            return Err(fault);
+            return Err(fault.into());
         }
         tokio::select! {
             biased;
@@ -939,12 +954,7 @@ fn should_retry(p: &RetryPolicy, outcome: &Attempt) -> bool {
     use crate::config::RetryOn as R;
     let on = p.on;
     match outcome {
-        Err(ProxyError::ConnectFailure | ProxyError::ConnectTimeout) => {
-            on.has(R::CONNECT_FAILURE) || on.has(R::GATEWAY_ERROR) || on.has(R::FIVE_XX)
-        }
-        Err(ProxyError::UpstreamReset) => on.has(R::RESET) || on.has(R::GATEWAY_ERROR) || on.has(R::FIVE_XX),
-        Err(ProxyError::Timeout) => on.has(R::TIMEOUT) || on.has(R::GATEWAY_ERROR) || on.has(R::FIVE_XX),
-        Err(_) => false,
+        Err(e) => e.retried_on(on),
         Ok(resp) => {
             let s = resp.status().as_u16();
             (s >= 500 && on.has(R::FIVE_XX))
@@ -1116,7 +1126,7 @@ async fn exchange(
     req: &mut Request<UpstreamBody>,
     start: Instant,
     origin: upstream::Origin,
-) -> Attempt {
+) -> Exchanged {
     let ep = &cluster.endpoints[ep_idx];
     let mut stale = 0;
     loop {
@@ -1128,11 +1138,11 @@ async fn exchange(
             None => {
                 let s = &cluster.stats;
                 if s.upstream_connections.load(Relaxed) >= cluster.breakers.max_connections {
-                    return Err(overflow(cluster, Limit::Connections));
+                    return Err(overflow(cluster, Limit::Connections).into());
                 }
                 if s.pending.fetch_add(1, Relaxed) >= cluster.breakers.max_pending {
                     s.pending.fetch_sub(1, Relaxed);
-                    return Err(overflow(cluster, Limit::Pending));
+                    return Err(overflow(cluster, Limit::Pending).into());
                 }
                 // A new connection (TCP, TLS, h2 handshake) is the cold path: boxed.
                 let c = Box::pin(worker.pool.connect(ep.address, cluster, &ep.stats, origin)).await;
@@ -1162,7 +1172,10 @@ async fn exchange(
             }
             Err((e, _)) => {
                 tracing::debug!(error = %e, endpoint = %ep.address, "upstream exchange failed");
-                return Err(ProxyError::UpstreamReset);
+                return Err(Failure {
+                    kind: ProxyError::UpstreamReset,
+                    cause: Some(e),
+                });
             }
         }
     }
@@ -1188,7 +1201,9 @@ pub(crate) async fn call_cluster(
     };
     let start = Instant::now();
     let mut req = req;
-    exchange(worker, cluster, ep_idx, &mut req, start, origin).await
+    exchange(worker, cluster, ep_idx, &mut req, start, origin)
+        .await
+        .map_err(|f| f.kind)
 }
 
 /// Stage 7: turns the upstream response into the downstream one.

@@ -67,10 +67,14 @@ pub async fn proxy_upgrade(
         client: conn.client,
         local: conn.local,
     };
-    let stream = crate::upstream::dial(ep.address, cluster, &ep.stats, origin).await?;
+    let stream = crate::upstream::dial(ep.address, cluster, &ep.stats, origin)
+        .await
+        .map_err(|f| f.kind)?;
     let mut resp = match &cluster.tls {
         Some((t, cfg)) => {
-            let tls = crate::upstream::tls_connect(ep.address, t, cfg, stream, cluster.connect_timeout).await?;
+            let tls = crate::upstream::tls_connect(ep.address, t, cfg, stream, cluster.connect_timeout)
+                .await
+                .map_err(|f| f.kind)?;
             send_upgradeable(TokioIo::new(tls), upstream_req).await?
         }
         None => send_upgradeable(TokioIo::new(stream), upstream_req).await?,

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::config::UpstreamProtocol;
-use crate::error::ProxyError;
+use crate::error::{Failure, ProxyError};
 use crate::metrics::EndpointStats;
 use crate::runtime::PoolSettings;
 use crate::send_batch::BatchedStream;
@@ -145,7 +145,7 @@ impl Pool {
         cluster: &crate::runtime::Cluster,
         stats: &EndpointStats,
         origin: Origin,
-    ) -> Result<Conn, ProxyError> {
+    ) -> Result<Conn, Failure> {
         let stream = BatchedStream::new(dial(addr, cluster, stats, origin).await?);
         let born = Instant::now();
         let private = cluster.proxy_protocol.is_some();
@@ -209,19 +209,19 @@ pub async fn dial(
     cluster: &crate::runtime::Cluster,
     stats: &EndpointStats,
     origin: Origin,
-) -> Result<TcpStream, ProxyError> {
+) -> Result<TcpStream, Failure> {
     use tokio::io::AsyncWriteExt;
     let mut stream = match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(%addr, error = %e, "upstream connect failed");
             stats.connect_failures.fetch_add(1, Relaxed);
-            return Err(ProxyError::ConnectFailure);
+            return Err(Failure::new(ProxyError::ConnectFailure, e));
         }
         Err(_) => {
             stats.connect_failures.fetch_add(1, Relaxed);
             stats.timeouts.fetch_add(1, Relaxed);
-            return Err(ProxyError::ConnectTimeout);
+            return Err(ProxyError::ConnectTimeout.into());
         }
     };
     let _ = stream.set_nodelay(true);
@@ -231,7 +231,10 @@ pub async fn dial(
             crate::config::ProxyProtocolVersion::V1 => crate::proxy_protocol::encode_v1(origin.client, origin.local),
             crate::config::ProxyProtocolVersion::V2 => crate::proxy_protocol::encode_v2(origin.client, origin.local),
         };
-        stream.write_all(&header).await.map_err(|_| ProxyError::UpstreamReset)?;
+        stream
+            .write_all(&header)
+            .await
+            .map_err(|e| Failure::new(ProxyError::UpstreamReset, e))?;
     }
     Ok(stream)
 }
@@ -244,12 +247,13 @@ pub async fn tls_connect<IO>(
     cfg: &crate::config::Built<rustls::ClientConfig>,
     stream: IO,
     timeout: Duration,
-) -> Result<tokio_rustls::client::TlsStream<IO>, ProxyError>
+) -> Result<tokio_rustls::client::TlsStream<IO>, Failure>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let name = match &t.sni {
-        Some(n) => rustls_pki_types::ServerName::try_from(n.clone()).map_err(|_| ProxyError::ConnectFailure)?,
+        Some(n) => rustls_pki_types::ServerName::try_from(n.clone())
+            .map_err(|e| Failure::new(ProxyError::ConnectFailure, e))?,
         None => rustls_pki_types::ServerName::IpAddress(addr.ip().into()),
     };
     match tokio::time::timeout(
@@ -261,9 +265,9 @@ where
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => {
             tracing::debug!(%addr, error = %e, "upstream TLS handshake failed");
-            Err(ProxyError::ConnectFailure)
+            Err(Failure::new(ProxyError::ConnectFailure, e))
         }
-        Err(_) => Err(ProxyError::ConnectTimeout),
+        Err(_) => Err(ProxyError::ConnectTimeout.into()),
     }
 }
 

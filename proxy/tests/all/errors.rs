@@ -68,6 +68,16 @@ async fn connect_failure_timeout_and_reset_are_told_apart() {
         assert_eq!(lines.len(), 4, "{log}");
         let reasons: Vec<&str> = lines.iter().map(|l| l["reason"].as_str().unwrap()).collect();
         assert_eq!(reasons, ["connect-failure", "timeout", "upstream-reset", "ok"]);
+        // The error underneath: the refused connect and the closed connection say
+        // what happened; a timeout has nothing underneath; a success has no error.
+        let errors: Vec<&str> = lines.iter().map(|l| l["error"].as_str().unwrap_or("")).collect();
+        assert!(errors[0].to_lowercase().contains("refused"), "{log}");
+        assert_eq!(errors[1], "", "{log}");
+        assert!(
+            errors[2].contains("closed") || errors[2].contains("reset") || errors[2].contains("eof"),
+            "{log}"
+        );
+        assert!(lines[3]["error"].is_null(), "{log}");
         let ok = &lines[3];
         assert_eq!(ok["status"], 200);
         assert_eq!(ok["route"], "good");
