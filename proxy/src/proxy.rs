@@ -678,11 +678,15 @@ async fn attempts(
             total,
             body_timeout,
         };
-        let exchanged = exchange(worker, cluster, ep_idx, &mut upstream_req.req, start, origin);
-        let exchanged: Exchanged = match progress.as_deref() {
-            None => timed(exchanged, &timers).await,
-            // Boxed: only requests with a streamed body watch it.
-            Some(p) => Box::pin(timed_with_body(exchanged, &timers, p)).await,
+        let exchanged: Exchanged = {
+            // Pinned here and lent to the timer: the exchange's state (the largest
+            // future of the path) is not copied into the timer's.
+            let call = std::pin::pin!(exchange(worker, cluster, ep_idx, &mut upstream_req.req, start, origin));
+            match progress.as_deref() {
+                None => timed(call, &timers).await,
+                // Boxed: only requests with a streamed body watch it.
+                Some(p) => Box::pin(timed_with_body(call, &timers, p)).await,
+            }
         };
         // The last attempt's cause goes to the access log; the rest of the path works
         // with the kind.
