@@ -100,7 +100,7 @@ pub async fn handle(
         answered: false,
     };
     let outcome = match authority {
-        Ok(()) => proxy_request(&worker, &conn, &rt, req, request_id.as_ref(), &mut end.rec, start).await,
+        Ok(()) => std::pin::pin!(proxy_request(&worker, &conn, &rt, req, request_id.as_ref(), &mut end.rec, start)).await,
         Err(e) => Err(e),
     };
     let (mut resp, refused) = match outcome {
@@ -309,8 +309,12 @@ async fn proxy_request(
         forced,
         chain: chain.as_ref(),
     };
-    let (resp, ep_idx, upstream_time) = match attempts(worker, conn, rt, route, cluster, req, rec, start, targets).await
-    {
+    let tried = {
+        // Pinned where it is built: awaiting it by value would copy its state again.
+        let tries = std::pin::pin!(attempts(worker, conn, rt, route, cluster, req, rec, start, targets));
+        tries.await
+    };
+    let (resp, ep_idx, upstream_time) = match tried {
         Ok(r) => r,
         Err(e) => {
             // A request-body filter that answered locally ended the upstream request.
