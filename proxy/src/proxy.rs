@@ -100,7 +100,10 @@ pub async fn handle(
         answered: false,
     };
     let outcome = match authority {
-        Ok(()) => std::pin::pin!(proxy_request(&worker, &conn, &rt, req, request_id.as_ref(), &mut end.rec, start)).await,
+        Ok(()) => {
+            let id = request_id.as_ref();
+            std::pin::pin!(proxy_request(&worker, &conn, &rt, req, id, &mut end.rec, start)).await
+        }
         Err(e) => Err(e),
     };
     let (mut resp, refused) = match outcome {

@@ -58,14 +58,13 @@ pub(super) fn server(c: &mut Checker, file: &ConfigFile) -> ServerConfig {
             }
         }
     }
-    let server = ServerConfig {
+    ServerConfig {
         workers,
         drain_timeout: c.dur(&file.server.drain_timeout, "server.drain_timeout".into()),
         maintenance_handover: c.dur(&file.server.maintenance_handover, "server.maintenance_handover".into()),
         request_id,
         forwarded,
-    };
-    server
+    }
 }
 
 /// `[admin]`: its address, and a token wherever it is reachable beyond loopback.
