@@ -117,6 +117,9 @@ pub enum Side {
     Local,
 }
 
+/// The error underneath a failure (the same type as the bodies' errors).
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// A failure with its cause: what the client is told ([`ProxyError`]) and the error
 /// underneath (an I/O or protocol error), for the access log and debug logs.
 #[derive(Debug)]
@@ -124,12 +127,12 @@ pub struct Failure {
     /// What failed.
     pub kind: ProxyError,
     /// Why, when an error underneath says it.
-    pub cause: Option<crate::body::BoxError>,
+    pub cause: Option<Cause>,
 }
 
 impl Failure {
     /// A failure of `kind` caused by `cause`.
-    pub fn new(kind: ProxyError, cause: impl Into<crate::body::BoxError>) -> Failure {
+    pub fn new(kind: ProxyError, cause: impl Into<Cause>) -> Failure {
         Failure {
             kind,
             cause: Some(cause.into()),
