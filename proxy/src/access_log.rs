@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{AccessLogTarget, LogFormat};
-use crate::metrics::StatsRegistry;
+use crate::stats::StatsRegistry;
 
 /// What is known about a finished request.
 #[derive(Debug)]

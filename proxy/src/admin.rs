@@ -47,7 +47,7 @@ pub fn start(shared: Arc<Shared>, addr: SocketAddr, token: Option<String>) -> st
 /// Starts a witness's admin listener (`/live`, `/ready`, `/metrics`, `/status`,
 /// `/cluster`: the group as the witness sees it) on its own thread.
 pub fn start_witness(addr: SocketAddr, token: Option<String>) -> std::io::Result<SocketAddr> {
-    let stats = Arc::new(crate::metrics::StatsRegistry::default());
+    let stats = Arc::new(crate::stats::StatsRegistry::default());
     listen(addr, token, stats, |req, token, stats| async move {
         guarded(req, token.as_deref(), &stats, serve_witness).await
     })
@@ -57,11 +57,11 @@ pub fn start_witness(addr: SocketAddr, token: Option<String>) -> std::io::Result
 fn listen<H, F>(
     addr: SocketAddr,
     token: Option<String>,
-    stats: Arc<crate::metrics::StatsRegistry>,
+    stats: Arc<crate::stats::StatsRegistry>,
     handler: H,
 ) -> std::io::Result<SocketAddr>
 where
-    H: Fn(Request<Incoming>, Option<Arc<str>>, Arc<crate::metrics::StatsRegistry>) -> F + Clone + Send + 'static,
+    H: Fn(Request<Incoming>, Option<Arc<str>>, Arc<crate::stats::StatsRegistry>) -> F + Clone + Send + 'static,
     F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let std_listener = std::net::TcpListener::bind(addr)?;
@@ -140,7 +140,7 @@ where
 async fn guarded<'a, F, Fut>(
     req: Request<Incoming>,
     token: Option<&'a str>,
-    stats: &'a crate::metrics::StatsRegistry,
+    stats: &'a crate::stats::StatsRegistry,
     handler: F,
 ) -> Response<Full<Bytes>>
 where

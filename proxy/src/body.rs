@@ -17,7 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::metrics::{ClusterStats, EndpointStats};
+use crate::stats::{ClusterStats, EndpointStats};
 use crate::upstream::ResponseBody;
 
 /// Work to do when the response is finished.
@@ -27,7 +27,7 @@ pub struct Completion {
     /// Cluster whose active count to release.
     pub cluster: Option<Arc<ClusterStats>>,
     /// Route whose gRPC status counters to bump.
-    pub route: Option<Arc<crate::metrics::RouteStats>>,
+    pub route: Option<Arc<crate::stats::RouteStats>>,
     /// Access log record to complete and send.
     pub record: Option<(AccessRecord, AccessLog)>,
     /// Request start.

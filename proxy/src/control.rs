@@ -12,9 +12,9 @@ use arc_swap::ArcSwap;
 use crate::access_log::AccessLog;
 use crate::config::{self, Config, ConfigError};
 use crate::health::verdict::{self, Source, Target, Verdict};
-use crate::metrics::{EndpointStats, ListenerStats, StatsRegistry};
 use crate::phase::{NodePhase, Phase};
 use crate::runtime::Runtime;
+use crate::stats::{EndpointStats, ListenerStats, StatsRegistry};
 
 /// Where the configuration comes from, so a reload can read it again.
 #[derive(Debug, Clone)]

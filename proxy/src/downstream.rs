@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::body::BoxError;
-use crate::metrics::ListenerStats;
+use crate::stats::ListenerStats;
 use crate::worker::{LocalExec, Worker};
 
 /// Per-connection facts and counters the request handler reads and updates.

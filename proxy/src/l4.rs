@@ -17,10 +17,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::config::{HashOn, HostPattern};
-use crate::metrics::ListenerStats;
 use crate::runtime::{Cluster, Runtime};
 use crate::send_batch::BatchedStream;
 use crate::sni::{peek_hello, Hello};
+use crate::stats::ListenerStats;
 use crate::upstream::Origin;
 use crate::worker::Worker;
 

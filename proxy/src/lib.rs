@@ -34,6 +34,7 @@ pub mod runtime;
 pub mod send_batch;
 pub mod server;
 pub mod sni;
+pub mod stats;
 pub mod sticky;
 pub mod syn_gate;
 pub mod tls;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::access_log::AccessLog;
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::control::{ConfigSource, Shared};
-use crate::metrics::StatsRegistry;
+use crate::stats::StatsRegistry;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use super::verdict::{self, EjectReason, Source, Target, Verdict};
 use crate::clock::now_ns;
 use crate::config::HealthCheckConfig;
 use crate::control::Shared;
-use crate::metrics::EndpointStats;
+use crate::stats::EndpointStats;
 
 /// Starts the health thread.
 pub fn start(shared: Arc<Shared>) -> std::io::Result<()> {

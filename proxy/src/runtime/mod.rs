@@ -13,7 +13,7 @@ use crate::config::{
     BalancerKind, BreakerConfig, ClusterConfig, Config, HashOn, HeaderRules, HealthCheckConfig, OutlierConfig,
     RetryBudget, RetryPolicy, SlowStart, UpstreamProtocol,
 };
-use crate::metrics::{ClusterStats, EndpointStats, RouteStats, StatsRegistry};
+use crate::stats::{ClusterStats, EndpointStats, RouteStats, StatsRegistry};
 
 pub use router::{RequestFacts, Router};
 

@@ -19,7 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::body::{BoxError, UpstreamBody};
-use crate::metrics::ClusterStats;
+use crate::stats::ClusterStats;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
@@ -27,9 +27,9 @@ use tokio::net::TcpStream;
 
 use crate::config::UpstreamProtocol;
 use crate::error::{Failure, ProxyError};
-use crate::metrics::EndpointStats;
 use crate::runtime::PoolSettings;
 use crate::send_batch::BatchedStream;
+use crate::stats::EndpointStats;
 use crate::worker::LocalExec;
 
 /// The request-sending side of an upstream connection.
