@@ -337,7 +337,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
             text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                crate::metrics::render(&rt, &shared.listeners, &shared.stats),
+                crate::metrics::render(&rt, &shared.listeners, &shared.stats, shared.sticky.len()),
             )
         }
         (Method::GET, "/cluster") => text(StatusCode::OK, "application/json", cluster_json().to_string()),

@@ -42,6 +42,8 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     /// Counters keyed by identity.
     pub stats: Arc<StatsRegistry>,
+    /// Learned sticky bindings of this node (kept across reloads, like the counters).
+    pub sticky: crate::sticky::StickyTable,
     /// Listener counters, in listener order (restart-only set).
     pub listeners: Vec<(String, Arc<ListenerStats>)>,
     /// Where reloads read from.
@@ -110,6 +112,7 @@ impl Shared {
             started_with: config,
             runtime: ArcSwap::from_pointee(runtime),
             stats,
+            sticky: Default::default(),
             listeners,
             source,
             access_log,

@@ -133,7 +133,7 @@ async fn forward<D>(
             Err(f) => {
                 let status = f.kind.status().as_u16();
                 ep.stats.responses.record(status);
-                crate::health::observe_passive(cluster, ep_idx, status, true);
+                crate::health::passive::observe_passive(cluster, ep_idx, status, true);
             }
         }
     };
@@ -152,7 +152,7 @@ async fn forward<D>(
                 },
                 Err(f) => {
                     tracing::debug!(endpoint = %ep.address, error = %f, "upstream TLS failed");
-                    crate::health::observe_passive(cluster, ep_idx, f.kind.status().as_u16(), true);
+                    crate::health::passive::observe_passive(cluster, ep_idx, f.kind.status().as_u16(), true);
                     (0, 0)
                 }
             }

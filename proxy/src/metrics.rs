@@ -8,7 +8,12 @@ use std::sync::Arc;
 use crate::stats::{ClusterStats, EndpointStats, ListenerStats, StatsRegistry};
 
 /// Renders the Prometheus text exposition for the current runtime.
-pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerStats>)], reg: &StatsRegistry) -> String {
+pub fn render(
+    rt: &crate::runtime::Runtime,
+    listeners: &[(String, Arc<ListenerStats>)],
+    reg: &StatsRegistry,
+    sticky_bindings: usize,
+) -> String {
     let mut out = String::with_capacity(16 * 1024);
     let p = &reg.process;
     crate::process_metrics::render_build_info(&mut out);
@@ -216,7 +221,7 @@ pub fn render(rt: &crate::runtime::Runtime, listeners: &[(String, Arc<ListenerSt
         "tandem_sticky_bindings",
         "Learned sticky bindings held by this node.",
     );
-    let _ = writeln!(out, "tandem_sticky_bindings {}", reg.sticky.len());
+    let _ = writeln!(out, "tandem_sticky_bindings {}", sticky_bindings);
     counter(
         &mut out,
         "tandem_route_grpc_responses_total",

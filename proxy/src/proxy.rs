@@ -574,7 +574,7 @@ async fn attempts(
         .retry
         .as_ref()
         .filter(|p| p.max_retries > 0 && retry_allowed(p, &req));
-    let sticky_table = &worker.shared.stats.sticky;
+    let sticky_table = &worker.shared.sticky;
     let sticky = crate::sticky::plan(cluster, sticky_table, req.headers(), conn.client);
     // A retryable request keeps its (small) body for replay; otherwise it streams.
     let mut replay: Option<(http::request::Parts, Bytes)> = None;
@@ -1239,7 +1239,7 @@ fn observe(route: &Route, cluster: &Cluster, ep_idx: usize, status: u16, upstrea
     cluster.stats.responses.record(status);
     route.stats.responses.record(status);
     route.stats.latency.observe_ns(ns);
-    crate::health::observe_passive(cluster, ep_idx, status, false);
+    crate::health::passive::observe_passive(cluster, ep_idx, status, false);
 }
 
 /// Stage 8 for an attempt that got no response.
@@ -1252,7 +1252,7 @@ fn observe_failure(route: &Route, cluster: &Cluster, ep_idx: usize, e: ProxyErro
     if !matches!(e, ProxyError::Overflow(_)) {
         // A failure is as bad as a slow answer for load-aware balancers.
         ep.stats.ewma.observe(1e9);
-        crate::health::observe_passive(cluster, ep_idx, status, true);
+        crate::health::passive::observe_passive(cluster, ep_idx, status, true);
     }
 }
 

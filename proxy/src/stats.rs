@@ -199,8 +199,6 @@ pub struct StatsRegistry {
     endpoints: Mutex<HashMap<(String, SocketAddr), Arc<EndpointStats>>>,
     listeners: Mutex<HashMap<String, Arc<ListenerStats>>>,
     limiters: Mutex<HashMap<String, Arc<crate::ratelimit::Limiter>>>,
-    /// Learned sticky bindings of this node.
-    pub sticky: crate::sticky::StickyTable,
     /// Process-wide counters.
     pub process: ProcessStats,
 }

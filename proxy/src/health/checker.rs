@@ -71,7 +71,7 @@ async fn run(shared: Arc<Shared>) {
                 })
                 .max()
                 .unwrap_or(Duration::from_secs(1800));
-            shared.stats.sticky.sweep(idle);
+            shared.sticky.sweep(idle);
             for l in shared.stats.limiters() {
                 l.sweep();
             }

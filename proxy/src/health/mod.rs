@@ -22,6 +22,7 @@
 //! publishes to the pair.
 
 pub mod checker;
+pub mod passive;
 pub mod probe;
 pub mod verdict;
 
@@ -175,53 +176,4 @@ impl EndpointHealth {
     pub fn state_name(&self, now_ns: u64) -> &'static str {
         self.state(now_ns).name()
     }
-}
-
-/// Passive outlier detection: counts consecutive 5xx and gateway errors of real
-/// traffic to endpoint `idx` and ejects through [`verdict::apply`] when a threshold is
-/// reached. `status` is the status the client saw (a local 502/503/504 for failures);
-/// `gateway_failure` marks connect failures, resets and timeouts.
-pub fn observe_passive(cluster: &crate::runtime::Cluster, idx: usize, status: u16, gateway_failure: bool) {
-    let Some(o) = &cluster.outlier else { return };
-    let ep = &cluster.endpoints[idx];
-    let h = &ep.stats.health;
-    let is_5xx = status >= 500;
-    let is_gateway = gateway_failure || matches!(status, 502..=504);
-    let n5 = if is_5xx {
-        h.consecutive_5xx.fetch_add(1, Relaxed) + 1
-    } else {
-        h.consecutive_5xx.store(0, Relaxed);
-        0
-    };
-    let ng = if is_gateway {
-        h.consecutive_gateway.fetch_add(1, Relaxed) + 1
-    } else {
-        h.consecutive_gateway.store(0, Relaxed);
-        0
-    };
-    let reason = if o.consecutive_gateway_errors > 0 && ng >= o.consecutive_gateway_errors {
-        verdict::EjectReason::ConsecutiveGateway
-    } else if o.consecutive_5xx > 0 && n5 >= o.consecutive_5xx {
-        verdict::EjectReason::Consecutive5xx
-    } else {
-        return;
-    };
-    let now = crate::clock::now_ns();
-    let ejected = cluster
-        .endpoints
-        .iter()
-        .filter(|e| e.stats.health.is_ejected(now))
-        .count();
-    verdict::apply(
-        h,
-        verdict::Verdict::Eject(reason),
-        verdict::Source::Passive,
-        verdict::Target {
-            cluster: &cluster.name,
-            address: ep.address,
-        },
-        Some(o),
-        ejected,
-        cluster.endpoints.len(),
-    );
 }
