@@ -5,6 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use crate::exposition::{counter, gauge};
 use crate::stats::{ClusterStats, EndpointStats, ListenerStats, StatsRegistry};
 
 /// Renders the Prometheus text exposition for the current runtime.
@@ -21,11 +22,11 @@ pub fn render(
     crate::process_metrics::render_certificates(&mut out, &rt.config.certificates);
     // The file's hash is in /status; a label that changes every reload would start a
     // new series each time.
-    let _ = writeln!(
-        out,
-        "# HELP tandem_config_generation Generation of the applied configuration."
+    gauge(
+        &mut out,
+        "tandem_config_generation",
+        "Generation of the applied configuration.",
     );
-    let _ = writeln!(out, "# TYPE tandem_config_generation gauge");
     let _ = writeln!(out, "tandem_config_generation {}", rt.generation);
     counter(&mut out, "tandem_reloads_total", "Configuration reloads by result.");
     let _ = writeln!(
@@ -190,7 +191,7 @@ pub fn render(
             );
         }
     }
-    histogram_head(
+    crate::exposition::histogram(
         &mut out,
         "tandem_route_latency_seconds",
         "Time to response headers per route.",
@@ -300,7 +301,7 @@ pub fn render(
             }
         }
     }
-    histogram_head(
+    crate::exposition::histogram(
         &mut out,
         "tandem_endpoint_latency_seconds",
         "Upstream time to response headers per endpoint.",
@@ -677,16 +678,4 @@ pub fn render_group(out: &mut String, v: &crate::pair::GroupView) {
             l.vrid, l.remaining_seconds
         );
     }
-}
-
-/// Writes the HELP and TYPE lines of a counter.
-pub(crate) fn counter(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-}
-/// Writes the HELP and TYPE lines of a gauge.
-pub(crate) fn gauge(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-}
-fn histogram_head(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
 }

@@ -169,7 +169,11 @@ impl Vips {
 
     /// Appends the VIP families to a Prometheus exposition.
     pub fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP tandem_vip_state VRRP state per VIP (0 initialize, 1 backup, 2 master, 3 fault: interface down).\n# TYPE tandem_vip_state gauge");
+        crate::exposition::gauge(
+            out,
+            "tandem_vip_state",
+            "VRRP state per VIP (0 initialize, 1 backup, 2 master, 3 fault: interface down).",
+        );
         for (c, s) in &self.routers {
             let _ = writeln!(
                 out,
@@ -179,9 +183,10 @@ impl Vips {
                 s.state.load(Relaxed)
             );
         }
-        let _ = writeln!(
+        crate::exposition::gauge(
             out,
-            "# HELP tandem_vip_priority Priority in use per VIP (lowered by tracking).\n# TYPE tandem_vip_priority gauge"
+            "tandem_vip_priority",
+            "Priority in use per VIP (lowered by tracking).",
         );
         for (c, s) in &self.routers {
             let _ = writeln!(
@@ -191,10 +196,7 @@ impl Vips {
                 s.priority.load(Relaxed)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP tandem_vip_events_total VRRP events per VIP.\n# TYPE tandem_vip_events_total counter"
-        );
+        crate::exposition::counter(out, "tandem_vip_events_total", "VRRP events per VIP.");
         for (c, s) in &self.routers {
             for (ev, v) in [
                 ("advert_sent", &s.adverts_sent),
@@ -215,7 +217,11 @@ impl Vips {
                 );
             }
         }
-        let _ = writeln!(out, "# HELP tandem_vip_adverts_dropped_total Malformed, foreign or refused adverts dropped, by reason.\n# TYPE tandem_vip_adverts_dropped_total counter");
+        crate::exposition::counter(
+            out,
+            "tandem_vip_adverts_dropped_total",
+            "Malformed, foreign or refused adverts dropped, by reason.",
+        );
         for (c, s) in &self.routers {
             for (i, reason) in router::DROP_REASONS.iter().enumerate() {
                 let _ = writeln!(

@@ -117,10 +117,7 @@ fn label(s: &str) -> String {
 pub fn render(out: &mut String) {
     let p = plugins().lock().expect("plugin stats poisoned");
     if !p.is_empty() {
-        let _ = writeln!(
-            out,
-            "# HELP tandem_wasm_events_total proxy-wasm host events per filter.\n# TYPE tandem_wasm_events_total counter"
-        );
+        crate::exposition::counter(out, "tandem_wasm_events_total", "proxy-wasm host events per filter.");
         let mut names: Vec<_> = p.keys().collect();
         names.sort();
         for n in names {
@@ -149,9 +146,10 @@ pub fn render(out: &mut String) {
                 );
             }
         }
-        let _ = writeln!(
+        crate::exposition::gauge(
             out,
-            "# HELP tandem_wasm_instance_memory_bytes Largest linear memory of one instance per filter.\n# TYPE tandem_wasm_instance_memory_bytes gauge"
+            "tandem_wasm_instance_memory_bytes",
+            "Largest linear memory of one instance per filter.",
         );
         let mut names: Vec<_> = p.keys().collect();
         names.sort();
@@ -169,9 +167,10 @@ pub fn render(out: &mut String) {
     if r.metrics.is_empty() {
         return;
     }
-    let _ = writeln!(
+    crate::exposition::untyped(
         out,
-        "# HELP tandem_wasm_metric Metrics defined by filters (counter, gauge; histogram as sum and count).\n# TYPE tandem_wasm_metric untyped"
+        "tandem_wasm_metric",
+        "Metrics defined by filters (counter, gauge; histogram as sum and count).",
     );
     for m in &r.metrics {
         let (f, n) = (label(&m.plugin), label(&m.name));
