@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -53,8 +52,6 @@ pub struct Shared {
     /// Where the node is in its life (serving, handing over, maintenance, draining):
     /// what the request path, idle connections, the SYN gate and `/ready` act on.
     pub phase: Phase,
-    /// Numbers the handovers, so a called-off one's timer never ends a later one.
-    handovers: AtomicU64,
     /// Workers whose listeners are bound and accepting.
     pub workers_ready: AtomicUsize,
     /// Worker count.
@@ -117,7 +114,6 @@ impl Shared {
             source,
             access_log,
             phase: Phase::default(),
-            handovers: AtomicU64::new(0),
             workers_ready: AtomicUsize::new(0),
             workers,
             connections: AtomicU64::new(0),
@@ -256,74 +252,6 @@ impl Shared {
     /// `draining` (stopping).
     pub fn phase(&self) -> &'static str {
         self.phase.get().name()
-    }
-
-    /// Maintenance on: clients are asked to close their connections (so their next ones
-    /// go wherever the VIP is) while this node still holds its VIPs; after `handover`
-    /// the SYN gate closes and the VIPs are released with priority 0, and the peer takes
-    /// over. In-flight requests finish. Off: the gate opens, keep-alive is normal again
-    /// and the VIPs rejoin the election. Neither changes a node that is stopping.
-    pub fn set_maintenance(self: &Arc<Self>, on: bool, handover: Duration) {
-        let vips = crate::vips::get();
-        if !on {
-            let before = self.phase.step(|p| p.in_maintenance().then_some(NodePhase::Serving));
-            if before.in_maintenance() {
-                if let Some(v) = vips {
-                    v.set_maintenance(false);
-                }
-            }
-            return;
-        }
-        let Some(v) = vips else {
-            self.phase
-                .step(|p| (p == NodePhase::Serving).then_some(NodePhase::Maintenance));
-            tracing::info!("maintenance: closing client connections (no VIPs configured)");
-            return;
-        };
-        let epoch = self.handovers.fetch_add(1, Relaxed) + 1;
-        if self
-            .phase
-            .step(|p| (p == NodePhase::Serving).then_some(NodePhase::HandingOver { epoch }))
-            != NodePhase::Serving
-        {
-            return;
-        }
-        tracing::info!(
-            ?handover,
-            "maintenance: closing client connections, then releasing VIPs"
-        );
-        let shared = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(handover).await;
-            // Only this handover ends here: called off (and perhaps begun again) meanwhile,
-            // it is not this timer's to end.
-            let ended = |p| (p == NodePhase::HandingOver { epoch }).then_some(NodePhase::Maintenance);
-            if shared.phase.step(ended) == (NodePhase::HandingOver { epoch }) {
-                v.set_maintenance(true);
-            }
-        });
-    }
-
-    /// A stop at a VIP holder: clients are asked to close their connections for
-    /// `handover` (their next ones still reach this node, one request each), then the SYN
-    /// gate closes and the VIPs are released with priority 0 (the peer takes over at
-    /// once). The drain follows ([`Shared::begin_drain`]).
-    pub async fn hand_over_for_stop(&self, handover: Duration) {
-        let Some(v) = crate::vips::get() else { return };
-        if v.holds_any() {
-            let epoch = self.handovers.fetch_add(1, Relaxed) + 1;
-            if self
-                .phase
-                .step(|p| (p == NodePhase::Serving).then_some(NodePhase::HandingOver { epoch }))
-                == NodePhase::Serving
-            {
-                tracing::info!(?handover, "stopping: closing client connections, then releasing VIPs");
-                tokio::time::sleep(handover).await;
-            }
-        }
-        self.phase
-            .step(|p| (p != NodePhase::Draining).then_some(NodePhase::Maintenance));
-        v.stop(Duration::from_secs(1));
     }
 
     /// Whether every worker accepts and the node is serving (not handing over, in

@@ -24,6 +24,7 @@ pub mod headers;
 pub mod health;
 pub mod inplace;
 pub mod l4;
+pub mod lifecycle;
 pub mod metrics;
 pub mod pair;
 pub mod phase;

@@ -10,7 +10,7 @@
 //! any ──stop──▶ (HandingOver, if serving a VIP) ──▶ Maintenance ──VIPs released──▶ Draining
 //! ```
 
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
 /// Where the node is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,8 @@ impl NodePhase {
 pub struct Phase {
     tx: tokio::sync::watch::Sender<NodePhase>,
     closing: AtomicU8,
+    /// The last handover's number.
+    epochs: AtomicU64,
 }
 
 impl Default for Phase {
@@ -74,6 +76,7 @@ impl Default for Phase {
         Phase {
             tx: tokio::sync::watch::channel(NodePhase::Serving).0,
             closing: AtomicU8::new(0),
+            epochs: AtomicU64::new(0),
         }
     }
 }
@@ -87,6 +90,11 @@ impl Phase {
     /// A receiver woken at every change.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<NodePhase> {
         self.tx.subscribe()
+    }
+
+    /// A new handover's number: a called-off handover's timer never ends a later one.
+    pub fn next_epoch(&self) -> u64 {
+        self.epochs.fetch_add(1, Relaxed) + 1
     }
 
     /// For the request path: whether responses should ask clients to close.

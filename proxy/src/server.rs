@@ -186,7 +186,7 @@ pub fn run_until_stopped(running: Running) -> Result<(), RunError> {
         // one request each), then the SYN gate closes and the VIPs go with priority 0
         // (the peer takes over at once); then drain.
         let handover = shared.runtime.load().config.server.maintenance_handover;
-        shared.hand_over_for_stop(handover).await;
+        crate::lifecycle::hand_over_for_stop(&shared, handover).await;
         shared.begin_drain();
         let timeout = shared.runtime.load().config.server.drain_timeout;
         let deadline = Instant::now() + timeout;
