@@ -26,8 +26,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::body::BoxError;
+use crate::exec::LocalExec;
 use crate::stats::ListenerStats;
-use crate::worker::{LocalExec, Worker};
+use crate::worker::Worker;
 
 /// Per-connection facts and counters the request handler reads and updates.
 #[derive(Debug)]

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod demo_pair;
 pub mod downstream;
 pub mod error;
+pub mod exec;
 pub mod exposition;
 pub mod fuzzing;
 pub mod headers;

@@ -3,7 +3,6 @@
 //! its own balancer state. Workers only share read-mostly snapshots and atomics.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,21 +18,6 @@ use crate::control::Shared;
 use crate::runtime::Runtime;
 use crate::syn_gate::SynGate;
 use crate::upstream::Pool;
-
-/// Spawns futures on the current worker's `LocalSet`; lets hyper run `!Send`
-/// connection tasks (HTTP/2 streams, upstream connections) on the owning worker.
-#[derive(Debug, Clone, Copy)]
-pub struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: Future + 'static,
-    F::Output: 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
-}
 
 /// Why workers could not start.
 #[derive(Debug, thiserror::Error)]

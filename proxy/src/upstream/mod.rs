@@ -27,10 +27,10 @@ use tokio::net::TcpStream;
 
 use crate::config::UpstreamProtocol;
 use crate::error::{Failure, ProxyError};
+use crate::exec::LocalExec;
 use crate::runtime::PoolSettings;
 use crate::send_batch::BatchedStream;
 use crate::stats::EndpointStats;
-use crate::worker::LocalExec;
 
 /// The request-sending side of an upstream connection.
 #[derive(Debug)]
