@@ -73,9 +73,15 @@ struct Job {
     answer: oneshot::Sender<Option<Reply>>,
 }
 
-/// The sending side of one member's link.
+/// The sending side of one member's link, and what its task found out.
 struct Link {
     jobs: mpsc::Sender<Job>,
+    state: LinkState,
+}
+
+/// The shared state of one link, written by its task.
+#[derive(Clone)]
+struct LinkState {
     /// When the last reply came back on it (ms since [`Links::epoch`]; 0: never).
     heard_ms: Arc<AtomicU64>,
     /// A call is on it now: another one goes on a connection of its own rather than
@@ -85,15 +91,6 @@ struct Link {
     /// last outcome was not a refusal).
     refused_ms: Arc<AtomicU64>,
     /// The member's last report of its own links.
-    report: Arc<Mutex<Option<Report>>>,
-}
-
-/// The shared state of one link, written by its task.
-#[derive(Clone)]
-struct LinkState {
-    heard_ms: Arc<AtomicU64>,
-    busy: Arc<AtomicBool>,
-    refused_ms: Arc<AtomicU64>,
     report: Arc<Mutex<Option<Report>>>,
     epoch: Instant,
 }
@@ -120,7 +117,7 @@ impl Links {
     /// never).
     pub fn heard(&self, id: NodeId) -> Option<Duration> {
         let link = self.by_id.get()?.get(&id)?;
-        let ms = link.heard_ms.load(Relaxed);
+        let ms = link.state.heard_ms.load(Relaxed);
         (ms != 0).then(|| self.epoch().elapsed().saturating_sub(Duration::from_millis(ms)))
     }
 
@@ -130,7 +127,7 @@ impl Links {
         let Some(link) = self.by_id.get().and_then(|m| m.get(&id)) else {
             return false;
         };
-        let ms = link.refused_ms.load(Relaxed);
+        let ms = link.state.refused_ms.load(Relaxed);
         ms != 0 && self.epoch().elapsed().saturating_sub(Duration::from_millis(ms)) <= REFUSED_FRESH
     }
 
@@ -138,7 +135,7 @@ impl Links {
     /// with `Hello`, an older release).
     pub fn report(&self, id: NodeId) -> Option<Report> {
         let link = self.by_id.get()?.get(&id)?;
-        link.report.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        link.state.report.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// This member's links as a `Pong` reports them.
@@ -162,7 +159,7 @@ impl Links {
         let Some(link) = self.by_id.get().and_then(|m| m.get(&id)) else {
             return Err(req);
         };
-        if self.heard(id).is_none_or(|d| d > FRESH) || link.busy.load(Relaxed) {
+        if self.heard(id).is_none_or(|d| d > FRESH) || link.state.busy.load(Relaxed) {
             return Err(req);
         }
         let (answer, reply) = oneshot::channel();
@@ -198,16 +195,7 @@ impl Network {
             };
             let client = self.link_client(p.id, &p.address.to_string());
             tasks.push(tokio::spawn(keep(client, rx, state.clone())));
-            by_id.insert(
-                p.id,
-                Link {
-                    jobs,
-                    heard_ms: state.heard_ms,
-                    busy: state.busy,
-                    refused_ms: state.refused_ms,
-                    report: state.report,
-                },
-            );
+            by_id.insert(p.id, Link { jobs, state });
         }
         if self.links.by_id.set(by_id).is_err() {
             tasks.iter().for_each(|t| t.abort());
