@@ -388,7 +388,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
         (Method::POST, "/maintenance") => {
             let on = !query.split('&').any(|p| p == "on=0" || p == "off");
             let handover = shared.runtime.load().config.server.maintenance_handover;
-            crate::lifecycle::set_maintenance(&shared, on, handover);
+            crate::lifecycle::set_maintenance(shared, on, handover);
             let phase = shared.phase();
             text(
                 StatusCode::OK,
