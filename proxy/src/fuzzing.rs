@@ -157,10 +157,16 @@ pub fn config(data: &[u8]) {
 }
 
 /// What filters' callouts read from outside: gRPC messages framed in a response body
-/// arriving in pieces (the first byte picks the piece size), and Envoy's
-/// `SetEnvoyFilterStateArguments` protobuf. Framed messages frame back to the input.
+/// arriving in pieces (the first byte picks the piece size), Envoy's
+/// `SetEnvoyFilterStateArguments` protobuf, and the records of Tandem's extensions a
+/// filter sends or reads (`tandem-abi`: health reports, endpoint lines, pinned upstream
+/// names). Framed messages frame back to the input; decoded records encode and decode
+/// back to the same value.
 pub fn filter_callout(data: &[u8]) {
     let _ = crate::wasm::extensions::filter_state_args(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        abi_records(text);
+    }
     let Some((&step, rest)) = data.split_first() else {
         return;
     };
@@ -176,4 +182,24 @@ pub fn filter_callout(data: &[u8]) {
     }
     let framed: Vec<u8> = seen.iter().flat_map(|m| crate::wasm::grpc::frame(m).to_vec()).collect();
     assert_eq!(&framed[..], &rest[..rest.len() - buf.len()]);
+}
+
+/// The extension records of [`filter_callout`].
+fn abi_records(text: &str) {
+    use tandem_abi::{parse_endpoints, write_endpoint, HealthReport};
+    if let Some(r) = HealthReport::decode(text) {
+        assert_eq!(HealthReport::decode(&r.encode()), Some(r));
+    }
+    for e in parse_endpoints(text) {
+        let mut line = String::new();
+        write_endpoint(&mut line, &e.address, e.state, e.weight, e.active, e.ewma_us);
+        assert_eq!(parse_endpoints(&line), [e]);
+    }
+    let (cluster, pinned) = tandem_abi::split_upstream(text);
+    if let Some(address) = pinned {
+        assert_eq!(
+            tandem_abi::split_upstream(&tandem_abi::endpoint_upstream(cluster, address)),
+            (cluster, pinned)
+        );
+    }
 }
