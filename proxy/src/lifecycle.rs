@@ -31,14 +31,9 @@ pub fn set_maintenance(shared: &Arc<Shared>, on: bool, handover: Duration) {
         tracing::info!("maintenance: closing client connections (no VIPs configured)");
         return;
     };
-    let epoch = shared.phase.next_epoch();
-    if shared
-        .phase
-        .step(|p| (p == NodePhase::Serving).then_some(NodePhase::HandingOver { epoch }))
-        != NodePhase::Serving
-    {
+    let Some(epoch) = shared.phase.begin_handover() else {
         return;
-    }
+    };
     tracing::info!(
         ?handover,
         "maintenance: closing client connections, then releasing VIPs"
@@ -61,16 +56,9 @@ pub fn set_maintenance(shared: &Arc<Shared>, on: bool, handover: Duration) {
 /// once). The drain follows ([`Shared::begin_drain`]).
 pub async fn hand_over_for_stop(shared: &Shared, handover: Duration) {
     let Some(v) = crate::vips::get() else { return };
-    if v.holds_any() {
-        let epoch = shared.phase.next_epoch();
-        if shared
-            .phase
-            .step(|p| (p == NodePhase::Serving).then_some(NodePhase::HandingOver { epoch }))
-            == NodePhase::Serving
-        {
-            tracing::info!(?handover, "stopping: closing client connections, then releasing VIPs");
-            tokio::time::sleep(handover).await;
-        }
+    if v.holds_any() && shared.phase.begin_handover().is_some() {
+        tracing::info!(?handover, "stopping: closing client connections, then releasing VIPs");
+        tokio::time::sleep(handover).await;
     }
     shared
         .phase

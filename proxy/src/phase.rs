@@ -92,9 +92,12 @@ impl Phase {
         self.tx.subscribe()
     }
 
-    /// A new handover's number: a called-off handover's timer never ends a later one.
-    pub fn next_epoch(&self) -> u64 {
-        self.epochs.fetch_add(1, Relaxed) + 1
+    /// Begins a handover if the node is serving: its number (a called-off handover's
+    /// timer never ends a later one), or `None` when the node was not serving.
+    pub fn begin_handover(&self) -> Option<u64> {
+        let epoch = self.epochs.fetch_add(1, Relaxed) + 1;
+        let before = self.step(|p| (p == NodePhase::Serving).then_some(NodePhase::HandingOver { epoch }));
+        (before == NodePhase::Serving).then_some(epoch)
     }
 
     /// For the request path: whether responses should ask clients to close.
@@ -130,15 +133,16 @@ mod tests {
         let p = Phase::default();
         assert!(!p.asks_clients_to_close());
         // On (epoch 1), off, on again (epoch 2) within the first handover's window.
-        p.step(|_| Some(NodePhase::HandingOver { epoch: 1 }));
+        assert_eq!(p.begin_handover(), Some(1));
         assert!(p.asks_clients_to_close() && !p.get().closes_syn_gate());
+        assert_eq!(p.begin_handover(), None, "a handover is on already");
         p.step(|_| Some(NodePhase::Serving));
-        p.step(|_| Some(NodePhase::HandingOver { epoch: 2 }));
+        assert_eq!(p.begin_handover(), Some(3));
         // The first handover's timer ends: it only ends its own epoch.
         let end = |epoch| move |now| (now == NodePhase::HandingOver { epoch }).then_some(NodePhase::Maintenance);
         p.step(end(1));
-        assert_eq!(p.get(), NodePhase::HandingOver { epoch: 2 });
-        p.step(end(2));
+        assert_eq!(p.get(), NodePhase::HandingOver { epoch: 3 });
+        p.step(end(3));
         assert_eq!(p.get(), NodePhase::Maintenance);
         assert!(p.get().closes_syn_gate() && p.get().in_maintenance());
         // A stop is final: maintenance off does not bring it back.

@@ -1183,10 +1183,7 @@ async fn exchange(
             }
             Err((e, _)) => {
                 tracing::debug!(error = %e, endpoint = %ep.address, "upstream exchange failed");
-                return Err(Failure {
-                    kind: ProxyError::UpstreamReset,
-                    cause: Some(e),
-                });
+                return Err(Failure::new(ProxyError::UpstreamReset, e));
             }
         }
     }

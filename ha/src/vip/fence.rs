@@ -202,9 +202,9 @@ impl Fence {
                 self.until_ms = 0;
                 Renewed::Lost { holder: lease.holder }
             }
-            Ok(lease) if lease.wanted_by.is_some_and(|w| w != self.me) => Renewed::Yield {
-                to: lease.wanted_by.unwrap_or_default(),
-            },
+            Ok(Lease {
+                wanted_by: Some(to), ..
+            }) if to != self.me => Renewed::Yield { to },
             Ok(lease) => {
                 self.until_ms = lease.until_ms;
                 Renewed::Kept

@@ -435,6 +435,15 @@ fn release_later(fence: &Option<LeaseClient>, vrid: u8, wait: Duration) {
     }
 }
 
+/// Puts a due takeover off until `at` (`None`: it was not due): Master_Down fires again
+/// then, without the hold-down, which was waited already.
+fn put_off(m: &mut Machine, retry_at: &mut Option<Instant>, at: Option<Instant>) {
+    if let Some(at) = at {
+        *retry_at = Some(at);
+        m.defer(at);
+    }
+}
+
 /// Waits for the request in `p` (forever when there is none).
 async fn settle(p: &mut Pending) -> Result<Lease, LeaseError> {
     match p {
@@ -721,24 +730,20 @@ pub async fn run(
                         release_later(&fence, cfg.vrid, ttl);
                         false
                     }
-                    Acquired::AskAgain(at) | Acquired::Hold(at) => {
-                        if matches!(verdict, Acquired::Hold(_)) {
-                            h.stats.no_quorum.fetch_add(1, Relaxed);
-                            tracing::warn!(vip = %cfg.name, "no quorum for the lease; staying backup (on_no_quorum = \"hold\")");
-                        }
-                        if let Some(at) = at {
-                            retry_at = Some(at);
-                            m.defer(at);
-                        }
+                    Acquired::AskAgain(at) => {
+                        put_off(&mut m, &mut retry_at, at);
+                        false
+                    }
+                    Acquired::Hold(at) => {
+                        h.stats.no_quorum.fetch_add(1, Relaxed);
+                        tracing::warn!(vip = %cfg.name, "no quorum for the lease; staying backup (on_no_quorum = \"hold\")");
+                        put_off(&mut m, &mut retry_at, at);
                         false
                     }
                     Acquired::Refused { holder, retry } => {
                         h.stats.lease_refused.fetch_add(1, Relaxed);
                         tracing::debug!(vip = %cfg.name, holder, "takeover refused: the lease is held");
-                        if let Some(at) = retry {
-                            retry_at = Some(at);
-                            m.defer(at);
-                        }
+                        put_off(&mut m, &mut retry_at, retry);
                         false
                     }
                     Acquired::TakeWithoutQuorum(due) => {
