@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bgp_lab;
 pub mod lab;
 
 use std::collections::HashMap;

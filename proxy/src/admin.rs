@@ -399,6 +399,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
                     "vips_released_in_ms": (phase == "handover").then_some(handover.as_millis() as u64),
                     "connections": shared.connections.load(Relaxed),
                     "vips": crate::vips::get().map_or(serde_json::Value::Array(Vec::new()), |v| v.status_json()),
+                    "anycast": crate::anycast::get().map(|a| a.status_json()),
                 })
                 .to_string(),
             )
@@ -471,11 +472,12 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         "draining": shared.phase.get() == crate::phase::NodePhase::Draining,
         "maintenance": shared.phase.get().in_maintenance(),
         "phase": shared.phase(),
-        "syn_gate_closed": crate::vips::get().is_some() && shared.phase.get().closes_syn_gate(),
+        "syn_gate_closed": (crate::vips::get().is_some() || crate::anycast::get().is_some()) && shared.phase.get().closes_syn_gate(),
         "workers": shared.workers,
         "connections": shared.connections.load(Relaxed),
         "config": { "source": cfg.source, "generation": rt.generation, "hash": format!("{:016x}", rt.hash) },
         "vips": crate::vips::get().map_or(serde_json::Value::Array(Vec::new()), |v| v.status_json()),
+        "anycast": crate::anycast::get().map(|a| a.status_json()),
         "ha": crate::pair::get().map(|p| serde_json::to_value(p.view()).unwrap_or_default()),
         "listeners": cfg.listeners.iter().zip(&shared.listeners).map(|(l, (_, s))| json!({
             "name": l.name,

@@ -192,6 +192,21 @@ fn status(s: &Value) -> String {
         out.push('\n');
         t.render(&mut out);
     }
+    if let Some(groups) = s["anycast"]["groups"].as_array().filter(|g| !g.is_empty()) {
+        let mut t = Table::new(&["ANYCAST", "ADDRESSES", "INTERFACE", "ANNOUNCED", "WHY NOT", "WITHDRAWALS"]);
+        for g in groups {
+            t.row(vec![
+                cell(&g["name"]),
+                cell(&g["addresses"]),
+                cell(&g["interface"]),
+                if g["announced"].as_bool() == Some(true) { "yes" } else { "no" }.to_string(),
+                cell(&g["reason"]),
+                cell(&g["withdrawals"]),
+            ]);
+        }
+        out.push('\n');
+        t.render(&mut out);
+    }
     if s["ha"].is_object() {
         out.push('\n');
         out.push_str(&group(&s["ha"]));

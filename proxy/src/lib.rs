@@ -3,9 +3,12 @@
 //! binary `tandem` (src/main.rs) is a thin CLI over this library.
 
 #![warn(missing_docs)]
+// `/status` is one `json!` literal with many keys.
+#![recursion_limit = "256"]
 
 pub mod access_log;
 pub mod admin;
+pub mod anycast;
 pub mod balancer;
 pub mod body;
 pub mod check;

@@ -64,6 +64,19 @@ enum Command {
         /// INTERFACE=ADDRESS/PREFIX of each VIP.
         vips: Vec<String>,
     },
+    /// Internal: started by `tandem run` with anycast groups; withdraws every route
+    /// (empty fragment, BIRD reloaded) as soon as its standard input closes.
+    #[command(hide = true)]
+    GuardAnycast {
+        /// The fragment file.
+        fragment: String,
+        /// BIRD's control socket.
+        socket: String,
+        /// The birdc program.
+        birdc: String,
+        /// The static protocol's name.
+        protocol: String,
+    },
     /// Run a Raft-only member of the pair (no proxy), so a pair keeps quorum when one
     /// node dies. Reads the `[ha]` section of the configuration file.
     Witness {
@@ -321,6 +334,12 @@ fn main() -> ExitCode {
             }
         }
         Command::GuardVips { vips } => tandem_proxy::vips::guard(&vips),
+        Command::GuardAnycast {
+            fragment,
+            socket,
+            birdc,
+            protocol,
+        } => tandem_proxy::anycast::guard(&fragment, &socket, &birdc, &protocol),
         Command::Witness { config } => {
             let cfg = match load_or_report(&config) {
                 Ok(c) => c,

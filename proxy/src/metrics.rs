@@ -548,6 +548,9 @@ pub fn render(
     if let Some(v) = crate::vips::get() {
         v.render(&mut out);
     }
+    if let Some(a) = crate::anycast::get() {
+        a.render(&mut out);
+    }
     out
 }
 

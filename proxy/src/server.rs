@@ -131,11 +131,14 @@ pub fn start(config: Config, source: ConfigSource) -> Result<Running, RunError> 
         tracing::info!(node = pair.id, "joined the pair's Raft group");
     }
     let vips = config.vips.clone();
+    let (anycast, bgp) = (config.anycast.clone(), config.bgp.clone());
     let shared = Shared::new(config, source, access_log, stats);
     crate::worker::start(shared.clone())?;
     // Listeners are up before the node can win a VIP.
     crate::vips::start(&vips, shared.clone()).map_err(RunError::Signals)?;
     crate::health::checker::start(shared.clone()).map_err(RunError::Signals)?;
+    // Announced once healthy for the hold-down: listeners up, health checks under way.
+    crate::anycast::start(&anycast, bgp.as_ref(), shared.clone()).map_err(RunError::Signals)?;
     let admin = crate::admin::start(shared.clone(), admin_addr, token).map_err(|source| RunError::Admin {
         addr: admin_addr,
         source,

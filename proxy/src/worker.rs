@@ -108,7 +108,7 @@ pub fn start(shared: Arc<Shared>) -> Result<Vec<std::thread::JoinHandle<()>>, St
         let mut socks = Vec::new();
         for l in listeners.iter() {
             // A listener on one of this node's VIPs binds before the node holds it.
-            let vip = shared.runtime.load().config.vip_addresses().any(|a| a == l.listen.ip());
+            let vip = shared.runtime.load().config.released_addresses().any(|a| a == l.listen.ip());
             let s = bind_with(l.listen, vip).map_err(|source| StartError::Bind {
                 name: l.name.clone(),
                 addr: l.listen,
@@ -208,7 +208,7 @@ async fn accept_loop(worker: Rc<Worker>, idx: usize, listener: TcpListener) {
     let mut shutdown = worker.shared.shutdown.subscribe();
     let stats = worker.shared.listeners[idx].1.clone();
     let max = worker.listeners[idx].max_connections as u64;
-    let vips: Vec<std::net::IpAddr> = worker.shared.runtime.load().config.vip_addresses().collect();
+    let vips: Vec<std::net::IpAddr> = worker.shared.runtime.load().config.released_addresses().collect();
     let gate = SynGate::for_listener(worker.listeners[idx].listen, &vips);
     let mut phase = worker.shared.phase.subscribe();
     let mut gate_watch = gate.is_some();

@@ -46,6 +46,10 @@ pub struct Config {
     pub filters: Vec<FilterConfig>,
     /// Floating VIPs (restart-only).
     pub vips: Vec<tandem_ha::vip::router::VipConfig>,
+    /// The BGP speaker announcing the anycast addresses (restart-only).
+    pub bgp: Option<BgpConfig>,
+    /// Anycast service addresses (restart-only).
+    pub anycast: Vec<AnycastConfig>,
     /// Every file and directory the process will open, with the key naming it:
     /// `tandem check` verifies the service user may use them.
     pub files: Vec<access::FileUse>,
@@ -57,11 +61,45 @@ pub struct Config {
 }
 
 impl Config {
-    /// Every address of this node's VIPs (listeners on them bind before the node holds
-    /// them, and close their SYN gate before they are released).
-    pub fn vip_addresses(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
-        self.vips.iter().flat_map(|v| v.addresses.iter().map(|(a, _)| *a))
+    /// Every address this node may stop receiving: its VIPs and its anycast addresses
+    /// (listeners on them bind before the node holds them, and close their SYN gate
+    /// before the VIPs are released or the routes withdrawn).
+    pub fn released_addresses(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        let vips = self.vips.iter().flat_map(|v| v.addresses.iter().map(|(a, _)| *a));
+        vips.chain(self.anycast.iter().flat_map(|g| g.addresses.iter().map(|(a, _)| *a)))
     }
+}
+
+/// Validated `[bgp]`: the node's BGP speaker (BIRD 2) as Tandem drives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpConfig {
+    /// The file Tandem writes the announced routes to (bird.conf includes it).
+    pub fragment: std::path::PathBuf,
+    /// BIRD's control socket.
+    pub control_socket: std::path::PathBuf,
+    /// The `birdc` program.
+    pub birdc: String,
+    /// The static protocol's name in the fragment (IPv6: with `6` appended).
+    pub protocol: String,
+}
+
+/// Validated `[[anycast]]`: service addresses announced while the node is healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnycastConfig {
+    /// Name in logs, metrics and status.
+    pub name: String,
+    /// The addresses with their prefix lengths.
+    pub addresses: Vec<(std::net::IpAddr, u8)>,
+    /// Interface the addresses are held on.
+    pub interface: String,
+    /// Clusters that must have an endpoint taking traffic.
+    pub track_clusters: Vec<String>,
+    /// Withdraw while the node has no quorum of its group (needs `[ha]`).
+    pub withdraw_on_no_quorum: bool,
+    /// Healthy this long before an announcement.
+    pub hold_down: Duration,
+    /// Unhealthy this long before a withdrawal.
+    pub withdraw_after: Duration,
 }
 
 /// A certificate this node presents and when it expires.

@@ -41,6 +41,86 @@ pub struct ConfigFile {
     /// Floating VIPs held with a VRRPv3 election (restart-only).
     #[serde(default, rename = "vip")]
     pub vips: Vec<VipSection>,
+    /// The BGP speaker that announces the anycast addresses (restart-only).
+    pub bgp: Option<BgpSection>,
+    /// Service addresses held on every healthy node and announced by BGP
+    /// (restart-only).
+    #[serde(default, rename = "anycast")]
+    pub anycast: Vec<AnycastSection>,
+}
+
+/// `[bgp]`: how Tandem drives the node's BGP speaker (BIRD 2). Tandem writes the
+/// routes it announces to `fragment`, which the speaker's configuration includes, and
+/// asks the speaker to reload it; it does not speak BGP itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpSection {
+    /// The speaker: `bird` (BIRD 2).
+    #[serde(default = "default_bgp_speaker")]
+    pub speaker: SpannedStr,
+    /// The file Tandem writes (a `protocol static` per address family); bird.conf
+    /// `include`s it and exports its routes to the BGP sessions.
+    pub fragment: SpannedStr,
+    /// BIRD's control socket (`birdc -s`).
+    #[serde(default = "default_bird_socket")]
+    pub control_socket: SpannedStr,
+    /// The `birdc` program.
+    #[serde(default = "default_birdc")]
+    pub birdc: SpannedStr,
+    /// Name of the static protocol in the fragment (IPv6: this name with `6`).
+    #[serde(default = "default_bgp_protocol")]
+    pub protocol: SpannedStr,
+}
+
+fn default_bgp_speaker() -> SpannedStr {
+    Spanned::new(0..0, "bird".into())
+}
+fn default_bird_socket() -> SpannedStr {
+    Spanned::new(0..0, "/run/bird/bird.ctl".into())
+}
+fn default_birdc() -> SpannedStr {
+    Spanned::new(0..0, "birdc".into())
+}
+fn default_bgp_protocol() -> SpannedStr {
+    Spanned::new(0..0, "tandem_anycast".into())
+}
+
+/// `[[anycast]]`: service addresses every healthy node holds and announces by BGP, so
+/// the upstream router spreads flows over the nodes by ECMP. A node withdraws its route
+/// while it is unhealthy or in maintenance.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnycastSection {
+    /// Name in logs, metrics and status.
+    pub name: SpannedStr,
+    /// The service addresses, `"10.99.1.10/32"` (prefix defaults to /32, /128).
+    pub addresses: Vec<SpannedStr>,
+    /// Interface Tandem adds the addresses to at start (a loopback or dummy interface).
+    #[serde(default = "default_anycast_interface")]
+    pub interface: SpannedStr,
+    /// Withdraw while one of these clusters has no endpoint taking traffic.
+    #[serde(default)]
+    pub track_clusters: Vec<SpannedStr>,
+    /// With `[ha]`: withdraw while this node is not in touch with a quorum of the group.
+    #[serde(default)]
+    pub withdraw_on_no_quorum: bool,
+    /// Announce only after the node has been healthy this long (at start and after a
+    /// withdraw): a flapping backend does not make the route flap.
+    #[serde(default = "default_anycast_hold_down")]
+    pub hold_down: Dur,
+    /// Withdraw only after the node has been unhealthy this long (0: at once).
+    #[serde(default = "default_withdraw_after")]
+    pub withdraw_after: Dur,
+}
+
+fn default_anycast_interface() -> SpannedStr {
+    Spanned::new(0..0, "lo".into())
+}
+fn default_anycast_hold_down() -> Dur {
+    Dur::secs(5)
+}
+fn default_withdraw_after() -> Dur {
+    Dur::millis(0)
 }
 
 /// `[[vip]]`: one virtual router (VRID) and the addresses it floats.

@@ -110,6 +110,29 @@ impl Checker<'_> {
         }
     }
 
+    /// An address with an optional prefix length (`"10.0.0.100/24"`; none: the whole
+    /// length of its family), or the problem reported.
+    pub(super) fn ip_prefix(&mut self, a: &SpannedStr, key: String) -> Option<(std::net::IpAddr, u8)> {
+        let (ip, prefix) = match a.get_ref().split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (a.get_ref().as_str(), None),
+        };
+        let parsed = ip.parse::<std::net::IpAddr>().ok().and_then(|ip| {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let p = prefix.map_or(Some(max), |p| p.parse::<u8>().ok())?;
+            (p <= max).then_some((ip, p))
+        });
+        if parsed.is_none() {
+            self.at(
+                a,
+                key,
+                format!("`{}` is not an IP address with an optional prefix", a.get_ref()),
+                Some("e.g. \"10.0.0.100/24\" or \"fd00::100/64\"".into()),
+            );
+        }
+        parsed
+    }
+
     /// Parses a duration written in the file; a default passes through.
     pub(super) fn dur(&mut self, d: &model::Dur, key: String) -> Duration {
         let Some(text) = &d.0 else { return d.1 };

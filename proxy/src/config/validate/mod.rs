@@ -2,6 +2,7 @@
 //! in range. All problems are collected and reported at once. One file per section;
 //! `checker.rs` holds what they share.
 
+mod anycast;
 mod checker;
 mod cluster;
 mod filter;
@@ -46,6 +47,8 @@ pub(crate) fn validate(
     let routes = route::routes(&mut c, &file, &clusters, &listener_names, &cluster_names, &filter_names);
     let ha = file.ha.as_ref().and_then(|h| c.ha(h, base));
     let vips = vip::vips(&mut c, &file, base, &cluster_names);
+    let bgp = anycast::bgp(&mut c, &file, base);
+    let anycast = anycast::groups(&mut c, &file, &listeners, &cluster_names, &vips);
 
     if !c.issues.is_empty() {
         c.issues.sort_by_key(|i| (i.line, i.col));
@@ -87,5 +90,7 @@ pub(crate) fn validate(
         ha,
         filters,
         vips,
+        bgp,
+        anycast,
     })
 }

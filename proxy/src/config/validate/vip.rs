@@ -36,16 +36,7 @@ impl Checker<'_> {
         }
         let mut addresses: Vec<(std::net::IpAddr, u8)> = Vec::new();
         for (j, a) in v.addresses.iter().enumerate() {
-            let (ip, prefix) = match a.get_ref().split_once('/') {
-                Some((ip, p)) => (ip, Some(p)),
-                None => (a.get_ref().as_str(), None),
-            };
-            let parsed = ip.parse::<std::net::IpAddr>().ok().and_then(|ip| {
-                let max = if ip.is_ipv4() { 32 } else { 128 };
-                let p = prefix.map_or(Some(max), |p| p.parse::<u8>().ok())?;
-                (p <= max).then_some((ip, p))
-            });
-            match parsed {
+            match self.ip_prefix(a, format!("{key}.addresses[{j}]")) {
                 Some(v) if addresses.first().is_some_and(|f| f.0.is_ipv4() != v.0.is_ipv4()) => {
                     self.at(
                         a,
@@ -56,15 +47,7 @@ impl Checker<'_> {
                     ok = false;
                 }
                 Some(v) => addresses.push(v),
-                None => {
-                    self.at(
-                        a,
-                        format!("{key}.addresses[{j}]"),
-                        format!("`{}` is not an IP address with an optional prefix", a.get_ref()),
-                        Some("e.g. \"10.0.0.100/24\" or \"fd00::100/64\"".into()),
-                    );
-                    ok = false;
-                }
+                None => ok = false,
             }
         }
         if v.addresses.is_empty() {
