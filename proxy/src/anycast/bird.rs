@@ -103,6 +103,6 @@ mod tests {
         assert!(f.contains("protocol static tandem_anycast6 {\n  ipv6;\n  route fd00::10/128 blackhole;\n}\n"));
         let empty = fragment("tandem_anycast", &[]);
         assert!(empty.contains("protocol static tandem_anycast {\n  ipv4;\n}\n"));
-        assert!(!empty.contains("route"));
+        assert!(!empty.contains("  route "));
     }
 }

@@ -102,9 +102,10 @@ mod tests {
         assert_eq!(changes, 1, "one withdrawal, no re-announcement while it flaps");
         // Steady again: announced after the hold-down.
         let end = t0 + 12_000 * MS;
-        assert!(!g.step(end, true, false));
-        assert!(!g.step(end + 1999 * MS, true, false));
-        assert!(g.step(end + 2000 * MS, true, false));
+        assert!(!g.step(end, false, false));
+        assert!(!g.step(end + 100 * MS, true, false));
+        assert!(!g.step(end + 2099 * MS, true, false));
+        assert!(g.step(end + 2100 * MS, true, false));
     }
 
     #[test]

@@ -386,3 +386,51 @@ fn request_id_and_forwarded_headers_are_checked_with_their_key_and_a_fix() {
     let i = one(&format!("[server]\nforwarded_headers = [\"for\", \"port\"]\n{BASE}"));
     assert_eq!(i.key, "server.forwarded_headers[1]");
 }
+
+#[test]
+fn anycast_is_validated_with_its_speaker() {
+    let good = format!(
+        "{BASE}\n[bgp]\nfragment = \"/etc/bird/tandem-anycast.conf\"\n\
+         [[anycast]]\nname = \"web\"\naddresses = [\"10.99.1.10\", \"fd00::10/128\"]\ntrack_clusters = [\"api\"]\n"
+    );
+    let c = load_str("t.toml", &good.replace("127.0.0.1:8080", "0.0.0.0:8080")).unwrap();
+    let g = &c.anycast[0];
+    assert_eq!(g.addresses[0], ("10.99.1.10".parse().unwrap(), 32));
+    assert_eq!(g.addresses[1].1, 128);
+    assert_eq!(g.interface, "lo");
+    assert_eq!(g.hold_down, std::time::Duration::from_secs(5));
+    let bgp = c.bgp.as_ref().unwrap();
+    assert_eq!(bgp.protocol, "tandem_anycast");
+    assert_eq!(bgp.control_socket, std::path::PathBuf::from("/run/bird/bird.ctl"));
+    assert!(c.released_addresses().any(|a| a == "10.99.1.10".parse::<std::net::IpAddr>().unwrap()));
+
+    // The listener on 127.0.0.1 cannot receive the anycast address.
+    let i = one(&good);
+    assert_eq!(i.key, "anycast[0].addresses");
+    assert!(i.hint.unwrap().contains("0.0.0.0:PORT"));
+
+    let wild = good.replace("127.0.0.1:8080", "0.0.0.0:8080");
+    let i = one(&wild.replace("[bgp]\nfragment = \"/etc/bird/tandem-anycast.conf\"\n", ""));
+    assert_eq!(i.key, "anycast[0]");
+    assert!(i.message.contains("BGP speaker"), "{i:?}");
+
+    let i = one(&wild.replace("\"10.99.1.10\"", "\"10.99.1.300\""));
+    assert_eq!(i.key, "anycast[0].addresses[0]");
+
+    let i = one(&wild.replace("track_clusters = [\"api\"]", "track_clusters = [\"apx\"]"));
+    assert_eq!(i.key, "anycast[0].track_clusters[0]");
+    assert_eq!(i.hint.as_deref(), Some("did you mean `api`?"));
+
+    let i = one(&format!("{wild}withdraw_on_no_quorum = true\n"));
+    assert_eq!(i.key, "anycast[0].withdraw_on_no_quorum");
+    assert!(i.hint.unwrap().contains("[ha]"));
+
+    let i = one(&wild.replace("fragment = ", "speaker = \"gobgp\"\nfragment = "));
+    assert_eq!(i.key, "bgp.speaker");
+
+    let i = one(&format!(
+        "{wild}[[anycast]]\nname = \"web2\"\naddresses = [\"10.99.1.10/32\"]\n"
+    ));
+    assert_eq!(i.key, "anycast[1].addresses[0]");
+    assert!(i.message.contains("already"), "{i:?}");
+}
