@@ -168,11 +168,23 @@ fn an_anycast_tier_spreads_drains_fails_over_and_holds_down() {
     // Planned withdrawal: maintenance on n2 drains its clients, then withdraws; no
     // request fails.
     let t_maint = traffic.now();
-    let reply = lab.ctl("n2", &["maintenance", "on"]);
-    assert_eq!(reply["phase"], "handover", "{reply}");
+    let ns2 = lab.ns("n2");
+    let waiting = std::thread::spawn(move || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns2])
+            .arg(tandem_cluster_tests::tandem_bin())
+            .args(["ctl", "--admin", "127.0.0.1:9900", "maintenance", "on", "--wait", "--timeout", "10s"])
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    });
     let took = lab.wait_next_hops(&[1, 3], Duration::from_secs(5));
     eprintln!("maintenance on n2: route withdrawn {took:?} after the command (1 s handover)");
-    std::thread::sleep(Duration::from_secs(2));
+    let (ok, said) = waiting.join().unwrap();
+    assert!(ok && said.contains("no client connection left"), "ctl maintenance on --wait: {said}");
+    eprintln!("`tandem ctl maintenance on --wait` said: {}", said.lines().last().unwrap_or(""));
+    assert!(said.contains("phase: handover"), "{said}");
+    std::thread::sleep(Duration::from_secs(1));
     let status = lab.ctl("n2", &["status"]);
     assert_eq!(status["anycast"]["groups"][0]["announced"], false, "{status}");
     assert_eq!(status["anycast"]["groups"][0]["reason"], "maintenance", "{status}");

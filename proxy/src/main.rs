@@ -151,6 +151,14 @@ enum CtlCommand {
         /// `on` or `off`.
         #[arg(value_parser = ["on", "off"])]
         state: String,
+        /// With `on`: wait until the VIPs are released, the anycast routes withdrawn
+        /// and no client connection is left, then say so (exit 1 if that takes longer
+        /// than `--timeout`).
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -487,6 +495,10 @@ fn ctl_main(
     if let Some(a) = admin {
         addr = a;
     }
+    let wait_empty = match &what {
+        CtlCommand::Maintenance { state, wait: true, timeout } if state == "on" => Some(*timeout),
+        _ => None,
+    };
     let command = match &what {
         CtlCommand::Status => "status",
         CtlCommand::Metrics => "metrics",
@@ -551,7 +563,7 @@ fn ctl_main(
         CtlCommand::Cluster {
             what: Some(ClusterCommand::Replace { old, id, address }),
         } => ("POST", format!("/cluster/replace?old={old}&id={id}&address={address}")),
-        CtlCommand::Maintenance { state } => ("POST", format!("/maintenance?on={}", if state == "on" { 1 } else { 0 })),
+        CtlCommand::Maintenance { state, .. } => ("POST", format!("/maintenance?on={}", if state == "on" { 1 } else { 0 })),
         CtlCommand::Endpoint { action } => match action {
             EndpointAction::Drain { cluster, address } => {
                 ("POST", format!("/endpoints/drain?cluster={cluster}&address={address}"))
@@ -574,16 +586,47 @@ fn ctl_main(
             if !shown.ends_with('\n') {
                 println!();
             }
-            if (200..300).contains(&status) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+            if !(200..300).contains(&status) {
+                return ExitCode::FAILURE;
+            }
+            match wait_empty {
+                Some(limit) => wait_until_empty(addr, tok.as_deref(), limit),
+                None => ExitCode::SUCCESS,
             }
         }
         Err(e) => {
             eprintln!("tandem ctl: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `tandem ctl maintenance on --wait`: polls `/status` until the node is in maintenance
+/// (VIPs released, anycast routes withdrawn) and no client connection is left.
+fn wait_until_empty(addr: SocketAddr, token: Option<&str>, limit: std::time::Duration) -> ExitCode {
+    let start = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let status = ctl::call(addr, token, "GET", "/status")
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
+        if let Some(s) = &status {
+            let phase = s["phase"].as_str().unwrap_or("?");
+            let connections = s["connections"].as_u64().unwrap_or(0);
+            if phase == "maintenance" && connections == 0 {
+                println!(
+                    "maintenance: done after {:.1} s: VIPs released, routes withdrawn, no client connection left",
+                    start.elapsed().as_secs_f64()
+                );
+                return ExitCode::SUCCESS;
+            }
+            last = format!("phase {phase}, {connections} client connection(s) left");
+        }
+        if start.elapsed() >= limit {
+            eprintln!("tandem ctl maintenance: not empty after {limit:?}: {last}");
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
