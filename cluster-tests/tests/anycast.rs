@@ -329,3 +329,29 @@ fn flapping_health_does_not_flap_the_route() {
     eprintln!("canary steady again: re-announced after {back:?} (hold-down 2 s)");
     assert!(back >= Duration::from_millis(1800), "announced before the hold-down: {back:?}");
 }
+
+#[test]
+fn the_shipped_bird_configurations_parse() {
+    if !tandem_cluster_tests::can_run(
+        tandem_cluster_tests::bgp_lab::has_bird(),
+        "BIRD 2 is not installed (apt-get install bird2)",
+    ) {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/anycast");
+    let dir = tempfile::tempdir().unwrap();
+    let fragment = dir.path().join("fragment.conf");
+    // What Tandem writes while announcing: it must parse inside the node's file.
+    std::fs::write(
+        &fragment,
+        tandem_proxy::anycast::bird::fragment("tandem_anycast", &[("10.99.1.10".parse().unwrap(), 32)]),
+    )
+    .unwrap();
+    for name in ["bird-node1.conf", "bird-router.conf"] {
+        let text = std::fs::read_to_string(root.join(name)).unwrap();
+        let conf = dir.path().join(name);
+        std::fs::write(&conf, text.replace("/etc/bird/tandem-anycast.conf", fragment.to_str().unwrap())).unwrap();
+        let out = std::process::Command::new("bird").arg("-p").arg("-c").arg(&conf).output().unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}

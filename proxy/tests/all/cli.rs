@@ -67,7 +67,9 @@ fn check_accepts_the_shipped_examples() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples");
     let dir = tempfile::tempdir().unwrap();
     let mut n = 0;
-    for entry in std::fs::read_dir(root).unwrap() {
+    let anycast = std::path::Path::new(root).join("anycast");
+    let files = std::fs::read_dir(root).unwrap().chain(std::fs::read_dir(anycast).unwrap());
+    for entry in files {
         let p = entry.unwrap().path();
         if p.extension().is_some_and(|e| e == "toml") {
             let p = example_in(dir.path(), &p);
@@ -82,7 +84,7 @@ fn check_accepts_the_shipped_examples() {
             n += 1;
         }
     }
-    assert!(n >= 2, "examples missing");
+    assert!(n >= 3, "examples missing");
 }
 
 #[test]
