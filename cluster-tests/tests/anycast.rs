@@ -107,11 +107,14 @@ fn failures(log: &[Vec<Sample>], from: Duration) -> Vec<Duration> {
     f
 }
 
-/// How long after `cut` every session was served again: per session, the end of its
-/// first successful request started after `cut`; the latest of those.
-fn all_served_after(log: &[Vec<Sample>], cut: Duration) -> Duration {
+/// How long after `cut` the last disrupted request ended: one started in `[cut, to)`
+/// that failed or took longer than 200 ms (a retransmitted SYN, a reset and retry, a
+/// request stuck on a silent node). Zero when none was disrupted.
+fn disrupted_for(log: &[Vec<Sample>], cut: Duration, to: Duration) -> Duration {
     log.iter()
-        .filter_map(|s| s.iter().find(|x| x.ok && x.at >= cut).map(|x| x.end - cut))
+        .flatten()
+        .filter(|x| x.at >= cut && x.at < to && (!x.ok || x.end - x.at > Duration::from_millis(200)))
+        .map(|x| x.end - cut)
         .max()
         .unwrap_or_default()
 }
@@ -188,6 +191,23 @@ fn an_anycast_tier_spreads_drains_fails_over_and_holds_down() {
     let status = lab.ctl("n2", &["status"]);
     assert_eq!(status["anycast"]["groups"][0]["announced"], false, "{status}");
     assert_eq!(status["anycast"]["groups"][0]["reason"], "maintenance", "{status}");
+    let page = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns("n2"), "curl", "-s", "--max-time", "2", "http://127.0.0.1:9900/"])
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(
+        page.contains("<table id=anycast>") && page.contains("withdrawn</td><td>maintenance"),
+        "status page: {page}"
+    );
+    let text = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns("n2")])
+        .arg(tandem_cluster_tests::tandem_bin())
+        .args(["ctl", "--admin", "127.0.0.1:9900", "status"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("ANYCAST") && text.contains("maintenance"), "ctl status: {text}");
     let during = served(&lab, "n2");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(served(&lab, "n2"), during, "a withdrawn node still gets requests");
@@ -227,27 +247,30 @@ fn an_anycast_tier_spreads_drains_fails_over_and_holds_down() {
     let log = traffic.stop();
 
     let maint_failed = failures(&log, t_maint).into_iter().filter(|t| *t < t_after_maint).count();
+    let maint_disrupted = disrupted_for(&log, t_maint, t_after_maint);
     let kill_failed: Vec<Duration> = failures(&log, t_kill).into_iter().filter(|t| *t < t_after_kill).collect();
     let join_failed = failures(&log, t_after_kill).into_iter().filter(|t| *t < t_after_join).count();
     let bfd_failed: Vec<Duration> = failures(&log, t_silent_bfd).into_iter().filter(|t| *t < t_after_bfd).collect();
     let hold_failed: Vec<Duration> = failures(&log, t_silent_hold).into_iter().filter(|t| *t < t_after_hold).collect();
     eprintln!("{} requests in all", total(&log));
-    eprintln!("maintenance on n2: {maint_failed} failed requests");
     eprintln!(
-        "kill -9 of Tandem on n3: route withdrawn after {took_kill:?}; {} failed requests; every session served again {:?} after the kill",
+        "maintenance on n2: {maint_failed} failed requests; the last disrupted request ended {maint_disrupted:?} after the command"
+    );
+    eprintln!(
+        "kill -9 of Tandem on n3: route withdrawn after {took_kill:?}; {} failed requests; the last disrupted request ended {:?} after the kill",
         kill_failed.len(),
-        all_served_after(&log, t_kill)
+        disrupted_for(&log, t_kill, t_after_kill)
     );
     eprintln!("n3 rejoined: announced after {took_join:?}; {join_failed} failed requests");
     eprintln!(
-        "silent node with BFD (100 ms × 3): route gone after {took_bfd:?}; {} failed requests; every session served again {:?} after the cut",
+        "silent node with BFD (100 ms × 3): route gone after {took_bfd:?}; {} failed requests; the last disrupted request ended {:?} after the cut",
         bfd_failed.len(),
-        all_served_after(&log, t_silent_bfd)
+        disrupted_for(&log, t_silent_bfd, t_after_bfd)
     );
     eprintln!(
-        "silent node with the BGP hold timer (3 s): route gone after {took_hold:?}; {} failed requests; every session served again {:?} after the cut",
+        "silent node with the BGP hold timer (3 s): route gone after {took_hold:?}; {} failed requests; the last disrupted request ended {:?} after the cut",
         hold_failed.len(),
-        all_served_after(&log, t_silent_hold)
+        disrupted_for(&log, t_silent_hold, t_after_hold)
     );
     // Sessions that keep their backend across the join and each failover.
     let base = backend_of(&log, Duration::ZERO, t_maint);

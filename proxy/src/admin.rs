@@ -605,6 +605,32 @@ fn status_page(shared: &Shared) -> String {
     } else {
         format!("<table id=vips><tr><th>VIP</th><th>VRID</th><th>addresses</th><th>state</th><th>priority now / configured</th></tr>{vips}</table>")
     };
+    let anycast = match crate::anycast::get() {
+        None => String::new(),
+        Some(a) => {
+            let mut rows = String::new();
+            for g in &a.groups {
+                let announced = g.announced.load(Relaxed);
+                let _ = write!(
+                    rows,
+                    "<tr><td>{}</td><td>{}</td><td class=q-{announced}>{}</td><td>{}</td><td>{}</td></tr>",
+                    html_escape(&g.config.name),
+                    html_escape(
+                        &g.config
+                            .addresses
+                            .iter()
+                            .map(|(a, p)| format!("{a}/{p}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    if announced { "announced" } else { "withdrawn" },
+                    html_escape(&g.reason.lock().map(|r| r.clone()).unwrap_or_default()),
+                    g.withdrawals.load(Relaxed),
+                );
+            }
+            format!("<h2>Anycast</h2><table id=anycast><tr><th>group</th><th>addresses</th><th>route</th><th>why not</th><th>withdrawals</th></tr>{rows}</table>")
+        }
+    };
     let group = match crate::pair::get().map(|p| p.view()) {
         None => "<p>no [ha] section: this node runs alone</p>".to_string(),
         Some(g) => {
@@ -701,7 +727,7 @@ fn status_page(shared: &Shared) -> String {
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:1.5em}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}\
 .s-healthy,.s-master,.q-true{{color:#070}}.s-unhealthy,.s-ejected,.q-false{{color:#b00}}.s-draining,.s-drained,.s-backup{{color:#a60}}</style></head>\
 <body><h1>Tandem</h1><p id=phase>{phase} · generation {} · {} workers · {} connections</p>\
-<h2>VIPs</h2>{vips}<h2>Pair</h2>{group}\
+<h2>VIPs</h2>{vips}{anycast}<h2>Pair</h2>{group}\
 <h2>Routes</h2><table id=routes><tr><th>route</th><th>clusters</th><th>req/s</th><th>5xx (recent)</th><th>responses</th><th>4xx</th><th>5xx</th><th>rate limited</th></tr>{routes}</table>\
 <h2>Endpoints</h2><table id=endpoints><tr><th>cluster</th><th>endpoint</th><th>state</th><th>decided by</th><th>balancer</th><th>weight</th><th>active</th><th>ewma ms</th><th>responses</th><th>5xx</th></tr>{rows}</table>\
 <p><a href=/status>/status</a> · <a href=/cluster>/cluster</a> · <a href=/metrics>/metrics</a></p></body></html>",

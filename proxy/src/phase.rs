@@ -4,10 +4,10 @@
 //! its own flag. See LIFECYCLE.md beside this file.
 //!
 //! ```text
-//! Serving ──maintenance on, VIP holder──▶ HandingOver{epoch} ──maintenance_handover──▶ Maintenance
-//! Serving ──maintenance on, no VIPs─────▶ Maintenance
+//! Serving ──maintenance on, VIPs or anycast──▶ HandingOver{epoch} ──maintenance_handover──▶ Maintenance
+//! Serving ──maintenance on, neither─────────▶ Maintenance
 //! HandingOver / Maintenance ──maintenance off──▶ Serving
-//! any ──stop──▶ (HandingOver, if serving a VIP) ──▶ Maintenance ──VIPs released──▶ Draining
+//! any ──stop──▶ (HandingOver, if serving a VIP or announcing) ──▶ Maintenance ──VIPs released, routes withdrawn──▶ Draining
 //! ```
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};

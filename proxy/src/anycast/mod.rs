@@ -60,6 +60,8 @@ pub struct Anycast {
     /// The last failure, for status.
     pub last_error: Mutex<Option<String>>,
     done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    /// The announcer thread, woken when maintenance or a stop should act at once.
+    announcer: OnceLock<std::thread::Thread>,
 }
 
 static ANYCAST: OnceLock<Anycast> = OnceLock::new();
@@ -108,11 +110,13 @@ pub fn start(groups: &[AnycastConfig], bgp: Option<&BgpConfig>, shared: Arc<Shar
         speaker_reloads: AtomicU64::new(0),
         last_error: Mutex::new(None),
         done: Mutex::new(Some(done_rx)),
+        announcer: OnceLock::new(),
     });
-    std::thread::Builder::new().name("anycast".into()).spawn(move || {
+    let thread = std::thread::Builder::new().name("anycast".into()).spawn(move || {
         any.announce_loop(&shared, &holding);
         let _ = done_tx.send(());
     })?;
+    let _ = any.announcer.set(thread.thread().clone());
     Ok(())
 }
 
@@ -140,6 +144,15 @@ impl Anycast {
     /// to close); off: announce again while healthy.
     pub fn set_maintenance(&self, on: bool) {
         self.maintenance.store(on, Relaxed);
+        self.wake();
+    }
+
+    /// Has the announcer act now rather than at its next tick: the SYN gate has just
+    /// closed, and every moment the route stays up sends SYNs here that wait for a retry.
+    fn wake(&self) {
+        if let Some(t) = self.announcer.get() {
+            t.unpark();
+        }
     }
 
     /// Whether any group is announced.
@@ -150,6 +163,7 @@ impl Anycast {
     /// Withdraws every group and waits (up to `limit`) until the speaker has them.
     pub fn stop(&self, limit: Duration) {
         self.stopping.store(true, Relaxed);
+        self.wake();
         if let Some(rx) = self.done.lock().ok().and_then(|mut d| d.take()) {
             let _ = rx.recv_timeout(limit);
         }
@@ -203,7 +217,7 @@ impl Anycast {
             if stopping && applied.as_ref().is_some_and(Vec::is_empty) {
                 return;
             }
-            std::thread::sleep(EVERY);
+            std::thread::park_timeout(EVERY);
         }
     }
 
