@@ -206,6 +206,30 @@ impl BgpLab {
         self.spawn_tandem(&n, &format!("node-{n}"), &["run", "-c", path.to_str().unwrap()]);
     }
 
+    /// The `[ha]` section of node `k`: the three nodes are the voters of one Raft
+    /// group (peer traffic on port 7946, routed through the router), with lab
+    /// certificates in the lab's directory.
+    pub fn ha_section(&self, k: u32) -> String {
+        let certs = self.dir.join("certs");
+        if !certs.join("ca.pem").exists() {
+            assert!(Command::new(crate::tandem_bin())
+                .args(["ctl", "cluster", "certs", "--members", "n1,n2,n3", "--out"])
+                .arg(&certs)
+                .stdout(Stdio::null())
+                .status()
+                .unwrap()
+                .success());
+        }
+        format!(
+            "[ha]\nnode_id = {k}\ndata_dir = \"{}\"\ntls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\n\
+             peers = [{{ id = 1, address = \"10.66.1.2:7946\" }}, {{ id = 2, address = \"10.66.2.2:7946\" }}, {{ id = 3, address = \"10.66.3.2:7946\" }}]\n",
+            self.dir.join(format!("ha-n{k}")).display(),
+            certs.join("ca.pem").display(),
+            certs.join(format!("n{k}.pem")).display(),
+            certs.join(format!("n{k}.key")).display(),
+        )
+    }
+
     /// Starts `tandem ARGS` in namespace `n`.
     pub fn spawn_tandem(&mut self, n: &str, label: &str, args: &[&str]) {
         let child = Command::new("ip")

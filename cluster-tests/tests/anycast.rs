@@ -378,3 +378,36 @@ fn the_shipped_bird_configurations_parse() {
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn a_node_that_loses_its_quorum_withdraws() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut lab) = BgpLab::new(dir.path(), &[]) else { return };
+    for k in 1..=3 {
+        let ha = lab.ha_section(k);
+        lab.start_node(k, false, "withdraw_on_no_quorum = true", &ha);
+    }
+    let up = lab.wait_next_hops(&[1, 2, 3], Duration::from_secs(30));
+    eprintln!("three members of one group announced after {up:?}");
+    // n1 is cut from the group's peer traffic only: it still serves and still peers with
+    // the router, but it cannot tell whether its shared state is current.
+    lab.nft(
+        "n1",
+        "table inet cut {\n chain i { type filter hook input priority -10; tcp dport 7946 drop; tcp sport 7946 drop; }\n chain o { type filter hook output priority -10; tcp dport 7946 drop; tcp sport 7946 drop; }\n}\n",
+    );
+    let withdrawals = |lab: &BgpLab, n: &str| lab.ctl(n, &["status"])["anycast"]["groups"][0]["withdrawals"].as_u64();
+    let t = Instant::now();
+    lab.wait_next_hops(&[2, 3], Duration::from_secs(15));
+    let took = t.elapsed();
+    let g = lab.ctl("n1", &["status"])["anycast"]["groups"][0].clone();
+    assert_eq!(g["reason"], "no quorum", "{g}");
+    eprintln!("n1 cut from its group: route withdrawn after {took:?}; n2 and n3 (a quorum) keep theirs");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(lab.next_hops(), vec![2, 3], "the members with a quorum stay announced");
+    // Not even for a moment while they elected a new leader.
+    assert_eq!(withdrawals(&lab, "n2"), Some(0));
+    assert_eq!(withdrawals(&lab, "n3"), Some(0));
+    lab.nft("n1", "delete table inet cut\n");
+    let back = lab.wait_next_hops(&[1, 2, 3], Duration::from_secs(20));
+    eprintln!("n1 back in touch: announced again after {back:?}");
+}

@@ -230,6 +230,27 @@ impl LeaseClient {
         may_grant_without(self.id, &voters, within, |id| links.refused(id), |id| links.report(id))
     }
 
+    /// Whether this node hears a majority of the voters (itself included) on its
+    /// standing links within `within`. Unlike the Raft quorum flag it stays true while
+    /// the others elect a new leader: a member cut off alone turns false, the members
+    /// that still hear each other do not.
+    pub fn hears_majority(&self, within: Duration) -> bool {
+        let voters: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let links = &self.network.links;
+        let heard = voters
+            .iter()
+            .filter(|&&v| v == self.id || links.heard(v).is_some_and(|d| d <= within))
+            .count();
+        heard > voters.len() / 2
+    }
+
     /// When each other member last answered, on its standing link and on any call, and
     /// what its last report said of the others (for logs: `2: link 12ms, call 340ms,
     /// refused; says 3 18ms`).

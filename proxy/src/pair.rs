@@ -132,6 +132,14 @@ impl Pair {
     pub fn has_quorum(&self) -> bool {
         self.health.quorum.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// Whether this member is in touch with a majority of the voters: the Raft quorum,
+    /// or a majority heard on the standing links within two election timeouts (which
+    /// holds while the others elect a new leader, so losing one member's leadership
+    /// does not make every member look cut off).
+    pub fn in_touch_with_majority(&self) -> bool {
+        self.has_quorum() || self.leases.hears_majority(self.election_timeout * 2)
+    }
 }
 
 /// Milliseconds since the Unix epoch (verdict and binding timestamps).

@@ -333,7 +333,7 @@ fn trouble(shared: &Shared, g: &AnycastConfig) -> Option<String> {
             return Some(format!("cluster {name} has no endpoint taking traffic"));
         }
     }
-    if g.withdraw_on_no_quorum && crate::pair::get().is_some_and(|p| !p.has_quorum()) {
+    if g.withdraw_on_no_quorum && crate::pair::get().is_some_and(|p| !p.in_touch_with_majority()) {
         return Some("no quorum".into());
     }
     None
