@@ -74,7 +74,9 @@ impl BgpLab {
         }
         for (n, net) in &links {
             let ns = lab.ns(n);
-            assert!(ip(&["-n", &r, "link", "add", n, "type", "veth", "peer", "name", "eth0", "netns", &ns]));
+            assert!(ip(&[
+                "-n", &r, "link", "add", n, "type", "veth", "peer", "name", "eth0", "netns", &ns
+            ]));
             assert!(ip(&["-n", &r, "addr", "add", &format!("{net}.1/24"), "dev", n]));
             assert!(ip(&["-n", &r, "link", "set", n, "up"]));
             assert!(ip(&["-n", &ns, "addr", "add", &format!("{net}.2/24"), "dev", "eth0"]));
@@ -184,7 +186,10 @@ impl BgpLab {
         }
         // Defaults the extra keys may replace.
         let mut defaults = String::new();
-        for (key, line) in [("track_clusters", "track_clusters = [\"app\"]\n"), ("hold_down", "hold_down = \"1s\"\n")] {
+        for (key, line) in [
+            ("track_clusters", "track_clusters = [\"app\"]\n"),
+            ("hold_down", "hold_down = \"1s\"\n"),
+        ] {
             if !anycast_extra.contains(key) {
                 defaults.push_str(line);
             }
@@ -321,7 +326,11 @@ impl BgpLab {
     }
 
     /// Runs `f` on a new thread inside namespace `n` (its sockets live there).
-    pub fn thread_in<T: Send + 'static>(&self, n: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    pub fn thread_in<T: Send + 'static>(
+        &self,
+        n: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let path = format!("/run/netns/{}", self.ns(n));
         std::thread::spawn(move || {
             use std::os::fd::AsRawFd;

@@ -40,7 +40,10 @@ impl Sessions {
         let t0 = Instant::now();
         let (s, l) = (stop.clone(), log.clone());
         let thread = lab.thread_in("c", move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let target: SocketAddr = format!("{ANYCAST}:8080").parse().unwrap();
                 let mut tasks = Vec::new();
@@ -102,7 +105,12 @@ impl Sessions {
 }
 
 fn failures(log: &[Vec<Sample>], from: Duration) -> Vec<Duration> {
-    let mut f: Vec<Duration> = log.iter().flatten().filter(|s| !s.ok && s.at >= from).map(|s| s.at).collect();
+    let mut f: Vec<Duration> = log
+        .iter()
+        .flatten()
+        .filter(|s| !s.ok && s.at >= from)
+        .map(|s| s.at)
+        .collect();
     f.sort();
     f
 }
@@ -138,14 +146,18 @@ fn backend_of(log: &[Vec<Sample>], from: Duration, to: Duration) -> Vec<Option<S
 
 /// Requests each node's listener has answered.
 fn served(lab: &BgpLab, n: &str) -> u64 {
-    lab.ctl(n, &["status"])["listeners"][0]["requests"].as_u64().unwrap_or(0)
+    lab.ctl(n, &["status"])["listeners"][0]["requests"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 #[test]
 fn an_anycast_tier_spreads_drains_fails_over_and_holds_down() {
     let dir = tempfile::tempdir().unwrap();
     // The router watches n1 with BFD; n2 and n3 with the BGP hold timer (3 s) only.
-    let Some(mut lab) = BgpLab::new(dir.path(), &[1]) else { return };
+    let Some(mut lab) = BgpLab::new(dir.path(), &[1]) else {
+        return;
+    };
     lab.start_node(1, true, "", "");
     lab.start_node(2, false, "", "");
     lab.start_node(3, false, "", "");
@@ -165,7 +177,11 @@ fn an_anycast_tier_spreads_drains_fails_over_and_holds_down() {
     let all: u64 = spread.iter().sum();
     eprintln!("spread over n1, n2, n3: {spread:?} of {all} requests");
     for (k, s) in spread.iter().enumerate() {
-        assert!(*s * 10 > all, "node n{} served {s} of {all}: ECMP does not spread", k + 1);
+        assert!(
+            *s * 10 > all,
+            "node n{} served {s} of {all}: ECMP does not spread",
+            k + 1
+        );
     }
 
     // Planned withdrawal: maintenance on n2 drains its clients, then withdraws; no
@@ -176,7 +192,16 @@ fn an_anycast_tier_spreads_drains_fails_over_and_holds_down() {
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", &ns2])
             .arg(tandem_cluster_tests::tandem_bin())
-            .args(["ctl", "--admin", "127.0.0.1:9900", "maintenance", "on", "--wait", "--timeout", "10s"])
+            .args([
+                "ctl",
+                "--admin",
+                "127.0.0.1:9900",
+                "maintenance",
+                "on",
+                "--wait",
+                "--timeout",
+                "10s",
+            ])
             .output()
             .unwrap();
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
@@ -184,15 +209,30 @@ fn an_anycast_tier_spreads_drains_fails_over_and_holds_down() {
     let took = lab.wait_next_hops(&[1, 3], Duration::from_secs(5));
     eprintln!("maintenance on n2: route withdrawn {took:?} after the command (1 s handover)");
     let (ok, said) = waiting.join().unwrap();
-    assert!(ok && said.contains("no client connection left"), "ctl maintenance on --wait: {said}");
-    eprintln!("`tandem ctl maintenance on --wait` said: {}", said.lines().last().unwrap_or(""));
+    assert!(
+        ok && said.contains("no client connection left"),
+        "ctl maintenance on --wait: {said}"
+    );
+    eprintln!(
+        "`tandem ctl maintenance on --wait` said: {}",
+        said.lines().last().unwrap_or("")
+    );
     assert!(said.contains("phase: handover"), "{said}");
     std::thread::sleep(Duration::from_secs(1));
     let status = lab.ctl("n2", &["status"]);
     assert_eq!(status["anycast"]["groups"][0]["announced"], false, "{status}");
     assert_eq!(status["anycast"]["groups"][0]["reason"], "maintenance", "{status}");
     let page = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.ns("n2"), "curl", "-s", "--max-time", "2", "http://127.0.0.1:9900/"])
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("n2"),
+            "curl",
+            "-s",
+            "--max-time",
+            "2",
+            "http://127.0.0.1:9900/",
+        ])
         .output()
         .unwrap();
     let page = String::from_utf8_lossy(&page.stdout);
@@ -207,7 +247,10 @@ fn an_anycast_tier_spreads_drains_fails_over_and_holds_down() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("ANYCAST") && text.contains("maintenance"), "ctl status: {text}");
+    assert!(
+        text.contains("ANYCAST") && text.contains("maintenance"),
+        "ctl status: {text}"
+    );
     let during = served(&lab, "n2");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(served(&lab, "n2"), during, "a withdrawn node still gets requests");
@@ -246,12 +289,27 @@ fn an_anycast_tier_spreads_drains_fails_over_and_holds_down() {
     lab.silence("n2", false);
     let log = traffic.stop();
 
-    let maint_failed = failures(&log, t_maint).into_iter().filter(|t| *t < t_after_maint).count();
+    let maint_failed = failures(&log, t_maint)
+        .into_iter()
+        .filter(|t| *t < t_after_maint)
+        .count();
     let maint_disrupted = disrupted_for(&log, t_maint, t_after_maint);
-    let kill_failed: Vec<Duration> = failures(&log, t_kill).into_iter().filter(|t| *t < t_after_kill).collect();
-    let join_failed = failures(&log, t_after_kill).into_iter().filter(|t| *t < t_after_join).count();
-    let bfd_failed: Vec<Duration> = failures(&log, t_silent_bfd).into_iter().filter(|t| *t < t_after_bfd).collect();
-    let hold_failed: Vec<Duration> = failures(&log, t_silent_hold).into_iter().filter(|t| *t < t_after_hold).collect();
+    let kill_failed: Vec<Duration> = failures(&log, t_kill)
+        .into_iter()
+        .filter(|t| *t < t_after_kill)
+        .collect();
+    let join_failed = failures(&log, t_after_kill)
+        .into_iter()
+        .filter(|t| *t < t_after_join)
+        .count();
+    let bfd_failed: Vec<Duration> = failures(&log, t_silent_bfd)
+        .into_iter()
+        .filter(|t| *t < t_after_bfd)
+        .collect();
+    let hold_failed: Vec<Duration> = failures(&log, t_silent_hold)
+        .into_iter()
+        .filter(|t| *t < t_after_hold)
+        .collect();
     eprintln!("{} requests in all", total(&log));
     eprintln!(
         "maintenance on n2: {maint_failed} failed requests; the last disrupted request ended {maint_disrupted:?} after the command"
@@ -283,11 +341,18 @@ fn an_anycast_tier_spreads_drains_fails_over_and_holds_down() {
         let now = backend_of(&log, from, to);
         let kept = base.iter().zip(&now).filter(|(a, b)| a.is_some() && a == b).count();
         eprintln!("{what}: {kept} of {} sessions kept their backend", base.len());
-        assert!(kept * 100 >= base.len() * 99, "{what}: only {kept} of {} sessions kept their backend", base.len());
+        assert!(
+            kept * 100 >= base.len() * 99,
+            "{what}: only {kept} of {} sessions kept their backend",
+            base.len()
+        );
     }
 
     assert_eq!(maint_failed, 0, "a planned withdrawal failed requests");
-    assert!(took_kill < Duration::from_secs(1), "a crashed proxy's route lingered {took_kill:?}");
+    assert!(
+        took_kill < Duration::from_secs(1),
+        "a crashed proxy's route lingered {took_kill:?}"
+    );
     assert!(took_bfd < Duration::from_secs(1), "BFD took {took_bfd:?}");
     assert_eq!(join_failed, 0, "a node joining failed requests");
 }
@@ -295,7 +360,9 @@ fn an_anycast_tier_spreads_drains_fails_over_and_holds_down() {
 #[test]
 fn flapping_health_does_not_flap_the_route() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut lab) = BgpLab::new(dir.path(), &[]) else { return };
+    let Some(mut lab) = BgpLab::new(dir.path(), &[]) else {
+        return;
+    };
     // n1 also tracks a canary backend in its namespace, checked every 100 ms; its route
     // is announced only after 2 s of health.
     lab.spawn_tandem("n1", "canary", &["backend", "canary=127.0.0.1:9201"]);
@@ -314,7 +381,10 @@ fn flapping_health_does_not_flap_the_route() {
     };
     let (a0, w0) = changes(&lab);
     // The canary fails and recovers every 300 ms for 5 s.
-    lab.nft("n1", "table inet flap {\n chain o { type filter hook output priority 0; }\n}\n");
+    lab.nft(
+        "n1",
+        "table inet flap {\n chain o { type filter hook output priority 0; }\n}\n",
+    );
     let mut hop_changes = 0;
     let mut last = lab.next_hops();
     let t = Instant::now();
@@ -350,7 +420,10 @@ fn flapping_health_does_not_flap_the_route() {
     // Stable again: announced after the hold-down.
     let back = lab.wait_next_hops(&[1, 2], Duration::from_secs(6));
     eprintln!("canary steady again: re-announced after {back:?} (hold-down 2 s)");
-    assert!(back >= Duration::from_millis(1800), "announced before the hold-down: {back:?}");
+    assert!(
+        back >= Duration::from_millis(1800),
+        "announced before the hold-down: {back:?}"
+    );
 }
 
 #[test]
@@ -373,8 +446,17 @@ fn the_shipped_bird_configurations_parse() {
     for name in ["bird-node1.conf", "bird-router.conf"] {
         let text = std::fs::read_to_string(root.join(name)).unwrap();
         let conf = dir.path().join(name);
-        std::fs::write(&conf, text.replace("/etc/bird/tandem-anycast.conf", fragment.to_str().unwrap())).unwrap();
-        let out = std::process::Command::new("bird").arg("-p").arg("-c").arg(&conf).output().unwrap();
+        std::fs::write(
+            &conf,
+            text.replace("/etc/bird/tandem-anycast.conf", fragment.to_str().unwrap()),
+        )
+        .unwrap();
+        let out = std::process::Command::new("bird")
+            .arg("-p")
+            .arg("-c")
+            .arg(&conf)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
@@ -382,7 +464,9 @@ fn the_shipped_bird_configurations_parse() {
 #[test]
 fn a_node_that_loses_its_quorum_withdraws() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut lab) = BgpLab::new(dir.path(), &[]) else { return };
+    let Some(mut lab) = BgpLab::new(dir.path(), &[]) else {
+        return;
+    };
     for k in 1..=3 {
         let ha = lab.ha_section(k);
         lab.start_node(k, false, "withdraw_on_no_quorum = true", &ha);

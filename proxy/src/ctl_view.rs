@@ -193,13 +193,25 @@ fn status(s: &Value) -> String {
         t.render(&mut out);
     }
     if let Some(groups) = s["anycast"]["groups"].as_array().filter(|g| !g.is_empty()) {
-        let mut t = Table::new(&["ANYCAST", "ADDRESSES", "INTERFACE", "ANNOUNCED", "WHY NOT", "WITHDRAWALS"]);
+        let mut t = Table::new(&[
+            "ANYCAST",
+            "ADDRESSES",
+            "INTERFACE",
+            "ANNOUNCED",
+            "WHY NOT",
+            "WITHDRAWALS",
+        ]);
         for g in groups {
             t.row(vec![
                 cell(&g["name"]),
                 cell(&g["addresses"]),
                 cell(&g["interface"]),
-                if g["announced"].as_bool() == Some(true) { "yes" } else { "no" }.to_string(),
+                if g["announced"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .to_string(),
                 cell(&g["reason"]),
                 cell(&g["withdrawals"]),
             ]);

@@ -73,7 +73,10 @@ pub async fn hand_over_for_stop(shared: &Shared, handover: Duration) {
     }
     let serving_any = vips.is_some_and(|v| v.holds_any()) || anycast.is_some_and(|a| a.announces_any());
     if serving_any && shared.phase.begin_handover().is_some() {
-        tracing::info!(?handover, "stopping: closing client connections, then releasing VIPs and withdrawing routes");
+        tracing::info!(
+            ?handover,
+            "stopping: closing client connections, then releasing VIPs and withdrawing routes"
+        );
         tokio::time::sleep(handover).await;
     }
     shared

@@ -496,7 +496,11 @@ fn ctl_main(
         addr = a;
     }
     let wait_empty = match &what {
-        CtlCommand::Maintenance { state, wait: true, timeout } if state == "on" => Some(*timeout),
+        CtlCommand::Maintenance {
+            state,
+            wait: true,
+            timeout,
+        } if state == "on" => Some(*timeout),
         _ => None,
     };
     let command = match &what {
@@ -563,7 +567,9 @@ fn ctl_main(
         CtlCommand::Cluster {
             what: Some(ClusterCommand::Replace { old, id, address }),
         } => ("POST", format!("/cluster/replace?old={old}&id={id}&address={address}")),
-        CtlCommand::Maintenance { state, .. } => ("POST", format!("/maintenance?on={}", if state == "on" { 1 } else { 0 })),
+        CtlCommand::Maintenance { state, .. } => {
+            ("POST", format!("/maintenance?on={}", if state == "on" { 1 } else { 0 }))
+        }
         CtlCommand::Endpoint { action } => match action {
             EndpointAction::Drain { cluster, address } => {
                 ("POST", format!("/endpoints/drain?cluster={cluster}&address={address}"))

@@ -108,7 +108,12 @@ pub fn start(shared: Arc<Shared>) -> Result<Vec<std::thread::JoinHandle<()>>, St
         let mut socks = Vec::new();
         for l in listeners.iter() {
             // A listener on one of this node's VIPs binds before the node holds it.
-            let vip = shared.runtime.load().config.released_addresses().any(|a| a == l.listen.ip());
+            let vip = shared
+                .runtime
+                .load()
+                .config
+                .released_addresses()
+                .any(|a| a == l.listen.ip());
             let s = bind_with(l.listen, vip).map_err(|source| StartError::Bind {
                 name: l.name.clone(),
                 addr: l.listen,

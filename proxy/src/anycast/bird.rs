@@ -38,7 +38,10 @@ pub enum SpeakerError {
 /// both always present so bird.conf's export filters can name them.
 pub fn fragment(protocol: &str, routes: &[(IpAddr, u8)]) -> String {
     let mut out = String::from("# Written by Tandem: the anycast routes this node announces now. Do not edit.\n");
-    for (family, name, v6) in [("ipv4", protocol.to_string(), false), ("ipv6", format!("{protocol}6"), true)] {
+    for (family, name, v6) in [
+        ("ipv4", protocol.to_string(), false),
+        ("ipv6", format!("{protocol}6"), true),
+    ] {
         let _ = writeln!(out, "protocol static {name} {{\n  {family};");
         for (a, p) in routes.iter().filter(|(a, _)| a.is_ipv6() == v6) {
             let _ = writeln!(out, "  route {a}/{p} blackhole;");

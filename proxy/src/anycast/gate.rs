@@ -125,8 +125,14 @@ mod tests {
         let mut g = Gate::new(5000 * MS, Duration::from_secs(60));
         g.step(t0, true, false);
         assert!(g.step(t0 + 5000 * MS, true, false));
-        assert!(!g.step(t0 + 6000 * MS, true, true), "maintenance ignores withdraw_after");
+        assert!(
+            !g.step(t0 + 6000 * MS, true, true),
+            "maintenance ignores withdraw_after"
+        );
         assert!(!g.step(t0 + 7000 * MS, true, true));
-        assert!(g.step(t0 + 7100 * MS, true, false), "healthy all along: no new hold-down");
+        assert!(
+            g.step(t0 + 7100 * MS, true, false),
+            "healthy all along: no new hold-down"
+        );
     }
 }

@@ -185,7 +185,11 @@ impl Anycast {
             let now = Instant::now();
             let mut routes = Vec::new();
             for ((group, gate), held) in self.groups.iter().zip(&mut gates).zip(holding) {
-                let trouble = if *held { trouble(shared, &group.config) } else { Some("address not held".into()) };
+                let trouble = if *held {
+                    trouble(shared, &group.config)
+                } else {
+                    Some("address not held".into())
+                };
                 let on = gate.step(now, trouble.is_none(), maintenance);
                 let reason = match (&trouble, on) {
                     (_, true) => String::new(),

@@ -402,7 +402,9 @@ fn anycast_is_validated_with_its_speaker() {
     let bgp = c.bgp.as_ref().unwrap();
     assert_eq!(bgp.protocol, "tandem_anycast");
     assert_eq!(bgp.control_socket, std::path::PathBuf::from("/run/bird/bird.ctl"));
-    assert!(c.released_addresses().any(|a| a == "10.99.1.10".parse::<std::net::IpAddr>().unwrap()));
+    assert!(c
+        .released_addresses()
+        .any(|a| a == "10.99.1.10".parse::<std::net::IpAddr>().unwrap()));
 
     // The listener on 127.0.0.1 cannot receive the anycast address.
     let i = one(&good);

@@ -68,7 +68,9 @@ fn check_accepts_the_shipped_examples() {
     let dir = tempfile::tempdir().unwrap();
     let mut n = 0;
     let anycast = std::path::Path::new(root).join("anycast");
-    let files = std::fs::read_dir(root).unwrap().chain(std::fs::read_dir(anycast).unwrap());
+    let files = std::fs::read_dir(root)
+        .unwrap()
+        .chain(std::fs::read_dir(anycast).unwrap());
     for entry in files {
         let p = entry.unwrap().path();
         if p.extension().is_some_and(|e| e == "toml") {

@@ -122,7 +122,8 @@ pub(super) fn groups(
                 )
                 .is_some();
         }
-        let receives = |l: &ListenerConfig| l.listen.ip().is_unspecified() || addresses.iter().any(|a| a.0 == l.listen.ip());
+        let receives =
+            |l: &ListenerConfig| l.listen.ip().is_unspecified() || addresses.iter().any(|a| a.0 == l.listen.ip());
         if ok && !listeners.iter().any(receives) {
             c.at(
                 &g.name,
