@@ -278,5 +278,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.vips != new.vips {
         v.push("vips".to_string());
     }
+    if old.bgp != new.bgp || old.anycast != new.anycast {
+        v.push("bgp/anycast".to_string());
+    }
     v
 }
