@@ -440,9 +440,17 @@ fn the_shipped_bird_configurations_parse() {
     // What Tandem writes while announcing: it must parse inside the node's file, and the
     // shipped example shows exactly that.
     let written = tandem_proxy::anycast::bird::fragment("tandem_anycast", &[("10.99.1.10".parse().unwrap(), 32)]);
-    assert_eq!(written, std::fs::read_to_string(root.join("tandem-anycast.conf.example")).unwrap());
+    assert_eq!(
+        written,
+        std::fs::read_to_string(root.join("tandem-anycast.conf.example")).unwrap()
+    );
     std::fs::write(&fragment, written).unwrap();
-    for name in ["bird-node1.conf", "bird-node2.conf", "bird-node3.conf", "bird-router.conf"] {
+    for name in [
+        "bird-node1.conf",
+        "bird-node2.conf",
+        "bird-node3.conf",
+        "bird-router.conf",
+    ] {
         let text = std::fs::read_to_string(root.join(name)).unwrap();
         let conf = dir.path().join(name);
         std::fs::write(
