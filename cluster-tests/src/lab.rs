@@ -36,6 +36,23 @@ pub fn has_arping() -> bool {
     crate::has_tool("arping", "-V")
 }
 
+/// Runs `f` on a new thread that has entered network namespace `ns` (by name).
+pub fn thread_in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns with a namespace file this thread holds open; it moves only the
+        // calling thread.
+        let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
 impl Lab {
     /// Builds sw-TAG (bridge), a-TAG, b-TAG, c-TAG; `None` when namespaces cannot be
     /// created here (no CAP_NET_ADMIN).
@@ -410,16 +427,7 @@ impl Lab {
         n: &str,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.ns(n));
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: setns with a namespace file this thread holds open; it moves only
-            // the calling thread.
-            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            f()
-        })
+        thread_in_netns(&self.ns(n), f)
     }
 
     /// Adds a second segment: bridge br1 in the switch namespace and eth1 in a, b and c

@@ -212,20 +212,24 @@ impl LeaseClient {
         None
     }
 
+    /// The group's voters as this node's membership says.
+    fn voters(&self) -> Vec<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
     /// Whether the voters other than this node may still commit a lease to another
     /// node, so a holder whose lease ran out must step down. Silence proves nothing (the
     /// others may be working together behind a cut, or this node's view may lag after a
     /// heal): a voter counts as out of the group only on positive evidence, see
     /// [`may_grant_without`].
     pub fn others_may_grant(&self, within: Duration) -> bool {
-        let voters: Vec<NodeId> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let voters = self.voters();
         let links = &self.network.links;
         may_grant_without(self.id, &voters, within, |id| links.refused(id), |id| links.report(id))
     }
@@ -235,14 +239,7 @@ impl LeaseClient {
     /// the others elect a new leader: a member cut off alone turns false, the members
     /// that still hear each other do not.
     pub fn hears_majority(&self, within: Duration) -> bool {
-        let voters: Vec<NodeId> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let voters = self.voters();
         let links = &self.network.links;
         let heard = voters
             .iter()

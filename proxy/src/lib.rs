@@ -24,6 +24,7 @@ pub mod error;
 pub mod exec;
 pub mod exposition;
 pub mod fuzzing;
+pub mod guard;
 pub mod headers;
 pub mod health;
 pub mod inplace;

@@ -235,37 +235,19 @@ impl Vips {
     }
 }
 
-/// The write end of the guard's pipe, held for the life of the process.
-static GUARD: OnceLock<std::process::ChildStdin> = OnceLock::new();
-
 /// Starts the VIP guard: a child process (`tandem guard-vips`) that waits on a pipe from
 /// this process and removes every VIP address from its interface the moment the pipe
 /// closes, that is when this process ends, however it ends (kill -9 and crashes
 /// included). Without it a dead holder's kernel keeps answering ARP for the VIP until
 /// the address lifetime runs out (seconds), while the peer already holds it.
 fn start_guard(configs: &[VipConfig]) -> std::io::Result<()> {
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("guard-vips");
+    let mut args = vec![std::ffi::OsString::from("guard-vips")];
     for c in configs {
         for (a, p) in &c.addresses {
-            cmd.arg(format!("{}={a}/{p}", c.address_interface()));
+            args.push(format!("{}={a}/{p}", c.address_interface()).into());
         }
     }
-    let mut child = cmd
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    let pipe = child
-        .stdin
-        .take()
-        .ok_or_else(|| std::io::Error::other("no pipe to the guard"))?;
-    let _ = GUARD.set(pipe);
-    // Reaped when it ends (it outlives this process only by the moment it takes to
-    // remove the addresses).
-    std::thread::Builder::new()
-        .name("vip-guard".into())
-        .spawn(move || child.wait())?;
-    Ok(())
+    crate::guard::start(&args)
 }
 
 /// The guard's side (`tandem guard-vips IF=ADDR/PREFIX...`): waits until its standard
@@ -291,19 +273,7 @@ pub fn guard(vips: &[String]) -> std::process::ExitCode {
             }
         }
     }
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: setting a signal's disposition to "ignore" touches no memory.
-        unsafe { libc::signal(sig, libc::SIG_IGN) };
-    }
-    let mut buf = [0u8; 64];
-    loop {
-        match std::io::Read::read(&mut std::io::stdin(), &mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
+    crate::guard::wait_for_parent_exit();
     let mut failed = false;
     for (iface, addr, prefix) in parsed {
         let Some(index) = tandem_ha::vip::net::interface_index(&iface) else {

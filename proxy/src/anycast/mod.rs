@@ -197,7 +197,7 @@ impl Anycast {
                     (Some(t), false) => t.clone(),
                     (None, false) => "holding down".into(),
                 };
-                set_reason(group, reason);
+                *group.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
                 if on {
                     routes.extend(group.config.addresses.iter().copied());
                 }
@@ -310,13 +310,6 @@ impl Anycast {
     }
 }
 
-fn set_reason(group: &Group, reason: String) {
-    let mut r = group.reason.lock().unwrap_or_else(|e| e.into_inner());
-    if *r != reason {
-        *r = reason;
-    }
-}
-
 /// Why the node cannot serve `g` now (`None`: it can): it is stopping, a listener is not
 /// accepting, a tracked cluster has no endpoint taking traffic, or (when asked) it has
 /// no quorum.
@@ -343,51 +336,24 @@ fn trouble(shared: &Shared, g: &AnycastConfig) -> Option<String> {
     None
 }
 
-/// The write end of the guard's pipe, held for the life of the process.
-static GUARD: OnceLock<std::process::ChildStdin> = OnceLock::new();
-
-/// Starts the anycast guard: a child process (`tandem guard-anycast`) that waits on a
-/// pipe from this process and, the moment it closes (the process ended, kill -9 and
-/// crashes included), writes an empty fragment and reloads BIRD. Without it BIRD keeps
-/// announcing a dead proxy's routes for as long as BIRD itself runs.
+/// Starts the anycast guard (see [`crate::guard`]): when this process ends, however it
+/// ends, `tandem guard-anycast` writes an empty fragment and reloads BIRD. Without it
+/// BIRD keeps announcing a dead proxy's routes for as long as BIRD itself runs.
 fn start_guard(bgp: &BgpConfig) -> std::io::Result<()> {
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .arg("guard-anycast")
-        .arg(&bgp.fragment)
-        .arg(&bgp.control_socket)
-        .arg(&bgp.birdc)
-        .arg(&bgp.protocol)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    let pipe = child
-        .stdin
-        .take()
-        .ok_or_else(|| std::io::Error::other("no pipe to the guard"))?;
-    let _ = GUARD.set(pipe);
-    std::thread::Builder::new()
-        .name("anycast-guard".into())
-        .spawn(move || child.wait())?;
-    Ok(())
+    crate::guard::start(&[
+        "guard-anycast".into(),
+        bgp.fragment.clone().into(),
+        bgp.control_socket.clone().into(),
+        bgp.birdc.clone().into(),
+        bgp.protocol.clone().into(),
+    ])
 }
 
 /// The guard's side (`tandem guard-anycast FRAGMENT SOCKET BIRDC PROTOCOL`): waits until
 /// its standard input closes, then withdraws every route. Signals that stop the proxy
 /// are ignored: the guard ends only after its work.
 pub fn guard(fragment: &str, socket: &str, birdc: &str, protocol: &str) -> std::process::ExitCode {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: setting a signal's disposition to "ignore" touches no memory.
-        unsafe { libc::signal(sig, libc::SIG_IGN) };
-    }
-    let mut buf = [0u8; 64];
-    loop {
-        match std::io::Read::read(&mut std::io::stdin(), &mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
+    crate::guard::wait_for_parent_exit();
     let cfg = BgpConfig {
         fragment: fragment.into(),
         control_socket: socket.into(),
