@@ -25,12 +25,15 @@ pub enum ConfigSource {
 }
 
 impl ConfigSource {
-    /// Reads and validates the configuration.
+    /// Reads and validates the configuration, and starts each of its filters once
+    /// (see [`crate::wasm::trial`]).
     pub fn load(&self) -> Result<Config, ConfigError> {
-        match self {
-            ConfigSource::File(p) => config::load_file(p),
-            ConfigSource::Embedded(label, text) => config::load_str(label, text),
-        }
+        let config = match self {
+            ConfigSource::File(p) => config::load_file(p)?,
+            ConfigSource::Embedded(label, text) => config::load_str(label, text)?,
+        };
+        crate::wasm::trial(&config)?;
+        Ok(config)
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 
 use tokio::sync::Notify;
 
-use crate::body::BoxError;
+use crate::upstream::BoxError;
 use crate::exec::LocalExec;
 use crate::stats::ListenerStats;
 use crate::worker::Worker;

@@ -254,7 +254,7 @@ fn main() -> ExitCode {
         }
         Command::Check { config, user } => check(&config, user.as_deref()),
         Command::Demo { single } => {
-            let cfg = match config::load_str("<embedded demo>", demo::DEMO_CONFIG) {
+            let cfg = match ConfigSource::Embedded("<embedded demo>", demo::DEMO_CONFIG.to_string()).load() {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -441,7 +441,7 @@ fn main() -> ExitCode {
 
 /// Loads a configuration file, printing its problems (exit status 2) when it has any.
 fn load_or_report(path: &std::path::Path) -> Result<Config, ExitCode> {
-    config::load_file(path).map_err(|e| {
+    ConfigSource::File(path.to_path_buf()).load().map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(2)
     })
@@ -639,7 +639,7 @@ fn wait_until_empty(addr: SocketAddr, token: Option<&str>, limit: std::time::Dur
 /// `tandem check`: every problem of the file (exit 2), then the files the user may not
 /// open (exit 2), else warnings and the summary.
 fn check(path: &std::path::Path, user: Option<&str>) -> ExitCode {
-    let c = match config::load_file(path) {
+    let c = match ConfigSource::File(path.to_path_buf()).load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

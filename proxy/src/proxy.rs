@@ -25,7 +25,8 @@ use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
 use crate::balancer;
-use crate::body::{BodyFault, BoxError, ClientBody, Completion, ProxyBody, UpstreamBody};
+use crate::body::{Completion, ProxyBody};
+use crate::upstream::request_body::{BodyFault, BodyProgress, BoxError, ClientBody, DownstreamBodyError, UpstreamBody};
 use crate::config::{RetryPolicy, UpstreamProtocol};
 use crate::downstream::ConnState;
 use crate::error::Limit;
@@ -420,7 +421,7 @@ fn run_request_filters(
     request_id: Option<&HeaderValue>,
     start: Instant,
 ) -> Result<FilterStage, ProxyError> {
-    let facts = crate::wasm::http::facts(conn, request_id.cloned(), req.version(), route, start);
+    let facts = filter_facts(conn, request_id.cloned(), req.version(), route, start);
     let chain = crate::wasm::http::Chain::start(worker, &route.filters, facts)?;
     let eos = http_body::Body::is_end_stream(req.body());
     let flow = match crate::wasm::http::request_headers_now(&chain, req, eos, 0)? {
@@ -442,6 +443,52 @@ async fn finish_request_filters(
     let PausedFilters { chain, eos, idx } = *p;
     let flow = crate::wasm::http::request_headers_after(&chain, req, eos, idx, route.timeout).await?;
     filters_decided(chain, rt, route, flow)
+}
+
+/// Facts of a new request for its filters.
+fn filter_facts(
+    conn: &ConnState,
+    request_id: Option<HeaderValue>,
+    version: http::Version,
+    route: &Route,
+    start: Instant,
+) -> crate::wasm::state::Facts {
+    let conn_facts = conn.filter_facts.get_or_init(|| {
+        Rc::new(crate::wasm::state::ConnFacts {
+            source: conn.client,
+            destination: conn.local,
+            connection_id: conn.id,
+            tls: conn.tls.as_ref().map(|t| {
+                (
+                    t.version,
+                    t.sni.clone(),
+                    t.client_subject
+                        .as_ref()
+                        .and_then(|s| s.to_str().ok())
+                        .map(str::to_string),
+                )
+            }),
+        })
+    });
+    crate::wasm::state::Facts {
+        conn: conn_facts.clone(),
+        request_id,
+        start,
+        protocol: match version {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        route: route.name.clone(),
+        request: Rc::new(crate::wasm::state::RequestState {
+            filter_state: Default::default(),
+            metadata: route.metadata.clone(),
+        }),
+        cluster: None,
+        upstream: None,
+        request_size: 0,
+        response_size: 0,
+    }
 }
 
 /// The local answer or upstream the filters decided on.
@@ -600,7 +647,7 @@ async fn attempts(
             let (body, p) = client_body(body);
             progress = Some(p);
             let filtered = crate::wasm::http::FilteredBody::new(body, chain, false, fixed);
-            streamed = Some(Request::from_parts(parts, UpstreamBody::Filtered(Box::new(filtered))));
+            streamed = Some(Request::from_parts(parts, UpstreamBody::Filtered(Box::pin(filtered))));
         }
         Some(_) if http_body::Body::is_end_stream(&body) => replay = Some((parts, Bytes::new())),
         Some(p) => match Box::pin(buffer_body(body, p.buffer_bytes, body_timeout)).await {
@@ -800,7 +847,7 @@ async fn timed(exchange: impl std::future::Future<Output = Exchanged>, t: &TryTi
 async fn timed_with_body(
     exchange: impl std::future::Future<Output = Exchanged>,
     t: &TryTimers,
-    p: &crate::body::BodyProgress,
+    p: &BodyProgress,
 ) -> Exchanged {
     tokio::pin!(exchange);
     loop {
@@ -837,7 +884,7 @@ async fn timed_with_body(
 }
 
 /// Wraps a client's request body with the progress its timers read.
-fn client_body(body: Incoming) -> (ClientBody, Rc<crate::body::BodyProgress>) {
+fn client_body(body: Incoming) -> (ClientBody, Rc<BodyProgress>) {
     let p = ClientBody::progress_of(&body, Instant::now());
     (ClientBody::new(body, p.clone()), p)
 }
@@ -993,7 +1040,7 @@ async fn buffer_body(mut body: Incoming, limit: usize, idle: Duration) -> Result
             Err(_) => return Err(ProxyError::RequestBodyTimeout),
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                return Err(match crate::body::DownstreamBodyError::new(e).fault {
+                return Err(match DownstreamBodyError::new(e).fault {
                     BodyFault::Framing => ProxyError::DownstreamBody,
                     BodyFault::Abort => ProxyError::ClientAbort,
                 })
@@ -1131,7 +1178,7 @@ pub(crate) fn forward_headers(
 /// pending breakers). A pooled connection that turns out to be closed before the
 /// request was written is replaced by a fresh one.
 async fn exchange(
-    worker: &Rc<Worker>,
+    worker: &Worker,
     cluster: &Cluster,
     ep_idx: usize,
     req: &mut Request<UpstreamBody>,
@@ -1192,7 +1239,7 @@ async fn exchange(
 /// One request to a cluster outside any route (filter callouts): the cluster's
 /// balancer, pool and breakers, no retries.
 pub(crate) async fn call_cluster(
-    worker: &Rc<Worker>,
+    worker: &Worker,
     rt: &Runtime,
     cluster_idx: usize,
     pinned: Option<usize>,
@@ -1212,6 +1259,30 @@ pub(crate) async fn call_cluster(
     exchange(worker, cluster, ep_idx, &mut req, start, origin)
         .await
         .map_err(|f| f.kind)
+}
+
+impl crate::wasm::link::WorkerLink for Worker {
+    fn worker_id(&self) -> usize {
+        self.id
+    }
+
+    fn runtime(&self) -> Arc<Runtime> {
+        self.shared.runtime.load_full()
+    }
+
+    fn instances(&self) -> &std::cell::RefCell<crate::wasm::instance::WorkerInstances> {
+        &self.wasm
+    }
+
+    fn call_cluster<'a>(
+        &'a self,
+        rt: &'a Runtime,
+        cluster: usize,
+        pinned: Option<usize>,
+        req: Request<UpstreamBody>,
+    ) -> crate::wasm::link::ClusterCall<'a> {
+        Box::pin(call_cluster(self, rt, cluster, pinned, req))
+    }
 }
 
 /// Stage 7: turns the upstream response into the downstream one.

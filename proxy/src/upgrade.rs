@@ -11,7 +11,8 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::{ProxyBody, UpstreamBody};
+use crate::body::ProxyBody;
+use crate::upstream::UpstreamBody;
 use crate::downstream::ConnState;
 use crate::error::ProxyError;
 use crate::headers;

@@ -191,7 +191,7 @@ async fn keep_filters(worker: std::rc::Weak<Worker>) {
             let mut inst = w.wasm.borrow_mut();
             inst.retain(&rt.plugins);
             for p in &rt.plugins {
-                let _ = inst.get(p, worker.clone());
+                let _ = inst.get(p, worker.clone() as std::rc::Weak<dyn crate::wasm::link::WorkerLink>);
             }
         }
         w.wasm.borrow().sample_memory();

@@ -149,6 +149,9 @@ pub struct FilterConfig {
     pub env: Vec<(String, String)>,
     /// The compiled module.
     pub module: Built<crate::wasm::module::LoadedModule>,
+    /// Line and column of its `name` in the file: where a filter that does not start
+    /// is reported (it is started once before the configuration is taken).
+    pub declared_at: (usize, usize),
 }
 
 /// Validated `[ha]`.

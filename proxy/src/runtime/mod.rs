@@ -33,9 +33,9 @@ pub struct Runtime {
     /// Clusters in file order.
     pub clusters: Vec<Cluster>,
     /// proxy-wasm filters of this generation.
-    pub plugins: Vec<Arc<crate::wasm::Plugin>>,
+    pub plugins: Vec<Arc<crate::wasm::plugin::Plugin>>,
     /// Network filters per listener (L4), in listener order.
-    pub listener_filters: Vec<Vec<Arc<crate::wasm::Plugin>>>,
+    pub listener_filters: Vec<Vec<Arc<crate::wasm::plugin::Plugin>>>,
 }
 
 /// A compiled route.
@@ -64,7 +64,7 @@ pub struct Route {
     /// Counters.
     pub stats: Arc<RouteStats>,
     /// proxy-wasm filters run on its requests, in order.
-    pub filters: Vec<Arc<crate::wasm::Plugin>>,
+    pub filters: Vec<Arc<crate::wasm::plugin::Plugin>>,
     /// Metadata for its filters (`route_metadata.filter_metadata.*` properties).
     pub metadata: Option<Arc<serde_json::Value>>,
     /// Which `X-Forwarded-*` headers its requests get (`[server] forwarded_headers`).
@@ -188,10 +188,10 @@ impl Runtime {
             .enumerate()
             .map(|(i, c)| compile_cluster(i, c, stats))
             .collect();
-        let plugins: Vec<Arc<crate::wasm::Plugin>> = config
+        let plugins: Vec<Arc<crate::wasm::plugin::Plugin>> = config
             .filters
             .iter()
-            .map(|f| Arc::new(crate::wasm::Plugin::new(f)))
+            .map(|f| Arc::new(crate::wasm::plugin::Plugin::new(f)))
             .collect();
         let routes: Vec<Route> = config
             .routes

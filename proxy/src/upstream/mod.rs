@@ -4,6 +4,7 @@
 //! by one worker thread, so no locks.
 
 pub mod h1;
+pub mod request_body;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::body::{BoxError, UpstreamBody};
+pub use request_body::{BoxError, UpstreamBody};
 use crate::stats::ClusterStats;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioIo, TokioTimer};

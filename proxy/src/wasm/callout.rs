@@ -12,8 +12,9 @@ use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 
 use super::abi::status;
+use super::link::WorkerLink;
 use super::state::{CalloutResponse, HostState};
-use crate::body::UpstreamBody;
+use crate::upstream::UpstreamBody;
 use crate::config::UpstreamProtocol;
 
 /// Largest callout answer body kept.
@@ -31,7 +32,7 @@ pub fn dispatch(
     timeout_ms: u32,
 ) -> Result<u32, i32> {
     let worker = st.worker.upgrade().ok_or(status::INTERNAL_FAILURE)?;
-    let rt = worker.shared.runtime.load_full();
+    let rt = worker.runtime();
     // `cluster@ip:port` pins one endpoint (health probes), whatever its state.
     let (cluster, pinned) = match tandem_abi::split_upstream(cluster) {
         (c, Some(a)) => (
@@ -118,13 +119,13 @@ pub fn dispatch(
 }
 
 async fn run(
-    worker: &Rc<crate::worker::Worker>,
+    worker: &Rc<dyn WorkerLink>,
     rt: &crate::runtime::Runtime,
     idx: usize,
     pin: Option<usize>,
     req: Request<UpstreamBody>,
 ) -> Option<CalloutResponse> {
-    let resp = crate::proxy::call_cluster(worker, rt, idx, pin, req).await.ok()?;
+    let resp = worker.call_cluster(rt, idx, pin, req).await.ok()?;
     let (parts, body) = resp.into_parts();
     let collected = http_body_util::Limited::new(body, MAX_BODY).collect().await.ok()?;
     let trailers = collected.trailers().cloned();

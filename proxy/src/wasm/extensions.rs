@@ -30,7 +30,7 @@ pub fn call(st: &mut HostState, name: &str, args: &[u8]) -> Result<Vec<u8>, i32>
         };
     }
     let worker = st.worker.upgrade().ok_or(status::INTERNAL_FAILURE)?;
-    let rt = worker.shared.runtime.load();
+    let rt = worker.runtime();
     match name {
         foreign::CLUSTERS => Ok(rt
             .clusters

@@ -21,8 +21,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 
 use super::abi::status;
+use super::link::WorkerLink;
 use super::state::HostState;
-use crate::body::UpstreamBody;
+use crate::upstream::UpstreamBody;
 use crate::config::UpstreamProtocol;
 
 /// gRPC status codes the host produces itself.
@@ -184,7 +185,7 @@ pub fn open(
     timeout_ms: u32,
 ) -> Result<u32, i32> {
     let worker = st.worker.upgrade().ok_or(status::INTERNAL_FAILURE)?;
-    let rt = worker.shared.runtime.load_full();
+    let rt = worker.runtime();
     let idx = rt
         .clusters
         .iter()
@@ -278,14 +279,14 @@ pub fn open(
 /// Runs one call or stream, reporting through `deliver` (false: nobody listens any
 /// more, stop). Returns the closing status, or `None` when delivery stopped.
 async fn run(
-    worker: &Rc<crate::worker::Worker>,
+    worker: &Rc<dyn WorkerLink>,
     rt: &crate::runtime::Runtime,
     idx: usize,
     req: Request<UpstreamBody>,
     unary: bool,
     deliver: &impl Fn(Event) -> bool,
 ) -> Option<(u32, String)> {
-    let resp = match crate::proxy::call_cluster(worker, rt, idx, None, req).await {
+    let resp = match worker.call_cluster(rt, idx, None, req).await {
         Ok(r) => r,
         Err(e) => return Some((code::UNAVAILABLE, format!("upstream: {e}"))),
     };

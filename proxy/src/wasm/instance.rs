@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{Instance as WasmInstance, InstancePre, Linker, Store, TypedFunc, WasmParams, WasmResults};
 
 use super::abi::Action;
+use super::link::WorkerLink;
 use super::plugin::Plugin;
 use super::state::{Deferred, Facts, HostState, IdHash, StreamData};
 
@@ -127,7 +128,7 @@ fn lookup<P: WasmParams, R: WasmResults>(
 impl Instance {
     /// Instantiates `plugin` and runs its start-up sequence. `worker` is `None` for the
     /// trial run of configuration validation.
-    pub fn create(plugin: &Arc<Plugin>, worker: Weak<crate::worker::Worker>) -> Result<Rc<RefCell<Instance>>, Fault> {
+    pub fn create(plugin: &Arc<Plugin>, worker: Weak<dyn WorkerLink>) -> Result<Rc<RefCell<Instance>>, Fault> {
         plugin.stats.instances.fetch_add(1, Relaxed);
         let r = Self::create_inner(plugin, worker);
         if let Err(e) = &r {
@@ -137,7 +138,7 @@ impl Instance {
         r
     }
 
-    fn create_inner(plugin: &Arc<Plugin>, worker: Weak<crate::worker::Worker>) -> Result<Rc<RefCell<Instance>>, Fault> {
+    fn create_inner(plugin: &Arc<Plugin>, worker: Weak<dyn WorkerLink>) -> Result<Rc<RefCell<Instance>>, Fault> {
         let pre = instance_pre(plugin).map_err(Fault::Unavailable)?;
         let state = HostState {
             plugin: plugin.clone(),
@@ -720,7 +721,7 @@ impl WorkerInstances {
     pub fn get(
         &mut self,
         plugin: &Arc<Plugin>,
-        worker: Weak<crate::worker::Worker>,
+        worker: Weak<dyn WorkerLink>,
     ) -> Result<Rc<RefCell<Instance>>, Fault> {
         if let Some(i) = self.map.get(&plugin.uid) {
             if i.try_borrow().map(|b| b.poisoned.is_none()).unwrap_or(true) {

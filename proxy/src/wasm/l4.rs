@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::abi::Action;
+use super::link::WorkerLink;
 use super::instance::{Fault, Instance};
 use super::plugin::Plugin;
 use super::state::Facts;
@@ -70,13 +71,13 @@ fn open(plugin: &Plugin, fault: &Fault) -> bool {
 
 impl NetChain {
     /// Creates the contexts and runs `on_new_connection`; `None` closes the connection.
-    pub fn start(worker: &Rc<crate::worker::Worker>, plugins: &[Arc<Plugin>], facts: Facts) -> Option<NetChain> {
+    pub fn start<W: WorkerLink + 'static>(worker: &Rc<W>, plugins: &[Arc<Plugin>], facts: Facts) -> Option<NetChain> {
         let mut chain = NetChain {
             entries: Vec::with_capacity(plugins.len()),
             waiting: None,
         };
         for p in plugins {
-            let created = worker.wasm.borrow_mut().get(p, Rc::downgrade(worker)).and_then(|inst| {
+            let created = worker.instances().borrow_mut().get(p, Rc::downgrade(worker) as std::rc::Weak<dyn WorkerLink>).and_then(|inst| {
                 let ctx = inst.borrow_mut().create_stream(facts.clone())?;
                 Ok((inst, ctx))
             });

@@ -23,21 +23,38 @@ pub mod l4;
 pub mod maps;
 pub mod metrics;
 pub mod module;
+pub mod link;
 pub mod plugin;
 pub mod properties;
 pub mod shared;
 pub mod state;
 pub mod wasi;
 
-pub use plugin::Plugin;
-
-/// Instantiates a filter once without a worker to check that it starts and accepts
-/// its configuration (used by configuration validation and `tandem check`).
-pub fn trial(f: &crate::config::FilterConfig) -> Result<(), String> {
-    // The trial's counters are not the filter's traffic: a throwaway set.
-    let mut p = Plugin::new(f);
-    p.stats = Default::default();
-    instance::Instance::create(&std::sync::Arc::new(p), std::rc::Weak::new())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+/// Starts each filter of `config` once, without a worker, to check that it starts and
+/// accepts its configuration: the last step of taking a configuration (the daemon's
+/// start and reloads, `tandem check`). A filter that does not start is reported at its
+/// `name`, like any other problem of the file.
+pub fn trial(config: &crate::config::Config) -> Result<(), crate::config::ConfigError> {
+    let mut issues = Vec::new();
+    for (i, f) in config.filters.iter().enumerate() {
+        // The trial's counters are not the filter's traffic: a throwaway set.
+        let mut p = plugin::Plugin::new(f);
+        p.stats = Default::default();
+        if let Err(e) = instance::Instance::create(&std::sync::Arc::new(p), link::detached()) {
+            issues.push(crate::config::ConfigIssue {
+                line: f.declared_at.0,
+                col: f.declared_at.1,
+                key: format!("filter[{i}]"),
+                message: format!("filter `{}` does not start: {e}", f.name),
+                hint: Some("check the filter's configuration (its log lines above say more)".into()),
+            });
+        }
+    }
+    if issues.is_empty() {
+        return Ok(());
+    }
+    Err(crate::config::ConfigError::Invalid {
+        file: config.source.clone(),
+        issues,
+    })
 }

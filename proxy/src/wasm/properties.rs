@@ -79,7 +79,7 @@ pub fn get(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
         "plugin_vm_id" => return Some(p.vm_id.as_bytes().to_vec()),
         "plugin_configuration" => return Some(p.config.clone()),
         "vm_configuration" => return Some(p.vm_config.clone()),
-        WORKER_ID => return st.worker.upgrade().map(|w| i64le(w.id as i64)),
+        WORKER_ID => return st.worker.upgrade().map(|w| i64le(w.worker_id() as i64)),
         NODE_ID => return crate::pair::get().map(|n| i64le(n.id as i64)),
         _ => {}
     }

@@ -226,7 +226,7 @@ pub struct HostState {
     /// The plugin this instance runs.
     pub plugin: Arc<Plugin>,
     /// The worker it serves (none for the validation trial run).
-    pub worker: Weak<crate::worker::Worker>,
+    pub worker: Weak<dyn super::link::WorkerLink>,
     /// The instance itself (for callouts and ticks that come back later).
     pub me: Weak<std::cell::RefCell<super::instance::Instance>>,
     /// The guest's `memory` export.

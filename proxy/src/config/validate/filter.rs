@@ -101,16 +101,8 @@ impl Checker<'_> {
             shared_prefix: f.shared_prefix.clone().filter(|p| !p.is_empty()),
             env: f.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             module: Built(std::sync::Arc::new(module)),
+            declared_at: self.lines.locate(f.name.span().start),
         };
-        if let Err(e) = crate::wasm::trial(&cfg) {
-            self.at(
-                &f.name,
-                key.to_string(),
-                format!("filter `{}` does not start: {e}", cfg.name),
-                Some("check the filter's configuration (its log lines above say more)".into()),
-            );
-            return None;
-        }
         Some(cfg)
     }
 }

@@ -9,7 +9,7 @@ use http::{Method, Request, StatusCode, Version};
 use http_body::Body as _;
 
 use super::H1Error;
-use crate::body::UpstreamBody;
+use crate::upstream::UpstreamBody;
 
 /// Longest response head (status line and header fields) accepted from an upstream.
 pub(super) const MAX_HEAD: usize = 64 * 1024;

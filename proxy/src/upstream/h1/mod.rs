@@ -40,7 +40,7 @@ pub(crate) use codec::{decode_body, parse_head_for_fuzzing, Framing, Step};
 use codec::{encode_head, parse_head, Head, MAX_HEAD};
 
 use super::{OpenGuard, Pool};
-use crate::body::{BoxError, UpstreamBody};
+use crate::upstream::{BoxError, UpstreamBody};
 use crate::runtime::PoolSettings;
 use crate::send_batch::BatchedStream;
 

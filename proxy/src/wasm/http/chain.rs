@@ -5,15 +5,16 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Method, Uri};
+use http::{HeaderMap, Method, Uri};
 
 use crate::config::FailurePolicy;
 use crate::error::ProxyError;
 use crate::wasm::instance::{Fault, Instance};
+use crate::wasm::link::WorkerLink;
 use crate::wasm::plugin::Plugin;
-use crate::wasm::state::{ConnFacts, Facts, LocalReply, ReqHead};
+use crate::wasm::state::{Facts, LocalReply, ReqHead};
 
 pub(super) struct Entry {
     pub(super) plugin: Arc<Plugin>,
@@ -94,56 +95,10 @@ pub(super) fn fail_entry(chain: &ChainRef, idx: usize, fault: &Fault) -> Result<
     Ok(())
 }
 
-/// Facts of a new request for its filters.
-pub fn facts(
-    conn: &crate::downstream::ConnState,
-    request_id: Option<HeaderValue>,
-    version: http::Version,
-    route: &crate::runtime::Route,
-    start: Instant,
-) -> Facts {
-    let conn_facts = conn.filter_facts.get_or_init(|| {
-        Rc::new(ConnFacts {
-            source: conn.client,
-            destination: conn.local,
-            connection_id: conn.id,
-            tls: conn.tls.as_ref().map(|t| {
-                (
-                    t.version,
-                    t.sni.clone(),
-                    t.client_subject
-                        .as_ref()
-                        .and_then(|s| s.to_str().ok())
-                        .map(str::to_string),
-                )
-            }),
-        })
-    });
-    Facts {
-        conn: conn_facts.clone(),
-        request_id,
-        start,
-        protocol: match version {
-            http::Version::HTTP_2 => "HTTP/2",
-            http::Version::HTTP_10 => "HTTP/1.0",
-            _ => "HTTP/1.1",
-        },
-        route: route.name.clone(),
-        request: Rc::new(crate::wasm::state::RequestState {
-            filter_state: Default::default(),
-            metadata: route.metadata.clone(),
-        }),
-        cluster: None,
-        upstream: None,
-        request_size: 0,
-        response_size: 0,
-    }
-}
-
 impl Chain {
     /// Creates a stream context in each filter's instance of this worker.
-    pub fn start(
-        worker: &Rc<crate::worker::Worker>,
+    pub fn start<W: WorkerLink + 'static>(
+        worker: &Rc<W>,
         plugins: &[Arc<Plugin>],
         facts: Facts,
     ) -> Result<ChainRef, ProxyError> {
@@ -151,7 +106,7 @@ impl Chain {
         let scheme = if facts.conn.tls.is_some() { "https" } else { "http" };
         let mut facts = Some(facts);
         for (n, p) in plugins.iter().enumerate() {
-            let created = worker.wasm.borrow_mut().get(p, Rc::downgrade(worker)).and_then(|inst| {
+            let created = worker.instances().borrow_mut().get(p, Rc::downgrade(worker) as std::rc::Weak<dyn WorkerLink>).and_then(|inst| {
                 // The last stream takes the facts, the others copies.
                 let f = if n + 1 == plugins.len() {
                     facts.take().expect("taken once")

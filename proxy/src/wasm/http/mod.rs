@@ -13,7 +13,7 @@ mod chain;
 mod headers;
 
 pub use body::{FilterBodyError, FilteredBody};
-pub use chain::{facts, Chain, ChainRef, Flow, Upstream};
+pub use chain::{Chain, ChainRef, Flow, Upstream};
 pub use headers::{
     local_response, request_headers_after, request_headers_now, response_headers_after, response_headers_now, Step,
 };
