@@ -308,12 +308,12 @@ impl Node {
 
     /// An admin GET: (status, body), or None when it does not answer.
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        tandem_proxy::ctl::call(self.admin, None, "GET", path).ok()
+        tandem_proxy::control::ctl::call(self.admin, None, "GET", path).ok()
     }
 
     /// An admin POST.
     pub fn post(&self, path: &str) -> Option<(u16, String)> {
-        tandem_proxy::ctl::call(self.admin, None, "POST", path).ok()
+        tandem_proxy::control::ctl::call(self.admin, None, "POST", path).ok()
     }
 
     /// Its `/cluster` view (Null when it does not answer).

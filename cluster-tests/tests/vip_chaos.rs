@@ -129,7 +129,7 @@ fn quorum_samples(lab: &Lab, n: &str, t0: Instant, stop: Arc<AtomicBool>) -> std
         let admin: std::net::SocketAddr = "127.0.0.1:9900".parse().unwrap();
         let mut out = Vec::new();
         while !stop.load(Relaxed) {
-            let v = tandem_proxy::ctl::call(admin, None, "GET", "/cluster")
+            let v = tandem_proxy::control::ctl::call(admin, None, "GET", "/cluster")
                 .ok()
                 .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
             let q = v.as_ref().and_then(|v| v["in_touch"].as_bool());

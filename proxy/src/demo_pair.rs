@@ -106,7 +106,7 @@ impl DemoPair {
             ip(&["-n", &name, "link", "set", "eth0", "up"])?;
             ip(&["-n", &name, "link", "set", "lo", "up"])?;
         }
-        crate::ctl::write_lab_certs(&dir.join("certs"), &["a".into(), "b".into(), "w".into()], &[], None)
+        crate::control::ctl::write_lab_certs(&dir.join("certs"), &["a".into(), "b".into(), "w".into()], &[], None)
             .map_err(|e| DemoPairError::Setup(format!("certificates: {e}")))?;
         for (n, _, prio) in MEMBERS {
             let cfg = dir.join(format!("{n}.toml"));

@@ -79,7 +79,7 @@ pub struct TlsInfo {
 }
 
 /// Counts a downstream connection open (listener and process) until dropped.
-struct OpenConn<'a>(&'a ListenerStats, &'a crate::control::Shared);
+struct OpenConn<'a>(&'a ListenerStats, &'a crate::shared::Shared);
 
 impl Drop for OpenConn<'_> {
     fn drop(&mut self) {

@@ -92,15 +92,15 @@ pub fn proxy_protocol(data: &[u8]) {
 
 /// A TLS ClientHello peeked for its server name, whole and cut short.
 pub fn client_hello(data: &[u8]) {
-    let whole = crate::sni::parse_client_hello(data);
-    if let Ok(Some(crate::sni::Hello::Sni(name))) = &whole {
+    let whole = crate::tls::sni::parse_client_hello(data);
+    if let Ok(Some(crate::tls::sni::Hello::Sni(name))) = &whole {
         assert!(
             !name.is_empty() && name.bytes().all(|c| c.is_ascii_graphic()),
             "{name:?}"
         );
     }
     if !data.is_empty() {
-        let _ = crate::sni::parse_client_hello(&data[..data.len() / 2]);
+        let _ = crate::tls::sni::parse_client_hello(&data[..data.len() / 2]);
     }
 }
 

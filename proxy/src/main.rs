@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tandem_proxy::config::{self, Config};
-use tandem_proxy::control::ConfigSource;
-use tandem_proxy::{ctl, demo, server};
+use tandem_proxy::shared::ConfigSource;
+use tandem_proxy::control::ctl;
+use tandem_proxy::{demo, server};
 
 /// mimalloc: per-thread free lists suit share-nothing workers that allocate and free
 /// small buffers on every request.
@@ -341,13 +342,13 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        Command::GuardVips { vips } => tandem_proxy::vips::guard(&vips),
+        Command::GuardVips { vips } => tandem_proxy::cluster::vips::guard(&vips),
         Command::GuardAnycast {
             fragment,
             socket,
             birdc,
             protocol,
-        } => tandem_proxy::anycast::guard(&fragment, &socket, &birdc, &protocol),
+        } => tandem_proxy::cluster::anycast::guard(&fragment, &socket, &birdc, &protocol),
         Command::Witness { config } => {
             let cfg = match load_or_report(&config) {
                 Ok(c) => c,
@@ -370,7 +371,7 @@ fn main() -> ExitCode {
             }
             // A witness file with an [admin] section gets the group's admin API.
             if cfg.admin.explicit {
-                match tandem_proxy::admin::start_witness(cfg.admin.listen, cfg.admin.token.clone()) {
+                match tandem_proxy::control::admin::start_witness(cfg.admin.listen, cfg.admin.token.clone()) {
                     Ok(a) => tracing::info!(admin = %a, "witness admin API listening"),
                     Err(e) => {
                         eprintln!("tandem witness: admin API on {}: {e}", cfg.admin.listen);
@@ -584,7 +585,7 @@ fn ctl_main(
         Ok((status, body)) => {
             let shown = match serde_json::from_str::<serde_json::Value>(&body) {
                 Ok(_) if json => body,
-                Ok(v) => tandem_proxy::ctl_view::human(command, &v),
+                Ok(v) => tandem_proxy::control::ctl_view::human(command, &v),
                 // Metrics (Prometheus text) and plain answers as they are.
                 Err(_) => body,
             };
@@ -674,7 +675,7 @@ fn check(path: &std::path::Path, user: Option<&str>) -> ExitCode {
             }
         },
     };
-    let problems = tandem_proxy::check::file_problems(&c, &user);
+    let problems = tandem_proxy::control::check::file_problems(&c, &user);
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("{p}");
@@ -687,6 +688,6 @@ fn check(path: &std::path::Path, user: Option<&str>) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    print!("{}", tandem_proxy::check::summary(&c, &user));
+    print!("{}", tandem_proxy::control::check::summary(&c, &user));
     ExitCode::SUCCESS
 }

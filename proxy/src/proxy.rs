@@ -25,13 +25,13 @@ use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
 use crate::balancer;
-use crate::body::{Completion, ProxyBody};
+use crate::http::body::{Completion, ProxyBody};
 use crate::upstream::request_body::{BodyFault, BodyProgress, BoxError, ClientBody, DownstreamBodyError, UpstreamBody};
 use crate::config::{RetryPolicy, UpstreamProtocol};
 use crate::downstream::ConnState;
 use crate::error::Limit;
 use crate::error::{Failure, ProxyError};
-use crate::headers;
+use crate::http::headers;
 use crate::runtime::{router, Cluster, RequestFacts, Route, Runtime};
 use crate::upstream::{self, ResponseBody};
 use crate::worker::Worker;
@@ -285,7 +285,7 @@ async fn proxy_request(
         r.cluster = Some(cluster.name.clone());
     }
     admit(cluster)?;
-    if crate::upgrade::is_upgrade(&req) {
+    if crate::http::upgrade::is_upgrade(&req) {
         if let Some(c) = &chain {
             // The upgrade consumes the request; the filters' `on_log` still reads it.
             let (parts, body) = req.into_parts();
@@ -294,7 +294,7 @@ async fn proxy_request(
         }
         // Boxed (as every cold stage below): hyper moves the request future into its slot
         // on every request, so what only some requests need must not widen it.
-        let resp = Box::pin(crate::upgrade::proxy_upgrade(worker, conn, rt, route, cluster, req)).await?;
+        let resp = Box::pin(crate::http::upgrade::proxy_upgrade(worker, conn, rt, route, cluster, req)).await?;
         if let Some(mut r) = rec.take() {
             r.status = resp.status().as_u16();
             r.reason = if resp.status().as_u16() == 101 || r.method == http::Method::CONNECT {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::access_log::AccessLog;
 use crate::config::{Config, LogConfig, LogFormat};
-use crate::control::{ConfigSource, Shared};
+use crate::shared::{ConfigSource, Shared};
 use crate::stats::StatsRegistry;
 
 /// Why the server could not start.
@@ -135,11 +135,11 @@ pub fn start(config: Config, source: ConfigSource) -> Result<Running, RunError> 
     let shared = Shared::new(config, source, access_log, stats);
     crate::worker::start(shared.clone())?;
     // Listeners are up before the node can win a VIP.
-    crate::vips::start(&vips, shared.clone()).map_err(RunError::Signals)?;
+    crate::cluster::vips::start(&vips, shared.clone()).map_err(RunError::Signals)?;
     crate::health::checker::start(shared.clone()).map_err(RunError::Signals)?;
     // Announced once healthy for the hold-down: listeners up, health checks under way.
-    crate::anycast::start(&anycast, bgp.as_ref(), shared.clone()).map_err(RunError::Signals)?;
-    let admin = crate::admin::start(shared.clone(), admin_addr, token).map_err(|source| RunError::Admin {
+    crate::cluster::anycast::start(&anycast, bgp.as_ref(), shared.clone()).map_err(RunError::Signals)?;
+    let admin = crate::control::admin::start(shared.clone(), admin_addr, token).map_err(|source| RunError::Admin {
         addr: admin_addr,
         source,
     })?;
@@ -172,7 +172,7 @@ pub fn run_until_stopped(running: Running) -> Result<(), RunError> {
             tokio::select! {
                 _ = hup.recv() => {
                     sd_notify("RELOADING=1");
-                    let _ = shared.reload();
+                    let _ = crate::control::reload::reload(&shared);
                     sd_notify("READY=1");
                 }
                 // nginx's USR1: reopen the access log after logrotate renamed it.
@@ -189,7 +189,7 @@ pub fn run_until_stopped(running: Running) -> Result<(), RunError> {
         // one request each), then the SYN gate closes and the VIPs go with priority 0
         // (the peer takes over at once); then drain.
         let handover = shared.runtime.load().config.server.maintenance_handover;
-        crate::lifecycle::hand_over_for_stop(&shared, handover).await;
+        crate::control::lifecycle::hand_over_for_stop(&shared, handover).await;
         shared.begin_drain();
         let timeout = shared.runtime.load().config.server.drain_timeout;
         let deadline = Instant::now() + timeout;

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::balancer::WorkerState;
 use crate::config::ListenerConfig;
-use crate::control::Shared;
+use crate::shared::Shared;
 use crate::runtime::Runtime;
 use crate::syn_gate::SynGate;
 use crate::upstream::Pool;

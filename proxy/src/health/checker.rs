@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::verdict::{self, EjectReason, Source, Target, Verdict};
 use crate::clock::now_ns;
 use crate::config::HealthCheckConfig;
-use crate::control::Shared;
+use crate::shared::Shared;
 use crate::stats::EndpointStats;
 
 /// Starts the health thread.

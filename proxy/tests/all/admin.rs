@@ -16,7 +16,7 @@ async fn status_and_metrics_reflect_traffic() {
         let mut c = Client::h1(proxy.addr).await;
         assert_eq!(c.get("x", "/?status=503", &[]).await.unwrap().status, 503);
 
-        let (status, body) = tandem_proxy::ctl::call(proxy.admin, None, "GET", "/status").unwrap();
+        let (status, body) = tandem_proxy::control::ctl::call(proxy.admin, None, "GET", "/status").unwrap();
         assert_eq!(status, 200);
         let s: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(s["ready"], true);
@@ -43,9 +43,9 @@ async fn status_and_metrics_reflect_traffic() {
         assert!(opened <= 20.0, "keep-alive pool should reuse connections, opened {opened}");
         assert_eq!(proxy.metric("tandem_listener_requests_total{listener=\"web\"}"), 201.0);
 
-        let (status, _) = tandem_proxy::ctl::call(proxy.admin, None, "GET", "/live").unwrap();
+        let (status, _) = tandem_proxy::control::ctl::call(proxy.admin, None, "GET", "/live").unwrap();
         assert_eq!(status, 200);
-        let (status, page) = tandem_proxy::ctl::call(proxy.admin, None, "GET", "/").unwrap();
+        let (status, page) = tandem_proxy::control::ctl::call(proxy.admin, None, "GET", "/").unwrap();
         assert_eq!(status, 200);
         assert!(page.contains(&a.addr.to_string()));
     })
@@ -61,11 +61,11 @@ async fn admin_token_is_enforced() {
             "",
             "token = \"s3cret-token-0123456789\"",
         );
-        let (status, _) = tandem_proxy::ctl::call(proxy.admin, None, "GET", "/status").unwrap();
+        let (status, _) = tandem_proxy::control::ctl::call(proxy.admin, None, "GET", "/status").unwrap();
         assert_eq!(status, 401);
-        let (status, _) = tandem_proxy::ctl::call(proxy.admin, Some("wrong"), "GET", "/status").unwrap();
+        let (status, _) = tandem_proxy::control::ctl::call(proxy.admin, Some("wrong"), "GET", "/status").unwrap();
         assert_eq!(status, 401);
-        let (status, _) = tandem_proxy::ctl::call(proxy.admin, Some("s3cret-token-0123456789"), "GET", "/status").unwrap();
+        let (status, _) = tandem_proxy::control::ctl::call(proxy.admin, Some("s3cret-token-0123456789"), "GET", "/status").unwrap();
         assert_eq!(status, 200);
     })
     .await;
@@ -92,7 +92,7 @@ async fn the_status_page_renders_in_a_browser_without_errors() {
         ));
         let page = format!("http://{}/", proxy.admin);
         // A first view starts the rate samples; traffic; the browser's view a second later.
-        let (status, _) = tandem_proxy::ctl::call(proxy.admin, None, "GET", "/").unwrap();
+        let (status, _) = tandem_proxy::control::ctl::call(proxy.admin, None, "GET", "/").unwrap();
         assert_eq!(status, 200);
         let (_, failed) = load(proxy.addr, "x", "/", 200, 4, &[]).await;
         assert_eq!(failed, 0);

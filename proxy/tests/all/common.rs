@@ -256,7 +256,7 @@ impl Proxy {
         let deadline = Instant::now() + Duration::from_secs(20);
         let token = self.head.split("token = \"").nth(1).and_then(|t| t.split('"').next());
         while Instant::now() < deadline {
-            if let Ok((200, _)) = tandem_proxy::ctl::call(self.admin, token, "GET", "/ready") {
+            if let Ok((200, _)) = tandem_proxy::control::ctl::call(self.admin, token, "GET", "/ready") {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -294,7 +294,7 @@ impl Proxy {
     }
 
     pub fn metrics(&self) -> String {
-        tandem_proxy::ctl::call(self.admin, None, "GET", "/metrics").unwrap().1
+        tandem_proxy::control::ctl::call(self.admin, None, "GET", "/metrics").unwrap().1
     }
 
     /// Value of one metric line (exact name with labels).

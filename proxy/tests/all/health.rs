@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 fn status(proxy: &Proxy) -> serde_json::Value {
-    serde_json::from_str(&tandem_proxy::ctl::call(proxy.admin, None, "GET", "/status").unwrap().1).unwrap()
+    serde_json::from_str(&tandem_proxy::control::ctl::call(proxy.admin, None, "GET", "/status").unwrap().1).unwrap()
 }
 
 fn endpoint_state(proxy: &Proxy, addr: std::net::SocketAddr) -> String {
@@ -203,7 +203,7 @@ async fn drained_endpoint_finishes_in_flight_and_takes_nothing_new() {
         let s = status(&proxy);
         assert!(s["clusters"][0]["endpoints"][1]["drained_seconds_ago"].is_number());
         // Back in rotation.
-        tandem_proxy::ctl::call(proxy.admin, None, "POST", &format!("/endpoints/undrain?cluster=c&address={}", b.addr)).unwrap();
+        tandem_proxy::control::ctl::call(proxy.admin, None, "POST", &format!("/endpoints/undrain?cluster=c&address={}", b.addr)).unwrap();
         let (counts, _) = load(proxy.addr, "x", "/", 100, 4, &[]).await;
         assert!(counts.contains_key("b"));
 

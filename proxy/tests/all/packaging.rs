@@ -126,10 +126,10 @@ fn the_package_ships_files_that_exist_and_purges_what_it_created() {
 #[test]
 fn alerts_and_dashboard_use_only_exported_series() {
     let sources = [
-        "proxy/src/metrics.rs",
-        "proxy/src/process_metrics.rs",
+        "proxy/src/control/metrics.rs",
+        "proxy/src/control/process_metrics.rs",
         "proxy/src/wasm/metrics.rs",
-        "proxy/src/vips.rs",
+        "proxy/src/cluster/vips.rs",
     ]
     .iter()
     .map(|f| read(f))

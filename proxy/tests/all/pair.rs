@@ -58,7 +58,7 @@ fn ha_section_cli(certs: &std::path::Path, id: u64, peers: &[(u64, u16)], data: 
 
 fn state_of(p: &Proxy, addr: std::net::SocketAddr) -> String {
     let s: serde_json::Value =
-        serde_json::from_str(&tandem_proxy::ctl::call(p.admin, None, "GET", "/status").unwrap().1).unwrap();
+        serde_json::from_str(&tandem_proxy::control::ctl::call(p.admin, None, "GET", "/status").unwrap().1).unwrap();
     for e in s["clusters"][0]["endpoints"].as_array().unwrap() {
         if e["address"] == addr.to_string() {
             return e["state"].as_str().unwrap().to_string();
@@ -96,7 +96,7 @@ async fn a_pair_shares_verdicts_and_sticky_bindings() {
         // The group forms.
         let t = Instant::now();
         loop {
-            let c: serde_json::Value = serde_json::from_str(&tandem_proxy::ctl::call(b.admin, None, "GET", "/cluster").unwrap().1).unwrap();
+            let c: serde_json::Value = serde_json::from_str(&tandem_proxy::control::ctl::call(b.admin, None, "GET", "/cluster").unwrap().1).unwrap();
             if c["leader"].is_u64() && c["last_applied"].as_u64().unwrap_or(0) >= 1 {
                 assert_eq!(c["voters"].as_array().unwrap().len(), 3);
                 break;
@@ -143,7 +143,7 @@ async fn a_pair_shares_verdicts_and_sticky_bindings() {
         let t = Instant::now();
         let committed = |p: &Proxy| -> u64 {
             let c: serde_json::Value =
-                serde_json::from_str(&tandem_proxy::ctl::call(p.admin, None, "GET", "/cluster").unwrap().1).unwrap();
+                serde_json::from_str(&tandem_proxy::control::ctl::call(p.admin, None, "GET", "/cluster").unwrap().1).unwrap();
             assert_eq!(c["member"], true);
             c["tables"]["sticky"].as_u64().unwrap()
         };
@@ -232,7 +232,7 @@ async fn a_cluster_scope_limit_holds_for_the_pair() {
         );
         let t = Instant::now();
         loop {
-            let c: serde_json::Value = serde_json::from_str(&tandem_proxy::ctl::call(a.admin, None, "GET", "/cluster").unwrap().1).unwrap();
+            let c: serde_json::Value = serde_json::from_str(&tandem_proxy::control::ctl::call(a.admin, None, "GET", "/cluster").unwrap().1).unwrap();
             if c["leader"].is_u64() && c["last_applied"].as_u64().unwrap_or(0) >= 1 {
                 break;
             }

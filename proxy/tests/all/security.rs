@@ -177,7 +177,7 @@ async fn flooded_control_ports_do_not_stop_the_data_plane() {
         // The admin port serves again once the flood is gone, and says what it refused.
         let t = Instant::now();
         let metrics = loop {
-            if let Ok((200, m)) = tandem_proxy::ctl::call(p.admin, None, "GET", "/metrics") {
+            if let Ok((200, m)) = tandem_proxy::control::ctl::call(p.admin, None, "GET", "/metrics") {
                 break m;
             }
             assert!(t.elapsed() < Duration::from_secs(15), "admin did not recover");
@@ -214,7 +214,7 @@ async fn guarded_backend() -> (Proxy, Backend) {
 
 fn endpoint_state(p: &Proxy) -> String {
     let s: serde_json::Value =
-        serde_json::from_str(&tandem_proxy::ctl::call(p.admin, None, "GET", "/status").unwrap().1).unwrap();
+        serde_json::from_str(&tandem_proxy::control::ctl::call(p.admin, None, "GET", "/status").unwrap().1).unwrap();
     s["clusters"][0]["endpoints"][0]["state"].as_str().unwrap().to_string()
 }
 
@@ -417,7 +417,7 @@ async fn browsers_cannot_drive_the_admin_api() {
         // Still serving: nothing above drained it.
         assert_eq!(Client::h1(p.addr).await.get("x", "/", &[]).await.unwrap().status, 200);
         // tandem ctl's calls are accepted.
-        let (status, _) = tandem_proxy::ctl::call(admin, None, "POST", "/maintenance?on=0").unwrap();
+        let (status, _) = tandem_proxy::control::ctl::call(admin, None, "POST", "/maintenance?on=0").unwrap();
         assert_eq!(status, 200);
     })
     .await;

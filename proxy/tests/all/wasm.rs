@@ -521,7 +521,7 @@ async fn tenant_affinity_filter_pins_tenants_to_live_endpoints() {
         assert_eq!(used.len(), 3, "tenants spread over every endpoint: {owner:?}");
         // Drain one endpoint: only its tenants move.
         let drained = b.addr;
-        let (code, _) = tandem_proxy::ctl::call(
+        let (code, _) = tandem_proxy::control::ctl::call(
             proxy.admin,
             None,
             "POST",
@@ -566,7 +566,7 @@ async fn deep_health_filter_reports_verdicts() {
         // `bad` answers 200 but with the wrong body: the filter condemns it.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let s = tandem_proxy::ctl::call(proxy.admin, None, "GET", "/status").unwrap().1;
+            let s = tandem_proxy::control::ctl::call(proxy.admin, None, "GET", "/status").unwrap().1;
             if s.contains("\"unhealthy\"") && s.contains("\"healthy\"") {
                 break;
             }
@@ -580,7 +580,7 @@ async fn deep_health_filter_reports_verdicts() {
         *good.delay.lock().unwrap() = Duration::from_millis(250);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let s = tandem_proxy::ctl::call(proxy.admin, None, "GET", "/status").unwrap().1;
+            let s = tandem_proxy::control::ctl::call(proxy.admin, None, "GET", "/status").unwrap().1;
             if !s.contains("\"healthy\"") {
                 break;
             }

@@ -483,7 +483,7 @@ mod tests {
         );
         assert!(h.headers.contains_key("connection") && h.headers.contains_key("x-hop"));
         let mut headers = h.headers;
-        crate::headers::strip_hop_by_hop(&mut headers);
+        crate::http::headers::strip_hop_by_hop(&mut headers);
         assert_eq!(headers.keys().collect::<Vec<_>>(), ["content-length"]);
     }
 

@@ -1,12 +1,12 @@
 //! The node's lifecycle moves that involve the addresses it can stop receiving (its
 //! VIPs and its anycast routes): maintenance on and off, and the handover before a
 //! stop. The phase they move is in [`crate::phase`] (see LIFECYCLE.md); the process
-//! state they act on in [`crate::control::Shared`].
+//! state they act on in [`crate::shared::Shared`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::control::Shared;
+use crate::shared::Shared;
 use crate::phase::NodePhase;
 
 /// Maintenance on: clients are asked to close their connections (so their next ones
@@ -17,7 +17,7 @@ use crate::phase::NodePhase;
 /// again, the VIPs rejoin the election and the routes are announced while healthy.
 /// Neither changes a node that is stopping.
 pub fn set_maintenance(shared: &Arc<Shared>, on: bool, handover: Duration) {
-    let (vips, anycast) = (crate::vips::get(), crate::anycast::get());
+    let (vips, anycast) = (crate::cluster::vips::get(), crate::cluster::anycast::get());
     if !on {
         let before = shared.phase.step(|p| p.in_maintenance().then_some(NodePhase::Serving));
         if before.in_maintenance() {
@@ -67,7 +67,7 @@ pub fn set_maintenance(shared: &Arc<Shared>, on: bool, handover: Duration) {
 /// takes over at once) and the routes are withdrawn. The drain follows
 /// ([`Shared::begin_drain`]).
 pub async fn hand_over_for_stop(shared: &Shared, handover: Duration) {
-    let (vips, anycast) = (crate::vips::get(), crate::anycast::get());
+    let (vips, anycast) = (crate::cluster::vips::get(), crate::cluster::anycast::get());
     if vips.is_none() && anycast.is_none() {
         return;
     }

@@ -5,7 +5,7 @@
 //! a quorum when asked, not in maintenance — with a hold-down against flapping
 //! ([`gate`]). Evaluated every [`EVERY`] on a thread of its own (never on a worker).
 //!
-//! Maintenance drains before it withdraws (see [`crate::lifecycle`]): clients are asked
+//! Maintenance drains before it withdraws (see [`crate::control::lifecycle`]): clients are asked
 //! to close their connections while the route still brings them here, then the route is
 //! withdrawn and the SYN gate closes. If the process dies, a guard process writes an
 //! empty fragment and reloads BIRD, so a crashed node stops attracting traffic at once
@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::{AnycastConfig, BgpConfig};
-use crate::control::Shared;
+use crate::shared::Shared;
 use crate::phase::NodePhase;
 
 /// How often health is evaluated.
@@ -264,7 +264,7 @@ impl Anycast {
 
     /// Appends the anycast families to a Prometheus exposition.
     pub fn render(&self, out: &mut String) {
-        crate::exposition::gauge(
+        crate::control::exposition::gauge(
             out,
             "tandem_anycast_announced",
             "Whether this node announces the anycast group (1) or has withdrawn it (0).",
@@ -277,7 +277,7 @@ impl Anycast {
                 u8::from(g.announced.load(Relaxed))
             );
         }
-        crate::exposition::counter(
+        crate::control::exposition::counter(
             out,
             "tandem_anycast_changes_total",
             "Announcements and withdrawals the BGP speaker took, per group.",
@@ -292,7 +292,7 @@ impl Anycast {
                 );
             }
         }
-        crate::exposition::counter(
+        crate::control::exposition::counter(
             out,
             "tandem_anycast_speaker_reloads_total",
             "Reloads of the BGP speaker, by result.",
@@ -336,11 +336,11 @@ fn trouble(shared: &Shared, g: &AnycastConfig) -> Option<String> {
     None
 }
 
-/// Starts the anycast guard (see [`crate::guard`]): when this process ends, however it
+/// Starts the anycast guard (see [`crate::cluster::guard`]): when this process ends, however it
 /// ends, `tandem guard-anycast` writes an empty fragment and reloads BIRD. Without it
 /// BIRD keeps announcing a dead proxy's routes for as long as BIRD itself runs.
 fn start_guard(bgp: &BgpConfig) -> std::io::Result<()> {
-    crate::guard::start(&[
+    crate::cluster::guard::start(&[
         "guard-anycast".into(),
         bgp.fragment.clone().into(),
         bgp.control_socket.clone().into(),
@@ -353,7 +353,7 @@ fn start_guard(bgp: &BgpConfig) -> std::io::Result<()> {
 /// its standard input closes, then withdraws every route. Signals that stop the proxy
 /// are ignored: the guard ends only after its work.
 pub fn guard(fragment: &str, socket: &str, birdc: &str, protocol: &str) -> std::process::ExitCode {
-    crate::guard::wait_for_parent_exit();
+    crate::cluster::guard::wait_for_parent_exit();
     let cfg = BgpConfig {
         fragment: fragment.into(),
         control_socket: socket.into(),

@@ -11,11 +11,11 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::ProxyBody;
+use crate::http::body::ProxyBody;
 use crate::upstream::UpstreamBody;
 use crate::downstream::ConnState;
 use crate::error::ProxyError;
-use crate::headers;
+use crate::http::headers;
 use crate::runtime::{Cluster, Route, Runtime};
 use crate::upstream::Origin;
 use crate::worker::Worker;

@@ -28,7 +28,7 @@ pub fn get() -> Option<&'static Vips> {
 /// Starts every virtual router on the VIP thread. Errors (no interface, no privilege)
 /// are logged per VIP; the proxy keeps serving. When the node is in a Raft group, its
 /// VIPs are fenced by leases committed through it.
-pub fn start(configs: &[VipConfig], shared: Arc<crate::control::Shared>) -> std::io::Result<()> {
+pub fn start(configs: &[VipConfig], shared: Arc<crate::shared::Shared>) -> std::io::Result<()> {
     let fence = crate::pair::get().map(|p| p.leases.clone());
     if configs.is_empty() {
         return Ok(());
@@ -67,8 +67,8 @@ pub fn start(configs: &[VipConfig], shared: Arc<crate::control::Shared>) -> std:
                     .and_then(|members| members.pop());
                 let (rx, fence) = (rx.clone(), fence.clone());
                 let (prio_tx, prio_rx) = tokio::sync::watch::channel(cfg.priority);
-                if crate::vip_trackers::any(&cfg) {
-                    tokio::spawn(crate::vip_trackers::track(cfg.clone(), shared.clone(), prio_tx));
+                if crate::cluster::vip_trackers::any(&cfg) {
+                    tokio::spawn(crate::cluster::vip_trackers::track(cfg.clone(), shared.clone(), prio_tx));
                 }
                 tasks.push(tokio::spawn(async move {
                     let name = cfg.name.clone();
@@ -169,7 +169,7 @@ impl Vips {
 
     /// Appends the VIP families to a Prometheus exposition.
     pub fn render(&self, out: &mut String) {
-        crate::exposition::gauge(
+        crate::control::exposition::gauge(
             out,
             "tandem_vip_state",
             "VRRP state per VIP (0 initialize, 1 backup, 2 master, 3 fault: interface down).",
@@ -183,7 +183,7 @@ impl Vips {
                 s.state.load(Relaxed)
             );
         }
-        crate::exposition::gauge(
+        crate::control::exposition::gauge(
             out,
             "tandem_vip_priority",
             "Priority in use per VIP (lowered by tracking).",
@@ -196,7 +196,7 @@ impl Vips {
                 s.priority.load(Relaxed)
             );
         }
-        crate::exposition::counter(out, "tandem_vip_events_total", "VRRP events per VIP.");
+        crate::control::exposition::counter(out, "tandem_vip_events_total", "VRRP events per VIP.");
         for (c, s) in &self.routers {
             for (ev, v) in [
                 ("advert_sent", &s.adverts_sent),
@@ -217,7 +217,7 @@ impl Vips {
                 );
             }
         }
-        crate::exposition::counter(
+        crate::control::exposition::counter(
             out,
             "tandem_vip_adverts_dropped_total",
             "Malformed, foreign or refused adverts dropped, by reason.",
@@ -247,7 +247,7 @@ fn start_guard(configs: &[VipConfig]) -> std::io::Result<()> {
             args.push(format!("{}={a}/{p}", c.address_interface()).into());
         }
     }
-    crate::guard::start(&args)
+    crate::cluster::guard::start(&args)
 }
 
 /// The guard's side (`tandem guard-vips IF=ADDR/PREFIX...`): waits until its standard
@@ -273,7 +273,7 @@ pub fn guard(vips: &[String]) -> std::process::ExitCode {
             }
         }
     }
-    crate::guard::wait_for_parent_exit();
+    crate::cluster::guard::wait_for_parent_exit();
     let mut failed = false;
     for (iface, addr, prefix) in parsed {
         let Some(index) = tandem_ha::vip::net::interface_index(&iface) else {

@@ -23,7 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use crate::control::Shared;
+use crate::shared::Shared;
 
 /// Most admin connections open at once.
 pub const MAX_ADMIN_CONNECTIONS: usize = 256;
@@ -175,7 +175,7 @@ async fn serve_witness(req: Request<Incoming>) -> Response<Full<Bytes>> {
         (Method::GET, "/metrics") => {
             let mut out = String::new();
             if let Some(p) = crate::pair::get() {
-                crate::metrics::render_group(&mut out, &p.view());
+                crate::control::metrics::render_group(&mut out, &p.view());
             }
             text(StatusCode::OK, "text/plain; version=0.0.4", out)
         }
@@ -337,13 +337,13 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
             text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                crate::metrics::render(&rt, &shared.listeners, &shared.stats, shared.sticky.len()),
+                crate::control::metrics::render(&rt, &shared.listeners, &shared.stats, shared.sticky.len()),
             )
         }
         (Method::GET, "/cluster") => text(StatusCode::OK, "application/json", cluster_json().to_string()),
         (Method::GET, "/status") => text(StatusCode::OK, "application/json", status_json(shared).to_string()),
         (Method::GET, "/") => text(StatusCode::OK, "text/html; charset=utf-8", status_page(shared)),
-        (Method::POST, "/reload") => match shared.reload() {
+        (Method::POST, "/reload") => match crate::control::reload::reload(&shared) {
             Ok(o) => text(
                 StatusCode::OK,
                 "application/json",
@@ -388,7 +388,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
         (Method::POST, "/maintenance") => {
             let on = !query.split('&').any(|p| p == "on=0" || p == "off");
             let handover = shared.runtime.load().config.server.maintenance_handover;
-            crate::lifecycle::set_maintenance(shared, on, handover);
+            crate::control::lifecycle::set_maintenance(shared, on, handover);
             let phase = shared.phase();
             text(
                 StatusCode::OK,
@@ -398,8 +398,8 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
                     "phase": phase,
                     "vips_released_in_ms": (phase == "handover").then_some(handover.as_millis() as u64),
                     "connections": shared.connections.load(Relaxed),
-                    "vips": crate::vips::get().map_or(serde_json::Value::Array(Vec::new()), |v| v.status_json()),
-                    "anycast": crate::anycast::get().map(|a| a.status_json()),
+                    "vips": crate::cluster::vips::get().map_or(serde_json::Value::Array(Vec::new()), |v| v.status_json()),
+                    "anycast": crate::cluster::anycast::get().map(|a| a.status_json()),
                 })
                 .to_string(),
             )
@@ -472,12 +472,12 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         "draining": shared.phase.get() == crate::phase::NodePhase::Draining,
         "maintenance": shared.phase.get().in_maintenance(),
         "phase": shared.phase(),
-        "syn_gate_closed": (crate::vips::get().is_some() || crate::anycast::get().is_some()) && shared.phase.get().closes_syn_gate(),
+        "syn_gate_closed": (crate::cluster::vips::get().is_some() || crate::cluster::anycast::get().is_some()) && shared.phase.get().closes_syn_gate(),
         "workers": shared.workers,
         "connections": shared.connections.load(Relaxed),
         "config": { "source": cfg.source, "generation": rt.generation, "hash": format!("{:016x}", rt.hash) },
-        "vips": crate::vips::get().map_or(serde_json::Value::Array(Vec::new()), |v| v.status_json()),
-        "anycast": crate::anycast::get().map(|a| a.status_json()),
+        "vips": crate::cluster::vips::get().map_or(serde_json::Value::Array(Vec::new()), |v| v.status_json()),
+        "anycast": crate::cluster::anycast::get().map(|a| a.status_json()),
         "ha": crate::pair::get().map(|p| serde_json::to_value(p.view()).unwrap_or_default()),
         "listeners": cfg.listeners.iter().zip(&shared.listeners).map(|(l, (_, s))| json!({
             "name": l.name,
@@ -585,7 +585,7 @@ fn status_page(shared: &Shared) -> String {
     let now = crate::clock::now_ns();
     let phase = shared.phase();
     let mut vips = String::new();
-    if let Some(v) = crate::vips::get() {
+    if let Some(v) = crate::cluster::vips::get() {
         for x in v.status_json().as_array().into_iter().flatten() {
             let _ = write!(
                 vips,
@@ -605,7 +605,7 @@ fn status_page(shared: &Shared) -> String {
     } else {
         format!("<table id=vips><tr><th>VIP</th><th>VRID</th><th>addresses</th><th>state</th><th>priority now / configured</th></tr>{vips}</table>")
     };
-    let anycast = match crate::anycast::get() {
+    let anycast = match crate::cluster::anycast::get() {
         None => String::new(),
         Some(a) => {
             let mut rows = String::new();

@@ -8,6 +8,10 @@
 //! and, unless `min_version = "1.3"`, TLS 1.2 ECDHE with AES-GCM or ChaCha20-Poly1305
 //! only (no CBC, no RSA key exchange, no SHA-1 signatures). Key exchange: X25519, P-256,
 //! P-384.
+//!
+//! [`sni`] reads the server name of a ClientHello without consuming it (TLS passthrough).
+
+pub mod sni;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

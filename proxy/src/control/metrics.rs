@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crate::exposition::{counter, gauge};
+use crate::control::exposition::{counter, gauge};
 use crate::stats::{ClusterStats, EndpointStats, ListenerStats, StatsRegistry};
 
 /// Renders the Prometheus text exposition for the current runtime.
@@ -17,9 +17,9 @@ pub fn render(
 ) -> String {
     let mut out = String::with_capacity(16 * 1024);
     let p = &reg.process;
-    crate::process_metrics::render_build_info(&mut out);
-    crate::process_metrics::render_process(&mut out);
-    crate::process_metrics::render_certificates(&mut out, &rt.config.certificates);
+    crate::control::process_metrics::render_build_info(&mut out);
+    crate::control::process_metrics::render_process(&mut out);
+    crate::control::process_metrics::render_certificates(&mut out, &rt.config.certificates);
     // The file's hash is in /status; a label that changes every reload would start a
     // new series each time.
     gauge(
@@ -191,7 +191,7 @@ pub fn render(
             );
         }
     }
-    crate::exposition::histogram(
+    crate::control::exposition::histogram(
         &mut out,
         "tandem_route_latency_seconds",
         "Time to response headers per route.",
@@ -301,7 +301,7 @@ pub fn render(
             }
         }
     }
-    crate::exposition::histogram(
+    crate::control::exposition::histogram(
         &mut out,
         "tandem_endpoint_latency_seconds",
         "Upstream time to response headers per endpoint.",
@@ -545,10 +545,10 @@ pub fn render(
     if let Some(p) = crate::pair::get() {
         render_group(&mut out, &p.view());
     }
-    if let Some(v) = crate::vips::get() {
+    if let Some(v) = crate::cluster::vips::get() {
         v.render(&mut out);
     }
-    if let Some(a) = crate::anycast::get() {
+    if let Some(a) = crate::cluster::anycast::get() {
         a.render(&mut out);
     }
     out

@@ -1,5 +1,6 @@
-//! Process-wide control state shared by workers, the admin API and signal handlers:
-//! the current runtime snapshot, stats, lifecycle flags, and the reload procedure.
+//! Process-wide state shared by workers, the admin API and signal handlers: the
+//! current runtime snapshot, stats, the node's phase, and where the configuration
+//! comes from (a reload, in `control/reload.rs`, reads it again).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -71,8 +72,8 @@ pub struct Shared {
     /// The configuration the process started with: restart-only settings (listeners,
     /// admin, pair, VIPs) stay as they were then, so a reload compares against it (a
     /// change reverted by a later reload is then no longer reported).
-    started_with: Arc<Config>,
-    reload_lock: Mutex<()>,
+    pub(crate) started_with: Arc<Config>,
+    pub(crate) reload_lock: Mutex<()>,
     removed: Mutex<Vec<RemovedEndpoint>>,
 }
 
@@ -86,15 +87,6 @@ pub struct RemovedEndpoint {
     pub address: std::net::SocketAddr,
     /// Its stats (active count, drain times).
     pub stats: Arc<EndpointStats>,
-}
-
-/// What a reload did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadOutcome {
-    /// New generation.
-    pub generation: u64,
-    /// Restart-only settings that changed and were not applied.
-    pub ignored: Vec<String>,
 }
 
 impl Shared {
@@ -128,88 +120,9 @@ impl Shared {
         })
     }
 
-    /// Reads the configuration again and swaps in a new runtime. A configuration that
-    /// does not validate is refused and the current one keeps serving.
-    pub fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
-        let _guard = self.reload_lock.lock().expect("reload lock poisoned");
-        let next = match self.source.load() {
-            Ok(c) => c,
-            Err(e) => {
-                self.stats.process.reloads_failed.fetch_add(1, Relaxed);
-                tracing::error!(
-                    "reload refused, keeping generation {}:\n{e}",
-                    self.runtime.load().generation
-                );
-                return Err(e);
-            }
-        };
-        let current = self.runtime.load_full();
-        let ignored = restart_only_changes(&self.started_with, &next);
-        for what in &ignored {
-            tracing::warn!("reload: {what} changed; it takes effect only after a restart");
-        }
-        for w in &next.warnings {
-            tracing::warn!("{}:{}:{}: {}: {}", next.source, w.line, w.col, w.key, w.message);
-        }
-        let generation = current.generation + 1;
-        let rt = Runtime::compile(Arc::new(next), generation, &self.stats);
-        self.drain_removed(&current, &rt);
-        self.runtime.store(Arc::new(rt));
-        self.stats.process.reloads_ok.fetch_add(1, Relaxed);
-        tracing::info!(generation, "configuration reloaded");
-        Ok(ReloadOutcome { generation, ignored })
-    }
-
     /// Endpoints removed by reloads that are draining or recently drained.
     pub fn removed_endpoints(&self) -> std::sync::MutexGuard<'_, Vec<RemovedEndpoint>> {
         self.removed.lock().expect("removed endpoints lock poisoned")
-    }
-
-    /// Drains endpoints the new runtime no longer has; returns re-added ones to rotation.
-    fn drain_removed(&self, old: &Runtime, new: &Runtime) {
-        let in_new = |cluster: &str, addr| {
-            new.clusters
-                .iter()
-                .any(|c| &*c.name == cluster && c.endpoints.iter().any(|e| e.address == addr))
-        };
-        let mut removed = self.removed_endpoints();
-        removed.retain(|r| {
-            if in_new(&r.cluster, r.address) {
-                let target = Target {
-                    cluster: &r.cluster,
-                    address: r.address,
-                };
-                verdict::apply(&r.stats.health, Verdict::Undrain, Source::Operator, target, None, 0, 0);
-                return false;
-            }
-            true
-        });
-        for c in &old.clusters {
-            for e in &c.endpoints {
-                if in_new(&c.name, e.address) || removed.iter().any(|r| r.cluster == c.name && r.address == e.address) {
-                    continue;
-                }
-                let target = Target {
-                    cluster: &c.name,
-                    address: e.address,
-                };
-                verdict::apply(&e.stats.health, Verdict::Drain, Source::Operator, target, None, 0, 0);
-                removed.push(RemovedEndpoint {
-                    cluster: c.name.clone(),
-                    address: e.address,
-                    stats: e.stats.clone(),
-                });
-            }
-        }
-        // Keep the list bounded: forget the oldest drained entries.
-        while removed.len() > 256 {
-            match removed.iter().position(|r| r.stats.health.drained_ns.load(Relaxed) > 0) {
-                Some(i) => {
-                    removed.remove(i);
-                }
-                None => break,
-            }
-        }
     }
 
     /// Drains (or returns to rotation) endpoint `addr` of `cluster` by operator request.
@@ -262,27 +175,4 @@ impl Shared {
     pub fn is_ready(&self) -> bool {
         self.phase.get() == NodePhase::Serving && self.workers_ready.load(Relaxed) == self.workers
     }
-}
-
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
-    let mut v = Vec::new();
-    if old.listeners != new.listeners {
-        v.push("listeners".to_string());
-    }
-    if old.admin != new.admin {
-        v.push("admin".to_string());
-    }
-    if old.server != new.server {
-        v.push("server".to_string());
-    }
-    if old.log != new.log {
-        v.push("log".to_string());
-    }
-    if old.vips != new.vips {
-        v.push("vips".to_string());
-    }
-    if old.bgp != new.bgp || old.anycast != new.anycast {
-        v.push("bgp/anycast".to_string());
-    }
-    v
 }

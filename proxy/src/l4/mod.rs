@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use crate::config::{HashOn, HostPattern};
 use crate::runtime::{Cluster, Runtime};
 use crate::send_batch::BatchedStream;
-use crate::sni::{peek_hello, Hello};
+use crate::tls::sni::{peek_hello, Hello};
 use crate::stats::ListenerStats;
 use crate::upstream::Origin;
 use crate::worker::Worker;

@@ -27,7 +27,7 @@ pub fn any(cfg: &VipConfig) -> bool {
 /// while a tracked cluster has no endpoint that takes traffic and again while a tracked
 /// interface is down, by each failing script's weight, plus each tracked file's integer;
 /// within 1–254 (an owner's 255 stays).
-pub async fn track(cfg: VipConfig, shared: Arc<crate::control::Shared>, tx: tokio::sync::watch::Sender<u8>) {
+pub async fn track(cfg: VipConfig, shared: Arc<crate::shared::Shared>, tx: tokio::sync::watch::Sender<u8>) {
     let scripts: Vec<(u8, Arc<AtomicBool>)> = cfg
         .track_scripts
         .iter()

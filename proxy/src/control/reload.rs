@@ -1,0 +1,122 @@
+//! Reloading the configuration: read and validate it again, compile a new runtime and
+//! swap it in; endpoints the new runtime no longer has drain; settings that only a
+//! restart can change are reported, not applied.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError};
+use crate::health::verdict::{self, Source, Target, Verdict};
+use crate::runtime::Runtime;
+use crate::shared::{RemovedEndpoint, Shared};
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// New generation.
+    pub generation: u64,
+    /// Restart-only settings that changed and were not applied.
+    pub ignored: Vec<String>,
+}
+
+/// Reads the configuration again and swaps in a new runtime. A configuration that
+/// does not validate is refused and the current one keeps serving.
+pub fn reload(shared: &Shared) -> Result<ReloadOutcome, ConfigError> {
+    let _guard = shared.reload_lock.lock().expect("reload lock poisoned");
+    let next = match shared.source.load() {
+        Ok(c) => c,
+        Err(e) => {
+            shared.stats.process.reloads_failed.fetch_add(1, Relaxed);
+            tracing::error!(
+                "reload refused, keeping generation {}:\n{e}",
+                shared.runtime.load().generation
+            );
+            return Err(e);
+        }
+    };
+    let current = shared.runtime.load_full();
+    let ignored = restart_only_changes(&shared.started_with, &next);
+    for what in &ignored {
+        tracing::warn!("reload: {what} changed; it takes effect only after a restart");
+    }
+    for w in &next.warnings {
+        tracing::warn!("{}:{}:{}: {}: {}", next.source, w.line, w.col, w.key, w.message);
+    }
+    let generation = current.generation + 1;
+    let rt = Runtime::compile(Arc::new(next), generation, &shared.stats);
+    drain_removed(shared, &current, &rt);
+    shared.runtime.store(Arc::new(rt));
+    shared.stats.process.reloads_ok.fetch_add(1, Relaxed);
+    tracing::info!(generation, "configuration reloaded");
+    Ok(ReloadOutcome { generation, ignored })
+}
+
+/// Drains endpoints the new runtime no longer has; returns re-added ones to rotation.
+fn drain_removed(shared: &Shared, old: &Runtime, new: &Runtime) {
+    let in_new = |cluster: &str, addr| {
+        new.clusters
+            .iter()
+            .any(|c| &*c.name == cluster && c.endpoints.iter().any(|e| e.address == addr))
+    };
+    let mut removed = shared.removed_endpoints();
+    removed.retain(|r| {
+        if in_new(&r.cluster, r.address) {
+            let target = Target {
+                cluster: &r.cluster,
+                address: r.address,
+            };
+            verdict::apply(&r.stats.health, Verdict::Undrain, Source::Operator, target, None, 0, 0);
+            return false;
+        }
+        true
+    });
+    for c in &old.clusters {
+        for e in &c.endpoints {
+            if in_new(&c.name, e.address) || removed.iter().any(|r| r.cluster == c.name && r.address == e.address) {
+                continue;
+            }
+            let target = Target {
+                cluster: &c.name,
+                address: e.address,
+            };
+            verdict::apply(&e.stats.health, Verdict::Drain, Source::Operator, target, None, 0, 0);
+            removed.push(RemovedEndpoint {
+                cluster: c.name.clone(),
+                address: e.address,
+                stats: e.stats.clone(),
+            });
+        }
+    }
+    // Keep the list bounded: forget the oldest drained entries.
+    while removed.len() > 256 {
+        match removed.iter().position(|r| r.stats.health.drained_ns.load(Relaxed) > 0) {
+            Some(i) => {
+                removed.remove(i);
+            }
+            None => break,
+        }
+    }
+}
+
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut v = Vec::new();
+    if old.listeners != new.listeners {
+        v.push("listeners".to_string());
+    }
+    if old.admin != new.admin {
+        v.push("admin".to_string());
+    }
+    if old.server != new.server {
+        v.push("server".to_string());
+    }
+    if old.log != new.log {
+        v.push("log".to_string());
+    }
+    if old.vips != new.vips {
+        v.push("vips".to_string());
+    }
+    if old.bgp != new.bgp || old.anycast != new.anycast {
+        v.push("bgp/anycast".to_string());
+    }
+    v
+}
