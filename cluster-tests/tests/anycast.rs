@@ -439,7 +439,8 @@ fn the_shipped_bird_configurations_parse() {
     let fragment = dir.path().join("fragment.conf");
     // What Tandem writes while announcing: it must parse inside the node's file, and the
     // shipped example shows exactly that.
-    let written = tandem_proxy::cluster::anycast::bird::fragment("tandem_anycast", &[("10.99.1.10".parse().unwrap(), 32)]);
+    let written =
+        tandem_proxy::cluster::anycast::bird::fragment("tandem_anycast", &[("10.99.1.10".parse().unwrap(), 32)]);
     assert_eq!(
         written,
         std::fs::read_to_string(root.join("tandem-anycast.conf.example")).unwrap()

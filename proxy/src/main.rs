@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tandem_proxy::config::{self, Config};
-use tandem_proxy::shared::ConfigSource;
 use tandem_proxy::control::ctl;
+use tandem_proxy::shared::ConfigSource;
 use tandem_proxy::{demo, server};
 
 /// mimalloc: per-thread free lists suit share-nothing workers that allocate and free

@@ -16,7 +16,7 @@ use crate::stats::StatsRegistry;
 pub enum RunError {
     /// Workers could not bind or start.
     #[error(transparent)]
-    Start(#[from] crate::worker::StartError),
+    Start(#[from] crate::listen::StartError),
     /// The admin listener could not bind.
     #[error("admin listener {addr}: {source}")]
     Admin {
@@ -133,7 +133,7 @@ pub fn start(config: Config, source: ConfigSource) -> Result<Running, RunError> 
     let vips = config.vips.clone();
     let (anycast, bgp) = (config.anycast.clone(), config.bgp.clone());
     let shared = Shared::new(config, source, access_log, stats);
-    crate::worker::start(shared.clone())?;
+    crate::listen::start(shared.clone())?;
     // Listeners are up before the node can win a VIP.
     crate::cluster::vips::start(&vips, shared.clone()).map_err(RunError::Signals)?;
     crate::health::checker::start(shared.clone()).map_err(RunError::Signals)?;

@@ -62,6 +62,8 @@ pub struct Shared {
     pub workers: usize,
     /// Downstream connections open (all listeners).
     pub connections: AtomicU64,
+    /// The next connection number (`connection.id` for filters; unique in the process).
+    pub conn_ids: AtomicU64,
     /// Process start, for uptime.
     pub started: Instant,
     /// Wakes workers to stop accepting and drain.
@@ -112,6 +114,7 @@ impl Shared {
             workers_ready: AtomicUsize::new(0),
             workers,
             connections: AtomicU64::new(0),
+            conn_ids: AtomicU64::new(1),
             started: Instant::now(),
             shutdown: tokio::sync::watch::channel(false).0,
             stop_requested: tokio::sync::watch::channel(false).0,

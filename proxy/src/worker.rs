@@ -3,39 +3,16 @@
 //! its own balancer state. Workers only share read-mostly snapshots and atomics.
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
-
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
 
 use crate::balancer::WorkerState;
 use crate::config::ListenerConfig;
+use crate::error::ProxyError;
+use crate::runtime::{Cluster, Runtime};
 use crate::shared::Shared;
-use crate::runtime::Runtime;
-use crate::syn_gate::SynGate;
 use crate::upstream::Pool;
-
-/// Why workers could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A listener address could not be bound.
-    #[error("listener `{name}`: cannot bind {addr}: {source}")]
-    Bind {
-        /// Listener name.
-        name: String,
-        /// Address.
-        addr: SocketAddr,
-        /// OS error.
-        source: std::io::Error,
-    },
-    /// A worker thread or runtime could not be created.
-    #[error("cannot start worker: {0}")]
-    Thread(std::io::Error),
-}
 
 /// Per-worker state handed to every connection of that worker.
 #[derive(Debug)]
@@ -56,6 +33,19 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Worker `id`'s state, before its first connection.
+    pub fn new(id: usize, shared: Arc<Shared>, listeners: Arc<[ListenerConfig]>) -> Worker {
+        Worker {
+            id,
+            shared,
+            listeners,
+            pool: Rc::new(Pool::default()),
+            balancers: RefCell::new((0, Vec::new())),
+            scratch: RefCell::new(Vec::with_capacity(64)),
+            wasm: RefCell::new(Default::default()),
+        }
+    }
+
     /// Runs `f` with this worker's balancer state for cluster `idx` of `rt`. State is
     /// reset when a new runtime generation appears.
     pub fn with_balancer<R>(&self, rt: &Runtime, idx: usize, f: impl FnOnce(&mut WorkerState) -> R) -> R {
@@ -69,207 +59,30 @@ impl Worker {
         }
         f(&mut b.1[idx])
     }
-}
 
-/// Binds one listener socket for one worker: `SO_REUSEPORT` so every worker has its
-/// own accept queue, `SO_REUSEADDR` for fast restarts, non-blocking for tokio.
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    bind_with(addr, false)
-}
-
-/// Like [`bind`]; `freebind` binds an address the node does not hold yet (a VIP), so
-/// the listener is ready before the address arrives.
-pub fn bind_with(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::TcpListener> {
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    sock.set_reuse_address(true)?;
-    sock.set_reuse_port(true)?;
-    if freebind {
-        if addr.is_ipv4() {
-            sock.set_freebind_v4(true)?;
-        } else {
-            sock.set_freebind_v6(true)?;
+    /// The cluster's balancer picks among the endpoints that may take a request (not
+    /// tried yet, by the bits of `tried`; healthy, or any when the cluster panics).
+    pub fn pick_endpoint(
+        &self,
+        rt: &Runtime,
+        cluster: &Cluster,
+        hash: Option<u64>,
+        tried: u64,
+    ) -> Result<usize, ProxyError> {
+        let now = crate::clock::now_ns();
+        let mut idx = self.scratch.borrow_mut();
+        crate::balancer::candidates(&cluster.endpoints, now, cluster.panic_threshold, tried, &mut idx);
+        if idx.is_empty() {
+            cluster.stats.no_endpoint.fetch_add(1, Relaxed);
+            return Err(ProxyError::NoHealthyUpstream);
         }
-    }
-    if addr.is_ipv6() {
-        sock.set_only_v6(true)?;
-    }
-    sock.set_nonblocking(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(4096)?;
-    Ok(sock.into())
-}
-
-/// Binds every listener for every worker and starts the worker threads. Bind errors
-/// are returned before any thread starts.
-pub fn start(shared: Arc<Shared>) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
-    let listeners: Arc<[ListenerConfig]> = shared.runtime.load().config.listeners.clone().into();
-    let mut per_worker = Vec::new();
-    for _ in 0..shared.workers {
-        let mut socks = Vec::new();
-        for l in listeners.iter() {
-            // A listener on one of this node's VIPs binds before the node holds it.
-            let vip = shared
-                .runtime
-                .load()
-                .config
-                .released_addresses()
-                .any(|a| a == l.listen.ip());
-            let s = bind_with(l.listen, vip).map_err(|source| StartError::Bind {
-                name: l.name.clone(),
-                addr: l.listen,
-                source,
-            })?;
-            socks.push(s);
-        }
-        per_worker.push(socks);
-    }
-    let mut handles = Vec::new();
-    for (id, socks) in per_worker.into_iter().enumerate() {
-        let shared = shared.clone();
-        let listeners = listeners.clone();
-        let h = std::thread::Builder::new()
-            .name(format!("worker-{id}"))
-            .spawn(move || run_worker(id, shared, listeners, socks))
-            .map_err(StartError::Thread)?;
-        handles.push(h);
-    }
-    Ok(handles)
-}
-
-fn run_worker(id: usize, shared: Arc<Shared>, listeners: Arc<[ListenerConfig]>, socks: Vec<std::net::TcpListener>) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(worker = id, error = %e, "cannot build worker runtime");
-            return;
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let worker = Rc::new(Worker {
-            id,
-            shared: shared.clone(),
-            listeners,
-            pool: Rc::new(Pool::default()),
-            balancers: RefCell::new((0, Vec::new())),
-            scratch: RefCell::new(Vec::with_capacity(64)),
-            wasm: RefCell::new(Default::default()),
-        });
-        tokio::task::spawn_local(keep_filters(Rc::downgrade(&worker)));
-        tokio::task::spawn_local(sweep_pool(worker.pool.clone()));
-        tokio::task::spawn_local(crate::send_batch::run_flusher());
-        let mut tasks = Vec::new();
-        for (idx, sock) in socks.into_iter().enumerate() {
-            let listener = match TcpListener::from_std(sock) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(worker = id, error = %e, "cannot register listener");
-                    return;
-                }
-            };
-            tasks.push(tokio::task::spawn_local(accept_loop(worker.clone(), idx, listener)));
-        }
-        shared.workers_ready.fetch_add(1, Relaxed);
-        for t in tasks {
-            let _ = t.await;
-        }
-        // Listeners are closed; keep serving open connections until the process exits.
-        std::future::pending::<()>().await;
-    });
-}
-
-/// Keeps this worker's filter instances in step with the runtime: on a new
-/// generation, instances of filters that are gone retire and every current filter is
-/// started (so its ticks and queues run without waiting for a request).
-async fn keep_filters(worker: std::rc::Weak<Worker>) {
-    let mut seen = 0;
-    loop {
-        let Some(w) = worker.upgrade() else { return };
-        let rt = w.shared.runtime.load_full();
-        if rt.generation != seen {
-            seen = rt.generation;
-            let mut inst = w.wasm.borrow_mut();
-            inst.retain(&rt.plugins);
-            for p in &rt.plugins {
-                let _ = inst.get(p, worker.clone() as std::rc::Weak<dyn crate::wasm::link::WorkerLink>);
-            }
-        }
-        w.wasm.borrow().sample_memory();
-        drop(w);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Closes this worker's idle upstream connections that outlived their idle timeout or
-/// were closed by their upstream: nothing else polls an idle HTTP/1.1 connection.
-async fn sweep_pool(pool: Rc<Pool>) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        pool.sweep(std::time::Instant::now());
-    }
-}
-
-async fn accept_loop(worker: Rc<Worker>, idx: usize, listener: TcpListener) {
-    let mut shutdown = worker.shared.shutdown.subscribe();
-    let stats = worker.shared.listeners[idx].1.clone();
-    let max = worker.listeners[idx].max_connections as u64;
-    let vips: Vec<std::net::IpAddr> = worker.shared.runtime.load().config.released_addresses().collect();
-    let gate = SynGate::for_listener(worker.listeners[idx].listen, &vips);
-    let mut phase = worker.shared.phase.subscribe();
-    let mut gate_watch = gate.is_some();
-    let mut gate_closed = phase.borrow_and_update().closes_syn_gate();
-    if gate_watch && gate_closed {
-        set_gate(gate.as_ref(), &listener, true, &worker.listeners[idx].name);
-    }
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.wait_for(|d| *d) => break,
-            r = phase.changed(), if gate_watch => {
-                gate_watch = r.is_ok();
-                let close = phase.borrow_and_update().closes_syn_gate();
-                if close != gate_closed {
-                    gate_closed = close;
-                    set_gate(gate.as_ref(), &listener, close, &worker.listeners[idx].name);
-                }
-                continue;
-            }
+        let choice = crate::balancer::Choice {
+            eps: &cluster.endpoints,
+            idx: &idx,
+            now_ns: now,
         };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(worker = worker.id, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if stats.active.fetch_add(1, Relaxed) >= max {
-            stats.active.fetch_sub(1, Relaxed);
-            stats.refused.fetch_add(1, Relaxed);
-            drop(stream);
-            continue;
-        }
-        stats.accepted.fetch_add(1, Relaxed);
-        let _ = stream.set_nodelay(true);
-        tokio::task::spawn_local(crate::downstream::accept(
-            worker.clone(),
-            idx,
-            stream,
-            peer,
-            stats.clone(),
-        ));
-    }
-}
-
-/// Closes or opens a listener's SYN gate (see [`crate::syn_gate`]).
-fn set_gate(gate: Option<&SynGate>, listener: &TcpListener, close: bool, name: &str) {
-    use std::os::fd::AsRawFd;
-    let Some(gate) = gate else { return };
-    let fd = listener.as_raw_fd();
-    let r = if close { gate.close(fd) } else { SynGate::open(fd) };
-    match r {
-        Ok(()) => tracing::debug!(listener = name, close, "SYN gate set"),
-        Err(e) => tracing::warn!(listener = name, error = %e, "cannot set the SYN gate"),
+        Ok(self.with_balancer(rt, cluster.index, |state| {
+            crate::balancer::pick(cluster.balancer, &cluster.table, state, &choice, hash)
+        }))
     }
 }

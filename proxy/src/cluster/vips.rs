@@ -68,7 +68,11 @@ pub fn start(configs: &[VipConfig], shared: Arc<crate::shared::Shared>) -> std::
                 let (rx, fence) = (rx.clone(), fence.clone());
                 let (prio_tx, prio_rx) = tokio::sync::watch::channel(cfg.priority);
                 if crate::cluster::vip_trackers::any(&cfg) {
-                    tokio::spawn(crate::cluster::vip_trackers::track(cfg.clone(), shared.clone(), prio_tx));
+                    tokio::spawn(crate::cluster::vip_trackers::track(
+                        cfg.clone(),
+                        shared.clone(),
+                        prio_tx,
+                    ));
                 }
                 tasks.push(tokio::spawn(async move {
                     let name = cfg.name.clone();

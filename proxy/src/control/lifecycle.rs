@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::shared::Shared;
 use crate::phase::NodePhase;
+use crate::shared::Shared;
 
 /// Maintenance on: clients are asked to close their connections (so their next ones
 /// go wherever the VIP is, or to another node of the anycast tier) while this node

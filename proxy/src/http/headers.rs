@@ -185,6 +185,31 @@ pub fn apply_rules(headers: &mut HeaderMap, rules: &HeaderRules) {
     }
 }
 
+/// The headers of a request going upstream (stage 6, and upgrades): hop-by-hop headers go, forwarding
+/// headers are set, the route's request rules apply.
+pub fn forward_headers(
+    h: &mut http::HeaderMap,
+    route: &crate::runtime::Route,
+    conn: &crate::http::conn::ConnState,
+    authority: Option<&HeaderValue>,
+) {
+    strip_hop_by_hop(h);
+    let proto = if conn.tls.is_some() { "https" } else { "http" };
+    add_forwarded(h, conn.client.ip(), authority, proto, route.forwarded);
+    if !route.request_headers.is_empty() {
+        apply_rules(h, &route.request_headers);
+    }
+}
+
+/// The request's authority: its `Host`, or the authority of its target.
+pub fn authority_value<B>(req: &http::Request<B>) -> Option<HeaderValue> {
+    req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

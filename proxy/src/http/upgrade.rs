@@ -11,13 +11,13 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::http::body::ProxyBody;
-use crate::upstream::UpstreamBody;
-use crate::downstream::ConnState;
 use crate::error::ProxyError;
+use crate::http::body::ProxyBody;
+use crate::http::conn::ConnState;
 use crate::http::headers;
 use crate::runtime::{Cluster, Route, Runtime};
 use crate::upstream::Origin;
+use crate::upstream::UpstreamBody;
 use crate::worker::Worker;
 
 /// Bytes read at once in each direction of an upgraded connection (WebSocket messages
@@ -45,7 +45,7 @@ pub async fn proxy_upgrade(
     cluster: &Cluster,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let ep_idx = crate::proxy::pick_endpoint(worker, rt, cluster, None, 0)?;
+    let ep_idx = worker.pick_endpoint(rt, cluster, None, 0)?;
     let ep = &cluster.endpoints[ep_idx];
     let downstream = hyper::upgrade::on(&mut req);
     let connect = req.method() == Method::CONNECT;
@@ -54,7 +54,7 @@ pub async fn proxy_upgrade(
     let upgrade_to = req.headers().get(header::UPGRADE).cloned();
     let authority = req.headers().get(header::HOST).cloned();
     let (mut parts, _) = req.into_parts();
-    crate::proxy::forward_headers(&mut parts.headers, route, conn, authority.as_ref());
+    crate::http::headers::forward_headers(&mut parts.headers, route, conn, authority.as_ref());
     if let Some(u) = upgrade_to {
         parts.headers.insert(header::UPGRADE, u);
         parts
@@ -102,7 +102,7 @@ pub async fn proxy_upgrade(
     cstats.active.fetch_add(1, Relaxed);
     tokio::task::spawn_local(async move {
         if let (Ok(down), Ok(up)) = (downstream.await, upstream.await) {
-            crate::l4::splice(TokioIo::new(down), TokioIo::new(up), UPGRADE_BUFFER, idle, None).await;
+            crate::l4::splice::splice(TokioIo::new(down), TokioIo::new(up), UPGRADE_BUFFER, idle, None).await;
         }
         stats.active.fetch_sub(1, Relaxed);
         cstats.active.fetch_sub(1, Relaxed);

@@ -19,10 +19,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-pub use request_body::{BoxError, UpstreamBody};
 use crate::stats::ClusterStats;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioIo, TokioTimer};
+pub use request_body::{BoxError, UpstreamBody};
 use std::sync::Arc;
 use tokio::net::TcpStream;
 

@@ -2,10 +2,10 @@
 //! errors say whose fault they are), a filtered or buffered copy, or a filter's stream.
 
 use std::cell::Cell;
-use std::time::Instant;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};

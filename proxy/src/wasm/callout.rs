@@ -14,8 +14,8 @@ use http_body_util::BodyExt;
 use super::abi::status;
 use super::link::WorkerLink;
 use super::state::{CalloutResponse, HostState};
-use crate::upstream::UpstreamBody;
 use crate::config::UpstreamProtocol;
+use crate::upstream::UpstreamBody;
 
 /// Largest callout answer body kept.
 const MAX_BODY: usize = 4 << 20;

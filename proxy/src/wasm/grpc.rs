@@ -23,8 +23,8 @@ use http_body_util::BodyExt;
 use super::abi::status;
 use super::link::WorkerLink;
 use super::state::HostState;
-use crate::upstream::UpstreamBody;
 use crate::config::UpstreamProtocol;
+use crate::upstream::UpstreamBody;
 
 /// gRPC status codes the host produces itself.
 pub mod code {

@@ -718,11 +718,7 @@ const RESTART_BACKOFF: Duration = Duration::from_millis(250);
 
 impl WorkerInstances {
     /// The live instance of `plugin`, creating it if needed.
-    pub fn get(
-        &mut self,
-        plugin: &Arc<Plugin>,
-        worker: Weak<dyn WorkerLink>,
-    ) -> Result<Rc<RefCell<Instance>>, Fault> {
+    pub fn get(&mut self, plugin: &Arc<Plugin>, worker: Weak<dyn WorkerLink>) -> Result<Rc<RefCell<Instance>>, Fault> {
         if let Some(i) = self.map.get(&plugin.uid) {
             if i.try_borrow().map(|b| b.poisoned.is_none()).unwrap_or(true) {
                 return Ok(i.clone());

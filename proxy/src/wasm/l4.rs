@@ -12,8 +12,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::abi::Action;
-use super::link::WorkerLink;
 use super::instance::{Fault, Instance};
+use super::link::WorkerLink;
 use super::plugin::Plugin;
 use super::state::Facts;
 use crate::config::FailurePolicy;
@@ -77,10 +77,14 @@ impl NetChain {
             waiting: None,
         };
         for p in plugins {
-            let created = worker.instances().borrow_mut().get(p, Rc::downgrade(worker) as std::rc::Weak<dyn WorkerLink>).and_then(|inst| {
-                let ctx = inst.borrow_mut().create_stream(facts.clone())?;
-                Ok((inst, ctx))
-            });
+            let created = worker
+                .instances()
+                .borrow_mut()
+                .get(p, Rc::downgrade(worker) as std::rc::Weak<dyn WorkerLink>)
+                .and_then(|inst| {
+                    let ctx = inst.borrow_mut().create_stream(facts.clone())?;
+                    Ok((inst, ctx))
+                });
             match created {
                 Ok((inst, ctx)) => chain.entries.push(Entry {
                     plugin: p.clone(),

@@ -57,7 +57,13 @@ impl WorkerLink for Detached {
     fn instances(&self) -> &RefCell<WorkerInstances> {
         unreachable!("a detached link never upgrades")
     }
-    fn call_cluster<'a>(&'a self, _: &'a Runtime, _: usize, _: Option<usize>, _: Request<UpstreamBody>) -> ClusterCall<'a> {
+    fn call_cluster<'a>(
+        &'a self,
+        _: &'a Runtime,
+        _: usize,
+        _: Option<usize>,
+        _: Request<UpstreamBody>,
+    ) -> ClusterCall<'a> {
         unreachable!("a detached link never upgrades")
     }
 }

@@ -294,7 +294,9 @@ impl Proxy {
     }
 
     pub fn metrics(&self) -> String {
-        tandem_proxy::control::ctl::call(self.admin, None, "GET", "/metrics").unwrap().1
+        tandem_proxy::control::ctl::call(self.admin, None, "GET", "/metrics")
+            .unwrap()
+            .1
     }
 
     /// Value of one metric line (exact name with labels).

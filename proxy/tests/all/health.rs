@@ -5,7 +5,12 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 fn status(proxy: &Proxy) -> serde_json::Value {
-    serde_json::from_str(&tandem_proxy::control::ctl::call(proxy.admin, None, "GET", "/status").unwrap().1).unwrap()
+    serde_json::from_str(
+        &tandem_proxy::control::ctl::call(proxy.admin, None, "GET", "/status")
+            .unwrap()
+            .1,
+    )
+    .unwrap()
 }
 
 fn endpoint_state(proxy: &Proxy, addr: std::net::SocketAddr) -> String {

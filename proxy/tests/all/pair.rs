@@ -57,8 +57,12 @@ fn ha_section_cli(certs: &std::path::Path, id: u64, peers: &[(u64, u16)], data: 
 }
 
 fn state_of(p: &Proxy, addr: std::net::SocketAddr) -> String {
-    let s: serde_json::Value =
-        serde_json::from_str(&tandem_proxy::control::ctl::call(p.admin, None, "GET", "/status").unwrap().1).unwrap();
+    let s: serde_json::Value = serde_json::from_str(
+        &tandem_proxy::control::ctl::call(p.admin, None, "GET", "/status")
+            .unwrap()
+            .1,
+    )
+    .unwrap();
     for e in s["clusters"][0]["endpoints"].as_array().unwrap() {
         if e["address"] == addr.to_string() {
             return e["state"].as_str().unwrap().to_string();

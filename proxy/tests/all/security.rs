@@ -213,8 +213,12 @@ async fn guarded_backend() -> (Proxy, Backend) {
 }
 
 fn endpoint_state(p: &Proxy) -> String {
-    let s: serde_json::Value =
-        serde_json::from_str(&tandem_proxy::control::ctl::call(p.admin, None, "GET", "/status").unwrap().1).unwrap();
+    let s: serde_json::Value = serde_json::from_str(
+        &tandem_proxy::control::ctl::call(p.admin, None, "GET", "/status")
+            .unwrap()
+            .1,
+    )
+    .unwrap();
     s["clusters"][0]["endpoints"][0]["state"].as_str().unwrap().to_string()
 }
 

@@ -5,7 +5,7 @@
 //! a quorum when asked, not in maintenance — with a hold-down against flapping
 //! ([`gate`]). Evaluated every [`EVERY`] on a thread of its own (never on a worker).
 //!
-//! Maintenance drains before it withdraws (see [`crate::control::lifecycle`]): clients are asked
+//! Maintenance drains before it withdraws (see `control/lifecycle.rs`): clients are asked
 //! to close their connections while the route still brings them here, then the route is
 //! withdrawn and the SYN gate closes. If the process dies, a guard process writes an
 //! empty fragment and reloads BIRD, so a crashed node stops attracting traffic at once
@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::{AnycastConfig, BgpConfig};
-use crate::shared::Shared;
 use crate::phase::NodePhase;
+use crate::shared::Shared;
 
 /// How often health is evaluated.
 pub const EVERY: Duration = Duration::from_millis(100);

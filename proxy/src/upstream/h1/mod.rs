@@ -40,9 +40,9 @@ pub(crate) use codec::{decode_body, parse_head_for_fuzzing, Framing, Step};
 use codec::{encode_head, parse_head, Head, MAX_HEAD};
 
 use super::{OpenGuard, Pool};
-use crate::upstream::{BoxError, UpstreamBody};
 use crate::runtime::PoolSettings;
 use crate::send_batch::BatchedStream;
+use crate::upstream::{BoxError, UpstreamBody};
 
 /// Request body chunks up to this size are copied behind the head so that both go out
 /// in one write; larger ones are written from their own buffer.

@@ -106,16 +106,20 @@ impl Chain {
         let scheme = if facts.conn.tls.is_some() { "https" } else { "http" };
         let mut facts = Some(facts);
         for (n, p) in plugins.iter().enumerate() {
-            let created = worker.instances().borrow_mut().get(p, Rc::downgrade(worker) as std::rc::Weak<dyn WorkerLink>).and_then(|inst| {
-                // The last stream takes the facts, the others copies.
-                let f = if n + 1 == plugins.len() {
-                    facts.take().expect("taken once")
-                } else {
-                    facts.clone().expect("taken by the last")
-                };
-                let ctx = inst.borrow_mut().create_stream(f)?;
-                Ok((inst, ctx))
-            });
+            let created = worker
+                .instances()
+                .borrow_mut()
+                .get(p, Rc::downgrade(worker) as std::rc::Weak<dyn WorkerLink>)
+                .and_then(|inst| {
+                    // The last stream takes the facts, the others copies.
+                    let f = if n + 1 == plugins.len() {
+                        facts.take().expect("taken once")
+                    } else {
+                        facts.clone().expect("taken by the last")
+                    };
+                    let ctx = inst.borrow_mut().create_stream(f)?;
+                    Ok((inst, ctx))
+                });
             match created {
                 Ok((inst, ctx)) => entries.push(Entry {
                     plugin: p.clone(),

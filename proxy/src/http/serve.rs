@@ -14,168 +14,29 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 
 use tokio::sync::Notify;
 
-use crate::upstream::BoxError;
 use crate::exec::LocalExec;
+use crate::http::conn::Action;
+use crate::http::conn::ConnState;
+use crate::http::conn::HeadFlags;
+use crate::http::conn::TlsInfo;
 use crate::stats::ListenerStats;
+use crate::upstream::BoxError;
 use crate::worker::Worker;
-
-/// Per-connection facts and counters the request handler reads and updates.
-#[derive(Debug)]
-pub struct ConnState {
-    /// Client address (from the PROXY header when a trusted front sent one).
-    pub client: SocketAddr,
-    /// The address the client connected to.
-    pub local: SocketAddr,
-    /// Listener index.
-    pub listener: usize,
-    /// Requests started on this connection.
-    pub requests: Cell<u64>,
-    /// Requests whose handler has not returned yet.
-    pub in_flight: Cell<u32>,
-    /// Last time a request started or its response headers went out.
-    pub last_active: Cell<Instant>,
-    /// Whether a request head is on its way, shared with the byte stream wrapper.
-    pub head: Arc<HeadFlags>,
-    /// Set when the connection should close after the current exchange.
-    pub close: Cell<bool>,
-    /// Wakes the watcher when `close` is set or the first request arrives (so its timer
-    /// switches from the header deadline to the idle deadline).
-    pub wake: Notify,
-    /// What the watcher asks the connection task to do.
-    action: Cell<Action>,
-    /// The connection task's waker, for the watcher.
-    waker: RefCell<Option<Waker>>,
-    /// TLS facts when the listener terminates TLS.
-    pub tls: Option<TlsInfo>,
-    /// Process-unique connection number (`connection.id` for filters).
-    pub id: u64,
-    /// The connection's facts for filters, made by the first filtered request.
-    pub filter_facts: std::cell::OnceCell<Rc<crate::wasm::state::ConnFacts>>,
-}
-
-/// Connection numbers.
-pub(crate) static CONN_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// What the TLS handshake established.
-#[derive(Debug, Clone)]
-pub struct TlsInfo {
-    /// Server name the client asked for.
-    pub sni: Option<String>,
-    /// Subject of the verified client certificate (mTLS), as a header value.
-    pub client_subject: Option<http::HeaderValue>,
-    /// Negotiated protocol version (`TLSv1.3`, `TLSv1.2`).
-    pub version: &'static str,
-}
-
-/// Counts a downstream connection open (listener and process) until dropped.
-struct OpenConn<'a>(&'a ListenerStats, &'a crate::shared::Shared);
-
-impl Drop for OpenConn<'_> {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
-        self.1.connections.fetch_sub(1, Relaxed);
-    }
-}
-
-/// Takes an accepted connection through its listener's front stages — a PROXY protocol
-/// header from a trusted source, then TLS or L4 — and serves it.
-pub async fn accept(
-    worker: Rc<Worker>,
-    idx: usize,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    stats: Arc<ListenerStats>,
-) {
-    let shared = worker.shared.clone();
-    shared.connections.fetch_add(1, Relaxed);
-    let _open = OpenConn(&stats, &shared);
-    let lcfg = &worker.listeners[idx];
-    let mut client = peer;
-    let mut local = stream.local_addr().unwrap_or(peer);
-    if lcfg.proxy_protocol_from.iter().any(|c| c.contains(peer.ip())) {
-        match crate::proxy_protocol::read_header(&mut stream, lcfg.header_read_timeout).await {
-            Ok(Some((src, dst))) => {
-                client = src;
-                local = dst;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "PROXY header refused");
-                stats.malformed.fetch_add(1, Relaxed);
-                return;
-            }
-        }
-    }
-    let rt = shared.runtime.load_full();
-    let hot = &rt.config.listeners[idx];
-    if lcfg.protocol == crate::config::ListenerProtocol::Tcp {
-        crate::l4::serve(
-            &worker,
-            idx,
-            stream,
-            crate::upstream::Origin { client, local },
-            &rt,
-            &stats,
-        )
-        .await;
-        return;
-    }
-    // HTTP answers leave with the worker's send batch (see `send_batch`).
-    let stream = crate::send_batch::BatchedStream::new(stream);
-    match &hot.tls_server {
-        None => serve(&worker, idx, stream, client, local, None, false, &stats).await,
-        Some(cfg) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.0.clone());
-            let tls = match tokio::time::timeout(lcfg.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    stats.tls_handshake_failures.fetch_add(1, Relaxed);
-                    return;
-                }
-                Err(_) => {
-                    stats.tls_handshake_failures.fetch_add(1, Relaxed);
-                    return;
-                }
-            };
-            let (_, session) = tls.get_ref();
-            let info = TlsInfo {
-                version: match session.protocol_version() {
-                    Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-                    _ => "TLSv1.3",
-                },
-                sni: session.server_name().map(str::to_string),
-                client_subject: session
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(crate::tls::subject_of)
-                    .and_then(|s| http::HeaderValue::from_str(&s).ok()),
-            };
-            let h2 = session.alpn_protocol() == Some(b"h2");
-            stats.tls_handshakes.fetch_add(1, Relaxed);
-            if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-                stats.tls_resumed.fetch_add(1, Relaxed);
-            }
-            serve(&worker, idx, tls, client, local, Some(info), h2, &stats).await
-        }
-    }
-}
 
 /// Serves HTTP on one (possibly TLS) connection until it closes. `h2` says ALPN chose
 /// HTTP/2 (h2c with prior knowledge is detected from the preface instead).
 #[allow(clippy::too_many_arguments)]
-async fn serve<IO>(
+pub(crate) async fn serve<IO>(
     worker: &Rc<Worker>,
     idx: usize,
     io: IO,
@@ -189,7 +50,7 @@ async fn serve<IO>(
 {
     let lcfg = worker.listeners[idx].clone();
     let state = Rc::new(ConnState {
-        id: CONN_IDS.fetch_add(1, Relaxed),
+        id: worker.shared.conn_ids.fetch_add(1, Relaxed),
         tls,
         local,
         client: peer,
@@ -247,11 +108,12 @@ async fn serve<IO>(
     // into a task of its own per stream, several copies of a few KiB each, so there it
     // is boxed once and only the pointer moves.
     let result = if h2 {
-        let svc =
-            service_fn(move |req| crate::inplace::box_in_place(|| crate::proxy::handle(w.clone(), st.clone(), req)));
+        let svc = service_fn(move |req| {
+            crate::inplace::box_in_place(|| crate::http::request::handle(w.clone(), st.clone(), req))
+        });
         drive(&state, builder.serve_connection_with_upgrades(io, svc)).await
     } else {
-        let svc = service_fn(move |req| crate::proxy::handle(w.clone(), st.clone(), req));
+        let svc = service_fn(move |req| crate::http::request::handle(w.clone(), st.clone(), req));
         drive(&state, builder.serve_connection_with_upgrades(io, svc)).await
     };
     watcher.abort();
@@ -262,7 +124,7 @@ async fn serve<IO>(
 
 /// Polls a hyper connection until it ends, starting a graceful close or aborting when
 /// the watcher asks for it.
-async fn drive<C>(state: &ConnState, conn: C) -> Result<(), BoxError>
+pub(crate) async fn drive<C>(state: &ConnState, conn: C) -> Result<(), BoxError>
 where
     C: Future<Output = Result<(), BoxError>> + Graceful,
 {
@@ -290,7 +152,7 @@ where
 }
 
 /// A connection that can be asked to finish its exchanges and close.
-trait Graceful {
+pub(crate) trait Graceful {
     fn graceful(self: Pin<&mut Self>);
 }
 
@@ -308,22 +170,6 @@ where
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
-    Serve,
-    Graceful,
-    Abort,
-}
-
-impl ConnState {
-    fn request(&self, action: Action) {
-        self.action.set(action);
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
-}
-
 /// The connection's timers: the first-request deadline (header_read_timeout, which
 /// also covers a client that sends nothing), later request heads (checked once per
 /// header_read_timeout), the idle keep-alive deadline, the request cap, maintenance and
@@ -334,7 +180,7 @@ impl ConnState {
 /// its next response carries `Connection: close` and it reconnects without losing a
 /// request. Closing every idle connection at once would race such a client's next
 /// request, which is lost unless the client retries it.
-async fn watch(
+pub(crate) async fn watch(
     state: Rc<ConnState>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     mut phase: tokio::sync::watch::Receiver<crate::phase::NodePhase>,
@@ -409,19 +255,9 @@ async fn watch(
 /// The downstream byte stream, noting when bytes arrive between requests (the start of
 /// the next request head) for the watcher's head deadline. One flag write per read; no
 /// clock read, no timer.
-struct HeadWatch<IO> {
+pub(crate) struct HeadWatch<IO> {
     io: IO,
     flags: Arc<HeadFlags>,
-}
-
-/// Request-head progress of a connection, written by the request handler and the
-/// byte stream (atomics: the stream must be `Send` for upgrades; never contended).
-#[derive(Debug, Default)]
-pub struct HeadFlags {
-    /// A request is in flight (its bytes are body bytes, not a new head).
-    pub busy: std::sync::atomic::AtomicBool,
-    /// Bytes arrived while no request was in flight: a request head is on its way.
-    pub pending: std::sync::atomic::AtomicBool,
 }
 
 impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HeadWatch<IO> {
@@ -471,7 +307,7 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HeadWatch<IO> 
 
 /// Counts malformed, oversized and timed-out requests (hyper already answered 400/431
 /// or closed the connection).
-fn classify(e: &(dyn std::error::Error + 'static), stats: &ListenerStats) {
+pub(crate) fn classify(e: &(dyn std::error::Error + 'static), stats: &ListenerStats) {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
