@@ -2,18 +2,16 @@
 //! change the request, or choose the cluster or endpoint) and on the response headers.
 
 use std::rc::Rc;
-use std::time::Instant;
 
-use http::header::HeaderValue;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
 use crate::error::ProxyError;
 use crate::http::body::{Completion, ProxyBody};
-use crate::http::conn::ConnState;
+use crate::http::request::RequestCtx;
 use crate::runtime::{Route, Runtime};
-use crate::worker::Worker;
+use crate::upstream::ResponseBody;
 
 /// Where a filter sent the request: (cluster index, endpoint).
 pub(super) type Routed = (Option<usize>, Option<std::net::SocketAddr>);
@@ -44,16 +42,12 @@ pub(super) struct PausedFilters {
 /// change the request (in place), or choose the cluster or endpoint. Runs no future
 /// unless a filter pauses.
 pub(super) fn run_request_filters(
-    worker: &Rc<Worker>,
-    conn: &ConnState,
+    cx: &RequestCtx<'_>,
     route: &Route,
-    rt: &Runtime,
     req: &mut Request<Incoming>,
-    request_id: Option<&HeaderValue>,
-    start: Instant,
 ) -> Result<FilterStage, ProxyError> {
-    let facts = filter_facts(conn, request_id.cloned(), req.version(), route, start);
-    let chain = crate::wasm::http::Chain::start(worker, &route.filters, facts)?;
+    let facts = filter_facts(cx, req.version(), route);
+    let chain = crate::wasm::http::Chain::start(cx.worker, &cx.worker.wasm, &route.filters, facts)?;
     let eos = http_body::Body::is_end_stream(req.body());
     let flow = match crate::wasm::http::request_headers_now(&chain, req, eos, 0)? {
         crate::wasm::http::Step::Done(flow) => flow,
@@ -61,7 +55,7 @@ pub(super) fn run_request_filters(
             return Ok(FilterStage::Paused(Box::new(PausedFilters { chain, eos, idx })))
         }
     };
-    filters_decided(chain, rt, route, flow).map(FilterStage::Done)
+    filters_decided(chain, cx.rt, route, flow).map(FilterStage::Done)
 }
 
 /// The rest of stage 2c once the paused filter resumes.
@@ -77,13 +71,8 @@ pub(super) async fn finish_request_filters(
 }
 
 /// Facts of a new request for its filters.
-pub(super) fn filter_facts(
-    conn: &ConnState,
-    request_id: Option<HeaderValue>,
-    version: http::Version,
-    route: &Route,
-    start: Instant,
-) -> crate::wasm::state::Facts {
+pub(super) fn filter_facts(cx: &RequestCtx<'_>, version: http::Version, route: &Route) -> crate::wasm::state::Facts {
+    let conn = cx.conn;
     let conn_facts = conn.filter_facts.get_or_init(|| {
         Rc::new(crate::wasm::state::ConnFacts {
             source: conn.client,
@@ -103,8 +92,8 @@ pub(super) fn filter_facts(
     });
     crate::wasm::state::Facts {
         conn: conn_facts.clone(),
-        request_id,
-        start,
+        request_id: cx.request_id.cloned(),
+        start: cx.start,
         protocol: match version {
             http::Version::HTTP_2 => "HTTP/2",
             http::Version::HTTP_10 => "HTTP/1.0",
@@ -148,12 +137,12 @@ pub(super) fn filters_decided(
 
 /// The response for a filter's local reply, logged as the request's outcome.
 pub(super) fn filter_reply(
-    worker: &Worker,
+    cx: &RequestCtx<'_>,
     reply: crate::wasm::state::LocalReply,
     rec: &mut Option<AccessRecord>,
-    start: Instant,
     chain: Option<crate::wasm::http::ChainRef>,
 ) -> Response<ProxyBody> {
+    let (worker, start) = (cx.worker, cx.start);
     let resp = crate::wasm::http::local_response(reply);
     let record = rec.take().map(|mut r| {
         r.status = resp.status().as_u16();
@@ -190,4 +179,28 @@ pub(super) fn head_back(chain: Option<&crate::wasm::http::ChainRef>, parts: &mut
         let (uri, headers) = (std::mem::take(&mut parts.uri), std::mem::take(&mut parts.headers));
         c.borrow().request_head_back(parts.method.clone(), uri, headers);
     }
+}
+
+/// Stage 4 on the way back: the filters see the response headers; a filter may answer
+/// instead (`Some`). Runs no future unless a filter pauses.
+pub(super) async fn run_response_filters(
+    chain: &crate::wasm::http::ChainRef,
+    resp: &mut Response<ResponseBody>,
+    route: &Route,
+) -> Result<Option<crate::wasm::state::LocalReply>, ProxyError> {
+    let eos = http_body::Body::is_end_stream(resp.body());
+    let flow = match crate::wasm::http::response_headers_now(chain, resp, eos, 0)? {
+        crate::wasm::http::Step::Done(flow) => flow,
+        // Boxed: a paused filter's wait does not widen every request's future.
+        crate::wasm::http::Step::Paused(pos) => {
+            crate::inplace::box_in_place(|| {
+                crate::wasm::http::response_headers_after(chain, resp, eos, pos, route.timeout)
+            })
+            .await?
+        }
+    };
+    Ok(match flow {
+        crate::wasm::http::Flow::Local(reply) => Some(reply),
+        crate::wasm::http::Flow::Continue => None,
+    })
 }

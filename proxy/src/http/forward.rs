@@ -170,10 +170,6 @@ impl crate::wasm::link::WorkerLink for Worker {
         self.shared.runtime.load_full()
     }
 
-    fn instances(&self) -> &std::cell::RefCell<crate::wasm::instance::WorkerInstances> {
-        &self.wasm
-    }
-
     fn call_cluster<'a>(
         &'a self,
         rt: &'a Runtime,

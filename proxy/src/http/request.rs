@@ -13,21 +13,22 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
-use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::http::admission::admit;
 use crate::http::admission::rate_limit;
 use crate::http::admission::InFlight;
-use crate::http::body::{Completion, ProxyBody};
+use crate::http::body::ProxyBody;
 use crate::http::conn::ConnState;
 use crate::http::filters::filter_reply;
 use crate::http::filters::finish_request_filters;
 use crate::http::filters::run_request_filters;
+use crate::http::filters::run_response_filters;
 use crate::http::filters::FilterStage;
 use crate::http::filters::Targets;
 use crate::http::headers;
 use crate::http::respond::local_error;
 use crate::http::respond::prepare_downstream_response;
+use crate::http::respond::upstream_response;
 use crate::http::retry::attempts;
 use crate::http::route::route_request;
 use crate::runtime::Runtime;
@@ -94,18 +95,22 @@ pub async fn handle(
         rec,
         answered: false,
     };
+    let cx = RequestCtx {
+        worker: &worker,
+        conn: &conn,
+        rt: &rt,
+        start,
+        request_id: request_id.as_ref(),
+    };
     let outcome = match authority {
-        Ok(()) => {
-            let id = request_id.as_ref();
-            std::pin::pin!(proxy_request(&worker, &conn, &rt, req, id, &mut end.rec, start)).await
-        }
+        Ok(()) => std::pin::pin!(proxy_request(&cx, req, &mut end.rec)).await,
         Err(e) => Err(e),
     };
     let (mut resp, refused) = match outcome {
         Ok(resp) => (resp, false),
         Err(e) => {
             count_downstream_fault(&worker, conn.listener, e);
-            (local_error(&worker, &rt, e, &mut end.rec, start), e.is_downstream())
+            (local_error(&cx, e, &mut end.rec), e.is_downstream())
         }
     };
 
@@ -119,6 +124,23 @@ pub async fn handle(
     }
     end.answered = true;
     Ok(resp)
+}
+
+/// What every stage of one request reads: the worker it runs on, its connection, the
+/// runtime it started on (a reload in between does not change it), when it started and
+/// its id. Built once in [`handle`]; the route and cluster a stage chose go beside it.
+#[derive(Clone, Copy)]
+pub(super) struct RequestCtx<'a> {
+    /// The worker (its pool, balancer state and filter instances).
+    pub(super) worker: &'a Rc<Worker>,
+    /// The downstream connection.
+    pub(super) conn: &'a ConnState,
+    /// The runtime snapshot of this request.
+    pub(super) rt: &'a Arc<Runtime>,
+    /// When the request started.
+    pub(super) start: Instant,
+    /// `X-Request-Id`, when requests carry one.
+    pub(super) request_id: Option<&'a HeaderValue>,
 }
 
 /// The end of a request's bookkeeping, however its future ends: with an answer, or
@@ -238,16 +260,19 @@ pub(super) fn valid_authority(b: &[u8]) -> bool {
     })
 }
 
-/// Stages 2–8 for a request that is to be proxied.
+/// Stages 2–7 for a request that is to be proxied.
 pub(super) async fn proxy_request(
-    worker: &Rc<Worker>,
-    conn: &ConnState,
-    rt: &Arc<Runtime>,
+    cx: &RequestCtx<'_>,
     mut req: Request<Incoming>,
-    request_id: Option<&HeaderValue>,
     rec: &mut Option<AccessRecord>,
-    start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let RequestCtx {
+        worker,
+        conn,
+        rt,
+        start,
+        ..
+    } = *cx;
     let route = route_request(rt, conn.listener, &req)?;
     if let Some(r) = rec.as_mut() {
         r.route = Some(route.name.clone());
@@ -258,7 +283,7 @@ pub(super) async fn proxy_request(
     let chain = if route.filters.is_empty() {
         None
     } else {
-        let (chain, routed, local) = match run_request_filters(worker, conn, route, rt, &mut req, request_id, start)? {
+        let (chain, routed, local) = match run_request_filters(cx, route, &mut req)? {
             FilterStage::Done(filtered) => filtered,
             // Boxed: a paused filter's wait does not widen every request's future.
             FilterStage::Paused(p) => {
@@ -266,7 +291,7 @@ pub(super) async fn proxy_request(
             }
         };
         if let Some(reply) = local {
-            return Ok(filter_reply(worker, reply, rec, start, Some(chain)));
+            return Ok(filter_reply(cx, reply, rec, Some(chain)));
         }
         if let Some(i) = routed.0 {
             cluster_idx = i;
@@ -312,7 +337,7 @@ pub(super) async fn proxy_request(
     };
     let tried = {
         // Pinned where it is built: awaiting it by value would copy its state again.
-        let tries = std::pin::pin!(attempts(worker, conn, rt, route, cluster, req, rec, start, targets));
+        let tries = std::pin::pin!(attempts(cx, route, cluster, req, rec, targets));
         tries.await
     };
     let (resp, ep_idx, upstream_time) = match tried {
@@ -320,7 +345,7 @@ pub(super) async fn proxy_request(
         Err(e) => {
             // A request-body filter that answered locally ended the upstream request.
             if let Some(reply) = chain.as_ref().and_then(|c| c.borrow().take_local()) {
-                return Ok(filter_reply(worker, reply, rec, start, chain));
+                return Ok(filter_reply(cx, reply, rec, chain));
             }
             return Err(e);
         }
@@ -330,55 +355,20 @@ pub(super) async fn proxy_request(
     let mut resp = prepare_downstream_response(resp, route);
     if let Some(c) = &chain {
         c.borrow().set_upstream(&cluster.name, endpoint.address);
-        let eos = http_body::Body::is_end_stream(resp.body());
-        let flow = match crate::wasm::http::response_headers_now(c, &mut resp, eos, 0)? {
-            crate::wasm::http::Step::Done(flow) => flow,
-            // Boxed: a paused filter's wait does not widen every request's future.
-            crate::wasm::http::Step::Paused(pos) => {
-                crate::inplace::box_in_place(|| {
-                    crate::wasm::http::response_headers_after(c, &mut resp, eos, pos, route.timeout)
-                })
-                .await?
-            }
-        };
-        match flow {
-            crate::wasm::http::Flow::Local(reply) => return Ok(filter_reply(worker, reply, rec, start, chain)),
-            crate::wasm::http::Flow::Continue => {}
+        if let Some(reply) = run_response_filters(c, &mut resp, route).await? {
+            return Ok(filter_reply(cx, reply, rec, chain));
         }
     }
-    // A trailers-only gRPC answer carries grpc-status in its headers (gRPC needs h2c).
-    let grpc_status = (cluster.protocol == UpstreamProtocol::H2c)
-        .then(|| resp.headers().get("grpc-status"))
-        .flatten()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let mut done = Box::new(Completion {
-        endpoint: Some(endpoint.stats.clone()),
-        cluster: Some(cluster.stats.clone()),
-        route: Some(route.stats.clone()),
-        record: None,
-        start,
-        bytes: 0,
-        grpc_status,
-        filters: None,
-    });
-    if let Some(mut r) = rec.take() {
-        r.status = resp.status().as_u16();
-        r.upstream_time = Some(upstream_time);
-        done.record = Some((r, worker.shared.access_log.clone()));
-    }
-    let (parts, body) = resp.into_parts();
-    let body = match chain {
-        Some(c) if !http_body::Body::is_end_stream(&body) => {
-            let fixed = parts.headers.contains_key(header::CONTENT_LENGTH);
-            ProxyBody::filtered(crate::wasm::http::FilteredBody::new(body, c, true, fixed), Some(done))
-        }
-        c => {
-            done.filters = c;
-            ProxyBody::upstream(body, Some(done))
-        }
-    };
-    Ok(Response::from_parts(parts, body))
+    Ok(upstream_response(
+        cx,
+        resp,
+        route,
+        cluster,
+        ep_idx,
+        chain,
+        rec,
+        upstream_time,
+    ))
 }
 
 /// Asks the connection to close after this response (HTTP/1: `Connection: close`;

@@ -8,12 +8,13 @@ use http::header::{self, HeaderValue};
 use http::{Response, Version};
 
 use crate::access_log::AccessRecord;
+use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::http::body::{Completion, ProxyBody};
 use crate::http::headers;
-use crate::runtime::{Cluster, Route, Runtime};
+use crate::http::request::RequestCtx;
+use crate::runtime::{Cluster, Route};
 use crate::upstream::ResponseBody;
-use crate::worker::Worker;
 use std::time::Duration;
 
 /// Stage 7: turns the upstream response into the downstream one.
@@ -63,13 +64,8 @@ pub(super) fn observe_failure(route: &Route, cluster: &Cluster, ep_idx: usize, e
 }
 
 /// A local error response with its short plain body; logged as the request's outcome.
-pub(super) fn local_error(
-    worker: &Worker,
-    _rt: &Runtime,
-    e: ProxyError,
-    rec: &mut Option<AccessRecord>,
-    start: Instant,
-) -> Response<ProxyBody> {
+pub(super) fn local_error(cx: &RequestCtx<'_>, e: ProxyError, rec: &mut Option<AccessRecord>) -> Response<ProxyBody> {
+    let (worker, start) = (cx.worker, cx.start);
     if e == ProxyError::NoRoute {
         worker.shared.stats.process.no_route.fetch_add(1, Relaxed);
     }
@@ -124,4 +120,55 @@ pub(super) fn local_error(
         );
     }
     resp
+}
+
+/// The downstream response for an upstream one: its body streamed (through the
+/// filters' body callbacks when they asked for them), and the request's completion
+/// (counters, the access log line) run when that body ends.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn upstream_response(
+    cx: &RequestCtx<'_>,
+    resp: Response<ResponseBody>,
+    route: &Route,
+    cluster: &Cluster,
+    ep_idx: usize,
+    chain: Option<crate::wasm::http::ChainRef>,
+    rec: &mut Option<AccessRecord>,
+    upstream_time: Duration,
+) -> Response<ProxyBody> {
+    let (worker, start) = (cx.worker, cx.start);
+    let endpoint = &cluster.endpoints[ep_idx];
+    // A trailers-only gRPC answer carries grpc-status in its headers (gRPC needs h2c).
+    let grpc_status = (cluster.protocol == UpstreamProtocol::H2c)
+        .then(|| resp.headers().get("grpc-status"))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let mut done = Box::new(Completion {
+        endpoint: Some(endpoint.stats.clone()),
+        cluster: Some(cluster.stats.clone()),
+        route: Some(route.stats.clone()),
+        record: None,
+        start,
+        bytes: 0,
+        grpc_status,
+        filters: None,
+    });
+    if let Some(mut r) = rec.take() {
+        r.status = resp.status().as_u16();
+        r.upstream_time = Some(upstream_time);
+        done.record = Some((r, worker.shared.access_log.clone()));
+    }
+    let (parts, body) = resp.into_parts();
+    let body = match chain {
+        Some(c) if !http_body::Body::is_end_stream(&body) => {
+            let fixed = parts.headers.contains_key(http::header::CONTENT_LENGTH);
+            ProxyBody::filtered(crate::wasm::http::FilteredBody::new(body, c, true, fixed), Some(done))
+        }
+        c => {
+            done.filters = c;
+            ProxyBody::upstream(body, Some(done))
+        }
+    };
+    Response::from_parts(parts, body)
 }

@@ -15,18 +15,17 @@ use crate::config::{RetryPolicy, UpstreamProtocol};
 use crate::error::Limit;
 use crate::error::ProxyError;
 use crate::http::admission::InFlight;
-use crate::http::conn::ConnState;
 use crate::http::filters::head_back;
 use crate::http::filters::Targets;
 use crate::http::forward::exchange;
 use crate::http::forward::prepare_upstream_request;
 use crate::http::forward::{Attempt, Exchanged};
+use crate::http::request::RequestCtx;
 use crate::http::respond::observe;
 use crate::http::respond::observe_failure;
-use crate::runtime::{Cluster, Route, Runtime};
+use crate::runtime::{Cluster, Route};
 use crate::upstream::request_body::{BodyFault, BodyProgress, ClientBody, DownstreamBodyError, UpstreamBody};
 use crate::upstream::{self, ResponseBody};
-use crate::worker::Worker;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use std::time::Duration;
@@ -38,16 +37,20 @@ use std::time::Duration;
 /// Returns the answer, its endpoint and the time from the request's start to its head.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn attempts(
-    worker: &Rc<Worker>,
-    conn: &ConnState,
-    rt: &Runtime,
+    cx: &RequestCtx<'_>,
     route: &Route,
     cluster: &Cluster,
     mut req: Request<Incoming>,
     rec: &mut Option<AccessRecord>,
-    start: Instant,
     targets: Targets<'_>,
 ) -> Result<(Response<ResponseBody>, usize, Duration), ProxyError> {
+    let RequestCtx {
+        worker,
+        conn,
+        rt,
+        start,
+        ..
+    } = *cx;
     let hash = if cluster.balancer.is_hashing() {
         cluster.hash_of(req.headers(), conn.client)
     } else {

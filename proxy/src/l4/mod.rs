@@ -58,7 +58,7 @@ pub async fn serve(
         Some(plugins) => {
             let id = worker.shared.conn_ids.fetch_add(1, Relaxed);
             let facts = crate::wasm::l4::facts(&origin, &Arc::from(hot.name.as_str()), id);
-            match crate::wasm::l4::NetChain::start(worker, plugins, facts) {
+            match crate::wasm::l4::NetChain::start(worker, &worker.wasm, plugins, facts) {
                 Some(c) => Some(c),
                 None => return,
             }

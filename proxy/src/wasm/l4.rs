@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::abi::Action;
-use super::instance::{Fault, Instance};
+use super::instance::{Fault, Instance, WorkerInstances};
 use super::link::WorkerLink;
 use super::plugin::Plugin;
 use super::state::Facts;
@@ -71,14 +71,18 @@ fn open(plugin: &Plugin, fault: &Fault) -> bool {
 
 impl NetChain {
     /// Creates the contexts and runs `on_new_connection`; `None` closes the connection.
-    pub fn start<W: WorkerLink + 'static>(worker: &Rc<W>, plugins: &[Arc<Plugin>], facts: Facts) -> Option<NetChain> {
+    pub fn start<W: WorkerLink + 'static>(
+        worker: &Rc<W>,
+        instances: &RefCell<WorkerInstances>,
+        plugins: &[Arc<Plugin>],
+        facts: Facts,
+    ) -> Option<NetChain> {
         let mut chain = NetChain {
             entries: Vec::with_capacity(plugins.len()),
             waiting: None,
         };
         for p in plugins {
-            let created = worker
-                .instances()
+            let created = instances
                 .borrow_mut()
                 .get(p, Rc::downgrade(worker) as std::rc::Weak<dyn WorkerLink>)
                 .and_then(|inst| {

@@ -2,7 +2,6 @@
 //! runtime of the moment, its instance table, and requests to a cluster (`http_call`,
 //! gRPC). The data plane's `Worker` implements it; the sandbox names nothing above it.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Weak;
@@ -14,8 +13,6 @@ use crate::error::ProxyError;
 use crate::runtime::Runtime;
 use crate::upstream::{ResponseBody, UpstreamBody};
 
-use super::instance::WorkerInstances;
-
 /// A cluster's answer to a request a filter made, as the data plane returns it.
 pub type ClusterCall<'a> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, ProxyError>> + 'a>>;
 
@@ -25,8 +22,6 @@ pub trait WorkerLink {
     fn worker_id(&self) -> usize;
     /// The runtime new requests use.
     fn runtime(&self) -> Arc<Runtime>;
-    /// This worker's filter instances.
-    fn instances(&self) -> &RefCell<WorkerInstances>;
     /// One request to cluster `cluster` of `rt` outside any route: its balancer (or the
     /// `pinned` endpoint), pool and breakers, no retries.
     fn call_cluster<'a>(
@@ -52,9 +47,6 @@ impl WorkerLink for Detached {
         unreachable!("a detached link never upgrades")
     }
     fn runtime(&self) -> Arc<Runtime> {
-        unreachable!("a detached link never upgrades")
-    }
-    fn instances(&self) -> &RefCell<WorkerInstances> {
         unreachable!("a detached link never upgrades")
     }
     fn call_cluster<'a>(

@@ -11,7 +11,7 @@ use http::{HeaderMap, Method, Uri};
 
 use crate::config::FailurePolicy;
 use crate::error::ProxyError;
-use crate::wasm::instance::{Fault, Instance};
+use crate::wasm::instance::{Fault, Instance, WorkerInstances};
 use crate::wasm::link::WorkerLink;
 use crate::wasm::plugin::Plugin;
 use crate::wasm::state::{Facts, LocalReply, ReqHead};
@@ -99,6 +99,7 @@ impl Chain {
     /// Creates a stream context in each filter's instance of this worker.
     pub fn start<W: WorkerLink + 'static>(
         worker: &Rc<W>,
+        instances: &RefCell<WorkerInstances>,
         plugins: &[Arc<Plugin>],
         facts: Facts,
     ) -> Result<ChainRef, ProxyError> {
@@ -106,8 +107,7 @@ impl Chain {
         let scheme = if facts.conn.tls.is_some() { "https" } else { "http" };
         let mut facts = Some(facts);
         for (n, p) in plugins.iter().enumerate() {
-            let created = worker
-                .instances()
+            let created = instances
                 .borrow_mut()
                 .get(p, Rc::downgrade(worker) as std::rc::Weak<dyn WorkerLink>)
                 .and_then(|inst| {
