@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use crate::access_log::AccessRecord;
 use crate::error::ProxyError;
 use crate::http::body::{Completion, ProxyBody};
-use crate::http::request::RequestCtx;
+use crate::http::context::RequestCtx;
 use crate::runtime::{Route, Runtime};
 use crate::upstream::ResponseBody;
 

@@ -11,7 +11,7 @@
 //!    breakers);
 //! 7. [`respond`]: the downstream response, what it teaches the balancer, local errors.
 //!
-//! Around them: [`conn`] (the connection's facts), [`serve`] (one HTTP connection:
+//! Around them: [`context`] (what every stage reads), [`conn`] (the connection's facts), [`serve`] (one HTTP connection:
 //! hyper, deadlines, drain), [`body`] (the response body and its completion),
 //! [`headers`], [`upgrade`] (WebSocket and CONNECT).
 //!
@@ -21,6 +21,7 @@
 pub mod admission;
 pub mod body;
 pub mod conn;
+pub mod context;
 pub mod filters;
 pub mod forward;
 pub mod headers;

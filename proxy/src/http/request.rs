@@ -5,7 +5,6 @@
 use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
@@ -19,6 +18,7 @@ use crate::http::admission::rate_limit;
 use crate::http::admission::InFlight;
 use crate::http::body::ProxyBody;
 use crate::http::conn::ConnState;
+use crate::http::context::RequestCtx;
 use crate::http::filters::filter_reply;
 use crate::http::filters::finish_request_filters;
 use crate::http::filters::run_request_filters;
@@ -31,7 +31,6 @@ use crate::http::respond::prepare_downstream_response;
 use crate::http::respond::upstream_response;
 use crate::http::retry::attempts;
 use crate::http::route::route_request;
-use crate::runtime::Runtime;
 use crate::worker::Worker;
 
 /// Serves one request.
@@ -124,23 +123,6 @@ pub async fn handle(
     }
     end.answered = true;
     Ok(resp)
-}
-
-/// What every stage of one request reads: the worker it runs on, its connection, the
-/// runtime it started on (a reload in between does not change it), when it started and
-/// its id. Built once in [`handle`]; the route and cluster a stage chose go beside it.
-#[derive(Clone, Copy)]
-pub(super) struct RequestCtx<'a> {
-    /// The worker (its pool, balancer state and filter instances).
-    pub(super) worker: &'a Rc<Worker>,
-    /// The downstream connection.
-    pub(super) conn: &'a ConnState,
-    /// The runtime snapshot of this request.
-    pub(super) rt: &'a Arc<Runtime>,
-    /// When the request started.
-    pub(super) start: Instant,
-    /// `X-Request-Id`, when requests carry one.
-    pub(super) request_id: Option<&'a HeaderValue>,
 }
 
 /// The end of a request's bookkeeping, however its future ends: with an answer, or

@@ -1,0 +1,28 @@
+//! The context of one request, handed from stage to stage.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderValue;
+
+use crate::http::conn::ConnState;
+use crate::runtime::Runtime;
+use crate::worker::Worker;
+
+/// What every stage of one request reads: the worker it runs on, its connection, the
+/// runtime it started on (a reload in between does not change it), when it started and
+/// its id. Built once in [`handle`](super::request::handle); the route and cluster a stage chose go beside it.
+#[derive(Clone, Copy)]
+pub(crate) struct RequestCtx<'a> {
+    /// The worker (its pool, balancer state and filter instances).
+    pub(crate) worker: &'a Rc<Worker>,
+    /// The downstream connection.
+    pub(crate) conn: &'a ConnState,
+    /// The runtime snapshot of this request.
+    pub(crate) rt: &'a Arc<Runtime>,
+    /// When the request started.
+    pub(crate) start: Instant,
+    /// `X-Request-Id`, when requests carry one.
+    pub(crate) request_id: Option<&'a HeaderValue>,
+}
