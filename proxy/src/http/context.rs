@@ -12,7 +12,7 @@ use crate::worker::Worker;
 
 /// What every stage of one request reads: the worker it runs on, its connection, the
 /// runtime it started on (a reload in between does not change it), when it started and
-/// its id. Built once in [`handle`](super::request::handle); the route and cluster a stage chose go beside it.
+/// its id. Built once when the request starts (`request.rs`); the route and cluster a stage chose go beside it.
 #[derive(Clone, Copy)]
 pub(crate) struct RequestCtx<'a> {
     /// The worker (its pool, balancer state and filter instances).

@@ -97,7 +97,7 @@ pub fn dispatch(
         .stats
         .callouts
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let me = st.me.clone();
+    let me = st.inbox.clone();
     tokio::task::spawn_local(async move {
         let exchange = run(&worker, &rt, idx, pin, req);
         let resp = if timeout_ms == 0 {

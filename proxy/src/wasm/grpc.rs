@@ -22,7 +22,7 @@ use http_body_util::BodyExt;
 
 use super::abi::status;
 use super::link::WorkerLink;
-use super::state::HostState;
+use super::state::{Event, HostState, OpenCall, Pairs};
 use crate::config::UpstreamProtocol;
 use crate::upstream::UpstreamBody;
 
@@ -44,50 +44,12 @@ pub mod code {
 
 /// Calls and streams one instance may have open at once.
 pub const MAX_OPEN: usize = 256;
+
 /// Messages a stream may have queued for sending.
 const SEND_QUEUE: usize = 1024;
+
 /// Largest message received.
 const MAX_MESSAGE: usize = 4 << 20;
-
-type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// An open call or stream of an instance.
-#[derive(Debug)]
-pub struct OpenCall {
-    /// The context that opened it (its answers are dropped once it is gone).
-    pub owner: u32,
-    /// Where `proxy_grpc_send` queues messages (streams; `None` once half-closed).
-    pub sender: Option<tokio::sync::mpsc::Sender<Bytes>>,
-    /// The task running it (aborted on cancel).
-    pub task: tokio::task::AbortHandle,
-    /// A unary call (it ends with its response message).
-    pub unary: bool,
-}
-
-/// What the running gRPC callback may read: the received message (buffer 5) and the
-/// metadata (maps 4 and 5).
-#[derive(Debug, Default)]
-pub struct Delivery {
-    /// The message of `proxy_on_grpc_receive`.
-    pub message: Bytes,
-    /// Initial metadata (response headers).
-    pub initial: Pairs,
-    /// Trailing metadata.
-    pub trailing: Pairs,
-}
-
-/// What the call's task reports to the instance.
-#[derive(Debug)]
-pub enum Event {
-    /// Response headers of a stream.
-    InitialMetadata(Pairs),
-    /// One message.
-    Message(Bytes),
-    /// Trailers of a stream.
-    TrailingMetadata(Pairs),
-    /// The end, with the gRPC status and message.
-    Close(u32, String),
-}
 
 /// Frames one message (uncompressed).
 pub fn frame(message: &[u8]) -> Bytes {
@@ -240,7 +202,7 @@ pub fn open(
     st.next_grpc_token = st.next_grpc_token.wrapping_add(2) | 1;
     let token = st.next_grpc_token;
     st.plugin.stats.grpc_calls.fetch_add(1, Relaxed);
-    let me = st.me.clone();
+    let me = st.inbox.clone();
     let deliver = move |ev: Event| {
         if let Some(inst) = me.upgrade() {
             // A callback of this instance cannot be running (single-threaded worker).

@@ -91,6 +91,8 @@ pub struct Instance {
     pub poisoned: Option<Fault>,
     /// Set by the worker when the instance leaves its table (reload).
     pub retired: bool,
+    /// The instance itself, for its ticks and queue watchers.
+    me: Weak<RefCell<Instance>>,
 }
 
 thread_local! {
@@ -143,7 +145,7 @@ impl Instance {
         let state = HostState {
             plugin: plugin.clone(),
             worker,
-            me: Weak::new(),
+            inbox: Weak::<RefCell<Instance>>::new(),
             memory: None,
             malloc: None,
             root: 1,
@@ -238,6 +240,7 @@ impl Instance {
             next_id: 2,
             poisoned: None,
             retired: false,
+            me: Weak::new(),
         };
         if let Some(f) = init {
             me.call(&f, (), 0)?;
@@ -266,7 +269,11 @@ impl Instance {
             }
         }
         let rc = Rc::new(RefCell::new(me));
-        rc.borrow_mut().store.data_mut().me = Rc::downgrade(&rc);
+        {
+            let mut i = rc.borrow_mut();
+            i.me = Rc::downgrade(&rc);
+            i.store.data_mut().inbox = Rc::downgrade(&rc) as Weak<RefCell<dyn super::state::Inbox>>;
+        }
         rc.borrow_mut().start_ticker();
         rc.borrow_mut().start_queue_watchers();
         Ok(rc)
@@ -540,8 +547,8 @@ impl Instance {
     /// Hands one event of gRPC call `token` to the guest (on the root context, as Envoy
     /// does; the SDK finds the context that opened it). False when nobody listens any
     /// more (cancelled, its stream gone, the instance failed): the call's task stops.
-    pub fn deliver_grpc(&mut self, token: u32, ev: super::grpc::Event) -> bool {
-        use super::grpc::{Delivery, Event};
+    pub fn deliver_grpc(&mut self, token: u32, ev: super::state::Event) -> bool {
+        use super::state::{Delivery, Event};
         if self.poisoned.is_some() {
             return false;
         }
@@ -638,10 +645,10 @@ impl Instance {
         let st = self.store.data_mut();
         st.tick.1 = false;
         let ms = st.tick.0;
-        if ms == 0 || st.worker.upgrade().is_none() || st.me.upgrade().is_none() {
+        if ms == 0 || st.worker.upgrade().is_none() || self.me.upgrade().is_none() {
             return;
         }
-        let me = st.me.clone();
+        let me = self.me.clone();
         tokio::task::spawn_local(async move {
             let period = Duration::from_millis(u64::from(ms));
             let mut next = tokio::time::Instant::now() + period;
@@ -664,11 +671,11 @@ impl Instance {
     /// Starts `on_queue_ready` watchers for newly registered queues (in workers only).
     fn start_queue_watchers(&mut self) {
         let st = self.store.data_mut();
-        if st.worker.upgrade().is_none() || st.me.upgrade().is_none() {
+        if st.worker.upgrade().is_none() || self.me.upgrade().is_none() {
             return;
         }
         for (id, notify) in std::mem::take(&mut st.new_queues) {
-            Self::watch_queue(st.me.clone(), id, notify);
+            Self::watch_queue(self.me.clone(), id, notify);
         }
     }
 
@@ -685,6 +692,16 @@ impl Instance {
                 i.queue_ready(id);
             }
         });
+    }
+}
+
+impl super::state::Inbox for Instance {
+    fn deliver_callout(&mut self, token: u32, resp: Option<super::state::CalloutResponse>) {
+        Instance::deliver_callout(self, token, resp)
+    }
+
+    fn deliver_grpc(&mut self, token: u32, ev: super::state::Event) -> bool {
+        Instance::deliver_grpc(self, token, ev)
     }
 }
 

@@ -5,7 +5,9 @@
 //! - [`module`]: engine, epoch ticker (CPU limits), compilation with a disk cache;
 //! - [`plugin`]: a configured filter of one configuration generation;
 //! - [`instance`]: an instance, its start-up and every bounded call into the guest;
-//! - [`host`], [`wasi`]: the imports; [`maps`], [`properties`]: what guests read/write;
+//! - [`host`], [`wasi`]: the imports, over [`memory`] (guest memory, bounds-checked);
+//!   [`state`]: what they act on; [`maps`], [`properties`], [`header_cache`]: what guests
+//!   read/write; [`output`]: guest stdout/stderr as log lines; [`link`]: the worker side;
 //! - [`http`]: the per-request chain driven from `proxy.rs`;
 //! - [`l4`]: network (TCP) filter contexts driven from `l4.rs`;
 //! - [`callout`], [`grpc`], [`shared`], [`metrics`], [`extensions`]: `http_call`,
@@ -16,14 +18,17 @@ pub mod abi;
 pub mod callout;
 pub mod extensions;
 pub mod grpc;
+pub mod header_cache;
 pub mod host;
 pub mod http;
 pub mod instance;
 pub mod l4;
 pub mod link;
 pub mod maps;
+pub mod memory;
 pub mod metrics;
 pub mod module;
+pub mod output;
 pub mod plugin;
 pub mod properties;
 pub mod shared;

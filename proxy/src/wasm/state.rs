@@ -228,7 +228,7 @@ pub struct HostState {
     /// The worker it serves (none for the validation trial run).
     pub worker: Weak<dyn super::link::WorkerLink>,
     /// The instance itself (for callouts and ticks that come back later).
-    pub me: Weak<std::cell::RefCell<super::instance::Instance>>,
+    pub inbox: Weak<std::cell::RefCell<dyn Inbox>>,
     /// The guest's `memory` export.
     pub memory: Option<Memory>,
     /// The guest's allocator.
@@ -254,11 +254,11 @@ pub struct HostState {
     /// Next callout token (even, never 0).
     pub next_token: u32,
     /// Open gRPC calls and streams by token.
-    pub grpc: HashMap<u32, super::grpc::OpenCall, IdHash>,
+    pub grpc: HashMap<u32, OpenCall, IdHash>,
     /// Last gRPC token handed out (odd).
     pub next_grpc_token: u32,
     /// What the running gRPC callback reads (message, metadata).
-    pub grpc_now: Option<super::grpc::Delivery>,
+    pub grpc_now: Option<Delivery>,
     /// Tick period asked for (ms, 0 = off) and whether it changed.
     pub tick: (u32, bool),
     /// Root `proxy_done` was called.
@@ -270,9 +270,9 @@ pub struct HostState {
     /// Status and message of the last callout (`proxy_get_status`).
     pub last_status: (u32, Vec<u8>),
     /// stdout/stderr lines being assembled.
-    pub output: super::wasi::GuestOutput,
+    pub output: super::output::GuestOutput,
     /// Header names and values this instance writes.
-    pub header_cache: super::maps::HeaderCache,
+    pub header_cache: super::header_cache::HeaderCache,
 }
 
 /// Context ids, callout tokens and plugin uids are unique integers Tandem hands out
@@ -322,4 +322,55 @@ impl wasmtime::ResourceLimiter for MemoryCap {
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 1 << 20)
     }
+}
+
+/// An open call or stream of an instance.
+#[derive(Debug)]
+pub struct OpenCall {
+    /// The context that opened it (its answers are dropped once it is gone).
+    pub owner: u32,
+    /// Where `proxy_grpc_send` queues messages (streams; `None` once half-closed).
+    pub sender: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    /// The task running it (aborted on cancel).
+    pub task: tokio::task::AbortHandle,
+    /// A unary call (it ends with its response message).
+    pub unary: bool,
+}
+
+/// What the running gRPC callback may read: the received message (buffer 5) and the
+/// metadata (maps 4 and 5).
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// The message of `proxy_on_grpc_receive`.
+    pub message: Bytes,
+    /// Initial metadata (response headers).
+    pub initial: Pairs,
+    /// Trailing metadata.
+    pub trailing: Pairs,
+}
+
+/// What the call's task reports to the instance.
+#[derive(Debug)]
+pub enum Event {
+    /// Response headers of a stream.
+    InitialMetadata(Pairs),
+    /// One message.
+    Message(Bytes),
+    /// Trailers of a stream.
+    TrailingMetadata(Pairs),
+    /// The end, with the gRPC status and message.
+    Close(u32, String),
+}
+
+/// Header or metadata pairs as the ABI passes them.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// An instance as the calls it started see it when their answer comes back (a
+/// callout's response, a gRPC call's messages): held weakly, so a retired instance is
+/// not kept alive by calls still out.
+pub trait Inbox {
+    /// Runs `on_http_call_response` for callout `token` (`None`: it failed).
+    fn deliver_callout(&mut self, token: u32, resp: Option<CalloutResponse>);
+    /// Runs the gRPC callback for `ev` of call `token`; false when nobody listens any more.
+    fn deliver_grpc(&mut self, token: u32, ev: Event) -> bool;
 }
