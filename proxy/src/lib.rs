@@ -16,6 +16,7 @@ pub mod demo;
 pub mod demo_pair;
 pub mod error;
 pub mod exec;
+pub mod exposition;
 pub mod fuzzing;
 pub mod health;
 pub mod http;

@@ -173,7 +173,7 @@ impl Vips {
 
     /// Appends the VIP families to a Prometheus exposition.
     pub fn render(&self, out: &mut String) {
-        crate::control::exposition::gauge(
+        crate::exposition::gauge(
             out,
             "tandem_vip_state",
             "VRRP state per VIP (0 initialize, 1 backup, 2 master, 3 fault: interface down).",
@@ -187,7 +187,7 @@ impl Vips {
                 s.state.load(Relaxed)
             );
         }
-        crate::control::exposition::gauge(
+        crate::exposition::gauge(
             out,
             "tandem_vip_priority",
             "Priority in use per VIP (lowered by tracking).",
@@ -200,7 +200,7 @@ impl Vips {
                 s.priority.load(Relaxed)
             );
         }
-        crate::control::exposition::counter(out, "tandem_vip_events_total", "VRRP events per VIP.");
+        crate::exposition::counter(out, "tandem_vip_events_total", "VRRP events per VIP.");
         for (c, s) in &self.routers {
             for (ev, v) in [
                 ("advert_sent", &s.adverts_sent),
@@ -221,7 +221,7 @@ impl Vips {
                 );
             }
         }
-        crate::control::exposition::counter(
+        crate::exposition::counter(
             out,
             "tandem_vip_adverts_dropped_total",
             "Malformed, foreign or refused adverts dropped, by reason.",

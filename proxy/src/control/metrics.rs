@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crate::control::exposition::{counter, gauge};
+use crate::exposition::{counter, gauge};
 use crate::stats::{ClusterStats, EndpointStats, ListenerStats, StatsRegistry};
 
 /// Renders the Prometheus text exposition for the current runtime.
@@ -191,7 +191,7 @@ pub fn render(
             );
         }
     }
-    crate::control::exposition::histogram(
+    crate::exposition::histogram(
         &mut out,
         "tandem_route_latency_seconds",
         "Time to response headers per route.",
@@ -301,7 +301,7 @@ pub fn render(
             }
         }
     }
-    crate::control::exposition::histogram(
+    crate::exposition::histogram(
         &mut out,
         "tandem_endpoint_latency_seconds",
         "Upstream time to response headers per endpoint.",

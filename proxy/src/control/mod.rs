@@ -6,13 +6,12 @@
 //! - [`check`]: `tandem check`;
 //! - [`reload`]: a new configuration, compiled and swapped in;
 //! - [`lifecycle`]: maintenance and the handover before a stop;
-//! - [`metrics`], [`process_metrics`], [`exposition`]: the Prometheus exposition.
+//! - [`metrics`], [`process_metrics`]: the Prometheus exposition (written through `exposition.rs`).
 
 pub mod admin;
 pub mod check;
 pub mod ctl;
 pub mod ctl_view;
-pub mod exposition;
 pub mod lifecycle;
 pub mod metrics;
 pub mod process_metrics;

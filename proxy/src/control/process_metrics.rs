@@ -77,7 +77,7 @@ pub fn render_process(out: &mut String) {
 
 /// Appends `tandem_build_info{version=…} 1`.
 pub fn render_build_info(out: &mut String) {
-    crate::control::exposition::gauge(out, "tandem_build_info", "Tandem's version (the value is always 1).");
+    crate::exposition::gauge(out, "tandem_build_info", "Tandem's version (the value is always 1).");
     let _ = writeln!(
         out,
         "tandem_build_info{{version=\"{}\",profile=\"{}\"}} 1",
@@ -92,7 +92,7 @@ pub fn render_certificates(out: &mut String, certs: &[crate::config::Certificate
     if certs.is_empty() {
         return;
     }
-    crate::control::exposition::gauge(
+    crate::exposition::gauge(
         out,
         "tandem_tls_certificate_expiry_timestamp_seconds",
         "When a certificate this node presents expires (notAfter, Unix seconds).",
@@ -115,9 +115,9 @@ fn escape(s: &str) -> String {
 /// One unlabelled series with its HELP and TYPE lines (`kind`: counter or gauge).
 fn gauge_line(out: &mut String, name: &str, kind: &str, help: &str, v: f64) {
     if kind == "counter" {
-        crate::control::exposition::counter(out, name, help);
+        crate::exposition::counter(out, name, help);
     } else {
-        crate::control::exposition::gauge(out, name, help);
+        crate::exposition::gauge(out, name, help);
     }
     let _ = writeln!(out, "{name} {v}");
 }

@@ -117,7 +117,7 @@ fn label(s: &str) -> String {
 pub fn render(out: &mut String) {
     let p = plugins().lock().expect("plugin stats poisoned");
     if !p.is_empty() {
-        crate::control::exposition::counter(out, "tandem_wasm_events_total", "proxy-wasm host events per filter.");
+        crate::exposition::counter(out, "tandem_wasm_events_total", "proxy-wasm host events per filter.");
         let mut names: Vec<_> = p.keys().collect();
         names.sort();
         for n in names {
@@ -146,7 +146,7 @@ pub fn render(out: &mut String) {
                 );
             }
         }
-        crate::control::exposition::gauge(
+        crate::exposition::gauge(
             out,
             "tandem_wasm_instance_memory_bytes",
             "Largest linear memory of one instance per filter.",
@@ -167,7 +167,7 @@ pub fn render(out: &mut String) {
     if r.metrics.is_empty() {
         return;
     }
-    crate::control::exposition::untyped(
+    crate::exposition::untyped(
         out,
         "tandem_wasm_metric",
         "Metrics defined by filters (counter, gauge; histogram as sum and count).",

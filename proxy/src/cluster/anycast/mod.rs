@@ -264,7 +264,7 @@ impl Anycast {
 
     /// Appends the anycast families to a Prometheus exposition.
     pub fn render(&self, out: &mut String) {
-        crate::control::exposition::gauge(
+        crate::exposition::gauge(
             out,
             "tandem_anycast_announced",
             "Whether this node announces the anycast group (1) or has withdrawn it (0).",
@@ -277,7 +277,7 @@ impl Anycast {
                 u8::from(g.announced.load(Relaxed))
             );
         }
-        crate::control::exposition::counter(
+        crate::exposition::counter(
             out,
             "tandem_anycast_changes_total",
             "Announcements and withdrawals the BGP speaker took, per group.",
@@ -292,7 +292,7 @@ impl Anycast {
                 );
             }
         }
-        crate::control::exposition::counter(
+        crate::exposition::counter(
             out,
             "tandem_anycast_speaker_reloads_total",
             "Reloads of the BGP speaker, by result.",
