@@ -136,7 +136,7 @@ pub fn start(config: Config, source: ConfigSource) -> Result<Running, RunError> 
     crate::listen::start(shared.clone())?;
     // Listeners are up before the node can win a VIP.
     crate::cluster::vips::start(&vips, shared.clone()).map_err(RunError::Signals)?;
-    crate::health::checker::start(shared.clone()).map_err(RunError::Signals)?;
+    crate::health_thread::start(shared.clone()).map_err(RunError::Signals)?;
     // Announced once healthy for the hold-down: listeners up, health checks under way.
     crate::cluster::anycast::start(&anycast, bgp.as_ref(), shared.clone()).map_err(RunError::Signals)?;
     let admin = crate::control::admin::start(shared.clone(), admin_addr, token).map_err(|source| RunError::Admin {

@@ -11,7 +11,6 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
 use crate::config::{self, Config, ConfigError};
-use crate::health::verdict::{self, Source, Target, Verdict};
 use crate::phase::{NodePhase, Phase};
 use crate::runtime::Runtime;
 use crate::stats::{EndpointStats, ListenerStats, StatsRegistry};
@@ -126,35 +125,6 @@ impl Shared {
     /// Endpoints removed by reloads that are draining or recently drained.
     pub fn removed_endpoints(&self) -> std::sync::MutexGuard<'_, Vec<RemovedEndpoint>> {
         self.removed.lock().expect("removed endpoints lock poisoned")
-    }
-
-    /// Drains (or returns to rotation) endpoint `addr` of `cluster` by operator request.
-    pub fn set_endpoint_drain(&self, cluster: &str, addr: std::net::SocketAddr, drain: bool) -> Result<(), String> {
-        let rt = self.runtime.load();
-        let c = rt
-            .clusters
-            .iter()
-            .find(|c| &*c.name == cluster)
-            .ok_or_else(|| format!("no cluster named `{cluster}`"))?;
-        let e = c
-            .endpoints
-            .iter()
-            .find(|e| e.address == addr)
-            .ok_or_else(|| format!("cluster `{cluster}` has no endpoint {addr}"))?;
-        let v = if drain { Verdict::Drain } else { Verdict::Undrain };
-        verdict::apply(
-            &e.stats.health,
-            v,
-            Source::Operator,
-            Target {
-                cluster: &c.name,
-                address: e.address,
-            },
-            None,
-            0,
-            0,
-        );
-        Ok(())
     }
 
     /// Begins a graceful stop: listeners close, connections finish.

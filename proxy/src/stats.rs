@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::balancer::PeakEwma;
 
@@ -247,4 +247,54 @@ impl StatsRegistry {
 
 fn get_or_default<K: std::hash::Hash + Eq, V: Default>(m: &Mutex<HashMap<K, Arc<V>>>, k: K) -> Arc<V> {
     m.lock().expect("stats registry poisoned").entry(k).or_default().clone()
+}
+
+/// Per-plugin host counters.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    /// Stream contexts created.
+    pub streams: AtomicU64,
+    /// Guest traps (panics, unreachable, bad pointers).
+    pub traps: AtomicU64,
+    /// Callbacks interrupted by the CPU limit.
+    pub deadlines: AtomicU64,
+    /// Instances that hit the memory cap.
+    pub memory_faults: AtomicU64,
+    /// Instances created (first and after failures).
+    pub instances: AtomicU64,
+    /// Instance creations that failed.
+    pub instance_failures: AtomicU64,
+    /// Requests failed closed because of this plugin.
+    pub failed_closed: AtomicU64,
+    /// Requests where the failed plugin was skipped (fail_open).
+    pub failed_open: AtomicU64,
+    /// Local responses the guest sent.
+    pub local_responses: AtomicU64,
+    /// `http_call`s dispatched.
+    pub callouts: AtomicU64,
+    /// `http_call`s that failed or timed out.
+    pub callout_failures: AtomicU64,
+    /// gRPC calls and streams opened.
+    pub grpc_calls: AtomicU64,
+    /// gRPC calls and streams that closed with a status other than OK.
+    pub grpc_failures: AtomicU64,
+    /// gRPC calls refused because the instance had `grpc::MAX_OPEN` open.
+    pub grpc_refused: AtomicU64,
+    /// Largest linear memory of one instance seen (bytes).
+    pub memory_bytes: AtomicU64,
+}
+
+pub(crate) fn plugins() -> &'static Mutex<HashMap<String, Arc<PluginStats>>> {
+    static P: OnceLock<Mutex<HashMap<String, Arc<PluginStats>>>> = OnceLock::new();
+    P.get_or_init(Default::default)
+}
+
+/// Counters of plugin `name` (the same object across reloads).
+pub fn plugin_stats(name: &str) -> Arc<PluginStats> {
+    plugins()
+        .lock()
+        .expect("plugin stats poisoned")
+        .entry(name.to_string())
+        .or_default()
+        .clone()
 }

@@ -148,7 +148,7 @@ pub struct FilterConfig {
     /// WASI environment.
     pub env: Vec<(String, String)>,
     /// The compiled module.
-    pub module: Built<crate::wasm::module::LoadedModule>,
+    pub module: Built<crate::wasm_engine::LoadedModule>,
     /// Line and column of its `name` in the file: where a filter that does not start
     /// is reported (it is started once before the configuration is taken).
     pub declared_at: (usize, usize),

@@ -371,7 +371,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
                     json!({"error": format!("`{addr}` is not an IP:port address")}).to_string(),
                 );
             };
-            match shared.set_endpoint_drain(&cluster, addr, path.ends_with("/drain")) {
+            match crate::control::reload::set_endpoint_drain(&shared, &cluster, addr, path.ends_with("/drain")) {
                 Ok(()) => text(
                     StatusCode::OK,
                     "application/json",

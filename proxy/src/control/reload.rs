@@ -1,6 +1,6 @@
 //! Reloading the configuration: read and validate it again, compile a new runtime and
 //! swap it in; endpoints the new runtime no longer has drain; settings that only a
-//! restart can change are reported, not applied.
+//! restart can change are reported, not applied. An operator drains endpoints here too.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -96,6 +96,40 @@ fn drain_removed(shared: &Shared, old: &Runtime, new: &Runtime) {
             None => break,
         }
     }
+}
+
+/// Drains (or returns to rotation) endpoint `addr` of `cluster` by operator request.
+pub fn set_endpoint_drain(
+    shared: &Shared,
+    cluster: &str,
+    addr: std::net::SocketAddr,
+    drain: bool,
+) -> Result<(), String> {
+    let rt = shared.runtime.load();
+    let c = rt
+        .clusters
+        .iter()
+        .find(|c| &*c.name == cluster)
+        .ok_or_else(|| format!("no cluster named `{cluster}`"))?;
+    let e = c
+        .endpoints
+        .iter()
+        .find(|e| e.address == addr)
+        .ok_or_else(|| format!("cluster `{cluster}` has no endpoint {addr}"))?;
+    let v = if drain { Verdict::Drain } else { Verdict::Undrain };
+    verdict::apply(
+        &e.stats.health,
+        v,
+        Source::Operator,
+        Target {
+            cluster: &c.name,
+            address: e.address,
+        },
+        None,
+        0,
+        0,
+    );
+    Ok(())
 }
 
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {

@@ -1,5 +1,5 @@
 //! Endpoint health: the state every balancer consults, the verdicts that change it,
-//! and the active prober and outlier sweeper that produce verdicts.
+//! and the probes that produce verdicts (run by the health thread, `health_thread.rs`).
 //!
 //! # Endpoint lifecycle
 //!
@@ -21,8 +21,6 @@
 //! Every transition goes through [`verdict::apply`], the single place later work
 //! publishes to the pair.
 
-pub mod checker;
-pub mod passive;
 pub mod probe;
 pub mod verdict;
 

@@ -46,7 +46,7 @@ pub(super) fn observe(
     cluster.stats.responses.record(status);
     route.stats.responses.record(status);
     route.stats.latency.observe_ns(ns);
-    crate::health::passive::observe_passive(cluster, ep_idx, status, false);
+    crate::runtime::passive::observe_passive(cluster, ep_idx, status, false);
 }
 
 /// Stage 8 for an attempt that got no response.
@@ -59,7 +59,7 @@ pub(super) fn observe_failure(route: &Route, cluster: &Cluster, ep_idx: usize, e
     if !matches!(e, ProxyError::Overflow(_)) {
         // A failure is as bad as a slow answer for load-aware balancers.
         ep.stats.ewma.observe(1e9);
-        crate::health::passive::observe_passive(cluster, ep_idx, status, true);
+        crate::runtime::passive::observe_passive(cluster, ep_idx, status, true);
     }
 }
 

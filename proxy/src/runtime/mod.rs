@@ -1,6 +1,8 @@
 //! The compiled runtime: one immutable snapshot per configuration version, swapped
 //! atomically on reload. In-flight requests keep the `Arc<Runtime>` they started with.
 
+pub mod passive;
+pub mod plugin;
 pub mod router;
 
 use std::net::SocketAddr;
@@ -33,9 +35,9 @@ pub struct Runtime {
     /// Clusters in file order.
     pub clusters: Vec<Cluster>,
     /// proxy-wasm filters of this generation.
-    pub plugins: Vec<Arc<crate::wasm::plugin::Plugin>>,
+    pub plugins: Vec<Arc<crate::runtime::plugin::Plugin>>,
     /// Network filters per listener (L4), in listener order.
-    pub listener_filters: Vec<Vec<Arc<crate::wasm::plugin::Plugin>>>,
+    pub listener_filters: Vec<Vec<Arc<crate::runtime::plugin::Plugin>>>,
 }
 
 /// A compiled route.
@@ -64,7 +66,7 @@ pub struct Route {
     /// Counters.
     pub stats: Arc<RouteStats>,
     /// proxy-wasm filters run on its requests, in order.
-    pub filters: Vec<Arc<crate::wasm::plugin::Plugin>>,
+    pub filters: Vec<Arc<crate::runtime::plugin::Plugin>>,
     /// Metadata for its filters (`route_metadata.filter_metadata.*` properties).
     pub metadata: Option<Arc<serde_json::Value>>,
     /// Which `X-Forwarded-*` headers its requests get (`[server] forwarded_headers`).
@@ -188,10 +190,10 @@ impl Runtime {
             .enumerate()
             .map(|(i, c)| compile_cluster(i, c, stats))
             .collect();
-        let plugins: Vec<Arc<crate::wasm::plugin::Plugin>> = config
+        let plugins: Vec<Arc<crate::runtime::plugin::Plugin>> = config
             .filters
             .iter()
-            .map(|f| Arc::new(crate::wasm::plugin::Plugin::new(f)))
+            .map(|f| Arc::new(crate::runtime::plugin::Plugin::new(f)))
             .collect();
         let routes: Vec<Route> = config
             .routes

@@ -15,8 +15,8 @@ use wasmtime::{Instance as WasmInstance, InstancePre, Linker, Store, TypedFunc, 
 
 use super::abi::Action;
 use super::link::WorkerLink;
-use super::plugin::Plugin;
 use super::state::{Deferred, Facts, HostState, IdHash, StreamData};
+use crate::runtime::plugin::Plugin;
 
 /// Why a guest call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +103,7 @@ fn instance_pre(plugin: &Plugin) -> Result<InstancePre<HostState>, String> {
     if let Some(p) = PRE.with(|m| m.borrow().get(&plugin.uid).cloned()) {
         return Ok(p);
     }
-    let mut linker: Linker<HostState> = Linker::new(super::module::engine());
+    let mut linker: Linker<HostState> = Linker::new(crate::wasm_engine::engine());
     super::host::define(&mut linker).map_err(|e| format!("{e:#}"))?;
     linker
         .define_unknown_imports_as_traps(&plugin.module)
@@ -171,7 +171,7 @@ impl Instance {
             output: Default::default(),
             header_cache: Default::default(),
         };
-        let mut store = Store::new(super::module::engine(), state);
+        let mut store = Store::new(crate::wasm_engine::engine(), state);
         store.limiter(|s| &mut s.limits as &mut dyn wasmtime::ResourceLimiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(plugin.deadline_ticks);

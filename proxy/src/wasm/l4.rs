@@ -14,9 +14,9 @@ use bytes::Bytes;
 use super::abi::Action;
 use super::instance::{Fault, Instance, WorkerInstances};
 use super::link::WorkerLink;
-use super::plugin::Plugin;
 use super::state::Facts;
 use crate::config::FailurePolicy;
+use crate::runtime::plugin::Plugin;
 
 struct Entry {
     plugin: Arc<Plugin>,

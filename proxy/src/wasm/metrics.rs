@@ -6,57 +6,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
-
-/// Per-plugin host counters.
-#[derive(Debug, Default)]
-pub struct PluginStats {
-    /// Stream contexts created.
-    pub streams: AtomicU64,
-    /// Guest traps (panics, unreachable, bad pointers).
-    pub traps: AtomicU64,
-    /// Callbacks interrupted by the CPU limit.
-    pub deadlines: AtomicU64,
-    /// Instances that hit the memory cap.
-    pub memory_faults: AtomicU64,
-    /// Instances created (first and after failures).
-    pub instances: AtomicU64,
-    /// Instance creations that failed.
-    pub instance_failures: AtomicU64,
-    /// Requests failed closed because of this plugin.
-    pub failed_closed: AtomicU64,
-    /// Requests where the failed plugin was skipped (fail_open).
-    pub failed_open: AtomicU64,
-    /// Local responses the guest sent.
-    pub local_responses: AtomicU64,
-    /// `http_call`s dispatched.
-    pub callouts: AtomicU64,
-    /// `http_call`s that failed or timed out.
-    pub callout_failures: AtomicU64,
-    /// gRPC calls and streams opened.
-    pub grpc_calls: AtomicU64,
-    /// gRPC calls and streams that closed with a status other than OK.
-    pub grpc_failures: AtomicU64,
-    /// gRPC calls refused because the instance had `grpc::MAX_OPEN` open.
-    pub grpc_refused: AtomicU64,
-    /// Largest linear memory of one instance seen (bytes).
-    pub memory_bytes: AtomicU64,
-}
-
-fn plugins() -> &'static Mutex<HashMap<String, Arc<PluginStats>>> {
-    static P: OnceLock<Mutex<HashMap<String, Arc<PluginStats>>>> = OnceLock::new();
-    P.get_or_init(Default::default)
-}
-
-/// Counters of plugin `name` (the same object across reloads).
-pub fn plugin_stats(name: &str) -> Arc<PluginStats> {
-    plugins()
-        .lock()
-        .expect("plugin stats poisoned")
-        .entry(name.to_string())
-        .or_default()
-        .clone()
-}
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// A guest-defined metric.
 #[derive(Debug)]
@@ -115,7 +65,7 @@ fn label(s: &str) -> String {
 
 /// Appends the wasm families to a Prometheus text exposition.
 pub fn render(out: &mut String) {
-    let p = plugins().lock().expect("plugin stats poisoned");
+    let p = crate::stats::plugins().lock().expect("plugin stats poisoned");
     if !p.is_empty() {
         crate::exposition::counter(out, "tandem_wasm_events_total", "proxy-wasm host events per filter.");
         let mut names: Vec<_> = p.keys().collect();

@@ -2,14 +2,15 @@
 //! with the official `proxy-wasm` Rust SDK for Envoy) run in wasmtime sandboxes, one
 //! instance per filter per worker, on the request path of the routes that list them.
 //!
-//! - [`module`]: engine, epoch ticker (CPU limits), compilation with a disk cache;
-//! - [`plugin`]: a configured filter of one configuration generation;
+//! The engine and compiled modules are in `wasm_engine.rs`, a configured filter of one
+//! generation in `runtime/plugin.rs`; here:
+//!
 //! - [`instance`]: an instance, its start-up and every bounded call into the guest;
 //! - [`host`], [`wasi`]: the imports, over [`memory`] (guest memory, bounds-checked);
 //!   [`state`]: what they act on; [`maps`], [`properties`], [`header_cache`]: what guests
 //!   read/write; [`output`]: guest stdout/stderr as log lines; [`link`]: the worker side;
-//! - [`http`]: the per-request chain driven from `proxy.rs`;
-//! - [`l4`]: network (TCP) filter contexts driven from `l4.rs`;
+//! - [`http`]: the per-request chain driven from `http/filters.rs`;
+//! - [`l4`]: network (TCP) filter contexts driven from `l4/`;
 //! - [`callout`], [`grpc`], [`shared`], [`metrics`], [`extensions`]: `http_call`,
 //!   gRPC calls and streams, shared data and queues, guest metrics, Tandem's foreign
 //!   functions.
@@ -27,9 +28,7 @@ pub mod link;
 pub mod maps;
 pub mod memory;
 pub mod metrics;
-pub mod module;
 pub mod output;
-pub mod plugin;
 pub mod properties;
 pub mod shared;
 pub mod state;
@@ -43,7 +42,7 @@ pub fn trial(config: &crate::config::Config) -> Result<(), crate::config::Config
     let mut issues = Vec::new();
     for (i, f) in config.filters.iter().enumerate() {
         // The trial's counters are not the filter's traffic: a throwaway set.
-        let mut p = plugin::Plugin::new(f);
+        let mut p = crate::runtime::plugin::Plugin::new(f);
         p.stats = Default::default();
         if let Err(e) = instance::Instance::create(&std::sync::Arc::new(p), link::detached()) {
             issues.push(crate::config::ConfigIssue {

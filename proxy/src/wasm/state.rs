@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use wasmtime::{Memory, TypedFunc};
 
-use super::plugin::Plugin;
+use crate::runtime::plugin::Plugin;
 
 /// Request pseudo-headers and headers, as the guest sees them.
 #[derive(Debug, Clone)]

@@ -681,7 +681,7 @@ fn bad_filters_are_configuration_errors() {
         "{out}"
     );
     // A pinned, valid module passes.
-    let sha = tandem_proxy::wasm::module::sha256_hex(&std::fs::read(module("headers")).unwrap());
+    let sha = tandem_proxy::wasm_engine::sha256_hex(&std::fs::read(module("headers")).unwrap());
     let (ok, out) = check(&format!(
         "{base}{}[[route]]\nname = \"r\"\ncluster = \"c\"\nfilters = [\"hdr\"]\n",
         filter("hdr", "headers", &format!("sha256 = \"{sha}\""))

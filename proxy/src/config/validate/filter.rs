@@ -60,21 +60,21 @@ impl Checker<'_> {
             format!("{key}.path"),
             crate::config::access::Access::Read,
         );
-        let module = match crate::wasm::module::load(&path, f.sha256.as_ref().map(|s| s.get_ref().as_str())) {
+        let module = match crate::wasm_engine::load(&path, f.sha256.as_ref().map(|s| s.get_ref().as_str())) {
             Ok(m) => m,
             Err(e) => {
                 let (span, k, hint) = match &e {
-                    crate::wasm::module::ModuleError::Pin { actual, .. } => (
+                    crate::wasm_engine::ModuleError::Pin { actual, .. } => (
                         f.sha256.as_ref().unwrap_or(&f.path),
                         format!("{key}.sha256"),
                         format!("if this module is the one you mean to run, pin sha256 = \"{actual}\""),
                     ),
-                    crate::wasm::module::ModuleError::Read { .. } => (
+                    crate::wasm_engine::ModuleError::Read { .. } => (
                         &f.path,
                         format!("{key}.path"),
                         "build the filter (cargo build --target wasm32-wasip1 --release) or fix the path".into(),
                     ),
-                    crate::wasm::module::ModuleError::Compile { .. } => (
+                    crate::wasm_engine::ModuleError::Compile { .. } => (
                         &f.path,
                         format!("{key}.path"),
                         "point at a .wasm module built for wasm32-wasip1 with the proxy-wasm SDK".into(),
@@ -113,7 +113,7 @@ pub(super) fn filters(c: &mut Checker, file: &ConfigFile, base: &Path) -> (Vec<F
     // Filters (before routes, which name them).
     let mut filters: Vec<FilterConfig> = Vec::new();
     let mut filter_names: HashMap<String, usize> = HashMap::new();
-    if let (Some(f), Err(why)) = (file.filters.first(), crate::wasm::module::cache()) {
+    if let (Some(f), Err(why)) = (file.filters.first(), crate::wasm_engine::cache()) {
         c.warn(
             &f.path,
             "filter[0].path".into(),

@@ -11,9 +11,9 @@ use http::{HeaderMap, Method, Uri};
 
 use crate::config::FailurePolicy;
 use crate::error::ProxyError;
+use crate::runtime::plugin::Plugin;
 use crate::wasm::instance::{Fault, Instance, WorkerInstances};
 use crate::wasm::link::WorkerLink;
-use crate::wasm::plugin::Plugin;
 use crate::wasm::state::{Facts, LocalReply, ReqHead};
 
 pub(super) struct Entry {

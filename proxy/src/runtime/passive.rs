@@ -4,13 +4,13 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::verdict;
+use crate::health::verdict;
 
 /// Passive outlier detection: counts consecutive 5xx and gateway errors of real
 /// traffic to endpoint `idx` and ejects through [`verdict::apply`] when a threshold is
 /// reached. `status` is the status the client saw (a local 502/503/504 for failures);
 /// `gateway_failure` marks connect failures, resets and timeouts.
-pub fn observe_passive(cluster: &crate::runtime::Cluster, idx: usize, status: u16, gateway_failure: bool) {
+pub fn observe_passive(cluster: &super::Cluster, idx: usize, status: u16, gateway_failure: bool) {
     let Some(o) = &cluster.outlier else { return };
     let ep = &cluster.endpoints[idx];
     let h = &ep.stats.health;

@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::verdict::{self, EjectReason, Source, Target, Verdict};
 use crate::clock::now_ns;
 use crate::config::HealthCheckConfig;
+use crate::health::verdict::{self, EjectReason, Source, Target, Verdict};
 use crate::shared::Shared;
 use crate::stats::EndpointStats;
 
@@ -136,7 +136,7 @@ async fn prober(
     let (mut passes, mut fails) = (0u32, 0u32);
     let h = &stats.health;
     loop {
-        let result = super::probe::probe(target_addr, &hc.kind, hc.timeout).await;
+        let result = crate::health::probe::probe(target_addr, &hc.kind, hc.timeout).await;
         let target = Target {
             cluster: &cluster,
             address: addr,
@@ -146,7 +146,7 @@ async fn prober(
                 h.checks_passed.fetch_add(1, Relaxed);
                 passes += 1;
                 fails = 0;
-                if passes >= hc.rise && h.active.load(Relaxed) != super::HEALTHY {
+                if passes >= hc.rise && h.active.load(Relaxed) != crate::health::HEALTHY {
                     verdict::apply(h, Verdict::Healthy, Source::ActiveCheck, target, None, 0, 0);
                 }
                 if hc.uneject && h.is_ejected(now_ns()) {
@@ -158,7 +158,7 @@ async fn prober(
                 fails += 1;
                 passes = 0;
                 tracing::debug!(cluster = &*cluster, endpoint = %addr, error = %e, "health check failed");
-                if fails >= hc.fall && h.active.load(Relaxed) != super::UNHEALTHY {
+                if fails >= hc.fall && h.active.load(Relaxed) != crate::health::UNHEALTHY {
                     verdict::apply(h, Verdict::Unhealthy, Source::ActiveCheck, target, None, 0, 0);
                 }
             }

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::metrics::PluginStats;
-use super::module::EPOCH_TICK;
 use crate::config::{FailurePolicy, FilterConfig};
+use crate::stats::PluginStats;
+use crate::wasm_engine::EPOCH_TICK;
 
 /// A compiled, configured filter.
 #[derive(Debug)]
@@ -62,7 +62,7 @@ impl Plugin {
             env: f.env.clone(),
             module: f.module.0.module.clone(),
             sha256: f.module.0.sha256.clone(),
-            stats: super::metrics::plugin_stats(&f.name),
+            stats: crate::stats::plugin_stats(&f.name),
         }
     }
 }
