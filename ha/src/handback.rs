@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use openraft::network::RaftNetworkFactory;
 use openraft::ServerState;
 
-use crate::network::{Network, Reply, Request};
+use crate::network::Network;
+use crate::protocol::{Reply, Request};
 use crate::types::{NodeId, Raft};
 
 /// How long the preferred member must have been caught up before leadership moves.

@@ -11,84 +11,10 @@
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use serde::{Deserialize, Serialize};
 
-use crate::network::{Network, Reply, Request};
-use crate::node::Peer;
-use crate::tables::{Change, Tables};
-use crate::types::{Batch, NodeId, Raft};
-
-/// A VIP's lease as replicated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    /// VRID of the VIP.
-    pub vrid: u8,
-    /// The node allowed to hold it.
-    pub holder: NodeId,
-    /// The holder's VRRP priority when it last renewed.
-    pub priority: u8,
-    /// Expiry (proposer's clock, ms since the Unix epoch); 0 once released.
-    pub until_ms: u64,
-    /// Newest request time seen for this VIP; a request older than its own lifetime
-    /// compared with it is stale (delayed in a partition) and refused.
-    pub clock_ms: u64,
-    /// A higher-priority node with preemption asked for it: the holder yields.
-    pub wanted_by: Option<NodeId>,
-}
-
-impl Lease {
-    /// Whether `node` may hold the VIP at `now_ms` according to this lease.
-    pub fn held_by(&self, node: NodeId, now_ms: u64) -> bool {
-        self.holder == node && self.until_ms > now_ms
-    }
-}
-
-impl Tables {
-    /// Applies a lease request (or renewal) from `origin`; returns the lease afterwards.
-    pub(crate) fn apply_lease(
-        &mut self,
-        origin: NodeId,
-        vrid: u8,
-        priority: u8,
-        preempt: bool,
-        at_ms: u64,
-        ttl_ms: u64,
-    ) -> Lease {
-        let lease = self.leases.entry(vrid).or_insert(Lease {
-            vrid,
-            holder: origin,
-            priority,
-            until_ms: 0,
-            clock_ms: 0,
-            wanted_by: None,
-        });
-        if at_ms + ttl_ms < lease.clock_ms {
-            return *lease;
-        }
-        lease.clock_ms = lease.clock_ms.max(at_ms);
-        let free = lease.holder == origin || lease.until_ms <= at_ms;
-        if free {
-            if lease.holder != origin || lease.wanted_by == Some(origin) {
-                lease.wanted_by = None;
-            }
-            lease.holder = origin;
-            lease.priority = priority;
-            lease.until_ms = at_ms + ttl_ms;
-        } else if preempt && priority > lease.priority {
-            lease.wanted_by = Some(origin);
-        }
-        *lease
-    }
-
-    /// Applies a release from `origin`: the lease expires at once if `origin` holds it.
-    pub(crate) fn release_lease(&mut self, origin: NodeId, vrid: u8) -> Option<Lease> {
-        let lease = self.leases.get_mut(&vrid)?;
-        if lease.holder == origin {
-            lease.until_ms = 0;
-        }
-        Some(*lease)
-    }
-}
+use crate::network::Network;
+use crate::protocol::{Reply, Request};
+use crate::types::{Batch, Change, Lease, NodeId, Peer, Raft};
 
 /// Why a lease operation has no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -112,9 +38,11 @@ pub struct LeaseClient {
 
 /// How long one attempt at one member may take.
 const ATTEMPT: Duration = Duration::from_millis(250);
+
 /// How long the leader may take before the same change is also relayed through the
 /// other members.
 const RELAY_AFTER: Duration = Duration::from_millis(40);
+
 /// Pause between rounds while there is no leader.
 const ROUND_GAP: Duration = Duration::from_millis(20);
 
@@ -348,7 +276,9 @@ pub fn may_grant_without(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::link::{LinkView, Report};
+    use crate::link::Report;
+    use crate::protocol::LinkView;
+    use crate::tables::Tables;
 
     fn report(views: &[(NodeId, Option<u32>, bool)]) -> Option<Report> {
         Some(Report {

@@ -12,11 +12,15 @@
 
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod handback;
 pub mod lease;
 pub mod link;
 pub mod network;
 pub mod node;
+pub mod peer_tls;
+pub mod protocol;
+pub mod server;
 pub mod state_machine;
 pub mod store;
 pub mod tables;
@@ -25,12 +29,13 @@ pub mod vip;
 pub mod watch;
 pub mod wire;
 
-pub use lease::{Lease, LeaseClient, LeaseError};
-pub use node::{HaConfig, HaError, HaNode, Peer, PeerTls, Publisher};
+pub use lease::{LeaseClient, LeaseError};
+pub use node::{HaConfig, HaError, HaNode, Publisher};
 pub use openraft;
 pub use openraft::RaftMetrics;
-pub use tables::{Change, Tables};
-pub use types::{Batch, NodeId, TypeConfig};
+pub use peer_tls::PeerTls;
+pub use tables::Tables;
+pub use types::{Batch, Change, Lease, NodeId, Peer, TypeConfig};
 
 /// Raises the calling thread's scheduling priority (nice −10) when allowed (root or
 /// CAP_SYS_NICE); whether it was raised. For the threads that run the group, the

@@ -27,35 +27,29 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::network::{Network, PeerClient, Reply, Request};
+use crate::client::PeerClient;
+use crate::protocol::LinkView;
+use crate::protocol::{Reply, Request};
 use crate::types::NodeId;
 use crate::wire::WireError;
 
 /// How often a link checks its connection.
 pub const PING_EVERY: Duration = Duration::from_millis(25);
+
 /// A ping unanswered this long drops the link's connection.
 pub const PING_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// A link carries calls only while a reply came back on it this recently.
 pub const FRESH: Duration = Duration::from_millis(100);
+
 /// Pause after a failed connection attempt (a stopped peer refuses at once).
 const RETRY_AFTER: Duration = Duration::from_millis(100);
+
 /// A refusal says the member is down only while it is this recent (a refused link is
 /// retried every [`RETRY_AFTER`] plus a tick, so a running refusal stays fresh).
 pub const REFUSED_FRESH: Duration = Duration::from_millis(500);
-
-/// What one member's link to another says, as reported in a `Pong`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LinkView {
-    /// The member the link goes to.
-    pub id: NodeId,
-    /// How long ago a reply last came back on it, in ms (`None`: never).
-    pub heard_ms: Option<u32>,
-    /// Its last connection attempt was refused (the host answers, nothing listens).
-    pub refused: bool,
-}
 
 /// A member's last report of its links, and when it came.
 #[derive(Debug, Clone)]
@@ -109,6 +103,38 @@ pub struct Links {
 }
 
 impl Links {
+    /// Opens and keeps a link to every member in `peers` but `me`, each on a client
+    /// `connect` makes; the returned tasks end when aborted or when their jobs' senders
+    /// are gone.
+    pub fn start(
+        &self,
+        me: NodeId,
+        peers: &[crate::types::Peer],
+        connect: impl Fn(NodeId, &str) -> PeerClient,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let epoch = self.epoch();
+        let mut tasks = Vec::new();
+        let mut by_id = HashMap::new();
+        for p in peers.iter().filter(|p| p.id != me) {
+            let (jobs, rx) = mpsc::channel(64);
+            let state = LinkState {
+                heard_ms: Arc::default(),
+                busy: Arc::default(),
+                refused_ms: Arc::default(),
+                report: Arc::default(),
+                epoch,
+            };
+            let client = connect(p.id, &p.address.to_string());
+            tasks.push(tokio::spawn(keep(client, rx, state.clone())));
+            by_id.insert(p.id, Link { jobs, state });
+        }
+        if self.by_id.set(by_id).is_err() {
+            tasks.iter().for_each(|t| t.abort());
+            return Vec::new();
+        }
+        tasks
+    }
+
     fn epoch(&self) -> Instant {
         *self.epoch.get_or_init(Instant::now)
     }
@@ -174,34 +200,6 @@ impl Links {
             .ok()
             .and_then(Result::ok)
             .flatten())
-    }
-}
-
-impl Network {
-    /// Opens and keeps a link to every member in `peers` but `me`; the returned tasks
-    /// end when the network's last clone is dropped or they are aborted.
-    pub fn start_links(&self, me: NodeId, peers: &[crate::node::Peer]) -> Vec<tokio::task::JoinHandle<()>> {
-        let epoch = self.links.epoch();
-        let mut tasks = Vec::new();
-        let mut by_id = HashMap::new();
-        for p in peers.iter().filter(|p| p.id != me) {
-            let (jobs, rx) = mpsc::channel(64);
-            let state = LinkState {
-                heard_ms: Arc::default(),
-                busy: Arc::default(),
-                refused_ms: Arc::default(),
-                report: Arc::default(),
-                epoch,
-            };
-            let client = self.link_client(p.id, &p.address.to_string());
-            tasks.push(tokio::spawn(keep(client, rx, state.clone())));
-            by_id.insert(p.id, Link { jobs, state });
-        }
-        if self.links.by_id.set(by_id).is_err() {
-            tasks.iter().for_each(|t| t.abort());
-            return Vec::new();
-        }
-        tasks
     }
 }
 

@@ -13,48 +13,52 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::sync::mpsc;
 
+use crate::client::PeerClient;
 use crate::lease::LeaseClient;
-pub use crate::network::PeerTls;
-use crate::network::{serve, MembershipChange, Network, PeerClient, PeerStats, Request};
+use crate::network::Network;
+pub use crate::peer_tls::PeerTls;
+use crate::protocol::{MembershipChange, Request};
+use crate::server::{serve, PeerStats};
 use crate::state_machine::StateMachine;
 use crate::store::LogStore;
-use crate::tables::{Change, Tables};
+use crate::tables::Tables;
+use crate::types::Change;
 use crate::types::{Batch, NodeId, Raft};
 use crate::watch::GroupHealth;
+use crate::Peer;
 use std::sync::atomic::AtomicUsize;
 
 /// Local changes kept while they cannot be proposed; the oldest are dropped beyond this.
 pub const MAX_BUFFERED: usize = 100_000;
+
 /// Most changes in one proposal (a log entry); a longer backlog goes out as several.
 pub const MAX_BATCH_CHANGES: usize = 1_000;
+
 /// Most (estimated) bytes in one proposal.
 pub const MAX_BATCH_BYTES: usize = 64 << 10;
+
 /// Most log entries in one append. openraft 0.9 gives an append one heartbeat interval
 /// (50 ms) to complete, sending, writing and syncing included: an append that cannot
 /// is cut and sent again, forever, and a member far behind never catches up. With
 /// [`MAX_BATCH_BYTES`] per entry an append is at most 512 KiB.
 pub const MAX_ENTRIES_PER_APPEND: u64 = 8;
+
 /// Snapshots travel in chunks of this size, each with [`SNAPSHOT_CHUNK_TIMEOUT`].
 pub const SNAPSHOT_CHUNK: u64 = 1 << 20;
+
 /// Time for one snapshot chunk to be sent, written and (the last one) installed.
 pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A single change larger than this is not published (it could not cross the wire).
 pub const MAX_CHANGE_BYTES: usize = 1 << 20;
+
 /// How long a fresh node that found a formed group waits for the leader before it says
 /// it must be added.
 const NOT_ADDED_WARNING: Duration = Duration::from_secs(10);
+
 /// How long a follower's batch may wait on the leader before it goes through the other
 /// members instead.
 const LEADER_WAIT: Duration = Duration::from_millis(60);
-
-/// A member of the group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    /// Node id (unique, never reused).
-    pub id: NodeId,
-    /// Peer address (`IP:port`).
-    pub address: SocketAddr,
-}
 
 /// How to run this node.
 #[derive(Debug, Clone)]
@@ -111,7 +115,7 @@ pub enum HaError {
     Io(#[from] std::io::Error),
     /// Peer TLS material.
     #[error(transparent)]
-    Tls(#[from] crate::network::PeerTlsError),
+    Tls(#[from] crate::peer_tls::PeerTlsError),
     /// openraft refused to start.
     #[error("raft: {0}")]
     Raft(String),
@@ -364,7 +368,7 @@ pub async fn membership_via_leader(
         return Err("no leader: the group has no quorum now; try again once it has".into());
     };
     if leader == m.id {
-        return crate::network::change_membership(raft, change).await;
+        return crate::server::change_membership(raft, change).await;
     }
     let node = m
         .membership_config
@@ -376,7 +380,7 @@ pub async fn membership_via_leader(
     let mut client = network.clone().new_client(leader, &node).await;
     let req = Request::Membership(change);
     match tokio::time::timeout(Duration::from_secs(60), client.call(&req)).await {
-        Ok(Ok(crate::network::Reply::Membership(r))) => r,
+        Ok(Ok(crate::protocol::Reply::Membership(r))) => r,
         Ok(Ok(_)) => Err("the leader sent an unexpected reply".into()),
         Ok(Err(e)) => Err(format!("cannot reach the leader {leader}: {e}")),
         Err(_) => Err(format!("the leader {leader} did not finish within 60 s")),
@@ -393,7 +397,7 @@ async fn any_peer_initialized(network: &Network, peers: &[Peer], me: NodeId) -> 
             let mut c = net.new_client(p.id, &BasicNode::new(p.address.to_string())).await;
             matches!(
                 tokio::time::timeout(Duration::from_secs(1), c.call(&Request::Hello)).await,
-                Ok(Ok(crate::network::Reply::Hello { initialized: true }))
+                Ok(Ok(crate::protocol::Reply::Hello { initialized: true }))
             )
         });
     }
@@ -493,7 +497,7 @@ async fn propose(
                 let (_, c) = leader_client.as_mut().expect("set above");
                 let req = Request::Propose(batch.clone());
                 let call = tokio::time::timeout(LEADER_WAIT, c.call(&req));
-                if matches!(call.await, Ok(Ok(crate::network::Reply::Propose(Ok(_))))) {
+                if matches!(call.await, Ok(Ok(crate::protocol::Reply::Propose(Ok(_))))) {
                     return true;
                 }
                 // The leader is out of reach from here (an A↔B cut with a proxy leading):

@@ -175,7 +175,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.last_applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Option<crate::lease::Lease>>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Option<crate::types::Lease>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
@@ -251,8 +251,8 @@ fn batch_time(b: &crate::types::Batch) -> Option<u64> {
     b.changes
         .iter()
         .filter_map(|c| match c {
-            crate::tables::Change::Verdict { observed_at_ms, .. } => Some(*observed_at_ms),
-            crate::tables::Change::RateCount { window_ms, .. } => Some(*window_ms),
+            crate::types::Change::Verdict { observed_at_ms, .. } => Some(*observed_at_ms),
+            crate::types::Change::RateCount { window_ms, .. } => Some(*window_ms),
             _ => None,
         })
         .max()

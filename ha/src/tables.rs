@@ -5,114 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lease::Lease;
-use crate::types::{Batch, NodeId};
-
-/// One observation or decision a node publishes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Change {
-    /// An endpoint health verdict.
-    Verdict {
-        /// Cluster name.
-        cluster: String,
-        /// Endpoint address.
-        endpoint: String,
-        /// Healthy or not.
-        healthy: bool,
-        /// When the reporter observed it (ms since the Unix epoch).
-        observed_at_ms: u64,
-    },
-    /// A sticky binding (key → endpoint) that expires unless refreshed.
-    Sticky {
-        /// Binding key (hash of cluster and session key).
-        key: u64,
-        /// Endpoint address.
-        endpoint: String,
-        /// Expiry (ms since the Unix epoch).
-        expires_at_ms: u64,
-    },
-    /// A node's request count for a rate-limit key in one window. Each node reports only
-    /// its own count, so counts from different nodes are summed, never overwritten.
-    RateCount {
-        /// Limit key (hash of route and client key).
-        key: u64,
-        /// Window start (ms since the Unix epoch).
-        window_ms: u64,
-        /// The node's count so far in that window.
-        count: u64,
-    },
-    /// A cluster-scoped shared-data value (proxy-wasm keys under the configured prefix).
-    Shared {
-        /// Key.
-        key: String,
-        /// Value (None deletes).
-        value: Option<Vec<u8>>,
-    },
-    /// A request for (or renewal of) a VIP's lease by the batch's origin.
-    VipLease {
-        /// VRID of the VIP.
-        vrid: u8,
-        /// The requester's VRRP priority.
-        priority: u8,
-        /// Whether the requester may preempt a lower-priority holder.
-        preempt: bool,
-        /// Request time (proposer's clock, ms since the Unix epoch).
-        at_ms: u64,
-        /// Lease lifetime from `at_ms`.
-        ttl_ms: u64,
-    },
-    /// The batch's origin gives a VIP's lease up.
-    VipRelease {
-        /// VRID of the VIP.
-        vrid: u8,
-    },
-    /// A sticky binding with one truth: the first binding committed for a key wins
-    /// while it lives; a later one for another endpoint takes effect only when it names
-    /// the binding it `replaces` (its proposer saw that endpoint unfit), and the same
-    /// endpoint extends the expiry. (Appended after the older variants, so logs written
-    /// before it still decode.)
-    StickyBind {
-        /// Binding key (hash of cluster and session key).
-        key: u64,
-        /// Endpoint address.
-        endpoint: String,
-        /// When the proposer bound it (ms since the Unix epoch).
-        at_ms: u64,
-        /// Expiry (ms since the Unix epoch).
-        expires_at_ms: u64,
-        /// The endpoint of the binding this one replaces, if it replaces one.
-        replaces: Option<String>,
-    },
-    /// A passive outlier ejection, shared so the other members eject a gray endpoint too.
-    Ejection {
-        /// Cluster name.
-        cluster: String,
-        /// Endpoint address.
-        endpoint: String,
-        /// When the ejection ends (ms since the Unix epoch).
-        until_ms: u64,
-        /// When the reporter ejected it.
-        observed_at_ms: u64,
-    },
-}
-
-impl Change {
-    /// About how many bytes the change takes on the wire (for batch sizing).
-    pub fn wire_size(&self) -> usize {
-        16 + match self {
-            Change::Verdict { cluster, endpoint, .. } => 16 + cluster.len() + endpoint.len(),
-            Change::Sticky { endpoint, .. } => 24 + endpoint.len(),
-            Change::RateCount { .. } => 24,
-            Change::Shared { key, value } => 8 + key.len() + value.as_ref().map_or(0, Vec::len),
-            Change::VipLease { .. } => 24,
-            Change::VipRelease { .. } => 2,
-            Change::StickyBind { endpoint, replaces, .. } => {
-                40 + endpoint.len() + replaces.as_ref().map_or(0, String::len)
-            }
-            Change::Ejection { cluster, endpoint, .. } => 16 + cluster.len() + endpoint.len(),
-        }
-    }
-}
+use crate::types::{Batch, Change, Lease, NodeId};
 
 /// An ejection as stored: until when, who ejected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,6 +200,53 @@ impl Tables {
     /// The pair's total for a rate key in a window.
     pub fn rate_total(&self, key: u64, window_ms: u64) -> u64 {
         self.rate.get(&(key, window_ms)).map_or(0, |m| m.values().sum())
+    }
+}
+
+impl Tables {
+    /// Applies a lease request (or renewal) from `origin`; returns the lease afterwards.
+    pub(crate) fn apply_lease(
+        &mut self,
+        origin: NodeId,
+        vrid: u8,
+        priority: u8,
+        preempt: bool,
+        at_ms: u64,
+        ttl_ms: u64,
+    ) -> Lease {
+        let lease = self.leases.entry(vrid).or_insert(Lease {
+            vrid,
+            holder: origin,
+            priority,
+            until_ms: 0,
+            clock_ms: 0,
+            wanted_by: None,
+        });
+        if at_ms + ttl_ms < lease.clock_ms {
+            return *lease;
+        }
+        lease.clock_ms = lease.clock_ms.max(at_ms);
+        let free = lease.holder == origin || lease.until_ms <= at_ms;
+        if free {
+            if lease.holder != origin || lease.wanted_by == Some(origin) {
+                lease.wanted_by = None;
+            }
+            lease.holder = origin;
+            lease.priority = priority;
+            lease.until_ms = at_ms + ttl_ms;
+        } else if preempt && priority > lease.priority {
+            lease.wanted_by = Some(origin);
+        }
+        *lease
+    }
+
+    /// Applies a release from `origin`: the lease expires at once if `origin` holds it.
+    pub(crate) fn release_lease(&mut self, origin: NodeId, vrid: u8) -> Option<Lease> {
+        let lease = self.leases.get_mut(&vrid)?;
+        if lease.holder == origin {
+            lease.until_ms = 0;
+        }
+        Some(*lease)
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use openraft::ServerState;
 
-use crate::network::Contacts;
+use crate::client::Contacts;
 use crate::types::{NodeId, Raft};
 
 /// This member's view of the group, as the watcher last judged it.

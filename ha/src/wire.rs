@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest frame accepted. The largest legitimate frames are snapshot chunks (openraft
 /// sends them in 3 MiB pieces) and log batches (bounded by
-/// [`crate::node::MAX_BATCH_CHANGES`] changes per entry and a few entries per append).
+/// `MAX_BATCH_CHANGES` (node.rs) changes per entry and a few entries per append).
 pub const MAX_FRAME: usize = 16 << 20;
 
 /// Bytes read at a time into a frame's buffer.

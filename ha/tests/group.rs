@@ -495,7 +495,7 @@ async fn catch_up_time_by_snapshot() {
         let t = Instant::now();
         let newcomer = HaNode::start(cfg(4, &peers)).await.unwrap();
         let added = l
-            .change_membership(tandem_ha::network::MembershipChange::Add {
+            .change_membership(tandem_ha::protocol::MembershipChange::Add {
                 id: 4,
                 address: peers[3].address.to_string(),
             })

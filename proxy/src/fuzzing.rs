@@ -137,7 +137,7 @@ pub fn vrrp(data: &[u8]) {
 /// What crosses between members and onto their disks: a framed request or reply as the
 /// peer listener and clients read them, and a log entry as the log store reads it.
 pub fn peer_frame(data: &[u8]) {
-    use tandem_ha::network::{Reply, Request};
+    use tandem_ha::protocol::{Reply, Request};
     use tandem_ha::wire::{decode, split_frame};
     if let Ok(Some((_, used))) = split_frame::<Request>(data) {
         assert!(used <= data.len());

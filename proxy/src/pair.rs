@@ -20,7 +20,7 @@ pub struct Pair {
     /// Raft metrics (leader, term, log positions, replication).
     pub metrics: tokio::sync::watch::Receiver<tandem_ha::RaftMetrics<u64, tandem_ha::openraft::BasicNode>>,
     /// Peer handshakes refused.
-    pub refused: Arc<tandem_ha::network::PeerStats>,
+    pub refused: Arc<tandem_ha::server::PeerStats>,
     /// Commits VIP leases (the fence of the floating VIPs).
     pub leases: tandem_ha::LeaseClient,
     /// Quorum and core state.
@@ -30,7 +30,7 @@ pub struct Pair {
     /// Local changes not yet committed.
     pub pending: Arc<std::sync::atomic::AtomicUsize>,
     /// Last contact with each member.
-    pub contacts: Arc<tandem_ha::network::Contacts>,
+    pub contacts: Arc<tandem_ha::client::Contacts>,
     /// This member's election timeout.
     pub election_timeout: std::time::Duration,
     /// When this member joined the process (a fresh start is treated with care).
@@ -118,7 +118,7 @@ pub fn start(cfg: &HaConfigSection) -> Result<&'static Pair, String> {
 impl Pair {
     /// Changes the group's members (on the leader), waiting for the result; for the
     /// admin API's thread, never the data plane's.
-    pub fn change_membership(&self, change: tandem_ha::network::MembershipChange) -> Result<Vec<u64>, String> {
+    pub fn change_membership(&self, change: tandem_ha::protocol::MembershipChange) -> Result<Vec<u64>, String> {
         let (raft, network) = self.group.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         self.runtime.spawn(async move {

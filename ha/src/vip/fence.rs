@@ -6,7 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::lease::{Lease, LeaseError};
+use crate::lease::LeaseError;
+use crate::types::Lease;
 use crate::types::NodeId;
 
 /// What a fenced node does when no quorum answers its lease request.

@@ -17,7 +17,8 @@ use super::machine::{Action, Machine, RouterConfig, State};
 use super::net::{self, Announcer, Interface, NetError, Received, VrrpSocket};
 use super::packet::{group_for, Advert, AdvertError, Version};
 use super::sync_group::{self, SyncMember};
-use crate::lease::{Lease, LeaseClient, LeaseError};
+use crate::lease::{LeaseClient, LeaseError};
+use crate::types::Lease;
 
 /// Settings of one virtual router.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -242,7 +242,7 @@ fn addressed_by_ip(host: &str) -> bool {
 /// `/cluster/replace?old=N&id=M&address=IP:PORT` (add the new member, then remove the
 /// old one): carried out by the group's leader, answered with the voters afterwards.
 fn membership_call(path: &str, query: &str) -> Response<Full<Bytes>> {
-    use tandem_ha::network::MembershipChange;
+    use tandem_ha::protocol::MembershipChange;
     let bad = |msg: String| {
         text(
             StatusCode::BAD_REQUEST,

@@ -86,9 +86,9 @@ pub fn write_lab_certs(
     write_private(&out.join("ca.key"), &ca_key_pem)?;
     for (i, m) in members.iter().enumerate() {
         let key = KeyPair::generate()?;
-        let mut names = vec![tandem_ha::network::PEER_NAME.to_string()];
+        let mut names = vec![tandem_ha::peer_tls::PEER_NAME.to_string()];
         if let Some(id) = ids.get(i) {
-            names.push(format!("node{id}.{}", tandem_ha::network::PEER_NAME));
+            names.push(format!("node{id}.{}", tandem_ha::peer_tls::PEER_NAME));
         }
         let mut p = CertificateParams::new(names)?;
         p.distinguished_name.push(DnType::CommonName, m.as_str());

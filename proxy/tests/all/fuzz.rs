@@ -97,9 +97,9 @@ fn every_fuzz_target_survives_its_corpus_and_mutations() {
 #[ignore]
 fn write_structured_seeds() {
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-    use tandem_ha::network::{Reply, Request};
     use tandem_ha::openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
     use tandem_ha::openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+    use tandem_ha::protocol::{Reply, Request};
     use tandem_ha::{Batch, Change};
     let write = |target: &str, name: &str, bytes: &[u8]| {
         let dir = corpus_dir(target);
