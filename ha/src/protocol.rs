@@ -9,7 +9,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Batch, NodeId, TypeConfig};
+use crate::types::{Batch, Lease, NodeId, TypeConfig};
 
 /// A message to a peer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,7 +69,7 @@ pub enum Reply {
     /// To `Snapshot`.
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     /// To `Propose` and `Relay`: what applying the batch answered.
-    Propose(Result<Option<crate::types::Lease>, String>),
+    Propose(Result<Option<Lease>, String>),
     /// To `Hello`: whether this member belongs to a formed group.
     Hello {
         /// The member has joined a group (its log or membership is not empty).
