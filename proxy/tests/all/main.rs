@@ -14,6 +14,7 @@ mod errors;
 mod fuzz;
 mod health;
 mod l4;
+mod layout;
 mod lifecycle;
 mod limits;
 mod packaging;
