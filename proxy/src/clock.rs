@@ -9,11 +9,11 @@ use std::time::Instant;
 static BASE: OnceLock<Instant> = OnceLock::new();
 
 /// Monotonic nanoseconds since process start.
-pub fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     ns_at(Instant::now())
 }
 
 /// `at` as nanoseconds since process start (no clock read).
-pub fn ns_at(at: Instant) -> u64 {
+pub(crate) fn ns_at(at: Instant) -> u64 {
     at.saturating_duration_since(*BASE.get_or_init(Instant::now)).as_nanos() as u64
 }

@@ -99,7 +99,7 @@ pub enum ProxyError {
 
 /// nginx's status for a request whose client went away before the answer (logged,
 /// never sent).
-pub fn client_closed_request() -> http::StatusCode {
+pub(crate) fn client_closed_request() -> http::StatusCode {
     http::StatusCode::from_u16(499).expect("499 is a valid status code")
 }
 
@@ -118,12 +118,12 @@ pub enum Side {
 }
 
 /// The error underneath a failure (the same type as the bodies' errors).
-pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 /// A failure with its cause: what the client is told ([`ProxyError`]) and the error
 /// underneath (an I/O or protocol error), for the access log and debug logs.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// What failed.
     pub kind: ProxyError,
     /// Why, when an error underneath says it.
@@ -132,7 +132,7 @@ pub struct Failure {
 
 impl Failure {
     /// A failure of `kind` caused by `cause`.
-    pub fn new(kind: ProxyError, cause: impl Into<Cause>) -> Failure {
+    pub(crate) fn new(kind: ProxyError, cause: impl Into<Cause>) -> Failure {
         Failure {
             kind,
             cause: Some(cause.into()),

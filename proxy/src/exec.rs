@@ -5,7 +5,7 @@ use std::future::Future;
 /// Spawns futures on the current worker's `LocalSet`; lets hyper run `!Send`
 /// connection tasks (HTTP/2 streams, upstream connections) on the owning worker.
 #[derive(Debug, Clone, Copy)]
-pub struct LocalExec;
+pub(crate) struct LocalExec;
 
 impl<F> hyper::rt::Executor<F> for LocalExec
 where

@@ -9,23 +9,23 @@ fn head(out: &mut String, name: &str, help: &str, kind: &str) {
 }
 
 /// Writes the HELP and TYPE lines of a counter.
-pub fn counter(out: &mut String, name: &str, help: &str) {
+pub(crate) fn counter(out: &mut String, name: &str, help: &str) {
     head(out, name, help, "counter");
 }
 
 /// Writes the HELP and TYPE lines of a gauge.
-pub fn gauge(out: &mut String, name: &str, help: &str) {
+pub(crate) fn gauge(out: &mut String, name: &str, help: &str) {
     head(out, name, help, "gauge");
 }
 
 /// Writes the HELP and TYPE lines of a histogram.
-pub fn histogram(out: &mut String, name: &str, help: &str) {
+pub(crate) fn histogram(out: &mut String, name: &str, help: &str) {
     head(out, name, help, "histogram");
 }
 
 /// Writes the HELP and TYPE lines of a family whose samples have no one type (filters'
 /// own metrics).
-pub fn untyped(out: &mut String, name: &str, help: &str) {
+pub(crate) fn untyped(out: &mut String, name: &str, help: &str) {
     head(out, name, help, "untyped");
 }
 

@@ -16,7 +16,7 @@ use crate::shared::Shared;
 use crate::stats::EndpointStats;
 
 /// Starts the health thread.
-pub fn start(shared: Arc<Shared>) -> std::io::Result<()> {
+pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<()> {
     std::thread::Builder::new().name("health".into()).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,

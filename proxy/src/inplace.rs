@@ -11,7 +11,7 @@ use std::pin::Pin;
 
 /// The future `make` returns, built in its own heap slot.
 #[inline(always)]
-pub fn box_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+pub(crate) fn box_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     let mut slot = Box::<F>::new_uninit();
     slot.write(make());
     // SAFETY: `write` initialised the slot just above.

@@ -3,40 +3,41 @@
 //! binary `tandem` (src/main.rs) is a thin CLI over this library.
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 // `/status` is one `json!` literal with many keys.
 #![recursion_limit = "256"]
 
-pub mod access_log;
-pub mod balancer;
-pub mod clock;
+pub(crate) mod access_log;
+pub(crate) mod balancer;
+pub(crate) mod clock;
 pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod demo;
 pub mod demo_pair;
-pub mod error;
-pub mod exec;
-pub mod exposition;
+pub(crate) mod error;
+pub(crate) mod exec;
+pub(crate) mod exposition;
 pub mod fuzzing;
-pub mod health;
-pub mod health_thread;
-pub mod http;
-pub mod inplace;
-pub mod l4;
-pub mod listen;
+pub(crate) mod health;
+pub(crate) mod health_thread;
+pub(crate) mod http;
+pub(crate) mod inplace;
+pub(crate) mod l4;
+pub(crate) mod listen;
 pub mod pair;
-pub mod phase;
+pub(crate) mod phase;
 pub mod proxy_protocol;
-pub mod ratelimit;
-pub mod runtime;
-pub mod send_batch;
+pub(crate) mod ratelimit;
+pub(crate) mod runtime;
+pub(crate) mod send_batch;
 pub mod server;
 pub mod shared;
-pub mod stats;
-pub mod sticky;
-pub mod syn_gate;
+pub(crate) mod stats;
+pub(crate) mod sticky;
+pub(crate) mod syn_gate;
 pub mod tls;
-pub mod upstream;
+pub(crate) mod upstream;
 pub mod wasm;
 pub mod wasm_engine;
-pub mod worker;
+pub(crate) mod worker;

@@ -45,14 +45,10 @@ pub enum StartError {
 }
 
 /// Binds one listener socket for one worker: `SO_REUSEPORT` so every worker has its
-/// own accept queue, `SO_REUSEADDR` for fast restarts, non-blocking for tokio.
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    bind_with(addr, false)
-}
-
-/// Like [`bind`]; `freebind` binds an address the node does not hold yet (a VIP), so
-/// the listener is ready before the address arrives.
-pub fn bind_with(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::TcpListener> {
+/// own accept queue, `SO_REUSEADDR` for fast restarts, non-blocking for tokio;
+/// `freebind` binds an address the node does not hold yet (a VIP), so the listener is
+/// ready before the address arrives.
+pub(crate) fn bind_with(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
@@ -74,7 +70,7 @@ pub fn bind_with(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::
 
 /// Binds every listener for every worker and starts the worker threads. Bind errors
 /// are returned before any thread starts.
-pub fn start(shared: Arc<Shared>) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
+pub(crate) fn start(shared: Arc<Shared>) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
     let listeners: Arc<[ListenerConfig]> = shared.runtime.load().config.listeners.clone().into();
     let mut per_worker = Vec::new();
     for _ in 0..shared.workers {
@@ -245,7 +241,7 @@ impl Drop for OpenConn<'_> {
 
 /// Takes an accepted connection through its listener's front stages — a PROXY protocol
 /// header from a trusted source, then TLS or L4 — and serves it.
-pub async fn accept(
+pub(crate) async fn accept(
     worker: Rc<Worker>,
     idx: usize,
     mut stream: TcpStream,

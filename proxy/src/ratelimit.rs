@@ -103,7 +103,7 @@ pub struct Limiter {
 }
 
 /// Every count that grew is published at least this often (see [`Limiter::take_dirty`]).
-pub const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 /// Cluster-scope windows are aligned to wall-clock time so every node agrees on them.
 fn wall_ns() -> u64 {

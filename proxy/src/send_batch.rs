@@ -27,14 +27,14 @@ use tokio::net::TcpStream;
 
 /// Most bytes a connection keeps queued; a write that would pass it goes out directly,
 /// after what is queued (bulk transfers gain nothing from waiting).
-pub const QUEUE_LIMIT: usize = 16 * 1024;
+pub(crate) const QUEUE_LIMIT: usize = 16 * 1024;
 /// Queue capacity a connection keeps once its queue is sent; a larger one is freed, so
 /// idle keep-alive connections do not each hold the largest answer they once queued.
 const KEEP_CAPACITY: usize = 4 * 1024;
 
 /// A TCP stream whose writes wait, queued, for the end of the worker's tick.
 #[derive(Debug)]
-pub struct BatchedStream {
+pub(crate) struct BatchedStream {
     sock: TcpStream,
     out: Arc<Outbox>,
 }
@@ -96,7 +96,7 @@ thread_local! {
 /// runs after the tasks already ready, so one pass carries all their writes. Never
 /// returns; dropping it (the worker's runtime ends) sends what is queued and lets this
 /// thread's streams write directly again.
-pub async fn run_flusher() {
+pub(crate) async fn run_flusher() {
     struct Unregister;
     impl Drop for Unregister {
         fn drop(&mut self) {
@@ -205,7 +205,7 @@ fn send_now(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 
 impl BatchedStream {
     /// Wraps a connected stream.
-    pub fn new(sock: TcpStream) -> Self {
+    pub(crate) fn new(sock: TcpStream) -> Self {
         let fd = sock.as_raw_fd();
         BatchedStream {
             sock,

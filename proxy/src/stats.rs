@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::balancer::PeakEwma;
 
 /// Latency bucket bounds in seconds (Prometheus `le` labels).
-pub const LATENCY_BUCKETS: [f64; 14] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
@@ -290,7 +290,7 @@ pub(crate) fn plugins() -> &'static Mutex<HashMap<String, Arc<PluginStats>>> {
 }
 
 /// Counters of plugin `name` (the same object across reloads).
-pub fn plugin_stats(name: &str) -> Arc<PluginStats> {
+pub(crate) fn plugin_stats(name: &str) -> Arc<PluginStats> {
     plugins()
         .lock()
         .expect("plugin stats poisoned")

@@ -123,7 +123,7 @@ impl StickyTable {
 
 /// What the request said about stickiness, decided before the balancer runs.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The endpoint the request is bound to, if it may take it.
     pub target: Option<usize>,
     /// Learned mode: the request's binding key.
@@ -137,7 +137,7 @@ fn cluster_key(cluster: &Cluster, key_hash: u64) -> u64 {
 }
 
 /// Looks the request's binding up.
-pub fn plan(cluster: &Cluster, table: &StickyTable, headers: &HeaderMap, client: SocketAddr) -> Plan {
+pub(crate) fn plan(cluster: &Cluster, table: &StickyTable, headers: &HeaderMap, client: SocketAddr) -> Plan {
     let Some(cfg) = &cluster.sticky else {
         return Plan::default();
     };
@@ -192,7 +192,7 @@ pub fn plan(cluster: &Cluster, table: &StickyTable, headers: &HeaderMap, client:
 
 /// After the response from endpoint `ep`: refresh or create the binding (learned), or
 /// set the cookie when the request did not already carry one for `ep`.
-pub fn finish(cluster: &Cluster, table: &StickyTable, plan: Plan, ep: usize, resp: &mut HeaderMap) {
+pub(crate) fn finish(cluster: &Cluster, table: &StickyTable, plan: Plan, ep: usize, resp: &mut HeaderMap) {
     let Some(cfg) = &cluster.sticky else { return };
     let addr = cluster.endpoints[ep].address;
     match cfg {
@@ -255,14 +255,14 @@ fn mac(cluster: &str, secret: &[u8], addr: &str) -> ring::hmac::Tag {
 }
 
 /// The cookie value naming `addr`: `base64(addr).base64(hmac[..16])`.
-pub fn sign(cluster: &str, secret: &[u8], addr: SocketAddr) -> String {
+pub(crate) fn sign(cluster: &str, secret: &[u8], addr: SocketAddr) -> String {
     let a = addr.to_string();
     let tag = mac(cluster, secret, &a);
     format!("{}.{}", B64.encode(a.as_bytes()), B64.encode(&tag.as_ref()[..16]))
 }
 
 /// The endpoint a cookie names, if its signature holds.
-pub fn verify(cluster: &str, secret: &[u8], value: &str) -> Option<SocketAddr> {
+pub(crate) fn verify(cluster: &str, secret: &[u8], value: &str) -> Option<SocketAddr> {
     let (a, t) = value.split_once('.')?;
     let addr_bytes = B64.decode(a).ok()?;
     let addr = std::str::from_utf8(&addr_bytes).ok()?;

@@ -29,7 +29,7 @@ const DROP: u32 = 0;
 /// The filter program for one listener; `None` when the listener cannot receive
 /// connections to a VIP (it is bound to another specific address, or there are none).
 #[derive(Debug, Clone)]
-pub struct SynGate {
+pub(crate) struct SynGate {
     program: Vec<libc::sock_filter>,
 }
 
@@ -39,7 +39,7 @@ fn op(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
 
 impl SynGate {
     /// The gate for a listener on `listen` when this node's VIPs are `vips`.
-    pub fn for_listener(listen: SocketAddr, vips: &[IpAddr]) -> Option<SynGate> {
+    pub(crate) fn for_listener(listen: SocketAddr, vips: &[IpAddr]) -> Option<SynGate> {
         let ip = listen.ip();
         let vips: Vec<IpAddr> = if ip.is_unspecified() {
             vips.to_vec()
@@ -110,7 +110,7 @@ impl SynGate {
 
     /// Closes the gate on the listening socket `fd`: new connections to a VIP are
     /// dropped unanswered from now on.
-    pub fn close(&self, fd: RawFd) -> io::Result<()> {
+    pub(crate) fn close(&self, fd: RawFd) -> io::Result<()> {
         let prog = libc::sock_fprog {
             len: self.program.len() as libc::c_ushort,
             filter: self.program.as_ptr() as *mut libc::sock_filter,
@@ -120,7 +120,7 @@ impl SynGate {
     }
 
     /// Opens the gate again (no filter on `fd`).
-    pub fn open(fd: RawFd) -> io::Result<()> {
+    pub(crate) fn open(fd: RawFd) -> io::Result<()> {
         match set_socket_option(fd, libc::SO_DETACH_FILTER, &0 as &libc::c_int) {
             // ENOENT: there was no filter; the gate is open either way.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),

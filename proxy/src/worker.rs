@@ -16,7 +16,7 @@ use crate::upstream::Pool;
 
 /// Per-worker state handed to every connection of that worker.
 #[derive(Debug)]
-pub struct Worker {
+pub(crate) struct Worker {
     /// Worker number.
     pub id: usize,
     /// Process-wide state.
@@ -34,7 +34,7 @@ pub struct Worker {
 
 impl Worker {
     /// Worker `id`'s state, before its first connection.
-    pub fn new(id: usize, shared: Arc<Shared>, listeners: Arc<[ListenerConfig]>) -> Worker {
+    pub(crate) fn new(id: usize, shared: Arc<Shared>, listeners: Arc<[ListenerConfig]>) -> Worker {
         Worker {
             id,
             shared,
@@ -48,7 +48,7 @@ impl Worker {
 
     /// Runs `f` with this worker's balancer state for cluster `idx` of `rt`. State is
     /// reset when a new runtime generation appears.
-    pub fn with_balancer<R>(&self, rt: &Runtime, idx: usize, f: impl FnOnce(&mut WorkerState) -> R) -> R {
+    pub(crate) fn with_balancer<R>(&self, rt: &Runtime, idx: usize, f: impl FnOnce(&mut WorkerState) -> R) -> R {
         let mut b = self.balancers.borrow_mut();
         if b.0 != rt.generation {
             if rt.generation < b.0 {
@@ -62,7 +62,7 @@ impl Worker {
 
     /// The cluster's balancer picks among the endpoints that may take a request (not
     /// tried yet, by the bits of `tried`; healthy, or any when the cluster panics).
-    pub fn pick_endpoint(
+    pub(crate) fn pick_endpoint(
         &self,
         rt: &Runtime,
         cluster: &Cluster,

@@ -5,7 +5,7 @@
 use super::{Candidate, Choice};
 
 /// Two distinct random candidates; the one with fewer weighted active requests wins.
-pub fn pick<C: Candidate>(c: &Choice<'_, C>) -> usize {
+pub(crate) fn pick<C: Candidate>(c: &Choice<'_, C>) -> usize {
     let (a, b) = two_distinct(c);
     let load = |i: usize| (c.eps[i].active() as f64 + 1.0) / c.eps[i].weight(c.now_ns) as f64;
     if load(b) < load(a) {
@@ -16,7 +16,7 @@ pub fn pick<C: Candidate>(c: &Choice<'_, C>) -> usize {
 }
 
 /// Two different candidates (endpoint indices), uniformly; needs ≥ 2 candidates.
-pub fn two_distinct<C>(c: &Choice<'_, C>) -> (usize, usize) {
+pub(crate) fn two_distinct<C>(c: &Choice<'_, C>) -> (usize, usize) {
     let n = c.idx.len();
     let a = fastrand::usize(0..n);
     let mut b = fastrand::usize(0..n - 1);

@@ -3,20 +3,20 @@
 //! atomics for load-aware ones (active requests, peak EWMA), and immutable tables built
 //! once per runtime for consistent hashing.
 
-pub mod least_request;
-pub mod maglev;
-pub mod p2c_ewma;
-pub mod random;
-pub mod ring_hash;
-pub mod round_robin;
-pub mod weighted;
+pub(crate) mod least_request;
+pub(crate) mod maglev;
+pub(crate) mod p2c_ewma;
+pub(crate) mod random;
+pub(crate) mod ring_hash;
+pub(crate) mod round_robin;
+pub(crate) mod weighted;
 
 use crate::config::BalancerKind;
 
-pub use p2c_ewma::PeakEwma;
+pub(crate) use p2c_ewma::PeakEwma;
 
 /// What a balancer sees of one endpoint when picking.
-pub trait Candidate {
+pub(crate) trait Candidate {
     /// Effective weight at `now_ns` in milli-units (configured weight × 1000, reduced
     /// during slow start; always ≥ 1).
     fn weight(&self, now_ns: u64) -> u64;
@@ -31,7 +31,7 @@ pub trait Candidate {
 }
 
 /// The endpoints a pick chooses among: indices into the cluster's endpoint list.
-pub struct Choice<'a, C> {
+pub(crate) struct Choice<'a, C> {
     /// All endpoints of the cluster.
     pub eps: &'a [C],
     /// Indices of the candidates (non-empty).
@@ -46,7 +46,7 @@ pub struct Choice<'a, C> {
 /// else is left. When fewer than `panic_threshold` of the endpoints are eligible, every
 /// endpoint that is not draining is used instead, so a partial outage does not
 /// overload the survivors.
-pub fn candidates<C: Candidate>(
+pub(crate) fn candidates<C: Candidate>(
     eps: &[C],
     now_ns: u64,
     panic_threshold: f64,
@@ -95,7 +95,7 @@ impl Table {
 
 /// Per-worker, per-cluster balancer state (never shared, never locked).
 #[derive(Debug, Default, Clone)]
-pub struct WorkerState {
+pub(crate) struct WorkerState {
     /// Round-robin cursor.
     pub cursor: usize,
     /// Smooth weighted round-robin current weights.
@@ -104,7 +104,7 @@ pub struct WorkerState {
 
 /// Picks an endpoint (an index into `c.eps`) among `c.idx` with `kind`.
 /// `hash` is the request's key for hashing balancers (None → random fallback).
-pub fn pick<C: Candidate>(
+pub(crate) fn pick<C: Candidate>(
     kind: BalancerKind,
     table: &Table,
     state: &mut WorkerState,
@@ -136,12 +136,12 @@ pub fn pick<C: Candidate>(
 
 /// 64-bit hash used for keys and table construction: FNV-1a followed by a
 /// murmur3-style finaliser so nearby keys spread over the whole range.
-pub fn hash_key(bytes: &[u8]) -> u64 {
+pub(crate) fn hash_key(bytes: &[u8]) -> u64 {
     mix64(crate::config::fnv1a(bytes))
 }
 
 /// murmur3 fmix64.
-pub fn mix64(mut h: u64) -> u64 {
+pub(crate) fn mix64(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -208,7 +208,7 @@ pub(crate) mod testing {
 
     /// A fixed candidate for property tests.
     #[derive(Debug, Clone, Copy)]
-    pub struct Fixed {
+    pub(crate) struct Fixed {
         pub weight: u32,
         pub active: u64,
         pub ewma_ns: f64,
@@ -234,7 +234,7 @@ pub(crate) mod testing {
     }
 
     /// Runs `f` with a choice over all of `eps`.
-    pub fn all<C: Candidate, R>(eps: &[C], f: impl FnOnce(&super::Choice<'_, C>) -> R) -> R {
+    pub(crate) fn all<C: Candidate, R>(eps: &[C], f: impl FnOnce(&super::Choice<'_, C>) -> R) -> R {
         let idx: Vec<usize> = (0..eps.len()).collect();
         f(&super::Choice {
             eps,
@@ -243,7 +243,7 @@ pub(crate) mod testing {
         })
     }
 
-    pub fn weights(ws: &[u32]) -> Vec<Fixed> {
+    pub(crate) fn weights(ws: &[u32]) -> Vec<Fixed> {
         ws.iter()
             .map(|&w| Fixed {
                 weight: w,

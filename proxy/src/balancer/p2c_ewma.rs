@@ -11,7 +11,7 @@ use super::{Candidate, Choice};
 use crate::clock::{now_ns, ns_at};
 
 /// Decay time constant of the estimate (10 s, as Finagle's default).
-pub const DECAY_NS: f64 = 10e9;
+pub(crate) const DECAY_NS: f64 = 10e9;
 
 /// A lock-free peak-EWMA latency estimate shared by all workers. Concurrent updates may
 /// occasionally overwrite one another; an estimate tolerates that.
@@ -52,7 +52,7 @@ impl PeakEwma {
 }
 
 /// Two distinct random candidates; lower latency × load (per weight) wins.
-pub fn pick<C: Candidate>(c: &Choice<'_, C>) -> usize {
+pub(crate) fn pick<C: Candidate>(c: &Choice<'_, C>) -> usize {
     let (a, b) = two_distinct(c);
     let cost = |i: usize| c.eps[i].ewma_ns() * (c.eps[i].active() as f64 + 1.0) / c.eps[i].weight(c.now_ns) as f64;
     if cost(b) < cost(a) {

@@ -3,7 +3,7 @@
 use super::{Candidate, Choice};
 
 /// Picks with probability proportional to effective weight.
-pub fn pick<C: Candidate>(c: &Choice<'_, C>) -> usize {
+pub(crate) fn pick<C: Candidate>(c: &Choice<'_, C>) -> usize {
     let total: u64 = c.idx.iter().map(|&i| c.eps[i].weight(c.now_ns)).sum();
     let mut r = fastrand::u64(0..total.max(1));
     for &i in c.idx {

@@ -3,7 +3,7 @@
 use super::{Candidate, Choice, WorkerState};
 
 /// Next candidate after the worker's cursor.
-pub fn pick<C: Candidate>(state: &mut WorkerState, c: &Choice<'_, C>) -> usize {
+pub(crate) fn pick<C: Candidate>(state: &mut WorkerState, c: &Choice<'_, C>) -> usize {
     let i = state.cursor % c.idx.len();
     state.cursor = state.cursor.wrapping_add(1);
     c.idx[i]

@@ -5,7 +5,7 @@
 use super::{Candidate, Choice, WorkerState};
 
 /// Picks by smooth WRR over the worker's current weights.
-pub fn pick<C: Candidate>(state: &mut WorkerState, c: &Choice<'_, C>) -> usize {
+pub(crate) fn pick<C: Candidate>(state: &mut WorkerState, c: &Choice<'_, C>) -> usize {
     if state.current.len() != c.eps.len() {
         state.current = vec![0; c.eps.len()];
     }

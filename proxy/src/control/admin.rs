@@ -343,7 +343,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
         (Method::GET, "/cluster") => text(StatusCode::OK, "application/json", cluster_json().to_string()),
         (Method::GET, "/status") => text(StatusCode::OK, "application/json", status_json(shared).to_string()),
         (Method::GET, "/") => text(StatusCode::OK, "text/html; charset=utf-8", status_page(shared)),
-        (Method::POST, "/reload") => match crate::control::reload::reload(&shared) {
+        (Method::POST, "/reload") => match crate::control::reload::reload(shared) {
             Ok(o) => text(
                 StatusCode::OK,
                 "application/json",
@@ -371,7 +371,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
                     json!({"error": format!("`{addr}` is not an IP:port address")}).to_string(),
                 );
             };
-            match crate::control::reload::set_endpoint_drain(&shared, &cluster, addr, path.ends_with("/drain")) {
+            match crate::control::reload::set_endpoint_drain(shared, &cluster, addr, path.ends_with("/drain")) {
                 Ok(()) => text(
                     StatusCode::OK,
                     "application/json",

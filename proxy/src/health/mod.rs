@@ -21,8 +21,8 @@
 //! Every transition goes through [`verdict::apply`], the single place later work
 //! publishes to the pair.
 
-pub mod probe;
-pub mod verdict;
+pub(crate) mod probe;
+pub(crate) mod verdict;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 
@@ -31,11 +31,11 @@ use tandem_abi::EndpointState;
 use crate::config::SlowStart;
 
 /// Active-check state: not yet probed.
-pub const UNKNOWN: u8 = 0;
+pub(crate) const UNKNOWN: u8 = 0;
 /// Active-check state: passing.
-pub const HEALTHY: u8 = 1;
+pub(crate) const HEALTHY: u8 = 1;
 /// Active-check state: failing.
-pub const UNHEALTHY: u8 = 2;
+pub(crate) const UNHEALTHY: u8 = 2;
 
 /// The health of one endpoint, shared by all workers and kept across reloads.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use crate::config::CheckKind;
 
 /// Why a probe failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     /// No connection.
     #[error("connect failed: {0}")]
     Connect(String),
@@ -27,7 +27,7 @@ pub enum ProbeError {
 }
 
 /// Probes `addr` once with `kind` within `timeout`.
-pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> Result<(), ProbeError> {
+pub(crate) async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> Result<(), ProbeError> {
     match tokio::time::timeout(timeout, run(addr, kind)).await {
         Ok(r) => r,
         Err(_) => Err(ProbeError::Timeout),

@@ -11,7 +11,7 @@ use crate::config::OutlierConfig;
 
 /// Why outlier detection ejects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EjectReason {
+pub(crate) enum EjectReason {
     /// Consecutive 5xx responses.
     Consecutive5xx,
     /// Consecutive connect failures, resets, timeouts, 502/503/504.
@@ -22,7 +22,7 @@ pub enum EjectReason {
 
 impl EjectReason {
     /// Label for logs and metrics.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EjectReason::Consecutive5xx => "consecutive_5xx",
             EjectReason::ConsecutiveGateway => "consecutive_gateway_errors",
@@ -33,7 +33,7 @@ impl EjectReason {
 
 /// A judgement about one endpoint.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The active check reached `rise` passes.
     Healthy,
     /// The active check reached `fall` failures.
@@ -52,7 +52,7 @@ pub enum Verdict {
 
 /// Where a verdict came from (for the log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// Active prober.
     ActiveCheck,
     /// Real traffic.
@@ -69,7 +69,7 @@ pub enum Source {
 
 /// Which endpoint, for logging.
 #[derive(Debug, Clone, Copy)]
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     /// Cluster name.
     pub cluster: &'a str,
     /// Endpoint address.
@@ -78,7 +78,7 @@ pub struct Target<'a> {
 
 /// Applies `verdict` to `h`. For ejections, `ejected_now`/`total` are the cluster's
 /// counts so `max_ejection_percent` can be honoured. Returns whether state changed.
-pub fn apply(
+pub(crate) fn apply(
     h: &EndpointHealth,
     verdict: Verdict,
     source: Source,

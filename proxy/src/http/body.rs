@@ -18,7 +18,7 @@ use crate::stats::{ClusterStats, EndpointStats};
 use crate::upstream::ResponseBody;
 
 /// Work to do when the response is finished.
-pub struct Completion {
+pub(crate) struct Completion {
     /// Endpoint whose active count to release.
     pub endpoint: Option<Arc<EndpointStats>>,
     /// Cluster whose active count to release.
@@ -71,14 +71,14 @@ use crate::upstream::request_body::BoxError;
 use crate::wasm::http::FilteredBody;
 
 /// Body of every response Tandem sends.
-pub struct ProxyBody {
+pub(crate) struct ProxyBody {
     kind: Kind,
     done: Option<Box<Completion>>,
 }
 
 impl ProxyBody {
     /// Streams an upstream body.
-    pub fn upstream(body: ResponseBody, done: Option<Box<Completion>>) -> Self {
+    pub(crate) fn upstream(body: ResponseBody, done: Option<Box<Completion>>) -> Self {
         ProxyBody {
             kind: Kind::Upstream(body),
             done,
@@ -86,7 +86,7 @@ impl ProxyBody {
     }
 
     /// Streams an upstream body through the request's filters.
-    pub fn filtered(body: FilteredBody<ResponseBody>, done: Option<Box<Completion>>) -> Self {
+    pub(crate) fn filtered(body: FilteredBody<ResponseBody>, done: Option<Box<Completion>>) -> Self {
         ProxyBody {
             kind: Kind::Filtered(Box::new(body)),
             done,
@@ -94,7 +94,7 @@ impl ProxyBody {
     }
 
     /// A local body (errors, admin pages, demo answers).
-    pub fn local(bytes: impl Into<Bytes>, done: Option<Box<Completion>>) -> Self {
+    pub(crate) fn local(bytes: impl Into<Bytes>, done: Option<Box<Completion>>) -> Self {
         let b: Bytes = bytes.into();
         ProxyBody {
             kind: Kind::Local((!b.is_empty()).then_some(b)),

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 /// Per-connection facts and counters the request handler reads and updates.
 #[derive(Debug)]
-pub struct ConnState {
+pub(crate) struct ConnState {
     /// Client address (from the PROXY header when a trusted front sent one).
     pub client: SocketAddr,
     /// The address the client connected to.
@@ -47,7 +47,7 @@ pub struct ConnState {
 
 /// What the TLS handshake established.
 #[derive(Debug, Clone)]
-pub struct TlsInfo {
+pub(crate) struct TlsInfo {
     /// Server name the client asked for.
     pub sni: Option<String>,
     /// Subject of the verified client certificate (mTLS), as a header value.
@@ -75,7 +75,7 @@ impl ConnState {
 /// Request-head progress of a connection, written by the request handler and the
 /// byte stream (atomics: the stream must be `Send` for upgrades; never contended).
 #[derive(Debug, Default)]
-pub struct HeadFlags {
+pub(crate) struct HeadFlags {
     /// A request is in flight (its bytes are body bytes, not a new head).
     pub busy: std::sync::atomic::AtomicBool,
     /// Bytes arrived while no request was in flight: a request head is on its way.

@@ -6,16 +6,16 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::config::{ForwardedHeaders, HeaderRules, RequestIdMode};
 
 /// `X-Forwarded-For`.
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// `X-Request-Id`.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Subject of the client certificate verified by a TLS listener (mTLS); set by Tandem
 /// only, removed when a client sends it.
-pub static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
+pub(crate) static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -35,7 +35,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers, including any named in `Connection`. One pass over the
 /// names first: most messages carry none, and then nothing is hashed or removed.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
@@ -58,7 +58,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Appends the client to `X-Forwarded-For`, sets `-Proto` and `-Host`.
-pub fn add_forwarded(
+pub(crate) fn add_forwarded(
     headers: &mut HeaderMap,
     client_ip: std::net::IpAddr,
     host: Option<&HeaderValue>,
@@ -87,7 +87,7 @@ pub fn add_forwarded(
 }
 
 /// The request's id under `mode` (see [`RequestIdMode`]), set in `headers` when generated.
-pub fn request_id(mode: RequestIdMode, headers: &mut HeaderMap) -> Option<HeaderValue> {
+pub(crate) fn request_id(mode: RequestIdMode, headers: &mut HeaderMap) -> Option<HeaderValue> {
     match mode {
         RequestIdMode::Generate => Some(ensure_request_id(headers)),
         RequestIdMode::Keep => headers.get(&X_REQUEST_ID).cloned(),
@@ -136,7 +136,7 @@ fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &[u8] {
 /// A value unique to each message gains nothing from HPACK's dynamic table, and
 /// indexing it costs: every new id is inserted, evicts a useful entry, and makes the
 /// encoder walk and compare all ids still in the table for the next one.
-pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get_mut(&X_REQUEST_ID) {
         if !v.is_empty() && v.len() <= 128 {
             v.set_sensitive(true);
@@ -149,7 +149,7 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 }
 
 /// A random 128-bit id in UUID v4 text form.
-pub fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     let hi = fastrand::u64(..);
     let lo = fastrand::u64(..);
     let hi = (hi & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
@@ -173,7 +173,7 @@ pub fn new_request_id() -> HeaderValue {
 }
 
 /// Applies add/set/remove rules (remove first, then set, then add).
-pub fn apply_rules(headers: &mut HeaderMap, rules: &HeaderRules) {
+pub(crate) fn apply_rules(headers: &mut HeaderMap, rules: &HeaderRules) {
     for n in &rules.remove {
         headers.remove(n);
     }
@@ -187,7 +187,7 @@ pub fn apply_rules(headers: &mut HeaderMap, rules: &HeaderRules) {
 
 /// The headers of a request going upstream (stage 6, and upgrades): hop-by-hop headers go, forwarding
 /// headers are set, the route's request rules apply.
-pub fn forward_headers(
+pub(crate) fn forward_headers(
     h: &mut http::HeaderMap,
     route: &crate::runtime::Route,
     conn: &crate::http::conn::ConnState,
@@ -202,7 +202,7 @@ pub fn forward_headers(
 }
 
 /// The request's authority: its `Host`, or the authority of its target.
-pub fn authority_value<B>(req: &http::Request<B>) -> Option<HeaderValue> {
+pub(crate) fn authority_value<B>(req: &http::Request<B>) -> Option<HeaderValue> {
     req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
             .authority()

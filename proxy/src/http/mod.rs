@@ -18,16 +18,16 @@
 //! Decisions use only local state: the runtime snapshot, per-worker balancer state and
 //! shared atomics. Nothing here waits on disk, consensus or another thread.
 
-pub mod admission;
-pub mod body;
-pub mod conn;
-pub mod context;
-pub mod filters;
-pub mod forward;
-pub mod headers;
-pub mod request;
-pub mod respond;
-pub mod retry;
-pub mod route;
-pub mod serve;
-pub mod upgrade;
+pub(crate) mod admission;
+pub(crate) mod body;
+pub(crate) mod conn;
+pub(crate) mod context;
+pub(crate) mod filters;
+pub(crate) mod forward;
+pub(crate) mod headers;
+pub(crate) mod request;
+pub(crate) mod respond;
+pub(crate) mod retry;
+pub(crate) mod route;
+pub(crate) mod serve;
+pub(crate) mod upgrade;

@@ -34,7 +34,7 @@ use crate::http::route::route_request;
 use crate::worker::Worker;
 
 /// Serves one request.
-pub async fn handle(
+pub(crate) async fn handle(
     worker: Rc<Worker>,
     conn: Rc<ConnState>,
     mut req: Request<Incoming>,

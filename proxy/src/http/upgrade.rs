@@ -25,7 +25,7 @@ use crate::worker::Worker;
 const UPGRADE_BUFFER: usize = 8 * 1024;
 
 /// Whether `req` asks for a protocol switch or a tunnel.
-pub fn is_upgrade(req: &Request<Incoming>) -> bool {
+pub(crate) fn is_upgrade(req: &Request<Incoming>) -> bool {
     req.method() == Method::CONNECT
         || (req.headers().contains_key(header::UPGRADE)
             && req
@@ -37,7 +37,7 @@ pub fn is_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 /// Proxies an Upgrade or CONNECT request; on success the tunnel runs in its own task.
-pub async fn proxy_upgrade(
+pub(crate) async fn proxy_upgrade(
     worker: &Rc<Worker>,
     conn: &ConnState,
     rt: &Runtime,

@@ -6,7 +6,7 @@
 //!
 //! [`splice`] copies the bytes.
 
-pub mod splice;
+pub(crate) mod splice;
 
 use splice::{splice, splice_filtered};
 
@@ -27,7 +27,7 @@ use crate::upstream::Origin;
 use crate::worker::Worker;
 
 /// Serves one L4 connection until either side is done.
-pub async fn serve(
+pub(crate) async fn serve(
     worker: &Rc<Worker>,
     idx: usize,
     stream: TcpStream,

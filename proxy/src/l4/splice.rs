@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// directions are done (a half-close is passed on and the other direction continues),
 /// the connection is idle for `idle`, or it is older than `max_age`. Returns (bytes
 /// client→upstream, bytes upstream→client).
-pub async fn splice<A, B>(a: A, b: B, buffer: usize, idle: Duration, max_age: Option<Duration>) -> (u64, u64)
+pub(crate) async fn splice<A, B>(a: A, b: B, buffer: usize, idle: Duration, max_age: Option<Duration>) -> (u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -49,7 +49,7 @@ where
 
 /// Like [`splice`], with the listener's network filters seeing (and possibly changing,
 /// holding or refusing) the bytes each way.
-pub async fn splice_filtered<A, B>(
+pub(crate) async fn splice_filtered<A, B>(
     a: A,
     b: B,
     mut chain: crate::wasm::l4::NetChain,

@@ -1,9 +1,9 @@
 //! The compiled runtime: one immutable snapshot per configuration version, swapped
 //! atomically on reload. In-flight requests keep the `Arc<Runtime>` they started with.
 
-pub mod passive;
-pub mod plugin;
-pub mod router;
+pub(crate) mod passive;
+pub(crate) mod plugin;
+pub(crate) mod router;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -17,7 +17,7 @@ use crate::config::{
 };
 use crate::stats::{ClusterStats, EndpointStats, RouteStats, StatsRegistry};
 
-pub use router::{RequestFacts, Router};
+pub(crate) use router::{RequestFacts, Router};
 
 /// Everything the data plane needs to serve requests for one config version.
 #[derive(Debug)]
@@ -314,7 +314,7 @@ impl Cluster {
 }
 
 /// Finds cookie `name` in the request's Cookie headers.
-pub fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()

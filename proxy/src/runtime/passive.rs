@@ -10,7 +10,7 @@ use crate::health::verdict;
 /// traffic to endpoint `idx` and ejects through [`verdict::apply`] when a threshold is
 /// reached. `status` is the status the client saw (a local 502/503/504 for failures);
 /// `gateway_failure` marks connect failures, resets and timeouts.
-pub fn observe_passive(cluster: &super::Cluster, idx: usize, status: u16, gateway_failure: bool) {
+pub(crate) fn observe_passive(cluster: &super::Cluster, idx: usize, status: u16, gateway_failure: bool) {
     let Some(o) = &cluster.outlier else { return };
     let ep = &cluster.endpoints[idx];
     let h = &ep.stats.health;

@@ -68,6 +68,6 @@ impl Plugin {
 }
 
 /// Epoch ticks for a CPU limit (at least two, so a limit is never shorter than asked).
-pub fn ticks(limit: Duration) -> u64 {
+pub(crate) fn ticks(limit: Duration) -> u64 {
     (limit.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 2
 }

@@ -120,7 +120,7 @@ impl Candidate {
 }
 
 /// Strips the port from a Host / :authority value (`[::1]:80` → `[::1]`).
-pub fn host_without_port(authority: &str) -> &str {
+pub(crate) fn host_without_port(authority: &str) -> &str {
     if authority.starts_with('[') {
         return authority.split_inclusive(']').next().unwrap_or(authority);
     }

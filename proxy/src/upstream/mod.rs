@@ -3,8 +3,8 @@
 //! multiplexed hyper connection), with an idle cap, idle timeout and maximum age. Owned
 //! by one worker thread, so no locks.
 
-pub mod h1;
-pub mod request_body;
+pub(crate) mod h1;
+pub(crate) mod request_body;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use crate::stats::ClusterStats;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioIo, TokioTimer};
-pub use request_body::{BoxError, UpstreamBody};
+pub(crate) use request_body::{BoxError, UpstreamBody};
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
@@ -35,7 +35,7 @@ use crate::stats::EndpointStats;
 
 /// The request-sending side of an upstream connection.
 #[derive(Debug)]
-pub enum Sender {
+pub(crate) enum Sender {
     /// HTTP/1.1: one request at a time, on the request's task.
     H1(h1::H1Conn),
     /// h2c: multiplexed, cloned per request.
@@ -44,7 +44,7 @@ pub enum Sender {
 
 /// A checked-out upstream connection.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// The sender.
     pub sender: Sender,
     /// Whether it came from the pool (a failure on it may be a stale keep-alive).
@@ -62,7 +62,7 @@ struct EndpointConns {
 
 /// One worker's upstream pool.
 #[derive(Debug, Default)]
-pub struct Pool {
+pub(crate) struct Pool {
     /// Keyed by endpoint and connection profile; looked up twice per request, so with a
     /// fast hasher (the keys are the operator's endpoints, not client input).
     by_endpoint: RefCell<HashMap<(SocketAddr, u64), EndpointConns, foldhash::fast::RandomState>>,
@@ -71,7 +71,13 @@ pub struct Pool {
 impl Pool {
     /// A ready pooled connection to `addr`, if there is one.
     /// `now` is the request's start time (idle and age limits are seconds-scale).
-    pub fn checkout(&self, addr: SocketAddr, proto: UpstreamProtocol, s: &PoolSettings, now: Instant) -> Option<Conn> {
+    pub(crate) fn checkout(
+        &self,
+        addr: SocketAddr,
+        proto: UpstreamProtocol,
+        s: &PoolSettings,
+        now: Instant,
+    ) -> Option<Conn> {
         let mut map = self.by_endpoint.borrow_mut();
         let slot = map.get_mut(&(addr, s.profile))?;
         let too_old = |born: Instant| s.max_age.is_some_and(|m| now.duration_since(born) >= m);
@@ -126,7 +132,7 @@ impl Pool {
 
     /// Closes idle HTTP/1.1 connections past their idle timeout or closed by the
     /// upstream (nothing polls them while they wait in the pool).
-    pub fn sweep(&self, now: Instant) {
+    pub(crate) fn sweep(&self, now: Instant) {
         let mut map = self.by_endpoint.borrow_mut();
         map.retain(|_, slot| {
             let timeout = slot.idle_timeout;
@@ -140,7 +146,7 @@ impl Pool {
     /// header if the cluster sends one (such a connection serves only this client), then
     /// TLS if the cluster originates it, then (h2c) the HTTP/2 handshake. h2c
     /// connections are shared in the pool.
-    pub async fn connect(
+    pub(crate) async fn connect(
         self: &Rc<Self>,
         addr: SocketAddr,
         cluster: &crate::runtime::Cluster,
@@ -205,7 +211,7 @@ pub struct Origin {
 
 /// TCP connect within the cluster's connect timeout, then the PROXY header if the
 /// cluster sends one. Shared by L7 and L4.
-pub async fn dial(
+pub(crate) async fn dial(
     addr: SocketAddr,
     cluster: &crate::runtime::Cluster,
     stats: &EndpointStats,
@@ -242,7 +248,7 @@ pub async fn dial(
 
 /// TLS to an upstream: SNI from the cluster (or the endpoint IP), verified against the
 /// cluster's CA or the system roots.
-pub async fn tls_connect<IO>(
+pub(crate) async fn tls_connect<IO>(
     addr: SocketAddr,
     t: &crate::tls::UpstreamTls,
     cfg: &crate::config::Built<rustls::ClientConfig>,
@@ -291,7 +297,7 @@ impl Drop for OpenGuard {
 
 /// Sends `req` on a multiplexed h2c connection. On failure the flag says whether the
 /// request (put back in `req`) may go out again on a fresh connection.
-pub async fn send_h2(
+pub(crate) async fn send_h2(
     mut tx: http2::SendRequest<UpstreamBody>,
     req: &mut http::Request<UpstreamBody>,
 ) -> Result<http::Response<ResponseBody>, (hyper::Error, bool)> {

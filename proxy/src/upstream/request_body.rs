@@ -12,11 +12,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 /// Error type of the bodies Tandem sends.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body streamed through the route's filters; boxed, because the filters'
 /// sandbox sits above the upstream side.
-pub type FilteredRequestBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError>>>;
+pub(crate) type FilteredRequestBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError>>>;
 
 /// Whose fault a failed request body is: the client's, always (an upstream that stops
 /// reading is caught by the exchange's timers, not here).

@@ -35,7 +35,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-pub use body::Body;
+pub(crate) use body::Body;
 pub(crate) use codec::{decode_body, parse_head_for_fuzzing, Framing, Step};
 use codec::{encode_head, parse_head, Head, MAX_HEAD};
 
@@ -75,7 +75,7 @@ pub enum H1Error {
 
 /// The byte stream under an upstream connection: plain TCP or TLS (origination).
 #[derive(Debug)]
-pub enum Io {
+pub(crate) enum Io {
     /// Plain TCP.
     Plain(BatchedStream),
     /// TLS to the upstream.
@@ -118,7 +118,7 @@ impl AsyncWrite for Io {
 /// in the request task while a request is sent, and in the response body while the
 /// response streams.
 #[derive(Debug)]
-pub struct H1Conn {
+pub(crate) struct H1Conn {
     io: Io,
     /// Bytes read and not yet consumed (empty between exchanges on a healthy connection).
     buf: BytesMut,
@@ -233,7 +233,7 @@ impl H1Conn {
 }
 
 /// Where a finished connection goes back to.
-pub struct Home {
+pub(crate) struct Home {
     /// The worker's pool.
     pub pool: Rc<Pool>,
     /// The cluster's pool settings.
@@ -342,7 +342,7 @@ impl Sender<'_> {
 /// Sends `req` on `conn` and reads the response head. The request stays with the
 /// caller; on failure the flag says whether it may go out again on a fresh connection
 /// (no response byte arrived and its body was not consumed).
-pub async fn send(
+pub(crate) async fn send(
     mut conn: H1Conn,
     req: &mut Request<UpstreamBody>,
     home: Home,
