@@ -12,10 +12,16 @@
 //! it grants the vote and follows; that is a majority of three at once.
 //!
 //! openraft 0.9 has no leadership transfer; this is the classic "timeout now" built from
-//! `trigger().elect()`. If an entry was appended between the request and the vote, the
-//! old leader refuses the vote and the group holds one ordinary election (the preferred
-//! member, with the shortest timeout, usually wins it).
+//! `trigger().elect()`. As in Raft's leadership transfer, the leader stops taking new
+//! proposals while it hands over ([`Hold`]): under steady traffic the members publish
+//! a batch every `sync_interval`, and one appended between the request and the vote
+//! would make the old leader refuse the vote (the candidate's log is behind). Changes
+//! refused during the hold stay in their node's buffer for the next round; VIP lease
+//! changes are never held. Should the vote still fail, the group holds one ordinary
+//! election (the preferred member, with the shortest timeout, usually wins it) and the
+//! leader tries again later.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use openraft::network::RaftNetworkFactory;
@@ -31,11 +37,42 @@ const SETTLED: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(3);
 /// How long the preferred member waits for its log to reach the leader's.
 const CATCH_UP: Duration = Duration::from_millis(200);
+/// The longest the leader holds proposals for one handback.
+const HOLD: Duration = Duration::from_millis(600);
+/// How long the leader's log must stand still, once held, before it names its end.
+const QUIET: Duration = Duration::from_millis(20);
+
+/// The leader's hold on new proposals while it hands leadership back. Shared by the
+/// handback task (which takes and releases it) and the places that propose on the
+/// leader's behalf (the publisher and the answers to members' proposals), which refuse
+/// rather than wait: a refused batch stays with its node and is proposed again, while
+/// one that waited could be proposed twice (its sender gives up and retries).
+#[derive(Debug, Default)]
+pub struct Hold {
+    until: Mutex<Option<Instant>>,
+}
+
+impl Hold {
+    /// Whether proposals are held right now.
+    pub fn active(&self) -> bool {
+        let until = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn take(&self, d: Duration) {
+        *self.until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + d);
+    }
+
+    fn release(&self) {
+        *self.until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
 
 /// Runs on every member that is not the preferred leader until the task is dropped:
 /// while this member leads, hands leadership back to `preferred` when it can.
-/// `lease` is how long this member's own vote protects it (openraft's leader lease).
-pub async fn run(raft: Raft, network: Network, preferred: NodeId, lease: Duration) {
+/// `lease` is how long this member's own vote protects it (openraft's leader lease);
+/// `hold` is this member's proposal hold.
+pub async fn run(raft: Raft, network: Network, preferred: NodeId, lease: Duration, hold: std::sync::Arc<Hold>) {
     let mut rx = raft.metrics();
     let mut leading_since: Option<Instant> = None;
     let mut caught_up_since: Option<Instant> = None;
@@ -78,11 +115,21 @@ pub async fn run(raft: Raft, network: Network, preferred: NodeId, lease: Duratio
             continue;
         };
         last_attempt = Some(now);
+        hold.take(HOLD);
+        let last = settled_end(&raft).await;
         let mut net = network.clone();
         let mut client = net.new_client(preferred, &node).await;
         let req = Request::Handback { last_log_index: last };
         match tokio::time::timeout(Duration::from_secs(1), client.call(&req)).await {
             Ok(Ok(Reply::Handback(true))) => {
+                // Held until the vote has come and gone: this member follows, or the
+                // hold runs out.
+                let mut watch = raft.metrics();
+                let _ = tokio::time::timeout(
+                    HOLD.saturating_sub(now.elapsed()),
+                    watch.wait_for(|m| m.state != ServerState::Leader),
+                )
+                .await;
                 tracing::info!(
                     to = preferred,
                     term = m.current_term,
@@ -93,7 +140,25 @@ pub async fn run(raft: Raft, network: Network, preferred: NodeId, lease: Duratio
                 tracing::debug!(to = preferred, answer = ?other.map(|r| r.map(|_| ())), "ha: leadership handback not taken");
             }
         }
+        hold.release();
     }
+}
+
+/// The end of the leader's log once proposals already under way have landed: the last
+/// index after it stood still for [`QUIET`] (or at the end of the hold).
+async fn settled_end(raft: &Raft) -> u64 {
+    let start = Instant::now();
+    let mut last = raft.metrics().borrow().last_log_index.unwrap_or(0);
+    let mut since = Instant::now();
+    while since.elapsed() < QUIET && start.elapsed() < HOLD / 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+    }
+    last
 }
 
 /// On the preferred member, the answer to [`Request::Handback`]: waits (briefly) until
@@ -117,4 +182,22 @@ pub async fn stand(raft: &Raft, last_log_index: u64) -> bool {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     raft.trigger().elect().await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_lasts_until_released_or_run_out() {
+        let hold = Hold::default();
+        assert!(!hold.active());
+        hold.take(Duration::from_secs(60));
+        assert!(hold.active());
+        hold.release();
+        assert!(!hold.active());
+        hold.take(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!hold.active(), "a hold nobody released ends by itself");
+    }
 }

@@ -224,12 +224,14 @@ impl HaNode {
         let listener = tokio::net::TcpListener::bind(me.address).await?;
         let listen = listener.local_addr()?;
         let peer_stats = Arc::new(PeerStats::default());
+        let hold = Arc::new(crate::handback::Hold::default());
         let mut tasks = vec![tokio::spawn(serve(
             listener,
             cfg.tls.server()?,
             raft.clone(),
             network.clone(),
             peer_stats.clone(),
+            hold.clone(),
         ))];
 
         // The preferred leader (else the lowest id) forms the group on its first start,
@@ -276,6 +278,7 @@ impl HaNode {
                 network.clone(),
                 p,
                 election * 2,
+                hold.clone(),
             )));
         }
         let health = Arc::new(GroupHealth::default());
@@ -299,6 +302,7 @@ impl HaNode {
             pending.clone(),
             health.clone(),
             lease_client.clone(),
+            hold,
         )));
         Ok(HaNode {
             id: cfg.id,
@@ -419,6 +423,7 @@ async fn publisher(
     pending_gauge: Arc<AtomicUsize>,
     health: Arc<GroupHealth>,
     relays: LeaseClient,
+    hold: Arc<crate::handback::Hold>,
 ) {
     let id = relays.id();
     let mut pending: Vec<Change> = Vec::new();
@@ -436,7 +441,7 @@ async fn publisher(
             tracing::warn!(dropped = drop, "ha: buffer full without quorum; oldest changes dropped");
         }
         pending_gauge.store(pending.len(), std::sync::atomic::Ordering::Relaxed);
-        if pending.is_empty() {
+        if pending.is_empty() || hold.active() {
             continue;
         }
         if health.pending_since_ms.load(std::sync::atomic::Ordering::Relaxed) == 0 {

@@ -111,6 +111,7 @@ pub async fn serve(
     raft: Raft,
     network: Network,
     stats: Arc<PeerStats>,
+    hold: Arc<crate::handback::Hold>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let mut conns = tokio::task::JoinSet::new();
@@ -144,7 +145,13 @@ pub async fn serve(
             drop(tcp);
             continue;
         };
-        let (acceptor, raft, stats, network) = (acceptor.clone(), raft.clone(), stats.clone(), network.clone());
+        let (acceptor, raft, stats, network, hold) = (
+            acceptor.clone(),
+            raft.clone(),
+            stats.clone(),
+            network.clone(),
+            hold.clone(),
+        );
         conns.spawn(async move {
             let _slot = slot;
             let _ = tcp.set_nodelay(true);
@@ -206,9 +213,11 @@ pub async fn serve(
                     Request::Append(r) => Reply::Append(raft.append_entries(r).await),
                     Request::Vote(r) => Reply::Vote(raft.vote(r).await),
                     Request::Snapshot(r) => Reply::Snapshot(raft.install_snapshot(r).await),
+                    Request::Propose(b) if held(&hold, &b) => Reply::Propose(Err(HELD.into())),
                     Request::Propose(b) => {
                         Reply::Propose(raft.client_write(b).await.map(|r| r.data).map_err(|e| e.to_string()))
                     }
+                    Request::Relay(b) if held(&hold, &b) => Reply::Propose(Err(HELD.into())),
                     Request::Relay(b) => relay(&raft, &network, b).await,
                     Request::Hello => Reply::Hello {
                         initialized: raft.is_initialized().await.unwrap_or(false),
@@ -255,6 +264,15 @@ pub async fn change_membership(raft: &Raft, change: MembershipChange) -> Result<
         .membership()
         .voter_ids()
         .collect())
+}
+
+/// Why a member's batch was refused while this leader hands over.
+const HELD: &str = "the leader is handing leadership back; propose again shortly";
+
+/// Whether `batch` waits out a handback: everything but VIP lease changes, which keep
+/// their timing.
+fn held(hold: &crate::handback::Hold, batch: &Batch) -> bool {
+    !batch.is_lease() && hold.active()
 }
 
 /// Proposes `batch` here, or passes it to the leader once (never further).
