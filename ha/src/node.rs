@@ -295,14 +295,16 @@ impl HaNode {
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
         tasks.push(tokio::spawn(publisher(
-            raft.clone(),
-            network.clone(),
-            cfg.sync_interval,
+            Publishing {
+                raft: raft.clone(),
+                network: network.clone(),
+                period: cfg.sync_interval,
+                pending_gauge: pending.clone(),
+                health: health.clone(),
+                relays: lease_client.clone(),
+                hold,
+            },
             rx,
-            pending.clone(),
-            health.clone(),
-            lease_client.clone(),
-            hold,
         )));
         Ok(HaNode {
             id: cfg.id,
@@ -413,18 +415,33 @@ async fn any_peer_initialized(network: &Network, peers: &[Peer], me: NodeId) -> 
     false
 }
 
-/// Drains local changes every `period` into one batch and proposes it; on a follower
-/// the batch goes to the leader; without quorum it is kept for the next round.
-async fn publisher(
+/// What the publisher works with.
+struct Publishing {
     raft: Raft,
     network: Network,
+    /// How often a batch is proposed (`sync_interval`).
     period: Duration,
-    mut rx: mpsc::UnboundedReceiver<Change>,
+    /// How many changes wait here (for the metrics).
     pending_gauge: Arc<AtomicUsize>,
     health: Arc<GroupHealth>,
+    /// Relays through other members when the leader is out of reach.
     relays: LeaseClient,
+    /// Proposals wait out a leadership handback.
     hold: Arc<crate::handback::Hold>,
-) {
+}
+
+/// Drains local changes every `period` into one batch and proposes it; on a follower
+/// the batch goes to the leader; without quorum it is kept for the next round.
+async fn publisher(p: Publishing, mut rx: mpsc::UnboundedReceiver<Change>) {
+    let Publishing {
+        raft,
+        network,
+        period,
+        pending_gauge,
+        health,
+        relays,
+        hold,
+    } = p;
     let id = relays.id();
     let mut pending: Vec<Change> = Vec::new();
     let mut leader_client: Option<(NodeId, PeerClient)> = None;
