@@ -58,7 +58,9 @@ async fn run(shared: Arc<Shared>) {
         tick.tick().await;
         ticks += 1;
         let rt = shared.runtime.load_full();
-        adopt_peer_verdicts(&rt, &mut adopted);
+        if let Some(pair) = &shared.pair {
+            adopt_peer_verdicts(pair, &rt, &mut adopted);
+        }
         crate::pair::sync_rate_limits(&shared.stats.limiters());
         if ticks.is_multiple_of(250) {
             // Every 5 s: forget idle sticky bindings and rate-limit keys.
@@ -170,8 +172,11 @@ async fn prober(
 /// Adopts verdicts other members published: an unhealthy one at once (this node keeps
 /// probing and recovers only through its own passing checks); a healthy one only for
 /// clusters this node does not probe itself, when `adopt_peer_recovery` is on.
-fn adopt_peer_verdicts(rt: &crate::runtime::Runtime, adopted: &mut HashMap<(String, String), u64>) {
-    let Some(pair) = crate::pair::get() else { return };
+fn adopt_peer_verdicts(
+    pair: &crate::pair::Pair,
+    rt: &crate::runtime::Runtime,
+    adopted: &mut HashMap<(String, String), u64>,
+) {
     let Ok(tables) = pair.tables.read() else { return };
     for ((cluster, endpoint), v) in &tables.verdicts {
         if v.reporter == pair.id {

@@ -362,16 +362,19 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             };
-            match tandem_proxy::pair::start(ha) {
-                Ok(p) => tracing::info!(node = p.id, "witness running"),
+            let pair = match tandem_proxy::pair::start(ha) {
+                Ok(p) => {
+                    tracing::info!(node = p.id, "witness running");
+                    p
+                }
                 Err(e) => {
                     eprintln!("tandem witness: {e}");
                     return ExitCode::FAILURE;
                 }
-            }
+            };
             // A witness file with an [admin] section gets the group's admin API.
             if cfg.admin.explicit {
-                match tandem_proxy::control::admin::start_witness(cfg.admin.listen, cfg.admin.token.clone()) {
+                match tandem_proxy::control::admin::start_witness(cfg.admin.listen, cfg.admin.token.clone(), pair) {
                     Ok(a) => tracing::info!(admin = %a, "witness admin API listening"),
                     Err(e) => {
                         eprintln!("tandem witness: admin API on {}: {e}", cfg.admin.listen);

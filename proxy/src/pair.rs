@@ -3,7 +3,7 @@
 //! peers published. The request path never waits on it: publishing queues, reading takes
 //! a short read lock on the replicated tables only when the local view has no answer.
 
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 
 use tandem_ha::{Change, HaNode, Publisher, Tables};
 
@@ -43,15 +43,20 @@ pub struct Pair {
     runtime: tokio::runtime::Handle,
 }
 
-static PAIR: OnceLock<Pair> = OnceLock::new();
+/// The member the data plane's hooks below publish to and read from (verdicts, sticky
+/// bindings, ejections, filters' shared data, rate-limit ledgers). The control plane
+/// and the health thread reach the member through [`crate::shared::Shared::pair`]; these
+/// hooks are called from places that hold no handle yet, and are what still ties a
+/// process to one member.
+static MEMBER: std::sync::OnceLock<Arc<Pair>> = std::sync::OnceLock::new();
 
-/// The group, when this node is a member.
-pub fn get() -> Option<&'static Pair> {
-    PAIR.get()
+fn get() -> Option<&'static Pair> {
+    MEMBER.get().map(|p| &**p)
 }
 
-/// Starts this node's member on a dedicated thread and returns once it runs.
-pub fn start(cfg: &HaConfigSection) -> Result<&'static Pair, String> {
+/// Starts this node's member on a dedicated thread and returns once it runs. The
+/// member lives as long as the process (its thread keeps it).
+pub fn start(cfg: &HaConfigSection) -> Result<Arc<Pair>, String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let group = cfg.group.clone();
     let config = cfg.clone();
@@ -110,9 +115,17 @@ pub fn start(cfg: &HaConfigSection) -> Result<&'static Pair, String> {
             });
         })
         .map_err(|e| e.to_string())?;
-    let pair = rx.recv().map_err(|e| e.to_string())??;
-    let _ = PAIR.set(pair);
-    PAIR.get().ok_or_else(|| "pair already started".to_string())
+    let pair = Arc::new(rx.recv().map_err(|e| e.to_string())??);
+    if MEMBER.set(pair.clone()).is_err() {
+        return Err("a member of a Raft group already runs in this process".into());
+    }
+    Ok(pair)
+}
+
+impl std::fmt::Debug for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pair").field("id", &self.id).finish_non_exhaustive()
+    }
 }
 
 impl Pair {

@@ -68,8 +68,8 @@ pub fn init_logging(cfg: &LogConfig) {
 /// A started server: its shared state and where its admin API listens.
 #[derive(Debug)]
 pub struct Running {
-    /// Shared state.
-    pub shared: Arc<Shared>,
+    /// The node: shared state, VIPs, anycast groups.
+    pub node: crate::control::Node,
     /// Bound admin address.
     pub admin: std::net::SocketAddr,
     /// The control thread's runtime and its signal streams.
@@ -126,20 +126,29 @@ pub fn start(config: Config, source: ConfigSource) -> Result<Running, RunError> 
     for w in &config.warnings {
         tracing::warn!("{}:{}:{}: {}: {}", config.source, w.line, w.col, w.key, w.message);
     }
-    if let Some(ha) = &config.ha {
-        let pair = crate::pair::start(ha).map_err(RunError::Pair)?;
-        tracing::info!(node = pair.id, "joined the pair's Raft group");
-    }
+    let pair = match &config.ha {
+        Some(ha) => {
+            let pair = crate::pair::start(ha).map_err(RunError::Pair)?;
+            tracing::info!(node = pair.id, "joined the pair's Raft group");
+            Some(pair)
+        }
+        None => None,
+    };
     let vips = config.vips.clone();
     let (anycast, bgp) = (config.anycast.clone(), config.bgp.clone());
-    let shared = Shared::new(config, source, access_log, stats);
+    let shared = Shared::new(config, source, access_log, stats, pair);
     crate::listen::start(shared.clone())?;
     // Listeners are up before the node can win a VIP.
-    crate::cluster::vips::start(&vips, shared.clone()).map_err(RunError::Signals)?;
+    let vips = crate::cluster::vips::start(&vips, shared.clone()).map_err(RunError::Signals)?;
     crate::health_thread::start(shared.clone()).map_err(RunError::Signals)?;
     // Announced once healthy for the hold-down: listeners up, health checks under way.
-    crate::cluster::anycast::start(&anycast, bgp.as_ref(), shared.clone()).map_err(RunError::Signals)?;
-    let admin = crate::control::admin::start(shared.clone(), admin_addr, token).map_err(|source| RunError::Admin {
+    let anycast = crate::cluster::anycast::start(&anycast, bgp.as_ref(), shared.clone()).map_err(RunError::Signals)?;
+    let node = crate::control::Node {
+        shared: shared.clone(),
+        vips,
+        anycast,
+    };
+    let admin = crate::control::admin::start(node.clone(), admin_addr, token).map_err(|source| RunError::Admin {
         addr: admin_addr,
         source,
     })?;
@@ -151,12 +160,13 @@ pub fn start(config: Config, source: ConfigSource) -> Result<Running, RunError> 
         tracing::info!(listener = %name, %addr, workers = shared.workers, "listening");
     }
     tracing::info!(%admin, "admin API listening");
-    Ok(Running { shared, admin, signals })
+    Ok(Running { node, admin, signals })
 }
 
 /// Runs until SIGTERM/SIGINT (or an admin drain) and the drain completes.
 pub fn run_until_stopped(running: Running) -> Result<(), RunError> {
-    let shared = running.shared.clone();
+    let node = running.node.clone();
+    let shared = node.shared.clone();
     let Signals {
         rt,
         mut hup,
@@ -189,7 +199,7 @@ pub fn run_until_stopped(running: Running) -> Result<(), RunError> {
         // one request each), then the SYN gate closes and the VIPs go with priority 0
         // (the peer takes over at once); then drain.
         let handover = shared.runtime.load().config.server.maintenance_handover;
-        crate::control::lifecycle::hand_over_for_stop(&shared, handover).await;
+        crate::control::lifecycle::hand_over_for_stop(&node, handover).await;
         shared.begin_drain();
         let timeout = shared.runtime.load().config.server.drain_timeout;
         let deadline = Instant::now() + timeout;

@@ -76,6 +76,8 @@ pub struct Shared {
     pub(crate) started_with: Arc<Config>,
     pub(crate) reload_lock: Mutex<()>,
     removed: Mutex<Vec<RemovedEndpoint>>,
+    /// This node's member of the pair's Raft group, when `[ha]` is configured.
+    pub pair: Option<Arc<crate::pair::Pair>>,
 }
 
 /// An endpoint a reload removed: it drains (in-flight requests finish on the old
@@ -92,7 +94,13 @@ pub struct RemovedEndpoint {
 
 impl Shared {
     /// Compiles the first runtime and builds the shared state.
-    pub fn new(config: Config, source: ConfigSource, access_log: AccessLog, stats: Arc<StatsRegistry>) -> Arc<Shared> {
+    pub fn new(
+        config: Config,
+        source: ConfigSource,
+        access_log: AccessLog,
+        stats: Arc<StatsRegistry>,
+        pair: Option<Arc<crate::pair::Pair>>,
+    ) -> Arc<Shared> {
         let listeners = config
             .listeners
             .iter()
@@ -119,6 +127,7 @@ impl Shared {
             stop_requested: tokio::sync::watch::channel(false).0,
             reload_lock: Mutex::new(()),
             removed: Mutex::new(Vec::new()),
+            pair,
         })
     }
 

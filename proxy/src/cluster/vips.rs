@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_ha::vip::router::{self, Control, VipConfig, VipStats};
@@ -16,22 +16,18 @@ pub struct Vips {
     pub routers: Vec<(VipConfig, Arc<VipStats>)>,
     control: tokio::sync::watch::Sender<Control>,
     done: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
-}
-
-static VIPS: OnceLock<Vips> = OnceLock::new();
-
-/// The VIPs, when configured.
-pub fn get() -> Option<&'static Vips> {
-    VIPS.get()
+    /// Whether the VIPs are fenced by leases of the pair's group.
+    fenced: bool,
 }
 
 /// Starts every virtual router on the VIP thread. Errors (no interface, no privilege)
 /// are logged per VIP; the proxy keeps serving. When the node is in a Raft group, its
-/// VIPs are fenced by leases committed through it.
-pub fn start(configs: &[VipConfig], shared: Arc<crate::shared::Shared>) -> std::io::Result<()> {
-    let fence = crate::pair::get().map(|p| p.leases.clone());
+/// VIPs are fenced by leases committed through it. None when no VIP is configured.
+pub fn start(configs: &[VipConfig], shared: Arc<crate::shared::Shared>) -> std::io::Result<Option<Arc<Vips>>> {
+    let fence = shared.pair.as_ref().map(|p| p.leases.clone());
+    let fenced = fence.is_some();
     if configs.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     if let Err(e) = start_guard(configs) {
         tracing::warn!(error = %e, "VIP guard not started: after a crash the VIPs stay on the interface until their lifetime runs out or `tandem release-vips` runs");
@@ -87,12 +83,12 @@ pub fn start(configs: &[VipConfig], shared: Arc<crate::shared::Shared>) -> std::
         });
         let _ = done_tx.send(());
     })?;
-    let _ = VIPS.set(Vips {
+    Ok(Some(Arc::new(Vips {
         routers,
         control,
         done: std::sync::Mutex::new(Some(done_rx)),
-    });
-    Ok(())
+        fenced,
+    })))
 }
 
 /// One member handle per VIP of each sync group, by group name (popped in any order:
@@ -160,7 +156,7 @@ impl Vips {
                         "adverts_sent": s.adverts_sent.load(Relaxed),
                         "adverts_received": s.adverts_received.load(Relaxed),
                         "became_master": s.became_master.load(Relaxed),
-                        "fenced": crate::pair::get().is_some(),
+                        "fenced": self.fenced,
                         "lease_refused": s.lease_refused.load(Relaxed),
                         "lease_lost": s.lease_lost.load(Relaxed),
                         "no_quorum": s.no_quorum.load(Relaxed),

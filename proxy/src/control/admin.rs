@@ -23,7 +23,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use crate::shared::Shared;
+use crate::control::Node;
+use crate::pair::Pair;
 
 /// Most admin connections open at once.
 pub const MAX_ADMIN_CONNECTIONS: usize = 256;
@@ -36,20 +37,21 @@ pub const ADMIN_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::
 pub const ADMIN_HEADER: &str = "x-tandem-admin";
 
 /// Starts the admin listener on its own thread; returns once it is bound.
-pub fn start(shared: Arc<Shared>, addr: SocketAddr, token: Option<String>) -> std::io::Result<SocketAddr> {
-    let stats = shared.stats.clone();
+pub fn start(node: Node, addr: SocketAddr, token: Option<String>) -> std::io::Result<SocketAddr> {
+    let stats = node.shared.stats.clone();
     listen(addr, token, stats, move |req, token, stats| {
-        let shared = shared.clone();
-        async move { guarded(req, token.as_deref(), &stats, |req| serve(&shared, req)).await }
+        let node = node.clone();
+        async move { guarded(req, token.as_deref(), &stats, |req| serve(&node, req)).await }
     })
 }
 
 /// Starts a witness's admin listener (`/live`, `/ready`, `/metrics`, `/status`,
 /// `/cluster`: the group as the witness sees it) on its own thread.
-pub fn start_witness(addr: SocketAddr, token: Option<String>) -> std::io::Result<SocketAddr> {
+pub fn start_witness(addr: SocketAddr, token: Option<String>, pair: Arc<Pair>) -> std::io::Result<SocketAddr> {
     let stats = Arc::new(crate::stats::StatsRegistry::default());
-    listen(addr, token, stats, |req, token, stats| async move {
-        guarded(req, token.as_deref(), &stats, serve_witness).await
+    listen(addr, token, stats, move |req, token, stats| {
+        let pair = pair.clone();
+        async move { guarded(req, token.as_deref(), &stats, |req| serve_witness(&pair, req)).await }
     })
 }
 
@@ -166,21 +168,19 @@ where
 }
 
 /// A witness's admin calls.
-async fn serve_witness(req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let stopped = crate::pair::get().is_none_or(|p| p.view().role == "stopped");
+async fn serve_witness(pair: &Pair, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let stopped = pair.view().role == "stopped";
     match (req.method().clone(), req.uri().path()) {
         (Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n"),
         (Method::GET, "/ready") if stopped => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "ha core stopped\n"),
         (Method::GET, "/ready") => text(StatusCode::OK, "text/plain", "ready\n"),
         (Method::GET, "/metrics") => {
             let mut out = String::new();
-            if let Some(p) = crate::pair::get() {
-                crate::control::metrics::render_group(&mut out, &p.view());
-            }
+            crate::control::metrics::render_group(&mut out, &pair.view());
             text(StatusCode::OK, "text/plain; version=0.0.4", out)
         }
         (Method::GET, "/status") | (Method::GET, "/cluster") => {
-            text(StatusCode::OK, "application/json", cluster_json().to_string())
+            text(StatusCode::OK, "application/json", cluster_json(Some(pair)).to_string())
         }
         _ => text(
             StatusCode::NOT_FOUND,
@@ -241,7 +241,7 @@ fn addressed_by_ip(host: &str) -> bool {
 /// `POST /cluster/add?id=N&address=IP:PORT`, `/cluster/remove?id=N`,
 /// `/cluster/replace?old=N&id=M&address=IP:PORT` (add the new member, then remove the
 /// old one): carried out by the group's leader, answered with the voters afterwards.
-fn membership_call(path: &str, query: &str) -> Response<Full<Bytes>> {
+fn membership_call(pair: Option<&Pair>, path: &str, query: &str) -> Response<Full<Bytes>> {
     use tandem_ha::protocol::MembershipChange;
     let bad = |msg: String| {
         text(
@@ -250,7 +250,7 @@ fn membership_call(path: &str, query: &str) -> Response<Full<Bytes>> {
             json!({"error": msg}).to_string(),
         )
     };
-    let Some(pair) = crate::pair::get() else {
+    let Some(pair) = pair else {
         return bad("this node has no [ha] section".into());
     };
     let param = |k: &str| query_param(query, k);
@@ -308,7 +308,8 @@ fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Resp
     r
 }
 
-async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn serve(node: &Node, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let shared = &node.shared;
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -317,7 +318,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
     match (method, path.as_str()) {
         (Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n"),
         (Method::GET, "/ready") => {
-            let ha_stopped = crate::pair::get().is_some_and(|p| p.view().role == "stopped");
+            let ha_stopped = shared.pair.as_ref().is_some_and(|p| p.view().role == "stopped");
             if ha_stopped {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -332,17 +333,18 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n")
             }
         }
-        (Method::GET, "/metrics") => {
-            let rt = shared.runtime.load();
-            text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                crate::control::metrics::render(&rt, &shared.listeners, &shared.stats, shared.sticky.len()),
-            )
-        }
-        (Method::GET, "/cluster") => text(StatusCode::OK, "application/json", cluster_json().to_string()),
-        (Method::GET, "/status") => text(StatusCode::OK, "application/json", status_json(shared).to_string()),
-        (Method::GET, "/") => text(StatusCode::OK, "text/html; charset=utf-8", status_page(shared)),
+        (Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            crate::control::metrics::render(node),
+        ),
+        (Method::GET, "/cluster") => text(
+            StatusCode::OK,
+            "application/json",
+            cluster_json(shared.pair.as_deref()).to_string(),
+        ),
+        (Method::GET, "/status") => text(StatusCode::OK, "application/json", status_json(node).to_string()),
+        (Method::GET, "/") => text(StatusCode::OK, "text/html; charset=utf-8", status_page(node)),
         (Method::POST, "/reload") => match crate::control::reload::reload(shared) {
             Ok(o) => text(
                 StatusCode::OK,
@@ -388,7 +390,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
         (Method::POST, "/maintenance") => {
             let on = !query.split('&').any(|p| p == "on=0" || p == "off");
             let handover = shared.runtime.load().config.server.maintenance_handover;
-            crate::control::lifecycle::set_maintenance(shared, on, handover);
+            crate::control::lifecycle::set_maintenance(node, on, handover);
             let phase = shared.phase();
             text(
                 StatusCode::OK,
@@ -398,16 +400,16 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
                     "phase": phase,
                     "vips_released_in_ms": (phase == "handover").then_some(handover.as_millis() as u64),
                     "connections": shared.connections.load(Relaxed),
-                    "vips": crate::cluster::vips::get().map_or(serde_json::Value::Array(Vec::new()), |v| v.status_json()),
-                    "anycast": crate::cluster::anycast::get().map(|a| a.status_json()),
+                    "vips": node.vips.as_ref().map_or(serde_json::Value::Array(Vec::new()), |v| v.status_json()),
+                    "anycast": node.anycast.as_ref().map(|a| a.status_json()),
                 })
                 .to_string(),
             )
         }
         (Method::POST, "/cluster/add") | (Method::POST, "/cluster/remove") | (Method::POST, "/cluster/replace") => {
             // It waits for the leader (a new member catches up first): off this thread.
-            let (p, q) = (path.clone(), query.clone());
-            tokio::task::spawn_blocking(move || membership_call(&p, &q))
+            let (pair, p, q) = (shared.pair.clone(), path.clone(), query.clone());
+            tokio::task::spawn_blocking(move || membership_call(pair.as_deref(), &p, &q))
                 .await
                 .unwrap_or_else(|_| {
                     text(
@@ -435,8 +437,8 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
 
 /// The `/cluster` document: this node's view of the pair's Raft group
 /// ([`crate::pair::GroupView`] with `"member": true`).
-pub fn cluster_json() -> serde_json::Value {
-    let Some(p) = crate::pair::get() else {
+pub fn cluster_json(pair: Option<&Pair>) -> serde_json::Value {
+    let Some(p) = pair else {
         return json!({"member": false, "note": "no [ha] section: this node runs alone"});
     };
     let mut v = serde_json::to_value(p.view()).unwrap_or_default();
@@ -447,7 +449,8 @@ pub fn cluster_json() -> serde_json::Value {
 }
 
 /// The `/status` document: listeners, routes, clusters, endpoints with live stats.
-pub fn status_json(shared: &Shared) -> serde_json::Value {
+pub fn status_json(node: &Node) -> serde_json::Value {
+    let shared = &node.shared;
     let rt = shared.runtime.load();
     let cfg = &rt.config;
     let now = crate::clock::now_ns();
@@ -472,13 +475,13 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         "draining": shared.phase.get() == crate::phase::NodePhase::Draining,
         "maintenance": shared.phase.get().in_maintenance(),
         "phase": shared.phase(),
-        "syn_gate_closed": (crate::cluster::vips::get().is_some() || crate::cluster::anycast::get().is_some()) && shared.phase.get().closes_syn_gate(),
+        "syn_gate_closed": (node.vips.is_some() || node.anycast.is_some()) && shared.phase.get().closes_syn_gate(),
         "workers": shared.workers,
         "connections": shared.connections.load(Relaxed),
         "config": { "source": cfg.source, "generation": rt.generation, "hash": format!("{:016x}", rt.hash) },
-        "vips": crate::cluster::vips::get().map_or(serde_json::Value::Array(Vec::new()), |v| v.status_json()),
-        "anycast": crate::cluster::anycast::get().map(|a| a.status_json()),
-        "ha": crate::pair::get().map(|p| serde_json::to_value(p.view()).unwrap_or_default()),
+        "vips": node.vips.as_ref().map_or(serde_json::Value::Array(Vec::new()), |v| v.status_json()),
+        "anycast": node.anycast.as_ref().map(|a| a.status_json()),
+        "ha": shared.pair.as_ref().map(|p| serde_json::to_value(p.view()).unwrap_or_default()),
         "listeners": cfg.listeners.iter().zip(&shared.listeners).map(|(l, (_, s))| json!({
             "name": l.name,
             "listen": l.listen.to_string(),
@@ -579,13 +582,14 @@ fn by_class(get: impl Fn(usize) -> u64) -> serde_json::Value {
 
 /// The status page: the node's phase, its VIPs, the pair's group, routes and
 /// endpoints, refreshed every two seconds. Built from the same data as `/status`.
-fn status_page(shared: &Shared) -> String {
+fn status_page(node: &Node) -> String {
+    let shared = &node.shared;
     use std::fmt::Write as _;
     let rt = shared.runtime.load();
     let now = crate::clock::now_ns();
     let phase = shared.phase();
     let mut vips = String::new();
-    if let Some(v) = crate::cluster::vips::get() {
+    if let Some(v) = &node.vips {
         for x in v.status_json().as_array().into_iter().flatten() {
             let _ = write!(
                 vips,
@@ -605,7 +609,7 @@ fn status_page(shared: &Shared) -> String {
     } else {
         format!("<table id=vips><tr><th>VIP</th><th>VRID</th><th>addresses</th><th>state</th><th>priority now / configured</th></tr>{vips}</table>")
     };
-    let anycast = match crate::cluster::anycast::get() {
+    let anycast = match &node.anycast {
         None => String::new(),
         Some(a) => {
             let mut rows = String::new();
@@ -631,7 +635,7 @@ fn status_page(shared: &Shared) -> String {
             format!("<h2>Anycast</h2><table id=anycast><tr><th>group</th><th>addresses</th><th>route</th><th>why not</th><th>withdrawals</th></tr>{rows}</table>")
         }
     };
-    let group = match crate::pair::get().map(|p| p.view()) {
+    let group = match shared.pair.as_ref().map(|p| p.view()) {
         None => "<p>no [ha] section: this node runs alone</p>".to_string(),
         Some(g) => {
             let mut rows = String::new();

@@ -3,11 +3,10 @@
 //! stop. The phase they move is in [`crate::phase`] (see LIFECYCLE.md); the process
 //! state they act on in [`crate::shared::Shared`].
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use crate::control::Node;
 use crate::phase::NodePhase;
-use crate::shared::Shared;
 
 /// Maintenance on: clients are asked to close their connections (so their next ones
 /// go wherever the VIP is, or to another node of the anycast tier) while this node
@@ -16,15 +15,15 @@ use crate::shared::Shared;
 /// are withdrawn. In-flight requests finish. Off: the gate opens, keep-alive is normal
 /// again, the VIPs rejoin the election and the routes are announced while healthy.
 /// Neither changes a node that is stopping.
-pub fn set_maintenance(shared: &Arc<Shared>, on: bool, handover: Duration) {
-    let (vips, anycast) = (crate::cluster::vips::get(), crate::cluster::anycast::get());
+pub fn set_maintenance(node: &Node, on: bool, handover: Duration) {
+    let (shared, vips, anycast) = (&node.shared, node.vips.clone(), node.anycast.clone());
     if !on {
         let before = shared.phase.step(|p| p.in_maintenance().then_some(NodePhase::Serving));
         if before.in_maintenance() {
-            if let Some(v) = vips {
+            if let Some(v) = &vips {
                 v.set_maintenance(false);
             }
-            if let Some(a) = anycast {
+            if let Some(a) = &anycast {
                 a.set_maintenance(false);
             }
         }
@@ -66,8 +65,8 @@ pub fn set_maintenance(shared: &Arc<Shared>, on: bool, handover: Duration) {
 /// each), then the SYN gate closes, the VIPs are released with priority 0 (the peer
 /// takes over at once) and the routes are withdrawn. The drain follows
 /// ([`Shared::begin_drain`]).
-pub async fn hand_over_for_stop(shared: &Shared, handover: Duration) {
-    let (vips, anycast) = (crate::cluster::vips::get(), crate::cluster::anycast::get());
+pub async fn hand_over_for_stop(node: &Node, handover: Duration) {
+    let (shared, vips, anycast) = (&node.shared, node.vips.as_deref(), node.anycast.as_deref());
     if vips.is_none() && anycast.is_none() {
         return;
     }

@@ -3,18 +3,15 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 
 use crate::exposition::{counter, gauge};
-use crate::stats::{ClusterStats, EndpointStats, ListenerStats, StatsRegistry};
+use crate::stats::{ClusterStats, EndpointStats, ListenerStats};
 
-/// Renders the Prometheus text exposition for the current runtime.
-pub fn render(
-    rt: &crate::runtime::Runtime,
-    listeners: &[(String, Arc<ListenerStats>)],
-    reg: &StatsRegistry,
-    sticky_bindings: usize,
-) -> String {
+/// Renders the Prometheus text exposition of `node` for its current runtime.
+pub fn render(node: &crate::control::Node) -> String {
+    let shared = &node.shared;
+    let rt = &**shared.runtime.load();
+    let (listeners, reg, sticky_bindings) = (&shared.listeners[..], &*shared.stats, shared.sticky.len());
     let mut out = String::with_capacity(16 * 1024);
     let p = &reg.process;
     crate::control::process_metrics::render_build_info(&mut out);
@@ -542,13 +539,13 @@ pub fn render(
         }
     }
     crate::wasm::metrics::render(&mut out);
-    if let Some(p) = crate::pair::get() {
+    if let Some(p) = &shared.pair {
         render_group(&mut out, &p.view());
     }
-    if let Some(v) = crate::cluster::vips::get() {
+    if let Some(v) = &node.vips {
         v.render(&mut out);
     }
-    if let Some(a) = crate::cluster::anycast::get() {
+    if let Some(a) = &node.anycast {
         a.render(&mut out);
     }
     out

@@ -16,3 +16,33 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod process_metrics;
 pub mod reload;
+
+use std::sync::Arc;
+
+use crate::cluster::anycast::Anycast;
+use crate::cluster::vips::Vips;
+use crate::shared::Shared;
+
+/// One node as its control plane acts on it: the state its workers share, and what it
+/// announces (its VIPs, its anycast routes) when configured. `server::start` builds it
+/// in that order (the announcers need the listeners up); no process global holds any
+/// of it, so a process can run more than one.
+#[derive(Clone)]
+pub struct Node {
+    /// The state the workers, the health thread and the admin API share.
+    pub shared: Arc<Shared>,
+    /// The virtual routers, when VIPs are configured.
+    pub vips: Option<Arc<Vips>>,
+    /// The anycast groups, when configured.
+    pub anycast: Option<Arc<Anycast>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("shared", &self.shared)
+            .field("vips", &self.vips.as_ref().map(|v| v.routers.len()))
+            .field("anycast", &self.anycast.is_some())
+            .finish()
+    }
+}

@@ -166,6 +166,10 @@ impl crate::wasm::link::WorkerLink for Worker {
         self.id
     }
 
+    fn node_id(&self) -> Option<u64> {
+        self.shared.pair.as_ref().map(|p| p.id)
+    }
+
     fn runtime(&self) -> Arc<Runtime> {
         self.shared.runtime.load_full()
     }

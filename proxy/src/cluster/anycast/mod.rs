@@ -64,20 +64,17 @@ pub struct Anycast {
     announcer: OnceLock<std::thread::Thread>,
 }
 
-static ANYCAST: OnceLock<Anycast> = OnceLock::new();
-
-/// The anycast groups, when configured.
-pub fn get() -> Option<&'static Anycast> {
-    ANYCAST.get()
-}
-
 /// Adds the groups' addresses to their interfaces, withdraws whatever a previous run
 /// left announced, starts the guard and the announcer thread. Errors adding an address
 /// are logged (the group stays withdrawn: the node cannot receive it); the proxy keeps
-/// serving.
-pub fn start(groups: &[AnycastConfig], bgp: Option<&BgpConfig>, shared: Arc<Shared>) -> std::io::Result<()> {
+/// serving. None when no group is configured.
+pub fn start(
+    groups: &[AnycastConfig],
+    bgp: Option<&BgpConfig>,
+    shared: Arc<Shared>,
+) -> std::io::Result<Option<Arc<Anycast>>> {
     let Some(bgp) = bgp.filter(|_| !groups.is_empty()) else {
-        return Ok(());
+        return Ok(None);
     };
     let mut holding = Vec::new();
     for g in groups {
@@ -90,7 +87,7 @@ pub fn start(groups: &[AnycastConfig], bgp: Option<&BgpConfig>, shared: Arc<Shar
         tracing::warn!(error = %e, "anycast guard not started: after a crash BIRD keeps announcing until the BGP session ends or `tandem guard-anycast` runs");
     }
     let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let any = ANYCAST.get_or_init(|| Anycast {
+    let any = Arc::new(Anycast {
         groups: groups
             .iter()
             .map(|g| {
@@ -112,12 +109,13 @@ pub fn start(groups: &[AnycastConfig], bgp: Option<&BgpConfig>, shared: Arc<Shar
         done: Mutex::new(Some(done_rx)),
         announcer: OnceLock::new(),
     });
+    let announcing = any.clone();
     let thread = std::thread::Builder::new().name("anycast".into()).spawn(move || {
-        any.announce_loop(&shared, &holding);
+        announcing.announce_loop(&shared, &holding);
         let _ = done_tx.send(());
     })?;
     let _ = any.announcer.set(thread.thread().clone());
-    Ok(())
+    Ok(Some(any))
 }
 
 /// Adds `g`'s addresses to its interface (already there is fine); whether all are held.
@@ -330,7 +328,7 @@ fn trouble(shared: &Shared, g: &AnycastConfig) -> Option<String> {
             return Some(format!("cluster {name} has no endpoint taking traffic"));
         }
     }
-    if g.withdraw_on_no_quorum && crate::pair::get().is_some_and(|p| !p.in_touch_with_majority()) {
+    if g.withdraw_on_no_quorum && shared.pair.as_ref().is_some_and(|p| !p.in_touch_with_majority()) {
         return Some("no quorum".into());
     }
     None
