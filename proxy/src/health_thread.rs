@@ -61,7 +61,9 @@ async fn run(shared: Arc<Shared>) {
         if let Some(pair) = &shared.pair {
             adopt_peer_verdicts(pair, &rt, &mut adopted);
         }
-        crate::pair::sync_rate_limits(&shared.stats.limiters());
+        if let Some(pair) = &shared.pair {
+            crate::pair::sync_rate_limits(pair, &shared.stats.limiters());
+        }
         if ticks.is_multiple_of(250) {
             // Every 5 s: forget idle sticky bindings and rate-limit keys.
             let idle = rt
@@ -80,14 +82,18 @@ async fn run(shared: Arc<Shared>) {
         }
         if rt.generation != generation {
             generation = rt.generation;
-            sync_probers(&rt, &mut probers);
+            sync_probers(&rt, shared.pair.as_ref(), &mut probers);
         }
-        sweep_success_rate(&rt, &mut sweeps);
+        sweep_success_rate(&rt, shared.pair.as_deref(), &mut sweeps);
         track_drains(&shared, &rt);
     }
 }
 
-fn sync_probers(rt: &crate::runtime::Runtime, probers: &mut HashMap<ProberKey, Prober>) {
+fn sync_probers(
+    rt: &crate::runtime::Runtime,
+    pair: Option<&Arc<crate::pair::Pair>>,
+    probers: &mut HashMap<ProberKey, Prober>,
+) {
     let mut wanted: HashMap<ProberKey, (HealthCheckConfig, Arc<EndpointStats>, usize, usize)> = HashMap::new();
     for c in &rt.clusters {
         let Some(hc) = &c.health_check else { continue };
@@ -110,7 +116,7 @@ fn sync_probers(rt: &crate::runtime::Runtime, probers: &mut HashMap<ProberKey, P
             continue;
         }
         let (cluster, addr) = key.clone();
-        let task = tokio::task::spawn_local(prober(cluster, addr, hc.clone(), stats, i, n));
+        let task = tokio::task::spawn_local(prober(cluster, addr, hc.clone(), stats, (i, n), pair.cloned()));
         probers.insert(key, Prober { config: hc, task });
     }
 }
@@ -121,8 +127,8 @@ async fn prober(
     addr: SocketAddr,
     hc: HealthCheckConfig,
     stats: Arc<EndpointStats>,
-    i: usize,
-    n: usize,
+    (i, n): (usize, usize),
+    pair: Option<Arc<crate::pair::Pair>>,
 ) {
     let target_addr = SocketAddr::new(addr.ip(), hc.port.unwrap_or(addr.port()));
     let jitter = |hc: &HealthCheckConfig| {
@@ -142,6 +148,7 @@ async fn prober(
         let target = Target {
             cluster: &cluster,
             address: addr,
+            pair: pair.as_deref(),
         };
         match result {
             Ok(()) => {
@@ -195,6 +202,7 @@ fn adopt_peer_verdicts(
         let target = Target {
             cluster: &c.name,
             address: addr,
+            pair: Some(pair),
         };
         let h = &c.endpoints[i].stats.health;
         if !v.healthy {
@@ -229,6 +237,7 @@ fn adopt_peer_verdicts(
             Target {
                 cluster: &c.name,
                 address: addr,
+                pair: Some(pair),
             },
             c.outlier.as_ref(),
             ejected,
@@ -239,7 +248,11 @@ fn adopt_peer_verdicts(
 
 /// Ejects endpoints whose success rate over the last interval is below
 /// mean − factor × stdev of the endpoints with enough requests (Envoy's algorithm).
-fn sweep_success_rate(rt: &crate::runtime::Runtime, sweeps: &mut HashMap<Arc<str>, SweepState>) {
+fn sweep_success_rate(
+    rt: &crate::runtime::Runtime,
+    pair: Option<&crate::pair::Pair>,
+    sweeps: &mut HashMap<Arc<str>, SweepState>,
+) {
     let now = now_ns();
     for c in &rt.clusters {
         let Some(o) = &c.outlier else { continue };
@@ -281,6 +294,7 @@ fn sweep_success_rate(rt: &crate::runtime::Runtime, sweeps: &mut HashMap<Arc<str
                     Target {
                         cluster: &c.name,
                         address: e.address,
+                        pair,
                     },
                     Some(o),
                     ejected,

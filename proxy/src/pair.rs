@@ -41,17 +41,12 @@ pub struct Pair {
     group: (tandem_ha::types::Raft, tandem_ha::network::Network),
     /// The HA thread's runtime.
     runtime: tokio::runtime::Handle,
-}
-
-/// The member the data plane's hooks below publish to and read from (verdicts, sticky
-/// bindings, ejections, filters' shared data, rate-limit ledgers). The control plane
-/// and the health thread reach the member through [`crate::shared::Shared::pair`]; these
-/// hooks are called from places that hold no handle yet, and are what still ties a
-/// process to one member.
-static MEMBER: std::sync::OnceLock<Arc<Pair>> = std::sync::OnceLock::new();
-
-fn get() -> Option<&'static Pair> {
-    MEMBER.get().map(|p| &**p)
+    /// Whether this member has been in touch with the group for [`TRUSTED_AFTER`] since
+    /// it started (set by `judge_trust`).
+    ever_in_touch: std::sync::atomic::AtomicBool,
+    /// When (ms after the start, plus one; 0: not in touch) this member's current
+    /// stretch in touch with the group began.
+    in_touch_since: std::sync::atomic::AtomicU64,
 }
 
 /// Starts this node's member on a dedicated thread and returns once it runs. The
@@ -102,6 +97,8 @@ pub fn start(cfg: &HaConfigSection) -> Result<Arc<Pair>, String> {
                             config,
                             group: (node.raft.clone(), node.network.clone()),
                             runtime: handle,
+                            ever_in_touch: Default::default(),
+                            in_touch_since: Default::default(),
                         };
                         let _ = tx.send(Ok(pair));
                         // Keep the member (and its runtime) alive for the life of the process.
@@ -115,11 +112,7 @@ pub fn start(cfg: &HaConfigSection) -> Result<Arc<Pair>, String> {
             });
         })
         .map_err(|e| e.to_string())?;
-    let pair = Arc::new(rx.recv().map_err(|e| e.to_string())??);
-    if MEMBER.set(pair.clone()).is_err() {
-        return Err("a member of a Raft group already runs in this process".into());
-    }
-    Ok(pair)
+    Ok(Arc::new(rx.recv().map_err(|e| e.to_string())??))
 }
 
 impl std::fmt::Debug for Pair {
@@ -162,83 +155,83 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Publishes an active-check verdict (called from the verdict module only).
-pub fn publish_verdict(cluster: &str, endpoint: std::net::SocketAddr, healthy: bool) {
-    if let Some(p) = get() {
-        p.publisher.publish(Change::Verdict {
-            cluster: cluster.to_string(),
-            endpoint: endpoint.to_string(),
-            healthy,
-            observed_at_ms: now_ms(),
-        });
+/// What the data plane publishes to the group and reads from it.
+impl Pair {
+    /// Publishes an active-check verdict (called from the verdict module only).
+    pub fn publish_verdict(&self, cluster: &str, endpoint: std::net::SocketAddr, healthy: bool) {
+        {
+            let p = self;
+            p.publisher.publish(Change::Verdict {
+                cluster: cluster.to_string(),
+                endpoint: endpoint.to_string(),
+                healthy,
+                observed_at_ms: now_ms(),
+            });
+        }
+    }
+
+    /// Publishes a learned sticky binding (or its refresh); `replaces` names the binding a
+    /// rebind replaces, the one this node found unfit. The group keeps one binding per key:
+    /// the first committed, until replaced by name (see `tandem_ha::Change::StickyBind`).
+    pub fn publish_sticky(
+        &self,
+        key: u64,
+        endpoint: std::net::SocketAddr,
+        idle: std::time::Duration,
+        replaces: Option<std::net::SocketAddr>,
+    ) {
+        {
+            let p = self;
+            let at_ms = now_ms();
+            p.publisher.publish(Change::StickyBind {
+                key,
+                endpoint: endpoint.to_string(),
+                at_ms,
+                expires_at_ms: at_ms + idle.as_millis() as u64,
+                replaces: replaces.map(|r| r.to_string()),
+            });
+        }
+    }
+
+    /// Publishes a passive outlier ejection of this node (ending at `until_ms`).
+    pub fn publish_ejection(&self, cluster: &str, endpoint: std::net::SocketAddr, until_ms: u64) {
+        {
+            let p = self;
+            p.publisher.publish(Change::Ejection {
+                cluster: cluster.to_string(),
+                endpoint: endpoint.to_string(),
+                until_ms,
+                observed_at_ms: now_ms(),
+            });
+        }
+    }
+
+    /// A binding a peer learned, if it has not expired.
+    pub fn replicated_sticky(&self, key: u64) -> Option<std::net::SocketAddr> {
+        let p = self;
+        let t = p.tables.read().ok()?;
+        let (ep, exp) = t.sticky.get(&key)?;
+        (*exp > now_ms()).then(|| ep.parse().ok()).flatten()
+    }
+
+    /// Publishes a cluster-scoped shared-data write of a filter (`None` removes the key).
+    pub fn publish_shared(&self, key: &str, value: Option<Vec<u8>>) {
+        {
+            let p = self;
+            p.publisher.publish(Change::Shared {
+                key: key.to_string(),
+                value,
+            });
+        }
+    }
+
+    /// A cluster-scoped shared-data value as replicated in the group.
+    pub fn replicated_shared(&self, key: &str) -> Option<Vec<u8>> {
+        let p = self;
+        let t = p.tables.read().ok()?;
+        t.shared.get(key).cloned()
     }
 }
-
-/// Publishes a learned sticky binding (or its refresh); `replaces` names the binding a
-/// rebind replaces, the one this node found unfit. The group keeps one binding per key:
-/// the first committed, until replaced by name (see `tandem_ha::Change::StickyBind`).
-pub fn publish_sticky(
-    key: u64,
-    endpoint: std::net::SocketAddr,
-    idle: std::time::Duration,
-    replaces: Option<std::net::SocketAddr>,
-) {
-    if let Some(p) = get() {
-        let at_ms = now_ms();
-        p.publisher.publish(Change::StickyBind {
-            key,
-            endpoint: endpoint.to_string(),
-            at_ms,
-            expires_at_ms: at_ms + idle.as_millis() as u64,
-            replaces: replaces.map(|r| r.to_string()),
-        });
-    }
-}
-
-/// Publishes a passive outlier ejection of this node (ending at `until_ms`).
-pub fn publish_ejection(cluster: &str, endpoint: std::net::SocketAddr, until_ms: u64) {
-    if let Some(p) = get() {
-        p.publisher.publish(Change::Ejection {
-            cluster: cluster.to_string(),
-            endpoint: endpoint.to_string(),
-            until_ms,
-            observed_at_ms: now_ms(),
-        });
-    }
-}
-
-/// A binding a peer learned, if it has not expired.
-pub fn replicated_sticky(key: u64) -> Option<std::net::SocketAddr> {
-    let p = get()?;
-    let t = p.tables.read().ok()?;
-    let (ep, exp) = t.sticky.get(&key)?;
-    (*exp > now_ms()).then(|| ep.parse().ok()).flatten()
-}
-
-/// Publishes a cluster-scoped shared-data write of a filter (`None` removes the key).
-pub fn publish_shared(key: &str, value: Option<Vec<u8>>) {
-    if let Some(p) = get() {
-        p.publisher.publish(Change::Shared {
-            key: key.to_string(),
-            value,
-        });
-    }
-}
-
-/// A cluster-scoped shared-data value as replicated in the group.
-pub fn replicated_shared(key: &str) -> Option<Vec<u8>> {
-    let p = get()?;
-    let t = p.tables.read().ok()?;
-    t.shared.get(key).cloned()
-}
-
-/// Whether this process has been in touch with the group for [`TRUSTED_AFTER`] since it
-/// started (set by `judge_trust`).
-static EVER_IN_TOUCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// When (ms after the start, plus one; 0: not in touch) this node's current stretch in
-/// touch with the group began.
-static IN_TOUCH_SINCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How long a (re)started node must have been in touch before it counts the peers' counts
 /// it holds (the catch-up the leader sends is applied by then).
@@ -255,11 +248,11 @@ fn judge_trust(p: &Pair) {
     use std::sync::atomic::Ordering::Relaxed;
     let since = p.started.elapsed().as_millis() as u64 + 1;
     if !p.health.in_touch.load(Relaxed) {
-        IN_TOUCH_SINCE.store(0, Relaxed);
-    } else if IN_TOUCH_SINCE.load(Relaxed) == 0 {
-        IN_TOUCH_SINCE.store(since, Relaxed);
-    } else if since - IN_TOUCH_SINCE.load(Relaxed) >= TRUSTED_AFTER.as_millis() as u64 {
-        EVER_IN_TOUCH.store(true, Relaxed);
+        p.in_touch_since.store(0, Relaxed);
+    } else if p.in_touch_since.load(Relaxed) == 0 {
+        p.in_touch_since.store(since, Relaxed);
+    } else if since - p.in_touch_since.load(Relaxed) >= TRUSTED_AFTER.as_millis() as u64 {
+        p.ever_in_touch.store(true, Relaxed);
     }
 }
 
@@ -274,8 +267,7 @@ fn judge_trust(p: &Pair) {
 /// admit this node's share only, and nothing in the first seconds after a start until
 /// it has been in touch for [`TRUSTED_AFTER`]. In a pair without a witness a lost quorum is most often a
 /// peer that is down, and the node keeps the whole limit.
-pub fn sync_rate_limits(limiters: &[Arc<crate::ratelimit::Limiter>]) {
-    let Some(p) = get() else { return };
+pub fn sync_rate_limits(p: &Pair, limiters: &[Arc<crate::ratelimit::Limiter>]) {
     judge_trust(p);
     let cluster: Vec<_> = limiters
         .iter()
@@ -295,11 +287,11 @@ pub fn sync_rate_limits(limiters: &[Arc<crate::ratelimit::Limiter>]) {
         (voters, proxies.max(1))
     };
     let touch = p.health.in_touch.load(std::sync::atomic::Ordering::Relaxed)
-        && EVER_IN_TOUCH.load(std::sync::atomic::Ordering::Relaxed);
+        && p.ever_in_touch.load(std::sync::atomic::Ordering::Relaxed);
     let in_touch = touch || voters < 3;
     // Restarted and not yet in touch: the peer admitted what this node cannot see yet;
     // admit nothing for a few seconds rather than the share on top of it.
-    let fresh = !EVER_IN_TOUCH.load(std::sync::atomic::Ordering::Relaxed) && p.started.elapsed() < FRESH_START_DENY;
+    let fresh = !p.ever_in_touch.load(std::sync::atomic::Ordering::Relaxed) && p.started.elapsed() < FRESH_START_DENY;
     let share = if fresh { 0.0 } else { 1.0 / proxies as f64 };
     for l in &cluster {
         l.set_in_touch(in_touch, share);
@@ -491,7 +483,7 @@ impl Pair {
             in_touch: !stopped
                 && self.health.in_touch.load(std::sync::atomic::Ordering::Relaxed)
                 && (self.config.witnesses.contains(&self.id)
-                    || EVER_IN_TOUCH.load(std::sync::atomic::Ordering::Relaxed)),
+                    || self.ever_in_touch.load(std::sync::atomic::Ordering::Relaxed)),
             term: m.current_term,
             leader: if stopped { None } else { m.current_leader },
             last_log_index: m.last_log_index,

@@ -113,7 +113,7 @@ impl Shared {
             started_with: config,
             runtime: ArcSwap::from_pointee(runtime),
             stats,
-            sticky: Default::default(),
+            sticky: crate::sticky::StickyTable::new(pair.clone()),
             listeners,
             source,
             access_log,

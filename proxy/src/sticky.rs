@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -19,6 +19,7 @@ use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 
 use crate::clock::now_ns;
 use crate::config::{HashOn, StickyConfig};
+use crate::pair::Pair;
 use crate::runtime::{cookie_value, Cluster};
 
 const SHARDS: usize = 64;
@@ -32,17 +33,32 @@ type Binding = (SocketAddr, u64, u64);
 #[derive(Debug)]
 pub struct StickyTable {
     shards: Vec<Mutex<HashMap<u64, Binding>>>,
+    /// The node's member of the pair's group, when it is one: bindings are published
+    /// to it, and the committed ones read from it win over this node's.
+    pair: Option<Arc<Pair>>,
 }
 
 impl Default for StickyTable {
     fn default() -> Self {
-        StickyTable {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-        }
+        StickyTable::new(None)
     }
 }
 
 impl StickyTable {
+    /// An empty table of a node whose member of the pair's group is `pair`.
+    pub fn new(pair: Option<Arc<Pair>>) -> StickyTable {
+        StickyTable {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            pair,
+        }
+    }
+
+    fn publish(&self, key: u64, endpoint: SocketAddr, idle: std::time::Duration, replaces: Option<SocketAddr>) {
+        if let Some(p) = &self.pair {
+            p.publish_sticky(key, endpoint, idle, replaces);
+        }
+    }
+
     fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Binding>> {
         self.shards[(key as usize) % SHARDS]
             .lock()
@@ -166,17 +182,17 @@ pub(crate) fn plan(cluster: &Cluster, table: &StickyTable, headers: &HeaderMap, 
             // then only holds bindings made here and not committed yet: the first
             // requests of a session, or a node still catching up after a restart, whose
             // binding gives way to the committed one on first sight).
-            let bound = key.and_then(|k| match crate::pair::replicated_sticky(k) {
+            let bound = key.and_then(|k| match table.pair.as_ref().and_then(|p| p.replicated_sticky(k)) {
                 Some(a) => {
                     if table.adopt(k, a, *idle) {
-                        crate::pair::publish_sticky(k, a, *idle, None);
+                        table.publish(k, a, *idle, None);
                     }
                     Some(a)
                 }
                 None => {
                     let (a, republish) = table.get(k, *idle)?;
                     if republish {
-                        crate::pair::publish_sticky(k, a, *idle, None);
+                        table.publish(k, a, *idle, None);
                     }
                     Some(a)
                 }
@@ -237,7 +253,7 @@ pub(crate) fn finish(cluster: &Cluster, table: &StickyTable, plan: Plan, ep: usi
                 if plan.bound != Some(addr) {
                     table.bind(k, addr);
                     if let StickyConfig::Learned { idle, .. } = cfg {
-                        crate::pair::publish_sticky(k, addr, *idle, plan.bound);
+                        table.publish(k, addr, *idle, plan.bound);
                     }
                 }
             }

@@ -64,6 +64,7 @@ fn drain_removed(shared: &Shared, old: &Runtime, new: &Runtime) {
             let target = Target {
                 cluster: &r.cluster,
                 address: r.address,
+                pair: shared.pair.as_deref(),
             };
             verdict::apply(&r.stats.health, Verdict::Undrain, Source::Operator, target, None, 0, 0);
             return false;
@@ -78,6 +79,7 @@ fn drain_removed(shared: &Shared, old: &Runtime, new: &Runtime) {
             let target = Target {
                 cluster: &c.name,
                 address: e.address,
+                pair: shared.pair.as_deref(),
             };
             verdict::apply(&e.stats.health, Verdict::Drain, Source::Operator, target, None, 0, 0);
             removed.push(RemovedEndpoint {
@@ -124,6 +126,7 @@ pub fn set_endpoint_drain(
         Target {
             cluster: &c.name,
             address: e.address,
+            pair: shared.pair.as_deref(),
         },
         None,
         0,

@@ -67,13 +67,16 @@ pub(crate) enum Source {
     Filter,
 }
 
-/// Which endpoint, for logging.
+/// Which endpoint, for logging; and the node's member of the pair's group, when it is
+/// one, to publish to.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Target<'a> {
     /// Cluster name.
     pub cluster: &'a str,
     /// Endpoint address.
     pub address: SocketAddr,
+    /// Where verdicts and ejections are published.
+    pub pair: Option<&'a crate::pair::Pair>,
 }
 
 /// Applies `verdict` to `h`. For ejections, `ejected_now`/`total` are the cluster's
@@ -94,7 +97,9 @@ pub(crate) fn apply(
             if was != HEALTHY {
                 h.active_from.store(source as u8, Relaxed);
                 if matches!(source, Source::ActiveCheck | Source::Filter) {
-                    crate::pair::publish_verdict(target.cluster, target.address, true);
+                    if let Some(p) = target.pair {
+                        p.publish_verdict(target.cluster, target.address, true);
+                    }
                 }
                 if was == UNHEALTHY {
                     h.ready_since_ns.store(now, Relaxed);
@@ -116,7 +121,9 @@ pub(crate) fn apply(
             if h.active.swap(UNHEALTHY, Relaxed) != UNHEALTHY {
                 h.active_from.store(source as u8, Relaxed);
                 if matches!(source, Source::ActiveCheck | Source::Filter) {
-                    crate::pair::publish_verdict(target.cluster, target.address, false);
+                    if let Some(p) = target.pair {
+                        p.publish_verdict(target.cluster, target.address, false);
+                    }
                 }
                 tracing::warn!(cluster = target.cluster, endpoint = %target.address, ?source, "endpoint unhealthy");
                 return true;
@@ -137,9 +144,9 @@ pub(crate) fn apply(
             let dur = o.base_ejection_time.saturating_mul(times).min(o.max_ejection_time);
             h.ejected_until_ns.store(now + dur.as_nanos() as u64, Relaxed);
             h.ejected_by_peer.store(source == Source::Peer, Relaxed);
-            if source != Source::Peer {
+            if let Some(p) = target.pair.filter(|_| source != Source::Peer) {
                 // The pair ejects a gray endpoint together.
-                crate::pair::publish_ejection(
+                p.publish_ejection(
                     target.cluster,
                     target.address,
                     crate::pair::now_ms() + dur.as_millis() as u64,

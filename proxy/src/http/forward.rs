@@ -166,8 +166,8 @@ impl crate::wasm::link::WorkerLink for Worker {
         self.id
     }
 
-    fn node_id(&self) -> Option<u64> {
-        self.shared.pair.as_ref().map(|p| p.id)
+    fn pair(&self) -> Option<Arc<crate::pair::Pair>> {
+        self.shared.pair.clone()
     }
 
     fn runtime(&self) -> Arc<Runtime> {

@@ -37,6 +37,7 @@ pub(super) fn observe(
     status: u16,
     upstream_time: Duration,
     start: Instant,
+    pair: Option<&crate::pair::Pair>,
 ) {
     let ep = &cluster.endpoints[ep_idx];
     let ns = upstream_time.as_nanos() as u64;
@@ -46,11 +47,17 @@ pub(super) fn observe(
     cluster.stats.responses.record(status);
     route.stats.responses.record(status);
     route.stats.latency.observe_ns(ns);
-    crate::runtime::passive::observe_passive(cluster, ep_idx, status, false);
+    crate::runtime::passive::observe_passive(cluster, ep_idx, status, false, pair);
 }
 
 /// Stage 8 for an attempt that got no response.
-pub(super) fn observe_failure(route: &Route, cluster: &Cluster, ep_idx: usize, e: ProxyError) {
+pub(super) fn observe_failure(
+    route: &Route,
+    cluster: &Cluster,
+    ep_idx: usize,
+    e: ProxyError,
+    pair: Option<&crate::pair::Pair>,
+) {
     let ep = &cluster.endpoints[ep_idx];
     let status = e.status().as_u16();
     ep.stats.responses.record(status);
@@ -59,7 +66,7 @@ pub(super) fn observe_failure(route: &Route, cluster: &Cluster, ep_idx: usize, e
     if !matches!(e, ProxyError::Overflow(_)) {
         // A failure is as bad as a slow answer for load-aware balancers.
         ep.stats.ewma.observe(1e9);
-        crate::runtime::passive::observe_passive(cluster, ep_idx, status, true);
+        crate::runtime::passive::observe_passive(cluster, ep_idx, status, true, pair);
     }
 }
 

@@ -219,10 +219,18 @@ pub(super) async fn attempts(
         };
         let upstream_time = start.elapsed();
         match &outcome {
-            Ok(_) => observe(route, cluster, ep_idx, status, upstream_time, start),
+            Ok(_) => observe(
+                route,
+                cluster,
+                ep_idx,
+                status,
+                upstream_time,
+                start,
+                worker.shared.pair.as_deref(),
+            ),
             // The client's faults say nothing about the endpoint.
             Err(e) if e.is_downstream() => {}
-            Err(e) => observe_failure(route, cluster, ep_idx, *e),
+            Err(e) => observe_failure(route, cluster, ep_idx, *e, worker.shared.pair.as_deref()),
         }
         let retry = policy.is_some_and(|p| attempt < max_attempts && should_retry(p, &outcome));
         if !retry || !reserve_retry(cluster) {

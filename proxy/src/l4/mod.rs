@@ -135,7 +135,7 @@ async fn forward<D>(
             Err(f) => {
                 let status = f.kind.status().as_u16();
                 ep.stats.responses.record(status);
-                crate::runtime::passive::observe_passive(cluster, ep_idx, status, true);
+                crate::runtime::passive::observe_passive(cluster, ep_idx, status, true, worker.shared.pair.as_deref());
             }
         }
     };
@@ -154,7 +154,13 @@ async fn forward<D>(
                 },
                 Err(f) => {
                     tracing::debug!(endpoint = %ep.address, error = %f, "upstream TLS failed");
-                    crate::runtime::passive::observe_passive(cluster, ep_idx, f.kind.status().as_u16(), true);
+                    crate::runtime::passive::observe_passive(
+                        cluster,
+                        ep_idx,
+                        f.kind.status().as_u16(),
+                        true,
+                        worker.shared.pair.as_deref(),
+                    );
                     (0, 0)
                 }
             }

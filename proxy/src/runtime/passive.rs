@@ -9,8 +9,15 @@ use crate::health::verdict;
 /// Passive outlier detection: counts consecutive 5xx and gateway errors of real
 /// traffic to endpoint `idx` and ejects through [`verdict::apply`] when a threshold is
 /// reached. `status` is the status the client saw (a local 502/503/504 for failures);
-/// `gateway_failure` marks connect failures, resets and timeouts.
-pub(crate) fn observe_passive(cluster: &super::Cluster, idx: usize, status: u16, gateway_failure: bool) {
+/// `gateway_failure` marks connect failures, resets and timeouts. An ejection is
+/// published to `pair` (the node's member of the pair's group, when it is one).
+pub(crate) fn observe_passive(
+    cluster: &super::Cluster,
+    idx: usize,
+    status: u16,
+    gateway_failure: bool,
+    pair: Option<&crate::pair::Pair>,
+) {
     let Some(o) = &cluster.outlier else { return };
     let ep = &cluster.endpoints[idx];
     let h = &ep.stats.health;
@@ -48,6 +55,7 @@ pub(crate) fn observe_passive(cluster: &super::Cluster, idx: usize, status: u16,
         verdict::Target {
             cluster: &cluster.name,
             address: ep.address,
+            pair,
         },
         Some(o),
         ejected,

@@ -76,6 +76,7 @@ pub fn call(st: &mut HostState, name: &str, args: &[u8]) -> Result<Vec<u8>, i32>
                 .iter()
                 .find(|e| e.address == addr)
                 .ok_or(status::NOT_FOUND)?;
+            let pair = worker.pair();
             crate::health::verdict::apply(
                 &e.stats.health,
                 verdict,
@@ -83,6 +84,7 @@ pub fn call(st: &mut HostState, name: &str, args: &[u8]) -> Result<Vec<u8>, i32>
                 crate::health::verdict::Target {
                     cluster: &c.name,
                     address: addr,
+                    pair: pair.as_deref(),
                 },
                 None,
                 0,

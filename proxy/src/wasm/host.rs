@@ -554,7 +554,8 @@ fn define_shared(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: C<'_>, kp: i32, kl: i32, rp: i32, rl: i32, rc: i32| -> R {
             let key = read(&mut c, kp, kl)?;
             let p = c.data().plugin.clone();
-            match super::shared::get(&p.vm_id, p.shared_prefix.as_deref(), &key) {
+            let pair = c.data().worker.upgrade().and_then(|w| w.pair());
+            match super::shared::get(&p.vm_id, p.shared_prefix.as_deref(), &key, pair.as_deref()) {
                 Some((v, cas)) => {
                     write_u32(&mut c, rc, cas)?;
                     give(&mut c, &v, rp, rl)
@@ -570,12 +571,14 @@ fn define_shared(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let key = read(&mut c, kp, kl)?;
             let value = read(&mut c, vp, vl)?;
             let p = c.data().plugin.clone();
+            let pair = c.data().worker.upgrade().and_then(|w| w.pair());
             Ok(super::shared::set(
                 &p.vm_id,
                 p.shared_prefix.as_deref(),
                 &key,
                 &value,
                 cas as u32,
+                pair.as_deref(),
             ))
         },
     )?;

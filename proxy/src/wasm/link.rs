@@ -20,8 +20,9 @@ pub type ClusterCall<'a> = Pin<Box<dyn Future<Output = Result<Response<ResponseB
 pub trait WorkerLink {
     /// The worker's number (`plugin_root_id`-independent `worker_id` property).
     fn worker_id(&self) -> usize;
-    /// This node's id in the pair's group, when it is a member (`node_id` property).
-    fn node_id(&self) -> Option<u64>;
+    /// This node's member of the pair's group, when it is one: the `node_id` property,
+    /// filters' cluster-scoped shared data and their health reports go through it.
+    fn pair(&self) -> Option<Arc<crate::pair::Pair>>;
     /// The runtime new requests use.
     fn runtime(&self) -> Arc<Runtime>;
     /// One request to cluster `cluster` of `rt` outside any route: its balancer (or the
@@ -48,7 +49,7 @@ impl WorkerLink for Detached {
     fn worker_id(&self) -> usize {
         unreachable!("a detached link never upgrades")
     }
-    fn node_id(&self) -> Option<u64> {
+    fn pair(&self) -> Option<Arc<crate::pair::Pair>> {
         unreachable!("a detached link never upgrades")
     }
     fn runtime(&self) -> Arc<Runtime> {

@@ -80,7 +80,7 @@ pub fn get(st: &HostState, path: &[u8]) -> Option<Vec<u8>> {
         "plugin_configuration" => return Some(p.config.clone()),
         "vm_configuration" => return Some(p.vm_config.clone()),
         WORKER_ID => return st.worker.upgrade().map(|w| i64le(w.worker_id() as i64)),
-        NODE_ID => return st.worker.upgrade().and_then(|w| w.node_id()).map(|n| i64le(n as i64)),
+        NODE_ID => return st.worker.upgrade().and_then(|w| w.pair()).map(|p| i64le(p.id as i64)),
         _ => {}
     }
     let s = st.streams.get(&st.effective)?;

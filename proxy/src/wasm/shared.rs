@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::abi::status;
+use crate::pair::Pair;
 
 /// One queue.
 struct Queue {
@@ -46,16 +47,18 @@ pub const MAX_QUEUE_ITEMS: usize = 100_000;
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 
 /// Reads a key: value and CAS.
-pub fn get(vm_id: &str, prefix: Option<&str>, key: &[u8]) -> Option<(Vec<u8>, u32)> {
+/// `pair` is the node's member of the pair's group (keys under `prefix` are read from
+/// what it replicated).
+pub fn get(vm_id: &str, prefix: Option<&str>, key: &[u8], pair: Option<&Pair>) -> Option<(Vec<u8>, u32)> {
     let local = store()
         .lock()
         .expect("shared data poisoned")
         .data
         .get(&(vm_id.to_string(), key.to_vec()))
         .cloned();
-    if let (Some(p), Ok(k)) = (prefix, std::str::from_utf8(key)) {
+    if let (Some(p), Ok(k), Some(pair)) = (prefix, std::str::from_utf8(key), pair) {
         if k.starts_with(p) {
-            if let Some(v) = crate::pair::replicated_shared(k) {
+            if let Some(v) = pair.replicated_shared(k) {
                 let cas = local.as_ref().map_or(0, |l| l.1);
                 if local.as_ref().is_none_or(|l| l.0 != v) {
                     // A peer's newer value: adopt it locally with a fresh CAS.
@@ -75,7 +78,8 @@ pub fn get(vm_id: &str, prefix: Option<&str>, key: &[u8]) -> Option<(Vec<u8>, u3
 }
 
 /// Writes a key; with `cas != 0` only if it still matches. Returns a status.
-pub fn set(vm_id: &str, prefix: Option<&str>, key: &[u8], value: &[u8], cas: u32) -> i32 {
+/// Keys under `prefix` are published to `pair`, the node's member of the pair's group.
+pub fn set(vm_id: &str, prefix: Option<&str>, key: &[u8], value: &[u8], cas: u32, pair: Option<&Pair>) -> i32 {
     if value.len() > MAX_VALUE_BYTES {
         return status::BAD_ARGUMENT;
     }
@@ -90,9 +94,9 @@ pub fn set(vm_id: &str, prefix: Option<&str>, key: &[u8], value: &[u8], cas: u32
     }
     s.data.insert(k, (value.to_vec(), next_cas()));
     drop(s);
-    if let (Some(p), Ok(k)) = (prefix, std::str::from_utf8(key)) {
+    if let (Some(p), Ok(k), Some(pair)) = (prefix, std::str::from_utf8(key), pair) {
         if k.starts_with(p) {
-            crate::pair::publish_shared(k, (!value.is_empty()).then(|| value.to_vec()));
+            pair.publish_shared(k, (!value.is_empty()).then(|| value.to_vec()));
         }
     }
     status::OK
