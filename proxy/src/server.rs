@@ -147,6 +147,7 @@ pub fn start(config: Config, source: ConfigSource) -> Result<Running, RunError> 
         shared: shared.clone(),
         vips,
         anycast,
+        rate_samples: Default::default(),
     };
     let admin = crate::control::admin::start(node.clone(), admin_addr, token).map_err(|source| RunError::Admin {
         addr: admin_addr,

@@ -12,7 +12,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -536,12 +536,9 @@ pub fn status_json(node: &Node) -> serde_json::Value {
 /// Request rate and 5xx share per route over the last few seconds, from samples the
 /// status page keeps (at most one a second, the oldest within 10 s used): `None` for a
 /// route until there is a sample a second old. A new generation starts over.
-fn route_rates(generation: u64, totals: &[(u64, u64)]) -> Vec<Option<(f64, f64)>> {
-    use std::collections::VecDeque;
-    type Sample = (Instant, u64, Vec<(u64, u64)>);
-    static SAMPLES: Mutex<VecDeque<Sample>> = Mutex::new(VecDeque::new());
+fn route_rates(node: &Node, generation: u64, totals: &[(u64, u64)]) -> Vec<Option<(f64, f64)>> {
     let now = Instant::now();
-    let mut samples = SAMPLES.lock().unwrap_or_else(|p| p.into_inner());
+    let mut samples = node.rate_samples.lock().unwrap_or_else(|p| p.into_inner());
     samples.retain(|(t, g, v)| {
         *g == generation && v.len() == totals.len() && now.duration_since(*t) <= Duration::from_secs(10)
     });
@@ -680,7 +677,7 @@ fn status_page(node: &Node) -> String {
             )
         })
         .collect();
-    let rates = route_rates(rt.generation, &totals);
+    let rates = route_rates(node, rt.generation, &totals);
     let mut routes = String::new();
     for (i, r) in rt.routes.iter().enumerate() {
         let by_class: Vec<u64> = (1..=5).map(|c| r.stats.responses.get(c)).collect();

@@ -35,7 +35,12 @@ pub struct Node {
     pub vips: Option<Arc<Vips>>,
     /// The anycast groups, when configured.
     pub anycast: Option<Arc<Anycast>>,
+    /// The status page's recent per-route totals, for its rates (see `admin.rs`).
+    pub rate_samples: Arc<std::sync::Mutex<std::collections::VecDeque<RateSample>>>,
 }
+
+/// When, for which runtime generation, and each route's (requests, 5xx) totals then.
+pub type RateSample = (std::time::Instant, u64, Vec<(u64, u64)>);
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
