@@ -78,6 +78,8 @@ pub struct Shared {
     removed: Mutex<Vec<RemovedEndpoint>>,
     /// This node's member of the pair's Raft group, when `[ha]` is configured.
     pub pair: Option<Arc<crate::pair::Pair>>,
+    /// What this node's filters share across workers and reloads.
+    pub wasm: Arc<crate::wasm::HostShared>,
 }
 
 /// An endpoint a reload removed: it drains (in-flight requests finish on the old
@@ -128,6 +130,7 @@ impl Shared {
             reload_lock: Mutex::new(()),
             removed: Mutex::new(Vec::new()),
             pair,
+            wasm: Default::default(),
         })
     }
 

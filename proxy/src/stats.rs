@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use crate::balancer::PeakEwma;
 
@@ -199,6 +199,7 @@ pub struct StatsRegistry {
     endpoints: Mutex<HashMap<(String, SocketAddr), Arc<EndpointStats>>>,
     listeners: Mutex<HashMap<String, Arc<ListenerStats>>>,
     limiters: Mutex<HashMap<String, Arc<crate::ratelimit::Limiter>>>,
+    plugins: Mutex<HashMap<String, Arc<PluginStats>>>,
     /// Process-wide counters.
     pub process: ProcessStats,
 }
@@ -211,6 +212,17 @@ impl StatsRegistry {
     /// Stats of cluster `name`.
     pub fn cluster(&self, name: &str) -> Arc<ClusterStats> {
         get_or_default(&self.clusters, name.to_string())
+    }
+    /// Counters of filter `name` (the same object across reloads).
+    pub fn plugin(&self, name: &str) -> Arc<PluginStats> {
+        get_or_default(&self.plugins, name.to_string())
+    }
+    /// Every filter's counters, by name (for the exposition).
+    pub fn plugins(&self) -> Vec<(String, Arc<PluginStats>)> {
+        let m = self.plugins.lock().expect("plugin stats poisoned");
+        let mut v: Vec<_> = m.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
     /// Stats of endpoint `addr` in cluster `cluster`.
     pub fn endpoint(&self, cluster: &str, addr: SocketAddr) -> Arc<EndpointStats> {
@@ -282,19 +294,4 @@ pub struct PluginStats {
     pub grpc_refused: AtomicU64,
     /// Largest linear memory of one instance seen (bytes).
     pub memory_bytes: AtomicU64,
-}
-
-pub(crate) fn plugins() -> &'static Mutex<HashMap<String, Arc<PluginStats>>> {
-    static P: OnceLock<Mutex<HashMap<String, Arc<PluginStats>>>> = OnceLock::new();
-    P.get_or_init(Default::default)
-}
-
-/// Counters of plugin `name` (the same object across reloads).
-pub(crate) fn plugin_stats(name: &str) -> Arc<PluginStats> {
-    plugins()
-        .lock()
-        .expect("plugin stats poisoned")
-        .entry(name.to_string())
-        .or_default()
-        .clone()
 }

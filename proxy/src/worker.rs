@@ -35,6 +35,7 @@ pub(crate) struct Worker {
 impl Worker {
     /// Worker `id`'s state, before its first connection.
     pub(crate) fn new(id: usize, shared: Arc<Shared>, listeners: Arc<[ListenerConfig]>) -> Worker {
+        let wasm = RefCell::new(crate::wasm::instance::WorkerInstances::new(shared.wasm.clone()));
         Worker {
             id,
             shared,
@@ -42,7 +43,7 @@ impl Worker {
             pool: Rc::new(Pool::default()),
             balancers: RefCell::new((0, Vec::new())),
             scratch: RefCell::new(Vec::with_capacity(64)),
-            wasm: RefCell::new(Default::default()),
+            wasm,
         }
     }
 

@@ -538,7 +538,7 @@ pub fn render(node: &crate::control::Node) -> String {
             );
         }
     }
-    crate::wasm::metrics::render(&mut out);
+    crate::wasm::metrics::render(&mut out, &shared.wasm, &shared.stats);
     if let Some(p) = &shared.pair {
         render_group(&mut out, &p.view());
     }

@@ -193,7 +193,7 @@ impl Runtime {
         let plugins: Vec<Arc<crate::runtime::plugin::Plugin>> = config
             .filters
             .iter()
-            .map(|f| Arc::new(crate::runtime::plugin::Plugin::new(f)))
+            .map(|f| Arc::new(crate::runtime::plugin::Plugin::new(f, stats)))
             .collect();
         let routes: Vec<Route> = config
             .routes

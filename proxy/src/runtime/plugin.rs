@@ -46,8 +46,8 @@ pub struct Plugin {
 static UID: AtomicU64 = AtomicU64::new(1);
 
 impl Plugin {
-    /// Builds the runtime plugin of a validated filter.
-    pub fn new(f: &FilterConfig) -> Plugin {
+    /// Builds the runtime plugin of a validated filter; its counters are `stats`'s.
+    pub fn new(f: &FilterConfig, stats: &crate::stats::StatsRegistry) -> Plugin {
         Plugin {
             uid: UID.fetch_add(1, Relaxed),
             name: Arc::from(f.name.as_str()),
@@ -62,7 +62,7 @@ impl Plugin {
             env: f.env.clone(),
             module: f.module.0.module.clone(),
             sha256: f.module.0.sha256.clone(),
-            stats: crate::stats::plugin_stats(&f.name),
+            stats: stats.plugin(&f.name),
         }
     }
 }

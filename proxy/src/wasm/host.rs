@@ -555,7 +555,13 @@ fn define_shared(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let key = read(&mut c, kp, kl)?;
             let p = c.data().plugin.clone();
             let pair = c.data().worker.upgrade().and_then(|w| w.pair());
-            match super::shared::get(&p.vm_id, p.shared_prefix.as_deref(), &key, pair.as_deref()) {
+            match super::shared::get(
+                &c.data().host,
+                &p.vm_id,
+                p.shared_prefix.as_deref(),
+                &key,
+                pair.as_deref(),
+            ) {
                 Some((v, cas)) => {
                     write_u32(&mut c, rc, cas)?;
                     give(&mut c, &v, rp, rl)
@@ -573,6 +579,7 @@ fn define_shared(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let p = c.data().plugin.clone();
             let pair = c.data().worker.upgrade().and_then(|w| w.pair());
             Ok(super::shared::set(
+                &c.data().host,
                 &p.vm_id,
                 p.shared_prefix.as_deref(),
                 &key,
@@ -589,7 +596,7 @@ fn define_shared(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let name = read_str(&mut c, np, nl)?;
             let notify = std::sync::Arc::new(tokio::sync::Notify::new());
             let vm = c.data().plugin.vm_id.clone();
-            let id = super::shared::register_queue(&vm, &name, notify.clone());
+            let id = super::shared::register_queue(&c.data().host, &vm, &name, notify.clone());
             c.data_mut().new_queues.push((id, notify));
             write_u32(&mut c, rq, id)?;
             Ok(status::OK)
@@ -604,7 +611,7 @@ fn define_shared(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 vm = c.data().plugin.vm_id.clone();
             }
             let name = read_str(&mut c, np, nl)?;
-            match super::shared::resolve_queue(&vm, &name) {
+            match super::shared::resolve_queue(&c.data().host, &vm, &name) {
                 Some(id) => {
                     write_u32(&mut c, rq, id)?;
                     Ok(status::OK)
@@ -618,14 +625,14 @@ fn define_shared(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_enqueue_shared_queue",
         |mut c: C<'_>, q: i32, vp: i32, vl: i32| -> R {
             let v = read(&mut c, vp, vl)?;
-            Ok(super::shared::enqueue(q as u32, &v))
+            Ok(super::shared::enqueue(&c.data().host, q as u32, &v))
         },
     )?;
     l.func_wrap(
         "env",
         "proxy_dequeue_shared_queue",
         |mut c: C<'_>, q: i32, rp: i32, rl: i32| -> R {
-            match super::shared::dequeue(q as u32) {
+            match super::shared::dequeue(&c.data().host, q as u32) {
                 Ok(v) => give(&mut c, &v, rp, rl),
                 Err(s) => Ok(s),
             }
@@ -644,13 +651,13 @@ fn define_misc(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 return Ok(status::BAD_ARGUMENT);
             }
             let name = read_str(&mut c, np, nl)?;
-            let id = super::metrics::define(&c.data().plugin.name, &name, kind);
+            let id = super::metrics::define(&c.data().host, &c.data().plugin.name, &name, kind);
             write_u32(&mut c, rid, id)?;
             Ok(status::OK)
         },
     )?;
-    l.func_wrap("env", "proxy_increment_metric", |_c: C<'_>, id: i32, delta: i64| -> R {
-        let Some(m) = super::metrics::get(id as u32) else {
+    l.func_wrap("env", "proxy_increment_metric", |c: C<'_>, id: i32, delta: i64| -> R {
+        let Some(m) = super::metrics::get(&c.data().host, id as u32) else {
             return Ok(status::NOT_FOUND);
         };
         match m.kind {
@@ -662,8 +669,8 @@ fn define_misc(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             _ => Ok(status::BAD_ARGUMENT),
         }
     })?;
-    l.func_wrap("env", "proxy_record_metric", |_c: C<'_>, id: i32, value: i64| -> R {
-        let Some(m) = super::metrics::get(id as u32) else {
+    l.func_wrap("env", "proxy_record_metric", |c: C<'_>, id: i32, value: i64| -> R {
+        let Some(m) = super::metrics::get(&c.data().host, id as u32) else {
             return Ok(status::NOT_FOUND);
         };
         match m.kind {
@@ -676,7 +683,7 @@ fn define_misc(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         Ok(status::OK)
     })?;
     l.func_wrap("env", "proxy_get_metric", |mut c: C<'_>, id: i32, ret: i32| -> R {
-        let Some(m) = super::metrics::get(id as u32) else {
+        let Some(m) = super::metrics::get(&c.data().host, id as u32) else {
             return Ok(status::NOT_FOUND);
         };
         if m.kind == 2 {

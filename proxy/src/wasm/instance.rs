@@ -130,9 +130,13 @@ fn lookup<P: WasmParams, R: WasmResults>(
 impl Instance {
     /// Instantiates `plugin` and runs its start-up sequence. `worker` is `None` for the
     /// trial run of configuration validation.
-    pub fn create(plugin: &Arc<Plugin>, worker: Weak<dyn WorkerLink>) -> Result<Rc<RefCell<Instance>>, Fault> {
+    pub fn create(
+        plugin: &Arc<Plugin>,
+        worker: Weak<dyn WorkerLink>,
+        host: Arc<super::HostShared>,
+    ) -> Result<Rc<RefCell<Instance>>, Fault> {
         plugin.stats.instances.fetch_add(1, Relaxed);
-        let r = Self::create_inner(plugin, worker);
+        let r = Self::create_inner(plugin, worker, host);
         if let Err(e) = &r {
             plugin.stats.instance_failures.fetch_add(1, Relaxed);
             tracing::error!(filter = %plugin.name, error = %e, "filter instance could not start");
@@ -140,11 +144,16 @@ impl Instance {
         r
     }
 
-    fn create_inner(plugin: &Arc<Plugin>, worker: Weak<dyn WorkerLink>) -> Result<Rc<RefCell<Instance>>, Fault> {
+    fn create_inner(
+        plugin: &Arc<Plugin>,
+        worker: Weak<dyn WorkerLink>,
+        host: Arc<super::HostShared>,
+    ) -> Result<Rc<RefCell<Instance>>, Fault> {
         let pre = instance_pre(plugin).map_err(Fault::Unavailable)?;
         let state = HostState {
             plugin: plugin.clone(),
             worker,
+            host,
             inbox: Weak::<RefCell<Instance>>::new(),
             memory: None,
             malloc: None,
@@ -720,11 +729,12 @@ fn classify(e: wasmtime::Error, memory_refused: bool) -> Fault {
 }
 
 /// Instances of one worker, by plugin uid; replaced when poisoned, retired on reload.
-#[derive(Default)]
 pub struct WorkerInstances {
     map: HashMap<u64, Rc<RefCell<Instance>>, IdHash>,
     /// Last failed creation per plugin uid (restarts are rate limited).
     failed: HashMap<u64, Instant, IdHash>,
+    /// What the node's filters share.
+    host: Arc<super::HostShared>,
 }
 
 /// Finished streams' boxes kept per instance for reuse (more are freed).
@@ -734,6 +744,15 @@ const SPARE_STREAMS: usize = 64;
 const RESTART_BACKOFF: Duration = Duration::from_millis(250);
 
 impl WorkerInstances {
+    /// No instance yet; those created share `host` with the node's other workers.
+    pub fn new(host: Arc<super::HostShared>) -> WorkerInstances {
+        WorkerInstances {
+            map: HashMap::default(),
+            failed: HashMap::default(),
+            host,
+        }
+    }
+
     /// The live instance of `plugin`, creating it if needed.
     pub fn get(&mut self, plugin: &Arc<Plugin>, worker: Weak<dyn WorkerLink>) -> Result<Rc<RefCell<Instance>>, Fault> {
         if let Some(i) = self.map.get(&plugin.uid) {
@@ -747,7 +766,7 @@ impl WorkerInstances {
                 return Err(Fault::Unavailable("restarting".into()));
             }
         }
-        match Instance::create(plugin, worker) {
+        match Instance::create(plugin, worker, self.host.clone()) {
             Ok(i) => {
                 self.failed.remove(&plugin.uid);
                 self.map.insert(plugin.uid, i.clone());

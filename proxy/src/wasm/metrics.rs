@@ -1,12 +1,14 @@
 //! Counters of the wasm host (per plugin: calls, failures by kind, restarts) and the
 //! metrics guests define with `proxy_define_metric`, rendered into `/metrics`.
-//! Guest metrics are process-wide and keyed by (plugin, name), so the copies of a
-//! plugin in every worker add into one series, as in Envoy.
+//! Guest metrics are per node ([`super::HostShared`]) and keyed by (plugin, name), so
+//! the copies of a plugin in every worker add into one series, as in Envoy.
 
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::Arc;
+
+use super::HostShared;
 
 /// A guest-defined metric.
 #[derive(Debug)]
@@ -23,20 +25,16 @@ pub struct GuestMetric {
     pub count: AtomicU64,
 }
 
+/// A node's guest-defined metrics.
 #[derive(Default)]
-struct Registry {
+pub(crate) struct Registry {
     by_key: HashMap<(String, String), u32>,
     metrics: Vec<Arc<GuestMetric>>,
 }
 
-fn registry() -> &'static RwLock<Registry> {
-    static R: OnceLock<RwLock<Registry>> = OnceLock::new();
-    R.get_or_init(Default::default)
-}
-
 /// Defines (or finds) a metric; ids start at 1.
-pub fn define(plugin: &str, name: &str, kind: i32) -> u32 {
-    let mut r = registry().write().expect("metric registry poisoned");
+pub fn define(host: &HostShared, plugin: &str, name: &str, kind: i32) -> u32 {
+    let mut r = host.metrics.write().expect("metric registry poisoned");
     let key = (plugin.to_string(), name.to_string());
     if let Some(&id) = r.by_key.get(&key) {
         return id;
@@ -54,8 +52,8 @@ pub fn define(plugin: &str, name: &str, kind: i32) -> u32 {
 }
 
 /// The metric with this id.
-pub fn get(id: u32) -> Option<Arc<GuestMetric>> {
-    let r = registry().read().expect("metric registry poisoned");
+pub fn get(host: &HostShared, id: u32) -> Option<Arc<GuestMetric>> {
+    let r = host.metrics.read().expect("metric registry poisoned");
     r.metrics.get((id as usize).checked_sub(1)?).cloned()
 }
 
@@ -63,15 +61,13 @@ fn label(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Appends the wasm families to a Prometheus text exposition.
-pub fn render(out: &mut String) {
-    let p = crate::stats::plugins().lock().expect("plugin stats poisoned");
+/// Appends the wasm families of a node (its filters' counters in `stats`, the metrics
+/// they defined in `host`) to a Prometheus text exposition.
+pub fn render(out: &mut String, host: &HostShared, stats: &crate::stats::StatsRegistry) {
+    let p = stats.plugins();
     if !p.is_empty() {
         crate::exposition::counter(out, "tandem_wasm_events_total", "proxy-wasm host events per filter.");
-        let mut names: Vec<_> = p.keys().collect();
-        names.sort();
-        for n in names {
-            let s = &p[n];
+        for (n, s) in &p {
             for (ev, v) in [
                 ("stream", &s.streams),
                 ("trap", &s.traps),
@@ -101,19 +97,16 @@ pub fn render(out: &mut String) {
             "tandem_wasm_instance_memory_bytes",
             "Largest linear memory of one instance per filter.",
         );
-        let mut names: Vec<_> = p.keys().collect();
-        names.sort();
-        for n in names {
+        for (n, s) in &p {
             let _ = writeln!(
                 out,
                 "tandem_wasm_instance_memory_bytes{{filter=\"{}\"}} {}",
                 label(n),
-                p[n].memory_bytes.load(Relaxed)
+                s.memory_bytes.load(Relaxed)
             );
         }
     }
-    drop(p);
-    let r = registry().read().expect("metric registry poisoned");
+    let r = host.metrics.read().expect("metric registry poisoned");
     if r.metrics.is_empty() {
         return;
     }

@@ -34,6 +34,21 @@ pub mod shared;
 pub mod state;
 pub mod wasi;
 
+/// What a node's filters share across its workers and reloads: shared data and queues
+/// (per VM id) and the metrics they define. One per node (in `Shared`); a trial run gets
+/// its own, so it leaves nothing behind.
+#[derive(Default)]
+pub struct HostShared {
+    pub(crate) store: std::sync::Mutex<shared::Store>,
+    pub(crate) metrics: std::sync::RwLock<metrics::Registry>,
+}
+
+impl std::fmt::Debug for HostShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostShared").finish_non_exhaustive()
+    }
+}
+
 /// Starts each filter of `config` once, without a worker, to check that it starts and
 /// accepts its configuration: the last step of taking a configuration (the daemon's
 /// start and reloads, `tandem check`). A filter that does not start is reported at its
@@ -41,10 +56,11 @@ pub mod wasi;
 pub fn trial(config: &crate::config::Config) -> Result<(), crate::config::ConfigError> {
     let mut issues = Vec::new();
     for (i, f) in config.filters.iter().enumerate() {
-        // The trial's counters are not the filter's traffic: a throwaway set.
-        let mut p = crate::runtime::plugin::Plugin::new(f);
-        p.stats = Default::default();
-        if let Err(e) = instance::Instance::create(&std::sync::Arc::new(p), link::detached()) {
+        // The trial's counters are not the filter's traffic, nor is what it stores: a
+        // throwaway set of each.
+        let p = crate::runtime::plugin::Plugin::new(f, &crate::stats::StatsRegistry::default());
+        let host = std::sync::Arc::new(HostShared::default());
+        if let Err(e) = instance::Instance::create(&std::sync::Arc::new(p), link::detached(), host) {
             issues.push(crate::config::ConfigIssue {
                 line: f.declared_at.0,
                 col: f.declared_at.1,

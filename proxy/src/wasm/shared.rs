@@ -1,13 +1,15 @@
-//! Shared data (key/value with compare-and-swap) and shared queues: process-wide and
-//! keyed by VM id, so the copies of a filter in every worker see one store, as in Envoy.
+//! Shared data (key/value with compare-and-swap) and shared queues: one store per node
+//! ([`super::HostShared`]), keyed by VM id, so the copies of a filter in every worker
+//! see one store, as in Envoy.
 //! Keys under a filter's `shared_prefix` are cluster-scoped: their writes are also
 //! published to the pair and reads prefer the replicated value.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use super::abi::status;
+use super::HostShared;
 use crate::pair::Pair;
 
 /// One queue.
@@ -19,15 +21,11 @@ struct Queue {
     notify: Vec<Arc<tokio::sync::Notify>>,
 }
 
+/// A node's shared data and queues.
 #[derive(Default)]
-struct Store {
+pub(crate) struct Store {
     data: HashMap<(String, Vec<u8>), (Vec<u8>, u32)>,
     queues: Vec<Queue>,
-}
-
-fn store() -> &'static Mutex<Store> {
-    static S: OnceLock<Mutex<Store>> = OnceLock::new();
-    S.get_or_init(Default::default)
 }
 
 /// Never 0 (the SDK reads 0 as "no CAS").
@@ -49,8 +47,15 @@ pub const MAX_VALUE_BYTES: usize = 1 << 20;
 /// Reads a key: value and CAS.
 /// `pair` is the node's member of the pair's group (keys under `prefix` are read from
 /// what it replicated).
-pub fn get(vm_id: &str, prefix: Option<&str>, key: &[u8], pair: Option<&Pair>) -> Option<(Vec<u8>, u32)> {
-    let local = store()
+pub fn get(
+    host: &HostShared,
+    vm_id: &str,
+    prefix: Option<&str>,
+    key: &[u8],
+    pair: Option<&Pair>,
+) -> Option<(Vec<u8>, u32)> {
+    let local = host
+        .store
         .lock()
         .expect("shared data poisoned")
         .data
@@ -63,7 +68,7 @@ pub fn get(vm_id: &str, prefix: Option<&str>, key: &[u8], pair: Option<&Pair>) -
                 if local.as_ref().is_none_or(|l| l.0 != v) {
                     // A peer's newer value: adopt it locally with a fresh CAS.
                     let cas = next_cas();
-                    store()
+                    host.store
                         .lock()
                         .expect("shared data poisoned")
                         .data
@@ -79,11 +84,19 @@ pub fn get(vm_id: &str, prefix: Option<&str>, key: &[u8], pair: Option<&Pair>) -
 
 /// Writes a key; with `cas != 0` only if it still matches. Returns a status.
 /// Keys under `prefix` are published to `pair`, the node's member of the pair's group.
-pub fn set(vm_id: &str, prefix: Option<&str>, key: &[u8], value: &[u8], cas: u32, pair: Option<&Pair>) -> i32 {
+pub fn set(
+    host: &HostShared,
+    vm_id: &str,
+    prefix: Option<&str>,
+    key: &[u8],
+    value: &[u8],
+    cas: u32,
+    pair: Option<&Pair>,
+) -> i32 {
     if value.len() > MAX_VALUE_BYTES {
         return status::BAD_ARGUMENT;
     }
-    let mut s = store().lock().expect("shared data poisoned");
+    let mut s = host.store.lock().expect("shared data poisoned");
     let k = (vm_id.to_string(), key.to_vec());
     if cas != 0 {
         if let Some((_, current)) = s.data.get(&k) {
@@ -103,8 +116,8 @@ pub fn set(vm_id: &str, prefix: Option<&str>, key: &[u8], value: &[u8], cas: u32
 }
 
 /// Registers (or opens) queue `name` of `vm_id`; the notifier fires on enqueue.
-pub fn register_queue(vm_id: &str, name: &str, notify: Arc<tokio::sync::Notify>) -> u32 {
-    let mut s = store().lock().expect("shared data poisoned");
+pub fn register_queue(host: &HostShared, vm_id: &str, name: &str, notify: Arc<tokio::sync::Notify>) -> u32 {
+    let mut s = host.store.lock().expect("shared data poisoned");
     if let Some(i) = s.queues.iter().position(|q| q.vm_id == vm_id && q.name == name) {
         let q = &mut s.queues[i];
         q.notify.retain(|n| Arc::strong_count(n) > 1);
@@ -123,8 +136,8 @@ pub fn register_queue(vm_id: &str, name: &str, notify: Arc<tokio::sync::Notify>)
 }
 
 /// Finds queue `name` of another (or the same) VM.
-pub fn resolve_queue(vm_id: &str, name: &str) -> Option<u32> {
-    let s = store().lock().expect("shared data poisoned");
+pub fn resolve_queue(host: &HostShared, vm_id: &str, name: &str) -> Option<u32> {
+    let s = host.store.lock().expect("shared data poisoned");
     s.queues
         .iter()
         .position(|q| q.vm_id == vm_id && q.name == name)
@@ -132,8 +145,8 @@ pub fn resolve_queue(vm_id: &str, name: &str) -> Option<u32> {
 }
 
 /// Pushes an item and wakes the registrants.
-pub fn enqueue(id: u32, value: &[u8]) -> i32 {
-    let mut s = store().lock().expect("shared data poisoned");
+pub fn enqueue(host: &HostShared, id: u32, value: &[u8]) -> i32 {
+    let mut s = host.store.lock().expect("shared data poisoned");
     let Some(q) = (id as usize).checked_sub(1).and_then(|i| s.queues.get_mut(i)) else {
         return status::NOT_FOUND;
     };
@@ -148,8 +161,8 @@ pub fn enqueue(id: u32, value: &[u8]) -> i32 {
 }
 
 /// Pops an item: `Err(NOT_FOUND)` for an unknown queue, `Err(EMPTY)` for none.
-pub fn dequeue(id: u32) -> Result<Vec<u8>, i32> {
-    let mut s = store().lock().expect("shared data poisoned");
+pub fn dequeue(host: &HostShared, id: u32) -> Result<Vec<u8>, i32> {
+    let mut s = host.store.lock().expect("shared data poisoned");
     let Some(q) = (id as usize).checked_sub(1).and_then(|i| s.queues.get_mut(i)) else {
         return Err(status::NOT_FOUND);
     };

@@ -227,6 +227,8 @@ pub struct HostState {
     pub plugin: Arc<Plugin>,
     /// The worker it serves (none for the validation trial run).
     pub worker: Weak<dyn super::link::WorkerLink>,
+    /// What the node's filters share (shared data, queues, defined metrics).
+    pub host: Arc<super::HostShared>,
     /// The instance itself (for callouts and ticks that come back later).
     pub inbox: Weak<std::cell::RefCell<dyn Inbox>>,
     /// The guest's `memory` export.

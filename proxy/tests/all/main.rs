@@ -13,6 +13,7 @@ mod demo;
 mod errors;
 mod fuzz;
 mod health;
+mod in_process;
 mod l4;
 mod layout;
 mod lifecycle;
