@@ -1,4 +1,4 @@
-//! Process-wide state shared by workers, the admin API and signal handlers: the
+//! One node's state, shared by its workers, the admin API and signal handlers: the
 //! current runtime snapshot, stats, the node's phase, and where the configuration
 //! comes from (a reload, in `control/reload.rs`, reads it again).
 
@@ -37,7 +37,7 @@ impl ConfigSource {
     }
 }
 
-/// State shared by every thread of the process.
+/// State shared by every thread of one node (a process usually runs one).
 #[derive(Debug)]
 pub struct Shared {
     /// The runtime new requests use.
