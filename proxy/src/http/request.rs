@@ -18,7 +18,7 @@ use crate::http::admission::rate_limit;
 use crate::http::admission::InFlight;
 use crate::http::body::ProxyBody;
 use crate::http::conn::ConnState;
-use crate::http::context::RequestCtx;
+use crate::http::context::{RequestCtx, RoutedCtx};
 use crate::http::filters::filter_reply;
 use crate::http::filters::finish_request_filters;
 use crate::http::filters::run_request_filters;
@@ -285,6 +285,11 @@ pub(super) async fn proxy_request(
     if let Some(r) = rec.as_mut() {
         r.cluster = Some(cluster.name.clone());
     }
+    let routed = RoutedCtx {
+        cx: *cx,
+        route,
+        cluster,
+    };
     admit(cluster)?;
     if crate::http::upgrade::is_upgrade(&req) {
         if let Some(c) = &chain {
@@ -295,10 +300,7 @@ pub(super) async fn proxy_request(
         }
         // Boxed (as every cold stage below): hyper moves the request future into its slot
         // on every request, so what only some requests need must not widen it.
-        let resp = Box::pin(crate::http::upgrade::proxy_upgrade(
-            worker, conn, rt, route, cluster, req,
-        ))
-        .await?;
+        let resp = Box::pin(crate::http::upgrade::proxy_upgrade(&routed, req)).await?;
         if let Some(mut r) = rec.take() {
             r.status = resp.status().as_u16();
             r.reason = if resp.status().as_u16() == 101 || r.method == http::Method::CONNECT {
@@ -319,7 +321,7 @@ pub(super) async fn proxy_request(
     };
     let tried = {
         // Pinned where it is built: awaiting it by value would copy its state again.
-        let tries = std::pin::pin!(attempts(cx, route, cluster, req, rec, targets));
+        let tries = std::pin::pin!(attempts(&routed, req, rec, targets));
         tries.await
     };
     let (resp, ep_idx, upstream_time) = match tried {
@@ -341,16 +343,7 @@ pub(super) async fn proxy_request(
             return Ok(filter_reply(cx, reply, rec, chain));
         }
     }
-    Ok(upstream_response(
-        cx,
-        resp,
-        route,
-        cluster,
-        ep_idx,
-        chain,
-        rec,
-        upstream_time,
-    ))
+    Ok(upstream_response(&routed, resp, ep_idx, chain, rec, upstream_time))
 }
 
 /// Asks the connection to close after this response (HTTP/1: `Connection: close`;

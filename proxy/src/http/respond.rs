@@ -11,7 +11,7 @@ use crate::access_log::AccessRecord;
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::http::body::{Completion, ProxyBody};
-use crate::http::context::RequestCtx;
+use crate::http::context::{RequestCtx, RoutedCtx};
 use crate::http::headers;
 use crate::runtime::{Cluster, Route};
 use crate::upstream::ResponseBody;
@@ -134,16 +134,14 @@ pub(super) fn local_error(cx: &RequestCtx<'_>, e: ProxyError, rec: &mut Option<A
 /// (counters, the access log line) run when that body ends.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn upstream_response(
-    cx: &RequestCtx<'_>,
+    routed: &RoutedCtx<'_>,
     resp: Response<ResponseBody>,
-    route: &Route,
-    cluster: &Cluster,
     ep_idx: usize,
     chain: Option<crate::wasm::http::ChainRef>,
     rec: &mut Option<AccessRecord>,
     upstream_time: Duration,
 ) -> Response<ProxyBody> {
-    let (worker, start) = (cx.worker, cx.start);
+    let (worker, start, route, cluster) = (routed.worker, routed.start, routed.route, routed.cluster);
     let endpoint = &cluster.endpoints[ep_idx];
     // A trailers-only gRPC answer carries grpc-status in its headers (gRPC needs h2c).
     let grpc_status = (cluster.protocol == UpstreamProtocol::H2c)

@@ -15,7 +15,7 @@ use crate::config::{RetryPolicy, UpstreamProtocol};
 use crate::error::Limit;
 use crate::error::ProxyError;
 use crate::http::admission::InFlight;
-use crate::http::context::RequestCtx;
+use crate::http::context::{RequestCtx, RoutedCtx};
 use crate::http::filters::head_back;
 use crate::http::filters::Targets;
 use crate::http::forward::exchange;
@@ -23,7 +23,7 @@ use crate::http::forward::prepare_upstream_request;
 use crate::http::forward::{Attempt, Exchanged};
 use crate::http::respond::observe;
 use crate::http::respond::observe_failure;
-use crate::runtime::{Cluster, Route};
+use crate::runtime::Cluster;
 use crate::upstream::request_body::{BodyFault, BodyProgress, ClientBody, DownstreamBodyError, UpstreamBody};
 use crate::upstream::{self, ResponseBody};
 use bytes::Bytes;
@@ -35,22 +35,24 @@ use std::time::Duration;
 /// per-try timeout, observe, and decide whether to retry (idempotent requests only
 /// unless the route opts in, within the cluster's retry budget and breaker).
 /// Returns the answer, its endpoint and the time from the request's start to its head.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn attempts(
-    cx: &RequestCtx<'_>,
-    route: &Route,
-    cluster: &Cluster,
+    routed: &RoutedCtx<'_>,
     mut req: Request<Incoming>,
     rec: &mut Option<AccessRecord>,
     targets: Targets<'_>,
 ) -> Result<(Response<ResponseBody>, usize, Duration), ProxyError> {
-    let RequestCtx {
-        worker,
-        conn,
-        rt,
-        start,
-        ..
-    } = *cx;
+    let RoutedCtx {
+        cx:
+            RequestCtx {
+                worker,
+                conn,
+                rt,
+                start,
+                ..
+            },
+        route,
+        cluster,
+    } = *routed;
     let hash = if cluster.balancer.is_hashing() {
         cluster.hash_of(req.headers(), conn.client)
     } else {

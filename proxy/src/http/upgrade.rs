@@ -3,7 +3,6 @@
 //! sides are switched to raw byte streams and copied both ways with the route's
 //! `upgrade_idle_timeout`.
 
-use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use http::header::{self, HeaderValue};
@@ -13,12 +12,10 @@ use hyper_util::rt::TokioIo;
 
 use crate::error::ProxyError;
 use crate::http::body::ProxyBody;
-use crate::http::conn::ConnState;
+use crate::http::context::RoutedCtx;
 use crate::http::headers;
-use crate::runtime::{Cluster, Route, Runtime};
 use crate::upstream::Origin;
 use crate::upstream::UpstreamBody;
-use crate::worker::Worker;
 
 /// Bytes read at once in each direction of an upgraded connection (WebSocket messages
 /// are mostly small).
@@ -38,13 +35,10 @@ pub(crate) fn is_upgrade(req: &Request<Incoming>) -> bool {
 
 /// Proxies an Upgrade or CONNECT request; on success the tunnel runs in its own task.
 pub(crate) async fn proxy_upgrade(
-    worker: &Rc<Worker>,
-    conn: &ConnState,
-    rt: &Runtime,
-    route: &Route,
-    cluster: &Cluster,
+    routed: &RoutedCtx<'_>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let (worker, conn, rt, route, cluster) = (routed.worker, routed.conn, &**routed.rt, routed.route, routed.cluster);
     let ep_idx = worker.pick_endpoint(rt, cluster, None, 0)?;
     let ep = &cluster.endpoints[ep_idx];
     let downstream = hyper::upgrade::on(&mut req);
