@@ -60,8 +60,6 @@ async fn run(shared: Arc<Shared>) {
         let rt = shared.runtime.load_full();
         if let Some(pair) = &shared.pair {
             adopt_peer_verdicts(pair, &rt, &mut adopted);
-        }
-        if let Some(pair) = &shared.pair {
             crate::pair::sync_rate_limits(pair, &shared.stats.limiters());
         }
         if ticks.is_multiple_of(250) {

@@ -159,15 +159,12 @@ pub fn now_ms() -> u64 {
 impl Pair {
     /// Publishes an active-check verdict (called from the verdict module only).
     pub fn publish_verdict(&self, cluster: &str, endpoint: std::net::SocketAddr, healthy: bool) {
-        {
-            let p = self;
-            p.publisher.publish(Change::Verdict {
-                cluster: cluster.to_string(),
-                endpoint: endpoint.to_string(),
-                healthy,
-                observed_at_ms: now_ms(),
-            });
-        }
+        self.publisher.publish(Change::Verdict {
+            cluster: cluster.to_string(),
+            endpoint: endpoint.to_string(),
+            healthy,
+            observed_at_ms: now_ms(),
+        });
     }
 
     /// Publishes a learned sticky binding (or its refresh); `replaces` names the binding a
@@ -180,55 +177,44 @@ impl Pair {
         idle: std::time::Duration,
         replaces: Option<std::net::SocketAddr>,
     ) {
-        {
-            let p = self;
-            let at_ms = now_ms();
-            p.publisher.publish(Change::StickyBind {
-                key,
-                endpoint: endpoint.to_string(),
-                at_ms,
-                expires_at_ms: at_ms + idle.as_millis() as u64,
-                replaces: replaces.map(|r| r.to_string()),
-            });
-        }
+        let at_ms = now_ms();
+        self.publisher.publish(Change::StickyBind {
+            key,
+            endpoint: endpoint.to_string(),
+            at_ms,
+            expires_at_ms: at_ms + idle.as_millis() as u64,
+            replaces: replaces.map(|r| r.to_string()),
+        });
     }
 
     /// Publishes a passive outlier ejection of this node (ending at `until_ms`).
     pub fn publish_ejection(&self, cluster: &str, endpoint: std::net::SocketAddr, until_ms: u64) {
-        {
-            let p = self;
-            p.publisher.publish(Change::Ejection {
-                cluster: cluster.to_string(),
-                endpoint: endpoint.to_string(),
-                until_ms,
-                observed_at_ms: now_ms(),
-            });
-        }
+        self.publisher.publish(Change::Ejection {
+            cluster: cluster.to_string(),
+            endpoint: endpoint.to_string(),
+            until_ms,
+            observed_at_ms: now_ms(),
+        });
     }
 
     /// A binding a peer learned, if it has not expired.
     pub fn replicated_sticky(&self, key: u64) -> Option<std::net::SocketAddr> {
-        let p = self;
-        let t = p.tables.read().ok()?;
+        let t = self.tables.read().ok()?;
         let (ep, exp) = t.sticky.get(&key)?;
         (*exp > now_ms()).then(|| ep.parse().ok()).flatten()
     }
 
     /// Publishes a cluster-scoped shared-data write of a filter (`None` removes the key).
     pub fn publish_shared(&self, key: &str, value: Option<Vec<u8>>) {
-        {
-            let p = self;
-            p.publisher.publish(Change::Shared {
-                key: key.to_string(),
-                value,
-            });
-        }
+        self.publisher.publish(Change::Shared {
+            key: key.to_string(),
+            value,
+        });
     }
 
     /// A cluster-scoped shared-data value as replicated in the group.
     pub fn replicated_shared(&self, key: &str) -> Option<Vec<u8>> {
-        let p = self;
-        let t = p.tables.read().ok()?;
+        let t = self.tables.read().ok()?;
         t.shared.get(key).cloned()
     }
 }

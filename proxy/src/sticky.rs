@@ -53,6 +53,11 @@ impl StickyTable {
         }
     }
 
+    /// The binding the group committed for `key`, if it has not expired.
+    fn replicated(&self, key: u64) -> Option<SocketAddr> {
+        self.pair.as_ref()?.replicated_sticky(key)
+    }
+
     fn publish(&self, key: u64, endpoint: SocketAddr, idle: std::time::Duration, replaces: Option<SocketAddr>) {
         if let Some(p) = &self.pair {
             p.publish_sticky(key, endpoint, idle, replaces);
@@ -182,7 +187,7 @@ pub(crate) fn plan(cluster: &Cluster, table: &StickyTable, headers: &HeaderMap, 
             // then only holds bindings made here and not committed yet: the first
             // requests of a session, or a node still catching up after a restart, whose
             // binding gives way to the committed one on first sight).
-            let bound = key.and_then(|k| match table.pair.as_ref().and_then(|p| p.replicated_sticky(k)) {
+            let bound = key.and_then(|k| match table.replicated(k) {
                 Some(a) => {
                     if table.adopt(k, a, *idle) {
                         table.publish(k, a, *idle, None);

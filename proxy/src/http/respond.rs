@@ -2,7 +2,6 @@
 //! balancer and outlier detection, and the local answer when a request fails.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Response, Version};
@@ -13,7 +12,7 @@ use crate::error::ProxyError;
 use crate::http::body::{Completion, ProxyBody};
 use crate::http::context::{RequestCtx, RoutedCtx};
 use crate::http::headers;
-use crate::runtime::{Cluster, Route};
+use crate::runtime::Route;
 use crate::upstream::ResponseBody;
 use std::time::Duration;
 
@@ -29,16 +28,10 @@ pub(super) fn prepare_downstream_response(mut resp: Response<ResponseBody>, rout
 }
 
 /// Stage 8: feeds latency and status to the balancer signals, outlier detection and
-/// counters.
-pub(super) fn observe(
-    route: &Route,
-    cluster: &Cluster,
-    ep_idx: usize,
-    status: u16,
-    upstream_time: Duration,
-    start: Instant,
-    pair: Option<&crate::pair::Pair>,
-) {
+/// counters (an ejection is published to the node's pair member).
+pub(super) fn observe(routed: &RoutedCtx<'_>, ep_idx: usize, status: u16, upstream_time: Duration) {
+    let (route, cluster, start) = (routed.route, routed.cluster, routed.start);
+    let pair = routed.worker.shared.pair.as_deref();
     let ep = &cluster.endpoints[ep_idx];
     let ns = upstream_time.as_nanos() as u64;
     ep.stats.ewma.observe_at(ns as f64, start + upstream_time);
@@ -51,13 +44,9 @@ pub(super) fn observe(
 }
 
 /// Stage 8 for an attempt that got no response.
-pub(super) fn observe_failure(
-    route: &Route,
-    cluster: &Cluster,
-    ep_idx: usize,
-    e: ProxyError,
-    pair: Option<&crate::pair::Pair>,
-) {
+pub(super) fn observe_failure(routed: &RoutedCtx<'_>, ep_idx: usize, e: ProxyError) {
+    let (route, cluster) = (routed.route, routed.cluster);
+    let pair = routed.worker.shared.pair.as_deref();
     let ep = &cluster.endpoints[ep_idx];
     let status = e.status().as_u16();
     ep.stats.responses.record(status);

@@ -221,18 +221,10 @@ pub(super) async fn attempts(
         };
         let upstream_time = start.elapsed();
         match &outcome {
-            Ok(_) => observe(
-                route,
-                cluster,
-                ep_idx,
-                status,
-                upstream_time,
-                start,
-                worker.shared.pair.as_deref(),
-            ),
+            Ok(_) => observe(routed, ep_idx, status, upstream_time),
             // The client's faults say nothing about the endpoint.
             Err(e) if e.is_downstream() => {}
-            Err(e) => observe_failure(route, cluster, ep_idx, *e, worker.shared.pair.as_deref()),
+            Err(e) => observe_failure(routed, ep_idx, *e),
         }
         let retry = policy.is_some_and(|p| attempt < max_attempts && should_retry(p, &outcome));
         if !retry || !reserve_retry(cluster) {
