@@ -269,7 +269,6 @@ pub(crate) async fn accept(
         }
     }
     let rt = shared.runtime.load_full();
-    let hot = &rt.config.listeners[idx];
     if lcfg.protocol == crate::config::ListenerProtocol::Tcp {
         crate::l4::serve(
             &worker,
@@ -284,10 +283,10 @@ pub(crate) async fn accept(
     }
     // HTTP answers leave with the worker's send batch (see `send_batch`).
     let stream = crate::send_batch::BatchedStream::new(stream);
-    match &hot.tls_server {
+    match &rt.listener_tls[idx] {
         None => serve(&worker, idx, stream, client, local, None, false, &stats).await,
         Some(cfg) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.0.clone());
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
             let tls = match tokio::time::timeout(lcfg.header_read_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tandem_proxy::config::{self, Config};
 use tandem_proxy::control::ctl;
-use tandem_proxy::shared::ConfigSource;
+use tandem_proxy::server::Server;
+use tandem_proxy::shared::{ConfigSource, Loaded};
 use tandem_proxy::{demo, server};
 
 /// mimalloc: per-thread free lists suit share-nothing workers that allocate and free
@@ -247,16 +248,20 @@ fn main() -> ExitCode {
     raise_open_file_limit();
     match cli.cmd {
         Command::Run { config } => {
-            let cfg = match load_or_report(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
+            let source = ConfigSource::File(config);
+            let loaded = match source.load() {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
             };
-            run(cfg, ConfigSource::File(config), None)
+            run(loaded, source, None)
         }
         Command::Check { config, user } => check(&config, user.as_deref()),
         Command::Demo { single } => {
-            let cfg = match ConfigSource::Embedded("<embedded demo>", demo::DEMO_CONFIG.to_string()).load() {
-                Ok(c) => c,
+            let loaded = match ConfigSource::Embedded("<embedded demo>", demo::DEMO_CONFIG.to_string()).load() {
+                Ok(l) => l,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::FAILURE;
@@ -303,7 +308,7 @@ fn main() -> ExitCode {
             ]
             .join("\n");
             let code = run(
-                cfg,
+                loaded,
                 ConfigSource::Embedded("<embedded demo>", demo::DEMO_CONFIG.to_string()),
                 Some(&banner),
             );
@@ -443,18 +448,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads a configuration file, printing its problems (exit status 2) when it has any.
+/// Reads and validates a configuration file (nothing loaded or compiled: commands that
+/// only need its values), printing its problems (exit status 2) when it has any.
 fn load_or_report(path: &std::path::Path) -> Result<Config, ExitCode> {
-    ConfigSource::File(path.to_path_buf()).load().map_err(|e| {
+    config::load_file(path).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(2)
     })
 }
 
-fn run(cfg: Config, source: ConfigSource, banner: Option<&str>) -> ExitCode {
-    server::init_logging(&cfg.log);
-    let running = match server::start(cfg, source) {
-        Ok(r) => r,
+/// Runs a server on the process's signals until it stops.
+fn run(loaded: Loaded, source: ConfigSource, banner: Option<&str>) -> ExitCode {
+    server::init_logging(&loaded.config.log);
+    let started = server::signal_commands().and_then(|commands| Ok((Server::start(loaded, source)?, commands)));
+    let (server, commands) = match started {
+        Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("tandem: {e}");
@@ -464,7 +472,7 @@ fn run(cfg: Config, source: ConfigSource, banner: Option<&str>) -> ExitCode {
     if let Some(b) = banner {
         eprintln!("{b}");
     }
-    match server::run_until_stopped(running) {
+    match server.serve(commands) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tandem: {e}");
@@ -644,7 +652,7 @@ fn wait_until_empty(addr: SocketAddr, token: Option<&str>, limit: std::time::Dur
 /// open (exit 2), else warnings and the summary.
 fn check(path: &std::path::Path, user: Option<&str>) -> ExitCode {
     let c = match ConfigSource::File(path.to_path_buf()).load() {
-        Ok(c) => c,
+        Ok(l) => l.config,
         Err(e) => {
             eprintln!("{e}");
             let n = e.issues().len();

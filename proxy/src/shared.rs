@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use crate::access_log::AccessLog;
 use crate::config::{self, Config, ConfigError};
 use crate::phase::{NodePhase, Phase};
-use crate::runtime::Runtime;
+use crate::runtime::{Artifacts, Runtime};
 use crate::stats::{EndpointStats, ListenerStats, StatsRegistry};
 
 /// Where the configuration comes from, so a reload can read it again.
@@ -25,16 +25,44 @@ pub enum ConfigSource {
 }
 
 impl ConfigSource {
-    /// Reads and validates the configuration, and starts each of its filters once
-    /// (see [`crate::wasm::trial`]).
-    pub fn load(&self) -> Result<Config, ConfigError> {
-        let config = match self {
-            ConfigSource::File(p) => config::load_file(p)?,
-            ConfigSource::Embedded(label, text) => config::load_str(label, text)?,
+    /// Takes the configuration: reads and validates it, loads what its files hold
+    /// (certificates, filter modules; their warnings join the configuration's), and
+    /// starts each of its filters once (see [`crate::wasm::trial`]).
+    pub fn load(&self) -> Result<Loaded, ConfigError> {
+        let reading = match self {
+            ConfigSource::File(p) => config::read_file(p)?,
+            ConfigSource::Embedded(label, text) => config::read_str(label, text),
         };
-        crate::wasm::trial(&config)?;
-        Ok(config)
+        // Certificates and modules are loaded even when the file has other problems,
+        // so one pass reports them all.
+        let config::Reading {
+            source,
+            config,
+            mut issues,
+        } = reading;
+        let built = config.as_ref().map(Artifacts::build);
+        let (mut config, mut artifacts) = match (config, built) {
+            (Some(config), Some(Ok(artifacts))) if issues.is_empty() => (config, artifacts),
+            (_, Some(Err(more))) => {
+                issues.extend(more);
+                return Err(config::invalid(&source, issues));
+            }
+            _ => return Err(config::invalid(&source, issues)),
+        };
+        config.warnings.append(&mut artifacts.warnings);
+        crate::wasm::trial(&config, &artifacts)?;
+        Ok(Loaded { config, artifacts })
     }
+}
+
+/// A configuration taken: its validated values and what its files became; what a
+/// server starts from and a reload swaps in.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The validated configuration.
+    pub config: Config,
+    /// Its certificates and filter modules, loaded and compiled.
+    pub artifacts: Artifacts,
 }
 
 /// State shared by every thread of one node (a process usually runs one).
@@ -97,7 +125,7 @@ pub struct RemovedEndpoint {
 impl Shared {
     /// Compiles the first runtime and builds the shared state.
     pub fn new(
-        config: Config,
+        Loaded { config, artifacts }: Loaded,
         source: ConfigSource,
         access_log: AccessLog,
         stats: Arc<StatsRegistry>,
@@ -110,7 +138,7 @@ impl Shared {
             .collect();
         let workers = config.server.workers;
         let config = Arc::new(config);
-        let runtime = Runtime::compile(config.clone(), 1, &stats);
+        let runtime = Runtime::compile(config.clone(), artifacts, 1, &stats);
         Arc::new(Shared {
             started_with: config,
             runtime: ArcSwap::from_pointee(runtime),

@@ -19,6 +19,39 @@ pub struct ConfigIssue {
     pub hint: Option<String>,
 }
 
+/// Where a value was written (line, column, key path): kept in the configuration for
+/// the problems found after validation, when the runtime is built from it (a
+/// certificate that does not load, a filter module that does not compile). Any two
+/// anchors compare equal: moving a line is not a change of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Anchor {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+    /// Dotted key path.
+    pub key: String,
+}
+
+impl PartialEq for Anchor {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Anchor {
+    /// The problem `message` (with its fix) at this place.
+    pub fn issue(&self, message: String, hint: &str) -> ConfigIssue {
+        ConfigIssue {
+            line: self.line,
+            col: self.col,
+            key: self.key.clone(),
+            message,
+            hint: Some(hint.to_string()),
+        }
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

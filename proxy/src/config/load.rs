@@ -7,8 +7,47 @@ use super::error::{did_you_mean, ConfigError, ConfigIssue, LineIndex};
 use super::model::ConfigFile;
 use super::{validate, Config};
 
+/// A configuration file read as far as it goes: the values validation built (none when
+/// the file does not parse) and every problem found. Later steps (loading certificates
+/// and filter modules) add theirs, so one pass reports them all.
+#[derive(Debug)]
+pub struct Reading {
+    /// Where it came from (path or label).
+    pub source: String,
+    /// The configuration; meaningful only when `issues` is empty.
+    pub config: Option<Config>,
+    /// Every problem found.
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl Reading {
+    /// The configuration when there is no problem; otherwise every problem, in file order.
+    pub fn into_result(self) -> Result<Config, ConfigError> {
+        match self.config {
+            Some(config) if self.issues.is_empty() => Ok(config),
+            _ => Err(invalid(&self.source, self.issues)),
+        }
+    }
+}
+
+/// A refusal listing `issues` in file order, each once.
+pub fn invalid(source: &str, mut issues: Vec<ConfigIssue>) -> ConfigError {
+    issues.sort_by_key(|i| (i.line, i.col));
+    issues.dedup();
+    ConfigError::Invalid {
+        file: source.to_string(),
+        issues,
+    }
+}
+
 /// Reads, parses and validates the configuration at `path`.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    read_file(path)?.into_result()
+}
+
+/// Reads, parses and validates the configuration at `path`, keeping what was built
+/// beside the problems (see [`Reading`]); only an unreadable file is an error here.
+pub fn read_file(path: &Path) -> Result<Reading, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -18,44 +57,40 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
     };
-    load(&path.display().to_string(), &text, base, readable_by_others)
+    Ok(read(&path.display().to_string(), &text, base, readable_by_others))
 }
 
 /// Parses and validates configuration `text`; `source` names it in messages; relative
 /// file paths (certificates) are taken from the current directory.
 pub fn load_str(source: &str, text: &str) -> Result<Config, ConfigError> {
-    load_str_in(source, text, Path::new("."))
+    read_str(source, text).into_result()
+}
+
+/// Like [`load_str`], keeping what was built beside the problems (see [`Reading`]).
+pub fn read_str(source: &str, text: &str) -> Reading {
+    read(source, text, Path::new("."), false)
 }
 
 /// Like [`load_str`], with relative file paths resolved against `base`.
 pub fn load_str_in(source: &str, text: &str, base: &Path) -> Result<Config, ConfigError> {
-    load(source, text, base, false)
+    read(source, text, base, false).into_result()
 }
 
 /// Parses and validates; `readable_by_others` says the file is world-readable (secrets
 /// in it are warned about). Every problem is reported in one pass: unknown keys and
 /// badly typed values are set aside so the rest of the file is still read and validated.
-fn load(source: &str, text: &str, base: &Path, readable_by_others: bool) -> Result<Config, ConfigError> {
+fn read(source: &str, text: &str, base: &Path, readable_by_others: bool) -> Reading {
     let lines = LineIndex::new(text);
-    let invalid = |mut issues: Vec<ConfigIssue>| {
-        issues.sort_by_key(|i| (i.line, i.col));
-        issues.dedup();
-        ConfigError::Invalid {
-            file: source.to_string(),
-            issues,
-        }
-    };
     let (file, mut issues) = parse(text, &lines);
-    let Some(file) = file else {
-        return Err(invalid(issues));
-    };
-    match validate::validate(source, text, &lines, file, base, readable_by_others) {
-        Ok(config) if issues.is_empty() => Ok(config),
-        Ok(_) => Err(invalid(issues)),
-        Err(more) => {
-            issues.extend(more);
-            Err(invalid(issues))
-        }
+    let config = file.map(|file| {
+        let (config, more) = validate::validate(source, text, &lines, file, base, readable_by_others);
+        issues.extend(more);
+        config
+    });
+    Reading {
+        source: source.to_string(),
+        config,
+        issues,
     }
 }
 

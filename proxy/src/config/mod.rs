@@ -1,6 +1,8 @@
 //! Configuration: TOML file → [`model::ConfigFile`] (serde, unknown keys refused) →
-//! validated [`Config`] (every problem reported with file, line, key and fix).
-//! `runtime::Runtime::compile` turns a `Config` into what the data plane uses.
+//! validated [`Config`] (every problem reported with file, line, key and fix): plain
+//! values, nothing built. `runtime::Artifacts::build` then loads what the files name
+//! (certificates, filter modules) and `runtime::Runtime::compile` turns both into what
+//! the data plane uses; the [`Anchor`]s kept here let those steps name line and key too.
 //!
 //! Restart-only settings (server, admin, log, listeners) are kept apart from hot ones
 //! (routes, clusters) so a reload can tell which parts it may apply.
@@ -17,8 +19,8 @@ use std::time::Duration;
 
 use regex::Regex;
 
-pub use error::{ConfigError, ConfigIssue};
-pub use load::{load_file, load_str};
+pub use error::{Anchor, ConfigError, ConfigIssue};
+pub use load::{invalid, load_file, load_str, read_file, read_str, Reading};
 pub use traffic::{Algorithm, ForwardedHeaders, LimitConfig, LimitKey, RequestIdMode, Scope, StickyConfig};
 
 /// A validated configuration: every value parsed, every reference resolved.
@@ -53,8 +55,6 @@ pub struct Config {
     /// Every file and directory the process will open, with the key naming it:
     /// `tandem check` verifies the service user may use them.
     pub files: Vec<access::FileUse>,
-    /// Certificates this node presents, with when each expires (for the expiry gauge).
-    pub certificates: Vec<CertificateExpiry>,
     /// Legal but probably unintended settings (e.g. a connect timeout longer than the
     /// per-try timeout); printed by `tandem check` and logged at load.
     pub warnings: Vec<ConfigIssue>,
@@ -102,17 +102,6 @@ pub struct AnycastConfig {
     pub withdraw_after: Duration,
 }
 
-/// A certificate this node presents and when it expires.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificateExpiry {
-    /// Where it is used: `listener/NAME` or `ha`.
-    pub used_by: String,
-    /// The certificate file.
-    pub path: std::path::PathBuf,
-    /// notAfter, Unix seconds.
-    pub not_after: i64,
-}
-
 /// What a failing filter means for its request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailurePolicy {
@@ -122,7 +111,7 @@ pub enum FailurePolicy {
     FailOpen,
 }
 
-/// A validated `[[filter]]` with its compiled module.
+/// A validated `[[filter]]` (its module is loaded and compiled by `runtime::Artifacts`).
 #[derive(Debug, Clone)]
 pub struct FilterConfig {
     /// Name (`plugin_name`).
@@ -147,8 +136,12 @@ pub struct FilterConfig {
     pub shared_prefix: Option<String>,
     /// WASI environment.
     pub env: Vec<(String, String)>,
-    /// The compiled module.
-    pub module: Built<crate::wasm_engine::LoadedModule>,
+    /// The module's pinned SHA-256 (hex), if any.
+    pub sha256: Option<String>,
+    /// Where `path` is written (a module that cannot be read or compiled is reported there).
+    pub path_at: Anchor,
+    /// Where `sha256` is written (a module that does not match is reported there).
+    pub sha256_at: Anchor,
     /// Line and column of its `name` in the file: where a filter that does not start
     /// is reported (it is started once before the configuration is taken).
     pub declared_at: (usize, usize),
@@ -254,8 +247,8 @@ pub struct ListenerConfig {
     pub protocol: ListenerProtocol,
     /// TLS settings (files reload with the configuration).
     pub tls: Option<crate::tls::ListenerTls>,
-    /// The server config built from `tls`.
-    pub tls_server: Option<Built<rustls::ServerConfig>>,
+    /// Where `tls` and each of its certificates are written.
+    pub tls_at: TlsAnchors,
     /// Sources trusted to send a PROXY protocol header.
     pub proxy_protocol_from: Vec<Cidr>,
     /// L4: default cluster name.
@@ -279,21 +272,14 @@ pub enum ListenerProtocol {
     Tcp,
 }
 
-/// Something built from configuration (a rustls config) that compares equal to any other:
-/// the settings it was built from are compared instead.
-#[derive(Clone)]
-pub struct Built<T>(pub std::sync::Arc<T>);
-
-impl<T> PartialEq for Built<T> {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl<T> std::fmt::Debug for Built<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Built(..)")
-    }
+/// Where a listener's TLS section and each of its certificates are written: a
+/// certificate that does not load is reported at the one it concerns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TlsAnchors {
+    /// The `tls` table (or the listener's name when it has none).
+    pub section: Anchor,
+    /// One per certificate, in order.
+    pub certificates: Vec<Anchor>,
 }
 
 /// An address block (`10.0.0.0/8`, `::1/128`).
@@ -563,8 +549,10 @@ pub struct ClusterConfig {
     pub breakers: BreakerConfig,
     /// Retry budget.
     pub retry_budget: RetryBudget,
-    /// TLS to the endpoints: settings and the client config built from them.
-    pub tls: Option<(crate::tls::UpstreamTls, Built<rustls::ClientConfig>)>,
+    /// TLS to the endpoints (the client config is built by `runtime::Artifacts`).
+    pub tls: Option<crate::tls::UpstreamTls>,
+    /// Where `tls`'s files are written.
+    pub tls_at: Anchor,
     /// PROXY protocol header sent on new upstream connections.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// Sticky sessions.

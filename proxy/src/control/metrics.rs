@@ -16,7 +16,7 @@ pub fn render(node: &crate::control::Node) -> String {
     let p = &reg.process;
     crate::control::process_metrics::render_build_info(&mut out);
     crate::control::process_metrics::render_process(&mut out);
-    crate::control::process_metrics::render_certificates(&mut out, &rt.config.certificates);
+    crate::control::process_metrics::render_certificates(&mut out, &rt.certificates);
     // The file's hash is in /status; a label that changes every reload would start a
     // new series each time.
     gauge(

@@ -24,7 +24,7 @@ use crate::cluster::vips::Vips;
 use crate::shared::Shared;
 
 /// One node as its control plane acts on it: the state its workers share, and what it
-/// announces (its VIPs, its anycast routes) when configured. `server::start` builds it
+/// announces (its VIPs, its anycast routes) when configured. `server::Server::start` builds it
 /// in that order (the announcers need the listeners up); no process global holds any
 /// of it, so a process can run more than one.
 #[derive(Clone)]

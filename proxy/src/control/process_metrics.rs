@@ -88,7 +88,7 @@ pub fn render_build_info(out: &mut String) {
 
 /// Appends `tandem_tls_certificate_expiry_timestamp_seconds{used_by, path}` for every
 /// certificate the node presents (listeners, peer transport).
-pub fn render_certificates(out: &mut String, certs: &[crate::config::CertificateExpiry]) {
+pub fn render_certificates(out: &mut String, certs: &[crate::runtime::CertificateExpiry]) {
     if certs.is_empty() {
         return;
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::config::{Config, ConfigError};
 use crate::health::verdict::{self, Source, Target, Verdict};
 use crate::runtime::Runtime;
-use crate::shared::{RemovedEndpoint, Shared};
+use crate::shared::{Loaded, RemovedEndpoint, Shared};
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +23,10 @@ pub struct ReloadOutcome {
 /// does not validate is refused and the current one keeps serving.
 pub fn reload(shared: &Shared) -> Result<ReloadOutcome, ConfigError> {
     let _guard = shared.reload_lock.lock().expect("reload lock poisoned");
-    let next = match shared.source.load() {
+    let Loaded {
+        config: next,
+        artifacts,
+    } = match shared.source.load() {
         Ok(c) => c,
         Err(e) => {
             shared.stats.process.reloads_failed.fetch_add(1, Relaxed);
@@ -43,7 +46,7 @@ pub fn reload(shared: &Shared) -> Result<ReloadOutcome, ConfigError> {
         tracing::warn!("{}:{}:{}: {}: {}", next.source, w.line, w.col, w.key, w.message);
     }
     let generation = current.generation + 1;
-    let rt = Runtime::compile(Arc::new(next), generation, &shared.stats);
+    let rt = Runtime::compile(Arc::new(next), artifacts, generation, &shared.stats);
     drain_removed(shared, &current, &rt);
     shared.runtime.store(Arc::new(rt));
     shared.stats.process.reloads_ok.fetch_add(1, Relaxed);

@@ -70,9 +70,9 @@ pub(crate) async fn serve(
     let buffer = hot.tcp_buffer_bytes;
     // Both sides write with the worker's send batch (see `send_batch`).
     let stream = BatchedStream::new(stream);
-    match &hot.tls_server {
+    match &rt.listener_tls[idx] {
         Some(cfg) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.0.clone());
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
             match tokio::time::timeout(lcfg.header_read_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     stats.tls_handshakes.fetch_add(1, Relaxed);

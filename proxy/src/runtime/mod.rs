@@ -1,6 +1,7 @@
 //! The compiled runtime: one immutable snapshot per configuration version, swapped
 //! atomically on reload. In-flight requests keep the `Arc<Runtime>` they started with.
 
+pub(crate) mod artifacts;
 pub(crate) mod passive;
 pub(crate) mod plugin;
 pub(crate) mod router;
@@ -17,6 +18,7 @@ use crate::config::{
 };
 use crate::stats::{ClusterStats, EndpointStats, RouteStats, StatsRegistry};
 
+pub(crate) use artifacts::{Artifacts, CertificateExpiry};
 pub(crate) use router::{RequestFacts, Router};
 
 /// Everything the data plane needs to serve requests for one config version.
@@ -38,6 +40,10 @@ pub struct Runtime {
     pub plugins: Vec<Arc<crate::runtime::plugin::Plugin>>,
     /// Network filters per listener (L4), in listener order.
     pub listener_filters: Vec<Vec<Arc<crate::runtime::plugin::Plugin>>>,
+    /// TLS server config per listener (None: plain), in listener order.
+    pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Certificates this node presents, with when each expires.
+    pub certificates: Vec<CertificateExpiry>,
 }
 
 /// A compiled route.
@@ -124,7 +130,7 @@ pub struct Cluster {
     /// Retry budget.
     pub retry_budget: RetryBudget,
     /// TLS to the endpoints.
-    pub tls: Option<(crate::tls::UpstreamTls, crate::config::Built<rustls::ClientConfig>)>,
+    pub tls: Option<(crate::tls::UpstreamTls, Arc<rustls::ClientConfig>)>,
     /// PROXY protocol header on new upstream connections.
     pub proxy_protocol: Option<crate::config::ProxyProtocolVersion>,
     /// Sticky sessions.
@@ -181,19 +187,21 @@ impl Candidate for Endpoint {
 }
 
 impl Runtime {
-    /// Compiles a validated configuration. Never fails: validation already checked
-    /// everything that could go wrong.
-    pub fn compile(config: Arc<Config>, generation: u64, stats: &StatsRegistry) -> Runtime {
+    /// Compiles a validated configuration with what its files became. Never fails:
+    /// validation and [`Artifacts::build`] already refused everything that could.
+    pub fn compile(config: Arc<Config>, artifacts: Artifacts, generation: u64, stats: &StatsRegistry) -> Runtime {
         let clusters: Vec<Cluster> = config
             .clusters
             .iter()
+            .zip(artifacts.cluster_tls)
             .enumerate()
-            .map(|(i, c)| compile_cluster(i, c, stats))
+            .map(|(i, (c, tls))| compile_cluster(i, c, tls, stats))
             .collect();
         let plugins: Vec<Arc<crate::runtime::plugin::Plugin>> = config
             .filters
             .iter()
-            .map(|f| Arc::new(crate::runtime::plugin::Plugin::new(f, stats)))
+            .zip(&artifacts.modules)
+            .map(|(f, module)| Arc::new(crate::runtime::plugin::Plugin::new(f, module, stats)))
             .collect();
         let routes: Vec<Route> = config
             .routes
@@ -232,6 +240,8 @@ impl Runtime {
             .collect();
         Runtime {
             listener_filters,
+            listener_tls: artifacts.listener_tls,
+            certificates: artifacts.certificates,
             generation,
             hash: config.hash,
             config,
@@ -248,7 +258,12 @@ impl Runtime {
     }
 }
 
-fn compile_cluster(index: usize, c: &ClusterConfig, stats: &StatsRegistry) -> Cluster {
+fn compile_cluster(
+    index: usize,
+    c: &ClusterConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    stats: &StatsRegistry,
+) -> Cluster {
     let keys: Vec<(String, u32)> = c.endpoints.iter().map(|e| (e.address.to_string(), e.weight)).collect();
     Cluster {
         name: c.name.as_str().into(),
@@ -262,15 +277,7 @@ fn compile_cluster(index: usize, c: &ClusterConfig, stats: &StatsRegistry) -> Cl
             max_idle: c.pool_max_idle_per_endpoint,
             idle_timeout: c.pool_idle_timeout,
             max_age: c.max_connection_age,
-            profile: crate::config::fnv1a(
-                format!(
-                    "{:?}|{:?}|{:?}",
-                    c.protocol,
-                    c.tls.as_ref().map(|t| &t.0),
-                    c.proxy_protocol
-                )
-                .as_bytes(),
-            ),
+            profile: crate::config::fnv1a(format!("{:?}|{:?}|{:?}", c.protocol, c.tls, c.proxy_protocol).as_bytes()),
         },
         endpoints: c
             .endpoints
@@ -288,7 +295,7 @@ fn compile_cluster(index: usize, c: &ClusterConfig, stats: &StatsRegistry) -> Cl
         panic_threshold: c.panic_threshold,
         breakers: c.breakers,
         retry_budget: c.retry_budget,
-        tls: c.tls.clone(),
+        tls: c.tls.clone().zip(tls),
         proxy_protocol: c.proxy_protocol,
         sticky: c.sticky.clone(),
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::config::{FailurePolicy, FilterConfig};
 use crate::stats::PluginStats;
-use crate::wasm_engine::EPOCH_TICK;
+use crate::wasm_engine::{LoadedModule, EPOCH_TICK};
 
 /// A compiled, configured filter.
 #[derive(Debug)]
@@ -46,8 +46,9 @@ pub struct Plugin {
 static UID: AtomicU64 = AtomicU64::new(1);
 
 impl Plugin {
-    /// Builds the runtime plugin of a validated filter; its counters are `stats`'s.
-    pub fn new(f: &FilterConfig, stats: &crate::stats::StatsRegistry) -> Plugin {
+    /// Builds the runtime plugin of a validated filter from its compiled module; its
+    /// counters are `stats`'s.
+    pub fn new(f: &FilterConfig, module: &LoadedModule, stats: &crate::stats::StatsRegistry) -> Plugin {
         Plugin {
             uid: UID.fetch_add(1, Relaxed),
             name: Arc::from(f.name.as_str()),
@@ -60,8 +61,8 @@ impl Plugin {
             deadline_ticks: ticks(f.cpu_limit),
             shared_prefix: f.shared_prefix.clone(),
             env: f.env.clone(),
-            module: f.module.0.module.clone(),
-            sha256: f.module.0.sha256.clone(),
+            module: module.module.clone(),
+            sha256: module.sha256.clone(),
             stats: stats.plugin(&f.name),
         }
     }

@@ -251,7 +251,7 @@ pub(crate) async fn dial(
 pub(crate) async fn tls_connect<IO>(
     addr: SocketAddr,
     t: &crate::tls::UpstreamTls,
-    cfg: &crate::config::Built<rustls::ClientConfig>,
+    cfg: &Arc<rustls::ClientConfig>,
     stream: IO,
     timeout: Duration,
 ) -> Result<tokio_rustls::client::TlsStream<IO>, Failure>
@@ -265,7 +265,7 @@ where
     };
     match tokio::time::timeout(
         timeout,
-        tokio_rustls::TlsConnector::from(cfg.0.clone()).connect(name, stream),
+        tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, stream),
     )
     .await
     {

@@ -53,12 +53,15 @@ impl std::fmt::Debug for HostShared {
 /// accepts its configuration: the last step of taking a configuration (the daemon's
 /// start and reloads, `tandem check`). A filter that does not start is reported at its
 /// `name`, like any other problem of the file.
-pub fn trial(config: &crate::config::Config) -> Result<(), crate::config::ConfigError> {
+pub fn trial(
+    config: &crate::config::Config,
+    artifacts: &crate::runtime::Artifacts,
+) -> Result<(), crate::config::ConfigError> {
     let mut issues = Vec::new();
-    for (i, f) in config.filters.iter().enumerate() {
+    for (i, (f, module)) in config.filters.iter().zip(&artifacts.modules).enumerate() {
         // The trial's counters are not the filter's traffic, nor is what it stores: a
         // throwaway set of each.
-        let p = crate::runtime::plugin::Plugin::new(f, &crate::stats::StatsRegistry::default());
+        let p = crate::runtime::plugin::Plugin::new(f, module, &crate::stats::StatsRegistry::default());
         let host = std::sync::Arc::new(HostShared::default());
         if let Err(e) = instance::Instance::create(&std::sync::Arc::new(p), link::detached(), host) {
             issues.push(crate::config::ConfigIssue {

@@ -1,9 +1,11 @@
-//! Two nodes in one process: a server runs from a configuration value and keeps its
-//! state (counters, the filters' shared data and metrics, its phase) to itself.
+//! Two nodes in one process: a server runs from a configuration value, keeps its state
+//! (counters, the filters' shared data and metrics, its phase) to itself, and stops by
+//! its command channel.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tandem_proxy::server::{Command, Server};
 use tandem_proxy::shared::ConfigSource;
 
 use crate::common::{bounded, free_port, Backend, Client};
@@ -36,14 +38,26 @@ async fn two_servers_in_one_process_keep_their_state_apart() {
                 cluster("backend", &[b.addr], ""),
             );
             let source = ConfigSource::Embedded("in-process", text);
-            let running = tokio::task::spawn_blocking(move || {
-                let config = source.load().expect("the configuration loads");
-                tandem_proxy::server::start(config, source).expect("the server starts")
+            let server = tokio::task::spawn_blocking(move || {
+                let loaded = source.load().expect("the configuration loads");
+                Server::start(loaded, source).expect("the server starts")
             })
             .await
             .unwrap();
-            assert_eq!(running.admin, admin);
-            nodes.push((name, listen, running));
+            assert_eq!(server.admin, admin);
+            let (commands, rx) = tokio::sync::mpsc::unbounded_channel();
+            let node = server.node.clone();
+            let serving = std::thread::spawn(move || server.serve(rx));
+            nodes.push((
+                name,
+                listen,
+                Handle {
+                    admin,
+                    node,
+                    commands,
+                    serving,
+                },
+            ));
         }
         let (a, b_node) = (&nodes[0], &nodes[1]);
 
@@ -77,14 +91,33 @@ async fn two_servers_in_one_process_keep_their_state_apart() {
         );
 
         // One node drains; the other keeps serving.
-        a.2.node.shared.begin_drain();
-        let mut c = Client::h1(b_node.1).await;
+        // One node is told to stop; the other keeps serving.
+        let [(_, _, a), (_, b_listen, b)]: [_; 2] = nodes.try_into().map_err(|_| ()).unwrap();
+        a.commands.send(Command::Stop).unwrap();
+        let a_node = a.node.clone();
+        tokio::task::spawn_blocking(move || a.serving.join().unwrap().expect("the first node stops cleanly"))
+            .await
+            .unwrap();
+        assert_eq!(a_node.shared.phase(), "draining");
+        let mut c = Client::h1(b_listen).await;
         let r = c.get("in.process", "/plain", &[]).await.unwrap();
         assert_eq!(r.status, 200);
-        assert_eq!(b_node.2.node.shared.phase(), "serving");
-        b_node.2.node.shared.begin_drain();
-        // Their control runtimes are dropped off the test's runtime.
-        tokio::task::spawn_blocking(move || drop(nodes)).await.unwrap();
+        assert_eq!(b.node.shared.phase(), "serving");
+        // Dropping the sender stops the other.
+        let Handle { serving, commands, .. } = b;
+        drop(commands);
+        tokio::task::spawn_blocking(move || serving.join().unwrap().expect("the second node stops cleanly"))
+            .await
+            .unwrap();
+        assert_eq!(b.node.shared.phase(), "draining");
     })
     .await;
+}
+
+/// A node serving on its own thread, and the sender of its commands.
+struct Handle {
+    admin: SocketAddr,
+    node: tandem_proxy::control::Node,
+    commands: tokio::sync::mpsc::UnboundedSender<Command>,
+    serving: std::thread::JoinHandle<Result<(), tandem_proxy::server::RunError>>,
 }

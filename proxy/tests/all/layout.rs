@@ -235,3 +235,44 @@ fn the_proxys_folders_are_its_layers() {
         }
     }
 }
+
+#[test]
+fn the_configuration_is_plain_values() {
+    // `config/` reads and validates; it builds nothing (no TLS config, no compiled
+    // module): `runtime/` does, from the values and anchors `config/` keeps.
+    let graph = imports(&crate_src("proxy"));
+    let config_imports: BTreeSet<&Module> = graph
+        .iter()
+        .filter(|(from, _)| from.first().is_some_and(|p| p == "config"))
+        .flat_map(|(_, tos)| tos)
+        .collect();
+    for builder in [
+        "runtime",
+        "wasm",
+        "wasm_engine",
+        "http",
+        "l4",
+        "upstream",
+        "listen",
+        "worker",
+    ] {
+        assert!(
+            !config_imports.iter().any(|m| m.first().is_some_and(|p| p == builder)),
+            "config imports {builder}"
+        );
+    }
+    // From `tls` it names the settings types only, never a function that loads files.
+    let mut files = Vec::new();
+    collect(&crate_src("proxy").join("config"), &mut files);
+    for f in files {
+        let code = std::fs::read_to_string(&f).unwrap();
+        for path in paths_after(&code, "crate::tls::") {
+            let name = path.first().map(String::as_str).unwrap_or("");
+            assert!(
+                matches!(name, "ListenerTls" | "UpstreamTls" | "ClientAuth"),
+                "{} uses crate::tls::{name}",
+                f.display()
+            );
+        }
+    }
+}

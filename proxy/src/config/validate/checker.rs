@@ -50,6 +50,12 @@ impl Checker<'_> {
         });
     }
 
+    /// Where `span` is in the file, under `key` (see [`Anchor`]).
+    pub(super) fn anchor(&self, span: &SpannedStr, key: String) -> Anchor {
+        let (line, col) = self.lines.locate(span.span().start);
+        Anchor { line, col, key }
+    }
+
     pub(super) fn path(&self, base: &std::path::Path, s: &SpannedStr) -> std::path::PathBuf {
         let p = std::path::Path::new(s.get_ref());
         if p.is_absolute() {

@@ -339,6 +339,14 @@ pub(super) fn clusters(
         let connect_timeout = c.dur(&cl.connect_timeout, format!("{key}.connect_timeout"));
         let pool_idle_timeout = c.dur(&cl.pool_idle_timeout, format!("{key}.pool_idle_timeout"));
         let max_connection_age = c.dur(&cl.max_connection_age, format!("{key}.max_connection_age"));
+        let (tls, tls_at) = match cl
+            .tls
+            .as_ref()
+            .and_then(|t| c.upstream_tls(t, base, &format!("{key}.tls"), &cl.name, protocol))
+        {
+            Some((settings, at)) => (Some(settings), at),
+            None => (None, Anchor::default()),
+        };
         clusters.push(ClusterConfig {
             name: cl.name.get_ref().clone(),
             balancer,
@@ -365,10 +373,8 @@ pub(super) fn clusters(
                 ratio: (cl.retry_budget.budget_percent / 100.0).clamp(0.0, 1.0),
                 min_concurrency: cl.retry_budget.min_retry_concurrency,
             },
-            tls: cl
-                .tls
-                .as_ref()
-                .and_then(|t| c.upstream_tls(t, base, &format!("{key}.tls"), &cl.name, protocol)),
+            tls,
+            tls_at,
             sticky: cl.sticky.as_ref().and_then(|st| c.sticky(st, &format!("{key}.sticky"))),
             proxy_protocol: cl.proxy_protocol.as_ref().and_then(|p| match p.get_ref().as_str() {
                 "v1" => Some(ProxyProtocolVersion::V1),

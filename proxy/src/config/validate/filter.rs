@@ -9,8 +9,8 @@ use crate::config::model::{self, ConfigFile};
 use crate::config::*;
 
 impl Checker<'_> {
-    /// Validates a `[[filter]]`: loads, pins and compiles its module, and starts it once
-    /// so a module that traps at start or refuses its configuration is reported here.
+    /// Validates a `[[filter]]`'s settings (its module is loaded, pinned, compiled and
+    /// started once by `runtime::Artifacts` and `wasm::trial`).
     pub(super) fn filter(
         &mut self,
         f: &model::FilterSection,
@@ -60,30 +60,6 @@ impl Checker<'_> {
             format!("{key}.path"),
             crate::config::access::Access::Read,
         );
-        let module = match crate::wasm_engine::load(&path, f.sha256.as_ref().map(|s| s.get_ref().as_str())) {
-            Ok(m) => m,
-            Err(e) => {
-                let (span, k, hint) = match &e {
-                    crate::wasm_engine::ModuleError::Pin { actual, .. } => (
-                        f.sha256.as_ref().unwrap_or(&f.path),
-                        format!("{key}.sha256"),
-                        format!("if this module is the one you mean to run, pin sha256 = \"{actual}\""),
-                    ),
-                    crate::wasm_engine::ModuleError::Read { .. } => (
-                        &f.path,
-                        format!("{key}.path"),
-                        "build the filter (cargo build --target wasm32-wasip1 --release) or fix the path".into(),
-                    ),
-                    crate::wasm_engine::ModuleError::Compile { .. } => (
-                        &f.path,
-                        format!("{key}.path"),
-                        "point at a .wasm module built for wasm32-wasip1 with the proxy-wasm SDK".into(),
-                    ),
-                };
-                self.at(span, k, e.to_string(), Some(hint));
-                return None;
-            }
-        };
         let cfg = FilterConfig {
             name: f.name.get_ref().clone(),
             path,
@@ -100,30 +76,21 @@ impl Checker<'_> {
             },
             shared_prefix: f.shared_prefix.clone().filter(|p| !p.is_empty()),
             env: f.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            module: Built(std::sync::Arc::new(module)),
+            sha256: f.sha256.as_ref().map(|s| s.get_ref().clone()),
+            path_at: self.anchor(&f.path, format!("{key}.path")),
+            sha256_at: self.anchor(f.sha256.as_ref().unwrap_or(&f.path), format!("{key}.sha256")),
             declared_at: self.lines.locate(f.name.span().start),
         };
         Some(cfg)
     }
 }
 
-/// `[[filter]]`s (loaded, compiled and started once), and the listeners' references to
+/// `[[filter]]`s, and the listeners' references to
 /// them; their names for the routes.
 pub(super) fn filters(c: &mut Checker, file: &ConfigFile, base: &Path) -> (Vec<FilterConfig>, HashMap<String, usize>) {
     // Filters (before routes, which name them).
     let mut filters: Vec<FilterConfig> = Vec::new();
     let mut filter_names: HashMap<String, usize> = HashMap::new();
-    if let (Some(f), Err(why)) = (file.filters.first(), crate::wasm_engine::cache()) {
-        c.warn(
-            &f.path,
-            "filter[0].path".into(),
-            format!("compiled filters are not cached on disk ({why}); every start compiles them"),
-            Some(
-                "give Tandem a cache directory of its own: TANDEM_WASM_CACHE, or systemd's CacheDirectory=tandem"
-                    .into(),
-            ),
-        );
-    }
     for (i, f) in file.filters.iter().enumerate() {
         let key = format!("filter[{i}]");
         if filter_names.contains_key(f.name.get_ref()) {

@@ -146,9 +146,7 @@ pub(super) fn listeners(
                 idle_timeout: c.dur(&l.idle_timeout, format!("{key}.idle_timeout")),
                 http2: l.http2,
                 protocol,
-                tls_server: tls
-                    .as_ref()
-                    .and_then(|t| c.tls_server(t, l.tls.as_ref(), &l.name, &key)),
+                tls_at: c.tls_anchors(l.tls.as_ref(), &l.name, &key),
                 tls,
                 proxy_protocol_from,
                 cluster: l.cluster.as_ref().map(|s| s.get_ref().clone()),

@@ -20,7 +20,9 @@ use super::model::ConfigFile;
 use super::*;
 
 /// Checks a parsed file section by section (the order the sections refer to each other)
-/// and builds the configuration; every problem found, at once, otherwise.
+/// and builds the configuration, with every problem found. With problems, the
+/// configuration holds what could be built (placeholders elsewhere): enough for the
+/// later steps to report their own problems in the same pass, never to run.
 pub(crate) fn validate(
     source: &str,
     text: &str,
@@ -28,7 +30,7 @@ pub(crate) fn validate(
     file: ConfigFile,
     base: &std::path::Path,
     readable_by_others: bool,
-) -> Result<Config, Vec<ConfigIssue>> {
+) -> (Config, Vec<ConfigIssue>) {
     let mut c = Checker {
         lines,
         issues: Vec::new(),
@@ -50,34 +52,9 @@ pub(crate) fn validate(
     let bgp = anycast::bgp(&mut c, &file, base);
     let anycast = anycast::groups(&mut c, &file, &listeners, &cluster_names, &vips);
 
-    if !c.issues.is_empty() {
-        c.issues.sort_by_key(|i| (i.line, i.col));
-        return Err(c.issues);
-    }
-    let mut certificates = Vec::new();
-    for l in &listeners {
-        for (cert, _) in l.tls.iter().flat_map(|t| t.certificates.iter()) {
-            if let Some(not_after) = crate::tls::not_after(cert) {
-                certificates.push(CertificateExpiry {
-                    used_by: format!("listener/{}", l.name),
-                    path: cert.clone(),
-                    not_after,
-                });
-            }
-        }
-    }
-    if let Some(h) = &ha {
-        if let Some(not_after) = crate::tls::not_after(&h.group.tls.cert) {
-            certificates.push(CertificateExpiry {
-                used_by: "ha".into(),
-                path: h.group.tls.cert.clone(),
-                not_after,
-            });
-        }
-    }
-    Ok(Config {
+    c.issues.sort_by_key(|i| (i.line, i.col));
+    let config = Config {
         source: source.to_string(),
-        certificates,
         hash: fnv1a(text.as_bytes()),
         server,
         admin,
@@ -92,5 +69,6 @@ pub(crate) fn validate(
         vips,
         bgp,
         anycast,
-    })
+    };
+    (config, c.issues)
 }

@@ -88,41 +88,21 @@ impl Checker<'_> {
         }
     }
 
-    /// Loads every file of a listener's TLS settings now, so `check` reports unreadable,
-    /// mismatched or expired material with the key that names it.
-    pub(super) fn tls_server(
-        &mut self,
-        t: &crate::tls::ListenerTls,
+    /// Where a listener's TLS section and its certificates are written (`key` is the
+    /// listener's, e.g. `listener[0]`).
+    pub(super) fn tls_anchors(
+        &self,
         section: Option<&model::ListenerTlsSection>,
         anchor: &SpannedStr,
         key: &str,
-    ) -> Option<Built<rustls::ServerConfig>> {
-        match crate::tls::server_config(t) {
-            Ok(cfg) => Some(Built(cfg)),
-            Err(e) => {
-                let (span, k) = section
-                    .and_then(|s| {
-                        s.certificates.iter().enumerate().find_map(|(i, c)| {
-                            let text = e.to_string();
-                            (text.contains(c.cert.get_ref().as_str()) || text.contains(c.key.get_ref().as_str()))
-                                .then(|| (c.cert.clone(), format!("{key}.tls.certificates[{i}]")))
-                        })
-                    })
-                    .unwrap_or_else(|| (anchor.clone(), format!("{key}.tls")));
-                let hint = match &e {
-                    crate::tls::TlsError::Unreadable { .. } => {
-                        "check the path (relative paths start at the config file's directory) and permissions"
-                    }
-                    crate::tls::TlsError::Empty { .. } => {
-                        "the file must hold PEM blocks (-----BEGIN CERTIFICATE----- / -----BEGIN PRIVATE KEY-----)"
-                    }
-                    crate::tls::TlsError::Mismatch { .. } => "pair each certificate with the key it was issued for",
-                    crate::tls::TlsError::Validity { .. } => "renew the certificate",
-                    crate::tls::TlsError::Rustls(_) => "check the certificate and key formats",
-                };
-                self.at(&span, k, e.to_string(), Some(hint.into()));
-                None
-            }
+    ) -> TlsAnchors {
+        TlsAnchors {
+            section: self.anchor(anchor, format!("{key}.tls")),
+            certificates: section
+                .iter()
+                .flat_map(|s| s.certificates.iter().enumerate())
+                .map(|(i, c)| self.anchor(&c.cert, format!("{key}.tls.certificates[{i}]")))
+                .collect(),
         }
     }
 
@@ -133,7 +113,7 @@ impl Checker<'_> {
         key: &str,
         anchor: &SpannedStr,
         protocol: UpstreamProtocol,
-    ) -> Option<(crate::tls::UpstreamTls, Built<rustls::ClientConfig>)> {
+    ) -> Option<(crate::tls::UpstreamTls, Anchor)> {
         let client_cert = match (&t.client_cert, &t.client_key) {
             (Some(c), Some(k)) => Some((
                 self.file(
@@ -181,18 +161,7 @@ impl Checker<'_> {
                 Some("use it in labs only; set ca = \"…\" instead".into()),
             );
         }
-        match crate::tls::client_config(&settings) {
-            Ok(cfg) => Some((settings, Built(cfg))),
-            Err(e) => {
-                let span = t.ca.clone().or(t.client_cert.clone()).unwrap_or_else(|| anchor.clone());
-                self.at(
-                    &span,
-                    key.to_string(),
-                    e.to_string(),
-                    Some("check the CA and client certificate files".into()),
-                );
-                None
-            }
-        }
+        let span = t.ca.clone().or(t.client_cert.clone()).unwrap_or_else(|| anchor.clone());
+        Some((settings, self.anchor(&span, key.to_string())))
     }
 }
