@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Tandem, HAProxy and nginx side by side against the same loopback backends:
-# the HTTP/1.1 keep-alive benchmark (throughput, latency, requests per proxy-CPU-second,
+# first every row of the comparison in one run (compare.py: plain and equal-work modes,
+# 5 interleaved rounds), then the HTTP/1.1 keep-alive benchmark (throughput, latency, requests per proxy-CPU-second,
 # ratios), the gray-failure benchmark (one slow backend with a green /healthz), TLS and
 # L4, the pair's shared state, proxy-wasm filter cost, and user-space instructions per
 # request (callgrind).
@@ -18,6 +19,7 @@ command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v openssl >/dev/null || need+=(openssl)
 command -v valgrind >/dev/null || need+=(valgrind)
 command -v curl >/dev/null || need+=(curl)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
@@ -28,6 +30,7 @@ systemctl stop nginx haproxy >/dev/null 2>&1 || true
 ulimit -n 65536 2>/dev/null || true
 # The deployable build (the dist profile: release with one codegen unit and fat LTO).
 cargo build --profile dist --quiet -p tandem-proxy --bin tandem
+python3 bench/compare.py --tandem target/dist/tandem --seconds "${1:-8}" --rounds 5
 python3 bench/l7.py --tandem target/dist/tandem --seconds "${1:-10}"
 python3 bench/gray_failure.py --tandem target/dist/tandem
 python3 bench/tls_l4.py --tandem target/dist/tandem --seconds "${1:-10}"

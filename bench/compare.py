@@ -1,0 +1,451 @@
+#!/usr/bin/env python3
+"""Every row of the comparison users make, Tandem beside HAProxy and nginx, in one run.
+
+One process per proxy and round serves every row: plain HTTP/1.1, TLS 1.3 (HTTP/1.1
+and h2, ALPN) and TCP (L4) listeners in front of the same two nginx backends. Each
+proxy runs one thread pinned to CPU 0; the backends and the load tools share CPU 1.
+The proxy's CPU time comes from /proc, so every rate is also given per proxy-CPU-second
+(the figure the targets are written in).
+
+Rows:
+  h1          HTTP/1.1 keep-alive, wrk 64 connections
+  h1_1conn    HTTP/1.1, wrk 1 connection: p99 latency (lower is better)
+  tls_h1      TLS 1.3 keep-alive HTTP/1.1, wrk 64 connections
+  handshakes  a full TLS 1.3 handshake per request (wrk 32 connections, Connection: close)
+  h2_tls      h2 over TLS 1.3, h2load 16 connections x 8 streams
+  l4          TCP request/response, wrk 64 connections through the L4 listener
+  l4_bulk     TCP bulk: 1 MiB responses, wrk 8 connections (MB/s and MB per CPU-second)
+  filter      Tandem only: HTTP/1.1 keep-alive through a route with the header-rules
+              proxy-wasm filter (filters/headers) beside the same route without it, in
+              the same process: the CPU µs and the share of requests/s it costs
+  idle_mem    memory per idle keep-alive connection (RSS growth over 2,000 connections
+              that each made one request), KiB
+
+Modes (`--modes`):
+  plain   each proxy as users configure it by default: HAProxy and nginx add
+          X-Forwarded-For only; Tandem runs with its defaults.
+  equal   every proxy does the same per-request work: HAProxy and nginx also add
+          X-Forwarded-Proto/-Host and X-Request-Id both ways (see l7.py); Tandem its
+          defaults. The L4 and memory rows do not depend on headers and run in plain
+          mode only.
+
+Proxies run in turn within a round, the order rotating from round to round; each row
+reports every proxy's median, Tandem's ratio to the best peer in each round (rounds
+run back to back, so a round's ratio shares that round's machine state) and the median
+of those ratios, against the target. `--instructions` then runs instructions.py
+(callgrind counts per request) on the same binary.
+
+    python3 bench/compare.py --tandem target/dist/tandem --rounds 5 --seconds 8
+"""
+import argparse
+import asyncio
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+l7 = load("l7")
+tls_l4 = load("tls_l4")
+
+BACKENDS = [19001, 19002]
+PROXIES = ("tandem", "haproxy", "nginx")
+# (http, https, tcp) per proxy; Tandem's filtered HTTP listener on FILTERED.
+PORTS = {"tandem": (18080, 18443, 18090), "haproxy": (18081, 18444, 18091), "nginx": (18082, 18445, 18092)}
+FILTERED = 18083
+ADMIN = 19903
+MODULE = os.path.join(ROOT, "filters/target/wasm32-wasip1/release/headers.wasm")
+NGINX_STREAM = "/usr/lib/nginx/modules/ngx_stream_module.so"
+IDLE_CONNECTIONS = 2000
+
+# row -> (title, unit, higher is better, target ratio to the best peer or None)
+ROWS = {
+    "h1": ("HTTP/1.1 keep-alive, 64 conns", "req/CPU-s", True, 1.25),
+    "h1_1conn": ("HTTP/1.1, 1 conn: p99", "ms", False, 1.0),
+    "tls_h1": ("TLS 1.3 keep-alive", "req/CPU-s", True, 1.2),
+    "handshakes": ("full TLS handshake per conn", "req/CPU-s", True, 2.0),
+    "h2_tls": ("h2 over TLS (16 x 8 streams)", "req/CPU-s", True, 1.1),
+    "l4": ("L4 TCP request/response", "req/CPU-s", True, 1.1),
+    "l4_bulk": ("L4 bulk 1 MiB", "MB/CPU-s", True, 1.0),
+    "idle_mem": ("memory per idle connection", "KiB", False, 1.0),
+}
+HEADER_ROWS = ("h1", "h1_1conn", "tls_h1", "handshakes", "h2_tls")
+
+
+def configs(tmp, mode):
+    """Writes the backends' and the three proxies' configs for header mode `mode`
+    (`plain` = l7's `minimal` for the peers, `equal` = l7's `same`)."""
+    peers = "minimal" if mode == "plain" else "same"
+    with open(f"{tmp}/big.bin", "wb") as f:
+        f.write(os.urandom(1 << 20))
+    servers = "".join(
+        f'  server {{ listen 127.0.0.1:{p} reuseport; location / {{ return 200 "ok\\n"; }} '
+        f"location /big {{ alias {tmp}/big.bin; }} }}\n"
+        for p in BACKENDS
+    )
+    with open(f"{tmp}/backend.conf", "w") as f:
+        f.write(f"""worker_processes 1;
+pid {tmp}/backend.pid;
+error_log {tmp}/backend.err warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  sendfile on;
+{servers}}}
+""")
+    http, https, tcp = PORTS["tandem"]
+    eps = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in BACKENDS)
+    filtered = ""
+    if os.path.exists(MODULE):
+        filtered = f"""[[listener]]
+name = "filtered"
+listen = "127.0.0.1:{FILTERED}"
+[[filter]]
+name = "hdr"
+path = "{MODULE}"
+config = {{ request = {{ set = {{ x-env = "bench" }}, remove = ["x-debug"] }}, response = {{ set = {{ x-frame-options = "DENY" }} }} }}
+[[route]]
+name = "filtered"
+listeners = ["filtered"]
+cluster = "be"
+filters = ["hdr"]
+"""
+    with open(f"{tmp}/tandem.toml", "w") as f:
+        f.write(f"""[server]
+workers = 1
+[admin]
+listen = "127.0.0.1:{ADMIN}"
+[log]
+level = "warn"
+access_log = "off"
+[[listener]]
+name = "http"
+listen = "127.0.0.1:{http}"
+[[listener]]
+name = "https"
+listen = "127.0.0.1:{https}"
+tls = {{ certificates = [{{ cert = "{tmp}/cert.pem", key = "{tmp}/key.pem" }}], min_version = "1.3" }}
+[[listener]]
+name = "tcp"
+listen = "127.0.0.1:{tcp}"
+protocol = "tcp"
+cluster = "be"
+[[cluster]]
+name = "be"
+balancer = "round_robin"
+endpoints = [{eps}]
+[[route]]
+name = "all"
+listeners = ["http", "https"]
+cluster = "be"
+{filtered}""")
+    servers = "\n".join(f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(BACKENDS))
+    http, https, tcp = PORTS["haproxy"]
+    with open(f"{tmp}/haproxy.cfg", "w") as f:
+        f.write(f"""global
+  nbthread 1
+  maxconn 20000
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+defaults
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend http
+  mode http
+  bind 127.0.0.1:{http}
+  option http-keep-alive
+{l7.haproxy_headers("http", peers)}  default_backend be
+frontend https
+  mode http
+  bind 127.0.0.1:{https} ssl crt {tmp}/combined.pem alpn h2,http/1.1
+  option http-keep-alive
+{l7.haproxy_headers("https", peers)}  default_backend be
+backend be
+  mode http
+  balance roundrobin
+  http-reuse always
+{servers}
+frontend tcp
+  mode tcp
+  bind 127.0.0.1:{tcp}
+  default_backend betcp
+backend betcp
+  mode tcp
+  balance roundrobin
+{servers}
+""")
+    nginx_http, nginx_location = l7.nginx_headers(peers)
+    be = "\n".join(f"    server 127.0.0.1:{p};" for p in BACKENDS)
+    http, https, tcp = PORTS["nginx"]
+    location = f"""    location / {{
+      proxy_pass http://be;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+{nginx_location}    }}
+"""
+    with open(f"{tmp}/nginx.conf", "w") as f:
+        f.write(f"""load_module {NGINX_STREAM};
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx.err warn;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+{nginx_http}  upstream be {{
+{be}
+    keepalive 64;
+  }}
+  server {{
+    listen 127.0.0.1:{http};
+{location}  }}
+  server {{
+    listen 127.0.0.1:{https} ssl http2;
+    ssl_certificate {tmp}/cert.pem;
+    ssl_certificate_key {tmp}/key.pem;
+    ssl_protocols TLSv1.3;
+{location}  }}
+}}
+stream {{
+  upstream betcp {{
+{be}
+  }}
+  server {{
+    listen 127.0.0.1:{tcp};
+    proxy_pass betcp;
+  }}
+}}
+""")
+
+
+def start(name, tandem, tmp):
+    if name == "tandem":
+        cmd = [tandem, "run", "-c", f"{tmp}/tandem.toml"]
+    elif name == "haproxy":
+        cmd = ["haproxy", "-db", "-f", f"{tmp}/haproxy.cfg"]
+    else:
+        cmd = ["nginx", "-p", tmp, "-c", f"{tmp}/nginx.conf", "-g", "daemon off;"]
+    return subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def rss_kib(root_pid):
+    """Resident memory of a process and its descendants, KiB."""
+    total, frontier = 0, {root_pid}
+    while frontier:
+        nxt = set()
+        for pid in frontier:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    total += int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    nxt |= {int(c) for c in f.read().split()}
+            except (OSError, AttributeError):
+                pass
+        frontier = nxt
+    return total
+
+
+async def open_idle(port, n):
+    """Opens `n` keep-alive connections that each made one request; returns them."""
+    conns = []
+    request = f"GET / HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    for _ in range(n):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(request)
+        await w.drain()
+        head = await r.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+        await r.readexactly(length)
+        conns.append(w)
+    return conns
+
+
+def idle_memory(pid, port):
+    """RSS growth per idle keep-alive connection, KiB."""
+    async def run():
+        before = rss_kib(pid)
+        conns = await open_idle(port, IDLE_CONNECTIONS)
+        await asyncio.sleep(1)
+        after = rss_kib(pid)
+        for w in conns:
+            w.close()
+        return (after - before) / IDLE_CONNECTIONS
+    return asyncio.run(run())
+
+
+def per_cpu(pid, fn, seconds):
+    """(value, value per proxy-CPU-second) of a load run `fn` returning a rate."""
+    before = l7.cpu_ticks(pid)
+    value = fn()
+    cpu = (l7.cpu_ticks(pid) - before) / l7.CLK
+    return value, (value * seconds / cpu if cpu else float("nan"))
+
+
+def h2load(port, seconds):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "h2load", "-c", "16", "-m", "8", "-D", str(seconds), f"https://127.0.0.1:{port}/"],
+        capture_output=True, text=True,
+    ).stdout
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    failed = re.search(r"(\d+) failed", out)
+    if not m or (failed and int(failed.group(1)) > 0):
+        raise SystemExit(f"h2load against {port} failed:\n{out}")
+    return float(m.group(1))
+
+
+def run_proxy(name, tandem, tmp, s, rows):
+    """Starts one proxy, runs `rows` against it, stops it: {row: (value, per CPU-s)}."""
+    p = start(name, os.path.abspath(tandem) if name == "tandem" else None, tmp)
+    http, https, tcp = PORTS[name]
+    url, surl, turl = f"http://127.0.0.1:{http}/", f"https://127.0.0.1:{https}/", f"http://127.0.0.1:{tcp}/"
+    r = {}
+    try:
+        for port in (http, https, tcp):
+            tls_l4.wait_port(port)
+        l7.wait_http(http)
+        l7.wrk(http, 64, 2)  # warm-up: pools, caches
+        if "h1" in rows:
+            r["h1"] = per_cpu(p.pid, lambda: l7.wrk(http, 64, s)["rps"], s)
+        if "h1_1conn" in rows:
+            one = l7.wrk(http, 1, max(3, s // 2))
+            r["h1_1conn"] = (one["p99"], one["p99"])
+        if "tls_h1" in rows:
+            tls_l4.wrk_raw(["-t1", "-c64", "-d2s", surl])
+            r["tls_h1"] = per_cpu(p.pid, lambda: tls_l4.wrk_raw(["-t1", "-c64", f"-d{s}s", surl])[0], s)
+        if "handshakes" in rows:
+            r["handshakes"] = per_cpu(
+                p.pid, lambda: tls_l4.wrk_raw(["-t1", "-c32", f"-d{s}s", "-H", "Connection: close", surl])[0], s
+            )
+        if "h2_tls" in rows:
+            r["h2_tls"] = per_cpu(p.pid, lambda: h2load(https, s), s)
+        if "l4" in rows:
+            r["l4"] = per_cpu(p.pid, lambda: tls_l4.wrk_raw(["-t1", "-c64", f"-d{s}s", turl])[0], s)
+        if "l4_bulk" in rows:
+            def bulk():
+                rps, bps = tls_l4.wrk_raw(["-t1", "-c8", f"-d{s}s", turl + "big"])
+                if bps < rps * 1e6:
+                    raise SystemExit(f"{name}: /big answered {bps / max(rps, 1):.0f} bytes per response, not 1 MiB")
+                return bps / 1e6
+            r["l4_bulk"] = per_cpu(p.pid, bulk, s)
+        if "filter" in rows and name == "tandem" and os.path.exists(MODULE):
+            plain = per_cpu(p.pid, lambda: l7.wrk(http, 64, s)["rps"], s)
+            l7.wrk(FILTERED, 64, 2)
+            filt = per_cpu(p.pid, lambda: l7.wrk(FILTERED, 64, s)["rps"], s)
+            # CPU µs per request with and without the filter.
+            r["filter"] = (1e6 / filt[1] - 1e6 / plain[1], filt[0] / plain[0])
+        if "idle_mem" in rows:
+            v = idle_memory(p.pid, http)
+            r["idle_mem"] = (v, v)
+    finally:
+        l7.stop(p)
+    return r
+
+
+def report(mode, runs, rows, rounds):
+    """Prints one mode's table: medians, per-round ratios to the best peer, targets."""
+    print(f"\n== {mode} mode: " + (
+        "peers add X-Forwarded-For only, Tandem its defaults" if mode == "plain"
+        else "peers also add X-Forwarded-Proto/-Host and X-Request-Id, as Tandem does") + f"; {rounds} rounds")
+    print(f"{'row':<32} {'unit':<10} {'tandem':>9} {'haproxy':>9} {'nginx':>9} {'t/best':>7} {'target':>7}  per round")
+    summary = {}
+    for row in rows:
+        if row == "filter":
+            continue
+        title, unit, higher, target = ROWS[row]
+        have = [p for p in PROXIES if all(row in r for r in runs[p])]
+        if "tandem" not in have or len(have) < 2:
+            continue
+        idx = 0 if unit == "ms" or unit == "KiB" else 1
+        med = {p: statistics.median(r[row][idx] for r in runs[p]) for p in have}
+        ratios = []
+        for i in range(rounds):
+            t = runs["tandem"][i][row][idx]
+            peers = [runs[p][i][row][idx] for p in have if p != "tandem"]
+            best = max(peers) if higher else min(peers)
+            # Higher-is-better rows: tandem / best; lower-is-better: best / tandem, so
+            # above 1 always means Tandem is ahead.
+            ratios.append(t / best if higher else best / t)
+        ratio = statistics.median(ratios)
+        ok = "met" if ratio >= target else "not met"
+        cells = " ".join(f"{med.get(p, float('nan')):>9.{3 if idx == 0 and unit == 'ms' else 0}f}" for p in PROXIES)
+        print(f"{title:<32} {unit:<10} {cells} {ratio:>6.2f}x {target:>6.2f}x  "
+              + " ".join(f"{x:.2f}" for x in ratios) + f"  ({ok})")
+        summary[row] = ratio
+    if "filter" in rows and all("filter" in r for r in runs["tandem"]):
+        us = [r["filter"][0] for r in runs["tandem"]]
+        share = [r["filter"][1] for r in runs["tandem"]]
+        print(f"{'header filter (tandem only)':<32} {'µs, rps':<10} adds {statistics.median(us):.2f} µs CPU per request "
+              f"(target ≤ 1), {100 * (1 - statistics.median(share)):.1f} % of requests/s (target ≤ 5 %); per round: "
+              + " ".join(f"{u:.2f}µs/{100 * (1 - x):.1f}%" for u, x in zip(us, share)))
+    return summary
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tandem", required=True)
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--modes", default="plain,equal", help="comma-separated: plain, equal")
+    ap.add_argument("--only", default=",".join(list(ROWS) + ["filter"]),
+                    help="comma-separated rows: " + ", ".join(list(ROWS) + ["filter"]))
+    ap.add_argument("--instructions", action="store_true", help="then run instructions.py (callgrind) too")
+    args = ap.parse_args()
+    rows = [r.strip() for r in args.only.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS and r != "filter"]
+    if unknown:
+        sys.exit(f"--only: unknown row(s) {', '.join(unknown)}")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for tool in ("wrk", "haproxy", "nginx", "taskset", "h2load", "openssl"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing; run bench/run.sh, which installs it")
+    if not os.path.exists(NGINX_STREAM):
+        sys.exit(f"{NGINX_STREAM} is missing: apt-get install libnginx-mod-stream (bench/run.sh does)")
+    if "filter" in rows:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--target", "wasm32-wasip1",
+                        "--manifest-path", os.path.join(ROOT, "filters/Cargo.toml")], check=True)
+    tmp = tempfile.mkdtemp(prefix="tandem-compare-")
+    os.chmod(tmp, 0o755)  # nginx's unprivileged workers read big.bin
+    tls_l4.certs(tmp)
+    for i, mode in enumerate(modes):
+        mode_rows = rows if mode == "plain" else [r for r in rows if r in HEADER_ROWS]
+        configs(tmp, mode)
+        backend = subprocess.Popen(
+            ["taskset", "-c", "1", "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf", "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        runs = {p: [] for p in PROXIES}
+        try:
+            l7.wait_http(BACKENDS[0])
+            for rnd in range(args.rounds):
+                order = PROXIES[rnd % 3:] + PROXIES[:rnd % 3]
+                for name in order:
+                    runs[name].append(run_proxy(name, args.tandem, tmp, args.seconds, mode_rows))
+                print(f"[{mode}] round {rnd + 1}/{args.rounds} done", file=sys.stderr)
+        finally:
+            l7.stop(backend, signal.SIGQUIT)
+        report(mode, runs, mode_rows, args.rounds)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if args.instructions:
+        subprocess.run([sys.executable, os.path.join(HERE, "instructions.py"), "--tandem", args.tandem], check=False)
+
+
+if __name__ == "__main__":
+    main()
