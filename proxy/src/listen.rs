@@ -269,55 +269,63 @@ pub(crate) async fn accept(
         }
     }
     let rt = shared.runtime.load_full();
+    // A task keeps the room of its largest state for its whole life, idle keep-alive
+    // included: the L4 and TLS paths (a rustls session, its handshake) are boxed, so a
+    // plain HTTP connection's task is the size of its own path only.
     if lcfg.protocol == crate::config::ListenerProtocol::Tcp {
-        crate::l4::serve(
-            &worker,
-            idx,
-            stream,
-            crate::upstream::Origin { client, local },
-            &rt,
-            &stats,
-        )
-        .await;
+        let origin = crate::upstream::Origin { client, local };
+        Box::pin(crate::l4::serve(&worker, idx, stream, origin, &rt, &stats)).await;
         return;
     }
     // HTTP answers leave with the worker's send batch (see `send_batch`).
     let stream = crate::send_batch::BatchedStream::new(stream);
     match &rt.listener_tls[idx] {
         None => serve(&worker, idx, stream, client, local, None, false, &stats).await,
-        Some(cfg) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
-            let tls = match tokio::time::timeout(lcfg.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    stats.tls_handshake_failures.fetch_add(1, Relaxed);
-                    return;
-                }
-                Err(_) => {
-                    stats.tls_handshake_failures.fetch_add(1, Relaxed);
-                    return;
-                }
-            };
-            let (_, session) = tls.get_ref();
-            let info = TlsInfo {
-                version: match session.protocol_version() {
-                    Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-                    _ => "TLSv1.3",
-                },
-                sni: session.server_name().map(str::to_string),
-                client_subject: session
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(crate::tls::subject_of)
-                    .and_then(|s| http::HeaderValue::from_str(&s).ok()),
-            };
-            let h2 = session.alpn_protocol() == Some(b"h2");
-            stats.tls_handshakes.fetch_add(1, Relaxed);
-            if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-                stats.tls_resumed.fetch_add(1, Relaxed);
-            }
-            serve(&worker, idx, tls, client, local, Some(info), h2, &stats).await
-        }
+        Some(cfg) => Box::pin(serve_tls(&worker, idx, stream, cfg, client, local, &stats)).await,
     }
+}
+
+/// The TLS handshake of a terminating listener, then HTTP over it.
+async fn serve_tls(
+    worker: &Rc<Worker>,
+    idx: usize,
+    stream: crate::send_batch::BatchedStream,
+    cfg: &Arc<rustls::ServerConfig>,
+    client: SocketAddr,
+    local: SocketAddr,
+    stats: &Arc<ListenerStats>,
+) {
+    let lcfg = &worker.listeners[idx];
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
+    let tls = match tokio::time::timeout(lcfg.header_read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%client, error = %e, "TLS handshake failed");
+            stats.tls_handshake_failures.fetch_add(1, Relaxed);
+            return;
+        }
+        Err(_) => {
+            stats.tls_handshake_failures.fetch_add(1, Relaxed);
+            return;
+        }
+    };
+    let (_, session) = tls.get_ref();
+    let info = TlsInfo {
+        version: match session.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLSv1.3",
+        },
+        sni: session.server_name().map(str::to_string),
+        client_subject: session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(crate::tls::subject_of)
+            .and_then(|s| http::HeaderValue::from_str(&s).ok()),
+    };
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    stats.tls_handshakes.fetch_add(1, Relaxed);
+    if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        stats.tls_resumed.fetch_add(1, Relaxed);
+    }
+    serve(worker, idx, tls, client, local, Some(info), h2, stats).await
 }

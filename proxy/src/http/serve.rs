@@ -48,7 +48,7 @@ pub(crate) async fn serve<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let lcfg = worker.listeners[idx].clone();
+    let lcfg = &worker.listeners[idx];
     let state = Rc::new(ConnState {
         id: worker.shared.conn_ids.fetch_add(1, Relaxed),
         tls,
@@ -100,21 +100,29 @@ pub(crate) async fn serve<IO>(
         worker.shared.shutdown.subscribe(),
         worker.shared.phase.subscribe(),
         idle_grace,
-        lcfg.clone(),
+        Deadlines {
+            header_read: lcfg.header_read_timeout,
+            idle: lcfg.idle_timeout,
+        },
         stats.clone(),
     ));
     let (w, st) = (worker.clone(), state.clone());
     // HTTP/1.1 keeps each request's future in the connection's own slot; HTTP/2 moves it
     // into a task of its own per stream, several copies of a few KiB each, so there it
-    // is boxed once and only the pointer moves.
+    // is boxed once and only the pointer moves. The connection task keeps the room of
+    // its largest state for its whole life, idle keep-alive included: the HTTP/2
+    // connection (the larger) is boxed, the HTTP/1.1 one sits in the task once.
     let result = if h2 {
         let svc = service_fn(move |req| {
             crate::inplace::box_in_place(|| crate::http::request::handle(w.clone(), st.clone(), req))
         });
-        drive(&state, builder.serve_connection_with_upgrades(io, svc)).await
+        let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, svc));
+        drive(&state, conn.as_mut()).await
     } else {
         let svc = service_fn(move |req| crate::http::request::handle(w.clone(), st.clone(), req));
-        drive(&state, builder.serve_connection_with_upgrades(io, svc)).await
+        let conn = builder.serve_connection_with_upgrades(io, svc);
+        let mut conn = std::pin::pin!(conn);
+        drive(&state, conn.as_mut()).await
     };
     watcher.abort();
     if let Err(e) = result {
@@ -123,12 +131,12 @@ pub(crate) async fn serve<IO>(
 }
 
 /// Polls a hyper connection until it ends, starting a graceful close or aborting when
-/// the watcher asks for it.
-pub(crate) async fn drive<C>(state: &ConnState, conn: C) -> Result<(), BoxError>
+/// the watcher asks for it. The connection stays where the caller pinned it (moved in,
+/// it would take its room twice in the caller's task).
+pub(crate) async fn drive<C>(state: &ConnState, mut conn: Pin<&mut C>) -> Result<(), BoxError>
 where
     C: Future<Output = Result<(), BoxError>> + Graceful,
 {
-    tokio::pin!(conn);
     let mut closing = false;
     std::future::poll_fn(|cx| {
         match state.action.get() {
@@ -149,6 +157,16 @@ where
         r
     })
     .await
+}
+
+/// The listener's deadlines the watcher keeps (copied: a connection holds no copy of
+/// the listener's configuration).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadlines {
+    /// `header_read_timeout`.
+    pub(crate) header_read: Duration,
+    /// `idle_timeout`.
+    pub(crate) idle: Duration,
 }
 
 /// A connection that can be asked to finish its exchanges and close.
@@ -185,7 +203,7 @@ pub(crate) async fn watch(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     mut phase: tokio::sync::watch::Receiver<crate::phase::NodePhase>,
     idle_grace: Duration,
-    lcfg: crate::config::ListenerConfig,
+    deadlines: Deadlines,
     stats: Arc<ListenerStats>,
 ) {
     let born = Instant::now();
@@ -195,12 +213,12 @@ pub(crate) async fn watch(
     loop {
         let now = Instant::now();
         let deadline = if state.requests.get() == 0 {
-            born + lcfg.header_read_timeout
+            born + deadlines.header_read
         } else if state.in_flight.get() > 0 {
             // Busy: look again later (a response in progress is never idle).
-            now + lcfg.idle_timeout.min(lcfg.header_read_timeout)
+            now + deadlines.idle.min(deadlines.header_read)
         } else {
-            (state.last_active.get() + lcfg.idle_timeout).min(now + lcfg.header_read_timeout)
+            (state.last_active.get() + deadlines.idle).min(now + deadlines.header_read)
         };
         // Maintenance: a keep-alive connection idle for `idle_grace` closes; a busy one
         // after its response (which carries Connection: close); a new one serves its
@@ -243,7 +261,7 @@ pub(crate) async fn watch(
                 }
                 if state.in_flight.get() == 0
                     && !pending
-                    && state.last_active.get() + lcfg.idle_timeout <= Instant::now()
+                    && state.last_active.get() + deadlines.idle <= Instant::now()
                 {
                     return state.request(Action::Graceful);
                 }
