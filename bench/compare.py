@@ -236,16 +236,6 @@ stream {{
 """)
 
 
-def start(name, tandem, tmp):
-    if name == "tandem":
-        cmd = [tandem, "run", "-c", f"{tmp}/tandem.toml"]
-    elif name == "haproxy":
-        cmd = ["haproxy", "-db", "-f", f"{tmp}/haproxy.cfg"]
-    else:
-        cmd = ["nginx", "-p", tmp, "-c", f"{tmp}/nginx.conf", "-g", "daemon off;"]
-    return subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def rss_kib(root_pid):
     """Resident memory of a process and its descendants, KiB."""
     total, frontier = 0, {root_pid}
@@ -313,7 +303,7 @@ def h2load(port, seconds):
 
 def run_proxy(name, tandem, tmp, s, rows):
     """Starts one proxy, runs `rows` against it, stops it: {row: (value, per CPU-s)}."""
-    p = start(name, os.path.abspath(tandem) if name == "tandem" else None, tmp)
+    p = l7.start(name, os.path.abspath(tandem) if name == "tandem" else None, tmp)
     http, https, tcp = PORTS[name]
     url, surl, turl = f"http://127.0.0.1:{http}/", f"https://127.0.0.1:{https}/", f"http://127.0.0.1:{tcp}/"
     r = {}
