@@ -33,7 +33,10 @@ Proxies run in turn within a round, the order rotating from round to round; each
 reports every proxy's median, Tandem's ratio to the best peer in each round (rounds
 run back to back, so a round's ratio shares that round's machine state) and the median
 of those ratios, against the target. `--instructions` then runs instructions.py
-(callgrind counts per request) on the same binary.
+(callgrind counts per request) on the same binary. `--baseline OTHER` runs a second
+Tandem binary in every round too and adds Tandem's per-round ratio to it: the way to
+judge a change (a profile-guided build against the plain one, say). `--proxies tandem`
+runs Tandem alone (deploy/build-pgo.sh trains with it).
 
     python3 bench/compare.py --tandem target/dist/tandem --rounds 5 --seconds 8
 """
@@ -303,8 +306,10 @@ def h2load(port, seconds):
 
 def run_proxy(name, tandem, tmp, s, rows):
     """Starts one proxy, runs `rows` against it, stops it: {row: (value, per CPU-s)}."""
-    p = l7.start(name, os.path.abspath(tandem) if name == "tandem" else None, tmp)
-    http, https, tcp = PORTS[name]
+    # "baseline" is a second Tandem binary (`--baseline`) on Tandem's ports and config.
+    tandem_like = name in ("tandem", "baseline")
+    p = l7.start("tandem" if tandem_like else name, os.path.abspath(tandem) if tandem_like else None, tmp)
+    http, https, tcp = PORTS["tandem" if tandem_like else name]
     url, surl, turl = f"http://127.0.0.1:{http}/", f"https://127.0.0.1:{https}/", f"http://127.0.0.1:{tcp}/"
     r = {}
     try:
@@ -340,7 +345,7 @@ def run_proxy(name, tandem, tmp, s, rows):
                     raise SystemExit(f"{name}: /big answered {bps / max(rps, 1):.0f} bytes per response, not 1 MiB")
                 return bps / 1e6
             r["l4_bulk"] = per_cpu(p.pid, bulk, s)
-        if "filter" in rows and name == "tandem" and os.path.exists(MODULE):
+        if "filter" in rows and tandem_like and os.path.exists(MODULE):
             plain = per_cpu(p.pid, lambda: l7.wrk(http, 64, s)["rps"], s)
             l7.wrk(FILTERED, 64, 2)
             filt = per_cpu(p.pid, lambda: l7.wrk(FILTERED, 64, s)["rps"], s)
@@ -352,42 +357,54 @@ def run_proxy(name, tandem, tmp, s, rows):
 
 
 def report(mode, runs, rows, rounds):
-    """Prints one mode's table: medians, per-round ratios to the best peer, targets."""
+    """Prints one mode's table: medians, per-round ratios to the best peer, targets;
+    with `--baseline`, also its medians and Tandem's per-round ratio to it."""
     print(f"\n== {mode} mode: " + (
         "peers add X-Forwarded-For only, Tandem its defaults" if mode == "plain"
         else "peers also add X-Forwarded-Proto/-Host and X-Request-Id, as Tandem does") + f"; {rounds} rounds")
-    print(f"{'row':<32} {'unit':<10} {'tandem':>9} {'haproxy':>9} {'nginx':>9} {'t/best':>7} {'target':>7}  per round")
+    base = bool(runs.get("baseline"))
+    cols = PROXIES + (("baseline",) if base else ())
+    print(f"{'row':<32} {'unit':<10} " + " ".join(f"{c:>9}" for c in cols)
+          + f" {'t/best':>7} {'target':>7}  per round" + ("   t/baseline per round" if base else ""))
     summary = {}
+
+    def ratio_of(t, other, higher):
+        # Higher-is-better rows: tandem / other; lower-is-better: other / tandem, so
+        # above 1 always means Tandem is ahead.
+        return t / other if higher else (other / t if t else float("inf"))
+
     for row in rows:
         if row == "filter":
             continue
         title, unit, higher, target = ROWS[row]
-        have = [p for p in PROXIES if all(row in r for r in runs[p])]
-        if "tandem" not in have or len(have) < 2:
+        have = [p for p in cols if runs.get(p) and all(row in r for r in runs[p])]
+        if "tandem" not in have:
             continue
         idx = 0 if unit == "ms" or unit == "KiB" else 1
         med = {p: statistics.median(r[row][idx] for r in runs[p]) for p in have}
+        peers = [p for p in have if p in ("haproxy", "nginx")]
         ratios = []
-        for i in range(rounds):
-            t = runs["tandem"][i][row][idx]
-            peers = [runs[p][i][row][idx] for p in have if p != "tandem"]
-            best = max(peers) if higher else min(peers)
-            # Higher-is-better rows: tandem / best; lower-is-better: best / tandem, so
-            # above 1 always means Tandem is ahead.
-            ratios.append(t / best if higher else (best / t if t else float("inf")))
-        ratio = statistics.median(ratios)
-        ok = "met" if ratio >= target else "not met"
+        for i in range(rounds if peers else 0):
+            vals = [runs[p][i][row][idx] for p in peers]
+            ratios.append(ratio_of(runs["tandem"][i][row][idx], max(vals) if higher else min(vals), higher))
+        ratio = statistics.median(ratios) if ratios else float("nan")
+        ok = "met" if ratio >= target else "not met" if ratios else "no peer ran"
         digits = {"ms": 3, "KiB": 1}.get(unit, 0)
-        cells = " ".join(f"{med.get(p, float('nan')):>9.{digits}f}" for p in PROXIES)
-        print(f"{title:<32} {unit:<10} {cells} {ratio:>6.2f}x {target:>6.2f}x  "
-              + " ".join(f"{x:.2f}" for x in ratios) + f"  ({ok})")
+        cells = " ".join(f"{med.get(p, float('nan')):>9.{digits}f}" for p in cols)
+        line = (f"{title:<32} {unit:<10} {cells} {ratio:>6.2f}x {target:>6.2f}x  "
+                + " ".join(f"{x:.2f}" for x in ratios) + f"  ({ok})")
+        if "baseline" in have:
+            vs = [ratio_of(runs["tandem"][i][row][idx], runs["baseline"][i][row][idx], higher) for i in range(rounds)]
+            line += f"   {statistics.median(vs):.3f}x: " + " ".join(f"{x:.2f}" for x in vs)
+        print(line)
         summary[row] = ratio
-    if "filter" in rows and all("filter" in r for r in runs["tandem"]):
-        us = [r["filter"][0] for r in runs["tandem"]]
-        share = [r["filter"][1] for r in runs["tandem"]]
-        print(f"{'header filter (tandem only)':<32} {'µs, rps':<10} adds {statistics.median(us):.2f} µs CPU per request "
-              f"(target ≤ 1), {100 * (1 - statistics.median(share)):.1f} % of requests/s (target ≤ 5 %); per round: "
-              + " ".join(f"{u:.2f}µs/{100 * (1 - x):.1f}%" for u, x in zip(us, share)))
+    for who in ("tandem", "baseline"):
+        if "filter" in rows and runs.get(who) and all("filter" in r for r in runs[who]):
+            us = [r["filter"][0] for r in runs[who]]
+            share = [r["filter"][1] for r in runs[who]]
+            print(f"{'header filter (' + who + ')':<32} {'µs, rps':<10} adds {statistics.median(us):.2f} µs CPU per "
+                  f"request (target ≤ 1), {100 * (1 - statistics.median(share)):.1f} % of requests/s (target ≤ 5 %); "
+                  "per round: " + " ".join(f"{u:.2f}µs/{100 * (1 - x):.1f}%" for u, x in zip(us, share)))
     return summary
 
 
@@ -399,6 +416,9 @@ def main():
     ap.add_argument("--modes", default="plain,equal", help="comma-separated: plain, equal")
     ap.add_argument("--only", default=",".join(list(ROWS) + ["filter"]),
                     help="comma-separated rows: " + ", ".join(list(ROWS) + ["filter"]))
+    ap.add_argument("--proxies", default=",".join(PROXIES),
+                    help="comma-separated subset of: " + ", ".join(PROXIES) + " (ratios need tandem and a peer)")
+    ap.add_argument("--baseline", help="a second Tandem binary run in every round beside --tandem (to judge a change)")
     ap.add_argument("--instructions", action="store_true", help="then run instructions.py (callgrind) too")
     args = ap.parse_args()
     rows = [r.strip() for r in args.only.split(",") if r.strip()]
@@ -406,7 +426,12 @@ def main():
     if unknown:
         sys.exit(f"--only: unknown row(s) {', '.join(unknown)}")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    for tool in ("wrk", "haproxy", "nginx", "taskset", "h2load", "openssl"):
+    proxies = tuple(p for p in PROXIES if p in {x.strip() for x in args.proxies.split(",")})
+    if "tandem" not in proxies:
+        sys.exit("--proxies must include tandem")
+    if args.baseline:
+        proxies += ("baseline",)
+    for tool in ("wrk", "nginx", "taskset", "h2load", "openssl") + (("haproxy",) if "haproxy" in proxies else ()):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing; run bench/run.sh, which installs it")
     if not os.path.exists(NGINX_STREAM):
@@ -424,13 +449,15 @@ def main():
             ["taskset", "-c", "1", "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf", "-g", "daemon off;"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        runs = {p: [] for p in PROXIES}
+        runs = {p: [] for p in proxies}
         try:
             l7.wait_http(BACKENDS[0])
             for rnd in range(args.rounds):
-                order = PROXIES[rnd % 3:] + PROXIES[:rnd % 3]
+                k = rnd % len(proxies)
+                order = proxies[k:] + proxies[:k]
                 for name in order:
-                    runs[name].append(run_proxy(name, args.tandem, tmp, args.seconds, mode_rows))
+                    binary = args.baseline if name == "baseline" else args.tandem
+                    runs[name].append(run_proxy(name, binary, tmp, args.seconds, mode_rows))
                 print(f"[{mode}] round {rnd + 1}/{args.rounds} done", file=sys.stderr)
         finally:
             l7.stop(backend, signal.SIGQUIT)

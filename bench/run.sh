@@ -9,23 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export DEBIAN_FRONTEND=noninteractive
-need=()
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v taskset >/dev/null || need+=(util-linux)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v openssl >/dev/null || need+=(openssl)
-command -v valgrind >/dev/null || need+=(valgrind)
-command -v curl >/dev/null || need+=(curl)
-[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
-if [ "${#need[@]}" -gt 0 ]; then
-  apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-# The Debian packages start system services; the benchmark runs its own instances.
-systemctl stop nginx haproxy >/dev/null 2>&1 || true
+. bench/tools.sh
 
 ulimit -n 65536 2>/dev/null || true
 # The deployable build (the dist profile: release with one codegen unit and fat LTO).
