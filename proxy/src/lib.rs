@@ -8,6 +8,7 @@
 #![recursion_limit = "256"]
 
 pub(crate) mod access_log;
+pub mod allocator;
 pub(crate) mod balancer;
 pub(crate) mod clock;
 pub mod cluster;

@@ -12,10 +12,9 @@ use tandem_proxy::server::Server;
 use tandem_proxy::shared::{ConfigSource, Loaded};
 use tandem_proxy::{demo, server};
 
-/// mimalloc: per-thread free lists suit share-nothing workers that allocate and free
-/// small buffers on every request.
+/// mimalloc (see `tandem_proxy::allocator`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tandem_proxy::allocator::Allocator = tandem_proxy::allocator::Allocator;
 
 /// Tandem: an L4/L7 load-balancing proxy for redundant on-prem pairs.
 #[derive(Parser, Debug)]
