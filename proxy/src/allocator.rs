@@ -77,7 +77,9 @@ mod tests {
         let a = Allocator;
         for align in [1usize, 2, 8, 16, 32, 64, 128, 4096] {
             for size in [1usize, 7, 8, 15, 16, 24, 100, 1000, 8192, 8200, 70_000] {
-                let Ok(layout) = Layout::from_size_align(size, align) else { continue };
+                let Ok(layout) = Layout::from_size_align(size, align) else {
+                    continue;
+                };
                 unsafe {
                     let p = a.alloc(layout);
                     assert!(!p.is_null());

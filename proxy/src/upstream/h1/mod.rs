@@ -515,7 +515,10 @@ mod tests {
             let mut b = BytesMut::from(&h[..]);
             assert!(parse_head(&mut b, false).is_err(), "{bad:?}");
         }
-        let (h, _) = head(b"HTTP/1.1 200 OK\r\nX-A: caf\xc3\xa9\tok\r\nContent-Length: 0\r\n\r\n", false);
+        let (h, _) = head(
+            b"HTTP/1.1 200 OK\r\nX-A: caf\xc3\xa9\tok\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
         assert_eq!(h.headers["x-a"].as_bytes(), b"caf\xc3\xa9\tok");
         // Every byte, in a value long enough for httparse's SIMD scan: the head parses
         // exactly when `HeaderValue` would take the value.
