@@ -304,12 +304,17 @@ def h2load(port, seconds):
     return float(m.group(1))
 
 
+def start_proxy(name, tandem, tmp):
+    """Starts proxy `name` on its compare.py config: (process, (http, https, tcp) ports).
+    "baseline" is a second Tandem binary (`--baseline`) on Tandem's ports and config."""
+    kind = "tandem" if name in ("tandem", "baseline") else name
+    p = l7.start(kind, os.path.abspath(tandem) if kind == "tandem" else None, tmp)
+    return p, PORTS[kind]
+
+
 def run_proxy(name, tandem, tmp, s, rows):
     """Starts one proxy, runs `rows` against it, stops it: {row: (value, per CPU-s)}."""
-    # "baseline" is a second Tandem binary (`--baseline`) on Tandem's ports and config.
-    tandem_like = name in ("tandem", "baseline")
-    p = l7.start("tandem" if tandem_like else name, os.path.abspath(tandem) if tandem_like else None, tmp)
-    http, https, tcp = PORTS["tandem" if tandem_like else name]
+    p, (http, https, tcp) = start_proxy(name, tandem, tmp)
     url, surl, turl = f"http://127.0.0.1:{http}/", f"https://127.0.0.1:{https}/", f"http://127.0.0.1:{tcp}/"
     r = {}
     try:
@@ -345,7 +350,7 @@ def run_proxy(name, tandem, tmp, s, rows):
                     raise SystemExit(f"{name}: /big answered {bps / max(rps, 1):.0f} bytes per response, not 1 MiB")
                 return bps / 1e6
             r["l4_bulk"] = per_cpu(p.pid, bulk, s)
-        if "filter" in rows and tandem_like and os.path.exists(MODULE):
+        if "filter" in rows and name in ("tandem", "baseline") and os.path.exists(MODULE):
             plain = per_cpu(p.pid, lambda: l7.wrk(http, 64, s)["rps"], s)
             l7.wrk(FILTERED, 64, 2)
             filt = per_cpu(p.pid, lambda: l7.wrk(FILTERED, 64, s)["rps"], s)

@@ -71,9 +71,7 @@ def ticks(pids):
 
 def measure(name, binary, tmp, row, seconds, perf):
     """{figure: per-request value} for one proxy and row."""
-    tandem_like = name in ("tandem", "baseline")
-    p = l7.start("tandem" if tandem_like else name, os.path.abspath(binary) if tandem_like else None, tmp)
-    http, https, tcp = compare.PORTS["tandem" if tandem_like else name]
+    p, (http, https, tcp) = compare.start_proxy(name, binary, tmp)
     url = {"h1": f"http://127.0.0.1:{http}/", "tls_h1": f"https://127.0.0.1:{https}/",
            "l4": f"http://127.0.0.1:{tcp}/"}[row]
     try:
