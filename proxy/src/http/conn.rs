@@ -64,6 +64,15 @@ pub(crate) enum Action {
 }
 
 impl ConnState {
+    /// Remembers the connection task's waker for the watcher (cloned only when it
+    /// changed).
+    pub(crate) fn keep_waker(&self, waker: &Waker) {
+        let mut w = self.waker.borrow_mut();
+        if !w.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *w = Some(waker.clone());
+        }
+    }
+
     pub(crate) fn request(&self, action: Action) {
         self.action.set(action);
         if let Some(w) = self.waker.borrow_mut().take() {

@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 
 use tokio::sync::Notify;
 
@@ -66,26 +67,6 @@ pub(crate) async fn serve<IO>(
         filter_facts: Default::default(),
     });
 
-    let mut builder = auto::Builder::new(LocalExec);
-    // No hyper header-read timer: it would cost a timer per request and also cut idle
-    // keep-alive connections at `header_read_timeout`; the watcher keeps the deadlines.
-    builder
-        .http1()
-        .max_buf_size(lcfg.max_header_bytes)
-        .max_headers(lcfg.max_headers)
-        .keep_alive(true)
-        .writev(false);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(lcfg.max_header_bytes as u32)
-        .max_concurrent_streams(256);
-    let builder = if lcfg.http2 { builder } else { builder.http1_only() };
-
-    let io = TokioIo::new(HeadWatch {
-        io,
-        flags: state.head.clone(),
-    });
     // Timers and drain live in a separate watcher task, so the hot connection task only
     // polls hyper; the watcher flags an action and wakes it.
     // HTTP/2's GOAWAY tells the client which streams were not taken, so an idle h2
@@ -106,6 +87,23 @@ pub(crate) async fn serve<IO>(
         },
         stats.clone(),
     ));
+    let mut io = HeadWatch {
+        io,
+        flags: state.head.clone(),
+        first: Bytes::new(),
+    };
+    // HTTP/2 over TLS is chosen by ALPN alone (RFC 9113 §3.3); a cleartext listener
+    // that takes h2c looks at the first bytes for the preface.
+    let h2 = if !h2 && lcfg.http2 && state.tls.is_none() {
+        match until_action(&state, io.sniff_preface()).await {
+            Some(Ok(h2)) => h2,
+            // A read error, or the watcher's header deadline or drain before any byte.
+            _ => return watcher.abort(),
+        }
+    } else {
+        h2
+    };
+    let io = TokioIo::new(io);
     let (w, st) = (worker.clone(), state.clone());
     // HTTP/1.1 keeps each request's future in the connection's own slot; HTTP/2 moves it
     // into a task of its own per stream, several copies of a few KiB each, so there it
@@ -116,26 +114,40 @@ pub(crate) async fn serve<IO>(
         let svc = service_fn(move |req| {
             crate::inplace::box_in_place(|| crate::http::request::handle(w.clone(), st.clone(), req))
         });
-        let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, svc));
+        let mut builder = http2::Builder::new(LocalExec);
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(lcfg.max_header_bytes as u32)
+            .max_concurrent_streams(256);
+        let mut conn = Box::pin(builder.serve_connection(io, svc));
         drive(&state, conn.as_mut()).await
     } else {
         let svc = service_fn(move |req| crate::http::request::handle(w.clone(), st.clone(), req));
-        let conn = builder.serve_connection_with_upgrades(io, svc);
+        // No hyper header-read timer: it would cost a timer per request and also cut
+        // idle keep-alive connections at `header_read_timeout`; the watcher keeps the
+        // deadlines.
+        let mut builder = http1::Builder::new();
+        builder
+            .max_buf_size(lcfg.max_header_bytes)
+            .max_headers(lcfg.max_headers)
+            .keep_alive(true)
+            .writev(false);
+        let conn = builder.serve_connection(io, svc).with_upgrades();
         let mut conn = std::pin::pin!(conn);
         drive(&state, conn.as_mut()).await
     };
     watcher.abort();
     if let Err(e) = result {
-        classify(e.as_ref(), stats);
+        classify(&e, stats);
     }
 }
 
 /// Polls a hyper connection until it ends, starting a graceful close or aborting when
 /// the watcher asks for it. The connection stays where the caller pinned it (moved in,
 /// it would take its room twice in the caller's task).
-pub(crate) async fn drive<C>(state: &ConnState, mut conn: Pin<&mut C>) -> Result<(), BoxError>
+pub(crate) async fn drive<C, E>(state: &ConnState, mut conn: Pin<&mut C>) -> Result<(), E>
 where
-    C: Future<Output = Result<(), BoxError>> + Graceful,
+    C: Future<Output = Result<(), E>> + Graceful,
 {
     let mut closing = false;
     std::future::poll_fn(|cx| {
@@ -149,12 +161,26 @@ where
         }
         let r = conn.as_mut().poll(cx);
         if r.is_pending() {
-            let mut w = state.waker.borrow_mut();
-            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *w = Some(cx.waker().clone());
-            }
+            state.keep_waker(cx.waker());
         }
         r
+    })
+    .await
+}
+
+/// Polls `fut` until it ends, or gives up (None) as soon as the watcher asks for any
+/// action: before a protocol is chosen there is no exchange to finish gracefully.
+async fn until_action<F: Future>(state: &ConnState, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if state.action.get() != Action::Serve {
+            return Poll::Ready(None);
+        }
+        let r = fut.as_mut().poll(cx);
+        if r.is_pending() {
+            state.keep_waker(cx.waker());
+        }
+        r.map(Some)
     })
     .await
 }
@@ -174,11 +200,24 @@ pub(crate) trait Graceful {
     fn graceful(self: Pin<&mut Self>);
 }
 
-impl<I, S, E, B> Graceful for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+impl<I, S, B> Graceful for http1::UpgradeableConnection<I, S>
 where
     S: hyper::service::HttpService<Incoming, ResBody = B>,
     S::Error: Into<BoxError>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E, B> Graceful for http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
     B: http_body::Body + 'static,
     B::Error: Into<BoxError>,
     E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
@@ -276,6 +315,38 @@ pub(crate) async fn watch(
 pub(crate) struct HeadWatch<IO> {
     io: IO,
     flags: Arc<HeadFlags>,
+    /// Bytes read to choose the protocol, handed to the first reads.
+    first: Bytes,
+}
+
+/// The client preface that opens HTTP/2 with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The most the protocol choice reads: hyper's first read buffer, so the whole first
+/// read reaches hyper in one piece.
+const FIRST_READ: usize = 8192;
+
+impl<IO: tokio::io::AsyncRead + Unpin> HeadWatch<IO> {
+    /// Reads until the first bytes either are the HTTP/2 preface (true) or cannot be
+    /// (false, also at end of stream). What it read stays to be read again, in one
+    /// piece: handing hyper a short first piece would make its read buffer grow to
+    /// twice its size for the connection's life.
+    async fn sniff_preface(&mut self) -> std::io::Result<bool> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = bytes::BytesMut::with_capacity(FIRST_READ);
+        loop {
+            if self.io.read_buf(&mut buf).await? == 0 {
+                self.first = buf.freeze();
+                return Ok(false);
+            }
+            let n = buf.len().min(H2_PREFACE.len());
+            if buf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
+                let h2 = n == H2_PREFACE.len() && buf[..n] == *H2_PREFACE;
+                self.first = buf.freeze();
+                return Ok(h2);
+            }
+        }
+    }
 }
 
 impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HeadWatch<IO> {
@@ -284,6 +355,15 @@ impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HeadWatch<IO> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if !self.first.is_empty() {
+            let n = self.first.len().min(buf.remaining());
+            buf.put_slice(&self.first.split_to(n));
+            if self.first.is_empty() {
+                // Let the read buffer go now, not with the connection.
+                self.first = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before && !self.flags.busy.load(Relaxed) {

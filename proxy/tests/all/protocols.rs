@@ -170,3 +170,78 @@ async fn grpc_streams_keep_their_trailers_and_status_is_counted() {
     })
     .await;
 }
+
+/// Reads until `want` has arrived, the peer closed or 3 s passed; returns the bytes and
+/// whether the peer closed.
+async fn read_until(s: &mut tokio::net::TcpStream, want: usize) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while out.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    (out, false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_bytes_choose_http1_or_h2c_however_they_arrive() {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    bounded(30, async {
+        let b = Backend::start("b").await;
+        let body = format!(
+            "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n",
+            b.addr
+        );
+        let proxy = Proxy::start_with(&body, "header_read_timeout = \"1s\"");
+        let pause = || tokio::time::sleep(Duration::from_millis(50));
+
+        // HTTP/1.1 whose first byte is also the preface's, sent apart from the rest.
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"P").await.unwrap();
+        pause().await;
+        s.write_all(b"OST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+            .await
+            .unwrap();
+        let (got, _) = read_until(&mut s, 12).await;
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+        drop(s);
+
+        // The preface in three pieces opens HTTP/2: the server's SETTINGS frame answers.
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        for part in [&PREFACE[..3], &PREFACE[3..20], &PREFACE[20..]] {
+            s.write_all(part).await.unwrap();
+            pause().await;
+        }
+        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        let (got, _) = read_until(&mut s, 9).await;
+        assert!(got.len() >= 9 && got[3] == 4 && got[4] == 0, "not a SETTINGS frame: {got:?}");
+        drop(s);
+
+        // Half a preface and then silence is cut at the header deadline.
+        let before = proxy.metric("tandem_listener_header_timeouts_total{listener=\"web\"}");
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(&PREFACE[..10]).await.unwrap();
+        let t = Instant::now();
+        let (got, closed) = read_until(&mut s, 1).await;
+        assert!(closed && got.is_empty(), "{got:?}");
+        assert!(t.elapsed() < Duration::from_millis(2500), "closed after {:?}", t.elapsed());
+        let after = proxy.metric("tandem_listener_header_timeouts_total{listener=\"web\"}");
+        assert_eq!(after, before + 1.0);
+
+        // A listener without h2c reads the preface as a malformed HTTP/1.1 request and
+        // closes (hyper answers nothing to it), counting it.
+        let h1_only = Proxy::start_with(&body, "http2 = false");
+        let mut s = tokio::net::TcpStream::connect(h1_only.addr).await.unwrap();
+        s.write_all(PREFACE).await.unwrap();
+        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        let (got, closed) = read_until(&mut s, 1).await;
+        assert!(closed && got.is_empty(), "{got:?}");
+        assert_eq!(h1_only.metric("tandem_listener_malformed_requests_total{listener=\"web\"}"), 1.0);
+    })
+    .await;
+}
