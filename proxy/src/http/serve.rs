@@ -105,15 +105,17 @@ pub(crate) async fn serve<IO>(
     };
     let io = TokioIo::new(io);
     let (w, st) = (worker.clone(), state.clone());
-    // HTTP/1.1 keeps each request's future in the connection's own slot; HTTP/2 moves it
-    // into a task of its own per stream, several copies of a few KiB each, so there it
-    // is boxed once and only the pointer moves. The connection task keeps the room of
-    // its largest state for its whole life, idle keep-alive included: the HTTP/2
-    // connection (the larger) is boxed, the HTTP/1.1 one sits in the task once.
+    // Each request's future (a few KiB) is built in a heap slot that lives as long as
+    // the request: hyper keeps room for one service future per HTTP/1.1 connection for
+    // the connection's whole life, idle keep-alive included, and HTTP/2 moves it into a
+    // task per stream. In a slot, both keep and move a pointer; the worker reuses the
+    // slots of finished requests.
+    let svc = service_fn(move |req| {
+        crate::inplace::recycle_in_place(|| crate::http::request::handle(w.clone(), st.clone(), req))
+    });
+    // The connection task keeps the room of its largest state for its whole life: the
+    // HTTP/2 connection (the larger) is boxed, the HTTP/1.1 one sits in the task.
     let result = if h2 {
-        let svc = service_fn(move |req| {
-            crate::inplace::box_in_place(|| crate::http::request::handle(w.clone(), st.clone(), req))
-        });
         let mut builder = http2::Builder::new(LocalExec);
         builder
             .timer(TokioTimer::new())
@@ -122,7 +124,6 @@ pub(crate) async fn serve<IO>(
         let mut conn = Box::pin(builder.serve_connection(io, svc));
         drive(&state, conn.as_mut()).await
     } else {
-        let svc = service_fn(move |req| crate::http::request::handle(w.clone(), st.clone(), req));
         // No hyper header-read timer: it would cost a timer per request and also cut
         // idle keep-alive connections at `header_read_timeout`; the watcher keeps the
         // deadlines.
