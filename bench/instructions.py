@@ -21,6 +21,8 @@ minimal` (see l7.py).
 Scenarios:
   h1       plain HTTP/1.1 keep-alive (the l7.py configs): tandem, haproxy, nginx
   tls_h2   TLS 1.3 + h2 downstream, HTTP/1.1 upstream (the tls_l4.py configs): tandem, haproxy
+  l4       HTTP/1.1 keep-alive through the L4 (TCP) listeners (the tls_l4.py configs):
+           tandem, haproxy
   wasm     plain HTTP/1.1 through Tandem without a filter, with the no-op filter and
            with the header-rules filter (the wasm.py configs)
 """
@@ -51,7 +53,7 @@ l7 = load("l7")
 tls = load("tls_l4")
 wasm = load("wasm")
 
-SCENARIOS = ("h1", "tls_h2", "wasm")
+SCENARIOS = ("h1", "tls_h2", "l4", "wasm")
 
 
 def h2load(url, n, h1):
@@ -145,6 +147,7 @@ def main():
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     h1_url = lambda name: f"http://127.0.0.1:{l7.PORTS[name]}/"
     tls_url = lambda name: f"https://127.0.0.1:{tls.PORTS[name][0]}/"
+    tcp_url = lambda name: f"http://127.0.0.1:{tls.PORTS[name][1]}/"
     runs = {
         "h1": [
             ("tandem", [tandem, "run", "-c", f"{tmp}/tandem.toml"], h1_url("tandem")),
@@ -157,6 +160,10 @@ def main():
         "tls_h2": [
             ("tandem", [tandem, "run", "-c", f"{tls_tmp}/tandem.toml"], tls_url("tandem")),
             ("haproxy", ["haproxy", "-db", "-f", f"{tls_tmp}/haproxy.cfg"], tls_url("haproxy")),
+        ],
+        "l4": [
+            ("tandem", [tandem, "run", "-c", f"{tls_tmp}/tandem.toml"], tcp_url("tandem")),
+            ("haproxy", ["haproxy", "-db", "-f", f"{tls_tmp}/haproxy.cfg"], tcp_url("haproxy")),
         ],
         "wasm": [
             ("no filter", [tandem, "run", "-c", f"{tmp}/tandem.toml"], h1_url("tandem")),
@@ -178,6 +185,7 @@ def main():
     print(f"\nUser-space instructions per request (callgrind, {n} requests after {warmup} warm-up, 16 connections; "
           f"competitor headers: {args.competitor_headers})")
     titles = {"h1": "HTTP/1.1 keep-alive", "tls_h2": "TLS 1.3 + h2 (16 streams per connection)",
+              "l4": "HTTP/1.1 keep-alive through the L4 (TCP) listener",
               "wasm": "HTTP/1.1 through Tandem with proxy-wasm filters"}
     for s in scenarios:
         print(f"\n{titles[s]}")
