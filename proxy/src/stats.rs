@@ -153,6 +153,8 @@ pub struct ListenerStats {
     pub client_aborts: AtomicU64,
     /// Requests whose client stopped sending the body (408).
     pub body_timeouts: AtomicU64,
+    /// Times an idle HTTP/1.1 connection gave its buffers back.
+    pub idle_releases: AtomicU64,
     /// Requests served.
     pub requests: AtomicU64,
     /// TLS handshakes completed.

@@ -73,7 +73,7 @@ pub fn render(node: &crate::control::Node) -> String {
     }
 
     type ListenerField = fn(&ListenerStats) -> &AtomicU64;
-    let lfields: [(&str, &str, bool, ListenerField); 15] = [
+    let lfields: [(&str, &str, bool, ListenerField); 16] = [
         (
             "tandem_listener_tls_handshakes_total",
             "TLS handshakes completed.",
@@ -160,6 +160,12 @@ pub fn render(node: &crate::control::Node) -> String {
             "Requests whose client stopped sending its body for request_body_timeout (408).",
             true,
             |s| &s.body_timeouts,
+        ),
+        (
+            "tandem_listener_idle_releases_total",
+            "Times an idle HTTP/1.1 connection gave its buffers back (it stays open).",
+            true,
+            |s| &s.idle_releases,
         ),
     ];
     for (name, help, is_counter, field) in lfields {

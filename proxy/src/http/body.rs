@@ -74,6 +74,9 @@ use crate::wasm::http::FilteredBody;
 pub(crate) struct ProxyBody {
     kind: Kind,
     done: Option<Box<Completion>>,
+    /// Keeps the downstream connection from releasing its buffers until hyper has
+    /// sent this body and dropped it.
+    open: Option<crate::http::conn::OpenBody>,
 }
 
 impl ProxyBody {
@@ -82,6 +85,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Upstream(body),
             done,
+            open: None,
         }
     }
 
@@ -90,6 +94,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Filtered(Box::new(body)),
             done,
+            open: None,
         }
     }
 
@@ -99,7 +104,13 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Local((!b.is_empty()).then_some(b)),
             done,
+            open: None,
         }
+    }
+
+    /// Counts this body as open on its downstream connection until it is dropped.
+    pub(crate) fn hold_open(&mut self, open: crate::http::conn::OpenBody) {
+        self.open = Some(open);
     }
 
     fn complete(&mut self) {

@@ -5,6 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
@@ -24,19 +25,30 @@ pub(crate) struct ConnState {
     pub requests: Cell<u64>,
     /// Requests whose handler has not returned yet.
     pub in_flight: Cell<u32>,
+    /// Bodies of this connection still moving after their handler returned: responses
+    /// not yet sent whole, and request bodies still streaming upstream. While one is
+    /// open, hyper is mid-message and the connection's buffers cannot be released.
+    pub open_bodies: Cell<u32>,
+    /// An idle HTTP/1.1 connection gave its buffers back and waits for its next bytes
+    /// without hyper (see `serve`).
+    pub released: Cell<bool>,
     /// Last time a request started or its response headers went out.
     pub last_active: Cell<Instant>,
     /// Whether a request head is on its way, shared with the byte stream wrapper.
     pub head: Arc<HeadFlags>,
     /// Set when the connection should close after the current exchange.
     pub close: Cell<bool>,
-    /// Wakes the watcher when `close` is set or the first request arrives (so its timer
-    /// switches from the header deadline to the idle deadline).
+    /// Wakes the watcher when `close` is set, the first request arrives (so its timer
+    /// switches from the header deadline to the idle deadline), or a released
+    /// connection's next bytes arrive.
     pub wake: Notify,
     /// What the watcher asks the connection task to do.
     pub(crate) action: Cell<Action>,
     /// The connection task's waker, for the watcher.
     pub(crate) waker: RefCell<Option<Waker>>,
+    /// Where an HTTP/1.1 upgrade's tunnel waits for the client's byte stream: set with
+    /// the 101 (or CONNECT's 2xx), taken when hyper has sent it.
+    pub(crate) upgrade: RefCell<Option<tokio::sync::oneshot::Sender<DownstreamTunnel>>>,
     /// TLS facts when the listener terminates TLS.
     pub tls: Option<TlsInfo>,
     /// Process-unique connection number (`connection.id` for filters).
@@ -56,11 +68,18 @@ pub(crate) struct TlsInfo {
     pub version: &'static str,
 }
 
+/// What the watcher asks the connection task to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Action {
+    /// Carry on.
     Serve,
+    /// Finish the exchange in progress, then close.
     Graceful,
+    /// Close now.
     Abort,
+    /// Idle long enough: give hyper's buffers back if the connection is between
+    /// messages (HTTP/1.1 only; a no-op otherwise).
+    Release,
 }
 
 impl ConnState {
@@ -71,6 +90,16 @@ impl ConnState {
         if !w.as_ref().is_some_and(|w| w.will_wake(waker)) {
             *w = Some(waker.clone());
         }
+    }
+
+    /// Whether nothing of an HTTP/1.1 exchange is in progress: no handler running, no
+    /// body moving either way, no new head arriving, every written byte flushed. Then
+    /// hyper's connection holds nothing but its buffers and can be taken apart.
+    pub(crate) fn between_messages(&self) -> bool {
+        self.in_flight.get() == 0
+            && self.open_bodies.get() == 0
+            && !self.head.pending.load(Relaxed)
+            && !self.head.unflushed.load(Relaxed)
     }
 
     pub(crate) fn request(&self, action: Action) {
@@ -89,4 +118,39 @@ pub(crate) struct HeadFlags {
     pub busy: std::sync::atomic::AtomicBool,
     /// Bytes arrived while no request was in flight: a request head is on its way.
     pub pending: std::sync::atomic::AtomicBool,
+    /// Bytes were written since the last completed flush.
+    pub unflushed: std::sync::atomic::AtomicBool,
+}
+
+/// Holds a body open in [`ConnState::open_bodies`] until it ends or is dropped.
+#[derive(Debug)]
+pub(crate) struct OpenBody(Rc<ConnState>);
+
+impl OpenBody {
+    /// Counts one more open body on `conn`.
+    pub(crate) fn new(conn: &Rc<ConnState>) -> Self {
+        conn.open_bodies.set(conn.open_bodies.get() + 1);
+        OpenBody(conn.clone())
+    }
+}
+
+impl Drop for OpenBody {
+    fn drop(&mut self) {
+        self.0.open_bodies.set(self.0.open_bodies.get() - 1);
+    }
+}
+
+/// The client's side of an HTTP/1.1 tunnel: the connection's byte stream, with any
+/// bytes hyper read past the request head first.
+pub(crate) type DownstreamTunnel = Box<dyn Tunnel>;
+
+/// A byte stream a tunnel copies.
+pub(crate) trait Tunnel: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Tunnel for T {}
+
+impl std::fmt::Debug for dyn Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tunnel")
+    }
 }

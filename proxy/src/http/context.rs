@@ -19,7 +19,7 @@ pub(crate) struct RequestCtx<'a> {
     /// The worker (its pool, balancer state and filter instances).
     pub(crate) worker: &'a Rc<Worker>,
     /// The downstream connection.
-    pub(crate) conn: &'a ConnState,
+    pub(crate) conn: &'a Rc<ConnState>,
     /// The runtime snapshot of this request.
     pub(crate) rt: &'a Arc<Runtime>,
     /// When the request started.

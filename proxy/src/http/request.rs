@@ -18,6 +18,7 @@ use crate::http::admission::rate_limit;
 use crate::http::admission::InFlight;
 use crate::http::body::ProxyBody;
 use crate::http::conn::ConnState;
+use crate::http::conn::OpenBody;
 use crate::http::context::{RequestCtx, RoutedCtx};
 use crate::http::filters::filter_reply;
 use crate::http::filters::finish_request_filters;
@@ -122,6 +123,7 @@ pub(crate) async fn handle(
         resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), id);
     }
     end.answered = true;
+    resp.body_mut().hold_open(OpenBody::new(&conn));
     Ok(resp)
 }
 

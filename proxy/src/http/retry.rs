@@ -15,6 +15,8 @@ use crate::config::{RetryPolicy, UpstreamProtocol};
 use crate::error::Limit;
 use crate::error::ProxyError;
 use crate::http::admission::InFlight;
+use crate::http::conn::ConnState;
+use crate::http::conn::OpenBody;
 use crate::http::context::{RequestCtx, RoutedCtx};
 use crate::http::filters::head_back;
 use crate::http::filters::Targets;
@@ -94,7 +96,7 @@ pub(super) async fn attempts(
         _ if targets.chain.is_some() && !http_body::Body::is_end_stream(&body) => {
             let chain = targets.chain.expect("checked").clone();
             let fixed = parts.headers.contains_key(header::CONTENT_LENGTH);
-            let (body, p) = client_body(body);
+            let (body, p) = client_body(body, conn);
             progress = Some(p);
             let filtered = crate::wasm::http::FilteredBody::new(body, chain, false, fixed);
             streamed = Some(Request::from_parts(parts, UpstreamBody::Filtered(Box::pin(filtered))));
@@ -106,7 +108,7 @@ pub(super) async fn attempts(
                 replay = Some((parts, bytes));
             }
             Ok(Err(body)) => {
-                let (body, p) = client_body(body);
+                let (body, p) = client_body(body, conn);
                 progress = Some(p);
                 streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body)));
             }
@@ -119,7 +121,7 @@ pub(super) async fn attempts(
             streamed = Some(Request::from_parts(parts, UpstreamBody::Full(None)));
         }
         None => {
-            let (body, p) = client_body(body);
+            let (body, p) = client_body(body, conn);
             progress = Some(p);
             streamed = Some(Request::from_parts(parts, UpstreamBody::Stream(body)));
         }
@@ -333,10 +335,13 @@ pub(super) async fn timed_with_body(
     }
 }
 
-/// Wraps a client's request body with the progress its timers read.
-pub(super) fn client_body(body: Incoming) -> (ClientBody, Rc<BodyProgress>) {
+/// Wraps a client's request body with the progress its timers read; while it moves,
+/// the body counts as open on its connection.
+pub(super) fn client_body(body: Incoming, conn: &Rc<ConnState>) -> (ClientBody, Rc<BodyProgress>) {
     let p = ClientBody::progress_of(&body, Instant::now());
-    (ClientBody::new(body, p.clone()), p)
+    let hold =
+        (!http_body::Body::is_end_stream(&body)).then(|| Box::new(OpenBody::new(conn)) as Box<dyn std::any::Any>);
+    (ClientBody::new(body, p.clone(), hold), p)
 }
 
 /// A request lent to an upstream exchange. Dropped, it hands its head back to the

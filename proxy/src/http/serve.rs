@@ -26,6 +26,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Notify;
 
 use crate::exec::LocalExec;
+use crate::http::body::ProxyBody;
 use crate::http::conn::Action;
 use crate::http::conn::ConnState;
 use crate::http::conn::HeadFlags;
@@ -58,6 +59,9 @@ pub(crate) async fn serve<IO>(
         listener: idx,
         requests: Cell::new(0),
         in_flight: Cell::new(0),
+        open_bodies: Cell::new(0),
+        released: Cell::new(false),
+        upgrade: RefCell::new(None),
         last_active: Cell::new(Instant::now()),
         head: Arc::default(),
         close: Cell::new(false),
@@ -84,6 +88,8 @@ pub(crate) async fn serve<IO>(
         Deadlines {
             header_read: lcfg.header_read_timeout,
             idle: lcfg.idle_timeout,
+            // HTTP/2 keeps its connection state (streams, HPACK tables) in hyper.
+            release: (!h2).then_some(RELEASE_IDLE_AFTER),
         },
         stats.clone(),
     ));
@@ -103,7 +109,6 @@ pub(crate) async fn serve<IO>(
     } else {
         h2
     };
-    let io = TokioIo::new(io);
     let (w, st) = (worker.clone(), state.clone());
     // Each request's future (a few KiB) is built in a heap slot that lives as long as
     // the request: hyper keeps room for one service future per HTTP/1.1 connection for
@@ -121,7 +126,7 @@ pub(crate) async fn serve<IO>(
             .timer(TokioTimer::new())
             .max_header_list_size(lcfg.max_header_bytes as u32)
             .max_concurrent_streams(256);
-        let mut conn = Box::pin(builder.serve_connection(io, svc));
+        let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), svc));
         drive(&state, conn.as_mut()).await
     } else {
         // No hyper header-read timer: it would cost a timer per request and also cut
@@ -133,9 +138,7 @@ pub(crate) async fn serve<IO>(
             .max_headers(lcfg.max_headers)
             .keep_alive(true)
             .writev(false);
-        let conn = builder.serve_connection(io, svc).with_upgrades();
-        let mut conn = std::pin::pin!(conn);
-        drive(&state, conn.as_mut()).await
+        serve_http1(&state, &builder, io, svc, stats).await
     };
     watcher.abort();
     if let Err(e) = result {
@@ -169,6 +172,128 @@ where
     .await
 }
 
+/// An HTTP/1.1 connection idle this long (up to twice this long: its watcher looks once
+/// per period) gives hyper's buffers back (8 KiB to read and 8 KiB to write, kept by
+/// hyper for a connection's whole life): HAProxy and nginx hold no buffer for an idle
+/// keep-alive connection either. Long enough that a busy connection, idle for
+/// microseconds between requests, never pays for the rebuild, and its watcher wakes
+/// twice a second.
+pub(crate) const RELEASE_IDLE_AFTER: Duration = Duration::from_millis(500);
+
+/// How long a closing connection may take to send its TLS close_notify and FIN.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
+
+/// Serves HTTP/1.1 until the connection closes or is upgraded.
+///
+/// When the watcher finds the connection idle for [`RELEASE_IDLE_AFTER`] and nothing
+/// of an exchange is in progress ([`ConnState::between_messages`]), hyper's connection
+/// is taken apart (its buffers, its cached header map) and the byte stream waits on its
+/// own for the next bytes, which a fresh hyper connection then reads first. An upgrade
+/// (101, or 2xx to CONNECT) hands the byte stream, with any bytes hyper read past the
+/// request, to the tunnel waiting in [`ConnState::upgrade`].
+async fn serve_http1<IO, S>(
+    state: &ConnState,
+    builder: &http1::Builder,
+    mut io: HeadWatch<IO>,
+    mut svc: S,
+    stats: &ListenerStats,
+) -> Result<(), hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<BoxError>,
+{
+    use tokio::io::AsyncWriteExt;
+    loop {
+        let mut conn = builder.serve_connection(TokioIo::new(io), svc);
+        let end = drive_http1(state, &mut conn).await;
+        let parts = conn.into_parts();
+        (io, svc) = (parts.io.into_inner(), parts.service);
+        match end {
+            Http1End::Aborted => return Ok(()),
+            Http1End::Closed(Err(e)) => return Err(e),
+            Http1End::Closed(Ok(())) => {
+                if let Some(tunnel) = state.upgrade.borrow_mut().take() {
+                    io.first = parts.read_buf;
+                    let _ = tunnel.send(Box::new(io));
+                    return Ok(());
+                }
+                let _ = tokio::time::timeout(SHUTDOWN_WAIT, io.shutdown()).await;
+                return Ok(());
+            }
+            Http1End::Release => {
+                stats.idle_releases.fetch_add(1, Relaxed);
+                io.first = parts.read_buf;
+                if !io.first.is_empty() {
+                    continue;
+                }
+                state.released.set(true);
+                let next = until_action(state, io.read_first()).await;
+                state.released.set(false);
+                match next {
+                    // The next request's first bytes: the watcher, asleep since the
+                    // release, looks at the connection again.
+                    Some(Ok(true)) => state.wake.notify_one(),
+                    // The client closed, or the socket failed.
+                    Some(Ok(false) | Err(_)) => return Ok(()),
+                    // Idle timeout, drain, maintenance: an idle connection just closes.
+                    None => {
+                        if state.action.get() == Action::Graceful {
+                            let _ = tokio::time::timeout(SHUTDOWN_WAIT, io.shutdown()).await;
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How one hyper HTTP/1.1 connection stopped being polled.
+enum Http1End {
+    /// hyper finished (keep-alive off, the client closed, an upgrade, or an error).
+    Closed(Result<(), hyper::Error>),
+    /// The watcher aborted the connection.
+    Aborted,
+    /// Idle between messages: its buffers can go.
+    Release,
+}
+
+/// [`drive`] for HTTP/1.1, which also stops between messages when the watcher asks for
+/// a release, and does not shut the byte stream down (an upgrade takes it over).
+async fn drive_http1<I, S>(state: &ConnState, conn: &mut http1::Connection<I, S>) -> Http1End
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<BoxError>,
+{
+    let mut closing = false;
+    std::future::poll_fn(|cx| {
+        match state.action.get() {
+            Action::Abort => return Poll::Ready(Http1End::Aborted),
+            Action::Graceful if !closing => {
+                Pin::new(&mut *conn).graceful_shutdown();
+                closing = true;
+            }
+            _ => {}
+        }
+        if let Poll::Ready(r) = conn.poll_without_shutdown(cx) {
+            return Poll::Ready(Http1End::Closed(r));
+        }
+        if state.action.get() == Action::Release {
+            state.action.set(Action::Serve);
+            if !closing && state.between_messages() {
+                return Poll::Ready(Http1End::Release);
+            }
+        }
+        state.keep_waker(cx.waker());
+        Poll::Pending
+    })
+    .await
+}
+
 /// Polls `fut` until it ends, or gives up (None) as soon as the watcher asks for any
 /// action: before a protocol is chosen there is no exchange to finish gracefully.
 async fn until_action<F: Future>(state: &ConnState, fut: F) -> Option<F::Output> {
@@ -194,24 +319,13 @@ pub(crate) struct Deadlines {
     pub(crate) header_read: Duration,
     /// `idle_timeout`.
     pub(crate) idle: Duration,
+    /// After how long idle the connection gives its buffers back (HTTP/1.1 only).
+    pub(crate) release: Option<Duration>,
 }
 
 /// A connection that can be asked to finish its exchanges and close.
 pub(crate) trait Graceful {
     fn graceful(self: Pin<&mut Self>);
-}
-
-impl<I, S, B> Graceful for http1::UpgradeableConnection<I, S>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: http_body::Body + 'static,
-    B::Error: Into<BoxError>,
-{
-    fn graceful(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
 }
 
 impl<I, S, E, B> Graceful for http2::Connection<I, S, E>
@@ -250,6 +364,8 @@ pub(crate) async fn watch(
     // The request count when a pending head was last seen: the same count at the next
     // look means that head has been arriving for at least one period.
     let mut head_seen_at: Option<u64> = None;
+    // When a release was last asked for (the connection may have been mid-message).
+    let mut release_asked: Option<Instant> = None;
     loop {
         let now = Instant::now();
         let deadline = if state.requests.get() == 0 {
@@ -268,6 +384,22 @@ pub(crate) async fn watch(
         if in_maintenance && idle && state.last_active.get() + idle_grace <= now {
             return state.request(Action::Graceful);
         }
+        // An idle HTTP/1.1 connection gives its buffers back once it has been between
+        // messages for `release`. A busy one is looked at again a period later (a
+        // connection task does not wake its watcher when a request ends); a refused
+        // release is asked for again a period later too.
+        let release_at = deadlines
+            .release
+            .filter(|_| state.requests.get() > 0 && !state.released.get())
+            .filter(|_| state.action.get() == Action::Serve)
+            .map(|after| {
+                if state.between_messages() {
+                    state.last_active.get().max(release_asked.unwrap_or(born)) + after
+                } else {
+                    now + after
+                }
+            });
+        let wake = release_at.map_or(deadline, |r| r.min(deadline));
         let maintenance_check = if idle {
             state.last_active.get() + idle_grace
         } else {
@@ -282,7 +414,20 @@ pub(crate) async fn watch(
                     return state.request(Action::Graceful);
                 }
             }
-            _ = tokio::time::sleep_until(deadline.into()) => {
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                if now < deadline {
+                    // Woken for the release alone.
+                    let after = deadlines.release.unwrap_or_default();
+                    if state.action.get() == Action::Serve
+                        && state.between_messages()
+                        && state.last_active.get() + after <= now
+                    {
+                        release_asked = Some(now);
+                        state.request(Action::Release);
+                    }
+                    continue;
+                }
                 let requests = state.requests.get();
                 if requests == 0 {
                     // Nothing complete arrived in time (slowloris or an idle opener).
@@ -348,6 +493,20 @@ impl<IO: tokio::io::AsyncRead + Unpin> HeadWatch<IO> {
             }
         }
     }
+
+    /// Waits for the next bytes of a connection that gave its buffers back, and keeps
+    /// them for the next reads; false at end of stream. The bytes are the start of a
+    /// request head, as far as the watcher's head deadline is concerned.
+    async fn read_first(&mut self) -> std::io::Result<bool> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = bytes::BytesMut::with_capacity(FIRST_READ);
+        if self.io.read_buf(&mut buf).await? == 0 {
+            return Ok(false);
+        }
+        self.flags.pending.store(true, Relaxed);
+        self.first = buf.freeze();
+        Ok(true)
+    }
 }
 
 impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HeadWatch<IO> {
@@ -380,7 +539,11 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HeadWatch<IO> 
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.flags.unflushed.store(true, Relaxed);
+        }
+        r
     }
 
     fn poll_write_vectored(
@@ -388,7 +551,11 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HeadWatch<IO> 
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.flags.unflushed.store(true, Relaxed);
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -396,7 +563,11 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HeadWatch<IO> 
     }
 
     fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        let r = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            self.flags.unflushed.store(false, Relaxed);
+        }
+        r
     }
 
     fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {

@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::error::ProxyError;
 use crate::http::body::ProxyBody;
+use crate::http::conn::DownstreamTunnel;
 use crate::http::context::RoutedCtx;
 use crate::http::headers;
 use crate::upstream::Origin;
@@ -41,7 +42,9 @@ pub(crate) async fn proxy_upgrade(
     let (worker, conn, rt, route, cluster) = (routed.worker, routed.conn, &**routed.rt, routed.route, routed.cluster);
     let ep_idx = worker.pick_endpoint(rt, cluster, None, 0)?;
     let ep = &cluster.endpoints[ep_idx];
-    let downstream = hyper::upgrade::on(&mut req);
+    // HTTP/2 (extended) CONNECT streams come from hyper's upgrade; an HTTP/1.1 byte
+    // stream from the connection task once it has sent the answer (`serve_http1`).
+    let h2_stream = (req.version() == http::Version::HTTP_2).then(|| hyper::upgrade::on(&mut req));
     let connect = req.method() == Method::CONNECT;
 
     // Forward the switch request: hop-by-hop headers go, except the upgrade itself.
@@ -89,14 +92,24 @@ pub(crate) async fn proxy_upgrade(
         ));
     }
     let upstream = hyper::upgrade::on(&mut resp);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if h2_stream.is_none() {
+        *conn.upgrade.borrow_mut() = Some(tx);
+    }
+    let downstream = async move {
+        match h2_stream {
+            Some(on) => on.await.ok().map(|u| Box::new(TokioIo::new(u)) as DownstreamTunnel),
+            None => rx.await.ok(),
+        }
+    };
     let idle = route.upgrade_idle_timeout;
     let stats = ep.stats.clone();
     let cstats = cluster.stats.clone();
     stats.active.fetch_add(1, Relaxed);
     cstats.active.fetch_add(1, Relaxed);
     tokio::task::spawn_local(async move {
-        if let (Ok(down), Ok(up)) = (downstream.await, upstream.await) {
-            crate::l4::splice::splice(TokioIo::new(down), TokioIo::new(up), UPGRADE_BUFFER, idle, None).await;
+        if let (Some(down), Ok(up)) = (downstream.await, upstream.await) {
+            crate::l4::splice::splice(down, TokioIo::new(up), UPGRADE_BUFFER, idle, None).await;
         }
         stats.active.fetch_sub(1, Relaxed);
         cstats.active.fetch_sub(1, Relaxed);

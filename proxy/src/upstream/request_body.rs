@@ -99,12 +99,16 @@ pub struct BodyProgress {
 pub struct ClientBody {
     inc: Incoming,
     progress: Rc<BodyProgress>,
+    /// Kept until the body ends or is dropped: the downstream connection counts its
+    /// bodies still moving, and cannot release its buffers mid-message.
+    hold: Option<Box<dyn std::any::Any>>,
 }
 
 impl ClientBody {
-    /// Wraps a request body; `progress` is what the timers read.
-    pub fn new(inc: Incoming, progress: Rc<BodyProgress>) -> Self {
-        ClientBody { inc, progress }
+    /// Wraps a request body; `progress` is what the timers read, `hold` what the body
+    /// keeps until it ends.
+    pub fn new(inc: Incoming, progress: Rc<BodyProgress>, hold: Option<Box<dyn std::any::Any>>) -> Self {
+        ClientBody { inc, progress, hold }
     }
 
     /// A progress record for a body that starts now (already done if it is empty).
@@ -139,17 +143,22 @@ impl Body for ClientBody {
                 p.last.set(now);
                 match r {
                     Some(Ok(f)) => {
-                        if this.inc.is_end_stream() && p.done.get().is_none() {
-                            p.done.set(Some(now));
+                        if this.inc.is_end_stream() {
+                            this.hold = None;
+                            if p.done.get().is_none() {
+                                p.done.set(Some(now));
+                            }
                         }
                         Poll::Ready(Some(Ok(f)))
                     }
                     Some(Err(e)) => {
+                        this.hold = None;
                         let e = DownstreamBodyError::new(e);
                         p.fault.set(Some(e.fault));
                         Poll::Ready(Some(Err(e)))
                     }
                     None => {
+                        this.hold = None;
                         if p.done.get().is_none() {
                             p.done.set(Some(now));
                         }

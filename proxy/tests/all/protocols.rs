@@ -58,6 +58,10 @@ pub(crate) async fn special_backend() -> std::net::SocketAddr {
                         return Ok::<_, Infallible>(r);
                     }
                     let path = req.uri().path().to_string();
+                    if path == "/plain" {
+                        let frames = VecDeque::from(vec![Frame::data(Bytes::from_static(b"plain"))]);
+                        return Ok(hyper::Response::new(Frames(frames)));
+                    }
                     let slow = req.headers().contains_key("x-slow");
                     let _ = req.into_body().collect().await;
                     if slow {
@@ -242,6 +246,155 @@ async fn the_first_bytes_choose_http1_or_h2c_however_they_arrive() {
         let (got, closed) = read_until(&mut s, 1).await;
         assert!(closed && got.is_empty(), "{got:?}");
         assert_eq!(h1_only.metric("tandem_listener_malformed_requests_total{listener=\"web\"}"), 1.0);
+    })
+    .await;
+}
+
+/// Reads from `s` until `end` has arrived `times` times (or 3 s pass).
+async fn read_to(s: &mut tokio::net::TcpStream, end: &[u8], times: usize) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while out.windows(end.len()).filter(|w| *w == end).count() < times {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+const RELEASES: &str = "tandem_listener_idle_releases_total{listener=\"web\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_give_their_buffers_back_and_keep_serving() {
+    bounded(30, async {
+        let b = special_backend().await;
+        let body = format!("[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{b}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n");
+        let proxy = Proxy::start(&body);
+        let get = b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(get).await.unwrap();
+        let r = read_to(&mut s, b"0\r\n\r\n", 1).await;
+        assert!(r.starts_with("HTTP/1.1 200") && r.contains("plain"), "{r}");
+        assert_eq!(proxy.metric(RELEASES), 0.0, "released while busy");
+
+        // Idle: the connection gives its buffers back, once, and stays open.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert_eq!(proxy.metric(RELEASES), 1.0);
+        // Two pipelined requests in one write wake it; both are answered.
+        s.write_all(&[&get[..], &get[..]].concat()).await.unwrap();
+        let r = read_to(&mut s, b"0\r\n\r\n", 2).await;
+        assert_eq!(r.matches("HTTP/1.1 200").count(), 2, "{r}");
+
+        // Released again, then a request head that arrives in two pieces far apart:
+        // bytes between messages are a head on its way, not an idle connection.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert_eq!(proxy.metric(RELEASES), 2.0);
+        s.write_all(b"GET /plain HTTP/1.1\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        s.write_all(b"Host: x\r\n\r\n").await.unwrap();
+        let r = read_to(&mut s, b"0\r\n\r\n", 1).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert_eq!(proxy.metric(RELEASES), 2.0, "released with a head on its way");
+
+        // A released connection still upgrades: the tunnel gets the byte stream.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert_eq!(proxy.metric(RELEASES), 3.0);
+        s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_to(&mut s, b"\r\n\r\n", 1).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        s.write_all(b"hello").await.unwrap();
+        let echo = read_to(&mut s, b"hello", 1).await;
+        assert_eq!(echo, "echo:hello");
+        drop(s);
+
+        // A connection released while idle still closes at idle_timeout.
+        let quick = Proxy::start_with(&body, "idle_timeout = \"1s\"");
+        let mut s = tokio::net::TcpStream::connect(quick.addr).await.unwrap();
+        s.write_all(get).await.unwrap();
+        read_to(&mut s, b"0\r\n\r\n", 1).await;
+        let t = Instant::now();
+        let (rest, closed) = read_until(&mut s, 1).await;
+        assert!(closed && rest.is_empty(), "{rest:?}");
+        assert!(t.elapsed() < Duration::from_millis(2500), "closed after {:?}", t.elapsed());
+        assert_eq!(quick.metric(RELEASES), 1.0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_mid_message_keeps_its_buffers_however_long_it_waits() {
+    bounded(30, async {
+        // An upstream that streams its answer with a long pause, and an HTTP/2 one that
+        // answers a POST at once and leaves its body open.
+        let slow = tcp_backend(|mut s| async move {
+            let _ = read_to(&mut s, b"\r\n\r\n", 1).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+                .await;
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+            let _ = s.write_all(b"4\r\nlast\r\n0\r\n\r\n").await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
+        .await;
+        let early = tcp_backend(|s| async move {
+            let svc = hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
+                let answer = if req.uri().path() == "/smuggled" {
+                    "smuggled"
+                } else {
+                    "early"
+                };
+                // HTTP/2 is full duplex: the request body stays open (unread) while the
+                // answer is already complete.
+                let body = req.into_body();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    drop(body);
+                });
+                Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(Bytes::from(answer))))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
+        })
+        .await;
+        let body = format!(
+            "[[cluster]]\nname = \"slow\"\nendpoints = [{{ address = \"{slow}\" }}]\n\n\
+             [[cluster]]\nname = \"early\"\nprotocol = \"h2c\"\nendpoints = [{{ address = \"{early}\" }}]\n\n\
+             [[route]]\nname = \"s\"\ncluster = \"slow\"\npath_prefix = \"/slow\"\n\n\
+             [[route]]\nname = \"e\"\ncluster = \"early\"\n"
+        );
+        let proxy = Proxy::start(&body);
+
+        // A response whose body pauses: the connection is mid-message, not idle.
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let r = read_to(&mut s, b"0\r\n\r\n", 1).await;
+        assert!(r.contains("first") && r.contains("last"), "{r}");
+        assert_eq!(proxy.metric(RELEASES), 0.0, "released mid-response");
+        drop(s);
+
+        // A request body that pauses after its upstream answered: what follows the pause
+        // is still that body, never a new request.
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+        let head = format!(
+            "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            10 + smuggled.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(b"0123456789").await.unwrap();
+        let r = read_to(&mut s, b"early", 1).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert_eq!(proxy.metric(RELEASES), 0.0, "released mid-request-body");
+        s.write_all(smuggled).await.unwrap();
+        let r = read_to(&mut s, b"smuggled", 1).await;
+        assert!(!r.contains("smuggled"), "the body's bytes were read as a request: {r}");
     })
     .await;
 }
