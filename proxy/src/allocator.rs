@@ -66,6 +66,21 @@ unsafe impl GlobalAlloc for Allocator {
     }
 }
 
+/// Hands the calling thread's wholly free memory back to the system. mimalloc frees
+/// pages and returns them to the kernel only when the thread calls into it; a worker
+/// whose connections went idle (and gave their buffers back) makes no such calls, so
+/// its resident memory would stay at its busiest. Each worker calls this once a second
+/// (`listen::sweep_pool`); it walks the thread's pages and costs microseconds. A no-op
+/// for a process whose global allocator is not [`Allocator`].
+pub fn release_free_memory() {
+    // Declared here: libmimalloc-sys declares it only with its `extended` feature.
+    unsafe extern "C" {
+        fn mi_collect(force: bool);
+    }
+    // SAFETY: mi_collect takes no pointers; `false` collects this thread's heap only.
+    unsafe { mi_collect(false) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

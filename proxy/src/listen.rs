@@ -161,12 +161,14 @@ async fn keep_filters(worker: std::rc::Weak<Worker>) {
     }
 }
 
-/// Closes this worker's idle upstream connections that outlived their idle timeout or
-/// were closed by their upstream: nothing else polls an idle HTTP/1.1 connection.
+/// Once a second: closes this worker's idle upstream connections that outlived their
+/// idle timeout or were closed by their upstream (nothing else polls an idle HTTP/1.1
+/// connection), then gives the worker's free memory back to the system.
 async fn sweep_pool(pool: Rc<Pool>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         pool.sweep(std::time::Instant::now());
+        crate::allocator::release_free_memory();
     }
 }
 

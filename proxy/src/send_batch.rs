@@ -282,6 +282,12 @@ impl BatchedStream {
     }
 }
 
+impl crate::http::serve::ReadReady for BatchedStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.sock.poll_read_ready(cx)
+    }
+}
+
 impl AsyncRead for BatchedStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();

@@ -48,7 +48,7 @@ pub(crate) async fn serve<IO>(
     h2: bool,
     stats: &Arc<ListenerStats>,
 ) where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
     let lcfg = &worker.listeners[idx];
     let state = Rc::new(ConnState {
@@ -199,7 +199,7 @@ async fn serve_http1<IO, S>(
     stats: &ListenerStats,
 ) -> Result<(), hyper::Error>
 where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Unpin,
     S::Future: Unpin,
     S::Error: Into<BoxError>,
@@ -208,14 +208,25 @@ where
     loop {
         let mut conn = builder.serve_connection(TokioIo::new(io), svc);
         let end = drive_http1(state, &mut conn).await;
-        let parts = conn.into_parts();
-        (io, svc) = (parts.io.into_inner(), parts.service);
+        let http1::Parts {
+            io: tokio_io,
+            read_buf,
+            service,
+            ..
+        } = conn.into_parts();
+        (io, svc) = (tokio_io.into_inner(), service);
+        // Bytes hyper read and did not parse are read again first. An empty `read_buf`
+        // still owns hyper's whole read buffer: it goes now, not after the wait below.
+        if read_buf.is_empty() {
+            drop(read_buf);
+        } else {
+            io.first = read_buf;
+        }
         match end {
             Http1End::Aborted => return Ok(()),
             Http1End::Closed(Err(e)) => return Err(e),
             Http1End::Closed(Ok(())) => {
                 if let Some(tunnel) = state.upgrade.borrow_mut().take() {
-                    io.first = parts.read_buf;
                     let _ = tunnel.send(Box::new(io));
                     return Ok(());
                 }
@@ -224,7 +235,6 @@ where
             }
             Http1End::Release => {
                 stats.idle_releases.fetch_add(1, Relaxed);
-                io.first = parts.read_buf;
                 if !io.first.is_empty() {
                     continue;
                 }
@@ -495,17 +505,46 @@ impl<IO: tokio::io::AsyncRead + Unpin> HeadWatch<IO> {
     }
 
     /// Waits for the next bytes of a connection that gave its buffers back, and keeps
-    /// them for the next reads; false at end of stream. The bytes are the start of a
-    /// request head, as far as the watcher's head deadline is concerned.
-    async fn read_first(&mut self) -> std::io::Result<bool> {
-        use tokio::io::AsyncReadExt;
-        let mut buf = bytes::BytesMut::with_capacity(FIRST_READ);
-        if self.io.read_buf(&mut buf).await? == 0 {
-            return Ok(false);
-        }
-        self.flags.pending.store(true, Relaxed);
-        self.first = buf.freeze();
-        Ok(true)
+    /// them for the next reads; false at end of stream. The read buffer is taken only
+    /// once the socket is readable, so a waiting connection holds none. The bytes are
+    /// the start of a request head, as far as the watcher's head deadline is concerned.
+    async fn read_first(&mut self) -> std::io::Result<bool>
+    where
+        IO: ReadReady,
+    {
+        std::future::poll_fn(|cx| {
+            std::task::ready!(self.io.poll_read_ready(cx))?;
+            let mut buf = bytes::BytesMut::with_capacity(FIRST_READ);
+            let mut rb = tokio::io::ReadBuf::uninit(buf.spare_capacity_mut());
+            // Pending: the readiness was stale (or TLS has only part of a record); the
+            // read registered for the next.
+            std::task::ready!(std::pin::Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            if n == 0 {
+                return Poll::Ready(Ok(false));
+            }
+            // SAFETY: the read initialised the first `n` bytes of the spare capacity.
+            unsafe { buf.set_len(n) };
+            self.flags.pending.store(true, Relaxed);
+            self.first = buf.freeze();
+            Poll::Ready(Ok(true))
+        })
+        .await
+    }
+}
+
+/// A byte stream that can say it has bytes to read without being handed a buffer to
+/// read them into.
+pub(crate) trait ReadReady {
+    /// Ready once a read would not block (bytes, end of stream or an error).
+    fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl<IO: ReadReady> ReadReady for tokio_rustls::server::TlsStream<IO> {
+    /// The socket's readiness: a connection waits here only after hyper found no
+    /// plaintext left in the TLS session.
+    fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
     }
 }
 
