@@ -282,7 +282,14 @@ impl BatchedStream {
     }
 }
 
-impl crate::http::serve::ReadReady for BatchedStream {
+/// A byte stream that can say it has bytes to read without being handed a buffer to
+/// read them into (an idle connection waits for its next request holding none).
+pub(crate) trait ReadReady {
+    /// Ready once a read would not block (bytes, end of stream or an error).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for BatchedStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.sock.poll_read_ready(cx)
     }

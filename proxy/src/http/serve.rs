@@ -31,6 +31,7 @@ use crate::http::conn::Action;
 use crate::http::conn::ConnState;
 use crate::http::conn::HeadFlags;
 use crate::http::conn::TlsInfo;
+use crate::send_batch::ReadReady;
 use crate::stats::ListenerStats;
 use crate::upstream::BoxError;
 use crate::worker::Worker;
@@ -531,13 +532,6 @@ impl<IO: tokio::io::AsyncRead + Unpin> HeadWatch<IO> {
         })
         .await
     }
-}
-
-/// A byte stream that can say it has bytes to read without being handed a buffer to
-/// read them into.
-pub(crate) trait ReadReady {
-    /// Ready once a read would not block (bytes, end of stream or an error).
-    fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>>;
 }
 
 impl<IO: ReadReady> ReadReady for tokio_rustls::server::TlsStream<IO> {
