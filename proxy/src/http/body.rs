@@ -76,7 +76,7 @@ pub(crate) struct ProxyBody {
     done: Option<Box<Completion>>,
     /// Keeps the downstream connection from releasing its buffers until hyper has
     /// sent this body and dropped it.
-    open: Option<crate::http::conn::OpenBody>,
+    open: Option<crate::upstream::request_body::OpenBody>,
 }
 
 impl ProxyBody {
@@ -109,7 +109,7 @@ impl ProxyBody {
     }
 
     /// Counts this body as open on its downstream connection until it is dropped.
-    pub(crate) fn hold_open(&mut self, open: crate::http::conn::OpenBody) {
+    pub(crate) fn hold_open(&mut self, open: crate::upstream::request_body::OpenBody) {
         self.open = Some(open);
     }
 

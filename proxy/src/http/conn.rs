@@ -122,21 +122,9 @@ pub(crate) struct HeadFlags {
     pub unflushed: std::sync::atomic::AtomicBool,
 }
 
-/// Holds a body open in [`ConnState::open_bodies`] until it ends or is dropped.
-#[derive(Debug)]
-pub(crate) struct OpenBody(Rc<ConnState>);
-
-impl OpenBody {
-    /// Counts one more open body on `conn`.
-    pub(crate) fn new(conn: &Rc<ConnState>) -> Self {
-        conn.open_bodies.set(conn.open_bodies.get() + 1);
-        OpenBody(conn.clone())
-    }
-}
-
-impl Drop for OpenBody {
-    fn drop(&mut self) {
-        self.0.open_bodies.set(self.0.open_bodies.get() - 1);
+impl crate::upstream::request_body::BodyCount for ConnState {
+    fn add_open(&self, delta: i32) {
+        self.open_bodies.set(self.open_bodies.get().wrapping_add_signed(delta));
     }
 }
 

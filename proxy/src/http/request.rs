@@ -18,7 +18,6 @@ use crate::http::admission::rate_limit;
 use crate::http::admission::InFlight;
 use crate::http::body::ProxyBody;
 use crate::http::conn::ConnState;
-use crate::http::conn::OpenBody;
 use crate::http::context::{RequestCtx, RoutedCtx};
 use crate::http::filters::filter_reply;
 use crate::http::filters::finish_request_filters;
@@ -32,6 +31,7 @@ use crate::http::respond::prepare_downstream_response;
 use crate::http::respond::upstream_response;
 use crate::http::retry::attempts;
 use crate::http::route::route_request;
+use crate::upstream::request_body::OpenBody;
 use crate::worker::Worker;
 
 /// Serves one request.
@@ -123,7 +123,7 @@ pub(crate) async fn handle(
         resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), id);
     }
     end.answered = true;
-    resp.body_mut().hold_open(OpenBody::new(&conn));
+    resp.body_mut().hold_open(OpenBody::new(conn.clone()));
     Ok(resp)
 }
 

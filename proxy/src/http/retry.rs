@@ -16,7 +16,6 @@ use crate::error::Limit;
 use crate::error::ProxyError;
 use crate::http::admission::InFlight;
 use crate::http::conn::ConnState;
-use crate::http::conn::OpenBody;
 use crate::http::context::{RequestCtx, RoutedCtx};
 use crate::http::filters::head_back;
 use crate::http::filters::Targets;
@@ -26,7 +25,7 @@ use crate::http::forward::{Attempt, Exchanged};
 use crate::http::respond::observe;
 use crate::http::respond::observe_failure;
 use crate::runtime::Cluster;
-use crate::upstream::request_body::{BodyFault, BodyProgress, ClientBody, DownstreamBodyError, UpstreamBody};
+use crate::upstream::request_body::{BodyFault, BodyProgress, ClientBody, DownstreamBodyError, OpenBody, UpstreamBody};
 use crate::upstream::{self, ResponseBody};
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -339,8 +338,7 @@ pub(super) async fn timed_with_body(
 /// the body counts as open on its connection.
 pub(super) fn client_body(body: Incoming, conn: &Rc<ConnState>) -> (ClientBody, Rc<BodyProgress>) {
     let p = ClientBody::progress_of(&body, Instant::now());
-    let hold =
-        (!http_body::Body::is_end_stream(&body)).then(|| Box::new(OpenBody::new(conn)) as Box<dyn std::any::Any>);
+    let hold = (!http_body::Body::is_end_stream(&body)).then(|| OpenBody::new(conn.clone()));
     (ClientBody::new(body, p.clone(), hold), p)
 }
 

@@ -429,11 +429,8 @@ pub(crate) async fn watch(
                 let now = Instant::now();
                 if now < deadline {
                     // Woken for the release alone.
-                    let after = deadlines.release.unwrap_or_default();
-                    if state.action.get() == Action::Serve
-                        && state.between_messages()
-                        && state.last_active.get() + after <= now
-                    {
+                    let quiet = deadlines.release.is_some_and(|after| state.last_active.get() + after <= now);
+                    if quiet && state.action.get() == Action::Serve && state.between_messages() {
                         release_asked = Some(now);
                         state.request(Action::Release);
                     }
@@ -566,6 +563,15 @@ impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HeadWatch<IO> {
     }
 }
 
+impl<IO> HeadWatch<IO> {
+    /// Notes bytes written and not yet flushed (see [`ConnState::between_messages`]).
+    fn note_written(&self, r: &Poll<std::io::Result<usize>>) {
+        if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+            self.flags.unflushed.store(true, Relaxed);
+        }
+    }
+}
+
 impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HeadWatch<IO> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
@@ -573,9 +579,7 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HeadWatch<IO> 
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.flags.unflushed.store(true, Relaxed);
-        }
+        self.note_written(&r);
         r
     }
 
@@ -585,9 +589,7 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HeadWatch<IO> 
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let r = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.flags.unflushed.store(true, Relaxed);
-        }
+        self.note_written(&r);
         r
     }
 

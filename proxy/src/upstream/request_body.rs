@@ -101,13 +101,36 @@ pub struct ClientBody {
     progress: Rc<BodyProgress>,
     /// Kept until the body ends or is dropped: the downstream connection counts its
     /// bodies still moving, and cannot release its buffers mid-message.
-    hold: Option<Box<dyn std::any::Any>>,
+    hold: Option<OpenBody>,
+}
+
+/// What counts a connection's bodies still moving (the downstream connection).
+pub trait BodyCount {
+    /// Adds `delta` (one body more or one less).
+    fn add_open(&self, delta: i32);
+}
+
+/// Holds a body open in its [`BodyCount`] until dropped.
+pub struct OpenBody(Rc<dyn BodyCount>);
+
+impl OpenBody {
+    /// Counts one more open body on `count`.
+    pub fn new(count: Rc<dyn BodyCount>) -> Self {
+        count.add_open(1);
+        OpenBody(count)
+    }
+}
+
+impl Drop for OpenBody {
+    fn drop(&mut self) {
+        self.0.add_open(-1);
+    }
 }
 
 impl ClientBody {
     /// Wraps a request body; `progress` is what the timers read, `hold` what the body
     /// keeps until it ends.
-    pub fn new(inc: Incoming, progress: Rc<BodyProgress>, hold: Option<Box<dyn std::any::Any>>) -> Self {
+    pub fn new(inc: Incoming, progress: Rc<BodyProgress>, hold: Option<OpenBody>) -> Self {
         ClientBody { inc, progress, hold }
     }
 
