@@ -119,6 +119,7 @@ fn run_worker(id: usize, shared: Arc<Shared>, listeners: Arc<[ListenerConfig]>, 
         tokio::task::spawn_local(keep_filters(Rc::downgrade(&worker)));
         tokio::task::spawn_local(sweep_pool(worker.pool.clone()));
         tokio::task::spawn_local(crate::send_batch::run_flusher());
+        crate::http::watch::start(shared.clone(), worker.listeners.clone());
         let mut tasks = Vec::new();
         for (idx, sock) in socks.into_iter().enumerate() {
             let listener = match TcpListener::from_std(sock) {

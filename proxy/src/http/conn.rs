@@ -1,6 +1,6 @@
 //! One downstream connection as the request path sees it: who the client is, what the
 //! TLS handshake established, and the counters and flags the request handler and the
-//! connection's watcher share.
+//! worker's connection watch share.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -9,8 +9,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
-
-use tokio::sync::Notify;
 
 /// Per-connection facts and counters the request handler reads and updates.
 #[derive(Debug)]
@@ -38,13 +36,11 @@ pub(crate) struct ConnState {
     pub head: Arc<HeadFlags>,
     /// Set when the connection should close after the current exchange.
     pub close: Cell<bool>,
-    /// Wakes the watcher when `close` is set, the first request arrives (so its timer
-    /// switches from the header deadline to the idle deadline), or a released
-    /// connection's next bytes arrive.
-    pub wake: Notify,
-    /// What the watcher asks the connection task to do.
+    /// What the worker's watch keeps for this connection's deadlines.
+    pub(crate) watch: WatchSlot,
+    /// What the watch (or the request handler) asks the connection task to do.
     pub(crate) action: Cell<Action>,
-    /// The connection task's waker, for the watcher.
+    /// The connection task's waker, for the watch.
     pub(crate) waker: RefCell<Option<Waker>>,
     /// Where an HTTP/1.1 upgrade's tunnel waits for the client's byte stream: set with
     /// the 101 (or CONNECT's 2xx), taken when hyper has sent it.
@@ -55,6 +51,52 @@ pub(crate) struct ConnState {
     pub id: u64,
     /// The connection's facts for filters, made by the first filtered request.
     pub filter_facts: std::cell::OnceCell<Rc<crate::wasm::state::ConnFacts>>,
+}
+
+/// What the worker's connection watch (`http::watch`) keeps per connection.
+#[derive(Debug)]
+pub(crate) struct WatchSlot {
+    /// The connection's key in the watch's slab.
+    pub(crate) key: Cell<u32>,
+    /// When the connection's next look is due; None once it was asked to close. A heap
+    /// entry with another time is stale.
+    pub(crate) next: Cell<Option<Instant>>,
+    /// The regular deadline worked out when it last passed (or at a `look_now`): the
+    /// first head's, a later head's, or the idle one.
+    pub(crate) deadline: Cell<Instant>,
+    /// When the connection was accepted.
+    pub(crate) born: Instant,
+    /// The request count when a pending head was last seen at a deadline: the same
+    /// count at the next one means that head has been arriving for a whole period.
+    pub(crate) head_seen_at: Cell<Option<u64>>,
+    /// When a release was last asked for (the connection may have been mid-message).
+    pub(crate) release_asked: Cell<Option<Instant>>,
+    /// HTTP/1.1: gives its buffers back when idle, and in maintenance closes only once
+    /// idle for half the handover (HTTP/2's GOAWAY tells the client which streams were
+    /// not taken, so an idle HTTP/2 connection closes at once).
+    pub(crate) http1: Cell<bool>,
+}
+
+impl WatchSlot {
+    /// A slot for a connection accepted now, not yet watched; `http1` until a protocol
+    /// choice says otherwise ([`WatchSlot::set_http1`]).
+    pub(crate) fn new(http1: bool) -> WatchSlot {
+        let now = Instant::now();
+        WatchSlot {
+            key: Cell::new(u32::MAX),
+            next: Cell::new(None),
+            deadline: Cell::new(now),
+            born: now,
+            head_seen_at: Cell::new(None),
+            release_asked: Cell::new(None),
+            http1: Cell::new(http1),
+        }
+    }
+
+    /// The protocol is chosen: HTTP/1.1 (true) or HTTP/2.
+    pub(crate) fn set_http1(&self, http1: bool) {
+        self.http1.set(http1);
+    }
 }
 
 /// What the TLS handshake established.
@@ -68,7 +110,7 @@ pub(crate) struct TlsInfo {
     pub version: &'static str,
 }
 
-/// What the watcher asks the connection task to do.
+/// What the watch asks the connection task to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Action {
     /// Carry on.
@@ -83,7 +125,7 @@ pub(crate) enum Action {
 }
 
 impl ConnState {
-    /// Remembers the connection task's waker for the watcher (cloned only when it
+    /// Remembers the connection task's waker for the watch (cloned only when it
     /// changed).
     pub(crate) fn keep_waker(&self, waker: &Waker) {
         let mut w = self.waker.borrow_mut();
@@ -102,6 +144,7 @@ impl ConnState {
             && !self.head.unflushed.load(Relaxed)
     }
 
+    /// Asks the connection task for `action` and wakes it.
     pub(crate) fn request(&self, action: Action) {
         self.action.set(action);
         if let Some(w) = self.waker.borrow_mut().take() {

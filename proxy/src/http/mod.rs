@@ -31,3 +31,4 @@ pub(crate) mod retry;
 pub(crate) mod route;
 pub(crate) mod serve;
 pub(crate) mod upgrade;
+pub(crate) mod watch;

@@ -17,7 +17,7 @@ use crate::http::admission::admit;
 use crate::http::admission::rate_limit;
 use crate::http::admission::InFlight;
 use crate::http::body::ProxyBody;
-use crate::http::conn::ConnState;
+use crate::http::conn::{Action, ConnState};
 use crate::http::context::{RequestCtx, RoutedCtx};
 use crate::http::filters::filter_reply;
 use crate::http::filters::finish_request_filters;
@@ -48,7 +48,8 @@ pub(crate) async fn handle(
     conn.head.pending.store(false, Relaxed);
     conn.last_active.set(start);
     if n == 1 {
-        conn.wake.notify_one();
+        // The idle deadline may be closer than the first head's.
+        crate::http::watch::look_now(&conn);
     }
     worker.shared.listeners[conn.listener].1.requests.fetch_add(1, Relaxed);
 
@@ -356,6 +357,6 @@ pub(super) fn close_after(conn: &ConnState, resp: &mut Response<ProxyBody>, vers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if !conn.close.replace(true) {
-        conn.wake.notify_one();
+        conn.request(Action::Graceful);
     }
 }

@@ -2,10 +2,8 @@
 //! listener's limits, an idle keep-alive watchdog, request-head deadlines, the
 //! per-connection request cap, and graceful close on drain.
 //!
-//! Deadlines live in one watcher task per connection rather than in per-request timers:
-//! the first request's head must arrive within `header_read_timeout` of the accept; a
-//! later head, once its first bytes arrived, within one to two `header_read_timeout`s
-//! (the watcher looks once per period); an idle connection closes after `idle_timeout`.
+//! Deadlines are kept by the worker's watch ([`crate::http::watch`]) rather than by
+//! per-request timers; it asks the connection's task for an action ([`Action`]).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -22,8 +20,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-
-use tokio::sync::Notify;
 
 use crate::exec::LocalExec;
 use crate::http::body::ProxyBody;
@@ -66,34 +62,15 @@ pub(crate) async fn serve<IO>(
         last_active: Cell::new(Instant::now()),
         head: Arc::default(),
         close: Cell::new(false),
-        wake: Notify::new(),
+        watch: crate::http::conn::WatchSlot::new(!h2),
         action: Cell::new(Action::Serve),
         waker: RefCell::new(None),
         filter_facts: Default::default(),
     });
 
-    // Timers and drain live in a separate watcher task, so the hot connection task only
-    // polls hyper; the watcher flags an action and wakes it.
-    // HTTP/2's GOAWAY tells the client which streams were not taken, so an idle h2
-    // connection closes at once in maintenance; see `watch` for HTTP/1.1.
-    let idle_grace = if h2 {
-        Duration::ZERO
-    } else {
-        worker.shared.runtime.load().config.server.maintenance_handover / 2
-    };
-    let watcher = tokio::task::spawn_local(watch(
-        state.clone(),
-        worker.shared.shutdown.subscribe(),
-        worker.shared.phase.subscribe(),
-        idle_grace,
-        Deadlines {
-            header_read: lcfg.header_read_timeout,
-            idle: lcfg.idle_timeout,
-            // HTTP/2 keeps its connection state (streams, HPACK tables) in hyper.
-            release: (!h2).then_some(RELEASE_IDLE_AFTER),
-        },
-        stats.clone(),
-    ));
+    // Deadlines, drain and maintenance are the worker's watch's: it flags an action
+    // and wakes this task, which only polls hyper.
+    let _watched = crate::http::watch::watch(&state);
     let mut io = HeadWatch {
         io,
         flags: state.head.clone(),
@@ -104,12 +81,13 @@ pub(crate) async fn serve<IO>(
     let h2 = if !h2 && lcfg.http2 && state.tls.is_none() {
         match until_action(&state, io.sniff_preface()).await {
             Some(Ok(h2)) => h2,
-            // A read error, or the watcher's header deadline or drain before any byte.
-            _ => return watcher.abort(),
+            // A read error, or the header deadline or drain before any byte.
+            _ => return,
         }
     } else {
         h2
     };
+    state.watch.set_http1(!h2);
     let (w, st) = (worker.clone(), state.clone());
     // Each request's future (a few KiB) is built in a heap slot that lives as long as
     // the request: hyper keeps room for one service future per HTTP/1.1 connection for
@@ -119,8 +97,8 @@ pub(crate) async fn serve<IO>(
     let svc = service_fn(move |req| {
         crate::inplace::recycle_in_place(|| crate::http::request::handle(w.clone(), st.clone(), req))
     });
-    // The connection task keeps the room of its largest state for its whole life: the
-    // HTTP/2 connection (the larger) is boxed, the HTTP/1.1 one sits in the task.
+    // The connection task keeps the room of its largest state for its whole life, so
+    // hyper's connection (either protocol) is boxed.
     let result = if h2 {
         let mut builder = http2::Builder::new(LocalExec);
         builder
@@ -131,7 +109,7 @@ pub(crate) async fn serve<IO>(
         drive(&state, conn.as_mut()).await
     } else {
         // No hyper header-read timer: it would cost a timer per request and also cut
-        // idle keep-alive connections at `header_read_timeout`; the watcher keeps the
+        // idle keep-alive connections at `header_read_timeout`; the watch keeps the
         // deadlines.
         let mut builder = http1::Builder::new();
         builder
@@ -141,14 +119,13 @@ pub(crate) async fn serve<IO>(
             .writev(false);
         serve_http1(&state, &builder, io, svc, stats).await
     };
-    watcher.abort();
     if let Err(e) = result {
         classify(&e, stats);
     }
 }
 
 /// Polls a hyper connection until it ends, starting a graceful close or aborting when
-/// the watcher asks for it. The connection stays where the caller pinned it (moved in,
+/// the watch asks for it. The connection stays where the caller pinned it (moved in,
 /// it would take its room twice in the caller's task).
 pub(crate) async fn drive<C, E>(state: &ConnState, mut conn: Pin<&mut C>) -> Result<(), E>
 where
@@ -173,20 +150,12 @@ where
     .await
 }
 
-/// An HTTP/1.1 connection idle this long (up to twice this long: its watcher looks once
-/// per period) gives hyper's buffers back (8 KiB to read and 8 KiB to write, kept by
-/// hyper for a connection's whole life): HAProxy and nginx hold no buffer for an idle
-/// keep-alive connection either. Long enough that a busy connection, idle for
-/// microseconds between requests, never pays for the rebuild, and its watcher wakes
-/// twice a second.
-pub(crate) const RELEASE_IDLE_AFTER: Duration = Duration::from_millis(500);
-
 /// How long a closing connection may take to send its TLS close_notify and FIN.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves HTTP/1.1 until the connection closes or is upgraded.
 ///
-/// When the watcher finds the connection idle for [`RELEASE_IDLE_AFTER`] and nothing
+/// When the watch finds the connection idle for [`RELEASE_IDLE_AFTER`](crate::http::watch::RELEASE_IDLE_AFTER) and nothing
 /// of an exchange is in progress ([`ConnState::between_messages`]), hyper's connection
 /// is taken apart (its buffers, its cached header map) and the byte stream waits on its
 /// own for the next bytes, which a fresh hyper connection then reads first. An upgrade
@@ -207,7 +176,9 @@ where
 {
     use tokio::io::AsyncWriteExt;
     loop {
-        let mut conn = builder.serve_connection(TokioIo::new(io), svc);
+        // Boxed: in the task, hyper's connection would keep its room (most of a KiB)
+        // while a released connection waits; this costs an allocation per rebuild.
+        let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), svc));
         let end = drive_http1(state, &mut conn).await;
         let http1::Parts {
             io: tokio_io,
@@ -243,9 +214,9 @@ where
                 let next = until_action(state, io.read_first()).await;
                 state.released.set(false);
                 match next {
-                    // The next request's first bytes: the watcher, asleep since the
-                    // release, looks at the connection again.
-                    Some(Ok(true)) => state.wake.notify_one(),
+                    // The next request's first bytes: the watch looks again (the head
+                    // deadline, the next release).
+                    Some(Ok(true)) => crate::http::watch::look_now(state),
                     // The client closed, or the socket failed.
                     Some(Ok(false) | Err(_)) => return Ok(()),
                     // Idle timeout, drain, maintenance: an idle connection just closes.
@@ -265,13 +236,13 @@ where
 enum Http1End {
     /// hyper finished (keep-alive off, the client closed, an upgrade, or an error).
     Closed(Result<(), hyper::Error>),
-    /// The watcher aborted the connection.
+    /// The watch aborted the connection.
     Aborted,
     /// Idle between messages: its buffers can go.
     Release,
 }
 
-/// [`drive`] for HTTP/1.1, which also stops between messages when the watcher asks for
+/// [`drive`] for HTTP/1.1, which also stops between messages when the watch asks for
 /// a release, and does not shut the byte stream down (an upgrade takes it over).
 async fn drive_http1<I, S>(state: &ConnState, conn: &mut http1::Connection<I, S>) -> Http1End
 where
@@ -305,7 +276,7 @@ where
     .await
 }
 
-/// Polls `fut` until it ends, or gives up (None) as soon as the watcher asks for any
+/// Polls `fut` until it ends, or gives up (None) as soon as the watch asks for any
 /// action: before a protocol is chosen there is no exchange to finish gracefully.
 async fn until_action<F: Future>(state: &ConnState, fut: F) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
@@ -320,18 +291,6 @@ async fn until_action<F: Future>(state: &ConnState, fut: F) -> Option<F::Output>
         r.map(Some)
     })
     .await
-}
-
-/// The listener's deadlines the watcher keeps (copied: a connection holds no copy of
-/// the listener's configuration).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Deadlines {
-    /// `header_read_timeout`.
-    pub(crate) header_read: Duration,
-    /// `idle_timeout`.
-    pub(crate) idle: Duration,
-    /// After how long idle the connection gives its buffers back (HTTP/1.1 only).
-    pub(crate) release: Option<Duration>,
 }
 
 /// A connection that can be asked to finish its exchanges and close.
@@ -353,118 +312,8 @@ where
     }
 }
 
-/// The connection's timers: the first-request deadline (header_read_timeout, which
-/// also covers a client that sends nothing), later request heads (checked once per
-/// header_read_timeout), the idle keep-alive deadline, the request cap, maintenance and
-/// the process drain. Sleeps until one of them matters.
-///
-/// Maintenance closes a keep-alive connection once it has been idle for `idle_grace`
-/// (half the handover for HTTP/1.1). A busy client's connection is never idle that long:
-/// its next response carries `Connection: close` and it reconnects without losing a
-/// request. Closing every idle connection at once would race such a client's next
-/// request, which is lost unless the client retries it.
-pub(crate) async fn watch(
-    state: Rc<ConnState>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-    mut phase: tokio::sync::watch::Receiver<crate::phase::NodePhase>,
-    idle_grace: Duration,
-    deadlines: Deadlines,
-    stats: Arc<ListenerStats>,
-) {
-    let born = Instant::now();
-    // The request count when a pending head was last seen: the same count at the next
-    // look means that head has been arriving for at least one period.
-    let mut head_seen_at: Option<u64> = None;
-    // When a release was last asked for (the connection may have been mid-message).
-    let mut release_asked: Option<Instant> = None;
-    loop {
-        let now = Instant::now();
-        let deadline = if state.requests.get() == 0 {
-            born + deadlines.header_read
-        } else if state.in_flight.get() > 0 {
-            // Busy: look again later (a response in progress is never idle).
-            now + deadlines.idle.min(deadlines.header_read)
-        } else {
-            (state.last_active.get() + deadlines.idle).min(now + deadlines.header_read)
-        };
-        // Maintenance: a keep-alive connection idle for `idle_grace` closes; a busy one
-        // after its response (which carries Connection: close); a new one serves its
-        // first request with Connection: close. Looked at again every `idle_grace`.
-        let in_maintenance = phase.borrow_and_update().asks_clients_to_close();
-        let idle = state.requests.get() > 0 && state.in_flight.get() == 0 && !state.head.pending.load(Relaxed);
-        if in_maintenance && idle && state.last_active.get() + idle_grace <= now {
-            return state.request(Action::Graceful);
-        }
-        // An idle HTTP/1.1 connection gives its buffers back once it has been between
-        // messages for `release`. A busy one is looked at again a period later (a
-        // connection task does not wake its watcher when a request ends); a refused
-        // release is asked for again a period later too.
-        let release_at = deadlines
-            .release
-            .filter(|_| state.requests.get() > 0 && !state.released.get())
-            .filter(|_| state.action.get() == Action::Serve)
-            .map(|after| {
-                if state.between_messages() {
-                    state.last_active.get().max(release_asked.unwrap_or(born)) + after
-                } else {
-                    now + after
-                }
-            });
-        let wake = release_at.map_or(deadline, |r| r.min(deadline));
-        let maintenance_check = if idle {
-            state.last_active.get() + idle_grace
-        } else {
-            now + idle_grace.max(Duration::from_millis(10))
-        };
-        tokio::select! {
-            _ = shutdown.wait_for(|d| *d) => return state.request(Action::Graceful),
-            _ = phase.changed(), if !in_maintenance => {}
-            _ = tokio::time::sleep_until(maintenance_check.into()), if in_maintenance => {}
-            _ = state.wake.notified() => {
-                if state.close.get() {
-                    return state.request(Action::Graceful);
-                }
-            }
-            _ = tokio::time::sleep_until(wake.into()) => {
-                let now = Instant::now();
-                if now < deadline {
-                    // Woken for the release alone.
-                    let quiet = deadlines.release.is_some_and(|after| state.last_active.get() + after <= now);
-                    if quiet && state.action.get() == Action::Serve && state.between_messages() {
-                        release_asked = Some(now);
-                        state.request(Action::Release);
-                    }
-                    continue;
-                }
-                let requests = state.requests.get();
-                if requests == 0 {
-                    // Nothing complete arrived in time (slowloris or an idle opener).
-                    stats.header_timeouts.fetch_add(1, Relaxed);
-                    return state.request(Action::Abort);
-                }
-                let pending = state.head.pending.load(Relaxed);
-                if state.in_flight.get() > 0 || !pending {
-                    head_seen_at = None;
-                } else if head_seen_at == Some(requests) {
-                    // A later request's head has been trickling in for a whole period.
-                    stats.header_timeouts.fetch_add(1, Relaxed);
-                    return state.request(Action::Abort);
-                } else {
-                    head_seen_at = Some(requests);
-                }
-                if state.in_flight.get() == 0
-                    && !pending
-                    && state.last_active.get() + deadlines.idle <= Instant::now()
-                {
-                    return state.request(Action::Graceful);
-                }
-            }
-        }
-    }
-}
-
 /// The downstream byte stream, noting when bytes arrive between requests (the start of
-/// the next request head) for the watcher's head deadline. One flag write per read; no
+/// the next request head) for the watch's head deadline. One flag write per read; no
 /// clock read, no timer.
 pub(crate) struct HeadWatch<IO> {
     io: IO,
@@ -505,7 +354,7 @@ impl<IO: tokio::io::AsyncRead + Unpin> HeadWatch<IO> {
     /// Waits for the next bytes of a connection that gave its buffers back, and keeps
     /// them for the next reads; false at end of stream. The read buffer is taken only
     /// once the socket is readable, so a waiting connection holds none. The bytes are
-    /// the start of a request head, as far as the watcher's head deadline is concerned.
+    /// the start of a request head, as far as the watch's head deadline is concerned.
     async fn read_first(&mut self) -> std::io::Result<bool>
     where
         IO: ReadReady,

@@ -202,6 +202,26 @@ async fn max_connections_refuses_the_excess() {
     .await;
 }
 
+/// Sends the start of a request head, then a byte every 100 ms, until the proxy closes
+/// the connection; returns how long that took. Panics if the request is answered or
+/// the connection is still open after `give_up`.
+async fn trickle_head_until_cut(slow: &mut TcpStream, give_up: Duration) -> Duration {
+    let mut buf = [0u8; 1024];
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    let started = Instant::now();
+    loop {
+        if slow.write_all(b"a").await.is_err() {
+            return started.elapsed();
+        }
+        match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => panic!("the trickled request was answered"),
+            Err(_) => {}
+        }
+        assert!(started.elapsed() < give_up, "trickling head not cut within {give_up:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_later_trickling_head_is_cut_but_an_idle_keepalive_connection_is_not() {
     bounded(30, async {
@@ -229,24 +249,40 @@ async fn a_later_trickling_head_is_cut_but_an_idle_keepalive_connection_is_not()
         slow.write_all(get).await.unwrap();
         let n = slow.read(&mut buf).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
-        let started = Instant::now();
-        let closed_after = loop {
-            if slow.write_all(b"a").await.is_err() {
-                break started.elapsed();
-            }
-            match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
-                Ok(Ok(_)) => panic!("the trickled request was answered"),
-                Err(_) => {}
-            }
-            assert!(started.elapsed() < Duration::from_secs(4), "trickling head never cut");
-        };
+        let closed_after = trickle_head_until_cut(&mut slow, Duration::from_secs(4)).await;
         assert!(
             closed_after >= Duration::from_millis(400) && closed_after < Duration::from_millis(1600),
             "cut after {closed_after:?}"
         );
         assert!(proxy.metric("tandem_listener_header_timeouts_total{listener=\"web\"}") >= 1.0);
+    })
+    .await;
+}
+
+/// The head deadline of a later request holds whatever else the connection's deadlines
+/// do: with a head period longer than the idle release's, a trickling head is cut
+/// within two head periods, not at the (much later) idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_trickling_head_is_cut_at_the_head_deadline_not_the_idle_one() {
+    bounded(30, async {
+        let b = Backend::start("b").await;
+        let proxy = Proxy::start_with(&body_for(&b), "header_read_timeout = \"1500ms\"\nidle_timeout = \"20s\"");
+        let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut buf = [0u8; 1024];
+        // Right after a response, and after an idle spell long enough for a release.
+        for pause in [Duration::ZERO, Duration::from_millis(1200)] {
+            let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
+            slow.write_all(get).await.unwrap();
+            let n = slow.read(&mut buf).await.unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+            tokio::time::sleep(pause).await;
+            let closed_after = trickle_head_until_cut(&mut slow, Duration::from_secs(6)).await;
+            assert!(
+                closed_after >= Duration::from_millis(1300) && closed_after < Duration::from_millis(3600),
+                "cut after {closed_after:?} (pause {pause:?})"
+            );
+        }
+        assert!(proxy.metric("tandem_listener_header_timeouts_total{listener=\"web\"}") >= 2.0);
     })
     .await;
 }
