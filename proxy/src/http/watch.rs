@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 use tokio::sync::Notify;
 
-use crate::http::conn::{Action, ConnState};
 use crate::config::ListenerConfig;
+use crate::http::conn::{Action, ConnState};
 use crate::shared::Shared;
 
 /// An HTTP/1.1 connection idle this long (up to twice this long: it is looked at once
@@ -135,7 +135,9 @@ impl ConnWatch {
             self.fire(Instant::now());
             let next = self.due.borrow().peek().map(|Reverse((at, _, _))| *at);
             // With nothing due, any look scheduled wakes the task.
-            self.armed.set(Some(next.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400))));
+            self.armed.set(Some(
+                next.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
+            ));
             tokio::select! {
                 _ = shutdown.wait_for(|d| *d) => return self.drain(),
                 r = phase.changed(), if phase_open => phase_open = r.is_ok(),
@@ -163,7 +165,9 @@ impl ConnWatch {
                 continue;
             };
             // Never due again within this call: each look moves a connection on.
-            let next = self.look(&state, now, true).map(|t| t.max(now + Duration::from_millis(1)));
+            let next = self
+                .look(&state, now, true)
+                .map(|t| t.max(now + Duration::from_millis(1)));
             self.schedule(&state, next);
         }
     }
@@ -197,20 +201,38 @@ impl ConnWatch {
         }
     }
 
+    /// The connections still looked at (not yet asked to close), taken out of the slab
+    /// so that looking at them may change it.
+    fn looked_at(&self) -> Vec<Rc<ConnState>> {
+        let conns = self.conns.borrow();
+        conns
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.watch.next.get().is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Counts a request head that did not arrive in time.
+    fn header_timeout(&self, state: &ConnState) {
+        self.shared.listeners[state.listener]
+            .1
+            .header_timeouts
+            .fetch_add(1, Relaxed);
+    }
+
     /// Maintenance began or ended: every watched connection is looked at.
     fn look_at_all(&self) {
-        let all: Vec<Rc<ConnState>> = self.conns.borrow().iter().map(|(_, s)| s.clone()).collect();
         let now = Instant::now();
-        for state in all.iter().filter(|s| s.watch.next.get().is_some()) {
-            self.reschedule(state, now);
+        for state in self.looked_at() {
+            self.reschedule(&state, now);
         }
     }
 
     /// The process drains: every watched connection finishes its exchange and closes.
     fn drain(&self) {
         self.draining.set(true);
-        let all: Vec<Rc<ConnState>> = self.conns.borrow().iter().map(|(_, s)| s.clone()).collect();
-        for state in all.iter().filter(|s| s.watch.next.get().is_some()) {
+        for state in self.looked_at() {
             state.watch.next.set(None);
             state.request(Action::Graceful);
         }
@@ -249,7 +271,7 @@ impl ConnWatch {
             if fired {
                 if requests == 0 {
                     // Nothing complete arrived in time (slowloris or an idle opener).
-                    self.shared.listeners[state.listener].1.header_timeouts.fetch_add(1, Relaxed);
+                    self.header_timeout(state);
                     state.request(Action::Abort);
                     return None;
                 }
@@ -257,7 +279,7 @@ impl ConnWatch {
                     w.head_seen_at.set(None);
                 } else if w.head_seen_at.get() == Some(requests) {
                     // A later request's head has been trickling in for a whole period.
-                    self.shared.listeners[state.listener].1.header_timeouts.fetch_add(1, Relaxed);
+                    self.header_timeout(state);
                     state.request(Action::Abort);
                     return None;
                 } else {

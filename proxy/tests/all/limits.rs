@@ -202,6 +202,16 @@ async fn max_connections_refuses_the_excess() {
     .await;
 }
 
+/// A keep-alive connection to `addr` whose first request was answered.
+async fn answered_keep_alive(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    s
+}
+
 /// Sends the start of a request head, then a byte every 100 ms, until the proxy closes
 /// the connection; returns how long that took. Panics if the request is answered or
 /// the connection is still open after `give_up`.
@@ -245,10 +255,7 @@ async fn a_later_trickling_head_is_cut_but_an_idle_keepalive_connection_is_not()
         );
 
         // A second request whose head trickles in is cut within two head periods.
-        let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
-        slow.write_all(get).await.unwrap();
-        let n = slow.read(&mut buf).await.unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        let mut slow = answered_keep_alive(proxy.addr).await;
         let closed_after = trickle_head_until_cut(&mut slow, Duration::from_secs(4)).await;
         assert!(
             closed_after >= Duration::from_millis(400) && closed_after < Duration::from_millis(1600),
@@ -266,15 +273,13 @@ async fn a_later_trickling_head_is_cut_but_an_idle_keepalive_connection_is_not()
 async fn a_later_trickling_head_is_cut_at_the_head_deadline_not_the_idle_one() {
     bounded(30, async {
         let b = Backend::start("b").await;
-        let proxy = Proxy::start_with(&body_for(&b), "header_read_timeout = \"1500ms\"\nidle_timeout = \"20s\"");
-        let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        let mut buf = [0u8; 1024];
+        let proxy = Proxy::start_with(
+            &body_for(&b),
+            "header_read_timeout = \"1500ms\"\nidle_timeout = \"20s\"",
+        );
         // Right after a response, and after an idle spell long enough for a release.
         for pause in [Duration::ZERO, Duration::from_millis(1200)] {
-            let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
-            slow.write_all(get).await.unwrap();
-            let n = slow.read(&mut buf).await.unwrap();
-            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+            let mut slow = answered_keep_alive(proxy.addr).await;
             tokio::time::sleep(pause).await;
             let closed_after = trickle_head_until_cut(&mut slow, Duration::from_secs(6)).await;
             assert!(
