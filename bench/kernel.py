@@ -43,6 +43,10 @@ SYSCALLS = ["read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg",
             "epoll_pwait", "epoll_ctl", "futex", "io_uring_enter", "splice", "accept4", "close", "getsockopt",
             "setsockopt", "clock_gettime", "connect"]
 
+# Loopback packets the proxy's context puts on the wire (its sends, and the ACKs its
+# receives cause), and the times a socket's data-ready callback runs in its context.
+PACKETS = {"net:net_dev_xmit": "packets", "sock:sk_data_ready": "data_ready"}
+
 
 def perf_works():
     if not shutil.which("perf"):
@@ -81,7 +85,8 @@ def measure(name, binary, tmp, row, seconds, perf):
         pids = tree(p.pid)
         counter = None
         if perf:
-            events = ",".join(["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{s}" for s in SYSCALLS])
+            events = ",".join(["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{s}" for s in SYSCALLS]
+                              + list(PACKETS))
             counter = subprocess.Popen(["perf", "stat", "-x,", "-e", events, "-p", ",".join(map(str, pids)),
                                         "--", "sleep", str(seconds + 1)], stderr=subprocess.PIPE, text=True)
             time.sleep(0.5)
@@ -96,8 +101,9 @@ def measure(name, binary, tmp, row, seconds, perf):
             for line in counter.communicate()[1].splitlines():
                 parts = line.split(",")
                 if len(parts) > 2 and parts[0].isdigit():
-                    out[parts[2].replace("syscalls:sys_enter_", "").replace("raw_syscalls:sys_enter", "syscalls")] = \
-                        int(parts[0]) / n
+                    key = PACKETS.get(parts[2]) or \
+                        parts[2].replace("syscalls:sys_enter_", "").replace("raw_syscalls:sys_enter", "syscalls")
+                    out[key] = int(parts[0]) / n
         return out
     finally:
         l7.stop(p)
@@ -110,6 +116,8 @@ def main():
     ap.add_argument("--rows", default="h1,l4", help="comma-separated: " + ", ".join(ROWS))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--no-perf", action="store_true",
+                    help="CPU split only: perf's tracepoints add kernel time of their own")
     args = ap.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     if any(r not in ROWS for r in rows):
@@ -119,8 +127,8 @@ def main():
             sys.exit(f"{tool} is missing; run bench/run.sh, which installs it")
     if not os.path.exists(compare.NGINX_STREAM):
         sys.exit(f"{compare.NGINX_STREAM} is missing: apt-get install libnginx-mod-stream")
-    perf = perf_works()
-    if not perf:
+    perf = not args.no_perf and perf_works()
+    if not perf and not args.no_perf:
         print("perf cannot read the syscall tracepoints here: CPU split only", file=sys.stderr)
     names = ["tandem"] + (["baseline"] if args.baseline else []) + ["haproxy", "nginx"]
     tmp = tempfile.mkdtemp(prefix="tandem-kernel-")
@@ -147,7 +155,7 @@ def main():
         keys = ["user_us", "sys_us"]
         if perf:
             seen = {k for runs in results[row].values() for r in runs for k, v in r.items() if v >= 0.01}
-            keys += ["syscalls"] + [s for s in SYSCALLS if s in seen]
+            keys += ["syscalls"] + [s for s in SYSCALLS if s in seen] + [k for k in PACKETS.values() if k in seen]
         print(f"  {'':<14}" + "".join(f"{n:>10}" for n in names))
         for k in keys:
             label = {"user_us": "user µs", "sys_us": "kernel µs"}.get(k, k)
