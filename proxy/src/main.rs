@@ -12,7 +12,9 @@ use tandem_proxy::server::Server;
 use tandem_proxy::shared::{ConfigSource, Loaded};
 use tandem_proxy::{demo, server};
 
-/// mimalloc (see `tandem_proxy::allocator`).
+/// mimalloc (see `tandem_proxy::allocator`); the `system-alloc` feature leaves the
+/// system allocator in place for heap profilers.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: tandem_proxy::allocator::Allocator = tandem_proxy::allocator::Allocator;
 
