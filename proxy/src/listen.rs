@@ -12,7 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
 use crate::config::ListenerConfig;
-use crate::shared::Shared;
+use crate::shared::{OpenConn, Shared};
 use crate::syn_gate::SynGate;
 use crate::upstream::Pool;
 
@@ -232,16 +232,6 @@ fn set_gate(gate: Option<&SynGate>, listener: &TcpListener, close: bool, name: &
     }
 }
 
-/// Counts a downstream connection open (listener and process) until dropped.
-struct OpenConn<'a>(&'a ListenerStats, &'a crate::shared::Shared);
-
-impl Drop for OpenConn<'_> {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
-        self.1.connections.fetch_sub(1, Relaxed);
-    }
-}
-
 /// Takes an accepted connection through its listener's front stages — a PROXY protocol
 /// header from a trusted source, then TLS or L4 — and serves it.
 pub(crate) async fn accept(
@@ -251,9 +241,8 @@ pub(crate) async fn accept(
     peer: SocketAddr,
     stats: Arc<ListenerStats>,
 ) {
-    let shared = worker.shared.clone();
-    shared.connections.fetch_add(1, Relaxed);
-    let _open = OpenConn(&stats, &shared);
+    let open = OpenConn::new(stats, worker.shared.clone());
+    let (stats, shared) = (&open.stats, &open.shared);
     let lcfg = &worker.listeners[idx];
     let mut client = peer;
     let mut local = stream.local_addr().unwrap_or(peer);
@@ -277,14 +266,14 @@ pub(crate) async fn accept(
     // plain HTTP connection's task is the size of its own path only.
     if lcfg.protocol == crate::config::ListenerProtocol::Tcp {
         let origin = crate::upstream::Origin { client, local };
-        Box::pin(crate::l4::serve(&worker, idx, stream, origin, &rt, &stats)).await;
+        Box::pin(crate::l4::serve(&worker, idx, stream, origin, &rt, stats)).await;
         return;
     }
     // HTTP answers leave with the worker's send batch (see `send_batch`).
     let stream = crate::send_batch::BatchedStream::new(stream);
     match &rt.listener_tls[idx] {
-        None => serve(&worker, idx, stream, client, local, None, false, &stats).await,
-        Some(cfg) => Box::pin(serve_tls(&worker, idx, stream, cfg, client, local, &stats)).await,
+        None => serve(&worker, idx, stream, client, local, None, false, open).await,
+        Some(cfg) => Box::pin(serve_tls(&worker, idx, stream, cfg, client, local, open)).await,
     }
 }
 
@@ -296,9 +285,9 @@ async fn serve_tls(
     cfg: &Arc<rustls::ServerConfig>,
     client: SocketAddr,
     local: SocketAddr,
-    stats: &Arc<ListenerStats>,
+    open: OpenConn,
 ) {
-    let lcfg = &worker.listeners[idx];
+    let (lcfg, stats) = (&worker.listeners[idx], &open.stats);
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
     let tls = match tokio::time::timeout(lcfg.header_read_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
@@ -330,5 +319,5 @@ async fn serve_tls(
     if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
         stats.tls_resumed.fetch_add(1, Relaxed);
     }
-    serve(worker, idx, tls, client, local, Some(info), h2, stats).await
+    serve(worker, idx, tls, client, local, Some(info), h2, open).await
 }

@@ -287,11 +287,24 @@ impl BatchedStream {
 pub(crate) trait ReadReady {
     /// Ready once a read would not block (bytes, end of stream or an error).
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// The connection goes idle and its serving task ends: let go of that task's waker
+    /// (a waker keeps its task's memory) and of write-queue capacity, when nothing is
+    /// queued. The next write takes both again.
+    fn shed(&mut self);
 }
 
 impl ReadReady for BatchedStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.sock.poll_read_ready(cx)
+    }
+
+    fn shed(&mut self) {
+        let mut s = self.out.lock();
+        if s.buf.is_empty() && !s.queued && !s.stalled {
+            s.buf = Vec::new();
+            s.waker = None;
+        }
     }
 }
 
@@ -504,6 +517,30 @@ mod tests {
             let mut got = vec![0u8; 10_005];
             r.read_exact(&mut got).await.unwrap();
             assert_eq!(&got[10_000..], b"small");
+        });
+    }
+
+    /// An idle connection's stream lets go of its task's waker and its queue's capacity
+    /// once everything is sent (not while bytes wait), and writes as before afterwards.
+    #[test]
+    fn a_shed_stream_holds_no_waker_and_no_capacity_and_still_writes() {
+        on_worker(true, async {
+            let (mut w, mut r) = pair(false).await;
+            w.write_all(b"answer").await.unwrap();
+            w.shed();
+            assert!(w.out.lock().waker.is_some(), "bytes still queued: nothing is shed");
+            tokio::task::yield_now().await;
+            assert_eq!(queued(&w), 0);
+            w.shed();
+            {
+                let s = w.out.lock();
+                assert!(s.waker.is_none() && s.buf.capacity() == 0);
+            }
+            w.write_all(b" again").await.unwrap();
+            tokio::task::yield_now().await;
+            let mut got = [0u8; 12];
+            r.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"answer again");
         });
     }
 

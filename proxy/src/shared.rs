@@ -189,3 +189,29 @@ impl Shared {
         self.phase.get() == NodePhase::Serving && self.workers_ready.load(Relaxed) == self.workers
     }
 }
+
+/// Counts a downstream connection open (its listener's and the process's count) until
+/// dropped. Owned, so it moves with the connection from task to task: an idle HTTP/1.1
+/// connection is served by a new task once its next bytes arrive (`http::serve`).
+pub(crate) struct OpenConn {
+    /// The connection's listener's counters.
+    pub(crate) stats: Arc<ListenerStats>,
+    /// The node, whose open-connection count drain waits on.
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl OpenConn {
+    /// Counts a connection its listener already counted as active (the accept loop
+    /// does, to enforce `max_connections`) open in the process too.
+    pub(crate) fn new(stats: Arc<ListenerStats>, shared: Arc<Shared>) -> OpenConn {
+        shared.connections.fetch_add(1, Relaxed);
+        OpenConn { stats, shared }
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.stats.active.fetch_sub(1, Relaxed);
+        self.shared.connections.fetch_sub(1, Relaxed);
+    }
+}

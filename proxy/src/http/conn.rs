@@ -45,8 +45,9 @@ pub(crate) struct ConnState {
     /// Where an HTTP/1.1 upgrade's tunnel waits for the client's byte stream: set with
     /// the 101 (or CONNECT's 2xx), taken when hyper has sent it.
     pub(crate) upgrade: RefCell<Option<tokio::sync::oneshot::Sender<DownstreamTunnel>>>,
-    /// TLS facts when the listener terminates TLS.
-    pub tls: Option<TlsInfo>,
+    /// TLS facts when the listener terminates TLS (boxed: a plain connection keeps a
+    /// pointer, not the room of the facts, for its whole life).
+    pub tls: Option<Box<TlsInfo>>,
     /// Process-unique connection number (`connection.id` for filters).
     pub id: u64,
     /// The connection's facts for filters, made by the first filtered request.

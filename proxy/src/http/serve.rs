@@ -28,12 +28,14 @@ use crate::http::conn::ConnState;
 use crate::http::conn::HeadFlags;
 use crate::http::conn::TlsInfo;
 use crate::send_batch::ReadReady;
+use crate::shared::OpenConn;
 use crate::stats::ListenerStats;
 use crate::upstream::BoxError;
 use crate::worker::Worker;
 
-/// Serves HTTP on one (possibly TLS) connection until it closes. `h2` says ALPN chose
-/// HTTP/2 (h2c with prior knowledge is detected from the preface instead).
+/// Serves HTTP on one (possibly TLS) connection until it closes, or until an idle
+/// HTTP/1.1 connection parks and other tasks take it over ([`serve_http1`]). `h2` says
+/// ALPN chose HTTP/2 (h2c with prior knowledge is detected from the preface instead).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve<IO>(
     worker: &Rc<Worker>,
@@ -43,14 +45,14 @@ pub(crate) async fn serve<IO>(
     local: SocketAddr,
     tls: Option<TlsInfo>,
     h2: bool,
-    stats: &Arc<ListenerStats>,
+    open: OpenConn,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
     let lcfg = &worker.listeners[idx];
     let state = Rc::new(ConnState {
         id: worker.shared.conn_ids.fetch_add(1, Relaxed),
-        tls,
+        tls: tls.map(Box::new),
         local,
         client: peer,
         listener: idx,
@@ -70,7 +72,7 @@ pub(crate) async fn serve<IO>(
 
     // Deadlines, drain and maintenance are the worker's watch's: it flags an action
     // and wakes this task, which only polls hyper.
-    let _watched = crate::http::watch::watch(&state);
+    let watched = crate::http::watch::watch(&state);
     let mut io = HeadWatch {
         io,
         flags: state.head.clone(),
@@ -88,39 +90,55 @@ pub(crate) async fn serve<IO>(
         h2
     };
     state.watch.set_http1(!h2);
-    let (w, st) = (worker.clone(), state.clone());
-    // Each request's future (a few KiB) is built in a heap slot that lives as long as
-    // the request: hyper keeps room for one service future per HTTP/1.1 connection for
-    // the connection's whole life, idle keep-alive included, and HTTP/2 moves it into a
-    // task per stream. In a slot, both keep and move a pointer; the worker reuses the
-    // slots of finished requests.
-    let svc = service_fn(move |req| {
-        crate::inplace::recycle_in_place(|| crate::http::request::handle(w.clone(), st.clone(), req))
-    });
-    // The connection task keeps the room of its largest state for its whole life, so
-    // hyper's connection (either protocol) is boxed.
-    let result = if h2 {
-        let mut builder = http2::Builder::new(LocalExec);
-        builder
-            .timer(TokioTimer::new())
-            .max_header_list_size(lcfg.max_header_bytes as u32)
-            .max_concurrent_streams(256);
-        let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), svc));
-        drive(&state, conn.as_mut()).await
-    } else {
-        // No hyper header-read timer: it would cost a timer per request and also cut
-        // idle keep-alive connections at `header_read_timeout`; the watch keeps the
-        // deadlines.
-        let mut builder = http1::Builder::new();
-        builder
-            .max_buf_size(lcfg.max_header_bytes)
-            .max_headers(lcfg.max_headers)
-            .keep_alive(true)
-            .writev(false);
-        serve_http1(&state, &builder, io, svc, stats).await
+    let conn = Served {
+        worker: worker.clone(),
+        state,
+        open,
+        _watched: watched,
     };
-    if let Err(e) = result {
-        classify(&e, stats);
+    if !h2 {
+        return serve_http1(conn, io).await;
+    }
+    // The connection task keeps the room of its largest state for its whole life, so
+    // hyper's connection is boxed.
+    let mut builder = http2::Builder::new(LocalExec);
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(lcfg.max_header_bytes as u32)
+        .max_concurrent_streams(256);
+    let mut hyper_conn = Box::pin(builder.serve_connection(TokioIo::new(io), conn.service()));
+    if let Err(e) = drive(&conn.state, hyper_conn.as_mut()).await {
+        classify(&e, &conn.open.stats);
+    }
+}
+
+/// What an HTTP connection owns whichever task serves it: an idle HTTP/1.1 connection
+/// moves to a small task of its own while it waits for its next bytes, and back to a
+/// new serving task when they arrive ([`serve_http1`]).
+struct Served {
+    worker: Rc<Worker>,
+    state: Rc<ConnState>,
+    /// Counts the connection open until it closes.
+    open: OpenConn,
+    /// Keeps the connection in the worker's watch until it closes.
+    _watched: crate::http::watch::Watched,
+}
+
+impl Served {
+    /// The request handler as hyper's service. Each request's future (a few KiB) is
+    /// built in a heap slot that lives as long as the request: hyper keeps room for one
+    /// service future per HTTP/1.1 connection for the connection's whole life, and
+    /// HTTP/2 moves it into a task per stream. In a slot, both keep and move a pointer;
+    /// the worker reuses the slots of finished requests.
+    fn service(
+        &self,
+    ) -> impl hyper::service::HttpService<Incoming, ResBody = ProxyBody, Error = std::convert::Infallible, Future: Unpin>
+           + Unpin
+           + 'static {
+        let (w, st) = (self.worker.clone(), self.state.clone());
+        service_fn(move |req| {
+            crate::inplace::recycle_in_place(|| crate::http::request::handle(w.clone(), st.clone(), req))
+        })
     }
 }
 
@@ -153,83 +171,121 @@ where
 /// How long a closing connection may take to send its TLS close_notify and FIN.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
-/// Serves HTTP/1.1 until the connection closes or is upgraded.
+/// Serves HTTP/1.1 until the connection closes, is upgraded, or parks.
 ///
 /// When the watch finds the connection idle for [`RELEASE_IDLE_AFTER`](crate::http::watch::RELEASE_IDLE_AFTER) and nothing
 /// of an exchange is in progress ([`ConnState::between_messages`]), hyper's connection
-/// is taken apart (its buffers, its cached header map) and the byte stream waits on its
-/// own for the next bytes, which a fresh hyper connection then reads first. An upgrade
-/// (101, or 2xx to CONNECT) hands the byte stream, with any bytes hyper read past the
-/// request, to the tunnel waiting in [`ConnState::upgrade`].
-async fn serve_http1<IO, S>(
-    state: &ConnState,
-    builder: &http1::Builder,
-    mut io: HeadWatch<IO>,
-    mut svc: S,
-    stats: &ListenerStats,
-) -> Result<(), hyper::Error>
+/// is taken apart (its buffers, its cached header map) and the connection parks: a
+/// small task of its own waits for the next bytes ([`parked`]) and this one ends, for a
+/// task keeps the room of its largest state (most of a KiB here) for its whole life.
+/// The next bytes start a new serving task, whose fresh hyper connection reads them
+/// first. An upgrade (101, or 2xx to CONNECT) hands the byte stream, with any bytes
+/// hyper read past the request, to the tunnel waiting in [`ConnState::upgrade`].
+async fn serve_http1<IO>(conn: Served, mut io: HeadWatch<IO>)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Unpin,
-    S::Future: Unpin,
-    S::Error: Into<BoxError>,
 {
-    use tokio::io::AsyncWriteExt;
+    let state = &*conn.state;
+    let lcfg = &conn.worker.listeners[state.listener];
+    let mut svc = conn.service();
     loop {
         // Boxed: in the task, hyper's connection would keep its room (most of a KiB)
-        // while a released connection waits; this costs an allocation per rebuild.
-        let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), svc));
-        let end = drive_http1(state, &mut conn).await;
+        // while a closing connection shuts down; this costs an allocation per rebuild.
+        // The builder is a temporary, so it takes no room in the task either.
+        let mut hyper_conn = Box::new(http1_builder(lcfg).serve_connection(TokioIo::new(io), svc));
+        let end = drive_http1(state, &mut hyper_conn).await;
         let http1::Parts {
             io: tokio_io,
             read_buf,
             service,
             ..
-        } = conn.into_parts();
+        } = hyper_conn.into_parts();
         (io, svc) = (tokio_io.into_inner(), service);
         // Bytes hyper read and did not parse are read again first. An empty `read_buf`
-        // still owns hyper's whole read buffer: it goes now, not after the wait below.
+        // still owns hyper's whole read buffer: it goes now, not with the connection.
         if read_buf.is_empty() {
             drop(read_buf);
         } else {
             io.first = read_buf;
         }
         match end {
-            Http1End::Aborted => return Ok(()),
-            Http1End::Closed(Err(e)) => return Err(e),
+            Http1End::Aborted => return,
+            Http1End::Closed(Err(e)) => return classify(&e, &conn.open.stats),
             Http1End::Closed(Ok(())) => {
                 if let Some(tunnel) = state.upgrade.borrow_mut().take() {
                     let _ = tunnel.send(Box::new(io));
-                    return Ok(());
+                    return;
                 }
-                let _ = tokio::time::timeout(SHUTDOWN_WAIT, io.shutdown()).await;
-                return Ok(());
+                return shut_down(&mut io).await;
             }
             Http1End::Release => {
-                stats.idle_releases.fetch_add(1, Relaxed);
+                conn.open.stats.idle_releases.fetch_add(1, Relaxed);
                 if !io.first.is_empty() {
                     continue;
                 }
-                state.released.set(true);
-                let next = until_action(state, io.read_first()).await;
-                state.released.set(false);
-                match next {
-                    // The next request's first bytes: the watch looks again (the head
-                    // deadline, the next release).
-                    Some(Ok(true)) => crate::http::watch::look_now(state),
-                    // The client closed, or the socket failed.
-                    Some(Ok(false) | Err(_)) => return Ok(()),
-                    // Idle timeout, drain, maintenance: an idle connection just closes.
-                    None => {
-                        if state.action.get() == Action::Graceful {
-                            let _ = tokio::time::timeout(SHUTDOWN_WAIT, io.shutdown()).await;
-                        }
-                        return Ok(());
-                    }
+                drop(svc);
+                io.io.shed();
+                tokio::task::spawn_local(parked(conn, io));
+                return;
+            }
+        }
+    }
+}
+
+/// A parked HTTP/1.1 connection: no hyper connection, no buffer, and a task only as
+/// large as the wait for readability. Its next bytes start a new [`serve_http1`] task;
+/// the end of the stream, a socket error or the watch (idle timeout, drain,
+/// maintenance) close it.
+///
+/// A function returning an async block rather than an async fn: an async fn keeps a
+/// second copy of its arguments in its state, and this state is what every parked
+/// connection holds.
+fn parked<IO>(conn: Served, mut io: HeadWatch<IO>) -> impl Future<Output = ()> + 'static
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
+{
+    async move {
+        let state = &*conn.state;
+        state.released.set(true);
+        let next = until_action(state, io.read_first()).await;
+        state.released.set(false);
+        match next {
+            // The next request's first bytes: the watch looks again (the head deadline,
+            // the next release), and a serving task takes the connection over.
+            Some(Ok(true)) => {
+                crate::http::watch::look_now(state);
+                tokio::task::spawn_local(serve_http1(conn, io));
+            }
+            // The client closed, or the socket failed.
+            Some(Ok(false) | Err(_)) => {}
+            // Idle timeout, drain, maintenance: an idle connection just closes. Boxed: the
+            // timer would otherwise take room in every parked connection's task.
+            None => {
+                if state.action.get() == Action::Graceful {
+                    Box::pin(shut_down(&mut io)).await;
                 }
             }
         }
     }
+}
+
+/// hyper's HTTP/1.1 settings for a listener. No hyper header-read timer: it would cost
+/// a timer per request and also cut idle keep-alive connections at
+/// `header_read_timeout`; the watch keeps the deadlines.
+fn http1_builder(lcfg: &crate::config::ListenerConfig) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .max_buf_size(lcfg.max_header_bytes)
+        .max_headers(lcfg.max_headers)
+        .keep_alive(true)
+        .writev(false);
+    builder
+}
+
+/// Closes the byte stream (TLS close_notify, FIN), waiting at most [`SHUTDOWN_WAIT`].
+async fn shut_down<IO: tokio::io::AsyncWrite + Unpin>(io: &mut IO) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(SHUTDOWN_WAIT, io.shutdown()).await;
 }
 
 /// How one hyper HTTP/1.1 connection stopped being polled.
@@ -385,6 +441,10 @@ impl<IO: ReadReady> ReadReady for tokio_rustls::server::TlsStream<IO> {
     /// plaintext left in the TLS session.
     fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
         self.get_ref().0.poll_read_ready(cx)
+    }
+
+    fn shed(&mut self) {
+        self.get_mut().0.shed();
     }
 }
 

@@ -326,6 +326,55 @@ async fn idle_keep_alive_connections_give_their_buffers_back_and_keep_serving() 
     .await;
 }
 
+const ACTIVE: &str = "tandem_listener_connections_active{listener=\"web\"}";
+
+/// A released connection waits for its next bytes in a task of its own while the task
+/// that served it ends: it must still count as open (drain waits for it, and
+/// `max_connections` counts it), and drain must close it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_counts_as_open_and_closes_at_once_on_drain() {
+    bounded(30, async {
+        let b = special_backend().await;
+        let body = format!("[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{b}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n");
+        let mut proxy = Proxy::start(&body);
+        let get = b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut parked = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let mut other = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        for s in [&mut parked, &mut other] {
+            s.write_all(get).await.unwrap();
+            let r = read_to(s, b"0\r\n\r\n", 1).await;
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        }
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert_eq!(proxy.metric(RELEASES), 2.0);
+        assert_eq!(proxy.metric(ACTIVE), 2.0, "parked connections are open");
+        // One wakes, is served by a new task, and parks again; the other closes.
+        other.write_all(get).await.unwrap();
+        let r = read_to(&mut other, b"0\r\n\r\n", 1).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        drop(other);
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert_eq!(proxy.metric(ACTIVE), 1.0, "a closed parked connection is no longer counted");
+
+        // Drain closes the parked connection at once, and with nothing left counted open
+        // the process exits well before the 30 s drain deadline.
+        let t = Instant::now();
+        proxy.signal("TERM");
+        let (rest, closed) = read_until(&mut parked, 1).await;
+        assert!(closed && rest.is_empty(), "{rest:?}");
+        assert!(t.elapsed() < Duration::from_secs(2), "closed after {:?}", t.elapsed());
+        loop {
+            if let Some(status) = proxy.child.try_wait().unwrap() {
+                assert!(status.success(), "exit status {status:?}");
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "did not exit after drain");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_mid_message_keeps_its_buffers_however_long_it_waits() {
     bounded(30, async {
