@@ -240,6 +240,7 @@ where
 /// A function returning an async block rather than an async fn: an async fn keeps a
 /// second copy of its arguments in its state, and this state is what every parked
 /// connection holds.
+#[allow(clippy::manual_async_fn)]
 fn parked<IO>(conn: Served, mut io: HeadWatch<IO>) -> impl Future<Output = ()> + 'static
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
