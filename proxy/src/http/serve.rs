@@ -223,7 +223,6 @@ where
                 if !io.first.is_empty() {
                     continue;
                 }
-                drop(svc);
                 io.io.shed();
                 tokio::task::spawn_local(parked(conn, io));
                 return;

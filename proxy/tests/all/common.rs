@@ -293,6 +293,19 @@ impl Proxy {
         }
     }
 
+    /// Waits until the process exits by itself, at most until `deadline`; its status
+    /// must say success.
+    pub async fn exits_cleanly_by(&mut self, deadline: Instant) {
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit status {status:?}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "did not exit after drain");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn metrics(&self) -> String {
         tandem_proxy::control::ctl::call(self.admin, None, "GET", "/metrics")
             .unwrap()

@@ -117,15 +117,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
         let r = inflight.await.unwrap().unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.headers["connection"], "close");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(status) = proxy.child.try_wait().unwrap() {
-                assert!(status.success(), "exit status {status:?}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "did not exit after drain");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        proxy.exits_cleanly_by(Instant::now() + Duration::from_secs(5)).await;
     })
     .await;
 }

@@ -94,7 +94,7 @@ pub(crate) async fn special_backend() -> std::net::SocketAddr {
 async fn websocket_and_connect_are_tunnelled_both_ways() {
     bounded(30, async {
         let b = special_backend().await;
-        let body = format!("[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{b}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n");
+        let body = one_route_to(b);
         let proxy = Proxy::start(&body);
         // WebSocket handshake, then raw bytes both ways.
         let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
@@ -265,17 +265,24 @@ async fn read_to(s: &mut tokio::net::TcpStream, end: &[u8], times: usize) -> Str
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// One route to one cluster with a single endpoint, `b`.
+fn one_route_to(b: std::net::SocketAddr) -> String {
+    format!("[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{b}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n")
+}
+
+/// A request the special backend answers with a small chunked body.
+const GET_PLAIN: &[u8] = b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n";
+
 const RELEASES: &str = "tandem_listener_idle_releases_total{listener=\"web\"}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_give_their_buffers_back_and_keep_serving() {
     bounded(30, async {
         let b = special_backend().await;
-        let body = format!("[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{b}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n");
+        let body = one_route_to(b);
         let proxy = Proxy::start(&body);
-        let get = b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n";
         let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        s.write_all(get).await.unwrap();
+        s.write_all(GET_PLAIN).await.unwrap();
         let r = read_to(&mut s, b"0\r\n\r\n", 1).await;
         assert!(r.starts_with("HTTP/1.1 200") && r.contains("plain"), "{r}");
         assert_eq!(proxy.metric(RELEASES), 0.0, "released while busy");
@@ -284,7 +291,7 @@ async fn idle_keep_alive_connections_give_their_buffers_back_and_keep_serving() 
         tokio::time::sleep(Duration::from_millis(1300)).await;
         assert_eq!(proxy.metric(RELEASES), 1.0);
         // Two pipelined requests in one write wake it; both are answered.
-        s.write_all(&[&get[..], &get[..]].concat()).await.unwrap();
+        s.write_all(&[GET_PLAIN, GET_PLAIN].concat()).await.unwrap();
         let r = read_to(&mut s, b"0\r\n\r\n", 2).await;
         assert_eq!(r.matches("HTTP/1.1 200").count(), 2, "{r}");
 
@@ -315,12 +322,16 @@ async fn idle_keep_alive_connections_give_their_buffers_back_and_keep_serving() 
         // A connection released while idle still closes at idle_timeout.
         let quick = Proxy::start_with(&body, "idle_timeout = \"1s\"");
         let mut s = tokio::net::TcpStream::connect(quick.addr).await.unwrap();
-        s.write_all(get).await.unwrap();
+        s.write_all(GET_PLAIN).await.unwrap();
         read_to(&mut s, b"0\r\n\r\n", 1).await;
         let t = Instant::now();
         let (rest, closed) = read_until(&mut s, 1).await;
         assert!(closed && rest.is_empty(), "{rest:?}");
-        assert!(t.elapsed() < Duration::from_millis(2500), "closed after {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(2500),
+            "closed after {:?}",
+            t.elapsed()
+        );
         assert_eq!(quick.metric(RELEASES), 1.0);
     })
     .await;
@@ -335,13 +346,12 @@ const ACTIVE: &str = "tandem_listener_connections_active{listener=\"web\"}";
 async fn a_parked_connection_counts_as_open_and_closes_at_once_on_drain() {
     bounded(30, async {
         let b = special_backend().await;
-        let body = format!("[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{b}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n");
+        let body = one_route_to(b);
         let mut proxy = Proxy::start(&body);
-        let get = b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n";
         let mut parked = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
         let mut other = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
         for s in [&mut parked, &mut other] {
-            s.write_all(get).await.unwrap();
+            s.write_all(GET_PLAIN).await.unwrap();
             let r = read_to(s, b"0\r\n\r\n", 1).await;
             assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         }
@@ -349,12 +359,16 @@ async fn a_parked_connection_counts_as_open_and_closes_at_once_on_drain() {
         assert_eq!(proxy.metric(RELEASES), 2.0);
         assert_eq!(proxy.metric(ACTIVE), 2.0, "parked connections are open");
         // One wakes, is served by a new task, and parks again; the other closes.
-        other.write_all(get).await.unwrap();
+        other.write_all(GET_PLAIN).await.unwrap();
         let r = read_to(&mut other, b"0\r\n\r\n", 1).await;
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         drop(other);
         tokio::time::sleep(Duration::from_millis(1300)).await;
-        assert_eq!(proxy.metric(ACTIVE), 1.0, "a closed parked connection is no longer counted");
+        assert_eq!(
+            proxy.metric(ACTIVE),
+            1.0,
+            "a closed parked connection is no longer counted"
+        );
 
         // Drain closes the parked connection at once, and with nothing left counted open
         // the process exits well before the 30 s drain deadline.
@@ -363,14 +377,7 @@ async fn a_parked_connection_counts_as_open_and_closes_at_once_on_drain() {
         let (rest, closed) = read_until(&mut parked, 1).await;
         assert!(closed && rest.is_empty(), "{rest:?}");
         assert!(t.elapsed() < Duration::from_secs(2), "closed after {:?}", t.elapsed());
-        loop {
-            if let Some(status) = proxy.child.try_wait().unwrap() {
-                assert!(status.success(), "exit status {status:?}");
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(5), "did not exit after drain");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        proxy.exits_cleanly_by(t + Duration::from_secs(5)).await;
     })
     .await;
 }
