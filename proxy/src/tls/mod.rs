@@ -7,7 +7,7 @@
 //! TLS 1.3 (TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256)
 //! and, unless `min_version = "1.3"`, TLS 1.2 ECDHE with AES-GCM or ChaCha20-Poly1305
 //! only (no CBC, no RSA key exchange, no SHA-1 signatures). Key exchange: X25519, P-256,
-//! P-384.
+//! P-384; X25519 is aws-lc's (see [`kx_groups`]).
 //!
 //! [`sni`] reads the server name of a ClientHello without consuming it (TLS passthrough).
 
@@ -260,8 +260,31 @@ fn server_provider() -> rustls::crypto::CryptoProvider {
             cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
             cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
         ],
+        kx_groups: kx_groups(),
         ..provider::default_provider()
     }
+}
+
+/// The upstream side's crypto: ring's defaults with [`kx_groups`].
+fn client_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::CryptoProvider {
+        kx_groups: kx_groups(),
+        ..provider::default_provider()
+    }
+}
+
+/// The key-exchange groups of listeners and upstream TLS, in order of preference:
+/// X25519 from aws-lc, P-256 and P-384 from ring. aws-lc's X25519 (s2n-bignum) makes a
+/// key pair and the shared secret in about half of ring's time (44 against 73–86 µs on
+/// this VM), and X25519 is what nearly every client offers first: it is the largest
+/// share of a handshake's CPU. ring stays for everything else, where it is as fast
+/// (P-256, ECDSA) or faster (AES-GCM).
+fn kx_groups() -> Vec<&'static dyn rustls::crypto::SupportedKxGroup> {
+    vec![
+        rustls::crypto::aws_lc_rs::kx_group::X25519,
+        provider::kx_group::SECP256R1,
+        provider::kx_group::SECP384R1,
+    ]
 }
 
 /// Builds a listener's server config from its settings, loading every file.
@@ -342,7 +365,7 @@ pub fn client_config(t: &UpstreamTls) -> Result<Arc<rustls::ClientConfig>, TlsEr
             }
         }
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(client_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let builder = if t.insecure_skip_verify {

@@ -277,6 +277,39 @@ async fn curl_and_openssl_talk_to_it() {
         assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
         // OpenSSL offers AES-256 first; the server's preference wins.
         assert!(text.contains("Cipher is TLS_AES_128_GCM_SHA256"), "{text}");
+        // Each key-exchange group on its own (X25519 is aws-lc's, the NIST curves
+        // ring's), and a group Tandem does not offer is refused.
+        for (group, want) in [
+            ("X25519", Some("Server Temp Key: X25519")),
+            ("P-256", Some("Server Temp Key: ECDH, prime256v1")),
+            ("P-384", Some("Server Temp Key: ECDH, secp384r1")),
+            ("ffdhe2048", None),
+        ] {
+            let out = std::process::Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-connect",
+                    &format!("127.0.0.1:{port}"),
+                    "-servername",
+                    "a.test",
+                ])
+                .args(["-groups", group, "-CAfile"])
+                .arg(&pki.ca_pem)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            match want {
+                Some(want) => {
+                    assert!(text.contains(want), "{group}: {text}");
+                    assert!(text.contains("Verify return code: 0 (ok)"), "{group}: {text}");
+                }
+                None => assert!(
+                    !out.status.success() && !text.contains("Server Temp Key"),
+                    "{group}: {text}"
+                ),
+            }
+        }
     })
     .await;
 }
