@@ -22,6 +22,18 @@ use crate::upstream::request_body::{BoxError, UpstreamBody};
 use crate::upstream::{self, ResponseBody};
 use crate::worker::Worker;
 
+/// The authority sent upstream for a request that names none (HTTP/1.0 may omit
+/// `Host`): an HTTP/1.1 request must carry one (RFC 9112 §3.2) and strict servers such
+/// as nginx answer 400 without it, and HTTP/2 needs `:authority`. It is the cluster's
+/// name, as nginx sends the name of its `proxy_pass` upstream, or `localhost` where
+/// the name is not a valid host.
+fn fallback_authority(cluster: &Cluster) -> HeaderValue {
+    http::uri::Authority::try_from(&*cluster.name)
+        .ok()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .unwrap_or_else(|| HeaderValue::from_static("localhost"))
+}
+
 /// Stage 5: turns the downstream request into the upstream one.
 pub(super) fn prepare_upstream_request(
     req: &mut Request<Incoming>,
@@ -34,11 +46,11 @@ pub(super) fn prepare_upstream_request(
     forward_headers(h, route, conn, authority.as_ref());
     match cluster.protocol {
         UpstreamProtocol::Http1 => {
-            // Origin-form target and a Host header (HTTP/2 clients send :authority only).
-            if let Some(a) = &authority {
-                if !h.contains_key(header::HOST) {
-                    h.insert(header::HOST, a.clone());
-                }
+            // Origin-form target and a Host header (HTTP/2 clients send :authority
+            // only; HTTP/1.0 clients may send neither).
+            if !h.contains_key(header::HOST) {
+                let a = authority.unwrap_or_else(|| fallback_authority(cluster));
+                h.insert(header::HOST, a);
             }
             if req.uri().scheme().is_some() {
                 let pq = req.uri().path_and_query().cloned();
@@ -50,7 +62,7 @@ pub(super) fn prepare_upstream_request(
         }
         UpstreamProtocol::H2c => {
             // HTTP/2 needs :scheme and :authority; Host moves into the URI.
-            let host = authority.unwrap_or_else(|| HeaderValue::from_static("localhost"));
+            let host = authority.unwrap_or_else(|| fallback_authority(cluster));
             h.remove(header::HOST);
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(http::uri::Scheme::HTTP);

@@ -93,6 +93,28 @@ async fn one_authority_per_request_over_http1() {
     .await;
 }
 
+/// HTTP/1.0 may omit Host, but the HTTP/1.1 request upstream must carry one (nginx
+/// answers 400 without): it gets the cluster's name, and no X-Forwarded-Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_request_without_host_goes_upstream_with_the_clusters_name() {
+    bounded(30, async {
+        let b = Backend::start("b").await;
+        let p = Proxy::start(&format!(
+            "[[cluster]]\nname = \"shop\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"shop\"\n",
+            b.addr
+        ));
+        let r = raw(p.addr, b"GET /headers HTTP/1.0\r\n\r\n", Duration::from_secs(3)).await;
+        assert_eq!(status_of(&r), 200, "{r}");
+        assert!(r.contains("GET /headers HTTP/1.1\n"), "{r}");
+        assert!(r.contains("\nhost: shop\n"), "{r}");
+        assert!(!r.contains("x-forwarded-host"), "{r}");
+        // A client's own Host is kept.
+        let r = raw(p.addr, b"GET /headers HTTP/1.0\r\nHost: a.test\r\n\r\n", Duration::from_secs(3)).await;
+        assert!(r.contains("\nhost: a.test\n"), "{r}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_authority_per_request_over_h2() {
     bounded(30, async {
