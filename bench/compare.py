@@ -11,7 +11,12 @@ Rows:
   h1          HTTP/1.1 keep-alive, wrk 64 connections
   h1_1conn    HTTP/1.1, wrk 1 connection: p99 latency (lower is better)
   tls_h1      TLS 1.3 keep-alive HTTP/1.1, wrk 64 connections
-  handshakes  a full TLS 1.3 handshake per request (wrk 32 connections, Connection: close)
+  handshakes  a TLS 1.3 handshake per request (wrk 32 connections, Connection: close): wrk
+              resumes its session from a ticket on each new connection (X25519, no
+              signature)
+  full_handshakes  a full TLS 1.3 handshake per request (X25519 and an ECDSA P-256
+              signature): 4 `openssl s_time -new` clients, each one connection and one
+              HTTP/1.0 GET after another
   h2_tls      h2 over TLS 1.3, h2load 16 connections x 8 streams
   l4          TCP request/response, wrk 64 connections through the L4 listener
   l4_bulk     TCP bulk: 1 MiB responses, wrk 8 connections (MB/s and MB per CPU-second)
@@ -88,13 +93,14 @@ ROWS = {
     "h1": ("HTTP/1.1 keep-alive, 64 conns", "req/CPU-s", True, 1.25),
     "h1_1conn": ("HTTP/1.1, 1 conn: p99", "ms", False, 1.0),
     "tls_h1": ("TLS 1.3 keep-alive", "req/CPU-s", True, 1.2),
-    "handshakes": ("full TLS handshake per conn", "req/CPU-s", True, 2.0),
+    "handshakes": ("TLS handshake per conn, resumed", "req/CPU-s", True, 2.0),
+    "full_handshakes": ("full TLS handshake per conn", "req/CPU-s", True, 2.0),
     "h2_tls": ("h2 over TLS (16 x 8 streams)", "req/CPU-s", True, 1.1),
     "l4": ("L4 TCP request/response", "req/CPU-s", True, 1.1),
     "l4_bulk": ("L4 bulk 1 MiB", "MB/CPU-s", True, 1.0),
     "idle_mem": ("memory per idle connection", "KiB", False, 1.0),
 }
-HEADER_ROWS = ("h1", "h1_1conn", "tls_h1", "handshakes", "h2_tls")
+HEADER_ROWS = ("h1", "h1_1conn", "tls_h1", "handshakes", "full_handshakes", "h2_tls")
 
 
 def configs(tmp, mode):
@@ -344,6 +350,8 @@ def run_proxy(name, tandem, tmp, s, rows):
             r["handshakes"] = per_cpu(
                 p.pid, lambda: tls_l4.wrk_raw(["-t1", "-c32", f"-d{s}s", "-H", "Connection: close", surl])[0], s
             )
+        if "full_handshakes" in rows:
+            r["full_handshakes"] = per_cpu(p.pid, lambda: tls_l4.full_handshakes(https, s), s)
         if "h2_tls" in rows:
             r["h2_tls"] = per_cpu(p.pid, lambda: h2load(https, s), s)
         if "l4" in rows:

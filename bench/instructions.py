@@ -25,6 +25,10 @@ Scenarios:
            tandem, haproxy
   wasm     plain HTTP/1.1 through Tandem without a filter, with the no-op filter and
            with the header-rules filter (the wasm.py configs)
+  resumed  one TLS 1.3 connection per request, resuming the session from a ticket as
+           wrk does in compare.py's handshake row (X25519, no signature): tandem, haproxy
+  full     one TLS 1.3 connection per request with a full handshake (X25519 and an
+           ECDSA P-256 signature): tandem, haproxy
 """
 import argparse
 import glob
@@ -53,7 +57,8 @@ l7 = load("l7")
 tls = load("tls_l4")
 wasm = load("wasm")
 
-SCENARIOS = ("h1", "tls_h2", "l4", "wasm")
+SCENARIOS = ("h1", "tls_h2", "l4", "wasm", "resumed", "full")
+HANDSHAKES = ("resumed", "full")
 
 
 def h2load(url, n, h1):
@@ -63,6 +68,35 @@ def h2load(url, n, h1):
     out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=900).stdout
     m = re.search(r"(\d+) succeeded", out)
     return int(m.group(1)) if m else 0
+
+
+def handshakes(url, n, resume):
+    """Makes `n` TLS 1.3 connections to `url`, one GET each, one after another (the
+    proxy under valgrind is the slow side); with `resume`, each resumes the session the
+    last one was given. Returns how many got a 200."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_alpn_protocols(["http/1.1"])
+    ok, session = 0, None
+    for _ in range(n):
+        with socket.create_connection((u.hostname, u.port), timeout=60) as raw:
+            with ctx.wrap_socket(raw, server_hostname="bench.test", session=session if resume else None) as t:
+                t.sendall(b"GET / HTTP/1.1\r\nHost: bench.test\r\nConnection: close\r\n\r\n")
+                head = b""
+                while True:
+                    chunk = t.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                ok += head.startswith(b"HTTP/1.1 200")
+                # TLS 1.3 tickets arrive after the handshake: take the latest.
+                session = t.session
+    return ok
 
 
 def wait_ready(url, timeout=120):
@@ -77,8 +111,9 @@ def wait_ready(url, timeout=120):
     raise SystemExit(f"{url} did not answer within {timeout}s under valgrind")
 
 
-def count(label, cmd, url, h1, n, warmup, out_dir):
-    """Instructions per request of `cmd` serving `n` requests at `url`."""
+def count(label, cmd, url, load, n, warmup, out_dir):
+    """Instructions per request of `cmd` serving `n` requests at `url`; `load`: "h1" or
+    "h2" (h2load, 16 connections) or "resumed" or "full" (one connection per request)."""
     prefix = os.path.join(out_dir, f"cg.{label}")
     for f in glob.glob(prefix + ".*"):
         os.remove(f)
@@ -88,10 +123,14 @@ def count(label, cmd, url, h1, n, warmup, out_dir):
     p = subprocess.Popen(vg + cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     try:
         wait_ready(url)
-        if h2load(url, warmup, h1) < warmup:
+        if load in HANDSHAKES:
+            run = lambda k: handshakes(url, k, load == "resumed")
+        else:
+            run = lambda k: h2load(url, k, load == "h1")
+        if run(warmup) < warmup:
             raise SystemExit(f"{label}: warm-up requests failed")
         subprocess.run(["callgrind_control", "-i", "on"], capture_output=True, check=True)
-        ok = h2load(url, n, h1)
+        ok = run(n)
         subprocess.run(["callgrind_control", "-i", "off"], capture_output=True, check=True)
         if ok < n:
             raise SystemExit(f"{label}: only {ok} of {n} requests succeeded")
@@ -165,6 +204,10 @@ def main():
             ("tandem", [tandem, "run", "-c", f"{tls_tmp}/tandem.toml"], tcp_url("tandem")),
             ("haproxy", ["haproxy", "-db", "-f", f"{tls_tmp}/haproxy.cfg"], tcp_url("haproxy")),
         ],
+        **{hs: [
+            ("tandem", [tandem, "run", "-c", f"{tls_tmp}/tandem.toml"], tls_url("tandem")),
+            ("haproxy", ["haproxy", "-db", "-f", f"{tls_tmp}/haproxy.cfg"], tls_url("haproxy")),
+        ] for hs in HANDSHAKES},
         "wasm": [
             ("no filter", [tandem, "run", "-c", f"{tmp}/tandem.toml"], h1_url("tandem")),
             ("noop", [tandem, "run", "-c", f"{tmp}/tandem-noop.toml"], h1_url("tandem")),
@@ -176,7 +219,10 @@ def main():
         l7.wait_http(l7.BACKENDS[0])
         for s in scenarios:
             for label, cmd, url in runs[s]:
-                ipr = count(f"{s}-{label.replace(' ', '-')}", cmd, url, s != "tls_h2", n, warmup, tmp)
+                # Handshakes are slow under valgrind: a tenth of the requests.
+                k, w = (max(n // 10, 200), max(n // 100, 50)) if s in HANDSHAKES else (n, warmup)
+                load = s if s in HANDSHAKES else "h2" if s == "tls_h2" else "h1"
+                ipr = count(f"{s}-{label.replace(' ', '-')}", cmd, url, load, k, w, tmp)
                 results.setdefault(s, []).append((label, ipr))
                 print(f"  {s:<7} {label:<10} {ipr:>9.0f} instructions/request", flush=True)
     finally:
@@ -186,7 +232,9 @@ def main():
           f"competitor headers: {args.competitor_headers})")
     titles = {"h1": "HTTP/1.1 keep-alive", "tls_h2": "TLS 1.3 + h2 (16 streams per connection)",
               "l4": "HTTP/1.1 keep-alive through the L4 (TCP) listener",
-              "wasm": "HTTP/1.1 through Tandem with proxy-wasm filters"}
+              "wasm": "HTTP/1.1 through Tandem with proxy-wasm filters",
+              "resumed": "TLS 1.3, one connection per request, resumed from a ticket",
+              "full": "TLS 1.3, one connection per request, full handshake"}
     for s in scenarios:
         print(f"\n{titles[s]}")
         # Tandem's count over each other proxy's (below 1: Tandem does less work), or

@@ -38,7 +38,9 @@ compare = load("compare")
 l7, tls_l4 = compare.l7, compare.tls_l4
 
 ROWS = {"h1": "HTTP/1.1 keep-alive, 64 conns", "tls_h1": "TLS 1.3 keep-alive, 64 conns",
-        "l4": "L4 TCP request/response, 64 conns"}
+        "handshakes": "TLS handshake per connection, resumed (wrk), 32 conns",
+        "full_handshakes": "full TLS handshake per connection (openssl s_time), 4 clients",
+        "h2_tls": "h2 over TLS, 16 conns x 8 streams", "l4": "L4 TCP request/response, 64 conns"}
 SYSCALLS = ["read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "epoll_wait",
             "epoll_pwait", "epoll_ctl", "futex", "io_uring_enter", "splice", "accept4", "close", "getsockopt",
             "setsockopt", "clock_gettime", "connect"]
@@ -77,11 +79,23 @@ def measure(name, binary, tmp, row, seconds, perf):
     """{figure: per-request value} for one proxy and row."""
     p, (http, https, tcp) = compare.start_proxy(name, binary, tmp)
     url = {"h1": f"http://127.0.0.1:{http}/", "tls_h1": f"https://127.0.0.1:{https}/",
+           "handshakes": f"https://127.0.0.1:{https}/", "full_handshakes": f"https://127.0.0.1:{https}/",
+           "h2_tls": f"https://127.0.0.1:{https}/",
            "l4": f"http://127.0.0.1:{tcp}/"}[row]
+
+    def run_load(secs):
+        """Requests per second of the row's load over `secs` seconds."""
+        if row == "h2_tls":
+            return compare.h2load(https, secs)
+        if row == "full_handshakes":
+            return tls_l4.full_handshakes(https, secs)
+        extra = ["-H", "Connection: close"] if row == "handshakes" else []
+        return tls_l4.wrk_raw(["-t1", "-c32" if row == "handshakes" else "-c64", f"-d{secs}s"] + extra + [url])[0]
+
     try:
         for port in (http, https, tcp):
             tls_l4.wait_port(port)
-        tls_l4.wrk_raw(["-t1", "-c64", "-d2s", url])
+        run_load(2)
         pids = tree(p.pid)
         counter = None
         if perf:
@@ -91,7 +105,7 @@ def measure(name, binary, tmp, row, seconds, perf):
                                         "--", "sleep", str(seconds + 1)], stderr=subprocess.PIPE, text=True)
             time.sleep(0.5)
         u0, s0 = ticks(pids)
-        rps, _ = tls_l4.wrk_raw(["-t1", "-c64", f"-d{seconds}s", url])
+        rps = run_load(seconds)
         u1, s1 = ticks(pids)
         n = rps * seconds
         out = {"user_us": (u1 - u0) / l7.CLK * 1e6 / n, "sys_us": (s1 - s0) / l7.CLK * 1e6 / n}

@@ -3,7 +3,8 @@
 
 One proxy thread pinned to CPU 0; the backends (nginx) and the load tools on CPU 1.
 Measures, per proxy, with the proxy's CPU time from /proc:
-  - full TLS 1.3 handshakes per CPU-second (wrk, a new connection per request);
+  - TLS 1.3 handshakes per CPU-second (wrk, a new connection per request, which
+    resumes the session from a ticket);
   - TLS keep-alive HTTP/1.1 requests per CPU-second (wrk) and h2 (h2load);
   - L4 (TCP) request/response per CPU-second (wrk over HAProxy `mode tcp` / a tandem
     `protocol = "tcp"` listener) and L4 bulk transfer (1 MiB responses) in MB per CPU-second.
@@ -139,6 +140,27 @@ def wrk_raw(args):
     return rps, float(tr.group(1)) * mult
 
 
+def full_handshakes(port, seconds, clients=4):
+    """Full TLS 1.3 handshakes per second (no resumption): `clients` `openssl s_time -new`
+    processes on CPU 1, each making one connection after another with one HTTP/1.0
+    `GET /` (no Host). wrk cannot do this row: it resumes its session on every new
+    connection. The first answer must be a 200, or the run stops."""
+    probe = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-quiet", "-ign_eof"],
+                           input="GET / HTTP/1.0\r\n\r\n", capture_output=True, text=True, timeout=10).stdout
+    if not re.match(r"HTTP/1\.[01] 200", probe):
+        raise SystemExit(f"full handshakes: {port} answered {probe[:200]!r}, not a 200")
+    procs = [subprocess.Popen(["taskset", "-c", "1", "openssl", "s_time", "-connect", f"127.0.0.1:{port}",
+                               "-new", "-time", str(seconds), "-www", "/"], stdout=subprocess.PIPE, text=True)
+             for _ in range(clients)]
+    total = 0
+    for q in procs:
+        m = re.search(r"(\d+) connections in [\d.]+s", q.communicate()[0])
+        if not m:
+            raise SystemExit(f"openssl s_time against {port} reported no connections")
+        total += int(m.group(1))
+    return total / seconds
+
+
 def measure(pid, fn, seconds):
     before = l7.cpu_ticks(pid)
     value = fn()
@@ -147,7 +169,7 @@ def measure(pid, fn, seconds):
 
 
 TESTS = {
-    "handshakes": "full TLS 1.3 handshakes",
+    "handshakes": "TLS 1.3 handshakes, resumed",
     "tls_h1": "TLS keep-alive HTTP/1.1 req",
     "tls_h2": "TLS h2 req (h2load 16x16)",
     "l4_rr": "L4 request/response",
