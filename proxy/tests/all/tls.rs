@@ -259,19 +259,24 @@ async fn curl_and_openssl_talk_to_it() {
             "{text:?} {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let out = std::process::Command::new("openssl")
-            .args([
-                "s_client",
-                "-connect",
-                &format!("127.0.0.1:{port}"),
-                "-servername",
-                "b.test",
-                "-CAfile",
-            ])
-            .arg(&pki.ca_pem)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
+        // `openssl s_client` naming `server_name`, with `extra` arguments.
+        let s_client = |server_name: &str, extra: &[&str]| {
+            std::process::Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-connect",
+                    &format!("127.0.0.1:{port}"),
+                    "-servername",
+                    server_name,
+                ])
+                .args(extra)
+                .arg("-CAfile")
+                .arg(&pki.ca_pem)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        };
+        let out = s_client("b.test", &[]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("subject=CN = b.test"), "{text}");
         assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
@@ -285,19 +290,7 @@ async fn curl_and_openssl_talk_to_it() {
             ("P-384", Some("Server Temp Key: ECDH, secp384r1")),
             ("ffdhe2048", None),
         ] {
-            let out = std::process::Command::new("openssl")
-                .args([
-                    "s_client",
-                    "-connect",
-                    &format!("127.0.0.1:{port}"),
-                    "-servername",
-                    "a.test",
-                ])
-                .args(["-groups", group, "-CAfile"])
-                .arg(&pki.ca_pem)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap();
+            let out = s_client("a.test", &["-groups", group]);
             let text = String::from_utf8_lossy(&out.stdout);
             match want {
                 Some(want) => {
