@@ -49,11 +49,21 @@ fn peers(n: u64) -> Vec<Peer> {
         .collect()
 }
 
+/// A free loopback address for a node the test starts. `bind(:0)` would hand out a
+/// port from the kernel's ephemeral range (32768+), where another test's outgoing
+/// connection can take it between this check and the node's bind (it did: `AddrInUse`).
+/// Below that range only binds compete; a counter keeps this binary's parallel tests
+/// apart and the process id spreads runs.
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % 22_000;
+    loop {
+        let port = 10_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 22_000;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            return l.local_addr().unwrap();
+        }
+    }
 }
 
 fn verdict(endpoint: &str, healthy: bool, at: u64) -> Change {
