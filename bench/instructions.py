@@ -87,13 +87,8 @@ def handshakes(url, n, resume):
         with socket.create_connection((u.hostname, u.port), timeout=60) as raw:
             with ctx.wrap_socket(raw, server_hostname="bench.test", session=session if resume else None) as t:
                 t.sendall(b"GET / HTTP/1.1\r\nHost: bench.test\r\nConnection: close\r\n\r\n")
-                head = b""
-                while True:
-                    chunk = t.recv(4096)
-                    if not chunk:
-                        break
-                    head += chunk
-                ok += head.startswith(b"HTTP/1.1 200")
+                answer = b"".join(iter(lambda: t.recv(4096), b""))
+                ok += answer.startswith(b"HTTP/1.1 200")
                 # TLS 1.3 tickets arrive after the handshake: take the latest.
                 session = t.session
     return ok

@@ -56,16 +56,13 @@ async fn status_and_metrics_reflect_traffic() {
 async fn admin_token_is_enforced() {
     bounded(30, async {
         let a = Backend::start("a").await;
-        let proxy = Proxy::start_full(
-            &format!("[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n", a.addr),
-            "",
-            "token = \"s3cret-token-0123456789\"",
-        );
+        let proxy = Proxy::start_full(&one_route_to(a.addr), "", "token = \"s3cret-token-0123456789\"");
         let (status, _) = tandem_proxy::control::ctl::call(proxy.admin, None, "GET", "/status").unwrap();
         assert_eq!(status, 401);
         let (status, _) = tandem_proxy::control::ctl::call(proxy.admin, Some("wrong"), "GET", "/status").unwrap();
         assert_eq!(status, 401);
-        let (status, _) = tandem_proxy::control::ctl::call(proxy.admin, Some("s3cret-token-0123456789"), "GET", "/status").unwrap();
+        let (status, _) =
+            tandem_proxy::control::ctl::call(proxy.admin, Some("s3cret-token-0123456789"), "GET", "/status").unwrap();
         assert_eq!(status, 200);
     })
     .await;

@@ -41,6 +41,16 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A config body with one cluster `c` on backend `b` and one route `r` to it.
+pub fn one_route_to(b: SocketAddr) -> String {
+    one_route_to_cluster("c", b)
+}
+
+/// A config body with one cluster `name` on backend `b` and one route `r` to it.
+pub fn one_route_to_cluster(name: &str, b: SocketAddr) -> String {
+    format!("[[cluster]]\nname = \"{name}\"\nendpoints = [{{ address = \"{b}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"{name}\"\n")
+}
+
 /// An in-process HTTP backend that answers with its name after `delay`.
 pub struct Backend {
     pub addr: SocketAddr,

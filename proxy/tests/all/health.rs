@@ -225,10 +225,7 @@ async fn drained_endpoint_finishes_in_flight_and_takes_nothing_new() {
             })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
-        proxy.rewrite(&format!(
-            "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n",
-            a.addr
-        ));
+        proxy.rewrite(&one_route_to(a.addr));
         proxy.signal("HUP");
         let statuses = slow.await.unwrap();
         assert!(statuses.iter().all(|s| matches!(s, Ok(200))), "{statuses:?}");

@@ -100,10 +100,7 @@ async fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
 async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     bounded(30, async {
         let b = Backend::start("b").await;
-        let mut proxy = Proxy::start(&format!(
-            "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n",
-            b.addr
-        ));
+        let mut proxy = Proxy::start(&one_route_to(b.addr));
         let addr = proxy.addr;
         let inflight = tokio::spawn(async move {
             let mut c = Client::h1(addr).await;
@@ -113,7 +110,10 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
         proxy.signal("TERM");
         tokio::time::sleep(Duration::from_millis(200)).await;
         // New connections are no longer accepted.
-        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener should be closed while draining");
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "listener should be closed while draining"
+        );
         let r = inflight.await.unwrap().unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.headers["connection"], "close");
@@ -173,10 +173,7 @@ async fn ctl_reload_fails_visibly_and_forgets_a_reverted_listener_change() {
 async fn sigusr1_reopens_the_access_log_after_rotation() {
     bounded(30, async {
         let b = Backend::start("b").await;
-        let proxy = Proxy::start(&format!(
-            "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n",
-            b.addr
-        ));
+        let proxy = Proxy::start(&one_route_to(b.addr));
         let mut c = Client::h1(proxy.addr).await;
         for i in 0..5 {
             assert_eq!(c.get("x", &format!("/before-{i}"), &[]).await.unwrap().status, 200);

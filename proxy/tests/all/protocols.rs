@@ -266,9 +266,6 @@ async fn read_to(s: &mut tokio::net::TcpStream, end: &[u8], times: usize) -> Str
 }
 
 /// One route to one cluster with a single endpoint, `b`.
-fn one_route_to(b: std::net::SocketAddr) -> String {
-    format!("[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{b}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n")
-}
 
 /// A request the special backend answers with a small chunked body.
 const GET_PLAIN: &[u8] = b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n";

@@ -99,17 +99,19 @@ async fn one_authority_per_request_over_http1() {
 async fn an_http10_request_without_host_goes_upstream_with_the_clusters_name() {
     bounded(30, async {
         let b = Backend::start("b").await;
-        let p = Proxy::start(&format!(
-            "[[cluster]]\nname = \"shop\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"shop\"\n",
-            b.addr
-        ));
+        let p = Proxy::start(&one_route_to_cluster("shop", b.addr));
         let r = raw(p.addr, b"GET /headers HTTP/1.0\r\n\r\n", Duration::from_secs(3)).await;
         assert_eq!(status_of(&r), 200, "{r}");
         assert!(r.contains("GET /headers HTTP/1.1\n"), "{r}");
         assert!(r.contains("\nhost: shop\n"), "{r}");
         assert!(!r.contains("x-forwarded-host"), "{r}");
         // A client's own Host is kept.
-        let r = raw(p.addr, b"GET /headers HTTP/1.0\r\nHost: a.test\r\n\r\n", Duration::from_secs(3)).await;
+        let r = raw(
+            p.addr,
+            b"GET /headers HTTP/1.0\r\nHost: a.test\r\n\r\n",
+            Duration::from_secs(3),
+        )
+        .await;
         assert!(r.contains("\nhost: a.test\n"), "{r}");
     })
     .await;
@@ -407,10 +409,7 @@ async fn upstream_framing_tricks_are_refused() {
 async fn browsers_cannot_drive_the_admin_api() {
     bounded(30, async {
         let b = Backend::start("b").await;
-        let p = Proxy::start(&format!(
-            "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n",
-            b.addr
-        ));
+        let p = Proxy::start(&one_route_to(b.addr));
         let w = Duration::from_secs(3);
         let admin = p.admin;
         let cases: Vec<(&str, String, u16)> = vec![
