@@ -217,6 +217,12 @@ impl BatchedStream {
         }
     }
 
+    /// A socket [`ReadReady::detach`] took out of tokio, back in it (on this thread's
+    /// runtime), with a new, empty write queue.
+    pub(crate) fn attach(sock: std::net::TcpStream) -> io::Result<Self> {
+        TcpStream::from_std(sock).map(Self::new)
+    }
+
     /// Sends what is queued from this task, waiting for the socket if it is full.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut s = self.out.lock();
@@ -292,6 +298,17 @@ pub(crate) trait ReadReady {
     /// (a waker keeps its task's memory) and of write-queue capacity, when nothing is
     /// queued. The next write takes both again.
     fn shed(&mut self);
+
+    /// Leaves tokio for good: the plain socket, for an idle connection to wait for its
+    /// next bytes in the worker's lot ([`crate::http::idle_lot`]) holding nothing else.
+    /// `Err(self)` when the stream cannot (a TLS session lives in memory; bytes are
+    /// still queued); `Ok(Err(_))` when the socket failed to leave (it is closed).
+    fn detach(self) -> Result<io::Result<std::net::TcpStream>, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
 }
 
 impl ReadReady for BatchedStream {
@@ -305,6 +322,27 @@ impl ReadReady for BatchedStream {
             s.buf = Vec::new();
             s.waker = None;
         }
+    }
+
+    /// The write queue goes too ([`BatchedStream::attach`] makes a new one): only when
+    /// it is empty, not in the batch and has not failed.
+    fn detach(self) -> Result<io::Result<std::net::TcpStream>, Self> {
+        {
+            let mut s = self.out.lock();
+            if !s.buf.is_empty() || s.queued || s.stalled || s.error.is_some() {
+                drop(s);
+                return Err(self);
+            }
+            // The flusher never touches this fd through this queue again.
+            s.closed = true;
+        }
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so each field is moved out
+        // exactly once (`Drop for BatchedStream` would only mark the queue closed and
+        // send nothing: it is empty).
+        let (sock, out) = unsafe { (std::ptr::read(&this.sock), std::ptr::read(&this.out)) };
+        drop(out);
+        Ok(sock.into_std())
     }
 }
 

@@ -155,6 +155,9 @@ pub struct ListenerStats {
     pub body_timeouts: AtomicU64,
     /// Times an idle HTTP/1.1 connection gave its buffers back.
     pub idle_releases: AtomicU64,
+    /// Idle plain HTTP/1.1 connections parked in their worker's lot now (no buffer, no
+    /// task: see `http::idle_lot`).
+    pub parked: AtomicU64,
     /// Requests served.
     pub requests: AtomicU64,
     /// TLS handshakes completed.

@@ -73,7 +73,7 @@ pub fn render(node: &crate::control::Node) -> String {
     }
 
     type ListenerField = fn(&ListenerStats) -> &AtomicU64;
-    let lfields: [(&str, &str, bool, ListenerField); 16] = [
+    let lfields: [(&str, &str, bool, ListenerField); 17] = [
         (
             "tandem_listener_tls_handshakes_total",
             "TLS handshakes completed.",
@@ -166,6 +166,12 @@ pub fn render(node: &crate::control::Node) -> String {
             "Times an idle HTTP/1.1 connection gave its buffers back (it stays open).",
             true,
             |s| &s.idle_releases,
+        ),
+        (
+            "tandem_listener_connections_parked",
+            "Idle plain HTTP/1.1 connections waiting for their next request outside the worker's runtime (no buffer, no task).",
+            false,
+            |s| &s.parked,
         ),
     ];
     for (name, help, is_counter, field) in lfields {

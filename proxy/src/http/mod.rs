@@ -12,8 +12,9 @@
 //! 7. [`respond`]: the downstream response, what it teaches the balancer, local errors.
 //!
 //! Around them: [`context`] (what every stage reads), [`conn`] (the connection's facts), [`serve`] (one HTTP connection:
-//! hyper, deadlines, drain), [`body`] (the response body and its completion),
-//! [`headers`], [`upgrade`] (WebSocket and CONNECT).
+//! hyper, deadlines, drain), [`watch`] (a worker's connection deadlines), [`idle_lot`]
+//! (a worker's idle plain connections, parked outside tokio), [`body`] (the response
+//! body and its completion), [`headers`], [`upgrade`] (WebSocket and CONNECT).
 //!
 //! Decisions use only local state: the runtime snapshot, per-worker balancer state and
 //! shared atomics. Nothing here waits on disk, consensus or another thread.
@@ -25,6 +26,7 @@ pub(crate) mod context;
 pub(crate) mod filters;
 pub(crate) mod forward;
 pub(crate) mod headers;
+pub(crate) mod idle_lot;
 pub(crate) mod request;
 pub(crate) mod respond;
 pub(crate) mod retry;

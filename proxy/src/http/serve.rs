@@ -27,7 +27,7 @@ use crate::http::conn::Action;
 use crate::http::conn::ConnState;
 use crate::http::conn::HeadFlags;
 use crate::http::conn::TlsInfo;
-use crate::send_batch::ReadReady;
+use crate::send_batch::{BatchedStream, ReadReady};
 use crate::shared::OpenConn;
 use crate::stats::ListenerStats;
 use crate::upstream::BoxError;
@@ -115,11 +115,11 @@ pub(crate) async fn serve<IO>(
 /// What an HTTP connection owns whichever task serves it: an idle HTTP/1.1 connection
 /// moves to a small task of its own while it waits for its next bytes, and back to a
 /// new serving task when they arrive ([`serve_http1`]).
-struct Served {
+pub(super) struct Served {
     worker: Rc<Worker>,
-    state: Rc<ConnState>,
+    pub(super) state: Rc<ConnState>,
     /// Counts the connection open until it closes.
-    open: OpenConn,
+    pub(super) open: OpenConn,
     /// Keeps the connection in the worker's watch until it closes.
     _watched: crate::http::watch::Watched,
 }
@@ -224,10 +224,51 @@ where
                     continue;
                 }
                 io.io.shed();
-                tokio::task::spawn_local(parked(conn, io));
-                return;
+                return park(conn, io);
             }
         }
+    }
+}
+
+/// An idle HTTP/1.1 connection waits for its next bytes: a plain one in the worker's
+/// lot, outside tokio ([`crate::http::idle_lot`]); a TLS one (its session stays in
+/// memory), or one the lot cannot take, in a small task of its own ([`parked`]).
+fn park<IO>(conn: Served, io: HeadWatch<IO>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
+{
+    let HeadWatch { io, flags, first } = io;
+    match io.detach() {
+        Err(io) => {
+            tokio::task::spawn_local(parked(conn, HeadWatch { io, flags, first }));
+        }
+        Ok(Ok(sock)) => {
+            if let Err((conn, sock, flags)) = crate::http::idle_lot::park(conn, sock, flags) {
+                match BatchedStream::attach(sock) {
+                    Ok(io) => {
+                        tokio::task::spawn_local(parked(conn, HeadWatch { io, flags, first }));
+                    }
+                    Err(e) => tracing::debug!(error = %e, "an idle connection could not park"),
+                }
+            }
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "an idle connection could not leave tokio"),
+    }
+}
+
+/// A connection parked in the worker's lot has its next bytes (`first`): back in tokio,
+/// the watch looks again (the head deadline, the next release), and a new serving task
+/// takes it over.
+pub(super) fn resume(conn: Served, sock: std::net::TcpStream, flags: Arc<HeadFlags>, first: Bytes) {
+    let state = &*conn.state;
+    state.waker.borrow_mut().take();
+    state.released.set(false);
+    match BatchedStream::attach(sock) {
+        Ok(io) => {
+            crate::http::watch::look_now(state);
+            tokio::task::spawn_local(serve_http1(conn, HeadWatch { io, flags, first }));
+        }
+        Err(e) => tracing::debug!(error = %e, "a parked connection could not come back"),
     }
 }
 
@@ -383,7 +424,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The most the protocol choice reads: hyper's first read buffer, so the whole first
 /// read reaches hyper in one piece.
-const FIRST_READ: usize = 8192;
+pub(super) const FIRST_READ: usize = 8192;
 
 impl<IO: tokio::io::AsyncRead + Unpin> HeadWatch<IO> {
     /// Reads until the first bytes either are the HTTP/2 preface (true) or cannot be

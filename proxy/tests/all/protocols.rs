@@ -271,6 +271,7 @@ async fn read_to(s: &mut tokio::net::TcpStream, end: &[u8], times: usize) -> Str
 const GET_PLAIN: &[u8] = b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n";
 
 const RELEASES: &str = "tandem_listener_idle_releases_total{listener=\"web\"}";
+const PARKED: &str = "tandem_listener_connections_parked{listener=\"web\"}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_give_their_buffers_back_and_keep_serving() {
@@ -284,13 +285,16 @@ async fn idle_keep_alive_connections_give_their_buffers_back_and_keep_serving() 
         assert!(r.starts_with("HTTP/1.1 200") && r.contains("plain"), "{r}");
         assert_eq!(proxy.metric(RELEASES), 0.0, "released while busy");
 
-        // Idle: the connection gives its buffers back, once, and stays open.
+        // Idle: the connection gives its buffers back, once, and stays open, parked in
+        // its worker's lot.
         tokio::time::sleep(Duration::from_millis(1300)).await;
         assert_eq!(proxy.metric(RELEASES), 1.0);
+        assert_eq!(proxy.metric(PARKED), 1.0);
         // Two pipelined requests in one write wake it; both are answered.
         s.write_all(&[GET_PLAIN, GET_PLAIN].concat()).await.unwrap();
         let r = read_to(&mut s, b"0\r\n\r\n", 2).await;
         assert_eq!(r.matches("HTTP/1.1 200").count(), 2, "{r}");
+        assert_eq!(proxy.metric(PARKED), 0.0, "a woken connection left the lot");
 
         // Released again, then a request head that arrives in two pieces far apart:
         // bytes between messages are a head on its way, not an idle connection.
@@ -330,14 +334,15 @@ async fn idle_keep_alive_connections_give_their_buffers_back_and_keep_serving() 
             t.elapsed()
         );
         assert_eq!(quick.metric(RELEASES), 1.0);
+        assert_eq!(quick.metric(PARKED), 0.0, "a closed connection left the lot");
     })
     .await;
 }
 
 const ACTIVE: &str = "tandem_listener_connections_active{listener=\"web\"}";
 
-/// A released connection waits for its next bytes in a task of its own while the task
-/// that served it ends: it must still count as open (drain waits for it, and
+/// A released connection waits for its next bytes outside the task that served it (in
+/// its worker's lot) while that task ends: it must still count as open (drain waits for it, and
 /// `max_connections` counts it), and drain must close it at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_counts_as_open_and_closes_at_once_on_drain() {
@@ -355,6 +360,7 @@ async fn a_parked_connection_counts_as_open_and_closes_at_once_on_drain() {
         tokio::time::sleep(Duration::from_millis(1300)).await;
         assert_eq!(proxy.metric(RELEASES), 2.0);
         assert_eq!(proxy.metric(ACTIVE), 2.0, "parked connections are open");
+        assert_eq!(proxy.metric(PARKED), 2.0);
         // One wakes, is served by a new task, and parks again; the other closes.
         other.write_all(GET_PLAIN).await.unwrap();
         let r = read_to(&mut other, b"0\r\n\r\n", 1).await;
@@ -366,6 +372,7 @@ async fn a_parked_connection_counts_as_open_and_closes_at_once_on_drain() {
             1.0,
             "a closed parked connection is no longer counted"
         );
+        assert_eq!(proxy.metric(PARKED), 1.0);
 
         // Drain closes the parked connection at once, and with nothing left counted open
         // the process exits well before the 30 s drain deadline.

@@ -137,6 +137,38 @@ async fn sni_picks_the_certificate_alpn_negotiates_h2_and_sessions_resume() {
     .await;
 }
 
+/// An idle TLS keep-alive connection gives hyper's buffers back too, but its session
+/// stays in memory: it waits in a task of its own, not in the worker's lot, and serves
+/// its next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_connection_releases_its_buffers_and_keeps_serving() {
+    bounded(30, async {
+        let pki = Pki::new();
+        let a = pki.leaf("a", &["a.test"], false);
+        let backend = Backend::start("web").await;
+        let proxy = Proxy::start_with(&https_body(&backend, &[]), &tls_listener(&[a], ""));
+        let s = connect(proxy.addr, pki.client(&["http/1.1"], None), "a.test")
+            .await
+            .unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+        tokio::spawn(conn);
+        for round in 0..2 {
+            let req = http::Request::get("/")
+                .header("host", "a.test")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = tx.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200, "round {round}");
+            resp.into_body().collect().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+            let released = proxy.metric("tandem_listener_idle_releases_total{listener=\"web\"}");
+            assert_eq!(released, f64::from(round + 1));
+            assert_eq!(proxy.metric("tandem_listener_connections_parked{listener=\"web\"}"), 0.0);
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_are_required_and_their_subject_reaches_the_backend() {
     bounded(30, async {
