@@ -4,8 +4,8 @@
 //! still held a task (the wait for its next bytes) and tokio's registration of its
 //! socket: about 650 of the 1,100 bytes it kept. A plain connection leaves tokio
 //! instead and waits here: its socket in the lot's own epoll set (one shot), the rest
-//! of it in a slot of the lot's slab. Its next bytes are read here and a new serving
-//! task takes it over in tokio again; the end of the stream, a socket error or the
+//! of it in a slot of the lot's slab. When its next bytes arrive, a new serving task
+//! takes it over in tokio again (and reads them); the end of the stream, a socket error or the
 //! watch (idle timeout, drain, maintenance) close it here. A TLS connection keeps its
 //! session in memory and parks in a task of its own.
 //!
@@ -29,7 +29,7 @@ use tokio::io::Interest;
 use tokio::sync::Notify;
 
 use crate::http::conn::{Action, HeadFlags};
-use crate::http::serve::{Served, FIRST_READ};
+use crate::http::served::Served;
 
 // A slot's token (generation and key) travels in a waker's data pointer.
 const _: () = assert!(usize::BITS == 64, "the idle lot packs a u64 into a pointer");
@@ -46,6 +46,9 @@ struct Slot {
     flags: Arc<HeadFlags>,
 }
 
+/// What takes a woken connection over: a new serving task, in tokio again.
+pub(super) type Resume = fn(Served, std::net::TcpStream, Arc<HeadFlags>);
+
 /// One worker's parked connections.
 struct Lot {
     /// The lot's epoll set, registered in tokio: readable when a parked socket is.
@@ -55,6 +58,7 @@ struct Lot {
     /// Slots the watch asked for an action (idle timeout, drain, maintenance).
     attention: RefCell<Vec<u64>>,
     wake: Notify,
+    resume: Resume,
 }
 
 thread_local! {
@@ -70,20 +74,29 @@ pub(super) fn park(
     conn: Served,
     sock: std::net::TcpStream,
     flags: Arc<HeadFlags>,
+    resume: Resume,
 ) -> Result<(), (Served, std::net::TcpStream, Arc<HeadFlags>)> {
-    let lot = match this_lot() {
+    let lot = match this_lot(resume) {
         Ok(lot) => lot,
         Err(e) => {
             tracing::debug!(error = %e, "no idle lot; the connection parks in a task");
             return Err((conn, sock, flags));
         }
     };
-    lot.insert(Slot { gen: 0, conn, sock, flags }, libc::EPOLL_CTL_ADD)
-        .map_err(|s| (s.conn, s.sock, s.flags))
+    lot.insert(
+        Slot {
+            gen: 0,
+            conn,
+            sock,
+            flags,
+        },
+        libc::EPOLL_CTL_ADD,
+    )
+    .map_err(|s| (s.conn, s.sock, s.flags))
 }
 
 /// This thread's lot, started on first use (on the worker's `LocalSet`).
-fn this_lot() -> io::Result<Rc<Lot>> {
+fn this_lot(resume: Resume) -> io::Result<Rc<Lot>> {
     if let Some(lot) = LOT.with(|l| l.borrow().upgrade()) {
         return Ok(lot);
     }
@@ -102,6 +115,7 @@ fn this_lot() -> io::Result<Rc<Lot>> {
         next_gen: Cell::new(1),
         attention: RefCell::new(Vec::new()),
         wake: Notify::new(),
+        resume,
     });
     LOT.with(|l| *l.borrow_mut() = Rc::downgrade(&lot));
     tokio::task::spawn_local(run(lot.clone()));
@@ -161,7 +175,7 @@ impl Lot {
     fn take(&self, token: u64) -> Option<Slot> {
         let (gen, key) = ((token >> 32) as u32, token as u32 as usize);
         let mut slots = self.slots.borrow_mut();
-        if !slots.get(key).is_some_and(|s| s.gen == gen) {
+        if slots.get(key).is_none_or(|s| s.gen != gen) {
             return None;
         }
         let slot = slots.remove(key);
@@ -224,20 +238,20 @@ impl Lot {
         }
     }
 
-    /// A parked socket is readable: its first bytes go to a new serving task; its end
-    /// or an error closes it; nothing to read re-arms it.
+    /// A parked socket is readable: bytes (looked at, left in the socket for hyper)
+    /// send it to a new serving task; its end or an error closes it; nothing to read
+    /// re-arms it.
     fn ready(&self, token: u64) {
         let Some(slot) = self.take(token) else { return };
-        let mut buf = bytes::BytesMut::with_capacity(FIRST_READ);
-        let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
-        match socket2::SockRef::from(&slot.sock).recv(spare) {
+        let mut first = [MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(&slot.sock).peek(&mut first) {
             Ok(0) => {}
-            Ok(n) => {
-                // SAFETY: the read initialised the first `n` bytes of the spare capacity.
-                unsafe { buf.set_len(n) };
+            Ok(_) => {
+                // Bytes between messages: a request head is on its way (the watch's
+                // head deadline).
                 slot.flags.pending.store(true, Relaxed);
                 self.leave(slot.sock.as_raw_fd());
-                super::serve::resume(slot.conn, slot.sock, slot.flags, buf.freeze());
+                (self.resume)(slot.conn, slot.sock, slot.flags);
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
                 let _ = self.insert(slot, libc::EPOLL_CTL_MOD);

@@ -12,7 +12,7 @@
 //! 7. [`respond`]: the downstream response, what it teaches the balancer, local errors.
 //!
 //! Around them: [`context`] (what every stage reads), [`conn`] (the connection's facts), [`serve`] (one HTTP connection:
-//! hyper, deadlines, drain), [`watch`] (a worker's connection deadlines), [`idle_lot`]
+//! hyper, deadlines, drain), [`served`] (what a connection owns between tasks), [`watch`] (a worker's connection deadlines), [`idle_lot`]
 //! (a worker's idle plain connections, parked outside tokio), [`body`] (the response
 //! body and its completion), [`headers`], [`upgrade`] (WebSocket and CONNECT).
 //!
@@ -32,5 +32,6 @@ pub(crate) mod respond;
 pub(crate) mod retry;
 pub(crate) mod route;
 pub(crate) mod serve;
+pub(crate) mod served;
 pub(crate) mod upgrade;
 pub(crate) mod watch;

@@ -27,6 +27,7 @@ use crate::http::conn::Action;
 use crate::http::conn::ConnState;
 use crate::http::conn::HeadFlags;
 use crate::http::conn::TlsInfo;
+use crate::http::served::Served;
 use crate::send_batch::{BatchedStream, ReadReady};
 use crate::shared::OpenConn;
 use crate::stats::ListenerStats;
@@ -112,18 +113,6 @@ pub(crate) async fn serve<IO>(
     }
 }
 
-/// What an HTTP connection owns whichever task serves it: an idle HTTP/1.1 connection
-/// moves to a small task of its own while it waits for its next bytes, and back to a
-/// new serving task when they arrive ([`serve_http1`]).
-pub(super) struct Served {
-    worker: Rc<Worker>,
-    pub(super) state: Rc<ConnState>,
-    /// Counts the connection open until it closes.
-    pub(super) open: OpenConn,
-    /// Keeps the connection in the worker's watch until it closes.
-    _watched: crate::http::watch::Watched,
-}
-
 impl Served {
     /// The request handler as hyper's service. Each request's future (a few KiB) is
     /// built in a heap slot that lives as long as the request: hyper keeps room for one
@@ -175,9 +164,10 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 ///
 /// When the watch finds the connection idle for [`RELEASE_IDLE_AFTER`](crate::http::watch::RELEASE_IDLE_AFTER) and nothing
 /// of an exchange is in progress ([`ConnState::between_messages`]), hyper's connection
-/// is taken apart (its buffers, its cached header map) and the connection parks: a
-/// small task of its own waits for the next bytes ([`parked`]) and this one ends, for a
-/// task keeps the room of its largest state (most of a KiB here) for its whole life.
+/// is taken apart (its buffers, its cached header map) and the connection parks
+/// ([`park`]): outside tokio in the worker's lot, or (TLS) in a small task of its own,
+/// and this task ends, for a task keeps the room of its largest state (most of a KiB
+/// here) for its whole life.
 /// The next bytes start a new serving task, whose fresh hyper connection reads them
 /// first. An upgrade (101, or 2xx to CONNECT) hands the byte stream, with any bytes
 /// hyper read past the request, to the tunnel waiting in [`ConnState::upgrade`].
@@ -243,7 +233,7 @@ where
             tokio::task::spawn_local(parked(conn, HeadWatch { io, flags, first }));
         }
         Ok(Ok(sock)) => {
-            if let Err((conn, sock, flags)) = crate::http::idle_lot::park(conn, sock, flags) {
+            if let Err((conn, sock, flags)) = crate::http::idle_lot::park(conn, sock, flags, resume) {
                 match BatchedStream::attach(sock) {
                     Ok(io) => {
                         tokio::task::spawn_local(parked(conn, HeadWatch { io, flags, first }));
@@ -256,24 +246,26 @@ where
     }
 }
 
-/// A connection parked in the worker's lot has its next bytes (`first`): back in tokio,
-/// the watch looks again (the head deadline, the next release), and a new serving task
-/// takes it over.
-pub(super) fn resume(conn: Served, sock: std::net::TcpStream, flags: Arc<HeadFlags>, first: Bytes) {
+/// A connection parked in the worker's lot has bytes to read: back in tokio, the watch
+/// looks again (the head deadline, the next release), and a new serving task takes it
+/// over.
+fn resume(conn: Served, sock: std::net::TcpStream, flags: Arc<HeadFlags>) {
     let state = &*conn.state;
     state.waker.borrow_mut().take();
     state.released.set(false);
     match BatchedStream::attach(sock) {
         Ok(io) => {
             crate::http::watch::look_now(state);
+            let first = Bytes::new();
             tokio::task::spawn_local(serve_http1(conn, HeadWatch { io, flags, first }));
         }
         Err(e) => tracing::debug!(error = %e, "a parked connection could not come back"),
     }
 }
 
-/// A parked HTTP/1.1 connection: no hyper connection, no buffer, and a task only as
-/// large as the wait for readability. Its next bytes start a new [`serve_http1`] task;
+/// An HTTP/1.1 connection parked in a task (TLS, or one the worker's lot could not
+/// take): no hyper connection, no buffer, and a task only as large as the wait for
+/// readability. Its next bytes start a new [`serve_http1`] task;
 /// the end of the stream, a socket error or the watch (idle timeout, drain,
 /// maintenance) close it.
 ///
@@ -424,7 +416,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The most the protocol choice reads: hyper's first read buffer, so the whole first
 /// read reaches hyper in one piece.
-pub(super) const FIRST_READ: usize = 8192;
+const FIRST_READ: usize = 8192;
 
 impl<IO: tokio::io::AsyncRead + Unpin> HeadWatch<IO> {
     /// Reads until the first bytes either are the HTTP/2 preface (true) or cannot be

@@ -163,7 +163,10 @@ async fn an_idle_tls_connection_releases_its_buffers_and_keeps_serving() {
             tokio::time::sleep(Duration::from_millis(1300)).await;
             let released = proxy.metric("tandem_listener_idle_releases_total{listener=\"web\"}");
             assert_eq!(released, f64::from(round + 1));
-            assert_eq!(proxy.metric("tandem_listener_connections_parked{listener=\"web\"}"), 0.0);
+            assert_eq!(
+                proxy.metric("tandem_listener_connections_parked{listener=\"web\"}"),
+                0.0
+            );
         }
     })
     .await;
