@@ -265,7 +265,6 @@ async fn read_to(s: &mut tokio::net::TcpStream, end: &[u8], times: usize) -> Str
     String::from_utf8_lossy(&out).into_owned()
 }
 
-
 /// A request the special backend answers with a small chunked body.
 const GET_PLAIN: &[u8] = b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n";
 
