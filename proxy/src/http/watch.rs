@@ -48,9 +48,12 @@ thread_local! {
 pub(crate) struct ConnWatch {
     /// Watched connections; a connection leaves when its task ends ([`Watched`]).
     conns: RefCell<Slab<Rc<ConnState>>>,
-    /// Due looks, earliest first: (when, connection id, slab key). Entries of gone or
-    /// rescheduled connections stay until they come up (or the heap is compacted).
-    due: RefCell<BinaryHeap<Reverse<(Instant, u64, u32)>>>,
+    /// Due looks, earliest first: (when, in ns since `epoch`; the connection id's low
+    /// 32 bits; slab key), 16 bytes each. Entries of gone or rescheduled connections stay
+    /// until they come up (or the heap is compacted).
+    due: RefCell<BinaryHeap<Reverse<(u64, u32, u32)>>>,
+    /// When the watch started: what the heap's times count from.
+    epoch: Instant,
     /// What the task sleeps until; None while it runs. A look due earlier wakes it.
     armed: Cell<Option<Instant>>,
     wake: Notify,
@@ -67,6 +70,7 @@ pub(crate) fn start(shared: Arc<Shared>, listeners: Arc<[ListenerConfig]>) {
     let watch = Rc::new(ConnWatch {
         conns: RefCell::new(Slab::new()),
         due: RefCell::new(BinaryHeap::new()),
+        epoch: Instant::now(),
         armed: Cell::new(None),
         wake: Notify::new(),
         draining: Cell::new(false),
@@ -133,7 +137,7 @@ impl ConnWatch {
                 self.look_at_all();
             }
             self.fire(Instant::now());
-            let next = self.due.borrow().peek().map(|Reverse((at, _, _))| *at);
+            let next = self.due.borrow().peek().map(|Reverse((at, _, _))| self.instant(*at));
             // With nothing due, any look scheduled wakes the task.
             self.armed.set(Some(
                 next.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
@@ -148,20 +152,36 @@ impl ConnWatch {
         }
     }
 
+    /// A time as the heap keeps it.
+    fn tick(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// A time the heap keeps, as an `Instant`.
+    fn instant(&self, tick: u64) -> Instant {
+        self.epoch + Duration::from_nanos(tick)
+    }
+
+    /// Whether heap entry `(at, id)` is `state`'s current look.
+    fn current(&self, state: &ConnState, at: u64, id: u32) -> bool {
+        state.id as u32 == id && state.watch.next.get().map(|n| self.tick(n)) == Some(at)
+    }
+
     /// Makes every look due by `now`.
     fn fire(&self, now: Instant) {
+        let now_tick = self.tick(now);
         loop {
             let (at, id, key) = {
                 let mut due = self.due.borrow_mut();
                 match due.peek() {
-                    Some(Reverse((at, _, _))) if *at <= now => {}
+                    Some(Reverse((at, _, _))) if *at <= now_tick => {}
                     _ => return,
                 }
                 let Some(Reverse(entry)) = due.pop() else { return };
                 entry
             };
-            let state = self.conns.borrow().get(key as usize).filter(|s| s.id == id).cloned();
-            let Some(state) = state.filter(|s| s.watch.next.get() == Some(at)) else {
+            let state = self.conns.borrow().get(key as usize).cloned();
+            let Some(state) = state.filter(|s| self.current(s, at, id)) else {
                 continue;
             };
             // Never due again within this call: each look moves a connection on.
@@ -183,16 +203,19 @@ impl ConnWatch {
         state.watch.next.set(next);
         let Some(at) = next else { return };
         let mut due = self.due.borrow_mut();
-        due.push(Reverse((at, state.id, state.watch.key.get())));
+        due.push(Reverse((self.tick(at), state.id as u32, state.watch.key.get())));
         // Entries of gone or rescheduled connections: dropped once they outnumber the
-        // live ones, so a burst of short connections does not leave the heap large.
+        // live ones, so a burst of short connections does not leave the heap large (nor
+        // its room: the room a burst took goes once it is four times what is left).
         if due.len() > 64 && due.len() > 2 * self.conns.borrow().len() {
             let conns = self.conns.borrow();
             due.retain(|Reverse((at, id, key))| {
-                conns
-                    .get(*key as usize)
-                    .is_some_and(|s| s.id == *id && s.watch.next.get() == Some(*at))
+                conns.get(*key as usize).is_some_and(|s| self.current(s, *at, *id))
             });
+            let keep = 2 * due.len().max(64);
+            if due.capacity() > 2 * keep {
+                due.shrink_to(keep);
+            }
         }
         drop(due);
         if self.armed.get().is_some_and(|armed| at < armed) {
