@@ -2,7 +2,7 @@
 //! TLS handshake established, and the counters and flags the request handler and the
 //! worker's connection watch share.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -11,7 +11,6 @@ use std::task::Waker;
 use std::time::Instant;
 
 /// Per-connection facts and counters the request handler reads and updates.
-#[derive(Debug)]
 pub(crate) struct ConnState {
     /// Client address (from the PROXY header when a trusted front sent one).
     pub client: SocketAddr,
@@ -41,10 +40,10 @@ pub(crate) struct ConnState {
     /// What the watch (or the request handler) asks the connection task to do.
     pub(crate) action: Cell<Action>,
     /// The connection task's waker, for the watch.
-    pub(crate) waker: RefCell<Option<Waker>>,
+    pub(crate) waker: Cell<Option<Waker>>,
     /// Where an HTTP/1.1 upgrade's tunnel waits for the client's byte stream: set with
     /// the 101 (or CONNECT's 2xx), taken when hyper has sent it.
-    pub(crate) upgrade: RefCell<Option<tokio::sync::oneshot::Sender<DownstreamTunnel>>>,
+    pub(crate) upgrade: Cell<Option<tokio::sync::oneshot::Sender<DownstreamTunnel>>>,
     /// TLS facts when the listener terminates TLS (boxed: a plain connection keeps a
     /// pointer, not the room of the facts, for its whole life).
     pub tls: Option<Box<TlsInfo>>,
@@ -53,6 +52,10 @@ pub(crate) struct ConnState {
     /// The connection's facts for filters, made by the first filtered request.
     pub filter_facts: std::cell::OnceCell<Rc<crate::wasm::state::ConnFacts>>,
 }
+
+/// [`WatchSlot::head_seen_at`] when no pending head was seen (no connection makes
+/// that many requests).
+pub(crate) const NO_HEAD_SEEN: u64 = u64::MAX;
 
 /// What the worker's connection watch (`http::watch`) keeps per connection.
 #[derive(Debug)]
@@ -65,11 +68,10 @@ pub(crate) struct WatchSlot {
     /// The regular deadline worked out when it last passed (or at a `look_now`): the
     /// first head's, a later head's, or the idle one.
     pub(crate) deadline: Cell<Instant>,
-    /// When the connection was accepted.
-    pub(crate) born: Instant,
-    /// The request count when a pending head was last seen at a deadline: the same
-    /// count at the next one means that head has been arriving for a whole period.
-    pub(crate) head_seen_at: Cell<Option<u64>>,
+    /// The request count when a pending head was last seen at a deadline
+    /// ([`NO_HEAD_SEEN`] when none was): the same count at the next one means that
+    /// head has been arriving for a whole period.
+    pub(crate) head_seen_at: Cell<u64>,
     /// When a release was last asked for (the connection may have been mid-message).
     pub(crate) release_asked: Cell<Option<Instant>>,
     /// HTTP/1.1: gives its buffers back when idle, and in maintenance closes only once
@@ -87,8 +89,7 @@ impl WatchSlot {
             key: Cell::new(u32::MAX),
             next: Cell::new(None),
             deadline: Cell::new(now),
-            born: now,
-            head_seen_at: Cell::new(None),
+            head_seen_at: Cell::new(NO_HEAD_SEEN),
             release_asked: Cell::new(None),
             http1: Cell::new(http1),
         }
@@ -125,14 +126,29 @@ pub(crate) enum Action {
     Release,
 }
 
+impl std::fmt::Debug for ConnState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnState")
+            .field("id", &self.id)
+            .field("client", &self.client)
+            .field("local", &self.local)
+            .field("listener", &self.listener)
+            .field("requests", &self.requests.get())
+            .field("in_flight", &self.in_flight.get())
+            .field("action", &self.action.get())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ConnState {
     /// Remembers the connection task's waker for the watch (cloned only when it
     /// changed).
     pub(crate) fn keep_waker(&self, waker: &Waker) {
-        let mut w = self.waker.borrow_mut();
-        if !w.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *w = Some(waker.clone());
-        }
+        let kept = match self.waker.take() {
+            Some(w) if w.will_wake(waker) => w,
+            _ => waker.clone(),
+        };
+        self.waker.set(Some(kept));
     }
 
     /// Whether nothing of an HTTP/1.1 exchange is in progress: no handler running, no
@@ -148,7 +164,7 @@ impl ConnState {
     /// Asks the connection task for `action` and wakes it.
     pub(crate) fn request(&self, action: Action) {
         self.action.set(action);
-        if let Some(w) = self.waker.borrow_mut().take() {
+        if let Some(w) = self.waker.take() {
             w.wake();
         }
     }
@@ -184,5 +200,17 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Tunnel for T {}
 impl std::fmt::Debug for dyn Tunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Tunnel")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle connection keeps its `ConnState` (in an `Rc`, two counts ahead of it)
+    /// for as long as it stays open: 256 bytes is an allocator size class, and a field
+    /// more would put every idle connection in the next one.
+    #[test]
+    fn a_connections_state_fits_in_256_bytes_with_its_counts() {
+        let counts = 2 * std::mem::size_of::<usize>();
+        assert!(counts + std::mem::size_of::<super::ConnState>() <= 256);
     }
 }

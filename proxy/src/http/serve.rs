@@ -5,7 +5,7 @@
 //! Deadlines are kept by the worker's watch ([`crate::http::watch`]) rather than by
 //! per-request timers; it asks the connection's task for an action ([`Action`]).
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -61,13 +61,13 @@ pub(crate) async fn serve<IO>(
         in_flight: Cell::new(0),
         open_bodies: Cell::new(0),
         released: Cell::new(false),
-        upgrade: RefCell::new(None),
+        upgrade: Cell::new(None),
         last_active: Cell::new(Instant::now()),
         head: Arc::default(),
         close: Cell::new(false),
         watch: crate::http::conn::WatchSlot::new(!h2),
         action: Cell::new(Action::Serve),
-        waker: RefCell::new(None),
+        waker: Cell::new(None),
         filter_facts: Default::default(),
     });
 
@@ -202,7 +202,7 @@ where
             Http1End::Aborted => return,
             Http1End::Closed(Err(e)) => return classify(&e, &conn.open.stats),
             Http1End::Closed(Ok(())) => {
-                if let Some(tunnel) = state.upgrade.borrow_mut().take() {
+                if let Some(tunnel) = state.upgrade.take() {
                     let _ = tunnel.send(Box::new(io));
                     return;
                 }
@@ -251,7 +251,7 @@ where
 /// over.
 fn resume(conn: Served, sock: std::net::TcpStream, flags: Arc<HeadFlags>) {
     let state = &*conn.state;
-    state.waker.borrow_mut().take();
+    state.waker.take();
     state.released.set(false);
     match BatchedStream::attach(sock) {
         Ok(io) => {

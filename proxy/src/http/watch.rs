@@ -28,7 +28,7 @@ use slab::Slab;
 use tokio::sync::Notify;
 
 use crate::config::ListenerConfig;
-use crate::http::conn::{Action, ConnState};
+use crate::http::conn::{Action, ConnState, NO_HEAD_SEEN};
 use crate::shared::Shared;
 
 /// An HTTP/1.1 connection idle this long (up to twice this long: it is looked at once
@@ -209,9 +209,7 @@ impl ConnWatch {
         // its room: the room a burst took goes once it is four times what is left).
         if due.len() > 64 && due.len() > 2 * self.conns.borrow().len() {
             let conns = self.conns.borrow();
-            due.retain(|Reverse((at, id, key))| {
-                conns.get(*key as usize).is_some_and(|s| self.current(s, *at, *id))
-            });
+            due.retain(|Reverse((at, id, key))| conns.get(*key as usize).is_some_and(|s| self.current(s, *at, *id)));
             let keep = 2 * due.len().max(64);
             if due.capacity() > 2 * keep {
                 due.shrink_to(keep);
@@ -299,14 +297,14 @@ impl ConnWatch {
                     return None;
                 }
                 if busy || !pending {
-                    w.head_seen_at.set(None);
-                } else if w.head_seen_at.get() == Some(requests) {
+                    w.head_seen_at.set(NO_HEAD_SEEN);
+                } else if w.head_seen_at.get() == requests {
                     // A later request's head has been trickling in for a whole period.
                     self.header_timeout(state);
                     state.request(Action::Abort);
                     return None;
                 } else {
-                    w.head_seen_at.set(Some(requests));
+                    w.head_seen_at.set(requests);
                 }
                 if !busy && !pending && state.last_active.get() + idle_timeout <= now {
                     state.request(Action::Graceful);
@@ -314,7 +312,8 @@ impl ConnWatch {
                 }
             }
             w.deadline.set(if requests == 0 {
-                w.born + header_read
+                // Until its first request, a connection's last activity is its accept.
+                state.last_active.get() + header_read
             } else if busy {
                 // A response in progress is never idle: looked at again later.
                 now + idle_timeout.min(header_read)
@@ -350,7 +349,8 @@ impl ConnWatch {
         // tell the watch when a request ends).
         if w.http1.get() && requests > 0 && !state.released.get() {
             let release_at = if state.between_messages() {
-                state.last_active.get().max(w.release_asked.get().unwrap_or(w.born)) + RELEASE_IDLE_AFTER
+                let last = state.last_active.get();
+                w.release_asked.get().map_or(last, |asked| last.max(asked)) + RELEASE_IDLE_AFTER
             } else {
                 now + RELEASE_IDLE_AFTER
             };
