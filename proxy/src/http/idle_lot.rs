@@ -5,9 +5,9 @@
 //! socket: about 650 of the 1,100 bytes it kept. A plain connection leaves tokio
 //! instead and waits here: its socket in the lot's own epoll set (one shot), the rest
 //! of it in a slot of the lot's slab. When its next bytes arrive, a new serving task
-//! takes it over in tokio again (and reads them); the end of the stream, a socket error or the
-//! watch (idle timeout, drain, maintenance) close it here. A TLS connection keeps its
-//! session in memory and parks in a task of its own.
+//! takes it over in tokio again (and reads them); the end of the stream, a socket
+//! error or the watch (idle timeout, drain, maintenance) close it here. A TLS
+//! connection keeps its session in memory and parks in a task of its own.
 //!
 //! The lot is one task per worker thread, woken by its epoll fd and by the watch: the
 //! waker a parked connection leaves for the watch names its slot and allocates nothing.
@@ -122,7 +122,7 @@ fn this_lot(resume: Resume) -> io::Result<Rc<Lot>> {
     Ok(lot)
 }
 
-/// The lot's task: reads parked sockets that became readable, and acts on what the
+/// The lot's task: takes parked sockets that became readable, and acts on what the
 /// watch asked. Runs as long as the worker's runtime.
 async fn run(lot: Rc<Lot>) {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
@@ -291,9 +291,9 @@ static SLOT_WAKER: RawWakerVTable = RawWakerVTable::new(
     |_| {},
 );
 
-/// Queues slot `token` for the lot's task.
+/// Queues slot `token` for the lot's task (nothing once the thread is ending).
 fn attend_later(token: u64) {
-    if let Some(lot) = LOT.with(|l| l.borrow().upgrade()) {
+    if let Some(lot) = LOT.try_with(|l| l.borrow().upgrade()).ok().flatten() {
         lot.attention.borrow_mut().push(token);
         lot.wake.notify_one();
     }
