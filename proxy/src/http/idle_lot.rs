@@ -173,7 +173,7 @@ impl Lot {
 
     /// Takes the slot `token` names out of the slab, if it is still that slot's.
     fn take(&self, token: u64) -> Option<Slot> {
-        let (gen, key) = ((token >> 32) as u32, token as u32 as usize);
+        let (gen, key) = split(token);
         let mut slots = self.slots.borrow_mut();
         if slots.get(key).is_none_or(|s| s.gen != gen) {
             return None;
@@ -187,27 +187,24 @@ impl Lot {
     fn attend(&self) {
         let tokens = std::mem::take(&mut *self.attention.borrow_mut());
         for token in tokens {
-            let action = {
-                let slots = self.slots.borrow();
-                match slots.get(token as u32 as usize) {
-                    Some(s) if s.gen == (token >> 32) as u32 => s.conn.state.action.get(),
-                    _ => continue,
-                }
-            };
-            match action {
-                // Nothing to do: the watch took the waker, it gets it back.
-                Action::Serve | Action::Release => {
-                    if let Some(s) = self.slots.borrow().get(token as u32 as usize) {
-                        s.conn.state.keep_waker(&slot_waker(token));
+            let (gen, key) = split(token);
+            let action = match self.slots.borrow().get(key) {
+                Some(s) if s.gen == gen => {
+                    let state = &s.conn.state;
+                    let action = state.action.get();
+                    if matches!(action, Action::Serve | Action::Release) {
+                        // Nothing to do: the watch took the waker, it gets it back.
+                        state.keep_waker(&slot_waker(token));
                     }
+                    action
                 }
-                // An idle connection just closes (with a FIN first when graceful).
-                Action::Graceful | Action::Abort => {
-                    if let Some(slot) = self.take(token) {
-                        if action == Action::Graceful {
-                            let _ = slot.sock.shutdown(std::net::Shutdown::Write);
-                        }
-                        drop(slot);
+                _ => continue,
+            };
+            // An idle connection just closes (with a FIN first when graceful).
+            if matches!(action, Action::Graceful | Action::Abort) {
+                if let Some(slot) = self.take(token) {
+                    if action == Action::Graceful {
+                        let _ = slot.sock.shutdown(std::net::Shutdown::Write);
                     }
                 }
             }
@@ -274,6 +271,11 @@ impl Drop for Lot {
             slot.conn.open.stats.parked.fetch_sub(1, Relaxed);
         }
     }
+}
+
+/// A slot's token as (generation, slab key).
+fn split(token: u64) -> (u32, usize) {
+    ((token >> 32) as u32, token as u32 as usize)
 }
 
 /// The waker a parked connection leaves for the watch: it names the slot, so a wake-up
