@@ -81,6 +81,26 @@ pub fn release_free_memory() {
     unsafe { mi_collect(false) }
 }
 
+/// Keeps the kernel from backing this process's memory with transparent huge pages
+/// (`PR_SET_THP_DISABLE`; children inherit it). A huge page stays resident as long as
+/// any block in its 2 MiB is live: after a burst of connections went idle and gave
+/// their buffers back, the few records each keeps held whole huge pages, and RSS per
+/// idle connection was two to three times what it is in 4 KiB pages (`bench/README.md`).
+/// mimalloc is built without asking for huge pages (its `no_thp` feature); this covers
+/// hosts where the kernel gives them unasked (`transparent_hugepage/enabled = always`).
+/// Called first thing in `main`: pages faulted in as huge stay so. `Err` when the
+/// kernel refuses.
+pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
+    let zero: libc::c_ulong = 0;
+    // SAFETY: PR_SET_THP_DISABLE takes integers only and touches no memory of ours.
+    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1 as libc::c_ulong, zero, zero, zero) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -245,6 +245,10 @@ fn raise_open_file_limit() {
 }
 
 fn main() -> ExitCode {
+    // Before the heap grows: pages already faulted in as huge would stay so.
+    if let Err(e) = tandem_proxy::allocator::disable_transparent_huge_pages() {
+        eprintln!("tandem: cannot turn transparent huge pages off for this process: {e}");
+    }
     let cli = Cli::parse();
     raise_open_file_limit();
     match cli.cmd {

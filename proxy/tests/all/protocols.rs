@@ -271,6 +271,44 @@ const GET_PLAIN: &[u8] = b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n";
 const RELEASES: &str = "tandem_listener_idle_releases_total{listener=\"web\"}";
 const PARKED: &str = "tandem_listener_connections_parked{listener=\"web\"}";
 
+/// The line of `/proc/{pid}/{file}` that starts with `key`, its first field after it.
+fn proc_field(pid: u32, file: &str, key: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("/proc/{pid}/{file} has no `{key}` line (Linux 5.0 or later needed)"));
+    line[key.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// An idle connection's few records would keep whole 2 MiB huge pages resident, so no
+/// memory of the process is backed by transparent huge pages: the kernel is told not to
+/// (`THP_enabled` 0) and mimalloc does not ask for them, even
+/// after a few hundred connections grew the heap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_keeps_its_memory_out_of_transparent_huge_pages() {
+    bounded(30, async {
+        let b = special_backend().await;
+        let proxy = Proxy::start(&one_route_to(b));
+        let pid = proxy.child.id();
+        assert_eq!(proc_field(pid, "status", "THP_enabled:"), "0");
+        let mut open = Vec::new();
+        for _ in 0..300 {
+            let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+            s.write_all(GET_PLAIN).await.unwrap();
+            let r = read_to(&mut s, b"0\r\n\r\n", 1).await;
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+            open.push(s);
+        }
+        assert_eq!(proc_field(pid, "smaps_rollup", "AnonHugePages:"), "0");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_give_their_buffers_back_and_keep_serving() {
     bounded(30, async {
