@@ -106,10 +106,16 @@ ROWS = {
 HEADER_ROWS = ("h1", "h1_1conn", "tls_h1", "handshakes", "full_handshakes", "h2_tls")
 
 
-def configs(tmp, mode):
+def configs(tmp, mode, defer=False):
     """Writes the backends' and the three proxies' configs for header mode `mode`
-    (`plain` = l7's `minimal` for the peers, `equal` = l7's `same`)."""
+    (`plain` = l7's `minimal` for the peers, `equal` = l7's `same`). With `defer`, the
+    HTTP and TLS listeners of all three accept a connection once its first bytes arrive
+    (`TCP_DEFER_ACCEPT`: Tandem's `defer_accept`, HAProxy's `defer-accept`, nginx's
+    `deferred`)."""
     peers = "minimal" if mode == "plain" else "same"
+    t_defer = "defer_accept = true\n" if defer else ""
+    h_defer = " defer-accept" if defer else ""
+    n_defer = " deferred" if defer else ""
     with open(f"{tmp}/big.bin", "wb") as f:
         f.write(os.urandom(1 << 20))
     servers = "".join(
@@ -156,10 +162,10 @@ access_log = "off"
 [[listener]]
 name = "http"
 listen = "127.0.0.1:{http}"
-[[listener]]
+{t_defer}[[listener]]
 name = "https"
 listen = "127.0.0.1:{https}"
-tls = {{ certificates = [{{ cert = "{tmp}/cert.pem", key = "{tmp}/key.pem" }}], min_version = "1.3" }}
+{t_defer}tls = {{ certificates = [{{ cert = "{tmp}/cert.pem", key = "{tmp}/key.pem" }}], min_version = "1.3" }}
 [[listener]]
 name = "tcp"
 listen = "127.0.0.1:{tcp}"
@@ -187,12 +193,12 @@ defaults
   timeout server 30s
 frontend http
   mode http
-  bind 127.0.0.1:{http}
+  bind 127.0.0.1:{http}{h_defer}
   option http-keep-alive
 {l7.haproxy_headers("http", peers)}  default_backend be
 frontend https
   mode http
-  bind 127.0.0.1:{https} ssl crt {tmp}/combined.pem alpn h2,http/1.1
+  bind 127.0.0.1:{https} ssl crt {tmp}/combined.pem alpn h2,http/1.1{h_defer}
   option http-keep-alive
 {l7.haproxy_headers("https", peers)}  default_backend be
 backend be
@@ -232,10 +238,10 @@ http {{
     keepalive 64;
   }}
   server {{
-    listen 127.0.0.1:{http};
+    listen 127.0.0.1:{http}{n_defer};
 {location}  }}
   server {{
-    listen 127.0.0.1:{https} ssl http2;
+    listen 127.0.0.1:{https} ssl http2{n_defer};
     ssl_certificate {tmp}/cert.pem;
     ssl_certificate_key {tmp}/key.pem;
     ssl_protocols TLSv1.3;
@@ -463,6 +469,9 @@ def main():
                     help="comma-separated subset of: " + ", ".join(PROXIES) + " (ratios need tandem and a peer)")
     ap.add_argument("--baseline", help="a second Tandem binary run in every round beside --tandem (to judge a change)")
     ap.add_argument("--instructions", action="store_true", help="then run instructions.py (callgrind) too")
+    ap.add_argument("--defer-accept", action="store_true",
+                    help="every proxy's HTTP and TLS listeners accept a connection once its first bytes arrive "
+                         "(TCP_DEFER_ACCEPT: Tandem defer_accept, HAProxy defer-accept, nginx deferred)")
     args = ap.parse_args()
     rows = [r.strip() for r in args.only.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS and r != "filter"]
@@ -487,7 +496,7 @@ def main():
     tls_l4.certs(tmp)
     for i, mode in enumerate(modes):
         mode_rows = rows if mode == "plain" else [r for r in rows if r in HEADER_ROWS]
-        configs(tmp, mode)
+        configs(tmp, mode, args.defer_accept)
         backend = subprocess.Popen(
             ["taskset", "-c", "1", "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf", "-g", "daemon off;"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -129,6 +129,9 @@ def main():
     ap.add_argument("--baseline", help="a second Tandem binary measured beside --tandem")
     ap.add_argument("--rows", default="h1,l4", help="comma-separated: " + ", ".join(ROWS))
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--defer-accept", action="store_true",
+                    help="every proxy's HTTP and TLS listeners defer the accept until the first bytes "
+                         "(see compare.py)")
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--no-perf", action="store_true",
                     help="CPU split only: perf's tracepoints add kernel time of their own")
@@ -148,7 +151,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="tandem-kernel-")
     os.chmod(tmp, 0o755)
     tls_l4.certs(tmp)
-    compare.configs(tmp, "plain")
+    compare.configs(tmp, "plain", args.defer_accept)
     backend = subprocess.Popen(["taskset", "-c", "1", "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf",
                                 "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = {row: {n: [] for n in names} for row in rows}

@@ -47,8 +47,13 @@ pub enum StartError {
 /// Binds one listener socket for one worker: `SO_REUSEPORT` so every worker has its
 /// own accept queue, `SO_REUSEADDR` for fast restarts, non-blocking for tokio;
 /// `freebind` binds an address the node does not hold yet (a VIP), so the listener is
-/// ready before the address arrives.
-pub(crate) fn bind_with(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::TcpListener> {
+/// ready before the address arrives; `defer_accept` sets `TCP_DEFER_ACCEPT` (see
+/// [`ListenerConfig::defer_accept`]).
+pub(crate) fn bind_with(
+    addr: SocketAddr,
+    freebind: bool,
+    defer_accept: bool,
+) -> std::io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
@@ -63,9 +68,33 @@ pub(crate) fn bind_with(addr: SocketAddr, freebind: bool) -> std::io::Result<std
         sock.set_only_v6(true)?;
     }
     sock.set_nonblocking(true)?;
+    if defer_accept {
+        set_defer_accept(&sock, crate::config::DEFER_ACCEPT_SECONDS)?;
+    }
     sock.bind(&addr.into())?;
     sock.listen(4096)?;
     Ok(sock.into())
+}
+
+/// `TCP_DEFER_ACCEPT` (socket2 has no setter for it).
+fn set_defer_accept(sock: &Socket, seconds: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v = libc::c_int::try_from(seconds).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the option value is a c_int that lives across the call, its size given.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Binds every listener for every worker and starts the worker threads. Bind errors
@@ -83,7 +112,7 @@ pub(crate) fn start(shared: Arc<Shared>) -> Result<Vec<std::thread::JoinHandle<(
                 .config
                 .released_addresses()
                 .any(|a| a == l.listen.ip());
-            let s = bind_with(l.listen, vip).map_err(|source| StartError::Bind {
+            let s = bind_with(l.listen, vip, l.defer_accept).map_err(|source| StartError::Bind {
                 name: l.name.clone(),
                 addr: l.listen,
                 source,

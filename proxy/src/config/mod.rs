@@ -261,7 +261,16 @@ pub struct ListenerConfig {
     pub tcp_buffer_bytes: usize,
     /// L4: network filter names (resolved against `Config::filters`).
     pub filters: Vec<String>,
+    /// The kernel hands a connection over once its first bytes arrive, or after
+    /// [`DEFER_ACCEPT_SECONDS`] (`TCP_DEFER_ACCEPT`): one wake-up less per connection,
+    /// and connections that send nothing cost no process memory meanwhile.
+    pub defer_accept: bool,
 }
+
+/// How long the kernel holds a connection that has sent nothing when its listener has
+/// `defer_accept` (HAProxy's `defer-accept` uses the same second). It then hands it
+/// over anyway, and `header_read_timeout` runs from there.
+pub const DEFER_ACCEPT_SECONDS: u32 = 1;
 
 /// A listener's protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

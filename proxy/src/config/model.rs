@@ -535,6 +535,9 @@ pub struct ListenerSection {
     /// L4: proxy-wasm network filters run on each connection, in order.
     #[serde(default)]
     pub filters: Vec<SpannedStr>,
+    /// Accept a connection once its first bytes arrive (`TCP_DEFER_ACCEPT`).
+    #[serde(default)]
+    pub defer_accept: bool,
 }
 
 /// `tls = { … }` of a listener.

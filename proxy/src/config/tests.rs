@@ -53,6 +53,29 @@ fn tcp_buffer_size_is_bounded() {
 }
 
 #[test]
+fn defer_accept_is_refused_on_a_plain_tcp_listener_only() {
+    let tcp = BASE.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nprotocol = \"tcp\"\ncluster = \"api\"\ndefer_accept = true",
+    );
+    let i = one(&tcp);
+    assert_eq!((i.line, i.key.as_str()), (3, "listener[0].defer_accept"));
+    assert!(i.message.contains("server speaks first"), "{}", i.message);
+    assert!(i.hint.unwrap().contains("remove defer_accept"));
+    // HTTP listeners take it; without it nothing is deferred.
+    let c = load_str(
+        "t.toml",
+        &BASE.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\ndefer_accept = true",
+        ),
+    )
+    .unwrap();
+    assert!(c.listeners[0].defer_accept);
+    assert!(!load_str("t.toml", BASE).unwrap().listeners[0].defer_accept);
+}
+
+#[test]
 fn unknown_key_names_line_and_suggests() {
     let i = one(&BASE.replace("listen = ", "listn = "));
     assert_eq!((i.line, i.key.as_str()), (4, "listener[0].listn"));

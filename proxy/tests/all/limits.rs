@@ -202,6 +202,54 @@ async fn max_connections_refuses_the_excess() {
     .await;
 }
 
+/// `tandem_listener_connections_accepted_total` of the test listener.
+fn accepted(p: &Proxy) -> f64 {
+    p.metric("tandem_listener_connections_accepted_total{listener=\"web\"}")
+}
+
+/// Waits up to `limit` for `accepted(p)` to reach `n`; how long that took.
+async fn until_accepted(p: &Proxy, n: f64, limit: Duration) -> Duration {
+    let t = Instant::now();
+    while accepted(p) < n {
+        assert!(t.elapsed() < limit, "{} accepted after {limit:?}, not {n}", accepted(p));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.elapsed()
+}
+
+/// With `defer_accept`, the kernel hands a connection over once its first bytes arrive;
+/// one that stays silent is handed over after about a second, and then times out like
+/// any. Without it, a connection is taken at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_listener_takes_a_connection_once_its_first_bytes_arrive() {
+    bounded(30, async {
+        let b = Backend::start("b").await;
+        let eager = Proxy::start(&body_for(&b));
+        let _silent = TcpStream::connect(eager.addr).await.unwrap();
+        until_accepted(&eager, 1.0, Duration::from_secs(2)).await;
+        drop(eager);
+
+        let proxy = Proxy::start_with(&body_for(&b), "defer_accept = true\nheader_read_timeout = \"1s\"");
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(accepted(&proxy), 0.0, "taken before its first bytes");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        assert_eq!(accepted(&proxy), 1.0);
+
+        // A silent one: the kernel hands it over after the deferral, and the head
+        // deadline closes it.
+        let mut quiet = TcpStream::connect(proxy.addr).await.unwrap();
+        let waited = until_accepted(&proxy, 2.0, Duration::from_secs(10)).await;
+        assert!(waited >= Duration::from_millis(800), "handed over after {waited:?}");
+        let (rest, closed) = read_all(&mut quiet).await;
+        assert!(closed, "a silent connection stayed open: {rest:?}");
+    })
+    .await;
+}
+
 /// A keep-alive connection to `addr` whose first request was answered.
 async fn answered_keep_alive(addr: std::net::SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();

@@ -116,6 +116,16 @@ pub(super) fn listeners(
                 Some("remove `tls` for passthrough, or `sni_routes` to terminate".into()),
             );
         }
+        // A tcp listener may carry a protocol whose server speaks first (SMTP, MySQL):
+        // its clients would wait out the defer for a greeting. TLS is client-first.
+        if l.defer_accept && protocol == ListenerProtocol::Tcp && l.tls.is_none() && l.sni_routes.is_empty() {
+            c.at(
+                &l.name,
+                format!("{key}.defer_accept"),
+                "a tcp listener may carry protocols where the server speaks first, whose clients would wait for the deferred accept".into(),
+                Some("remove defer_accept here; it suits http listeners and tcp listeners that terminate or route TLS".into()),
+            );
+        }
         let max_age = c.dur(&l.max_connection_age, format!("{key}.max_connection_age"));
         if !(1024..=1 << 20).contains(&l.tcp_buffer_bytes) {
             c.at(
@@ -154,6 +164,7 @@ pub(super) fn listeners(
                 max_connection_age: (max_age > Duration::ZERO).then_some(max_age),
                 tcp_buffer_bytes: l.tcp_buffer_bytes,
                 filters: l.filters.iter().map(|f| f.get_ref().clone()).collect(),
+                defer_accept: l.defer_accept,
             });
         }
     }
