@@ -55,7 +55,6 @@ import re
 import shutil
 import signal
 import socket
-import ssl
 import statistics
 import subprocess
 import sys
@@ -276,21 +275,12 @@ def rss_kib(root_pid):
     return total
 
 
-def client_tls():
-    """A TLS 1.3 client context that trusts the bench's self-signed certificate."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    return ctx
-
-
 async def open_idle(port, n, tls=False):
     """Opens `n` keep-alive connections (over TLS with `tls`) that each made one
     request; returns them."""
     conns = []
     request = f"GET / HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
-    ctx = client_tls() if tls else None
+    ctx = tls_l4.client_tls() if tls else None
     for _ in range(n):
         r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
         w.write(request)

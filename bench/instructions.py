@@ -75,12 +75,9 @@ def handshakes(url, n, resume):
     proxy under valgrind is the slow side); with `resume`, each resumes the session the
     last one was given. Returns how many got a 200."""
     import socket
-    import ssl
     from urllib.parse import urlsplit
     u = urlsplit(url)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx = tls.client_tls()
     ctx.set_alpn_protocols(["http/1.1"])
     ok, session = 0, None
     for _ in range(n):

@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,14 @@ def certs(tmp):
     )
     with open(f"{tmp}/combined.pem", "w") as f:
         f.write(open(f"{tmp}/cert.pem").read() + open(f"{tmp}/key.pem").read())
+
+
+def client_tls():
+    """A TLS 1.3 client context that trusts the bench's self-signed certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
 
 
 def configs(tmp, headers="same"):

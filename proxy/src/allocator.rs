@@ -91,9 +91,9 @@ pub fn release_free_memory() {
 /// Called first thing in `main`: pages faulted in as huge stay so. `Err` when the
 /// kernel refuses.
 pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
-    let zero: libc::c_ulong = 0;
+    let (disable, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
     // SAFETY: PR_SET_THP_DISABLE takes integers only and touches no memory of ours.
-    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1 as libc::c_ulong, zero, zero, zero) };
+    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, disable, unused, unused, unused) };
     if r == 0 {
         Ok(())
     } else {
