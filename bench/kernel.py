@@ -67,12 +67,13 @@ def tree(pid):
 
 
 def ticks(pids):
-    user = system = 0
+    """(user ticks, system ticks, minor page faults) of the processes, all threads."""
+    user = system = faults = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        user, system = user + int(fields[11]), system + int(fields[12])
-    return user, system
+        user, system, faults = user + int(fields[11]), system + int(fields[12]), faults + int(fields[7])
+    return user, system, faults
 
 
 def measure(name, binary, tmp, row, seconds, perf):
@@ -104,11 +105,12 @@ def measure(name, binary, tmp, row, seconds, perf):
             counter = subprocess.Popen(["perf", "stat", "-x,", "-e", events, "-p", ",".join(map(str, pids)),
                                         "--", "sleep", str(seconds + 1)], stderr=subprocess.PIPE, text=True)
             time.sleep(0.5)
-        u0, s0 = ticks(pids)
+        u0, s0, f0 = ticks(pids)
         rps = run_load(seconds)
-        u1, s1 = ticks(pids)
+        u1, s1, f1 = ticks(pids)
         n = rps * seconds
-        out = {"user_us": (u1 - u0) / l7.CLK * 1e6 / n, "sys_us": (s1 - s0) / l7.CLK * 1e6 / n}
+        out = {"user_us": (u1 - u0) / l7.CLK * 1e6 / n, "sys_us": (s1 - s0) / l7.CLK * 1e6 / n,
+               "page_faults": (f1 - f0) / n}
         if counter:
             # perf counts over seconds+1 s: scale by the requests wrk made in its window
             # (the extra half-second on each side is idle).
@@ -169,13 +171,13 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
     for row in rows:
         print(f"\n{ROWS[row]}: per request, medians of {args.rounds} rounds (plain mode)")
-        keys = ["user_us", "sys_us"]
+        keys = ["user_us", "sys_us", "page_faults"]
         if perf:
             seen = {k for runs in results[row].values() for r in runs for k, v in r.items() if v >= 0.01}
             keys += ["syscalls"] + [s for s in SYSCALLS if s in seen] + [k for k in PACKETS.values() if k in seen]
         print(f"  {'':<14}" + "".join(f"{n:>10}" for n in names))
         for k in keys:
-            label = {"user_us": "user µs", "sys_us": "kernel µs"}.get(k, k)
+            label = {"user_us": "user µs", "sys_us": "kernel µs", "page_faults": "page faults"}.get(k, k)
             print(f"  {label:<14}" + "".join(
                 f"{statistics.median(r.get(k, 0) for r in results[row][n]):>10.2f}" for n in names))
         total = {n: statistics.median(r["user_us"] + r["sys_us"] for r in results[row][n]) for n in names}
