@@ -103,14 +103,15 @@ def wait_ready(url, timeout=120):
     raise SystemExit(f"{url} did not answer within {timeout}s under valgrind")
 
 
-def count(label, cmd, url, load, n, warmup, out_dir):
-    """Instructions per request of `cmd` serving `n` requests at `url`; `load`: "h1" or
-    "h2" (h2load, 16 connections) or "resumed" or "full" (one connection per request)."""
+def count(label, cmd, url, load, n, warmup, out_dir, cache_sim=False):
+    """{event: count per request} of `cmd` serving `n` requests at `url` ("Ir":
+    instructions; with `cache_sim` also callgrind's cache misses); `load`: "h1" or "h2"
+    (h2load, 16 connections) or "resumed" or "full" (one connection per request)."""
     prefix = os.path.join(out_dir, f"cg.{label}")
     for f in glob.glob(prefix + ".*"):
         os.remove(f)
     vg = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes",
-          f"--callgrind-out-file={prefix}.%p"]
+          f"--callgrind-out-file={prefix}.%p"] + (["--cache-sim=yes"] if cache_sim else [])
     log = open(os.path.join(out_dir, f"vg.{label}.log"), "w")
     p = subprocess.Popen(vg + cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     try:
@@ -134,12 +135,24 @@ def count(label, cmd, url, load, n, warmup, out_dir):
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
         log.close()
-    # One file per process (nginx's master and worker); "totals:" closes each dump.
-    total = 0
+    # One file per process (nginx's master and worker); "events:" names the columns
+    # and "totals:" closes each dump.
+    total = {}
     for f in glob.glob(prefix + ".*"):
+        events = ["Ir"]
         with open(f) as fh:
-            total += sum(int(line.split()[1]) for line in fh if line.startswith("totals:"))
-    return total / n
+            for line in fh:
+                if line.startswith("events:"):
+                    events = line.split()[1:]
+                elif line.startswith("totals:"):
+                    for e, v in zip(events, line.split()[1:]):
+                        total[e] = total.get(e, 0) + int(v)
+    return {e: v / n for e, v in total.items()}
+
+
+# Columns of `--cache-sim`: callgrind's events summed into first-level instruction and
+# data misses and last-level misses.
+CACHE_COLUMNS = {"I1 miss": ("I1mr",), "D1 miss": ("D1mr", "D1mw"), "LL miss": ("ILmr", "DLmr", "DLmw")}
 
 
 def main():
@@ -147,6 +160,8 @@ def main():
     ap.add_argument("--tandem", required=True)
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated subset of: " + ", ".join(SCENARIOS))
+    ap.add_argument("--cache-sim", action="store_true",
+                    help="also count callgrind's simulated cache misses per request (slower)")
     l7.add_competitor_headers_arg(ap)
     args = ap.parse_args()
     scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -214,9 +229,9 @@ def main():
                 # Handshakes are slow under valgrind: a tenth of the requests.
                 k, w = (max(n // 10, 200), max(n // 100, 50)) if s in HANDSHAKES else (n, warmup)
                 load = s if s in HANDSHAKES else "h2" if s == "tls_h2" else "h1"
-                ipr = count(f"{s}-{label.replace(' ', '-')}", cmd, url, load, k, w, tmp)
-                results.setdefault(s, []).append((label, ipr))
-                print(f"  {s:<7} {label:<10} {ipr:>9.0f} instructions/request", flush=True)
+                ev = count(f"{s}-{label.replace(' ', '-')}", cmd, url, load, k, w, tmp, args.cache_sim)
+                results.setdefault(s, []).append((label, ev))
+                print(f"  {s:<7} {label:<10} {ev['Ir']:>9.0f} instructions/request", flush=True)
     finally:
         l7.stop(backend, signal.SIGQUIT)
 
@@ -231,12 +246,15 @@ def main():
         print(f"\n{titles[s]}")
         # Tandem's count over each other proxy's (below 1: Tandem does less work), or
         # for filters the instructions each adds to the no-filter run.
-        base = results[s][0][1]
+        base = results[s][0][1]["Ir"]
         ref = "tandem/this" if s != "wasm" else "added"
-        print(f"  {'':<10} {'instr/req':>10} {ref:>12}")
-        for label, ipr in results[s]:
+        cache = list(CACHE_COLUMNS) if args.cache_sim else []
+        print(f"  {'':<10} {'instr/req':>10} {ref:>12}" + "".join(f"{c:>10}" for c in cache))
+        for label, ev in results[s]:
+            ipr = ev["Ir"]
             rel = f"{base / ipr:.2f}x" if s != "wasm" else f"{ipr - base:+.0f}"
-            print(f"  {label:<10} {ipr:>10.0f} {rel:>12}")
+            misses = "".join(f"{sum(ev.get(e, 0) for e in CACHE_COLUMNS[c]):>10.0f}" for c in cache)
+            print(f"  {label:<10} {ipr:>10.0f} {rel:>12}" + misses)
     print(f"\ncallgrind files: {tmp}")
 
 

@@ -11,6 +11,7 @@ pub(crate) mod access_log;
 pub mod allocator;
 pub(crate) mod balancer;
 pub(crate) mod clock;
+pub(crate) mod epoch_ticker;
 pub mod cluster;
 pub mod config;
 pub mod control;

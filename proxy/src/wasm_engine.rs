@@ -1,17 +1,14 @@
-//! The process-wide wasmtime engine, the epoch ticker that bounds guest CPU per
-//! callback, and module compilation with an on-disk cache of compiled code keyed by
+//! The process-wide wasmtime engine (its epoch ticker, which bounds guest CPU per
+//! callback, is in `epoch_ticker`), and module compilation with an on-disk cache of compiled code keyed by
 //! the module's sha256 (so a restart or a reload of an unchanged module does not pay
 //! for Cranelift again).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use wasmtime::{Config, Engine, Module};
 
-/// How often the epoch advances; CPU limits are rounded up to this. Coarse on purpose:
-/// the ticker thread wakes 100 times a second, not on every request.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub use crate::epoch_ticker::EPOCH_TICK;
 
 /// Why a module could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -55,17 +52,7 @@ pub fn engine() -> &'static Engine {
         // nothing committed): it lets compiled code drop explicit bounds checks on every
         // guest load and store (~5% of the instructions a header filter adds per request).
         let engine = Engine::new(&c).expect("wasmtime engine configuration is valid");
-        let ticker = engine.weak();
-        std::thread::Builder::new()
-            .name("wasm-epoch".into())
-            .spawn(move || {
-                while let Some(e) = ticker.upgrade() {
-                    e.increment_epoch();
-                    drop(e);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })
-            .expect("epoch thread starts");
+        crate::epoch_ticker::start(engine.weak());
         engine
     })
 }

@@ -184,7 +184,11 @@ impl Instance {
         store.limiter(|s| &mut s.limits as &mut dyn wasmtime::ResourceLimiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(plugin.deadline_ticks);
-        let inst = match pre.instantiate(&mut store) {
+        // A module's start function runs here: the ticker must be awake to bound it.
+        let running = crate::epoch_ticker::GuestCall::enter();
+        let instantiated = pre.instantiate(&mut store);
+        drop(running);
+        let inst = match instantiated {
             Ok(i) => i,
             Err(e) => return Err(classify(e, store.data().limits.refused)),
         };
@@ -306,7 +310,9 @@ impl Instance {
         self.store.data_mut().effective = ctx;
         let ticks = self.store.data().plugin.deadline_ticks;
         self.store.set_epoch_deadline(ticks);
+        let running = crate::epoch_ticker::GuestCall::enter();
         let r = f.call(&mut self.store, args);
+        drop(running);
         self.store.data_mut().effective = 0;
         if !self.store.data().output.is_empty() {
             super::wasi::flush_output(self.store.data_mut());

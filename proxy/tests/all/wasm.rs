@@ -783,3 +783,59 @@ async fn route_metadata_and_filter_state_reach_filters_as_envoy_exposes_them() {
     })
     .await;
 }
+
+/// Context switches so far of the proxy's `wasm-epoch` thread.
+fn epoch_thread_switches(pid: u32) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        if std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim() != "wasm-epoch" {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        return status
+            .lines()
+            .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+            .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+            .sum();
+    }
+    panic!("the proxy (pid {pid}) has no wasm-epoch thread");
+}
+
+/// The epoch thread sleeps while no guest runs (a node whose filters are idle is not
+/// woken 100 times a second), and a callback that runs past its CPU limit right after
+/// that sleep wakes it and is still stopped near its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_epoch_thread_sleeps_while_no_guest_runs_and_still_stops_a_runaway() {
+    tokio::task::spawn_blocking(modules).await.unwrap();
+    bounded(60, async {
+        let b = Backend::start("backend").await;
+        let body = format!(
+            "{}{}[[route]]\nname = \"r\"\ncluster = \"backend\"\nfilters = [\"bad\"]\n",
+            filter("bad", "misbehave", "cpu_limit = \"100ms\""),
+            cluster("backend", &[b.addr], ""),
+        );
+        let proxy = Proxy::start(&body);
+        let pid = proxy.child.id();
+        let mut c = Client::h1(proxy.addr).await;
+        for round in 0..2 {
+            let r = c.get("x", "/", &[]).await.unwrap();
+            assert_eq!(r.status, 200, "round {round}: {}", r.body);
+            // Awake while guests ran; asleep about a second after the last one.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let before = epoch_thread_switches(pid);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let woke = epoch_thread_switches(pid) - before;
+            assert!(woke <= 2, "round {round}: the epoch thread woke {woke} times in 1 s with no guest running");
+            let t = std::time::Instant::now();
+            let r = c.get("x", "/", &[("x-misbehave", "loop")]).await.unwrap();
+            let took = t.elapsed();
+            assert_eq!(r.status, 503, "round {round}: {}", r.body);
+            assert_eq!(r.headers["x-tandem-error"], "filter-failure");
+            assert!(took < Duration::from_secs(2), "round {round}: a 100 ms limit stopped the loop after {took:?}");
+            eprintln!("round {round}: loop stopped after {took:?}; the idle epoch thread woke {woke} times in 1 s");
+        }
+        let deadlines = proxy.metric("tandem_wasm_events_total{filter=\"bad\",event=\"deadline\"}");
+        assert_eq!(deadlines, 2.0);
+    })
+    .await;
+}

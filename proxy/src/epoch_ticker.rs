@@ -1,0 +1,187 @@
+//! The epoch ticker: the thread that advances wasmtime's epoch every [`EPOCH_TICK`] so
+//! a guest callback past its CPU limit is interrupted, and that sleeps while no guest
+//! runs, so a node whose filters are idle is not woken 100 times a second.
+//!
+//! A guest call marks itself on its thread's slot ([`GuestCall`]) and wakes the ticker
+//! if it sleeps. The ticker goes to sleep only after [`IDLE_TICKS`] ticks in which it
+//! found no guest running, and then only by a handshake that no call can slip through:
+//! it raises `sleeping`, forces a memory barrier on every thread of the process
+//! (`membarrier`), and looks at the slots again. A call that marked its slot before
+//! the barrier is seen there; one that marks it after sees `sleeping` and wakes the
+//! ticker. So the call path pays two plain stores and a load, no fence and no atomic
+//! read-modify-write. Where `membarrier` is not available the ticker never sleeps.
+
+use std::cell::Cell;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicU32};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+/// How often the epoch advances while a guest may run; CPU limits are rounded up to it.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Ticks in a row without a running guest after which the ticker sleeps until the next
+/// guest call (one second: a steady trickle of filtered requests keeps it awake).
+const IDLE_TICKS: u32 = 100;
+
+/// `membarrier(2)` commands (linux/membarrier.h).
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+
+/// What guest calls share with the ticker thread.
+struct Ticker {
+    thread: std::thread::Thread,
+    /// Set while the ticker sleeps (or is about to); the first call that finds it set
+    /// clears it and wakes the ticker.
+    sleeping: AtomicBool,
+    /// One slot per thread that has run a guest.
+    slots: Mutex<Vec<Weak<CallSlot>>>,
+}
+
+static TICKER: OnceLock<Ticker> = OnceLock::new();
+
+/// The guest calls in progress on one thread (a host function may call back into the
+/// guest, so calls nest). Written only by its thread; read by the ticker. On a cache
+/// line of its own, so threads' calls do not contend.
+#[repr(align(64))]
+#[derive(Default)]
+struct CallSlot {
+    depth: AtomicU32,
+}
+
+thread_local! {
+    static SLOT: Cell<Option<Arc<CallSlot>>> = const { Cell::new(None) };
+}
+
+/// Starts the ticker for `engine` (once per process); it ends when the engine is gone.
+pub(crate) fn start(engine: wasmtime::EngineWeak) {
+    let can_sleep = register_membarrier();
+    let spawned = std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
+        let t = loop {
+            if let Some(t) = TICKER.get() {
+                break t;
+            }
+            std::thread::yield_now();
+        };
+        run(t, &engine, can_sleep);
+    });
+    let thread = spawned.expect("the epoch thread starts").thread().clone();
+    let _ = TICKER.set(Ticker {
+        thread,
+        sleeping: AtomicBool::new(false),
+        slots: Mutex::new(Vec::new()),
+    });
+}
+
+fn run(t: &Ticker, engine: &wasmtime::EngineWeak, can_sleep: bool) {
+    let mut idle = 0u32;
+    loop {
+        let Some(e) = engine.upgrade() else { return };
+        e.increment_epoch();
+        drop(e);
+        std::thread::sleep(EPOCH_TICK);
+        if t.any_running() {
+            idle = 0;
+            continue;
+        }
+        idle += 1;
+        if idle < IDLE_TICKS || !can_sleep {
+            continue;
+        }
+        idle = 0;
+        t.sleeping.store(true, SeqCst);
+        // Every thread's earlier slot stores are visible after this, and every later
+        // call sees `sleeping`.
+        if !membarrier() || t.any_running() {
+            t.sleeping.store(false, SeqCst);
+            continue;
+        }
+        while t.sleeping.load(SeqCst) {
+            std::thread::park();
+        }
+    }
+}
+
+impl Ticker {
+    /// Whether some thread is inside a guest call (forgets the slots of ended threads).
+    fn any_running(&self) -> bool {
+        let Ok(mut slots) = self.slots.lock() else { return true };
+        let mut running = false;
+        slots.retain(|w| match w.upgrade() {
+            Some(s) => {
+                running |= s.depth.load(Relaxed) > 0;
+                true
+            }
+            None => false,
+        });
+        running
+    }
+
+    /// This thread's slot, registered on its first guest call.
+    fn slot(&self) -> *const CallSlot {
+        SLOT.with(|cell| {
+            let s = cell.take().unwrap_or_else(|| {
+                let s = Arc::new(CallSlot::default());
+                if let Ok(mut slots) = self.slots.lock() {
+                    slots.push(Arc::downgrade(&s));
+                }
+                s
+            });
+            let p = Arc::as_ptr(&s);
+            cell.set(Some(s));
+            p
+        })
+    }
+}
+
+/// A guest call in progress on this thread: the ticker keeps ticking until it ends.
+/// Made before entering the guest (a callback, `_initialize`, a module's start
+/// function), dropped after it returned or trapped.
+pub(crate) struct GuestCall {
+    slot: *const CallSlot,
+}
+
+impl GuestCall {
+    /// Marks the call and wakes the ticker if it sleeps.
+    #[inline]
+    pub(crate) fn enter() -> GuestCall {
+        let Some(t) = TICKER.get() else {
+            return GuestCall { slot: std::ptr::null() };
+        };
+        let slot = t.slot();
+        // SAFETY: the thread-local Arc keeps the slot alive for this thread's life, and
+        // a GuestCall (not Send) cannot leave the thread.
+        let depth = unsafe { &(*slot).depth };
+        depth.store(depth.load(Relaxed) + 1, Relaxed);
+        // The store must not move after the load below in the compiled code; the
+        // ticker's membarrier orders them on the CPU.
+        compiler_fence(SeqCst);
+        if t.sleeping.load(Relaxed) && t.sleeping.swap(false, SeqCst) {
+            t.thread.unpark();
+        }
+        GuestCall { slot }
+    }
+}
+
+impl Drop for GuestCall {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.slot.is_null() {
+            // SAFETY: as in `enter`.
+            let depth = unsafe { &(*self.slot).depth };
+            depth.store(depth.load(Relaxed) - 1, Relaxed);
+        }
+    }
+}
+
+/// Registers the process for private expedited barriers (Linux 4.14 and later).
+fn register_membarrier() -> bool {
+    // SAFETY: membarrier takes no pointers.
+    unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 }
+}
+
+/// A full memory barrier on every running thread of the process.
+fn membarrier() -> bool {
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0 }
+}
