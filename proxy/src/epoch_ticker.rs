@@ -31,14 +31,16 @@ const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
 /// What guest calls share with the ticker thread.
 struct Ticker {
     thread: std::thread::Thread,
-    /// Set while the ticker sleeps (or is about to); the first call that finds it set
-    /// clears it and wakes the ticker.
-    sleeping: AtomicBool,
-    /// One slot per thread that has run a guest.
-    slots: Mutex<Vec<Weak<CallSlot>>>,
 }
 
 static TICKER: OnceLock<Ticker> = OnceLock::new();
+
+/// Set while the ticker sleeps (or is about to); the first call that finds it set
+/// clears it and wakes the ticker.
+static SLEEPING: AtomicBool = AtomicBool::new(false);
+
+/// One slot per thread that has run a guest.
+static SLOTS: Mutex<Vec<Weak<CallSlot>>> = Mutex::new(Vec::new());
 
 /// The guest calls in progress on one thread (a host function may call back into the
 /// guest, so calls nest). Written only by its thread; read by the ticker. On a cache
@@ -50,37 +52,35 @@ struct CallSlot {
 }
 
 thread_local! {
-    static SLOT: Cell<Option<Arc<CallSlot>>> = const { Cell::new(None) };
+    /// This thread's slot, for the call path: a constant-initialised pointer is one
+    /// load away.
+    static SLOT: Cell<*const CallSlot> = const { Cell::new(std::ptr::null()) };
+    /// What keeps the slot alive while the thread lives.
+    static SLOT_OWNER: Cell<Option<Arc<CallSlot>>> = const { Cell::new(None) };
 }
 
 /// Starts the ticker for `engine` (once per process); it ends when the engine is gone.
 pub(crate) fn start(engine: wasmtime::EngineWeak) {
     let can_sleep = register_membarrier();
     let spawned = std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
-        let t = loop {
-            if let Some(t) = TICKER.get() {
-                break t;
-            }
+        // Calls may wake the ticker once its handle is published.
+        while TICKER.get().is_none() {
             std::thread::yield_now();
-        };
-        run(t, &engine, can_sleep);
+        }
+        run(&engine, can_sleep);
     });
     let thread = spawned.expect("the epoch thread starts").thread().clone();
-    let _ = TICKER.set(Ticker {
-        thread,
-        sleeping: AtomicBool::new(false),
-        slots: Mutex::new(Vec::new()),
-    });
+    let _ = TICKER.set(Ticker { thread });
 }
 
-fn run(t: &Ticker, engine: &wasmtime::EngineWeak, can_sleep: bool) {
+fn run(engine: &wasmtime::EngineWeak, can_sleep: bool) {
     let mut idle = 0u32;
     loop {
         let Some(e) = engine.upgrade() else { return };
         e.increment_epoch();
         drop(e);
         std::thread::sleep(EPOCH_TICK);
-        if t.any_running() {
+        if any_running() {
             idle = 0;
             continue;
         }
@@ -89,48 +89,53 @@ fn run(t: &Ticker, engine: &wasmtime::EngineWeak, can_sleep: bool) {
             continue;
         }
         idle = 0;
-        t.sleeping.store(true, SeqCst);
+        SLEEPING.store(true, SeqCst);
         // Every thread's earlier slot stores are visible after this, and every later
-        // call sees `sleeping`.
-        if !membarrier() || t.any_running() {
-            t.sleeping.store(false, SeqCst);
+        // call sees `SLEEPING`.
+        if !membarrier() || any_running() {
+            SLEEPING.store(false, SeqCst);
             continue;
         }
-        while t.sleeping.load(SeqCst) {
+        while SLEEPING.load(SeqCst) {
             std::thread::park();
         }
     }
 }
 
-impl Ticker {
-    /// Whether some thread is inside a guest call (forgets the slots of ended threads).
-    fn any_running(&self) -> bool {
-        let Ok(mut slots) = self.slots.lock() else { return true };
-        let mut running = false;
-        slots.retain(|w| match w.upgrade() {
-            Some(s) => {
-                running |= s.depth.load(Relaxed) > 0;
-                true
-            }
-            None => false,
-        });
-        running
-    }
+/// Whether some thread is inside a guest call (forgets the slots of ended threads).
+fn any_running() -> bool {
+    let Ok(mut slots) = SLOTS.lock() else { return true };
+    let mut running = false;
+    slots.retain(|w| match w.upgrade() {
+        Some(s) => {
+            running |= s.depth.load(Relaxed) > 0;
+            true
+        }
+        None => false,
+    });
+    running
+}
 
-    /// This thread's slot, registered on its first guest call.
-    fn slot(&self) -> *const CallSlot {
-        SLOT.with(|cell| {
-            let s = cell.take().unwrap_or_else(|| {
-                let s = Arc::new(CallSlot::default());
-                if let Ok(mut slots) = self.slots.lock() {
-                    slots.push(Arc::downgrade(&s));
-                }
-                s
-            });
-            let p = Arc::as_ptr(&s);
-            cell.set(Some(s));
-            p
-        })
+/// Makes and registers this thread's slot (its first guest call).
+#[cold]
+#[inline(never)]
+fn register_slot() -> *const CallSlot {
+    let s = Arc::new(CallSlot::default());
+    let p = Arc::as_ptr(&s);
+    SLOTS.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&s));
+    SLOT_OWNER.with(|o| o.set(Some(s)));
+    SLOT.with(|c| c.set(p));
+    p
+}
+
+/// Wakes the sleeping ticker (the first call after it slept).
+#[cold]
+#[inline(never)]
+fn wake() {
+    if SLEEPING.swap(false, SeqCst) {
+        if let Some(t) = TICKER.get() {
+            t.thread.unpark();
+        }
     }
 }
 
@@ -145,19 +150,19 @@ impl GuestCall {
     /// Marks the call and wakes the ticker if it sleeps.
     #[inline]
     pub(crate) fn enter() -> GuestCall {
-        let Some(t) = TICKER.get() else {
-            return GuestCall { slot: std::ptr::null() };
-        };
-        let slot = t.slot();
-        // SAFETY: the thread-local Arc keeps the slot alive for this thread's life, and
-        // a GuestCall (not Send) cannot leave the thread.
+        let mut slot = SLOT.with(Cell::get);
+        if slot.is_null() {
+            slot = register_slot();
+        }
+        // SAFETY: SLOT_OWNER keeps the slot alive for this thread's life, and a
+        // GuestCall (not Send) cannot leave the thread.
         let depth = unsafe { &(*slot).depth };
         depth.store(depth.load(Relaxed) + 1, Relaxed);
         // The store must not move after the load below in the compiled code; the
         // ticker's membarrier orders them on the CPU.
         compiler_fence(SeqCst);
-        if t.sleeping.load(Relaxed) && t.sleeping.swap(false, SeqCst) {
-            t.thread.unpark();
+        if SLEEPING.load(Relaxed) {
+            wake();
         }
         GuestCall { slot }
     }
@@ -166,11 +171,9 @@ impl GuestCall {
 impl Drop for GuestCall {
     #[inline]
     fn drop(&mut self) {
-        if !self.slot.is_null() {
-            // SAFETY: as in `enter`.
-            let depth = unsafe { &(*self.slot).depth };
-            depth.store(depth.load(Relaxed) - 1, Relaxed);
-        }
+        // SAFETY: as in `enter`.
+        let depth = unsafe { &(*self.slot).depth };
+        depth.store(depth.load(Relaxed) - 1, Relaxed);
     }
 }
 
