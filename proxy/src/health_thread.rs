@@ -31,6 +31,17 @@ pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The health thread's tick in a pair: peers' verdicts and rate-limit counts are
+/// adopted within one tick.
+const PAIR_TICK: Duration = Duration::from_millis(20);
+
+/// The tick of a single node, which only follows reloads, drains and success-rate
+/// sweeps here: five wake-ups a second where 20 ms would be fifty.
+const SINGLE_TICK: Duration = Duration::from_millis(200);
+
+/// How often idle sticky bindings and rate-limit keys are forgotten.
+const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(5);
+
 type ProberKey = (Arc<str>, SocketAddr);
 
 struct Prober {
@@ -49,20 +60,19 @@ async fn run(shared: Arc<Shared>) {
     let mut generation = 0;
     let mut probers: HashMap<ProberKey, Prober> = HashMap::new();
     let mut sweeps: HashMap<Arc<str>, SweepState> = HashMap::new();
-    // 20 ms: peers' verdicts and rate-limit counts are adopted within one tick.
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut tick = tokio::time::interval(if shared.pair.is_some() { PAIR_TICK } else { SINGLE_TICK });
     let mut adopted: HashMap<(String, String), u64> = HashMap::new();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks = 0u64;
+    let mut last_sweep = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        ticks += 1;
         let rt = shared.runtime.load_full();
         if let Some(pair) = &shared.pair {
             adopt_peer_verdicts(pair, &rt, &mut adopted);
             crate::pair::sync_rate_limits(pair, &shared.stats.limiters());
         }
-        if ticks.is_multiple_of(250) {
+        if last_sweep.elapsed() >= IDLE_SWEEP_EVERY {
+            last_sweep = tokio::time::Instant::now();
             // Every 5 s: forget idle sticky bindings and rate-limit keys.
             let idle = rt
                 .clusters
