@@ -23,6 +23,7 @@ else
   python3 bench/compare.py --tandem target/dist/tandem --seconds "${1:-8}" --rounds 5
 fi
 python3 bench/kernel.py --tandem target/dist/tandem --rounds 3
+python3 bench/wakeups.py --tandem target/dist/tandem
 python3 bench/l7.py --tandem target/dist/tandem --seconds "${1:-10}"
 python3 bench/gray_failure.py --tandem target/dist/tandem
 python3 bench/tls_l4.py --tandem target/dist/tandem --seconds "${1:-10}"
