@@ -171,9 +171,13 @@ fn run_worker(id: usize, shared: Arc<Shared>, listeners: Arc<[ListenerConfig]>, 
 
 /// Keeps this worker's filter instances in step with the runtime: on a new
 /// generation, instances of filters that are gone retire and every current filter is
-/// started (so its ticks and queues run without waiting for a request).
+/// started (so its ticks and queues run without waiting for a request). Wakes on a
+/// reload, and once a second to sample the instances' memory.
 async fn keep_filters(worker: std::rc::Weak<Worker>) {
     let mut seen = 0;
+    let Some(mut reloads) = worker.upgrade().map(|w| w.shared.reloaded.subscribe()) else {
+        return;
+    };
     loop {
         let Some(w) = worker.upgrade() else { return };
         let rt = w.shared.runtime.load_full();
@@ -186,10 +190,20 @@ async fn keep_filters(worker: std::rc::Weak<Worker>) {
             }
         }
         w.wasm.borrow().sample_memory();
-        drop(w);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop((w, rt));
+        tokio::select! {
+            changed = reloads.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(FILTER_MEMORY_SAMPLE_EVERY) => {}
+        }
     }
 }
+
+/// How often a worker records its filter instances' linear memory.
+const FILTER_MEMORY_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Once a second: closes this worker's idle upstream connections that outlived their
 /// idle timeout or were closed by their upstream (nothing else polls an idle HTTP/1.1

@@ -98,6 +98,9 @@ pub struct Shared {
     /// Asks the control loop to stop as on SIGTERM (`POST /drain`): a VIP holder hands
     /// its VIPs over before the listeners close.
     pub stop_requested: tokio::sync::watch::Sender<bool>,
+    /// The generation of the runtime last installed: workers follow reloads by it
+    /// instead of polling `runtime`.
+    pub(crate) reloaded: tokio::sync::watch::Sender<u64>,
     /// The configuration the process started with: restart-only settings (listeners,
     /// admin, pair, VIPs) stay as they were then, so a reload compares against it (a
     /// change reverted by a later reload is then no longer reported).
@@ -155,6 +158,7 @@ impl Shared {
             started: Instant::now(),
             shutdown: tokio::sync::watch::channel(false).0,
             stop_requested: tokio::sync::watch::channel(false).0,
+            reloaded: tokio::sync::watch::channel(1).0,
             reload_lock: Mutex::new(()),
             removed: Mutex::new(Vec::new()),
             pair,

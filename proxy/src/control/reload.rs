@@ -49,6 +49,7 @@ pub fn reload(shared: &Shared) -> Result<ReloadOutcome, ConfigError> {
     let rt = Runtime::compile(Arc::new(next), artifacts, generation, &shared.stats);
     drain_removed(shared, &current, &rt);
     shared.runtime.store(Arc::new(rt));
+    shared.reloaded.send_replace(generation);
     shared.stats.process.reloads_ok.fetch_add(1, Relaxed);
     tracing::info!(generation, "configuration reloaded");
     Ok(ReloadOutcome { generation, ignored })
