@@ -1,7 +1,7 @@
 //! The process-wide wasmtime engine (its epoch ticker, which bounds guest CPU per
-//! callback, is in `epoch_ticker`), and module compilation with an on-disk cache of compiled code keyed by
-//! the module's sha256 (so a restart or a reload of an unchanged module does not pay
-//! for Cranelift again).
+//! callback, is `epoch_ticker`), and module compilation with an on-disk cache of
+//! compiled code keyed by the module's sha256 (so a restart or a reload of an unchanged
+//! module does not pay for Cranelift again).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
