@@ -808,8 +808,9 @@ fn thread_switches(pid: u32, thread: Option<&str>, voluntary_only: bool) -> u64 
 }
 
 /// The epoch thread sleeps while no guest runs (a node whose filters are idle is not
-/// woken 100 times a second; the whole idle process wakes a few times a second), and a callback that runs past its CPU limit right after
-/// that sleep wakes it and is still stopped near its limit.
+/// woken 100 times a second; the whole idle process wakes a few times a second), and a
+/// callback that runs past its CPU limit right after that sleep wakes it and is still
+/// stopped near its limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_epoch_thread_sleeps_while_no_guest_runs_and_still_stops_a_runaway() {
     tokio::task::spawn_blocking(modules).await.unwrap();
