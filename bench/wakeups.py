@@ -31,18 +31,13 @@ def load(name):
     return mod
 
 
-compare = load("compare")
+compare, kernel = load("compare"), load("kernel")
 l7, tls_l4 = compare.l7, compare.tls_l4
 
 
 def switches(root):
     """{thread label: context switches so far} over `root` and its child processes."""
-    pids = [root]
-    try:
-        with open(f"/proc/{root}/task/{root}/children") as f:
-            pids += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
+    pids = kernel.tree(root)
     out = {}
     for pid in pids:
         for tid in os.listdir(f"/proc/{pid}/task"):

@@ -5,7 +5,7 @@
 //! A guest call marks itself on its thread's slot ([`GuestCall`]) and wakes the ticker
 //! if it sleeps. The ticker goes to sleep only after [`IDLE_TICKS`] ticks in which it
 //! found no guest running, and then only by a handshake that no call can slip through:
-//! it raises `sleeping`, forces a memory barrier on every thread of the process
+//! it raises `SLEEPING`, forces a memory barrier on every thread of the process
 //! (`membarrier`), and looks at the slots again. A call that marked its slot before
 //! the barrier is seen there; one that marks it after sees `sleeping` and wakes the
 //! ticker. So the call path pays two plain stores and a load, no fence and no atomic
@@ -28,12 +28,8 @@ const IDLE_TICKS: u32 = 100;
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
 const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
 
-/// What guest calls share with the ticker thread.
-struct Ticker {
-    thread: std::thread::Thread,
-}
-
-static TICKER: OnceLock<Ticker> = OnceLock::new();
+/// The ticker thread, for calls to wake; it publishes itself before it can sleep.
+static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
 
 /// Set while the ticker sleeps (or is about to); the first call that finds it set
 /// clears it and wakes the ticker.
@@ -62,15 +58,13 @@ thread_local! {
 /// Starts the ticker for `engine` (once per process); it ends when the engine is gone.
 pub(crate) fn start(engine: wasmtime::EngineWeak) {
     let can_sleep = register_membarrier();
-    let spawned = std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
-        // Calls may wake the ticker once its handle is published.
-        while TICKER.get().is_none() {
-            std::thread::yield_now();
-        }
-        run(&engine, can_sleep);
-    });
-    let thread = spawned.expect("the epoch thread starts").thread().clone();
-    let _ = TICKER.set(Ticker { thread });
+    std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            let _ = TICKER.set(std::thread::current());
+            run(&engine, can_sleep);
+        })
+        .expect("the epoch thread starts");
 }
 
 fn run(engine: &wasmtime::EngineWeak, can_sleep: bool) {
@@ -134,7 +128,7 @@ fn register_slot() -> *const CallSlot {
 fn wake() {
     if SLEEPING.swap(false, SeqCst) {
         if let Some(t) = TICKER.get() {
-            t.thread.unpark();
+            t.unpark();
         }
     }
 }
