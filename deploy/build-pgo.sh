@@ -23,7 +23,7 @@
 # BOLT is not the default: over the profile-guided build it saves 9 to 16 % of the
 # instruction-cache misses callgrind models and a third of the taken branches, with the
 # same instruction count, but no timed run here could tell the two builds apart, and
-# it adds ~5 minutes, 9 MB of binary and 2.6 MB of resident text (bench/README.md).
+# it adds ~5 minutes, 6 MB of binary and 2.6 MB of resident text (bench/README.md).
 #
 # Two dist builds: ~20 minutes on two cores (~25 with BOLT). The training installs
 # what the benchmarks use (bench/tools.sh).
