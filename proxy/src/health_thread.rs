@@ -1,7 +1,9 @@
 //! The health thread: one prober task per (cluster, endpoint) with an active check,
 //! staggered across the interval; the success-rate sweep; and drain bookkeeping. It
 //! follows reloads by comparing the runtime generation, starting and stopping probers
-//! for what changed. Runs on its own thread so probes never compete with requests.
+//! for what changed. Runs on its own thread so probes never compete with requests. In
+//! a pair it ticks every 20 ms; a single node sleeps until its next sweep, a reload or
+//! an operator's drain, and ticks every 200 ms only while a drain is going on.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,9 +37,9 @@ pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<()> {
 /// adopted within one tick.
 const PAIR_TICK: Duration = Duration::from_millis(20);
 
-/// The tick of a single node, which only follows reloads, drains and success-rate
-/// sweeps here: five wake-ups a second where 20 ms would be fifty.
-const SINGLE_TICK: Duration = Duration::from_millis(200);
+/// How often a single node looks at its draining endpoints while any is draining. With
+/// none, it sleeps until its next sweep, a reload or an operator's drain.
+const DRAIN_TICK: Duration = Duration::from_millis(200);
 
 /// How often idle sticky bindings and rate-limit keys are forgotten.
 const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -60,12 +62,23 @@ async fn run(shared: Arc<Shared>) {
     let mut generation = 0;
     let mut probers: HashMap<ProberKey, Prober> = HashMap::new();
     let mut sweeps: HashMap<Arc<str>, SweepState> = HashMap::new();
-    let mut tick = tokio::time::interval(if shared.pair.is_some() { PAIR_TICK } else { SINGLE_TICK });
+    let mut tick = tokio::time::interval(PAIR_TICK);
     let mut adopted: HashMap<(String, String), u64> = HashMap::new();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reloaded = shared.reloaded.subscribe();
     let mut last_sweep = tokio::time::Instant::now();
+    // When the next pass is due on a single node (now, for the first one).
+    let mut next = last_sweep;
     loop {
-        tick.tick().await;
+        if shared.pair.is_some() {
+            tick.tick().await;
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = reloaded.changed() => {}
+                _ = shared.health_wake.notified() => {}
+            }
+        }
         let rt = shared.runtime.load_full();
         if let Some(pair) = &shared.pair {
             adopt_peer_verdicts(pair, &rt, &mut adopted);
@@ -92,8 +105,17 @@ async fn run(shared: Arc<Shared>) {
             generation = rt.generation;
             sync_probers(&rt, shared.pair.as_ref(), &mut probers);
         }
-        sweep_success_rate(&rt, shared.pair.as_deref(), &mut sweeps);
-        track_drains(&shared, &rt);
+        let sweep_due = sweep_success_rate(&rt, shared.pair.as_deref(), &mut sweeps);
+        let draining = track_drains(&shared, &rt);
+        // A single node sleeps until the next thing it has to do.
+        let now = tokio::time::Instant::now();
+        next = last_sweep + IDLE_SWEEP_EVERY;
+        if let Some(due) = sweep_due {
+            next = next.min(now + Duration::from_nanos(due.saturating_sub(now_ns())));
+        }
+        if draining {
+            next = next.min(now + DRAIN_TICK);
+        }
     }
 }
 
@@ -256,25 +278,32 @@ fn adopt_peer_verdicts(
 
 /// Ejects endpoints whose success rate over the last interval is below
 /// mean − factor × stdev of the endpoints with enough requests (Envoy's algorithm).
+/// Returns when the next sweep is due (`now_ns`), if any cluster has one.
 fn sweep_success_rate(
     rt: &crate::runtime::Runtime,
     pair: Option<&crate::pair::Pair>,
     sweeps: &mut HashMap<Arc<str>, SweepState>,
-) {
+) -> Option<u64> {
     let now = now_ns();
+    let mut due: Option<u64> = None;
     for c in &rt.clusters {
         let Some(o) = &c.outlier else { continue };
         if o.success_rate_min_hosts == 0 {
             continue;
         }
+        let interval = o.interval.as_nanos() as u64;
         let st = sweeps.entry(c.name.clone()).or_default();
         if st.last_ns == 0 {
             st.last_ns = now;
         }
-        if now.saturating_sub(st.last_ns) < o.interval.as_nanos() as u64 {
+        if now.saturating_sub(st.last_ns) < interval {
+            let at = st.last_ns + interval;
+            due = Some(due.map_or(at, |d| d.min(at)));
             continue;
         }
         st.last_ns = now;
+        let at = now + interval;
+        due = Some(due.map_or(at, |d| d.min(at)));
         let mut rates = Vec::new();
         for (i, e) in c.endpoints.iter().enumerate() {
             let total: u64 = (1..=5).map(|k| e.stats.responses.get(k)).sum();
@@ -311,19 +340,22 @@ fn sweep_success_rate(
             }
         }
     }
+    due
 }
 
 /// Marks draining endpoints drained once nothing is in flight; warns when a drain
-/// outlasts `drain_timeout`.
-fn track_drains(shared: &Shared, rt: &crate::runtime::Runtime) {
+/// outlasts `drain_timeout`. Returns whether any drain is still going on.
+fn track_drains(shared: &Shared, rt: &crate::runtime::Runtime) -> bool {
     let now = now_ns();
     let timeout = rt.config.server.drain_timeout.as_nanos() as u64;
-    let check = |cluster: &str, addr: SocketAddr, s: &EndpointStats| {
+    let mut going = false;
+    let mut check = |cluster: &str, addr: SocketAddr, s: &EndpointStats| {
         let h = &s.health;
         if !h.draining.load(Relaxed) || h.drained_ns.load(Relaxed) != 0 {
             return;
         }
         let active = s.active.load(Relaxed);
+        going |= active != 0;
         if active == 0 {
             h.drained_ns.store(now, Relaxed);
             tracing::info!(cluster, endpoint = %addr, "endpoint drained");
@@ -340,4 +372,5 @@ fn track_drains(shared: &Shared, rt: &crate::runtime::Runtime) {
     for r in shared.removed_endpoints().iter() {
         check(&r.cluster, r.address, &r.stats);
     }
+    going
 }

@@ -101,6 +101,9 @@ pub struct Shared {
     /// The generation of the runtime last installed: workers follow reloads by it
     /// instead of polling `runtime`.
     pub(crate) reloaded: tokio::sync::watch::Sender<u64>,
+    /// Wakes a single node's health thread, which otherwise sleeps until its next
+    /// sweep: an operator started draining an endpoint, so drains are tracked again.
+    pub(crate) health_wake: tokio::sync::Notify,
     /// The configuration the process started with: restart-only settings (listeners,
     /// admin, pair, VIPs) stay as they were then, so a reload compares against it (a
     /// change reverted by a later reload is then no longer reported).
@@ -159,6 +162,7 @@ impl Shared {
             shutdown: tokio::sync::watch::channel(false).0,
             stop_requested: tokio::sync::watch::channel(false).0,
             reloaded: tokio::sync::watch::channel(1).0,
+            health_wake: tokio::sync::Notify::new(),
             reload_lock: Mutex::new(()),
             removed: Mutex::new(Vec::new()),
             pair,

@@ -136,6 +136,7 @@ pub fn set_endpoint_drain(
         0,
         0,
     );
+    shared.health_wake.notify_one();
     Ok(())
 }
 

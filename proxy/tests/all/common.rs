@@ -536,3 +536,26 @@ pub fn is_root(what: &str) -> bool {
     let root = unsafe { libc::geteuid() } == 0;
     can_run(root, &format!("{what} needs root"))
 }
+
+/// Context switches so far of the proxy's threads named `thread` (all threads: `None`);
+/// `voluntary_only` leaves out preemptions, which a busy test machine adds.
+pub fn thread_switches(pid: u32, thread: Option<&str>, voluntary_only: bool) -> u64 {
+    let mut total = 0;
+    let mut found = false;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if thread.is_some_and(|t| comm.trim() != t) {
+            continue;
+        }
+        found = true;
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter(|l| l.starts_with("voluntary_ctxt_switches:") || (!voluntary_only && l.starts_with("nonvoluntary")))
+            .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+            .sum::<u64>();
+    }
+    assert!(found, "the proxy (pid {pid}) has no thread {thread:?}");
+    total
+}

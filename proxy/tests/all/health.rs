@@ -244,6 +244,33 @@ async fn drained_endpoint_finishes_in_flight_and_takes_nothing_new() {
     .await;
 }
 
+/// A single node's health thread sleeps while it has nothing to do (no drain going on,
+/// its next sweep seconds away) instead of ticking, and an operator's drain wakes it:
+/// an endpoint with nothing in flight is marked drained at once, not at the next sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_single_node_health_thread_sleeps_and_a_drain_wakes_it() {
+    bounded(60, async {
+        let a = Backend::start("a").await;
+        let b = Backend::start("b").await;
+        let body = format!(
+            "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n",
+            a.addr, b.addr
+        );
+        let proxy = Proxy::start(&body);
+        let pid = proxy.child.id();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = thread_switches(pid, Some("health"), true);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let woke = thread_switches(pid, Some("health"), true) - before;
+        // A 5 s sweep may fall in the window (about two switches per wake-up); a 200 ms
+        // tick would be about twenty.
+        assert!(woke <= 4, "the idle health thread woke {woke} times in 2 s");
+        tandem_proxy::control::ctl::call(proxy.admin, None, "POST", &format!("/endpoints/drain?cluster=c&address={}", b.addr)).unwrap();
+        wait_state(&proxy, b.addr, "drained", Duration::from_secs(1)).await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn success_rate_outlier_is_ejected_by_the_sweep() {
     bounded(60, async {

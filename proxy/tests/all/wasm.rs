@@ -784,29 +784,6 @@ async fn route_metadata_and_filter_state_reach_filters_as_envoy_exposes_them() {
     .await;
 }
 
-/// Context switches so far of the proxy's threads named `thread` (all threads: `None`);
-/// `voluntary_only` leaves out preemptions, which a busy test machine adds.
-fn thread_switches(pid: u32, thread: Option<&str>, voluntary_only: bool) -> u64 {
-    let mut total = 0;
-    let mut found = false;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let dir = task.unwrap().path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if thread.is_some_and(|t| comm.trim() != t) {
-            continue;
-        }
-        found = true;
-        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        total += status
-            .lines()
-            .filter(|l| l.starts_with("voluntary_ctxt_switches:") || (!voluntary_only && l.starts_with("nonvoluntary")))
-            .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
-            .sum::<u64>();
-    }
-    assert!(found, "the proxy (pid {pid}) has no thread {thread:?}");
-    total
-}
-
 /// The epoch thread sleeps while no guest runs (a node whose filters are idle is not
 /// woken 100 times a second; the whole idle process wakes a few times a second), and a
 /// callback that runs past its CPU limit right after that sleep wakes it and is still
