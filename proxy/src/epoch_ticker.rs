@@ -7,7 +7,7 @@
 //! found no guest running, and then only by a handshake that no call can slip through:
 //! it raises `SLEEPING`, forces a memory barrier on every thread of the process
 //! (`membarrier`), and looks at the slots again. A call that marked its slot before
-//! the barrier is seen there; one that marks it after sees `sleeping` and wakes the
+//! the barrier is seen there; one that marks it after sees `SLEEPING` and wakes the
 //! ticker. So the call path pays two plain stores and a load, no fence and no atomic
 //! read-modify-write. Where `membarrier` is not available the ticker never sleeps.
 

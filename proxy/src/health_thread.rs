@@ -296,14 +296,15 @@ fn sweep_success_rate(
         if st.last_ns == 0 {
             st.last_ns = now;
         }
-        if now.saturating_sub(st.last_ns) < interval {
-            let at = st.last_ns + interval;
-            due = Some(due.map_or(at, |d| d.min(at)));
+        let sweep_now = now.saturating_sub(st.last_ns) >= interval;
+        if sweep_now {
+            st.last_ns = now;
+        }
+        let at = st.last_ns + interval;
+        due = Some(due.map_or(at, |d| d.min(at)));
+        if !sweep_now {
             continue;
         }
-        st.last_ns = now;
-        let at = now + interval;
-        due = Some(due.map_or(at, |d| d.min(at)));
         let mut rates = Vec::new();
         for (i, e) in c.endpoints.iter().enumerate() {
             let total: u64 = (1..=5).map(|k| e.stats.responses.get(k)).sum();

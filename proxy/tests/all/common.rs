@@ -48,7 +48,16 @@ pub fn one_route_to(b: SocketAddr) -> String {
 
 /// A config body with one cluster `name` on backend `b` and one route `r` to it.
 pub fn one_route_to_cluster(name: &str, b: SocketAddr) -> String {
-    format!("[[cluster]]\nname = \"{name}\"\nendpoints = [{{ address = \"{b}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"{name}\"\n")
+    one_route_to_endpoints(name, &[b])
+}
+
+/// A config body with one cluster `name` on backends `bs` and one route `r` to it.
+pub fn one_route_to_endpoints(name: &str, bs: &[SocketAddr]) -> String {
+    let eps: Vec<String> = bs.iter().map(|b| format!("{{ address = \"{b}\" }}")).collect();
+    format!(
+        "[[cluster]]\nname = \"{name}\"\nendpoints = [{}]\n\n[[route]]\nname = \"r\"\ncluster = \"{name}\"\n",
+        eps.join(", ")
+    )
 }
 
 /// An in-process HTTP backend that answers with its name after `delay`.

@@ -177,21 +177,27 @@ async fn drained_endpoint_finishes_in_flight_and_takes_nothing_new() {
     bounded(60, async {
         let a = Backend::start("a").await;
         let b = Backend::start("b").await;
-        let body = format!(
-            "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n",
-            a.addr, b.addr
-        );
-        let proxy = Proxy::start(&body);
+        let proxy = Proxy::start(&one_route_to_endpoints("c", &[a.addr, b.addr]));
         // Slow requests in flight on both endpoints.
         let mut inflight = Vec::new();
         for _ in 0..4 {
             let addr = proxy.addr;
-            inflight.push(tokio::spawn(async move { Client::h1(addr).await.get("x", "/?delay_ms=800", &[]).await }));
+            inflight.push(tokio::spawn(async move {
+                Client::h1(addr).await.get("x", "/?delay_ms=800", &[]).await
+            }));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(b.hits() >= 1);
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .args(["ctl", "--admin", &proxy.admin.to_string(), "endpoint", "drain", "c", &b.addr.to_string()])
+            .args([
+                "ctl",
+                "--admin",
+                &proxy.admin.to_string(),
+                "endpoint",
+                "drain",
+                "c",
+                &b.addr.to_string(),
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -208,7 +214,13 @@ async fn drained_endpoint_finishes_in_flight_and_takes_nothing_new() {
         let s = status(&proxy);
         assert!(s["clusters"][0]["endpoints"][1]["drained_seconds_ago"].is_number());
         // Back in rotation.
-        tandem_proxy::control::ctl::call(proxy.admin, None, "POST", &format!("/endpoints/undrain?cluster=c&address={}", b.addr)).unwrap();
+        tandem_proxy::control::ctl::call(
+            proxy.admin,
+            None,
+            "POST",
+            &format!("/endpoints/undrain?cluster=c&address={}", b.addr),
+        )
+        .unwrap();
         let (counts, _) = load(proxy.addr, "x", "/", 100, 4, &[]).await;
         assert!(counts.contains_key("b"));
 
@@ -252,11 +264,7 @@ async fn an_idle_single_node_health_thread_sleeps_and_a_drain_wakes_it() {
     bounded(60, async {
         let a = Backend::start("a").await;
         let b = Backend::start("b").await;
-        let body = format!(
-            "[[cluster]]\nname = \"c\"\nendpoints = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"c\"\n",
-            a.addr, b.addr
-        );
-        let proxy = Proxy::start(&body);
+        let proxy = Proxy::start(&one_route_to_endpoints("c", &[a.addr, b.addr]));
         let pid = proxy.child.id();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = thread_switches(pid, Some("health"), true);
@@ -265,7 +273,13 @@ async fn an_idle_single_node_health_thread_sleeps_and_a_drain_wakes_it() {
         // A 5 s sweep may fall in the window (about two switches per wake-up); a 200 ms
         // tick would be about twenty.
         assert!(woke <= 4, "the idle health thread woke {woke} times in 2 s");
-        tandem_proxy::control::ctl::call(proxy.admin, None, "POST", &format!("/endpoints/drain?cluster=c&address={}", b.addr)).unwrap();
+        tandem_proxy::control::ctl::call(
+            proxy.admin,
+            None,
+            "POST",
+            &format!("/endpoints/drain?cluster=c&address={}", b.addr),
+        )
+        .unwrap();
         wait_state(&proxy, b.addr, "drained", Duration::from_secs(1)).await;
     })
     .await;
