@@ -2,13 +2,15 @@
 //! TLS handshake established, and the counters and flags the request handler and the
 //! worker's connection watch share.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
+
+use crate::clock::{InstantCell, OptInstantCell};
 
 /// Per-connection facts and counters the request handler reads and updates.
 pub(crate) struct ConnState {
@@ -17,7 +19,7 @@ pub(crate) struct ConnState {
     /// The address the client connected to.
     pub local: SocketAddr,
     /// Listener index.
-    pub listener: usize,
+    pub listener: u32,
     /// Requests started on this connection.
     pub requests: Cell<u64>,
     /// Requests whose handler has not returned yet.
@@ -29,8 +31,13 @@ pub(crate) struct ConnState {
     /// An idle HTTP/1.1 connection gave its buffers back and waits for its next bytes
     /// without hyper (see `serve`).
     pub released: Cell<bool>,
+    /// HTTP/1.1: gives its buffers back when idle, and in maintenance closes only once
+    /// idle for half the handover (HTTP/2's GOAWAY tells the client which streams were
+    /// not taken, so an idle HTTP/2 connection closes at once). HTTP/1.1 until a
+    /// protocol choice says otherwise.
+    pub(crate) http1: Cell<bool>,
     /// Last time a request started or its response headers went out.
-    pub last_active: Cell<Instant>,
+    pub last_active: InstantCell,
     /// Whether a request head is on its way, shared with the byte stream wrapper.
     pub head: Arc<HeadFlags>,
     /// Set when the connection should close after the current exchange.
@@ -41,63 +48,58 @@ pub(crate) struct ConnState {
     pub(crate) action: Cell<Action>,
     /// The connection task's waker, for the watch.
     pub(crate) waker: Cell<Option<Waker>>,
-    /// Where an HTTP/1.1 upgrade's tunnel waits for the client's byte stream: set with
-    /// the 101 (or CONNECT's 2xx), taken when hyper has sent it.
-    pub(crate) upgrade: Cell<Option<tokio::sync::oneshot::Sender<DownstreamTunnel>>>,
     /// TLS facts when the listener terminates TLS (boxed: a plain connection keeps a
     /// pointer, not the room of the facts, for its whole life).
     pub tls: Option<Box<TlsInfo>>,
     /// Process-unique connection number (`connection.id` for filters).
     pub id: u64,
-    /// The connection's facts for filters, made by the first filtered request.
-    pub filter_facts: std::cell::OnceCell<Rc<crate::wasm::state::ConnFacts>>,
+    /// What few connections need (an upgrade, filters): made on first use, so the
+    /// others keep one pointer for it.
+    pub(crate) extras: OnceCell<Box<ConnExtras>>,
 }
 
-/// [`WatchSlot::head_seen_at`] when no pending head was seen (no connection makes
-/// that many requests).
-pub(crate) const NO_HEAD_SEEN: u64 = u64::MAX;
+/// The parts of a connection's state most connections never use.
+#[derive(Default)]
+pub(crate) struct ConnExtras {
+    /// Where an HTTP/1.1 upgrade's tunnel waits for the client's byte stream: set with
+    /// the 101 (or CONNECT's 2xx), taken when hyper has sent it.
+    pub(crate) upgrade: Cell<Option<tokio::sync::oneshot::Sender<DownstreamTunnel>>>,
+    /// The connection's facts for filters, made by the first filtered request.
+    pub filter_facts: OnceCell<Rc<crate::wasm::state::ConnFacts>>,
+}
+
+/// [`WatchSlot::head_seen_at`] when no pending head was seen.
+pub(crate) const NO_HEAD_SEEN: u32 = u32::MAX;
 
 /// What the worker's connection watch (`http::watch`) keeps per connection.
 #[derive(Debug)]
 pub(crate) struct WatchSlot {
     /// The connection's key in the watch's slab.
     pub(crate) key: Cell<u32>,
+    /// The request count (its low 32 bits) when a pending head was last seen at a
+    /// deadline ([`NO_HEAD_SEEN`] when none was): the same count at the next one means
+    /// that head has been arriving for a whole period.
+    pub(crate) head_seen_at: Cell<u32>,
     /// When the connection's next look is due; None once it was asked to close. A heap
     /// entry with another time is stale.
-    pub(crate) next: Cell<Option<Instant>>,
+    pub(crate) next: OptInstantCell,
     /// The regular deadline worked out when it last passed (or at a `look_now`): the
     /// first head's, a later head's, or the idle one.
-    pub(crate) deadline: Cell<Instant>,
-    /// The request count when a pending head was last seen at a deadline
-    /// ([`NO_HEAD_SEEN`] when none was): the same count at the next one means that
-    /// head has been arriving for a whole period.
-    pub(crate) head_seen_at: Cell<u64>,
+    pub(crate) deadline: InstantCell,
     /// When a release was last asked for (the connection may have been mid-message).
-    pub(crate) release_asked: Cell<Option<Instant>>,
-    /// HTTP/1.1: gives its buffers back when idle, and in maintenance closes only once
-    /// idle for half the handover (HTTP/2's GOAWAY tells the client which streams were
-    /// not taken, so an idle HTTP/2 connection closes at once).
-    pub(crate) http1: Cell<bool>,
+    pub(crate) release_asked: OptInstantCell,
 }
 
 impl WatchSlot {
-    /// A slot for a connection accepted now, not yet watched; `http1` until a protocol
-    /// choice says otherwise ([`WatchSlot::set_http1`]).
-    pub(crate) fn new(http1: bool) -> WatchSlot {
-        let now = Instant::now();
+    /// A slot for a connection accepted now, not yet watched.
+    pub(crate) fn new() -> WatchSlot {
         WatchSlot {
             key: Cell::new(u32::MAX),
-            next: Cell::new(None),
-            deadline: Cell::new(now),
             head_seen_at: Cell::new(NO_HEAD_SEEN),
-            release_asked: Cell::new(None),
-            http1: Cell::new(http1),
+            next: OptInstantCell::none(),
+            deadline: InstantCell::new(Instant::now()),
+            release_asked: OptInstantCell::none(),
         }
-    }
-
-    /// The protocol is chosen: HTTP/1.1 (true) or HTTP/2.
-    pub(crate) fn set_http1(&self, http1: bool) {
-        self.http1.set(http1);
     }
 }
 
@@ -141,6 +143,16 @@ impl std::fmt::Debug for ConnState {
 }
 
 impl ConnState {
+    /// The connection's rarely used parts, made on first use.
+    pub(crate) fn extras(&self) -> &ConnExtras {
+        self.extras.get_or_init(Box::default)
+    }
+
+    /// The tunnel sender an HTTP/1.1 upgrade left, if any.
+    pub(crate) fn take_upgrade(&self) -> Option<tokio::sync::oneshot::Sender<DownstreamTunnel>> {
+        self.extras.get().and_then(|x| x.upgrade.take())
+    }
+
     /// Remembers the connection task's waker for the watch (cloned only when it
     /// changed).
     pub(crate) fn keep_waker(&self, waker: &Waker) {
@@ -206,11 +218,11 @@ impl std::fmt::Debug for dyn Tunnel {
 #[cfg(test)]
 mod tests {
     /// An idle connection keeps its `ConnState` (in an `Rc`, two counts ahead of it)
-    /// for as long as it stays open: 256 bytes is an allocator size class, and a field
-    /// more would put every idle connection in the next one.
+    /// for as long as it stays open: 192 bytes is an allocator size class (the next is
+    /// 224), and a field more would put every idle connection in the next one.
     #[test]
-    fn a_connections_state_fits_in_256_bytes_with_its_counts() {
+    fn a_connections_state_fits_in_192_bytes_with_its_counts() {
         let counts = 2 * std::mem::size_of::<usize>();
-        assert!(counts + std::mem::size_of::<super::ConnState>() <= 256);
+        assert!(counts + std::mem::size_of::<super::ConnState>() <= 192);
     }
 }

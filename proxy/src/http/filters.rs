@@ -73,7 +73,7 @@ pub(super) async fn finish_request_filters(
 /// Facts of a new request for its filters.
 pub(super) fn filter_facts(cx: &RequestCtx<'_>, version: http::Version, route: &Route) -> crate::wasm::state::Facts {
     let conn = cx.conn;
-    let conn_facts = conn.filter_facts.get_or_init(|| {
+    let conn_facts = conn.extras().filter_facts.get_or_init(|| {
         Rc::new(crate::wasm::state::ConnFacts {
             source: conn.client,
             destination: conn.local,

@@ -51,7 +51,10 @@ pub(crate) async fn handle(
         // The idle deadline may be closer than the first head's.
         crate::http::watch::look_now(&conn);
     }
-    worker.shared.listeners[conn.listener].1.requests.fetch_add(1, Relaxed);
+    worker.shared.listeners[conn.listener as usize]
+        .1
+        .requests
+        .fetch_add(1, Relaxed);
 
     let downstream_version = req.version();
     let authority = decide_authority(&mut req);
@@ -110,12 +113,12 @@ pub(crate) async fn handle(
     let (mut resp, refused) = match outcome {
         Ok(resp) => (resp, false),
         Err(e) => {
-            count_downstream_fault(&worker, conn.listener, e);
+            count_downstream_fault(&worker, conn.listener as usize, e);
             (local_error(&cx, e, &mut end.rec), e.is_downstream())
         }
     };
 
-    let max = worker.listeners[conn.listener].max_requests_per_connection;
+    let max = worker.listeners[conn.listener as usize].max_requests_per_connection;
     let draining = worker.shared.phase.asks_clients_to_close();
     if (max > 0 && n >= max) || draining || refused {
         close_after(&conn, &mut resp, downstream_version);
@@ -152,7 +155,7 @@ impl Drop for RequestEnd<'_> {
         if self.answered {
             return;
         }
-        count_downstream_fault(self.worker, conn.listener, ProxyError::ClientAbort);
+        count_downstream_fault(self.worker, conn.listener as usize, ProxyError::ClientAbort);
         if let Some(mut r) = self.rec.take() {
             r.status = ProxyError::ClientAbort.status().as_u16();
             r.reason = ProxyError::ClientAbort.reason();
@@ -258,7 +261,7 @@ pub(super) async fn proxy_request(
         start,
         ..
     } = *cx;
-    let route = route_request(rt, conn.listener, &req)?;
+    let route = route_request(rt, conn.listener as usize, &req)?;
     if let Some(r) = rec.as_mut() {
         r.route = Some(route.name.clone());
     }

@@ -61,7 +61,7 @@ pub(super) async fn attempts(
     };
     // gRPC deadlines shorten the route's (never lengthen them).
     let total = grpc_timeout(req.headers()).map_or(route.timeout, |g| g.min(route.timeout));
-    let body_timeout = worker.listeners[conn.listener].request_body_timeout;
+    let body_timeout = worker.listeners[conn.listener as usize].request_body_timeout;
     if let Err(e) = prepare_upstream_request(&mut req, route, cluster, conn) {
         if let Some(c) = targets.chain {
             c.borrow().request_head_back_from(&mut req);

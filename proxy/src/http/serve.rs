@@ -56,19 +56,19 @@ pub(crate) async fn serve<IO>(
         tls: tls.map(Box::new),
         local,
         client: peer,
-        listener: idx,
+        listener: idx as u32,
         requests: Cell::new(0),
         in_flight: Cell::new(0),
         open_bodies: Cell::new(0),
         released: Cell::new(false),
-        upgrade: Cell::new(None),
-        last_active: Cell::new(Instant::now()),
+        http1: Cell::new(!h2),
+        last_active: crate::clock::InstantCell::new(Instant::now()),
         head: Arc::default(),
         close: Cell::new(false),
-        watch: crate::http::conn::WatchSlot::new(!h2),
+        watch: crate::http::conn::WatchSlot::new(),
         action: Cell::new(Action::Serve),
         waker: Cell::new(None),
-        filter_facts: Default::default(),
+        extras: Default::default(),
     });
 
     // Deadlines, drain and maintenance are the worker's watch's: it flags an action
@@ -90,7 +90,7 @@ pub(crate) async fn serve<IO>(
     } else {
         h2
     };
-    state.watch.set_http1(!h2);
+    state.http1.set(!h2);
     let conn = Served {
         worker: worker.clone(),
         state,
@@ -176,7 +176,7 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
     let state = &*conn.state;
-    let lcfg = &conn.worker.listeners[state.listener];
+    let lcfg = &conn.worker.listeners[state.listener as usize];
     let mut svc = conn.service();
     loop {
         // Boxed: in the task, hyper's connection would keep its room (most of a KiB)
@@ -202,7 +202,7 @@ where
             Http1End::Aborted => return,
             Http1End::Closed(Err(e)) => return classify(&e, &conn.open.stats),
             Http1End::Closed(Ok(())) => {
-                if let Some(tunnel) = state.upgrade.take() {
+                if let Some(tunnel) = state.take_upgrade() {
                     let _ = tunnel.send(Box::new(io));
                     return;
                 }

@@ -94,7 +94,7 @@ pub(crate) async fn proxy_upgrade(
     let upstream = hyper::upgrade::on(&mut resp);
     let (tx, rx) = tokio::sync::oneshot::channel();
     if h2_stream.is_none() {
-        conn.upgrade.set(Some(tx));
+        conn.extras().upgrade.set(Some(tx));
     }
     let downstream = async move {
         match h2_stream {

@@ -236,7 +236,7 @@ impl ConnWatch {
 
     /// Counts a request head that did not arrive in time.
     fn header_timeout(&self, state: &ConnState) {
-        self.shared.listeners[state.listener]
+        self.shared.listeners[state.listener as usize]
             .1
             .header_timeouts
             .fetch_add(1, Relaxed);
@@ -275,7 +275,7 @@ impl ConnWatch {
         if matches!(state.action.get(), Action::Graceful | Action::Abort) {
             return None;
         }
-        let lcfg = &self.listeners[state.listener];
+        let lcfg = &self.listeners[state.listener as usize];
         let (header_read, idle_timeout) = (lcfg.header_read_timeout, lcfg.idle_timeout);
         let requests = state.requests.get();
         let pending = state.head.pending.load(Relaxed);
@@ -283,7 +283,7 @@ impl ConnWatch {
         if fired && now < w.deadline.get() {
             // Due for the release check alone.
             let quiet = state.last_active.get() + RELEASE_IDLE_AFTER <= now;
-            let releasable = w.http1.get() && !state.released.get() && state.action.get() == Action::Serve;
+            let releasable = state.http1.get() && !state.released.get() && state.action.get() == Action::Serve;
             if releasable && quiet && state.between_messages() {
                 w.release_asked.set(Some(now));
                 state.request(Action::Release);
@@ -298,13 +298,13 @@ impl ConnWatch {
                 }
                 if busy || !pending {
                     w.head_seen_at.set(NO_HEAD_SEEN);
-                } else if w.head_seen_at.get() == requests {
+                } else if w.head_seen_at.get() == requests as u32 {
                     // A later request's head has been trickling in for a whole period.
                     self.header_timeout(state);
                     state.request(Action::Abort);
                     return None;
                 } else {
-                    w.head_seen_at.set(requests);
+                    w.head_seen_at.set(requests as u32);
                 }
                 if !busy && !pending && state.last_active.get() + idle_timeout <= now {
                     state.request(Action::Graceful);
@@ -326,7 +326,7 @@ impl ConnWatch {
         // after its response (which carries Connection: close); a new one serves its
         // first request with Connection: close. Looked at again every grace period.
         if self.maintenance.get() {
-            let grace = if w.http1.get() {
+            let grace = if state.http1.get() {
                 self.shared.runtime.load().config.server.maintenance_handover / 2
             } else {
                 Duration::ZERO
@@ -347,7 +347,7 @@ impl ConnWatch {
         // messages for RELEASE_IDLE_AFTER; a busy one, or one whose release was
         // refused, is looked at again a period later (a connection's task does not
         // tell the watch when a request ends).
-        if w.http1.get() && requests > 0 && !state.released.get() {
+        if state.http1.get() && requests > 0 && !state.released.get() {
             let release_at = if state.between_messages() {
                 let last = state.last_active.get();
                 w.release_asked.get().map_or(last, |asked| last.max(asked)) + RELEASE_IDLE_AFTER
