@@ -146,7 +146,7 @@ fn run_worker(id: usize, shared: Arc<Shared>, listeners: Arc<[ListenerConfig]>, 
     local.block_on(&rt, async move {
         let worker = Rc::new(Worker::new(id, shared.clone(), listeners));
         tokio::task::spawn_local(keep_filters(Rc::downgrade(&worker)));
-        tokio::task::spawn_local(sweep_pool(worker.pool.clone()));
+        tokio::task::spawn_local(sweep_pool(worker.pool.clone(), shared.clone()));
         tokio::task::spawn_local(crate::send_batch::run_flusher());
         crate::http::watch::start(shared.clone(), worker.listeners.clone());
         let mut tasks = Vec::new();
@@ -172,7 +172,7 @@ fn run_worker(id: usize, shared: Arc<Shared>, listeners: Arc<[ListenerConfig]>, 
 /// Keeps this worker's filter instances in step with the runtime: on a new
 /// generation, instances of filters that are gone retire and every current filter is
 /// started (so its ticks and queues run without waiting for a request). Wakes on a
-/// reload, and once a second to sample the instances' memory.
+/// reload only (the instances' memory gauge is kept as they grow).
 async fn keep_filters(worker: std::rc::Weak<Worker>) {
     let mut seen = 0;
     let Some(mut reloads) = worker.upgrade().map(|w| w.shared.reloaded.subscribe()) else {
@@ -189,30 +189,26 @@ async fn keep_filters(worker: std::rc::Weak<Worker>) {
                 let _ = inst.get(p, worker.clone() as std::rc::Weak<dyn crate::wasm::link::WorkerLink>);
             }
         }
-        w.wasm.borrow().sample_memory();
         drop((w, rt));
-        tokio::select! {
-            changed = reloads.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
-            _ = tokio::time::sleep(FILTER_MEMORY_SAMPLE_EVERY) => {}
+        if reloads.changed().await.is_err() {
+            return;
         }
     }
 }
 
-/// How often a worker records its filter instances' linear memory.
-const FILTER_MEMORY_SAMPLE_EVERY: Duration = Duration::from_secs(1);
-
 /// Once a second: closes this worker's idle upstream connections that outlived their
 /// idle timeout or were closed by their upstream (nothing else polls an idle HTTP/1.1
-/// connection), then gives the worker's free memory back to the system.
-async fn sweep_pool(pool: Rc<Pool>) {
+/// connection), then gives the worker's free memory back to the system. With no
+/// connection open in the process and none pooled, there is nothing to close and
+/// nothing more to free: it sleeps until this worker accepts a connection or pools one.
+async fn sweep_pool(pool: Rc<Pool>, shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         pool.sweep(std::time::Instant::now());
         crate::allocator::release_free_memory();
+        if pool.is_empty() && shared.connections.load(Relaxed) == 0 {
+            pool.sweeper_sleeps().await;
+        }
     }
 }
 
@@ -284,6 +280,7 @@ pub(crate) async fn accept(
     peer: SocketAddr,
     stats: Arc<ListenerStats>,
 ) {
+    worker.pool.wake_sweeper();
     let open = OpenConn::new(stats, worker.shared.clone());
     let (stats, shared) = (&open.stats, &open.shared);
     let lcfg = &worker.listeners[idx];

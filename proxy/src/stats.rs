@@ -297,6 +297,7 @@ pub struct PluginStats {
     pub grpc_failures: AtomicU64,
     /// gRPC calls refused because the instance had `grpc::MAX_OPEN` open.
     pub grpc_refused: AtomicU64,
-    /// Largest linear memory of one instance seen (bytes).
+    /// Largest linear memory of one instance (bytes): the largest size an instance's
+    /// memory was allowed to grow to (`wasm::state::MemoryCap`).
     pub memory_bytes: AtomicU64,
 }

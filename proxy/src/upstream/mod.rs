@@ -6,7 +6,7 @@
 pub(crate) mod h1;
 pub(crate) mod request_body;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -66,9 +66,31 @@ pub(crate) struct Pool {
     /// Keyed by endpoint and connection profile; looked up twice per request, so with a
     /// fast hasher (the keys are the operator's endpoints, not client input).
     by_endpoint: RefCell<HashMap<(SocketAddr, u64), EndpointConns, foldhash::fast::RandomState>>,
+    /// The worker's sweeper (`listen::sweep_pool`) sleeps: a connection pooled or
+    /// accepted wakes it.
+    sweeper_asleep: Cell<bool>,
+    sweeper_wake: tokio::sync::Notify,
 }
 
 impl Pool {
+    /// Whether no connection is pooled.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_endpoint.borrow().is_empty()
+    }
+
+    /// The sweeper's wait while nothing is pooled or open: until [`Pool::wake_sweeper`].
+    pub(crate) async fn sweeper_sleeps(&self) {
+        self.sweeper_asleep.set(true);
+        self.sweeper_wake.notified().await;
+    }
+
+    /// Wakes the sweeper if it sleeps (a `Cell` read otherwise).
+    pub(crate) fn wake_sweeper(&self) {
+        if self.sweeper_asleep.replace(false) {
+            self.sweeper_wake.notify_one();
+        }
+    }
+
     /// A ready pooled connection to `addr`, if there is one.
     /// `now` is the request's start time (idle and age limits are seconds-scale).
     pub(crate) fn checkout(
@@ -120,6 +142,7 @@ impl Pool {
         if conn.private || s.max_age.is_some_and(|m| conn.born.elapsed() >= m) {
             return;
         }
+        self.wake_sweeper();
         let mut map = self.by_endpoint.borrow_mut();
         let slot = map.entry((conn.addr, conn.profile)).or_default();
         slot.idle_timeout = s.idle_timeout;
@@ -171,6 +194,7 @@ impl Pool {
                     h1::Io::Tls(s) => self.handshake_h2(TokioIo::new(*s), open).await?,
                 };
                 if !private {
+                    self.wake_sweeper();
                     self.by_endpoint
                         .borrow_mut()
                         .entry((addr, cluster.pool.profile))

@@ -174,6 +174,7 @@ impl Instance {
             limits: super::state::MemoryCap {
                 limit: plugin.memory_limit,
                 refused: false,
+                stats: plugin.stats.clone(),
             },
             last_status: (0, Vec::new()),
             new_queues: Vec::new(),
@@ -781,18 +782,6 @@ impl WorkerInstances {
             Err(e) => {
                 self.failed.insert(plugin.uid, Instant::now());
                 Err(e)
-            }
-        }
-    }
-
-    /// Records each instance's linear memory size in its plugin's gauge.
-    pub fn sample_memory(&self) {
-        for inst in self.map.values() {
-            if let Ok(i) = inst.try_borrow() {
-                if let Some(m) = i.store.data().memory {
-                    let n = m.data_size(&i.store) as u64;
-                    i.store.data().plugin.stats.memory_bytes.fetch_max(n, Relaxed);
-                }
             }
         }
     }

@@ -310,6 +310,9 @@ pub struct MemoryCap {
     pub limit: usize,
     /// Growth was refused.
     pub refused: bool,
+    /// The plugin's counters: every size a memory is allowed to reach (its first
+    /// allocation included) raises `memory_bytes`, so the gauge needs no sampling.
+    pub stats: std::sync::Arc<crate::stats::PluginStats>,
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
@@ -318,6 +321,9 @@ impl wasmtime::ResourceLimiter for MemoryCap {
             self.refused = true;
             return Ok(false);
         }
+        self.stats
+            .memory_bytes
+            .fetch_max(desired as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(true)
     }
 

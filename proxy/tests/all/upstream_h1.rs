@@ -2,7 +2,9 @@
 //! upstream may use (content-length, chunked with extensions and trailers, close-
 //! delimited, bodiless HEAD/204/304), interim 1xx answers, heads and bodies split across
 //! writes, malformed heads (502, the proxy keeps serving), connections closed by the
-//! upstream while idle in the pool, and large bodies streamed both ways.
+//! upstream while idle in the pool, idle pooled connections closed after their timeout
+//! (and the worker's sweep asleep once nothing is open or pooled), and large bodies
+//! streamed both ways.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -187,6 +189,47 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         assert_eq!(accepted.load(Ordering::Relaxed), 3);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pooled_connections_close_after_their_timeout_and_an_idle_worker_sleeps() {
+    bounded(60, async {
+        let b = Backend::start("b").await;
+        let proxy = Proxy::start(&format!(
+            "[[cluster]]\nname = \"up\"\nendpoints = [{{ address = \"{}\" }}]\npool_idle_timeout = \"1s\"\n\n\
+[[route]]\nname = \"all\"\ncluster = \"up\"\n",
+            b.addr
+        ));
+        let open = || proxy.metric("tandem_cluster_upstream_connections{cluster=\"up\"}");
+        let pid = proxy.child.id();
+        let workers = || thread_switches(pid, Some("worker-0"), true) + thread_switches(pid, Some("worker-1"), true);
+        // The second round finds the workers asleep: the connection it pools must wake
+        // the sweep, or it stays open for good.
+        for round in 0..2 {
+            {
+                let mut c = Client::h1(proxy.addr).await;
+                let r = c.get("x", "/", &[]).await.unwrap();
+                assert_eq!((r.status, r.body.trim()), (200, "b"), "round {round}");
+            }
+            assert_eq!(open(), 1.0, "round {round}: the upstream connection");
+            let t = std::time::Instant::now();
+            while open() != 0.0 {
+                assert!(
+                    t.elapsed() < Duration::from_secs(4),
+                    "round {round}: the pooled connection was not closed after its 1 s idle timeout"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Nothing open, nothing pooled: the sweep that closed it was the last. A
+            // sweep once a second would wake each worker about twice per second.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let before = workers();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let woke = workers() - before;
+            assert!(woke <= 2, "round {round}: idle workers woke {woke} times in 2 s");
+        }
     })
     .await;
 }

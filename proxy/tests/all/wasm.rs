@@ -247,6 +247,13 @@ async fn misbehaving_guests_fail_their_request_per_policy() {
         assert!(ev("bad-closed", "failed_closed") >= 5.0);
         assert!(ev("bad-open", "failed_open") >= 5.0);
         assert!(ev("bad-closed", "instance") >= 6.0);
+        // The hoarding guest's peak is in the gauge, though its instance was replaced
+        // at once: every growth it was allowed counts, the refused one does not.
+        let mib = proxy.metric("tandem_wasm_instance_memory_bytes{filter=\"bad-closed\"}") / (1 << 20) as f64;
+        assert!(
+            (12.0..=16.0).contains(&mib),
+            "memory gauge {mib} MiB under a 16 MiB cap"
+        );
     })
     .await;
 }
