@@ -331,6 +331,11 @@ impl Proxy {
             .1
     }
 
+    /// POSTs `path` to the admin API without a token: (status, body).
+    pub fn admin_post(&self, path: &str) -> (u16, String) {
+        tandem_proxy::control::ctl::call(self.admin, None, "POST", path).unwrap()
+    }
+
     /// Value of one metric line (exact name with labels).
     pub fn metric(&self, line_start: &str) -> f64 {
         self.metrics()

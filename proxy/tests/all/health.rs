@@ -214,13 +214,7 @@ async fn drained_endpoint_finishes_in_flight_and_takes_nothing_new() {
         let s = status(&proxy);
         assert!(s["clusters"][0]["endpoints"][1]["drained_seconds_ago"].is_number());
         // Back in rotation.
-        tandem_proxy::control::ctl::call(
-            proxy.admin,
-            None,
-            "POST",
-            &format!("/endpoints/undrain?cluster=c&address={}", b.addr),
-        )
-        .unwrap();
+        proxy.admin_post(&format!("/endpoints/undrain?cluster=c&address={}", b.addr));
         let (counts, _) = load(proxy.addr, "x", "/", 100, 4, &[]).await;
         assert!(counts.contains_key("b"));
 
@@ -273,13 +267,7 @@ async fn an_idle_single_node_health_thread_sleeps_and_a_drain_wakes_it() {
         // A 5 s sweep may fall in the window (about two switches per wake-up); a 200 ms
         // tick would be about twenty.
         assert!(woke <= 4, "the idle health thread woke {woke} times in 2 s");
-        tandem_proxy::control::ctl::call(
-            proxy.admin,
-            None,
-            "POST",
-            &format!("/endpoints/drain?cluster=c&address={}", b.addr),
-        )
-        .unwrap();
+        proxy.admin_post(&format!("/endpoints/drain?cluster=c&address={}", b.addr));
         wait_state(&proxy, b.addr, "drained", Duration::from_secs(1)).await;
     })
     .await;

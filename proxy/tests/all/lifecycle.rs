@@ -81,7 +81,7 @@ async fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
         }
         assert_eq!(proxy.metric("tandem_reloads_total{result=\"failed\"}"), 1.0);
         // The admin reload call returns the precise error.
-        let (status, body) = tandem_proxy::control::ctl::call(proxy.admin, None, "POST", "/reload").unwrap();
+        let (status, body) = proxy.admin_post("/reload");
         assert_eq!(status, 400);
         assert!(
             body.contains("route[0].cluster") && body.contains("`missing`"),
@@ -89,7 +89,7 @@ async fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
         );
         // Fixing the file and reloading through the admin API works.
         proxy.rewrite(&routed_to("new", &old, &new));
-        let (status, body) = tandem_proxy::control::ctl::call(proxy.admin, None, "POST", "/reload").unwrap();
+        let (status, body) = proxy.admin_post("/reload");
         assert_eq!(status, 200, "{body}");
         assert_eq!(c.get("x", "/", &[]).await.unwrap().body.trim(), "new");
     })

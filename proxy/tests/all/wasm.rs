@@ -528,13 +528,7 @@ async fn tenant_affinity_filter_pins_tenants_to_live_endpoints() {
         assert_eq!(used.len(), 3, "tenants spread over every endpoint: {owner:?}");
         // Drain one endpoint: only its tenants move.
         let drained = b.addr;
-        let (code, _) = tandem_proxy::control::ctl::call(
-            proxy.admin,
-            None,
-            "POST",
-            &format!("/endpoints/drain?cluster=api&address={drained}"),
-        )
-        .unwrap();
+        let (code, _) = proxy.admin_post(&format!("/endpoints/drain?cluster=api&address={drained}"));
         assert_eq!(code, 200);
         for (tenant, was) in &owner {
             let now = c
