@@ -60,7 +60,7 @@ pub struct AccessRecord {
 // Boxing the record would cost an allocation per request; `Reopen` is rare.
 #[allow(clippy::large_enum_variant)]
 enum Message {
-    Record(AccessRecord),
+    Record(Box<AccessRecord>),
     Reopen,
 }
 
@@ -118,7 +118,7 @@ impl AccessLog {
     }
 
     /// Queues a record without blocking.
-    pub fn log(&self, rec: AccessRecord) {
+    pub fn log(&self, rec: Box<AccessRecord>) {
         if let Some(tx) = &self.tx {
             if let Err(TrySendError::Full(_)) = tx.try_send(Message::Record(rec)) {
                 self.stats

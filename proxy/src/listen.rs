@@ -204,7 +204,7 @@ async fn keep_filters(worker: std::rc::Weak<Worker>) {
 async fn sweep_pool(pool: Rc<Pool>, shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        pool.sweep(std::time::Instant::now());
+        pool.sweep(crate::clock::now_ns());
         crate::allocator::release_free_memory();
         if pool.is_empty() && shared.connections.load(Relaxed) == 0 {
             pool.sweeper_sleeps().await;

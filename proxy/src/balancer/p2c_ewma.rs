@@ -4,11 +4,10 @@
 //! estimate decays towards zero, so a recovered endpoint is re-probed by real traffic.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
 
 use super::least_request::two_distinct;
 use super::{Candidate, Choice};
-use crate::clock::{now_ns, ns_at};
+use crate::clock::now_ns;
 
 /// Decay time constant of the estimate (10 s, as Finagle's default).
 pub(crate) const DECAY_NS: f64 = 10e9;
@@ -24,13 +23,12 @@ pub struct PeakEwma {
 impl PeakEwma {
     /// Records one observed latency, now.
     pub fn observe(&self, rtt_ns: f64) {
-        self.observe_at(rtt_ns, Instant::now());
+        self.observe_at(rtt_ns, now_ns());
     }
 
-    /// Records one observed latency that ended at `at` (saves a clock read on the
-    /// request path, which already knows the time).
-    pub fn observe_at(&self, rtt_ns: f64, at: Instant) {
-        let now = ns_at(at);
+    /// Records one observed latency that ended at `now` (process-clock nanoseconds:
+    /// saves a clock read on the request path, which already knows the time).
+    pub fn observe_at(&self, rtt_ns: f64, now: u64) {
         let prev = f64::from_bits(self.ewma_bits.load(Relaxed));
         let next = if rtt_ns > prev {
             rtt_ns

@@ -26,7 +26,7 @@ pub(crate) struct Completion {
     /// Route whose gRPC status counters to bump.
     pub route: Option<Arc<crate::stats::RouteStats>>,
     /// Access log record to complete and send.
-    pub record: Option<(AccessRecord, AccessLog)>,
+    pub record: Option<(Box<AccessRecord>, AccessLog)>,
     /// Request start.
     pub start: Instant,
     /// Body bytes sent so far.

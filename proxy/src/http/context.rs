@@ -24,6 +24,8 @@ pub(crate) struct RequestCtx<'a> {
     pub(crate) rt: &'a Arc<Runtime>,
     /// When the request started.
     pub(crate) start: Instant,
+    /// The same time on the process clock ([`crate::clock::now_ns`]).
+    pub(crate) start_ns: u64,
     /// `X-Request-Id`, when requests carry one.
     pub(crate) request_id: Option<&'a HeaderValue>,
 }

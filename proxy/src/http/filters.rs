@@ -139,7 +139,7 @@ pub(super) fn filters_decided(
 pub(super) fn filter_reply(
     cx: &RequestCtx<'_>,
     reply: crate::wasm::state::LocalReply,
-    rec: &mut Option<AccessRecord>,
+    rec: &mut Option<Box<AccessRecord>>,
     chain: Option<crate::wasm::http::ChainRef>,
 ) -> Response<ProxyBody> {
     let (worker, start) = (cx.worker, cx.start);

@@ -95,12 +95,16 @@ pub(super) async fn exchange(
     ep_idx: usize,
     req: &mut Request<UpstreamBody>,
     start: Instant,
+    start_ns: u64,
     origin: upstream::Origin,
 ) -> Exchanged {
     let ep = &cluster.endpoints[ep_idx];
     let mut stale = 0;
     loop {
-        let conn = match worker.pool.checkout(ep.address, cluster.protocol, &cluster.pool, start) {
+        let conn = match worker
+            .pool
+            .checkout(ep.address, cluster.protocol, &cluster.pool, start, start_ns)
+        {
             Some(c) => {
                 ep.stats.connections_reused.fetch_add(1, Relaxed);
                 c
@@ -166,9 +170,10 @@ pub(super) async fn call_cluster(
         client: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         local: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
     };
-    let start = Instant::now();
+    let start_ns = crate::clock::now_ns();
+    let start = crate::clock::instant_at(start_ns);
     let mut req = req;
-    exchange(worker, cluster, ep_idx, &mut req, start, origin)
+    exchange(worker, cluster, ep_idx, &mut req, start, start_ns, origin)
         .await
         .map_err(|f| f.kind)
 }

@@ -40,13 +40,15 @@ pub(crate) async fn handle(
     conn: Rc<ConnState>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let start = Instant::now();
+    // One clock read gives both forms of the start.
+    let start_ns = crate::clock::now_ns();
+    let start = crate::clock::instant_at(start_ns);
     let n = conn.requests.get() + 1;
     conn.requests.set(n);
     conn.in_flight.set(conn.in_flight.get() + 1);
     conn.head.busy.store(true, Relaxed);
     conn.head.pending.store(false, Relaxed);
-    conn.last_active.set(start);
+    conn.last_active.set_ns(start_ns);
     if n == 1 {
         // The idle deadline may be closer than the first head's.
         crate::http::watch::look_now(&conn);
@@ -71,31 +73,34 @@ pub(crate) async fn handle(
             h.insert(headers::X_CLIENT_CERT_SUBJECT.clone(), s);
         }
     }
-    let rec = worker.shared.access_log.enabled().then(|| AccessRecord {
-        time: SystemTime::now(),
-        request_id: request_id.clone(),
-        client: conn.client,
-        method: req.method().clone(),
-        authority: headers::authority_value(&req),
-        uri: req.uri().clone(),
-        version: req.version(),
-        status: 0,
-        bytes: 0,
-        upstream_time: None,
-        duration: Default::default(),
-        route: None,
-        cluster: None,
-        endpoint: None,
-        attempts: 0,
-        reason: "ok",
-        grpc_status: None,
-        error: None,
+    let rec = worker.shared.access_log.enabled().then(|| {
+        Box::new(AccessRecord {
+            time: SystemTime::now(),
+            request_id: request_id.clone(),
+            client: conn.client,
+            method: req.method().clone(),
+            authority: headers::authority_value(&req),
+            uri: req.uri().clone(),
+            version: req.version(),
+            status: 0,
+            bytes: 0,
+            upstream_time: None,
+            duration: Default::default(),
+            route: None,
+            cluster: None,
+            endpoint: None,
+            attempts: 0,
+            reason: "ok",
+            grpc_status: None,
+            error: None,
+        })
     });
 
     let mut end = RequestEnd {
         worker: &worker,
         conn: &conn,
         start,
+        start_ns,
         rec,
         answered: false,
     };
@@ -104,6 +109,7 @@ pub(crate) async fn handle(
         conn: &conn,
         rt: &rt,
         start,
+        start_ns,
         request_id: request_id.as_ref(),
     };
     let outcome = match authority {
@@ -139,8 +145,9 @@ pub(super) struct RequestEnd<'a> {
     worker: &'a Worker,
     conn: &'a ConnState,
     start: Instant,
+    start_ns: u64,
     /// The access log record while nobody else has logged it.
-    rec: Option<AccessRecord>,
+    rec: Option<Box<AccessRecord>>,
     answered: bool,
 }
 
@@ -151,7 +158,7 @@ impl Drop for RequestEnd<'_> {
         conn.in_flight.set(in_flight);
         conn.head.busy.store(in_flight > 0, Relaxed);
         conn.head.pending.store(false, Relaxed);
-        conn.last_active.set(self.start);
+        conn.last_active.set_ns(self.start_ns);
         if self.answered {
             return;
         }
@@ -252,7 +259,7 @@ pub(super) fn valid_authority(b: &[u8]) -> bool {
 pub(super) async fn proxy_request(
     cx: &RequestCtx<'_>,
     mut req: Request<Incoming>,
-    rec: &mut Option<AccessRecord>,
+    rec: &mut Option<Box<AccessRecord>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let RequestCtx {
         worker,

@@ -30,11 +30,11 @@ pub(super) fn prepare_downstream_response(mut resp: Response<ResponseBody>, rout
 /// Stage 8: feeds latency and status to the balancer signals, outlier detection and
 /// counters (an ejection is published to the node's pair member).
 pub(super) fn observe(routed: &RoutedCtx<'_>, ep_idx: usize, status: u16, upstream_time: Duration) {
-    let (route, cluster, start) = (routed.route, routed.cluster, routed.start);
+    let (route, cluster) = (routed.route, routed.cluster);
     let pair = routed.worker.shared.pair.as_deref();
     let ep = &cluster.endpoints[ep_idx];
     let ns = upstream_time.as_nanos() as u64;
-    ep.stats.ewma.observe_at(ns as f64, start + upstream_time);
+    ep.stats.ewma.observe_at(ns as f64, routed.start_ns + ns);
     ep.stats.latency.observe_ns(ns);
     ep.stats.responses.record(status);
     cluster.stats.responses.record(status);
@@ -60,7 +60,11 @@ pub(super) fn observe_failure(routed: &RoutedCtx<'_>, ep_idx: usize, e: ProxyErr
 }
 
 /// A local error response with its short plain body; logged as the request's outcome.
-pub(super) fn local_error(cx: &RequestCtx<'_>, e: ProxyError, rec: &mut Option<AccessRecord>) -> Response<ProxyBody> {
+pub(super) fn local_error(
+    cx: &RequestCtx<'_>,
+    e: ProxyError,
+    rec: &mut Option<Box<AccessRecord>>,
+) -> Response<ProxyBody> {
     let (worker, start) = (cx.worker, cx.start);
     if e == ProxyError::NoRoute {
         worker.shared.stats.process.no_route.fetch_add(1, Relaxed);
@@ -127,7 +131,7 @@ pub(super) fn upstream_response(
     resp: Response<ResponseBody>,
     ep_idx: usize,
     chain: Option<crate::wasm::http::ChainRef>,
-    rec: &mut Option<AccessRecord>,
+    rec: &mut Option<Box<AccessRecord>>,
     upstream_time: Duration,
 ) -> Response<ProxyBody> {
     let (worker, start, route, cluster) = (routed.worker, routed.start, routed.route, routed.cluster);

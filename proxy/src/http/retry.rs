@@ -39,7 +39,7 @@ use std::time::Duration;
 pub(super) async fn attempts(
     routed: &RoutedCtx<'_>,
     mut req: Request<Incoming>,
-    rec: &mut Option<AccessRecord>,
+    rec: &mut Option<Box<AccessRecord>>,
     targets: Targets<'_>,
 ) -> Result<(Response<ResponseBody>, usize, Duration), ProxyError> {
     let RoutedCtx {
@@ -49,6 +49,7 @@ pub(super) async fn attempts(
                 conn,
                 rt,
                 start,
+                start_ns,
                 ..
             },
         route,
@@ -186,7 +187,15 @@ pub(super) async fn attempts(
         let exchanged: Exchanged = {
             // Pinned here and lent to the timer: the exchange's state (the largest
             // future of the path) is not copied into the timer's.
-            let call = std::pin::pin!(exchange(worker, cluster, ep_idx, &mut upstream_req.req, start, origin));
+            let call = std::pin::pin!(exchange(
+                worker,
+                cluster,
+                ep_idx,
+                &mut upstream_req.req,
+                start,
+                start_ns,
+                origin
+            ));
             match progress.as_deref() {
                 None => timed(call, &timers).await,
                 // Boxed: only requests with a streamed body watch it.
@@ -220,7 +229,7 @@ pub(super) async fn attempts(
             Ok(resp) => resp.status().as_u16(),
             Err(e) => e.status().as_u16(),
         };
-        let upstream_time = start.elapsed();
+        let upstream_time = Duration::from_nanos(crate::clock::now_ns().saturating_sub(start_ns));
         match &outcome {
             Ok(_) => observe(routed, ep_idx, status, upstream_time),
             // The client's faults say nothing about the endpoint.
@@ -234,7 +243,7 @@ pub(super) async fn attempts(
             if let Some((parts, _)) = replay.as_mut() {
                 head_back(targets.chain, parts);
             }
-            drop(upstream_req);
+            upstream_req.give_back();
             return match outcome {
                 Ok(mut resp) => {
                     in_flight.hand_over();
@@ -282,7 +291,8 @@ impl TryTimers {
 /// Runs an exchange whose request is complete under its try's deadline.
 pub(super) async fn timed(exchange: impl std::future::Future<Output = Exchanged>, t: &TryTimers) -> Exchanged {
     let deadline = t.deadline(t.request_end);
-    if deadline <= Instant::now() {
+    // The try started a moment ago: a deadline already past then is past now.
+    if deadline <= t.try_start {
         return Err(ProxyError::Timeout.into());
     }
     tokio::time::timeout_at(deadline.into(), exchange)
@@ -350,11 +360,19 @@ pub(super) struct Lent<'a> {
     chain: Option<&'a crate::wasm::http::ChainRef>,
 }
 
-impl Drop for Lent<'_> {
-    fn drop(&mut self) {
-        let Some(c) = self.chain else { return };
+impl Lent<'_> {
+    /// Hands the head back now (once): in place, where `drop(lent)` would first move
+    /// the whole request out of the attempt's state.
+    fn give_back(&mut self) {
+        let Some(c) = self.chain.take() else { return };
         let Ok(c) = c.try_borrow() else { return };
         c.request_head_back_from(&mut self.req);
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        self.give_back();
     }
 }
 

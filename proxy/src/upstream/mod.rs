@@ -99,6 +99,7 @@ impl Pool {
         proto: UpstreamProtocol,
         s: &PoolSettings,
         now: Instant,
+        now_ns: u64,
     ) -> Option<Conn> {
         let mut map = self.by_endpoint.borrow_mut();
         let slot = map.get_mut(&(addr, s.profile))?;
@@ -118,7 +119,7 @@ impl Pool {
             UpstreamProtocol::Http1 => {
                 // Newest first; drop closed, expired and aged connections on the way.
                 while let Some(mut c) = slot.idle.pop() {
-                    if now.saturating_duration_since(c.used) >= s.idle_timeout {
+                    if now_ns.saturating_sub(c.used_ns) >= s.idle_timeout.as_nanos() as u64 {
                         // The rest are older still.
                         slot.idle.clear();
                         return None;
@@ -126,7 +127,7 @@ impl Pool {
                     if too_old(c.born) || !c.is_reusable() {
                         continue;
                     }
-                    c.used = now;
+                    c.used_ns = now_ns;
                     return Some(Conn {
                         sender: Sender::H1(c),
                         reused: true,
@@ -155,12 +156,12 @@ impl Pool {
 
     /// Closes idle HTTP/1.1 connections past their idle timeout or closed by the
     /// upstream (nothing polls them while they wait in the pool).
-    pub(crate) fn sweep(&self, now: Instant) {
+    pub(crate) fn sweep(&self, now_ns: u64) {
         let mut map = self.by_endpoint.borrow_mut();
         map.retain(|_, slot| {
-            let timeout = slot.idle_timeout;
+            let timeout = slot.idle_timeout.as_nanos() as u64;
             slot.idle
-                .retain_mut(|c| now.saturating_duration_since(c.used) < timeout && c.is_reusable());
+                .retain_mut(|c| now_ns.saturating_sub(c.used_ns) < timeout && c.is_reusable());
             !slot.idle.is_empty() || slot.h2.as_ref().is_some_and(|(tx, _)| !tx.is_closed())
         });
     }

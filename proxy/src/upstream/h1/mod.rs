@@ -131,7 +131,7 @@ pub(crate) struct H1Conn {
     /// When it was opened (max age).
     pub(super) born: Instant,
     /// Start of the request that used it last; idle time counts from here.
-    pub(super) used: Instant,
+    pub(super) used_ns: u64,
     /// Bound to one client (it carried that client's PROXY header): never pooled.
     pub(super) private: bool,
     /// Counts the connection open for its cluster while it exists.
@@ -148,7 +148,7 @@ impl H1Conn {
             addr,
             profile,
             born,
-            used: born,
+            used_ns: crate::clock::ns_at(born),
             private,
             _open: open,
         }
