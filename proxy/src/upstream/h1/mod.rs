@@ -37,7 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub(crate) use body::Body;
 pub(crate) use codec::{decode_body, parse_head_for_fuzzing, Framing, Step};
-use codec::{encode_head, parse_head, Head, MAX_HEAD};
+use codec::{encode_head, parse_head, FieldNames, Head, MAX_HEAD};
 
 use super::{OpenGuard, Pool};
 use crate::runtime::PoolSettings;
@@ -124,6 +124,8 @@ pub(crate) struct H1Conn {
     buf: BytesMut,
     /// The request head (and small body chunks) waiting to be written; reused.
     out: Vec<u8>,
+    /// The field names of the responses it carried.
+    names: FieldNames,
     /// Endpoint, for the pool key.
     pub(super) addr: SocketAddr,
     /// Pool profile of the cluster that made it.
@@ -145,6 +147,7 @@ impl H1Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::with_capacity(1024),
+            names: FieldNames::default(),
             addr,
             profile,
             born,
@@ -184,7 +187,7 @@ impl H1Conn {
     fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<Head, H1Error>> {
         loop {
             if !self.buf.is_empty() {
-                match parse_head(&mut self.buf, head_request)? {
+                match parse_head(&mut self.buf, head_request, &mut self.names)? {
                     Some(head) if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS => {
                         continue
                     }
@@ -435,7 +438,9 @@ mod tests {
 
     fn head(bytes: &[u8], head_request: bool) -> (Head, BytesMut) {
         let mut buf = BytesMut::from(bytes);
-        let h = parse_head(&mut buf, head_request).unwrap().expect("complete");
+        let h = parse_head(&mut buf, head_request, &mut FieldNames::default())
+            .unwrap()
+            .expect("complete");
         (h, buf)
     }
 
@@ -490,13 +495,19 @@ mod tests {
     #[test]
     fn bad_heads_are_refused() {
         let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"[..]);
-        assert!(matches!(parse_head(&mut b, false), Err(H1Error::Malformed(_))));
+        assert!(matches!(
+            parse_head(&mut b, false, &mut FieldNames::default()),
+            Err(H1Error::Malformed(_))
+        ));
         let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..]);
-        assert!(matches!(parse_head(&mut b, false), Err(H1Error::Malformed(_))));
+        assert!(matches!(
+            parse_head(&mut b, false, &mut FieldNames::default()),
+            Err(H1Error::Malformed(_))
+        ));
         let mut b = BytesMut::from(&b"NOT HTTP\r\n\r\n"[..]);
-        assert!(parse_head(&mut b, false).is_err());
+        assert!(parse_head(&mut b, false, &mut FieldNames::default()).is_err());
         let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-"[..]);
-        assert!(parse_head(&mut b, false).unwrap().is_none());
+        assert!(parse_head(&mut b, false, &mut FieldNames::default()).unwrap().is_none());
         // Both framings: a smuggling vector, refused whatever their order.
         for h in [
             &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
@@ -504,7 +515,10 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n",
         ] {
             let mut b = BytesMut::from(h);
-            assert!(matches!(parse_head(&mut b, false), Err(H1Error::Malformed(_))));
+            assert!(matches!(
+                parse_head(&mut b, false, &mut FieldNames::default()),
+                Err(H1Error::Malformed(_))
+            ));
         }
         // Control characters and DEL in a value are refused (the values are taken as
         // httparse checked them); obs-text passes through byte for byte.
@@ -513,7 +527,10 @@ mod tests {
             h.extend_from_slice(bad);
             h.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
             let mut b = BytesMut::from(&h[..]);
-            assert!(parse_head(&mut b, false).is_err(), "{bad:?}");
+            assert!(
+                parse_head(&mut b, false, &mut FieldNames::default()).is_err(),
+                "{bad:?}"
+            );
         }
         let (h, _) = head(
             b"HTTP/1.1 200 OK\r\nX-A: caf\xc3\xa9\tok\r\nContent-Length: 0\r\n\r\n",
@@ -529,7 +546,7 @@ mod tests {
             h.extend_from_slice(&value);
             h.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
             let mut buf = BytesMut::from(&h[..]);
-            let parsed = parse_head(&mut buf, false);
+            let parsed = parse_head(&mut buf, false, &mut FieldNames::default());
             let valid = http::HeaderValue::from_bytes(&value).is_ok();
             assert_eq!(parsed.is_ok(), valid, "byte {b:#04x}");
             if let Ok(Some(p)) = parsed {
@@ -543,7 +560,50 @@ mod tests {
         }
         big.extend_from_slice(b"\r\n");
         let mut b = BytesMut::from(&big[..]);
-        assert!(matches!(parse_head(&mut b, false), Err(H1Error::HeadTooLarge)));
+        assert!(matches!(
+            parse_head(&mut b, false, &mut FieldNames::default()),
+            Err(H1Error::HeadTooLarge)
+        ));
+    }
+
+    #[test]
+    fn a_connections_kept_names_never_change_a_head() {
+        let mut names = FieldNames::default();
+        let mut parse = |bytes: &[u8]| {
+            let mut buf = BytesMut::from(bytes);
+            parse_head(&mut buf, false, &mut names)
+        };
+        let h = parse(b"HTTP/1.1 200 OK\r\nContent-Type: a\r\nX-One: 1\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            h.headers.keys().collect::<Vec<_>>(),
+            ["content-type", "x-one", "content-length"]
+        );
+        // Another spelling, another order, a field left out, a new one.
+        let h = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nX-Two: 2\r\nCONTENT-TYPE: b\r\n\r\nok")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Length(2));
+        assert_eq!(
+            h.headers.keys().collect::<Vec<_>>(),
+            ["content-length", "x-two", "content-type"]
+        );
+        assert_eq!(h.headers["content-type"], "b");
+        // A name that is not a valid one is refused where a valid one was kept.
+        assert!(matches!(
+            parse(b"HTTP/1.1 200 OK\r\nContent Length: 2\r\n\r\n"),
+            Err(H1Error::Malformed(_))
+        ));
+        // The first heads' names come back as they were.
+        let h = parse(b"HTTP/1.1 200 OK\r\nContent-Type: c\r\nX-One: 1\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            h.headers.keys().collect::<Vec<_>>(),
+            ["content-type", "x-one", "content-length"]
+        );
+        assert_eq!(h.headers["content-type"], "c");
     }
 
     #[test]
