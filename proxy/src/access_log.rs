@@ -57,9 +57,10 @@ pub struct AccessRecord {
 /// What the writer thread receives: records, and the operator's "reopen the file"
 /// (SIGUSR1, after logrotate moved it).
 #[derive(Debug)]
-// Boxing the record would cost an allocation per request; `Reopen` is rare.
-#[allow(clippy::large_enum_variant)]
 enum Message {
+    /// Boxed from the request's start: the request path moves it from stage to stage
+    /// (an allocation per logged request, where the record inline cost every request
+    /// 400 bytes more to move, logged or not).
     Record(Box<AccessRecord>),
     Reopen,
 }

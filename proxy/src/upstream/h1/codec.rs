@@ -67,6 +67,9 @@ pub(crate) struct FieldNames {
 impl FieldNames {
     /// Names kept (the first fields of a head).
     const KEPT: usize = 16;
+    /// Longer names are not kept (a connection keeps at most 16 × 64 bytes of them,
+    /// whatever an upstream sends).
+    const NAME_BYTES: usize = 64;
 
     /// The name of field `pos` of a head, spelled `raw`; `None` when it is not a valid
     /// field name.
@@ -81,7 +84,7 @@ impl FieldNames {
             return Some(n.clone());
         }
         let n = HeaderName::from_bytes(raw).ok()?;
-        if pos < Self::KEPT {
+        if pos < Self::KEPT && raw.len() <= Self::NAME_BYTES {
             let entry = (Box::from(raw), n.clone());
             match pos.cmp(&self.seen.len()) {
                 std::cmp::Ordering::Less => self.seen[pos] = entry,
@@ -391,5 +394,28 @@ pub(crate) fn decode_body(framing: &mut Framing, buf: &mut BytesMut) -> Result<S
             }
             _ => return Ok(Step::More),
         }
+    }
+}
+
+#[cfg(test)]
+mod field_names_tests {
+    use super::*;
+
+    #[test]
+    fn kept_names_are_bounded_and_found_again() {
+        let mut names = FieldNames::default();
+        assert_eq!(names.name(0, b"Content-Type").unwrap(), "content-type");
+        assert_eq!(names.name(1, b"x-a").unwrap(), "x-a");
+        let long = vec![b'x'; FieldNames::NAME_BYTES + 1];
+        assert_eq!(names.name(2, &long).unwrap().as_str().len(), long.len());
+        assert_eq!(names.seen.len(), 2, "a long name is not kept");
+        for pos in 2..40 {
+            names.name(pos, format!("x-{pos}").as_bytes()).unwrap();
+        }
+        assert_eq!(names.seen.len(), FieldNames::KEPT);
+        // Found at another position; another spelling is parsed, not taken for it.
+        assert_eq!(names.name(7, b"x-a").unwrap(), "x-a");
+        assert_eq!(names.name(0, b"content-type").unwrap(), "content-type");
+        assert!(names.name(0, b"Content Type").is_none());
     }
 }
