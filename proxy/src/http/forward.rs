@@ -5,7 +5,6 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
@@ -94,7 +93,6 @@ pub(super) async fn exchange(
     cluster: &Cluster,
     ep_idx: usize,
     req: &mut Request<UpstreamBody>,
-    start: Instant,
     start_ns: u64,
     origin: upstream::Origin,
 ) -> Exchanged {
@@ -103,7 +101,7 @@ pub(super) async fn exchange(
     loop {
         let conn = match worker
             .pool
-            .checkout(ep.address, cluster.protocol, &cluster.pool, start, start_ns)
+            .checkout(ep.address, cluster.protocol, &cluster.pool, start_ns)
         {
             Some(c) => {
                 ep.stats.connections_reused.fetch_add(1, Relaxed);
@@ -170,10 +168,8 @@ pub(super) async fn call_cluster(
         client: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         local: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
     };
-    let start_ns = crate::clock::now_ns();
-    let start = crate::clock::instant_at(start_ns);
     let mut req = req;
-    exchange(worker, cluster, ep_idx, &mut req, start, start_ns, origin)
+    exchange(worker, cluster, ep_idx, &mut req, crate::clock::now_ns(), origin)
         .await
         .map_err(|f| f.kind)
 }

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
@@ -99,7 +99,6 @@ pub(crate) async fn handle(
     let mut end = RequestEnd {
         worker: &worker,
         conn: &conn,
-        start,
         start_ns,
         rec,
         answered: false,
@@ -144,7 +143,6 @@ pub(crate) async fn handle(
 pub(super) struct RequestEnd<'a> {
     worker: &'a Worker,
     conn: &'a ConnState,
-    start: Instant,
     start_ns: u64,
     /// The access log record while nobody else has logged it.
     rec: Option<Box<AccessRecord>>,
@@ -166,7 +164,7 @@ impl Drop for RequestEnd<'_> {
         if let Some(mut r) = self.rec.take() {
             r.status = ProxyError::ClientAbort.status().as_u16();
             r.reason = ProxyError::ClientAbort.reason();
-            r.duration = self.start.elapsed();
+            r.duration = std::time::Duration::from_nanos(crate::clock::now_ns().saturating_sub(self.start_ns));
             self.worker.shared.access_log.log(r);
         }
     }

@@ -192,7 +192,6 @@ pub(super) async fn attempts(
                 cluster,
                 ep_idx,
                 &mut upstream_req.req,
-                start,
                 start_ns,
                 origin
             ));

@@ -92,18 +92,21 @@ impl Pool {
     }
 
     /// A ready pooled connection to `addr`, if there is one.
-    /// `now` is the request's start time (idle and age limits are seconds-scale).
+    /// `now_ns` is the request's start on the process clock (idle and age limits are
+    /// seconds-scale).
     pub(crate) fn checkout(
         &self,
         addr: SocketAddr,
         proto: UpstreamProtocol,
         s: &PoolSettings,
-        now: Instant,
         now_ns: u64,
     ) -> Option<Conn> {
         let mut map = self.by_endpoint.borrow_mut();
         let slot = map.get_mut(&(addr, s.profile))?;
-        let too_old = |born: Instant| s.max_age.is_some_and(|m| now.duration_since(born) >= m);
+        let too_old = |born: Instant| {
+            s.max_age
+                .is_some_and(|m| now_ns.saturating_sub(crate::clock::ns_at(born)) >= m.as_nanos() as u64)
+        };
         match proto {
             UpstreamProtocol::H2c => {
                 let (tx, born) = slot.h2.as_ref()?;

@@ -573,22 +573,17 @@ mod tests {
             let mut buf = BytesMut::from(bytes);
             parse_head(&mut buf, false, &mut names)
         };
+        let keys = |h: &Head| h.headers.keys().map(|k| k.to_string()).collect::<Vec<_>>();
         let h = parse(b"HTTP/1.1 200 OK\r\nContent-Type: a\r\nX-One: 1\r\nContent-Length: 0\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(
-            h.headers.keys().collect::<Vec<_>>(),
-            ["content-type", "x-one", "content-length"]
-        );
+        assert_eq!(keys(&h), ["content-type", "x-one", "content-length"]);
         // Another spelling, another order, a field left out, a new one.
         let h = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nX-Two: 2\r\nCONTENT-TYPE: b\r\n\r\nok")
             .unwrap()
             .unwrap();
         assert_eq!(h.framing, Framing::Length(2));
-        assert_eq!(
-            h.headers.keys().collect::<Vec<_>>(),
-            ["content-length", "x-two", "content-type"]
-        );
+        assert_eq!(keys(&h), ["content-length", "x-two", "content-type"]);
         assert_eq!(h.headers["content-type"], "b");
         // A name that is not a valid one is refused where a valid one was kept.
         assert!(matches!(
@@ -596,13 +591,9 @@ mod tests {
             Err(H1Error::Malformed(_))
         ));
         // The first heads' names come back as they were.
-        let h = parse(b"HTTP/1.1 200 OK\r\nContent-Type: c\r\nX-One: 1\r\nContent-Length: 0\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            h.headers.keys().collect::<Vec<_>>(),
-            ["content-type", "x-one", "content-length"]
-        );
+        let again = b"HTTP/1.1 200 OK\r\nContent-Type: c\r\nX-One: 1\r\nContent-Length: 0\r\n\r\n";
+        let h = parse(again).unwrap().unwrap();
+        assert_eq!(keys(&h), ["content-type", "x-one", "content-length"]);
         assert_eq!(h.headers["content-type"], "c");
     }
 
