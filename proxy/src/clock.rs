@@ -90,6 +90,11 @@ impl InstantCell {
         self.0.set(ns_at(at));
     }
 
+    /// The instant held, as nanoseconds since process start (see [`now_ns`]).
+    pub(crate) fn ns(&self) -> u64 {
+        self.0.get()
+    }
+
     /// Holds the time `ns` nanoseconds after process start (see [`now_ns`]).
     pub(crate) fn set_ns(&self, ns: u64) {
         self.0.set(ns);

@@ -143,6 +143,37 @@ impl std::fmt::Debug for ConnState {
 }
 
 impl ConnState {
+    /// The state of a connection accepted now (HTTP/2 when `h2`), before its first
+    /// request.
+    pub(crate) fn accepted(
+        id: u64,
+        client: SocketAddr,
+        local: SocketAddr,
+        listener: u32,
+        tls: Option<Box<TlsInfo>>,
+        h2: bool,
+    ) -> ConnState {
+        ConnState {
+            id,
+            tls,
+            local,
+            client,
+            listener,
+            requests: Cell::new(0),
+            in_flight: Cell::new(0),
+            open_bodies: Cell::new(0),
+            released: Cell::new(false),
+            http1: Cell::new(!h2),
+            last_active: InstantCell::new(Instant::now()),
+            head: Arc::default(),
+            close: Cell::new(false),
+            watch: WatchSlot::new(),
+            action: Cell::new(Action::Serve),
+            waker: Cell::new(None),
+            extras: OnceCell::new(),
+        }
+    }
+
     /// The connection's rarely used parts, made on first use.
     pub(crate) fn extras(&self) -> &ConnExtras {
         self.extras.get_or_init(Box::default)

@@ -5,7 +5,6 @@
 //! Deadlines are kept by the worker's watch ([`crate::http::watch`]) rather than by
 //! per-request timers; it asks the connection's task for an action ([`Action`]).
 
-use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -13,7 +12,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -27,6 +26,7 @@ use crate::http::conn::Action;
 use crate::http::conn::ConnState;
 use crate::http::conn::HeadFlags;
 use crate::http::conn::TlsInfo;
+use crate::http::idle_lot::Parked;
 use crate::http::served::Served;
 use crate::send_batch::{BatchedStream, ReadReady};
 use crate::shared::OpenConn;
@@ -51,25 +51,8 @@ pub(crate) async fn serve<IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
     let lcfg = &worker.listeners[idx];
-    let state = Rc::new(ConnState {
-        id: worker.shared.conn_ids.fetch_add(1, Relaxed),
-        tls: tls.map(Box::new),
-        local,
-        client: peer,
-        listener: idx as u32,
-        requests: Cell::new(0),
-        in_flight: Cell::new(0),
-        open_bodies: Cell::new(0),
-        released: Cell::new(false),
-        http1: Cell::new(!h2),
-        last_active: crate::clock::InstantCell::new(Instant::now()),
-        head: Arc::default(),
-        close: Cell::new(false),
-        watch: crate::http::conn::WatchSlot::new(),
-        action: Cell::new(Action::Serve),
-        waker: Cell::new(None),
-        extras: Default::default(),
-    });
+    let id = worker.shared.conn_ids.fetch_add(1, Relaxed);
+    let state = Rc::new(ConnState::accepted(id, peer, local, idx as u32, tls.map(Box::new), h2));
 
     // Deadlines, drain and maintenance are the worker's watch's: it flags an action
     // and wakes this task, which only polls hyper.
@@ -221,8 +204,9 @@ where
 }
 
 /// An idle HTTP/1.1 connection waits for its next bytes: a plain one in the worker's
-/// lot, outside tokio ([`crate::http::idle_lot`]); a TLS one (its session stays in
-/// memory), or one the lot cannot take, in a small task of its own ([`parked`]).
+/// lot, outside tokio and without its connection state ([`crate::http::idle_lot`]); a
+/// TLS one (its session stays in memory), or one the lot cannot take, in a small task of
+/// its own ([`parked`]).
 fn park<IO>(conn: Served, io: HeadWatch<IO>)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
@@ -233,9 +217,13 @@ where
             tokio::task::spawn_local(parked(conn, HeadWatch { io, flags, first }));
         }
         Ok(Ok(sock)) => {
-            if let Err((conn, sock, flags)) = crate::http::idle_lot::park(conn, sock, flags, resume) {
+            drop(flags);
+            let (worker, idle) = conn.into_parked();
+            if let Err((idle, sock)) = crate::http::idle_lot::park(&worker, idle, sock, resume) {
                 match BatchedStream::attach(sock) {
                     Ok(io) => {
+                        let conn = Served::revive(worker, idle, false);
+                        let flags = conn.state.head.clone();
                         tokio::task::spawn_local(parked(conn, HeadWatch { io, flags, first }));
                     }
                     Err(e) => tracing::debug!(error = %e, "an idle connection could not park"),
@@ -246,16 +234,14 @@ where
     }
 }
 
-/// A connection parked in the worker's lot has bytes to read: back in tokio, the watch
-/// looks again (the head deadline, the next release), and a new serving task takes it
-/// over.
-fn resume(conn: Served, sock: std::net::TcpStream, flags: Arc<HeadFlags>) {
-    let state = &*conn.state;
-    state.waker.take();
-    state.released.set(false);
+/// A connection parked in the worker's lot has bytes to read: back in tokio, with its
+/// state made again, watched again (the head deadline, the next release), and a new
+/// serving task takes it over.
+fn resume(worker: &Rc<Worker>, idle: Parked, sock: std::net::TcpStream) {
     match BatchedStream::attach(sock) {
         Ok(io) => {
-            crate::http::watch::look_now(state);
+            let conn = Served::revive(worker.clone(), idle, true);
+            let flags = conn.state.head.clone();
             let first = Bytes::new();
             tokio::task::spawn_local(serve_http1(conn, HeadWatch { io, flags, first }));
         }

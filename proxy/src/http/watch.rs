@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 
 use crate::config::ListenerConfig;
 use crate::http::conn::{Action, ConnState, NO_HEAD_SEEN};
+use crate::http::idle_lot::IdleRules;
 use crate::shared::Shared;
 
 /// An HTTP/1.1 connection idle this long (up to twice this long: it is looked at once
@@ -111,6 +112,12 @@ pub(crate) fn look_now(state: &ConnState) {
     }
 }
 
+/// What this worker's watch asks of idle connections now; a connection parked outside
+/// the watch ([`crate::http::idle_lot`]) follows the same rules.
+pub(crate) fn idle_rules() -> IdleRules {
+    WATCH.with(|w| w.get().map(|w| w.idle_rules())).unwrap_or_default()
+}
+
 /// Keeps a connection watched; dropping it forgets the connection.
 pub(crate) struct Watched(Option<(Rc<ConnWatch>, usize)>);
 
@@ -135,6 +142,7 @@ impl ConnWatch {
             let maintenance = phase.borrow_and_update().asks_clients_to_close();
             if maintenance != self.maintenance.replace(maintenance) {
                 self.look_at_all();
+                crate::http::idle_lot::rules_changed(self.idle_rules());
             }
             self.fire(Instant::now());
             let next = self.due.borrow().peek().map(|Reverse((at, _, _))| self.instant(*at));
@@ -149,6 +157,14 @@ impl ConnWatch {
                 _ = self.wake.notified() => {}
             }
             self.armed.set(None);
+        }
+    }
+
+    /// What idle connections must do now.
+    fn idle_rules(&self) -> IdleRules {
+        IdleRules {
+            draining: self.draining.get(),
+            maintenance: self.maintenance.get(),
         }
     }
 
@@ -258,6 +274,7 @@ impl ConnWatch {
             state.request(Action::Graceful);
         }
         self.due.borrow_mut().clear();
+        crate::http::idle_lot::rules_changed(self.idle_rules());
     }
 
     /// One look at a connection: when `fired` and its regular deadline has passed, the

@@ -422,6 +422,61 @@ async fn a_parked_connection_counts_as_open_and_closes_at_once_on_drain() {
     .await;
 }
 
+/// A connection parked in its worker's lot keeps only what it needs to come back as
+/// itself: after each idle spell its next request still carries the client address its
+/// PROXY header gave. In maintenance a parked connection closes once idle for half the
+/// handover: not at once, and not only at its idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_comes_back_as_itself_and_closes_in_maintenance() {
+    bounded(30, async {
+        let b = Backend::start("b").await;
+        let proxy = Proxy::start_server(
+            &one_route_to(b.addr),
+            "proxy_protocol_from = [\"127.0.0.0/8\"]",
+            "",
+            "maintenance_handover = \"6s\"",
+        );
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"PROXY TCP4 192.0.2.99 127.0.0.1 1234 80\r\n")
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+        let (closed_tx, mut closed) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = conn.await;
+            let _ = closed_tx.send(Instant::now());
+        });
+        for round in 1..=2 {
+            let req = hyper::Request::get("/headers")
+                .header("host", "x")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let r = send.send_request(req).await.unwrap();
+            let text = r.into_body().collect().await.unwrap().to_bytes();
+            let text = String::from_utf8_lossy(&text);
+            assert!(text.contains("x-forwarded-for: 192.0.2.99"), "round {round}: {text}");
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+            assert_eq!(proxy.metric(PARKED), 1.0, "round {round}");
+            assert_eq!(proxy.metric(RELEASES), round as f64);
+        }
+
+        // Idle for about 1.3 s when maintenance begins: it closes at 3 s idle.
+        let t = Instant::now();
+        assert_eq!(proxy.admin_post("/maintenance?on=1").0, 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            closed.try_recv().is_err(),
+            "closed before it was idle for half the handover"
+        );
+        let at = closed.await.unwrap();
+        assert!(at - t < Duration::from_secs(4), "closed after {:?}", at - t);
+        assert_eq!(proxy.metric(PARKED), 0.0);
+        assert_eq!(proxy.metric(ACTIVE), 0.0);
+        assert_eq!(proxy.admin_post("/maintenance?on=0").0, 200);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_mid_message_keeps_its_buffers_however_long_it_waits() {
     bounded(30, async {
