@@ -215,6 +215,18 @@ impl OpenConn {
         shared.connections.fetch_add(1, Relaxed);
         OpenConn { stats, shared }
     }
+
+    /// Lets go of the guard and leaves the connection counted open: for a connection
+    /// parked where every byte counts ([`crate::http::idle_lot`]), which makes the guard
+    /// again with [`OpenConn::already_counted`] when it leaves.
+    pub(crate) fn keep_counted(self) {
+        std::mem::forget(self);
+    }
+
+    /// The guard of a connection [`OpenConn::keep_counted`] left counted open.
+    pub(crate) fn already_counted(stats: Arc<ListenerStats>, shared: Arc<Shared>) -> OpenConn {
+        OpenConn { stats, shared }
+    }
 }
 
 impl Drop for OpenConn {
