@@ -182,7 +182,7 @@ thread_local! {
 /// Parks an idle connection whose socket left tokio ([`crate::send_batch::ReadReady::detach`])
 /// until its next bytes, its end, its idle deadline, maintenance or drain. The
 /// connection comes back when the lot cannot take it (no epoll set could be made or
-/// joined).
+/// joined, or an address with a scope or flow label does not fit its slot).
 pub(super) fn park(
     worker: &Rc<Worker>,
     conn: Parked,
