@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use slab::Slab;
 use tokio::io::unix::AsyncFd;
@@ -145,14 +146,14 @@ impl Slot {
 /// What takes a woken connection over: a new serving task, in tokio again.
 pub(super) type Resume = fn(&Rc<Worker>, Parked, std::net::TcpStream);
 
-/// What the worker's watch asks of idle connections (see [`rules_changed`]).
+/// What the worker's watch asks of idle HTTP/1.1 connections (see [`rules_changed`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct IdleRules {
     /// The process drains: every connection closes.
     pub(crate) draining: bool,
-    /// The node is in maintenance: a keep-alive connection idle for half the handover
-    /// closes.
-    pub(crate) maintenance: bool,
+    /// The node is in maintenance: a keep-alive connection idle this long (half the
+    /// handover, as it was when maintenance began) closes.
+    pub(crate) maintenance_grace: Option<Duration>,
 }
 
 /// One worker's parked connections.
@@ -274,12 +275,14 @@ async fn run(lot: Rc<Lot>) {
 impl Lot {
     /// When a parked connection closes unless its next bytes come first: at its
     /// listener's idle timeout, or in maintenance once idle for half the handover.
+    /// It depends on the slot and the lot's rules alone (no reloadable setting), so a
+    /// heap entry stays current until the rules change.
     fn due(&self, slot: &Slot) -> u64 {
-        let lcfg = &self.worker.listeners[slot.listener as usize];
-        let mut after = lcfg.idle_timeout;
-        if self.rules.get().maintenance {
-            after = after.min(self.worker.shared.runtime.load().config.server.maintenance_handover / 2);
-        }
+        let idle_timeout = self.worker.listeners[slot.listener as usize].idle_timeout;
+        let after = match self.rules.get().maintenance_grace {
+            Some(grace) => idle_timeout.min(grace),
+            None => idle_timeout,
+        };
         slot.last_active_ns.saturating_add(after.as_nanos() as u64)
     }
 

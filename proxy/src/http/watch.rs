@@ -160,11 +160,12 @@ impl ConnWatch {
         }
     }
 
-    /// What idle connections must do now.
+    /// What idle HTTP/1.1 connections must do now.
     fn idle_rules(&self) -> IdleRules {
+        let handover = || self.shared.runtime.load().config.server.maintenance_handover;
         IdleRules {
             draining: self.draining.get(),
-            maintenance: self.maintenance.get(),
+            maintenance_grace: self.maintenance.get().then(|| handover() / 2),
         }
     }
 
@@ -343,10 +344,9 @@ impl ConnWatch {
         // after its response (which carries Connection: close); a new one serves its
         // first request with Connection: close. Looked at again every grace period.
         if self.maintenance.get() {
-            let grace = if state.http1.get() {
-                self.shared.runtime.load().config.server.maintenance_handover / 2
-            } else {
-                Duration::ZERO
+            let grace = match self.idle_rules().maintenance_grace {
+                Some(grace) if state.http1.get() => grace,
+                _ => Duration::ZERO,
             };
             let idle = requests > 0 && !busy && !pending;
             if idle && state.last_active.get() + grace <= now {
