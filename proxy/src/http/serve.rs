@@ -219,7 +219,8 @@ where
         Ok(Ok(sock)) => {
             drop(flags);
             let (worker, idle) = conn.into_parked();
-            if let Err((idle, sock)) = crate::http::idle_lot::park(&worker, idle, sock, resume) {
+            let rules = crate::http::watch::idle_rules();
+            if let Err((idle, sock)) = crate::http::idle_lot::park(&worker, idle, sock, resume, rules) {
                 match BatchedStream::attach(sock) {
                     Ok(io) => {
                         let conn = Served::revive(worker, idle, false);
