@@ -59,6 +59,11 @@ pub(crate) fn now_ns() -> u64 {
     raw_ns().saturating_sub(base().raw_ns)
 }
 
+/// The time since `start_ns` (see [`now_ns`]); zero for a time not yet come.
+pub(crate) fn since(start_ns: u64) -> Duration {
+    Duration::from_nanos(now_ns().saturating_sub(start_ns))
+}
+
 /// `at` as nanoseconds since process start (no clock read).
 pub(crate) fn ns_at(at: Instant) -> u64 {
     at.saturating_duration_since(base().at).as_nanos() as u64

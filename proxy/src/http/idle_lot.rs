@@ -320,7 +320,7 @@ impl Lot {
         slot.gen = gen;
         let mut slots = self.slots.borrow_mut();
         let entry = slots.vacant_entry();
-        let token = u64::from(gen) << 32 | entry.key() as u64;
+        let token = token(gen, entry.key());
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
             u64: token,
@@ -342,16 +342,10 @@ impl Lot {
     fn queue(&self, at: u64, token: u64) {
         let mut due = self.due.borrow_mut();
         due.push(Reverse((at, token)));
-        // Entries of woken or rescheduled connections: dropped once they outnumber the
-        // parked ones (and the room a burst took, once it is four times what is left).
-        if due.len() > 64 && due.len() > 2 * self.slots.borrow().len() {
-            let slots = self.slots.borrow();
-            due.retain(|Reverse((at, token))| self.current(&slots, *at, *token));
-            let keep = 2 * due.len().max(64);
-            if due.capacity() > 2 * keep {
-                due.shrink_to(keep);
-            }
-        }
+        let slots = self.slots.borrow();
+        let current = |Reverse((at, token)): &Reverse<(u64, u64)>| self.current(&slots, *at, *token);
+        crate::http::due_heap::compact(&mut due, slots.len(), current);
+        drop(slots);
         drop(due);
         if at < self.armed.get() {
             self.armed.set(0);
@@ -406,30 +400,36 @@ impl Lot {
     }
 
     /// The watch's rules changed: on drain every parked connection closes; otherwise
-    /// each gets its deadline under the new rules (those already past close now).
+    /// each gets its deadline under the new rules (those already past close now; an
+    /// entry whose deadline did not change is queued twice, and the second finds its
+    /// slot gone).
     fn apply(&self, rules: IdleRules) {
+        self.rules.set(rules);
         if rules.draining {
-            self.rules.set(rules);
-            let slots = std::mem::take(&mut *self.slots.borrow_mut());
             self.due.borrow_mut().clear();
-            for (_, slot) in slots {
-                self.stats(&slot).parked.fetch_sub(1, Relaxed);
+            for (_, slot) in self.take_all() {
                 self.close(slot);
             }
             return;
         }
-        let before: Vec<u64> = self.slots.borrow().iter().map(|(_, s)| self.due(s)).collect();
-        self.rules.set(rules);
-        let mut requeue = Vec::new();
-        for ((key, slot), before) in self.slots.borrow().iter().zip(before) {
-            let due_ns = self.due(slot);
-            if due_ns != before {
-                requeue.push((due_ns, u64::from(slot.gen) << 32 | key as u64));
-            }
-        }
+        let requeue: Vec<(u64, u64)> = self
+            .slots
+            .borrow()
+            .iter()
+            .map(|(key, slot)| (self.due(slot), token(slot.gen, key)))
+            .collect();
         for (at, token) in requeue {
             self.queue(at, token);
         }
+    }
+
+    /// Takes every slot out of the slab.
+    fn take_all(&self) -> Slab<Slot> {
+        let slots = self.slots.take();
+        for (_, slot) in &slots {
+            self.stats(slot).parked.fetch_sub(1, Relaxed);
+        }
+        slots
     }
 
     /// Takes every ready event from the lot's epoll set; true once it is empty.
@@ -490,11 +490,16 @@ impl Lot {
 impl Drop for Lot {
     /// The worker's runtime ended: its parked connections close.
     fn drop(&mut self) {
-        for (_, slot) in std::mem::take(self.slots.get_mut()) {
-            self.stats(&slot).parked.fetch_sub(1, Relaxed);
+        for (_, slot) in self.take_all() {
             self.release(slot);
         }
     }
+}
+
+/// The token of slot `key` in its generation `gen`: what epoll events and heap entries
+/// carry.
+fn token(gen: u32, key: usize) -> u64 {
+    u64::from(gen) << 32 | key as u64
 }
 
 /// A slot's token as (generation, slab key).

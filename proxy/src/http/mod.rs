@@ -23,6 +23,7 @@ pub(crate) mod admission;
 pub(crate) mod body;
 pub(crate) mod conn;
 pub(crate) mod context;
+pub(crate) mod due_heap;
 pub(crate) mod filters;
 pub(crate) mod forward;
 pub(crate) mod headers;

@@ -164,7 +164,7 @@ impl Drop for RequestEnd<'_> {
         if let Some(mut r) = self.rec.take() {
             r.status = ProxyError::ClientAbort.status().as_u16();
             r.reason = ProxyError::ClientAbort.reason();
-            r.duration = std::time::Duration::from_nanos(crate::clock::now_ns().saturating_sub(self.start_ns));
+            r.duration = crate::clock::since(self.start_ns);
             self.worker.shared.access_log.log(r);
         }
     }

@@ -228,7 +228,7 @@ pub(super) async fn attempts(
             Ok(resp) => resp.status().as_u16(),
             Err(e) => e.status().as_u16(),
         };
-        let upstream_time = Duration::from_nanos(crate::clock::now_ns().saturating_sub(start_ns));
+        let upstream_time = crate::clock::since(start_ns);
         match &outcome {
             Ok(_) => observe(routed, ep_idx, status, upstream_time),
             // The client's faults say nothing about the endpoint.

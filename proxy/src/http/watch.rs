@@ -221,17 +221,12 @@ impl ConnWatch {
         let Some(at) = next else { return };
         let mut due = self.due.borrow_mut();
         due.push(Reverse((self.tick(at), state.id as u32, state.watch.key.get())));
-        // Entries of gone or rescheduled connections: dropped once they outnumber the
-        // live ones, so a burst of short connections does not leave the heap large (nor
-        // its room: the room a burst took goes once it is four times what is left).
-        if due.len() > 64 && due.len() > 2 * self.conns.borrow().len() {
-            let conns = self.conns.borrow();
-            due.retain(|Reverse((at, id, key))| conns.get(*key as usize).is_some_and(|s| self.current(s, *at, *id)));
-            let keep = 2 * due.len().max(64);
-            if due.capacity() > 2 * keep {
-                due.shrink_to(keep);
-            }
-        }
+        let conns = self.conns.borrow();
+        let current = |Reverse((at, id, key)): &Reverse<(u64, u32, u32)>| {
+            conns.get(*key as usize).is_some_and(|s| self.current(s, *at, *id))
+        };
+        crate::http::due_heap::compact(&mut due, conns.len(), current);
+        drop(conns);
         drop(due);
         if self.armed.get().is_some_and(|armed| at < armed) {
             self.armed.set(None);
