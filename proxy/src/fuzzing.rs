@@ -90,17 +90,22 @@ pub fn proxy_protocol(data: &[u8]) {
     }
 }
 
-/// A TLS ClientHello peeked for its server name, whole and cut short.
+/// A TLS ClientHello read for its server name and for an offered session, whole and
+/// cut short. A hello that offers a session is a whole one.
 pub fn client_hello(data: &[u8]) {
-    let whole = crate::tls::sni::parse_client_hello(data);
-    if let Ok(Some(crate::tls::sni::Hello::Sni(name))) = &whole {
+    let whole = crate::tls::client_hello::parse_client_hello(data);
+    if crate::tls::client_hello::offers_session(data) {
+        assert!(!matches!(whole, Ok(None)), "a session offered in an incomplete hello");
+    }
+    if let Ok(Some(crate::tls::client_hello::Hello::Sni(name))) = &whole {
         assert!(
             !name.is_empty() && name.bytes().all(|c| c.is_ascii_graphic()),
             "{name:?}"
         );
     }
     if !data.is_empty() {
-        let _ = crate::tls::sni::parse_client_hello(&data[..data.len() / 2]);
+        let _ = crate::tls::client_hello::parse_client_hello(&data[..data.len() / 2]);
+        let _ = crate::tls::client_hello::offers_session(&data[..data.len() / 2]);
     }
 }
 

@@ -313,7 +313,7 @@ pub(crate) async fn accept(
     let stream = crate::send_batch::BatchedStream::new(stream);
     match &rt.listener_tls[idx] {
         None => serve(&worker, idx, stream, client, local, None, false, open).await,
-        Some(cfg) => Box::pin(serve_tls(&worker, idx, stream, cfg, client, local, open)).await,
+        Some(tls) => Box::pin(serve_tls(&worker, idx, stream, tls, client, local, open)).await,
     }
 }
 
@@ -322,14 +322,13 @@ async fn serve_tls(
     worker: &Rc<Worker>,
     idx: usize,
     stream: crate::send_batch::BatchedStream,
-    cfg: &Arc<rustls::ServerConfig>,
+    tls: &crate::tls::ServerTls,
     client: SocketAddr,
     local: SocketAddr,
     open: OpenConn,
 ) {
     let (lcfg, stats) = (&worker.listeners[idx], &open.stats);
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
-    let tls = match tokio::time::timeout(lcfg.header_read_timeout, acceptor.accept(stream)).await {
+    let tls = match tokio::time::timeout(lcfg.header_read_timeout, crate::tls::accept(stream, tls)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%client, error = %e, "TLS handshake failed");

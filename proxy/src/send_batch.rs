@@ -223,6 +223,17 @@ impl BatchedStream {
         TcpStream::from_std(sock).map(Self::new)
     }
 
+    /// Waits until a read would not block, to read the first bytes without a buffer
+    /// held across the wait ([`crate::tls::accept`]).
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        self.sock.readable().await
+    }
+
+    /// Reads what the socket holds now; `WouldBlock` when nothing (readiness was stale).
+    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.sock.try_read(buf)
+    }
+
     /// Sends what is queued from this task, waiting for the socket if it is full.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut s = self.out.lock();

@@ -22,7 +22,7 @@ use crate::config::{HashOn, HostPattern};
 use crate::runtime::{Cluster, Runtime};
 use crate::send_batch::BatchedStream;
 use crate::stats::ListenerStats;
-use crate::tls::sni::{peek_hello, Hello};
+use crate::tls::client_hello::{peek_hello, Hello};
 use crate::upstream::Origin;
 use crate::worker::Worker;
 
@@ -71,18 +71,15 @@ pub(crate) async fn serve(
     // Both sides write with the worker's send batch (see `send_batch`).
     let stream = BatchedStream::new(stream);
     match &rt.listener_tls[idx] {
-        Some(cfg) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
-            match tokio::time::timeout(lcfg.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    stats.tls_handshakes.fetch_add(1, Relaxed);
-                    forward(worker, rt, cluster, tls, origin, buffer, idle, max_age, stats, filters).await
-                }
-                _ => {
-                    stats.tls_handshake_failures.fetch_add(1, Relaxed);
-                }
+        Some(tls) => match tokio::time::timeout(lcfg.header_read_timeout, crate::tls::accept(stream, tls)).await {
+            Ok(Ok(tls)) => {
+                stats.tls_handshakes.fetch_add(1, Relaxed);
+                forward(worker, rt, cluster, tls, origin, buffer, idle, max_age, stats, filters).await
             }
-        }
+            _ => {
+                stats.tls_handshake_failures.fetch_add(1, Relaxed);
+            }
+        },
         None => {
             forward(
                 worker, rt, cluster, stream, origin, buffer, idle, max_age, stats, filters,

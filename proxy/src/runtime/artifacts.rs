@@ -13,8 +13,8 @@ use crate::wasm_engine::{LoadedModule, ModuleError};
 /// The loaded and compiled material of one configuration, in the configuration's order.
 #[derive(Debug, Clone)]
 pub struct Artifacts {
-    /// Per listener: its TLS server config, if it terminates TLS.
-    pub(crate) listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Per listener: its TLS server configs, if it terminates TLS.
+    pub(crate) listener_tls: Vec<Option<Arc<crate::tls::ServerTls>>>,
     /// Per cluster: its TLS client config, if it speaks TLS to its endpoints.
     pub(crate) cluster_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
     /// Per filter: its compiled module.
@@ -49,6 +49,7 @@ impl Artifacts {
             .map(|l| {
                 let t = l.tls.as_ref()?;
                 crate::tls::server_config(t)
+                    .map(Arc::new)
                     .map_err(|e| issues.push(listener_tls_issue(l, &e)))
                     .ok()
             })

@@ -40,8 +40,8 @@ pub struct Runtime {
     pub plugins: Vec<Arc<crate::runtime::plugin::Plugin>>,
     /// Network filters per listener (L4), in listener order.
     pub listener_filters: Vec<Vec<Arc<crate::runtime::plugin::Plugin>>>,
-    /// TLS server config per listener (None: plain), in listener order.
-    pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// TLS server configs per listener (None: plain), in listener order.
+    pub listener_tls: Vec<Option<Arc<crate::tls::ServerTls>>>,
     /// Certificates this node presents, with when each expires.
     pub certificates: Vec<CertificateExpiry>,
 }

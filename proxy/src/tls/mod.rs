@@ -9,9 +9,14 @@
 //! only (no CBC, no RSA key exchange, no SHA-1 signatures). Key exchange: X25519, P-256,
 //! P-384; X25519 is aws-lc's (see [`kx_groups`]).
 //!
-//! [`sni`] reads the server name of a ClientHello without consuming it (TLS passthrough).
+//! [`client_hello`] reads a ClientHello before rustls does: its server name (TLS
+//! passthrough) and whether it offers a session, which [`accept`] uses to pick between a
+//! listener's two configs ([`ServerTls`]).
 
-pub mod sni;
+mod accept;
+pub mod client_hello;
+
+pub(crate) use accept::accept;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -287,8 +292,27 @@ fn kx_groups() -> Vec<&'static dyn rustls::crypto::SupportedKxGroup> {
     ]
 }
 
-/// Builds a listener's server config from its settings, loading every file.
-pub fn server_config(t: &ListenerTls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// A terminating listener's server configs: alike but for the session tickets sent
+/// once the handshake is done. After a full handshake the client gets two (a browser
+/// opens connections in parallel and each may resume); after a resumption, one, as
+/// OpenSSL (HAProxy, nginx) sends. Each ticket is an encryption and a record on the wire,
+/// a few percent of a resumed handshake. [`accept`] picks one per connection from the
+/// ClientHello.
+#[derive(Debug)]
+pub struct ServerTls {
+    /// For a ClientHello that offers no session to resume.
+    pub full: Arc<rustls::ServerConfig>,
+    /// For a ClientHello that offers one (`pre_shared_key`), resumed or not.
+    pub resumed: Arc<rustls::ServerConfig>,
+}
+
+/// Tickets after a full TLS 1.3 handshake (when tickets are on).
+const TICKETS_AFTER_FULL: usize = 2;
+/// Tickets after a ClientHello that offered a session.
+const TICKETS_AFTER_RESUMPTION: usize = 1;
+
+/// Builds a listener's server configs from its settings, loading every file.
+pub fn server_config(t: &ListenerTls) -> Result<ServerTls, TlsError> {
     let mut certs = Vec::new();
     for (c, k) in &t.certificates {
         certs.push(load_pair(c, k)?);
@@ -326,11 +350,18 @@ pub fn server_config(t: &ListenerTls) -> Result<Arc<rustls::ServerConfig>, TlsEr
     cfg.session_storage = session_cache();
     if t.session_tickets {
         cfg.ticketer = ticketer()?;
-        cfg.send_tls13_tickets = 2;
+        cfg.send_tls13_tickets = TICKETS_AFTER_FULL;
     } else {
         cfg.send_tls13_tickets = 0;
     }
-    Ok(Arc::new(cfg))
+    // The same resolver, verifier, session cache and ticket key: a ticket either config
+    // issued resumes with both.
+    let mut resumed = cfg.clone();
+    resumed.send_tls13_tickets = cfg.send_tls13_tickets.min(TICKETS_AFTER_RESUMPTION);
+    Ok(ServerTls {
+        full: Arc::new(cfg),
+        resumed: Arc::new(resumed),
+    })
 }
 
 /// Everything an upstream TLS client is built from.

@@ -137,6 +137,165 @@ async fn sni_picks_the_certificate_alpn_negotiates_h2_and_sessions_resume() {
     .await;
 }
 
+/// A client session store that counts the TLS 1.3 tickets the server sends.
+#[derive(Debug)]
+struct CountingTickets {
+    inner: Arc<dyn rustls::client::ClientSessionStore>,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingTickets {
+    fn take(&self) -> usize {
+        self.tickets.swap(0, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl rustls::client::ClientSessionStore for CountingTickets {
+    fn set_kx_hint(&self, name: rustls_pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &rustls_pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: rustls_pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &rustls_pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &rustls_pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls_pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls_pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+/// A new session gets two tickets, a resumed one one (as OpenSSL servers send), for
+/// rustls and OpenSSL clients alike; a ClientHello that arrives in pieces still
+/// completes its handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_session_gets_two_tickets_and_a_resumed_one_one() {
+    bounded(30, async {
+        let pki = Pki::new();
+        let a = pki.leaf("a", &["a.test"], false);
+        let backend = Backend::start("web").await;
+        let proxy = Proxy::start_with(&https_body(&backend, &[]), &tls_listener(&[a], ""));
+        let store = Arc::new(CountingTickets {
+            inner: Arc::new(rustls::client::ClientSessionMemoryCache::new(8)),
+            tickets: Default::default(),
+        });
+        let mut cfg = (*pki.client(&["http/1.1"], None)).clone();
+        cfg.resumption = rustls::client::Resumption::store(store.clone());
+        let cfg = Arc::new(cfg);
+        for (round, kind, tickets) in [
+            (0, rustls::HandshakeKind::Full, 2),
+            (1, rustls::HandshakeKind::Resumed, 1),
+            (2, rustls::HandshakeKind::Resumed, 1),
+        ] {
+            let s = connect(proxy.addr, cfg.clone(), "a.test").await.unwrap();
+            assert_eq!(s.get_ref().1.handshake_kind(), Some(kind), "round {round}");
+            // The tickets come before the response.
+            assert_eq!(get_over(s, "a.test", "/").await.unwrap().0, 200);
+            assert_eq!(store.take(), tickets, "round {round}: {kind:?}");
+        }
+
+        // OpenSSL: a session saved, then offered.
+        let dir = tempfile::tempdir().unwrap();
+        let session = dir.path().join("session.pem");
+        let (addr, ca) = (proxy.addr.to_string(), pki.ca_pem.clone());
+        let s_client = move |resume: bool| {
+            use std::io::Write;
+            let mut c = std::process::Command::new("openssl")
+                .args(["s_client", "-connect", &addr, "-servername", "a.test"])
+                .args(["-ign_eof", "-CAfile"])
+                .arg(&ca)
+                .arg(if resume { "-sess_in" } else { "-sess_out" })
+                .arg(&session)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = c.stdin.take().unwrap();
+            stdin
+                .write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+                .unwrap();
+            drop(stdin);
+            let out = c.wait_with_output().unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let text = tokio::task::spawn_blocking(move || {
+            let new = s_client(false);
+            let resumed = s_client(true);
+            (new, resumed)
+        })
+        .await
+        .unwrap();
+        for (text, reused, tickets) in [(&text.0, false, 2), (&text.1, true, 1)] {
+            assert!(text.contains("HTTP/1.1 200"), "{text}");
+            assert_eq!(text.contains("Reused, TLSv1.3"), reused, "{text}");
+            let got = text.matches("Post-Handshake New Session Ticket arrived").count();
+            assert_eq!(got, tickets, "{text}");
+        }
+
+        // A ClientHello in three pieces, 50 ms apart: the first read holds only part.
+        let handshakes = "tandem_listener_tls_handshakes_total{listener=\"web\"}";
+        let before = proxy.metric(handshakes);
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let mut hello = Vec::new();
+        let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+        let mut c = rustls::ClientConnection::new(pki.client(&["http/1.1"], None), name).unwrap();
+        c.write_tls(&mut hello).unwrap();
+        let (mut rd, mut wr) = tcp.into_split();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for part in [&hello[..3], &hello[3..60], &hello[60..]] {
+            wr.write_all(part).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut buf = vec![0u8; 16 * 1024];
+        while c.is_handshaking() {
+            let n = rd.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed during the handshake");
+            c.read_tls(&mut &buf[..n]).unwrap();
+            c.process_new_packets().unwrap();
+            let mut out = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut out).unwrap();
+            }
+            wr.write_all(&out).await.unwrap();
+        }
+        assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        let t = std::time::Instant::now();
+        while proxy.metric(handshakes) < before + 1.0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "the split handshake did not complete"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 /// An idle TLS keep-alive connection gives hyper's buffers back too, but its session
 /// stays in memory: it waits in a task of its own, not in the worker's lot, and serves
 /// its next request.
