@@ -1,6 +1,6 @@
 //! L4 listeners: TCP echo with PROXY v2 to the backend, TLS passthrough routed by SNI
 //! (including a ClientHello split across packets), connect retry on refusal, PROXY
-//! protocol accepted from a trusted front, TLS origination to an upstream, and bulk
+//! protocol accepted from a trusted front, TLS termination and origination, and bulk
 //! transfers both ways with half-close through a small copy buffer.
 
 use std::io::{Read, Write};
@@ -71,6 +71,53 @@ async fn tls_echo_backend(name: &'static str, cfg: Arc<rustls::ServerConfig>) ->
         }
     });
     addr
+}
+
+/// A TCP listener that terminates TLS: the backend gets the plain bytes, a second
+/// connection resumes the session, and a client that is not TLS is counted and closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_listener_terminates_tls_and_resumes_sessions() {
+    bounded(30, async {
+        let pki = Pki::new();
+        let cert = pki.leaf("l4", &["l4.test"], false);
+        let live = echo_backend("echo", false).await;
+        let body = format!(
+            "[[cluster]]\nname = \"tcp\"\nendpoints = [{{ address = \"{live}\" }}]\n\n\
+[[cluster]]\nname = \"unused\"\nendpoints = [{{ address = \"{live}\" }}]\n\n[[route]]\nname = \"r\"\ncluster = \"unused\"\n"
+        );
+        let listener = format!(
+            "protocol = \"tcp\"\ncluster = \"tcp\"\ntls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}",
+            cert.0.display(),
+            cert.1.display()
+        );
+        let proxy = Proxy::start_with(&body, &listener);
+        let client = pki.client(&[], None);
+        for (round, kind) in [(0, rustls::HandshakeKind::Full), (1, rustls::HandshakeKind::Resumed)] {
+            let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("l4.test").unwrap();
+            let mut s = tokio_rustls::TlsConnector::from(client.clone())
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            s.write_all(b"hello").await.unwrap();
+            let mut line = vec![0u8; 64];
+            let n = s.read(&mut line).await.unwrap();
+            assert_eq!(&line[..n], b"echo:hello", "round {round}");
+            assert_eq!(s.get_ref().1.handshake_kind(), Some(kind), "round {round}");
+        }
+        let mut plain = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = plain.read_to_end(&mut rest).await;
+        let failures = "tandem_listener_tls_handshake_failures_total{listener=\"web\"}";
+        let t = std::time::Instant::now();
+        while proxy.metric(failures) < 1.0 {
+            assert!(t.elapsed() < Duration::from_secs(2), "the failed handshake was not counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(proxy.metric("tandem_listener_tls_handshakes_total{listener=\"web\"}"), 2.0);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
