@@ -229,9 +229,15 @@ impl BatchedStream {
         self.sock.readable().await
     }
 
-    /// Reads what the socket holds now; `WouldBlock` when nothing (readiness was stale).
-    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.sock.try_read(buf)
+    /// Reads what the socket holds now into `buf`, which need not be initialised (a
+    /// zeroed 4 KiB buffer would cost more than the read's copy), and returns the
+    /// bytes read: empty at the end of the stream, `WouldBlock` when there were none
+    /// (readiness was stale).
+    pub(crate) fn try_read_uninit<'b>(&self, buf: &'b mut [std::mem::MaybeUninit<u8>]) -> io::Result<&'b [u8]> {
+        let n = self.sock.try_read_buf(&mut &mut buf[..])?;
+        // SAFETY: `try_read_buf` read `n` bytes into the start of `buf` (it advances
+        // the slice by what `read(2)` returned), so they are initialised.
+        Ok(unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) })
     }
 
     /// Sends what is queued from this task, waiting for the socket if it is full.

@@ -33,13 +33,12 @@ pub(crate) async fn accept(mut stream: BatchedStream, tls: &ServerTls) -> io::Re
 /// handshake with those bytes already in the session. A function of its own so the
 /// read buffer lives on the stack, never in the connection's task.
 fn start(stream: BatchedStream, tls: &ServerTls) -> Result<Accept<BatchedStream>, (BatchedStream, io::Error)> {
-    let mut first = [0u8; FIRST_READ];
-    let n = match stream.try_read(&mut first) {
-        Ok(0) => return Err((stream, io::ErrorKind::UnexpectedEof.into())),
-        Ok(n) => n,
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+    let first = match stream.try_read_uninit(&mut buf) {
+        Ok([]) => return Err((stream, io::ErrorKind::UnexpectedEof.into())),
+        Ok(first) => first,
         Err(e) => return Err((stream, e)),
     };
-    let first = &first[..n];
     let config = if offers_session(first) { &tls.resumed } else { &tls.full };
     Ok(TlsAcceptor::from(config.clone()).accept_with(stream, |session| {
         let mut rest = first;
