@@ -81,11 +81,11 @@ fn hello_message(b: &[u8]) -> Result<Option<Cow<'_, [u8]>>, NotClientHello> {
         return Ok(None);
     }
     let first = &b[5..(5 + usize::from(u16::from_be_bytes([b[3], b[4]]))).min(b.len())];
-    if first.len() >= 4 && first.len() >= 4 + be24(&first[1..4]) {
+    if let Some(whole) = first.get(1..4).and_then(|len| first.get(4..4 + be24(len))) {
         if first[0] != 1 {
             return Err(NotClientHello);
         }
-        return Ok(Some(Cow::Borrowed(&first[4..4 + be24(&first[1..4])])));
+        return Ok(Some(Cow::Borrowed(whole)));
     }
     // Reassemble handshake bytes across records.
     let mut hs = Vec::new();
@@ -135,13 +135,12 @@ fn extensions(m: &[u8]) -> Option<impl Iterator<Item = Result<(u16, &[u8]), NotC
     p += 2 + cs;
     let comp = *m.get(p)? as usize;
     p += 1 + comp;
-    let rest = if p == m.len() {
+    let mut rest = if p == m.len() {
         &[][..]
     } else {
         let ext_len = u16::from_be_bytes([*m.get(p)?, *m.get(p + 1)?]) as usize;
         &m[p + 2..(p + 2 + ext_len).min(m.len())]
     };
-    let mut rest = rest;
     Some(std::iter::from_fn(move || {
         if rest.len() < 4 {
             return None;

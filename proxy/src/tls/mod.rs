@@ -295,9 +295,9 @@ fn kx_groups() -> Vec<&'static dyn rustls::crypto::SupportedKxGroup> {
 /// A terminating listener's server configs: alike but for the session tickets sent
 /// once the handshake is done. After a full handshake the client gets two (a browser
 /// opens connections in parallel and each may resume); after a resumption, one, as
-/// OpenSSL (HAProxy, nginx) sends. Each ticket is an encryption and a record on the wire,
-/// a few percent of a resumed handshake. [`accept`] picks one per connection from the
-/// ClientHello.
+/// OpenSSL (HAProxy, nginx) sends. Each ticket is three random draws, an AEAD seal and
+/// a record on the wire: 2 to 3 % of a resumed handshake (bench/README.md). [`accept`]
+/// picks one per connection from the ClientHello.
 #[derive(Debug)]
 pub struct ServerTls {
     /// For a ClientHello that offers no session to resume.
