@@ -16,6 +16,7 @@ send or a receive on loopback stays whoever issues it.
 import argparse
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -76,8 +77,38 @@ def ticks(pids):
     return user, system, faults
 
 
-def measure(name, binary, tmp, row, seconds, perf):
-    """{figure: per-request value} for one proxy and row."""
+def kernel_symbols(pids, run_load, seconds):
+    """{kernel symbol: µs per request} of the proxy's threads over a load of its own
+    (`perf record -e cpu-clock`, 10 kHz: each sample is 100 µs of the proxy's CPU),
+    with the sampled user and kernel totals under "(user)" and "(kernel)"."""
+    fd, data = tempfile.mkstemp(prefix="tandem-kernel-perf-")
+    os.close(fd)
+    rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "10000", "-o", data,
+                            "-p", ",".join(map(str, pids))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    n = run_load(seconds) * seconds
+    rec.send_signal(signal.SIGINT)
+    rec.wait()
+    report = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "sym",
+                             "-F", "sample,sym"], capture_output=True, text=True).stdout
+    os.unlink(data)
+    out = {"(user)": 0.0, "(kernel)": 0.0}
+    for line in report.splitlines():
+        m = re.match(r"\s*(\d+)\s+\[(.)\]\s+(\S+)", line)
+        if not m:
+            continue
+        us = int(m.group(1)) * 100.0 / n
+        if m.group(2) == "k":
+            out["(kernel)"] += us
+            out[m.group(3)] = out.get(m.group(3), 0.0) + us
+        else:
+            out["(user)"] += us
+    return out
+
+
+def measure(name, binary, tmp, row, seconds, perf, symbols=False):
+    """{figure: per-request value} for one proxy and row (and its kernel symbols, when
+    asked, under "symbols")."""
     p, (http, https, tcp) = compare.start_proxy(name, binary, tmp)
     url = {"h1": f"http://127.0.0.1:{http}/", "tls_h1": f"https://127.0.0.1:{https}/",
            "handshakes": f"https://127.0.0.1:{https}/", "full_handshakes": f"https://127.0.0.1:{https}/",
@@ -120,6 +151,8 @@ def measure(name, binary, tmp, row, seconds, perf):
                     key = PACKETS.get(parts[2]) or \
                         parts[2].replace("syscalls:sys_enter_", "").replace("raw_syscalls:sys_enter", "syscalls")
                     out[key] = int(parts[0]) / n
+        if symbols:
+            out["symbols"] = kernel_symbols(pids, run_load, seconds)
         return out
     finally:
         l7.stop(p)
@@ -137,6 +170,9 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--no-perf", action="store_true",
                     help="CPU split only: perf's tracepoints add kernel time of their own")
+    ap.add_argument("--symbols", type=int, default=0, metavar="N",
+                    help="also sample each proxy in a load of its own and list the N kernel functions "
+                         "that differ most between the proxies, in µs per request")
     args = ap.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     if any(r not in ROWS for r in rows):
@@ -146,6 +182,8 @@ def main():
             sys.exit(f"{tool} is missing; run bench/run.sh, which installs it")
     if not os.path.exists(compare.NGINX_STREAM):
         sys.exit(f"{compare.NGINX_STREAM} is missing: apt-get install libnginx-mod-stream")
+    if args.symbols and not shutil.which("perf"):
+        sys.exit("--symbols needs perf: apt-get install linux-perf")
     perf = not args.no_perf and perf_works()
     if not perf and not args.no_perf:
         print("perf cannot read the syscall tracepoints here: CPU split only", file=sys.stderr)
@@ -164,7 +202,8 @@ def main():
             for row in rows:
                 for name in order:
                     binary = args.baseline if name == "baseline" else args.tandem
-                    results[row][name].append(measure(name, binary, tmp, row, args.seconds, perf))
+                    results[row][name].append(measure(name, binary, tmp, row, args.seconds, perf,
+                                                      symbols=args.symbols > 0))
             print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         l7.stop(backend, signal.SIGQUIT)
@@ -173,7 +212,7 @@ def main():
         print(f"\n{ROWS[row]}: per request, medians of {args.rounds} rounds (plain mode)")
         keys = ["user_us", "sys_us", "page_faults"]
         if perf:
-            seen = {k for runs in results[row].values() for r in runs for k, v in r.items() if v >= 0.01}
+            seen = {k for runs in results[row].values() for r in runs for k, v in r.items() if k != "symbols" and v >= 0.01}
             keys += ["syscalls"] + [s for s in SYSCALLS if s in seen] + [k for k in PACKETS.values() if k in seen]
         print(f"  {'':<14}" + "".join(f"{n:>10}" for n in names))
         for k in keys:
@@ -182,6 +221,22 @@ def main():
                 f"{statistics.median(r.get(k, 0) for r in results[row][n]):>10.2f}" for n in names))
         total = {n: statistics.median(r["user_us"] + r["sys_us"] for r in results[row][n]) for n in names}
         print(f"  {'total µs':<14}" + "".join(f"{total[n]:>10.2f}" for n in names))
+        if args.symbols:
+            print_symbols(results[row], names, args.symbols)
+
+
+def print_symbols(runs, names, top):
+    """The sampled split and the `top` kernel functions whose µs per request differ most
+    between the proxies (median of the rounds; a function missing from a round counts 0)."""
+    med = {n: {} for n in names}
+    for n in names:
+        syms = {k for r in runs[n] for k in r["symbols"]}
+        med[n] = {k: statistics.median(r["symbols"].get(k, 0.0) for r in runs[n]) for k in syms}
+    every = set().union(*(med[n] for n in names)) - {"(user)", "(kernel)"}
+    spread = lambda k: max(med[n].get(k, 0.0) for n in names) - min(med[n].get(k, 0.0) for n in names)
+    print(f"  sampled (perf record -e cpu-clock), µs per request; the {top} kernel functions that differ most:")
+    for k in ["(user)", "(kernel)"] + sorted(every, key=spread, reverse=True)[:top]:
+        print(f"  {k[:30]:<32}" + "".join(f"{med[n].get(k, 0.0):>10.3f}" for n in names))
 
 
 if __name__ == "__main__":
