@@ -9,7 +9,9 @@ that count). Rounds interleave the proxies as compare.py does; figures are media
 
 It tells which direction can pay: a syscall's entry and exit cost ~0.1 µs here, so
 an io_uring data plane can save at most that per syscall, while the TCP work behind a
-send or a receive on loopback stays whoever issues it.
+send or a receive on loopback stays whoever issues it. `--symbols N` samples each
+proxy in a load window of its own and lists the kernel functions whose cost per
+request differs most between the proxies.
 
     python3 bench/kernel.py --tandem target/dist/tandem --rows h1,l4 --rounds 3
 """
@@ -212,7 +214,8 @@ def main():
         print(f"\n{ROWS[row]}: per request, medians of {args.rounds} rounds (plain mode)")
         keys = ["user_us", "sys_us", "page_faults"]
         if perf:
-            seen = {k for runs in results[row].values() for r in runs for k, v in r.items() if k != "symbols" and v >= 0.01}
+            seen = {k for runs in results[row].values() for r in runs
+                    for k, v in r.items() if k != "symbols" and v >= 0.01}
             keys += ["syscalls"] + [s for s in SYSCALLS if s in seen] + [k for k in PACKETS.values() if k in seen]
         print(f"  {'':<14}" + "".join(f"{n:>10}" for n in names))
         for k in keys:
@@ -228,7 +231,7 @@ def main():
 def print_symbols(runs, names, top):
     """The sampled split and the `top` kernel functions whose µs per request differ most
     between the proxies (median of the rounds; a function missing from a round counts 0)."""
-    med = {n: {} for n in names}
+    med = {}
     for n in names:
         syms = {k for r in runs[n] for k in r["symbols"]}
         med[n] = {k: statistics.median(r["symbols"].get(k, 0.0) for r in runs[n]) for k in syms}
