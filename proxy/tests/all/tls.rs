@@ -296,6 +296,102 @@ async fn a_new_session_gets_two_tickets_and_a_resumed_one_one() {
     .await;
 }
 
+/// Drives a TLS handshake by hand over `tcp`; `request`, if given, goes out in the same
+/// write as the client's Finished, as browsers and wrk send it.
+async fn handshake_by_hand(
+    tcp: &mut tokio::net::TcpStream,
+    cfg: Arc<rustls::ClientConfig>,
+    request: Option<&[u8]>,
+) -> rustls::ClientConnection {
+    use std::io::Write;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+    let mut c = rustls::ClientConnection::new(cfg, name).unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if !c.is_handshaking() {
+            if let Some(r) = request {
+                c.writer().write_all(r).unwrap();
+            }
+        }
+        let mut out = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut out).unwrap();
+        }
+        tcp.write_all(&out).await.unwrap();
+        if !c.is_handshaking() {
+            return c;
+        }
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed during the handshake");
+        c.read_tls(&mut &buf[..n]).unwrap();
+        c.process_new_packets().unwrap();
+    }
+}
+
+/// The session tickets that end a handshake leave with the first answer when the
+/// client's request came with its Finished (one send for both, nothing before it), and
+/// at once when the client has sent nothing yet; either way they resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_leave_with_the_first_answer_or_at_once() {
+    use std::io::Read;
+    use tokio::io::AsyncReadExt;
+    bounded(30, async {
+        let pki = Pki::new();
+        let a = pki.leaf("a", &["a.test"], false);
+        let backend = Backend::start("web").await;
+        let proxy = Proxy::start_with(&https_body(&backend, &[]), &tls_listener(&[a], ""));
+        let store = Arc::new(CountingTickets {
+            inner: Arc::new(rustls::client::ClientSessionMemoryCache::new(8)),
+            tickets: Default::default(),
+        });
+        let mut cfg = (*pki.client(&["http/1.1"], None)).clone();
+        cfg.resumption = rustls::client::Resumption::store(store.clone());
+        let cfg = Arc::new(cfg);
+        let mut buf = vec![0u8; 16 * 1024];
+
+        // The request with the Finished, answered after 1.5 s: nothing arrives before
+        // the answer, and the first bytes hold the tickets and the answer.
+        let request = b"GET /?delay_ms=1500 HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n";
+        let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let mut c = handshake_by_hand(&mut tcp, cfg.clone(), Some(request)).await;
+        let sent = std::time::Instant::now();
+        let n = tcp.read(&mut buf).await.unwrap();
+        let waited = sent.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1000),
+            "bytes came {waited:?} after the request, before its answer"
+        );
+        c.read_tls(&mut &buf[..n]).unwrap();
+        c.process_new_packets().unwrap();
+        assert_eq!(store.take(), 2, "the tickets came with the answer");
+        let mut answer = Vec::new();
+        let _ = c.reader().read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+        // A client that sends nothing after its Finished gets its tickets at once.
+        let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let mut c = handshake_by_hand(&mut tcp, cfg.clone(), None).await;
+        assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        let n = tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut buf))
+            .await
+            .expect("the ticket of a resumed session did not come without a request")
+            .unwrap();
+        c.read_tls(&mut &buf[..n]).unwrap();
+        c.process_new_packets().unwrap();
+        assert_eq!(store.take(), 1);
+
+        // Both kinds of tickets resume, and the connection serves.
+        for _ in 0..2 {
+            let s = connect(proxy.addr, cfg.clone(), "a.test").await.unwrap();
+            assert_eq!(s.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+            assert_eq!(get_over(s, "a.test", "/").await.unwrap().0, 200);
+        }
+    })
+    .await;
+}
+
 /// An idle TLS keep-alive connection gives hyper's buffers back too, but its session
 /// stays in memory: it waits in a task of its own, not in the worker's lot, and serves
 /// its next request.
