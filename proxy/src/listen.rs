@@ -328,7 +328,7 @@ async fn serve_tls(
     open: OpenConn,
 ) {
     let (lcfg, stats) = (&worker.listeners[idx], &open.stats);
-    let mut tls = match tokio::time::timeout(lcfg.header_read_timeout, crate::tls::accept(stream, tls)).await {
+    let tls = match tokio::time::timeout(lcfg.header_read_timeout, crate::tls::accept(stream, tls)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%client, error = %e, "TLS handshake failed");
@@ -340,7 +340,6 @@ async fn serve_tls(
             return;
         }
     };
-    crate::tls::hold_tickets_for_answer(&mut tls);
     let (_, session) = tls.get_ref();
     let info = TlsInfo {
         version: match session.protocol_version() {

@@ -62,9 +62,6 @@ struct OutState {
     error: Option<io::ErrorKind>,
     /// The stream is gone; the fd may already belong to another socket.
     closed: bool,
-    /// What is queued waits for the connection's next write instead of the flusher
-    /// ([`BatchedStream::hold_queued`]).
-    held: bool,
     /// The connection's task, woken when the flusher stalls or fails.
     waker: Option<Waker>,
 }
@@ -157,7 +154,7 @@ impl Outbox {
     fn flush(&self) {
         let mut s = self.lock();
         s.queued = false;
-        if s.closed || s.stalled || s.held || s.buf.is_empty() {
+        if s.closed || s.stalled || s.buf.is_empty() {
             return;
         }
         match send_now(self.fd, &s.buf) {
@@ -258,20 +255,8 @@ impl BatchedStream {
         }
         s.emptied();
         s.stalled = false;
-        s.held = false;
         self.out.attention.store(false, Relaxed);
         Poll::Ready(Ok(()))
-    }
-
-    /// Holds what is queued now until the connection's next write, which takes it along
-    /// (one send, one wake-up of the peer, instead of two). A shutdown, a drain or the
-    /// stream's drop sends it too. For bytes the peer does not wait for before its next
-    /// message: the session tickets that end a TLS handshake.
-    pub(crate) fn hold_queued(&self) {
-        let mut s = self.out.lock();
-        if !s.buf.is_empty() && !s.stalled && s.error.is_none() {
-            s.held = true;
-        }
     }
 
     /// Queues `bufs` (total `len`) if they fit; `None` when they must go out directly
@@ -290,7 +275,6 @@ impl BatchedStream {
             }
             s.queued = true;
         }
-        s.held = false;
         for b in bufs {
             s.buf.extend_from_slice(b);
         }
@@ -531,39 +515,6 @@ mod tests {
                 r.read_to_end(&mut got).await.unwrap();
                 assert_eq!(got, expected[i], "connection {i}");
             }
-        });
-    }
-
-    #[test]
-    fn held_bytes_wait_for_the_next_write_and_leave_with_it() {
-        on_worker(true, async {
-            let (mut w, mut r) = pair(false).await;
-            w.write_all(b"tickets;").await.unwrap();
-            w.hold_queued();
-            // The flusher's passes leave them queued.
-            for _ in 0..3 {
-                tokio::task::yield_now().await;
-            }
-            assert_eq!(queued(&w), 8, "held bytes stay queued");
-            let mut buf = [0u8; 64];
-            let early = tokio::time::timeout(Duration::from_millis(100), r.read(&mut buf)).await;
-            assert!(early.is_err(), "held bytes were sent alone");
-            // The next write takes them along, in order, with one pass.
-            w.write_all(b"answer").await.unwrap();
-            tokio::task::yield_now().await;
-            assert_eq!(queued(&w), 0);
-            let n = r.read(&mut buf).await.unwrap();
-            assert_eq!(&buf[..n], b"tickets;answer");
-            // Held bytes are not lost when the connection ends without another write.
-            w.write_all(b"last").await.unwrap();
-            tokio::task::yield_now().await;
-            w.write_all(b"held").await.unwrap();
-            w.hold_queued();
-            tokio::task::yield_now().await;
-            w.shutdown().await.unwrap();
-            let mut rest = Vec::new();
-            r.read_to_end(&mut rest).await.unwrap();
-            assert_eq!(rest, b"lastheld");
         });
     }
 

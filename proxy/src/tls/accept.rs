@@ -29,25 +29,6 @@ pub(crate) async fn accept(mut stream: BatchedStream, tls: &ServerTls) -> io::Re
     }
 }
 
-/// Holds the session tickets that end the handshake for the connection's first answer
-/// when the client's first request came in with its Finished, as clients send them: the
-/// tickets and the answer then leave in one send, and the client wakes once for both,
-/// not twice. The client needs no ticket before that answer (tickets serve its next
-/// connection). A client that has sent nothing yet (one that only connects, as
-/// `openssl s_client` does) gets its tickets at once. For request/response listeners:
-/// on a TCP listener the first answer may never come.
-pub(crate) fn hold_tickets_for_answer(tls: &mut TlsStream<BatchedStream>) {
-    let (io, session) = tls.get_mut();
-    // Nothing new to process: this only reports what the handshake's last read brought
-    // (an error stays in the session for the first read to report).
-    if session
-        .process_new_packets()
-        .is_ok_and(|s| s.plaintext_bytes_to_read() > 0)
-    {
-        io.hold_queued();
-    }
-}
-
 /// Reads what has arrived of the ClientHello, picks the config and starts the
 /// handshake with those bytes already in the session. A function of its own so the
 /// read buffer lives on the stack, never in the connection's task.

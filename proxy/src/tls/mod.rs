@@ -16,7 +16,7 @@
 mod accept;
 pub mod client_hello;
 
-pub(crate) use accept::{accept, hold_tickets_for_answer};
+pub(crate) use accept::accept;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
